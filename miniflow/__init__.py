@@ -1,0 +1,1 @@
+"""miniflow: one Kubernetes pod per task, DAGs in plain Python files."""

@@ -1,0 +1,132 @@
+"""The `Launcher` protocol: how the scheduler starts, watches and stops attempts.
+
+A launcher turns a prepared `TaskSpec` into something running (a subprocess, a
+pod) and reports what happens to it as `LauncherEvent`s on its queue. It never
+touches the database: the scheduler records the events. Launching is
+idempotent per `AttemptKey`: asking twice for the same (task instance, try)
+must adopt the first launch, never start a second process or pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from miniflow.serialized import PodSettings, TaskKind
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptKey:
+    """Identifies one try of one task instance everywhere (pod names, log files)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    try_number: int
+
+    def __str__(self) -> str:
+        return f"{self.dag_id}/{self.run_id}/{self.task_id}#{self.try_number}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything a launcher needs to start one attempt; templates already rendered."""
+
+    key: AttemptKey
+    kind: TaskKind
+    fileloc: str  # DAG file, relative to the DAGs folder (the worker loads it)
+    bash_command: str | None = None  # kind == "bash"
+    image: str | None = None  # kind == "pod": the user's image
+    cmds: list[str] | None = None  # kind == "pod": container command, None = entrypoint
+    args: list[str] | None = None  # kind == "pod": container args
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # seconds; the launcher kills the attempt after it
+    pod: PodSettings = field(default_factory=lambda: PodSettings())
+    annotations: dict[str, str] = field(default_factory=dict)  # extra, e.g. run ids
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchResult:
+    """What `launch` did for one spec: a handle, or an error (never raised for one spec)."""
+
+    key: AttemptKey
+    handle: str | None  # pid, pod name...; None when the launch failed
+    error: str | None = None
+    retryable: bool = False  # with error: True if the scheduler may try launching again
+    adopted: bool = False  # the attempt was already launched (idempotent re-launch)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """The attempt's process/container is running."""
+
+    key: AttemptKey
+    handle: str
+    at: datetime
+    kind: Literal["started"] = "started"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptExited:
+    """The attempt ended: exit code (128+N for signal N) or None when unknown."""
+
+    key: AttemptKey
+    handle: str | None
+    exit_code: int | None
+    reason: str | None  # "Error", "OOMKilled", "Timeout", "Killed", "ImagePullBackOff", ...
+    at: datetime
+    log_tail: str | None = None
+    message: str | None = None  # human detail (e.g. the API's message)
+    kind: Literal["exited"] = "exited"
+
+
+LauncherEvent = AttemptStarted | AttemptExited
+
+
+@dataclass(frozen=True, slots=True)
+class AliveAttempt:
+    """An attempt the launcher sees running (for reconciliation and adoption)."""
+
+    key: AttemptKey
+    handle: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Launcher(Protocol):
+    """Starts attempts and reports on them; see the module docstring."""
+
+    name: str
+
+    @property
+    def events(self) -> Any:  # asyncio.Queue[LauncherEvent]
+        """Queue the scheduler drains; launchers put events, never block on it."""
+        ...
+
+    async def start(self) -> None:
+        """Connect / start watches. Called once before any other call."""
+
+    async def close(self) -> None:
+        """Stop watches and background tasks; leaves running attempts alone."""
+
+    async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
+        """Start every spec (bounded concurrency); idempotent per key."""
+        ...
+
+    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+        """Stop an attempt (grace period, then force); an exit event follows."""
+
+    async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
+        """Re-attach to attempts launched before a restart; events follow for each
+        (an `AttemptExited` with reason "Lost" if it can no longer be found)."""
+
+    async def alive(self) -> list[AliveAttempt]:
+        """Attempts currently running under this launcher."""
+        ...
+
+    def read_logs(
+        self, key: AttemptKey, handle: str | None, *, follow: bool = False, tail_lines: int | None = None
+    ) -> AsyncIterator[str]:
+        """Log lines of an attempt while its process/pod exists."""
+        ...

@@ -1,0 +1,95 @@
+"""The serialized DAG: the plain-JSON contract between parsing and everything else.
+
+The parser imports a DAG file in a subprocess and emits one `SerializedDag` per
+DAG; the scheduler, the store and the launchers only ever see this JSON, never
+user code. It must stay plain JSON (no pickles) so it can be stored, hashed and
+diffed. Durations are float seconds, datetimes ISO-8601 strings with offset.
+
+Bump `FORMAT_VERSION` when a field changes meaning; readers reject newer
+versions with a clear error instead of guessing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+FORMAT_VERSION = 1
+
+TaskKind = Literal["bash", "python", "pod"]
+TriggerRule = Literal[
+    "all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "always"
+]
+TRIGGER_RULES: tuple[str, ...] = (
+    "all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "always",
+)
+
+
+class PodSettings(TypedDict, total=False):
+    """Kubernetes settings of a task; every key optional, values as in a pod spec."""
+
+    namespace: str
+    image: str  # worker image override for bash/python tasks (pod tasks use Task.image)
+    resources: dict[str, Any]  # {"requests": {...}, "limits": {...}}
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    affinity: dict[str, Any]
+    service_account: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    volumes: list[dict[str, Any]]
+    volume_mounts: list[dict[str, Any]]
+    image_pull_policy: str
+    image_pull_secrets: list[str]
+    security_context: dict[str, Any] | None  # None = opt out of the restricted default
+    pod_override: dict[str, Any]  # merged last into the pod manifest
+
+
+class ArgRef(TypedDict):
+    """A Python task argument: either a literal JSON value or an upstream's result."""
+
+    ref: NotRequired[str]  # task_id whose result is passed
+    value: NotRequired[Any]  # literal JSON value
+
+
+class SerializedTask(TypedDict):
+    task_id: str
+    kind: TaskKind
+    upstream: list[str]  # direct upstream task ids, sorted
+    trigger_rule: TriggerRule
+    retries: int
+    retry_delay: float
+    retry_exponential_backoff: bool
+    max_retry_delay: float | None
+    timeout: float | None
+    pool: str | None
+    priority: int
+    env: dict[str, str]  # values are Jinja2 templates
+    pod: PodSettings
+    # kind == "bash"
+    command: NotRequired[str]  # Jinja2 template
+    # kind == "pod"
+    image: NotRequired[str]
+    cmds: NotRequired[list[str] | None]  # container command (templates), None = image entrypoint
+    args: NotRequired[list[str] | None]  # container args (templates)
+    # kind == "python"
+    python_callable: NotRequired[str]  # qualified name of the function in the DAG file
+    op_args: NotRequired[list[ArgRef]]
+    op_kwargs: NotRequired[dict[str, ArgRef]]
+
+
+class SerializedDag(TypedDict):
+    format_version: int
+    dag_id: str
+    fileloc: str  # path relative to the DAGs folder
+    lineno: int  # line of the DAG(...) call, for messages
+    schedule: str | None  # cron string or preset (@once, @daily, ...)
+    start_date: str | None  # ISO-8601 with offset
+    end_date: str | None
+    catchup: bool
+    timezone: str  # IANA name
+    max_active_runs: int
+    max_active_tasks: int
+    params: dict[str, Any]
+    tags: list[str]
+    description: str | None
+    tasks: dict[str, SerializedTask]  # in definition order
