@@ -1,0 +1,175 @@
+"""Typed configuration, read from `MINIFLOW_*` variables and an optional TOML file.
+
+Environment variables are read in exactly one place (`load_config`, called by
+the CLI and the worker entrypoint); everything else receives a `Config` object.
+Values are validated here so a wrong setting fails at start-up with a message
+that names the variable, instead of deep inside a loop.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from miniflow.errors import ConfigError
+
+LAUNCHERS = ("local", "kubernetes")
+CLEANUP_POLICIES = ("on_success", "always", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of miniflow; field names map to `MINIFLOW_<NAME>` variables."""
+
+    database_url: str = ""
+    """SQLAlchemy URL: `postgresql+asyncpg://...` or `sqlite+aiosqlite:///path`."""
+    dags_folder: Path = Path("dags")
+    """Folder scanned for DAG files."""
+    state_dir: Path = Path(".miniflow")
+    """Local state: the SQLite file of the embedded default and per-attempt logs."""
+    launcher: str = "local"
+    """`local` (subprocesses) or `kubernetes` (one pod per task)."""
+    parallelism: int = 32
+    """Task instances queued or running at once, over all DAGs."""
+    parse_interval: float = 30.0
+    """Seconds between rescans of the DAGs folder (changed files only are parsed)."""
+    parse_timeout: float = 30.0
+    """Seconds a single DAG file may take to import before it is an import error."""
+    heartbeat_interval: float = 5.0
+    """Seconds between worker heartbeats."""
+    kill_grace_period: float = 5.0
+    """Seconds between SIGTERM and SIGKILL when an attempt is stopped."""
+    namespace: str = "default"
+    """Kubernetes namespace for task pods (a DAG or task may override it)."""
+    worker_image: str = "miniflow:latest"
+    """Image of worker pods (Bash and @task tasks) unless a DAG or task overrides it."""
+    kubeconfig: str | None = None
+    """Path of a kubeconfig; unset means in-cluster config, then `~/.kube/config`."""
+    kube_context: str | None = None
+    """kubeconfig context to use; unset means its current context."""
+    database_secret: str = "miniflow-database"
+    """Secret holding the database URL that worker pods read (key `url`)."""
+    pod_dags_folder: str = "/opt/miniflow/dags"
+    """Where the DAGs folder is inside worker pods."""
+    pod_cleanup: str = "on_success"
+    """Delete finished pods: `on_success`, `always` or `never`."""
+    pod_pending_timeout: float = 300.0
+    """Seconds a pod may stay Pending (image pull, unschedulable) before it fails."""
+    max_result_bytes: int = 65536
+    """Largest JSON result a @task may return."""
+    extra: Mapping[str, str] = field(default_factory=dict)
+    """Unrecognised keys from the TOML file (kept for forward compatibility)."""
+
+    def safe_database_url(self) -> str:
+        return redact_url(self.database_url)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL is shown as-is minus anything after ':' in userinfo
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _as_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be positive, got {value}")
+    return value
+
+
+def _as_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be positive, got {value}")
+    return value
+
+
+_CONVERTERS: dict[str, Callable[[str, str], Any]] = {
+    "parallelism": _as_int,
+    "max_result_bytes": _as_int,
+    "parse_interval": _as_float,
+    "parse_timeout": _as_float,
+    "heartbeat_interval": _as_float,
+    "kill_grace_period": _as_float,
+    "pod_pending_timeout": _as_float,
+    "dags_folder": lambda _n, raw: Path(raw).expanduser(),
+    "state_dir": lambda _n, raw: Path(raw).expanduser(),
+}
+
+
+def _convert(name: str, raw: object) -> Any:
+    text = str(raw)
+    conv = _CONVERTERS.get(name)
+    return conv(name, text) if conv else text
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, *, toml_path: Path | None = None, **overrides: Any
+) -> Config:
+    """Build the config: defaults < TOML file < environment < explicit overrides.
+
+    The TOML file is `MINIFLOW_CONFIG` (or `toml_path`); its keys are the field
+    names (`database_url = "..."`), optionally under a `[miniflow]` table.
+    """
+    env = os.environ if environ is None else environ
+    known = {f.name for f in fields(Config)} - {"extra"}
+    values: dict[str, Any] = {}
+    extra: dict[str, str] = {}
+    path = toml_path or (Path(env["MINIFLOW_CONFIG"]) if env.get("MINIFLOW_CONFIG") else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"MINIFLOW_CONFIG: no such file {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        table = data.get("miniflow", data)
+        for key, raw in table.items():
+            if key in known:
+                values[key] = _convert(key, raw)
+            else:
+                extra[key] = str(raw)
+    for name in known:
+        raw_env = env.get(f"MINIFLOW_{name.upper()}")
+        if raw_env is not None and raw_env != "":
+            values[name] = _convert(name, raw_env)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = replace(Config(), **values, extra=extra)
+    return validate(config)
+
+
+def validate(config: Config) -> Config:
+    """Check cross-field rules; fill the embedded default database URL."""
+    if config.launcher not in LAUNCHERS:
+        raise ConfigError(
+            f"MINIFLOW_LAUNCHER must be one of {', '.join(LAUNCHERS)}, got {config.launcher!r}"
+        )
+    if config.pod_cleanup not in CLEANUP_POLICIES:
+        raise ConfigError(
+            f"MINIFLOW_POD_CLEANUP must be one of {', '.join(CLEANUP_POLICIES)}, "
+            f"got {config.pod_cleanup!r}"
+        )
+    url = config.database_url
+    if not url:
+        url = f"sqlite+aiosqlite:///{(config.state_dir / 'miniflow.db').resolve()}"
+        config = replace(config, database_url=url)
+    if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        raise ConfigError(
+            "MINIFLOW_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://, "
+            f"got {redact_url(url)!r}"
+        )
+    return config

@@ -1,0 +1,147 @@
+"""Task attempts: one row per try, the audit history. Closed rows are never rewritten."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.store.models import TaskAttempt
+
+TA = TaskAttempt
+_table = TaskAttempt.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    ti_id: int
+    try_number: int
+    state: str
+    exit_code: int | None
+    reason: str | None
+    message: str | None
+    log_tail: str | None
+    ended_at: datetime
+
+
+async def open_attempts(
+    session: AsyncSession,
+    rows: Sequence[tuple[int, str, str, str, int]],
+    *,
+    launcher: str,
+    scheduler_id: str,
+    now: datetime,
+) -> None:
+    """Insert (ti_id, dag_id, run_id, task_id, try) attempts in state queued."""
+    if not rows:
+        return
+    await session.execute(
+        insert(_table),
+        [
+            {
+                "ti_id": ti_id,
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "task_id": task_id,
+                "try_number": try_number,
+                "state": "queued",
+                "launcher": launcher,
+                "scheduler_id": scheduler_id,
+                "queued_at": now,
+            }
+            for ti_id, dag_id, run_id, task_id, try_number in rows
+        ],
+    )
+
+
+async def mark_started(
+    session: AsyncSession, items: Sequence[tuple[int, int, str | None, datetime]]
+) -> None:
+    """(ti_id, try, handle, started_at) for attempts still open."""
+    if not items:
+        return
+    stmt = (
+        update(_table)
+        .where(
+            _table.c.ti_id == bindparam("k_ti"),
+            _table.c.try_number == bindparam("k_try"),
+            _table.c.ended_at.is_(None),
+        )
+        .values(state="running", handle=bindparam("k_handle"), started_at=bindparam("k_at"))
+    )
+    await session.execute(
+        stmt,
+        [{"k_ti": t, "k_try": n, "k_handle": h, "k_at": at} for t, n, h, at in items],
+    )
+
+
+async def set_handles(session: AsyncSession, items: Sequence[tuple[int, int, str]]) -> None:
+    if not items:
+        return
+    stmt = (
+        update(_table)
+        .where(
+            _table.c.ti_id == bindparam("k_ti"),
+            _table.c.try_number == bindparam("k_try"),
+            _table.c.ended_at.is_(None),
+        )
+        .values(handle=bindparam("k_handle"))
+    )
+    await session.execute(stmt, [{"k_ti": t, "k_try": n, "k_handle": h} for t, n, h in items])
+
+
+async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
+    """Close open attempts; an attempt that already ended is left as it was."""
+    if not ends:
+        return
+    stmt = (
+        update(_table)
+        .where(
+            _table.c.ti_id == bindparam("k_ti"),
+            _table.c.try_number == bindparam("k_try"),
+            _table.c.ended_at.is_(None),
+        )
+        .values(
+            state=bindparam("k_state"),
+            exit_code=bindparam("k_exit"),
+            reason=bindparam("k_reason"),
+            message=bindparam("k_message"),
+            log_tail=bindparam("k_tail"),
+            ended_at=bindparam("k_ended"),
+        )
+    )
+    await session.execute(
+        stmt,
+        [
+            {
+                "k_ti": e.ti_id,
+                "k_try": e.try_number,
+                "k_state": e.state,
+                "k_exit": e.exit_code,
+                "k_reason": e.reason,
+                "k_message": e.message,
+                "k_tail": e.log_tail,
+                "k_ended": e.ended_at,
+            }
+            for e in ends
+        ],
+    )
+
+
+async def for_task(
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str
+) -> list[TaskAttempt]:
+    query = (
+        select(TA)
+        .where(TA.dag_id == dag_id, TA.run_id == run_id, TA.task_id == task_id)
+        .order_by(TA.try_number)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[TaskAttempt]:
+    query = select(TA).where(TA.dag_id == dag_id, TA.run_id == run_id).order_by(TA.id)
+    return list((await session.execute(query)).scalars())

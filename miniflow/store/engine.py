@@ -1,0 +1,80 @@
+"""Engine creation for PostgreSQL (asyncpg) and SQLite (aiosqlite).
+
+SQLite gets WAL, foreign keys and `BEGIN IMMEDIATE` transactions: the worker
+processes and the scheduler write to one file, and a deferred transaction that
+later upgrades to a write lock fails at once with "database is locked" instead
+of waiting for the busy timeout. Immediate transactions queue up properly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from miniflow.config import redact_url
+from miniflow.errors import DatabaseUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    """An AsyncEngine configured for miniflow's access pattern on either backend."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (the driver would defer it).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def check_connection(engine: AsyncEngine, *, timeout: float = 10.0) -> None:
+    """Raise `DatabaseUnavailable` with one clear line if the database can't be reached."""
+    safe = redact_url(str(engine.url.render_as_string(hide_password=False)))
+    try:
+        async with asyncio.timeout(timeout):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except TimeoutError as exc:
+        raise DatabaseUnavailable(f"database {safe} did not answer within {timeout:g}s") from exc
+    except (OperationalError, InterfaceError, DBAPIError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseUnavailable(f"cannot connect to database {safe}: {reason}") from exc
+
+
+@asynccontextmanager
+async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session inside one transaction: committed on success, rolled back on error."""
+    async with factory() as session, session.begin():
+        yield session

@@ -1,0 +1,186 @@
+"""SQLAlchemy models of miniflow's state, identical on PostgreSQL and SQLite.
+
+Only `miniflow.store` modules import these; the scheduler and the worker ask
+the store domain questions instead of building queries. Every timestamp is
+stored as UTC and comes back timezone-aware on both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the backend keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Dag(Base):
+    __tablename__ = "dag"
+
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    fileloc: Mapped[str] = mapped_column(String(1000))
+    serialized: Mapped[dict[str, Any]]
+    dag_hash: Mapped[str] = mapped_column(String(64))
+    schedule: Mapped[str | None] = mapped_column(String(100))
+    is_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    has_import_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_interval_start: Mapped[datetime | None]
+    next_interval_end: Mapped[datetime | None]
+    last_parsed_at: Mapped[datetime | None]
+
+
+class DagFile(Base):
+    """What the parser last saw of each file, so unchanged files are not parsed again."""
+
+    __tablename__ = "dag_file"
+
+    fileloc: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    dag_ids: Mapped[dict[str, Any]]  # {"ids": [...]} of the last successful parse
+    last_parsed_at: Mapped[datetime]
+
+
+class ImportErrorRow(Base):
+    __tablename__ = "import_error"
+
+    fileloc: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    error: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
+
+
+class DagRun(Base):
+    __tablename__ = "dag_run"
+    __table_args__ = (
+        UniqueConstraint("dag_id", "run_id", name="uq_dag_run_dag_id_run_id"),
+        Index("ix_dag_run_state_dag_id", "state", "dag_id"),
+        Index("ix_dag_run_dag_id_logical_date", "dag_id", "logical_date"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    logical_date: Mapped[datetime]
+    data_interval_start: Mapped[datetime]
+    data_interval_end: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(20))
+    run_type: Mapped[str] = mapped_column(String(20))
+    conf: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+
+class TaskInstance(Base):
+    __tablename__ = "task_instance"
+    __table_args__ = (
+        UniqueConstraint("dag_id", "run_id", "task_id", name="uq_task_instance_key"),
+        Index("ix_task_instance_state_priority", "state", "priority"),
+        Index("ix_task_instance_run_pk", "run_pk"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("dag_run.id", ondelete="CASCADE"))
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    task_id: Mapped[str] = mapped_column(String(250))
+    kind: Mapped[str] = mapped_column(String(10))
+    state: Mapped[str] = mapped_column(String(20))
+    try_number: Mapped[int] = mapped_column(Integer, default=0)
+    max_tries: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    pool: Mapped[str | None] = mapped_column(String(250))
+    next_retry_at: Mapped[datetime | None]
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    handle: Mapped[str | None] = mapped_column(String(300))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class TaskAttempt(Base):
+    """One row per try; never updated after `ended_at` is set (audit history)."""
+
+    __tablename__ = "task_attempt"
+    __table_args__ = (
+        UniqueConstraint("ti_id", "try_number", name="uq_task_attempt_try"),
+        Index("ix_task_attempt_open", "ended_at", "scheduler_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ti_id: Mapped[int] = mapped_column(ForeignKey("task_instance.id", ondelete="CASCADE"))
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    task_id: Mapped[str] = mapped_column(String(250))
+    try_number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    launcher: Mapped[str] = mapped_column(String(20))
+    scheduler_id: Mapped[str | None] = mapped_column(String(64))
+    handle: Mapped[str | None] = mapped_column(String(300))
+    queued_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(100))
+    message: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
+
+
+class SchedulerInstance(Base):
+    __tablename__ = "scheduler_instance"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(250))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+
+
+class Pool(Base):
+    __tablename__ = "pool"
+
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,173 @@
+"""DAG runs: creation (with their task instances), promotion and completion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.errors import NotFound, PermanentError
+from miniflow.serialized import SerializedDag
+from miniflow.store import states
+from miniflow.store.models import DagRun, TaskInstance
+
+
+class RunExists(PermanentError):
+    """A run with this run_id already exists for the DAG."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the scheduler needs of a run to render templates and decide its end."""
+
+    pk: int
+    dag_id: str
+    run_id: str
+    logical_date: datetime
+    data_interval_start: datetime
+    data_interval_end: datetime
+    state: str
+    run_type: str
+    conf: dict[str, Any]
+
+
+def _info(row: DagRun) -> RunInfo:
+    return RunInfo(
+        pk=row.id,
+        dag_id=row.dag_id,
+        run_id=row.run_id,
+        logical_date=row.logical_date,
+        data_interval_start=row.data_interval_start,
+        data_interval_end=row.data_interval_end,
+        state=row.state,
+        run_type=row.run_type,
+        conf=dict(row.conf or {}),
+    )
+
+
+async def create_run(
+    session: AsyncSession,
+    *,
+    dag: SerializedDag,
+    run_id: str,
+    run_type: str,
+    logical_date: datetime,
+    interval: tuple[datetime, datetime],
+    conf: dict[str, Any],
+    now: datetime,
+) -> int:
+    """Insert a queued run and one `none` task instance per task; returns the run pk."""
+    try:
+        async with session.begin_nested():
+            run = DagRun(
+                dag_id=dag["dag_id"],
+                run_id=run_id,
+                logical_date=logical_date,
+                data_interval_start=interval[0],
+                data_interval_end=interval[1],
+                state=states.RUN_QUEUED,
+                run_type=run_type,
+                conf=conf,
+                created_at=now,
+            )
+            session.add(run)
+            await session.flush()
+    except IntegrityError as exc:
+        raise RunExists(f"DAG {dag['dag_id']!r} already has a run {run_id!r}") from exc
+    rows = [
+        {
+            "run_pk": run.id,
+            "dag_id": dag["dag_id"],
+            "run_id": run_id,
+            "task_id": task_id,
+            "kind": task["kind"],
+            "state": states.NONE,
+            "try_number": 0,
+            "max_tries": task["retries"],
+            "priority": task["priority"],
+            "pool": task["pool"],
+        }
+        for task_id, task in dag["tasks"].items()
+    ]
+    if rows:
+        await session.execute(insert(TaskInstance.__table__), rows)
+    return run.id
+
+
+async def run_counts(session: AsyncSession) -> dict[str, int]:
+    """Queued and running runs per DAG (what max_active_runs limits)."""
+    query = (
+        select(DagRun.dag_id, func.count())
+        .where(DagRun.state.in_([states.RUN_QUEUED, states.RUN_RUNNING]))
+        .group_by(DagRun.dag_id)
+    )
+    return {dag_id: count for dag_id, count in (await session.execute(query)).all()}
+
+
+async def last_scheduled_intervals(session: AsyncSession) -> dict[str, tuple[datetime, datetime]]:
+    """The newest scheduled run's data interval per DAG."""
+    latest = (
+        select(DagRun.dag_id, func.max(DagRun.data_interval_end).label("end"))
+        .where(DagRun.run_type == states.RUN_TYPE_SCHEDULED)
+        .group_by(DagRun.dag_id)
+        .subquery()
+    )
+    query = select(DagRun.dag_id, DagRun.data_interval_start, DagRun.data_interval_end).join(
+        latest, (DagRun.dag_id == latest.c.dag_id) & (DagRun.data_interval_end == latest.c.end)
+    ).where(DagRun.run_type == states.RUN_TYPE_SCHEDULED)
+    return {dag_id: (start, end) for dag_id, start, end in (await session.execute(query)).all()}
+
+
+async def queued_runs(session: AsyncSession) -> list[RunInfo]:
+    query = select(DagRun).where(DagRun.state == states.RUN_QUEUED).order_by(DagRun.logical_date)
+    return [_info(row) for row in (await session.execute(query)).scalars()]
+
+
+async def running_runs(session: AsyncSession, pks: Sequence[int] | None = None) -> list[RunInfo]:
+    query = select(DagRun).where(DagRun.state == states.RUN_RUNNING)
+    if pks is not None:
+        query = query.where(DagRun.id.in_(list(pks)))
+    return [_info(row) for row in (await session.execute(query)).scalars()]
+
+
+async def set_state(
+    session: AsyncSession, pk: int, *, expected: str, state: str, now: datetime
+) -> bool:
+    values: dict[str, Any] = {"state": state}
+    if state == states.RUN_RUNNING:
+        values["started_at"] = now
+        values["ended_at"] = None
+    elif state in states.RUN_FINISHED:
+        values["ended_at"] = now
+    result = await session.execute(
+        update(DagRun).where(DagRun.id == pk, DagRun.state == expected).values(**values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def get_run(session: AsyncSession, dag_id: str, run_id: str) -> RunInfo:
+    row = (
+        await session.execute(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"DAG {dag_id!r} has no run {run_id!r} (see `miniflow runs list {dag_id}`)")
+    return _info(row)
+
+
+async def get_run_by_pk(session: AsyncSession, pk: int) -> RunInfo:
+    row = await session.get(DagRun, pk)
+    if row is None:
+        raise NotFound(f"no run with id {pk}")
+    return _info(row)
+
+
+async def list_runs(session: AsyncSession, dag_id: str | None = None, limit: int = 50) -> list[DagRun]:
+    query = select(DagRun).order_by(DagRun.logical_date.desc(), DagRun.id.desc()).limit(limit)
+    if dag_id is not None:
+        query = query.where(DagRun.dag_id == dag_id)
+    return list((await session.execute(query)).scalars())

@@ -1,0 +1,79 @@
+"""Create, upgrade and check the schema through Alembic.
+
+`upgrade` is what `miniflow db upgrade` runs. `check` is run by everything else
+at start-up, so an unmigrated database, an old one, or one written by a newer
+miniflow gives a clear instruction instead of a failing query later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from miniflow.errors import SchemaError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(connection: Any = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def upgrade(engine: AsyncEngine) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision; returns (before, after)."""
+    before = await current_revision(engine)
+    _refuse_unknown(before)
+
+    def run(sync_conn: Any) -> None:
+        command.upgrade(_alembic_config(sync_conn), "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+    return before, head_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
+        )
+
+
+def _refuse_unknown(revision: str | None) -> None:
+    if revision is None:
+        return
+    script = ScriptDirectory.from_config(_alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if revision not in known:
+        raise SchemaError(
+            f"the database schema is at revision {revision}, which this miniflow does not know: "
+            "it was written by a newer miniflow; upgrade miniflow"
+        )
+
+
+async def check(engine: AsyncEngine) -> None:
+    """Raise SchemaError unless the schema is exactly at this code's head revision."""
+    revision = await current_revision(engine)
+    if revision is None:
+        raise SchemaError("the database has no miniflow schema: run `miniflow db upgrade`")
+    _refuse_unknown(revision)
+    if revision != head_revision():
+        raise SchemaError(
+            f"the database schema is at revision {revision}, older than this miniflow "
+            f"({head_revision()}): run `miniflow db upgrade`"
+        )

@@ -1,0 +1,26 @@
+"""Task-instance and run states, and which ones count as finished."""
+
+from __future__ import annotations
+
+NONE = "none"
+SCHEDULED = "scheduled"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCESS = "success"
+FAILED = "failed"
+UP_FOR_RETRY = "up_for_retry"
+UPSTREAM_FAILED = "upstream_failed"
+SKIPPED = "skipped"
+
+FINISHED = frozenset({SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED})
+ACTIVE = frozenset({QUEUED, RUNNING})  # holding a parallelism slot
+FAILED_LIKE = frozenset({FAILED, UPSTREAM_FAILED})
+
+RUN_QUEUED = "queued"
+RUN_RUNNING = "running"
+RUN_SUCCESS = "success"
+RUN_FAILED = "failed"
+RUN_FINISHED = frozenset({RUN_SUCCESS, RUN_FAILED})
+
+RUN_TYPE_SCHEDULED = "scheduled"
+RUN_TYPE_MANUAL = "manual"

@@ -1,0 +1,335 @@
+"""Every write of task-instance state: conditional, batched, fenced.
+
+This module is the only code that changes `task_instance.state`. Each update
+names the states it expects (and, once a try has started, the try number) in
+its WHERE clause, so a stale scheduler or a stale worker can never overwrite
+newer truth: the update simply matches no row. Updates are batched per tick
+(one statement per group of identical values) so the query count per tick
+stays constant as DAGs grow.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.store import states
+from miniflow.store.models import DagRun, TaskInstance
+
+TI = TaskInstance
+
+
+@dataclass(frozen=True, slots=True)
+class TIState:
+    id: int
+    run_pk: int
+    task_id: str
+    state: str
+    try_number: int
+    max_tries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A scheduled task instance that may be queued now."""
+
+    id: int
+    run_pk: int
+    dag_id: str
+    run_id: str
+    task_id: str
+    kind: str
+    try_number: int
+    priority: int
+    pool: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of a try as decided by its reporter (worker or scheduler)."""
+
+    ti_id: int
+    try_number: int
+    state: str  # success | failed | up_for_retry
+    expected: tuple[str, ...] = (states.QUEUED, states.RUNNING)
+    exit_code: int | None = None
+    error: str | None = None
+    next_retry_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def states_for_runs(session: AsyncSession, run_pks: Iterable[int]) -> dict[int, list[TIState]]:
+    pks = list(run_pks)
+    out: dict[int, list[TIState]] = defaultdict(list)
+    if not pks:
+        return out
+    query = select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries).where(
+        TI.run_pk.in_(pks)
+    )
+    for row in (await session.execute(query)).all():
+        out[row.run_pk].append(TIState(*row))
+    return out
+
+
+async def set_states(
+    session: AsyncSession, changes: Sequence[tuple[int, str, str]], now: datetime
+) -> int:
+    """Apply (ti_id, expected_state, new_state) changes; one UPDATE per state pair."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for ti_id, expected, new in changes:
+        groups[(expected, new)].append(ti_id)
+    applied = 0
+    for (expected, new), ids in groups.items():
+        values: dict[str, Any] = {"state": new}
+        if new in states.FINISHED:
+            values["ended_at"] = now
+        result = await session.execute(
+            update(TI).where(TI.id.in_(ids), TI.state == expected).values(**values)
+        )
+        applied += result.rowcount  # type: ignore[attr-defined]
+    return applied
+
+
+async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]:
+    """up_for_retry → scheduled once the back-off has passed; returns touched run pks."""
+    result = await session.execute(
+        update(TI)
+        .where(TI.state == states.UP_FOR_RETRY, TI.next_retry_at <= now)
+        .values(state=states.SCHEDULED)
+        .returning(TI.run_pk)
+    )
+    return sorted({row[0] for row in result.all()})
+
+
+async def next_retry_due(session: AsyncSession) -> datetime | None:
+    query = select(func.min(TI.next_retry_at)).where(TI.state == states.UP_FOR_RETRY)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def active_counts(
+    session: AsyncSession,
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Queued+running task instances: total, per DAG, per pool."""
+    query = (
+        select(TI.dag_id, TI.pool, func.count())
+        .where(TI.state.in_(list(states.ACTIVE)))
+        .group_by(TI.dag_id, TI.pool)
+    )
+    total, by_dag, by_pool = 0, defaultdict(int), defaultdict(int)
+    for dag_id, pool, count in (await session.execute(query)).all():
+        total += count
+        by_dag[dag_id] += count
+        if pool is not None:
+            by_pool[pool] += count
+    return total, dict(by_dag), dict(by_pool)
+
+
+async def scheduled_candidates(session: AsyncSession, limit: int) -> list[Candidate]:
+    """Scheduled task instances, highest priority then oldest run first; locked on Postgres."""
+    query = (
+        select(TI.id, TI.run_pk, TI.dag_id, TI.run_id, TI.task_id, TI.kind, TI.try_number,
+               TI.priority, TI.pool)
+        .join(DagRun, DagRun.id == TI.run_pk)
+        .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING)
+        .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
+        .limit(limit)
+        .with_for_update(of=TI, skip_locked=True)
+    )
+    return [Candidate(*row) for row in (await session.execute(query)).all()]
+
+
+async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) -> dict[int, int]:
+    """scheduled → queued with a new try number; returns {ti_id: try_number} of those claimed."""
+    if not ids:
+        return {}
+    result = await session.execute(
+        update(TI)
+        .where(TI.id.in_(list(ids)), TI.state == states.SCHEDULED)
+        .values(
+            state=states.QUEUED,
+            try_number=TI.try_number + 1,
+            queued_at=now,
+            started_at=None,
+            ended_at=None,
+            heartbeat_at=None,
+            handle=None,
+            exit_code=None,
+            error=None,
+            next_retry_at=None,
+        )
+        .returning(TI.id, TI.try_number)
+    )
+    return {ti_id: try_number for ti_id, try_number in result.all()}
+
+
+async def record_started(
+    session: AsyncSession, items: Sequence[tuple[int, int, str | None, datetime]]
+) -> None:
+    """Launcher saw (ti_id, try, handle, at) start: queued → running, fenced by try."""
+    for ti_id, try_number, handle, at in items:
+        await session.execute(
+            update(TI)
+            .where(TI.id == ti_id, TI.try_number == try_number, TI.state.in_(list(states.ACTIVE)))
+            .values(state=states.RUNNING, handle=handle, started_at=func.coalesce(TI.started_at, at))
+        )
+
+
+async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> set[int]:
+    """Apply outcomes, each only if its try is still current and in an expected state.
+
+    Outcomes with identical values are one UPDATE (`(id, try) IN (...)`), so a
+    tick that ends 2,000 tries costs a handful of statements. Returns the ids
+    of the task instances that changed.
+    """
+    groups: dict[tuple[Any, ...], list[Outcome]] = defaultdict(list)
+    for item in outcomes:
+        key = (item.state, item.expected, item.exit_code, item.error, item.next_retry_at,
+               tuple(sorted(item.extra.items())) if item.extra else ())
+        groups[key].append(item)
+    changed: set[int] = set()
+    for (state, expected, exit_code, error, next_retry_at, extra), items in groups.items():
+        values: dict[str, Any] = {
+            "state": state,
+            "exit_code": exit_code,
+            "error": error,
+            "next_retry_at": next_retry_at,
+            "ended_at": now,
+            **dict(extra),
+        }
+        keys = [(i.ti_id, i.try_number) for i in items]
+        result = await session.execute(
+            update(TI)
+            .where(tuple_(TI.id, TI.try_number).in_(keys), TI.state.in_(list(expected)))
+            .values(**values)
+            .returning(TI.id)
+        )
+        changed.update(row[0] for row in result.all())
+    return changed
+
+
+async def fetch(session: AsyncSession, ids: Sequence[int]) -> dict[int, TaskInstance]:
+    if not ids:
+        return {}
+    rows = (await session.execute(select(TI).where(TI.id.in_(list(ids))))).scalars()
+    return {row.id: row for row in rows}
+
+
+async def find_keys(
+    session: AsyncSession, keys: Sequence[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], TaskInstance]:
+    """Task instances by (dag_id, run_id, task_id)."""
+    if not keys:
+        return {}
+    query = select(TI).where(tuple_(TI.dag_id, TI.run_id, TI.task_id).in_(list(keys)))
+    return {(r.dag_id, r.run_id, r.task_id): r for r in (await session.execute(query)).scalars()}
+
+
+async def in_flight(session: AsyncSession) -> list[TaskInstance]:
+    """Queued and running task instances (to adopt after a restart)."""
+    query = select(TI).where(TI.state.in_(list(states.ACTIVE)))
+    return list((await session.execute(query)).scalars())
+
+
+async def list_for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[TaskInstance]:
+    query = select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id).order_by(TI.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def clear(
+    session: AsyncSession, dag_id: str, run_id: str, task_ids: Sequence[str], retries: dict[str, int]
+) -> int:
+    """Reset finished tasks to `none` so they run again with a new try and fresh retries.
+
+    Running tries are left alone (kill them first); the run goes back to running.
+    """
+    rows = (
+        await session.execute(
+            select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids)))
+        )
+    ).scalars()
+    count = 0
+    run_pk = None
+    for row in rows:
+        if row.state in states.ACTIVE:
+            continue
+        run_pk = row.run_pk
+        result = await session.execute(
+            update(TI)
+            .where(TI.id == row.id, TI.try_number == row.try_number, TI.state == row.state)
+            .values(
+                state=states.NONE,
+                max_tries=row.try_number + retries.get(row.task_id, 0),
+                next_retry_at=None,
+                ended_at=None,
+            )
+        )
+        count += result.rowcount  # type: ignore[attr-defined]
+    if run_pk is not None:
+        await session.execute(
+            update(DagRun)
+            .where(DagRun.id == run_pk, DagRun.state.in_(list(states.RUN_FINISHED)))
+            .values(state=states.RUN_RUNNING, ended_at=None)
+        )
+    return count
+
+
+# --- the worker's side -------------------------------------------------------------------------
+
+
+async def worker_claim(
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str, try_number: int, now: datetime
+) -> TaskInstance | None:
+    """Mark the try running for this worker, only if the database still expects this try.
+
+    `heartbeat_at IS NULL` makes the claim exclusive: a second worker for the
+    same try (a duplicate pod) finds it taken and runs nothing.
+    """
+    result = await session.execute(
+        update(TI)
+        .where(
+            TI.dag_id == dag_id,
+            TI.run_id == run_id,
+            TI.task_id == task_id,
+            TI.try_number == try_number,
+            TI.state.in_(list(states.ACTIVE)),
+            TI.heartbeat_at.is_(None),
+        )
+        .values(state=states.RUNNING, heartbeat_at=now, started_at=func.coalesce(TI.started_at, now))
+        .returning(TI.id)
+    )
+    ti_id = result.scalar_one_or_none()
+    if ti_id is None:
+        return None
+    return await session.get(TI, ti_id)
+
+
+async def heartbeat(session: AsyncSession, ti_id: int, try_number: int, now: datetime) -> bool:
+    """False when this try is no longer the current running one (the worker must stop)."""
+    result = await session.execute(
+        update(TI)
+        .where(TI.id == ti_id, TI.try_number == try_number, TI.state == states.RUNNING)
+        .values(heartbeat_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def upstream_results(
+    session: AsyncSession, dag_id: str, run_id: str, task_ids: Sequence[str]
+) -> dict[str, Any]:
+    if not task_ids:
+        return {}
+    query = select(TI.task_id, TI.result, TI.state).where(
+        TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids))
+    )
+    return {task_id: result for task_id, result, _state in (await session.execute(query)).all()}
+
+
+def stale_heartbeat_filter(before: datetime) -> Any:
+    """Running tries whose worker stopped heartbeating (for the sanity loop)."""
+    return and_(TI.state == states.RUNNING, or_(TI.heartbeat_at.is_(None), TI.heartbeat_at < before))

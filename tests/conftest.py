@@ -1,0 +1,71 @@
+"""Shared fixtures: real databases (SQLite file, Postgres clone) and migrated engines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.dbs import PostgresDatabases, sqlite_url
+
+pytest_plugins = ["tests.fakekube.fixtures"] if (Path(__file__).parent / "fakekube" / "fixtures.py").exists() else []
+
+
+def _run_in_thread(coro: object) -> None:
+    """asyncio.run in a thread: session fixtures may be first requested from a running loop."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_dbs() -> Iterator[PostgresDatabases]:
+    dbs = PostgresDatabases()
+    _run_in_thread(dbs.setup())
+    try:
+        yield dbs
+    finally:
+        _run_in_thread(dbs.teardown())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database URL on each backend."""
+    if request.param == "sqlite":
+        from miniflow.store import engine as store_engine
+        from miniflow.store import schema
+
+        url = sqlite_url(tmp_path)
+        engine = store_engine.create_engine(url)
+        try:
+            await schema.upgrade(engine)
+        finally:
+            await engine.dispose()
+        return url
+    dbs: PostgresDatabases = request.getfixturevalue("postgres_dbs")
+    return await dbs.clone()
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    from miniflow.store import engine as store_engine
+
+    eng = store_engine.create_engine(db_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()

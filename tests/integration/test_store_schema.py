@@ -1,0 +1,69 @@
+"""Schema creation and checks on both backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from miniflow.errors import DatabaseUnavailable, SchemaError
+from miniflow.store import engine as store_engine
+from miniflow.store import schema
+from tests.dbs import PostgresDatabases, sqlite_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    dbs: PostgresDatabases = request.getfixturevalue("postgres_dbs")
+    return await dbs.clone(migrated=False)
+
+
+async def test_check_refuses_unmigrated_then_upgrade_creates_schema(empty_url: str) -> None:
+    eng = store_engine.create_engine(empty_url)
+    try:
+        with pytest.raises(SchemaError, match="miniflow db upgrade"):
+            await schema.check(eng)
+        before, after = await schema.upgrade(eng)
+        assert before is None and after == schema.head_revision()
+        await schema.check(eng)
+        again = await schema.upgrade(eng)
+        assert again == (after, after)
+    finally:
+        await eng.dispose()
+
+
+async def test_check_refuses_newer_schema(db_url: str) -> None:
+    eng = store_engine.create_engine(db_url)
+    try:
+        async with eng.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+        with pytest.raises(SchemaError, match="newer miniflow"):
+            await schema.check(eng)
+        with pytest.raises(SchemaError, match="newer miniflow"):
+            await schema.upgrade(eng)
+    finally:
+        await eng.dispose()
+
+
+async def test_unreachable_database_is_one_clear_error() -> None:
+    eng = store_engine.create_engine("postgresql+asyncpg://bob:secret@127.0.0.1:1/nope")
+    try:
+        with pytest.raises(DatabaseUnavailable) as info:
+            await store_engine.check_connection(eng, timeout=5)
+    finally:
+        await eng.dispose()
+    message = str(info.value)
+    assert "127.0.0.1:1/nope" in message and "secret" not in message
+
+
+async def test_sqlite_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
+    eng = store_engine.create_engine(sqlite_url(tmp_path))
+    try:
+        async with eng.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await eng.dispose()
