@@ -1,0 +1,341 @@
+"""The `DAG` object users write in their DAG files, and its validation.
+
+A DAG file is plain Python: `with DAG(...):` pushes the DAG on a "current DAG"
+stack so the tasks created inside attach to it. Everything a user can get wrong
+is checked here, at definition time, and reported as a `DagDefinitionError`
+naming the file and line of the offending user code, so the parser can show an
+import error instead of the scheduler failing later.
+
+This module must stay light (no jinja2, no croniter, no database at import
+time): the worker imports it on every task start. `DAG.serialize()` is the only
+way out to the rest of miniflow, which never sees these Python objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from datetime import date, datetime, tzinfo
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from miniflow.errors import DagDefinitionError
+from miniflow.serialized import FORMAT_VERSION, SerializedDag
+
+if TYPE_CHECKING:
+    from miniflow.tasks import BaseTask
+
+SCHEDULE_PRESETS: tuple[str, ...] = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+
+# Ids end up as Kubernetes label values, so they follow the label-value rules.
+_ID_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+ID_RULES = (
+    "ids must be usable as Kubernetes label values: 1-63 characters, letters, digits, "
+    "'-', '_', '.', starting and ending with a letter or digit"
+)
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_EXAMPLES_DIR = os.path.join(_PACKAGE_DIR, "examples") + os.sep
+
+# The DAGs whose `with` block is executing, innermost last.
+_current: contextvars.ContextVar[tuple[DAG, ...]] = contextvars.ContextVar(
+    "miniflow_current_dag", default=()
+)
+# Lists collecting every DAG constructed while they are active (see `capture`).
+_captures: contextvars.ContextVar[tuple[list[DAG], ...]] = contextvars.ContextVar(
+    "miniflow_dag_captures", default=()
+)
+
+
+def user_location() -> tuple[str | None, int | None]:
+    """File and line of the innermost frame outside the miniflow package.
+
+    That is the line of the user's DAG file that triggered the current call;
+    example DAGs shipped inside the package count as user code.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        internal = filename.startswith(_PACKAGE_DIR) and not filename.startswith(_EXAMPLES_DIR)
+        if not internal:
+            return frame.f_code.co_filename, frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    return None, None
+
+
+def definition_error(
+    message: str, location: tuple[str | None, int | None] | None = None
+) -> DagDefinitionError:
+    """A `DagDefinitionError` located at `location`, or at the calling user code."""
+    filename, lineno = location if location is not None else user_location()
+    return DagDefinitionError(message, filename=filename, lineno=lineno)
+
+
+def check_id(value: object, what: str) -> str:
+    """Return `value` if it is a valid dag/task id, else raise naming the rules."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise definition_error(f"invalid {what} {value!r}: {ID_RULES}")
+    return value
+
+
+def check_json(value: object, what: str) -> None:
+    """Raise unless `value` survives `json.dumps` (the serialized DAG is plain JSON)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise definition_error(f"{what} must be JSON-serializable: {exc}") from exc
+
+
+def current_dag() -> DAG | None:
+    """The DAG whose `with` block is executing, if any."""
+    stack = _current.get()
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[list[DAG]]:
+    """Collect every DAG constructed inside the block, in construction order."""
+    found: list[DAG] = []
+    token = _captures.set((*_captures.get(), found))
+    try:
+        yield found
+    finally:
+        _captures.reset(token)
+
+
+def _check_timezone(name: object) -> ZoneInfo:
+    if not isinstance(name, str):
+        raise definition_error(f"timezone must be an IANA name string, got {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise definition_error(
+            f"unknown timezone {name!r} (expected an IANA name such as 'UTC' or 'Europe/Paris')"
+        ) from exc
+
+
+def _check_schedule(schedule: object) -> str | None:
+    if schedule is None:
+        return None
+    if not isinstance(schedule, str):
+        raise definition_error(
+            f"schedule must be None, a cron string or one of {', '.join(SCHEDULE_PRESETS)}; "
+            f"got {schedule!r}"
+        )
+    if schedule in SCHEDULE_PRESETS:
+        return schedule
+    from croniter import croniter  # lazy: keep `import miniflow` fast
+
+    if not croniter.is_valid(schedule):
+        raise definition_error(
+            f"invalid schedule {schedule!r}: not a valid cron expression "
+            f"and not one of {', '.join(SCHEDULE_PRESETS)}"
+        )
+    return schedule
+
+
+def _check_date(value: object, what: str, tz: tzinfo) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise definition_error(f"{what} must be a datetime, got {value!r}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        value = value.replace(tzinfo=tz)
+    return value
+
+
+def _check_positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise definition_error(f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class DAG:
+    """A workflow: tasks, their dependencies, and when to run them.
+
+    Use it as a context manager; tasks created inside the `with` block belong
+    to it. Several DAGs may be defined in one file.
+
+    `schedule` is None (manual runs only), a cron expression or a preset
+    (@once @hourly @daily @weekly @monthly @yearly). Naive `start_date` and
+    `end_date` are interpreted in the DAG's `timezone` (an IANA name);
+    aware datetimes are kept as given.
+
+    Any task setting (retries, retry_delay, timeout, trigger_rule, pool,
+    priority, image, resources, env, ...) may be given as a keyword or in
+    `default_args` to become the default of every task of the DAG; keywords
+    win over `default_args`, a task's own value wins over both. `env` is the
+    exception: the DAG's env is merged under each task's env.
+    """
+
+    def __init__(
+        self,
+        dag_id: str,
+        *,
+        schedule: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        catchup: bool = False,
+        timezone: str = "UTC",
+        max_active_runs: int = 16,
+        max_active_tasks: int = 32,
+        params: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        description: str | None = None,
+        default_args: dict[str, Any] | None = None,
+        **task_defaults: Any,
+    ) -> None:
+        from miniflow import tasks  # tasks imports this module; import at call time
+
+        self.filename, self.lineno = user_location()
+        self.dag_id = check_id(dag_id, "dag id")
+        self.schedule = _check_schedule(schedule)
+        self.timezone = timezone
+        tz = _check_timezone(timezone)
+        self.start_date = _check_date(start_date, "start_date", tz)
+        self.end_date = _check_date(end_date, "end_date", tz)
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise definition_error(
+                f"end_date {self.end_date.isoformat()} is before start_date "
+                f"{self.start_date.isoformat()}"
+            )
+        if not isinstance(catchup, bool):
+            raise definition_error(f"catchup must be True or False, got {catchup!r}")
+        self.catchup = catchup
+        self.max_active_runs = _check_positive_int(max_active_runs, "max_active_runs")
+        self.max_active_tasks = _check_positive_int(max_active_tasks, "max_active_tasks")
+        if params is not None and not isinstance(params, dict):
+            raise definition_error(f"params must be a dict, got {params!r}")
+        self.params: dict[str, Any] = dict(params or {})
+        check_json(self.params, "params")
+        if tags is None:
+            tags = []
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise definition_error(f"tags must be a list of strings, got {tags!r}")
+        self.tags = list(tags)
+        if description is not None and not isinstance(description, str):
+            raise definition_error(f"description must be a string, got {description!r}")
+        self.description = description
+        if default_args is not None and not isinstance(default_args, dict):
+            raise definition_error(f"default_args must be a dict, got {default_args!r}")
+        defaults = {**(default_args or {}), **task_defaults}
+        self.task_defaults: dict[str, Any] = tasks.validate_settings(
+            defaults, f"DAG {dag_id!r}", for_dag=True
+        )
+        self.tasks: dict[str, BaseTask] = {}
+        for found in _captures.get():
+            found.append(self)
+
+    def __repr__(self) -> str:
+        return f"<DAG {self.dag_id!r}: {len(self.tasks)} tasks>"
+
+    def __enter__(self) -> DAG:
+        _current.set((*_current.get(), self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack = _current.get()
+        if stack and stack[-1] is self:
+            _current.set(stack[:-1])
+        if exc_type is None:
+            self.check_cycles()
+
+    def get_task(self, task_id: str) -> BaseTask:
+        """The task `task_id`; `KeyError` naming the DAG if there is none."""
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise KeyError(f"DAG {self.dag_id!r} has no task {task_id!r}") from None
+
+    def add_task(self, task: BaseTask) -> None:
+        """Attach `task`; called by the task constructors."""
+        if task.task_id in self.tasks:
+            raise definition_error(
+                f"duplicate task id {task.task_id!r} in DAG {self.dag_id!r}",
+                (task.filename, task.lineno),
+            )
+        self.tasks[task.task_id] = task
+
+    def find_path(self, start: str, goal: str) -> list[str] | None:
+        """A downstream path of task ids from `start` to `goal`, if one exists."""
+        parents: dict[str, str | None] = {start: None}
+        todo = [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                path: list[str] = []
+                node: str | None = current
+                while node is not None:
+                    path.append(node)
+                    node = parents[node]
+                return path[::-1]
+            for nxt in sorted(self.tasks[current].downstream_ids):
+                if nxt not in parents:
+                    parents[nxt] = current
+                    todo.append(nxt)
+        return None
+
+    def check_cycles(self) -> None:
+        """Raise a `DagDefinitionError` naming the first cycle found, if any."""
+        white, grey, black = 0, 1, 2
+        color = dict.fromkeys(self.tasks, white)
+        for root in self.tasks:
+            if color[root] != white:
+                continue
+            # Iterative DFS: deep chains must not hit the recursion limit.
+            path = [root]
+            iters = [iter(sorted(self.tasks[root].downstream_ids))]
+            color[root] = grey
+            while iters:
+                nxt = next(iters[-1], None)
+                if nxt is None:
+                    color[path.pop()] = black
+                    iters.pop()
+                elif color[nxt] == grey:
+                    cycle = [*path[path.index(nxt) :], nxt]
+                    raise definition_error(
+                        f"cycle in DAG {self.dag_id!r}: {' >> '.join(cycle)}",
+                        (self.filename, self.lineno),
+                    )
+                elif color[nxt] == white:
+                    color[nxt] = grey
+                    path.append(nxt)
+                    iters.append(iter(sorted(self.tasks[nxt].downstream_ids)))
+
+    def serialize(self, fileloc: str, lineno: int | None = None) -> SerializedDag:
+        """The plain-JSON form of this DAG (see `miniflow.serialized`).
+
+        `fileloc` is the DAG file's path relative to the DAGs folder;
+        `lineno` defaults to the line of the `DAG(...)` call.
+        """
+        self.check_cycles()
+        return {
+            "format_version": FORMAT_VERSION,
+            "dag_id": self.dag_id,
+            "fileloc": fileloc,
+            "lineno": lineno if lineno is not None else (self.lineno or 0),
+            "schedule": self.schedule,
+            "start_date": self.start_date.isoformat() if self.start_date else None,
+            "end_date": self.end_date.isoformat() if self.end_date else None,
+            "catchup": self.catchup,
+            "timezone": self.timezone,
+            "max_active_runs": self.max_active_runs,
+            "max_active_tasks": self.max_active_tasks,
+            "params": json.loads(json.dumps(self.params)),
+            "tags": list(self.tags),
+            "description": self.description,
+            "tasks": {task_id: task.serialize() for task_id, task in self.tasks.items()},
+        }

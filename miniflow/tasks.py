@@ -1,0 +1,371 @@
+"""Task settings, the task base class with `>>` / `<<`, and the Bash and Pod tasks.
+
+Every task takes the same settings (retries, timeout, trigger rule, pool, pod
+settings, ...), and a DAG may give defaults for them. They are validated and
+normalized here, once, so that `serialize()` can emit exactly the contract of
+`miniflow.serialized` and nothing downstream has to re-check user input.
+
+Python (`@task`) tasks live in `miniflow.taskflow`; they share this base class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeAlias, Union
+
+from miniflow import dag as dag_mod
+from miniflow.dag import DAG, check_id, check_json, definition_error, user_location
+from miniflow.serialized import TRIGGER_RULES, PodSettings, SerializedTask, TaskKind
+
+_IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+class _Invalid(Exception):
+    """A setting value is wrong; the message says what was expected."""
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise _Invalid(f"must be a timedelta, got {value!r}")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise _Invalid(f"must not be negative, got {value!r}")
+    return seconds
+
+
+def _optional_duration(value: Any) -> float | None:
+    return None if value is None else _duration(value)
+
+
+def _retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Invalid(f"must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"must be an integer, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be True or False, got {value!r}")
+    return value
+
+
+def _trigger_rule(value: Any) -> str:
+    if value not in TRIGGER_RULES:
+        raise _Invalid(f"unknown trigger rule {value!r}; valid rules: {', '.join(TRIGGER_RULES)}")
+    return str(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _Invalid(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _str_dict(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _Invalid(f"must be a dict of strings to strings, got {value!r}")
+    return dict(value)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a dict, got {value!r}")
+    return dict(value)
+
+
+def _dict_list(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str | bytes | dict) or not isinstance(value, Sequence):
+        raise _Invalid(f"must be a list of dicts, got {value!r}")
+    if not all(isinstance(item, dict) for item in value):
+        raise _Invalid(f"must be a list of dicts, got {value!r}")
+    return [dict(item) for item in value]
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise _Invalid(f"must be a list of strings, got {value!r}")
+    if not all(isinstance(item, str) for item in value):
+        raise _Invalid(f"must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _pull_policy(value: Any) -> str:
+    if value not in _IMAGE_PULL_POLICIES:
+        raise _Invalid(f"must be one of {', '.join(_IMAGE_PULL_POLICIES)}, got {value!r}")
+    return str(value)
+
+
+def _security_context(value: Any) -> dict[str, Any] | None:
+    return None if value is None else _dict(value)
+
+
+# Settings outside the `pod` dict: name -> (normalizer, default when unset).
+_TASK_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "retries": (_retries, 0),
+    "retry_delay": (_duration, 300.0),
+    "retry_exponential_backoff": (_bool, False),
+    "max_retry_delay": (_optional_duration, None),
+    "timeout": (_optional_duration, None),
+    "trigger_rule": (_trigger_rule, "all_success"),
+    "pool": (_optional_str, None),
+    "priority": (_int, 1),
+    "env": (_str_dict, {}),
+}
+# Settings that go into the `pod` dict (keys of `PodSettings`).
+_POD_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "namespace": _optional_str,
+    "image": _optional_str,
+    "resources": _dict,
+    "node_selector": _str_dict,
+    "tolerations": _dict_list,
+    "affinity": _dict,
+    "service_account": _optional_str,
+    "labels": _str_dict,
+    "annotations": _str_dict,
+    "volumes": _dict_list,
+    "volume_mounts": _dict_list,
+    "image_pull_policy": _pull_policy,
+    "image_pull_secrets": _str_list,
+    "security_context": _security_context,
+    "pod_override": _dict,
+}
+SETTING_NAMES: tuple[str, ...] = (*_TASK_SETTINGS, *_POD_SETTINGS)
+
+
+def validate_settings(
+    settings: dict[str, Any], owner: str, *, for_dag: bool = False
+) -> dict[str, Any]:
+    """Normalize task settings given by a user; raise on unknown names or bad values.
+
+    `None` for a pod setting means "not set" (except `security_context`, where
+    None opts out of the restricted default), so it is kept as given.
+    """
+    normalized: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name in _TASK_SETTINGS:
+            normalizer = _TASK_SETTINGS[name][0]
+        elif name in _POD_SETTINGS:
+            normalizer = _POD_SETTINGS[name]
+        else:
+            kind = "DAG keyword or default_args key" if for_dag else "keyword argument"
+            raise definition_error(
+                f"{owner}: unknown {kind} {name!r}; task settings are: {', '.join(SETTING_NAMES)}"
+            )
+        try:
+            normalized[name] = (
+                value if value is None and name in _POD_SETTINGS else normalizer(value)
+            )
+        except _Invalid as exc:
+            raise definition_error(f"{owner}: {name} {exc}") from None
+        if name in _POD_SETTINGS:
+            check_json(normalized[name], f"{owner}: {name}")
+    return normalized
+
+
+class DependencyMixin:
+    """`>>` and `<<` for tasks and for references to their results."""
+
+    def dependency_task(self) -> BaseTask:
+        raise NotImplementedError
+
+    def __rshift__(self, other: DependencyTarget) -> DependencyTarget:
+        for task in _tasks_of(other):
+            _link(self.dependency_task(), task)
+        return other
+
+    def __lshift__(self, other: DependencyTarget) -> DependencyTarget:
+        for task in _tasks_of(other):
+            _link(task, self.dependency_task())
+        return other
+
+    def __rrshift__(self, other: DependencyTarget) -> DependencyMixin:
+        # `[a, b] >> self`
+        for task in _tasks_of(other):
+            _link(task, self.dependency_task())
+        return self
+
+    def __rlshift__(self, other: DependencyTarget) -> DependencyMixin:
+        # `[a, b] << self`
+        for task in _tasks_of(other):
+            _link(self.dependency_task(), task)
+        return self
+
+
+DependencyTarget: TypeAlias = Union[DependencyMixin, Sequence[DependencyMixin]]  # noqa: UP007
+
+
+def _tasks_of(target: object) -> list[BaseTask]:
+    items = target if isinstance(target, list | tuple | set | frozenset) else [target]
+    tasks = []
+    for item in items:
+        if not isinstance(item, DependencyMixin):
+            hint = " (a @task function must be called: `f()`)" if callable(item) else ""
+            raise definition_error(
+                f"cannot set a dependency on {item!r}: expected a task or a list of tasks{hint}"
+            )
+        tasks.append(item.dependency_task())
+    return tasks
+
+
+def _link(upstream: BaseTask, downstream: BaseTask) -> None:
+    if upstream.dag is not downstream.dag:
+        raise definition_error(
+            f"cannot set dependency {upstream.task_id!r} >> {downstream.task_id!r}: tasks belong "
+            f"to different DAGs ({upstream.dag.dag_id!r} and {downstream.dag.dag_id!r})"
+        )
+    if upstream is downstream:
+        raise definition_error(f"cycle: {upstream.task_id} >> {upstream.task_id}")
+    if downstream.task_id in upstream.downstream_ids:
+        return
+    # A new edge closes a cycle only if `downstream` already reaches `upstream`;
+    # checking now (not only at the end) lets the error name the offending line.
+    # The cheap guard keeps building large fan-in/fan-out DAGs linear.
+    back = None
+    if upstream.upstream_ids and downstream.downstream_ids:
+        back = upstream.dag.find_path(downstream.task_id, upstream.task_id)
+    if back is not None:
+        raise definition_error(f"cycle: {' >> '.join([upstream.task_id, *back])}")
+    upstream.downstream_ids.add(downstream.task_id)
+    downstream.upstream_ids.add(upstream.task_id)
+
+
+class BaseTask(DependencyMixin):
+    """What every task kind shares: id, DAG, settings, dependencies."""
+
+    kind: TaskKind
+
+    def __init__(self, task_id: str, settings: dict[str, Any], *, dag: DAG | None = None) -> None:
+        self.filename, self.lineno = user_location()
+        owner = dag if dag is not None else dag_mod.current_dag()
+        if owner is None:
+            raise definition_error(
+                f"task {task_id!r} must be created inside a `with DAG(...):` block"
+            )
+        self.dag: DAG = owner
+        self.task_id = check_id(task_id, "task id")
+        self.settings = validate_settings(settings, f"task {task_id!r}")
+        self.upstream_ids: set[str] = set()
+        self.downstream_ids: set[str] = set()
+        owner.add_task(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.dag.dag_id}.{self.task_id}>"
+
+    def dependency_task(self) -> BaseTask:
+        return self
+
+    def effective_settings(self) -> dict[str, Any]:
+        """Settings after inheritance: built-in default < DAG default < the task's own."""
+        merged: dict[str, Any] = {name: default for name, (_, default) in _TASK_SETTINGS.items()}
+        merged.update(self.dag.task_defaults)
+        merged.update(self.settings)
+        merged["env"] = {**self.dag.task_defaults.get("env", {}), **self.settings.get("env", {})}
+        return merged
+
+    def _serialize_common(self) -> SerializedTask:
+        settings = self.effective_settings()
+        pod: dict[str, Any] = {}
+        for name in _POD_SETTINGS:
+            if name in settings and (settings[name] is not None or name == "security_context"):
+                pod[name] = settings[name]
+        pod = json.loads(json.dumps(pod))  # deep copy: the result must not alias our state
+        return {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "upstream": sorted(self.upstream_ids),
+            "trigger_rule": settings["trigger_rule"],
+            "retries": settings["retries"],
+            "retry_delay": settings["retry_delay"],
+            "retry_exponential_backoff": settings["retry_exponential_backoff"],
+            "max_retry_delay": settings["max_retry_delay"],
+            "timeout": settings["timeout"],
+            "pool": settings["pool"],
+            "priority": settings["priority"],
+            "env": dict(settings["env"]),
+            "pod": PodSettings(**pod),  # type: ignore[typeddict-item]
+        }
+
+    def serialize(self) -> SerializedTask:
+        """This task's part of the serialized DAG."""
+        return self._serialize_common()
+
+
+class Bash(BaseTask):
+    """Run a shell command (a Jinja2 template) in a worker pod."""
+
+    kind: TaskKind = "bash"
+
+    def __init__(
+        self, task_id: str, command: str, env: dict[str, str] | None = None, **settings: Any
+    ) -> None:
+        if not isinstance(command, str) or not command.strip():
+            raise definition_error(f"task {task_id!r}: command must be a non-empty string")
+        self.command = command
+        if env is not None:
+            settings["env"] = env
+        dag = settings.pop("dag", None)
+        super().__init__(task_id, settings, dag=dag)
+
+    def serialize(self) -> SerializedTask:
+        data = self._serialize_common()
+        data["command"] = self.command
+        return data
+
+
+def _optional_str_list(value: object, task_id: str, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    try:
+        return _str_list(value)
+    except _Invalid as exc:
+        raise definition_error(f"task {task_id!r}: {what} {exc}") from None
+
+
+class Pod(BaseTask):
+    """Run any image with its own entrypoint; launched directly by the scheduler.
+
+    `command` replaces the image's entrypoint (None keeps it), `args` its
+    arguments; both are lists of Jinja2 templates. Exit code 0 means success.
+    """
+
+    kind: TaskKind = "pod"
+
+    def __init__(
+        self,
+        task_id: str,
+        image: str | None = None,
+        command: list[str] | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        if not isinstance(image, str) or not image.strip():
+            raise definition_error(
+                f"Pod task {task_id!r} needs an image, e.g. Pod({task_id!r}, image='busybox:1.36')"
+            )
+        self.image = image
+        self.command = _optional_str_list(command, task_id, "command")
+        self.args = _optional_str_list(args, task_id, "args")
+        if env is not None:
+            settings["env"] = env
+        dag = settings.pop("dag", None)
+        super().__init__(task_id, settings, dag=dag)
+
+    def serialize(self) -> SerializedTask:
+        data = self._serialize_common()
+        # The DAG-level `image` default is the worker image: it does not apply here.
+        data["pod"].pop("image", None)
+        data["image"] = self.image
+        data["cmds"] = self.command
+        data["args"] = self.args
+        return data

@@ -1,0 +1,161 @@
+"""Rendering of task templates (Bash command, Pod cmds/args, env values).
+
+Templates are Jinja2 with `StrictUndefined`: a misspelt variable is an error
+naming the task, the field and the variable, never a silently empty string in
+a shell command. Compiled templates are cached by their source because the
+scheduler renders thousands of fields per second, and strings without any
+Jinja2 markup skip Jinja2 entirely.
+
+jinja2 is imported lazily, on the first template that needs it: `import
+miniflow` and the worker's start-up must not pay for it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from miniflow.errors import TemplateError
+from miniflow.serialized import SerializedTask
+
+if TYPE_CHECKING:
+    import jinja2
+
+_MARKUP = ("{{", "{%", "{#")
+
+
+def build_context(
+    *,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int,
+    logical_date: datetime,
+    data_interval_start: datetime,
+    data_interval_end: datetime,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The variables available to templates.
+
+    `ds`, `ds_nodash`, `ts` and `ts_nodash` are formatted in the timezone of
+    `logical_date` as given (the scheduler passes UTC).
+    """
+    return {
+        "ds": logical_date.strftime("%Y-%m-%d"),
+        "ds_nodash": logical_date.strftime("%Y%m%d"),
+        "ts": logical_date.isoformat(),
+        "ts_nodash": logical_date.strftime("%Y%m%dT%H%M%S"),
+        "logical_date": logical_date,
+        "data_interval_start": data_interval_start,
+        "data_interval_end": data_interval_end,
+        "run_id": run_id,
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "try_number": try_number,
+        "params": params,
+    }
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    import jinja2
+    from jinja2.utils import missing
+
+    class _Undefined(jinja2.StrictUndefined):
+        """StrictUndefined whose error remembers the name and object looked up."""
+
+        __slots__ = ()
+
+        def __init__(
+            self,
+            hint: str | None = None,
+            obj: Any = missing,
+            name: str | None = None,
+            exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+        ) -> None:
+            def make_error(message: str | None = None) -> jinja2.TemplateRuntimeError:
+                error = exc(message)
+                error.miniflow_lookup = (name, obj, obj is not missing)  # type: ignore[attr-defined]
+                return error
+
+            super().__init__(hint, obj, name, make_error)  # type: ignore[arg-type]
+
+    return jinja2.Environment(undefined=_Undefined, keep_trailing_newline=True, autoescape=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_template(source: str) -> jinja2.Template:
+    """The compiled template for `source` (cached); raises jinja2's syntax error."""
+    return _environment().from_string(source)
+
+
+def _variable_name(exc: Exception, context: dict[str, Any]) -> str:
+    lookup = getattr(exc, "miniflow_lookup", None)
+    if lookup is None:
+        return str(exc)
+    name, obj, has_obj = lookup
+    if not has_obj:
+        return str(name)
+    for key, value in context.items():
+        if value is obj:
+            return f"{key}.{name}"
+    return f"{name} (attribute of a {type(obj).__name__})"
+
+
+def render(template: str, context: dict[str, Any], *, task_id: str, field: str) -> str:
+    """Render one template; `TemplateError` naming task, field and variable on failure."""
+    if not any(marker in template for marker in _MARKUP):
+        return template
+    import jinja2
+
+    where = f"task {task_id!r}: {field}"
+    try:
+        compiled = compile_template(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"{where} has a template syntax error at line {exc.lineno}: {exc.message}"
+        ) from exc
+    try:
+        return compiled.render(context)
+    except jinja2.UndefinedError as exc:
+        name = _variable_name(exc, context)
+        raise TemplateError(f"{where} uses undefined variable {name!r}") from None
+    except Exception as exc:
+        raise TemplateError(f"{where} could not be rendered: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RenderedFields:
+    """The templated fields of one task, rendered for one attempt."""
+
+    bash_command: str | None
+    cmds: list[str] | None
+    args: list[str] | None
+    env: dict[str, str]
+
+
+def render_task_fields(task: SerializedTask, context: dict[str, Any]) -> RenderedFields:
+    """Render a task's Bash command, Pod cmds/args and env values."""
+    task_id = task["task_id"]
+
+    def each(values: list[str] | None, field: str) -> list[str] | None:
+        if values is None:
+            return None
+        return [
+            render(v, context, task_id=task_id, field=f"{field}[{i}]") for i, v in enumerate(values)
+        ]
+
+    command = task.get("command")
+    return RenderedFields(
+        bash_command=None
+        if command is None
+        else render(command, context, task_id=task_id, field="command"),
+        cmds=each(task.get("cmds"), "cmds"),
+        args=each(task.get("args"), "args"),
+        env={
+            key: render(value, context, task_id=task_id, field=f"env {key}")
+            for key, value in task["env"].items()
+        },
+    )
