@@ -1,0 +1,490 @@
+"""`LocalLauncher`: every attempt a local process; the embedded default launcher.
+
+The laptop stand-in for one-pod-per-task. Each attempt is a process leading its
+own session (so a kill reaches everything it started, like deleting a pod),
+writing stdout+stderr to a log file per attempt, reported to the scheduler as
+`AttemptStarted` / `AttemptExited` events. It never touches the database.
+
+Design decisions (see BENCHMARKS.md: the floor is fork+exec, ~1 ms a task):
+
+- **No Python for bash tasks.** A bash task is `bash -c <command>` under a
+  tiny `sh` wrapper that records the exit code in a file; the scheduler decides
+  success from the exit code. A cold interpreter that imports the worker costs
+  ~0.4 s of CPU; 200 of them on 2 cores would be ~40 s.
+- **Forkserver for Python tasks.** A `multiprocessing` forkserver that has
+  already imported the worker (`set_forkserver_preload`) forks a warm child per
+  attempt: start-up is a fork, not an interpreter boot plus imports. The
+  forkserver is a clean process (no event loop, no scheduler state), unlike a
+  fork of the scheduler itself. `python_mode="exec"` runs a fresh interpreter
+  instead (simple, slow) and is the fallback when the worker is not installed.
+- **pidfd, not a thread per child.** Exits are awaited with
+  `loop.add_reader(os.pidfd_open(pid))` (for forked children: the
+  multiprocessing sentinel); asyncio's default child watcher on 3.11 would
+  start a thread per process. The same pidfd watches processes adopted after
+  a scheduler restart, which are no longer our children.
+- **Restart-safe and idempotent.** Before `launch()` returns, a marker file
+  records pid + process start time + boot id; the attempt writes its own exit
+  code to a file. A new launcher on the same `state_dir` can therefore adopt a
+  running attempt (and learn its exit code) or report a finished one, and a
+  second launch of the same key is adopted, never run twice.
+- **Pod semantics.** When an attempt's main process exits, whatever it left in
+  its process group is SIGKILLed (as when a pod's container ends). `close()`
+  leaves running attempts alone; `shutdown_all()` kills them.
+
+Handles are `"pid:<pid>"`. Exit reasons: "Completed" (0), "Error" (non-zero,
+or a pod task without a command), "Timeout" (killed after `spec.timeout`),
+"Killed" (via `kill()`, its reason in `message`), "Lost" (the exit code cannot
+be known: no marker, or the process ended without an exit file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.process
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from miniflow.errors import NotFound
+from miniflow.launchers import local_procs as procs
+from miniflow.launchers.base import (
+    AliveAttempt,
+    AttemptExited,
+    AttemptKey,
+    AttemptStarted,
+    LauncherEvent,
+    LaunchResult,
+    TaskSpec,
+)
+
+log = logging.getLogger("miniflow.launchers.local")
+
+NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the Pod task a command"
+_FOLLOW_POLL = 0.1  # seconds between reads of a growing log while its process lives
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """A process this launcher watches (its own child, or adopted)."""
+
+    key: AttemptKey
+    kind: str
+    pid: int
+    paths: procs.AttemptPaths
+    own_child: bool  # spawned by us: reap with waitpid
+    process: multiprocessing.process.BaseProcess | None = None  # forked Python attempt
+    watch_fd: int | None = None  # fd registered with the loop (pidfd or sentinel)
+    pidfd: int | None = None  # ours to close
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    forced_reason: str | None = None  # "Timeout" | "Killed"
+    message: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def handle(self) -> str:
+        return f"pid:{self.pid}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LocalLauncher:
+    """Runs attempts as local processes; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        dags_folder: Path,
+        worker_env: dict[str, str],
+        grace_period: float = 5.0,
+        python_mode: Literal["fork", "exec"] = "fork",
+        python_entry: str = "miniflow_worker.runner:main",
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.dags_folder = Path(dags_folder)
+        self.worker_env = {"MINIFLOW_DAGS_FOLDER": str(self.dags_folder), **worker_env}
+        self.grace_period = grace_period
+        self.python_entry = python_entry
+        self._events: asyncio.Queue[LauncherEvent] = asyncio.Queue()
+        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._closed = False
+        self._warned_image = False
+        self._sh = shutil.which("sh") or "/bin/sh"
+        self._ctx: multiprocessing.context.ForkServerContext | None = None
+        self.python_mode: Literal["fork", "exec"] = python_mode
+        if python_mode == "fork":
+            module = python_entry.partition(":")[0]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ImportError:
+                found = False
+            if found:
+                self._ctx = multiprocessing.get_context("forkserver")
+                self._ctx.set_forkserver_preload([procs.__name__, module])
+            else:
+                log.warning("%s is not importable: Python tasks run in exec mode", module)
+                self.python_mode = "exec"
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    @property
+    def events(self) -> asyncio.Queue[LauncherEvent]:
+        return self._events
+
+    async def start(self) -> None:
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self._ctx is not None:
+            # Boot the forkserver (and its preloads) now, not on the first Python task.
+            await asyncio.to_thread(multiprocessing.forkserver.ensure_running)
+
+    async def close(self) -> None:
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        for attempt in self._attempts.values():
+            self._unwatch(loop, attempt)
+        self._attempts.clear()
+
+    async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
+        loop = asyncio.get_running_loop()
+        return [self._launch_one(loop, spec) for spec in specs]
+
+    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            # Not watched (e.g. before adopt): watch it if it still runs, else report.
+            attempt = self._adopt_one(loop, key, announce=False)
+            if attempt is None:
+                return
+        self._terminate(loop, attempt, "Killed", reason)
+
+    async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
+        loop = asyncio.get_running_loop()
+        for key, _handle in attempts:
+            if key not in self._attempts:
+                self._adopt_one(loop, key, announce=True)
+
+    async def alive(self) -> list[AliveAttempt]:
+        return [
+            AliveAttempt(key=a.key, handle=a.handle, info={"pid": a.pid, "kind": a.kind})
+            for a in self._attempts.values()
+        ]
+
+    async def read_logs(
+        self,
+        key: AttemptKey,
+        handle: str | None,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
+    ) -> AsyncIterator[str]:
+        """Lines of the attempt's log (without "\\n"); with `follow`, until it exits."""
+        path = procs.AttemptPaths.of(self.state_dir, key).log
+        attempt = self._attempts.get(key) if follow else None
+        if not path.exists() and attempt is None:
+            raise NotFound(f"no log for attempt {key}")
+        offset = 0
+        if tail_lines is not None and path.exists():
+            offset = procs.tail_offset(path, tail_lines)
+        pending = b""
+        while True:
+            chunk = procs.read_from(path, offset)  # a local file: fast enough inline
+            offset += len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+            if chunk:
+                continue
+            if attempt is None or attempt.done.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(attempt.done.wait(), _FOLLOW_POLL)
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+
+    async def shutdown_all(self) -> None:
+        """Kill every attempt still running and wait for their exit events."""
+        loop = asyncio.get_running_loop()
+        attempts = list(self._attempts.values())
+        for attempt in attempts:
+            self._terminate(loop, attempt, "Killed", "launcher shutdown")
+        if attempts:
+            await asyncio.wait(
+                [asyncio.ensure_future(a.done.wait()) for a in attempts],
+                timeout=self.grace_period + 5.0,
+            )
+
+    # -- launching --------------------------------------------------------------------------
+
+    def _launch_one(self, loop: asyncio.AbstractEventLoop, spec: TaskSpec) -> LaunchResult:
+        key = spec.key
+        if self._closed:
+            return LaunchResult(key=key, handle=None, error="launcher is closed", retryable=True)
+        running = self._attempts.get(key)
+        if running is not None:
+            return LaunchResult(key=key, handle=running.handle, adopted=True)
+        paths = procs.AttemptPaths.of(self.state_dir, key)
+        marker = procs.read_marker(paths.marker)
+        if marker is not None:
+            # Launched before (maybe by a previous scheduler): adopt, never run twice.
+            self._adopt_one(loop, key, announce=True, marker=marker)
+            return LaunchResult(key=key, handle=marker.handle, adopted=True)
+        if spec.kind == "pod" and not spec.cmds:
+            self._emit_exit(key, None, None, "Error", log_tail=None, message=NO_ENTRYPOINT_MESSAGE)
+            return LaunchResult(key=key, handle=None, error=NO_ENTRYPOINT_MESSAGE)
+        try:
+            paths.log.parent.mkdir(parents=True, exist_ok=True)
+            pid, process = self._start_process(spec, paths)
+        except OSError as exc:
+            return LaunchResult(key=key, handle=None, error=f"cannot start: {exc}", retryable=True)
+        stat = procs.proc_stat(pid)
+        attempt = _Attempt(
+            key=key,
+            kind=spec.kind,
+            pid=pid,
+            paths=paths,
+            own_child=process is None,
+            process=process,
+        )
+        procs.write_marker(
+            paths.marker,
+            procs.Marker(
+                pid=pid,
+                start_time=stat[1] if stat else None,
+                boot_id=procs.boot_id(),
+                kind=spec.kind,
+                handle=attempt.handle,
+                launched_at=time.time(),
+                timeout=spec.timeout,
+            ),
+        )
+        self._watch(loop, attempt, spec.timeout)
+        self._events.put_nowait(AttemptStarted(key=key, handle=attempt.handle, at=_now()))
+        return LaunchResult(key=key, handle=attempt.handle)
+
+    def _start_process(
+        self, spec: TaskSpec, paths: procs.AttemptPaths
+    ) -> tuple[int, multiprocessing.process.BaseProcess | None]:
+        env = {**os.environ, **spec.env}
+        if spec.kind == "bash":
+            argv = ["bash", "-c", spec.bash_command or ""]
+        elif spec.kind == "pod":
+            if not self._warned_image:
+                self._warned_image = True
+                log.warning(
+                    "local mode runs Pod tasks' commands on this host; their image (%s, ...) "
+                    "is ignored",
+                    spec.image,
+                )
+            argv = [*(spec.cmds or []), *(spec.args or [])]
+        else:
+            k = spec.key
+            worker_argv = [
+                "run",
+                "--dag-id",
+                k.dag_id,
+                "--run-id",
+                k.run_id,
+                "--task-id",
+                k.task_id,
+                "--try",
+                str(k.try_number),
+            ]
+            env = {**os.environ, **self.worker_env, **spec.env}
+            if self._ctx is not None:
+                process = self._ctx.Process(
+                    target=procs.run_forked,
+                    args=(self.python_entry, worker_argv, str(paths.log), str(paths.exit), env),
+                    name=f"miniflow {k}",
+                    daemon=False,
+                )
+                process.start()
+                assert process.pid is not None
+                return process.pid, process
+            argv = procs.exec_python_argv(self.python_entry, worker_argv)
+        pid = procs.spawn_wrapped(
+            argv, sh=self._sh, log_path=paths.log, exit_path=paths.exit, env=env
+        )
+        return pid, None
+
+    # -- adoption ---------------------------------------------------------------------------
+
+    def _adopt_one(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: AttemptKey,
+        *,
+        announce: bool,
+        marker: procs.Marker | None = None,
+    ) -> _Attempt | None:
+        """Watch the attempt if its process still runs, else report how it ended."""
+        paths = procs.AttemptPaths.of(self.state_dir, key)
+        marker = marker or procs.read_marker(paths.marker)
+        if marker is None:
+            self._emit_exit(
+                key,
+                None,
+                None,
+                "Lost",
+                log_tail=None,
+                message="no launch marker: the attempt was never started here",
+            )
+            return None
+        pidfd: int | None = None
+        if procs.marker_process_alive(marker):
+            try:
+                pidfd = os.pidfd_open(marker.pid)
+            except OSError:
+                pidfd = None
+            # Re-check after opening: the pid may have ended and been reused in between.
+            if pidfd is not None and not procs.marker_process_alive(marker):
+                os.close(pidfd)
+                pidfd = None
+        if pidfd is None:
+            code = procs.read_exit_file(paths.exit)
+            reaped = procs.reap_if_our_zombie(marker)  # launched by this very process
+            code = reaped if code is None else code
+            self._emit_exit(key, marker.handle, code, None, log_tail=procs.read_tail(paths.log))
+            return None
+        attempt = _Attempt(
+            key=key, kind=marker.kind, pid=marker.pid, paths=paths, own_child=False, pidfd=pidfd
+        )
+        timeout = None
+        if marker.timeout is not None:
+            timeout = max(0.0, marker.launched_at + marker.timeout - time.time())
+        self._watch(loop, attempt, timeout)
+        if announce:
+            self._events.put_nowait(AttemptStarted(key=key, handle=attempt.handle, at=_now()))
+        return attempt
+
+    # -- watching and ending ------------------------------------------------------------------
+
+    def _watch(
+        self, loop: asyncio.AbstractEventLoop, attempt: _Attempt, timeout: float | None
+    ) -> None:
+        self._attempts[attempt.key] = attempt
+        if attempt.process is not None:
+            attempt.watch_fd = attempt.process.sentinel
+        else:
+            if attempt.pidfd is None:
+                attempt.pidfd = os.pidfd_open(attempt.pid)
+            attempt.watch_fd = attempt.pidfd
+        loop.add_reader(attempt.watch_fd, self._on_exit, loop, attempt)
+        if timeout is not None:
+            attempt.timers.append(
+                loop.call_later(
+                    timeout,
+                    self._terminate,
+                    loop,
+                    attempt,
+                    "Timeout",
+                    f"timed out after {timeout:g} s",
+                )
+            )
+
+    def _terminate(
+        self, loop: asyncio.AbstractEventLoop, attempt: _Attempt, reason: str, message: str
+    ) -> None:
+        """SIGTERM the attempt's process group, SIGKILL after the grace period."""
+        if attempt.done.is_set():
+            return
+        if attempt.forced_reason is None:
+            attempt.forced_reason, attempt.message = reason, message
+        procs.signal_group(attempt.pid, signal.SIGTERM)
+        attempt.timers.append(
+            loop.call_later(self.grace_period, procs.signal_group, attempt.pid, signal.SIGKILL)
+        )
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop, attempt: _Attempt) -> None:
+        if attempt.watch_fd is not None:
+            loop.remove_reader(attempt.watch_fd)
+            attempt.watch_fd = None
+        if attempt.pidfd is not None:
+            os.close(attempt.pidfd)
+            attempt.pidfd = None
+        for timer in attempt.timers:
+            timer.cancel()
+        attempt.timers.clear()
+
+    def _on_exit(self, loop: asyncio.AbstractEventLoop, attempt: _Attempt) -> None:
+        code: int | None = None
+        process = attempt.process
+        if process is not None:
+            process.join(0)
+            if process.exitcode is None:
+                return  # spurious wake-up
+            code = process.exitcode if process.exitcode >= 0 else 128 - process.exitcode
+        # Pod semantics: the main process is gone, so is whatever it left behind.
+        # (For our own child the pid stays reserved until waitpid, so this is safe.)
+        with contextlib.suppress(OSError):
+            os.killpg(attempt.pid, signal.SIGKILL)
+        if attempt.process is None:
+            try:
+                pid, status = os.waitpid(attempt.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = 0, 0  # adopted: not our child (its parent reaps it)
+            if pid:
+                code = procs.exit_code_from_status(status)
+            elif attempt.own_child:
+                return  # spurious wake-up
+        self._unwatch(loop, attempt)
+        if process is not None:
+            process.close()  # after _unwatch: closes the sentinel fd
+        self._attempts.pop(attempt.key, None)
+        attempt.done.set()
+        if code is None:
+            code = procs.read_exit_file(attempt.paths.exit)
+        elif procs.read_exit_file(attempt.paths.exit) is None:
+            procs.write_exit_file(attempt.paths.exit, code)  # killed before it could
+        self._emit_exit(
+            attempt.key,
+            attempt.handle,
+            code,
+            attempt.forced_reason,
+            log_tail=procs.read_tail(attempt.paths.log),
+            message=attempt.message,
+        )
+
+    def _emit_exit(
+        self,
+        key: AttemptKey,
+        handle: str | None,
+        code: int | None,
+        reason: str | None,
+        *,
+        log_tail: str | None,
+        message: str | None = None,
+    ) -> None:
+        if reason is None:
+            if code is None:
+                reason = "Lost"
+                message = message or "the process ended and its exit code is unknown"
+            else:
+                reason = "Completed" if code == 0 else "Error"
+        self._events.put_nowait(
+            AttemptExited(
+                key=key,
+                handle=handle,
+                exit_code=code,
+                reason=reason,
+                at=_now(),
+                log_tail=log_tail,
+                message=message,
+            )
+        )

@@ -1,0 +1,326 @@
+"""Process-level helpers of the local launcher: files, spawning, the forked worker.
+
+This module holds everything `LocalLauncher` does with the operating system and
+nothing that needs an event loop, so it stays cheap to import: the forkserver
+imports it (it holds `run_forked`, the target of every forked Python attempt).
+
+Per attempt, next to each other under
+`state_dir/logs/<dag_id>/<run_id>/<task_id>/` (components percent-escaped):
+
+- `<try>.log`    stdout + stderr of the attempt;
+- `<try>.launch` the launch marker (JSON: pid, the process start time from
+  `/proc/<pid>/stat` and the boot id, so a recycled pid or a reboot is never
+  mistaken for our process; plus kind, handle, timeout, launch time);
+- `<try>.exit`   the exit code, written by the attempt itself when it ends (the
+  `sh` wrapper for bash/pod/exec kinds, `run_forked` for forked Python), so a
+  restarted scheduler that is no longer the parent still learns the code.
+
+Commands are always executed from an argv list, never interpolated into a shell
+string. Spawning uses `os.posix_spawn` (vfork+exec in glibc, faster than
+`subprocess.Popen`, and no Popen object that warns when left unreaped at
+shutdown): the launcher reaps its children itself with `os.waitpid`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from miniflow.launchers.base import AttemptKey
+
+LOG_TAIL_LINES = 100
+LOG_TAIL_BYTES = 16 * 1024
+
+# `sh -c WRAPPER <exitfile> argv...`: run argv, record its exit code, exit with it.
+# dash starts in well under a millisecond; `printf` is a builtin, and the file is
+# written with one write(2) (a reader treats an empty/garbled file as "unknown").
+# `trap : TERM` keeps the wrapper alive through the group's SIGTERM until the
+# command has finished (a handler, unlike an ignore, is reset in the command), so
+# the command gets its whole grace period and its exit code is still recorded.
+EXIT_FILE_WRAPPER = 'trap : TERM; "$@"; rc=$?; printf %s "$rc" > "$0"; exit $rc'
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+=:@,")
+
+
+def safe_component(value: str) -> str:
+    """A reversible, collision-free file name for an id: unsafe bytes become %XX."""
+    out = "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in value)
+    if not out or out.startswith("."):  # "", ".", "..", hidden files
+        out = "%2E" + out[1:] if out else "%00"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPaths:
+    """The files of one attempt (see the module docstring)."""
+
+    log: Path
+    exit: Path
+    marker: Path
+
+    @classmethod
+    def of(cls, state_dir: Path, key: AttemptKey) -> AttemptPaths:
+        folder = (
+            state_dir
+            / "logs"
+            / safe_component(key.dag_id)
+            / safe_component(key.run_id)
+            / safe_component(key.task_id)
+        )
+        stem = str(int(key.try_number))
+        return cls(
+            log=folder / f"{stem}.log",
+            exit=folder / f"{stem}.exit",
+            marker=folder / f"{stem}.launch",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Content of a `<try>.launch` file: enough to find the process again safely."""
+
+    pid: int
+    start_time: int | None  # clock ticks since boot (/proc/<pid>/stat field 22)
+    boot_id: str
+    kind: str
+    handle: str
+    launched_at: float  # time.time()
+    timeout: float | None
+
+
+def write_marker(path: Path, marker: Marker) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(marker)))
+    os.replace(tmp, path)
+
+
+def read_marker(path: Path) -> Marker | None:
+    try:
+        data = json.loads(path.read_text())
+        return Marker(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_exit_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_exit_file(path: Path, code: int) -> None:
+    with contextlib.suppress(OSError):
+        path.write_text(str(code))
+
+
+_BOOT_ID: str | None = None
+
+
+def boot_id() -> str:
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            _BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _BOOT_ID = ""
+    return _BOOT_ID
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time) of a process from /proc, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and ")": split after the last ")".
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode(), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def marker_process_alive(marker: Marker) -> bool:
+    """True if the marker's pid is still the very process we launched, not a zombie."""
+    if marker.start_time is None or marker.boot_id != boot_id():
+        return False
+    stat = proc_stat(marker.pid)
+    return stat is not None and stat[1] == marker.start_time and stat[0] not in ("Z", "X")
+
+
+def reap_if_our_zombie(marker: Marker) -> int | None:
+    """Reap the marker's process if it is a zombie child of ours; its exit code."""
+    stat = proc_stat(marker.pid)
+    if stat is None or stat[0] != "Z" or stat[1] != marker.start_time:
+        return None
+    try:
+        pid, status = os.waitpid(marker.pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return exit_code_from_status(status) if pid else None
+
+
+def exit_code_from_status(status: int) -> int:
+    """waitpid status → exit code, 128+N for a death by signal N (shell convention)."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def signal_group(pid: int, sig: int) -> bool:
+    """Signal the attempt's process group (its pid: each attempt leads its session)."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        pass  # a forked child may not have called setsid() yet: signal it alone
+    except PermissionError:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except OSError:
+        return False
+
+
+def spawn_wrapped(
+    argv: Sequence[str], *, sh: str, log_path: Path, exit_path: Path, env: Mapping[str, str]
+) -> int:
+    """Start `argv` under the exit-file wrapper in a new session; return its pid.
+
+    stdin is /dev/null; stdout and stderr append to the log file (opened in the
+    child by posix_spawn, so the parent never holds the log open).
+    """
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawn(
+        sh,
+        ["sh", "-c", EXIT_FILE_WRAPPER, str(exit_path), *argv],
+        env,
+        file_actions=actions,
+        setsid=True,
+        setsigmask=(),
+        # Python ignores SIGPIPE/SIGXFSZ; restore the defaults like Popen does.
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+    )
+
+
+def load_entry(entry: str) -> Callable[[list[str]], int]:
+    """Resolve "package.module:function"."""
+    module_name, _, func_name = entry.partition(":")
+    module = importlib.import_module(module_name)
+    return cast(Callable[[list[str]], int], getattr(module, func_name or "main"))
+
+
+def exec_python_argv(entry: str, argv: Sequence[str]) -> list[str]:
+    """argv of a fresh interpreter that calls `entry(argv)` and exits with its result."""
+    module_name, _, func_name = entry.partition(":")
+    code = (
+        "import importlib, sys; "
+        f"sys.exit(getattr(importlib.import_module({module_name!r}), {func_name or 'main'!r})"
+        "(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, *argv]
+
+
+def run_forked(
+    entry: str, argv: list[str], log_path: str, exit_path: str, env: dict[str, Any]
+) -> None:
+    """Body of a forked Python attempt (runs in a child of the warm forkserver).
+
+    New session (so kill() reaches everything it starts), output to the log,
+    the attempt's environment, then `entry(argv)`; the exit code is written to
+    the exit file and the process leaves with `os._exit` (no multiprocessing
+    teardown, no atexit handlers of the forkserver's modules).
+    """
+    code = 1
+    try:
+        os.setsid()
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(line_buffering=True)
+        os.environ.update(env)
+        try:
+            result = load_entry(entry)(argv)
+            code = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        write_exit_file(Path(exit_path), code & 0xFF)
+        os._exit(code & 0xFF)
+
+
+def read_tail(
+    path: Path, *, max_lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES
+) -> str | None:
+    """The last lines of a log (at most `max_lines` and `max_bytes`), None if no file."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except OSError:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    if len(data) == max_bytes and size > max_bytes:
+        text = text.partition("\n")[2]  # drop the cut first line
+    return "\n".join(text.splitlines()[-max_lines:])
+
+
+def read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
+    """Up to `limit` bytes of the file from `offset`; b"" if it does not exist (yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def tail_offset(path: Path, lines: int) -> int:
+    """Byte offset where the last `lines` lines of the file start (0: whole file)."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if lines <= 0:
+            return end
+        limit = end
+        if end:
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                limit = end - 1  # the final newline ends the last line, it starts none
+        pos, seen = end, 0
+        while pos > 0:
+            start = max(0, pos - 8192)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            idx = min(len(chunk), limit - start)
+            while (idx := chunk.rfind(b"\n", 0, idx)) >= 0:
+                seen += 1
+                if seen == lines:
+                    return start + idx + 1
+            pos = start
+        return 0

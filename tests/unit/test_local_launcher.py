@@ -1,0 +1,394 @@
+"""LocalLauncher with real processes: bash, pod and python kinds, kill, adopt, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import local_launcher_entry
+import pytest
+
+from miniflow.errors import NotFound
+from miniflow.launchers import local_procs
+from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, TaskSpec
+from miniflow.launchers.local import NO_ENTRYPOINT_MESSAGE, LocalLauncher
+
+ENTRY = f"{local_launcher_entry.__name__}:main"
+WAIT = 15.0
+
+Factory = Callable[..., Awaitable[LocalLauncher]]
+
+
+@pytest.fixture
+async def make_launcher(tmp_path: Path) -> AsyncIterator[Factory]:
+    launchers: list[LocalLauncher] = []
+
+    async def make(**kwargs: Any) -> LocalLauncher:
+        options: dict[str, Any] = {
+            "state_dir": tmp_path / "state",
+            "dags_folder": tmp_path / "dags",
+            "worker_env": {"MINIFLOW_DATABASE_URL": "sqlite:///x.db"},
+            "grace_period": 0.5,
+            "python_entry": ENTRY,
+        }
+        options.update(kwargs)
+        launcher = LocalLauncher(**options)
+        await launcher.start()
+        launchers.append(launcher)
+        return launcher
+
+    yield make
+    for launcher in launchers:
+        launcher._closed = False  # a closed launcher may still own children in tests
+        await launcher.shutdown_all()
+        await launcher.close()
+
+
+def key(task: str = "t", try_number: int = 1) -> AttemptKey:
+    return AttemptKey("dag", "manual__2024-01-01T00:00:00+00:00", task, try_number)
+
+
+def bash(command: str, task: str = "t", **kwargs: Any) -> TaskSpec:
+    return TaskSpec(key=key(task), kind="bash", fileloc="d.py", bash_command=command, **kwargs)
+
+
+async def next_event(launcher: LocalLauncher) -> AttemptStarted | AttemptExited:
+    return await asyncio.wait_for(launcher.events.get(), WAIT)
+
+
+async def exited(launcher: LocalLauncher, k: AttemptKey | None = None) -> AttemptExited:
+    """The next exit event (of `k`), skipping start events."""
+    while True:
+        event = await next_event(launcher)
+        if isinstance(event, AttemptExited) and (k is None or event.key == k):
+            return event
+
+
+async def wait_line(launcher: LocalLauncher, k: AttemptKey, text: str) -> None:
+    """Follow the log until a line contains `text` (the attempt is then running)."""
+
+    async def scan() -> None:
+        async for line in launcher.read_logs(k, None, follow=True):
+            if text in line:
+                return
+        raise AssertionError(f"{text!r} never logged")
+
+    await asyncio.wait_for(scan(), WAIT)
+
+
+# -- bash ---------------------------------------------------------------------------------
+
+
+async def test_bash_success_logs_and_tail(make_launcher: Factory, tmp_path: Path) -> None:
+    launcher = await make_launcher()
+    [result] = await launcher.launch([bash("echo out; echo err >&2")])
+    assert result.error is None and result.handle and result.handle.startswith("pid:")
+    started = await next_event(launcher)
+    assert isinstance(started, AttemptStarted) and started.handle == result.handle
+    event = await exited(launcher)
+    assert (event.exit_code, event.reason, event.handle) == (0, "Completed", result.handle)
+    assert event.log_tail == "out\nerr"
+    log = tmp_path / "state/logs/dag/manual__2024-01-01T00:00:00+00:00/t/1.log"
+    assert log.read_text() == "out\nerr\n"
+    assert (log.parent / "1.exit").read_text() == "0"
+    assert (log.parent / "1.launch").exists()
+
+
+async def test_bash_failure_exit_code(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    await launcher.launch([bash("echo failing; exit 3")])
+    event = await exited(launcher)
+    assert (event.exit_code, event.reason) == (3, "Error")
+    assert event.log_tail == "failing"
+
+
+async def test_log_tail_is_bounded(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    await launcher.launch([bash("seq 1 500")])
+    event = await exited(launcher)
+    assert event.log_tail is not None
+    assert event.log_tail.splitlines() == [str(i) for i in range(401, 501)]
+
+
+async def test_env_is_passed(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    cmd = 'echo "$GREETING|${PATH:+path}"'  # spec.env on top of os.environ
+    await launcher.launch([bash(cmd, env={"GREETING": "hi there"})])
+    event = await exited(launcher)
+    assert event.log_tail == "hi there|path"
+
+
+async def test_signal_exit_code_is_128_plus_n(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    await launcher.launch([bash("kill -KILL $$")])
+    event = await exited(launcher)
+    assert (event.exit_code, event.reason) == (137, "Error")
+
+
+async def test_timeout(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    await launcher.launch([bash("sleep 30", timeout=0.2)])
+    event = await exited(launcher)
+    assert (event.exit_code, event.reason) == (143, "Timeout")
+    assert event.message and "timed out" in event.message
+
+
+async def test_kill_stops_the_whole_process_group(make_launcher: Factory, tmp_path: Path) -> None:
+    launcher = await make_launcher()
+    child_file = tmp_path / "child.pid"
+    [result] = await launcher.launch([bash(f"sleep 60 & echo $! > {child_file}; echo ready; wait")])
+    await wait_line(launcher, key(), "ready")
+    child = int(child_file.read_text())
+    await launcher.kill(key(), result.handle, reason="zombie task")
+    event = await exited(launcher)
+    assert (event.reason, event.message, event.exit_code) == ("Killed", "zombie task", 143)
+    assert await _gone(child)
+    assert await launcher.alive() == []
+
+
+async def test_kill_escalates_to_sigkill(make_launcher: Factory) -> None:
+    launcher = await make_launcher(grace_period=0.2)
+    command = "trap '' TERM; echo ready; while :; do sleep 0.05; done"
+    [result] = await launcher.launch([bash(command)])
+    await wait_line(launcher, key(), "ready")
+    await launcher.kill(key(), result.handle, reason="stop")
+    event = await exited(launcher)
+    assert (event.reason, event.exit_code) == ("Killed", 137)
+
+
+async def test_kill_gives_the_command_its_grace_period(make_launcher: Factory) -> None:
+    launcher = await make_launcher(grace_period=10)
+    command = "trap 'sleep 0.2; echo cleaned; exit 9' TERM; echo ready; sleep 30 & wait"
+    [result] = await launcher.launch([bash(command)])
+    await wait_line(launcher, key(), "ready")
+    await launcher.kill(key(), result.handle, reason="stop")
+    event = await exited(launcher)
+    assert (event.reason, event.exit_code, event.log_tail) == ("Killed", 9, "ready\ncleaned")
+    paths = local_procs.AttemptPaths.of(launcher.state_dir, key())
+    assert paths.exit.read_text() == "9"  # recorded by the wrapper itself
+
+
+async def test_leftover_background_processes_are_killed_at_exit(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    launcher = await make_launcher()
+    child_file = tmp_path / "child.pid"
+    await launcher.launch([bash(f"sleep 60 & echo $! > {child_file}")])
+    event = await exited(launcher)
+    assert event.exit_code == 0
+    assert await _gone(int(child_file.read_text()))
+
+
+async def _gone(pid: int) -> bool:
+    """True once the pid has disappeared or is a zombie (bounded wait: not ours to reap)."""
+    for _ in range(200):
+        stat = local_procs.proc_stat(pid)
+        if stat is None or stat[0] == "Z":
+            return True
+        await asyncio.sleep(0.025)
+    return False
+
+
+# -- pod ----------------------------------------------------------------------------------
+
+
+async def test_pod_runs_command_and_args_warns_once(
+    make_launcher: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    launcher = await make_launcher()
+    caplog.set_level(logging.WARNING, logger="miniflow.launchers.local")
+    specs = [
+        TaskSpec(
+            key=key(f"p{i}"),
+            kind="pod",
+            fileloc="d.py",
+            image="alpine:3",
+            cmds=["sh", "-c"],
+            args=['echo "pod $0 $1"', "a b", "c"],
+        )
+        for i in range(2)
+    ]
+    await launcher.launch(specs)
+    for _ in specs:
+        event = await exited(launcher)
+        assert (event.exit_code, event.log_tail) == (0, "pod a b c")
+    warnings = [r for r in caplog.records if r.name == "miniflow.launchers.local"]
+    assert len(warnings) == 1 and "ignored" in warnings[0].getMessage()
+
+
+async def test_pod_without_command_fails(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    spec = TaskSpec(key=key(), kind="pod", fileloc="d.py", image="alpine:3", args=["x"])
+    [result] = await launcher.launch([spec])
+    assert result.handle is None and result.error == NO_ENTRYPOINT_MESSAGE
+    event = await exited(launcher)
+    assert (event.reason, event.message, event.exit_code) == ("Error", NO_ENTRYPOINT_MESSAGE, None)
+
+
+# -- python -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+async def test_python_task(make_launcher: Factory, mode: str) -> None:
+    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    launcher = await make_launcher(python_mode=mode, worker_env=env)
+    assert launcher.python_mode == mode
+    spec = TaskSpec(
+        key=key(), kind="python", fileloc="d.py", env={"ENTRY_CODE": "7", "ENTRY_MARK": mode}
+    )
+    [result] = await launcher.launch([spec])
+    assert result.error is None
+    event = await exited(launcher)
+    assert (event.exit_code, event.reason) == (7, "Error")
+    assert event.log_tail is not None
+    assert f"entry argv: run --dag-id dag --run-id {key().run_id} --task-id t --try 1" in (
+        event.log_tail
+    )
+    assert f"entry mark: {mode}" in event.log_tail
+
+
+async def test_python_fork_kill(make_launcher: Factory, tmp_path: Path) -> None:
+    launcher = await make_launcher()
+    spec = TaskSpec(
+        key=key(), kind="python", fileloc="d.py", env={"ENTRY_WAIT_FOR": str(tmp_path / "never")}
+    )
+    [result] = await launcher.launch([spec])
+    await wait_line(launcher, key(), "entry waiting")
+    await launcher.kill(key(), result.handle, reason="stop")
+    event = await exited(launcher)
+    assert (event.reason, event.exit_code) == ("Killed", 143)
+
+
+async def test_missing_worker_falls_back_to_exec(make_launcher: Factory) -> None:
+    launcher = await make_launcher(python_entry="no_such_module_xyz:main")
+    assert launcher.python_mode == "exec"
+
+
+# -- idempotence, adoption ----------------------------------------------------------------
+
+
+async def test_launch_is_idempotent(make_launcher: Factory, tmp_path: Path) -> None:
+    launcher = await make_launcher()
+    go = tmp_path / "go"
+    spec = bash(f"echo run; while [ ! -e {go} ]; do sleep 0.02; done")
+    first, second = await launcher.launch([spec, spec])
+    [third] = await launcher.launch([spec])
+    assert not first.adopted and second.adopted and third.adopted
+    assert first.handle == second.handle == third.handle
+    alive = await launcher.alive()
+    assert [(a.key, a.handle) for a in alive] == [(key(), first.handle)]
+    go.touch()
+    event = await exited(launcher)
+    assert event.exit_code == 0 and event.log_tail == "run"
+    # Finished and launched again: still adopted (the marker), reported, never re-run.
+    [again] = await launcher.launch([spec])
+    assert again.adopted and again.handle == first.handle
+    assert (await exited(launcher)).exit_code == 0
+    assert (go.parent / "state/logs/dag").exists()
+    assert await launcher.alive() == []
+
+
+async def test_adopt_after_restart(make_launcher: Factory, tmp_path: Path) -> None:
+    first = await make_launcher()
+    go = tmp_path / "go"
+    running = bash(f"echo ready; while [ ! -e {go} ]; do sleep 0.02; done; exit 5", task="run")
+    finished = bash("exit 4", task="done")
+    results = await first.launch([running, finished])
+    assert (await exited(first, finished.key)).exit_code == 4
+    await wait_line(first, running.key, "ready")
+    await first.close()
+
+    second = await make_launcher()
+    unknown = key("unknown")
+    await second.adopt(
+        [(running.key, results[0].handle), (finished.key, results[1].handle), (unknown, None)]
+    )
+    events = [await next_event(second) for _ in range(3)]
+    by_key = {(e.key, e.kind): e for e in events}
+    started = by_key[(running.key, "started")]
+    assert started.handle == results[0].handle
+    done = by_key[(finished.key, "exited")]
+    assert isinstance(done, AttemptExited) and (done.exit_code, done.reason) == (4, "Error")
+    lost = by_key[(unknown, "exited")]
+    assert isinstance(lost, AttemptExited) and (lost.exit_code, lost.reason) == (None, "Lost")
+    assert [a.key for a in await second.alive()] == [running.key]
+
+    go.touch()
+    event = await exited(second, running.key)
+    assert (event.exit_code, event.reason, event.log_tail) == (5, "Error", "ready")
+    assert await second.alive() == []
+
+
+async def test_adopted_attempt_can_be_killed(make_launcher: Factory) -> None:
+    first = await make_launcher()
+    spec = bash("echo ready; sleep 60")
+    [result] = await first.launch([spec])
+    await wait_line(first, spec.key, "ready")
+    await first.close()
+    second = await make_launcher()
+    [again] = await second.launch([spec])
+    assert again.adopted and again.handle == result.handle
+    assert isinstance(await next_event(second), AttemptStarted)
+    await second.kill(spec.key, again.handle, reason="sanity")
+    event = await exited(second)
+    assert (event.reason, event.message) == ("Killed", "sanity")
+
+
+async def test_adopt_survives_exit_without_exit_file(make_launcher: Factory) -> None:
+    first = await make_launcher()
+    await first.launch([bash("true")])
+    await exited(first)
+    paths = local_procs.AttemptPaths.of(first.state_dir, key())
+    paths.exit.unlink()
+    second = await make_launcher()
+    await second.adopt([(key(), None)])
+    event = await exited(second)
+    assert (event.exit_code, event.reason) == (None, "Lost")
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+async def test_read_logs_tail(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    await launcher.launch([bash("seq 1 10; printf last")])
+    await exited(launcher)
+    lines = [line async for line in launcher.read_logs(key(), None, tail_lines=3)]
+    assert lines == ["9", "10", "last"]
+    everything = [line async for line in launcher.read_logs(key(), None)]
+    assert everything == [*map(str, range(1, 11)), "last"]
+
+
+async def test_read_logs_follow(make_launcher: Factory, tmp_path: Path) -> None:
+    launcher = await make_launcher()
+    go = tmp_path / "go"
+    cmd = f"echo one; while [ ! -e {go} ]; do sleep 0.02; done; echo two; sleep 0.2; echo three"
+    await launcher.launch([bash(cmd)])
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for line in launcher.read_logs(key(), None, follow=True):
+            seen.append(line)
+            if line == "one":
+                go.touch()
+
+    await asyncio.wait_for(follow(), WAIT)
+    assert seen == ["one", "two", "three"]
+
+
+async def test_read_logs_unknown_attempt(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    with pytest.raises(NotFound):
+        [line async for line in launcher.read_logs(key("nope"), None)]
+
+
+def test_safe_component() -> None:
+    assert local_procs.safe_component("run:2024+00") == "run:2024+00"
+    assert local_procs.safe_component("../x") == "%2E.%2Fx"
+    assert local_procs.safe_component("a b") == "a%20b"
+    assert local_procs.safe_component("") == "%00"
