@@ -1,0 +1,385 @@
+"""The `Scheduler`: one `tick()` does a round of every loop; the daemon ticks forever.
+
+Each round: record launcher events (started / exited), create due runs and
+start queued ones, decide which waiting tasks are ready in the runs that
+changed, move due retries back to scheduled, then claim scheduled tasks within
+the limits and hand them to the launcher in one batch. Every database write
+goes through `miniflow.store`; the scheduler never builds a query. Between
+rounds the daemon sleeps until a launcher event arrives or the next periodic
+duty is due, so an idle scheduler does no work and a busy one never waits for
+a poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from miniflow.errors import TemplateError
+from miniflow.launchers.base import AttemptKey, Launcher, LauncherEvent, TaskSpec
+from miniflow.retries import failure_outcome
+from miniflow.scheduler import events as event_recorder
+from miniflow.scheduler import readiness, run_creation
+from miniflow.scheduler.clock import Clock, SystemClock
+from miniflow.scheduler.dagcache import DagCache
+from miniflow.scheduler.parse_loop import DagParser
+from miniflow.scheduler.specs import build_spec
+from miniflow.store import attempts as store_attempts
+from miniflow.store import engine as store_engine
+from miniflow.store import pools as store_pools
+from miniflow.store import runs as store_runs
+from miniflow.store import states
+from miniflow.store import task_instances as store_tis
+
+log = logging.getLogger("miniflow.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """Knobs of the scheduler loops (the daemon takes them from `Config`)."""
+
+    parallelism: int = 32
+    """Task instances queued or running at once."""
+    parse_interval: float = 30.0
+    """Seconds between rescans of the DAGs folder."""
+    run_check_interval: float = 1.0
+    """Seconds between checks for due scheduled runs."""
+    full_sweep_interval: float = 2.0
+    """Seconds between readiness checks of every running run (not only changed ones)."""
+    idle_wait: float = 1.0
+    """Longest sleep between rounds when nothing happens."""
+    schedule_runs: bool = True
+    """Create runs from cron schedules (off for `dags test`)."""
+    only_run: tuple[str, str] | None = None
+    """(dag_id, run_id): touch nothing but this run (`dags test`)."""
+
+
+@dataclass(slots=True)
+class TickStats:
+    events: int = 0
+    runs_created: int = 0
+    changed: int = 0
+    launched: int = 0
+    runs_finished: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.events or self.runs_created or self.changed or self.launched)
+
+
+@dataclass(slots=True)
+class InFlight:
+    ti_id: int
+    run_pk: int
+    kind: str
+    max_tries: int
+
+
+@dataclass(slots=True)
+class _Due:
+    parse: datetime | None = None
+    runs: datetime | None = None
+    sweep: datetime | None = None
+    dirty: set[int] = field(default_factory=set)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        launcher: Launcher,
+        dags_folder: Path | None,
+        settings: SchedulerSettings | None = None,
+        clock: Clock | None = None,
+        parse_timeout: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.sessions: async_sessionmaker[AsyncSession] = store_engine.sessionmaker(engine)
+        self.launcher = launcher
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock or SystemClock()
+        self.parser = DagParser(dags_folder, timeout=parse_timeout) if dags_folder else None
+        self.dags = DagCache()
+        self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.inflight: dict[AttemptKey, InFlight] = {}
+        self._pending: list[LauncherEvent] = []
+        self._due = _Due()
+        self._only_run_pk: int | None = None
+        self._stopping = asyncio.Event()
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the launcher and adopt tries that a previous scheduler left in flight."""
+        await self.launcher.start()
+        async with store_engine.transaction(self.sessions) as session:
+            rows = await store_tis.in_flight(session)
+        adopt: list[tuple[AttemptKey, str | None]] = []
+        for row in rows:
+            key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number)
+            self.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
+            adopt.append((key, row.handle))
+        if adopt:
+            log.info("adopting %d tries left in flight by a previous scheduler", len(adopt))
+            await self.launcher.adopt(adopt)
+
+    async def close(self) -> None:
+        await self.launcher.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        """The daemon: tick, then wait for an event or the next periodic duty."""
+        while not self._stopping.is_set():
+            stats = await self.tick()
+            if not stats.busy:
+                await self._wait(self.settings.idle_wait)
+
+    async def run_until_done(self, dag_id: str, run_id: str, *, timeout: float | None = None) -> str:
+        """Tick until the run finishes; returns its final state (`dags test`, tests)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                stats = await self.tick()
+                async with store_engine.transaction(self.sessions) as session:
+                    run = await store_runs.get_run(session, dag_id, run_id)
+                if run.state in states.RUN_FINISHED:
+                    return run.state
+                if not stats.busy:
+                    await self._wait(self.settings.idle_wait)
+
+    async def _wait(self, timeout: float) -> None:
+        """Sleep until a launcher event arrives (kept for the next tick) or `timeout`."""
+        queue: asyncio.Queue[LauncherEvent] = self.launcher.events
+        stop = asyncio.ensure_future(self._stopping.wait())
+        get = asyncio.ensure_future(queue.get())
+        try:
+            await asyncio.wait({stop, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if get.done() and not get.cancelled():
+                self._pending.append(get.result())
+            else:
+                get.cancel()
+
+    # --- one round ------------------------------------------------------------------------------
+
+    async def tick(self) -> TickStats:
+        stats = TickStats()
+        now = self.clock.now()
+        if self.parser is not None and (self._due.parse is None or now >= self._due.parse):
+            changed = await self.parser.parse_once(self.sessions, now)
+            self.dags.invalidate(changed if self._due.parse is not None else None)
+            self._due.parse = now + timedelta(seconds=self.settings.parse_interval)
+            if changed:
+                self._due.runs = None
+        await self._resolve_only_run()
+        await self._record_events(stats)
+        now = self.clock.now()
+        await self._create_and_start_runs(now, stats)
+        await self._advance_runs(now, stats)
+        await self._claim_and_launch(now, stats)
+        return stats
+
+    async def _resolve_only_run(self) -> None:
+        only = self.settings.only_run
+        if only is None or self._only_run_pk is not None:
+            return
+        async with store_engine.transaction(self.sessions) as session:
+            self._only_run_pk = (await store_runs.get_run(session, *only)).pk
+
+    async def _record_events(self, stats: TickStats) -> None:
+        queue: asyncio.Queue[LauncherEvent] = self.launcher.events
+        batch, self._pending = self._pending, []
+        while not queue.empty():
+            batch.append(queue.get_nowait())
+        if not batch:
+            return
+        stats.events = len(batch)
+        now = self.clock.now()
+        async with store_engine.transaction(self.sessions) as session:
+            touched = await event_recorder.record(self, session, batch, now)
+        self._due.dirty.update(touched)
+
+    async def _create_and_start_runs(self, now: datetime, stats: TickStats) -> None:
+        if self._due.runs is not None and now < self._due.runs:
+            return
+        self._due.runs = now + timedelta(seconds=self.settings.run_check_interval)
+        async with store_engine.transaction(self.sessions) as session:
+            if self.settings.schedule_runs:
+                stats.runs_created = await run_creation.create_due_runs(session, now)
+            started = await run_creation.start_queued_runs(session, self.dags, now, self._only_run_pk)
+        self._due.dirty.update(started)
+
+    async def _advance_runs(self, now: datetime, stats: TickStats) -> None:
+        """Readiness for changed runs (all running runs on a sweep), then due retries."""
+        sweep = self._due.sweep is None or now >= self._due.sweep
+        if sweep:
+            self._due.sweep = now + timedelta(seconds=self.settings.full_sweep_interval)
+        dirty, self._due.dirty = self._due.dirty, set()
+        async with store_engine.transaction(self.sessions) as session:
+            dirty.update(await store_tis.promote_due_retries(session, now))
+            if not sweep and not dirty:
+                return
+            runs = await store_runs.running_runs(session, None if sweep else sorted(dirty))
+            if self._only_run_pk is not None:
+                runs = [r for r in runs if r.pk == self._only_run_pk]
+            if not runs:
+                return
+            cached = await self.dags.load(session, {r.dag_id for r in runs})
+            tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
+            changes: list[tuple[int, str, str]] = []
+            for run in runs:
+                entry = cached.get(run.dag_id)
+                if entry is None:
+                    continue
+                rows = tis.get(run.pk, [])
+                by_task = {ti.task_id: ti for ti in rows}
+                new, final = readiness.evaluate_run(
+                    entry.dag, entry.dag_hash, {ti.task_id: ti.state for ti in rows}
+                )
+                changes += [(by_task[t].id, states.NONE, s) for t, s in new.items()]
+                if final is not None:
+                    if await store_runs.set_state(
+                        session, run.pk, expected=states.RUN_RUNNING, state=final, now=now
+                    ):
+                        stats.runs_finished += 1
+                        log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+                elif new:
+                    self._due.dirty.add(run.pk)  # skipped/upstream_failed may unlock more
+            stats.changed = await store_tis.set_states(session, changes, now)
+
+    async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
+        async with store_engine.transaction(self.sessions) as session:
+            total, by_dag, by_pool = await store_tis.active_counts(session)
+            free = self.settings.parallelism - total
+            if free <= 0:
+                return
+            candidates = await store_tis.scheduled_candidates(session, limit=free * 2 + 16)
+            if self._only_run_pk is not None:
+                candidates = [c for c in candidates if c.run_pk == self._only_run_pk]
+            if not candidates:
+                return
+            cached = await self.dags.load(session, {c.dag_id for c in candidates})
+            slots = await store_pools.slots(session)
+            chosen = _within_limits(candidates, free, by_dag, by_pool, cached, slots)
+            claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
+            chosen = [c for c in chosen if c.id in claimed]
+            await store_attempts.open_attempts(
+                session,
+                [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id]) for c in chosen],
+                launcher=self.launcher.name,
+                scheduler_id=self.scheduler_id,
+                now=now,
+            )
+            run_infos = {
+                r.pk: r for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
+            }
+        specs: list[TaskSpec] = []
+        failures: list[tuple[store_tis.Candidate, int, str]] = []
+        for c in chosen:
+            entry = cached[c.dag_id]
+            task = entry.dag["tasks"].get(c.task_id)
+            key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id])
+            self.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
+            if task is None:
+                failures.append((c, claimed[c.id], "task is no longer defined in the DAG"))
+                continue
+            try:
+                specs.append(build_spec(entry.dag, run_infos[c.run_pk], c.task_id, claimed[c.id]))
+            except TemplateError as exc:
+                failures.append((c, claimed[c.id], str(exc)))
+        results = await self.launcher.launch(specs) if specs else []
+        handles: list[tuple[int, int, str]] = []
+        for result in results:
+            flight = self.inflight.get(result.key)
+            if flight is None:
+                continue
+            if result.handle is not None:
+                handles.append((flight.ti_id, result.key.try_number, result.handle))
+            elif result.error is not None:
+                failures.append((_candidate_of(result.key, flight), result.key.try_number, result.error))
+        stats.launched = len(specs) - len([f for f in failures if f[2]])
+        stats.launched = len(handles)
+        if failures or handles:
+            async with store_engine.transaction(self.sessions) as session:
+                await store_attempts.set_handles(session, handles)
+                await self._fail_before_start(session, failures, cached)
+        if failures:
+            stats.changed += len(failures)
+
+    async def _fail_before_start(
+        self,
+        session: AsyncSession,
+        failures: Sequence[tuple[store_tis.Candidate, int, str]],
+        cached: dict[str, object],
+    ) -> None:
+        now = self.clock.now()
+        outcomes, ends = [], []
+        for c, try_number, error in failures:
+            entry = self.dags.get(c.dag_id)
+            task = entry.dag["tasks"].get(c.task_id) if entry else None
+            max_tries = task["retries"] if task else 0
+            outcome = failure_outcome(
+                ti_id=c.id, try_number=try_number, max_tries=max_tries, task=task, now=now,
+                exit_code=None, error=error,
+            )
+            outcomes.append(outcome)
+            ends.append(
+                store_attempts.AttemptEnd(
+                    c.id, try_number, outcome.state, None, "LaunchFailed", error, None, now
+                )
+            )
+            self.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, try_number), None)
+            self._due.dirty.add(c.run_pk)
+            log.warning("%s/%s/%s try %d failed before start: %s", c.dag_id, c.run_id, c.task_id,
+                        try_number, error)
+        await store_tis.finish(session, outcomes, now)
+        await store_attempts.close(session, ends)
+
+
+def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:
+    return store_tis.Candidate(
+        flight.ti_id, flight.run_pk, key.dag_id, key.run_id, key.task_id, flight.kind,
+        key.try_number, 0, None,
+    )
+
+
+def _within_limits(
+    candidates: Sequence[store_tis.Candidate],
+    free: int,
+    by_dag: dict[str, int],
+    by_pool: dict[str, int],
+    cached: dict[str, object],
+    slots: dict[str, int],
+) -> list[store_tis.Candidate]:
+    """Pick candidates in order while global, per-DAG and pool limits allow."""
+    dag_used = dict(by_dag)
+    pool_used = dict(by_pool)
+    chosen: list[store_tis.Candidate] = []
+    for c in candidates:
+        if len(chosen) >= free:
+            break
+        entry = cached.get(c.dag_id)
+        if entry is None:
+            continue
+        limit = entry.dag["max_active_tasks"]  # type: ignore[attr-defined]
+        if dag_used.get(c.dag_id, 0) >= limit:
+            continue
+        if c.pool is not None and c.pool in slots and pool_used.get(c.pool, 0) >= slots[c.pool]:
+            continue
+        dag_used[c.dag_id] = dag_used.get(c.dag_id, 0) + 1
+        if c.pool is not None:
+            pool_used[c.pool] = pool_used.get(c.pool, 0) + 1
+        chosen.append(c)
+    return chosen

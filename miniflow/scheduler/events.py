@@ -1,0 +1,152 @@
+"""Record launcher events: started → running; exited → outcome, attempt closed.
+
+Who decides a try's outcome depends on who ran it. A worker (the `@task`
+kinds, and Bash tasks in pods) records its own result; its exit code is then
+only cross-checked: a worker that never recorded anything, or that said
+success but exited non-zero, fails the try with the reason. Processes the
+scheduler supervises directly (Pod tasks; Bash tasks under the local
+launcher) end by their exit code alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
+from miniflow.retries import failure_outcome
+from miniflow.store import attempts as store_attempts
+from miniflow.store import states
+from miniflow.store import task_instances as store_tis
+
+if TYPE_CHECKING:
+    from miniflow.scheduler.core import InFlight, Scheduler
+
+log = logging.getLogger("miniflow.scheduler.events")
+
+
+async def record(
+    scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent], now: datetime
+) -> set[int]:
+    """Apply a batch of events; returns the run pks whose tasks changed."""
+    await _resolve_unknown(scheduler, session, batch)
+    started = [e for e in batch if isinstance(e, AttemptStarted) and e.key in scheduler.inflight]
+    exited = [e for e in batch if isinstance(e, AttemptExited) and e.key in scheduler.inflight]
+    if started:
+        items = [(scheduler.inflight[e.key].ti_id, e.key.try_number, e.handle, e.at) for e in started]
+        await store_tis.record_started(session, items)
+        await store_attempts.mark_started(session, items)
+    if not exited:
+        return set()
+    return await _record_exits(scheduler, session, exited, now)
+
+
+async def _resolve_unknown(
+    scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent]
+) -> None:
+    """Events for tries this scheduler did not launch (another scheduler's, adopted pods)."""
+    from miniflow.scheduler.core import InFlight
+
+    unknown = {e.key for e in batch if e.key not in scheduler.inflight}
+    if not unknown:
+        return
+    rows = await store_tis.find_keys(session, [(k.dag_id, k.run_id, k.task_id) for k in unknown])
+    for key in unknown:
+        row = rows.get((key.dag_id, key.run_id, key.task_id))
+        if row is not None and row.try_number == key.try_number:
+            scheduler.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
+
+
+def _worker_reports(scheduler: Scheduler, kind: str) -> bool:
+    worker_kinds: frozenset[str] = getattr(scheduler.launcher, "worker_kinds", frozenset({"python"}))
+    return kind in worker_kinds
+
+
+async def _record_exits(
+    scheduler: Scheduler, session: AsyncSession, exited: Sequence[AttemptExited], now: datetime
+) -> set[int]:
+    flights: list[tuple[AttemptExited, InFlight]] = [
+        (e, scheduler.inflight.pop(e.key)) for e in exited
+    ]
+    current = await store_tis.fetch(session, [f.ti_id for _, f in flights])
+    outcomes: list[store_tis.Outcome] = []
+    for event, flight in flights:
+        row = current.get(flight.ti_id)
+        if row is None or row.try_number != event.key.try_number:
+            continue  # a newer try exists (or the run was deleted): this event is history
+        task = _task(scheduler, event.key)
+        if _worker_reports(scheduler, flight.kind):
+            outcome = _cross_check(event, flight, row.state, task, now)
+        else:
+            outcome = _by_exit_code(event, flight, task, now)
+        if outcome is not None:
+            outcomes.append(outcome)
+    await store_tis.finish(session, outcomes, now)
+    final = await store_tis.fetch(session, [f.ti_id for _, f in flights])
+    ends = []
+    for event, flight in flights:
+        row = final.get(flight.ti_id)
+        state = row.state if row is not None and row.try_number == event.key.try_number else "lost"
+        ends.append(
+            store_attempts.AttemptEnd(
+                flight.ti_id, event.key.try_number, state, event.exit_code, event.reason,
+                event.message, event.log_tail, event.at,
+            )
+        )
+        log.info("%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state)
+    await store_attempts.close(session, ends)
+    return {flight.run_pk for _, flight in flights}
+
+
+def _task(scheduler: Scheduler, key: AttemptKey):  # type: ignore[no-untyped-def]
+    entry = scheduler.dags.get(key.dag_id)
+    return entry.dag["tasks"].get(key.task_id) if entry is not None else None
+
+
+def _describe(event: AttemptExited) -> str:
+    parts = []
+    if event.exit_code is not None:
+        parts.append(f"exit code {event.exit_code}")
+    if event.reason and event.reason not in ("Error", "Completed"):
+        parts.append(f"reason {event.reason}")
+    if event.message:
+        parts.append(event.message)
+    return ", ".join(parts) or "ended with no exit code"
+
+
+def _by_exit_code(
+    event: AttemptExited, flight: InFlight, task: object, now: datetime
+) -> store_tis.Outcome:
+    if event.exit_code == 0 and event.reason in (None, "Completed"):
+        return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
+    return failure_outcome(
+        ti_id=flight.ti_id, try_number=event.key.try_number, max_tries=flight.max_tries,
+        task=task,  # type: ignore[arg-type]
+        now=now, exit_code=event.exit_code, error=f"task failed: {_describe(event)}",
+    )
+
+
+def _cross_check(
+    event: AttemptExited, flight: InFlight, state: str, task: object, now: datetime
+) -> store_tis.Outcome | None:
+    """The worker recorded its own outcome; check it against how the process ended."""
+    if state in states.ACTIVE:
+        return failure_outcome(
+            ti_id=flight.ti_id, try_number=event.key.try_number, max_tries=flight.max_tries,
+            task=task,  # type: ignore[arg-type]
+            now=now, exit_code=event.exit_code,
+            error=f"worker ended without recording a result: {_describe(event)}",
+        )
+    if state == states.SUCCESS and event.exit_code not in (0, None):
+        return failure_outcome(
+            ti_id=flight.ti_id, try_number=event.key.try_number, max_tries=flight.max_tries,
+            task=task,  # type: ignore[arg-type]
+            now=now, exit_code=event.exit_code,
+            error=f"worker reported success but the process failed: {_describe(event)}",
+            expected=(states.SUCCESS,),
+        )
+    return None

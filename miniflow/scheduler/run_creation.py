@@ -1,0 +1,103 @@
+"""Create due scheduled runs from cron timetables and start queued runs.
+
+Runs are created `queued` and started in logical-date order while the DAG is
+under `max_active_runs`, so a catchup of a year of dailies never floods the
+scheduler: at most `max_active_runs` exist unfinished at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.schedule import DataInterval, Timetable
+from miniflow.scheduler.dagcache import DagCache
+from miniflow.serialized import SerializedDag
+from miniflow.store import dags as store_dags
+from miniflow.store import runs as store_runs
+from miniflow.store import states
+
+log = logging.getLogger("miniflow.scheduler.runs")
+
+
+def scheduled_run_id(logical_date: datetime) -> str:
+    return f"scheduled__{logical_date.isoformat()}"
+
+
+async def create_due_runs(session: AsyncSession, now: datetime) -> int:
+    """Create every due scheduled run the limits allow; returns how many."""
+    created = 0
+    rows = await store_dags.schedulable_dags(session)
+    if not rows:
+        return 0
+    last = await store_runs.last_scheduled_intervals(session)
+    active = await store_runs.run_counts(session)
+    for row in rows:
+        dag: SerializedDag = row.serialized  # type: ignore[assignment]
+        try:
+            timetable = Timetable.from_serialized(dag)
+        except ValueError as exc:
+            log.error("DAG %s: bad schedule: %s", row.dag_id, exc)
+            continue
+        previous = DataInterval(*last[row.dag_id]) if row.dag_id in last else None
+        count = active.get(row.dag_id, 0)
+        interval = timetable.next_scheduled(previous, now)
+        while interval is not None and Timetable.is_due(interval, now):
+            if count >= dag["max_active_runs"]:
+                break
+            await store_runs.create_run(
+                session,
+                dag=dag,
+                run_id=scheduled_run_id(interval.start),
+                run_type=states.RUN_TYPE_SCHEDULED,
+                logical_date=interval.start,
+                interval=(interval.start, interval.end),
+                conf={},
+                now=now,
+            )
+            created += 1
+            count += 1
+            interval = timetable.next_scheduled(interval, now)
+        start, end = (interval.start, interval.end) if interval else (None, None)
+        if (row.next_interval_start, row.next_interval_end) != (start, end):
+            await store_dags.set_next_interval(session, row.dag_id, start, end)
+    return created
+
+
+async def start_queued_runs(
+    session: AsyncSession, cache: DagCache, now: datetime, only_run_pk: int | None
+) -> set[int]:
+    """queued → running while each DAG is under max_active_runs; returns started pks."""
+    queued = await store_runs.queued_runs(session)
+    if only_run_pk is not None:
+        queued = [r for r in queued if r.pk == only_run_pk]
+    if not queued:
+        return set()
+    dags = await cache.load(session, {r.dag_id for r in queued})
+    running = {
+        dag_id: n for dag_id, n in (await _running_counts(session)).items()
+    }
+    started: set[int] = set()
+    for run in queued:
+        entry = dags.get(run.dag_id)
+        if entry is None:
+            continue
+        if entry.is_paused and run.run_type == states.RUN_TYPE_SCHEDULED:
+            continue
+        if running.get(run.dag_id, 0) >= entry.dag["max_active_runs"]:
+            continue
+        if await store_runs.set_state(
+            session, run.pk, expected=states.RUN_QUEUED, state=states.RUN_RUNNING, now=now
+        ):
+            running[run.dag_id] = running.get(run.dag_id, 0) + 1
+            started.add(run.pk)
+    return started
+
+
+async def _running_counts(session: AsyncSession) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run in await store_runs.running_runs(session):
+        counts[run.dag_id] = counts.get(run.dag_id, 0) + 1
+    return counts

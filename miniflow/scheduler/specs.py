@@ -1,0 +1,49 @@
+"""Turn a claimed task instance into a launcher `TaskSpec`: templates rendered here.
+
+Rendering happens in the scheduler (not the launcher) so a template error is
+recorded as the try's failure with its message, whatever the launcher.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from miniflow import templates
+from miniflow.launchers.base import AttemptKey, TaskSpec
+from miniflow.serialized import PodSettings, SerializedDag
+from miniflow.store.runs import RunInfo
+
+
+def run_params(dag: SerializedDag, conf: dict[str, Any]) -> dict[str, Any]:
+    """The DAG's params with the run's conf merged over them."""
+    return {**dag["params"], **conf}
+
+
+def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) -> TaskSpec:
+    """Raises TemplateError if a templated field cannot be rendered."""
+    task = dag["tasks"][task_id]
+    context = templates.build_context(
+        dag_id=dag["dag_id"],
+        run_id=run.run_id,
+        task_id=task_id,
+        try_number=try_number,
+        logical_date=run.logical_date,
+        data_interval_start=run.data_interval_start,
+        data_interval_end=run.data_interval_end,
+        params=run_params(dag, run.conf),
+    )
+    rendered = templates.render_task_fields(task, context)
+    pod: PodSettings = PodSettings(**task["pod"])  # type: ignore[typeddict-item]
+    return TaskSpec(
+        key=AttemptKey(dag["dag_id"], run.run_id, task_id, try_number),
+        kind=task["kind"],
+        fileloc=dag["fileloc"],
+        bash_command=rendered.bash_command,
+        image=task.get("image"),
+        cmds=rendered.cmds,
+        args=rendered.args,
+        env=rendered.env,
+        timeout=task["timeout"],
+        pod=pod,
+        annotations={"miniflow/logical-date": run.logical_date.isoformat()},
+    )

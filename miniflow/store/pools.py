@@ -1,0 +1,26 @@
+"""Pools: named slot limits shared by tasks across DAGs (like Airflow's pools)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.store.models import Pool
+
+
+async def slots(session: AsyncSession) -> dict[str, int]:
+    return {name: n for name, n in (await session.execute(select(Pool.name, Pool.slots))).all()}
+
+
+async def set_pool(session: AsyncSession, name: str, slots: int, description: str | None) -> None:
+    row = await session.get(Pool, name)
+    if row is None:
+        session.add(Pool(name=name, slots=slots, description=description))
+    else:
+        row.slots = slots
+        if description is not None:
+            row.description = description
+
+
+async def list_pools(session: AsyncSession) -> list[Pool]:
+    return list((await session.execute(select(Pool).order_by(Pool.name))).scalars())
