@@ -308,7 +308,7 @@ class LocalLauncher:
             ]
             env = {**os.environ, **self.worker_env, **spec.env}
             if self._ctx is not None:
-                process = self._ctx.Process(
+                process = procs.LeanForkServerProcess(
                     target=procs.run_forked,
                     args=(self.python_entry, worker_argv, str(paths.log), str(paths.exit), env),
                     name=f"miniflow {k}",
