@@ -1,0 +1,177 @@
+"""Fault switches and the request log of the fake Kubernetes API server.
+
+Fakes: the failures miniflow must survive -- slow pod starts, image pull
+back-off, unschedulable pods, OOM kills, evictions, pods deleted behind the
+scheduler's back, dropped or expired watches, 500/429 answers and 403 quota
+refusals on create.  Switches are plain attributes/methods tests flip; the
+server, kubelet and watch code consult them.  Deliberately does not fake
+network partitions, slow responses or TLS/auth failures.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .kubelet import Kubelet
+    from .store import Store
+
+# A pod predicate: None (every pod), a pod name, a regex pattern object,
+# a label dict (all must match) or a callable taking the pod dict.
+PodMatch = str | re.Pattern[str] | dict[str, str] | Callable[[dict[str, Any]], bool] | None
+
+
+def matches(match: PodMatch, pod: dict[str, Any]) -> bool:
+    meta = pod.get("metadata") or {}
+    if match is None:
+        return True
+    if isinstance(match, str):
+        return bool(meta.get("name") == match)
+    if isinstance(match, re.Pattern):
+        return bool(match.search(meta.get("name", "")))
+    if isinstance(match, dict):
+        labels = meta.get("labels") or {}
+        return all(labels.get(k) == v for k, v in match.items())
+    return bool(match(pod))
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    query: dict[str, str]
+    verb: str  # create/list/watch/get/update/patch/delete/deletecollection/log/other
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+    status: int = 0
+
+
+class RequestLog(list[RequestRecord]):
+    """Every request the server received, in order."""
+
+    def counts(self, verb: str | None = None) -> Counter[str] | int:
+        """Counter of verbs (``counts()["create"]``), or one verb's count."""
+        c = Counter(r.verb for r in self)
+        return c if verb is None else c[verb]
+
+    def of(self, verb: str) -> list[RequestRecord]:
+        return [r for r in self if r.verb == verb]
+
+
+@dataclass
+class _FailRule:
+    remaining: int
+    code: int
+    verb: str | None
+    retry_after: int
+
+
+@dataclass
+class Faults:
+    """Test-controlled failure switches.  Flip attributes or call methods."""
+
+    store: Store
+    kubelet: Kubelet | None = None
+    start_delay: float = 0.0  # seconds the kubelet waits before starting any pod
+    image_pull: list[tuple[PodMatch, str]] = field(default_factory=list)
+    unschedulable_rules: list[tuple[PodMatch, str]] = field(default_factory=list)
+    forbid_create_message: str | None = None
+    expire_watches: int = 0
+    _fail_rules: list[_FailRule] = field(default_factory=list)
+
+    # ------------------------------------------------------- pod start faults
+    def delay_start(self, seconds: float) -> None:
+        """Every pod the kubelet starts from now on waits *seconds* first."""
+        self.start_delay = seconds
+
+    def image_pull_backoff(self, match: PodMatch = None, message: str | None = None) -> None:
+        """Keep matching pods Pending: waiting ErrImagePull, then ImagePullBackOff."""
+        self.image_pull.append(
+            (match, message or 'Back-off pulling image: rpc error: manifest unknown')
+        )
+
+    def unschedulable(self, match: PodMatch = None, message: str | None = None) -> None:
+        """Keep matching pods Pending with condition PodScheduled=False/Unschedulable."""
+        self.unschedulable_rules.append(
+            (match, message or "0/1 nodes are available: 1 Insufficient cpu. preemption: "
+             "0/1 nodes are available: 1 No preemption victims found for incoming pod.")
+        )
+
+    def image_pull_message(self, pod: dict[str, Any]) -> str | None:
+        return next((msg for m, msg in self.image_pull if matches(m, pod)), None)
+
+    def unschedulable_message(self, pod: dict[str, Any]) -> str | None:
+        return next((msg for m, msg in self.unschedulable_rules if matches(m, pod)), None)
+
+    def clear_pod_faults(self) -> None:
+        """Lift image-pull, unschedulable and start-delay faults (held pods proceed)."""
+        self.image_pull.clear()
+        self.unschedulable_rules.clear()
+        self.start_delay = 0.0
+
+    # ------------------------------------------------------ running pod faults
+    def _need_kubelet(self) -> Kubelet:
+        if self.kubelet is None:
+            raise RuntimeError("this fault needs the fake kubelet (kubelet=True)")
+        return self.kubelet
+
+    async def oom_kill(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        """SIGKILL the pod's process; it ends Failed, exitCode 137, reason OOMKilled."""
+        return await self._need_kubelet().kill_with(namespace, name, "OOMKilled")
+
+    async def evict(
+        self, name: str, namespace: str = "default", message: str | None = None
+    ) -> dict[str, Any]:
+        """Evict the pod: process killed, phase Failed, status.reason Evicted."""
+        msg = message or "The node was low on resource: memory. Threshold quantity: 100Mi."
+        return await self._need_kubelet().kill_with(namespace, name, "Evicted", msg)
+
+    async def delete_pod(self, name: str, namespace: str = "default") -> None:
+        """Remove the pod at once (as if someone ran kubectl delete --force)."""
+        self.store.remove(name, namespace)
+
+    # ---------------------------------------------------------- API faults
+    def drop_watches(self) -> int:
+        """End every open watch stream now (clients see a clean EOF)."""
+        return self.store.drop_watchers()
+
+    def expire_next_watch(self, n: int = 1) -> None:
+        """The next *n* watch requests get a single ERROR event (410 Expired)."""
+        self.expire_watches += n
+
+    def fail_next(
+        self, n: int = 1, code: int = 500, verb: str | None = None, retry_after: int = 1
+    ) -> None:
+        """Answer the next *n* requests (of *verb*, if given) with *code* (500 or 429)."""
+        self._fail_rules.append(_FailRule(n, code, verb, retry_after))
+
+    def forbid_creates(self, message: str | None = "exceeded quota: compute-quota") -> None:
+        """Refuse pod creates with 403 Forbidden and this message (None lifts it)."""
+        self.forbid_create_message = message
+
+    def check_request(self, verb: str) -> None:
+        """Raise the 500/429 ApiError a fault switch dictates for this request, if any."""
+        for rule in self._fail_rules:
+            if rule.remaining > 0 and (rule.verb is None or rule.verb == verb):
+                rule.remaining -= 1
+                if rule.code == 429:
+                    raise ApiError(429, "TooManyRequests",
+                                   "Too many requests, please try again later.",
+                                   retry_after=rule.retry_after)
+                raise ApiError(rule.code, "InternalError",
+                               "Internal error occurred: injected fault")
+        self._fail_rules = [r for r in self._fail_rules if r.remaining > 0]
+
+    def check_create(self, name: str) -> None:
+        """Raise 403 Forbidden for a pod create if ``forbid_creates`` is on."""
+        if self.forbid_create_message is not None:
+            raise ApiError(403, "Forbidden",
+                           f'pods "{name or ""}" is forbidden: {self.forbid_create_message}',
+                           name=name)
