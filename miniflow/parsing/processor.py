@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -82,8 +83,14 @@ def _get_context() -> ForkServerContext:
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
         # Preload miniflow (loader, dag, tasks) once in the forkserver: every
-        # per-file process forked from it starts warm.
-        ctx.set_forkserver_preload(["miniflow.parsing.child"])
+        # per-file process forked from it starts warm. The forkserver is one
+        # per process and shared with the local launcher: add to its preload
+        # list instead of replacing it (only effective before it starts).
+        server = multiprocessing.forkserver._forkserver
+        preload = list(getattr(server, "_preload_modules", None) or [])
+        if child.__name__ not in preload:
+            preload.append(child.__name__)
+        ctx.set_forkserver_preload(preload)
         _context = ctx
     return _context
 
