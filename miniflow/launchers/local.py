@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Literal
 
 from miniflow.errors import NotFound
+from miniflow.launchers import local_fork
 from miniflow.launchers import local_procs as procs
 from miniflow.launchers.base import (
     AliveAttempt,
@@ -72,7 +73,6 @@ from miniflow.launchers.base import (
 log = logging.getLogger("miniflow.launchers.local")
 
 NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the Pod task a command"
-_FOLLOW_POLL = 0.1  # seconds between reads of a growing log while its process lives
 
 
 @dataclass(eq=False)
@@ -105,6 +105,7 @@ class LocalLauncher:
     """Runs attempts as local processes; see the module docstring."""
 
     name = "local"
+    worker_kinds: frozenset[str] = frozenset({"python"})  # bash/pod: judged by exit code
 
     def __init__(
         self,
@@ -136,7 +137,7 @@ class LocalLauncher:
                 found = False
             if found:
                 self._ctx = multiprocessing.get_context("forkserver")
-                self._ctx.set_forkserver_preload([procs.__name__, module])
+                self._ctx.set_forkserver_preload([local_fork.__name__, module])
             else:
                 log.warning("%s is not importable: Python tasks run in exec mode", module)
                 self.python_mode = "exec"
@@ -199,24 +200,9 @@ class LocalLauncher:
         attempt = self._attempts.get(key) if follow else None
         if not path.exists() and attempt is None:
             raise NotFound(f"no log for attempt {key}")
-        offset = 0
-        if tail_lines is not None and path.exists():
-            offset = procs.tail_offset(path, tail_lines)
-        pending = b""
-        while True:
-            chunk = procs.read_from(path, offset)  # a local file: fast enough inline
-            offset += len(chunk)
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                yield line.decode("utf-8", errors="replace")
-            if chunk:
-                continue
-            if attempt is None or attempt.done.is_set():
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(attempt.done.wait(), _FOLLOW_POLL)
-        if pending:
-            yield pending.decode("utf-8", errors="replace")
+        done = attempt.done if attempt is not None else None
+        async for line in procs.iter_log(path, done=done, tail_lines=tail_lines):
+            yield line
 
     async def shutdown_all(self) -> None:
         """Kill every attempt still running and wait for their exit events."""
@@ -251,8 +237,11 @@ class LocalLauncher:
         try:
             paths.log.parent.mkdir(parents=True, exist_ok=True)
             pid, process = self._start_process(spec, paths)
-        except OSError as exc:
+        except OSError as exc:  # EAGAIN, EMFILE, disk full...: may work next time
             return LaunchResult(key=key, handle=None, error=f"cannot start: {exc}", retryable=True)
+        except Exception as exc:  # one bad spec must not fail the whole batch
+            log.exception("cannot start attempt %s", key)
+            return LaunchResult(key=key, handle=None, error=f"cannot start: {exc!r}")
         stat = procs.proc_stat(pid)
         attempt = _Attempt(
             key=key,
@@ -308,16 +297,17 @@ class LocalLauncher:
             ]
             env = {**os.environ, **self.worker_env, **spec.env}
             if self._ctx is not None:
-                process = procs.LeanForkServerProcess(
-                    target=procs.run_forked,
-                    args=(self.python_entry, worker_argv, str(paths.log), str(paths.exit), env),
+                process = local_fork.start_forked(
+                    self.python_entry,
+                    worker_argv,
+                    log_path=str(paths.log),
+                    exit_path=str(paths.exit),
+                    env=env,
                     name=f"miniflow {k}",
-                    daemon=False,
                 )
-                process.start()
                 assert process.pid is not None
                 return process.pid, process
-            argv = procs.exec_python_argv(self.python_entry, worker_argv)
+            argv = local_fork.exec_python_argv(self.python_entry, worker_argv)
         pid = procs.spawn_wrapped(
             argv, sh=self._sh, log_path=paths.log, exit_path=paths.exit, env=env
         )

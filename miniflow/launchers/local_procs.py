@@ -1,8 +1,7 @@
-"""Process-level helpers of the local launcher: files, spawning, the forked worker.
+"""Process-level helpers of the local launcher: files, spawning, signals, logs.
 
-This module holds everything `LocalLauncher` does with the operating system and
-nothing that needs an event loop, so it stays cheap to import: the forkserver
-imports it (it holds `run_forked`, the target of every forked Python attempt).
+What `LocalLauncher` does with the operating system, kept apart from its event
+bookkeeping (the forked-Python side lives in `local_fork`).
 
 Per attempt, next to each other under
 `state_dir/logs/<dag_id>/<run_id>/<task_id>/` (components percent-escaped):
@@ -12,7 +11,8 @@ Per attempt, next to each other under
   `/proc/<pid>/stat` and the boot id, so a recycled pid or a reboot is never
   mistaken for our process; plus kind, handle, timeout, launch time);
 - `<try>.exit`   the exit code, written by the attempt itself when it ends (the
-  `sh` wrapper for bash/pod/exec kinds, `run_forked` for forked Python), so a
+  `sh` wrapper for bash/pod/exec kinds, `local_fork.run_forked` for forked
+  Python), so a
   restarted scheduler that is no longer the parent still learns the code.
 
 Commands are always executed from an argv list, never interpolated into a shell
@@ -23,23 +23,14 @@ shutdown): the launcher reaps its children itself with `os.waitpid`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import importlib
-import io
 import json
-import multiprocessing.context
-import multiprocessing.forkserver
-import multiprocessing.popen_forkserver
-import multiprocessing.reduction
-import multiprocessing.util
 import os
 import signal
-import sys
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
 
 from miniflow.launchers.base import AttemptKey
 
@@ -224,104 +215,6 @@ def spawn_wrapped(
     )
 
 
-def load_entry(entry: str) -> Callable[[list[str]], int]:
-    """Resolve "package.module:function"."""
-    module_name, _, func_name = entry.partition(":")
-    module = importlib.import_module(module_name)
-    return cast(Callable[[list[str]], int], getattr(module, func_name or "main"))
-
-
-def exec_python_argv(entry: str, argv: Sequence[str]) -> list[str]:
-    """argv of a fresh interpreter that calls `entry(argv)` and exits with its result."""
-    module_name, _, func_name = entry.partition(":")
-    code = (
-        "import importlib, sys; "
-        f"sys.exit(getattr(importlib.import_module({module_name!r}), {func_name or 'main'!r})"
-        "(sys.argv[1:]))"
-    )
-    return [sys.executable, "-c", code, *argv]
-
-
-class _LeanForkServerPopen(multiprocessing.popen_forkserver.Popen):
-    """multiprocessing's forkserver start, minus most of the "preparation data".
-
-    Stock multiprocessing makes every forked child re-run the parent's
-    `__main__` file (for the scheduler the console script, under pytest pytest
-    itself) and import runpy: ~10-40 ms a child, which would dominate a no-op
-    task. The forkserver already has our preloaded modules, so the child needs
-    only sys.path, the working directory and the pickled process object.
-    Mirrors CPython 3.11-3.13 `popen_forkserver.Popen._launch`.
-    """
-
-    def _launch(self, process_obj: Any) -> None:
-        buf = io.BytesIO()
-        multiprocessing.context.set_spawning_popen(self)  # allows pickling the authkey
-        try:
-            # Only what the child must match (3.11's forkserver ignores the sys.path
-            # it is given at start-up).
-            prep = {"sys_path": sys.path, "dir": os.getcwd()}
-            multiprocessing.reduction.dump(prep, buf)
-            multiprocessing.reduction.dump(process_obj, buf)
-        finally:
-            multiprocessing.context.set_spawning_popen(None)
-        fds = self._fds  # type: ignore[attr-defined]
-        self.sentinel, w = multiprocessing.forkserver.connect_to_new_process(fds)
-        parent_w = os.dup(w)  # the child's "parent alive" sentinel
-        self.finalizer = multiprocessing.util.Finalize(
-            self,
-            multiprocessing.util.close_fds,  # type: ignore[attr-defined]
-            (parent_w, self.sentinel),
-        )
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
-
-
-class LeanForkServerProcess(multiprocessing.context.ForkServerProcess):
-    """A forkserver `Process` started with `_LeanForkServerPopen`."""
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _LeanForkServerPopen(process_obj)
-
-
-def run_forked(
-    entry: str, argv: list[str], log_path: str, exit_path: str, env: dict[str, Any]
-) -> None:
-    """Body of a forked Python attempt (runs in a child of the warm forkserver).
-
-    New session (so kill() reaches everything it starts), output to the log,
-    the attempt's environment, then `entry(argv)`; the exit code is written to
-    the exit file and the process leaves with `os._exit` (no multiprocessing
-    teardown, no atexit handlers of the forkserver's modules).
-    """
-    code = 1
-    try:
-        os.setsid()
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        for stream in (sys.stdout, sys.stderr):
-            if isinstance(stream, io.TextIOWrapper):
-                stream.reconfigure(line_buffering=True)
-        os.environ.update(env)
-        try:
-            result = load_entry(entry)(argv)
-            code = result if isinstance(result, int) else 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        write_exit_file(Path(exit_path), code & 0xFF)
-        os._exit(code & 0xFF)
-
-
 def read_tail(
     path: Path, *, max_lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES
 ) -> str | None:
@@ -351,7 +244,11 @@ def read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
 
 def tail_offset(path: Path, lines: int) -> int:
     """Byte offset where the last `lines` lines of the file start (0: whole file)."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with f:
         end = f.seek(0, os.SEEK_END)
         if lines <= 0:
             return end
@@ -372,3 +269,29 @@ def tail_offset(path: Path, lines: int) -> int:
                     return start + idx + 1
             pos = start
         return 0
+
+
+async def iter_log(
+    path: Path, *, done: asyncio.Event | None, tail_lines: int | None, poll: float = 0.1
+) -> AsyncIterator[str]:
+    """Lines of a log (without "\\n"); while `done` is unset, wait for more.
+
+    A growing file is re-read every `poll` seconds at most; the attempt's exit
+    (`done`) ends the wait at once, then the rest of the file is drained.
+    """
+    offset = tail_offset(path, tail_lines) if tail_lines is not None else 0
+    pending = b""
+    while True:
+        chunk = read_from(path, offset)
+        offset += len(chunk)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+        if chunk:
+            continue
+        if done is None or done.is_set():
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), poll)
+    if pending:
+        yield pending.decode("utf-8", errors="replace")

@@ -44,7 +44,6 @@ async def make_launcher(tmp_path: Path) -> AsyncIterator[Factory]:
 
     yield make
     for launcher in launchers:
-        launcher._closed = False  # a closed launcher may still own children in tests
         await launcher.shutdown_all()
         await launcher.close()
 
