@@ -98,6 +98,9 @@ class Launcher(Protocol):
     """Starts attempts and reports on them; see the module docstring."""
 
     name: str
+    worker_kinds: frozenset[str]
+    """Task kinds run by `miniflow-worker`, which records its own outcome; the
+    scheduler judges the other kinds by exit code alone."""
 
     @property
     def events(self) -> Any:  # asyncio.Queue[LauncherEvent]

@@ -1,0 +1,170 @@
+"""What the admin commands do, as plain async functions over a `Config`.
+
+The CLI only parses arguments and prints; these functions talk to the store,
+so the same operations are easy to test and to reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from miniflow import runtime
+from miniflow.config import Config
+from miniflow.errors import NotFound
+from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler.parse_loop import DagParser
+from miniflow.serialized import SerializedDag
+from miniflow.store import attempts as store_attempts
+from miniflow.store import dags as store_dags
+from miniflow.store import engine as store_engine
+from miniflow.store import pools as store_pools
+from miniflow.store import runs as store_runs
+from miniflow.store import task_instances as store_tis
+from miniflow.store.models import DagRun, ImportErrorRow, Pool, TaskAttempt, TaskInstance
+
+
+@dataclass(frozen=True, slots=True)
+class DagRowView:
+    dag_id: str
+    schedule: str | None
+    next_run: datetime | None
+    is_paused: bool
+    fileloc: str
+    has_import_error: bool
+    tasks: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def parse_folder(config: Config) -> None:
+    """Bring the database up to date with the DAGs folder (changed files only)."""
+    async with runtime.open_engine(config) as engine:
+        parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
+        await parser.parse_once(store_engine.sessionmaker(engine), _now())
+
+
+async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
+    if parse:
+        await parse_folder(config)
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        rows = await store_dags.list_dags(session)
+        return [
+            DagRowView(
+                r.dag_id, r.schedule, r.next_interval_end, r.is_paused, r.fileloc,
+                r.has_import_error, len(r.serialized.get("tasks", {})),
+            )
+            for r in rows
+        ]
+
+
+async def import_errors(config: Config) -> list[ImportErrorRow]:
+    await parse_folder(config)
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        return await store_dags.import_errors(session)
+
+
+async def get_serialized(config: Config, dag_id: str) -> SerializedDag:
+    await parse_folder(config)
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        row = await store_dags.get_dag(session, dag_id)
+        return row.serialized  # type: ignore[return-value]
+
+
+async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        await store_dags.set_paused(session, dag_id, paused)
+
+
+async def trigger(
+    config: Config, dag_id: str, *, conf_json: str | None, run_id: str | None = None,
+    logical_date: datetime | None = None, parse: bool = True,
+) -> str:
+    if parse:
+        await parse_folder(config)
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        return await trigger_mod.trigger(
+            session, dag_id, conf_json=conf_json, now=_now(), logical_date=logical_date, run_id=run_id
+        )
+
+
+async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[DagRun]:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        return await store_runs.list_runs(session, dag_id, limit)
+
+
+async def list_tasks(config: Config, dag_id: str, run_id: str) -> list[TaskInstance]:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        await store_runs.get_run(session, dag_id, run_id)
+        return await store_tis.list_for_run(session, dag_id, run_id)
+
+
+async def task_attempts(config: Config, dag_id: str, run_id: str, task_id: str) -> list[TaskAttempt]:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        found = await store_attempts.for_task(session, dag_id, run_id, task_id)
+        if not found:
+            await store_runs.get_run(session, dag_id, run_id)
+            raise NotFound(f"task {task_id!r} of {dag_id}/{run_id} has no attempt yet")
+        return found
+
+
+def downstream_of(dag: SerializedDag, task_id: str) -> list[str]:
+    """task_id and everything downstream of it, in DAG order."""
+    children: dict[str, list[str]] = {t: [] for t in dag["tasks"]}
+    for tid, task in dag["tasks"].items():
+        for up in task["upstream"]:
+            children[up].append(tid)
+    seen = {task_id}
+    stack = [task_id]
+    while stack:
+        for child in children[stack.pop()]:
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return [t for t in dag["tasks"] if t in seen]
+
+
+async def clear(config: Config, dag_id: str, run_id: str, task_id: str, downstream: bool) -> list[str]:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        dag: SerializedDag = (await store_dags.get_dag(session, dag_id)).serialized  # type: ignore[assignment]
+        await store_runs.get_run(session, dag_id, run_id)
+        if task_id not in dag["tasks"]:
+            raise NotFound(f"DAG {dag_id!r} has no task {task_id!r}")
+        task_ids = downstream_of(dag, task_id) if downstream else [task_id]
+        retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
+        await store_tis.clear(session, dag_id, run_id, task_ids, retries)
+        return task_ids
+
+
+async def set_pool(config: Config, name: str, slots: int, description: str | None) -> None:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        await store_pools.set_pool(session, name, slots, description)
+
+
+async def list_pools(config: Config) -> list[Pool]:
+    async with runtime.open_engine(config) as engine, store_engine.transaction(
+        store_engine.sessionmaker(engine)
+    ) as session:
+        return await store_pools.list_pools(session)

@@ -1,0 +1,288 @@
+"""The `miniflow` command: scheduler daemon, embedded standalone mode, and admin commands.
+
+Every command turns a `MiniflowError` into one line on stderr and a non-zero
+exit (2 for configuration and database problems, 1 for the rest), never a
+traceback. Environment variables are read here, once, into a `Config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from miniflow import cli_views as views
+from miniflow.config import Config, load_config
+from miniflow.errors import ConfigError, DatabaseUnavailable, MiniflowError, SchemaError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dags"
+
+
+def _exit_code(exc: MiniflowError) -> int:
+    return 2 if isinstance(exc, ConfigError | DatabaseUnavailable | SchemaError) else 1
+
+
+def command_runner(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:
+    """Run an async command; print MiniflowErrors as one line."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return asyncio.run(func(*args, **kwargs))  # type: ignore[arg-type]
+        except MiniflowError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(_exit_code(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+def _config(ctx: click.Context, **overrides: Any) -> Config:
+    base: dict[str, Any] = ctx.obj or {}
+    try:
+        return load_config(**{**base, **overrides})
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.group()
+@click.option("--dags-folder", type=click.Path(path_type=Path), help="Overrides MINIFLOW_DAGS_FOLDER.")
+@click.option("--database-url", help="Overrides MINIFLOW_DATABASE_URL.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def main(ctx: click.Context, dags_folder: Path | None, database_url: str | None, verbose: bool) -> None:
+    """miniflow: DAGs in Python files, one pod (or local process) per task."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = {"dags_folder": dags_folder, "database_url": database_url}
+
+
+# --- db ------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create the schema or bring it up to date."""
+
+    @command_runner
+    async def run() -> None:
+        from miniflow import runtime
+        from miniflow.store import schema
+
+        config = _config(ctx)
+        async with runtime.open_engine(config, check_schema=False) as engine:
+            before, after = await schema.upgrade(engine)
+        where = config.safe_database_url()
+        if before == after:
+            click.echo(f"{where}: schema already at {after}")
+        else:
+            click.echo(f"{where}: schema upgraded {before or 'empty'} -> {after}")
+
+    run()
+
+
+# --- scheduler / standalone ---------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_context
+def scheduler(ctx: click.Context) -> None:
+    """Run the scheduler daemon (configured by MINIFLOW_* variables)."""
+    from miniflow import daemon
+
+    config = _config(ctx)
+    logging.getLogger().setLevel(logging.INFO)
+    command_runner(daemon.run_scheduler)(config)
+
+
+@main.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the SQLite database and logs live (default ./.miniflow).")
+@click.option("--trigger-all", is_flag=True, help="Trigger one run of every DAG at start.")
+@click.option("--exit-when-done", is_flag=True,
+              help="Exit once the runs triggered at start have finished (exit 1 if any failed).")
+@click.pass_context
+def standalone(ctx: click.Context, state_dir: Path | None, trigger_all: bool, exit_when_done: bool) -> None:
+    """The embedded default: SQLite + local processes + the example DAGs, with a live view."""
+    from miniflow import daemon
+
+    overrides: dict[str, Any] = {"launcher": "local"}
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    config = _config(ctx, **overrides)
+    if ctx.obj.get("dags_folder") is None and not _env_has("MINIFLOW_DAGS_FOLDER"):
+        config = _config(ctx, dags_folder=EXAMPLES, **overrides)
+    code = command_runner(daemon.run_standalone)(
+        config, trigger_all=trigger_all, exit_when_done=exit_when_done
+    )
+    sys.exit(code)
+
+
+def _env_has(name: str) -> bool:
+    import os
+
+    return bool(os.environ.get(name))
+
+
+# --- dags ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def dags() -> None:
+    """List, inspect, pause, trigger and test DAGs."""
+
+
+@dags.command("list")
+@click.option("--no-parse", is_flag=True, help="Show what the database knows without parsing.")
+@click.pass_context
+def dags_list(ctx: click.Context, no_parse: bool) -> None:
+    """DAGs with schedule, next run, paused flag, file and import-error flag."""
+
+    @command_runner
+    async def run() -> None:
+        from miniflow import admin
+
+        config = _config(ctx)
+        rows = await admin.list_dags(config, parse=not no_parse)
+        views.print_dags(rows)
+
+    run()
+
+
+@dags.command("errors")
+@click.pass_context
+def dags_errors(ctx: click.Context) -> None:
+    """Import errors of DAG files, with their tracebacks."""
+
+    @command_runner
+    async def run() -> None:
+        from miniflow import admin
+
+        errors = await admin.import_errors(_config(ctx))
+        views.print_import_errors(errors)
+
+    run()
+
+
+@dags.command("show")
+@click.argument("dag_id")
+@click.pass_context
+def dags_show(ctx: click.Context, dag_id: str) -> None:
+    """Tasks and dependencies as a tree."""
+
+    @command_runner
+    async def run() -> None:
+        from miniflow import admin
+
+        dag = await admin.get_serialized(_config(ctx), dag_id)
+        views.print_dag_tree(dag)
+
+    run()
+
+
+def _pause_command(paused: bool) -> Callable[..., None]:
+    @click.argument("dag_id")
+    @click.pass_context
+    def command(ctx: click.Context, dag_id: str) -> None:
+        @command_runner
+        async def run() -> None:
+            from miniflow import admin
+
+            await admin.set_paused(_config(ctx), dag_id, paused)
+            click.echo(f"DAG {dag_id} {'paused' if paused else 'unpaused'}")
+
+        run()
+
+    return command
+
+
+dags.command("pause", help="Stop creating scheduled runs of a DAG.")(_pause_command(True))
+dags.command("unpause", help="Resume creating scheduled runs of a DAG.")(_pause_command(False))
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO date/time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dags.command("trigger")
+@click.argument("dag_id")
+@click.option("--conf", "conf_json", help="JSON object merged over the DAG's params.")
+@click.option("--run-id", help="Run id (default manual__<logical date>).")
+@click.option("--logical-date", help="ISO date/time (default now).")
+@click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the run succeeds.")
+@click.pass_context
+def dags_trigger(
+    ctx: click.Context, dag_id: str, conf_json: str | None, run_id: str | None,
+    logical_date: str | None, wait: bool,
+) -> None:
+    """Create a manual run (the scheduler runs it)."""
+    when = _parse_date(logical_date)
+
+    @command_runner
+    async def run() -> int:
+        from miniflow import admin
+
+        config = _config(ctx)
+        created = await admin.trigger(config, dag_id, conf_json=conf_json, run_id=run_id, logical_date=when)
+        click.echo(f"created run {created} of {dag_id}")
+        if not wait:
+            return 0
+        state = await views.follow_run(config, dag_id, created)
+        return 0 if state == "success" else 1
+
+    sys.exit(run())
+
+
+@dags.command("test")
+@click.argument("dag_id")
+@click.option("--logical-date", help="ISO date/time (default now).")
+@click.option("--conf", "conf_json", help="JSON object merged over the DAG's params.")
+@click.pass_context
+def dags_test(ctx: click.Context, dag_id: str, logical_date: str | None, conf_json: str | None) -> None:
+    """Run one DAG run to completion in the foreground, without a daemon."""
+    from miniflow import daemon
+
+    config = _config(ctx)
+    state = command_runner(daemon.test_dag)(
+        config, dag_id, logical_date=_parse_date(logical_date), conf_json=conf_json
+    )
+    sys.exit(0 if state == "success" else 1)
+
+
+# --- runs / tasks / pools -----------------------------------------------------------------------
+
+from miniflow.cli_tasks import pools, runs, tasks  # noqa: E402  (registered on `main` below)
+
+main.add_command(runs)
+main.add_command(tasks)
+main.add_command(pools)

@@ -1,0 +1,67 @@
+"""Wiring from a `Config` to live objects: the engine (checked) and the launcher.
+
+The CLI commands call these so every command fails the same clear way on an
+unreachable database or an unmigrated schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from miniflow.config import Config
+from miniflow.launchers.base import Launcher
+from miniflow.store import engine as store_engine
+from miniflow.store import schema
+
+
+@asynccontextmanager
+async def open_engine(config: Config, *, check_schema: bool = True) -> AsyncIterator[AsyncEngine]:
+    """A connected engine; raises DatabaseUnavailable / SchemaError with one clear line."""
+    if config.database_url.startswith("sqlite"):
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = store_engine.create_engine(config.database_url)
+    try:
+        await store_engine.check_connection(engine)
+        if check_schema:
+            await schema.check(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def make_launcher(config: Config) -> Launcher:
+    """The launcher named by `MINIFLOW_LAUNCHER`."""
+    if config.launcher == "kubernetes":
+        from miniflow.launchers.kubernetes import KubernetesLauncher
+        from miniflow.launchers.pods import PodDefaults
+
+        defaults = PodDefaults(
+            namespace=config.namespace,
+            worker_image=config.worker_image,
+            database_secret_name=config.database_secret,
+            dags_folder=config.pod_dags_folder,
+        )
+        return KubernetesLauncher(  # type: ignore[return-value]
+            defaults=defaults,
+            kubeconfig=config.kubeconfig,
+            context=config.kube_context,
+            cleanup=config.pod_cleanup,  # type: ignore[arg-type]
+            pending_timeout=config.pod_pending_timeout,
+        )
+    from miniflow.launchers.local import LocalLauncher
+
+    worker_env = {
+        "MINIFLOW_DATABASE_URL": config.database_url,
+        "MINIFLOW_DAGS_FOLDER": str(config.dags_folder.resolve()),
+        "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
+        "MINIFLOW_MAX_RESULT_BYTES": str(config.max_result_bytes),
+    }
+    return LocalLauncher(  # type: ignore[return-value]
+        state_dir=config.state_dir,
+        dags_folder=config.dags_folder.resolve(),
+        worker_env=worker_env,
+        grace_period=config.kill_grace_period,
+    )
