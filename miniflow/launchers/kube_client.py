@@ -1,0 +1,388 @@
+"""The one thin module that talks to the Kubernetes API (via kubernetes_asyncio).
+
+Everything else in miniflow sees plain dicts (pods exactly as the API serves
+them in JSON) and miniflow errors. Every call is made with
+``_preload_content=False`` and the body decoded here: no model objects are
+built (watch streams of thousands of pods stay cheap), and the status code is
+checked in one place, `_check`, which turns failures into this hierarchy:
+
+- `KubeApiError` -- any error answer; carries ``status``, ``reason`` and the
+  API's ``message`` (what users must see: "exceeded quota: ...").
+- `KubeRetryableError` (429, 5xx) and `KubeConnectionError` (no answer at all)
+  are `RetryableError`s; 429 carries the server's ``Retry-After``.
+- `KubePermanentError` (400, 403, 404, 422, ...) is a `PermanentError`;
+  `AlreadyExists` (409) and `PodNotFound` (404) are the two cases callers
+  branch on.
+- `WatchExpired` (410 Gone, as an answer or as a watch ERROR event): the
+  resourceVersion is too old; the caller must relist.
+
+`with_retries` is the single retry loop (exponential back-off, full jitter,
+bounded attempts, honours Retry-After) used by every caller; nothing else
+in miniflow loops on Kubernetes errors.
+
+This module never decides anything about tasks: no event translation, no
+cleanup policy. It must stay importable without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from miniflow.errors import MiniflowError, PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Pod = dict[str, Any]
+
+
+class KubeApiError(MiniflowError):
+    """The API server answered with an error ``Status``; the message is the API's."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{message} ({status} {reason})" if message else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class KubeRetryableError(KubeApiError, RetryableError):
+    """429 Too Many Requests or 5xx: the same call may succeed later."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, reason, message)
+        self.retry_after = retry_after
+
+
+class KubeConnectionError(RetryableError):
+    """No answer: connection refused/reset, timeout, DNS failure."""
+
+
+class KubePermanentError(KubeApiError, PermanentError):
+    """400/403/422 and other answers that retrying the same call cannot fix."""
+
+
+class AlreadyExists(KubePermanentError):
+    """409: an object with this name exists (for a pod: this attempt was launched)."""
+
+
+class PodNotFound(KubePermanentError):
+    """404: no such pod (already deleted, or never created)."""
+
+
+class WatchExpired(KubeApiError, RetryableError):
+    """410 Gone: the resourceVersion is too old; relist, then watch again."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How `with_retries` backs off on `RetryableError`s."""
+
+    attempts: int = 5
+    """Calls in total (1 = no retry)."""
+
+    base_delay: float = 0.25
+    """Upper bound of the first delay; doubled per attempt (full jitter)."""
+
+    max_delay: float = 10.0
+    """Cap on any one delay, including a server's Retry-After."""
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed call number `attempt` (1-based)."""
+        jittered = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+        if retry_after is not None:
+            jittered = max(jittered, retry_after)
+        return min(jittered, self.max_delay)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    policy: RetryPolicy,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Await ``call()``, retrying `RetryableError`s per `policy`; re-raises the last one.
+
+    `WatchExpired` is never retried here: the caller must relist instead.
+    """
+    attempt = 1
+    while True:
+        try:
+            return await call()
+        except WatchExpired:
+            raise
+        except RetryableError as exc:
+            if attempt >= policy.attempts:
+                raise
+            retry_after = getattr(exc, "retry_after", None)
+            delay = policy.delay(attempt, retry_after)
+            log.warning(
+                "%s failed (%s); retry %d/%d in %.2fs",
+                what,
+                exc,
+                attempt,
+                policy.attempts - 1,
+                delay,
+            )
+            await sleep(delay)
+            attempt += 1
+
+
+def _error_from(status: int, reason: str, body: bytes, headers: Any) -> KubeApiError:
+    message = ""
+    try:
+        decoded = json.loads(body)
+        if isinstance(decoded, dict):
+            message = str(decoded.get("message") or "")
+            reason = str(decoded.get("reason") or reason)
+    except ValueError:
+        message = body.decode("utf-8", "replace").strip()[:2000]
+    if status == 409:
+        return AlreadyExists(status, reason, message)
+    if status == 404:
+        return PodNotFound(status, reason, message)
+    if status == 410:
+        return WatchExpired(status, reason, message)
+    if status == 429 or status >= 500:
+        retry_after: float | None = None
+        raw = headers.get("Retry-After") if headers is not None else None
+        if raw is not None:
+            try:
+                retry_after = float(raw)
+            except ValueError:
+                retry_after = None
+        return KubeRetryableError(status, reason, message, retry_after=retry_after)
+    return KubePermanentError(status, reason, message)
+
+
+async def _check(response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    """Raise the miniflow error for a non-2xx answer (releasing it); else return it."""
+    if 200 <= response.status <= 299:
+        return response
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    raise _error_from(response.status, response.reason or "", body, response.headers)
+
+
+class KubeClient:
+    """Pods API of one cluster; every method returns plain dicts or raises miniflow errors."""
+
+    def __init__(self, api_client: Any) -> None:
+        self._api_client = api_client
+        self._core = k8s.CoreV1Api(api_client)
+
+    @classmethod
+    async def connect(
+        cls, *, kubeconfig: str | None = None, context: str | None = None, max_connections: int = 64
+    ) -> KubeClient:
+        """A client from `kubeconfig` (a path), else in-cluster config, else the
+        default kubeconfig (`KUBECONFIG` / ~/.kube/config, read by kubernetes_asyncio)."""
+        configuration = k8s.Configuration()
+        try:
+            if kubeconfig is None and context is None:
+                try:
+                    k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                        client_configuration=configuration
+                    )
+                except k8s_config.ConfigException:
+                    await k8s_config.load_kube_config(
+                        client_configuration=configuration, persist_config=False
+                    )
+            else:
+                await k8s_config.load_kube_config(
+                    config_file=kubeconfig,
+                    context=context,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
+        except (k8s_config.ConfigException, OSError) as exc:
+            where = kubeconfig or "in-cluster / default kubeconfig"
+            raise KubeConnectionError(f"cannot load Kubernetes config ({where}): {exc}") from exc
+        configuration.connection_pool_maxsize = max_connections
+        return cls(k8s.ApiClient(configuration=configuration))
+
+    async def close(self) -> None:
+        await self._api_client.close()
+
+    async def _request(
+        self, call: Callable[[], Awaitable[Any]], what: str
+    ) -> aiohttp.ClientResponse:
+        try:
+            response = await call()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise KubeConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        return await _check(response)
+
+    async def _json(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        response = await self._request(call, what)
+        try:
+            return await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise KubeConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            response.release()
+
+    async def create_pod(self, namespace: str, manifest: Pod) -> Pod:
+        """POST the pod; `AlreadyExists` if the name is taken."""
+        result: Pod = await self._json(
+            lambda: self._core.create_namespaced_pod(
+                namespace,
+                manifest,  # type: ignore[arg-type]  # a plain dict is sent as-is
+                _preload_content=False,
+            ),
+            f"create pod {namespace}/{manifest['metadata']['name']}",
+        )
+        return result
+
+    async def delete_pod(
+        self, name: str, namespace: str, *, grace_period_seconds: int | None = None
+    ) -> Pod:
+        """DELETE the pod; `PodNotFound` if it is already gone."""
+        kwargs: dict[str, Any] = {}
+        if grace_period_seconds is not None:
+            kwargs["grace_period_seconds"] = grace_period_seconds
+        result: Pod = await self._json(
+            lambda: self._core.delete_namespaced_pod(
+                name, namespace, _preload_content=False, **kwargs
+            ),
+            f"delete pod {namespace}/{name}",
+        )
+        return result
+
+    async def list_pods(self, namespace: str, label_selector: str) -> tuple[list[Pod], str]:
+        """All matching pods and the list's resourceVersion (to watch from)."""
+        body = await self._json(
+            lambda: self._core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _preload_content=False
+            ),
+            f"list pods in {namespace}",
+        )
+        items: list[Pod] = body.get("items") or []
+        for item in items:  # list items carry no kind/apiVersion; watch objects do
+            item.setdefault("kind", "Pod")
+            item.setdefault("apiVersion", "v1")
+        return items, str(body["metadata"]["resourceVersion"])
+
+    async def watch_pods(
+        self, namespace: str, label_selector: str, resource_version: str, timeout_seconds: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Raw watch events ``{"type", "object"}`` from `resource_version`, bookmarks on.
+
+        Ends cleanly when the server closes the stream (its `timeout_seconds`);
+        raises `WatchExpired` on 410 (answer or ERROR event) and
+        `KubeConnectionError` when the stream breaks or goes silent for
+        `timeout_seconds` + 30 s. Other ERROR events raise `KubeApiError`s.
+        """
+        what = f"watch pods in {namespace}"
+        response = await self._request(
+            lambda: self._core.list_namespaced_pod(
+                namespace,
+                label_selector=label_selector,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                watch=True,
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(sock_read=timeout_seconds + 30),
+            ),
+            what,
+        )
+        try:
+            async for line in _lines(response, what):
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise _error_from(
+                        int(status.get("code") or 500),
+                        str(status.get("reason") or "Error"),
+                        json.dumps(status).encode(),
+                        None,
+                    )
+                yield event
+        finally:
+            response.release()
+
+    async def read_log(
+        self, name: str, namespace: str, *, tail_lines: int | None, container: str | None = None
+    ) -> str:
+        """The pod's log (its last `tail_lines` lines), decoded leniently."""
+        kwargs: dict[str, Any] = {}
+        if tail_lines is not None:
+            kwargs["tail_lines"] = tail_lines
+        if container is not None:
+            kwargs["container"] = container
+        response = await self._request(
+            lambda: self._core.read_namespaced_pod_log(
+                name, namespace, _preload_content=False, **kwargs
+            ),
+            f"read log of {namespace}/{name}",
+        )
+        try:
+            return (await response.read()).decode("utf-8", "replace")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise KubeConnectionError(f"read log of {namespace}/{name}: {exc}") from exc
+        finally:
+            response.release()
+
+    async def stream_log(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        tail_lines: int | None = None,
+        follow: bool = True,
+        container: str | None = None,
+    ) -> AsyncIterator[str]:
+        """Log lines as the container writes them (``follow``), without newlines."""
+        kwargs: dict[str, Any] = {"follow": follow}
+        if tail_lines is not None:
+            kwargs["tail_lines"] = tail_lines
+        if container is not None:
+            kwargs["container"] = container
+        what = f"stream log of {namespace}/{name}"
+        response = await self._request(
+            lambda: self._core.read_namespaced_pod_log(
+                name,
+                namespace,
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(total=None),
+                **kwargs,
+            ),
+            what,
+        )
+        try:
+            async for line in _lines(response, what):
+                yield line.decode("utf-8", "replace")
+        finally:
+            response.release()
+
+
+async def _lines(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
+    """Newline-delimited chunks of a streamed body (no line-length limit)."""
+    buffer = b""
+    try:
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                if line.strip():
+                    yield line
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise KubeConnectionError(f"{what}: stream broken: {type(exc).__name__}: {exc}") from exc
+    if buffer.strip():
+        yield buffer
