@@ -473,3 +473,78 @@ async def test_read_logs_follow(launcher: KubernetesLauncher) -> None:
     await wait_started(launcher, k)
     lines = [line async for line in launcher.read_logs(k, result.handle, follow=True)]
     assert lines == ["line 1", "line 2", "line 3"]
+
+
+# --- pure pieces: status translation, error mapping, back-off ------------------------------
+
+
+def _pod(phase: str, state: dict[str, Any], **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "namespace": "ns", "annotations": pods.annotations_for(key())},
+        "status": {
+            "phase": phase,
+            "containerStatuses": [{"name": "base", "state": state}],
+            **status,
+        },
+    }
+
+
+def test_observe_prefers_pod_reasons_and_main_container() -> None:
+    from miniflow.launchers.kube_watch import observe
+
+    term = {"terminated": {"exitCode": 143, "reason": "Error", "startedAt": "x"}}
+    view = observe(_pod("Failed", term, reason="DeadlineExceeded", message="too long"))
+    assert (view.exit_code, view.reason, view.message) == (143, "DeadlineExceeded", "too long")
+    assert view.key == key() and view.started and view.terminal
+    # a sidecar keeps the pod Running: the main container's end decides
+    sidecar = _pod("Running", {"terminated": {"exitCode": 0, "reason": "Completed"}})
+    assert observe(sidecar).terminal and observe(sidecar).exit_code == 0
+    waiting = _pod("Pending", {"waiting": {"reason": "InvalidImageName", "message": "bad"}})
+    assert (observe(waiting).stuck_reason, observe(waiting).started) == ("InvalidImageName", False)
+    creating = _pod("Pending", {"waiting": {"reason": "ContainerCreating"}})
+    assert observe(creating).stuck_reason is None
+    assert observe({"metadata": {"name": "x"}}).key is None
+
+
+def test_api_errors_map_to_the_hierarchy() -> None:
+    from miniflow.errors import PermanentError, RetryableError
+    from miniflow.launchers import kube_client as kc
+
+    body = b'{"kind":"Status","message":"pods \\"x\\" already exists","reason":"AlreadyExists"}'
+    err = kc._error_from(409, "Conflict", body, None)
+    assert isinstance(err, kc.AlreadyExists) and isinstance(err, PermanentError)
+    assert err.message == 'pods "x" already exists'
+    throttled = kc._error_from(429, "TooManyRequests", b"{}", {"Retry-After": "2"})
+    assert isinstance(throttled, kc.KubeRetryableError) and throttled.retry_after == 2.0
+    assert isinstance(kc._error_from(503, "x", b"not json", None), RetryableError)
+    assert isinstance(kc._error_from(410, "Gone", b"{}", None), kc.WatchExpired)
+    for code in (400, 403, 422):
+        assert isinstance(kc._error_from(code, "x", b"{}", None), kc.KubePermanentError)
+
+
+async def test_with_retries_is_bounded_and_honours_retry_after() -> None:
+    from miniflow.launchers import kube_client as kc
+
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        raise kc.KubeRetryableError(429, "TooManyRequests", "slow down", retry_after=3)
+
+    policy = RetryPolicy(attempts=3, base_delay=0.1, max_delay=5)
+    with pytest.raises(kc.KubeRetryableError):
+        await kc.with_retries(flaky, what="test", policy=policy, sleep=sleep)
+    assert calls == 3 and delays == [3, 3]
+
+    async def forbidden() -> str:
+        raise kc.KubePermanentError(403, "Forbidden", "no")
+
+    with pytest.raises(kc.KubePermanentError):
+        await kc.with_retries(forbidden, what="test", policy=policy, sleep=sleep)
+    assert len(delays) == 2
