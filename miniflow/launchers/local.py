@@ -137,7 +137,15 @@ class LocalLauncher:
                 found = False
             if found:
                 self._ctx = multiprocessing.get_context("forkserver")
-                self._ctx.set_forkserver_preload([local_fork.__name__, module])
+                # The forkserver is one per process, shared with parsing: add to its
+                # preload list (effective until it starts). Drop the stock "__main__":
+                # children never need the parent's main script (see local_fork).
+                server = multiprocessing.forkserver._forkserver
+                preload = [
+                    m for m in getattr(server, "_preload_modules", None) or [] if m != "__main__"
+                ]
+                preload += [m for m in (local_fork.__name__, module) if m not in preload]
+                self._ctx.set_forkserver_preload(preload)
             else:
                 log.warning("%s is not importable: Python tasks run in exec mode", module)
                 self.python_mode = "exec"
