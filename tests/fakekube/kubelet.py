@@ -144,8 +144,8 @@ class Kubelet:
                 t.cancel()
             run.signal(signal.SIGKILL)
             if run.task is not None:
-                if not run.alive and not run.spawning:
-                    run.task.cancel()
+                if run.proc is None and not run.spawning:
+                    run.task.cancel()  # held/pending: nothing to reap
                 tasks.append(run.task)
         if tasks:
             await asyncio.wait(tasks, timeout=10)

@@ -151,7 +151,7 @@ class Store:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
         obj["kind"], obj["apiVersion"] = "Pod", "v1"
-        obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        obj["status"] = {"phase": "Pending"}
         apply_defaults(obj)
         return self._commit("ADDED", obj, None)
 
