@@ -49,14 +49,20 @@ async def parse_folder(config: Config) -> None:
 async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
     if parse:
         await parse_folder(config)
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         rows = await store_dags.list_dags(session)
         return [
             DagRowView(
-                r.dag_id, r.schedule, r.next_interval_end, r.is_paused, r.fileloc,
-                r.has_import_error, len(r.serialized.get("tasks", {})),
+                r.dag_id,
+                r.schedule,
+                r.next_interval_end,
+                r.is_paused,
+                r.fileloc,
+                r.has_import_error,
+                len(r.serialized.get("tasks", {})),
             )
             for r in rows
         ]
@@ -64,61 +70,80 @@ async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
 
 async def import_errors(config: Config) -> list[ImportErrorRow]:
     await parse_folder(config)
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         return await store_dags.import_errors(session)
 
 
 async def get_serialized(config: Config, dag_id: str) -> SerializedDag:
     await parse_folder(config)
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         row = await store_dags.get_dag(session, dag_id)
         return row.serialized  # type: ignore[return-value]
 
 
 async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         await store_dags.set_paused(session, dag_id, paused)
 
 
 async def trigger(
-    config: Config, dag_id: str, *, conf_json: str | None, run_id: str | None = None,
-    logical_date: datetime | None = None, parse: bool = True,
+    config: Config,
+    dag_id: str,
+    *,
+    conf_json: str | None,
+    run_id: str | None = None,
+    logical_date: datetime | None = None,
+    parse: bool = True,
 ) -> str:
     if parse:
         await parse_folder(config)
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         return await trigger_mod.trigger(
-            session, dag_id, conf_json=conf_json, now=_now(), logical_date=logical_date, run_id=run_id
+            session,
+            dag_id,
+            conf_json=conf_json,
+            now=_now(),
+            logical_date=logical_date,
+            run_id=run_id,
         )
 
 
 async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[DagRun]:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         return await store_runs.list_runs(session, dag_id, limit)
 
 
 async def list_tasks(config: Config, dag_id: str, run_id: str) -> list[TaskInstance]:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         await store_runs.get_run(session, dag_id, run_id)
         return await store_tis.list_for_run(session, dag_id, run_id)
 
 
-async def task_attempts(config: Config, dag_id: str, run_id: str, task_id: str) -> list[TaskAttempt]:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+async def task_attempts(
+    config: Config, dag_id: str, run_id: str, task_id: str
+) -> list[TaskAttempt]:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         found = await store_attempts.for_task(session, dag_id, run_id, task_id)
         if not found:
             await store_runs.get_run(session, dag_id, run_id)
@@ -142,10 +167,13 @@ def downstream_of(dag: SerializedDag, task_id: str) -> list[str]:
     return [t for t in dag["tasks"] if t in seen]
 
 
-async def clear(config: Config, dag_id: str, run_id: str, task_id: str, downstream: bool) -> list[str]:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+async def clear(
+    config: Config, dag_id: str, run_id: str, task_id: str, downstream: bool
+) -> list[str]:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         dag: SerializedDag = (await store_dags.get_dag(session, dag_id)).serialized  # type: ignore[assignment]
         await store_runs.get_run(session, dag_id, run_id)
         if task_id not in dag["tasks"]:
@@ -157,14 +185,16 @@ async def clear(config: Config, dag_id: str, run_id: str, task_id: str, downstre
 
 
 async def set_pool(config: Config, name: str, slots: int, description: str | None) -> None:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         await store_pools.set_pool(session, name, slots, description)
 
 
 async def list_pools(config: Config) -> list[Pool]:
-    async with runtime.open_engine(config) as engine, store_engine.transaction(
-        store_engine.sessionmaker(engine)
-    ) as session:
+    async with (
+        runtime.open_engine(config) as engine,
+        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
+    ):
         return await store_pools.list_pools(session)

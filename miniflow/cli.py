@@ -7,66 +7,29 @@ traceback. Environment variables are read here, once, into a `Config`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import click
 
 from miniflow import cli_views as views
-from miniflow.config import Config, load_config
-from miniflow.errors import ConfigError, DatabaseUnavailable, MiniflowError, SchemaError
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dags"
-
-
-def _exit_code(exc: MiniflowError) -> int:
-    return 2 if isinstance(exc, ConfigError | DatabaseUnavailable | SchemaError) else 1
-
-
-def command_runner(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:
-    """Run an async command; print MiniflowErrors as one line."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return asyncio.run(func(*args, **kwargs))  # type: ignore[arg-type]
-        except MiniflowError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(_exit_code(exc))
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper
-
-
-def _config(ctx: click.Context, **overrides: Any) -> Config:
-    base: dict[str, Any] = ctx.obj or {}
-    try:
-        return load_config(**{**base, **overrides})
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from miniflow.cli_common import EXAMPLES, _config, command_runner
 
 
 @click.group()
-@click.option("--dags-folder", type=click.Path(path_type=Path), help="Overrides MINIFLOW_DAGS_FOLDER.")
+@click.option(
+    "--dags-folder", type=click.Path(path_type=Path), help="Overrides MINIFLOW_DAGS_FOLDER."
+)
 @click.option("--database-url", help="Overrides MINIFLOW_DATABASE_URL.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
-def main(ctx: click.Context, dags_folder: Path | None, database_url: str | None, verbose: bool) -> None:
+def main(
+    ctx: click.Context, dags_folder: Path | None, database_url: str | None, verbose: bool
+) -> None:
     """miniflow: DAGs in Python files, one pod (or local process) per task."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -120,13 +83,22 @@ def scheduler(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the SQLite database and logs live (default ./.miniflow).")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the SQLite database and logs live (default ./.miniflow).",
+)
 @click.option("--trigger-all", is_flag=True, help="Trigger one run of every DAG at start.")
-@click.option("--exit-when-done", is_flag=True,
-              help="Exit once the runs triggered at start have finished (exit 1 if any failed).")
+@click.option(
+    "--exit-when-done",
+    is_flag=True,
+    help="Exit once the runs triggered at start have finished (exit 1 if any failed).",
+)
 @click.pass_context
-def standalone(ctx: click.Context, state_dir: Path | None, trigger_all: bool, exit_when_done: bool) -> None:
+def standalone(
+    ctx: click.Context, state_dir: Path | None, trigger_all: bool, exit_when_done: bool
+) -> None:
     """The embedded default: SQLite + local processes + the example DAGs, with a live view."""
     from miniflow import daemon
 
@@ -242,8 +214,12 @@ def _parse_date(value: str | None) -> datetime | None:
 @click.option("--wait", is_flag=True, help="Show progress; exit 0 only if the run succeeds.")
 @click.pass_context
 def dags_trigger(
-    ctx: click.Context, dag_id: str, conf_json: str | None, run_id: str | None,
-    logical_date: str | None, wait: bool,
+    ctx: click.Context,
+    dag_id: str,
+    conf_json: str | None,
+    run_id: str | None,
+    logical_date: str | None,
+    wait: bool,
 ) -> None:
     """Create a manual run (the scheduler runs it)."""
     when = _parse_date(logical_date)
@@ -253,7 +229,9 @@ def dags_trigger(
         from miniflow import admin
 
         config = _config(ctx)
-        created = await admin.trigger(config, dag_id, conf_json=conf_json, run_id=run_id, logical_date=when)
+        created = await admin.trigger(
+            config, dag_id, conf_json=conf_json, run_id=run_id, logical_date=when
+        )
         click.echo(f"created run {created} of {dag_id}")
         if not wait:
             return 0
@@ -268,7 +246,9 @@ def dags_trigger(
 @click.option("--logical-date", help="ISO date/time (default now).")
 @click.option("--conf", "conf_json", help="JSON object merged over the DAG's params.")
 @click.pass_context
-def dags_test(ctx: click.Context, dag_id: str, logical_date: str | None, conf_json: str | None) -> None:
+def dags_test(
+    ctx: click.Context, dag_id: str, logical_date: str | None, conf_json: str | None
+) -> None:
     """Run one DAG run to completion in the foreground, without a daemon."""
     from miniflow import daemon
 

@@ -7,12 +7,7 @@ import sys
 import click
 
 from miniflow import cli_views as views
-
-
-def _cli() -> object:
-    from miniflow import cli
-
-    return cli
+from miniflow.cli_common import _config, command_runner
 
 
 @click.group()
@@ -26,13 +21,12 @@ def runs() -> None:
 @click.pass_context
 def runs_list(ctx: click.Context, dag_id: str | None, limit: int) -> None:
     """Recent runs, newest first."""
-    cli = _cli()
 
-    @cli.command_runner  # type: ignore[attr-defined]
+    @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        views.print_runs(await admin.list_runs(cli._config(ctx), dag_id, limit))  # type: ignore[attr-defined]
+        views.print_runs(await admin.list_runs(_config(ctx), dag_id, limit))
 
     run()
 
@@ -48,13 +42,12 @@ def tasks() -> None:
 @click.pass_context
 def tasks_list(ctx: click.Context, dag_id: str, run_id: str) -> None:
     """State, try, duration, exit code and reason of every task in a run."""
-    cli = _cli()
 
-    @cli.command_runner  # type: ignore[attr-defined]
+    @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        views.print_task_instances(await admin.list_tasks(cli._config(ctx), dag_id, run_id))  # type: ignore[attr-defined]
+        views.print_task_instances(await admin.list_tasks(_config(ctx), dag_id, run_id))
 
     run()
 
@@ -70,13 +63,12 @@ def tasks_logs(
     ctx: click.Context, dag_id: str, run_id: str, task_id: str, try_number: int | None, follow: bool
 ) -> None:
     """A try's log: streamed from the process/pod while it exists, else the saved tail."""
-    cli = _cli()
 
-    @cli.command_runner  # type: ignore[attr-defined]
+    @command_runner
     async def run() -> None:
         from miniflow import logs
 
-        async for line in logs.read(cli._config(ctx), dag_id, run_id, task_id, try_number, follow):  # type: ignore[attr-defined]
+        async for line in logs.read(_config(ctx), dag_id, run_id, task_id, try_number, follow):
             sys.stdout.write(line if line.endswith("\n") else line + "\n")
             sys.stdout.flush()
 
@@ -89,15 +81,16 @@ def tasks_logs(
 @click.argument("task_id")
 @click.option("--downstream", is_flag=True, help="Also clear every task downstream of it.")
 @click.pass_context
-def tasks_clear(ctx: click.Context, dag_id: str, run_id: str, task_id: str, downstream: bool) -> None:
+def tasks_clear(
+    ctx: click.Context, dag_id: str, run_id: str, task_id: str, downstream: bool
+) -> None:
     """Run a finished task again (a new try), like Airflow's clear."""
-    cli = _cli()
 
-    @cli.command_runner  # type: ignore[attr-defined]
+    @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        cleared = await admin.clear(cli._config(ctx), dag_id, run_id, task_id, downstream)  # type: ignore[attr-defined]
+        cleared = await admin.clear(_config(ctx), dag_id, run_id, task_id, downstream)
         click.echo(f"cleared {', '.join(cleared)} in {dag_id}/{run_id}")
 
     run()
@@ -115,13 +108,12 @@ def pools() -> None:
 @click.pass_context
 def pools_set(ctx: click.Context, name: str, slots: int, description: str | None) -> None:
     """Create or resize a pool."""
-    cli = _cli()
 
-    @cli.command_runner  # type: ignore[attr-defined]
+    @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        await admin.set_pool(cli._config(ctx), name, slots, description)  # type: ignore[attr-defined]
+        await admin.set_pool(_config(ctx), name, slots, description)
         click.echo(f"pool {name}: {slots} slots")
 
     run()
@@ -131,13 +123,12 @@ def pools_set(ctx: click.Context, name: str, slots: int, description: str | None
 @click.pass_context
 def pools_list(ctx: click.Context) -> None:
     """Pools and their slots."""
-    cli = _cli()
 
-    @cli.command_runner  # type: ignore[attr-defined]
+    @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        for pool in await admin.list_pools(cli._config(ctx)):  # type: ignore[attr-defined]
+        for pool in await admin.list_pools(_config(ctx)):
             click.echo(f"{pool.name}\t{pool.slots}\t{pool.description or ''}")
 
     run()

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.tree import Tree
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from miniflow.admin import DagRowView
 from miniflow.config import Config
 from miniflow.serialized import SerializedDag
 from miniflow.store import engine as store_engine
@@ -24,8 +25,14 @@ from miniflow.store import task_instances as store_tis
 from miniflow.store.models import DagRun, ImportErrorRow, TaskInstance
 
 STATE_STYLE = {
-    "success": "green", "failed": "red", "upstream_failed": "dark_orange", "running": "cyan",
-    "queued": "blue", "scheduled": "blue", "up_for_retry": "yellow", "skipped": "magenta",
+    "success": "green",
+    "failed": "red",
+    "upstream_failed": "dark_orange",
+    "running": "cyan",
+    "queued": "blue",
+    "scheduled": "blue",
+    "up_for_retry": "yellow",
+    "skipped": "magenta",
     "none": "dim",
 }
 
@@ -42,12 +49,17 @@ def _styled(state: str) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 
 
-def print_dags(rows: Sequence[object], console: Console | None = None) -> None:
+def print_dags(rows: Sequence[DagRowView], console: Console | None = None) -> None:
     table = Table("dag_id", "schedule", "next run", "paused", "tasks", "file", "import error")
     for r in rows:
         table.add_row(
-            r.dag_id, r.schedule or "-", _fmt(r.next_run), "yes" if r.is_paused else "no",  # type: ignore[attr-defined]
-            str(r.tasks), r.fileloc, "[red]yes[/]" if r.has_import_error else "",  # type: ignore[attr-defined]
+            r.dag_id,
+            r.schedule or "-",
+            _fmt(r.next_run),
+            "yes" if r.is_paused else "no",
+            str(r.tasks),
+            r.fileloc,
+            "[red]yes[/]" if r.has_import_error else "",
         )
     _console(console).print(table)
 
@@ -87,8 +99,15 @@ def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
 def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
     table = Table("dag_id", "run_id", "logical date", "type", "state", "started", "ended")
     for r in runs:
-        table.add_row(r.dag_id, r.run_id, _fmt(r.logical_date), r.run_type, _styled(r.state),
-                      _fmt(r.started_at), _fmt(r.ended_at))
+        table.add_row(
+            r.dag_id,
+            r.run_id,
+            _fmt(r.logical_date),
+            r.run_type,
+            _styled(r.state),
+            _fmt(r.started_at),
+            _fmt(r.ended_at),
+        )
     _console(console).print(table)
 
 
@@ -102,8 +121,14 @@ def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = 
     table = Table("task_id", "state", "try", "duration", "exit code", "reason / error")
     for ti in tis:
         reason = (ti.error or "").strip().splitlines()[-1] if ti.error else ""
-        table.add_row(ti.task_id, _styled(ti.state), str(ti.try_number), _duration(ti),
-                      "-" if ti.exit_code is None else str(ti.exit_code), reason[:100])
+        table.add_row(
+            ti.task_id,
+            _styled(ti.state),
+            str(ti.try_number),
+            _duration(ti),
+            "-" if ti.exit_code is None else str(ti.exit_code),
+            reason[:100],
+        )
     _console(console).print(table)
 
 
@@ -138,7 +163,9 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
                 counts = Counter(ti.state for ti in tis)
                 done = sum(counts[s] for s in states.FINISHED)
                 line = "  ".join(f"{_styled(s)} {n}" for s, n in sorted(counts.items()))
-                live.update(Group(f"{dag_id} {run_id}: {_styled(run.state)}  {done}/{len(tis)} done", line))
+                live.update(
+                    Group(f"{dag_id} {run_id}: {_styled(run.state)}  {done}/{len(tis)} done", line)
+                )
                 if run.state in states.RUN_FINISHED:
                     break
                 await asyncio.sleep(0.25)

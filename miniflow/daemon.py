@@ -23,15 +23,17 @@ from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store import schema
-from miniflow.store import states
+from miniflow.store import schema, states
+from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.daemon")
 
 
 def _settings(config: Config, **kw: object) -> SchedulerSettings:
     return SchedulerSettings(
-        parallelism=config.parallelism, parse_interval=config.parse_interval, **kw  # type: ignore[arg-type]
+        parallelism=config.parallelism,
+        parse_interval=config.parse_interval,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -68,9 +70,13 @@ async def run_scheduler(config: Config) -> None:
     """
     async with _scheduler(config) as scheduler:
         _on_signals(scheduler)
-        log.info("scheduler %s started (launcher %s, DAGs %s, database %s)",
-                 scheduler.scheduler_id, config.launcher, config.dags_folder,
-                 config.safe_database_url())
+        log.info(
+            "scheduler %s started (launcher %s, DAGs %s, database %s)",
+            scheduler.scheduler_id,
+            config.launcher,
+            config.dags_folder,
+            config.safe_database_url(),
+        )
         await scheduler.run_forever()
 
 
@@ -83,7 +89,9 @@ async def _shutdown_local(scheduler: Scheduler) -> None:
 async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: bool) -> int:
     """The embedded default with a live view; returns the exit code."""
     console = Console()
-    console.print(f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}")
+    console.print(
+        f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
+    )
     async with _scheduler(config) as scheduler:
         _on_signals(scheduler)
         await scheduler.tick()  # parse before triggering
@@ -129,11 +137,11 @@ async def _trigger_all(config: Config, scheduler: Scheduler) -> list[tuple[str, 
     return watched
 
 
-async def _final_states(scheduler: Scheduler, watched: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+async def _final_states(
+    scheduler: Scheduler, watched: list[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
     async with store_engine.transaction(scheduler.sessions) as session:
-        return {
-            (d, r): (await store_runs.get_run(session, d, r)).state for d, r in watched
-        }
+        return {(d, r): (await store_runs.get_run(session, d, r)).state for d, r in watched}
 
 
 async def _all_finished(scheduler: Scheduler, watched: list[tuple[str, str]]) -> bool:
@@ -149,8 +157,12 @@ async def test_dag(
     async with _scheduler(config, schedule_runs=False) as scheduler:
         await scheduler.tick()
         run_id = await admin.trigger(
-            config, dag_id, conf_json=conf_json, logical_date=logical_date,
-            run_id=f"test__{(logical_date or datetime.now(UTC)).isoformat()}", parse=False,
+            config,
+            dag_id,
+            conf_json=conf_json,
+            logical_date=logical_date,
+            run_id=f"test__{(logical_date or datetime.now(UTC)).isoformat()}",
+            parse=False,
         )
         scheduler.settings = _settings(config, schedule_runs=False, only_run=(dag_id, run_id))
         console.print(f"testing {dag_id} run {run_id}")
@@ -159,7 +171,7 @@ async def test_dag(
         finally:
             await _shutdown_local(scheduler)
         async with store_engine.transaction(scheduler.sessions) as session:
-            tis = await admin.store_tis.list_for_run(session, dag_id, run_id)
+            tis = await store_tis.list_for_run(session, dag_id, run_id)
         cli_views.print_task_instances(tis, console=console)
         console.print(f"run {run_id}: [bold]{state}[/]")
         return state

@@ -27,7 +27,11 @@ async def read(
             raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number} (tries: {tries})")
         attempt = matching[0]
     key = AttemptKey(dag_id, run_id, task_id, attempt.try_number)
-    if attempt.ended_at is not None and attempt.log_tail is not None and not _local_file(config, key):
+    if (
+        attempt.ended_at is not None
+        and attempt.log_tail is not None
+        and not _local_file(config, key)
+    ):
         for line in attempt.log_tail.splitlines():
             yield line
         return

@@ -15,7 +15,9 @@ from miniflow.store import states
 from miniflow.store.task_instances import Outcome
 
 
-def retry_delay(task: SerializedTask, try_number: int, *, rng: random.Random | None = None) -> float:
+def retry_delay(
+    task: SerializedTask, try_number: int, *, rng: random.Random | None = None
+) -> float:
     """Seconds to wait before the try after `try_number` (1-based).
 
     Exponential back-off doubles the delay per try and adds jitter (between

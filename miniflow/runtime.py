@@ -44,11 +44,11 @@ def make_launcher(config: Config) -> Launcher:
             database_secret_name=config.database_secret,
             dags_folder=config.pod_dags_folder,
         )
-        return KubernetesLauncher(  # type: ignore[return-value]
+        return KubernetesLauncher(
             defaults=defaults,
             kubeconfig=config.kubeconfig,
             context=config.kube_context,
-            cleanup=config.pod_cleanup,  # type: ignore[arg-type]
+            cleanup=config.pod_cleanup,  # type: ignore[arg-type]  # validated in config
             pending_timeout=config.pod_pending_timeout,
         )
     from miniflow.launchers.local import LocalLauncher
@@ -59,7 +59,7 @@ def make_launcher(config: Config) -> Launcher:
         "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
         "MINIFLOW_MAX_RESULT_BYTES": str(config.max_result_bytes),
     }
-    return LocalLauncher(  # type: ignore[return-value]
+    return LocalLauncher(
         state_dir=config.state_dir,
         dags_folder=config.dags_folder.resolve(),
         worker_env=worker_env,

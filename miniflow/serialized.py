@@ -20,7 +20,13 @@ TriggerRule = Literal[
     "all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "always"
 ]
 TRIGGER_RULES: tuple[str, ...] = (
-    "all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "always",
+    "all_success",
+    "all_failed",
+    "all_done",
+    "one_success",
+    "one_failed",
+    "none_failed",
+    "always",
 )
 
 

@@ -129,7 +129,12 @@ class Launcher(Protocol):
         ...
 
     def read_logs(
-        self, key: AttemptKey, handle: str | None, *, follow: bool = False, tail_lines: int | None = None
+        self,
+        key: AttemptKey,
+        handle: str | None,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
     ) -> AsyncIterator[str]:
         """Log lines of an attempt while its process/pod exists."""
         ...

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from miniflow.retries import failure_outcome
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler import readiness, run_creation
 from miniflow.scheduler.clock import Clock, SystemClock
-from miniflow.scheduler.dagcache import DagCache
+from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.specs import build_spec
 from miniflow.store import attempts as store_attempts
@@ -146,7 +146,9 @@ class Scheduler:
             if not stats.busy:
                 await self._wait(self.settings.idle_wait)
 
-    async def run_until_done(self, dag_id: str, run_id: str, *, timeout: float | None = None) -> str:
+    async def run_until_done(
+        self, dag_id: str, run_id: str, *, timeout: float | None = None
+    ) -> str:
         """Tick until the run finishes; returns its final state (`dags test`, tests)."""
         async with asyncio.timeout(timeout):
             while True:
@@ -218,7 +220,9 @@ class Scheduler:
         async with store_engine.transaction(self.sessions) as session:
             if self.settings.schedule_runs:
                 stats.runs_created = await run_creation.create_due_runs(session, now)
-            started = await run_creation.start_queued_runs(session, self.dags, now, self._only_run_pk)
+            started = await run_creation.start_queued_runs(
+                session, self.dags, now, self._only_run_pk
+            )
         self._due.dirty.update(started)
 
     async def _advance_runs(self, now: datetime, stats: TickStats) -> None:
@@ -283,7 +287,8 @@ class Scheduler:
                 now=now,
             )
             run_infos = {
-                r.pk: r for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
+                r.pk: r
+                for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
             }
         specs: list[TaskSpec] = []
         failures: list[tuple[store_tis.Candidate, int, str]] = []
@@ -308,7 +313,9 @@ class Scheduler:
             if result.handle is not None:
                 handles.append((flight.ti_id, result.key.try_number, result.handle))
             elif result.error is not None:
-                failures.append((_candidate_of(result.key, flight), result.key.try_number, result.error))
+                failures.append(
+                    (_candidate_of(result.key, flight), result.key.try_number, result.error)
+                )
         stats.launched = len(specs) - len([f for f in failures if f[2]])
         stats.launched = len(handles)
         if failures or handles:
@@ -322,7 +329,7 @@ class Scheduler:
         self,
         session: AsyncSession,
         failures: Sequence[tuple[store_tis.Candidate, int, str]],
-        cached: dict[str, object],
+        cached: Mapping[str, CachedDag],
     ) -> None:
         now = self.clock.now()
         outcomes, ends = [], []
@@ -331,8 +338,13 @@ class Scheduler:
             task = entry.dag["tasks"].get(c.task_id) if entry else None
             max_tries = task["retries"] if task else 0
             outcome = failure_outcome(
-                ti_id=c.id, try_number=try_number, max_tries=max_tries, task=task, now=now,
-                exit_code=None, error=error,
+                ti_id=c.id,
+                try_number=try_number,
+                max_tries=max_tries,
+                task=task,
+                now=now,
+                exit_code=None,
+                error=error,
             )
             outcomes.append(outcome)
             ends.append(
@@ -342,16 +354,29 @@ class Scheduler:
             )
             self.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, try_number), None)
             self._due.dirty.add(c.run_pk)
-            log.warning("%s/%s/%s try %d failed before start: %s", c.dag_id, c.run_id, c.task_id,
-                        try_number, error)
+            log.warning(
+                "%s/%s/%s try %d failed before start: %s",
+                c.dag_id,
+                c.run_id,
+                c.task_id,
+                try_number,
+                error,
+            )
         await store_tis.finish(session, outcomes, now)
         await store_attempts.close(session, ends)
 
 
 def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:
     return store_tis.Candidate(
-        flight.ti_id, flight.run_pk, key.dag_id, key.run_id, key.task_id, flight.kind,
-        key.try_number, 0, None,
+        flight.ti_id,
+        flight.run_pk,
+        key.dag_id,
+        key.run_id,
+        key.task_id,
+        flight.kind,
+        key.try_number,
+        0,
+        None,
     )
 
 
@@ -360,7 +385,7 @@ def _within_limits(
     free: int,
     by_dag: dict[str, int],
     by_pool: dict[str, int],
-    cached: dict[str, object],
+    cached: Mapping[str, CachedDag],
     slots: dict[str, int],
 ) -> list[store_tis.Candidate]:
     """Pick candidates in order while global, per-DAG and pool limits allow."""
@@ -373,7 +398,7 @@ def _within_limits(
         entry = cached.get(c.dag_id)
         if entry is None:
             continue
-        limit = entry.dag["max_active_tasks"]  # type: ignore[attr-defined]
+        limit = entry.dag["max_active_tasks"]
         if dag_used.get(c.dag_id, 0) >= limit:
             continue
         if c.pool is not None and c.pool in slots and pool_used.get(c.pool, 0) >= slots[c.pool]:

@@ -37,7 +37,9 @@ async def record(
     started = [e for e in batch if isinstance(e, AttemptStarted) and e.key in scheduler.inflight]
     exited = [e for e in batch if isinstance(e, AttemptExited) and e.key in scheduler.inflight]
     if started:
-        items = [(scheduler.inflight[e.key].ti_id, e.key.try_number, e.handle, e.at) for e in started]
+        items = [
+            (scheduler.inflight[e.key].ti_id, e.key.try_number, e.handle, e.at) for e in started
+        ]
         await store_tis.record_started(session, items)
         await store_attempts.mark_started(session, items)
     if not exited:
@@ -62,7 +64,9 @@ async def _resolve_unknown(
 
 
 def _worker_reports(scheduler: Scheduler, kind: str) -> bool:
-    worker_kinds: frozenset[str] = getattr(scheduler.launcher, "worker_kinds", frozenset({"python"}))
+    worker_kinds: frozenset[str] = getattr(
+        scheduler.launcher, "worker_kinds", frozenset({"python"})
+    )
     return kind in worker_kinds
 
 
@@ -93,11 +97,19 @@ async def _record_exits(
         state = row.state if row is not None and row.try_number == event.key.try_number else "lost"
         ends.append(
             store_attempts.AttemptEnd(
-                flight.ti_id, event.key.try_number, state, event.exit_code, event.reason,
-                event.message, event.log_tail, event.at,
+                flight.ti_id,
+                event.key.try_number,
+                state,
+                event.exit_code,
+                event.reason,
+                event.message,
+                event.log_tail,
+                event.at,
             )
         )
-        log.info("%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state)
+        log.info(
+            "%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state
+        )
     await store_attempts.close(session, ends)
     return {flight.run_pk for _, flight in flights}
 
@@ -124,9 +136,13 @@ def _by_exit_code(
     if event.exit_code == 0 and event.reason in (None, "Completed"):
         return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
     return failure_outcome(
-        ti_id=flight.ti_id, try_number=event.key.try_number, max_tries=flight.max_tries,
+        ti_id=flight.ti_id,
+        try_number=event.key.try_number,
+        max_tries=flight.max_tries,
         task=task,  # type: ignore[arg-type]
-        now=now, exit_code=event.exit_code, error=f"task failed: {_describe(event)}",
+        now=now,
+        exit_code=event.exit_code,
+        error=f"task failed: {_describe(event)}",
     )
 
 
@@ -136,16 +152,22 @@ def _cross_check(
     """The worker recorded its own outcome; check it against how the process ended."""
     if state in states.ACTIVE:
         return failure_outcome(
-            ti_id=flight.ti_id, try_number=event.key.try_number, max_tries=flight.max_tries,
+            ti_id=flight.ti_id,
+            try_number=event.key.try_number,
+            max_tries=flight.max_tries,
             task=task,  # type: ignore[arg-type]
-            now=now, exit_code=event.exit_code,
+            now=now,
+            exit_code=event.exit_code,
             error=f"worker ended without recording a result: {_describe(event)}",
         )
     if state == states.SUCCESS and event.exit_code not in (0, None):
         return failure_outcome(
-            ti_id=flight.ti_id, try_number=event.key.try_number, max_tries=flight.max_tries,
+            ti_id=flight.ti_id,
+            try_number=event.key.try_number,
+            max_tries=flight.max_tries,
             task=task,  # type: ignore[arg-type]
-            now=now, exit_code=event.exit_code,
+            now=now,
+            exit_code=event.exit_code,
             error=f"worker reported success but the process failed: {_describe(event)}",
             expected=(states.SUCCESS,),
         )

@@ -48,11 +48,16 @@ class DagParser:
         ]
         for item in parsed:
             if item.error:
-                log.warning("import error in %s: %s", item.fileloc, item.error.strip().splitlines()[-1])
+                log.warning(
+                    "import error in %s: %s", item.fileloc, item.error.strip().splitlines()[-1]
+                )
         async with store_engine.transaction(sessions) as session:
             changed = await store_dags.apply_parse(session, parsed, scan.removed, now)
         log.info(
             "parsed %d file(s) in %.2fs, %d removed, %d DAG(s) changed",
-            len(parsed), scan.duration, len(scan.removed), len(changed),
+            len(parsed),
+            scan.duration,
+            len(scan.removed),
+            len(changed),
         )
         return changed

@@ -58,9 +58,9 @@ def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
 
 
 @lru_cache(maxsize=512)
-def _topology(dag_key: str, edges: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[
-    tuple[str, ...], frozenset[str]
-]:
+def _topology(
+    dag_key: str, edges: tuple[tuple[str, tuple[str, ...]], ...]
+) -> tuple[tuple[str, ...], frozenset[str]]:
     order: list[str] = []
     seen: set[str] = set()
     upstream = dict(edges)
@@ -101,7 +101,9 @@ def evaluate_run(
         if view.get(task_id) != states.NONE:
             continue
         task = dag["tasks"][task_id]
-        decision = decide(task["trigger_rule"], [view.get(u, states.NONE) for u in task["upstream"]])
+        decision = decide(
+            task["trigger_rule"], [view.get(u, states.NONE) for u in task["upstream"]]
+        )
         if decision is not None:
             changes[task_id] = decision
             view[task_id] = decision

@@ -76,9 +76,7 @@ async def start_queued_runs(
     if not queued:
         return set()
     dags = await cache.load(session, {r.dag_id for r in queued})
-    running = {
-        dag_id: n for dag_id, n in (await _running_counts(session)).items()
-    }
+    running = {dag_id: n for dag_id, n in (await _running_counts(session)).items()}
     started: set[int] = set()
     for run in queued:
         entry = dags.get(run.dag_id)

@@ -33,7 +33,7 @@ def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) 
         params=run_params(dag, run.conf),
     )
     rendered = templates.render_task_fields(task, context)
-    pod: PodSettings = PodSettings(**task["pod"])  # type: ignore[typeddict-item]
+    pod: PodSettings = PodSettings(**task["pod"])
     return TaskSpec(
         key=AttemptKey(dag["dag_id"], run.run_id, task_id, try_number),
         kind=task["kind"],

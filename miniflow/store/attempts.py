@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store.models import TaskAttempt
 
 TA = TaskAttempt
-_table = TaskAttempt.__table__
+_table: Table = TaskAttempt.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,9 @@ def dag_hash(serialized: SerializedDag) -> str:
     return hashlib.sha256(json.dumps(serialized, sort_keys=True).encode()).hexdigest()
 
 
-async def known_files(session: AsyncSession) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+async def known_files(
+    session: AsyncSession,
+) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
     """The parser's memory: {fileloc: (mtime_ns, size, sha256)} and {dag_id: owning fileloc}."""
     files = {
         row.fileloc: (row.mtime_ns, row.size, row.sha256)
@@ -158,7 +160,9 @@ async def get_dag(session: AsyncSession, dag_id: str) -> Dag:
 
 
 async def import_errors(session: AsyncSession) -> list[ImportErrorRow]:
-    return list((await session.execute(select(ImportErrorRow).order_by(ImportErrorRow.fileloc))).scalars())
+    return list(
+        (await session.execute(select(ImportErrorRow).order_by(ImportErrorRow.fileloc))).scalars()
+    )
 
 
 async def set_paused(session: AsyncSession, dag_id: str, paused: bool) -> None:

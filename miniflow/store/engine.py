@@ -31,8 +31,7 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
     """An AsyncEngine configured for miniflow's access pattern on either backend."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

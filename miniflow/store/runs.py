@@ -95,7 +95,7 @@ async def create_run(
         for task_id, task in dag["tasks"].items()
     ]
     if rows:
-        await session.execute(insert(TaskInstance.__table__), rows)
+        await session.execute(insert(TaskInstance), rows)
     return run.id
 
 
@@ -117,9 +117,13 @@ async def last_scheduled_intervals(session: AsyncSession) -> dict[str, tuple[dat
         .group_by(DagRun.dag_id)
         .subquery()
     )
-    query = select(DagRun.dag_id, DagRun.data_interval_start, DagRun.data_interval_end).join(
-        latest, (DagRun.dag_id == latest.c.dag_id) & (DagRun.data_interval_end == latest.c.end)
-    ).where(DagRun.run_type == states.RUN_TYPE_SCHEDULED)
+    query = (
+        select(DagRun.dag_id, DagRun.data_interval_start, DagRun.data_interval_end)
+        .join(
+            latest, (DagRun.dag_id == latest.c.dag_id) & (DagRun.data_interval_end == latest.c.end)
+        )
+        .where(DagRun.run_type == states.RUN_TYPE_SCHEDULED)
+    )
     return {dag_id: (start, end) for dag_id, start, end in (await session.execute(query)).all()}
 
 
@@ -152,7 +156,9 @@ async def set_state(
 
 async def get_run(session: AsyncSession, dag_id: str, run_id: str) -> RunInfo:
     row = (
-        await session.execute(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        await session.execute(
+            select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+        )
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(f"DAG {dag_id!r} has no run {run_id!r} (see `miniflow runs list {dag_id}`)")
@@ -166,7 +172,9 @@ async def get_run_by_pk(session: AsyncSession, pk: int) -> RunInfo:
     return _info(row)
 
 
-async def list_runs(session: AsyncSession, dag_id: str | None = None, limit: int = 50) -> list[DagRun]:
+async def list_runs(
+    session: AsyncSession, dag_id: str | None = None, limit: int = 50
+) -> list[DagRun]:
     query = select(DagRun).order_by(DagRun.logical_date.desc(), DagRun.id.desc()).limit(limit)
     if dag_id is not None:
         query = query.where(DagRun.dag_id == dag_id)

@@ -64,7 +64,9 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def states_for_runs(session: AsyncSession, run_pks: Iterable[int]) -> dict[int, list[TIState]]:
+async def states_for_runs(
+    session: AsyncSession, run_pks: Iterable[int]
+) -> dict[int, list[TIState]]:
     pks = list(run_pks)
     out: dict[int, list[TIState]] = defaultdict(list)
     if not pks:
@@ -121,7 +123,9 @@ async def active_counts(
         .where(TI.state.in_(list(states.ACTIVE)))
         .group_by(TI.dag_id, TI.pool)
     )
-    total, by_dag, by_pool = 0, defaultdict(int), defaultdict(int)
+    total = 0
+    by_dag: dict[str, int] = defaultdict(int)
+    by_pool: dict[str, int] = defaultdict(int)
     for dag_id, pool, count in (await session.execute(query)).all():
         total += count
         by_dag[dag_id] += count
@@ -133,8 +137,17 @@ async def active_counts(
 async def scheduled_candidates(session: AsyncSession, limit: int) -> list[Candidate]:
     """Scheduled task instances, highest priority then oldest run first; locked on Postgres."""
     query = (
-        select(TI.id, TI.run_pk, TI.dag_id, TI.run_id, TI.task_id, TI.kind, TI.try_number,
-               TI.priority, TI.pool)
+        select(
+            TI.id,
+            TI.run_pk,
+            TI.dag_id,
+            TI.run_id,
+            TI.task_id,
+            TI.kind,
+            TI.try_number,
+            TI.priority,
+            TI.pool,
+        )
         .join(DagRun, DagRun.id == TI.run_pk)
         .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING)
         .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
@@ -176,7 +189,9 @@ async def record_started(
         await session.execute(
             update(TI)
             .where(TI.id == ti_id, TI.try_number == try_number, TI.state.in_(list(states.ACTIVE)))
-            .values(state=states.RUNNING, handle=handle, started_at=func.coalesce(TI.started_at, at))
+            .values(
+                state=states.RUNNING, handle=handle, started_at=func.coalesce(TI.started_at, at)
+            )
         )
 
 
@@ -189,8 +204,14 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
     """
     groups: dict[tuple[Any, ...], list[Outcome]] = defaultdict(list)
     for item in outcomes:
-        key = (item.state, item.expected, item.exit_code, item.error, item.next_retry_at,
-               tuple(sorted(item.extra.items())) if item.extra else ())
+        key = (
+            item.state,
+            item.expected,
+            item.exit_code,
+            item.error,
+            item.next_retry_at,
+            tuple(sorted(item.extra.items())) if item.extra else (),
+        )
         groups[key].append(item)
     changed: set[int] = set()
     for (state, expected, exit_code, error, next_retry_at, extra), items in groups.items():
@@ -242,7 +263,11 @@ async def list_for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[
 
 
 async def clear(
-    session: AsyncSession, dag_id: str, run_id: str, task_ids: Sequence[str], retries: dict[str, int]
+    session: AsyncSession,
+    dag_id: str,
+    run_id: str,
+    task_ids: Sequence[str],
+    retries: dict[str, int],
 ) -> int:
     """Reset finished tasks to `none` so they run again with a new try and fresh retries.
 
@@ -250,7 +275,9 @@ async def clear(
     """
     rows = (
         await session.execute(
-            select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids)))
+            select(TI).where(
+                TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids))
+            )
         )
     ).scalars()
     count = 0
@@ -300,7 +327,9 @@ async def worker_claim(
             TI.state.in_(list(states.ACTIVE)),
             TI.heartbeat_at.is_(None),
         )
-        .values(state=states.RUNNING, heartbeat_at=now, started_at=func.coalesce(TI.started_at, now))
+        .values(
+            state=states.RUNNING, heartbeat_at=now, started_at=func.coalesce(TI.started_at, now)
+        )
         .returning(TI.id)
     )
     ti_id = result.scalar_one_or_none()
@@ -332,4 +361,6 @@ async def upstream_results(
 
 def stale_heartbeat_filter(before: datetime) -> Any:
     """Running tries whose worker stopped heartbeating (for the sanity loop)."""
-    return and_(TI.state == states.RUNNING, or_(TI.heartbeat_at.is_(None), TI.heartbeat_at < before))
+    return and_(
+        TI.state == states.RUNNING, or_(TI.heartbeat_at.is_(None), TI.heartbeat_at < before)
+    )
