@@ -1,1 +1,1 @@
-"""The pod-side program (`miniflow-worker`), installed under the unique import name `miniflow_worker`."""
+"""The pod-side program (`miniflow-worker`), installed under the unique import name `miniflow_worker`."""  # noqa: E501
