@@ -519,3 +519,42 @@ async def test_config_error_is_one_clear_line(tmp_path: Path) -> None:
         await world.cleanup()
     assert code == 2
     assert err.count("\n") == 1 and "MINIFLOW_HEARTBEAT_INTERVAL" in err
+
+
+async def test_heartbeat_survives_a_database_outage(env: Env) -> None:
+    """Postgres only: the database vanishes (renamed away) for a few heartbeats, then returns."""
+    if not env.db_url.startswith("postgresql"):
+        pytest.skip("needs a database that can be taken away while the worker runs")
+    import asyncpg
+
+    from tests.dbs import PG_ADMIN_DSN
+
+    name = env.db_url.rsplit("/", 1)[1]
+    await env.setup(bash_dag(WAIT_FOR_GO), queue=["t"])
+    worker = await env.start("t")
+    await wait_until((env.folder.parent / "marker").exists, what="the command")
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    renamed = False
+    try:
+        for _ in range(100):  # the worker may reconnect between terminate and rename
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            try:
+                await admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
+                renamed = True
+                break
+            except asyncpg.ObjectInUseError:
+                await asyncio.sleep(0.01)
+        assert renamed, "could not take the database away"
+        await asyncio.sleep(1.0)  # several heartbeat intervals (0.2 s) fail
+    finally:
+        if renamed:
+            await admin.execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
+        await admin.close()
+    assert worker.returncode is None
+    (env.folder.parent / "go").touch()
+    code, _out, err = await finish(worker)
+    assert code == 0, err
+    assert "heartbeat failed" in err, err
+    assert (await env.ti("t")).state == "success"
