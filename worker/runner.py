@@ -139,30 +139,6 @@ def _db_reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-class _StoredResult(dict[str, Any]):
-    """A dict result that can be part of `finish`'s grouping key.
-
-    `task_instances.finish` groups outcomes by a key that includes the values
-    of `extra`, which fails for unhashable results (dicts, lists). Identity
-    hashing keeps each such result in its own group; the JSON column stores
-    it like any dict. Lists are stored through `_StoredList`.
-    """
-
-    __hash__ = object.__hash__  # type: ignore[assignment]
-
-
-class _StoredList(list[Any]):
-    __hash__ = object.__hash__  # type: ignore[assignment]
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return _StoredResult(value)
-    if isinstance(value, list):
-        return _StoredList(value)
-    return value
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -295,7 +271,7 @@ class Worker:
             return await self._interrupted(ran, execution)
         ended: execute.Ended = ran[1]
         if ended.ok:
-            extra = {"result": _storable(ended.value)} if isinstance(
+            extra = {"result": (ended.value)} if isinstance(
                 execution, execute.PythonExecution) else {}
             return await self._record(
                 Outcome(claim.ti_id, claim.try_number, states.SUCCESS, EXPECT_RUNNING,

@@ -10,6 +10,7 @@ stays constant as DAGs grow.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -204,24 +205,19 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
     """
     groups: dict[tuple[Any, ...], list[Outcome]] = defaultdict(list)
     for item in outcomes:
-        key = (
-            item.state,
-            item.expected,
-            item.exit_code,
-            item.error,
-            item.next_retry_at,
-            tuple(sorted(item.extra.items())) if item.extra else (),
-        )
+        # `extra` may hold unhashable values (a dict result): group on its JSON text.
+        extra_key = json.dumps(item.extra, sort_keys=True, default=str) if item.extra else ""
+        key = (item.state, item.expected, item.exit_code, item.error, item.next_retry_at, extra_key)
         groups[key].append(item)
     changed: set[int] = set()
-    for (state, expected, exit_code, error, next_retry_at, extra), items in groups.items():
+    for (state, expected, exit_code, error, next_retry_at, _), items in groups.items():
         values: dict[str, Any] = {
             "state": state,
             "exit_code": exit_code,
             "error": error,
             "next_retry_at": next_retry_at,
             "ended_at": now,
-            **dict(extra),
+            **items[0].extra,
         }
         keys = [(i.ti_id, i.try_number) for i in items]
         result = await session.execute(
