@@ -68,8 +68,9 @@ async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
         ]
 
 
-async def import_errors(config: Config) -> list[ImportErrorRow]:
-    await parse_folder(config)
+async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErrorRow]:
+    if parse:
+        await parse_folder(config)
     async with (
         runtime.open_engine(config) as engine,
         store_engine.transaction(store_engine.sessionmaker(engine)) as session,
@@ -88,6 +89,7 @@ async def get_serialized(config: Config, dag_id: str) -> SerializedDag:
 
 
 async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
+    await parse_folder(config)  # a DAG file just written can be paused before its first run
     async with (
         runtime.open_engine(config) as engine,
         store_engine.transaction(store_engine.sessionmaker(engine)) as session,

@@ -141,6 +141,13 @@ def dags_list(ctx: click.Context, no_parse: bool) -> None:
         config = _config(ctx)
         rows = await admin.list_dags(config, parse=not no_parse)
         views.print_dags(rows)
+        errors = await admin.import_errors(config, parse=False)
+        if errors:
+            files = ", ".join(e.fileloc for e in errors)
+            click.echo(
+                f"import errors in {len(errors)} file(s): {files} (see `miniflow dags errors`)",
+                err=True,
+            )
 
     run()
 

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.config import Config
+from miniflow.errors import SchemaError
 from miniflow.launchers.base import Launcher
 from miniflow.store import engine as store_engine
 from miniflow.store import schema
@@ -26,7 +27,13 @@ async def open_engine(config: Config, *, check_schema: bool = True) -> AsyncIter
     try:
         await store_engine.check_connection(engine)
         if check_schema:
-            await schema.check(engine)
+            try:
+                await schema.check(engine)
+            except SchemaError:
+                if not config.database_url.startswith("sqlite"):
+                    raise
+                # SQLite is the embedded default: migrated on use, like the daemon does.
+                await schema.upgrade(engine)
         yield engine
     finally:
         await engine.dispose()

@@ -214,11 +214,12 @@ class Scheduler:
         self._due.dirty.update(touched)
 
     async def _create_and_start_runs(self, now: datetime, stats: TickStats) -> None:
-        if self._due.runs is not None and now < self._due.runs:
-            return
-        self._due.runs = now + timedelta(seconds=self.settings.run_check_interval)
+        """Scheduled runs on the run-check interval; queued runs (manual too) every round."""
+        create = self.settings.schedule_runs and (self._due.runs is None or now >= self._due.runs)
+        if create:
+            self._due.runs = now + timedelta(seconds=self.settings.run_check_interval)
         async with store_engine.transaction(self.sessions) as session:
-            if self.settings.schedule_runs:
+            if create:
                 stats.runs_created = await run_creation.create_due_runs(session, now)
             started = await run_creation.start_queued_runs(
                 session, self.dags, now, self._only_run_pk
