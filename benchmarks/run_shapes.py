@@ -1,0 +1,388 @@
+"""End-to-end benchmark of the standard shapes: real Scheduler + real LocalLauncher.
+
+For each backend and shape, `--repeat` times (rounds interleaved so noise hits
+every shape alike), one measurement runs in a fresh subprocess so that CPU and
+peak-RSS figures belong to that measurement alone:
+
+1. a fresh database (Postgres: `CREATE DATABASE bench_...`, migrated with
+   `schema.upgrade`, dropped afterwards by the parent; SQLite: a temp file);
+2. a `Config` from `load_config(environ={...})` (parallelism 32, temp state_dir,
+   dags folder = the generated shape), `runtime.make_launcher(config)` (the
+   real LocalLauncher: Bash tasks as `sh`-wrapped processes, Python tasks
+   forked from its warm forkserver running the real worker), the real
+   `Scheduler` in-process with the daemon's settings;
+3. one `tick()` parses the folder; then `trigger()` creates the manual run and
+   the clock starts; `run_until_done` ticks until the run succeeds.
+
+Reported per shape: wall time trigger → run success, median of N (min-max),
+per task (wall/tasks), CPU seconds of the scheduler process
+(getrusage(RUSAGE_SELF) delta over the run) and of its children
+(RUSAGE_CHILDREN delta: the bash wrappers, plus the launcher's forkserver and
+the worker processes it forked, read from /proc), and the scheduler process'
+peak RSS (ru_maxrss). The floor (posix_spawn `true` 200x32 and a chain of 50)
+is measured in the same run, as a comparison.
+
+With `--cli`, the same shapes also run as a user would: a `miniflow
+scheduler` subprocess and `miniflow dags trigger --wait` (wall time of the
+trigger command, which includes its own interpreter start).
+
+Run: .venv/bin/python benchmarks/run_shapes.py [--backend sqlite|postgres|both]
+        [--shape fanout_200 ...] [--repeat 3] [--cli]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import shapes  # noqa: E402
+
+PG_ADMIN_DSN = os.environ.get("MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_BASE_URL = os.environ.get("MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+RUN_TIMEOUT = 180.0  # one measurement; the subprocess is killed after this + margin
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+async def pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fresh_database(backend: str, tmp: Path, name: str) -> str:
+    """A migrated, empty database; returns its URL (Postgres: create `name`)."""
+    from miniflow.store import engine as store_engine
+    from miniflow.store import schema
+
+    if backend == "postgres":
+        await pg_admin(f'CREATE DATABASE "{name}"')
+        url = f"{PG_BASE_URL}/{name}"
+    else:
+        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    engine = store_engine.create_engine(url)
+    try:
+        await schema.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+def drop_database(name: str) -> None:
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# --- CPU of process trees ---------------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """utime+stime+cutime+cstime of a live process, in seconds (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def forkserver_pid() -> int | None:
+    try:
+        from multiprocessing import forkserver
+
+        return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
+def rusage_pair() -> tuple[float, float]:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
+
+
+# --- one in-process measurement (runs in its own subprocess) ----------------------------------
+
+
+async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, object]:
+    from miniflow import runtime
+    from miniflow.config import load_config
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.scheduler.trigger import trigger
+    from miniflow.store import engine as store_engine
+    from miniflow.store import task_instances as store_tis
+
+    with tempfile.TemporaryDirectory(prefix="mf-shapes-") as tmp_name:
+        tmp = Path(tmp_name)
+        dags = tmp / "dags"
+        tasks = shapes.write_shapes(dags, [shape])[shape]
+        url = await fresh_database(backend, tmp, db_name)
+        config = load_config(
+            environ={
+                "MINIFLOW_DATABASE_URL": url,
+                "MINIFLOW_DAGS_FOLDER": str(dags),
+                "MINIFLOW_STATE_DIR": str(tmp / "state"),
+                "MINIFLOW_PARALLELISM": "32",
+                "MINIFLOW_LAUNCHER": "local",
+            }
+        )
+        engine = store_engine.create_engine(config.database_url)
+        launcher = runtime.make_launcher(config)
+        scheduler = Scheduler(
+            engine=engine,
+            launcher=launcher,
+            dags_folder=config.dags_folder,
+            settings=SchedulerSettings(
+                parallelism=config.parallelism, parse_interval=config.parse_interval
+            ),
+            parse_timeout=config.parse_timeout,
+        )
+        try:
+            await scheduler.start()
+            await scheduler.tick()  # parses the folder
+            fs_pid = forkserver_pid()
+            fs_cpu0 = proc_cpu(fs_pid) if fs_pid else 0.0
+            self0, child0 = rusage_pair()
+            t0 = time.perf_counter()
+            async with store_engine.transaction(scheduler.sessions) as session:
+                run_id = await trigger(session, shape, conf_json=None, now=datetime.now(UTC))
+            state = await scheduler.run_until_done(shape, run_id, timeout=RUN_TIMEOUT)
+            wall = time.perf_counter() - t0
+            self1, child1 = rusage_pair()
+            fs_cpu1 = proc_cpu(fs_pid) if fs_pid else 0.0
+            async with store_engine.transaction(scheduler.sessions) as session:
+                tis = await store_tis.list_for_run(session, shape, run_id)
+            ti_states: dict[str, int] = {}
+            for ti in tis:
+                ti_states[ti.state] = ti_states.get(ti.state, 0) + 1
+            errors = sorted({ti.error for ti in tis if ti.error})[:3]
+        finally:
+            await scheduler.close()
+            await engine.dispose()
+    return {
+        "backend": backend,
+        "shape": shape,
+        "tasks": tasks,
+        "state": state,
+        "ti_states": ti_states,
+        "errors": errors,
+        "wall": wall,
+        "cpu_self": self1 - self0,
+        "cpu_children": (child1 - child0) + (fs_cpu1 - fs_cpu0),
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "python_mode": getattr(launcher, "python_mode", None),
+    }
+
+
+# --- one CLI measurement (scheduler daemon + `dags trigger --wait`) ---------------------------
+
+
+def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
+    miniflow = str(Path(sys.executable).with_name("miniflow"))
+    with tempfile.TemporaryDirectory(prefix="mf-shapes-cli-") as tmp_name:
+        tmp = Path(tmp_name)
+        dags = tmp / "dags"
+        tasks = shapes.write_shapes(dags, [shape])[shape]
+        url = asyncio.run(fresh_database(backend, tmp, db_name))
+        env = {
+            **os.environ,
+            "MINIFLOW_DATABASE_URL": url,
+            "MINIFLOW_DAGS_FOLDER": str(dags),
+            "MINIFLOW_STATE_DIR": str(tmp / "state"),
+            "MINIFLOW_PARALLELISM": "32",
+            "MINIFLOW_LAUNCHER": "local",
+        }
+        log = open(tmp / "scheduler.log", "w")
+        sched = subprocess.Popen(
+            [miniflow, "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            # Wait until the scheduler has parsed the DAG (it shows up in `dags list`).
+            deadline = time.monotonic() + 60
+            while True:
+                out = subprocess.run(
+                    [miniflow, "dags", "list"], env=env, capture_output=True, text=True, timeout=60
+                )
+                if shape in out.stdout:
+                    break
+                if sched.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"scheduler did not parse {shape}: {out.stdout}{out.stderr}")
+                time.sleep(0.2)
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [miniflow, "dags", "trigger", shape, "--wait"], env=env, capture_output=True,
+                text=True, timeout=RUN_TIMEOUT,
+            )
+            wall = time.perf_counter() - t0
+        finally:
+            if sched.poll() is None:
+                os.killpg(sched.pid, signal.SIGTERM)
+                try:
+                    sched.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(sched.pid, signal.SIGKILL)
+                    sched.wait()
+            log.close()
+    return {
+        "backend": backend, "shape": shape, "tasks": tasks, "wall": wall,
+        "state": "success" if done.returncode == 0 else f"exit {done.returncode}",
+        "errors": [done.stderr.strip()[-300:]] if done.returncode else [],
+    }
+
+
+# --- the floor --------------------------------------------------------------------------------
+
+
+async def floor(total: int, width: int) -> float:
+    """posix_spawn `true` + pidfd, `width` at a time (as in local_launch_bench)."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Queue[int] = asyncio.Queue()
+    env = dict(os.environ)
+    true = shutil.which("true") or "/bin/true"
+
+    def start() -> None:
+        pid = os.posix_spawn(true, ["true"], env, setsid=True)
+        fd = os.pidfd_open(pid)
+
+        def on_exit() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            os.waitpid(pid, 0)
+            finished.put_nowait(pid)
+
+        loop.add_reader(fd, on_exit)
+
+    t0 = time.perf_counter()
+    launched = 0
+    for _ in range(min(width, total)):
+        start()
+        launched += 1
+    for _ in range(total):
+        await finished.get()
+        if launched < total:
+            start()
+            launched += 1
+    return time.perf_counter() - t0
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+
+def run_child(mode: str, backend: str, shape: str) -> dict[str, object]:
+    """One measurement in a fresh subprocess; the parent owns the database's lifetime."""
+    db_name = f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, __file__, "--child", mode, "--backend", backend, "--shape", shape,
+           "--db-name", db_name]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=REPO)
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT + 90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return {"backend": backend, "shape": shape, "state": "timeout", "errors": [err[-500:]]}
+    finally:
+        if backend == "postgres":
+            drop_database(db_name)
+    if proc.returncode != 0:
+        return {"backend": backend, "shape": shape, "state": f"crashed ({proc.returncode})",
+                "errors": [err[-1500:]]}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fmt(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    return f"{med:.{digits}f} {unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--shape", action="append", choices=list(shapes.SHAPES))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cli", action="store_true", help="also run via `miniflow scheduler`")
+    parser.add_argument("--json", type=Path, help="write every sample to this file")
+    parser.add_argument("--child", choices=["inproc", "cli"], help=argparse.SUPPRESS)
+    parser.add_argument("--db-name", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        shape = args.shape[0]
+        if args.child == "inproc":
+            result = asyncio.run(measure_one(args.backend, shape, args.db_name))
+        else:
+            result = measure_cli(args.backend, shape, args.db_name)
+        print(json.dumps(result))
+        return
+
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    names = args.shape or list(shapes.SHAPES)
+    modes = ["inproc", "cli"] if args.cli else ["inproc"]
+    samples: dict[tuple[str, str, str], list[dict[str, object]]] = {}
+    floors: dict[str, list[float]] = {"fanout 200x32": [], "chain 50": []}
+    for round_no in range(args.repeat):
+        floors["fanout 200x32"].append(asyncio.run(floor(200, 32)))
+        floors["chain 50"].append(asyncio.run(floor(50, 1)))
+        for mode in modes:
+            for backend in backends:
+                for name in names:
+                    result = run_child(mode, backend, name)
+                    samples.setdefault((mode, backend, name), []).append(result)
+                    wall = result.get("wall")
+                    print(f"  round {round_no + 1} {mode:6s} {backend:8s} {name:18s} "
+                          f"{result['state']:8s} "
+                          + (f"{wall:.2f} s" if isinstance(wall, float) else "")
+                          + (f"  {result['errors']}" if result.get("errors") else ""),
+                          file=sys.stderr, flush=True)
+
+    print(f"\nmedian of {args.repeat} (min-max); wall = trigger → run success")
+    for name, values in floors.items():
+        print(f"floor (posix_spawn true) {name:14s} {fmt(values, digits=3)}")
+    header = (f"{'mode':6s} {'backend':8s} {'shape':18s} {'wall':24s} {'per task':10s} "
+              f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} ok")
+    print(header)
+    for (mode, backend, name), results in samples.items():
+        good = [r for r in results if r.get("state") == "success"]
+        walls = [float(r["wall"]) for r in good]  # type: ignore[arg-type]
+        tasks = shapes.SHAPES[name][1]
+        per_task = f"{statistics.median(walls) / tasks * 1000:.1f} ms" if walls else "-"
+        cpu_self = fmt([float(r["cpu_self"]) for r in good if "cpu_self" in r])  # type: ignore[arg-type]
+        cpu_child = fmt([float(r["cpu_children"]) for r in good if "cpu_children" in r])  # type: ignore[arg-type]
+        rss = [float(r["maxrss_mb"]) for r in good if "maxrss_mb" in r]  # type: ignore[arg-type]
+        rss_s = f"{max(rss):.0f} MB" if rss else "-"
+        print(f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
+              f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {len(good)}/{len(results)}")
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"floors": floors, "samples": [s for v in samples.values() for s in v]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Scheduler alone: task instances per second and SQL statements per tick.
+
+The real `Scheduler` in-process with the in-process `InstantLauncher`
+(tests/instant_launcher.py: every attempt starts and exits at once, nothing
+runs), so what is measured is the scheduler's own work through every state
+transition (none → scheduled → queued → running → success) and the database.
+
+DAG: a fan-out of N tasks (`start`, N-2 parallel, `join`), no schedule.
+For each backend (Postgres, SQLite), size (200, 2000) and parallelism (2000,
+so the limit is not the bottleneck, and 32), `--repeat` samples, each on a
+fresh database (Postgres: CREATE DATABASE bench_tp_..., dropped at the end;
+SQLite: a temp file) with a fresh scheduler: one `tick()` parses, then
+`trigger()` and `run_until_done()`; TI/s = N / (wall from trigger to success).
+The DAG's `max_active_tasks` equals the parallelism.
+
+Statements are counted with a `before_cursor_execute` listener on
+`engine.sync_engine` (an executemany counts once), per `tick()`; the table
+shows the median and max per busy tick, so constant-per-tick means the max
+does not grow from 200 to 2000 tasks. A per-phase breakdown (time and
+statements of `_record_events`, `_create_and_start_runs`, `_advance_runs`,
+`_claim_and_launch`, and the `get_run` poll of `run_until_done`) is printed
+for the largest case.
+
+`--profile` runs one 2000-task Postgres case under cProfile and prints the
+top functions.
+
+Run: .venv/bin/python benchmarks/scheduler_throughput.py [--backend postgres|sqlite|both]
+        [--sizes 200,2000] [--parallelism 2000,32] [--repeat 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH_DIR))
+
+import shapes  # noqa: E402
+
+PG_ADMIN_DSN = os.environ.get("MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_BASE_URL = os.environ.get("MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+RUN_TIMEOUT = 300.0
+PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim_and_launch")
+
+
+async def pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Counter:
+    """Statements seen by the listener, attributed to the current phase."""
+
+    phase: str = "other"
+    total: int = 0
+    by_phase: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    time_by_phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    texts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def on_execute(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+                   executemany: bool) -> None:
+        self.total += 1
+        self.by_phase[self.phase] += 1
+        self.texts[f"[{self.phase}] " + " ".join(statement.split())[:90]] += 1
+
+
+@dataclass
+class Sample:
+    backend: str
+    tasks: int
+    parallelism: int
+    wall: float
+    cpu: float
+    ticks: list[tuple[int, int, int]]  # (statements, launched, events) per tick
+    first_launch: float  # seconds from trigger to the end of the first tick that launched
+    counter: Counter
+    state: str
+
+
+async def measure(backend: str, tasks: int, parallelism: int, *, profile: bool = False) -> Sample:
+    from sqlalchemy import event
+
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.scheduler.trigger import trigger
+    from miniflow.store import engine as store_engine
+    from miniflow.store import schema
+    from tests.instant_launcher import InstantLauncher
+
+    db_name = f"bench_tp_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    dag_id = f"fan_{tasks}"
+    with tempfile.TemporaryDirectory(prefix="mf-tp-") as tmp_name:
+        tmp = Path(tmp_name)
+        dags = tmp / "dags"
+        dags.mkdir()
+        (dags / f"{dag_id}.py").write_text(
+            shapes.fanout(dag_id, tasks - 2, max_active_tasks=parallelism)
+        )
+        if backend == "postgres":
+            await pg_admin(f'CREATE DATABASE "{db_name}"')
+            url = f"{PG_BASE_URL}/{db_name}"
+        else:
+            url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+        engine = store_engine.create_engine(url)
+        try:
+            await schema.upgrade(engine)
+            launcher = InstantLauncher()
+            scheduler = Scheduler(
+                engine=engine, launcher=launcher, dags_folder=dags,
+                settings=SchedulerSettings(parallelism=parallelism, schedule_runs=False),
+            )
+            counter = Counter()
+            event.listen(engine.sync_engine, "before_cursor_execute", counter.on_execute)
+            for name in PHASES:
+                _instrument(scheduler, name, counter)
+            await scheduler.start()
+            await scheduler.tick()  # parses
+            ticks: list[tuple[int, int, int]] = []
+            first_launch: list[float] = []
+            original_tick = scheduler.tick
+
+            async def counted_tick() -> Any:
+                before = counter.total
+                stats = await original_tick()
+                ticks.append((counter.total - before, stats.launched, stats.events))
+                if stats.launched and not first_launch:
+                    first_launch.append(time.perf_counter() - t0)
+                counter.phase = "run_until_done poll"
+                return stats
+
+            scheduler.tick = counted_tick  # type: ignore[method-assign]
+            counter.by_phase.clear()
+            counter.time_by_phase.clear()
+            counter.texts.clear()
+            prof = cProfile.Profile() if profile else None
+            cpu0 = _cpu()
+            t0 = time.perf_counter()
+            async with store_engine.transaction(scheduler.sessions) as session:
+                run_id = await trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
+            if prof:
+                prof.enable()
+            state = await scheduler.run_until_done(dag_id, run_id, timeout=RUN_TIMEOUT)
+            if prof:
+                prof.disable()
+            wall = time.perf_counter() - t0
+            cpu = _cpu() - cpu0
+            await scheduler.close()
+            assert len(launcher.launched) == tasks, (len(launcher.launched), tasks)
+        finally:
+            await engine.dispose()
+            if backend == "postgres":
+                await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    if prof:
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.print_callers("raw_decode|_do_post_synchronize_evaluate|states_for_runs")
+        print(out.getvalue())
+    return Sample(backend, tasks, parallelism, wall, cpu, ticks, first_launch[0], counter, state)
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _instrument(scheduler: Any, name: str, counter: Counter) -> None:
+    original = getattr(scheduler, name)
+
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        counter.phase = name
+        t0 = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            counter.time_by_phase[name] += time.perf_counter() - t0
+            counter.phase = "other"
+
+    setattr(scheduler, name, wrapped)
+
+
+def fmt(values: list[float], digits: int = 0) -> str:
+    med, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+async def run(args: argparse.Namespace) -> None:
+    backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    pars = [int(p) for p in args.parallelism.split(",")]
+    if args.profile:
+        await measure(backends[0], max(sizes), max(pars), profile=True)
+        return
+    cases = [(b, n, p) for b in backends for p in pars for n in sizes]
+    samples: dict[tuple[str, int, int], list[Sample]] = defaultdict(list)
+    for round_no in range(args.repeat):  # interleaved rounds
+        for case in cases:
+            s = await measure(*case)
+            samples[case].append(s)
+            print(f"  round {round_no + 1} {case[0]:8s} tasks={case[1]:5d} parallelism={case[2]:5d}"
+                  f" {s.state} {s.wall:.2f} s  {case[1] / s.wall:.0f} TI/s  ticks={len(s.ticks)}",
+                  file=sys.stderr, flush=True)
+
+    print(f"\nmedian of {args.repeat} (min-max); TI/s = tasks / (trigger → run success)")
+    print(f"{'backend':8s} {'tasks':>5s} {'par':>5s}  {'TI/s':18s} {'wall s':20s} "
+          f"{'1st launch s':12s} {'TI/s after':10s} {'CPU ms/TI':9s} {'ticks':>5s} "
+          f"{'stmts/busy tick med':>19s} {'max':>5s} {'stmts/TI':>8s}")
+    for (backend, n, p), ss in samples.items():
+        busy = [c for s in ss for c, launched, events in s.ticks if launched or events]
+        total_stmts = statistics.median([sum(c for c, _, _ in s.ticks) for s in ss])
+        print(f"{backend:8s} {n:5d} {p:5d}  {fmt([n / s.wall for s in ss]):18s} "
+              f"{fmt([s.wall for s in ss], 2):20s} "
+              f"{statistics.median([s.first_launch for s in ss]):<12.2f} "
+              f"{statistics.median([n / (s.wall - s.first_launch) for s in ss]):<10.0f} "
+              f"{statistics.median([s.cpu / n * 1000 for s in ss]):<9.2f} "
+              f"{statistics.median([len(s.ticks) for s in ss]):5.0f} "
+              f"{statistics.median(busy):19.0f} {max(busy):5d} {total_stmts / n:8.2f}")
+    print("\nper phase (median sample, largest size):")
+    for backend, p in [(b, p) for b in backends for p in pars]:
+        ss = samples[(backend, max(sizes), p)]
+        s = sorted(ss, key=lambda x: x.wall)[len(ss) // 2]
+        print(f"  {backend} parallelism {p}: wall {s.wall:.2f} s")
+        for phase in (*PHASES, "run_until_done poll"):
+            print(f"    {phase:24s} {s.counter.time_by_phase.get(phase, 0.0):7.3f} s "
+                  f"{s.counter.by_phase.get(phase, 0):6d} statements")
+        if args.statements:
+            for text, count in sorted(s.counter.texts.items(), key=lambda kv: -kv[1])[:25]:
+                print(f"      {count:6d}  {text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
+    parser.add_argument("--sizes", default="200,2000")
+    parser.add_argument("--parallelism", default="2000,32")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--statements", action="store_true", help="list the statements by count")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
