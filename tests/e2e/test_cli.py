@@ -1,0 +1,241 @@
+"""The real `miniflow` command as a subprocess: exit codes, messages and what it shows."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from miniflow.store import runs as store_runs
+from miniflow.store import task_instances as store_tis
+from tests.dbs import PostgresDatabases
+from tests.e2e.conftest import Cli, lines_with
+from tests.e2e.helpers import kill_group, query, query_sync, spawn_cli, stop, until
+
+GOOD = """
+    from datetime import datetime, timedelta
+    from miniflow import DAG, Bash
+
+    with DAG("good", schedule="@daily", start_date=datetime(2026, 1, 1), params={"who": "world"}):
+        hello = Bash("hello", "echo hello {{ params.who }} try {{ try_number }}")
+        flaky = Bash("flaky", 'echo "flaky try {{ try_number }}"; test {{ try_number }} -ge 2',
+                     retries=1, retry_delay=timedelta(seconds=0.2))
+        hello >> flaky >> Bash("bye", "echo bye")
+"""
+
+FAILING = """
+    from datetime import datetime
+    from miniflow import DAG, Bash
+
+    with DAG("failing", start_date=datetime(2026, 1, 1)):
+        Bash("boom", "echo about to fail; exit 3")
+"""
+
+BROKEN = """
+    from miniflow import DAG
+    import no_such_module_anywhere
+"""
+
+
+def _one_error_line(stderr: str, *, only: bool = True) -> str:
+    """The single `error: ...` line (with `only`, the whole of stderr)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    if only:
+        assert lines == errors, stderr
+    return errors[0]
+
+
+# --- database and configuration -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_db_upgrade_twice(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'state' / 'fresh.db'}"
+    else:
+        dbs: PostgresDatabases = request.getfixturevalue("postgres_dbs")
+        url = await dbs.clone(migrated=False)
+    cli = Cli(url, tmp_path / "dags", tmp_path / "state")
+    first = cli("db", "upgrade")
+    assert "upgraded empty ->" in first.stdout
+    second = cli("db", "upgrade")
+    assert "already at" in second.stdout
+    assert "postgres@" not in second.stdout or ":***@" not in second.stdout  # no password to hide
+
+
+async def test_unmigrated_postgres_refuses_to_start(
+    postgres_dbs: PostgresDatabases, tmp_path: Path
+) -> None:
+    cli = Cli(await postgres_dbs.clone(migrated=False), tmp_path / "dags", tmp_path / "state")
+    for args in (["scheduler"], ["dags", "list"]):
+        result = cli(*args, expect=2, timeout=30)
+        # the daemon logs at INFO; other commands print only the error
+        line = _one_error_line(result.stderr, only=args != ["scheduler"])
+        assert "miniflow db upgrade" in line
+
+
+def test_unreachable_database(tmp_path: Path) -> None:
+    cli = Cli("postgresql+asyncpg://postgres@127.0.0.1:1/x", tmp_path / "dags", tmp_path / "state")
+    for args in (["scheduler"], ["dags", "list"]):
+        result = cli(*args, expect=2, timeout=30)
+        line = _one_error_line(result.stderr, only=args != ["scheduler"])
+        assert "127.0.0.1:1" in line
+
+
+def test_bad_launcher_setting(sqlite_cli: Cli) -> None:
+    sqlite_cli.extra_env["MINIFLOW_LAUNCHER"] = "foo"
+    result = sqlite_cli("scheduler", expect=2, timeout=30)
+    line = _one_error_line(result.stderr, only=False)
+    assert "MINIFLOW_LAUNCHER" in line and "'foo'" in line
+
+
+# --- DAGs -----------------------------------------------------------------------------------
+
+
+def test_dags_list_errors_show_pause(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.dag("good.py", GOOD)
+    cli.dag("broken.py", BROKEN)
+    assert not cli.state.exists()  # the embedded default needs no `db upgrade` first
+    listed = cli("dags", "list")
+    (row,) = lines_with(listed.stdout, "good")
+    assert "@daily" in row and "good.py" in row and " no " in row
+    assert "broken.py" in listed.stderr and "miniflow dags errors" in listed.stderr
+
+    errors, show = cli.many(("dags", "errors"), ("dags", "show", "good"))
+    assert "broken.py" in errors.stdout
+    assert "Traceback" in errors.stdout
+    assert "ModuleNotFoundError: No module named 'no_such_module_anywhere'" in errors.stdout
+
+    tree = show.stdout.splitlines()
+    names = [next(n for n in ("good", "hello", "flaky", "bye") if n in line) for line in tree]
+    assert names == ["good", "hello", "flaky", "bye"]
+    indents = [len(line) - len(line.lstrip(" │└├─")) for line in tree]
+    assert indents == sorted(indents) and len(set(indents)) == 4  # a chain: each one deeper
+
+    assert "paused" in cli("dags", "pause", "good").stdout
+    (row,) = lines_with(cli("dags", "list").stdout, "good")
+    assert " yes " in row
+    assert "unpaused" in cli("dags", "unpause", "good").stdout
+    (row,) = lines_with(cli("dags", "list").stdout, "good")
+    assert " yes " not in row
+
+    missing = cli("dags", "pause", "nope", expect=1)
+    assert "nope" in _one_error_line(missing.stderr)
+
+    # a manual run's conf is checked against the DAG's params
+    unknown = cli("dags", "trigger", "good", "--conf", '{"whom": "x"}', expect=1)
+    line = _one_error_line(unknown.stderr)
+    assert "'whom'" in line and "who" in line
+    bad_json = cli("dags", "trigger", "good", "--conf", "{nope", expect=1)
+    assert "not valid JSON" in _one_error_line(bad_json.stderr)
+    assert query_sync(cli.db_url, store_runs.list_runs) == []  # nothing was created
+
+
+def test_broken_file_keeps_last_good_version(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    path = cli.dag("good.py", GOOD)
+    (row,) = lines_with(cli("dags", "list").stdout, "good")
+    assert not row.rstrip(" │").endswith("yes")
+    path.write_text(path.read_text() + "\nraise RuntimeError('typo in production')\n")
+    listed = cli("dags", "list")
+    (row,) = lines_with(listed.stdout, "good")
+    assert row.rstrip(" │").endswith("yes")  # still listed, flagged
+    assert "good.py" in listed.stderr
+    assert "typo in production" in cli("dags", "errors").stdout
+    assert "flaky" in cli("dags", "show", "good").stdout  # the last good definition
+
+
+# --- runs: dags test, inspection, logs ------------------------------------------------------
+
+
+def _run_ids(stdout: str, prefix: str) -> list[str]:
+    return [w for line in stdout.splitlines() for w in line.split() if w.startswith(prefix)]
+
+
+def test_dags_test_then_inspect_the_run(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.dag("good.py", GOOD)
+    cli.dag("failing.py", FAILING)
+    ok = cli("dags", "test", "good", "--conf", '{"who": "cli"}')
+    assert "success" in ok.stdout
+    failed = cli("dags", "test", "failing", expect=1)
+    assert "failed" in failed.stdout
+
+    runs = cli("runs", "list").stdout
+    (good_run,) = _run_ids(lines_with(runs, "good")[0], "test__")
+    (fail_run,) = _run_ids(lines_with(runs, "failing")[0], "test__")
+    assert "success" in lines_with(runs, "good")[0] and "failed" in lines_with(runs, "failing")[0]
+
+    tasks, failing_tasks = cli.many(
+        ("tasks", "list", "good", good_run), ("tasks", "list", "failing", fail_run)
+    )
+    (flaky,) = lines_with(tasks.stdout, "flaky")
+    assert [c.strip() for c in flaky.split("│")[2:4]] == ["success", "2"]
+    (boom,) = lines_with(failing_tasks.stdout, "boom")
+    cells = [c.strip() for c in boom.split("│")]
+    assert cells[2:4] == ["failed", "1"] and cells[5] == "3"
+    assert "exit code 3" in cells[6]
+
+    hello, flaky_log, first, boom_log = cli.many(
+        ("tasks", "logs", "good", good_run, "hello"),
+        ("tasks", "logs", "good", good_run, "flaky"),
+        ("tasks", "logs", "good", good_run, "flaky", "--try", "1"),
+        ("tasks", "logs", "failing", fail_run, "boom"),
+    )
+    assert "hello cli try 1" in hello.stdout
+    assert "flaky try 2" in flaky_log.stdout and "flaky try 1" not in flaky_log.stdout
+    assert "flaky try 1" in first.stdout and "flaky try 2" not in first.stdout
+    assert "about to fail" in boom_log.stdout
+    nine = cli("tasks", "logs", "good", good_run, "flaky", "--try", "9", expect=1)
+    assert "tries: 1, 2" in _one_error_line(nine.stderr)
+
+
+# --- the scheduler daemon: trigger --wait, clear, SIGTERM -----------------------------------
+
+
+async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> None:
+    cli.dag("good.py", GOOD)
+    cli.dag("failing.py", FAILING)
+    cli("dags", "pause", "good")  # only manual runs in this test
+    scheduler = spawn_cli(["scheduler"], cli.env, tmp_path / "scheduler.log")
+    try:
+        failed = cli("dags", "trigger", "failing", "--wait", expect=1, timeout=90)
+        assert "failed" in failed.stdout
+        triggered = cli("dags", "trigger", "good", "--wait", timeout=90)
+        (run_id,) = re.findall(r"created run (\S+) of good", triggered.stdout)
+        assert "success" in triggered.stdout
+
+        async def tis() -> dict[str, object]:
+            rows = await query(cli.db_url, store_tis.list_for_run, "good", run_id)
+            return {r.task_id: (r.state, r.try_number) for r in rows}
+
+        assert await tis() == {
+            "hello": ("success", 1), "flaky": ("success", 2), "bye": ("success", 1)
+        }
+        cleared = cli("tasks", "clear", "good", run_id, "flaky", "--downstream").stdout
+        assert "flaky" in cleared and "bye" in cleared and "hello" not in cleared
+
+        async def rerun_done() -> bool:
+            run = await query(cli.db_url, store_runs.get_run, "good", run_id)
+            return run.state in ("success", "failed") and (await tis())["bye"][1] == 2
+
+        await until(rerun_done, 60, "the cleared tasks to run again")
+        assert await tis() == {
+            "hello": ("success", 1), "flaky": ("success", 3), "bye": ("success", 2)
+        }
+        assert (await query(cli.db_url, store_runs.get_run, "good", run_id)).state == "success"
+        assert "bye" in cli("tasks", "logs", "good", run_id, "bye", "--try", "2").stdout
+        code = stop(scheduler, signal.SIGTERM)
+    finally:
+        kill_group(scheduler)
+        scheduler.wait(5)
+    log = (tmp_path / "scheduler.log").read_text()
+    assert code == 0, log
+    assert "Traceback" not in log
