@@ -42,6 +42,9 @@ from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.scheduler")
 
+LAUNCH_RETRY_DELAY = 5.0
+"""Seconds before a launch refused for a transient reason is tried again."""
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerSettings:
@@ -156,9 +159,24 @@ class Scheduler:
                 async with store_engine.transaction(self.sessions) as session:
                     run = await store_runs.get_run(session, dag_id, run_id)
                 if run.state in states.RUN_FINISHED:
+                    await self._settle(dag_id, run_id)
                     return run.state
                 if not stats.busy:
                     await self._wait(self.settings.idle_wait)
+
+    async def _settle(self, dag_id: str, run_id: str, *, limit: float = 10.0) -> None:
+        """Wait (bounded) for the exits of the run's last tries.
+
+        A worker records its own success, so a run can finish before its last
+        process or pod has exited; closing attempts needs that exit.
+        """
+        try:
+            async with asyncio.timeout(limit):
+                while any(k.dag_id == dag_id and k.run_id == run_id for k in self.inflight):
+                    await self._wait(self.settings.idle_wait)
+                    await self.tick()
+        except TimeoutError:
+            log.warning("run %s/%s finished; some attempts have not reported an exit", dag_id, run_id)
 
     async def _wait(self, timeout: float) -> None:
         """Sleep until a launcher event arrives (kept for the next tick) or `timeout`."""
@@ -186,10 +204,14 @@ class Scheduler:
             if changed:
                 self._due.runs = None
         await self._resolve_only_run()
-        await self._record_events(stats)
-        now = self.clock.now()
-        await self._create_and_start_runs(now, stats)
-        await self._advance_runs(now, stats)
+        # One transaction for the bookkeeping half of the round, one for the claim:
+        # on Postgres every transaction is a few round trips, and a chain of tasks pays
+        # them once per link.
+        async with store_engine.transaction(self.sessions) as session:
+            await self._record_events(session, stats)
+            now = self.clock.now()
+            await self._create_and_start_runs(session, now, stats)
+            await self._advance_runs(session, now, stats)
         await self._claim_and_launch(now, stats)
         return stats
 
@@ -200,7 +222,7 @@ class Scheduler:
         async with store_engine.transaction(self.sessions) as session:
             self._only_run_pk = (await store_runs.get_run(session, *only)).pk
 
-    async def _record_events(self, stats: TickStats) -> None:
+    async def _record_events(self, session: AsyncSession, stats: TickStats) -> None:
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         batch, self._pending = self._pending, []
         while not queue.empty():
@@ -208,61 +230,55 @@ class Scheduler:
         if not batch:
             return
         stats.events = len(batch)
-        now = self.clock.now()
-        async with store_engine.transaction(self.sessions) as session:
-            touched = await event_recorder.record(self, session, batch, now)
+        touched = await event_recorder.record(self, session, batch, self.clock.now())
         self._due.dirty.update(touched)
 
-    async def _create_and_start_runs(self, now: datetime, stats: TickStats) -> None:
+    async def _create_and_start_runs(
+        self, session: AsyncSession, now: datetime, stats: TickStats
+    ) -> None:
         """Scheduled runs on the run-check interval; queued runs (manual too) every round."""
         create = self.settings.schedule_runs and (self._due.runs is None or now >= self._due.runs)
         if create:
             self._due.runs = now + timedelta(seconds=self.settings.run_check_interval)
-        async with store_engine.transaction(self.sessions) as session:
-            if create:
-                stats.runs_created = await run_creation.create_due_runs(session, now)
-            started = await run_creation.start_queued_runs(
-                session, self.dags, now, self._only_run_pk
-            )
+        if create:
+            stats.runs_created = await run_creation.create_due_runs(session, now)
+        started = await run_creation.start_queued_runs(session, self.dags, now, self._only_run_pk)
         self._due.dirty.update(started)
 
-    async def _advance_runs(self, now: datetime, stats: TickStats) -> None:
+    async def _advance_runs(self, session: AsyncSession, now: datetime, stats: TickStats) -> None:
         """Readiness for changed runs (all running runs on a sweep), then due retries."""
         sweep = self._due.sweep is None or now >= self._due.sweep
         if sweep:
             self._due.sweep = now + timedelta(seconds=self.settings.full_sweep_interval)
         dirty, self._due.dirty = self._due.dirty, set()
-        async with store_engine.transaction(self.sessions) as session:
-            dirty.update(await store_tis.promote_due_retries(session, now))
-            if not sweep and not dirty:
-                return
-            runs = await store_runs.running_runs(session, None if sweep else sorted(dirty))
-            if self._only_run_pk is not None:
-                runs = [r for r in runs if r.pk == self._only_run_pk]
-            if not runs:
-                return
-            cached = await self.dags.load(session, {r.dag_id for r in runs})
-            tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
-            changes: list[tuple[int, str, str]] = []
-            for run in runs:
-                entry = cached.get(run.dag_id)
-                if entry is None:
-                    continue
-                rows = tis.get(run.pk, [])
-                by_task = {ti.task_id: ti for ti in rows}
-                new, final = readiness.evaluate_run(
-                    entry.dag, entry.dag_hash, {ti.task_id: ti.state for ti in rows}
-                )
-                changes += [(by_task[t].id, states.NONE, s) for t, s in new.items()]
-                if final is not None:
-                    if await store_runs.set_state(
-                        session, run.pk, expected=states.RUN_RUNNING, state=final, now=now
-                    ):
-                        stats.runs_finished += 1
-                        log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
-                elif new:
-                    self._due.dirty.add(run.pk)  # skipped/upstream_failed may unlock more
-            stats.changed = await store_tis.set_states(session, changes, now)
+        dirty.update(await store_tis.promote_due_retries(session, now))
+        if not sweep and not dirty:
+            return
+        runs = await store_runs.running_runs(session, None if sweep else sorted(dirty))
+        if self._only_run_pk is not None:
+            runs = [r for r in runs if r.pk == self._only_run_pk]
+        if not runs:
+            return
+        cached = await self.dags.load(session, {r.dag_id for r in runs})
+        tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
+        changes: list[tuple[int, str, str]] = []
+        for run in runs:
+            entry = cached.get(run.dag_id)
+            if entry is None:
+                continue
+            rows = tis.get(run.pk, [])
+            by_task = {ti.task_id: ti for ti in rows}
+            new, final = readiness.evaluate_run(
+                entry.dag, entry.dag_hash, {ti.task_id: ti.state for ti in rows}
+            )
+            changes += [(by_task[t].id, states.NONE, s) for t, s in new.items()]
+            if final is not None:
+                if await store_runs.set_state(
+                    session, run.pk, expected=states.RUN_RUNNING, state=final, now=now
+                ):
+                    stats.runs_finished += 1
+                    log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+        stats.changed = await store_tis.set_states(session, changes, now)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
         async with store_engine.transaction(self.sessions) as session:
@@ -292,19 +308,19 @@ class Scheduler:
                 for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
             }
         specs: list[TaskSpec] = []
-        failures: list[tuple[store_tis.Candidate, int, str]] = []
+        failures: list[_LaunchFailure] = []
         for c in chosen:
             entry = cached[c.dag_id]
             task = entry.dag["tasks"].get(c.task_id)
             key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id])
             self.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
             if task is None:
-                failures.append((c, claimed[c.id], "task is no longer defined in the DAG"))
+                failures.append(_LaunchFailure(c, claimed[c.id], "task is no longer defined"))
                 continue
             try:
                 specs.append(build_spec(entry.dag, run_infos[c.run_pk], c.task_id, claimed[c.id]))
             except TemplateError as exc:
-                failures.append((c, claimed[c.id], str(exc)))
+                failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
         results = await self.launcher.launch(specs) if specs else []
         handles: list[tuple[int, int, str]] = []
         for result in results:
@@ -315,56 +331,81 @@ class Scheduler:
                 handles.append((flight.ti_id, result.key.try_number, result.handle))
             elif result.error is not None:
                 failures.append(
-                    (_candidate_of(result.key, flight), result.key.try_number, result.error)
+                    _LaunchFailure(
+                        _candidate_of(result.key, flight),
+                        result.key.try_number,
+                        result.error,
+                        result.retryable,
+                    )
                 )
-        stats.launched = len(specs) - len([f for f in failures if f[2]])
         stats.launched = len(handles)
         if failures or handles:
             async with store_engine.transaction(self.sessions) as session:
                 await store_attempts.set_handles(session, handles)
-                await self._fail_before_start(session, failures, cached)
+                await self._fail_before_start(session, failures)
         if failures:
             stats.changed += len(failures)
 
     async def _fail_before_start(
-        self,
-        session: AsyncSession,
-        failures: Sequence[tuple[store_tis.Candidate, int, str]],
-        cached: Mapping[str, CachedDag],
+        self, session: AsyncSession, failures: Sequence[_LaunchFailure]
     ) -> None:
+        """Tries that never started: a template error or a refused launch.
+
+        A launch refused for a transient reason (the API server still busy after the
+        launcher's own retries) is retried later without using up one of the task's
+        retries: the try is recorded, and `max_tries` grows by one.
+        """
         now = self.clock.now()
         outcomes, ends = [], []
-        for c, try_number, error in failures:
+        for f in failures:
+            c = f.candidate
             entry = self.dags.get(c.dag_id)
             task = entry.dag["tasks"].get(c.task_id) if entry else None
-            max_tries = task["retries"] if task else 0
-            outcome = failure_outcome(
-                ti_id=c.id,
-                try_number=try_number,
-                max_tries=max_tries,
-                task=task,
-                now=now,
-                exit_code=None,
-                error=error,
-            )
+            if f.retryable:
+                outcome = store_tis.Outcome(
+                    c.id,
+                    f.try_number,
+                    states.UP_FOR_RETRY,
+                    error=f.error,
+                    next_retry_at=now + timedelta(seconds=LAUNCH_RETRY_DELAY),
+                    extra={"max_tries": store_tis.TI.max_tries + 1},
+                )
+            else:
+                outcome = failure_outcome(
+                    ti_id=c.id,
+                    try_number=f.try_number,
+                    max_tries=task["retries"] if task else 0,
+                    task=task,
+                    now=now,
+                    exit_code=None,
+                    error=f.error,
+                )
             outcomes.append(outcome)
             ends.append(
                 store_attempts.AttemptEnd(
-                    c.id, try_number, outcome.state, None, "LaunchFailed", error, None, now
+                    c.id, f.try_number, outcome.state, None, "LaunchFailed", f.error, None, now
                 )
             )
-            self.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, try_number), None)
+            self.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number), None)
             self._due.dirty.add(c.run_pk)
             log.warning(
-                "%s/%s/%s try %d failed before start: %s",
+                "%s/%s/%s try %d did not start: %s",
                 c.dag_id,
                 c.run_id,
                 c.task_id,
-                try_number,
-                error,
+                f.try_number,
+                f.error,
             )
         await store_tis.finish(session, outcomes, now)
         await store_attempts.close(session, ends)
+
+
+@dataclass(frozen=True, slots=True)
+class _LaunchFailure:
+    candidate: store_tis.Candidate
+    try_number: int
+    error: str
+    retryable: bool = False
 
 
 def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:

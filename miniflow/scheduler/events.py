@@ -94,7 +94,12 @@ async def _record_exits(
     ends = []
     for event, flight in flights:
         row = final.get(flight.ti_id)
-        state = row.state if row is not None and row.try_number == event.key.try_number else "lost"
+        if row is not None and row.try_number == event.key.try_number:
+            state = row.state
+        else:
+            # A newer try already started (the worker recorded this one's failure and the
+            # retry was claimed before this exit arrived): judge the old try by its exit.
+            state = states.SUCCESS if event.exit_code == 0 else states.FAILED
         ends.append(
             store_attempts.AttemptEnd(
                 flight.ti_id,

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import states
-from miniflow.store.models import DagRun, TaskInstance
+from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
 
@@ -93,7 +93,10 @@ async def set_states(
         if new in states.FINISHED:
             values["ended_at"] = now
         result = await session.execute(
-            update(TI).where(TI.id.in_(ids), TI.state == expected).values(**values)
+            update(TI)
+            .execution_options(synchronize_session=False)
+            .where(TI.id.in_(ids), TI.state == expected)
+            .values(**values)
         )
         applied += result.rowcount  # type: ignore[attr-defined]
     return applied
@@ -103,6 +106,7 @@ async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]
     """up_for_retry → scheduled once the back-off has passed; returns touched run pks."""
     result = await session.execute(
         update(TI)
+        .execution_options(synchronize_session=False)
         .where(TI.state == states.UP_FOR_RETRY, TI.next_retry_at <= now)
         .values(state=states.SCHEDULED)
         .returning(TI.run_pk)
@@ -164,6 +168,7 @@ async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) 
         return {}
     result = await session.execute(
         update(TI)
+        .execution_options(synchronize_session=False)
         .where(TI.id.in_(list(ids)), TI.state == states.SCHEDULED)
         .values(
             state=states.QUEUED,
@@ -185,15 +190,30 @@ async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) 
 async def record_started(
     session: AsyncSession, items: Sequence[tuple[int, int, str | None, datetime]]
 ) -> None:
-    """Launcher saw (ti_id, try, handle, at) start: queued → running, fenced by try."""
-    for ti_id, try_number, handle, at in items:
-        await session.execute(
-            update(TI)
-            .where(TI.id == ti_id, TI.try_number == try_number, TI.state.in_(list(states.ACTIVE)))
-            .values(
-                state=states.RUNNING, handle=handle, started_at=func.coalesce(TI.started_at, at)
-            )
+    """Launcher saw (ti_id, try, handle, at) start: queued → running, fenced by try.
+
+    One executemany for the whole batch (a fan-out starts hundreds at once).
+    """
+    if not items:
+        return
+    table: Table = TI.__table__  # type: ignore[assignment]
+    stmt = (
+        table.update()
+        .where(
+            table.c.id == bindparam("k_id"),
+            table.c.try_number == bindparam("k_try"),
+            # executemany can't expand IN lists: spell the two active states out
+            or_(table.c.state == states.QUEUED, table.c.state == states.RUNNING),
         )
+        .values(
+            state=states.RUNNING,
+            handle=bindparam("k_handle"),
+            started_at=func.coalesce(table.c.started_at, bindparam("k_at", type_=UTCDateTime())),
+        )
+    )
+    await session.execute(
+        stmt, [{"k_id": i, "k_try": n, "k_handle": h, "k_at": at} for i, n, h, at in items]
+    )
 
 
 async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> set[int]:
@@ -222,6 +242,7 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
         keys = [(i.ti_id, i.try_number) for i in items]
         result = await session.execute(
             update(TI)
+            .execution_options(synchronize_session=False)
             .where(tuple_(TI.id, TI.try_number).in_(keys), TI.state.in_(list(expected)))
             .values(**values)
             .returning(TI.id)
@@ -233,7 +254,10 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
 async def fetch(session: AsyncSession, ids: Sequence[int]) -> dict[int, TaskInstance]:
     if not ids:
         return {}
-    rows = (await session.execute(select(TI).where(TI.id.in_(list(ids))))).scalars()
+    # populate_existing: bulk UPDATEs here don't synchronise the session, so rows it
+    # already holds must be refreshed from this SELECT.
+    query = select(TI).where(TI.id.in_(list(ids))).execution_options(populate_existing=True)
+    rows = (await session.execute(query)).scalars()
     return {row.id: row for row in rows}
 
 
@@ -243,7 +267,11 @@ async def find_keys(
     """Task instances by (dag_id, run_id, task_id)."""
     if not keys:
         return {}
-    query = select(TI).where(tuple_(TI.dag_id, TI.run_id, TI.task_id).in_(list(keys)))
+    query = (
+        select(TI)
+        .where(tuple_(TI.dag_id, TI.run_id, TI.task_id).in_(list(keys)))
+        .execution_options(populate_existing=True)
+    )
     return {(r.dag_id, r.run_id, r.task_id): r for r in (await session.execute(query)).scalars()}
 
 
@@ -284,6 +312,7 @@ async def clear(
         run_pk = row.run_pk
         result = await session.execute(
             update(TI)
+            .execution_options(synchronize_session=False)
             .where(TI.id == row.id, TI.try_number == row.try_number, TI.state == row.state)
             .values(
                 state=states.NONE,
@@ -315,6 +344,7 @@ async def worker_claim(
     """
     result = await session.execute(
         update(TI)
+        .execution_options(synchronize_session=False)
         .where(
             TI.dag_id == dag_id,
             TI.run_id == run_id,
@@ -338,6 +368,7 @@ async def heartbeat(session: AsyncSession, ti_id: int, try_number: int, now: dat
     """False when this try is no longer the current running one (the worker must stop)."""
     result = await session.execute(
         update(TI)
+        .execution_options(synchronize_session=False)
         .where(TI.id == ti_id, TI.try_number == try_number, TI.state == states.RUNNING)
         .values(heartbeat_at=now)
     )
