@@ -110,7 +110,9 @@ def query_sync(db_url: str, func: Callable[..., Any], *args: Any) -> Any:
     return asyncio.run(query(db_url, func, *args))
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+async def until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll an async condition (database rows written by another process) until it holds."""
     deadline = time.monotonic() + timeout
     while True:

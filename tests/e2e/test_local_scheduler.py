@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -20,7 +21,16 @@ from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import TaskAttempt, TaskInstance
-from tests.e2e.helpers import cli_env, kill_group, max_overlap, query, spawn_cli, stop, until, write_dag
+from tests.e2e.helpers import (
+    cli_env,
+    kill_group,
+    max_overlap,
+    query,
+    spawn_cli,
+    stop,
+    until,
+    write_dag,
+)
 
 RUN_TIMEOUT = 60
 
@@ -34,7 +44,8 @@ class Local:
 
     async def run(self, dag_id: str) -> tuple[str, str]:
         async with store_engine.transaction(self.scheduler.sessions) as session:
-            run_id = await trigger_mod.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
+            now = datetime.now(UTC)
+            run_id = await trigger_mod.trigger(session, dag_id, conf_json=None, now=now)
         return run_id, await self.scheduler.run_until_done(dag_id, run_id, timeout=RUN_TIMEOUT)
 
     async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
@@ -118,7 +129,7 @@ async def test_bash_retries_until_success(db_url: str, tmp_path: Path) -> None:
     ]
     assert [(a.log_tail or "").strip() for a in attempts] == ["try 1", "try 2", "try 3"]
     # the back-off was respected between tries
-    for before, after in zip(attempts, attempts[1:], strict=False):
+    for before, after in itertools.pairwise(attempts):
         assert (after.queued_at - before.ended_at).total_seconds() >= 0.15  # type: ignore[operator]
 
 
@@ -216,7 +227,9 @@ RESTART_DAG = """
 """
 
 
-async def test_scheduler_sigkill_and_restart_runs_nothing_twice(db_url: str, tmp_path: Path) -> None:
+async def test_scheduler_sigkill_and_restart_runs_nothing_twice(
+    db_url: str, tmp_path: Path
+) -> None:
     ran = tmp_path / "ran.txt"
     dags, state_dir = tmp_path / "dags", tmp_path / "state"
     write_dag(dags, "restart.py", RESTART_DAG.format(log=ran))

@@ -82,7 +82,9 @@ class Harness:
             await store_dags.apply_parse(session, parsed, [], datetime.now(UTC))
         self.scheduler.dags.invalidate([d.dag_id for d in dags])
 
-    async def trigger(self, dag_id: str, conf_json: str | None = None, run_id: str | None = None) -> str:
+    async def trigger(
+        self, dag_id: str, conf_json: str | None = None, run_id: str | None = None
+    ) -> str:
         async with store_engine.transaction(self.sessions) as session:
             return await trigger_mod.trigger(
                 session, dag_id, conf_json=conf_json, now=self.scheduler.clock.now(), run_id=run_id
