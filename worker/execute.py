@@ -123,7 +123,9 @@ class BashExecution:
 
     async def run(self) -> Ended:
         self.proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", self.command,
+            "bash",
+            "-c",
+            self.command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -71,8 +71,10 @@ class Heartbeat:
                         )
             except Exception as exc:  # transient: log, try again next interval
                 reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-                self.log(f"heartbeat failed ({type(exc).__name__}: "
-                         f"{reason[0] if reason else ''}); retrying in {self.interval:g}s")
+                self.log(
+                    f"heartbeat failed ({type(exc).__name__}: "
+                    f"{reason[0] if reason else ''}); retrying in {self.interval:g}s"
+                )
                 continue
             if not alive:
                 return True

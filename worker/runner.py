@@ -271,11 +271,18 @@ class Worker:
             return await self._interrupted(ran, execution)
         ended: execute.Ended = ran[1]
         if ended.ok:
-            extra = {"result": (ended.value)} if isinstance(
-                execution, execute.PythonExecution) else {}
+            extra = (
+                {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}
+            )
             return await self._record(
-                Outcome(claim.ti_id, claim.try_number, states.SUCCESS, EXPECT_RUNNING,
-                        exit_code=0, extra=extra),
+                Outcome(
+                    claim.ti_id,
+                    claim.try_number,
+                    states.SUCCESS,
+                    EXPECT_RUNNING,
+                    exit_code=0,
+                    extra=extra,
+                ),
                 EXIT_SUCCESS,
             )
         return await self._fail(ended.error or "task failed", exit_code=ended.exit_code)
@@ -351,9 +358,11 @@ class Worker:
         if execution is not None:
             await execution.stop()
         if reason == "fenced":
-            log(f"fenced out: try {self.try_number} of {self.key} is no longer the current "
+            log(
+                f"fenced out: try {self.try_number} of {self.key} is no longer the current "
                 "running try (a newer try exists or the scheduler ended it); task stopped, "
-                "nothing recorded")
+                "nothing recorded"
+            )
             return EXIT_FENCED
         if reason == "signal":
             name = signal.Signals(detail).name
@@ -361,8 +370,9 @@ class Worker:
             await self._fail(f"terminated by {name}", exit_code=128 + detail)
             return 128 + int(detail)
         timeout = self.claim.task["timeout"] if self.claim.task else None
-        return await self._fail(f"timed out after {timeout:g}s (the task's timeout)",
-                                exit_code=None)
+        return await self._fail(
+            f"timed out after {timeout:g}s (the task's timeout)", exit_code=None
+        )
 
     async def _fail(self, error: str, *, exit_code: int | None) -> int:
         print(error, file=sys.stderr, flush=True)
@@ -394,8 +404,10 @@ class Worker:
                 log(f"recording the outcome failed ({_db_reason(exc)}); retrying in {delay:g}s")
                 await asyncio.sleep(delay)
         if outcome.ti_id not in changed:
-            log(f"outcome {outcome.state} not recorded: try {outcome.try_number} of {self.key} "
-                "is no longer the current running try")
+            log(
+                f"outcome {outcome.state} not recorded: try {outcome.try_number} of {self.key} "
+                "is no longer the current running try"
+            )
             return EXIT_FENCED
         retry_at = outcome.next_retry_at
         when = f" (next try after {retry_at.isoformat()})" if retry_at else ""

@@ -147,7 +147,7 @@ class Scheduler:
         while not self._stopping.is_set():
             stats = await self.tick()
             if not stats.busy:
-                await self._wait(self.settings.idle_wait)
+                await self._wait(await self._idle_timeout())
 
     async def run_until_done(
         self, dag_id: str, run_id: str, *, timeout: float | None = None
@@ -162,7 +162,15 @@ class Scheduler:
                     await self._settle(dag_id, run_id)
                     return run.state
                 if not stats.busy:
-                    await self._wait(self.settings.idle_wait)
+                    await self._wait(await self._idle_timeout())
+
+    async def _idle_timeout(self) -> float:
+        """Sleep no longer than until the next retry is due (retry delays below idle_wait)."""
+        async with store_engine.transaction(self.sessions) as session:
+            due = await store_tis.next_retry_due(session)
+        if due is None:
+            return self.settings.idle_wait
+        return min(self.settings.idle_wait, max(0.0, (due - self.clock.now()).total_seconds()))
 
     async def _settle(self, dag_id: str, run_id: str, *, limit: float = 10.0) -> None:
         """Wait (bounded) for the exits of the run's last tries.
@@ -176,7 +184,9 @@ class Scheduler:
                     await self._wait(self.settings.idle_wait)
                     await self.tick()
         except TimeoutError:
-            log.warning("run %s/%s finished; some attempts have not reported an exit", dag_id, run_id)
+            log.warning(
+                "run %s/%s finished; some attempts have not reported an exit", dag_id, run_id
+            )
 
     async def _wait(self, timeout: float) -> None:
         """Sleep until a launcher event arrives (kept for the next tick) or `timeout`."""

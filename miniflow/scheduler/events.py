@@ -83,7 +83,19 @@ async def _record_exits(
         if row is None or row.try_number != event.key.try_number:
             continue  # a newer try exists (or the run was deleted): this event is history
         task = _task(scheduler, event.key)
-        if _worker_reports(scheduler, flight.kind):
+        if event.reason == "Lost" and row.state == states.QUEUED and row.started_at is None:
+            # Never started (the scheduler died between claiming and launching):
+            # launch again without using up one of the task's retries.
+            outcome: store_tis.Outcome | None = store_tis.Outcome(
+                flight.ti_id,
+                event.key.try_number,
+                states.UP_FOR_RETRY,
+                (states.QUEUED,),
+                error="lost before it started; launching again",
+                next_retry_at=now,
+                extra={"max_tries": store_tis.TI.max_tries + 1},
+            )
+        elif _worker_reports(scheduler, flight.kind):
             outcome = _cross_check(event, flight, row.state, task, now)
         else:
             outcome = _by_exit_code(event, flight, task, now)

@@ -334,9 +334,18 @@ async def clear(
 # --- the worker's side -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What a worker needs of the task instance it claimed."""
+
+    id: int
+    try_number: int
+    max_tries: int
+
+
 async def worker_claim(
     session: AsyncSession, dag_id: str, run_id: str, task_id: str, try_number: int, now: datetime
-) -> TaskInstance | None:
+) -> Claimed | None:
     """Mark the try running for this worker, only if the database still expects this try.
 
     `heartbeat_at IS NULL` makes the claim exclusive: a second worker for the
@@ -356,12 +365,10 @@ async def worker_claim(
         .values(
             state=states.RUNNING, heartbeat_at=now, started_at=func.coalesce(TI.started_at, now)
         )
-        .returning(TI.id)
+        .returning(TI.id, TI.try_number, TI.max_tries)
     )
-    ti_id = result.scalar_one_or_none()
-    if ti_id is None:
-        return None
-    return await session.get(TI, ti_id)
+    row = result.one_or_none()
+    return None if row is None else Claimed(*row)
 
 
 async def heartbeat(session: AsyncSession, ti_id: int, try_number: int, now: datetime) -> bool:

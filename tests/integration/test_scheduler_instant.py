@@ -58,3 +58,36 @@ async def test_fanout_runs_to_success(engine: AsyncEngine, tmp_path: Path) -> No
     async with store_engine.transaction(sessions) as session:
         tis = await store_tis.list_for_run(session, "fan", run_id)
     assert {t.state for t in tis} == {"success"}
+
+
+async def test_try_lost_before_launch_is_relaunched_without_using_a_retry(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A scheduler that died between claiming and launching left a queued try behind."""
+    (tmp_path / "one.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("one", start_date=datetime(2026, 1, 1)):\n    Bash("only", "true")\n'
+    )
+    held = InstantLauncher(hold=True)
+    first = Scheduler(engine=engine, launcher=held, dags_folder=tmp_path,
+                      settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05))
+    await first.start()
+    await first.tick()
+    run_id = await _trigger(engine, "one")
+    await first.tick()  # claims and "launches" try 1, which never reports back
+    assert len(held.launched) == 1
+    await first.close()
+
+    second_launcher = InstantLauncher()
+    second = Scheduler(engine=engine, launcher=second_launcher, dags_folder=tmp_path,
+                       settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05))
+    await second.start()  # adopts try 1: the instant launcher reports it Lost
+    state = await second.run_until_done("one", run_id, timeout=30)
+    await second.close()
+    assert state == "success"
+    assert [k for k, _ in second_launcher.adopted] == [held.launched[0].key]
+    sessions = store_engine.sessionmaker(engine)
+    async with store_engine.transaction(sessions) as session:
+        (ti,) = await store_tis.list_for_run(session, "one", run_id)
+    # try 1 was lost before it started: try 2 ran, and the task's retries (0) were not used up
+    assert (ti.state, ti.try_number, ti.max_tries) == ("success", 2, 1)
