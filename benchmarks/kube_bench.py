@@ -66,7 +66,9 @@ from miniflow.store import engine as store_engine  # noqa: E402
 from miniflow.store import schema  # noqa: E402
 from tests.fakekube import FakeKube  # noqa: E402
 
-PG_ADMIN_DSN = os.environ.get("MINIFLOW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "MINIFLOW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 PG_BASE_URL = os.environ.get("MINIFLOW_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 DAG_ID = "kube_bench_fanout"
 
@@ -100,30 +102,35 @@ async def fresh_database() -> AsyncIterator[str]:
 
 def write_fanout(folder: Path, n: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fanout.py").write_text(textwrap.dedent(f"""
+    (folder / "fanout.py").write_text(
+        textwrap.dedent(f"""
         from datetime import datetime
         from miniflow import DAG, Pod
 
         with DAG("{DAG_ID}", start_date=datetime(2026, 1, 1), max_active_tasks={n}):
             for i in range({n}):
                 Pod(f"t{{i}}", image="busybox:1.36", command=["true"])
-    """))
+    """)
+    )
 
 
 def make_scheduler(kubeconfig: str, db_url: str, dags: Path, parallelism: int) -> Scheduler:
-    config = load_config(environ={
-        "MINIFLOW_LAUNCHER": "kubernetes",
-        "MINIFLOW_KUBECONFIG": kubeconfig,
-        "MINIFLOW_DATABASE_URL": db_url,
-        "MINIFLOW_DAGS_FOLDER": str(dags),
-        "MINIFLOW_POD_DAGS_FOLDER": str(dags),
-    })  # the database Secret is unused: every benchmark task is a Pod task
+    config = load_config(
+        environ={
+            "MINIFLOW_LAUNCHER": "kubernetes",
+            "MINIFLOW_KUBECONFIG": kubeconfig,
+            "MINIFLOW_DATABASE_URL": db_url,
+            "MINIFLOW_DAGS_FOLDER": str(dags),
+            "MINIFLOW_POD_DAGS_FOLDER": str(dags),
+        }
+    )  # the database Secret is unused: every benchmark task is a Pod task
     return Scheduler(
         engine=store_engine.create_engine(db_url),
         launcher=runtime.make_launcher(config),
         dags_folder=dags,
-        settings=SchedulerSettings(parallelism=parallelism, schedule_runs=False, idle_wait=0.05,
-                                   run_check_interval=0.05),
+        settings=SchedulerSettings(
+            parallelism=parallelism, schedule_runs=False, idle_wait=0.05, run_check_interval=0.05
+        ),
         parse_timeout=120,
     )
 
@@ -134,8 +141,9 @@ async def run_fanout(fake: FakeKube, db_url: str, dags: Path, n: int) -> tuple[s
         await scheduler.start()
         await scheduler.tick()  # parse
         async with store_engine.transaction(scheduler.sessions) as session:
-            run_id = await trigger_mod.trigger(session, DAG_ID, conf_json=None,
-                                               now=datetime.now(UTC))
+            run_id = await trigger_mod.trigger(
+                session, DAG_ID, conf_json=None, now=datetime.now(UTC)
+            )
         t0 = time.perf_counter()
         state = await scheduler.run_until_done(DAG_ID, run_id, timeout=600)
         wall = time.perf_counter() - t0
@@ -156,10 +164,15 @@ async def bench_requests(n: int) -> dict[str, Any]:
             state, wall = await run_fanout(fake, db_url, dags, n)
             counts = dict(fake.requests.counts())
     per_task = {v: counts.get(v, 0) / n for v in ("create", "log", "delete", "get")}
-    return {"state": state, "wall_s": wall, "counts": counts,
-            "per_task_create_log_delete": sum(counts.get(v, 0) for v in
-                                              ("create", "log", "delete")) / n,
-            "per_task_all": sum(counts.values()) / n, "per_task_by_verb": per_task}
+    return {
+        "state": state,
+        "wall_s": wall,
+        "counts": counts,
+        "per_task_create_log_delete": sum(counts.get(v, 0) for v in ("create", "log", "delete"))
+        / n,
+        "per_task_all": sum(counts.values()) / n,
+        "per_task_by_verb": per_task,
+    }
 
 
 # --- (b) launch rate ----------------------------------------------------------------------------
@@ -170,12 +183,24 @@ def complete(pod: dict[str, Any]) -> None:
     pod["status"] = {
         "phase": "Succeeded",
         "startTime": now,
-        "containerStatuses": [{
-            "name": pods.MAIN_CONTAINER, "ready": False, "restartCount": 0,
-            "image": pod["spec"]["containers"][0]["image"], "imageID": "", "started": False,
-            "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                                     "startedAt": now, "finishedAt": now}},
-        }],
+        "containerStatuses": [
+            {
+                "name": pods.MAIN_CONTAINER,
+                "ready": False,
+                "restartCount": 0,
+                "image": pod["spec"]["containers"][0]["image"],
+                "imageID": "",
+                "started": False,
+                "state": {
+                    "terminated": {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": now,
+                        "finishedAt": now,
+                    }
+                },
+            }
+        ],
     }
 
 
@@ -186,8 +211,10 @@ async def bench_launch_rate(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         dags = Path(tmp) / "dags"
         write_fanout(dags, n)
-        async with fresh_database() as db_url, FakeKube(Path(tmp), kubelet=False,
-                                                        history_size=4 * n) as fake:
+        async with (
+            fresh_database() as db_url,
+            FakeKube(Path(tmp), kubelet=False, history_size=4 * n) as fake,
+        ):
             created: list[float] = []
             loop = asyncio.get_running_loop()
 
@@ -200,8 +227,12 @@ async def bench_launch_rate(n: int) -> dict[str, Any]:
             fake.state.add_listener(on_event)
             state, wall = await run_fanout(fake, db_url, dags, n)
     span = created[-1] - created[0] if len(created) > 1 else float("nan")
-    return {"state": state, "wall_s": wall, "creates": len(created),
-            "launch_rate": (len(created) - 1) / span if span > 0 else float("inf")}
+    return {
+        "state": state,
+        "wall_s": wall,
+        "creates": len(created),
+        "launch_rate": (len(created) - 1) / span if span > 0 else float("inf"),
+    }
 
 
 # --- (c) RSS while watching -----------------------------------------------------------------------
@@ -216,19 +247,35 @@ def vm_rss_mib() -> float:
 
 async def serve_fake(count: int) -> None:
     """Child process: a fake API server (kubelet off) holding `count` managed pods."""
-    defaults = pods.PodDefaults(namespace="default", worker_image="miniflow:bench",
-                                database_secret_name="miniflow-database")
+    defaults = pods.PodDefaults(
+        namespace="default", worker_image="miniflow:bench", database_secret_name="miniflow-database"
+    )
     async with FakeKube(kubelet=False, history_size=count + 1000) as fake:
         for i in range(count):
             key = AttemptKey("watched_dag", "manual__2026-01-01T00:00:00+00:00", f"task_{i}", 1)
-            spec = TaskSpec(key=key, kind="pod", fileloc="watched.py", image="busybox:1.36",
-                            cmds=["sh", "-c", "sleep 3600"])
+            spec = TaskSpec(
+                key=key,
+                kind="pod",
+                fileloc="watched.py",
+                image="busybox:1.36",
+                cmds=["sh", "-c", "sleep 3600"],
+            )
             manifest = pods.build_manifest(spec, defaults)
             pod = fake.state.create(manifest, "default")
-            pod["status"] = {"phase": "Running", "containerStatuses": [{
-                "name": pods.MAIN_CONTAINER, "ready": True, "restartCount": 0, "started": True,
-                "image": "busybox:1.36", "imageID": "",
-                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}
+            pod["status"] = {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": pods.MAIN_CONTAINER,
+                        "ready": True,
+                        "restartCount": 0,
+                        "started": True,
+                        "image": "busybox:1.36",
+                        "imageID": "",
+                        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                    }
+                ],
+            }
             fake.state.write(pod)
         print(json.dumps({"kubeconfig": str(fake.kubeconfig_path)}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -236,8 +283,12 @@ async def serve_fake(count: int) -> None:
 
 async def bench_rss(count: int) -> dict[str, Any]:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve-fake", str(count),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        __file__,
+        "--serve-fake",
+        str(count),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert child.stdout is not None
@@ -269,9 +320,14 @@ async def bench_rss(count: int) -> dict[str, Any]:
         except TimeoutError:
             child.kill()
             await child.wait()
-    return {"tracked": tracked, "list_s": synced_s, "rss_before_mib": before,
-            "rss_after_mib": after, "rss_delta_mib": after - before,
-            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "tracked": tracked,
+        "list_s": synced_s,
+        "rss_before_mib": before,
+        "rss_after_mib": after,
+        "rss_delta_mib": after - before,
+        "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -281,27 +337,34 @@ async def main(args: argparse.Namespace) -> None:
     # (c) first, while this process has not yet run anything else.
     print(f"(c) scheduler RSS while watching {args.watched} pods (fake server in a child process)")
     c = await bench_rss(args.watched)
-    print(f"    tracked {c['tracked']} pods; initial list+sync {c['list_s']:.2f}s; VmRSS "
-          f"{c['rss_before_mib']:.1f} MiB before start -> {c['rss_after_mib']:.1f} MiB watching "
-          f"(+{c['rss_delta_mib']:.1f} MiB); ru_maxrss {c['maxrss_mib']:.1f} MiB")
+    print(
+        f"    tracked {c['tracked']} pods; initial list+sync {c['list_s']:.2f}s; VmRSS "
+        f"{c['rss_before_mib']:.1f} MiB before start -> {c['rss_after_mib']:.1f} MiB watching "
+        f"(+{c['rss_delta_mib']:.1f} MiB); ru_maxrss {c['maxrss_mib']:.1f} MiB"
+    )
 
     print(f"(a) requests per task: {args.tasks}-task fan-out of Pod tasks, kubelet enabled")
     a = await bench_requests(args.tasks)
     print(f"    run {a['state']} in {a['wall_s']:.1f}s; requests by verb: {a['counts']}")
-    print(f"    create+log+delete per task: {a['per_task_create_log_delete']:.3f}  "
-          f"(all requests incl. list/watch: {a['per_task_all']:.3f}; get per task: "
-          f"{a['per_task_by_verb']['get']:.3f})")
+    print(
+        f"    create+log+delete per task: {a['per_task_create_log_delete']:.3f}  "
+        f"(all requests incl. list/watch: {a['per_task_all']:.3f}; get per task: "
+        f"{a['per_task_by_verb']['get']:.3f})"
+    )
 
     print(f"(b) launch rate: {args.tasks}-task fan-out, kubelet disabled, pods completed by script")
     samples = []
     for i in range(args.repeat):
         b = await bench_launch_rate(args.tasks)
         samples.append(b)
-        print(f"    sample {i + 1}: run {b['state']}, {b['creates']} creates, "
-              f"launch rate {b['launch_rate']:.0f} pods/s, trigger->success {b['wall_s']:.2f}s")
-    print(f"    median: {statistics.median(s['launch_rate'] for s in samples):.0f} pods/s, "
-          f"wall {statistics.median(s['wall_s'] for s in samples):.2f}s")
-
+        print(
+            f"    sample {i + 1}: run {b['state']}, {b['creates']} creates, "
+            f"launch rate {b['launch_rate']:.0f} pods/s, trigger->success {b['wall_s']:.2f}s"
+        )
+    print(
+        f"    median: {statistics.median(s['launch_rate'] for s in samples):.0f} pods/s, "
+        f"wall {statistics.median(s['wall_s'] for s in samples):.2f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,12 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
 
-PG_ADMIN_DSN = os.environ.get("MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_BASE_URL = os.environ.get("MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+PG_ADMIN_DSN = os.environ.get(
+    "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_BASE_URL = os.environ.get(
+    "MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
+)
 RUN_TIMEOUT = 180.0  # one measurement; the subprocess is killed after this + margin
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -216,7 +220,10 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
         }
         log = open(tmp / "scheduler.log", "w")
         sched = subprocess.Popen(
-            [miniflow, "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [miniflow, "scheduler"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -233,8 +240,11 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
                 time.sleep(0.2)
             t0 = time.perf_counter()
             done = subprocess.run(
-                [miniflow, "dags", "trigger", shape, "--wait"], env=env, capture_output=True,
-                text=True, timeout=RUN_TIMEOUT,
+                [miniflow, "dags", "trigger", shape, "--wait"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT,
             )
             wall = time.perf_counter() - t0
         finally:
@@ -247,7 +257,10 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
                     sched.wait()
             log.close()
     return {
-        "backend": backend, "shape": shape, "tasks": tasks, "wall": wall,
+        "backend": backend,
+        "shape": shape,
+        "tasks": tasks,
+        "wall": wall,
         "state": "success" if done.returncode == 0 else f"exit {done.returncode}",
         "errors": [done.stderr.strip()[-300:]] if done.returncode else [],
     }
@@ -294,10 +307,26 @@ async def floor(total: int, width: int) -> float:
 def run_child(mode: str, backend: str, shape: str) -> dict[str, object]:
     """One measurement in a fresh subprocess; the parent owns the database's lifetime."""
     db_name = f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, __file__, "--child", mode, "--backend", backend, "--shape", shape,
-           "--db-name", db_name]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=REPO)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--backend",
+        backend,
+        "--shape",
+        shape,
+        "--db-name",
+        db_name,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=REPO,
+    )
     try:
         out, err = proc.communicate(timeout=RUN_TIMEOUT + 90)
     except subprocess.TimeoutExpired:
@@ -308,8 +337,12 @@ def run_child(mode: str, backend: str, shape: str) -> dict[str, object]:
         if backend == "postgres":
             drop_database(db_name)
     if proc.returncode != 0:
-        return {"backend": backend, "shape": shape, "state": f"crashed ({proc.returncode})",
-                "errors": [err[-1500:]]}
+        return {
+            "backend": backend,
+            "shape": shape,
+            "state": f"crashed ({proc.returncode})",
+            "errors": [err[-1500:]],
+        }
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -356,17 +389,22 @@ def main() -> None:
                     result = run_child(mode, backend, name)
                     samples.setdefault((mode, backend, name), []).append(result)
                     wall = result.get("wall")
-                    print(f"  round {round_no + 1} {mode:6s} {backend:8s} {name:18s} "
-                          f"{result['state']:8s} "
-                          + (f"{wall:.2f} s" if isinstance(wall, float) else "")
-                          + (f"  {result['errors']}" if result.get("errors") else ""),
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  round {round_no + 1} {mode:6s} {backend:8s} {name:18s} "
+                        f"{result['state']:8s} "
+                        + (f"{wall:.2f} s" if isinstance(wall, float) else "")
+                        + (f"  {result['errors']}" if result.get("errors") else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     print(f"\nmedian of {args.repeat} (min-max); wall = trigger → run success")
     for name, values in floors.items():
         print(f"floor (posix_spawn true) {name:14s} {fmt(values, digits=3)}")
-    header = (f"{'mode':6s} {'backend':8s} {'shape':18s} {'wall':24s} {'per task':10s} "
-              f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} ok")
+    header = (
+        f"{'mode':6s} {'backend':8s} {'shape':18s} {'wall':24s} {'per task':10s} "
+        f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} ok"
+    )
     print(header)
     for (mode, backend, name), results in samples.items():
         good = [r for r in results if r.get("state") == "success"]
@@ -377,11 +415,16 @@ def main() -> None:
         cpu_child = fmt([float(r["cpu_children"]) for r in good if "cpu_children" in r])  # type: ignore[arg-type]
         rss = [float(r["maxrss_mb"]) for r in good if "maxrss_mb" in r]  # type: ignore[arg-type]
         rss_s = f"{max(rss):.0f} MB" if rss else "-"
-        print(f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
-              f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {len(good)}/{len(results)}")
+        print(
+            f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
+            f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {len(good)}/{len(results)}"
+        )
     if args.json:
-        args.json.write_text(json.dumps(
-            {"floors": floors, "samples": [s for v in samples.values() for s in v]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"floors": floors, "samples": [s for v in samples.values() for s in v]}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

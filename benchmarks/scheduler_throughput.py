@@ -55,8 +55,12 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
 
-PG_ADMIN_DSN = os.environ.get("MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_BASE_URL = os.environ.get("MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+PG_ADMIN_DSN = os.environ.get(
+    "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_BASE_URL = os.environ.get(
+    "MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
+)
 RUN_TIMEOUT = 300.0
 PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim_and_launch")
 
@@ -81,8 +85,9 @@ class Counter:
     time_by_phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     texts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
-    def on_execute(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
-                   executemany: bool) -> None:
+    def on_execute(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
         self.total += 1
         self.by_phase[self.phase] += 1
         self.texts[f"[{self.phase}] " + " ".join(statement.split())[:90]] += 1
@@ -129,7 +134,9 @@ async def measure(backend: str, tasks: int, parallelism: int, *, profile: bool =
             await schema.upgrade(engine)
             launcher = InstantLauncher()
             scheduler = Scheduler(
-                engine=engine, launcher=launcher, dags_folder=dags,
+                engine=engine,
+                launcher=launcher,
+                dags_folder=dags,
                 settings=SchedulerSettings(parallelism=parallelism, schedule_runs=False),
             )
             counter = Counter()
@@ -221,40 +228,50 @@ async def run(args: argparse.Namespace) -> None:
         for case in cases:
             s = await measure(*case)
             samples[case].append(s)
-            print(f"  round {round_no + 1} {case[0]:8s} tasks={case[1]:5d} parallelism={case[2]:5d}"
-                  f" {s.state} {s.wall:.2f} s  {case[1] / s.wall:.0f} TI/s  ticks={len(s.ticks)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  round {round_no + 1} {case[0]:8s} tasks={case[1]:5d} parallelism={case[2]:5d}"
+                f" {s.state} {s.wall:.2f} s  {case[1] / s.wall:.0f} TI/s  ticks={len(s.ticks)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     print(f"\nmedian of {args.repeat} (min-max); TI/s = tasks / (trigger → run success)")
-    print(f"{'backend':8s} {'tasks':>5s} {'par':>5s}  {'TI/s':18s} {'wall s':20s} "
-          f"{'1st launch s':12s} {'TI/s after':10s} {'CPU ms/TI':9s} {'ticks':>5s} "
-          f"{'stmts/busy tick med':>19s} {'max':>5s} {'stmts/TI':>8s}")
+    print(
+        f"{'backend':8s} {'tasks':>5s} {'par':>5s}  {'TI/s':18s} {'wall s':20s} "
+        f"{'1st launch s':12s} {'TI/s after':10s} {'CPU ms/TI':9s} {'ticks':>5s} "
+        f"{'stmts/busy tick med':>19s} {'max':>5s} {'stmts/TI':>8s}"
+    )
     for (backend, n, p), ss in samples.items():
         busy = [c for s in ss for c, launched, events in s.ticks if launched or events]
         total_stmts = statistics.median([sum(c for c, _, _ in s.ticks) for s in ss])
-        print(f"{backend:8s} {n:5d} {p:5d}  {fmt([n / s.wall for s in ss]):18s} "
-              f"{fmt([s.wall for s in ss], 2):20s} "
-              f"{statistics.median([s.first_launch for s in ss]):<12.2f} "
-              f"{statistics.median([n / (s.wall - s.first_launch) for s in ss]):<10.0f} "
-              f"{statistics.median([s.cpu / n * 1000 for s in ss]):<9.2f} "
-              f"{statistics.median([len(s.ticks) for s in ss]):5.0f} "
-              f"{statistics.median(busy):19.0f} {max(busy):5d} {total_stmts / n:8.2f}")
+        print(
+            f"{backend:8s} {n:5d} {p:5d}  {fmt([n / s.wall for s in ss]):18s} "
+            f"{fmt([s.wall for s in ss], 2):20s} "
+            f"{statistics.median([s.first_launch for s in ss]):<12.2f} "
+            f"{statistics.median([n / (s.wall - s.first_launch) for s in ss]):<10.0f} "
+            f"{statistics.median([s.cpu / n * 1000 for s in ss]):<9.2f} "
+            f"{statistics.median([len(s.ticks) for s in ss]):5.0f} "
+            f"{statistics.median(busy):19.0f} {max(busy):5d} {total_stmts / n:8.2f}"
+        )
     print("\nper phase (median sample, largest size):")
     for backend, p in [(b, p) for b in backends for p in pars]:
         ss = samples[(backend, max(sizes), p)]
         s = sorted(ss, key=lambda x: x.wall)[len(ss) // 2]
         print(f"  {backend} parallelism {p}: wall {s.wall:.2f} s")
         for phase in (*PHASES, "run_until_done poll"):
-            print(f"    {phase:24s} {s.counter.time_by_phase.get(phase, 0.0):7.3f} s "
-                  f"{s.counter.by_phase.get(phase, 0):6d} statements")
+            print(
+                f"    {phase:24s} {s.counter.time_by_phase.get(phase, 0.0):7.3f} s "
+                f"{s.counter.by_phase.get(phase, 0):6d} statements"
+            )
         if args.statements:
             for text, count in sorted(s.counter.texts.items(), key=lambda kv: -kv[1])[:25]:
                 print(f"      {count:6d}  {text}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
     parser.add_argument("--sizes", default="200,2000")
     parser.add_argument("--parallelism", default="2000,32")

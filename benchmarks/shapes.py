@@ -24,20 +24,30 @@ from miniflow import DAG, Bash, task
 
 def fanout(dag_id: str, width: int, *, max_active_tasks: int = 32, join: bool = True) -> str:
     """`start` >> `width` parallel Bash `true` tasks (>> `join` when `join`)."""
-    return HEADER + f"""
+    return (
+        HEADER
+        + f"""
 with DAG({dag_id!r}, start_date=datetime(2026, 1, 1), max_active_tasks={max_active_tasks}):
     start = Bash("start", "true")
     middle = [Bash(f"t{{i}}", "true") for i in range({width})]
     for t in middle:
         start >> t
-""" + ("""    join = Bash("join", "true")
+"""
+        + (
+            """    join = Bash("join", "true")
     for t in middle:
         t >> join
-""" if join else "")
+"""
+            if join
+            else ""
+        )
+    )
 
 
 def chain(dag_id: str, length: int, *, max_active_tasks: int = 32) -> str:
-    return HEADER + f"""
+    return (
+        HEADER
+        + f"""
 with DAG({dag_id!r}, start_date=datetime(2026, 1, 1), max_active_tasks={max_active_tasks}):
     previous = None
     for i in range({length}):
@@ -46,10 +56,13 @@ with DAG({dag_id!r}, start_date=datetime(2026, 1, 1), max_active_tasks={max_acti
             previous >> current
         previous = current
 """
+    )
 
 
 def python_fanout(dag_id: str, width: int, *, max_active_tasks: int = 32) -> str:
-    return HEADER + f"""
+    return (
+        HEADER
+        + f"""
 with DAG({dag_id!r}, start_date=datetime(2026, 1, 1), max_active_tasks={max_active_tasks}):
     def make(i):
         @task(task_id=f"p{{i}}")
@@ -60,6 +73,7 @@ with DAG({dag_id!r}, start_date=datetime(2026, 1, 1), max_active_tasks={max_acti
     for i in range({width}):
         make(i)()
 """
+    )
 
 
 # name -> (file text, number of task instances)

@@ -34,8 +34,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for the forkserver (--profile)
-PG_ADMIN_DSN = os.environ.get("MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_BASE_URL = os.environ.get("MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+PG_ADMIN_DSN = os.environ.get(
+    "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_BASE_URL = os.environ.get(
+    "MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
+)
 VENV_BIN = Path(sys.executable).parent
 DAG_ID = "startup"
 TASKS = 40
@@ -141,8 +145,18 @@ class Bench:
     async def cold(self) -> tuple[float, float]:
         task_id, try_number = await self.queue_next()
         out = self.tmp / f"{task_id}.stamp"
-        argv = [str(VENV_BIN / "miniflow-worker"), "run", "--dag-id", DAG_ID, "--run-id",
-                self.run_id, "--task-id", task_id, "--try", str(try_number)]
+        argv = [
+            str(VENV_BIN / "miniflow-worker"),
+            "run",
+            "--dag-id",
+            DAG_ID,
+            "--run-id",
+            self.run_id,
+            "--task-id",
+            task_id,
+            "--try",
+            str(try_number),
+        ]
         env = {**self.env, "MF_BENCH_OUT": str(out)}
         t0 = time.time()
         proc = await asyncio.create_subprocess_exec(
@@ -165,8 +179,9 @@ class Bench:
         task_id, try_number = await self.queue_next()
         out = self.tmp / f"{task_id}.stamp"
         key = AttemptKey(DAG_ID, self.run_id, task_id, try_number)
-        spec = TaskSpec(key=key, kind="python", fileloc="startup.py",
-                        env={"MF_BENCH_OUT": str(out)})
+        spec = TaskSpec(
+            key=key, kind="python", fileloc="startup.py", env={"MF_BENCH_OUT": str(out)}
+        )
         t0 = time.time()
         results = await launcher.launch([spec])  # type: ignore[attr-defined]
         assert results[0].handle is not None, results
@@ -236,9 +251,11 @@ async def profile_fork(backend: str) -> None:
         bench = Bench(backend, Path(tmp_name))
         await bench.setup()
         launcher = LocalLauncher(
-            state_dir=bench.tmp / "state", dags_folder=bench.dags,
+            state_dir=bench.tmp / "state",
+            dags_folder=bench.dags,
             worker_env={"MINIFLOW_DATABASE_URL": bench.url},
-            python_mode="fork", python_entry="worker_startup:profiled_entry",
+            python_mode="fork",
+            python_entry="worker_startup:profiled_entry",
         )
         try:
             await launcher.start()
@@ -246,9 +263,11 @@ async def profile_fork(backend: str) -> None:
                 up, total = await bench.forked(launcher)
                 entry = float((bench.tmp / f"p{bench.next_task - 1}.stamp.entry").read_text())
                 user = float((bench.tmp / f"p{bench.next_task - 1}.stamp").read_text())
-                print(f"forked worker {i}: user code after {up * 1000:.0f} ms (entry function "
-                      f"reached {(up - (user - entry)) * 1000:.0f} ms after launch()), "
-                      f"total {total * 1000:.0f} ms")
+                print(
+                    f"forked worker {i}: user code after {up * 1000:.0f} ms (entry function "
+                    f"reached {(up - (user - entry)) * 1000:.0f} ms after launch()), "
+                    f"total {total * 1000:.0f} ms"
+                )
             print((bench.tmp / f"p{bench.next_task - 1}.stamp.samples").read_text())
         finally:
             await launcher.close()
@@ -269,17 +288,27 @@ def fmt(values: list[float]) -> str:
 async def run(backend: str, repeat: int) -> dict[str, list[float]]:
     from miniflow.launchers.local import LocalLauncher
 
-    res: dict[str, list[float]] = {k: [] for k in (
-        "cold start→user code", "cold total", "fork start→user code", "fork total",
-        "python -c pass", "python -c 'import miniflow_worker.runner'")}
+    res: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "cold start→user code",
+            "cold total",
+            "fork start→user code",
+            "fork total",
+            "python -c pass",
+            "python -c 'import miniflow_worker.runner'",
+        )
+    }
     with tempfile.TemporaryDirectory(prefix="mf-ws-") as tmp_name:
         bench = Bench(backend, Path(tmp_name))
         await bench.setup()
         launcher = LocalLauncher(
             state_dir=bench.tmp / "state",
             dags_folder=bench.dags,
-            worker_env={"MINIFLOW_DATABASE_URL": bench.url,
-                        "MINIFLOW_STATE_DIR": str(bench.tmp / "state")},
+            worker_env={
+                "MINIFLOW_DATABASE_URL": bench.url,
+                "MINIFLOW_STATE_DIR": str(bench.tmp / "state"),
+            },
             python_mode="fork",
         )
         try:
@@ -295,7 +324,8 @@ async def run(backend: str, repeat: int) -> dict[str, list[float]]:
                 res["fork total"].append(total)
                 res["python -c pass"].append(bare_python("pass"))
                 res["python -c 'import miniflow_worker.runner'"].append(
-                    bare_python("import miniflow_worker.runner"))
+                    bare_python("import miniflow_worker.runner")
+                )
         finally:
             await launcher.close()
             await bench.teardown()
@@ -303,8 +333,9 @@ async def run(backend: str, repeat: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile a forked worker")

@@ -12,7 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.dbs import PostgresDatabases, sqlite_url
 
-pytest_plugins = ["tests.fakekube.fixtures"] if (Path(__file__).parent / "fakekube" / "fixtures.py").exists() else []
+pytest_plugins = (
+    ["tests.fakekube.fixtures"]
+    if (Path(__file__).parent / "fakekube" / "fixtures.py").exists()
+    else []
+)
 
 
 def _run_in_thread(coro: object) -> None:

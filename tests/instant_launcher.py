@@ -60,8 +60,13 @@ class InstantLauncher:
     def _finish(self, spec: TaskSpec) -> None:
         code = self.exit_code(spec)
         self._events.put_nowait(
-            AttemptExited(spec.key, f"instant:{spec.key}", code,
-                          "Completed" if code == 0 else "Error", datetime.now(UTC))
+            AttemptExited(
+                spec.key,
+                f"instant:{spec.key}",
+                code,
+                "Completed" if code == 0 else "Error",
+                datetime.now(UTC),
+            )
         )
 
     def release(self, key: AttemptKey | None = None) -> None:
@@ -80,15 +85,17 @@ class InstantLauncher:
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         self.adopted.extend(attempts)
         for key, handle in attempts:
-            self._events.put_nowait(
-                AttemptExited(key, handle, None, "Lost", datetime.now(UTC))
-            )
+            self._events.put_nowait(AttemptExited(key, handle, None, "Lost", datetime.now(UTC)))
 
     async def alive(self) -> list[AliveAttempt]:
         return [AliveAttempt(k, f"instant:{k}") for k in self.held]
 
     async def read_logs(
-        self, key: AttemptKey, handle: str | None, *, follow: bool = False,
+        self,
+        key: AttemptKey,
+        handle: str | None,
+        *,
+        follow: bool = False,
         tail_lines: int | None = None,
     ) -> AsyncIterator[str]:
         if False:

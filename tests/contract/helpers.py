@@ -45,9 +45,12 @@ async def wait_pod(
 
     async def run() -> dict[str, Any]:
         async with watch.Watch() as w:
-            async for ev in w.stream(v1.list_namespaced_pod, namespace,
-                                     field_selector=f"metadata.name={name}",
-                                     timeout_seconds=int(timeout) + 1):
+            async for ev in w.stream(
+                v1.list_namespaced_pod,
+                namespace,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=int(timeout) + 1,
+            ):
                 if ev["type"] != "BOOKMARK" and pred(ev["raw_object"]):
                     return dict(ev["raw_object"])
         raise AssertionError(f"pod {name} never satisfied the condition")

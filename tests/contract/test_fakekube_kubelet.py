@@ -32,10 +32,12 @@ def waiting_reason(o: dict[str, Any]) -> str | None:
 
 async def test_pod_lifecycle_success(v1: client.CoreV1Api) -> None:
     created = await v1.create_namespaced_pod(
-        NS, pod("ok", ["sh", "-c", "echo hello; echo oops >&2"]))
+        NS, pod("ok", ["sh", "-c", "echo hello; echo oops >&2"])
+    )
     assert created.status.phase == "Pending"
-    events = await collect(v1, resource_version=created.metadata.resource_version,
-                           until=lambda e: done(e["object"]))
+    events = await collect(
+        v1, resource_version=created.metadata.resource_version, until=lambda e: done(e["object"])
+    )
     phases = [e["object"]["status"]["phase"] for e in events]
     assert phases[-1] == "Succeeded" and "Running" in phases
     assert all(e["type"] in ("ADDED", "MODIFIED") for e in events)
@@ -46,7 +48,8 @@ async def test_pod_lifecycle_success(v1: client.CoreV1Api) -> None:
     assert st["startTime"] and st["podIP"] and running["spec"]["nodeName"]
     assert st["containerStatuses"][0]["state"]["running"]["startedAt"]
     assert {"type": "Ready", "status": "True"}.items() <= next(
-        c for c in st["conditions"] if c["type"] == "Ready").items()
+        c for c in st["conditions"] if c["type"] == "Ready"
+    ).items()
     final = events[-1]["object"]
     term = terminated(final)
     assert term is not None and term["exitCode"] == 0 and term["reason"] == "Completed"
@@ -97,15 +100,20 @@ async def test_grace_zero_removes_at_once_and_kills(
 
 
 async def test_env_and_secrets(v1: client.CoreV1Api, fake_kube: FakeKube) -> None:
-    env = [{"name": "PLAIN", "value": "p"},
-           {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
-           {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
-    await v1.create_namespaced_pod(NS, pod("env", ["sh", "-c", 'echo "$PLAIN $SECRET $POD"'],
-                                           container={"env": env}))
+    env = [
+        {"name": "PLAIN", "value": "p"},
+        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    await v1.create_namespaced_pod(
+        NS, pod("env", ["sh", "-c", 'echo "$PLAIN $SECRET $POD"'], container={"env": env})
+    )
     held = await wait_pod(v1, "env", lambda o: waiting_reason(o) == "CreateContainerConfigError")
     assert held["status"]["phase"] == "Pending"
-    assert 'secret "db" not found' in held["status"]["containerStatuses"][0]["state"][
-        "waiting"]["message"]
+    assert (
+        'secret "db" not found'
+        in held["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    )
     fake_kube.secrets[(NS, "db")] = {"pw": "s3cret"}
     await wait_pod(v1, "env", phase("Succeeded"))
     assert await v1.read_namespaced_pod_log("env", NS) == "p s3cret env\n"
@@ -113,8 +121,9 @@ async def test_env_and_secrets(v1: client.CoreV1Api, fake_kube: FakeKube) -> Non
 
 async def test_command_args_and_entrypoints(v1: client.CoreV1Api, fake_kube: FakeKube) -> None:
     fake_kube.entrypoints["tools:1"] = ["echo", "entry"]
-    await v1.create_namespaced_pod(NS, pod("ep", None, image="tools:1",
-                                           container={"args": ["arg"]}))
+    await v1.create_namespaced_pod(
+        NS, pod("ep", None, image="tools:1", container={"args": ["arg"]})
+    )
     await v1.create_namespaced_pod(NS, pod("ca", ["echo", "cmd"], container={"args": ["x"]}))
     await v1.create_namespaced_pod(NS, pod("none", None, image="unknown:1"))
     await wait_pod(v1, "ep", phase("Succeeded"))
@@ -141,8 +150,10 @@ async def test_logs_plain_tail_and_400_while_waiting(
     await wait_pod(v1, "lg", phase("Succeeded"))
     assert await v1.read_namespaced_pod_log("lg", NS, tail_lines=2) == "3\n4\n"
     assert await v1.read_namespaced_pod_log("lg", NS, container="main") == "1\n2\n3\n4\n"
-    async with aiohttp.ClientSession() as s, s.get(
-            f"{fake_kube.url}/api/v1/namespaces/{NS}/pods/lg/log") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{fake_kube.url}/api/v1/namespaces/{NS}/pods/lg/log") as r,
+    ):
         assert r.status == 200 and r.content_type == "text/plain"
     with pytest.raises(ApiException) as exc:
         await v1.read_namespaced_pod_log("lg", NS, container="other")
@@ -179,16 +190,16 @@ async def test_delay_start_fault(v1: client.CoreV1Api, fake_kube: FakeKube) -> N
     assert loop.time() - start >= 0.5
 
 
-async def test_image_pull_backoff_fault_by_label(
-    v1: client.CoreV1Api, fake_kube: FakeKube
-) -> None:
+async def test_image_pull_backoff_fault_by_label(v1: client.CoreV1Api, fake_kube: FakeKube) -> None:
     fake_kube.faults.image_pull_backoff({"pull": "broken"}, message="manifest unknown")
     await v1.create_namespaced_pod(NS, pod("good", ["true"]))
-    created = await v1.create_namespaced_pod(
-        NS, pod("bad", ["true"], labels={"pull": "broken"}))
-    events = await collect(v1, field_selector="metadata.name=bad",
-                           resource_version=created.metadata.resource_version,
-                           until=lambda e: waiting_reason(e["object"]) == "ImagePullBackOff")
+    created = await v1.create_namespaced_pod(NS, pod("bad", ["true"], labels={"pull": "broken"}))
+    events = await collect(
+        v1,
+        field_selector="metadata.name=bad",
+        resource_version=created.metadata.resource_version,
+        until=lambda e: waiting_reason(e["object"]) == "ImagePullBackOff",
+    )
     reasons = [waiting_reason(e["object"]) for e in events]
     assert "ErrImagePull" in reasons and reasons.index("ErrImagePull") < len(reasons) - 1
     msg = events[-1]["object"]["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
@@ -205,7 +216,10 @@ async def test_unschedulable_fault(v1: client.CoreV1Api, fake_kube: FakeKube) ->
     p = await wait_pod(v1, "u", lambda o: bool(o["status"].get("conditions")))
     cond = p["status"]["conditions"][0]
     assert (cond["type"], cond["status"], cond["reason"]) == (
-        "PodScheduled", "False", "Unschedulable")
+        "PodScheduled",
+        "False",
+        "Unschedulable",
+    )
     assert p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")
 
 

@@ -64,7 +64,8 @@ async def test_resource_version_bumps_and_noop_writes(
     await v1.patch_namespaced_pod("a", NS, {"metadata": {"labels": {"x": "3"}}})
     events = await collect(v1, resource_version="2", until=lambda e: True)
     assert [(e["type"], e["object"]["metadata"]["resourceVersion"]) for e in events] == [
-        ("MODIFIED", "3")]
+        ("MODIFIED", "3")
+    ]
 
 
 async def test_list_label_selectors(v1: client.CoreV1Api) -> None:
@@ -73,8 +74,9 @@ async def test_list_label_selectors(v1: client.CoreV1Api) -> None:
     await v1.create_namespaced_pod(NS, pod("c", ["true"]))
 
     async def names(sel: str) -> list[str]:
-        return [p.metadata.name for p in
-                (await v1.list_namespaced_pod(NS, label_selector=sel)).items]
+        return [
+            p.metadata.name for p in (await v1.list_namespaced_pod(NS, label_selector=sel)).items
+        ]
 
     assert await names("app=x") == ["a"]
     assert await names("app==x") == ["a"]
@@ -116,7 +118,9 @@ async def test_all_namespaces_list_and_namespace_scoping(v1: client.CoreV1Api) -
     await v1.create_namespaced_pod("ns2", pod("a", ["true"]))
     everything = await v1.list_pod_for_all_namespaces()
     assert [(p.metadata.namespace, p.metadata.name) for p in everything.items] == [
-        ("ns1", "a"), ("ns2", "a")]
+        ("ns1", "a"),
+        ("ns2", "a"),
+    ]
     assert [p.metadata.namespace for p in (await v1.list_namespaced_pod("ns2")).items] == ["ns2"]
 
 
@@ -133,18 +137,32 @@ async def test_pagination(v1: client.CoreV1Api) -> None:
 async def test_status_and_spec_are_separate(v1: client.CoreV1Api) -> None:
     await v1.create_namespaced_pod(NS, pod("a", ["true"]))
     p = await v1.patch_namespaced_pod(
-        "a", NS, {"metadata": {"labels": {"k": "v"}}, "status": {"phase": "Running"}})
+        "a", NS, {"metadata": {"labels": {"k": "v"}}, "status": {"phase": "Running"}}
+    )
     assert p.status.phase == "Pending" and p.metadata.labels == {"k": "v"}
     p = await v1.patch_namespaced_pod_status(
-        "a", NS, {"metadata": {"labels": {"k": "other"}}, "spec": {"activeDeadlineSeconds": 5},
-                  "status": {"phase": "Running"}})
+        "a",
+        NS,
+        {
+            "metadata": {"labels": {"k": "other"}},
+            "spec": {"activeDeadlineSeconds": 5},
+            "status": {"phase": "Running"},
+        },
+    )
     assert p.status.phase == "Running"
     assert p.metadata.labels == {"k": "v"} and p.spec.active_deadline_seconds is None
-    replaced = await v1.replace_namespaced_pod("a", NS, {
-        "metadata": {"name": "a", "labels": {"k": "put"}}, "spec": {
-            "restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox:1.36",
-                                                       "command": ["true"]}]},
-        "status": {"phase": "Succeeded"}})
+    replaced = await v1.replace_namespaced_pod(
+        "a",
+        NS,
+        {
+            "metadata": {"name": "a", "labels": {"k": "put"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "busybox:1.36", "command": ["true"]}],
+            },
+            "status": {"phase": "Succeeded"},
+        },
+    )
     assert replaced.status.phase == "Running" and replaced.metadata.labels == {"k": "put"}
 
 
@@ -172,8 +190,9 @@ async def test_stale_resource_version_conflicts(v1: client.CoreV1Api) -> None:
         await v1.replace_namespaced_pod_status("a", NS, stale)
     assert exc.value.status == 409
     with pytest.raises(ApiException) as exc:
-        await v1.patch_namespaced_pod("a", NS, {"metadata": {"resourceVersion": "1",
-                                                             "labels": {"k": "x"}}})
+        await v1.patch_namespaced_pod(
+            "a", NS, {"metadata": {"resourceVersion": "1", "labels": {"k": "x"}}}
+        )
     assert exc.value.status == 409
     stale["metadata"]["resourceVersion"] = "2"
     ok = await v1.replace_namespaced_pod("a", NS, stale)
@@ -182,38 +201,81 @@ async def test_stale_resource_version_conflicts(v1: client.CoreV1Api) -> None:
 
 async def test_strategic_merge_joins_by_name_and_type(v1: client.CoreV1Api) -> None:
     await v1.create_namespaced_pod(NS, pod("a", ["true"]))
-    await v1.patch_namespaced_pod_status("a", NS, {"status": {
-        "conditions": [{"type": "PodScheduled", "status": "True"},
-                       {"type": "Ready", "status": "False"}],
-        "containerStatuses": [
-            {"name": "main", "image": "i", "imageID": "", "ready": False, "restartCount": 0},
-            {"name": "side", "image": "i", "imageID": "", "ready": False, "restartCount": 0}]}})
-    p = await v1.patch_namespaced_pod_status("a", NS, {"status": {
-        "conditions": [{"type": "Ready", "status": "True"}],
-        "containerStatuses": [{"name": "side", "ready": True}]}})
+    await v1.patch_namespaced_pod_status(
+        "a",
+        NS,
+        {
+            "status": {
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "False"},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": "main",
+                        "image": "i",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                    },
+                    {
+                        "name": "side",
+                        "image": "i",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                    },
+                ],
+            }
+        },
+    )
+    p = await v1.patch_namespaced_pod_status(
+        "a",
+        NS,
+        {
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "side", "ready": True}],
+            }
+        },
+    )
     assert [(c.type, c.status) for c in p.status.conditions] == [
-        ("PodScheduled", "True"), ("Ready", "True")]
+        ("PodScheduled", "True"),
+        ("Ready", "True"),
+    ]
     assert [(c.name, c.ready, c.image) for c in p.status.container_statuses] == [
-        ("main", False, "i"), ("side", True, "i")]
+        ("main", False, "i"),
+        ("side", True, "i"),
+    ]
     # a JSON merge patch replaces lists wholesale
     p = await v1.patch_namespaced_pod_status(
-        "a", NS, {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
-        _content_type="application/merge-patch+json")
+        "a",
+        NS,
+        {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+        _content_type="application/merge-patch+json",
+    )
     assert [(c.type, c.status) for c in p.status.conditions] == [("Ready", "False")]
     # a JSON patch (list body) works too
     p = await v1.patch_namespaced_pod(
-        "a", NS, [{"op": "add", "path": "/metadata/labels", "value": {"j": "p"}}])
+        "a", NS, [{"op": "add", "path": "/metadata/labels", "value": {"j": "p"}}]
+    )
     assert p.metadata.labels == {"j": "p"}
 
 
 async def test_invalid_manifests_are_422(v1: client.CoreV1Api) -> None:
     cases = {
-        "no-image": ({"name": "ok", "spec": {"containers": [{"name": "main"}]}},
-                     "spec.containers[0].image"),
-        "bad-name": ({"name": "Bad_Name", "spec": {"containers": [
-            {"name": "main", "image": "x"}]}}, "metadata.name"),
-        "long-name": ({"name": "a" * 254, "spec": {"containers": [
-            {"name": "main", "image": "x"}]}}, "metadata.name"),
+        "no-image": (
+            {"name": "ok", "spec": {"containers": [{"name": "main"}]}},
+            "spec.containers[0].image",
+        ),
+        "bad-name": (
+            {"name": "Bad_Name", "spec": {"containers": [{"name": "main", "image": "x"}]}},
+            "metadata.name",
+        ),
+        "long-name": (
+            {"name": "a" * 254, "spec": {"containers": [{"name": "main", "image": "x"}]}},
+            "metadata.name",
+        ),
         "no-containers": ({"name": "ok", "spec": {"containers": []}}, "spec.containers"),
     }
     for case, (manifest, field) in cases.items():
@@ -223,16 +285,23 @@ async def test_invalid_manifests_are_422(v1: client.CoreV1Api) -> None:
         assert exc.value.status == 422, case
         b = body(exc.value)
         assert (b["kind"], b["status"], b["reason"], b["code"]) == (
-            "Status", "Failure", "Invalid", 422), case
+            "Status",
+            "Failure",
+            "Invalid",
+            422,
+        ), case
         assert field in [c["field"] for c in b["details"]["causes"]], case
         assert field in b["message"], case
     assert (await v1.list_namespaced_pod(NS)).items == []
 
 
 async def test_not_found_and_already_exists(v1: client.CoreV1Api) -> None:
-    for call in (v1.read_namespaced_pod("nope", NS), v1.delete_namespaced_pod("nope", NS),
-                 v1.patch_namespaced_pod("nope", NS, {"metadata": {"labels": {"a": "b"}}}),
-                 v1.read_namespaced_pod_log("nope", NS)):
+    for call in (
+        v1.read_namespaced_pod("nope", NS),
+        v1.delete_namespaced_pod("nope", NS),
+        v1.patch_namespaced_pod("nope", NS, {"metadata": {"labels": {"a": "b"}}}),
+        v1.read_namespaced_pod_log("nope", NS),
+    ):
         with pytest.raises(ApiException) as exc:
             await call
         assert exc.value.status == 404
@@ -255,13 +324,15 @@ async def test_delete_not_running_pod_is_immediate(
     assert fake_kube.state.get("a") is None
     events = await collect(v1, resource_version="1", until=lambda e: e["type"] == "DELETED")
     assert [(e["type"], e["object"]["metadata"]["resourceVersion"]) for e in events] == [
-        ("DELETED", "2")]
+        ("DELETED", "2")
+    ]
 
 
 async def test_kubeconfig_and_request_log(fake_kube: FakeKube) -> None:
     cfg = client.Configuration()
-    await config.load_kube_config(config_file=str(fake_kube.kubeconfig_path), context="fake",
-                                  client_configuration=cfg)
+    await config.load_kube_config(
+        config_file=str(fake_kube.kubeconfig_path), context="fake", client_configuration=cfg
+    )
     async with client.ApiClient(cfg) as api:
         v1 = client.CoreV1Api(api)
         await v1.create_namespaced_pod(NS, pod("a", ["true"]))
@@ -270,7 +341,12 @@ async def test_kubeconfig_and_request_log(fake_kube: FakeKube) -> None:
         await v1.patch_namespaced_pod("a", NS, {"metadata": {"labels": {"a": "b"}}})
         await v1.delete_namespaced_pod("a", NS)
     counts = fake_kube.requests.counts()
-    assert (counts["create"], counts["list"], counts["get"], counts["patch"],
-            counts["delete"]) == (1, 1, 1, 1, 1)
+    assert (counts["create"], counts["list"], counts["get"], counts["patch"], counts["delete"]) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
     assert fake_kube.requests.counts("watch") == 0
     assert fake_kube.requests[0].method == "POST" and fake_kube.requests[0].status == 201

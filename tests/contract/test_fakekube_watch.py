@@ -28,8 +28,14 @@ async def v1(fake_kube: FakeKube) -> client.CoreV1Api:
 
 
 def summary(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    return [(e["type"], e["object"]["metadata"].get("name", ""),
-             e["object"]["metadata"]["resourceVersion"]) for e in events]
+    return [
+        (
+            e["type"],
+            e["object"]["metadata"].get("name", ""),
+            e["object"]["metadata"]["resourceVersion"],
+        )
+        for e in events
+    ]
 
 
 async def test_watch_without_version_lists_then_streams(v1: client.CoreV1Api) -> None:
@@ -53,10 +59,15 @@ async def test_replay_from_version_is_exact(v1: client.CoreV1Api) -> None:
     await v1.patch_namespaced_pod("a", NS, {"metadata": {"labels": {"x": "1"}}})  # rv 3
     await v1.delete_namespaced_pod("b", NS)  # rv 4
     await v1.create_namespaced_pod(NS, pod("c", ["true"]))  # rv 5
-    events = await collect(v1, resource_version="1",
-                           until=lambda e: e["object"]["metadata"]["name"] == "c")
-    assert summary(events) == [("ADDED", "b", "2"), ("MODIFIED", "a", "3"),
-                               ("DELETED", "b", "4"), ("ADDED", "c", "5")]
+    events = await collect(
+        v1, resource_version="1", until=lambda e: e["object"]["metadata"]["name"] == "c"
+    )
+    assert summary(events) == [
+        ("ADDED", "b", "2"),
+        ("MODIFIED", "a", "3"),
+        ("DELETED", "b", "4"),
+        ("ADDED", "c", "5"),
+    ]
     events = await collect(v1, resource_version="4", until=lambda e: True)
     assert summary(events) == [("ADDED", "c", "5")]
 
@@ -71,8 +82,11 @@ async def test_concurrent_writes_no_gaps_no_duplicates(v1: client.CoreV1Api) -> 
     task = asyncio.create_task(writer())
     await asyncio.sleep(0.02)
     lst = await v1.list_namespaced_pod(NS)
-    events = await collect(v1, resource_version=lst.metadata.resource_version,
-                           until=lambda e: e["object"]["metadata"]["labels"].get("i") == "29")
+    events = await collect(
+        v1,
+        resource_version=lst.metadata.resource_version,
+        until=lambda e: e["object"]["metadata"]["labels"].get("i") == "29",
+    )
     await task
     rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
     assert rvs == list(range(int(lst.metadata.resource_version) + 1, 32))
@@ -88,15 +102,19 @@ async def test_too_old_version_gets_410_error_event(make_fake_kube: Any) -> None
     assert summary(events)[0] == ("ADDED", "d", "4")
     with pytest.raises(ApiException) as exc:
         async with watch.Watch() as w:
-            async for _ in w.stream(v1.list_namespaced_pod, NS, resource_version="2",
-                                    timeout_seconds=5):
+            async for _ in w.stream(
+                v1.list_namespaced_pod, NS, resource_version="2", timeout_seconds=5
+            ):
                 pytest.fail("no event may precede the error")
     assert exc.value.status == 410 and "Expired" in exc.value.reason
     # at the HTTP level: 200 with exactly one ERROR line, then EOF
-    async with aiohttp.ClientSession() as s, s.get(
-        f"{fk.url}/api/v1/namespaces/{NS}/pods",
-        params={"watch": "1", "resourceVersion": "1"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"{fk.url}/api/v1/namespaces/{NS}/pods",
+            params={"watch": "1", "resourceVersion": "1"},
+        ) as r,
+    ):
         assert r.status == 200
         lines = (await r.text()).splitlines()
     assert len(lines) == 1
@@ -117,9 +135,10 @@ async def test_timeout_seconds_ends_stream_cleanly(v1: client.CoreV1Api) -> None
 @pytest.mark.parametrize("flag", ["true", "True", "1"])
 async def test_watch_flag_spellings(fake_kube: FakeKube, v1: client.CoreV1Api, flag: str) -> None:
     await v1.create_namespaced_pod(NS, pod("a", ["true"]))
-    async with aiohttp.ClientSession() as s, s.get(
-        f"{fake_kube.url}/api/v1/pods", params={"watch": flag, "timeoutSeconds": "5"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{fake_kube.url}/api/v1/pods", params={"watch": flag, "timeoutSeconds": "5"}) as r,
+    ):
         assert r.status == 200 and r.content_type == "application/json"
         line = await asyncio.wait_for(r.content.readline(), 5)
     assert json.loads(line)["type"] == "ADDED"
@@ -128,16 +147,28 @@ async def test_watch_flag_spellings(fake_kube: FakeKube, v1: client.CoreV1Api, f
 async def test_bookmarks_periodic_and_at_end(v1: client.CoreV1Api) -> None:
     await v1.create_namespaced_pod(NS, pod("a", ["true"]))
     async with watch.Watch() as w:
-        events = [e async for e in w.stream(v1.list_namespaced_pod, NS, resource_version="1",
-                                            allow_watch_bookmarks=True, timeout_seconds=1)]
+        events = [
+            e
+            async for e in w.stream(
+                v1.list_namespaced_pod,
+                NS,
+                resource_version="1",
+                allow_watch_bookmarks=True,
+                timeout_seconds=1,
+            )
+        ]
         assert w.resource_version == "1"
     types = [e["type"] for e in events]
     assert types.count("BOOKMARK") >= 3 and types[-1] == "BOOKMARK"
     bm = events[-1]["raw_object"]
     assert bm == {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}}
     async with watch.Watch() as w:
-        events = [e async for e in w.stream(v1.list_namespaced_pod, NS, resource_version="1",
-                                            timeout_seconds=1)]
+        events = [
+            e
+            async for e in w.stream(
+                v1.list_namespaced_pod, NS, resource_version="1", timeout_seconds=1
+            )
+        ]
     assert events == []  # no bookmarks unless asked for
 
 
@@ -154,13 +185,19 @@ async def test_label_selected_watch_sees_move_in_and_move_out(v1: client.CoreV1A
         await v1.delete_namespaced_pod("b", NS)
 
     task = asyncio.create_task(writes())
-    events = await collect(v1, label_selector="team=x",
-                           until=lambda e: e["type"] == "DELETED" and
-                           e["object"]["metadata"]["name"] == "b")
+    events = await collect(
+        v1,
+        label_selector="team=x",
+        until=lambda e: e["type"] == "DELETED" and e["object"]["metadata"]["name"] == "b",
+    )
     await task
-    assert summary(events) == [("ADDED", "a", "1"), ("DELETED", "a", "3"),
-                               ("ADDED", "b", "4"), ("MODIFIED", "b", "5"),
-                               ("DELETED", "b", "7")]
+    assert summary(events) == [
+        ("ADDED", "a", "1"),
+        ("DELETED", "a", "3"),
+        ("ADDED", "b", "4"),
+        ("MODIFIED", "b", "5"),
+        ("DELETED", "b", "7"),
+    ]
     assert events[1]["object"]["metadata"]["labels"]["team"] == "y"  # the new state
 
 
@@ -188,8 +225,13 @@ async def test_drop_watches_ends_streams_and_client_resumes(
     async def consume() -> None:
         async with watch.Watch() as w:  # no timeout_seconds: the client reconnects itself
             async for e in w.stream(v1.list_namespaced_pod, NS):
-                seen.append((e["type"], e["raw_object"]["metadata"]["name"],
-                             e["raw_object"]["metadata"]["resourceVersion"]))
+                seen.append(
+                    (
+                        e["type"],
+                        e["raw_object"]["metadata"]["name"],
+                        e["raw_object"]["metadata"]["resourceVersion"],
+                    )
+                )
                 got_a.set()
                 if e["raw_object"]["metadata"]["name"] == "c":
                     return

@@ -50,7 +50,12 @@ def run_cli(
     args: Sequence[str], env: dict[str, str], *, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [MINIFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        [MINIFLOW, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
         check=False,
     )
 
@@ -59,7 +64,10 @@ def spawn_cli(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess
     """A long-running `miniflow` process in its own process group, output to `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [MINIFLOW, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+            [MINIFLOW, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

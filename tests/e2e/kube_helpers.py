@@ -79,9 +79,7 @@ class KubeRun:
 
     async def trigger(self, dag_id: str) -> str:
         async with store_engine.transaction(self.scheduler.sessions) as session:
-            return await trigger_mod.trigger(
-                session, dag_id, conf_json=None, now=datetime.now(UTC)
-            )
+            return await trigger_mod.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
 
     async def run(self, dag_id: str, timeout: float = RUN_TIMEOUT) -> tuple[str, str]:
         run_id = await self.trigger(dag_id)
@@ -110,8 +108,11 @@ async def kube_scheduler(
         launcher=launcher,
         dags_folder=dags_folder,
         settings=SchedulerSettings(
-            parallelism=64, schedule_runs=False, idle_wait=0.05,
-            run_check_interval=0.05, full_sweep_interval=0.2,
+            parallelism=64,
+            schedule_runs=False,
+            idle_wait=0.05,
+            run_check_interval=0.05,
+            full_sweep_interval=0.2,
         ),
     )
     try:
@@ -195,8 +196,14 @@ class PodAudit:
         out: Counter[tuple[str, str, str, str]] = Counter()
         for p in self.added:
             a = p["metadata"].get("annotations") or {}
-            out[(a.get("miniflow/dag-id", ""), a.get("miniflow/run-id", ""),
-                 a.get("miniflow/task-id", ""), a.get("miniflow/try-number", ""))] += 1
+            out[
+                (
+                    a.get("miniflow/dag-id", ""),
+                    a.get("miniflow/run-id", ""),
+                    a.get("miniflow/task-id", ""),
+                    a.get("miniflow/try-number", ""),
+                )
+            ] += 1
         return out
 
 

@@ -217,7 +217,9 @@ async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> Non
             return {r.task_id: (r.state, r.try_number) for r in rows}
 
         assert await tis() == {
-            "hello": ("success", 1), "flaky": ("success", 2), "bye": ("success", 1)
+            "hello": ("success", 1),
+            "flaky": ("success", 2),
+            "bye": ("success", 1),
         }
         cleared = cli("tasks", "clear", "good", run_id, "flaky", "--downstream").stdout
         assert "flaky" in cleared and "bye" in cleared and "hello" not in cleared
@@ -228,7 +230,9 @@ async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> Non
 
         await until(rerun_done, 60, "the cleared tasks to run again")
         assert await tis() == {
-            "hello": ("success", 1), "flaky": ("success", 3), "bye": ("success", 2)
+            "hello": ("success", 1),
+            "flaky": ("success", 3),
+            "bye": ("success", 2),
         }
         assert (await query(cli.db_url, store_runs.get_run, "good", run_id)).state == "success"
         assert "bye" in cli("tasks", "logs", "good", run_id, "bye", "--try", "2").stdout

@@ -46,8 +46,13 @@ async def _dags_test(dag_id: str, tmp_path: Path) -> tuple[str, int, str]:
     state = tmp_path / dag_id
     env = cli_env(f"sqlite+aiosqlite:///{state / 'miniflow.db'}", EXAMPLES, state)
     proc = await asyncio.create_subprocess_exec(
-        MINIFLOW, "dags", "test", dag_id, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        MINIFLOW,
+        "dags",
+        "test",
+        dag_id,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 100)
@@ -73,8 +78,9 @@ def test_standalone_trigger_all_exit_when_done(tmp_path: Path) -> None:
     """The README's embedded default: SQLite + local processes + the example DAGs."""
     env = cli_env("", EXAMPLES, tmp_path / "state")
     del env["MINIFLOW_DATABASE_URL"], env["MINIFLOW_DAGS_FOLDER"]  # the defaults
-    result = run_cli(["standalone", "--trigger-all", "--exit-when-done"], env, timeout=110,
-                     cwd=tmp_path)
+    result = run_cli(
+        ["standalone", "--trigger-all", "--exit-when-done"], env, timeout=110, cwd=tmp_path
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "succeeded" in output

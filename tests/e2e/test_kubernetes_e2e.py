@@ -54,7 +54,10 @@ def examples(tmp_path: Path) -> Path:
 
 def pod_dag(folder: Path, dag_id: str, body: str) -> Path:
     """A DAG file of Pod tasks (`sh` runs on this host under the fake kubelet)."""
-    return write_dag(folder, f"{dag_id}.py", f"""
+    return write_dag(
+        folder,
+        f"{dag_id}.py",
+        f"""
         from datetime import datetime, timedelta
         from miniflow import DAG, Pod
 
@@ -63,7 +66,8 @@ def pod_dag(folder: Path, dag_id: str, body: str) -> Path:
 
         with DAG("{dag_id}", start_date=datetime(2026, 1, 1)):
         {body}
-        """)
+        """,
+    )
 
 
 # --- 1. the example DAGs ----------------------------------------------------------------------
@@ -74,8 +78,9 @@ async def test_example_dags_run_on_the_cluster(
 ) -> None:
     audit = PodAudit(fake_kube)
     async with kube_scheduler(fake_kube, pg_url, examples) as kube:
-        runs = {d: await kube.trigger(d)
-                for d in ("example_etl", "example_fanout", "example_retries")}
+        runs = {
+            d: await kube.trigger(d) for d in ("example_etl", "example_fanout", "example_retries")
+        }
         for dag_id, run_id in runs.items():
             state = await kube.scheduler.run_until_done(dag_id, run_id, timeout=60)
             tis = await kube.tis(dag_id, run_id)
@@ -103,7 +108,9 @@ async def test_example_dags_run_on_the_cluster(
             assert command[command.index("--try") + 1] == str(a.try_number)
             env = {e["name"]: e for e in manifests[a.handle]["spec"]["containers"][0]["env"]}
             assert env["MINIFLOW_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
-                "name": SECRET, "key": "url"}
+                "name": SECRET,
+                "key": "url",
+            }
         assert a.ended_at is not None
     assert sum(1 for a in attempts if a.task_id == "load") == 1
 
@@ -139,13 +146,17 @@ async def test_exit_codes_oom_retry_timeout_and_image_pull(
     fake_kube: FakeKube, pg_url: str, tmp_path: Path
 ) -> None:
     dags = tmp_path / "dags"
-    pod_dag(dags, "reasons", """
+    pod_dag(
+        dags,
+        "reasons",
+        """
             sh("exit3", "echo failing; exit 3")
             sh("oom", "test {{ try_number }} -ge 2 || sleep 30", retries=1,
                retry_delay=timedelta(seconds=0))
             sh("slow", "sleep 30", timeout=timedelta(seconds=1))
             Pod("nopull", image="registry.invalid/never:1", command=["true"])
-    """)
+    """,
+    )
     fake_kube.faults.image_pull_backoff(match={"miniflow/task-id": "nopull"})
     audit = PodAudit(fake_kube)
     oom_running = audit.when(running("oom", 1))
@@ -163,7 +174,11 @@ async def test_exit_codes_oom_retry_timeout_and_image_pull(
 
     assert state == "failed"
     assert {t: ti.state for t, ti in tis.items()} == {
-        "exit3": "failed", "oom": "success", "slow": "failed", "nopull": "failed"}
+        "exit3": "failed",
+        "oom": "success",
+        "slow": "failed",
+        "nopull": "failed",
+    }
 
     exit3 = attempts[("exit3", 1)]
     assert (exit3.state, exit3.exit_code, exit3.reason) == ("failed", 3, "Error")
@@ -310,8 +325,13 @@ async def test_cli_dags_test_on_the_cluster(
     env.update(MINIFLOW_STATE_DIR=str(tmp_path / "state"), COLUMNS="200", NO_COLOR="1")
     # The fake API server lives on this event loop: the CLI must run without blocking it.
     proc = await asyncio.create_subprocess_exec(
-        MINIFLOW, "dags", "test", "example_fanout", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        MINIFLOW,
+        "dags",
+        "test",
+        "example_fanout",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 90)

@@ -62,16 +62,25 @@ async def local_scheduler(
     db_url: str, tmp_path: Path, *, parallelism: int = 32
 ) -> AsyncIterator[Local]:
     config = load_config(
-        environ={}, database_url=db_url, dags_folder=tmp_path / "dags",
-        state_dir=tmp_path / "state", kill_grace_period=1.0, parallelism=parallelism,
+        environ={},
+        database_url=db_url,
+        dags_folder=tmp_path / "dags",
+        state_dir=tmp_path / "state",
+        kill_grace_period=1.0,
+        parallelism=parallelism,
     )
     engine = store_engine.create_engine(db_url)
     launcher = runtime.make_launcher(config)
     scheduler = Scheduler(
-        engine=engine, launcher=launcher, dags_folder=config.dags_folder,
+        engine=engine,
+        launcher=launcher,
+        dags_folder=config.dags_folder,
         settings=SchedulerSettings(
-            parallelism=parallelism, schedule_runs=False, idle_wait=0.05,
-            run_check_interval=0.1, full_sweep_interval=0.2,
+            parallelism=parallelism,
+            schedule_runs=False,
+            idle_wait=0.05,
+            run_check_interval=0.1,
+            full_sweep_interval=0.2,
         ),
     )
     try:
@@ -85,7 +94,10 @@ async def local_scheduler(
 
 
 async def test_fan_out_fan_in(db_url: str, tmp_path: Path) -> None:
-    write_dag(tmp_path / "dags", "fan.py", """
+    write_dag(
+        tmp_path / "dags",
+        "fan.py",
+        """
         from datetime import datetime
         from miniflow import DAG, Bash
 
@@ -94,7 +106,8 @@ async def test_fan_out_fan_in(db_url: str, tmp_path: Path) -> None:
             join = Bash("join", "echo joined")
             for i in range(4):
                 start >> Bash(f"p{i}", f"echo part {i}") >> join
-    """)
+    """,
+    )
     async with local_scheduler(db_url, tmp_path) as local:
         run_id, state = await local.run("fan")
         tis = await local.tis("fan", run_id)
@@ -110,14 +123,18 @@ async def test_fan_out_fan_in(db_url: str, tmp_path: Path) -> None:
 
 
 async def test_bash_retries_until_success(db_url: str, tmp_path: Path) -> None:
-    write_dag(tmp_path / "dags", "flaky.py", """
+    write_dag(
+        tmp_path / "dags",
+        "flaky.py",
+        """
         from datetime import datetime, timedelta
         from miniflow import DAG, Bash
 
         with DAG("flaky", start_date=datetime(2026, 1, 1)):
             Bash("flaky", 'echo "try {{ try_number }}"; test {{ try_number }} -ge 3',
                  retries=3, retry_delay=timedelta(seconds=0.2))
-    """)
+    """,
+    )
     async with local_scheduler(db_url, tmp_path) as local:
         run_id, state = await local.run("flaky")
         ti = (await local.tis("flaky", run_id))["flaky"]
@@ -125,7 +142,9 @@ async def test_bash_retries_until_success(db_url: str, tmp_path: Path) -> None:
     assert state == "success"
     assert (ti.state, ti.try_number) == ("success", 3)
     assert [(a.try_number, a.exit_code, a.state) for a in attempts] == [
-        (1, 1, "up_for_retry"), (2, 1, "up_for_retry"), (3, 0, "success"),
+        (1, 1, "up_for_retry"),
+        (2, 1, "up_for_retry"),
+        (3, 0, "success"),
     ]
     assert [(a.log_tail or "").strip() for a in attempts] == ["try 1", "try 2", "try 3"]
     # the back-off was respected between tries
@@ -134,13 +153,17 @@ async def test_bash_retries_until_success(db_url: str, tmp_path: Path) -> None:
 
 
 async def test_timeout_kills_a_sleeping_task(db_url: str, tmp_path: Path) -> None:
-    write_dag(tmp_path / "dags", "slow.py", """
+    write_dag(
+        tmp_path / "dags",
+        "slow.py",
+        """
         from datetime import datetime, timedelta
         from miniflow import DAG, Bash
 
         with DAG("slow", start_date=datetime(2026, 1, 1)):
             Bash("sleepy", "sleep 30", timeout=timedelta(seconds=1))
-    """)
+    """,
+    )
     async with local_scheduler(db_url, tmp_path) as local:
         began = time.monotonic()
         run_id, state = await local.run("slow")
@@ -157,7 +180,10 @@ async def test_timeout_kills_a_sleeping_task(db_url: str, tmp_path: Path) -> Non
 
 
 async def test_python_etl_passes_results(db_url: str, tmp_path: Path) -> None:
-    write_dag(tmp_path / "dags", "etl.py", """
+    write_dag(
+        tmp_path / "dags",
+        "etl.py",
+        """
         from datetime import datetime
         from miniflow import DAG, Bash, task
 
@@ -177,7 +203,8 @@ async def test_python_etl_passes_results(db_url: str, tmp_path: Path) -> None:
 
             done = Bash("done", "echo finished")
             load(transform(extract(4)), label="squares") >> done
-    """)
+    """,
+    )
     async with local_scheduler(db_url, tmp_path) as local:
         run_id, state = await local.run("etl")
         tis = await local.tis("etl", run_id)
@@ -192,14 +219,18 @@ async def test_python_etl_passes_results(db_url: str, tmp_path: Path) -> None:
 
 
 async def test_parallelism_never_exceeded_by_real_processes(db_url: str, tmp_path: Path) -> None:
-    write_dag(tmp_path / "dags", "wide.py", """
+    write_dag(
+        tmp_path / "dags",
+        "wide.py",
+        """
         from datetime import datetime
         from miniflow import DAG, Bash
 
         with DAG("wide", start_date=datetime(2026, 1, 1)):
             for i in range(10):
                 Bash(f"t{i}", "sleep 0.3")
-    """)
+    """,
+    )
     async with local_scheduler(db_url, tmp_path, parallelism=3) as local:
         run_id, state = await local.run("wide")
         attempts = await local.attempts("wide", run_id)

@@ -102,9 +102,7 @@ def bad_request(message: str) -> ApiError:
 
 def invalid(name: str, causes: list[dict[str, str]]) -> ApiError:
     parts = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
-    return ApiError(
-        422, "Invalid", f'Pod "{name}" is invalid: {parts}', name=name, causes=causes
-    )
+    return ApiError(422, "Invalid", f'Pod "{name}" is invalid: {parts}', name=name, causes=causes)
 
 
 def expired(message: str) -> dict[str, Any]:

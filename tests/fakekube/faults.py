@@ -94,14 +94,18 @@ class Faults:
     def image_pull_backoff(self, match: PodMatch = None, message: str | None = None) -> None:
         """Keep matching pods Pending: waiting ErrImagePull, then ImagePullBackOff."""
         self.image_pull.append(
-            (match, message or 'Back-off pulling image: rpc error: manifest unknown')
+            (match, message or "Back-off pulling image: rpc error: manifest unknown")
         )
 
     def unschedulable(self, match: PodMatch = None, message: str | None = None) -> None:
         """Keep matching pods Pending with condition PodScheduled=False/Unschedulable."""
         self.unschedulable_rules.append(
-            (match, message or "0/1 nodes are available: 1 Insufficient cpu. preemption: "
-             "0/1 nodes are available: 1 No preemption victims found for incoming pod.")
+            (
+                match,
+                message
+                or "0/1 nodes are available: 1 Insufficient cpu. preemption: "
+                "0/1 nodes are available: 1 No preemption victims found for incoming pod.",
+            )
         )
 
     def image_pull_message(self, pod: dict[str, Any]) -> str | None:
@@ -162,16 +166,23 @@ class Faults:
             if rule.remaining > 0 and (rule.verb is None or rule.verb == verb):
                 rule.remaining -= 1
                 if rule.code == 429:
-                    raise ApiError(429, "TooManyRequests",
-                                   "Too many requests, please try again later.",
-                                   retry_after=rule.retry_after)
-                raise ApiError(rule.code, "InternalError",
-                               "Internal error occurred: injected fault")
+                    raise ApiError(
+                        429,
+                        "TooManyRequests",
+                        "Too many requests, please try again later.",
+                        retry_after=rule.retry_after,
+                    )
+                raise ApiError(
+                    rule.code, "InternalError", "Internal error occurred: injected fault"
+                )
         self._fail_rules = [r for r in self._fail_rules if r.remaining > 0]
 
     def check_create(self, name: str) -> None:
         """Raise 403 Forbidden for a pod create if ``forbid_creates`` is on."""
         if self.forbid_create_message is not None:
-            raise ApiError(403, "Forbidden",
-                           f'pods "{name or ""}" is forbidden: {self.forbid_create_message}',
-                           name=name)
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'pods "{name or ""}" is forbidden: {self.forbid_create_message}',
+                name=name,
+            )

@@ -51,11 +51,18 @@ class FakeKube:
         self.kubelet: Kubelet | None = None
         if kubelet:
             self.kubelet = Kubelet(
-                self.state, self.faults, secrets=secrets, configmaps=configmaps,
-                entrypoints=entrypoints, base_env=base_env, poll_interval=poll_interval)
+                self.state,
+                self.faults,
+                secrets=secrets,
+                configmaps=configmaps,
+                entrypoints=entrypoints,
+                base_env=base_env,
+                poll_interval=poll_interval,
+            )
             self.faults.kubelet = self.kubelet
-        self.api = ApiServer(self.state, self.faults, self.kubelet, self.requests,
-                             bookmark_interval)
+        self.api = ApiServer(
+            self.state, self.faults, self.kubelet, self.requests, bookmark_interval
+        )
         self.url = ""
         self.kubeconfig_path = self.tmp_path / "kubeconfig"
         self._runner: web.AppRunner | None = None
@@ -74,8 +81,7 @@ class FakeKube:
     async def start(self) -> FakeKube:
         if self.kubelet is not None:
             self.kubelet.start()
-        self._runner = web.AppRunner(self.api.app(), shutdown_timeout=2.0,
-                                     access_log=None)
+        self._runner = web.AppRunner(self.api.app(), shutdown_timeout=2.0, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -92,8 +98,12 @@ class FakeKube:
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
-                                                      "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": "default"},
+                }
+            ],
             "current-context": "fake",
         }
         self.kubeconfig_path.write_text(json.dumps(cfg, indent=2))

@@ -96,8 +96,9 @@ class Kubelet:
         self.secrets = secrets if secrets is not None else {}
         self.configmaps = configmaps if configmaps is not None else {}
         self.entrypoints = entrypoints if entrypoints is not None else {}
-        self.base_env = base_env if base_env is not None else {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        self.base_env = (
+            base_env if base_env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        )
         self.node_name, self.poll = node_name, poll_interval
         self.runs: dict[Key, PodRun] = {}
         self._live: set[PodRun] = set()  # runs whose task has not finished yet
@@ -128,9 +129,17 @@ class Kubelet:
         elif reason == "Evicted" and run.task is not None and not run.done.is_set():
             run.task.cancel()
             await asyncio.wait([run.task])
-            self._write(run, lambda p: podstatus.terminated(
-                p, 137, "ContainerStatusUnknown", phase="Failed",
-                pod_reason="Evicted", pod_message=message))
+            self._write(
+                run,
+                lambda p: podstatus.terminated(
+                    p,
+                    137,
+                    "ContainerStatusUnknown",
+                    phase="Failed",
+                    pod_reason="Evicted",
+                    pod_message=message,
+                ),
+            )
         else:
             raise RuntimeError(f"pod {namespace}/{name} is not running")
         await asyncio.wait_for(run.done.wait(), 30)
@@ -193,8 +202,12 @@ class Kubelet:
         fn(pod)
         return self.store.write(pod)
 
-    async def _hold(self, run: PodRun, check: Callable[[Obj], str | None],
-                    apply: Callable[[Obj, str, int], None]) -> Obj | None:
+    async def _hold(
+        self,
+        run: PodRun,
+        check: Callable[[Obj], str | None],
+        apply: Callable[[Obj, str, int], None],
+    ) -> Obj | None:
         """While *check* says so, keep writing *apply* and polling; return the pod."""
         n = 0
         while True:
@@ -221,23 +234,30 @@ class Kubelet:
     async def _lifecycle(self, run: PodRun) -> None:
         if self.faults.start_delay > 0:
             await asyncio.sleep(self.faults.start_delay)
-        pod = await self._hold(run, self.faults.unschedulable_message,
-                               lambda p, m, i: podstatus.unschedulable(p, m))
+        pod = await self._hold(
+            run, self.faults.unschedulable_message, lambda p, m, i: podstatus.unschedulable(p, m)
+        )
         if pod is None:
             return
         self._ips += 1
         ip = f"10.244.0.{self._ips % 250 + 2}"
         self._write(run, lambda p: podstatus.scheduled(p, self.node_name, "192.168.49.2"))
-        pod = await self._hold(run, self.faults.image_pull_message, lambda p, m, i: (
-            podstatus.waiting(p, "ErrImagePull" if i == 0 else "ImagePullBackOff", m)))
+        pod = await self._hold(
+            run,
+            self.faults.image_pull_message,
+            lambda p, m, i: podstatus.waiting(
+                p, "ErrImagePull" if i == 0 else "ImagePullBackOff", m
+            ),
+        )
         if pod is None:
             return
         env: dict[str, str] | None = None
         while env is None:
             env, err = self._resolve_env(pod)
             if err is not None:
-                self._write(run, lambda p, m=err: podstatus.waiting(
-                    p, "CreateContainerConfigError", m))
+                self._write(
+                    run, lambda p, m=err: podstatus.waiting(p, "CreateContainerConfigError", m)
+                )
                 await asyncio.sleep(self.poll)
                 if (pod := self._pod(run)) is None:
                     return
@@ -248,9 +268,14 @@ class Kubelet:
         run.spawning = True
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, cwd=self._cwd(pod))
+                *argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self._cwd(pod),
+            )
         except OSError as exc:
             self._cannot_run(run, f"failed to start container: {exc}")
             return
@@ -266,9 +291,14 @@ class Kubelet:
             self._terminate(run, int(pod["metadata"].get("deletionGracePeriodSeconds") or 0))
         deadline = (pod or {}).get("spec", {}).get("activeDeadlineSeconds")
         if deadline is not None:
-            run.timers.append(asyncio.get_running_loop().call_later(
-                float(deadline), self._deadline, run,
-                float((pod or {})["spec"].get("terminationGracePeriodSeconds", 30))))
+            run.timers.append(
+                asyncio.get_running_loop().call_later(
+                    float(deadline),
+                    self._deadline,
+                    run,
+                    float((pod or {})["spec"].get("terminationGracePeriodSeconds", 30)),
+                )
+            )
         rc = await proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the container ends: so do its children
@@ -290,16 +320,29 @@ class Kubelet:
         elif run.kill_reason in ("Evicted", "DeadlineExceeded"):
             pod_reason, pod_message = run.kill_reason, run.kill_message
         phase = "Succeeded" if code == 0 and pod_reason is None else "Failed"
-        pod = self._write(run, lambda p: podstatus.terminated(
-            p, code, reason, phase=phase, cid=cid, pod_reason=pod_reason,
-            pod_message=pod_message))
+        pod = self._write(
+            run,
+            lambda p: podstatus.terminated(
+                p,
+                code,
+                reason,
+                phase=phase,
+                cid=cid,
+                pod_reason=pod_reason,
+                pod_message=pod_message,
+            ),
+        )
         if pod is not None and pod["metadata"].get("deletionTimestamp"):
             self.store.remove(run.key[1], run.key[0])
 
     def _cannot_run(self, run: PodRun, message: str) -> None:
         run.started = True
-        self._write(run, lambda p: podstatus.terminated(
-            p, 128, "ContainerCannotRun", phase="Failed", message=message))
+        self._write(
+            run,
+            lambda p: podstatus.terminated(
+                p, 128, "ContainerCannotRun", phase="Failed", message=message
+            ),
+        )
         pod = self._pod(run)
         if pod is not None and pod["metadata"].get("deletionTimestamp"):
             self.store.remove(run.key[1], run.key[0])
@@ -325,8 +368,9 @@ class Kubelet:
                 return None
         return [_expand(str(a), env) for a in [*command, *args]]
 
-    def _lookup(self, store: dict[tuple[str, str], dict[str, str]], kind: str, ns: str,
-                ref: dict[str, Any]) -> tuple[str | None, str | None]:
+    def _lookup(
+        self, store: dict[tuple[str, str], dict[str, str]], kind: str, ns: str, ref: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
         data = store.get((ns, ref.get("name", "")))
         if data is None:
             return None, f'{kind.lower()} "{ref.get("name")}" not found'
@@ -339,8 +383,10 @@ class Kubelet:
         env = dict(self.base_env)
         env["HOSTNAME"] = pod["metadata"]["name"]
         for src in c.get("envFrom") or []:
-            for kind, store, rkey in (("Secret", self.secrets, "secretRef"),
-                                      ("ConfigMap", self.configmaps, "configMapRef")):
+            for kind, store, rkey in (
+                ("Secret", self.secrets, "secretRef"),
+                ("ConfigMap", self.configmaps, "configMapRef"),
+            ):
                 if rkey in src:
                     data = store.get((ns, src[rkey].get("name", "")))
                     if data is None and not src[rkey].get("optional"):
@@ -352,8 +398,10 @@ class Kubelet:
             if vf is None:
                 env[name] = _expand(str(item.get("value", "")), env)
                 continue
-            for kind, store, rkey in (("Secret", self.secrets, "secretKeyRef"),
-                                      ("ConfigMap", self.configmaps, "configMapKeyRef")):
+            for kind, store, rkey in (
+                ("Secret", self.secrets, "secretKeyRef"),
+                ("ConfigMap", self.configmaps, "configMapKeyRef"),
+            ):
                 if rkey in vf:
                     value, err = self._lookup(store, kind, ns, vf[rkey])
                     if err is not None and not vf[rkey].get("optional"):
@@ -376,6 +424,8 @@ def _field_ref(pod: Obj, path: str) -> str:
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
-    return re.sub(r"\$\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                  lambda m: m.group(0)[1:] if m.group(1) else env.get(m.group(2), m.group(0)),
-                  text)
+    return re.sub(
+        r"\$\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: m.group(0)[1:] if m.group(1) else env.get(m.group(2), m.group(0)),
+        text,
+    )

@@ -84,8 +84,11 @@ def _merge_keyed_list(target: list[Any], patch: list[Any], key: str) -> list[Any
         if not isinstance(item, dict) or key not in item:
             raise bad_request(f"map: {item!r} does not contain declared merge key: {key}")
         idx = next(
-            (i for i, cur in enumerate(result)
-             if isinstance(cur, dict) and cur.get(key) == item[key]),
+            (
+                i
+                for i, cur in enumerate(result)
+                if isinstance(cur, dict) and cur.get(key) == item[key]
+            ),
             None,
         )
         if item.get("$patch") == "delete":
@@ -132,9 +135,7 @@ def json_patch(target: Any, ops: Any) -> Any:
             if kind == "test":
                 have = parent[int(last)] if isinstance(parent, list) else parent[last]
                 if have != op.get("value"):
-                    raise ApiError(
-                        422, "Invalid", f"testing value {op.get('path')} failed"
-                    )
+                    raise ApiError(422, "Invalid", f"testing value {op.get('path')} failed")
             elif kind == "remove":
                 del parent[int(last) if isinstance(parent, list) else last]
             elif kind in ("add", "replace"):

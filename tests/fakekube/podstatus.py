@@ -58,8 +58,13 @@ def scheduled(pod: Obj, node: str, host_ip: str) -> None:
     st = pod["status"]
     set_condition(st, "PodScheduled", "True")
     set_condition(st, "Initialized", "True")
-    set_condition(st, "Ready", "False", "ContainersNotReady",
-                  f"containers with unready status: [{pod['spec']['containers'][0]['name']}]")
+    set_condition(
+        st,
+        "Ready",
+        "False",
+        "ContainersNotReady",
+        f"containers with unready status: [{pod['spec']['containers'][0]['name']}]",
+    )
     set_condition(st, "ContainersReady", "False", "ContainersNotReady")
     st["hostIP"] = host_ip
     st["hostIPs"] = [{"ip": host_ip}]

@@ -32,8 +32,14 @@ from .validation import check_spec_update, name_causes, validate_pod
 PATH_RE = re.compile(
     r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/pods(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?$"
 )
-IMMUTABLE_META = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
-                  "deletionGracePeriodSeconds")
+IMMUTABLE_META = (
+    "name",
+    "namespace",
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
 
 
 def classify(request: web.Request) -> RequestRecord:
@@ -45,8 +51,11 @@ def classify(request: web.Request) -> RequestRecord:
     rec.namespace, rec.name, rec.subresource = m.group("ns"), m.group("name"), m.group("sub")
     method = request.method
     if rec.name is None:
-        verbs = {"GET": "watch" if query.get("watch") in streams.TRUE else "list",
-                 "POST": "create", "DELETE": "deletecollection"}
+        verbs = {
+            "GET": "watch" if query.get("watch") in streams.TRUE else "list",
+            "POST": "create",
+            "DELETE": "deletecollection",
+        }
     elif rec.subresource == "log":
         verbs = {"GET": "log"}
     else:
@@ -66,8 +75,14 @@ async def _json_body(request: web.Request) -> Any:
 
 
 class ApiServer:
-    def __init__(self, store: Store, faults: Faults, kubelet: Kubelet | None,
-                 requests: RequestLog, bookmark_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        faults: Faults,
+        kubelet: Kubelet | None,
+        requests: RequestLog,
+        bookmark_interval: float = 1.0,
+    ) -> None:
         self.store, self.faults, self.kubelet = store, faults, kubelet
         self.requests, self.bookmark_interval = requests, bookmark_interval
 
@@ -102,14 +117,16 @@ class ApiServer:
         except web.HTTPException as exc:
             resp = web.json_response(
                 errors.status_body(exc.status, exc.reason.replace(" ", ""), exc.text or ""),
-                status=exc.status)
+                status=exc.status,
+            )
         rec.status = resp.status
         return resp
 
     # ---------------------------------------------------------------- reads
     async def version(self, request: web.Request) -> web.Response:
-        return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake",
-                                  "platform": "linux/amd64"})
+        return web.json_response(
+            {"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake", "platform": "linux/amd64"}
+        )
 
     async def list_or_watch(self, request: web.Request) -> web.StreamResponse:
         ns = request.match_info.get("namespace")
@@ -124,20 +141,23 @@ class ApiServer:
                 start = tuple(json.loads(base64.urlsafe_b64decode(q["continue"])))
             except ValueError:
                 raise errors.bad_request("invalid continue token") from None
-            items = [i for i in items if
-                     (i["metadata"]["namespace"], i["metadata"]["name"]) > start]
+            items = [
+                i for i in items if (i["metadata"]["namespace"], i["metadata"]["name"]) > start
+            ]
         limit = int(q.get("limit") or 0)
         if limit and len(items) > limit:
             last = items[limit - 1]["metadata"]
             meta["continue"] = base64.urlsafe_b64encode(
-                json.dumps([last["namespace"], last["name"]]).encode()).decode()
+                json.dumps([last["namespace"], last["name"]]).encode()
+            ).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
         return web.json_response(
-            {"kind": "PodList", "apiVersion": "v1", "metadata": meta, "items": items})
+            {"kind": "PodList", "apiVersion": "v1", "metadata": meta, "items": items}
+        )
 
     def _current(self, request: web.Request) -> Obj:
         ns, name = request.match_info["namespace"], request.match_info["name"]
@@ -163,8 +183,10 @@ class ApiServer:
             raise errors.bad_request(f"expected kind Pod, got {body.get('kind')!r}")
         meta = body.setdefault("metadata", {})
         if meta.get("namespace") not in (None, ns):
-            raise errors.bad_request("the namespace of the provided object does not match "
-                                     "the namespace sent on the request")
+            raise errors.bad_request(
+                "the namespace of the provided object does not match "
+                "the namespace sent on the request"
+            )
         name = meta.get("name") or meta.get("generateName") or ""
         self.faults.check_create(name)
         if not meta.get("name") and meta.get("generateName"):
@@ -187,11 +209,12 @@ class ApiServer:
             raise errors.bad_request("the body of the request must be a Pod object")
         meta = body.get("metadata") or {}
         if meta.get("name") not in (None, cur["metadata"]["name"]):
-            raise errors.bad_request("the name of the object does not match the name on the "
-                                     "URL")
+            raise errors.bad_request("the name of the object does not match the name on the URL")
         if meta.get("namespace") not in (None, cur["metadata"]["namespace"]):
-            raise errors.bad_request("the namespace of the provided object does not match "
-                                     "the namespace sent on the request")
+            raise errors.bad_request(
+                "the namespace of the provided object does not match "
+                "the namespace sent on the request"
+            )
 
     def _write_main(self, cur: Obj, new: Obj) -> Obj:
         new = copy.deepcopy(new)
@@ -254,7 +277,8 @@ class ApiServer:
             return pod
         meta["deletionGracePeriodSeconds"] = grace
         meta["deletionTimestamp"] = (datetime.now(UTC) + timedelta(seconds=grace)).strftime(
-            "%Y-%m-%dT%H:%M:%SZ")
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
         return self.store.write(pod)
 
     async def _delete_options(self, request: web.Request) -> tuple[int | None, dict[str, Any]]:
@@ -270,8 +294,10 @@ class ApiServer:
         grace, pre = await self._delete_options(request)
         if pre.get("uid") and pre["uid"] != pod["metadata"]["uid"]:
             raise errors.conflict(pod["metadata"]["name"])
-        if pre.get("resourceVersion") and pre["resourceVersion"] != pod["metadata"][
-                "resourceVersion"]:
+        if (
+            pre.get("resourceVersion")
+            and pre["resourceVersion"] != pod["metadata"]["resourceVersion"]
+        ):
             raise errors.conflict(pod["metadata"]["name"])
         return web.json_response(self._delete_one(pod, grace))
 
@@ -279,10 +305,15 @@ class ApiServer:
         ns = request.match_info["namespace"]
         q = request.query
         grace, _ = await self._delete_options(request)
-        _, items = self.store.list(ns, selector_matcher(q.get("labelSelector"),
-                                                        q.get("fieldSelector")))
+        _, items = self.store.list(
+            ns, selector_matcher(q.get("labelSelector"), q.get("fieldSelector"))
+        )
         deleted = [self._delete_one(pod, grace) for pod in items]
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion":
-                                               str(self.store.resource_version)},
-                                  "items": deleted})
+        return web.json_response(
+            {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.store.resource_version)},
+                "items": deleted,
+            }
+        )

@@ -102,9 +102,7 @@ class Store:
     def pods(self, namespace: str | None = None) -> list[Obj]:
         return [copy.deepcopy(o) for _, o in self._sorted(namespace)]
 
-    def list(
-        self, namespace: str | None, match: Callable[[Obj], bool]
-    ) -> tuple[int, list[Obj]]:
+    def list(self, namespace: str | None, match: Callable[[Obj], bool]) -> tuple[int, list[Obj]]:
         items = [copy.deepcopy(o) for _, o in self._sorted(namespace) if match(o)]
         return self.resource_version, items
 

@@ -72,22 +72,38 @@ async def watch(
     store = api.store
     if api.faults.expire_watches > 0:
         api.faults.expire_watches -= 1
-        await resp.write(_line("ERROR", errors.expired(
-            f"too old resource version: {rv_param or 0} ({store.resource_version})")))
+        await resp.write(
+            _line(
+                "ERROR",
+                errors.expired(
+                    f"too old resource version: {rv_param or 0} ({store.resource_version})"
+                ),
+            )
+        )
         return resp
     replay, queue = store.subscribe(since)
     if replay is None:
         store.unsubscribe(queue)
-        await resp.write(_line("ERROR", errors.expired(
-            f"too old resource version: {since} ({store.compacted_rv + 1})")))
+        await resp.write(
+            _line(
+                "ERROR",
+                errors.expired(f"too old resource version: {since} ({store.compacted_rv + 1})"),
+            )
+        )
         return resp
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout is not None else None
     next_bookmark = loop.time() + api.bookmark_interval
 
     def bookmark() -> bytes:
-        return _line("BOOKMARK", {"kind": "Pod", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": str(store.resource_version)}})
+        return _line(
+            "BOOKMARK",
+            {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(store.resource_version)},
+            },
+        )
 
     try:
         for ev in replay:
@@ -139,20 +155,24 @@ async def pod_log(api: ApiServer, request: web.Request, ns: str, name: str) -> w
         if len(names) != 1:
             raise errors.bad_request(
                 f"a container name must be specified for pod {name}, choose one of: "
-                f"[{' '.join(str(n) for n in names)}]")
+                f"[{' '.join(str(n) for n in names)}]"
+            )
         cname = names[0]
     if cname not in names:
         raise errors.bad_request(f"container {cname} is not valid for pod {name}")
     if q.get("previous") in TRUE:
         raise errors.bad_request(
-            f'previous terminated container "{cname}" in pod "{name}" not found')
+            f'previous terminated container "{cname}" in pod "{name}" not found'
+        )
     buf = api.kubelet.log(name, ns) if api.kubelet is not None and cname == names[0] else None
     if buf is None:
         statuses = pod.get("status", {}).get("containerStatuses") or [{}]
         reason = (statuses[0].get("state", {}).get("waiting") or {}).get(
-            "reason", "ContainerCreating")
+            "reason", "ContainerCreating"
+        )
         raise errors.bad_request(
-            f'container "{cname}" in pod "{name}" is waiting to start: {reason}')
+            f'container "{cname}" in pod "{name}" is waiting to start: {reason}'
+        )
     try:
         tail = int(q["tailLines"]) if "tailLines" in q else None
         limit = int(q["limitBytes"]) if "limitBytes" in q else None

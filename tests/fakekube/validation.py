@@ -32,12 +32,22 @@ def _required(field: str) -> dict[str, str]:
 
 def name_causes(name: str) -> list[dict[str, str]]:
     if len(name) > 253:
-        return [_cause("metadata.name", f'Invalid value: "{name}": must be no more than 253 '
-                       "characters", "FieldValueTooLong")]
+        return [
+            _cause(
+                "metadata.name",
+                f'Invalid value: "{name}": must be no more than 253 characters',
+                "FieldValueTooLong",
+            )
+        ]
     if not DNS1123_SUBDOMAIN.match(name):
-        return [_cause("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 '
-                       "subdomain must consist of lower case alphanumeric characters, '-' or "
-                       "'.', and must start and end with an alphanumeric character")]
+        return [
+            _cause(
+                "metadata.name",
+                f'Invalid value: "{name}": a lowercase RFC 1123 '
+                "subdomain must consist of lower case alphanumeric characters, '-' or "
+                "'.', and must start and end with an alphanumeric character",
+            )
+        ]
     return []
 
 
@@ -50,12 +60,21 @@ def _label_causes(labels: Any) -> list[dict[str, str]]:
     for key, value in labels.items():
         name = key.rsplit("/", 1)[-1]
         if len(name) > 63 or not LABEL_NAME.match(name):
-            causes.append(_cause("metadata.labels", f'Invalid value: "{key}": name part '
-                                 "must be a valid label name"))
+            causes.append(
+                _cause(
+                    "metadata.labels",
+                    f'Invalid value: "{key}": name part must be a valid label name',
+                )
+            )
         if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
-            causes.append(_cause("metadata.labels", f'Invalid value: "{value}": a valid '
-                                 "label must be an empty string or consist of alphanumeric "
-                                 "characters, '-', '_' or '.'"))
+            causes.append(
+                _cause(
+                    "metadata.labels",
+                    f'Invalid value: "{value}": a valid '
+                    "label must be an empty string or consist of alphanumeric "
+                    "characters, '-', '_' or '.'",
+                )
+            )
     return causes
 
 
@@ -76,11 +95,20 @@ def validate_pod(pod: dict[str, Any]) -> None:
             if not cname:
                 causes.append(_required(f"spec.containers[{i}].name"))
             elif not DNS1123_LABEL.match(cname) or len(cname) > 63:
-                causes.append(_cause(f"spec.containers[{i}].name",
-                                     f'Invalid value: "{cname}": must be a DNS-1123 label'))
+                causes.append(
+                    _cause(
+                        f"spec.containers[{i}].name",
+                        f'Invalid value: "{cname}": must be a DNS-1123 label',
+                    )
+                )
             elif cname in seen:
-                causes.append(_cause(f"spec.containers[{i}].name",
-                                     f'Duplicate value: "{cname}"', "FieldValueDuplicate"))
+                causes.append(
+                    _cause(
+                        f"spec.containers[{i}].name",
+                        f'Duplicate value: "{cname}"',
+                        "FieldValueDuplicate",
+                    )
+                )
             else:
                 seen.add(cname)
             if not isinstance(c, dict) or not c.get("image"):
@@ -111,7 +139,12 @@ def check_spec_update(name: str, old: dict[str, Any], new: dict[str, Any]) -> No
             "`spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing "
             "tolerations), `spec.terminationGracePeriodSeconds`",
             name=name,
-            causes=[_cause("spec", "Forbidden: pod updates may not change fields other than "
-                           "the mutable ones", "FieldValueForbidden")],
+            causes=[
+                _cause(
+                    "spec",
+                    "Forbidden: pod updates may not change fields other than the mutable ones",
+                    "FieldValueForbidden",
+                )
+            ],
         )
     validate_pod(new)

@@ -36,8 +36,14 @@ async def _trigger(engine: AsyncEngine, dag_id: str, conf: dict[str, object] | N
         dag = await store_dags.get_dag(session, dag_id)
         run_id = f"manual__{now.isoformat()}"
         await store_runs.create_run(
-            session, dag=dag.serialized, run_id=run_id, run_type="manual",  # type: ignore[arg-type]
-            logical_date=now, interval=(now, now), conf=conf or {}, now=now,
+            session,
+            dag=dag.serialized,
+            run_id=run_id,
+            run_type="manual",  # type: ignore[arg-type]
+            logical_date=now,
+            interval=(now, now),
+            conf=conf or {},
+            now=now,
         )
     return run_id
 
@@ -45,8 +51,12 @@ async def _trigger(engine: AsyncEngine, dag_id: str, conf: dict[str, object] | N
 async def test_fanout_runs_to_success(engine: AsyncEngine, tmp_path: Path) -> None:
     (tmp_path / "fan.py").write_text(textwrap.dedent(FANOUT))
     launcher = InstantLauncher()
-    scheduler = Scheduler(engine=engine, launcher=launcher, dags_folder=tmp_path,
-                          settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05))
+    scheduler = Scheduler(
+        engine=engine,
+        launcher=launcher,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05),
+    )
     await scheduler.start()
     await scheduler.tick()  # parses
     run_id = await _trigger(engine, "fan", {})
@@ -69,8 +79,12 @@ async def test_try_lost_before_launch_is_relaunched_without_using_a_retry(
         'with DAG("one", start_date=datetime(2026, 1, 1)):\n    Bash("only", "true")\n'
     )
     held = InstantLauncher(hold=True)
-    first = Scheduler(engine=engine, launcher=held, dags_folder=tmp_path,
-                      settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05))
+    first = Scheduler(
+        engine=engine,
+        launcher=held,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05),
+    )
     await first.start()
     await first.tick()
     run_id = await _trigger(engine, "one")
@@ -79,8 +93,12 @@ async def test_try_lost_before_launch_is_relaunched_without_using_a_retry(
     await first.close()
 
     second_launcher = InstantLauncher()
-    second = Scheduler(engine=engine, launcher=second_launcher, dags_folder=tmp_path,
-                       settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05))
+    second = Scheduler(
+        engine=engine,
+        launcher=second_launcher,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05),
+    )
     await second.start()  # adopts try 1: the instant launcher reports it Lost
     state = await second.run_until_done("one", run_id, timeout=30)
     await second.close()

@@ -56,12 +56,17 @@ class Harness:
         self.sessions = store_engine.sessionmaker(engine)
         self.launcher = InstantLauncher(exit_code, hold=hold)
         base: dict[str, Any] = {
-            "schedule_runs": False, "idle_wait": 0.05, "run_check_interval": 0.1,
+            "schedule_runs": False,
+            "idle_wait": 0.05,
+            "run_check_interval": 0.1,
             "full_sweep_interval": 0.2,
         }
         self.scheduler = Scheduler(
-            engine=engine, launcher=self.launcher, dags_folder=None,
-            settings=SchedulerSettings(**{**base, **settings}), clock=clock,
+            engine=engine,
+            launcher=self.launcher,
+            dags_folder=None,
+            settings=SchedulerSettings(**{**base, **settings}),
+            clock=clock,
         )
 
     async def __aenter__(self) -> Harness:
@@ -145,8 +150,9 @@ async def test_each_trigger_rule_end_to_end(engine: AsyncEngine) -> None:
     }
     assert state == "failed"  # leaves all_success / none_failed_uf did not succeed
     launched = {s.key.task_id for s in h.launcher.launched}
-    assert launched.isdisjoint({"all_success", "all_failed_skip", "one_failed_skip", "after_skip",
-                                "none_failed_uf"})
+    assert launched.isdisjoint(
+        {"all_success", "all_failed_skip", "one_failed_skip", "after_skip", "none_failed_uf"}
+    )
 
 
 async def test_upstream_failed_propagates_down_a_chain(engine: AsyncEngine) -> None:
@@ -167,8 +173,12 @@ async def test_upstream_failed_propagates_down_a_chain(engine: AsyncEngine) -> N
 
 async def test_failing_twice_then_succeeding_retries(engine: AsyncEngine) -> None:
     with DAG("flaky", start_date=START) as dag:
-        Bash("flaky", "exit {{ 0 if try_number >= 3 else 7 }}", retries=3,
-             retry_delay=timedelta(seconds=0.05))
+        Bash(
+            "flaky",
+            "exit {{ 0 if try_number >= 3 else 7 }}",
+            retries=3,
+            retry_delay=timedelta(seconds=0.05),
+        )
     async with Harness(engine) as h:
         await h.register(dag)
         run_id, state = await h.run("flaky")
@@ -204,8 +214,14 @@ async def _tick_until(h: Harness, predicate: Callable[[], Any], ticks: int = 100
 async def test_exponential_backoff_sets_next_retry_at(engine: AsyncEngine) -> None:
     delay, cap = 10.0, 30.0
     with DAG("backoff", start_date=START) as dag:
-        Bash("t", "exit 1", retries=5, retry_delay=timedelta(seconds=delay),
-             retry_exponential_backoff=True, max_retry_delay=timedelta(seconds=cap))
+        Bash(
+            "t",
+            "exit 1",
+            retries=5,
+            retry_delay=timedelta(seconds=delay),
+            retry_exponential_backoff=True,
+            max_retry_delay=timedelta(seconds=cap),
+        )
     clock = ManualClock(datetime(2026, 3, 1, tzinfo=UTC))
     async with Harness(engine, clock=clock) as h:
         await h.register(dag)
@@ -226,6 +242,7 @@ async def test_exponential_backoff_sets_next_retry_at(engine: AsyncEngine) -> No
             await h.scheduler.tick()
             assert (await h.tis("backoff", run_id))["t"].state == "up_for_retry"
             clock.advance(waited + 0.001)
+
         # the last try (6) fails for good
         async def failed() -> bool:
             return (await h.tis("backoff", run_id))["t"].state == "failed"
@@ -237,8 +254,13 @@ async def test_exponential_backoff_sets_next_retry_at(engine: AsyncEngine) -> No
 # --- limits ---------------------------------------------------------------------------------
 
 
-async def _drain(h: Harness, runs: list[tuple[str, str]], observe: Callable[[], None],
-                 release: int = 1, ticks: int = 400) -> None:
+async def _drain(
+    h: Harness,
+    runs: list[tuple[str, str]],
+    observe: Callable[[], None],
+    release: int = 1,
+    ticks: int = 400,
+) -> None:
     """Tick; observe; release `release` held attempts; until every run finished."""
     for _ in range(ticks):
         await h.scheduler.tick()
@@ -334,8 +356,13 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
 def _daily(dag_id: str, *, catchup: bool, max_active_runs: int = 16) -> DAG:
-    with DAG(dag_id, schedule="@daily", start_date=datetime(2026, 3, 5), catchup=catchup,
-             max_active_runs=max_active_runs) as dag:
+    with DAG(
+        dag_id,
+        schedule="@daily",
+        start_date=datetime(2026, 3, 5),
+        catchup=catchup,
+        max_active_runs=max_active_runs,
+    ) as dag:
         Bash("t", "echo {{ ds }}")
     return dag
 
@@ -465,7 +492,10 @@ async def test_clear_downstream_reruns_with_a_new_try(engine: AsyncEngine) -> No
             attempts = await store_attempts.for_task(session, "clearme", run_id, "c")
     assert state == "success"
     assert {t: (ti.state, ti.try_number) for t, ti in tis.items()} == {
-        "a": ("success", 1), "b": ("success", 2), "c": ("success", 2), "other": ("success", 1),
+        "a": ("success", 1),
+        "b": ("success", 2),
+        "c": ("success", 2),
+        "other": ("success", 1),
     }
     assert [a.try_number for a in attempts] == [1, 2]
 

@@ -21,20 +21,42 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def _task(task_id: str, upstream: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     return {
-        "task_id": task_id, "kind": "bash", "upstream": upstream or [], "trigger_rule": "all_success",
-        "retries": 1, "retry_delay": 1.0, "retry_exponential_backoff": False,
-        "max_retry_delay": None, "timeout": None, "pool": None, "priority": 1, "env": {},
-        "pod": {}, "command": "true", **extra,
+        "task_id": task_id,
+        "kind": "bash",
+        "upstream": upstream or [],
+        "trigger_rule": "all_success",
+        "retries": 1,
+        "retry_delay": 1.0,
+        "retry_exponential_backoff": False,
+        "max_retry_delay": None,
+        "timeout": None,
+        "pool": None,
+        "priority": 1,
+        "env": {},
+        "pod": {},
+        "command": "true",
+        **extra,
     }
 
 
 def make_dag(dag_id: str = "d", n: int = 3) -> SerializedDag:
     tasks = {f"t{i}": _task(f"t{i}") for i in range(n)}
     return {  # type: ignore[return-value]
-        "format_version": FORMAT_VERSION, "dag_id": dag_id, "fileloc": f"{dag_id}.py", "lineno": 1,
-        "schedule": None, "start_date": None, "end_date": None, "catchup": False,
-        "timezone": "UTC", "max_active_runs": 16, "max_active_tasks": 32, "params": {},
-        "tags": [], "description": None, "tasks": tasks,
+        "format_version": FORMAT_VERSION,
+        "dag_id": dag_id,
+        "fileloc": f"{dag_id}.py",
+        "lineno": 1,
+        "schedule": None,
+        "start_date": None,
+        "end_date": None,
+        "catchup": False,
+        "timezone": "UTC",
+        "max_active_runs": 16,
+        "max_active_tasks": 32,
+        "params": {},
+        "tags": [],
+        "description": None,
+        "tasks": tasks,
     }
 
 
@@ -46,8 +68,14 @@ async def _setup(engine: AsyncEngine, n: int = 3) -> tuple[Any, int]:
             session, [store_dags.ParsedFile("d.py", 1, 1, "h", [dag], None)], [], NOW
         )
         pk = await store_runs.create_run(
-            session, dag=dag, run_id="r1", run_type="manual", logical_date=NOW,
-            interval=(NOW, NOW), conf={}, now=NOW,
+            session,
+            dag=dag,
+            run_id="r1",
+            run_type="manual",
+            logical_date=NOW,
+            interval=(NOW, NOW),
+            conf={},
+            now=NOW,
         )
     return sessions, pk
 
@@ -55,7 +83,9 @@ async def _setup(engine: AsyncEngine, n: int = 3) -> tuple[Any, int]:
 async def _queue_all(sessions: Any, pk: int) -> dict[int, int]:
     async with store_engine.transaction(sessions) as session:
         tis = (await store_tis.states_for_runs(session, [pk]))[pk]
-        await store_tis.set_states(session, [(t.id, states.NONE, states.SCHEDULED) for t in tis], NOW)
+        await store_tis.set_states(
+            session, [(t.id, states.NONE, states.SCHEDULED) for t in tis], NOW
+        )
         return await store_tis.mark_queued(session, [t.id for t in tis], NOW)
 
 
@@ -65,8 +95,14 @@ async def test_create_run_makes_one_none_instance_per_task(engine: AsyncEngine) 
         tis = (await store_tis.states_for_runs(session, [pk]))[pk]
         with pytest.raises(store_runs.RunExists):
             await store_runs.create_run(
-                session, dag=make_dag(n=4), run_id="r1", run_type="manual", logical_date=NOW,
-                interval=(NOW, NOW), conf={}, now=NOW,
+                session,
+                dag=make_dag(n=4),
+                run_id="r1",
+                run_type="manual",
+                logical_date=NOW,
+                interval=(NOW, NOW),
+                conf={},
+                now=NOW,
             )
     assert sorted(t.task_id for t in tis) == ["t0", "t1", "t2", "t3"]
     assert {t.state for t in tis} == {states.NONE} and {t.max_tries for t in tis} == {1}
@@ -83,16 +119,19 @@ async def test_claim_increments_try_and_is_exclusive(engine: AsyncEngine) -> Non
 
 async def test_stale_try_cannot_overwrite_newer_truth(engine: AsyncEngine) -> None:
     sessions, pk = await _setup(engine, n=1)
-    (ti_id, _), = (await _queue_all(sessions, pk)).items()
+    ((ti_id, _),) = (await _queue_all(sessions, pk)).items()
     async with store_engine.transaction(sessions) as session:
         # try 1 fails and is retried; try 2 is claimed
-        await store_tis.finish(session, [store_tis.Outcome(ti_id, 1, states.UP_FOR_RETRY,
-                                                           next_retry_at=NOW)], NOW)
+        await store_tis.finish(
+            session, [store_tis.Outcome(ti_id, 1, states.UP_FOR_RETRY, next_retry_at=NOW)], NOW
+        )
         await store_tis.promote_due_retries(session, NOW)
         assert await store_tis.mark_queued(session, [ti_id], NOW) == {ti_id: 2}
     async with store_engine.transaction(sessions) as session:
         # a late report from try 1 (a stale worker or scheduler) changes nothing
-        changed = await store_tis.finish(session, [store_tis.Outcome(ti_id, 1, states.SUCCESS)], NOW)
+        changed = await store_tis.finish(
+            session, [store_tis.Outcome(ti_id, 1, states.SUCCESS)], NOW
+        )
         assert changed == set()
         assert not await store_tis.heartbeat(session, ti_id, 1, NOW)
         assert await store_tis.worker_claim(session, "d", "r1", "t0", 1, NOW) is None
@@ -102,7 +141,9 @@ async def test_stale_try_cannot_overwrite_newer_truth(engine: AsyncEngine) -> No
         assert await store_tis.worker_claim(session, "d", "r1", "t0", 2, NOW) is not None
         assert await store_tis.worker_claim(session, "d", "r1", "t0", 2, NOW) is None
         assert await store_tis.heartbeat(session, ti_id, 2, NOW + timedelta(seconds=1))
-        changed = await store_tis.finish(session, [store_tis.Outcome(ti_id, 2, states.SUCCESS)], NOW)
+        changed = await store_tis.finish(
+            session, [store_tis.Outcome(ti_id, 2, states.SUCCESS)], NOW
+        )
         assert changed == {ti_id}
 
 
@@ -125,10 +166,11 @@ async def test_finish_batches_by_values_and_respects_expected_states(engine: Asy
 
 async def test_attempt_rows_are_never_rewritten_after_they_end(engine: AsyncEngine) -> None:
     sessions, pk = await _setup(engine, n=1)
-    (ti_id, _), = (await _queue_all(sessions, pk)).items()
+    ((ti_id, _),) = (await _queue_all(sessions, pk)).items()
     async with store_engine.transaction(sessions) as session:
-        await store_attempts.open_attempts(session, [(ti_id, "d", "r1", "t0", 1)], launcher="x",
-                                           scheduler_id="s", now=NOW)
+        await store_attempts.open_attempts(
+            session, [(ti_id, "d", "r1", "t0", 1)], launcher="x", scheduler_id="s", now=NOW
+        )
         await store_attempts.mark_started(session, [(ti_id, 1, "pid:1", NOW)])
         end = store_attempts.AttemptEnd(ti_id, 1, "success", 0, "Completed", None, "tail", NOW)
         await store_attempts.close(session, [end])
@@ -137,7 +179,11 @@ async def test_attempt_rows_are_never_rewritten_after_they_end(engine: AsyncEngi
         await store_attempts.mark_started(session, [(ti_id, 1, "pid:2", NOW)])
         (row,) = await store_attempts.for_task(session, "d", "r1", "t0")
     assert (row.state, row.exit_code, row.reason, row.handle, row.log_tail) == (
-        "success", 0, "Completed", "pid:1", "tail",
+        "success",
+        0,
+        "Completed",
+        "pid:1",
+        "tail",
     )
 
 
@@ -166,7 +212,9 @@ async def test_clear_resets_finished_tasks_and_reopens_the_run(engine: AsyncEngi
     sessions, pk = await _setup(engine, n=2)
     claimed = await _queue_all(sessions, pk)
     async with store_engine.transaction(sessions) as session:
-        await store_tis.finish(session, [store_tis.Outcome(i, 1, states.FAILED) for i in claimed], NOW)
+        await store_tis.finish(
+            session, [store_tis.Outcome(i, 1, states.FAILED) for i in claimed], NOW
+        )
         await store_runs.set_state(session, pk, expected="queued", state="failed", now=NOW)
         n = await store_tis.clear(session, "d", "r1", ["t0"], {"t0": 2})
         rows = {r.task_id: r for r in await store_tis.list_for_run(session, "d", "r1")}

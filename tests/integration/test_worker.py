@@ -34,7 +34,8 @@ from miniflow.store.models import TaskInstance
 
 WORKER = str(Path(sys.executable).parent / "miniflow-worker")
 RUNNER_ENTRY = [
-    sys.executable, "-c",
+    sys.executable,
+    "-c",
     "import sys; from miniflow_worker import runner; sys.exit(runner.main(sys.argv[1:]))",
 ]
 TS_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (.*)$")
@@ -66,14 +67,28 @@ class Env:
         async with self.session() as s:
             await dags.apply_parse(
                 s,
-                [dags.ParsedFile("dag_file.py", path.stat().st_mtime_ns, len(data),
-                                 hashlib.sha256(data).hexdigest(), serialized, None)],
-                [], now,
+                [
+                    dags.ParsedFile(
+                        "dag_file.py",
+                        path.stat().st_mtime_ns,
+                        len(data),
+                        hashlib.sha256(data).hexdigest(),
+                        serialized,
+                        None,
+                    )
+                ],
+                [],
+                now,
             )
             await runs.create_run(
-                s, dag=serialized[0], run_id=self.run_id, run_type="manual",
-                logical_date=LOGICAL, interval=(LOGICAL, LOGICAL + timedelta(days=1)),
-                conf=conf or {}, now=now,
+                s,
+                dag=serialized[0],
+                run_id=self.run_id,
+                run_type="manual",
+                logical_date=LOGICAL,
+                interval=(LOGICAL, LOGICAL + timedelta(days=1)),
+                conf=conf or {},
+                now=now,
             )
         for task_id in queue:
             await self.queue(task_id)
@@ -112,8 +127,17 @@ class Env:
         self, task_id: str, try_number: int = 1, *, entry: str = "cli", **env: str
     ) -> asyncio.subprocess.Process:
         argv = [WORKER] if entry == "cli" else list(RUNNER_ENTRY)
-        argv += ["run", "--dag-id", self.dag_id, "--run-id", self.run_id,
-                 "--task-id", task_id, "--try", str(try_number)]
+        argv += [
+            "run",
+            "--dag-id",
+            self.dag_id,
+            "--run-id",
+            self.run_id,
+            "--task-id",
+            task_id,
+            "--try",
+            str(try_number),
+        ]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
         full_env.update(
             MINIFLOW_DATABASE_URL=self.db_url,
@@ -124,8 +148,11 @@ class Env:
         )
         full_env.update(env)
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=full_env, start_new_session=True,
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=full_env,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -208,14 +235,16 @@ def bash_dag(command: str, retries: int = 0) -> str:
 async def test_bash_success_streams_timestamped_output(env: Env) -> None:
     await env.setup(
         bash_dag('echo "hello {{ params.who }} $GREETING"; echo oops >&2'),
-        queue=["t"], conf={"who": "conf"},
+        queue=["t"],
+        conf={"who": "conf"},
     )
     code, out, err = await env.run("t")
     assert code == 0, err
     lines = out.splitlines()
     assert all(TS_LINE.match(line) for line in lines), lines
     assert [TS_LINE.match(line).group(1) for line in lines] == [  # type: ignore[union-attr]
-        "hello conf hi 2026-03-01", "oops",
+        "hello conf hi 2026-03-01",
+        "oops",
     ]
     ti = await env.ti("t")
     assert (ti.state, ti.exit_code, ti.error, ti.try_number) == ("success", 0, None, 1)
@@ -255,7 +284,8 @@ async def test_template_error_is_a_failure_naming_the_variable(env: Env) -> None
 
 async def test_task_timeout_stops_the_command(env: Env) -> None:
     source = bash_dag("echo $$ > $TEST_DIR/pid; exec sleep 300").replace(
-        "retry_delay=60)", "retry_delay=60, timeout=0.5)")
+        "retry_delay=60)", "retry_delay=60, timeout=0.5)"
+    )
     await env.setup(source, queue=["t"])
     env.pid_files.append(env.folder.parent / "pid")
     code, _out, _err = await env.run("t")
@@ -397,7 +427,7 @@ async def test_stale_try_runs_nothing(env: Env) -> None:
     assert (ti.state, ti.try_number, ti.heartbeat_at) == ("queued", 2, None)
 
 
-WAIT_FOR_GO = 'echo started >> $TEST_DIR/marker; while [ ! -f $TEST_DIR/go ]; do sleep 0.02; done'
+WAIT_FOR_GO = "echo started >> $TEST_DIR/marker; while [ ! -f $TEST_DIR/go ]; do sleep 0.02; done"
 
 
 async def test_second_worker_for_the_same_try_runs_nothing(env: Env) -> None:
@@ -450,9 +480,7 @@ async def test_fenced_out_worker_kills_its_command_and_records_nothing(env: Env)
 
 
 async def test_sigterm_stops_the_command_and_records_a_failure(env: Env) -> None:
-    await env.setup(
-        bash_dag("echo $$ > $TEST_DIR/pid; trap '' TERM; exec sleep 300"), queue=["t"]
-    )
+    await env.setup(bash_dag("echo $$ > $TEST_DIR/pid; trap '' TERM; exec sleep 300"), queue=["t"])
     pid_file = env.folder.parent / "pid"
     env.pid_files.append(pid_file)
     worker = await env.start("t", MINIFLOW_KILL_GRACE_PERIOD="0.5")

@@ -50,4 +50,7 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_redact_url_hides_the_password() -> None:
-    assert redact_url("postgresql+asyncpg://bob:s3cret@db:5432/x") == "postgresql+asyncpg://bob:***@db:5432/x"
+    assert (
+        redact_url("postgresql+asyncpg://bob:s3cret@db:5432/x")
+        == "postgresql+asyncpg://bob:***@db:5432/x"
+    )

@@ -157,7 +157,9 @@ def test_fan_in_with_mixed_rules() -> None:
         [ok, bad] >> Bash("on_fail", "true", trigger_rule="one_failed")
     ser = dag.serialize("ev_fan.py")
     changes, final = evaluate_run(
-        ser, "h1", {"ok": S, "bad": F, "one_ok": N, "all_ok": N, "on_fail": N}  # type: ignore[arg-type]
+        ser,
+        "h1",
+        {"ok": S, "bad": F, "one_ok": N, "all_ok": N, "on_fail": N},  # type: ignore[arg-type]
     )
     assert changes == {"one_ok": SCH, "all_ok": UF, "on_fail": SCH}
     assert final is None
