@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from miniflow.config import Config, load_config
-from miniflow.errors import ConfigError, DatabaseUnavailable, MiniflowError, SchemaError
+from miniflow.errors import ConfigError, MiniflowError, SchemaError, ServiceUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dags"
 
 
 def _exit_code(exc: MiniflowError) -> int:
-    return 2 if isinstance(exc, ConfigError | DatabaseUnavailable | SchemaError) else 1
+    return 2 if isinstance(exc, ConfigError | ServiceUnavailable | SchemaError) else 1
 
 
 def command_runner(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:

@@ -57,6 +57,8 @@ class Config:
     """Where the DAGs folder is inside worker pods."""
     pod_cleanup: str = "on_success"
     """Delete finished pods: `on_success`, `always` or `never`."""
+    pod_keep_failed_for: float = 0.0
+    """With `pod_cleanup=always`: seconds a failed pod is kept (for debugging) before deletion."""
     pod_pending_timeout: float = 300.0
     """Seconds a pod may stay Pending (image pull, unschedulable) before it fails."""
     max_result_bytes: int = 65536
@@ -98,7 +100,18 @@ def _as_float(name: str, raw: str) -> float:
     return value
 
 
+def _as_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must not be negative, got {value}")
+    return value
+
+
 _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
+    "pod_keep_failed_for": _as_seconds,
     "parallelism": _as_int,
     "max_result_bytes": _as_int,
     "parse_interval": _as_float,

@@ -48,7 +48,11 @@ class ConfValidationError(PermanentError):
     """A run's conf is not valid JSON or names keys the DAG does not declare."""
 
 
-class DatabaseUnavailable(RetryableError):
+class ServiceUnavailable(RetryableError):
+    """A service miniflow needs (the database, the Kubernetes API) cannot be reached."""
+
+
+class DatabaseUnavailable(ServiceUnavailable):
     """The database cannot be reached; the message shows the URL without password."""
 
 

@@ -57,6 +57,7 @@ def make_launcher(config: Config) -> Launcher:
             context=config.kube_context,
             cleanup=config.pod_cleanup,  # type: ignore[arg-type]  # validated in config
             pending_timeout=config.pod_pending_timeout,
+            keep_failed_for=config.pod_keep_failed_for,
         )
     from miniflow.launchers.local import LocalLauncher
 

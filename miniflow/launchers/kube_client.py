@@ -38,7 +38,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from miniflow.errors import MiniflowError, PermanentError, RetryableError
+from miniflow.errors import MiniflowError, PermanentError, RetryableError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class KubeRetryableError(KubeApiError, RetryableError):
         self.retry_after = retry_after
 
 
-class KubeConnectionError(RetryableError):
+class KubeConnectionError(ServiceUnavailable):
     """No answer: connection refused/reset, timeout, DNS failure."""
 
 
@@ -215,6 +215,10 @@ class KubeClient:
             raise KubeConnectionError(f"cannot load Kubernetes config ({where}): {exc}") from exc
         configuration.connection_pool_maxsize = max_connections
         return cls(k8s.ApiClient(configuration=configuration))
+
+    @property
+    def host(self) -> str:
+        return str(self._api_client.configuration.host)
 
     async def close(self) -> None:
         await self._api_client.close()

@@ -70,6 +70,7 @@ from miniflow.launchers.kube_client import (
     AlreadyExists,
     KubeApiError,
     KubeClient,
+    KubeConnectionError,
     PodNotFound,
     RetryPolicy,
     with_retries,
@@ -130,6 +131,7 @@ class KubernetesLauncher:
         watch_timeout: int = 300,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        start_timeout: float = 30.0,
     ) -> None:
         if cleanup not in ("on_success", "always", "never"):
             raise ValueError(f"cleanup must be on_success, always or never, not {cleanup!r}")
@@ -138,6 +140,7 @@ class KubernetesLauncher:
         self.keep_failed_for = keep_failed_for
         self.log_tail_lines = log_tail_lines
         self.pending_timeout = pending_timeout
+        self.start_timeout = start_timeout
         self.delete_grace_period = delete_grace_period
         self.watch_timeout = watch_timeout
         self.retry = retry or RetryPolicy()
@@ -298,11 +301,21 @@ class KubernetesLauncher:
         return watching
 
     async def _wait_synced(self, watching: _Watching) -> None:
+        """Wait for the first list; an API server that never answers is a clear error."""
         synced = asyncio.create_task(watching.watch.synced.wait())
-        done, _ = await asyncio.wait([synced, watching.task], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [synced, watching.task], timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if synced not in done:
             synced.cancel()
-            watching.task.result()  # the watch died: raise why
+            if watching.task in done:
+                watching.task.result()  # the watch died: raise why
+            host = self._client.host if self._client else "?"
+            await self.close()
+            raise KubeConnectionError(
+                f"the Kubernetes API server at {host} did not answer a pod list in namespace "
+                f"{self.defaults.namespace!r} within {self.start_timeout:g}s"
+            )
 
     def _on_event(self, event_type: str, pod: Pod) -> None:
         view = observe(pod)

@@ -548,3 +548,23 @@ async def test_with_retries_is_bounded_and_honours_retry_after() -> None:
     with pytest.raises(kc.KubePermanentError):
         await kc.with_retries(forbidden, what="test", policy=policy, sleep=sleep)
     assert len(delays) == 2
+
+
+async def test_unreachable_api_server_is_one_clear_error(tmp_path: Any) -> None:
+    from miniflow.errors import ServiceUnavailable
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: gone\n"
+        "clusters: [{name: gone, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "contexts: [{name: gone, context: {cluster: gone, user: u}}]\n"
+        "users: [{name: u, user: {}}]\n"
+    )
+    launcher = KubernetesLauncher(
+        defaults=DEFAULTS,
+        kubeconfig=str(kubeconfig),
+        start_timeout=1.0,
+        retry=RetryPolicy(attempts=1, base_delay=0.01, max_delay=0.01),
+    )
+    with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1:1 did not answer"):
+        await launcher.start()
