@@ -130,13 +130,17 @@ def _check_schedule(schedule: object) -> str | None:
         )
     if schedule in SCHEDULE_PRESETS:
         return schedule
-    from croniter import croniter  # lazy: keep `import miniflow` fast
+    # The same check the scheduler's timetable applies (lazy: keep `import miniflow` fast),
+    # so a DAG that loads is a DAG that can be scheduled.
+    from miniflow.schedule import validate_schedule
 
-    if not croniter.is_valid(schedule):
+    try:
+        validate_schedule(schedule)
+    except ValueError as exc:
         raise definition_error(
-            f"invalid schedule {schedule!r}: not a valid cron expression "
-            f"and not one of {', '.join(SCHEDULE_PRESETS)}"
-        )
+            f"invalid schedule {schedule!r}: {exc} "
+            f"(use a 5-field cron expression or one of {', '.join(SCHEDULE_PRESETS)})"
+        ) from None
     return schedule
 
 

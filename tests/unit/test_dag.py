@@ -129,7 +129,9 @@ def test_unknown_trigger_rule_lists_valid_ones(tmp_path: Path) -> None:
     assert_located(err, 2)
 
 
-@pytest.mark.parametrize("schedule", ["0 3 * *", "61 * * * *", "@fortnightly", "daily"])
+@pytest.mark.parametrize(
+    "schedule", ["0 3 * *", "61 * * * *", "@fortnightly", "daily", "0 0 31 2 *", "0 0 * * * 30"]
+)
 def test_bad_schedule(tmp_path: Path, schedule: str) -> None:
     err = definition_error(tmp_path, f'DAG("d", schedule={schedule!r})\n')
     assert f"invalid schedule {schedule!r}" in str(err)
