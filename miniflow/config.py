@@ -80,34 +80,28 @@ def redact_url(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def _as_int(name: str, raw: str) -> int:
+def _number(name: str, raw: str, kind: type[float], *, allow_zero: bool) -> Any:
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be positive, got {value}")
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be {noun}, got {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        rule = "must not be negative" if allow_zero else "must be positive"
+        raise ConfigError(f"MINIFLOW_{name.upper()} {rule}, got {value}")
     return value
+
+
+def _as_int(name: str, raw: str) -> int:
+    return int(_number(name, raw, int, allow_zero=False))
 
 
 def _as_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be positive, got {value}")
-    return value
+    return float(_number(name, raw, float, allow_zero=False))
 
 
 def _as_seconds(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must not be negative, got {value}")
-    return value
+    return float(_number(name, raw, float, allow_zero=True))
 
 
 _CONVERTERS: dict[str, Callable[[str, str], Any]] = {

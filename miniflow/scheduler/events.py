@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
+from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
@@ -131,7 +132,7 @@ async def _record_exits(
     return {flight.run_pk for _, flight in flights}
 
 
-def _task(scheduler: Scheduler, key: AttemptKey):  # type: ignore[no-untyped-def]
+def _task(scheduler: Scheduler, key: AttemptKey) -> SerializedTask | None:
     entry = scheduler.dags.get(key.dag_id)
     return entry.dag["tasks"].get(key.task_id) if entry is not None else None
 
@@ -147,45 +148,47 @@ def _describe(event: AttemptExited) -> str:
     return ", ".join(parts) or "ended with no exit code"
 
 
-def _by_exit_code(
-    event: AttemptExited, flight: InFlight, task: object, now: datetime
+def _failed(
+    event: AttemptExited,
+    flight: InFlight,
+    task: SerializedTask | None,
+    now: datetime,
+    error: str,
+    expected: tuple[str, ...] = (states.QUEUED, states.RUNNING),
 ) -> store_tis.Outcome:
-    if event.exit_code == 0 and event.reason in (None, "Completed"):
-        return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
     return failure_outcome(
         ti_id=flight.ti_id,
         try_number=event.key.try_number,
         max_tries=flight.max_tries,
-        task=task,  # type: ignore[arg-type]
+        task=task,
         now=now,
         exit_code=event.exit_code,
-        error=f"task failed: {_describe(event)}",
+        error=f"{error}: {_describe(event)}",
+        expected=expected,
     )
 
 
+def _by_exit_code(
+    event: AttemptExited, flight: InFlight, task: SerializedTask | None, now: datetime
+) -> store_tis.Outcome:
+    if event.exit_code == 0 and event.reason in (None, "Completed"):
+        return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
+    return _failed(event, flight, task, now, "task failed")
+
+
 def _cross_check(
-    event: AttemptExited, flight: InFlight, state: str, task: object, now: datetime
+    event: AttemptExited, flight: InFlight, state: str, task: SerializedTask | None, now: datetime
 ) -> store_tis.Outcome | None:
     """The worker recorded its own outcome; check it against how the process ended."""
     if state in states.ACTIVE:
-        return failure_outcome(
-            ti_id=flight.ti_id,
-            try_number=event.key.try_number,
-            max_tries=flight.max_tries,
-            task=task,  # type: ignore[arg-type]
-            now=now,
-            exit_code=event.exit_code,
-            error=f"worker ended without recording a result: {_describe(event)}",
-        )
+        return _failed(event, flight, task, now, "worker ended without recording a result")
     if state == states.SUCCESS and event.exit_code not in (0, None):
-        return failure_outcome(
-            ti_id=flight.ti_id,
-            try_number=event.key.try_number,
-            max_tries=flight.max_tries,
-            task=task,  # type: ignore[arg-type]
-            now=now,
-            exit_code=event.exit_code,
-            error=f"worker reported success but the process failed: {_describe(event)}",
+        return _failed(
+            event,
+            flight,
+            task,
+            now,
+            "worker reported success but the process failed",
             expected=(states.SUCCESS,),
         )
     return None

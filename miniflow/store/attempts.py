@@ -15,6 +15,14 @@ TA = TaskAttempt
 _table: Table = TaskAttempt.__table__  # type: ignore[assignment]
 
 
+# WHERE clause of executemany updates: the (ti_id, try) given as k_ti / k_try, still open.
+_OPEN_TRY = (
+    _table.c.ti_id == bindparam("k_ti"),
+    _table.c.try_number == bindparam("k_try"),
+    _table.c.ended_at.is_(None),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptEnd:
     ti_id: int
@@ -65,11 +73,7 @@ async def mark_started(
         return
     stmt = (
         update(_table)
-        .where(
-            _table.c.ti_id == bindparam("k_ti"),
-            _table.c.try_number == bindparam("k_try"),
-            _table.c.ended_at.is_(None),
-        )
+        .where(*_OPEN_TRY)
         .values(state="running", handle=bindparam("k_handle"), started_at=bindparam("k_at"))
     )
     await session.execute(
@@ -81,15 +85,7 @@ async def mark_started(
 async def set_handles(session: AsyncSession, items: Sequence[tuple[int, int, str]]) -> None:
     if not items:
         return
-    stmt = (
-        update(_table)
-        .where(
-            _table.c.ti_id == bindparam("k_ti"),
-            _table.c.try_number == bindparam("k_try"),
-            _table.c.ended_at.is_(None),
-        )
-        .values(handle=bindparam("k_handle"))
-    )
+    stmt = update(_table).where(*_OPEN_TRY).values(handle=bindparam("k_handle"))
     await session.execute(stmt, [{"k_ti": t, "k_try": n, "k_handle": h} for t, n, h in items])
 
 
@@ -99,11 +95,7 @@ async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
         return
     stmt = (
         update(_table)
-        .where(
-            _table.c.ti_id == bindparam("k_ti"),
-            _table.c.try_number == bindparam("k_try"),
-            _table.c.ended_at.is_(None),
-        )
+        .where(*_OPEN_TRY)
         .values(
             state=bindparam("k_state"),
             exit_code=bindparam("k_exit"),
