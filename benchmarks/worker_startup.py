@@ -301,18 +301,19 @@ async def run(backend: str, repeat: int) -> dict[str, list[float]]:
     }
     with tempfile.TemporaryDirectory(prefix="mf-ws-") as tmp_name:
         bench = Bench(backend, Path(tmp_name))
-        await bench.setup()
         launcher = LocalLauncher(
             state_dir=bench.tmp / "state",
             dags_folder=bench.dags,
-            worker_env={
-                "MINIFLOW_DATABASE_URL": bench.url,
-                "MINIFLOW_STATE_DIR": str(bench.tmp / "state"),
-            },
+            worker_env={"MINIFLOW_STATE_DIR": str(bench.tmp / "state")},
             python_mode="fork",
         )
+        # Start the launcher (and so the shared forkserver, with the worker preloaded)
+        # before setup() parses the DAG: as the scheduler does. Parsing first would boot
+        # the forkserver with the parser's preload only, and the forks would not be warm.
+        await launcher.start()
+        await bench.setup()
+        launcher.worker_env["MINIFLOW_DATABASE_URL"] = bench.url  # known once set up
         try:
-            await launcher.start()
             assert launcher.python_mode == "fork", "the worker is not importable"
             await bench.forked(launcher)  # warm-up (first fork touches the page cache)
             for _ in range(repeat):  # interleaved
