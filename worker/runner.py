@@ -300,7 +300,10 @@ class Worker:
         except TemplateError as exc:
             return str(exc)
         if kind == "bash":
-            env = {**os.environ, **rendered.env}
+            # The user's command gets the worker's environment minus the database URL:
+            # a task has no business holding miniflow's credentials.
+            env = {k: v for k, v in os.environ.items() if k != "MINIFLOW_DATABASE_URL"}
+            env.update(rendered.env)
             return execute.BashExecution(
                 rendered.bash_command or "", env, grace=self.config.kill_grace_period
             )

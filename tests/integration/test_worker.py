@@ -256,6 +256,13 @@ async def test_bash_success_streams_timestamped_output(env: Env) -> None:
     assert ti.ended_at >= ti.started_at
 
 
+async def test_bash_command_does_not_see_the_database_url(env: Env) -> None:
+    await env.setup(bash_dag('echo "db=${MINIFLOW_DATABASE_URL:-unset}"'), queue=["t"])
+    code, out, err = await env.run("t")
+    assert code == 0, err
+    assert out.rstrip().endswith("db=unset")
+
+
 async def test_bash_failure_with_retries_left_is_up_for_retry(env: Env) -> None:
     await env.setup(bash_dag("exit 3", retries=2), queue=["t"])
     code, _out, err = await env.run("t")
