@@ -13,6 +13,7 @@ a poll interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from miniflow.errors import TemplateError
@@ -41,6 +43,9 @@ from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.scheduler")
+
+MAX_DB_BACKOFF = 30.0
+"""Longest pause between scheduler rounds while the database is failing."""
 
 LAUNCH_RETRY_DELAY = 5.0
 """Seconds before a launch refused for a transient reason is tried again."""
@@ -143,11 +148,34 @@ class Scheduler:
         self._stopping.set()
 
     async def run_forever(self) -> None:
-        """The daemon: tick, then wait for an event or the next periodic duty."""
+        """The daemon: tick, then wait for an event or the next periodic duty.
+
+        A database outage does not stop the daemon: the failed round is rolled back
+        (its launcher events are kept for the next one) and retried with back-off.
+        """
+        backoff = 1.0
         while not self._stopping.is_set():
-            stats = await self.tick()
-            if not stats.busy:
-                await self._wait(await self._idle_timeout())
+            try:
+                stats = await self.tick()
+                idle = None if stats.busy else await self._idle_timeout()
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                log.error(
+                    "scheduler round failed (%s: %s); retrying in %.0fs",
+                    type(exc).__name__,
+                    reason[0] if reason else "",
+                    backoff,
+                )
+                await self._sleep_unless_stopped(backoff)
+                backoff = min(backoff * 2, MAX_DB_BACKOFF)
+                continue
+            backoff = 1.0
+            if idle is not None:
+                await self._wait(idle)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def run_until_done(
         self, dag_id: str, run_id: str, *, timeout: float | None = None
@@ -214,14 +242,19 @@ class Scheduler:
             if changed:
                 self._due.runs = None
         await self._resolve_only_run()
+        batch = self._take_events()
         # One transaction for the bookkeeping half of the round, one for the claim:
         # on Postgres every transaction is a few round trips, and a chain of tasks pays
         # them once per link.
-        async with store_engine.transaction(self.sessions) as session:
-            await self._record_events(session, stats)
-            now = self.clock.now()
-            await self._create_and_start_runs(session, now, stats)
-            await self._advance_runs(session, now, stats)
+        try:
+            async with store_engine.transaction(self.sessions) as session:
+                await self._record_events(session, batch, stats)
+                now = self.clock.now()
+                await self._create_and_start_runs(session, now, stats)
+                await self._advance_runs(session, now, stats)
+        except BaseException:
+            self._pending[:0] = batch  # rolled back: record these events next round
+            raise
         await self._claim_and_launch(now, stats)
         return stats
 
@@ -232,11 +265,16 @@ class Scheduler:
         async with store_engine.transaction(self.sessions) as session:
             self._only_run_pk = (await store_runs.get_run(session, *only)).pk
 
-    async def _record_events(self, session: AsyncSession, stats: TickStats) -> None:
+    def _take_events(self) -> list[LauncherEvent]:
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         batch, self._pending = self._pending, []
         while not queue.empty():
             batch.append(queue.get_nowait())
+        return batch
+
+    async def _record_events(
+        self, session: AsyncSession, batch: list[LauncherEvent], stats: TickStats
+    ) -> None:
         if not batch:
             return
         stats.events = len(batch)
