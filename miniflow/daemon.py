@@ -115,9 +115,13 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
         if not watched:
             return 0
         finals = await _final_states(scheduler, watched)
-        failed = [f"{d}/{r}" for (d, r), s in finals.items() if s != states.RUN_SUCCESS]
+        failed = [f"{d}/{r}" for (d, r), s in finals.items() if s == states.RUN_FAILED]
+        unfinished = [f"{d}/{r}" for (d, r), s in finals.items() if s not in states.RUN_FINISHED]
+        if unfinished:
+            console.print(f"[yellow]stopped before these runs finished:[/] {', '.join(unfinished)}")
         if failed:
-            console.print(f"[red]runs not successful:[/] {', '.join(failed)}")
+            console.print(f"[red]failed runs:[/] {', '.join(failed)}")
+        if failed or unfinished:
             return 1
         console.print(f"[green]all {len(finals)} triggered runs succeeded[/]")
         return 0
