@@ -47,17 +47,20 @@ async def create_due_runs(session: AsyncSession, now: datetime) -> int:
         while interval is not None and Timetable.is_due(interval, now):
             if count >= dag["max_active_runs"]:
                 break
-            await store_runs.create_run(
-                session,
-                dag=dag,
-                run_id=scheduled_run_id(interval.start),
-                run_type=states.RUN_TYPE_SCHEDULED,
-                logical_date=interval.start,
-                interval=(interval.start, interval.end),
-                conf={},
-                now=now,
-            )
-            created += 1
+            try:
+                await store_runs.create_run(
+                    session,
+                    dag=dag,
+                    run_id=scheduled_run_id(interval.start),
+                    run_type=states.RUN_TYPE_SCHEDULED,
+                    logical_date=interval.start,
+                    interval=(interval.start, interval.end),
+                    conf={},
+                    now=now,
+                )
+                created += 1
+            except store_runs.RunExists:
+                pass  # another scheduler created it first: same run, nothing to do
             count += 1
             interval = timetable.next_scheduled(interval, now)
         start, end = (interval.start, interval.end) if interval else (None, None)
