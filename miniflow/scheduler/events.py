@@ -19,13 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
+from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 
 if TYPE_CHECKING:
-    from miniflow.scheduler.core import InFlight, Scheduler
+    from miniflow.scheduler.core import Scheduler
 
 log = logging.getLogger("miniflow.scheduler.events")
 
@@ -52,7 +53,6 @@ async def _resolve_unknown(
     scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent]
 ) -> None:
     """Events for tries this scheduler did not launch (another scheduler's, adopted pods)."""
-    from miniflow.scheduler.core import InFlight
 
     unknown = {e.key for e in batch if e.key not in scheduler.inflight}
     if not unknown:

@@ -1,0 +1,212 @@
+"""Claim scheduled task instances within the limits and hand them to the launcher.
+
+One round claims a batch (priority first, then the oldest run; `FOR UPDATE SKIP
+LOCKED` on Postgres so several schedulers never claim the same row), renders each
+spec, launches the batch, and records what could not start. Launching happens
+outside the claim's transaction: a scheduler that dies in between leaves queued
+tries that the next one adopts (reported Lost, relaunched without using a retry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.errors import TemplateError
+from miniflow.launchers.base import AttemptKey, TaskSpec
+from miniflow.retries import failure_outcome
+from miniflow.scheduler.bookkeeping import InFlight, TickStats
+from miniflow.scheduler.dagcache import CachedDag
+from miniflow.scheduler.specs import build_spec
+from miniflow.store import attempts as store_attempts
+from miniflow.store import engine as store_engine
+from miniflow.store import pools as store_pools
+from miniflow.store import runs as store_runs
+from miniflow.store import states
+from miniflow.store import task_instances as store_tis
+
+if TYPE_CHECKING:
+    from miniflow.scheduler.core import Scheduler
+
+log = logging.getLogger("miniflow.scheduler")
+
+LAUNCH_RETRY_DELAY = 5.0
+"""Seconds before a launch refused for a transient reason is tried again."""
+
+
+async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats) -> None:
+    async with store_engine.transaction(scheduler.sessions) as session:
+        total, by_dag, by_pool = await store_tis.active_counts(session)
+        free = scheduler.settings.parallelism - total
+        if free <= 0:
+            return
+        candidates = await store_tis.scheduled_candidates(session, limit=free * 2 + 16)
+        if scheduler.only_run_pk is not None:
+            candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
+        if not candidates:
+            return
+        cached = await scheduler.dags.load(session, {c.dag_id for c in candidates})
+        slots = await store_pools.slots(session)
+        chosen = _within_limits(candidates, free, by_dag, by_pool, cached, slots)
+        claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
+        chosen = [c for c in chosen if c.id in claimed]
+        await store_attempts.open_attempts(
+            session,
+            [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id]) for c in chosen],
+            launcher=scheduler.launcher.name,
+            scheduler_id=scheduler.scheduler_id,
+            now=now,
+        )
+        run_infos = {
+            r.pk: r
+            for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
+        }
+    specs: list[TaskSpec] = []
+    failures: list[_LaunchFailure] = []
+    for c in chosen:
+        entry = cached[c.dag_id]
+        task = entry.dag["tasks"].get(c.task_id)
+        key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id])
+        scheduler.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
+        if task is None:
+            failures.append(_LaunchFailure(c, claimed[c.id], "task is no longer defined"))
+            continue
+        try:
+            specs.append(build_spec(entry.dag, run_infos[c.run_pk], c.task_id, claimed[c.id]))
+        except TemplateError as exc:
+            failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
+    results = await scheduler.launcher.launch(specs) if specs else []
+    handles: list[tuple[int, int, str]] = []
+    for result in results:
+        flight = scheduler.inflight.get(result.key)
+        if flight is None:
+            continue
+        if result.handle is not None:
+            handles.append((flight.ti_id, result.key.try_number, result.handle))
+        elif result.error is not None:
+            failures.append(
+                _LaunchFailure(
+                    _candidate_of(result.key, flight),
+                    result.key.try_number,
+                    result.error,
+                    result.retryable,
+                )
+            )
+    stats.launched = len(handles)
+    if failures or handles:
+        async with store_engine.transaction(scheduler.sessions) as session:
+            await store_attempts.set_handles(session, handles)
+            await fail_before_start(scheduler, session, failures)
+    if failures:
+        stats.changed += len(failures)
+
+
+async def fail_before_start(
+    scheduler: Scheduler, session: AsyncSession, failures: Sequence[_LaunchFailure]
+) -> None:
+    """Tries that never started: a template error or a refused launch.
+
+    A launch refused for a transient reason (the API server still busy after the
+    launcher's own retries) is retried later without using up one of the task's
+    retries: the try is recorded, and `max_tries` grows by one.
+    """
+    now = scheduler.clock.now()
+    outcomes, ends = [], []
+    for f in failures:
+        c = f.candidate
+        entry = scheduler.dags.get(c.dag_id)
+        task = entry.dag["tasks"].get(c.task_id) if entry else None
+        if f.retryable:
+            outcome = store_tis.Outcome(
+                c.id,
+                f.try_number,
+                states.UP_FOR_RETRY,
+                error=f.error,
+                next_retry_at=now + timedelta(seconds=LAUNCH_RETRY_DELAY),
+                extra={"max_tries": store_tis.TI.max_tries + 1},
+            )
+        else:
+            outcome = failure_outcome(
+                ti_id=c.id,
+                try_number=f.try_number,
+                max_tries=task["retries"] if task else 0,
+                task=task,
+                now=now,
+                exit_code=None,
+                error=f.error,
+            )
+        outcomes.append(outcome)
+        ends.append(
+            store_attempts.AttemptEnd(
+                c.id, f.try_number, outcome.state, None, "LaunchFailed", f.error, None, now
+            )
+        )
+        scheduler.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number), None)
+        scheduler.mark_dirty(c.run_pk)
+        log.warning(
+            "%s/%s/%s try %d did not start: %s",
+            c.dag_id,
+            c.run_id,
+            c.task_id,
+            f.try_number,
+            f.error,
+        )
+    await store_tis.finish(session, outcomes, now)
+    await store_attempts.close(session, ends)
+
+
+@dataclass(frozen=True, slots=True)
+class _LaunchFailure:
+    candidate: store_tis.Candidate
+    try_number: int
+    error: str
+    retryable: bool = False
+
+
+def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:
+    return store_tis.Candidate(
+        flight.ti_id,
+        flight.run_pk,
+        key.dag_id,
+        key.run_id,
+        key.task_id,
+        flight.kind,
+        key.try_number,
+        0,
+        None,
+    )
+
+
+def _within_limits(
+    candidates: Sequence[store_tis.Candidate],
+    free: int,
+    by_dag: dict[str, int],
+    by_pool: dict[str, int],
+    cached: Mapping[str, CachedDag],
+    slots: dict[str, int],
+) -> list[store_tis.Candidate]:
+    """Pick candidates in order while global, per-DAG and pool limits allow."""
+    dag_used = dict(by_dag)
+    pool_used = dict(by_pool)
+    chosen: list[store_tis.Candidate] = []
+    for c in candidates:
+        if len(chosen) >= free:
+            break
+        entry = cached.get(c.dag_id)
+        if entry is None:
+            continue
+        limit = entry.dag["max_active_tasks"]
+        if dag_used.get(c.dag_id, 0) >= limit:
+            continue
+        if c.pool is not None and c.pool in slots and pool_used.get(c.pool, 0) >= slots[c.pool]:
+            continue
+        dag_used[c.dag_id] = dag_used.get(c.dag_id, 0) + 1
+        if c.pool is not None:
+            pool_used[c.pool] = pool_used.get(c.pool, 0) + 1
+        chosen.append(c)
+    return chosen
