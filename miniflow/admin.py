@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from miniflow import runtime
 from miniflow.config import Config
 from miniflow.errors import NotFound
+from miniflow.schedule import DataInterval, Timetable
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.serialized import SerializedDag
@@ -54,11 +55,12 @@ async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
         store_engine.transaction(store_engine.sessionmaker(engine)) as session,
     ):
         rows = await store_dags.list_dags(session)
+        last = await store_runs.last_scheduled_intervals(session)
         return [
             DagRowView(
                 r.dag_id,
                 r.schedule,
-                r.next_interval_end,
+                r.next_interval_end or _next_run(r.serialized, last.get(r.dag_id)),  # type: ignore[arg-type]
                 r.is_paused,
                 r.fileloc,
                 r.has_import_error,
@@ -66,6 +68,19 @@ async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
             )
             for r in rows
         ]
+
+
+def _next_run(dag: SerializedDag, last: tuple[datetime, datetime] | None) -> datetime | None:
+    """When the next scheduled run happens (the end of its data interval), if any."""
+    if dag.get("schedule") is None:
+        return None
+    try:
+        interval = Timetable.from_serialized(dag).next_scheduled(
+            DataInterval(*last) if last else None, _now()
+        )
+    except ValueError:
+        return None
+    return interval.end if interval else None
 
 
 async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErrorRow]:

@@ -50,7 +50,9 @@ def _styled(state: str) -> str:
 
 
 def print_dags(rows: Sequence[DagRowView], console: Console | None = None) -> None:
-    table = Table("dag_id", "schedule", "next run", "paused", "tasks", "file", "import error")
+    table = Table(
+        "dag_id", "schedule", "next run at (UTC)", "paused", "tasks", "file", "import error"
+    )
     for r in rows:
         table.add_row(
             r.dag_id,
