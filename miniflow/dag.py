@@ -162,6 +162,12 @@ def _check_positive_int(value: object, what: str) -> int:
     return value
 
 
+AIRFLOW_ONLY_DEFAULTS = frozenset(
+    {"owner", "email", "email_on_failure", "email_on_retry", "depends_on_past"}
+)
+"""`default_args` keys from Airflow DAG files that are accepted and ignored."""
+
+
 class DAG:
     """A workflow: tasks, their dependencies, and when to run them.
 
@@ -230,7 +236,10 @@ class DAG:
         self.description = description
         if default_args is not None and not isinstance(default_args, dict):
             raise definition_error(f"default_args must be a dict, got {default_args!r}")
-        defaults = {**(default_args or {}), **task_defaults}
+        # Airflow DAG files often carry these in default_args; they mean nothing here
+        # (no e-mail, no cross-run dependencies), so a moved DAG still loads.
+        given = {k: v for k, v in (default_args or {}).items() if k not in AIRFLOW_ONLY_DEFAULTS}
+        defaults = {**given, **task_defaults}
         self.task_defaults: dict[str, Any] = tasks.validate_settings(
             defaults, f"DAG {dag_id!r}", for_dag=True
         )

@@ -419,3 +419,12 @@ def test_exception_inside_with_block_is_not_masked() -> None:
     # the DAG context was popped
     with pytest.raises(DagDefinitionError, match="inside a `with DAG"):
         Bash("a", "true")
+
+
+def test_airflow_only_default_args_are_ignored_but_typos_are_not() -> None:
+    dag = DAG("moved", default_args={"owner": "data", "email": ["a@b.c"], "retries": 2})
+    with dag:
+        Bash("t", "true")
+    assert dag.serialize("f.py")["tasks"]["t"]["retries"] == 2
+    with pytest.raises(DagDefinitionError, match="retires"):
+        DAG("typo", default_args={"retires": 2})
