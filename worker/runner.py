@@ -5,11 +5,12 @@ local launcher's forked, pre-warmed children both call it. Steps:
 
 1. **Config** (`load_config`) and a connection check: a bad setting or an
    unreachable database is one line on stderr and exit 2, nothing recorded.
-2. **Claim** in one transaction: `worker_claim` marks the try running only if
-   the database still expects exactly this try and no other worker claimed it
-   (`heartbeat_at IS NULL`). The same transaction reads the DAG row, the run
-   and the upstream results a Python task needs, so start-up costs one round
-   trip of statements. Not claimed → a message, exit 0, nothing runs.
+2. **Claim** in one transaction (`miniflow_worker.claim`): `worker_claim`
+   marks the try running only if the database still expects exactly this try
+   and no other worker claimed it (`heartbeat_at IS NULL`). The same
+   transaction reads the DAG row, the run and the upstream results a Python
+   task needs, so start-up costs one round trip of statements. Not claimed →
+   a message, exit 0, nothing runs.
 3. **Prepare.** The task definition comes from the *stored* serialized DAG
    (what the scheduler parsed and scheduled), not from re-importing the file:
    a Bash task never imports user code at all (faster, and a DAG file with
@@ -22,9 +23,10 @@ local launcher's forked, pre-warmed children both call it. Steps:
    scheduler ended this one → stop the task, record nothing, exit 3),
    SIGTERM/SIGINT (stop the task, record "terminated by SIGTERM", exit
    128+signal: 143), and the task's `timeout` (stop, record a failure).
-5. **Record** the outcome with `task_instances.finish`, expecting `running`:
-   success with the result, or `retries.failure_outcome` (up_for_retry with
-   back-off while tries remain, else failed). If the fenced update matches
+5. **Record** the outcome (`miniflow_worker.outcome`) with
+   `task_instances.finish`, expecting `running`: success with the result, or
+   `retries.failure_outcome` (up_for_retry with back-off while tries remain,
+   else failed). If the fenced update matches
    nothing, a newer try owns the row: exit 3. A database error while
    recording is retried a few times; then exit 4 and the scheduler's zombie
    detection takes over.
@@ -46,40 +48,31 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from miniflow_worker import execute
-from miniflow_worker.clock import now
 from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.config import Config, load_config
-from miniflow.errors import ConfigError, DatabaseUnavailable, NotFound, TemplateError
-from miniflow.retries import failure_outcome
-from miniflow.serialized import SerializedTask
-from miniflow.store import dags, runs, states, task_instances
-from miniflow.store.engine import check_connection, create_engine, sessionmaker, transaction
-from miniflow.store.task_instances import Outcome
-from miniflow.templates import build_context, render_task_fields
+from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
+from miniflow.store.engine import check_connection, create_engine, sessionmaker
+from miniflow.templates import render_task_fields
+
+# Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
+# `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
+from .claim import Claim, claim_try
+from .outcome import EXIT_FENCED as EXIT_FENCED
+from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
+from .outcome import EXIT_SUCCESS as EXIT_SUCCESS
+from .outcome import EXIT_TASK_FAILED as EXIT_TASK_FAILED
+from .outcome import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
+from .outcome import EXPECT_RUNNING as EXPECT_RUNNING
+from .outcome import RECORD_RETRY_DELAYS as RECORD_RETRY_DELAYS
+from .outcome import Recorder, db_reason
 
 T = TypeVar("T")
-
-EXIT_SUCCESS = 0
-"""The task succeeded, or there was nothing to run (stale try, already claimed)."""
-EXIT_TASK_FAILED = 1
-"""The task failed (failed or up_for_retry recorded), including timeouts."""
-EXIT_UNAVAILABLE = 2
-"""Bad arguments or config, or the database cannot be reached: nothing recorded."""
-EXIT_FENCED = 3
-"""A newer try owns the task instance: the task was stopped, nothing recorded."""
-EXIT_NOT_RECORDED = 4
-"""The task ended but its outcome could not be written (database gone)."""
-
-RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
-EXPECT_RUNNING = (states.RUNNING,)
 
 abandoned_threads = execute.abandoned_threads
 
@@ -117,28 +110,6 @@ def main(argv: list[str]) -> int:
         return EXIT_UNAVAILABLE
 
 
-# --- claim -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Claim:
-    """What the claim transaction learned; `problem` is a failure to record instead of running."""
-
-    ti_id: int
-    try_number: int
-    max_tries: int
-    task: SerializedTask | None = None
-    fileloc: str | None = None
-    context: dict[str, Any] = field(default_factory=dict)
-    upstream: dict[str, Any] = field(default_factory=dict)
-    problem: str | None = None
-
-
-def _db_reason(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -158,11 +129,17 @@ class Worker:
             await check_connection(engine)
             self.factory = sessionmaker(engine)
             try:
-                claim = await self._claim()
+                claim = await claim_try(
+                    self.factory,
+                    dag_id=self.dag_id,
+                    run_id=self.run_id,
+                    task_id=self.task_id,
+                    try_number=self.try_number,
+                )
             except SQLAlchemyError as exc:
                 raise DatabaseUnavailable(
                     f"database {self.config.safe_database_url()} failed while claiming "
-                    f"try {self.try_number} of {self.key}: {_db_reason(exc)}"
+                    f"try {self.try_number} of {self.key}: {db_reason(exc)}"
                 ) from exc
             if isinstance(claim, str):
                 log(claim)
@@ -186,58 +163,6 @@ class Worker:
                 pass
         return received
 
-    async def _claim(self) -> Claim | str:
-        async with transaction(self.factory) as session:
-            ti = await task_instances.worker_claim(
-                session, self.dag_id, self.run_id, self.task_id, self.try_number, now()
-            )
-            if ti is None:
-                return await self._why_not_claimed(session)
-            claim = Claim(ti.id, ti.try_number, ti.max_tries)
-            try:
-                dag_row = await dags.get_dag(session, self.dag_id)
-                run = await runs.get_run(session, self.dag_id, self.run_id)
-            except NotFound as exc:
-                claim.problem = str(exc)
-                return claim
-            serialized = dag_row.serialized
-            task = serialized.get("tasks", {}).get(self.task_id)
-            if task is None:
-                claim.problem = (
-                    f"DAG {self.dag_id!r} no longer has a task {self.task_id!r} "
-                    f"(file {dag_row.fileloc})"
-                )
-                return claim
-            claim.task, claim.fileloc = task, dag_row.fileloc
-            claim.context = build_context(
-                dag_id=self.dag_id,
-                run_id=self.run_id,
-                task_id=self.task_id,
-                try_number=self.try_number,
-                logical_date=run.logical_date,
-                data_interval_start=run.data_interval_start,
-                data_interval_end=run.data_interval_end,
-                params={**serialized.get("params", {}), **run.conf},
-            )
-            if task["kind"] == "python":
-                claim.upstream = await task_instances.upstream_results(
-                    session, self.dag_id, self.run_id, execute.upstream_refs(task)
-                )
-            return claim
-
-    async def _why_not_claimed(self, session: AsyncSession) -> str:
-        key = (self.dag_id, self.run_id, self.task_id)
-        row = (await task_instances.find_keys(session, [key])).get(key)
-        if row is None:
-            return f"there is no task instance {self.key}; nothing to run"
-        if row.try_number != self.try_number:
-            why = f"not the current try (the current try is {row.try_number}, state {row.state})"
-        elif row.state in states.ACTIVE:
-            why = f"already claimed by another worker (state {row.state})"
-        else:
-            why = f"no longer queued or running (state {row.state})"
-        return f"try {self.try_number} of {self.key} is {why}; nothing to run"
-
     async def _run_claimed(self, claim: Claim) -> int:
         log(f"claimed try {claim.try_number} of {self.key}")
         self.claim = claim
@@ -246,46 +171,39 @@ class Worker:
             self.factory, claim.ti_id, claim.try_number, self.config.heartbeat_interval, log
         )
         self.fenced = self.heartbeat.start()
+        self.recorder = Recorder(self.factory, claim, self.heartbeat, key=self.key, log=log)
         try:
             return await self._execute(claim)
         except Exception as exc:  # a bug here must still end the try, not leave it running
             if self.execution is not None:
                 await self.execution.stop()
             text = execute.format_exception(exc)
-            return await self._fail(f"internal error in miniflow-worker:\n{text}", exit_code=None)
+            return await self.recorder.fail(
+                f"internal error in miniflow-worker:\n{text}", exit_code=None
+            )
         finally:
             await self.heartbeat.stop()
 
     async def _execute(self, claim: Claim) -> int:
         prepared = await self._race(asyncio.ensure_future(self._prepare(claim)), None)
         if prepared[0] != "done":
-            return await self._interrupted(prepared, None)
+            return await self.recorder.interrupted(prepared, None)
         execution_or_error = prepared[1]
         if isinstance(execution_or_error, str):
-            return await self._fail(execution_or_error, exit_code=None)
+            return await self.recorder.fail(execution_or_error, exit_code=None)
         execution: execute.Execution = execution_or_error
         self.execution = execution
         timeout = claim.task["timeout"] if claim.task else None
         ran = await self._race(asyncio.ensure_future(execution.run()), timeout)
         if ran[0] != "done":
-            return await self._interrupted(ran, execution)
+            return await self.recorder.interrupted(ran, execution)
         ended: execute.Ended = ran[1]
         if ended.ok:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}
             )
-            return await self._record(
-                Outcome(
-                    claim.ti_id,
-                    claim.try_number,
-                    states.SUCCESS,
-                    EXPECT_RUNNING,
-                    exit_code=0,
-                    extra=extra,
-                ),
-                EXIT_SUCCESS,
-            )
-        return await self._fail(ended.error or "task failed", exit_code=ended.exit_code)
+            return await self.recorder.success(extra)
+        return await self.recorder.fail(ended.error or "task failed", exit_code=ended.exit_code)
 
     async def _prepare(self, claim: Claim) -> execute.Execution | str:
         """The execution to run, or the error text of a failure to record."""
@@ -351,71 +269,6 @@ class Worker:
                 timer.cancel()
             if not main.done():
                 main.cancel()
-
-    async def _interrupted(
-        self,
-        why: tuple[str, Any],
-        execution: execute.Execution | None,
-    ) -> int:
-        reason, detail = why
-        if execution is not None:
-            await execution.stop()
-        if reason == "fenced":
-            log(
-                f"fenced out: try {self.try_number} of {self.key} is no longer the current "
-                "running try (a newer try exists or the scheduler ended it); task stopped, "
-                "nothing recorded"
-            )
-            return EXIT_FENCED
-        if reason == "signal":
-            name = signal.Signals(detail).name
-            log(f"received {name}: task stopped")
-            await self._fail(f"terminated by {name}", exit_code=128 + detail)
-            return 128 + int(detail)
-        timeout = self.claim.task["timeout"] if self.claim.task else None
-        return await self._fail(
-            f"timed out after {timeout:g}s (the task's timeout)", exit_code=None
-        )
-
-    async def _fail(self, error: str, *, exit_code: int | None) -> int:
-        print(error, file=sys.stderr, flush=True)
-        claim = self.claim
-        outcome = failure_outcome(
-            ti_id=claim.ti_id,
-            try_number=claim.try_number,
-            max_tries=claim.max_tries,
-            task=claim.task,
-            now=now(),
-            exit_code=exit_code,
-            error=error,
-            expected=EXPECT_RUNNING,
-        )
-        return await self._record(outcome, EXIT_TASK_FAILED)
-
-    async def _record(self, outcome: Outcome, code: int) -> int:
-        """Write the outcome (fenced by try and state); `code` if it was applied."""
-        await self.heartbeat.stop()
-        for delay in (*RECORD_RETRY_DELAYS, None):
-            try:
-                async with transaction(self.factory) as session:
-                    changed = await task_instances.finish(session, [outcome], now())
-                break
-            except (SQLAlchemyError, OSError) as exc:
-                if delay is None:
-                    log(f"could not record the outcome ({outcome.state}): {_db_reason(exc)}")
-                    return EXIT_NOT_RECORDED
-                log(f"recording the outcome failed ({_db_reason(exc)}); retrying in {delay:g}s")
-                await asyncio.sleep(delay)
-        if outcome.ti_id not in changed:
-            log(
-                f"outcome {outcome.state} not recorded: try {outcome.try_number} of {self.key} "
-                "is no longer the current running try"
-            )
-            return EXIT_FENCED
-        retry_at = outcome.next_retry_at
-        when = f" (next try after {retry_at.isoformat()})" if retry_at else ""
-        log(f"try {outcome.try_number} of {self.key}: {outcome.state}{when}")
-        return code
 
 
 def _load_function(path: Path, dag_id: str, task_id: str) -> Callable[..., Any] | str:

@@ -39,6 +39,8 @@ ErrImagePull / ImagePullBackOff / CreateContainerConfigError /
 InvalidImageName / Unschedulable (stuck), Deleted, Lost, or the ``reason``
 given to `kill`.
 
+Launching, killing and adopting live here; following each pod to its end (the
+dedup, exit handling, cleanup and stuck pods above) lives in `kube_tracker`.
 This module never touches the database and never imports kubernetes_asyncio
 (that is `kube_client`'s job).
 """
@@ -47,21 +49,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
 
 from miniflow.errors import MiniflowError, PermanentError, RetryableError
 from miniflow.launchers import pods
 from miniflow.launchers.base import (
     AliveAttempt,
-    AttemptExited,
     AttemptKey,
-    AttemptStarted,
     LauncherEvent,
     LaunchResult,
     TaskSpec,
@@ -75,33 +72,10 @@ from miniflow.launchers.kube_client import (
     RetryPolicy,
     with_retries,
 )
-from miniflow.launchers.kube_watch import NamespaceWatch, Pod, PodView, observe
+from miniflow.launchers.kube_tracker import CleanupPolicy, PodTracker, Tracked
+from miniflow.launchers.kube_watch import NamespaceWatch
 
 log = logging.getLogger(__name__)
-
-CleanupPolicy = Literal["on_success", "always", "never"]
-
-
-@dataclass(slots=True)
-class _Tracked:
-    """Per-pod dedup state; lives until the pod is gone."""
-
-    key: AttemptKey
-    name: str
-    namespace: str
-    handle: str
-    seq: int  # tracking order, to tell pods created during a relist from lost ones
-    phase: str = "Pending"
-    started: bool = False
-    exited: bool = False
-    stuck_since: float | None = None
-    stuck_reason: str | None = None
-    stuck_message: str | None = None
-    kill_reason: str | None = None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -146,17 +120,21 @@ class KubernetesLauncher:
         self.retry = retry or RetryPolicy()
         self._kubeconfig = kubeconfig
         self._context = context
-        self._clock = clock
         self._max_concurrent = max_concurrent_creates
         self._events: asyncio.Queue[LauncherEvent] = asyncio.Queue()
         self._client: KubeClient | None = None
         self._watches: dict[str, _Watching] = {}
-        self._tracked: dict[tuple[str, str], _Tracked] = {}
-        self._seq = itertools.count(1)
-        self._background: set[asyncio.Task[None]] = set()
+        self._tracker = PodTracker(
+            events=self._events,
+            settings=self,
+            client=self._client_or_fail,
+            handle=self._handle,
+            clock=clock,
+            max_concurrent_io=max_concurrent_creates,
+        )
+        self._tracked = self._tracker.tracked  # every known pod, by (namespace, name)
         self._sweeper: asyncio.Task[None] | None = None
         self._create_slots = asyncio.Semaphore(max_concurrent_creates)
-        self._io_slots = asyncio.Semaphore(max_concurrent_creates)
 
     # ------------------------------------------------------------------ protocol
 
@@ -172,7 +150,9 @@ class KubernetesLauncher:
             max_connections=self._max_concurrent + 16,
         )
         watching = self._ensure_watch(self.defaults.namespace)
-        self._sweeper = asyncio.create_task(self._sweep_stuck(), name="miniflow-kube-sweeper")
+        self._sweeper = asyncio.create_task(
+            self._tracker.sweep_stuck(), name="miniflow-kube-sweeper"
+        )
         await self._wait_synced(watching)
 
     async def close(self) -> None:
@@ -182,8 +162,8 @@ class KubernetesLauncher:
         for task in tasks:
             task.cancel()
         # Let in-flight exit handling (log read, event) finish briefly; then stop.
-        if self._background:
-            _, pending = await asyncio.wait(list(self._background), timeout=5.0)
+        if self._tracker.background:
+            _, pending = await asyncio.wait(list(self._tracker.background), timeout=5.0)
             for task in pending:
                 task.cancel()
             tasks.extend(pending)
@@ -200,15 +180,15 @@ class KubernetesLauncher:
 
     async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
         namespace, name = self._locate(key, handle)
-        tracked = self._tracked.get((namespace, name)) or self._track(key, namespace, name)
+        tracked = self._tracked.get((namespace, name)) or self._tracker.track(key, namespace, name)
         if tracked.exited:
             return
         tracked.kill_reason = reason
         try:
-            await self._delete(namespace, name, grace=self.delete_grace_period)
+            await self._tracker.delete(namespace, name, grace=self.delete_grace_period)
         except PodNotFound:
             self._tracked.pop((namespace, name), None)
-            self._exit_without_pod(tracked, reason, "pod not found when killing it")
+            self._tracker.exit_without_pod(tracked, reason, "pod not found when killing it")
         except MiniflowError as exc:
             log.warning("kill of %s/%s (%s) failed: %s", namespace, name, key, exc)
             raise
@@ -219,8 +199,8 @@ class KubernetesLauncher:
             await self._wait_synced(self._ensure_watch(namespace))
             tracked = self._tracked.get((namespace, name))
             if tracked is None:
-                lost = _Tracked(key, name, namespace, self._handle(namespace, name), seq=0)
-                self._exit_without_pod(lost, "Lost", "no pod found for this attempt")
+                lost = Tracked(key, name, namespace, self._handle(namespace, name), seq=0)
+                self._tracker.exit_without_pod(lost, "Lost", "no pod found for this attempt")
 
     async def alive(self) -> list[AliveAttempt]:
         return [
@@ -268,7 +248,7 @@ class KubernetesLauncher:
         except AlreadyExists:
             log.info("pod %s/%s already exists: adopting %s", namespace, name, key)
             if (namespace, name) not in self._tracked:
-                self._track(key, namespace, name)
+                self._tracker.track(key, namespace, name)
             return LaunchResult(key, handle, adopted=True)
         except RetryableError as exc:
             return LaunchResult(key, None, error=str(exc), retryable=True)
@@ -279,7 +259,7 @@ class KubernetesLauncher:
         except Exception as exc:  # never raise for one spec; this is a bug, say so
             log.exception("unexpected error launching %s", key)
             return LaunchResult(key, None, error=f"unexpected error: {exc!r}")
-        self._apply(created)
+        self._tracker.apply(created)
         return LaunchResult(key, handle)
 
     # ------------------------------------------------------------------ watching
@@ -290,9 +270,9 @@ class KubernetesLauncher:
             watch = NamespaceWatch(
                 self._client_or_fail(),
                 namespace,
-                on_event=self._on_event,
-                on_relist=self._on_relist,
-                before_list=lambda: next(self._seq),
+                on_event=self._tracker.on_event,
+                on_relist=self._tracker.on_relist,
+                before_list=self._tracker.next_seq,
                 retry=self.retry,
                 watch_timeout=self.watch_timeout,
             )
@@ -317,173 +297,7 @@ class KubernetesLauncher:
                 f"{self.defaults.namespace!r} within {self.start_timeout:g}s"
             )
 
-    def _on_event(self, event_type: str, pod: Pod) -> None:
-        view = observe(pod)
-        if view.key is None:
-            return
-        ident = (view.namespace, view.name)
-        if event_type == "DELETED":
-            tracked = self._tracked.pop(ident, None)
-            if tracked is not None and not tracked.exited:
-                if view.terminal:
-                    self._begin_exit(tracked, view, pod_gone=True)
-                else:
-                    reason = tracked.kill_reason or "Deleted"
-                    self._exit_without_pod(tracked, reason, "pod deleted before it finished")
-            return
-        self._apply(pod, view)
-
-    def _on_relist(self, namespace: str, items: list[Pod], marker: int) -> None:
-        present = set()
-        for pod in items:
-            view = observe(pod)
-            if view.key is not None:
-                present.add(view.name)
-                self._apply(pod, view)
-        for ident, tracked in list(self._tracked.items()):
-            if ident[0] == namespace and ident[1] not in present and tracked.seq < marker:
-                del self._tracked[ident]
-                if not tracked.exited:
-                    reason = tracked.kill_reason or "Lost"
-                    self._exit_without_pod(tracked, reason, "pod disappeared while not watched")
-
-    def _track(self, key: AttemptKey, namespace: str, name: str) -> _Tracked:
-        tracked = _Tracked(key, name, namespace, self._handle(namespace, name), next(self._seq))
-        self._tracked[(namespace, name)] = tracked
-        return tracked
-
-    def _apply(self, pod: Pod, view: PodView | None = None) -> None:
-        """Fold one observed pod state into its tracking entry; emit what is new."""
-        view = view or observe(pod)
-        if view.key is None:
-            return
-        tracked = self._tracked.get((view.namespace, view.name))
-        if tracked is None:
-            tracked = self._track(view.key, view.namespace, view.name)
-        tracked.phase = view.phase
-        if tracked.exited:
-            return
-        if view.started and not tracked.started:
-            tracked.started = True
-            self._events.put_nowait(AttemptStarted(tracked.key, tracked.handle, _now()))
-        if view.terminal:
-            self._begin_exit(tracked, view, pod_gone=False)
-        elif view.stuck_reason is not None:
-            if tracked.stuck_since is None:
-                tracked.stuck_since = self._clock()
-            tracked.stuck_reason = view.stuck_reason
-            tracked.stuck_message = view.stuck_message
-        else:
-            tracked.stuck_since = None
-
-    # ------------------------------------------------------------------ exits
-
-    def _begin_exit(self, tracked: _Tracked, view: PodView, *, pod_gone: bool) -> None:
-        tracked.exited = True  # dedup now, before any await
-        if view.started and not tracked.started:
-            tracked.started = True
-            self._events.put_nowait(AttemptStarted(tracked.key, tracked.handle, _now()))
-        self._spawn(self._finish(tracked, view, pod_gone=pod_gone))
-
-    async def _finish(self, tracked: _Tracked, view: PodView, *, pod_gone: bool) -> None:
-        """Log tail first, then the event, then cleanup (see the module docstring)."""
-        async with self._io_slots:
-            log_tail: str | None = None
-            message = view.message
-            if view.started and not pod_gone and self.log_tail_lines > 0:
-                try:
-                    log_tail = await with_retries(
-                        lambda: self._client_or_fail().read_log(
-                            tracked.name,
-                            tracked.namespace,
-                            tail_lines=self.log_tail_lines,
-                            container=pods.MAIN_CONTAINER,
-                        ),
-                        what=f"read log of {tracked.namespace}/{tracked.name}",
-                        policy=self.retry,
-                    )
-                except MiniflowError as exc:
-                    log.warning("log tail of %s unavailable: %s", tracked.key, exc)
-            reason = view.reason
-            if tracked.kill_reason is not None:
-                message = f"{view.reason}: {message}" if message else view.reason
-                reason = tracked.kill_reason
-            self._events.put_nowait(
-                AttemptExited(
-                    tracked.key,
-                    tracked.handle,
-                    view.exit_code,
-                    reason,
-                    _now(),
-                    log_tail=log_tail,
-                    message=message,
-                )
-            )
-            if pod_gone or tracked.kill_reason is not None or self.cleanup == "never":
-                return
-            succeeded = view.exit_code == 0
-            if self.cleanup == "on_success" and not succeeded:
-                return
-            delay = 0.0 if succeeded else self.keep_failed_for
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await self._delete_quietly(tracked)
-
-    def _exit_without_pod(self, tracked: _Tracked, reason: str, message: str) -> None:
-        tracked.exited = True
-        self._events.put_nowait(
-            AttemptExited(tracked.key, tracked.handle, None, reason, _now(), message=message)
-        )
-
-    async def _sweep_stuck(self) -> None:
-        """Kill pods stuck pending past `pending_timeout` (checked a few times per timeout)."""
-        interval = min(max(self.pending_timeout / 5, 0.05), 5.0)
-        while True:
-            await asyncio.sleep(interval)
-            now = self._clock()
-            for tracked in list(self._tracked.values()):
-                since = tracked.stuck_since
-                if tracked.exited or since is None or now - since < self.pending_timeout:
-                    continue
-                tracked.exited = True
-                self._spawn(self._kill_stuck(tracked))
-
-    async def _kill_stuck(self, tracked: _Tracked) -> None:
-        reason = tracked.stuck_reason or "Pending"
-        log.warning(
-            "pod of %s stuck %s for %ss: deleting", tracked.key, reason, self.pending_timeout
-        )
-        async with self._io_slots:
-            await self._delete_quietly(tracked, grace=0)
-        self._events.put_nowait(
-            AttemptExited(
-                tracked.key, tracked.handle, None, reason, _now(), message=tracked.stuck_message
-            )
-        )
-
     # ------------------------------------------------------------------ helpers
-
-    async def _delete(self, namespace: str, name: str, *, grace: int | None = None) -> None:
-        client = self._client_or_fail()
-        await with_retries(
-            lambda: client.delete_pod(name, namespace, grace_period_seconds=grace),
-            what=f"delete pod {namespace}/{name}",
-            policy=self.retry,
-        )
-
-    async def _delete_quietly(self, tracked: _Tracked, *, grace: int | None = None) -> None:
-        try:
-            await self._delete(tracked.namespace, tracked.name, grace=grace)
-        except PodNotFound:
-            pass
-        except MiniflowError as exc:  # the sanity loop deletes leftovers later
-            log.warning("cleanup of pod %s/%s failed: %s", tracked.namespace, tracked.name, exc)
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
 
     def _handle(self, namespace: str, name: str) -> str:
         return name if namespace == self.defaults.namespace else f"{namespace}/{name}"
@@ -498,8 +312,3 @@ class KubernetesLauncher:
         if self._client is None:
             raise RuntimeError("KubernetesLauncher.start() has not been called")
         return self._client
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())

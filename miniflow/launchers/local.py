@@ -17,11 +17,9 @@ Design decisions (see BENCHMARKS.md: the floor is fork+exec, ~1 ms a task):
   forkserver is a clean process (no event loop, no scheduler state), unlike a
   fork of the scheduler itself. `python_mode="exec"` runs a fresh interpreter
   instead (simple, slow) and is the fallback when the worker is not installed.
-- **pidfd, not a thread per child.** Exits are awaited with
-  `loop.add_reader(os.pidfd_open(pid))` (for forked children: the
-  multiprocessing sentinel); asyncio's default child watcher on 3.11 would
-  start a thread per process. The same pidfd watches processes adopted after
-  a scheduler restart, which are no longer our children.
+- **pidfd, not a thread per child.** Exits are awaited on a pidfd (or the
+  multiprocessing sentinel) registered with the loop; see `local_watch`, which
+  follows every attempt, adopted or our own, until it ends.
 - **Restart-safe and idempotent.** Before `launch()` returns, a marker file
   records pid + process start time + boot id; the attempt writes its own exit
   code to a file. A new launcher on the same `state_dir` can therefore adopt a
@@ -40,7 +38,6 @@ be known: no marker, or the process ended without an exit file).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
 import multiprocessing
@@ -49,11 +46,8 @@ import multiprocessing.forkserver
 import multiprocessing.process
 import os
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -62,43 +56,16 @@ from miniflow.launchers import local_fork
 from miniflow.launchers import local_procs as procs
 from miniflow.launchers.base import (
     AliveAttempt,
-    AttemptExited,
     AttemptKey,
-    AttemptStarted,
     LauncherEvent,
     LaunchResult,
     TaskSpec,
 )
+from miniflow.launchers.local_watch import Attempt, AttemptWatcher
 
 log = logging.getLogger("miniflow.launchers.local")
 
 NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the Pod task a command"
-
-
-@dataclass(eq=False)
-class _Attempt:
-    """A process this launcher watches (its own child, or adopted)."""
-
-    key: AttemptKey
-    kind: str
-    pid: int
-    paths: procs.AttemptPaths
-    own_child: bool  # spawned by us: reap with waitpid
-    process: multiprocessing.process.BaseProcess | None = None  # forked Python attempt
-    watch_fd: int | None = None  # fd registered with the loop (pidfd or sentinel)
-    pidfd: int | None = None  # ours to close
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    forced_reason: str | None = None  # "Timeout" | "Killed"
-    message: str | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def handle(self) -> str:
-        return f"pid:{self.pid}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _importable(module: str) -> bool:
@@ -130,7 +97,10 @@ class LocalLauncher:
         self.grace_period = grace_period
         self.python_entry = python_entry
         self._events: asyncio.Queue[LauncherEvent] = asyncio.Queue()
-        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._watcher = AttemptWatcher(
+            events=self._events, state_dir=self.state_dir, grace_period=grace_period
+        )
+        self._attempts = self._watcher.attempts  # the attempts being watched, by key
         self._closed = False
         self._warned_image = False
         self._sh = shutil.which("sh") or "/bin/sh"
@@ -175,9 +145,7 @@ class LocalLauncher:
     async def close(self) -> None:
         self._closed = True
         loop = asyncio.get_running_loop()
-        for attempt in self._attempts.values():
-            self._unwatch(loop, attempt)
-        self._attempts.clear()
+        self._watcher.unwatch_all(loop)
 
     async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
         loop = asyncio.get_running_loop()
@@ -188,16 +156,16 @@ class LocalLauncher:
         attempt = self._attempts.get(key)
         if attempt is None:
             # Not watched (e.g. before adopt): watch it if it still runs, else report.
-            attempt = self._adopt_one(loop, key, announce=False)
+            attempt = self._watcher.adopt(loop, key, announce=False)
             if attempt is None:
                 return
-        self._terminate(loop, attempt, "Killed", reason)
+        self._watcher.terminate(loop, attempt, "Killed", reason)
 
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         loop = asyncio.get_running_loop()
         for key, _handle in attempts:
             if key not in self._attempts:
-                self._adopt_one(loop, key, announce=True)
+                self._watcher.adopt(loop, key, announce=True)
 
     async def alive(self) -> list[AliveAttempt]:
         return [
@@ -227,7 +195,7 @@ class LocalLauncher:
         loop = asyncio.get_running_loop()
         attempts = list(self._attempts.values())
         for attempt in attempts:
-            self._terminate(loop, attempt, "Killed", "launcher shutdown")
+            self._watcher.terminate(loop, attempt, "Killed", "launcher shutdown")
         if attempts:
             await asyncio.wait(
                 [asyncio.ensure_future(a.done.wait()) for a in attempts],
@@ -247,10 +215,12 @@ class LocalLauncher:
         marker = procs.read_marker(paths.marker)
         if marker is not None:
             # Launched before (maybe by a previous scheduler): adopt, never run twice.
-            self._adopt_one(loop, key, announce=True, marker=marker)
+            self._watcher.adopt(loop, key, announce=True, marker=marker)
             return LaunchResult(key=key, handle=marker.handle, adopted=True)
         if spec.kind == "pod" and not spec.cmds:
-            self._emit_exit(key, None, None, "Error", log_tail=None, message=NO_ENTRYPOINT_MESSAGE)
+            self._watcher.emit_exit(
+                key, None, None, "Error", log_tail=None, message=NO_ENTRYPOINT_MESSAGE
+            )
             return LaunchResult(key=key, handle=None, error=NO_ENTRYPOINT_MESSAGE)
         try:
             paths.log.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +231,7 @@ class LocalLauncher:
             log.exception("cannot start attempt %s", key)
             return LaunchResult(key=key, handle=None, error=f"cannot start: {exc!r}")
         stat = procs.proc_stat(pid)
-        attempt = _Attempt(
+        attempt = Attempt(
             key=key,
             kind=spec.kind,
             pid=pid,
@@ -281,8 +251,8 @@ class LocalLauncher:
                 timeout=spec.timeout,
             ),
         )
-        self._watch(loop, attempt, spec.timeout)
-        self._events.put_nowait(AttemptStarted(key=key, handle=attempt.handle, at=_now()))
+        self._watcher.watch(loop, attempt, spec.timeout)
+        self._watcher.announce(attempt)
         return LaunchResult(key=key, handle=attempt.handle)
 
     def _start_process(
@@ -330,169 +300,3 @@ class LocalLauncher:
             argv, sh=self._sh, log_path=paths.log, exit_path=paths.exit, env=env
         )
         return pid, None
-
-    # -- adoption ---------------------------------------------------------------------------
-
-    def _adopt_one(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        key: AttemptKey,
-        *,
-        announce: bool,
-        marker: procs.Marker | None = None,
-    ) -> _Attempt | None:
-        """Watch the attempt if its process still runs, else report how it ended."""
-        paths = procs.AttemptPaths.of(self.state_dir, key)
-        marker = marker or procs.read_marker(paths.marker)
-        if marker is None:
-            self._emit_exit(
-                key,
-                None,
-                None,
-                "Lost",
-                log_tail=None,
-                message="no launch marker: the attempt was never started here",
-            )
-            return None
-        pidfd: int | None = None
-        if procs.marker_process_alive(marker):
-            try:
-                pidfd = os.pidfd_open(marker.pid)
-            except OSError:
-                pidfd = None
-            # Re-check after opening: the pid may have ended and been reused in between.
-            if pidfd is not None and not procs.marker_process_alive(marker):
-                os.close(pidfd)
-                pidfd = None
-        if pidfd is None:
-            code = procs.read_exit_file(paths.exit)
-            reaped = procs.reap_if_our_zombie(marker)  # launched by this very process
-            code = reaped if code is None else code
-            self._emit_exit(key, marker.handle, code, None, log_tail=procs.read_tail(paths.log))
-            return None
-        attempt = _Attempt(
-            key=key, kind=marker.kind, pid=marker.pid, paths=paths, own_child=False, pidfd=pidfd
-        )
-        timeout = None
-        if marker.timeout is not None:
-            timeout = max(0.0, marker.launched_at + marker.timeout - time.time())
-        self._watch(loop, attempt, timeout)
-        if announce:
-            self._events.put_nowait(AttemptStarted(key=key, handle=attempt.handle, at=_now()))
-        return attempt
-
-    # -- watching and ending ------------------------------------------------------------------
-
-    def _watch(
-        self, loop: asyncio.AbstractEventLoop, attempt: _Attempt, timeout: float | None
-    ) -> None:
-        self._attempts[attempt.key] = attempt
-        if attempt.process is not None:
-            attempt.watch_fd = attempt.process.sentinel
-        else:
-            if attempt.pidfd is None:
-                attempt.pidfd = os.pidfd_open(attempt.pid)
-            attempt.watch_fd = attempt.pidfd
-        loop.add_reader(attempt.watch_fd, self._on_exit, loop, attempt)
-        if timeout is not None:
-            attempt.timers.append(
-                loop.call_later(
-                    timeout,
-                    self._terminate,
-                    loop,
-                    attempt,
-                    "Timeout",
-                    f"timed out after {timeout:g} s",
-                )
-            )
-
-    def _terminate(
-        self, loop: asyncio.AbstractEventLoop, attempt: _Attempt, reason: str, message: str
-    ) -> None:
-        """SIGTERM the attempt's process group, SIGKILL after the grace period."""
-        if attempt.done.is_set():
-            return
-        if attempt.forced_reason is None:
-            attempt.forced_reason, attempt.message = reason, message
-        procs.signal_group(attempt.pid, signal.SIGTERM)
-        attempt.timers.append(
-            loop.call_later(self.grace_period, procs.signal_group, attempt.pid, signal.SIGKILL)
-        )
-
-    def _unwatch(self, loop: asyncio.AbstractEventLoop, attempt: _Attempt) -> None:
-        if attempt.watch_fd is not None:
-            loop.remove_reader(attempt.watch_fd)
-            attempt.watch_fd = None
-        if attempt.pidfd is not None:
-            os.close(attempt.pidfd)
-            attempt.pidfd = None
-        for timer in attempt.timers:
-            timer.cancel()
-        attempt.timers.clear()
-
-    def _on_exit(self, loop: asyncio.AbstractEventLoop, attempt: _Attempt) -> None:
-        code: int | None = None
-        process = attempt.process
-        if process is not None:
-            process.join(0)
-            if process.exitcode is None:
-                return  # spurious wake-up
-            code = process.exitcode if process.exitcode >= 0 else 128 - process.exitcode
-        # Pod semantics: the main process is gone, so is whatever it left behind.
-        # (For our own child the pid stays reserved until waitpid, so this is safe.)
-        with contextlib.suppress(OSError):
-            os.killpg(attempt.pid, signal.SIGKILL)
-        if attempt.process is None:
-            try:
-                pid, status = os.waitpid(attempt.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = 0, 0  # adopted: not our child (its parent reaps it)
-            if pid:
-                code = procs.exit_code_from_status(status)
-            elif attempt.own_child:
-                return  # spurious wake-up
-        self._unwatch(loop, attempt)
-        if process is not None:
-            process.close()  # after _unwatch: closes the sentinel fd
-        self._attempts.pop(attempt.key, None)
-        attempt.done.set()
-        if code is None:
-            code = procs.read_exit_file(attempt.paths.exit)
-        elif procs.read_exit_file(attempt.paths.exit) is None:
-            procs.write_exit_file(attempt.paths.exit, code)  # killed before it could
-        self._emit_exit(
-            attempt.key,
-            attempt.handle,
-            code,
-            attempt.forced_reason,
-            log_tail=procs.read_tail(attempt.paths.log),
-            message=attempt.message,
-        )
-
-    def _emit_exit(
-        self,
-        key: AttemptKey,
-        handle: str | None,
-        code: int | None,
-        reason: str | None,
-        *,
-        log_tail: str | None,
-        message: str | None = None,
-    ) -> None:
-        if reason is None:
-            if code is None:
-                reason = "Lost"
-                message = message or "the process ended and its exit code is unknown"
-            else:
-                reason = "Completed" if code == 0 else "Error"
-        self._events.put_nowait(
-            AttemptExited(
-                key=key,
-                handle=handle,
-                exit_code=code,
-                reason=reason,
-                at=_now(),
-                log_tail=log_tail,
-                message=message,
-            )
-        )

@@ -1,0 +1,107 @@
+"""Claiming one try: the transaction that makes this worker the one running it.
+
+`claim_try` is step 2 of a run (see `miniflow_worker.runner`). One transaction
+marks the try running with `task_instances.worker_claim`, which succeeds only
+if the database still expects exactly this try and no other worker claimed it
+(`heartbeat_at IS NULL`: a duplicate pod runs nothing). The same transaction
+reads everything the run needs next (the stored DAG's task, the run's
+template context, the upstream results of a Python task), so start-up costs
+one round trip of statements.
+
+A try that was claimed but cannot run (its DAG, run or task is gone) is still
+a `Claim`, with a `problem` the runner records as the try's failure. A try
+that was not claimed is only a message: nothing was changed, nothing is
+recorded. This module never imports the scheduler, the launchers or
+kubernetes_asyncio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from miniflow_worker import execute
+from miniflow_worker.clock import now
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from miniflow.errors import NotFound
+from miniflow.serialized import SerializedTask
+from miniflow.store import dags, runs, states, task_instances
+from miniflow.store.engine import transaction
+from miniflow.templates import build_context
+
+
+@dataclass
+class Claim:
+    """What the claim transaction learned; `problem` is a failure to record instead of running."""
+
+    ti_id: int
+    try_number: int
+    max_tries: int
+    task: SerializedTask | None = None
+    fileloc: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    upstream: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+
+async def claim_try(
+    factory: async_sessionmaker[AsyncSession],
+    *,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int,
+) -> Claim | str:
+    """Claim the try and read what running it needs; or why it was not claimed."""
+    async with transaction(factory) as session:
+        ti = await task_instances.worker_claim(session, dag_id, run_id, task_id, try_number, now())
+        if ti is None:
+            return await _why_not_claimed(session, dag_id, run_id, task_id, try_number)
+        claim = Claim(ti.id, ti.try_number, ti.max_tries)
+        try:
+            dag_row = await dags.get_dag(session, dag_id)
+            run = await runs.get_run(session, dag_id, run_id)
+        except NotFound as exc:
+            claim.problem = str(exc)
+            return claim
+        serialized = dag_row.serialized
+        task = serialized.get("tasks", {}).get(task_id)
+        if task is None:
+            claim.problem = (
+                f"DAG {dag_id!r} no longer has a task {task_id!r} (file {dag_row.fileloc})"
+            )
+            return claim
+        claim.task, claim.fileloc = task, dag_row.fileloc
+        claim.context = build_context(
+            dag_id=dag_id,
+            run_id=run_id,
+            task_id=task_id,
+            try_number=try_number,
+            logical_date=run.logical_date,
+            data_interval_start=run.data_interval_start,
+            data_interval_end=run.data_interval_end,
+            params={**serialized.get("params", {}), **run.conf},
+        )
+        if task["kind"] == "python":
+            claim.upstream = await task_instances.upstream_results(
+                session, dag_id, run_id, execute.upstream_refs(task)
+            )
+        return claim
+
+
+async def _why_not_claimed(
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str, try_number: int
+) -> str:
+    key = (dag_id, run_id, task_id)
+    name = f"{dag_id}/{run_id}/{task_id}"
+    row = (await task_instances.find_keys(session, [key])).get(key)
+    if row is None:
+        return f"there is no task instance {name}; nothing to run"
+    if row.try_number != try_number:
+        why = f"not the current try (the current try is {row.try_number}, state {row.state})"
+    elif row.state in states.ACTIVE:
+        why = f"already claimed by another worker (state {row.state})"
+    else:
+        why = f"no longer queued or running (state {row.state})"
+    return f"try {try_number} of {name} is {why}; nothing to run"

@@ -1,0 +1,153 @@
+"""Ending a claimed try: the worker's exit codes and the recording of its outcome.
+
+Step 5 of a run (see `miniflow_worker.runner`), and every failure path that
+leads to it. A `Recorder` writes the outcome with `task_instances.finish`,
+expecting `running`: success with the result, or `retries.failure_outcome`
+(up_for_retry with back-off while tries remain, else failed). The update is
+fenced by try and state: if it matches nothing, a newer try owns the row and
+the worker exits `EXIT_FENCED` without having changed anything. A database
+error while recording is retried a few times (`RECORD_RETRY_DELAYS`); then
+the worker exits `EXIT_NOT_RECORDED` and the scheduler's zombie detection
+takes over.
+
+An interruption is decided here too: fenced out records nothing; a signal
+records "terminated by <SIGNAL>" and exits 128+signal; a timeout records a
+failure. This module never imports the scheduler, the launchers or
+kubernetes_asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from miniflow_worker import execute
+from miniflow_worker.clock import now
+from miniflow_worker.heartbeat import Heartbeat
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from miniflow.retries import failure_outcome
+from miniflow.store import states, task_instances
+from miniflow.store.engine import transaction
+from miniflow.store.task_instances import Outcome
+
+from .claim import Claim  # relative, so mypy sees its type (see `runner`)
+
+EXIT_SUCCESS = 0
+"""The task succeeded, or there was nothing to run (stale try, already claimed)."""
+EXIT_TASK_FAILED = 1
+"""The task failed (failed or up_for_retry recorded), including timeouts."""
+EXIT_UNAVAILABLE = 2
+"""Bad arguments or config, or the database cannot be reached: nothing recorded."""
+EXIT_FENCED = 3
+"""A newer try owns the task instance: the task was stopped, nothing recorded."""
+EXIT_NOT_RECORDED = 4
+"""The task ended but its outcome could not be written (database gone)."""
+
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+EXPECT_RUNNING = (states.RUNNING,)
+
+
+def db_reason(exc: BaseException) -> str:
+    """The first line of a database error, for a one-line message."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class Recorder:
+    """Writes the outcome of one claimed try; each method returns the worker's exit code."""
+
+    def __init__(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        claim: Claim,
+        heartbeat: Heartbeat,
+        *,
+        key: str,
+        log: Callable[[str], None],
+    ) -> None:
+        self.factory = factory
+        self.claim = claim
+        self.heartbeat = heartbeat
+        self.key = key
+        self.log = log
+
+    async def success(self, extra: dict[str, Any]) -> int:
+        claim = self.claim
+        outcome = Outcome(
+            claim.ti_id,
+            claim.try_number,
+            states.SUCCESS,
+            EXPECT_RUNNING,
+            exit_code=0,
+            extra=extra,
+        )
+        return await self.record(outcome, EXIT_SUCCESS)
+
+    async def fail(self, error: str, *, exit_code: int | None) -> int:
+        print(error, file=sys.stderr, flush=True)
+        claim = self.claim
+        outcome = failure_outcome(
+            ti_id=claim.ti_id,
+            try_number=claim.try_number,
+            max_tries=claim.max_tries,
+            task=claim.task,
+            now=now(),
+            exit_code=exit_code,
+            error=error,
+            expected=EXPECT_RUNNING,
+        )
+        return await self.record(outcome, EXIT_TASK_FAILED)
+
+    async def interrupted(
+        self,
+        why: tuple[str, Any],
+        execution: execute.Execution | None,
+    ) -> int:
+        """Stop the execution; record what the interruption (fence, signal, timeout) means."""
+        reason, detail = why
+        if execution is not None:
+            await execution.stop()
+        if reason == "fenced":
+            self.log(
+                f"fenced out: try {self.claim.try_number} of {self.key} is no longer the "
+                "current running try (a newer try exists or the scheduler ended it); task "
+                "stopped, nothing recorded"
+            )
+            return EXIT_FENCED
+        if reason == "signal":
+            name = signal.Signals(detail).name
+            self.log(f"received {name}: task stopped")
+            await self.fail(f"terminated by {name}", exit_code=128 + detail)
+            return 128 + int(detail)
+        timeout = self.claim.task["timeout"] if self.claim.task else None
+        return await self.fail(f"timed out after {timeout:g}s (the task's timeout)", exit_code=None)
+
+    async def record(self, outcome: Outcome, code: int) -> int:
+        """Write the outcome (fenced by try and state); `code` if it was applied."""
+        await self.heartbeat.stop()
+        for delay in (*RECORD_RETRY_DELAYS, None):
+            try:
+                async with transaction(self.factory) as session:
+                    changed = await task_instances.finish(session, [outcome], now())
+                break
+            except (SQLAlchemyError, OSError) as exc:
+                if delay is None:
+                    self.log(f"could not record the outcome ({outcome.state}): {db_reason(exc)}")
+                    return EXIT_NOT_RECORDED
+                self.log(f"recording the outcome failed ({db_reason(exc)}); retrying in {delay:g}s")
+                await asyncio.sleep(delay)
+        if outcome.ti_id not in changed:
+            self.log(
+                f"outcome {outcome.state} not recorded: try {outcome.try_number} of {self.key} "
+                "is no longer the current running try"
+            )
+            return EXIT_FENCED
+        retry_at = outcome.next_retry_at
+        when = f" (next try after {retry_at.isoformat()})" if retry_at else ""
+        self.log(f"try {outcome.try_number} of {self.key}: {outcome.state}{when}")
+        return code
