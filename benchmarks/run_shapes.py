@@ -53,28 +53,13 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
+from common import PG_BASE_URL, pg_admin  # noqa: E402
 
-PG_ADMIN_DSN = os.environ.get(
-    "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-PG_BASE_URL = os.environ.get(
-    "MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
-)
 RUN_TIMEOUT = 180.0  # one measurement; the subprocess is killed after this + margin
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- databases --------------------------------------------------------------------------------
-
-
-async def pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def fresh_database(backend: str, tmp: Path, name: str) -> str:

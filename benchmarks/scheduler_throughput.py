@@ -54,25 +54,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
+from common import PG_BASE_URL, pg_admin  # noqa: E402
 
-PG_ADMIN_DSN = os.environ.get(
-    "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-PG_BASE_URL = os.environ.get(
-    "MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
-)
 RUN_TIMEOUT = 300.0
 PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim_and_launch")
-
-
-async def pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @dataclass

@@ -34,12 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for the forkserver (--profile)
-PG_ADMIN_DSN = os.environ.get(
-    "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-PG_BASE_URL = os.environ.get(
-    "MINIFLOW_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
-)
+from common import PG_BASE_URL, pg_admin
+
 VENV_BIN = Path(sys.executable).parent
 DAG_ID = "startup"
 TASKS = 40
@@ -63,16 +59,6 @@ with DAG({DAG_ID!r}, start_date=datetime(2026, 1, 1)):
     for i in range({TASKS}):
         make(i)()
 """
-
-
-async def pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 class Bench:

@@ -235,7 +235,7 @@ class Scheduler:
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             raise
-        await claims.claim_and_launch(self, now, stats)
+        await self._claim_and_launch(now, stats)
         return stats
 
     async def _resolve_only_run(self) -> None:
@@ -307,3 +307,6 @@ class Scheduler:
                     stats.runs_finished += 1
                     log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
         stats.changed = await store_tis.set_states(session, changes, now)
+
+    async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
+        await claims.claim_and_launch(self, now, stats)
