@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +89,24 @@ def test_standalone_trigger_all_exit_when_done(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "miniflow.db").exists()
     assert not (tmp_path / ".miniflow").exists()
     assert os.listdir(tmp_path / "state" / "logs")
+
+
+def test_readme_dag_example_runs_to_success(tmp_path: Path) -> None:
+    """The DAG in the README's "Writing DAGs" section parses and runs as shown."""
+    readme = (EXAMPLES.parent.parent / "README.md").read_text()
+    block = readme.split("## Writing DAGs", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "readme_example.py").write_text(block)
+    state = tmp_path / "state"
+    env = cli_env(f"sqlite+aiosqlite:///{state / 'miniflow.db'}", dags, state)
+    proc = subprocess.run(
+        [MINIFLOW, "dags", "test", "example_etl"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "extract" in proc.stdout and "load" in proc.stdout and ": success" in proc.stdout
