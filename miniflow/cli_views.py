@@ -6,12 +6,13 @@ Only presentation lives here; the data comes from `miniflow.admin` and the store
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
 from rich.console import Console, Group
-from rich.table import Table
+from rich.table import Column, Table
 from rich.tree import Tree
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,12 +38,26 @@ STATE_STYLE = {
 }
 
 
+PIPE_WIDTH = 200
+"""Table width when output is not a terminal (pipes, CI logs): wide enough for ids."""
+
+
+def make_console() -> Console:
+    """A console for the CLI; piped output is wide so ids are not cut or folded."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+
+
 def _console(console: Console | None) -> Console:
-    return console or Console()
+    return console or make_console()
 
 
 def _fmt(dt: datetime | None) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+
+
+def _id(header: str) -> Column:
+    """An id column: folded onto more lines when narrow, never cut with an ellipsis."""
+    return Column(header, overflow="fold")
 
 
 def _styled(state: str) -> str:
@@ -51,7 +66,7 @@ def _styled(state: str) -> str:
 
 def print_dags(rows: Sequence[DagRowView], console: Console | None = None) -> None:
     table = Table(
-        "dag_id", "schedule", "next run at (UTC)", "paused", "tasks", "file", "import error"
+        _id("dag_id"), "schedule", "next run at (UTC)", "paused", "tasks", "file", "import error"
     )
     for r in rows:
         table.add_row(
@@ -99,7 +114,7 @@ def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
 
 
 def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
-    table = Table("dag_id", "run_id", "logical date", "type", "state", "started", "ended")
+    table = Table(_id("dag_id"), _id("run_id"), "logical date", "type", "state", "started", "ended")
     for r in runs:
         table.add_row(
             r.dag_id,
@@ -120,7 +135,7 @@ def _duration(ti: TaskInstance) -> str:
 
 
 def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = None) -> None:
-    table = Table("task_id", "state", "try", "duration", "exit code", "reason / error")
+    table = Table(_id("task_id"), "state", "try", "duration", "exit code", "reason / error")
     for ti in tis:
         reason = (ti.error or "").strip().splitlines()[-1] if ti.error else ""
         table.add_row(
@@ -140,7 +155,7 @@ async def runs_panel(engine: AsyncEngine, watched: Sequence[tuple[str, str]]) ->
     async with store_engine.transaction(sessions) as session:
         runs = await store_runs.list_runs(session, None, limit=max(12, len(watched)))
         tis = await store_tis.states_for_runs(session, [r.id for r in runs])
-    table = Table("dag_id", "run_id", "state", "tasks", title="runs (Ctrl-C to stop)")
+    table = Table(_id("dag_id"), _id("run_id"), "state", "tasks", title="runs (Ctrl-C to stop)")
     for run in runs:
         counts = Counter(ti.state for ti in tis.get(run.id, []))
         summary = "  ".join(f"{_styled(s)} {n}" for s, n in sorted(counts.items()))
@@ -154,7 +169,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
 
     from miniflow import runtime
 
-    console = Console()
+    console = make_console()
     async with runtime.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:

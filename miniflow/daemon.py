@@ -14,7 +14,6 @@ import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from rich.console import Console
 from rich.live import Live
 
 from miniflow import admin, cli_views, runtime
@@ -88,7 +87,7 @@ async def _shutdown_local(scheduler: Scheduler) -> None:
 
 async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: bool) -> int:
     """The embedded default with a live view; returns the exit code."""
-    console = Console()
+    console = cli_views.make_console()
     console.print(
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
@@ -157,7 +156,7 @@ async def test_dag(
     config: Config, dag_id: str, *, logical_date: datetime | None, conf_json: str | None
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
-    console = Console()
+    console = cli_views.make_console()
     async with _scheduler(config, schedule_runs=False) as scheduler:
         await scheduler.tick()
         run_id = await admin.trigger(
