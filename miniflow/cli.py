@@ -108,6 +108,14 @@ def standalone(
     config = _config(ctx, **overrides)
     if ctx.obj.get("dags_folder") is None and not _env_has("MINIFLOW_DAGS_FOLDER"):
         config = _config(ctx, dags_folder=EXAMPLES, **overrides)
+    if not config.dags_folder.is_dir():
+        # e.g. an installed wheel, which does not ship the repository's examples
+        click.echo(
+            f"error: DAGs folder {config.dags_folder} does not exist: "
+            "pass --dags-folder or set MINIFLOW_DAGS_FOLDER",
+            err=True,
+        )
+        sys.exit(2)
     code = command_runner(daemon.run_standalone)(
         config, trigger_all=trigger_all, exit_when_done=exit_when_done
     )
