@@ -12,7 +12,16 @@ from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
 from tests.dbs import PostgresDatabases
 from tests.e2e.conftest import Cli, lines_with
-from tests.e2e.helpers import kill_group, query, query_sync, spawn_cli, stop, until
+from tests.e2e.helpers import (
+    cli_env,
+    kill_group,
+    query,
+    query_sync,
+    run_cli,
+    spawn_cli,
+    stop,
+    until,
+)
 
 GOOD = """
     from datetime import datetime, timedelta
@@ -243,3 +252,12 @@ async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> Non
     log = (tmp_path / "scheduler.log").read_text()
     assert code == 0, log
     assert "Traceback" not in log
+
+
+def test_standalone_with_a_missing_dags_folder_is_one_clear_error(tmp_path: Path) -> None:
+    env = cli_env("", tmp_path / "no-such-folder", tmp_path / "state")
+    del env["MINIFLOW_DATABASE_URL"]
+    result = run_cli(["standalone", "--exit-when-done"], env)
+    assert result.returncode == 2
+    assert "no-such-folder does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
