@@ -117,10 +117,12 @@ async def fail_before_start(
     """
     now = scheduler.clock.now()
     outcomes, ends = [], []
+    rows = await store_tis.fetch(session, [f.candidate.id for f in failures])
     for f in failures:
         c = f.candidate
         entry = scheduler.dags.get(c.dag_id)
         task = entry.dag["tasks"].get(c.task_id) if entry else None
+        row = rows.get(c.id)
         if f.retryable:
             outcome = store_tis.Outcome(
                 c.id,
@@ -134,7 +136,7 @@ async def fail_before_start(
             outcome = failure_outcome(
                 ti_id=c.id,
                 try_number=f.try_number,
-                max_tries=task["retries"] if task else 0,
+                max_tries=row.max_tries if row else 0,
                 task=task,
                 now=now,
                 exit_code=None,

@@ -83,6 +83,7 @@ async def _record_exits(
         row = current.get(flight.ti_id)
         if row is None or row.try_number != event.key.try_number:
             continue  # a newer try exists (or the run was deleted): this event is history
+        flight.max_tries = row.max_tries  # clears and free relaunches change it
         task = _task(scheduler, event.key)
         if event.reason == "Lost" and row.state == states.QUEUED and row.started_at is None:
             # Never started (the scheduler died between claiming and launching):

@@ -101,14 +101,17 @@ def evaluate_run(
         if view.get(task_id) != states.NONE:
             continue
         task = dag["tasks"][task_id]
-        decision = decide(
-            task["trigger_rule"], [view.get(u, states.NONE) for u in task["upstream"]]
-        )
+        # An upstream the run has no task instance for (added to the DAG since the run
+        # was created) never runs in this run: it must not hold its downstream forever.
+        decision = decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view])
         if decision is not None:
             changes[task_id] = decision
             view[task_id] = decision
     present = [t for t in order if t in view]
-    if present and all(view[t] in _DONE for t in present):
+    # Task instances of tasks removed from the DAG don't decide the run's state, but
+    # one still scheduled, in flight or waiting for a retry keeps the run open.
+    removed_busy = any(s != states.NONE and s not in _DONE for s in view.values())
+    if not removed_busy and all(view[t] in _DONE for t in present):
         ok = all(view[t] in (states.SUCCESS, states.SKIPPED) for t in leaves if t in view)
         return changes, states.RUN_SUCCESS if ok else states.RUN_FAILED
     return changes, None

@@ -80,12 +80,15 @@ async def start_queued_runs(
         return set()
     dags = await cache.load(session, {r.dag_id for r in queued})
     running = {dag_id: n for dag_id, n in (await _running_counts(session)).items()}
+    # Pausing doesn't change the DAG's hash, so the cache's is_paused may be stale.
+    rows = await store_dags.dags_by_id(session, list({r.dag_id for r in queued}))
+    paused = {dag_id for dag_id, row in rows.items() if row.is_paused}
     started: set[int] = set()
     for run in queued:
         entry = dags.get(run.dag_id)
         if entry is None:
             continue
-        if entry.is_paused and run.run_type == states.RUN_TYPE_SCHEDULED:
+        if run.dag_id in paused and run.run_type == states.RUN_TYPE_SCHEDULED:
             continue
         if running.get(run.dag_id, 0) >= entry.dag["max_active_runs"]:
             continue
