@@ -52,16 +52,43 @@ async def record(
 async def _resolve_unknown(
     scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent]
 ) -> None:
-    """Events for tries this scheduler did not launch (another scheduler's, adopted pods)."""
+    """Events for tries this scheduler is not tracking (adopted pods, another scheduler's,
+    or a late event of a try that already ended).
 
+    A try still current and in flight is tracked from now on. A started event of a try
+    that is no longer in flight is history: tracking it would wait forever for an exit
+    that was already recorded. The exit of a superseded try (a newer try exists, e.g.
+    after a restart) only closes that try's attempt row, judged by its exit code.
+    """
     unknown = {e.key for e in batch if e.key not in scheduler.inflight}
     if not unknown:
         return
     rows = await store_tis.find_keys(session, [(k.dag_id, k.run_id, k.task_id) for k in unknown])
+    exits = {e.key: e for e in batch if isinstance(e, AttemptExited) and e.key in unknown}
+    stale: list[store_attempts.AttemptEnd] = []
     for key in unknown:
         row = rows.get((key.dag_id, key.run_id, key.task_id))
-        if row is not None and row.try_number == key.try_number:
+        if row is None:
+            continue
+        current = row.try_number == key.try_number
+        if current and (row.state in states.ACTIVE or key in exits):
             scheduler.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
+        elif not current and key in exits:
+            event = exits[key]
+            state = states.SUCCESS if event.exit_code == 0 else states.FAILED
+            stale.append(
+                store_attempts.AttemptEnd(
+                    row.id,
+                    key.try_number,
+                    state,
+                    event.exit_code,
+                    event.reason,
+                    event.message,
+                    event.log_tail,
+                    event.at,
+                )
+            )
+    await store_attempts.close(session, stale)
 
 
 def _worker_reports(scheduler: Scheduler, kind: str) -> bool:

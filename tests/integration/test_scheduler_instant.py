@@ -109,3 +109,75 @@ async def test_try_lost_before_launch_is_relaunched_without_using_a_retry(
         (ti,) = await store_tis.list_for_run(session, "one", run_id)
     # try 1 was lost before it started: try 2 ran, and the task's retries (0) were not used up
     assert (ti.state, ti.try_number, ti.max_tries) == ("success", 2, 1)
+
+
+ONE = (
+    "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+    'with DAG("one", start_date=datetime(2026, 1, 1)):\n    Bash("only", "true")\n'
+)
+
+
+async def test_started_event_arriving_after_the_exit_is_history(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "one.py").write_text(ONE)
+    launcher = InstantLauncher(hold=True)
+    scheduler = Scheduler(
+        engine=engine,
+        launcher=launcher,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05),
+    )
+    await scheduler.start()
+    await scheduler.tick()
+    run_id = await _trigger(engine, "one")
+    await scheduler.tick()
+    started = launcher.events.get_nowait()  # hold back the started event...
+    launcher.release()
+    await scheduler.tick()  # ...so the exit is recorded first
+    assert not scheduler.inflight
+    launcher.events.put_nowait(started)  # then the late started event arrives
+    await scheduler.tick()
+    assert not scheduler.inflight  # not tracked again: no exit will ever come for it
+    assert await scheduler.run_until_done("one", run_id, timeout=5) == "success"
+    await scheduler.close()
+
+
+async def test_exit_of_a_superseded_try_closes_its_attempt(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from miniflow.launchers.base import AttemptExited, AttemptKey
+    from miniflow.scheduler import events
+    from miniflow.store import attempts as store_attempts
+
+    (tmp_path / "one.py").write_text(ONE)
+    scheduler = Scheduler(
+        engine=engine,
+        launcher=InstantLauncher(hold=True),
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False),
+    )
+    await scheduler.tick()
+    run_id = await _trigger(engine, "one")
+    await scheduler.tick()  # try 1 claimed, attempt row open
+    sessions = store_engine.sessionmaker(engine)
+    now = datetime.now(UTC)
+    async with store_engine.transaction(sessions) as session:  # try 1 failed, try 2 claimed
+        (ti,) = await store_tis.list_for_run(session, "one", run_id)
+        await store_tis.finish(
+            session, [store_tis.Outcome(ti.id, 1, "up_for_retry", next_retry_at=now)], now
+        )
+        await store_tis.promote_due_retries(session, now)
+        await store_tis.mark_queued(session, [ti.id], now)
+    scheduler.inflight.clear()  # as after a restart
+    exit_1 = AttemptExited(AttemptKey("one", run_id, "only", 1), "h", 1, "Error", now)
+    async with store_engine.transaction(sessions) as session:
+        await events.record(scheduler, session, [exit_1], now)
+    async with store_engine.transaction(sessions) as session:
+        (attempt,) = await store_attempts.for_task(session, "one", run_id, "only")
+        (ti,) = await store_tis.list_for_run(session, "one", run_id)
+    assert (attempt.try_number, attempt.state, attempt.exit_code) == (1, "failed", 1)
+    assert attempt.ended_at is not None
+    assert (ti.state, ti.try_number) == ("queued", 2)  # the current try is untouched
