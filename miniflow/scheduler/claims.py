@@ -205,10 +205,29 @@ def _within_limits(
         limit = entry.dag["max_active_tasks"]
         if dag_used.get(c.dag_id, 0) >= limit:
             continue
-        if c.pool is not None and c.pool in slots and pool_used.get(c.pool, 0) >= slots[c.pool]:
+        if c.pool is not None and c.pool not in slots:
+            _warn_unknown_pool(c.pool, c.dag_id, c.task_id)
+        elif c.pool is not None and pool_used.get(c.pool, 0) >= slots[c.pool]:
             continue
         dag_used[c.dag_id] = dag_used.get(c.dag_id, 0) + 1
         if c.pool is not None:
             pool_used[c.pool] = pool_used.get(c.pool, 0) + 1
         chosen.append(c)
     return chosen
+
+
+_warned_pools: set[str] = set()
+
+
+def _warn_unknown_pool(pool: str, dag_id: str, task_id: str) -> None:
+    """A pool nobody created does not limit anything; say so once per pool."""
+    if pool not in _warned_pools:
+        _warned_pools.add(pool)
+        log.warning(
+            "task %s.%s uses pool %r, which does not exist: not limited "
+            "(create it with `miniflow pools set %s SLOTS`)",
+            dag_id,
+            task_id,
+            pool,
+            pool,
+        )
