@@ -105,7 +105,7 @@ async def _record_exits(
         (e, scheduler.inflight.pop(e.key)) for e in exited
     ]
     current = await store_tis.fetch(session, [f.ti_id for _, f in flights])
-    outcomes: list[store_tis.Outcome] = []
+    outcomes: dict[int, store_tis.Outcome] = {}
     for event, flight in flights:
         row = current.get(flight.ti_id)
         if row is None or row.try_number != event.key.try_number:
@@ -129,13 +129,16 @@ async def _record_exits(
         else:
             outcome = _by_exit_code(event, flight, task, now)
         if outcome is not None:
-            outcomes.append(outcome)
-    await store_tis.finish(session, outcomes, now)
-    final = await store_tis.fetch(session, [f.ti_id for _, f in flights])
+            outcomes[flight.ti_id] = outcome
+    changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
     for event, flight in flights:
-        row = final.get(flight.ti_id)
-        if row is not None and row.try_number == event.key.try_number:
+        # The try's final state, derived rather than read back: the outcome if it
+        # applied, else the row as fetched above (no update touched it).
+        row = current.get(flight.ti_id)
+        if flight.ti_id in changed:
+            state = outcomes[flight.ti_id].state
+        elif row is not None and row.try_number == event.key.try_number:
             state = row.state
         else:
             # A newer try already started (the worker recorded this one's failure and the
