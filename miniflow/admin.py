@@ -6,8 +6,12 @@ so the same operations are easy to test and to reuse.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow import runtime
 from miniflow.config import Config
@@ -40,20 +44,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def parse_folder(config: Config) -> None:
-    """Bring the database up to date with the DAGs folder (changed files only)."""
+@asynccontextmanager
+async def _session(config: Config, *, parse: bool = False) -> AsyncIterator[AsyncSession]:
+    """One engine for the whole command: parse first if asked, then one transaction."""
     async with runtime.open_engine(config) as engine:
-        parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
-        await parser.parse_once(store_engine.sessionmaker(engine), _now())
+        sessions = store_engine.sessionmaker(engine)
+        if parse:
+            parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
+            await parser.parse_once(sessions, _now())
+        async with store_engine.transaction(sessions) as session:
+            yield session
 
 
 async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
-    if parse:
-        await parse_folder(config)
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config, parse=parse) as session:
         rows = await store_dags.list_dags(session)
         last = await store_runs.last_scheduled_intervals(session)
         return [
@@ -84,31 +88,19 @@ def _next_run(dag: SerializedDag, last: tuple[datetime, datetime] | None) -> dat
 
 
 async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErrorRow]:
-    if parse:
-        await parse_folder(config)
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config, parse=parse) as session:
         return await store_dags.import_errors(session)
 
 
 async def get_serialized(config: Config, dag_id: str) -> SerializedDag:
-    await parse_folder(config)
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config, parse=True) as session:
         row = await store_dags.get_dag(session, dag_id)
         return row.serialized  # type: ignore[return-value]
 
 
 async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
-    await parse_folder(config)  # a DAG file just written can be paused before its first run
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    # parse first: a DAG file just written can be paused before its first run
+    async with _session(config, parse=True) as session:
         await store_dags.set_paused(session, dag_id, paused)
 
 
@@ -121,12 +113,7 @@ async def trigger(
     logical_date: datetime | None = None,
     parse: bool = True,
 ) -> str:
-    if parse:
-        await parse_folder(config)
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config, parse=parse) as session:
         return await trigger_mod.trigger(
             session,
             dag_id,
@@ -138,18 +125,12 @@ async def trigger(
 
 
 async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[DagRun]:
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config) as session:
         return await store_runs.list_runs(session, dag_id, limit)
 
 
 async def list_tasks(config: Config, dag_id: str, run_id: str) -> list[TaskInstance]:
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config) as session:
         await store_runs.get_run(session, dag_id, run_id)
         return await store_tis.list_for_run(session, dag_id, run_id)
 
@@ -157,10 +138,7 @@ async def list_tasks(config: Config, dag_id: str, run_id: str) -> list[TaskInsta
 async def task_attempts(
     config: Config, dag_id: str, run_id: str, task_id: str
 ) -> list[TaskAttempt]:
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config) as session:
         found = await store_attempts.for_task(session, dag_id, run_id, task_id)
         if not found:
             await store_runs.get_run(session, dag_id, run_id)
@@ -187,10 +165,7 @@ def downstream_of(dag: SerializedDag, task_id: str) -> list[str]:
 async def clear(
     config: Config, dag_id: str, run_id: str, task_id: str, downstream: bool
 ) -> list[str]:
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config) as session:
         dag: SerializedDag = (await store_dags.get_dag(session, dag_id)).serialized  # type: ignore[assignment]
         await store_runs.get_run(session, dag_id, run_id)
         if task_id not in dag["tasks"]:
@@ -202,16 +177,10 @@ async def clear(
 
 
 async def set_pool(config: Config, name: str, slots: int, description: str | None) -> None:
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config) as session:
         await store_pools.set_pool(session, name, slots, description)
 
 
 async def list_pools(config: Config) -> list[Pool]:
-    async with (
-        runtime.open_engine(config) as engine,
-        store_engine.transaction(store_engine.sessionmaker(engine)) as session,
-    ):
+    async with _session(config) as session:
         return await store_pools.list_pools(session)
