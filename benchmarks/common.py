@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import time
 
 PG_ADMIN_DSN = os.environ.get(
     "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -21,3 +24,36 @@ async def pg_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def floor(total: int, width: int) -> float:
+    """The physical floor of a local task: posix_spawn `true`, `width` at a time, exits
+    awaited with pidfd readers (what the local launcher does, minus everything else)."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Queue[int] = asyncio.Queue()
+    env = dict(os.environ)
+    true = shutil.which("true") or "/bin/true"
+
+    def start() -> None:
+        pid = os.posix_spawn(true, ["true"], env, setsid=True)
+        fd = os.pidfd_open(pid)
+
+        def on_exit() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            os.waitpid(pid, 0)
+            finished.put_nowait(pid)
+
+        loop.add_reader(fd, on_exit)
+
+    t0 = time.perf_counter()
+    launched = 0
+    for _ in range(min(width, total)):
+        start()
+        launched += 1
+    for _ in range(total):
+        await finished.get()
+        if launched < total:
+            start()
+            launched += 1
+    return time.perf_counter() - t0

@@ -25,6 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import floor
+
 from miniflow.launchers.base import AttemptExited, AttemptKey, TaskSpec
 from miniflow.launchers.local import LocalLauncher
 
@@ -56,36 +59,6 @@ async def _pipeline(launcher: LocalLauncher, kind: str, total: int, width: int) 
     return time.perf_counter() - started
 
 
-async def _floor(total: int, width: int) -> float:
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Queue[int] = asyncio.Queue()
-    env = dict(os.environ)
-
-    def start() -> None:
-        pid = os.posix_spawn("/bin/true", ["true"], env, setsid=True)
-        fd = os.pidfd_open(pid)
-
-        def on_exit() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            os.waitpid(pid, 0)
-            finished.put_nowait(pid)
-
-        loop.add_reader(fd, on_exit)
-
-    t0 = time.perf_counter()
-    launched = 0
-    for _ in range(min(width, total)):
-        start()
-        launched += 1
-    for _ in range(total):
-        await finished.get()
-        if launched < total:
-            start()
-            launched += 1
-    return time.perf_counter() - t0
-
-
 def _fmt(samples: list[float]) -> str:
     return f"{statistics.median(samples):.3f} s ({min(samples):.3f}-{max(samples):.3f})"
 
@@ -107,9 +80,9 @@ async def main() -> None:
         )
         await launcher.start()
         shapes: dict[str, Callable[[], Awaitable[float]]] = {
-            "floor fanout 200x32 (posix_spawn true)": lambda: _floor(200, 32),
+            "floor fanout 200x32 (posix_spawn true)": lambda: floor(200, 32),
             "bash fanout 200x32": lambda: _pipeline(launcher, "bash", 200, 32),
-            "floor chain 50 (posix_spawn true)": lambda: _floor(50, 1),
+            "floor chain 50 (posix_spawn true)": lambda: floor(50, 1),
             "bash chain 50": lambda: _pipeline(launcher, "bash", 50, 1),
             f"python ({launcher.python_mode}) fanout 100x32": lambda: _pipeline(
                 launcher, "python", 100, 32

@@ -37,7 +37,6 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -53,7 +52,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
-from common import PG_BASE_URL, pg_admin  # noqa: E402
+from common import PG_BASE_URL, floor, pg_admin  # noqa: E402
 
 RUN_TIMEOUT = 180.0  # one measurement; the subprocess is killed after this + margin
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -252,38 +251,6 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
 
 
 # --- the floor --------------------------------------------------------------------------------
-
-
-async def floor(total: int, width: int) -> float:
-    """posix_spawn `true` + pidfd, `width` at a time (as in local_launch_bench)."""
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Queue[int] = asyncio.Queue()
-    env = dict(os.environ)
-    true = shutil.which("true") or "/bin/true"
-
-    def start() -> None:
-        pid = os.posix_spawn(true, ["true"], env, setsid=True)
-        fd = os.pidfd_open(pid)
-
-        def on_exit() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            os.waitpid(pid, 0)
-            finished.put_nowait(pid)
-
-        loop.add_reader(fd, on_exit)
-
-    t0 = time.perf_counter()
-    launched = 0
-    for _ in range(min(width, total)):
-        start()
-        launched += 1
-    for _ in range(total):
-        await finished.get()
-        if launched < total:
-            start()
-            launched += 1
-    return time.perf_counter() - t0
 
 
 # --- driver -----------------------------------------------------------------------------------
