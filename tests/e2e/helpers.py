@@ -10,11 +10,16 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler.core import Scheduler
+from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
+from miniflow.store import task_instances as store_tis
+from miniflow.store.models import TaskAttempt, TaskInstance
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
@@ -141,3 +146,26 @@ def max_overlap(intervals: Sequence[tuple[datetime, datetime]]) -> int:
         current += delta
         best = max(best, current)
     return best
+
+
+class SchedulerHandle:
+    """An in-process scheduler under test: trigger a run, run it, read what it recorded."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    async def trigger(self, dag_id: str) -> str:
+        async with store_engine.transaction(self.scheduler.sessions) as session:
+            return await trigger_mod.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
+
+    async def run(self, dag_id: str, timeout: float = 60) -> tuple[str, str]:
+        run_id = await self.trigger(dag_id)
+        return run_id, await self.scheduler.run_until_done(dag_id, run_id, timeout=timeout)
+
+    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
+        async with store_engine.transaction(self.scheduler.sessions) as session:
+            return {t.task_id: t for t in await store_tis.list_for_run(session, dag_id, run_id)}
+
+    async def attempts(self, dag_id: str, run_id: str) -> list[TaskAttempt]:
+        async with store_engine.transaction(self.scheduler.sessions) as session:
+            return await store_attempts.for_run(session, dag_id, run_id)

@@ -15,19 +15,15 @@ import os
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from miniflow import runtime
 from miniflow.config import Config, load_config
 from miniflow.launchers.kubernetes import KubernetesLauncher
-from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
-from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
-from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt, TaskInstance
+from tests.e2e.helpers import SchedulerHandle
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
@@ -63,11 +59,11 @@ def kube_config(fake: FakeKube, db_url: str, dags_folder: Path, **extra: str) ->
     return load_config(environ=kube_environ(fake, db_url, dags_folder, **extra))
 
 
-class KubeRun:
+class KubeRun(SchedulerHandle):
     """An in-process scheduler + KubernetesLauncher on the fake cluster."""
 
     def __init__(self, scheduler: Scheduler, config: Config, fake: FakeKube) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         self.config = config
         self.fake = fake
 
@@ -76,22 +72,6 @@ class KubeRun:
         launcher = self.scheduler.launcher
         assert isinstance(launcher, KubernetesLauncher)
         return launcher
-
-    async def trigger(self, dag_id: str) -> str:
-        async with store_engine.transaction(self.scheduler.sessions) as session:
-            return await trigger_mod.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
-
-    async def run(self, dag_id: str, timeout: float = RUN_TIMEOUT) -> tuple[str, str]:
-        run_id = await self.trigger(dag_id)
-        return run_id, await self.scheduler.run_until_done(dag_id, run_id, timeout=timeout)
-
-    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
-        async with store_engine.transaction(self.scheduler.sessions) as session:
-            return {t.task_id: t for t in await store_tis.list_for_run(session, dag_id, run_id)}
-
-    async def attempts(self, dag_id: str, run_id: str) -> list[TaskAttempt]:
-        async with store_engine.transaction(self.scheduler.sessions) as session:
-            return await store_attempts.for_run(session, dag_id, run_id)
 
 
 @contextlib.asynccontextmanager

@@ -9,19 +9,17 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from miniflow import admin, runtime
 from miniflow.config import load_config
-from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt, TaskInstance
+from miniflow.store.models import TaskAttempt
 from tests.e2e.helpers import (
+    SchedulerHandle,
     cli_env,
     kill_group,
     max_overlap,
@@ -35,26 +33,12 @@ from tests.e2e.helpers import (
 RUN_TIMEOUT = 60
 
 
-class Local:
+class Local(SchedulerHandle):
     """An in-process scheduler with a LocalLauncher over a DAGs folder in tmp_path."""
 
     def __init__(self, scheduler: Scheduler, db_url: str) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         self.db_url = db_url
-
-    async def run(self, dag_id: str) -> tuple[str, str]:
-        async with store_engine.transaction(self.scheduler.sessions) as session:
-            now = datetime.now(UTC)
-            run_id = await trigger_mod.trigger(session, dag_id, conf_json=None, now=now)
-        return run_id, await self.scheduler.run_until_done(dag_id, run_id, timeout=RUN_TIMEOUT)
-
-    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
-        async with store_engine.transaction(self.scheduler.sessions) as session:
-            return {t.task_id: t for t in await store_tis.list_for_run(session, dag_id, run_id)}
-
-    async def attempts(self, dag_id: str, run_id: str) -> list[TaskAttempt]:
-        async with store_engine.transaction(self.scheduler.sessions) as session:
-            return await store_attempts.for_run(session, dag_id, run_id)
 
 
 @contextlib.asynccontextmanager
