@@ -57,14 +57,36 @@ class Config:
     """Where the DAGs folder is inside worker pods."""
     pod_cleanup: str = "on_success"
     """Delete finished pods: `on_success`, `always` or `never`."""
-    pod_keep_failed_for: float = 0.0
-    """With `pod_cleanup=always`: seconds a failed pod is kept (for debugging) before deletion."""
+    pod_keep_failed_for: float | None = None
+    """Seconds a failed pod is kept (for debugging) before it is deleted, once its log tail
+    is saved; unset means 3600 with `pod_cleanup=on_success` and 0 with `always`."""
     pod_pending_timeout: float = 300.0
     """Seconds a pod may stay Pending (image pull, unschedulable) before it fails."""
     max_result_bytes: int = 65536
     """Largest JSON result a @task may return."""
+    zombie_threshold: float = 30.0
+    """Seconds a running try may go without proof of life (its worker's heartbeat, or the
+    launcher seeing its process) before the sanity loop kills it as a zombie; a worker that
+    cannot write its heartbeat for this long stops its task itself."""
+    sanity_interval: float = 5.0
+    """Seconds between rounds of the sanity loop (zombies, lost, stuck, timeouts, orphans)."""
+    queued_timeout: float = 600.0
+    """Seconds a try may stay queued (launched, not yet running) before it is relaunched or
+    failed."""
+    max_launch_attempts: int = 5
+    """Launches of one try that never reached a container (refused, lost before it started)
+    before the try fails; these do not use up the task's retries."""
+    reparse_interval: float = 120.0
+    """Seconds after which every DAG file is parsed again even if unchanged (the modules it
+    imports may have changed)."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised keys from the TOML file (kept for forward compatibility)."""
+
+    def keep_failed_for(self) -> float:
+        """`pod_keep_failed_for`, or its default for the cleanup policy."""
+        if self.pod_keep_failed_for is not None:
+            return self.pod_keep_failed_for
+        return 3600.0 if self.pod_cleanup == "on_success" else 0.0
 
     def safe_database_url(self) -> str:
         return redact_url(self.database_url)
@@ -108,6 +130,11 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "pod_keep_failed_for": _as_seconds,
     "parallelism": _as_int,
     "max_result_bytes": _as_int,
+    "max_launch_attempts": _as_int,
+    "zombie_threshold": _as_float,
+    "sanity_interval": _as_float,
+    "queued_timeout": _as_float,
+    "reparse_interval": _as_float,
     "parse_interval": _as_float,
     "parse_timeout": _as_float,
     "heartbeat_interval": _as_float,

@@ -57,7 +57,7 @@ def make_launcher(config: Config) -> Launcher:
             context=config.kube_context,
             cleanup=config.pod_cleanup,  # type: ignore[arg-type]  # validated in config
             pending_timeout=config.pod_pending_timeout,
-            keep_failed_for=config.pod_keep_failed_for,
+            keep_failed_for=config.keep_failed_for(),
         )
     from miniflow.launchers.local import LocalLauncher
 
@@ -65,6 +65,7 @@ def make_launcher(config: Config) -> Launcher:
         "MINIFLOW_DATABASE_URL": config.database_url,
         "MINIFLOW_DAGS_FOLDER": str(config.dags_folder.resolve()),
         "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
+        "MINIFLOW_ZOMBIE_THRESHOLD": str(config.zombie_threshold),
         "MINIFLOW_MAX_RESULT_BYTES": str(config.max_result_bytes),
     }
     return LocalLauncher(

@@ -32,6 +32,7 @@ class InstantLauncher:
         self.held: dict[AttemptKey, TaskSpec] = {}
         self.killed: list[AttemptKey] = []
         self.adopted: list[tuple[AttemptKey, str | None]] = []
+        self.acknowledged: list[AttemptKey] = []
 
     @property
     def events(self) -> asyncio.Queue[LauncherEvent]:
@@ -86,6 +87,9 @@ class InstantLauncher:
         self.adopted.extend(attempts)
         for key, handle in attempts:
             self._events.put_nowait(AttemptExited(key, handle, None, "Lost", datetime.now(UTC)))
+
+    async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
+        self.acknowledged.extend(keys)
 
     async def alive(self) -> list[AliveAttempt]:
         return [AliveAttempt(k, f"instant:{k}") for k in self.held]

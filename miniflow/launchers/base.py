@@ -124,8 +124,16 @@ class Launcher(Protocol):
         """Re-attach to attempts launched before a restart; events follow for each
         (an `AttemptExited` with reason "Lost" if it can no longer be found)."""
 
+    async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
+        """The scheduler has committed the exits of these tries.
+
+        Until this call a launcher keeps the evidence of every exit it reported (the
+        pod, the exit file): a scheduler that dies between an `AttemptExited` event
+        and its commit finds the evidence again after a restart. Keys the launcher
+        does not know are ignored."""
+
     async def alive(self) -> list[AliveAttempt]:
-        """Attempts currently running under this launcher."""
+        """Attempts currently running under this launcher, after a fresh look."""
         ...
 
     def read_logs(

@@ -202,6 +202,9 @@ class KubernetesLauncher:
                 lost = Tracked(key, name, namespace, self._handle(namespace, name), seq=0)
                 self._tracker.exit_without_pod(lost, "Lost", "no pod found for this attempt")
 
+    async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
+        pass
+
     async def alive(self) -> list[AliveAttempt]:
         return [
             AliveAttempt(

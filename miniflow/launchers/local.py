@@ -167,6 +167,9 @@ class LocalLauncher:
             if key not in self._attempts:
                 self._watcher.adopt(loop, key, announce=True)
 
+    async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
+        pass
+
     async def alive(self) -> list[AliveAttempt]:
         return [
             AliveAttempt(key=a.key, handle=a.handle, info={"pid": a.pid, "kind": a.kind})

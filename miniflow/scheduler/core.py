@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from miniflow.launchers.base import AttemptKey, Launcher, LauncherEvent
+from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, TickStats
@@ -235,6 +235,10 @@ class Scheduler:
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             raise
+        # Committed: only now may the launcher drop the evidence of these exits.
+        exited = [e.key for e in batch if isinstance(e, AttemptExited)]
+        if exited:
+            await self.launcher.acknowledge(exited)
         await self._claim_and_launch(now, stats)
         return stats
 

@@ -67,6 +67,18 @@ class Dag(Base):
     last_parsed_at: Mapped[datetime | None]
 
 
+class DagVersion(Base):
+    """Every serialized DAG ever parsed, once per content hash; runs point at theirs."""
+
+    __tablename__ = "dag_version"
+    __table_args__ = (Index("ix_dag_version_dag_id", "dag_id"),)
+
+    dag_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250))
+    serialized: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
 class DagFile(Base):
     """What the parser last saw of each file, so unchanged files are not parsed again."""
 
@@ -105,6 +117,7 @@ class DagRun(Base):
     state: Mapped[str] = mapped_column(String(20))
     run_type: Mapped[str] = mapped_column(String(20))
     conf: Mapped[dict[str, Any]]
+    dag_hash: Mapped[str | None] = mapped_column(String(64))  # the version it runs
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
@@ -127,6 +140,8 @@ class TaskInstance(Base):
     state: Mapped[str] = mapped_column(String(20))
     try_number: Mapped[int] = mapped_column(Integer, default=0)
     max_tries: Mapped[int] = mapped_column(Integer, default=0)
+    # Launches of the current try that never reached a container (capped apart from retries).
+    launch_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     priority: Mapped[int] = mapped_column(Integer, default=1)
     pool: Mapped[str | None] = mapped_column(String(250))
     next_retry_at: Mapped[datetime | None]
