@@ -13,12 +13,14 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.live import Live
 
 from miniflow import admin, cli_views, runtime
 from miniflow.config import Config
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
+from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
@@ -28,16 +30,25 @@ from miniflow.store import task_instances as store_tis
 log = logging.getLogger("miniflow.daemon")
 
 
-def _settings(config: Config, **kw: object) -> SchedulerSettings:
+def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> SchedulerSettings:
+    sanity = SanitySettings(
+        interval=config.sanity_interval,
+        zombie_threshold=config.zombie_threshold,
+        queued_timeout=config.queued_timeout,
+        kill_grace_period=config.kill_grace_period,
+        reap_orphans=reap_orphans,
+    )
     return SchedulerSettings(
         parallelism=config.parallelism,
         parse_interval=config.parse_interval,
+        max_launch_attempts=config.max_launch_attempts,
+        sanity=sanity,
         **kw,  # type: ignore[arg-type]
     )
 
 
 @contextlib.asynccontextmanager
-async def _scheduler(config: Config, **settings: object) -> AsyncIterator[Scheduler]:
+async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler]:
     is_sqlite = config.database_url.startswith("sqlite")
     async with runtime.open_engine(config, check_schema=not is_sqlite) as engine:
         if is_sqlite:
@@ -157,7 +168,7 @@ async def test_dag(
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
     console = cli_views.make_console()
-    async with _scheduler(config, schedule_runs=False) as scheduler:
+    async with _scheduler(config, schedule_runs=False, reap_orphans=False) as scheduler:
         await scheduler.tick()
         run_id = await admin.trigger(
             config,
@@ -167,7 +178,9 @@ async def test_dag(
             run_id=f"test__{(logical_date or datetime.now(UTC)).isoformat()}",
             parse=False,
         )
-        scheduler.settings = _settings(config, schedule_runs=False, only_run=(dag_id, run_id))
+        scheduler.settings = _settings(
+            config, schedule_runs=False, reap_orphans=False, only_run=(dag_id, run_id)
+        )
         console.print(f"testing {dag_id} run {run_id}")
         try:
             state = await scheduler.run_until_done(dag_id, run_id)

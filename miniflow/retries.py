@@ -14,6 +14,9 @@ from miniflow.serialized import SerializedTask
 from miniflow.store import states
 from miniflow.store.task_instances import Outcome
 
+FALLBACK_RETRY_DELAY = 300.0
+"""Back-off when the task's own settings cannot be read (the authoring default)."""
+
 
 def retry_delay(
     task: SerializedTask, try_number: int, *, rng: random.Random | None = None
@@ -45,8 +48,13 @@ def failure_outcome(
     error: str | None,
     expected: tuple[str, ...] = (states.QUEUED, states.RUNNING),
 ) -> Outcome:
-    """up_for_retry while tries remain (try_number <= max_tries), failed otherwise."""
-    if task is not None and try_number <= max_tries:
-        at = now + timedelta(seconds=retry_delay(task, try_number))
+    """up_for_retry while tries remain (try_number <= max_tries), failed otherwise.
+
+    The row's `max_tries` alone decides; the task (when known) only sets the
+    back-off, so a caller that could not load the task never skips a retry.
+    """
+    if try_number <= max_tries:
+        delay = retry_delay(task, try_number) if task is not None else FALLBACK_RETRY_DELAY
+        at = now + timedelta(seconds=delay)
         return Outcome(ti_id, try_number, states.UP_FOR_RETRY, expected, exit_code, error, at)
     return Outcome(ti_id, try_number, states.FAILED, expected, exit_code, error, None)

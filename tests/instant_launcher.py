@@ -24,10 +24,18 @@ class InstantLauncher:
     name = "instant"
     worker_kinds: frozenset[str] = frozenset()  # every outcome comes from the exit code
 
-    def __init__(self, exit_code: Callable[[TaskSpec], int] | None = None, *, hold: bool = False):
+    def __init__(
+        self,
+        exit_code: Callable[[TaskSpec], int] | None = None,
+        *,
+        hold: bool = False,
+        announce: bool = True,
+    ):
         self._events: asyncio.Queue[LauncherEvent] = asyncio.Queue()
         self.exit_code = exit_code or (lambda spec: 0)
         self.hold = hold  # keep attempts "running" until release() is called
+        self.announce = announce  # report AttemptStarted at launch (else they stay queued)
+        self.kills: list[tuple[AttemptKey, str, bool]] = []
         self.launched: list[TaskSpec] = []
         self.held: dict[AttemptKey, TaskSpec] = {}
         self.killed: list[AttemptKey] = []
@@ -50,7 +58,8 @@ class InstantLauncher:
         for spec in specs:
             self.launched.append(spec)
             handle = f"instant:{spec.key}"
-            self._events.put_nowait(AttemptStarted(spec.key, handle, now))
+            if self.announce:
+                self._events.put_nowait(AttemptStarted(spec.key, handle, now))
             if self.hold:
                 self.held[spec.key] = spec
             else:
@@ -75,8 +84,11 @@ class InstantLauncher:
         for k in keys:
             self._finish(self.held.pop(k))
 
-    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+    async def kill(
+        self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
+    ) -> None:
         self.killed.append(key)
+        self.kills.append((key, reason, force))
         if key in self.held:
             self.held.pop(key)
             self._events.put_nowait(

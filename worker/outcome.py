@@ -10,7 +10,8 @@ error while recording is retried a few times (`RECORD_RETRY_DELAYS`); then
 the worker exits `EXIT_NOT_RECORDED` and the scheduler's zombie detection
 takes over.
 
-An interruption is decided here too: fenced out records nothing; a signal
+An interruption is decided here too: fenced out, or cut off from the database
+for the zombie threshold ("lost"), records nothing; a signal
 records "terminated by <SIGNAL>" and exits 128+signal; a timeout records a
 failure. This module never imports the scheduler, the launchers or
 kubernetes_asyncio.
@@ -47,6 +48,9 @@ EXIT_FENCED = 3
 """A newer try owns the task instance: the task was stopped, nothing recorded."""
 EXIT_NOT_RECORDED = 4
 """The task ended but its outcome could not be written (database gone)."""
+EXIT_HEARTBEAT_LOST = 5
+"""No heartbeat could be written for the zombie threshold: the task was stopped, nothing
+recorded (the scheduler fails the try as a zombie)."""
 
 RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 EXPECT_RUNNING = (states.RUNNING,)
@@ -119,6 +123,12 @@ class Recorder:
                 "stopped, nothing recorded"
             )
             return EXIT_FENCED
+        if reason == "lost":
+            self.log(
+                f"try {self.claim.try_number} of {self.key} could not heartbeat: task stopped, "
+                "nothing recorded (the scheduler decides this try)"
+            )
+            return EXIT_HEARTBEAT_LOST
         if reason == "signal":
             name = signal.Signals(detail).name
             self.log(f"received {name}: task stopped")

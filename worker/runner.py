@@ -168,7 +168,12 @@ class Worker:
         self.claim = claim
         self.execution: execute.Execution | None = None
         self.heartbeat = Heartbeat(
-            self.factory, claim.ti_id, claim.try_number, self.config.heartbeat_interval, log
+            self.factory,
+            claim.ti_id,
+            claim.try_number,
+            self.config.heartbeat_interval,
+            log,
+            lost_after=self.config.zombie_threshold,
         )
         self.fenced = self.heartbeat.start()
         self.recorder = Recorder(self.factory, claim, self.heartbeat, key=self.key, log=log)
@@ -245,8 +250,8 @@ class Worker:
 
     async def _race(
         self, main: asyncio.Future[T], timeout: float | None
-    ) -> tuple[Literal["done"], T] | tuple[Literal["fenced", "signal", "timeout"], int]:
-        """Wait for `main`, unless fenced out, signalled or timed out first."""
+    ) -> tuple[Literal["done"], T] | tuple[Literal["fenced", "lost", "signal", "timeout"], int]:
+        """Wait for `main`, unless fenced out, cut off, signalled or timed out first."""
         timer = asyncio.ensure_future(asyncio.sleep(timeout)) if timeout else None
         waiters: set[asyncio.Future[Any]] = {main, self.fenced, self.signalled}
         if timer is not None:
@@ -261,8 +266,9 @@ class Worker:
                 if timer is not None and timer in done:
                     return "timeout", 0
                 if self.fenced in done:
-                    if self.fenced.result():
-                        return "fenced", 0
+                    ending = self.fenced.result()
+                    if ending is not None:
+                        return ending, 0
                     waiters.discard(self.fenced)  # stopped (not fenced): keep waiting
         finally:
             if timer is not None:

@@ -117,8 +117,11 @@ class Launcher(Protocol):
         """Start every spec (bounded concurrency); idempotent per key."""
         ...
 
-    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
-        """Stop an attempt (grace period, then force); an exit event follows."""
+    async def kill(
+        self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
+    ) -> None:
+        """Stop an attempt (grace period, then force; `force`: at once); an exit event
+        follows, carrying `reason`."""
 
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         """Re-attach to attempts launched before a restart; events follow for each

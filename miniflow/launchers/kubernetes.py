@@ -178,7 +178,9 @@ class KubernetesLauncher:
     async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
         return list(await asyncio.gather(*(self._launch_one(spec) for spec in specs)))
 
-    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+    async def kill(
+        self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
+    ) -> None:
         namespace, name = self._locate(key, handle)
         tracked = self._tracked.get((namespace, name)) or self._tracker.track(key, namespace, name)
         if tracked.exited:

@@ -151,7 +151,9 @@ class LocalLauncher:
         loop = asyncio.get_running_loop()
         return [self._launch_one(loop, spec) for spec in specs]
 
-    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+    async def kill(
+        self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
+    ) -> None:
         loop = asyncio.get_running_loop()
         attempt = self._attempts.get(key)
         if attempt is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
+from miniflow.scheduler import relaunch
 from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.specs import build_spec
@@ -27,16 +28,12 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
-from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler
 
 log = logging.getLogger("miniflow.scheduler")
-
-LAUNCH_RETRY_DELAY = 5.0
-"""Seconds before a launch refused for a transient reason is tried again."""
 
 
 async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats) -> None:
@@ -112,42 +109,55 @@ async def fail_before_start(
     """Tries that never started: a template error or a refused launch.
 
     A launch refused for a transient reason (the API server still busy after the
-    launcher's own retries) is retried later without using up one of the task's
-    retries: the try is recorded, and `max_tries` grows by one.
+    launcher's own retries) is launched again under the same try, without using
+    up one of the task's retries, up to `max_launch_attempts` (`relaunch`).
     """
     now = scheduler.clock.now()
     outcomes, ends = [], []
     rows = await store_tis.fetch(session, [f.candidate.id for f in failures])
+    not_started: list[relaunch.NotStarted] = []
     for f in failures:
         c = f.candidate
         entry = scheduler.dags.get(c.dag_id)
         task = entry.dag["tasks"].get(c.task_id) if entry else None
         row = rows.get(c.id)
+        max_tries = row.max_tries if row else 0
         if f.retryable:
-            outcome = store_tis.Outcome(
-                c.id,
-                f.try_number,
-                states.UP_FOR_RETRY,
-                error=f.error,
-                next_retry_at=now + timedelta(seconds=LAUNCH_RETRY_DELAY),
-                extra={"max_tries": store_tis.TI.max_tries + 1},
+            label = f"{c.dag_id}/{c.run_id}/{c.task_id}#{f.try_number}"
+            not_started.append(
+                relaunch.NotStarted(c.id, f.try_number, max_tries, task, label, f.error)
             )
         else:
-            outcome = failure_outcome(
-                ti_id=c.id,
-                try_number=f.try_number,
-                max_tries=row.max_tries if row else 0,
-                task=task,
-                now=now,
-                exit_code=None,
-                error=f.error,
+            outcomes.append(
+                failure_outcome(
+                    ti_id=c.id,
+                    try_number=f.try_number,
+                    max_tries=max_tries,
+                    task=task,
+                    now=now,
+                    exit_code=None,
+                    error=f.error,
+                )
             )
-        outcomes.append(outcome)
+    decided = await relaunch.relaunch_or_fail(
+        session, not_started, cap=scheduler.settings.max_launch_attempts, now=now
+    )
+    outcomes += decided.failed
+    for outcome in outcomes:
         ends.append(
             store_attempts.AttemptEnd(
-                c.id, f.try_number, outcome.state, None, "LaunchFailed", f.error, None, now
+                outcome.ti_id,
+                outcome.try_number,
+                outcome.state,
+                None,
+                "LaunchFailed",
+                outcome.error,
+                None,
+                now,
             )
         )
+    for f in failures:
+        c = f.candidate
         scheduler.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number), None)
         scheduler.mark_dirty(c.run_pk)
         log.warning(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
@@ -32,6 +32,8 @@ from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dagcache import DagCache
 from miniflow.scheduler.parse_loop import DagParser
+from miniflow.scheduler.sanity import Findings, SanityLoop, SanitySettings
+from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import states
@@ -61,6 +63,10 @@ class SchedulerSettings:
     """Create runs from cron schedules (off for `dags test`)."""
     only_run: tuple[str, str] | None = None
     """(dag_id, run_id): touch nothing but this run (`dags test`)."""
+    max_launch_attempts: int = 5
+    """Launches of one try that never reached a container before the try fails."""
+    sanity: SanitySettings = field(default_factory=SanitySettings)
+    """The sanity loop's interval and thresholds."""
 
 
 @dataclass(slots=True)
@@ -68,6 +74,7 @@ class _Due:
     parse: datetime | None = None
     runs: datetime | None = None
     sweep: datetime | None = None
+    sanity: datetime | None = None
     dirty: set[int] = field(default_factory=set)
 
 
@@ -95,22 +102,34 @@ class Scheduler:
         self._due = _Due()
         self._only_run_pk: int | None = None
         self._stopping = asyncio.Event()
+        self.sanity = SanityLoop()
+        self.last_findings = Findings()
 
     # --- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the launcher and adopt tries that a previous scheduler left in flight."""
+        """Start the launcher and adopt what a previous scheduler left behind.
+
+        That is every try still queued or running, and every attempt whose exit was
+        never recorded although its task moved on (a worker recorded its outcome, then
+        the scheduler died before the process's exit): the launcher reports each one's
+        exit from its evidence, so no attempt row stays open.
+        """
         await self.launcher.start()
         async with store_engine.transaction(self.sessions) as session:
             rows = await store_tis.in_flight(session)
-        adopt: list[tuple[AttemptKey, str | None]] = []
+            open_attempts = await store_attempts.open_keys(session)
+        adopt: dict[AttemptKey, str | None] = {}
         for row in rows:
             key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number)
             self.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
-            adopt.append((key, row.handle))
+            adopt[key] = row.handle
+        for attempt in open_attempts:
+            key = AttemptKey(attempt.dag_id, attempt.run_id, attempt.task_id, attempt.try_number)
+            adopt.setdefault(key, attempt.handle)
         if adopt:
             log.info("adopting %d tries left in flight by a previous scheduler", len(adopt))
-            await self.launcher.adopt(adopt)
+            await self.launcher.adopt(list(adopt.items()))
 
     async def close(self) -> None:
         await self.launcher.close()
@@ -130,21 +149,24 @@ class Scheduler:
     async def run_forever(self) -> None:
         """The daemon: tick, then wait for an event or the next periodic duty.
 
-        A database outage does not stop the daemon: the failed round is rolled back
+        No exception in a round stops the daemon: the failed round is rolled back
         (its launcher events are kept for the next one) and retried with back-off.
+        Database and network errors are expected (an outage) and logged in one line;
+        anything else is a bug, logged with its traceback.
         """
         backoff = 1.0
         while not self._stopping.is_set():
             try:
                 stats = await self.tick()
                 idle = None if stats.busy else await self._idle_timeout()
-            except (DBAPIError, OSError, TimeoutError) as exc:
+            except Exception as exc:
                 reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
                 log.error(
                     "scheduler round failed (%s: %s); retrying in %.0fs",
                     type(exc).__name__,
                     reason[0] if reason else "",
                     backoff,
+                    exc_info=not isinstance(exc, (SQLAlchemyError, OSError, TimeoutError)),
                 )
                 await self._sleep_unless_stopped(backoff)
                 backoff = min(backoff * 2, MAX_DB_BACKOFF)
@@ -240,7 +262,16 @@ class Scheduler:
         if exited:
             await self.launcher.acknowledge(exited)
         await self._claim_and_launch(now, stats)
+        await self._sanity_round(stats)
         return stats
+
+    async def _sanity_round(self, stats: TickStats) -> None:
+        now = self.clock.now()
+        if self._due.sanity is not None and now < self._due.sanity:
+            return
+        self._due.sanity = now + timedelta(seconds=self.settings.sanity.interval)
+        self.last_findings = await self.sanity.round(self, now)
+        stats.changed += self.last_findings.total
 
     async def _resolve_only_run(self) -> None:
         only = self.settings.only_run

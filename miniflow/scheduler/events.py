@@ -5,7 +5,10 @@ kinds, and Bash tasks in pods) records its own result; its exit code is then
 only cross-checked: a worker that never recorded anything, or that said
 success but exited non-zero, fails the try with the reason. Processes the
 scheduler supervises directly (Pod tasks; Bash tasks under the local
-launcher) end by their exit code alone.
+launcher) end by their exit code alone. A worker's recorded success is final:
+downstream tasks may already have seen it, so an exit code that disagrees is
+noted on the attempt, never used to revoke it. A try lost before it ever
+started is launched again under the same try (`scheduler.relaunch`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
+from miniflow.scheduler import relaunch
 from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
@@ -106,36 +110,54 @@ async def _record_exits(
     ]
     current = await store_tis.fetch(session, [f.ti_id for _, f in flights])
     outcomes: dict[int, store_tis.Outcome] = {}
+    not_started: list[relaunch.NotStarted] = []
+    notes: list[tuple[int, int, str | None, str]] = []
     for event, flight in flights:
         row = current.get(flight.ti_id)
         if row is None or row.try_number != event.key.try_number:
             continue  # a newer try exists (or the run was deleted): this event is history
-        flight.max_tries = row.max_tries  # clears and free relaunches change it
+        flight.max_tries = row.max_tries  # a clear changes it
         task = _task(scheduler, event.key)
         if event.reason == "Lost" and row.state == states.QUEUED and row.started_at is None:
-            # Never started (the scheduler died between claiming and launching):
-            # launch again without using up one of the task's retries.
-            outcome: store_tis.Outcome | None = store_tis.Outcome(
-                flight.ti_id,
-                event.key.try_number,
-                states.UP_FOR_RETRY,
-                (states.QUEUED,),
-                error="lost before it started; launching again",
-                next_retry_at=now,
-                extra={"max_tries": store_tis.TI.max_tries + 1},
+            # Never started (e.g. the scheduler died between claiming and launching).
+            why = f"lost before it started: {event.message or 'no process or pod found'}"
+            not_started.append(
+                relaunch.NotStarted(
+                    flight.ti_id, event.key.try_number, row.max_tries, task, str(event.key), why
+                )
             )
-        elif _worker_reports(scheduler, flight.kind):
+            continue
+        if _worker_reports(scheduler, flight.kind):
             outcome = _cross_check(event, flight, row.state, task, now)
+            if row.state == states.SUCCESS and event.exit_code not in (0, None):
+                notes.append(
+                    (
+                        flight.ti_id,
+                        event.key.try_number,
+                        None,
+                        f"the process exited {event.exit_code} after the worker recorded success",
+                    )
+                )
         else:
             outcome = _by_exit_code(event, flight, task, now)
         if outcome is not None:
             outcomes[flight.ti_id] = outcome
+    decided = await relaunch.relaunch_or_fail(
+        session, not_started, cap=scheduler.settings.max_launch_attempts, now=now
+    )
+    outcomes.update({o.ti_id: o for o in decided.failed})
+    await store_attempts.note(session, notes)
     changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
     for event, flight in flights:
+        row = current.get(flight.ti_id)
+        relaunched = flight.ti_id in decided.relaunched or (
+            row is not None and row.state == states.SCHEDULED
+        )
+        if relaunched and row is not None and row.try_number == event.key.try_number:
+            continue  # the same try is launched again: its attempt stays open
         # The try's final state, derived rather than read back: the outcome if it
         # applied, else the row as fetched above (no update touched it).
-        row = current.get(flight.ti_id)
         if flight.ti_id in changed:
             state = outcomes[flight.ti_id].state
         elif row is not None and row.try_number == event.key.try_number:
@@ -210,16 +232,11 @@ def _by_exit_code(
 def _cross_check(
     event: AttemptExited, flight: InFlight, state: str, task: SerializedTask | None, now: datetime
 ) -> store_tis.Outcome | None:
-    """The worker recorded its own outcome; check it against how the process ended."""
+    """The worker recorded its own outcome; check it against how the process ended.
+
+    Only a try the worker left unrecorded is decided here; a recorded outcome
+    stands (success is final, see the module docstring).
+    """
     if state in states.ACTIVE:
         return _failed(event, flight, task, now, "worker ended without recording a result")
-    if state == states.SUCCESS and event.exit_code not in (0, None):
-        return _failed(
-            event,
-            flight,
-            task,
-            now,
-            "worker reported success but the process failed",
-            expected=(states.SUCCESS,),
-        )
     return None

@@ -1,12 +1,19 @@
-"""Task attempts: one row per try, the audit history. Closed rows are never rewritten."""
+"""Task attempts: one row per try, the audit history. Closed rows are never rewritten.
+
+A decision taken about an open try (the sanity loop's "heartbeat lost", a
+relaunch) is noted on its row at once, with its reason; the exit that closes
+the row later keeps that reason and adds the exit's own detail.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store.models import TaskAttempt
@@ -43,11 +50,15 @@ async def open_attempts(
     scheduler_id: str,
     now: datetime,
 ) -> None:
-    """Insert (ti_id, dag_id, run_id, task_id, try) attempts in state queued."""
+    """Insert (ti_id, dag_id, run_id, task_id, try) attempts in state queued.
+
+    A relaunch of a try keeps the row its first launch opened (same try).
+    """
     if not rows:
         return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     await session.execute(
-        insert(_table),
+        dialect.insert(_table).on_conflict_do_nothing(index_elements=["ti_id", "try_number"]),
         [
             {
                 "ti_id": ti_id,
@@ -99,8 +110,9 @@ async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
         .values(
             state=bindparam("k_state"),
             exit_code=bindparam("k_exit"),
-            reason=bindparam("k_reason"),
-            message=bindparam("k_message"),
+            # a decision noted earlier (e.g. "heartbeat lost") stays the reason
+            reason=func.coalesce(_table.c.reason, bindparam("k_reason")),
+            message=_joined(_table.c.message, bindparam("k_message")),
             log_tail=bindparam("k_tail"),
             ended_at=bindparam("k_ended"),
         )
@@ -121,6 +133,36 @@ async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
             for e in ends
         ],
     )
+
+
+def _joined(old: Any, new: Any) -> Any:
+    """`old; new`, or whichever of the two is set."""
+    return func.coalesce(old + "; " + new, old, new)
+
+
+async def note(
+    session: AsyncSession, items: Sequence[tuple[int, int, str | None, str]]
+) -> None:
+    """(ti_id, try, reason or None, message): record a decision on attempts still open."""
+    if not items:
+        return
+    stmt = (
+        update(_table)
+        .where(*_OPEN_TRY)
+        .values(
+            reason=func.coalesce(bindparam("k_reason"), _table.c.reason),
+            message=_joined(_table.c.message, bindparam("k_msg")),
+        )
+    )
+    await session.execute(
+        stmt, [{"k_ti": t, "k_try": n, "k_reason": r, "k_msg": m} for t, n, r, m in items]
+    )
+
+
+async def open_keys(session: AsyncSession) -> list[TaskAttempt]:
+    """Attempts not yet closed (their exit has not been recorded)."""
+    query = select(TA).where(TA.ended_at.is_(None))
+    return list((await session.execute(query)).scalars())
 
 
 async def for_task(

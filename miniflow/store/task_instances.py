@@ -3,7 +3,9 @@
 This module is the only code that changes `task_instance.state`. Each update
 names the states it expects (and, once a try has started, the try number) in
 its WHERE clause, so a stale scheduler or a stale worker can never overwrite
-newer truth: the update simply matches no row. Updates are batched per tick
+newer truth: the update simply matches no row. Each also asks
+`transitions.check` first: a transition the state machine does not allow is a
+bug and raises before any SQL runs. Updates are batched per tick
 (one statement per group of identical values) so the query count per tick
 stays constant as DAGs grow.
 """
@@ -17,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.store import states
+from miniflow.store import states, transitions
 from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
@@ -89,9 +91,12 @@ async def set_states(
         groups[(expected, new)].append(ti_id)
     applied = 0
     for (expected, new), ids in groups.items():
+        transitions.check((expected,), new)
         values: dict[str, Any] = {"state": new}
         if new in states.FINISHED:
             values["ended_at"] = now
+        if new == states.SCHEDULED:
+            values["launch_attempts"] = 0  # a new try begins
         result = await session.execute(
             update(TI)
             .execution_options(synchronize_session=False)
@@ -104,11 +109,12 @@ async def set_states(
 
 async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]:
     """up_for_retry → scheduled once the back-off has passed; returns touched run pks."""
+    transitions.check((states.UP_FOR_RETRY,), states.SCHEDULED)
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
         .where(TI.state == states.UP_FOR_RETRY, TI.next_retry_at <= now)
-        .values(state=states.SCHEDULED)
+        .values(state=states.SCHEDULED, launch_attempts=0)
         .returning(TI.run_pk)
     )
     return sorted({row[0] for row in result.all()})
@@ -163,16 +169,23 @@ async def scheduled_candidates(session: AsyncSession, limit: int) -> list[Candid
 
 
 async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) -> dict[int, int]:
-    """scheduled → queued with a new try number; returns {ti_id: try_number} of those claimed."""
+    """scheduled → queued; returns {ti_id: try_number} of those claimed.
+
+    A new try gets the next try number; a relaunch (`launch_attempts > 0`: the
+    try never reached a container) keeps its try number.
+    """
     if not ids:
         return {}
+    transitions.check((states.SCHEDULED,), states.QUEUED)
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
         .where(TI.id.in_(list(ids)), TI.state == states.SCHEDULED)
         .values(
             state=states.QUEUED,
-            try_number=TI.try_number + 1,
+            try_number=case(
+                (TI.launch_attempts > 0, TI.try_number), else_=TI.try_number + 1
+            ),
             queued_at=now,
             started_at=None,
             ended_at=None,
@@ -196,6 +209,7 @@ async def record_started(
     """
     if not items:
         return
+    transitions.check(states.ACTIVE, states.RUNNING)
     table: Table = TI.__table__  # type: ignore[assignment]
     stmt = (
         table.update()
@@ -231,6 +245,7 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
         groups[key].append(item)
     changed: set[int] = set()
     for (state, expected, exit_code, error, next_retry_at, _), items in groups.items():
+        transitions.check(expected, state)
         values: dict[str, Any] = {
             "state": state,
             "exit_code": exit_code,
@@ -309,6 +324,7 @@ async def clear(
     for row in rows:
         if row.state in states.ACTIVE:
             continue
+        transitions.check((row.state,), states.NONE)
         run_pk = row.run_pk
         result = await session.execute(
             update(TI)
@@ -317,6 +333,7 @@ async def clear(
             .values(
                 state=states.NONE,
                 max_tries=row.try_number + retries.get(row.task_id, 0),
+                launch_attempts=0,
                 next_retry_at=None,
                 ended_at=None,
             )
@@ -351,6 +368,7 @@ async def worker_claim(
     `heartbeat_at IS NULL` makes the claim exclusive: a second worker for the
     same try (a duplicate pod) finds it taken and runs nothing.
     """
+    transitions.check(states.ACTIVE, states.RUNNING)
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
@@ -393,8 +411,73 @@ async def upstream_results(
     return {task_id: result for task_id, result, _state in (await session.execute(query)).all()}
 
 
-def stale_heartbeat_filter(before: datetime) -> Any:
-    """Running tries whose worker stopped heartbeating (for the sanity loop)."""
-    return and_(
-        TI.state == states.RUNNING, or_(TI.heartbeat_at.is_(None), TI.heartbeat_at < before)
+# --- relaunches and the sanity loop ------------------------------------------------------------
+
+
+async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> set[int]:
+    """queued → scheduled for (ti_id, try) pairs that never reached a container.
+
+    The try keeps its number (the next claim launches the same try again) and
+    `launch_attempts` grows by one; the caller enforces the cap. Returns the
+    ids that changed.
+    """
+    if not items:
+        return set()
+    transitions.check((states.QUEUED,), states.SCHEDULED)
+    result = await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(tuple_(TI.id, TI.try_number).in_(list(items)), TI.state == states.QUEUED)
+        .values(state=states.SCHEDULED, launch_attempts=TI.launch_attempts + 1, handle=None)
+        .returning(TI.id)
     )
+    return {row[0] for row in result.all()}
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveTry:
+    """A queued or running try as the sanity loop judges it."""
+
+    id: int
+    run_pk: int
+    dag_id: str
+    run_id: str
+    task_id: str
+    kind: str
+    state: str
+    try_number: int
+    max_tries: int
+    launch_attempts: int
+    handle: str | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+async def active_tries(session: AsyncSession) -> list[ActiveTry]:
+    """Every queued or running try, with the timestamps that show its progress."""
+    query = select(
+        TI.id,
+        TI.run_pk,
+        TI.dag_id,
+        TI.run_id,
+        TI.task_id,
+        TI.kind,
+        TI.state,
+        TI.try_number,
+        TI.max_tries,
+        TI.launch_attempts,
+        TI.handle,
+        TI.queued_at,
+        TI.started_at,
+        TI.heartbeat_at,
+    ).where(TI.state.in_(list(states.ACTIVE)))
+    return [ActiveTry(**row._mapping) for row in (await session.execute(query)).all()]
+
+
+async def launch_counts(session: AsyncSession, ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """{ti_id: (try_number, launch_attempts)}."""
+    if not ids:
+        return {}
+    query = select(TI.id, TI.try_number, TI.launch_attempts).where(TI.id.in_(list(ids)))
+    return {i: (n, a) for i, n, a in (await session.execute(query)).all()}

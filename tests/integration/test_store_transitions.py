@@ -155,11 +155,11 @@ async def test_finish_batches_by_values_and_respects_expected_states(engine: Asy
         changed = await store_tis.finish(
             session,
             [store_tis.Outcome(i, 1, states.SUCCESS, exit_code=0) for i in ids[:2]]
-            + [store_tis.Outcome(ids[2], 1, states.FAILED, expected=(states.SUCCESS,))],
+            + [store_tis.Outcome(ids[2], 1, states.FAILED, expected=(states.RUNNING,))],
             NOW,
         )
         rows = await store_tis.fetch(session, ids)
-    assert changed == set(ids[:2])  # the third expected `success`, it was `queued`
+    assert changed == set(ids[:2])  # the third expected `running`, it was `queued`
     assert [rows[i].state for i in ids] == [states.SUCCESS, states.SUCCESS, states.QUEUED]
     assert rows[ids[0]].exit_code == 0 and rows[ids[0]].ended_at == NOW
 

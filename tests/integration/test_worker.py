@@ -597,3 +597,28 @@ async def test_heartbeat_survives_a_database_outage(env: Env) -> None:
     assert code == 0, err
     assert "heartbeat failed" in err, err
     assert (await env.ti("t")).state == "success"
+
+
+async def test_worker_that_cannot_heartbeat_stops_its_task_itself(env: Env) -> None:
+    """Postgres only: its heartbeats block on a locked table past the zombie threshold."""
+    if not env.db_url.startswith("postgresql"):
+        pytest.skip("needs a table lock held from another connection")
+    import asyncpg
+
+    await env.setup(bash_dag("echo $$ > $TEST_DIR/pid; exec sleep 300"), queue=["t"])
+    pid_file = env.folder.parent / "pid"
+    env.pid_files.append(pid_file)
+    worker = await env.start("t", MINIFLOW_ZOMBIE_THRESHOLD="1.5")
+    await wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="command")
+    child = int(pid_file.read_text())
+    locker = await asyncpg.connect(env.db_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE task_instance IN ACCESS EXCLUSIVE MODE")
+            code, _out, err = await finish(worker, timeout=20)
+    finally:
+        await locker.close()
+    assert code == 5, err
+    assert "could not heartbeat" in err
+    await wait_until(lambda: not alive(child), timeout=5, what="the command to be gone")
+    assert (await env.ti("t")).state == "running"  # nothing recorded: the scheduler decides

@@ -1,0 +1,299 @@
+"""The sanity loop: reconcile what the database says runs with what really runs.
+
+Launchers report what they see and workers heartbeat, but a process can freeze,
+a pod can vanish, a create can be lost and a scheduler can die between two
+writes. Every `sanity_interval` seconds one round compares the tries this
+scheduler owns (its in-flight registry) with the launcher's fresh view
+(`Launcher.alive()`) and the database's timestamps, and decides:
+
+- **zombie** — a running try of a worker kind (the worker writes heartbeats)
+  whose last proof of life (heartbeat, else start) is older than
+  `zombie_threshold`: failed with reason "heartbeat lost" (retried per the
+  task's policy), then its process or pod is killed at once (SIGKILL reaches a
+  stopped process). The failure is committed *before* the kill, so a frozen
+  worker that resumes finds itself fenced out and records nothing. Tries of
+  other kinds have no heartbeat: the launcher seeing their process is their
+  proof of life (see "lost").
+- **timeout** — a try running longer than its task's `timeout` plus the kill
+  grace period (the launcher and the worker enforce the timeout first; this is
+  the backstop that does not trust them): failed with reason "timeout", killed.
+- **queued too long** — queued longer than `queued_timeout`: failed with that
+  reason, killed.
+- **lost** — an active try the launcher has not seen in two consecutive rounds:
+  the launcher is asked to adopt it, which reports its exit from whatever
+  evidence is left, or "Lost"; the event recorder then relaunches a try that
+  never started or fails one that did.
+- **orphan** — a process or pod the launcher sees that belongs to no try this
+  scheduler owns, for two consecutive rounds: adopted if the database says it
+  is a live try, else killed.
+
+Every decision is logged with its reason and noted on the attempt row. The
+loop only decides; the writes go through the store and the kills through the
+launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from miniflow.launchers.base import AliveAttempt, AttemptKey
+from miniflow.retries import failure_outcome
+from miniflow.scheduler.bookkeeping import InFlight
+from miniflow.serialized import SerializedTask
+from miniflow.store import attempts as store_attempts
+from miniflow.store import engine as store_engine
+from miniflow.store import states
+from miniflow.store import task_instances as store_tis
+
+if TYPE_CHECKING:
+    from miniflow.scheduler.core import Scheduler
+
+log = logging.getLogger("miniflow.scheduler.sanity")
+
+HEARTBEAT_LOST = "heartbeat lost"
+TIMEOUT = "timeout"
+QUEUED_TIMEOUT = "queued timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class SanitySettings:
+    """Thresholds of the sanity loop (the daemon takes them from `Config`)."""
+
+    interval: float = 5.0
+    """Seconds between rounds."""
+    zombie_threshold: float = 30.0
+    """Seconds a running worker try may go without a heartbeat."""
+    queued_timeout: float = 600.0
+    """Seconds a try may stay queued."""
+    kill_grace_period: float = 5.0
+    """Slack past a task's timeout before the loop kills it itself."""
+    reap_orphans: bool = True
+    """Kill processes/pods no try owns (off for `dags test`, which shares the cluster)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    key: AttemptKey
+    handle: str | None
+    reason: str
+    message: str
+    force: bool
+
+
+@dataclass(slots=True)
+class Findings:
+    """What one round decided (counts, for logs, tests and metrics)."""
+
+    zombies: int = 0
+    timeouts: int = 0
+    queued_timeouts: int = 0
+    lost: int = 0
+    orphans_killed: int = 0
+    orphans_adopted: int = 0
+
+    @property
+    def total(self) -> int:
+        return (
+            self.zombies
+            + self.timeouts
+            + self.queued_timeouts
+            + self.lost
+            + self.orphans_killed
+            + self.orphans_adopted
+        )
+
+
+@dataclass(slots=True)
+class SanityLoop:
+    """The sanity loop's memory between rounds (what was missing or orphaned last time)."""
+
+    missing_since: dict[AttemptKey, datetime] = field(default_factory=dict)
+    orphan_since: dict[AttemptKey, datetime] = field(default_factory=dict)
+
+    async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
+        findings = Findings()
+        alive = {a.key: a for a in await scheduler.launcher.alive()}
+        kills = await self._decide(scheduler, alive, now, findings)
+        for kill in kills:
+            log.warning("%s: %s — killing it", kill.key, kill.message)
+            try:
+                await scheduler.launcher.kill(
+                    kill.key, kill.handle, reason=kill.reason, force=kill.force
+                )
+            except Exception:  # the next round sees it again (as an orphan if need be)
+                log.exception("could not kill %s", kill.key)
+        await self._lost(scheduler, alive, now, findings)
+        if scheduler.settings.sanity.reap_orphans:
+            await self._orphans(scheduler, alive, now, findings)
+        if findings.total:
+            log.info("sanity round: %s", findings)
+        return findings
+
+    async def _decide(
+        self,
+        scheduler: Scheduler,
+        alive: dict[AttemptKey, AliveAttempt],
+        now: datetime,
+        findings: Findings,
+    ) -> list[Kill]:
+        """Zombies, timeouts and tries queued too long: fail them (committed), then kill."""
+        settings = scheduler.settings.sanity
+        worker_kinds = scheduler.launcher.worker_kinds
+        kills: list[Kill] = []
+        async with store_engine.transaction(scheduler.sessions) as session:
+            tries = [t for t in await store_tis.active_tries(session) if _owned(scheduler, t)]
+            if not tries:
+                return []
+            cached = await scheduler.dags.load(session, {t.dag_id for t in tries})
+            outcomes: list[store_tis.Outcome] = []
+            notes: list[tuple[int, int, str | None, str]] = []
+            for t in tries:
+                entry = cached.get(t.dag_id)
+                task = entry.dag["tasks"].get(t.task_id) if entry else None
+                verdict = _verdict(t, task, worker_kinds, settings, now)
+                if verdict is None:
+                    continue
+                reason, message, force = verdict
+                if reason == HEARTBEAT_LOST:
+                    findings.zombies += 1
+                elif reason == TIMEOUT:
+                    findings.timeouts += 1
+                else:
+                    findings.queued_timeouts += 1
+                outcomes.append(
+                    failure_outcome(
+                        ti_id=t.id,
+                        try_number=t.try_number,
+                        max_tries=t.max_tries,
+                        task=task,
+                        now=now,
+                        exit_code=None,
+                        error=f"{reason}: {message}",
+                        expected=(t.state,),
+                    )
+                )
+                notes.append((t.id, t.try_number, reason, message))
+                key = AttemptKey(t.dag_id, t.run_id, t.task_id, t.try_number)
+                kills.append(Kill(key, t.handle, reason, message, force))
+                scheduler.mark_dirty(t.run_pk)
+            changed = await store_tis.finish(session, outcomes, now)
+            await store_attempts.note(session, [n for n in notes if n[0] in changed])
+        return [k for k, o in zip(kills, outcomes, strict=True) if o.ti_id in changed]
+
+    async def _lost(
+        self,
+        scheduler: Scheduler,
+        alive: dict[AttemptKey, AliveAttempt],
+        now: datetime,
+        findings: Findings,
+    ) -> None:
+        """In flight here, unseen by the launcher two rounds running: ask it to adopt."""
+        missing = [k for k in scheduler.inflight if k not in alive]
+        for key in list(self.missing_since):
+            if key not in missing:
+                del self.missing_since[key]
+        adopt: list[tuple[AttemptKey, str | None]] = []
+        for key in missing:
+            since = self.missing_since.setdefault(key, now)
+            if since < now:
+                adopt.append((key, None))
+                del self.missing_since[key]
+        if not adopt:
+            return
+        findings.lost += len(adopt)
+        for key, _ in adopt:
+            log.warning("%s: the launcher no longer sees it; looking for its evidence", key)
+        handles = await _handles(scheduler, [k for k, _ in adopt])
+        await scheduler.launcher.adopt([(k, handles.get(k)) for k, _ in adopt])
+
+    async def _orphans(
+        self,
+        scheduler: Scheduler,
+        alive: dict[AttemptKey, AliveAttempt],
+        now: datetime,
+        findings: Findings,
+    ) -> None:
+        """Seen by the launcher, owned by no try here, two rounds running: adopt or kill."""
+        strays = [k for k in alive if k not in scheduler.inflight]
+        for key in list(self.orphan_since):
+            if key not in alive or key in scheduler.inflight:
+                del self.orphan_since[key]
+        due = []
+        for key in strays:
+            since = self.orphan_since.setdefault(key, now)
+            if since < now:
+                due.append(key)
+        if not due:
+            return
+        async with store_engine.transaction(scheduler.sessions) as session:
+            rows = await store_tis.find_keys(
+                session, [(k.dag_id, k.run_id, k.task_id) for k in due]
+            )
+        for key in due:
+            del self.orphan_since[key]
+            row = rows.get((key.dag_id, key.run_id, key.task_id))
+            if row is not None and row.try_number == key.try_number and row.state in states.ACTIVE:
+                findings.orphans_adopted += 1
+                scheduler.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
+                log.warning("%s: live try found running untracked: adopting it", key)
+                continue
+            findings.orphans_killed += 1
+            why = "no live try owns it" if row is None else f"its task is {row.state}"
+            if row is not None and row.try_number != key.try_number:
+                why = f"try {row.try_number} is the current one"
+            log.warning("%s: orphan (%s): killing it", key, why)
+            try:
+                await scheduler.launcher.kill(key, alive[key].handle, reason="orphan", force=False)
+            except Exception:
+                log.exception("could not kill orphan %s", key)
+
+
+def _owned(scheduler: Scheduler, t: store_tis.ActiveTry) -> bool:
+    return AttemptKey(t.dag_id, t.run_id, t.task_id, t.try_number) in scheduler.inflight
+
+
+def _verdict(
+    t: store_tis.ActiveTry,
+    task: SerializedTask | None,
+    worker_kinds: frozenset[str],
+    settings: SanitySettings,
+    now: datetime,
+) -> tuple[str, str, bool] | None:
+    """(reason, message, force kill) for a try that must end now, or None."""
+    if t.state == states.RUNNING and t.kind in worker_kinds:
+        proof = t.heartbeat_at or t.started_at
+        if proof is not None:
+            silent = (now - proof).total_seconds()
+            if silent > settings.zombie_threshold:
+                return (
+                    HEARTBEAT_LOST,
+                    f"no heartbeat for {silent:.0f}s (threshold {settings.zombie_threshold:g}s)",
+                    True,
+                )
+    timeout = task["timeout"] if task is not None else None
+    if t.state == states.RUNNING and timeout and t.started_at is not None:
+        ran = (now - t.started_at).total_seconds()
+        if ran > float(timeout) + settings.kill_grace_period:
+            return TIMEOUT, f"ran {ran:.0f}s, longer than its timeout of {timeout:g}s", False
+    if t.state == states.QUEUED and t.queued_at is not None:
+        waited = (now - t.queued_at).total_seconds()
+        if waited > settings.queued_timeout:
+            return (
+                QUEUED_TIMEOUT,
+                f"queued for {waited:.0f}s without starting (limit {settings.queued_timeout:g}s)",
+                True,
+            )
+    return None
+
+
+async def _handles(scheduler: Scheduler, keys: list[AttemptKey]) -> dict[AttemptKey, str | None]:
+    async with store_engine.transaction(scheduler.sessions) as session:
+        rows = await store_tis.find_keys(session, [(k.dag_id, k.run_id, k.task_id) for k in keys])
+    out: dict[AttemptKey, str | None] = {}
+    for key in keys:
+        row = rows.get((key.dag_id, key.run_id, key.task_id))
+        out[key] = row.handle if row is not None and row.try_number == key.try_number else None
+    return out

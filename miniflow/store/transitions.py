@@ -1,0 +1,72 @@
+"""The task-instance state machine: every allowed (from, to) pair, in one table.
+
+Every function in `task_instances` that writes `state` names the states it
+expects and the state it writes, and asks `check` first; a pair missing from
+`ALLOWED` is a bug in the caller and raises `IllegalTransition` before any SQL
+runs. The table is the answer to "can a task go from X to Y?", for readers and
+for tests alike.
+
+Two rules the table encodes on purpose:
+
+- **`success` is final** (until a user clears it back to `none`): once
+  downstream tasks may have seen it, nothing revokes it. A worker that
+  recorded success and then exited non-zero keeps its success; the exit is
+  noted on the attempt.
+- **`queued → scheduled` is a relaunch of the same try** (the try never
+  reached a container: claimed but never launched, a create refused for a
+  transient reason, lost before it started). It keeps the try number and
+  counts in `launch_attempts`, capped apart from the task's retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from miniflow.errors import MiniflowError
+from miniflow.store.states import (
+    FAILED,
+    NONE,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    SKIPPED,
+    SUCCESS,
+    UP_FOR_RETRY,
+    UPSTREAM_FAILED,
+)
+
+
+class IllegalTransition(MiniflowError):
+    """A write asked for a task-instance transition the state machine does not allow."""
+
+
+ALLOWED: dict[str, frozenset[str]] = {
+    # readiness decides; `none → none` is a clear of a task that never ran
+    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE}),
+    # claimed by a scheduler; or cleared before it was claimed
+    SCHEDULED: frozenset({QUEUED, NONE}),
+    # started; ended before it was seen running; relaunched (same try); or decided
+    # by the sanity loop (queued too long, lost)
+    QUEUED: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
+    # `running → running`: a repeated started event, a worker's claim, a heartbeat
+    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY}),
+    # the back-off passed; or a user cleared it
+    UP_FOR_RETRY: frozenset({SCHEDULED, NONE}),
+    SUCCESS: frozenset({NONE}),
+    FAILED: frozenset({NONE}),
+    UPSTREAM_FAILED: frozenset({NONE}),
+    SKIPPED: frozenset({NONE}),
+}
+
+
+def allowed(source: str, target: str) -> bool:
+    return target in ALLOWED.get(source, frozenset())
+
+
+def check(sources: Iterable[str], target: str) -> None:
+    """Raise `IllegalTransition` unless every `source → target` is allowed."""
+    bad = sorted(s for s in sources if not allowed(s, target))
+    if bad:
+        raise IllegalTransition(
+            f"task-instance transition {', '.join(bad)} → {target} is not allowed"
+        )
