@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -193,6 +195,9 @@ class KubeClient:
         """A client from `kubeconfig` (a path), else in-cluster config, else the
         default kubeconfig (`KUBECONFIG` / ~/.kube/config, read by kubernetes_asyncio)."""
         configuration = k8s.Configuration()
+        # one stat at start-up: not worth a thread
+        if kubeconfig is not None and not os.path.isfile(kubeconfig):  # noqa: ASYNC240
+            raise KubeConnectionError(f"the kubeconfig {kubeconfig} does not exist")
         try:
             if kubeconfig is None and context is None:
                 try:
@@ -210,9 +215,17 @@ class KubeClient:
                     client_configuration=configuration,
                     persist_config=False,
                 )
-        except (k8s_config.ConfigException, OSError) as exc:
+        except (
+            k8s_config.ConfigException,
+            OSError,
+            yaml.YAMLError,
+            ValueError,
+            TypeError,
+            KeyError,
+        ) as exc:  # a file of the wrong shape surfaces as Type/Key/ValueErrors
             where = kubeconfig or "in-cluster / default kubeconfig"
-            raise KubeConnectionError(f"cannot load Kubernetes config ({where}): {exc}") from exc
+            detail = " ".join(str(exc).split())
+            raise KubeConnectionError(f"cannot load Kubernetes config ({where}): {detail}") from exc
         configuration.connection_pool_maxsize = max_connections
         return cls(k8s.ApiClient(configuration=configuration))
 
