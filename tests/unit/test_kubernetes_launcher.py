@@ -568,3 +568,26 @@ async def test_unreachable_api_server_is_one_clear_error(tmp_path: Any) -> None:
     )
     with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1:1 did not answer"):
         await launcher.start()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"the kubeconfig .* does not exist"),
+        ("garbage: [\n", r"cannot load Kubernetes config .*: while parsing"),
+        ("- just\n- a list\n", r"cannot load Kubernetes config"),
+        ("apiVersion: v1\nkind: Config\n", r"cannot load Kubernetes config"),
+    ],
+)
+async def test_a_bad_kubeconfig_is_one_clear_error(
+    tmp_path: Any, content: str | None, message: str
+) -> None:
+    from miniflow.errors import ServiceUnavailable
+
+    kubeconfig = tmp_path / "kubeconfig"
+    if content is not None:
+        kubeconfig.write_text(content)
+    launcher = KubernetesLauncher(defaults=DEFAULTS, kubeconfig=str(kubeconfig))
+    with pytest.raises(ServiceUnavailable, match=message) as caught:
+        await launcher.start()
+    assert "\n" not in str(caught.value)
