@@ -168,7 +168,9 @@ async def test_dag(
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
     console = cli_views.make_console()
-    async with _scheduler(config, schedule_runs=False, reap_orphans=False) as scheduler:
+    async with _scheduler(
+        config, schedule_runs=False, reap_orphans=False, register=False
+    ) as scheduler:
         await scheduler.tick()
         run_id = await admin.trigger(
             config,
@@ -179,7 +181,11 @@ async def test_dag(
             parse=False,
         )
         scheduler.settings = _settings(
-            config, schedule_runs=False, reap_orphans=False, only_run=(dag_id, run_id)
+            config,
+            schedule_runs=False,
+            reap_orphans=False,
+            register=False,
+            only_run=(dag_id, run_id),
         )
         console.print(f"testing {dag_id} run {run_id}")
         try:

@@ -64,6 +64,10 @@ class NotFound(PermanentError):
     """A DAG, run, task or attempt named by the user does not exist."""
 
 
+class SchedulerAlreadyRunning(PermanentError):
+    """Another scheduler is running on a database that supports only one (SQLite)."""
+
+
 class LaunchError(MiniflowError):
     """A launcher could not start an attempt."""
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+import miniflow
+from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
@@ -35,6 +37,7 @@ from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.sanity import Findings, SanityLoop, SanitySettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
+from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
@@ -67,6 +70,12 @@ class SchedulerSettings:
     """Launches of one try that never reached a container before the try fails."""
     sanity: SanitySettings = field(default_factory=SanitySettings)
     """The sanity loop's interval and thresholds."""
+    register: bool = True
+    """Register in `scheduler_instance` and heartbeat there (off for `dags test`)."""
+    instance_heartbeat: float = 5.0
+    """Seconds between heartbeats of this scheduler's `scheduler_instance` row."""
+    instance_timeout: float = 30.0
+    """A scheduler whose row has not heartbeat for this long is taken for dead."""
 
 
 @dataclass(slots=True)
@@ -75,7 +84,20 @@ class _Due:
     runs: datetime | None = None
     sweep: datetime | None = None
     sanity: datetime | None = None
+    instance: datetime | None = None
     dirty: set[int] = field(default_factory=set)
+
+
+def _process_may_live(instance: store_instances.Instance) -> bool:
+    """False when the instance ran on this host and its process is gone (killed, crashed):
+    no need to wait for its heartbeat to go stale."""
+    if instance.hostname != socket.gethostname():
+        return True
+    try:
+        with open(f"/proc/{instance.pid}/cmdline", "rb") as f:
+            return b"miniflow" in f.read()
+    except OSError:
+        return False
 
 
 class Scheduler:
@@ -115,10 +137,18 @@ class Scheduler:
         the scheduler died before the process's exit): the launcher reports each one's
         exit from its evidence, so no attempt row stays open.
         """
-        await self.launcher.start()
-        async with store_engine.transaction(self.sessions) as session:
-            rows = await store_tis.in_flight(session)
-            open_attempts = await store_attempts.open_keys(session)
+        if self.settings.register:
+            await self._register()
+        try:
+            await self.launcher.start()
+            async with store_engine.transaction(self.sessions) as session:
+                rows = await store_tis.in_flight(session)
+                open_attempts = await store_attempts.open_keys(session)
+        except BaseException:
+            if self.settings.register:  # a scheduler that never started must not look alive
+                async with store_engine.transaction(self.sessions) as session:
+                    await store_instances.end(session, self.scheduler_id, self.clock.now())
+            raise
         adopt: dict[AttemptKey, str | None] = {}
         for row in rows:
             key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number)
@@ -133,6 +163,49 @@ class Scheduler:
 
     async def close(self) -> None:
         await self.launcher.close()
+        if self.settings.register:
+            async with store_engine.transaction(self.sessions) as session:
+                await store_instances.end(session, self.scheduler_id, self.clock.now())
+
+    async def _register(self) -> None:
+        """Register this instance; on SQLite, refuse to start beside a live one."""
+        now = self.clock.now()
+        async with store_engine.transaction(self.sessions) as session:
+            if self.engine.dialect.name == "sqlite":
+                live = [
+                    i
+                    for i in await store_instances.list_all(session)
+                    if i.alive(now, self.settings.instance_timeout) and _process_may_live(i)
+                ]
+                if live:
+                    other = live[0]
+                    raise SchedulerAlreadyRunning(
+                        f"another scheduler is running on this SQLite database (host "
+                        f"{other.hostname}, pid {other.pid}, started "
+                        f"{other.started_at:%Y-%m-%d %H:%M:%S} UTC): SQLite supports one "
+                        "scheduler; stop it first, or use PostgreSQL to run several"
+                    )
+            await store_instances.register(
+                session,
+                id=self.scheduler_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                version=miniflow.__version__,
+                now=now,
+            )
+        self._due.instance = now + timedelta(seconds=self.settings.instance_heartbeat)
+
+    async def _heartbeat_instance(self) -> None:
+        now = self.clock.now()
+        if not self.settings.register or (
+            self._due.instance is not None and now < self._due.instance
+        ):
+            return
+        self._due.instance = now + timedelta(seconds=self.settings.instance_heartbeat)
+        async with store_engine.transaction(self.sessions) as session:
+            alive = await store_instances.heartbeat(session, self.scheduler_id, now)
+        if not alive:
+            log.error("this scheduler's instance row %s was ended by another", self.scheduler_id)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -263,6 +336,7 @@ class Scheduler:
             await self.launcher.acknowledge(exited)
         await self._claim_and_launch(now, stats)
         await self._sanity_round(stats)
+        await self._heartbeat_instance()
         return stats
 
     async def _sanity_round(self, stats: TickStats) -> None:

@@ -191,6 +191,8 @@ class SchedulerInstance(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+    version: Mapped[str | None] = mapped_column(String(50))
+    ended_at: Mapped[datetime | None]  # said goodbye: its tries may be adopted at once
 
 
 class Pool(Base):

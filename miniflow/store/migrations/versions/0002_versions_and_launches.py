@@ -9,6 +9,9 @@ Create Date: 2026-12-02 14:15:00
   DAG's current version for runs that predate this revision).
 - `task_instance.launch_attempts`: how often the current try was launched
   without reaching a container; capped separately from `max_tries`.
+- `scheduler_instance.version` and `.ended_at`: what a scheduler runs and when it
+  said goodbye (a peer adopts its tries at once instead of waiting for its
+  heartbeat to go stale).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("launch_attempts", sa.Integer(), nullable=False, server_default="0")
         )
+    with op.batch_alter_table("scheduler_instance", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("version", sa.String(length=50), nullable=True))
+        batch_op.add_column(sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True))
     op.execute(
         "INSERT INTO dag_version (dag_hash, dag_id, serialized, created_at) "
         "SELECT dag_hash, dag_id, serialized, COALESCE(last_parsed_at, CURRENT_TIMESTAMP) "
@@ -51,6 +57,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("scheduler_instance", schema=None) as batch_op:
+        batch_op.drop_column("ended_at")
+        batch_op.drop_column("version")
     with op.batch_alter_table("task_instance", schema=None) as batch_op:
         batch_op.drop_column("launch_attempts")
     with op.batch_alter_table("dag_run", schema=None) as batch_op:

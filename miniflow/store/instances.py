@@ -1,0 +1,72 @@
+"""Scheduler instances: who is running, since when, and whether it is still alive.
+
+Each `miniflow scheduler` registers a row when it starts, heartbeats it every
+few seconds and ends it when it stops. Other schedulers (and the CLI) read the
+rows to tell a live peer from a dead one. A heartbeat is conditional on the
+row still being open (`ended_at IS NULL`): an instance that a peer declared
+dead learns it from its next heartbeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from miniflow.store.models import SchedulerInstance
+
+SI = SchedulerInstance
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    id: str
+    hostname: str
+    pid: int
+    version: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    ended_at: datetime | None
+
+    def alive(self, now: datetime, threshold: float) -> bool:
+        """Registered, not ended, and heartbeating within `threshold` seconds."""
+        return self.ended_at is None and now - self.heartbeat_at <= timedelta(seconds=threshold)
+
+
+async def register(
+    session: AsyncSession, *, id: str, hostname: str, pid: int, version: str, now: datetime
+) -> None:
+    await session.execute(
+        insert(SI).values(
+            id=id, hostname=hostname, pid=pid, version=version, started_at=now, heartbeat_at=now
+        )
+    )
+
+
+async def heartbeat(session: AsyncSession, id: str, now: datetime) -> bool:
+    """False when the row was ended (by this instance's stop, or a peer that saw it dead)."""
+    result = await session.execute(
+        update(SI)
+        .execution_options(synchronize_session=False)
+        .where(SI.id == id, SI.ended_at.is_(None))
+        .values(heartbeat_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def end(session: AsyncSession, id: str, now: datetime) -> None:
+    await session.execute(
+        update(SI)
+        .execution_options(synchronize_session=False)
+        .where(SI.id == id, SI.ended_at.is_(None))
+        .values(ended_at=now)
+    )
+
+
+async def list_all(session: AsyncSession) -> list[Instance]:
+    query = select(
+        SI.id, SI.hostname, SI.pid, SI.version, SI.started_at, SI.heartbeat_at, SI.ended_at
+    ).order_by(SI.started_at)
+    return [Instance(*row) for row in (await session.execute(query)).all()]
