@@ -27,6 +27,10 @@ from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
 
+MAX_KEYS_PER_STATEMENT = 1000
+"""(id, try) pairs per `IN` list: PostgreSQL's parser recurses per element of a row-value
+list and runs out of stack at ~10,000; a batch larger than this is a few statements."""
+
 
 @dataclass(frozen=True, slots=True)
 class TIState:
@@ -255,14 +259,18 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
             **items[0].extra,
         }
         keys = [(i.ti_id, i.try_number) for i in items]
-        result = await session.execute(
-            update(TI)
-            .execution_options(synchronize_session=False)
-            .where(tuple_(TI.id, TI.try_number).in_(keys), TI.state.in_(list(expected)))
-            .values(**values)
-            .returning(TI.id)
-        )
-        changed.update(row[0] for row in result.all())
+        for start in range(0, len(keys), MAX_KEYS_PER_STATEMENT):
+            result = await session.execute(
+                update(TI)
+                .execution_options(synchronize_session=False)
+                .where(
+                    tuple_(TI.id, TI.try_number).in_(keys[start : start + MAX_KEYS_PER_STATEMENT]),
+                    TI.state.in_(list(expected)),
+                )
+                .values(**values)
+                .returning(TI.id)
+            )
+            changed.update(row[0] for row in result.all())
     return changed
 
 
@@ -424,14 +432,21 @@ async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> s
     if not items:
         return set()
     transitions.check((states.QUEUED,), states.SCHEDULED)
-    result = await session.execute(
-        update(TI)
-        .execution_options(synchronize_session=False)
-        .where(tuple_(TI.id, TI.try_number).in_(list(items)), TI.state == states.QUEUED)
-        .values(state=states.SCHEDULED, launch_attempts=TI.launch_attempts + 1, handle=None)
-        .returning(TI.id)
-    )
-    return {row[0] for row in result.all()}
+    keys = list(items)
+    changed: set[int] = set()
+    for start in range(0, len(keys), MAX_KEYS_PER_STATEMENT):
+        result = await session.execute(
+            update(TI)
+            .execution_options(synchronize_session=False)
+            .where(
+                tuple_(TI.id, TI.try_number).in_(keys[start : start + MAX_KEYS_PER_STATEMENT]),
+                TI.state == states.QUEUED,
+            )
+            .values(state=states.SCHEDULED, launch_attempts=TI.launch_attempts + 1, handle=None)
+            .returning(TI.id)
+        )
+        changed.update(row[0] for row in result.all())
+    return changed
 
 
 @dataclass(frozen=True, slots=True)
