@@ -38,6 +38,7 @@ log = logging.getLogger("miniflow.scheduler")
 
 async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats) -> None:
     async with store_engine.transaction(scheduler.sessions) as session:
+        await store_tis.serialize_claims(session)
         total, by_dag, by_pool = await store_tis.active_counts(session)
         free = scheduler.settings.parallelism - total
         if free <= 0:

@@ -129,6 +129,21 @@ async def next_retry_due(session: AsyncSession) -> datetime | None:
     return (await session.execute(query)).scalar_one_or_none()
 
 
+CLAIM_LOCK = 0x6D666C77  # "mflw": the advisory lock that serializes claims across schedulers
+
+
+async def serialize_claims(session: AsyncSession) -> None:
+    """Hold the claim lock until this transaction ends (PostgreSQL; SQLite has one writer).
+
+    Limits (parallelism, `max_active_tasks`, pools) are counted from the database inside
+    the claim: two schedulers counting at once would each see the same free slots and
+    together exceed them. Taken in the same transaction, the count and the claim are
+    one step for every scheduler.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
+
+
 async def active_counts(
     session: AsyncSession,
 ) -> tuple[int, dict[str, int], dict[str, int]]:
