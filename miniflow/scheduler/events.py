@@ -118,9 +118,20 @@ async def _record_exits(
             continue  # a newer try exists (or the run was deleted): this event is history
         flight.max_tries = row.max_tries  # a clear changes it
         task = _task(scheduler, event.key)
-        if event.reason == "Lost" and row.state == states.QUEUED and row.started_at is None:
-            # Never started (e.g. the scheduler died between claiming and launching).
-            why = f"lost before it started: {event.message or 'no process or pod found'}"
+        never_claimed = (
+            _worker_reports(scheduler, flight.kind)
+            and row.state in states.ACTIVE
+            and row.heartbeat_at is None
+        )
+        lost_early = event.reason == "Lost" and row.state == states.QUEUED
+        if (lost_early and row.started_at is None) or never_claimed:
+            # The user's code never ran: the scheduler died between claiming and
+            # launching, or the worker exited before it could claim the try (say, the
+            # database was unreachable). Launch the same try again, without a retry.
+            if never_claimed and not lost_early:
+                why = f"the worker exited before claiming the try: {_describe(event)}"
+            else:
+                why = f"lost before it started: {event.message or 'no process or pod found'}"
             not_started.append(
                 relaunch.NotStarted(
                     flight.ti_id, event.key.try_number, row.max_tries, task, str(event.key), why

@@ -438,7 +438,8 @@ async def upstream_results(
 
 
 async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> set[int]:
-    """queued → scheduled for (ti_id, try) pairs that never reached a container.
+    """queued → scheduled for (ti_id, try) pairs that never reached a container, and
+    running → scheduled for worker tries whose worker never claimed them.
 
     The try keeps its number (the next claim launches the same try again) and
     `launch_attempts` grows by one; the caller enforces the cap. Returns the
@@ -446,7 +447,7 @@ async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> s
     """
     if not items:
         return set()
-    transitions.check((states.QUEUED,), states.SCHEDULED)
+    transitions.check(states.ACTIVE, states.SCHEDULED)
     keys = list(items)
     changed: set[int] = set()
     for start in range(0, len(keys), MAX_KEYS_PER_STATEMENT):
@@ -455,9 +456,15 @@ async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> s
             .execution_options(synchronize_session=False)
             .where(
                 tuple_(TI.id, TI.try_number).in_(keys[start : start + MAX_KEYS_PER_STATEMENT]),
-                TI.state == states.QUEUED,
+                TI.state.in_(list(states.ACTIVE)),
+                TI.heartbeat_at.is_(None),  # no worker ever claimed it
             )
-            .values(state=states.SCHEDULED, launch_attempts=TI.launch_attempts + 1, handle=None)
+            .values(
+                state=states.SCHEDULED,
+                launch_attempts=TI.launch_attempts + 1,
+                handle=None,
+                started_at=None,
+            )
             .returning(TI.id)
         )
         changed.update(row[0] for row in result.all())

@@ -15,7 +15,10 @@ Two rules the table encodes on purpose:
 - **`queued → scheduled` is a relaunch of the same try** (the try never
   reached a container: claimed but never launched, a create refused for a
   transient reason, lost before it started). It keeps the try number and
-  counts in `launch_attempts`, capped apart from the task's retries.
+  counts in `launch_attempts`, capped apart from the task's retries. So is
+  `running → scheduled` for a worker try whose worker never claimed it (its
+  process started, the user's code never did); the store's `relaunch`
+  requires `heartbeat_at IS NULL` for it.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     # started; ended before it was seen running; relaunched (same try); or decided
     # by the sanity loop (queued too long, lost)
     QUEUED: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
-    # `running → running`: a repeated started event, a worker's claim, a heartbeat
-    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY}),
+    # `running → running`: a repeated started event, a worker's claim, a heartbeat;
+    # `running → scheduled`: a relaunch of a worker try whose worker never claimed it
+    # (the process ran, the user's code never did: e.g. the database was unreachable)
+    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
     # the back-off passed; or a user cleared it
     UP_FOR_RETRY: frozenset({SCHEDULED, NONE}),
     SUCCESS: frozenset({NONE}),

@@ -263,7 +263,23 @@ async def test_a_recorded_success_is_final(rig: Rig) -> None:
 def test_transition_table() -> None:
     assert transitions.ALLOWED[states.SUCCESS] == frozenset({states.NONE})
     assert transitions.allowed(states.QUEUED, states.SCHEDULED)  # a relaunch
-    assert not transitions.allowed(states.RUNNING, states.SCHEDULED)
+    assert not transitions.allowed(states.SUCCESS, states.SCHEDULED)
     assert not transitions.allowed(states.FAILED, states.SCHEDULED)
     with pytest.raises(transitions.IllegalTransition):
         transitions.check([states.RUNNING, states.SUCCESS], states.FAILED)
+
+
+async def test_a_worker_that_exits_before_claiming_is_relaunched_not_retried(rig: Rig) -> None:
+    """E.g. its database connection failed: the user's code never ran, no retry is spent."""
+    key = next(k for k in rig.launcher.held if k.task_id == "work")
+    rig.launcher.exit_code = lambda spec: 2
+    rig.launcher.release(key)
+    await rig.scheduler.tick()  # records the exit: scheduled again under the same try
+    ti = (await rig.tis())["work"]
+    assert (ti.try_number, ti.launch_attempts, ti.max_tries) == (1, 1, 1)
+    assert ti.state in (states.SCHEDULED, states.QUEUED, states.RUNNING)
+    await rig.scheduler.tick()
+    assert [s.key.try_number for s in rig.launcher.launched if s.key.task_id == "work"] == [1, 1]
+    (attempt,) = await rig.attempts("work")
+    assert attempt.ended_at is None  # the same try goes on
+    assert attempt.message is not None and "exited before claiming" in attempt.message
