@@ -42,7 +42,7 @@ from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import TaskAttempt, TaskInstance
-from tests.e2e.helpers import cli_env, kill_group, run_cli, spawn_cli, until, write_dag
+from tests.e2e.helpers import cli_env, kill_group, run_cli, spawn_cli, until
 from tests.faults.dags.layered import LayeredDag, read_lines
 
 HARNESS_APP = "miniflow-faults-harness"
@@ -99,6 +99,14 @@ def find_processes(token: str, also_mentioning: str | None = None) -> list[Proc]
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Fault:
+    what: str
+    at: datetime
+    signature: tuple[int, int] | None
+    """The scheduler's attempt counts when the fault ended (see `Harness.progress`)."""
+
+
 class Harness:
     """One scenario's world; see the module docstring."""
 
@@ -121,10 +129,10 @@ class Harness:
         self.logs: list[Path] = []
         self.dag: LayeredDag | None = None
         self.run_id = ""
-        self.faults: list[tuple[str, datetime]] = []
-        self.progress: list[datetime] = []
+        self.faults: list[Fault] = []
+        self.progress: list[tuple[datetime, tuple[int, int]]] = []
         """When the harness saw the scheduler record something (an attempt opened or
-        closed): the end of a "time to recovery"."""
+        closed), and the counts it saw: the end of a "time to recovery"."""
         self._watcher: asyncio.Task[None] | None = None
         self.started = time.monotonic()
 
@@ -137,7 +145,17 @@ class Harness:
         """Write (or rewrite) the DAG's file; the first one written is the one checked."""
         if self.dag is None:
             self.dag = dag
-        return write_dag(self.dags, f"{dag.dag_id}.py", dag.source())
+        return self.write_file(f"{dag.dag_id}.py", dag.source())
+
+    def write_file(self, name: str, text: str) -> Path:
+        """Replace a file of the DAGs folder atomically (as git-sync's link swap does): a
+        worker importing it meanwhile sees the old or the new text, never half of it."""
+        self.dags.mkdir(parents=True, exist_ok=True)
+        path = self.dags / name
+        tmp = self.dags / f".{name}.tmp"  # hidden: never a DAG file candidate
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return path
 
     @property
     def dag_id(self) -> str:
@@ -163,18 +181,23 @@ class Harness:
         self._watcher = asyncio.ensure_future(self._watch_progress())
         return self.run_id
 
-    async def _watch_progress(self) -> None:
-        """Note each moment the attempts table changes (only the scheduler writes it)."""
+    async def _signature(self) -> tuple[int, int]:
+        """(attempts opened, attempts closed): only the scheduler writes `task_attempt`."""
         query = select(func.count(TaskAttempt.id), func.count(TaskAttempt.ended_at))
+        async with store_engine.transaction(self.sessions) as session:
+            opened, closed = (await session.execute(query)).one()
+        return int(opened), int(closed)
+
+    async def _watch_progress(self) -> None:
+        """Note each moment the scheduler's record of attempts changes."""
         last = None
         while True:
             try:
-                async with store_engine.transaction(self.sessions) as session:
-                    seen = tuple((await session.execute(query)).one())
+                seen: tuple[int, int] | None = await self._signature()
             except Exception:  # the database is the thing under attack: keep watching
                 seen = last
-            if seen != last:
-                self.progress.append(now())
+            if seen is not None and seen != last:
+                self.progress.append((now(), seen))
                 last = seen
             await asyncio.sleep(0.1)
 
@@ -222,11 +245,24 @@ class Harness:
                 ) from None
         return time.monotonic() - began
 
-    def fault(self, what: str) -> datetime:
+    async def fault(self, what: str) -> datetime:
         """Record that a fault ended now (the start of "time to recovery")."""
         at = now()
-        self.faults.append((what, at))
+        try:
+            signature: tuple[int, int] | None = await self._signature()
+        except Exception:  # unreadable now: any later change counts as progress
+            signature = None
+        self.faults.append(Fault(what, at, signature))
         return at
+
+    def recovered_at(self) -> datetime | None:
+        """When the scheduler first recorded progress after the last fault."""
+        if not self.faults:
+            return None
+        fault = self.faults[-1]
+        return next(
+            (t for t, seen in self.progress if t > fault.at and seen != fault.signature), None
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         out = []

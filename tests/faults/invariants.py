@@ -35,7 +35,7 @@ from tests.faults.dags.layered import read_lines
 from tests.faults.harness import RUN_TIMEOUT, Harness, describe
 
 REPORT_ENV = "MINIFLOW_FAULT_REPORT"
-CLOSE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
 LEAK_TIMEOUT = 5.0
 
 
@@ -53,8 +53,8 @@ class FaultResult:
     faults: int = 0
     recovery_s: float | None = None
     """Seconds from the end of the last fault to the first change the harness saw the
-    scheduler make to `task_attempt` (polled every 0.1 s), or to the success of the task
-    the scenario names (e.g. the killed victim's retry)."""
+    scheduler make to `task_attempt` (polled every 0.1 s), or to the start of the next try
+    of the task the scenario names (the killed victim's retry)."""
     duration_s: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -100,8 +100,8 @@ async def check(
     `expect_states`: final states other than success (a permanent failure).
     `retried`: tasks the scenario made retry (any other retry is a problem).
     `task_ids`: the tasks the run must have (default: the first DAG written).
-    `recovered_by`: the task whose success ends the recovery (default: the scheduler's
-    first recorded progress after the last fault).
+    `recovered_by`: the task whose next try starting ends the recovery (default: the
+    scheduler's first recorded progress after the last fault).
     `problems`: what the scenario itself already found wrong.
     """
     assert h.dag is not None
@@ -137,7 +137,10 @@ async def check(
         if ti.try_number > 1 and task_id not in retried:
             result.unexpected_retries.append(task_id)
             history = [_describe(a) for a in attempts if a.task_id == task_id]
-            result.problems.append(f"{task_id}: {ti.try_number} tries, expected one: {history}")
+            result.problems.append(
+                f"{task_id}: {ti.try_number} tries, expected one: {history}; "
+                f"last error: {(ti.error or '').strip()[-300:]}"
+            )
 
     _check_proof(result, tis, proof)
     _check_attempts(result, tis, attempts)
@@ -233,10 +236,10 @@ def _describe(a: TaskAttempt) -> str:
 def _recovery(h: Harness, attempts: list[TaskAttempt], recovered_by: str | None) -> float | None:
     if not h.faults:
         return None
-    fault_at = h.faults[-1][1]
-    if recovered_by is not None:
-        ends = [a.ended_at for a in attempts if a.task_id == recovered_by and a.state == "success"]
-    else:
-        ends = list(h.progress)
-    after = [t for t in ends if t is not None and t > fault_at]
-    return round((min(after) - fault_at).total_seconds(), 2) if after else None
+    fault_at = h.faults[-1].at
+    if recovered_by is None:
+        until = h.recovered_at()
+    else:  # the victim's next try started
+        starts = [a.started_at for a in attempts if a.task_id == recovered_by and a.started_at]
+        until = min((t for t in starts if t > fault_at), default=None)
+    return round((until - fault_at).total_seconds(), 2) if until else None

@@ -57,8 +57,7 @@ async def test_dag_file_and_helper_edited_during_a_run(harness: Harness) -> None
     h = harness
     h.settings["MINIFLOW_REPARSE_INTERVAL"] = "1"
     v1, v2 = _versions(h)
-    (h.dags / "faults_helper.py").parent.mkdir(parents=True, exist_ok=True)
-    (h.dags / "faults_helper.py").write_text(HELPER_V1)
+    h.write_file("faults_helper.py", HELPER_V1)
     h.write(v1)
     await h.trigger()
     h.start_scheduler()
@@ -74,15 +73,15 @@ async def test_dag_file_and_helper_edited_during_a_run(harness: Harness) -> None
         return new if new != old else None
 
     second = await h.until(lambda: changed_from(first), 10, "the edited DAG file to be parsed")
-    h.fault("DAG file edited")
-    (h.dags / "faults_helper.py").write_text(HELPER_V2)
+    await h.fault("DAG file edited")
+    h.write_file("faults_helper.py", HELPER_V2)
     try:
         await h.until(lambda: changed_from(second), 10, "the helper edit to be parsed")
         dag = await h.read(store_dags.get_dag, "changing")
         assert "from_helper" in dag.serialized["tasks"], "the new version lacks the helper's task"
     except AssertionError as exc:
         problems.append(f"helper module edit never reached the DAG: {exc}")
-    h.fault("helper module edited")
+    await h.fault("helper module edited")
     (h.marks / "gate").touch()
 
     # The run is judged against v1: old_name ran, new_name/from_helper are not in it,
@@ -106,7 +105,7 @@ async def test_dag_file_deleted_during_its_run(harness: Harness) -> None:
     h.start_scheduler()
     await h.wait_successes(10)
     path.unlink()
-    h.fault("DAG file deleted")
+    await h.fault("DAG file deleted")
 
     async def deactivated() -> bool:
         rows = await h.read(store_dags.list_dags)

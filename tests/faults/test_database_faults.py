@@ -40,7 +40,7 @@ async def test_connections_terminated_repeatedly(harness: Harness) -> None:
     await h.wait_successes(8)
 
     killed = await terminate_backends(h.db_url, seconds=4, every=0.5)
-    storm_over = h.fault(f"{killed} backends terminated over 4s")
+    storm_over = await h.fault(f"{killed} backends terminated over 4s")
     assert killed > 0, "the storm hit nothing"
 
     problems = []
@@ -65,7 +65,7 @@ async def test_task_instance_table_locked(harness: Harness) -> None:
         # The fault is the lock's duration: nothing to wait for but the clock. (The
         # harness does not read the database meanwhile: its reads would queue too.)
         await asyncio.sleep(10)
-    unlocked = h.fault("task_instance locked for 10s")
+    unlocked = await h.fault("task_instance locked for 10s")
     assert held.max_waiting > 0, "the lock blocked nobody"
 
     problems = []

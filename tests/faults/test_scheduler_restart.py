@@ -38,7 +38,7 @@ async def test_scheduler_stopped_three_times_in_one_run(harness: Harness, sig: i
 
     await h.wait_successes(5)  # early: the first layer in flight
     h.stop_scheduler(sig)
-    h.fault("scheduler stopped with running tasks")
+    await h.fault("scheduler stopped with running tasks")
     launched = len(await h.attempts())
     h.start_scheduler()
 
@@ -47,12 +47,12 @@ async def test_scheduler_stopped_three_times_in_one_run(harness: Harness, sig: i
 
     await h.until(relaunching, 30, "the restarted scheduler to launch a task")
     h.stop_scheduler(sig)
-    h.fault("scheduler stopped right after launching")
+    await h.fault("scheduler stopped right after launching")
     h.start_scheduler()
 
     await h.wait_successes(35)  # late: most of the grid done, the rest in flight
     h.stop_scheduler(sig)
-    h.fault("scheduler stopped late in the run")
+    await h.fault("scheduler stopped late in the run")
     h.start_scheduler()
 
     result = await check(h)
@@ -74,7 +74,7 @@ async def test_sigterm_leaves_a_long_task_running_and_the_restart_records_it_onc
     took = h.stop_scheduler(signal.SIGTERM)
     if took > 5:
         problems.append(f"the scheduler took {took:.1f}s to exit on SIGTERM (a 8s task ran)")
-    h.fault("scheduler SIGTERMed during a long task")
+    await h.fault("scheduler SIGTERMed during a long task")
     if pid not in {p.pid for p in h.processes()}:
         problems.append("the long task did not outlive the scheduler")
     if ("long", 1) in {(t, n) for t, n, _ in read_lines(h.proof)}:

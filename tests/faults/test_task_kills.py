@@ -36,7 +36,7 @@ async def test_task_process_sigkilled_from_outside_is_retried(harness: Harness, 
     await h.wait_began("victim")
     pid = await h.handle_pid("victim")  # the attempt's process: the pod's "container"
     os.kill(pid, signal.SIGKILL)
-    h.fault(f"{kind} task process SIGKILLed")
+    await h.fault(f"{kind} task process SIGKILLed")
 
     result = await check(h, retried={"victim"}, recovered_by="victim")
     assert result.ok, result.explain(h.log_tail())
@@ -61,7 +61,7 @@ async def test_worker_killing_itself_like_the_oom_killer_is_retried(harness: Har
     await h.trigger()
     h.start_scheduler()
     await h.wait_began("oom")
-    h.fault("worker SIGKILLed itself")
+    await h.fault("worker SIGKILLed itself")
 
     result = await check(h, retried={"oom"}, recovered_by="oom")
     assert result.ok, result.explain(h.log_tail())
@@ -81,7 +81,7 @@ async def test_frozen_worker_is_declared_lost_and_never_completes(harness: Harne
     await h.wait_began("frozen")
     pid = await h.handle_pid("frozen")
     os.kill(pid, signal.SIGSTOP)  # alive to the kernel, silent to the database
-    h.fault("worker frozen")
+    await h.fault("worker frozen")
 
     async def first_try_ended() -> TaskAttempt | None:
         first = next((a for a in await h.attempts("frozen") if a.try_number == 1), None)
@@ -89,7 +89,7 @@ async def test_frozen_worker_is_declared_lost_and_never_completes(harness: Harne
 
     problems = []
     try:
-        first = await h.until(first_try_ended, 20, "the sanity loop to end the frozen try")
+        first = await h.until(first_try_ended, 15, "the sanity loop to end the frozen try")
     except AssertionError as exc:
         first = None
         problems.append(f"{exc} (zombie threshold 3s, sanity interval 0.5s)")
