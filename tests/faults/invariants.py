@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 from miniflow.store import states
 from miniflow.store.models import TaskAttempt, TaskInstance
@@ -91,7 +92,7 @@ async def check(
     expect_states: Mapping[str, str] | None = None,
     retried: Collection[str] = (),
     task_ids: Collection[str] | None = None,
-    recovered_by: str | None = None,
+    recovered_by: Collection[str] = (),
     problems: Collection[str] = (),
     run_timeout: float = RUN_TIMEOUT,
 ) -> FaultResult:
@@ -100,7 +101,7 @@ async def check(
     `expect_states`: final states other than success (a permanent failure).
     `retried`: tasks the scenario made retry (any other retry is a problem).
     `task_ids`: the tasks the run must have (default: the first DAG written).
-    `recovered_by`: the task whose next try starting ends the recovery (default: the
+    `recovered_by`: the tasks whose next tries starting end the recovery (default: the
     scheduler's first recorded progress after the last fault).
     `problems`: what the scenario itself already found wrong.
     """
@@ -233,13 +234,24 @@ def _describe(a: TaskAttempt) -> str:
     return f"try {a.try_number} {a.state} exit={a.exit_code} ({why})"
 
 
-def _recovery(h: Harness, attempts: list[TaskAttempt], recovered_by: str | None) -> float | None:
+def _recovery(
+    h: Harness, attempts: list[TaskAttempt], recovered_by: Collection[str]
+) -> float | None:
     if not h.faults:
         return None
     fault_at = h.faults[-1].at
-    if recovered_by is None:
-        until = h.recovered_at()
-    else:  # the victim's next try started
-        starts = [a.started_at for a in attempts if a.task_id == recovered_by and a.started_at]
-        until = min((t for t in starts if t > fault_at), default=None)
+    until = h.recovered_at()
+    if recovered_by:  # every victim's next try has started
+        starts = [
+            min(
+                (a.started_at for a in attempts if a.task_id == task_id and _after(a, fault_at)),
+                default=None,
+            )
+            for task_id in recovered_by
+        ]
+        until = None if None in starts else max(t for t in starts if t is not None)
     return round((until - fault_at).total_seconds(), 2) if until else None
+
+
+def _after(attempt: TaskAttempt, at: datetime) -> bool:
+    return attempt.started_at is not None and attempt.started_at > at

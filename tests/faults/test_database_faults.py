@@ -12,11 +12,22 @@ import asyncio
 import pytest
 
 from tests.faults.dags.layered import Extra
-from tests.faults.harness import Harness, now
+from tests.faults.harness import Harness
 from tests.faults.invariants import check
 from tests.faults.pgfaults import lock_table, terminate_backends
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(100)]
+
+
+def _long(h: Harness) -> Extra:
+    """A @task that runs until the test opens its gate (at most 30 s)."""
+    gate = str(h.marks / "release-long")
+    wait = f"""
+        deadline = time.time() + 30
+        while not os.path.exists({gate!r}) and time.time() < deadline:
+            time.sleep(0.05)
+    """
+    return Extra("long", "python", before=wait)
 
 
 async def _heartbeat_after(h: Harness, task_id: str, after: object, timeout: float) -> None:
@@ -33,7 +44,7 @@ async def _heartbeat_after(h: Harness, task_id: str, after: object, timeout: flo
 async def test_connections_terminated_repeatedly(harness: Harness) -> None:
     h = harness
     h.settings["MINIFLOW_HEARTBEAT_INTERVAL"] = "0.5"
-    h.write(h.layered(seconds=0.3).with_extras(Extra("long", "python", seconds=10)))
+    h.write(h.layered(seconds=0.3).with_extras(_long(h)))
     await h.trigger()
     h.start_scheduler()
     await h.wait_began("long")
@@ -48,6 +59,7 @@ async def test_connections_terminated_repeatedly(harness: Harness) -> None:
         await _heartbeat_after(h, "long", storm_over, timeout=5)
     except AssertionError as exc:
         problems.append(str(exc))
+    (h.marks / "release-long").touch()
     result = await check(h, problems=problems)
     assert result.ok, result.explain(h.log_tail())
 
@@ -55,7 +67,7 @@ async def test_connections_terminated_repeatedly(harness: Harness) -> None:
 async def test_task_instance_table_locked(harness: Harness) -> None:
     h = harness
     h.settings["MINIFLOW_HEARTBEAT_INTERVAL"] = "0.5"
-    h.write(h.layered(seconds=0.3).with_extras(Extra("long", "python", seconds=14)))
+    h.write(h.layered(seconds=0.3).with_extras(_long(h)))
     await h.trigger()
     h.start_scheduler()
     await h.wait_began("long")
@@ -73,6 +85,6 @@ async def test_task_instance_table_locked(harness: Harness) -> None:
         await _heartbeat_after(h, "long", unlocked, timeout=5)
     except AssertionError as exc:
         problems.append(str(exc))
+    (h.marks / "release-long").touch()
     result = await check(h, problems=problems)
     assert result.ok, result.explain(h.log_tail())
-    assert now() > unlocked

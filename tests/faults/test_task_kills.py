@@ -27,20 +27,27 @@ async def _tries(h: Harness, task_id: str) -> list[tuple[int, str, int | None]]:
     return [(a.try_number, a.state, a.exit_code) for a in await h.attempts(task_id)]
 
 
-@pytest.mark.parametrize("kind", ["bash", "python"])
-async def test_task_process_sigkilled_from_outside_is_retried(harness: Harness, kind: str) -> None:
+async def test_task_processes_sigkilled_from_outside_are_retried(harness: Harness) -> None:
     h = harness
-    h.write(h.layered().with_extras(Extra("victim", kind, seconds=4, settings="retries=1")))  # type: ignore[arg-type]
+    victims = ("victim_bash", "victim_py")
+    h.write(
+        h.layered().with_extras(
+            Extra("victim_bash", "bash", seconds=3, settings="retries=1"),
+            Extra("victim_py", "python", seconds=3, settings="retries=1"),
+        )
+    )
     await h.trigger()
     h.start_scheduler()
-    await h.wait_began("victim")
-    pid = await h.handle_pid("victim")  # the attempt's process: the pod's "container"
-    os.kill(pid, signal.SIGKILL)
-    await h.fault(f"{kind} task process SIGKILLed")
+    for victim in victims:
+        await h.wait_began(victim)
+        pid = await h.handle_pid(victim)  # the attempt's process: the pod's "container"
+        os.kill(pid, signal.SIGKILL)
+    await h.fault("a Bash task's process and a @task worker SIGKILLed")
 
-    result = await check(h, retried={"victim"}, recovered_by="victim")
+    result = await check(h, retried=victims, recovered_by=victims)
     assert result.ok, result.explain(h.log_tail())
-    assert await _tries(h, "victim") == [(1, "up_for_retry", 137), (2, "success", 0)]
+    for victim in victims:
+        assert await _tries(h, victim) == [(1, "up_for_retry", 137), (2, "success", 0)]
 
 
 async def test_worker_killing_itself_like_the_oom_killer_is_retried(harness: Harness) -> None:
@@ -63,7 +70,7 @@ async def test_worker_killing_itself_like_the_oom_killer_is_retried(harness: Har
     await h.wait_began("oom")
     await h.fault("worker SIGKILLed itself")
 
-    result = await check(h, retried={"oom"}, recovered_by="oom")
+    result = await check(h, retried={"oom"}, recovered_by=("oom",))
     assert result.ok, result.explain(h.log_tail())
     assert await _tries(h, "oom") == [(1, "up_for_retry", 137), (2, "success", 0)]
 
@@ -83,7 +90,12 @@ async def test_frozen_worker_is_declared_lost_and_never_completes(harness: Harne
     os.kill(pid, signal.SIGSTOP)  # alive to the kernel, silent to the database
     await h.fault("worker frozen")
 
+    errors: list[str] = []  # the task instance's error while it is between tries
+
     async def first_try_ended() -> TaskAttempt | None:
+        ti = await h.ti("frozen")
+        if ti.try_number == 1 and ti.state not in ("queued", "running") and ti.error:
+            errors.append(ti.error)
         first = next((a for a in await h.attempts("frozen") if a.try_number == 1), None)
         return first if first is not None and first.ended_at is not None else None
 
@@ -103,10 +115,13 @@ async def test_frozen_worker_is_declared_lost_and_never_completes(harness: Harne
     with contextlib.suppress(AssertionError):  # a survivor shows up as a leak below
         await h.until(gone, 8, "the thawed worker to exit")
     if first is not None:
-        why = f"{first.reason} {first.message}".lower()
+        why = " ".join([str(first.reason), str(first.message), *errors]).lower()
         if "heartbeat lost" not in why:
-            problems.append(f"frozen try 1 ended with reason {first.reason!r}: {first.message!r}")
-    result = await check(h, retried={"frozen"}, recovered_by="frozen", problems=problems)
+            problems.append(
+                f"frozen try 1 ended with reason {first.reason!r}: {first.message!r}, "
+                f"errors {errors}; expected 'heartbeat lost'"
+            )
+    result = await check(h, retried={"frozen"}, recovered_by=("frozen",), problems=problems)
     assert result.ok, result.explain(h.log_tail())
     assert ("frozen", 1) not in {(t, n) for t, n, _ in read_lines(h.proof)}
     assert [s for _, s, _ in await _tries(h, "frozen")] == ["up_for_retry", "success"]
