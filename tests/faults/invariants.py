@@ -7,7 +7,8 @@ proof file and the process table:
   (success, unless the scenario injected a permanent failure), and the run with it;
 - the proof file has exactly one line per successful task, written by the try
   recorded as the successful one: no task body completed twice, none is missing;
-- no (task, try) was launched twice: one `task_attempt` per try, tries 1..N;
+- no (task, try) was launched twice: one `task_attempt` per try, tries 1..N, and
+  one process starting each try's body (the `began` file);
 - every `task_attempt` is closed (`ended_at` set), the last one in the task's state;
 - no task used a retry the scenario did not cause;
 - no process of the test is left once the scheduler has stopped.
@@ -145,6 +146,7 @@ async def check(
 
     _check_proof(result, tis, proof)
     _check_attempts(result, tis, attempts)
+    _check_began(result, read_lines(h.began))
     result.recovery_s = _recovery(h, attempts, recovered_by)
     result.duration_s = round(time.monotonic() - h.started, 1)
     publish(result)
@@ -227,6 +229,17 @@ def _check_attempts(
                 f"{task_id}: last attempt (try {mine[-1].try_number}) says {mine[-1].state}, "
                 f"the task instance {state}"
             )
+
+
+def _check_began(result: FaultResult, began: list[tuple[str, int, int]]) -> None:
+    """Two processes starting the body of one (task, try): that try was launched twice."""
+    pids: dict[tuple[str, int], list[int]] = {}
+    for task_id, try_number, pid in began:
+        pids.setdefault((task_id, try_number), []).append(pid)
+    for (task_id, try_number), mine in sorted(pids.items()):
+        if len(mine) > 1:
+            result.launched_twice.append(f"{task_id}#{try_number}")
+            result.problems.append(f"{task_id} try {try_number}: began in processes {mine}")
 
 
 def _describe(a: TaskAttempt) -> str:

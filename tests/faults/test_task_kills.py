@@ -50,29 +50,41 @@ async def test_task_processes_sigkilled_from_outside_are_retried(harness: Harnes
         assert await _tries(h, victim) == [(1, "up_for_retry", 137), (2, "success", 0)]
 
 
-async def test_worker_killing_itself_like_the_oom_killer_is_retried(harness: Harness) -> None:
+async def test_worker_killed_like_by_the_oom_killer_is_retried(harness: Harness) -> None:
+    """`oom` dies on its first try only (a marker file decides); `oom_always` dies on
+    every try and must end failed once its retries are spent: the run fails, nothing
+    else does."""
     h = harness
-    mark = h.marks / "oom-once"
+    mark = str(h.marks / "oom-once")
     oom = Extra(
         "oom",
         "python",
         seconds=0.2,
         settings="retries=1",
         before=f"""
-            if not os.path.exists({str(mark)!r}):
-                open({str(mark)!r}, "w").close()
+            if not os.path.exists({mark!r}):
+                open({mark!r}, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
         """,
     )
-    h.write(h.layered().with_extras(oom))
+    always = Extra(
+        "oom_always", "python", settings="retries=1", before="os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    h.write(h.layered().with_extras(oom, always))
     await h.trigger()
     h.start_scheduler()
     await h.wait_began("oom")
     await h.fault("worker SIGKILLed itself")
 
-    result = await check(h, retried={"oom"}, recovered_by=("oom",))
+    result = await check(
+        h,
+        retried={"oom", "oom_always"},
+        expect_states={"oom_always": "failed"},
+        recovered_by=("oom",),
+    )
     assert result.ok, result.explain(h.log_tail())
     assert await _tries(h, "oom") == [(1, "up_for_retry", 137), (2, "success", 0)]
+    assert await _tries(h, "oom_always") == [(1, "up_for_retry", 137), (2, "failed", 137)]
 
 
 async def test_frozen_worker_is_declared_lost_and_never_completes(harness: Harness) -> None:
