@@ -94,6 +94,7 @@ async def test_dag_file_and_helper_edited_during_a_run(harness: Harness) -> None
         problems.append(f"cmd ran the edited command ({ran}), not its run's version (v1)")
     result = await check(h, retried={"flaky"}, task_ids=v1.task_ids, problems=problems)
     assert result.ok, result.explain(h.log_tail())
+    assert (await h.ti("flaky")).try_number == 2  # it did fail once, and was retried
 
 
 async def test_dag_file_deleted_during_its_run(harness: Harness) -> None:
