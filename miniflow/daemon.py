@@ -32,6 +32,7 @@ def _settings(config: Config, **kw: object) -> SchedulerSettings:
     return SchedulerSettings(
         parallelism=config.parallelism,
         parse_interval=config.parse_interval,
+        reparse_interval=config.reparse_interval,
         **kw,  # type: ignore[arg-type]
     )
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
 from miniflow.scheduler.bookkeeping import InFlight
+from miniflow.scheduler.dagcache import CachedDag
 from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
@@ -105,13 +106,14 @@ async def _record_exits(
         (e, scheduler.inflight.pop(e.key)) for e in exited
     ]
     current = await store_tis.fetch(session, [f.ti_id for _, f in flights])
+    versions = await scheduler.dags.for_run_pks(session, {f.run_pk for _, f in flights})
     outcomes: dict[int, store_tis.Outcome] = {}
     for event, flight in flights:
         row = current.get(flight.ti_id)
         if row is None or row.try_number != event.key.try_number:
             continue  # a newer try exists (or the run was deleted): this event is history
         flight.max_tries = row.max_tries  # clears and free relaunches change it
-        task = _task(scheduler, event.key)
+        task = _task(versions.get(flight.run_pk), event.key)
         if event.reason == "Lost" and row.state == states.QUEUED and row.started_at is None:
             # Never started (the scheduler died between claiming and launching):
             # launch again without using up one of the task's retries.
@@ -163,9 +165,9 @@ async def _record_exits(
     return {flight.run_pk for _, flight in flights}
 
 
-def _task(scheduler: Scheduler, key: AttemptKey) -> SerializedTask | None:
-    entry = scheduler.dags.get(key.dag_id)
-    return entry.dag["tasks"].get(key.task_id) if entry is not None else None
+def _task(version: CachedDag | None, key: AttemptKey) -> SerializedTask | None:
+    """The task as the run's version defines it (retries, back-off)."""
+    return version.dag["tasks"].get(key.task_id) if version is not None else None
 
 
 def _describe(event: AttemptExited) -> str:
