@@ -26,6 +26,7 @@ from miniflow import DAG, Bash, Pod
 from miniflow.admin import clear
 from miniflow.config import load_config
 from miniflow.launchers.base import TaskSpec
+from miniflow.loader import import_dag_file
 from miniflow.scheduler.clock import ManualClock
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.dagcache import DagCache
@@ -33,10 +34,11 @@ from miniflow.scheduler.parse_loop import DagParser
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store.models import Dag, DagRun, DagVersion
+from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
 from tests.e2e.helpers import SchedulerHandle
 from tests.instant_launcher import InstantLauncher
 from tests.integration.test_scheduler_rules import Harness
+from tests.integration.test_worker import PY_DAG, Env, bash_dag
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 QUICK = timedelta(seconds=0.01)
@@ -526,3 +528,85 @@ async def test_concurrent_parsers_of_one_folder_never_fail(db_url: str, tmp_path
     finally:
         for e in engines:
             await e.dispose()
+
+
+# --- never a silent skip ---------------------------------------------------------------------
+
+
+async def test_run_with_a_row_its_version_lacks_never_ends_success(engine: AsyncEngine) -> None:
+    """Should not happen any more (rows and version come from one place), but if it does the
+    run must not end success with a task that never ran."""
+    with DAG("ghostly", start_date=START) as dag:
+        Bash("t", "exit 0")
+    async with Harness(engine) as h:
+        await h.register(dag)
+        run_id = await h.trigger("ghostly")
+        async with store_engine.transaction(h.sessions) as session:
+            run = await store_runs.get_run(session, "ghostly", run_id)
+            session.add(
+                TaskInstance(
+                    run_pk=run.pk,
+                    dag_id="ghostly",
+                    run_id=run_id,
+                    task_id="ghost",
+                    kind="bash",
+                    state="none",
+                )
+            )
+        assert await h.scheduler.run_until_done("ghostly", run_id, timeout=30) == "failed"
+        tis = await h.tis("ghostly", run_id)
+    assert {t: ti.state for t, ti in tis.items()} == {"t": "success", "ghost": "none"}
+
+
+# --- the worker reads the run's version --------------------------------------------------------
+
+
+@pytest.fixture
+async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+    world = Env(db_url, tmp_path / "dags")
+    try:
+        yield world
+    finally:
+        await world.cleanup()
+
+
+async def _reparse(env: Env, source: str | None) -> None:
+    """The DAG file edited (or deleted, with None) and parsed again: a new current version."""
+    path = env.folder / "dag_file.py"
+    if source is None:
+        path.unlink()
+        parsed, removed = [], ["dag_file.py"]
+    else:
+        path.write_text(textwrap.dedent(source))
+        found = [d.serialize("dag_file.py") for d in import_dag_file(path)]
+        parsed, removed = [store_dags.ParsedFile("dag_file.py", 2, 2, "1" * 64, found, None)], []
+    async with env.session() as session:
+        await store_dags.apply_parse(session, parsed, removed, datetime.now(UTC))
+
+
+async def test_worker_runs_the_command_of_the_runs_version(env: Env) -> None:
+    await env.setup(bash_dag("echo old > $TEST_DIR/out"), queue=["t"])
+    await _reparse(env, bash_dag("echo new > $TEST_DIR/out"))
+    code, _out, err = await env.run("t")
+    assert code == 0, err
+    assert (env.folder.parent / "out").read_text() == "old\n"
+    assert (await env.ti("t")).state == "success"
+
+
+async def test_worker_runs_a_task_whose_dag_file_was_deleted(env: Env) -> None:
+    await env.setup(bash_dag("echo still here > $TEST_DIR/out"), queue=["t"])
+    await _reparse(env, None)
+    code, _out, err = await env.run("t")
+    assert code == 0, err
+    assert (env.folder.parent / "out").read_text() == "still here\n"
+
+
+async def test_python_task_whose_function_is_gone_fails_with_the_reason(env: Env) -> None:
+    await env.setup(PY_DAG, queue=["produce"])
+    await _reparse(env, PY_DAG.replace("produce", "make"))
+    code, _out, _err = await env.run("produce")
+    assert code == 1
+    ti = await env.ti("produce")
+    assert ti.state == "failed" and ti.error is not None
+    assert "no longer has a task 'produce'" in ti.error
+    assert "created from an earlier version of the DAG" in ti.error
