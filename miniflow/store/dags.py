@@ -116,92 +116,101 @@ async def apply_parse(
 ) -> list[str]:
     """Record parse results; returns the dag_ids whose definition changed.
 
-    A DAG parsed again to the same hash writes no new version and is not "changed".
+    A DAG parsed again to the same hash writes nothing (no new version, its row
+    untouched) and is not "changed". Rows are written table by table, each in key
+    order (versions by hash, DAGs by dag_id, files by fileloc), so two transactions
+    writing the same rows (concurrent parses; run creation, which updates DAG rows
+    by dag_id) wait for each other instead of deadlocking.
     """
-    changed: list[str] = []
-    for item in parsed:
-        changed += await _apply_file(session, item, now)
-    for fileloc in removed:
-        await session.execute(update(Dag).where(Dag.fileloc == fileloc).values(is_active=False))
-        await session.execute(delete(DagFile).where(DagFile.fileloc == fileloc))
-        await session.execute(delete(ImportErrorRow).where(ImportErrorRow.fileloc == fileloc))
-    return changed
-
-
-async def _apply_file(session: AsyncSession, item: ParsedFile, now: datetime) -> list[str]:
-    broken = item.error is not None
-    ids = [d["dag_id"] for d in item.dags]
-    # Plain columns, not ORM objects: the rows are then written with statements that
-    # tolerate a concurrent parse of the same file (upserts), not by flushing objects.
+    filelocs = [item.fileloc for item in parsed] + list(removed)
+    ids = [d["dag_id"] for item in parsed for d in item.dags]
+    # Plain columns, not ORM objects: rows are written with upserts that tolerate a
+    # concurrent parse of the same files, never by flushing loaded objects.
     existing = {
         row.dag_id: row
         for row in (
             await session.execute(
                 select(
-                    Dag.dag_id,
-                    Dag.fileloc,
-                    Dag.dag_hash,
-                    Dag.is_active,
-                    Dag.has_import_error,
-                ).where((Dag.fileloc == item.fileloc) | Dag.dag_id.in_(ids))
+                    Dag.dag_id, Dag.fileloc, Dag.dag_hash, Dag.is_active, Dag.has_import_error
+                ).where(Dag.fileloc.in_(filelocs) | Dag.dag_id.in_(ids))
             )
         ).all()
     }
-    digests = {d["dag_id"]: dag_hash(d) for d in item.dags}
-    await save_versions(session, [(digests[d["dag_id"]], d) for d in item.dags], now)
+    versions: dict[str, SerializedDag] = {}
+    upserts: dict[str, dict[str, Any]] = {}  # dag_id -> every column of its new version
+    updates: dict[str, dict[str, Any]] = {}  # dag_id -> flags of a DAG its file lost
     changed: list[str] = []
-    touched: list[str] = []
-    for serialized in item.dags:
-        dag_id, digest = serialized["dag_id"], digests[serialized["dag_id"]]
-        row = existing.get(dag_id)
-        if row is not None and (row.dag_hash, row.is_active, row.fileloc, row.has_import_error) == (
-            digest,
-            True,
-            item.fileloc,
-            broken,
-        ):
-            touched.append(dag_id)  # same version: only the parse time moves
-            continue
-        if row is None or row.dag_hash != digest or not row.is_active:
-            changed.append(dag_id)
-        values: dict[str, Any] = {
-            "fileloc": item.fileloc,
-            "serialized": dict(serialized),
-            "dag_hash": digest,
-            "schedule": serialized["schedule"],
-            "is_active": True,
-            "has_import_error": broken,
-            "last_parsed_at": now,
-        }
-        # Insert-or-update in one statement; is_paused and next_interval_* are the
-        # DAG's own state and survive a new version.
-        insert = _insert(session, Dag).values(dag_id=dag_id, is_paused=False, **values)
-        await session.execute(
-            insert.on_conflict_do_update(index_elements=[Dag.dag_id], set_=values)
-        )
-    if touched:
-        await session.execute(update(Dag).where(Dag.dag_id.in_(touched)).values(last_parsed_at=now))
-    stale = [
-        r.dag_id for r in existing.values() if r.fileloc == item.fileloc and r.dag_id not in ids
-    ]
-    if stale:
-        # A broken file keeps the last good version of its DAGs, flagged; a file that
-        # parsed and no longer defines a DAG deactivates it.
-        flag = {"has_import_error": True} if broken and not item.dags else {"is_active": False}
-        await session.execute(update(Dag).where(Dag.dag_id.in_(stale)).values(**flag))
-    await _set_error(session, item.fileloc, item.error, now)
-    file_values: dict[str, Any] = {
+    for item in parsed:
+        broken = item.error is not None
+        for serialized in item.dags:
+            dag_id, digest = serialized["dag_id"], dag_hash(serialized)
+            versions[digest] = serialized
+            row = existing.get(dag_id)
+            state = (digest, True, item.fileloc, broken)
+            if (
+                row is not None
+                and (row.dag_hash, row.is_active, row.fileloc, row.has_import_error) == state
+            ):
+                continue  # the same version, still here: nothing to write
+            if row is None or row.dag_hash != digest or not row.is_active:
+                changed.append(dag_id)
+            upserts[dag_id] = {
+                "fileloc": item.fileloc,
+                "serialized": dict(serialized),
+                "dag_hash": digest,
+                "schedule": serialized["schedule"],
+                "is_active": True,
+                "has_import_error": broken,
+                "last_parsed_at": now,
+            }
+        defined = {d["dag_id"] for d in item.dags}
+        for row in existing.values():
+            if row.fileloc == item.fileloc and row.dag_id not in defined | set(upserts):
+                # A broken file keeps the last good version of its DAGs, flagged; a file
+                # that parsed and no longer defines a DAG deactivates it.
+                if broken and not item.dags:
+                    if not row.has_import_error:
+                        updates[row.dag_id] = {"has_import_error": True}
+                elif row.is_active:
+                    updates[row.dag_id] = {"is_active": False}
+    gone = set(removed)
+    for row in existing.values():
+        if row.fileloc in gone and row.dag_id not in upserts and row.is_active:
+            updates[row.dag_id] = {"is_active": False}
+    await save_versions(session, sorted(versions.items()), now)
+    for dag_id in sorted(set(upserts) | set(updates)):
+        if dag_id in upserts:
+            values = upserts[dag_id]
+            # is_paused and next_interval_* are the DAG's own state: a new version keeps them.
+            insert = _insert(session, Dag).values(dag_id=dag_id, is_paused=False, **values)
+            statement = insert.on_conflict_do_update(index_elements=[Dag.dag_id], set_=values)
+        else:
+            statement = update(Dag).where(Dag.dag_id == dag_id).values(**updates[dag_id])
+        await session.execute(statement)
+    by_loc = {item.fileloc: item for item in parsed}
+    for fileloc in sorted(set(by_loc) | gone):
+        found = by_loc.get(fileloc)
+        if found is None:
+            await session.execute(delete(ImportErrorRow).where(ImportErrorRow.fileloc == fileloc))
+            await session.execute(delete(DagFile).where(DagFile.fileloc == fileloc))
+        else:
+            await _set_error(session, fileloc, found.error, now)
+            await _save_file(session, found, now)
+    return changed
+
+
+async def _save_file(session: AsyncSession, item: ParsedFile, now: datetime) -> None:
+    values: dict[str, Any] = {
         "mtime_ns": item.mtime_ns,
         "size": item.size,
         "sha256": item.sha256,
-        "dag_ids": {"ids": ids},
+        "dag_ids": {"ids": [d["dag_id"] for d in item.dags]},
         "last_parsed_at": now,
     }
-    insert = _insert(session, DagFile).values(fileloc=item.fileloc, **file_values)
+    insert = _insert(session, DagFile).values(fileloc=item.fileloc, **values)
     await session.execute(
-        insert.on_conflict_do_update(index_elements=[DagFile.fileloc], set_=file_values)
+        insert.on_conflict_do_update(index_elements=[DagFile.fileloc], set_=values)
     )
-    return changed
 
 
 async def _set_error(session: AsyncSession, fileloc: str, error: str | None, now: datetime) -> None:
@@ -241,8 +250,12 @@ async def set_paused(session: AsyncSession, dag_id: str, paused: bool) -> None:
 
 
 async def schedulable_dags(session: AsyncSession) -> list[Dag]:
-    """Active, unpaused DAGs that have a schedule."""
-    query = select(Dag).where(Dag.is_active, ~Dag.is_paused, Dag.schedule.is_not(None))
+    """Active, unpaused DAGs that have a schedule, by dag_id (the order rows are written in)."""
+    query = (
+        select(Dag)
+        .where(Dag.is_active, ~Dag.is_paused, Dag.schedule.is_not(None))
+        .order_by(Dag.dag_id)
+    )
     return list((await session.execute(query)).scalars())
 
 

@@ -34,7 +34,7 @@ from miniflow.scheduler.parse_loop import DagParser
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
+from miniflow.store.models import Dag, DagFile, DagRun, DagVersion, TaskInstance
 from tests.e2e.helpers import SchedulerHandle
 from tests.instant_launcher import InstantLauncher
 from tests.integration.test_scheduler_rules import Harness
@@ -116,9 +116,37 @@ async def test_same_hash_reports_no_change_and_keeps_the_row(engine: AsyncEngine
         assert await store_dags.apply_parse(session, [parsed], [], later) == []
     async with store_engine.transaction(sessions) as session:
         row = await store_dags.get_dag(session, "same")
-        assert (row.is_paused, row.last_parsed_at) == (True, later)
+        assert (row.is_paused, row.last_parsed_at) == (True, START)  # the row is untouched
         (version,) = (await session.execute(select(DagVersion))).scalars()
         assert version.created_at == START  # not rewritten
+        (known,) = (await session.execute(select(DagFile))).scalars()
+        assert known.last_parsed_at == later  # the file's parse time: when to parse it again
+
+
+@pytest.mark.parametrize("order", ["old_first", "new_first"])
+async def test_a_dag_moving_between_files_in_one_parse(engine: AsyncEngine, order: str) -> None:
+    def file(fileloc: str, *dag_ids: str) -> store_dags.ParsedFile:
+        dags = []
+        for dag_id in dag_ids:
+            with DAG(dag_id, start_date=START) as dag:
+                Bash("t", "true")
+            dags.append(dag.serialize(fileloc))
+        return store_dags.ParsedFile(fileloc, 1, 1, "0" * 64, dags, None)
+
+    sessions = store_engine.sessionmaker(engine)
+    async with store_engine.transaction(sessions) as session:
+        await store_dags.apply_parse(session, [file("a.py", "x", "y")], [], START)
+    batch = [file("a.py", "y"), file("b.py", "x")]
+    async with store_engine.transaction(sessions) as session:
+        changed = await store_dags.apply_parse(
+            session, batch if order == "old_first" else batch[::-1], [], START
+        )
+        rows = {r.dag_id: (r.fileloc, r.is_active) for r in await store_dags.list_dags(session)}
+    assert changed == ["x"]
+    assert rows == {"x": ("b.py", True), "y": ("a.py", True)}
+    async with store_engine.transaction(sessions) as session:
+        assert await store_dags.apply_parse(session, [file("a.py")], [], START) == []
+        assert [d.dag_id for d in await store_dags.list_dags(session)] == ["x"]
 
 
 # --- a run keeps its version -----------------------------------------------------------------
