@@ -7,15 +7,15 @@ content hash changed; a touched-but-identical file just has its known state
 updated. A file's own bytes are not all it depends on (a helper module it
 imports is edited, a missing package gets installed), so with a
 `reparse_interval` every file is also parsed again once its last parse is
-that old, changed or not. The scanner also owns the cross-file rule that a dag_id belongs to
-the first file that defined it: a second file defining it gets an error for
-that DAG, its other DAGs still load.
+that old, changed or not. The scanner also owns the cross-file rule that a
+dag_id belongs to the first file that defined it: a second file defining it
+gets an error for that DAG, its other DAGs still load.
 
 The state (`known`, `parsed_at`, `owners`) is plain data the caller may
 persist in the database and hand back to the constructor after a restart.
-Time comes from the caller (`scan(now=...)`), so tests drive it with a clock. This module must
-never touch the database and never import user code (parsing goes through
-`miniflow.parsing.processor`).
+Time comes from the caller (`scan(now=...)`), so tests drive it with a
+clock. This module must never touch the database and never import user code
+(parsing goes through `miniflow.parsing.processor`).
 """
 
 from __future__ import annotations

@@ -108,9 +108,9 @@ def evaluate_run(
     view = dict(current)
     changes: dict[str, str] = {}
     for task_id in order:
-        if view.get(task_id) != states.NONE:
+        task = dag["tasks"].get(task_id)  # None: an upstream id the version lacks
+        if task is None or view.get(task_id) != states.NONE:
             continue
-        task = dag["tasks"][task_id]
         decision = decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view])
         if decision is not None:
             changes[task_id] = decision
