@@ -87,6 +87,28 @@ def _next_run(dag: SerializedDag, last: tuple[datetime, datetime] | None) -> dat
     return interval.end if interval else None
 
 
+async def reparse(config: Config, file: str | None = None) -> list[store_dags.ParsedFile]:
+    """Parse one DAG file (or every one) now, changed or not; returns every file parsed.
+
+    The way to pick up an edited helper module or a newly installed package before
+    the scheduler's own `reparse_interval` comes round. A version already stored
+    (same hash) is not stored again.
+    """
+    if not config.dags_folder.is_dir():
+        raise NotFound(f"DAGs folder {config.dags_folder} does not exist")
+    async with runtime.open_engine(config) as engine:
+        sessions = store_engine.sessionmaker(engine)
+        parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
+        wanted = None if file is None else parser.fileloc(file)
+        report = await parser.parse(sessions, _now(), force=True if wanted is None else [wanted])
+    if wanted is not None and wanted not in {f.fileloc for f in report.files}:
+        raise NotFound(
+            f"{wanted} is not a DAG file (it must mention both 'miniflow' and 'dag', "
+            "and not be ignored by a .miniflowignore)"
+        )
+    return report.files
+
+
 async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErrorRow]:
     async with _session(config, parse=parse) as session:
         return await store_dags.import_errors(session)
@@ -166,8 +188,11 @@ async def clear(
     config: Config, dag_id: str, run_id: str, task_id: str, downstream: bool
 ) -> list[str]:
     async with _session(config) as session:
-        dag: SerializedDag = (await store_dags.get_dag(session, dag_id)).serialized  # type: ignore[assignment]
-        await store_runs.get_run(session, dag_id, run_id)
+        # The run's own version: its dependencies and retries, not the file's today.
+        found = await store_runs.get_run_with_dag(session, dag_id, run_id)
+        if found.dag is None:
+            raise NotFound(f"the DAG version of run {dag_id}/{run_id} is not in the database")
+        dag = found.dag
         if task_id not in dag["tasks"]:
             raise NotFound(f"DAG {dag_id!r} has no task {task_id!r}")
         task_ids = downstream_of(dag, task_id) if downstream else [task_id]

@@ -175,6 +175,26 @@ def dags_errors(ctx: click.Context) -> None:
     run()
 
 
+@dags.command("reparse")
+@click.argument("file", required=False)
+@click.pass_context
+def dags_reparse(ctx: click.Context, file: str | None) -> None:
+    """Parse FILE (relative to the DAGs folder), or every DAG file, now, even if unchanged.
+
+    Picks up an edited helper module or a newly installed package at once instead of
+    after MINIFLOW_REPARSE_INTERVAL. Prints one line per file: its DAGs or its import error.
+    """
+
+    @command_runner
+    async def run() -> None:
+        from miniflow import admin
+
+        for item in await admin.reparse(_config(ctx), file):
+            click.echo(views.parse_line(item.fileloc, [d["dag_id"] for d in item.dags], item.error))
+
+    run()
+
+
 @dags.command("show")
 @click.argument("dag_id")
 @click.pass_context

@@ -91,6 +91,15 @@ def print_import_errors(errors: Sequence[ImportErrorRow], console: Console | Non
         out.print(err.error, markup=False, highlight=False)
 
 
+def parse_line(fileloc: str, dag_ids: Sequence[str], error: str | None) -> str:
+    """One line per parsed file: the DAGs it defines, or the last line of its import error."""
+    parts = [f"{len(dag_ids)} DAG(s): {', '.join(dag_ids)}"] if dag_ids else []
+    if error is not None:
+        lines = error.strip().splitlines()
+        parts.append(f"import error: {lines[-1] if lines else 'unknown'}")
+    return f"{fileloc}: {'; '.join(parts) or 'no DAGs'}"
+
+
 def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
     """Roots at the top, each task's downstream tasks below it."""
     children: dict[str, list[str]] = {t: [] for t in dag["tasks"]}

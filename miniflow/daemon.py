@@ -43,6 +43,7 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         parse_interval=config.parse_interval,
         max_launch_attempts=config.max_launch_attempts,
         sanity=sanity,
+        reparse_interval=config.reparse_interval,
         **kw,  # type: ignore[arg-type]
     )
 

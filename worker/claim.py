@@ -4,9 +4,10 @@
 marks the try running with `task_instances.worker_claim`, which succeeds only
 if the database still expects exactly this try and no other worker claimed it
 (`heartbeat_at IS NULL`: a duplicate pod runs nothing). The same transaction
-reads everything the run needs next (the stored DAG's task, the run's
-template context, the upstream results of a Python task), so start-up costs
-one round trip of statements.
+reads everything the run needs next (the task as defined by the DAG version
+the run was created with, not the DAG's current one; the run's template
+context; the upstream results of a Python task), so start-up costs one round
+trip of statements.
 
 A try that was claimed but cannot run (its DAG, run or task is gone) is still
 a `Claim`, with a `problem` the runner records as the try's failure. A try
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from miniflow.errors import NotFound
 from miniflow.serialized import SerializedTask
-from miniflow.store import dags, runs, states, task_instances
+from miniflow.store import runs, states, task_instances
 from miniflow.store.engine import transaction
 from miniflow.templates import build_context
 
@@ -60,19 +61,26 @@ async def claim_try(
             return await _why_not_claimed(session, dag_id, run_id, task_id, try_number)
         claim = Claim(ti.id, ti.try_number, ti.max_tries)
         try:
-            dag_row = await dags.get_dag(session, dag_id)
-            run = await runs.get_run(session, dag_id, run_id)
+            found = await runs.get_run_with_dag(session, dag_id, run_id)
         except NotFound as exc:
             claim.problem = str(exc)
             return claim
-        serialized = dag_row.serialized
-        task = serialized.get("tasks", {}).get(task_id)
-        if task is None:
+        run, serialized = found.run, found.dag
+        if serialized is None:
             claim.problem = (
-                f"DAG {dag_id!r} no longer has a task {task_id!r} (file {dag_row.fileloc})"
+                f"the DAG version {run.dag_hash} of run {dag_id}/{run_id} is not in the database"
             )
             return claim
-        claim.task, claim.fileloc = task, dag_row.fileloc
+        task = serialized["tasks"].get(task_id)
+        if task is None:
+            claim.problem = (
+                f"DAG {dag_id!r} has no task {task_id!r} in the version run {run_id!r} was "
+                f"created with (file {serialized['fileloc']})"
+            )
+            return claim
+        # The task comes from the run's version; a Python task's function can only come
+        # from the file that defines the DAG now (the worker imports it).
+        claim.task, claim.fileloc = task, found.current_fileloc or serialized["fileloc"]
         claim.context = build_context(
             dag_id=dag_id,
             run_id=run_id,
@@ -81,7 +89,7 @@ async def claim_try(
             logical_date=run.logical_date,
             data_interval_start=run.data_interval_start,
             data_interval_end=run.data_interval_end,
-            params={**serialized.get("params", {}), **run.conf},
+            params={**serialized["params"], **run.conf},
         )
         if task["kind"] == "python":
             claim.upstream = await task_instances.upstream_results(

@@ -12,13 +12,15 @@ local launcher's forked, pre-warmed children both call it. Steps:
    task needs, so start-up costs one round trip of statements. Not claimed →
    a message, exit 0, nothing runs.
 3. **Prepare.** The task definition comes from the *stored* serialized DAG
-   (what the scheduler parsed and scheduled), not from re-importing the file:
+   version the run was created with (what the scheduler parsed and scheduled
+   for this run), not from re-importing the file:
    a Bash task never imports user code at all (faster, and a DAG file with
    heavy imports cannot break a shell command). Only a Python task imports
-   its DAG file, for the function. Templates are rendered with the run's
-   context (`params` = DAG params overlaid with the run's conf). A missing
-   DAG/run/file/task, an import error or a template error is recorded as a
-   failure of the try (retries apply) with a clear message.
+   its DAG file, as it is now, for the function (gone from it: a clear
+   failure). Templates are rendered with the run's context (`params` = DAG
+   params overlaid with the run's conf). A missing DAG/run/file/task, an
+   import error or a template error is recorded as a failure of the try
+   (retries apply) with a clear message.
 4. **Run**, raced against: the heartbeat's fence (a newer try exists, or the
    scheduler ended this one → stop the task, record nothing, exit 3),
    SIGTERM/SIGINT (stop the task, record "terminated by SIGTERM", exit
@@ -293,7 +295,13 @@ def _load_function(path: Path, dag_id: str, task_id: str) -> Callable[..., Any] 
         return f"DAG file {path} no longer defines DAG {dag_id!r}"
     task = dag.tasks.get(task_id)
     if task is None:
-        return f"DAG {dag_id!r} in {path} no longer has a task {task_id!r}"
+        # The run keeps the version it was created with; the function can only come
+        # from the file as it is now.
+        return (
+            f"DAG {dag_id!r} in {path} no longer has a task {task_id!r}: this run was "
+            "created from an earlier version of the DAG, but a Python task's function is "
+            "imported from the DAG file as it is now"
+        )
     if not isinstance(task, PythonTask):
         return f"task {task_id!r} of DAG {dag_id!r} in {path} is no longer a Python task"
     return task.function

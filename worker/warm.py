@@ -85,7 +85,7 @@ def _rehearse() -> None:
                 )
             async with store_engine.transaction(factory) as session:
                 claim = await task_instances.worker_claim(session, "warm", "r", "t", 0, now)
-                await runs.get_run(session, "warm", "r")
+                await runs.get_run_with_dag(session, "warm", "r")
                 await task_instances.upstream_results(session, "warm", "r", ["t"])
                 await task_instances.heartbeat(session, 0, 0, now)
                 await task_instances.finish(

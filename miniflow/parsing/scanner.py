@@ -2,16 +2,20 @@
 
 Why this module exists: the parse loop runs every few seconds over hundreds
 of files, so a rescan with nothing changed must cost a stat per file, not an
-import. A file is re-parsed only when its (mtime, size) changed *and* its
+import. A file is parsed at once when its (mtime, size) changed *and* its
 content hash changed; a touched-but-identical file just has its known state
-updated. The scanner also owns the cross-file rule that a dag_id belongs to
-the first file that defined it: a second file defining it gets an error for
-that DAG, its other DAGs still load.
+updated. A file's own bytes are not all it depends on (a helper module it
+imports is edited, a missing package gets installed), so with a
+`reparse_interval` every file is also parsed again once its last parse is
+that old, changed or not. The scanner also owns the cross-file rule that a
+dag_id belongs to the first file that defined it: a second file defining it
+gets an error for that DAG, its other DAGs still load.
 
-The state (`known`, `owners`) is plain data the caller may persist in the
-database and hand back to the constructor after a restart. This module must
-never touch the database and never import user code (parsing goes through
-`miniflow.parsing.processor`).
+The state (`known`, `parsed_at`, `owners`) is plain data the caller may
+persist in the database and hand back to the constructor after a restart.
+Time comes from the caller (`scan(now=...)`), so tests drive it with a
+clock. This module must never touch the database and never import user code
+(parsing goes through `miniflow.parsing.processor`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from miniflow.parsing import discovery, processor
@@ -36,11 +42,12 @@ class ScanResult:
     """What one scan found."""
 
     results: list[FileResult]
-    """New or changed files only, sorted by fileloc, duplicate dag_ids already rejected."""
+    """Files parsed (new, changed, due for a periodic re-parse, or forced), sorted by
+    fileloc, duplicate dag_ids already rejected."""
     removed: list[str] = field(default_factory=list)
     """Filelocs known before that are gone (deleted, ignored, or no longer DAG files)."""
     unchanged: int = 0
-    """Files found whose content had not changed (not parsed)."""
+    """Files found and not parsed (unchanged, and not due for a re-parse)."""
     duration: float = 0.0
 
 
@@ -53,6 +60,8 @@ class DagFolderScanner:
         *,
         known: dict[str, KnownState] | None = None,
         owners: dict[str, str] | None = None,
+        parsed_at: dict[str, datetime] | None = None,
+        reparse_interval: float | None = None,
         timeout: float = 30.0,
         concurrency: int | None = None,
     ) -> None:
@@ -61,6 +70,10 @@ class DagFolderScanner:
         """fileloc -> (mtime_ns, size, sha256) of the version last parsed."""
         self.owners: dict[str, str] = dict(owners or {})
         """dag_id -> fileloc of the file that defines it."""
+        self.parsed_at: dict[str, datetime] = dict(parsed_at or {})
+        """fileloc -> when it was last parsed."""
+        self.reparse_interval = reparse_interval
+        """Seconds after which an unchanged file is parsed again; None: never."""
         self.timeout = timeout
         self.concurrency = concurrency
         # fileloc -> dag_ids refused as duplicates: re-parsed when an owner lets go.
@@ -68,9 +81,13 @@ class DagFolderScanner:
         self._released: set[str] = set()  # dag_ids released during the current round
         self._present: set[str] = set()  # filelocs found by the current scan
 
-    async def scan(self) -> ScanResult:
-        """Find new, changed and removed files; parse the new and changed ones."""
+    async def scan(
+        self, *, now: datetime | None = None, force: bool | Collection[str] = False
+    ) -> ScanResult:
+        """Find new, changed and removed files; parse the new and changed ones, those
+        due for a periodic re-parse at `now`, and those `force`d (True: every file)."""
         started = time.monotonic()
+        now = now or datetime.now(UTC)
         # Discovery reads every candidate's bytes (safe mode): keep it off the loop.
         files = await asyncio.to_thread(discovery.find_dag_files, self.dags_folder)
         by_loc = {fileloc_of(self.dags_folder, path): path for path in files}
@@ -79,10 +96,17 @@ class DagFolderScanner:
         removed = sorted(set(self.known) - self._present)
         for fileloc in removed:
             del self.known[fileloc]
+            self.parsed_at.pop(fileloc, None)
             self._refused.pop(fileloc, None)
             self._release(fileloc, keep=set())
 
-        batch = {loc for loc, path in by_loc.items() if self._needs_parse(loc, path)}
+        batch = {
+            loc
+            for loc, path in by_loc.items()
+            if force is True
+            or (not isinstance(force, bool) and loc in force)
+            or self._needs_parse(loc, path, now)
+        }
         results: dict[str, FileResult] = {}
         # Releasing a dag_id (its file removed, or no longer defining it) lets
         # a file that was refused it load it: parse that file again, same scan.
@@ -99,6 +123,7 @@ class DagFolderScanner:
             )
             for result in parsed:
                 results[result.fileloc] = self._apply(result)
+                self.parsed_at[result.fileloc] = now
             batch = set()
         return ScanResult(
             results=[results[loc] for loc in sorted(results)],
@@ -107,10 +132,14 @@ class DagFolderScanner:
             duration=time.monotonic() - started,
         )
 
-    def _needs_parse(self, fileloc: str, path: Path) -> bool:
+    def _needs_parse(self, fileloc: str, path: Path, now: datetime) -> bool:
         old = self.known.get(fileloc)
         if old is None:
             return True
+        if self.reparse_interval is not None:
+            last = self.parsed_at.get(fileloc)
+            if last is None or now - last >= timedelta(seconds=self.reparse_interval):
+                return True  # what it imports may have changed
         try:
             st = path.stat()
         except OSError:

@@ -48,7 +48,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
         if not candidates:
             return
-        cached = await scheduler.dags.load(session, {c.dag_id for c in candidates})
+        cached = await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates})
         slots = await store_pools.slots(session)
         chosen = _within_limits(candidates, free, by_dag, by_pool, cached, slots)
         claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
@@ -67,7 +67,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
-        entry = cached[c.dag_id]
+        entry = cached[c.run_pk]
         task = entry.dag["tasks"].get(c.task_id)
         key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id])
         scheduler.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
@@ -117,9 +117,10 @@ async def fail_before_start(
     outcomes, ends = [], []
     rows = await store_tis.fetch(session, [f.candidate.id for f in failures])
     not_started: list[relaunch.NotStarted] = []
+    versions = await scheduler.dags.for_run_pks(session, {f.candidate.run_pk for f in failures})
     for f in failures:
         c = f.candidate
-        entry = scheduler.dags.get(c.dag_id)
+        entry = versions.get(c.run_pk)
         task = entry.dag["tasks"].get(c.task_id) if entry else None
         row = rows.get(c.id)
         max_tries = row.max_tries if row else 0
@@ -200,7 +201,7 @@ def _within_limits(
     free: int,
     by_dag: dict[str, int],
     by_pool: dict[str, int],
-    cached: Mapping[str, CachedDag],
+    cached: Mapping[int, CachedDag],
     slots: dict[str, int],
 ) -> list[store_tis.Candidate]:
     """Pick candidates in order while global, per-DAG and pool limits allow."""
@@ -210,7 +211,7 @@ def _within_limits(
     for c in candidates:
         if len(chosen) >= free:
             break
-        entry = cached.get(c.dag_id)
+        entry = cached.get(c.run_pk)
         if entry is None:
             continue
         limit = entry.dag["max_active_tasks"]

@@ -56,6 +56,9 @@ class SchedulerSettings:
     """Task instances queued or running at once."""
     parse_interval: float = 30.0
     """Seconds between rescans of the DAGs folder."""
+    reparse_interval: float | None = 120.0
+    """Seconds after which an unchanged DAG file is parsed again (what it imports may have
+    changed); None: only changed files are parsed."""
     run_check_interval: float = 1.0
     """Seconds between checks for due scheduled runs."""
     full_sweep_interval: float = 2.0
@@ -116,7 +119,13 @@ class Scheduler:
         self.launcher = launcher
         self.settings = settings or SchedulerSettings()
         self.clock = clock or SystemClock()
-        self.parser = DagParser(dags_folder, timeout=parse_timeout) if dags_folder else None
+        self.parser = (
+            DagParser(
+                dags_folder, timeout=parse_timeout, reparse_interval=self.settings.reparse_interval
+            )
+            if dags_folder
+            else None
+        )
         self.dags = DagCache()
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.inflight: dict[AttemptKey, InFlight] = {}
@@ -396,11 +405,11 @@ class Scheduler:
             runs = [r for r in runs if r.pk == self._only_run_pk]
         if not runs:
             return
-        cached = await self.dags.load(session, {r.dag_id for r in runs})
+        cached = await self.dags.for_runs(session, runs)  # each run's own DAG version
         tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
         changes: list[tuple[int, str, str]] = []
         for run in runs:
-            entry = cached.get(run.dag_id)
+            entry = cached.get(run.pk)
             if entry is None:
                 continue
             rows = tis.get(run.pk, [])

@@ -24,6 +24,7 @@ from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, L
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import relaunch
 from miniflow.scheduler.bookkeeping import InFlight
+from miniflow.scheduler.dagcache import CachedDag
 from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
@@ -109,6 +110,7 @@ async def _record_exits(
         (e, scheduler.inflight.pop(e.key)) for e in exited
     ]
     current = await store_tis.fetch(session, [f.ti_id for _, f in flights])
+    versions = await scheduler.dags.for_run_pks(session, {f.run_pk for _, f in flights})
     outcomes: dict[int, store_tis.Outcome] = {}
     not_started: list[relaunch.NotStarted] = []
     notes: list[tuple[int, int, str | None, str]] = []
@@ -117,7 +119,7 @@ async def _record_exits(
         if row is None or row.try_number != event.key.try_number:
             continue  # a newer try exists (or the run was deleted): this event is history
         flight.max_tries = row.max_tries  # a clear changes it
-        task = _task(scheduler, event.key)
+        task = _task(versions.get(flight.run_pk), event.key)
         never_claimed = (
             _worker_reports(scheduler, flight.kind)
             and row.state in states.ACTIVE
@@ -196,9 +198,9 @@ async def _record_exits(
     return {flight.run_pk for _, flight in flights}
 
 
-def _task(scheduler: Scheduler, key: AttemptKey) -> SerializedTask | None:
-    entry = scheduler.dags.get(key.dag_id)
-    return entry.dag["tasks"].get(key.task_id) if entry is not None else None
+def _task(version: CachedDag | None, key: AttemptKey) -> SerializedTask | None:
+    """The task as the run's version defines it (retries, back-off)."""
+    return version.dag["tasks"].get(key.task_id) if version is not None else None
 
 
 def _describe(event: AttemptExited) -> str:

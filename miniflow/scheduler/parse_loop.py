@@ -1,18 +1,24 @@
 """The parse loop's glue: scan the DAGs folder, store what changed.
 
-The scanner's memory (file fingerprints and dag_id owners) is loaded from the
-database on first use, so a restarted scheduler or a one-shot CLI command does
-not re-import unchanged files.
+The scanner's memory (file fingerprints, when each file was last parsed, and
+dag_id owners) is loaded from the database on first use, so a restarted
+scheduler or a one-shot CLI command does not re-import unchanged files, and a
+file last parsed longer than `reparse_interval` ago is parsed again even
+across restarts (an edited helper module or a newly installed package).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from miniflow.errors import NotFound
+from miniflow.parsing.child import fileloc_of
 from miniflow.parsing.scanner import DagFolderScanner
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
@@ -20,28 +26,68 @@ from miniflow.store import engine as store_engine
 log = logging.getLogger("miniflow.scheduler.parse")
 
 
+@dataclass(frozen=True, slots=True)
+class ParseReport:
+    """What one parse did."""
+
+    changed: list[str] = field(default_factory=list)
+    """dag_ids whose definition changed (a new version, or active again)."""
+    files: list[store_dags.ParsedFile] = field(default_factory=list)
+    """Every file parsed, sorted by fileloc, with its DAGs or its import error."""
+    removed: list[str] = field(default_factory=list)
+    """Files gone since the last scan."""
+
+
 class DagParser:
-    def __init__(self, dags_folder: Path, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, dags_folder: Path, *, timeout: float = 30.0, reparse_interval: float | None = None
+    ) -> None:
         self.dags_folder = Path(dags_folder)
         self.timeout = timeout
+        self.reparse_interval = reparse_interval
         self._scanner: DagFolderScanner | None = None
 
     async def parse_once(
         self, sessions: async_sessionmaker[AsyncSession], now: datetime
     ) -> list[str]:
-        """Parse new and changed files; returns the dag_ids whose definition changed."""
+        """Parse new and changed files (and those due for a re-parse); returns the
+        dag_ids whose definition changed."""
+        return (await self.parse(sessions, now)).changed
+
+    def fileloc(self, path: str | Path) -> str:
+        """The fileloc of a DAG file named relative to the DAGs folder, or by any path."""
+        for candidate in (self.dags_folder / path, Path(path)):
+            if candidate.is_file():
+                fileloc = fileloc_of(self.dags_folder, candidate)
+                if not fileloc.startswith("../"):
+                    return fileloc
+        raise NotFound(f"no file {str(path)!r} in the DAGs folder {self.dags_folder}")
+
+    async def parse(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        now: datetime,
+        *,
+        force: bool | Collection[str] = False,
+    ) -> ParseReport:
+        """One scan; `force` parses these filelocs (True: every file) even if unchanged."""
         if self._scanner is None:
             async with store_engine.transaction(sessions) as session:
-                known, owners = await store_dags.known_files(session)
+                known = await store_dags.known_files(session)
             self._scanner = DagFolderScanner(
-                self.dags_folder, known=known, owners=owners, timeout=self.timeout
+                self.dags_folder,
+                known=known.files,
+                owners=known.owners,
+                parsed_at=known.parsed_at,
+                reparse_interval=self.reparse_interval,
+                timeout=self.timeout,
             )
         if not self.dags_folder.is_dir():
             log.warning("DAGs folder %s does not exist", self.dags_folder)
-            return []
-        scan = await self._scanner.scan()
+            return ParseReport()
+        scan = await self._scanner.scan(now=now, force=force)
         if not scan.results and not scan.removed:
-            return []
+            return ParseReport()
         parsed = [
             store_dags.ParsedFile(r.fileloc, r.mtime_ns, r.size, r.sha256, r.dags, r.error)
             for r in scan.results
@@ -60,4 +106,4 @@ class DagParser:
             len(scan.removed),
             len(changed),
         )
-        return changed
+        return ParseReport(changed, parsed, scan.removed)

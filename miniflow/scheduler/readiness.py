@@ -9,6 +9,7 @@ topological order).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -16,6 +17,8 @@ from miniflow.serialized import SerializedDag
 from miniflow.store import states
 
 _DONE = states.FINISHED
+
+log = logging.getLogger("miniflow.scheduler.readiness")
 
 
 def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
@@ -89,29 +92,42 @@ def topology(dag: SerializedDag, dag_hash: str) -> tuple[tuple[str, ...], frozen
 def evaluate_run(
     dag: SerializedDag, dag_hash: str, current: Mapping[str, str]
 ) -> tuple[dict[str, str], str | None]:
-    """New states for waiting tasks, and the run's final state if every task is finished.
+    """New states for waiting tasks, and the run's final state if the run is over.
 
-    `current` maps task_id → state; tasks missing from the DAG (deleted since
-    the run started) are ignored, tasks missing from `current` are not created.
+    `dag` is the run's own version, so its tasks are the run's task instances.
+    `current` maps task_id → state; tasks missing from `current` are not created,
+    and an upstream the run has no row for does not hold its downstream.
+
+    A run never ends `success` while a task sits in `none`: once nothing is
+    scheduled, in flight or waiting for a retry, a task still in `none` can never
+    run (one pass in topological order already decided everything decidable, e.g.
+    a row the version does not define), so the run ends `failed` instead of
+    silently skipping it.
     """
     order, leaves = topology(dag, dag_hash)
     view = dict(current)
     changes: dict[str, str] = {}
     for task_id in order:
-        if view.get(task_id) != states.NONE:
+        task = dag["tasks"].get(task_id)  # None: an upstream id the version lacks
+        if task is None or view.get(task_id) != states.NONE:
             continue
-        task = dag["tasks"][task_id]
-        # An upstream the run has no task instance for (added to the DAG since the run
-        # was created) never runs in this run: it must not hold its downstream forever.
         decision = decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view])
         if decision is not None:
             changes[task_id] = decision
             view[task_id] = decision
-    present = [t for t in order if t in view]
-    # Task instances of tasks removed from the DAG don't decide the run's state, but
-    # one still scheduled, in flight or waiting for a retry keeps the run open.
-    removed_busy = any(s != states.NONE and s not in _DONE for s in view.values())
-    if not removed_busy and all(view[t] in _DONE for t in present):
-        ok = all(view[t] in (states.SUCCESS, states.SKIPPED) for t in leaves if t in view)
-        return changes, states.RUN_SUCCESS if ok else states.RUN_FAILED
-    return changes, None
+    if any(s != states.NONE and s not in _DONE for s in view.values()):
+        return changes, None  # something is scheduled, in flight or waiting for a retry
+    stuck = sorted(t for t, s in view.items() if s == states.NONE)
+    if stuck:
+        unknown = [t for t in stuck if t not in dag["tasks"]]
+        log.error(
+            "DAG %s (version %s): task(s) %s can never run%s; the run fails",
+            dag["dag_id"],
+            dag_hash[:12],
+            ", ".join(stuck),
+            f" ({', '.join(unknown)} not in the run's version)" if unknown else "",
+        )
+        return changes, states.RUN_FAILED
+    # Rows of tasks the version does not define (finished ones) don't decide the outcome.
+    ok = all(view[t] in (states.SUCCESS, states.SKIPPED) for t in leaves if t in view)
+    return changes, states.RUN_SUCCESS if ok else states.RUN_FAILED

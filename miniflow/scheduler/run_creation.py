@@ -3,6 +3,9 @@
 Runs are created `queued` and started in logical-date order while the DAG is
 under `max_active_runs`, so a catchup of a year of dailies never floods the
 scheduler: at most `max_active_runs` exist unfinished at once.
+
+A scheduled run is created from the DAG's current version (the `dag` row) and
+keeps it; starting a queued run reads the limit from the run's own version.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ async def create_due_runs(session: AsyncSession, now: datetime) -> int:
                     interval=(interval.start, interval.end),
                     conf={},
                     now=now,
+                    dag_hash=row.dag_hash,
                 )
                 created += 1
             except store_runs.RunExists:
@@ -78,14 +82,13 @@ async def start_queued_runs(
         queued = [r for r in queued if r.pk == only_run_pk]
     if not queued:
         return set()
-    dags = await cache.load(session, {r.dag_id for r in queued})
+    versions = await cache.for_runs(session, queued)
     running = {dag_id: n for dag_id, n in (await _running_counts(session)).items()}
-    # Pausing doesn't change the DAG's hash, so the cache's is_paused may be stale.
-    rows = await store_dags.dags_by_id(session, list({r.dag_id for r in queued}))
-    paused = {dag_id for dag_id, row in rows.items() if row.is_paused}
+    # Pausing is the DAG's state, not its version's: read it from the dag rows.
+    paused = await store_dags.paused(session, [r.dag_id for r in queued])
     started: set[int] = set()
     for run in queued:
-        entry = dags.get(run.dag_id)
+        entry = versions.get(run.pk)
         if entry is None:
             continue
         if run.dag_id in paused and run.run_type == states.RUN_TYPE_SCHEDULED:

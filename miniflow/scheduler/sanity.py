@@ -147,11 +147,11 @@ class SanityLoop:
             tries = [t for t in await store_tis.active_tries(session) if _owned(scheduler, t)]
             if not tries:
                 return []
-            cached = await scheduler.dags.load(session, {t.dag_id for t in tries})
+            versions = await scheduler.dags.for_run_pks(session, {t.run_pk for t in tries})
             outcomes: list[store_tis.Outcome] = []
             notes: list[tuple[int, int, str | None, str]] = []
             for t in tries:
-                entry = cached.get(t.dag_id)
+                entry = versions.get(t.run_pk)  # the run's own DAG version
                 task = entry.dag["tasks"].get(t.task_id) if entry else None
                 verdict = _verdict(t, task, worker_kinds, settings, now)
                 if verdict is None:

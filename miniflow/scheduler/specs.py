@@ -2,6 +2,10 @@
 
 Rendering happens in the scheduler (not the launcher) so a template error is
 recorded as the try's failure with its message, whatever the launcher.
+
+`dag` is always the run's own version (see `miniflow.scheduler.dagcache`): a
+run keeps rendering the commands, images and settings it was created with
+after its file is edited; only new runs see the edit.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ def run_params(dag: SerializedDag, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) -> TaskSpec:
-    """Raises TemplateError if a templated field cannot be rendered."""
+    """The spec of one try, from the run's version `dag`.
+
+    Raises TemplateError if a templated field cannot be rendered.
+    """
     task = dag["tasks"][task_id]
     context = templates.build_context(
         dag_id=dag["dag_id"],

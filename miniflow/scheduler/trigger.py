@@ -1,4 +1,7 @@
-"""Manual runs: validate the conf against the DAG's params, create a queued run."""
+"""Manual runs: validate the conf against the DAG's params, create a queued run.
+
+The run is created from, and keeps, the DAG's current version (the `dag` row).
+"""
 
 from __future__ import annotations
 
@@ -61,5 +64,6 @@ async def trigger(
         interval=(interval.start, interval.end),
         conf=conf,
         now=now,
+        dag_hash=row.dag_hash,
     )
     return run_id

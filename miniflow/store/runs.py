@@ -1,4 +1,9 @@
-"""DAG runs: creation (with their task instances), promotion and completion."""
+"""DAG runs: creation (with their task instances), promotion and completion.
+
+A run records the DAG version it was created with (`dag_run.dag_hash`): its
+task instances come from that version, and so does everything the scheduler
+and the worker later read about its tasks.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.errors import NotFound, PermanentError
 from miniflow.serialized import SerializedDag
+from miniflow.store import dags as store_dags
 from miniflow.store import states
-from miniflow.store.models import DagRun, TaskInstance
+from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
 
 
 class RunExists(PermanentError):
@@ -34,6 +40,17 @@ class RunInfo:
     state: str
     run_type: str
     conf: dict[str, Any]
+    dag_hash: str | None = None
+    """The DAG version the run was created with (None only for runs older than versions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunVersion:
+    """Which DAG version a run uses."""
+
+    pk: int
+    dag_id: str
+    dag_hash: str | None
 
 
 def _info(row: DagRun) -> RunInfo:
@@ -47,6 +64,7 @@ def _info(row: DagRun) -> RunInfo:
         state=row.state,
         run_type=row.run_type,
         conf=dict(row.conf or {}),
+        dag_hash=row.dag_hash,
     )
 
 
@@ -60,8 +78,16 @@ async def create_run(
     interval: tuple[datetime, datetime],
     conf: dict[str, Any],
     now: datetime,
+    dag_hash: str | None = None,
 ) -> int:
-    """Insert a queued run and one `none` task instance per task; returns the run pk."""
+    """Insert a queued run and one `none` task instance per task; returns the run pk.
+
+    `dag_hash` names the stored version `dag` is (the DAG row's current one); without
+    it the version is computed from `dag` and stored if new, so a run always has one.
+    """
+    if dag_hash is None:
+        dag_hash = store_dags.dag_hash(dag)
+        await store_dags.save_versions(session, [(dag_hash, dag)], now)
     try:
         async with session.begin_nested():
             run = DagRun(
@@ -73,6 +99,7 @@ async def create_run(
                 state=states.RUN_QUEUED,
                 run_type=run_type,
                 conf=conf,
+                dag_hash=dag_hash,
                 created_at=now,
             )
             session.add(run)
@@ -97,6 +124,14 @@ async def create_run(
     if rows:
         await session.execute(insert(TaskInstance), rows)
     return run.id
+
+
+async def versions_of(session: AsyncSession, pks: Sequence[int]) -> list[RunVersion]:
+    """The DAG version of each run among `pks` (deleted runs are absent)."""
+    if not pks:
+        return []
+    query = select(DagRun.id, DagRun.dag_id, DagRun.dag_hash).where(DagRun.id.in_(sorted(set(pks))))
+    return [RunVersion(*row) for row in (await session.execute(query)).all()]
 
 
 async def run_counts(session: AsyncSession) -> dict[str, int]:
@@ -170,6 +205,34 @@ async def get_run_by_pk(session: AsyncSession, pk: int) -> RunInfo:
     if row is None:
         raise NotFound(f"no run with id {pk}")
     return _info(row)
+
+
+@dataclass(frozen=True, slots=True)
+class RunWithDag:
+    """A run, the DAG version it runs, and where the DAG is defined now."""
+
+    run: RunInfo
+    dag: SerializedDag | None
+    """The run's version (the DAG's current one if the run predates versions); None if
+    that version is not stored."""
+    current_fileloc: str | None
+    """The file that defines the DAG now (a Python task imports it); None without a DAG row."""
+
+
+async def get_run_with_dag(session: AsyncSession, dag_id: str, run_id: str) -> RunWithDag:
+    """One query: what a worker needs to know about the run of the try it claimed."""
+    version = func.coalesce(DagRun.dag_hash, Dag.dag_hash)
+    query = (
+        select(DagRun, DagVersion.serialized, Dag.fileloc)
+        .outerjoin(Dag, Dag.dag_id == DagRun.dag_id)
+        .outerjoin(DagVersion, DagVersion.dag_hash == version)
+        .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+    )
+    found = (await session.execute(query)).one_or_none()
+    if found is None:
+        raise NotFound(f"DAG {dag_id!r} has no run {run_id!r} (see `miniflow runs list {dag_id}`)")
+    row, serialized, fileloc = found
+    return RunWithDag(_info(row), serialized, fileloc)
 
 
 async def list_runs(

@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from miniflow.store import dags as store_dags
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
+from miniflow.store.models import DagVersion
 from tests.dbs import PostgresDatabases
 from tests.e2e.conftest import Cli, lines_with
 from tests.e2e.helpers import (
@@ -261,3 +265,118 @@ def test_standalone_with_a_missing_dags_folder_is_one_clear_error(tmp_path: Path
     assert result.returncode == 2
     assert "no-such-folder does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- DAG versions -----------------------------------------------------------------------------
+
+VERSIONED = """
+    from datetime import datetime
+    from miniflow import DAG, Bash, Pod
+
+    with DAG("ver", start_date=datetime(2026, 1, 1)):
+        gate = Bash("gate", "while [ ! -e {flag} ]; do sleep 0.05; done")
+        gate >> Bash("q", "echo bash-v1")
+        gate >> Pod("p", image="busybox:1.36", command=["sh", "-c", "echo pod-v1"])
+"""
+
+
+async def test_runs_keep_their_version_when_the_cli_parses_an_edit_first(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A run created before an edit runs its own tasks and commands; a run created after runs
+    the new ones, although only the CLI parsed the edit (the scheduler never re-parses here)."""
+    flag = tmp_path / "go"
+    path = cli.dag("ver.py", VERSIONED.format(flag=flag))
+    cli("dags", "list")
+    env = {**cli.env, "MINIFLOW_PARSE_INTERVAL": "3600"}
+    scheduler = spawn_cli(["scheduler"], env, tmp_path / "scheduler.log")
+    try:
+        (first,) = re.findall(r"created run (\S+) ", cli("dags", "trigger", "ver").stdout)
+
+        async def gate_running() -> bool:
+            rows = await query(cli.db_url, store_tis.list_for_run, "ver", first)
+            return any(r.task_id == "gate" and r.state == "running" for r in rows)
+
+        await until(gate_running, 60, "run 1's gate task to start")
+        source = path.read_text().replace('"q"', '"r"').replace("-v1", "-v2")
+        path.write_text(source)
+        (second,) = re.findall(r"created run (\S+) ", cli("dags", "trigger", "ver").stdout)
+        flag.touch()
+
+        async def both_done() -> bool:
+            runs = [await query(cli.db_url, store_runs.get_run, "ver", r) for r in (first, second)]
+            return all(r.state in ("success", "failed") for r in runs)
+
+        await until(both_done, 90, "both runs to finish")
+        states = {
+            run_id: {
+                r.task_id: r.state
+                for r in await query(cli.db_url, store_tis.list_for_run, "ver", run_id)
+            }
+            for run_id in (first, second)
+        }
+        assert states == {
+            first: {"gate": "success", "q": "success", "p": "success"},
+            second: {"gate": "success", "r": "success", "p": "success"},
+        }
+        for run_id, task_id, text in (
+            (first, "q", "bash-v1"),
+            (first, "p", "pod-v1"),
+            (second, "r", "bash-v2"),
+            (second, "p", "pod-v2"),
+        ):
+            assert text in cli("tasks", "logs", "ver", run_id, task_id).stdout, (run_id, task_id)
+        for run_id in (first, second):
+            assert (await query(cli.db_url, store_runs.get_run, "ver", run_id)).state == "success"
+        code = stop(scheduler, signal.SIGTERM)
+    finally:
+        kill_group(scheduler)
+        scheduler.wait(5)
+    log = (tmp_path / "scheduler.log").read_text()
+    assert code == 0, log
+    assert "Traceback" not in log
+
+
+HELPED = """
+    from datetime import datetime
+    from miniflow import DAG, Bash
+    from cli_helper import COMMAND
+
+    with DAG("helped", start_date=datetime(2026, 1, 1)):
+        Bash("t", COMMAND)
+"""
+
+
+async def test_dags_reparse_picks_up_an_edited_helper_module(cli: Cli) -> None:
+    async def command() -> str:
+        row = await query(cli.db_url, store_dags.get_dag, "helped")
+        return str(row.serialized["tasks"]["t"]["command"])
+
+    helper = cli.dag("cli_helper.py", 'COMMAND = "echo one"\n')
+    cli.dag("helped.py", HELPED)
+    cli.dag("broken.py", BROKEN)
+    cli("dags", "list", expect=0)
+    helper.write_text('COMMAND = "echo two, longer"\n')
+    cli("dags", "list")  # a CLI parse only parses changed DAG files: still the old version
+    assert await command() == "echo one"
+
+    one = cli("dags", "reparse", "helped.py")
+    assert one.stdout == "helped.py: 1 DAG(s): helped\n"
+    assert await command() == "echo two, longer"
+
+    every = cli("dags", "reparse")  # same content again: reported, no new version
+    assert every.stdout.splitlines() == [
+        "broken.py: import error: ModuleNotFoundError: No module named 'no_such_module_anywhere'",
+        "helped.py: 1 DAG(s): helped",
+    ]
+    assert len(await query(cli.db_url, _versions_of, "helped")) == 2
+
+    missing = cli("dags", "reparse", "nope.py", expect=1)
+    assert "nope.py" in _one_error_line(missing.stderr)
+    not_a_dag = cli("dags", "reparse", "cli_helper.py", expect=1)
+    assert "not a DAG file" in _one_error_line(not_a_dag.stderr)
+
+
+async def _versions_of(session: Any, dag_id: str) -> list[Any]:
+    query = select(DagVersion).where(DagVersion.dag_id == dag_id)
+    return list((await session.execute(query)).scalars())

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from miniflow import logs
+from miniflow.scheduler.parse_loop import DagParser
 from tests.dbs import PostgresDatabases
 from tests.e2e.helpers import MINIFLOW, write_dag
 from tests.e2e.kube_helpers import (
@@ -343,3 +345,51 @@ async def test_cli_dags_test_on_the_cluster(
     assert proc.returncode == 0, text
     assert "success" in text
     assert fake_kube.requests.counts("create") == 12  # start, 10 partitions, join
+
+
+# --- 6. DAG versions ----------------------------------------------------------------------------
+
+KEEP = """
+    from datetime import datetime
+    from miniflow import DAG, Bash, Pod
+
+    with DAG("keep", start_date=datetime(2026, 1, 1)):
+        gate = Pod("gate", image="busybox:1.36",
+                   command=["sh", "-c", "while [ ! -e {flag} ]; do sleep 0.05; done"])
+        gate >> Bash("b", "echo bash-v1")
+        gate >> Pod("p", image="busybox:1.36", command=["sh", "-c", "echo pod-v1"])
+"""
+
+
+async def test_runs_keep_their_version_on_the_cluster(
+    fake_kube: FakeKube, pg_url: str, tmp_path: Path
+) -> None:
+    """An edit parsed by another process (the CLI) between two runs, then the file deleted:
+    each run renders its own version's Pod command, and the worker pods of its Bash task run
+    its own version's command, although the DAG is gone."""
+    dags, flag = tmp_path / "dags", tmp_path / "go"
+    path = write_dag(dags, "keep.py", KEEP.format(flag=flag))
+    audit = PodAudit(fake_kube)
+    gate_running = audit.when(running("gate"))
+    async with kube_scheduler(fake_kube, pg_url, dags) as kube:
+        first = await kube.trigger("keep")
+        done = asyncio.create_task(kube.scheduler.run_until_done("keep", first, timeout=60))
+        await asyncio.wait_for(gate_running, 30)
+        cli = DagParser(dags)  # what `miniflow dags trigger` does first, in its own process
+        path.write_text(path.read_text().replace("-v1", "-v2"))
+        assert await cli.parse_once(kube.scheduler.sessions, datetime.now(UTC)) == ["keep"]
+        second = await kube.trigger("keep")
+        path.unlink()
+        await cli.parse_once(kube.scheduler.sessions, datetime.now(UTC))  # DAG deactivated
+        flag.touch()
+        states = [await done]
+        states.append(await kube.scheduler.run_until_done("keep", second, timeout=60))
+        await settle(kube)
+        tis = {r: await kube.tis("keep", r) for r in (first, second)}
+        attempts = {r: await kube.attempts("keep", r) for r in (first, second)}
+    assert states == ["success", "success"], {
+        r: {t: (i.state, i.error) for t, i in by_task.items()} for r, by_task in tis.items()
+    }
+    for run_id, version in ((first, "v1"), (second, "v2")):
+        tails = {a.task_id: a.log_tail or "" for a in attempts[run_id]}
+        assert f"bash-{version}" in tails["b"] and f"pod-{version}" in tails["p"], tails

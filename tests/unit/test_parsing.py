@@ -9,6 +9,7 @@ import asyncio
 import os
 import textwrap
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,51 @@ async def test_known_state_can_be_restored(tmp_path: Path) -> None:
     result = await second.scan()
     assert result.results == []
     assert result.unchanged == 3
+
+
+async def test_unchanged_files_are_parsed_again_after_reparse_interval(tmp_path: Path) -> None:
+    """What a DAG file imports can change while its own bytes do not."""
+    write(tmp_path, "d0.py", dag_file("d0"))
+    write(tmp_path, "d1.py", dag_file("d1"))
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    scanner = DagFolderScanner(tmp_path, reparse_interval=60)
+    assert len((await scanner.scan(now=t0)).results) == 2
+    assert (await scanner.scan(now=t0 + timedelta(seconds=59))).results == []
+    write(tmp_path, "d1.py", dag_file("d1", tasks=3))  # changed: parsed at once, clock restarts
+    changed = await scanner.scan(now=t0 + timedelta(seconds=59))
+    assert [r.fileloc for r in changed.results] == ["d1.py"]
+    due = await scanner.scan(now=t0 + timedelta(seconds=60))
+    assert [r.fileloc for r in due.results] == ["d0.py"]
+    assert scanner.parsed_at == {
+        "d0.py": t0 + timedelta(seconds=60),
+        "d1.py": t0 + timedelta(seconds=59),
+    }
+    # Without an interval (the CLI's fast path) unchanged files are never parsed again.
+    fast = DagFolderScanner(tmp_path, known=scanner.known, owners=scanner.owners)
+    assert (await fast.scan(now=t0 + timedelta(days=1))).results == []
+
+
+async def test_restored_parse_times_decide_after_a_restart(tmp_path: Path) -> None:
+    write(tmp_path, "d0.py", dag_file("d0"))
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    first = DagFolderScanner(tmp_path)
+    await first.scan(now=t0)
+    again = DagFolderScanner(
+        tmp_path,
+        known=first.known,
+        owners=first.owners,
+        parsed_at=first.parsed_at,
+        reparse_interval=60,
+    )
+    assert (await again.scan(now=t0 + timedelta(seconds=30))).results == []
+    assert len((await again.scan(now=t0 + timedelta(seconds=60))).results) == 1
+
+
+async def test_forced_scan_parses_the_named_files_or_all(tmp_path: Path) -> None:
+    for i in range(3):
+        write(tmp_path, f"d{i}.py", dag_file(f"d{i}"))
+    scanner = DagFolderScanner(tmp_path)
+    await scanner.scan()
+    assert [r.fileloc for r in (await scanner.scan(force=["d1.py"])).results] == ["d1.py"]
+    assert len((await scanner.scan(force=True)).results) == 3
+    assert (await scanner.scan()).results == []

@@ -163,3 +163,31 @@ def test_fan_in_with_mixed_rules() -> None:
     )
     assert changes == {"one_ok": SCH, "all_ok": UF, "on_fail": SCH}
     assert final is None
+
+
+# --- never a silent skip ----------------------------------------------------------------------
+
+
+def test_a_waiting_task_the_version_lacks_keeps_the_run_from_succeeding() -> None:
+    """A row in `none` that the run's version does not define can never run: the run must
+    not end success as if it were done (it fails, and says which task)."""
+    dag = _chain("ev_unknown")
+    assert evaluate_run(dag, "h1", {"a": S, "b": S, "c": S, "ghost": N}) == ({}, "failed")
+    # ... but not while anything else is still going on
+    assert evaluate_run(dag, "h1", {"a": S, "b": S, "c": R, "ghost": N}) == ({}, None)
+
+
+def test_a_finished_row_the_version_lacks_does_not_decide_the_outcome() -> None:
+    dag = _chain("ev_extra")
+    assert evaluate_run(dag, "h1", {"a": S, "b": S, "c": S, "old": F}) == ({}, "success")
+
+
+def test_an_undecidable_waiting_task_fails_the_run() -> None:
+    """c waits on b, which waits on a task in `none` the version does not know: nothing is
+    running, so nothing will ever change; success would silently skip b and c."""
+    with DAG("ev_stuck", start_date=datetime(2026, 1, 1)) as d:
+        Bash("a", "true") >> Bash("b", "true") >> Bash("c", "true")
+    dag = d.serialize("ev_stuck.py")
+    dag["tasks"]["b"]["upstream"] = ["a", "ghost"]  # type: ignore[index]
+    changes, final = evaluate_run(dag, "h2", {"a": S, "ghost": N, "b": N, "c": N})  # type: ignore[arg-type]
+    assert (changes, final) == ({}, "failed")
