@@ -43,7 +43,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         free = scheduler.settings.parallelism - total
         if free <= 0:
             return
-        candidates = await store_tis.scheduled_candidates(session, limit=free * 2 + 16)
+        candidates = await store_tis.scheduled_candidates(session, limit=free * 2 + 16, now=now)
         if scheduler.only_run_pk is not None:
             candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
         if not candidates:

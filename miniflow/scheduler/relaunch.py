@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +26,16 @@ from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.scheduler.relaunch")
+
+
+MAX_BACKOFF = 30.0
+
+
+def backoff(launches: int) -> float:
+    """Seconds before launching again after `launches` launches that did not start:
+    at once after the first (a scheduler that died mid-claim), then 1, 2, 4 … s, so a
+    short outage of the database or the API server does not burn the cap at once."""
+    return 0.0 if launches <= 1 else min(2.0 ** (launches - 2), MAX_BACKOFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,14 @@ async def relaunch_or_fail(
                 expected=(states.QUEUED,),
             )
         )
-    relaunched = await store_tis.relaunch(session, [(i.ti_id, i.try_number) for i in again])
+    relaunched: set[int] = set()
+    by_delay: dict[float, list[tuple[int, int]]] = {}
+    for item in again:
+        launches = counts.get(item.ti_id, (item.try_number, 0))[1] + 1
+        by_delay.setdefault(backoff(launches), []).append((item.ti_id, item.try_number))
+    for delay, keys in by_delay.items():
+        not_before = now + timedelta(seconds=delay) if delay else None
+        relaunched |= await store_tis.relaunch(session, keys, not_before)
     notes = []
     for item in again:
         if item.ti_id in relaunched:

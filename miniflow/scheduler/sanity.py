@@ -180,7 +180,10 @@ class SanityLoop:
                 kills.append(Kill(key, t.handle, reason, message, force))
                 scheduler.mark_dirty(t.run_pk)
             changed = await store_tis.finish(session, outcomes, now)
-            await store_attempts.note(session, [n for n in notes if n[0] in changed])
+            decided = {o.ti_id: o.state for o in outcomes if o.ti_id in changed}
+            await store_attempts.note(
+                session, [n for n in notes if n[0] in changed], states=decided
+            )
         return [k for k, o in zip(kills, outcomes, strict=True) if o.ti_id in changed]
 
     async def _lost(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -108,7 +108,14 @@ async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
         update(_table)
         .where(*_OPEN_TRY)
         .values(
-            state=bindparam("k_state"),
+            # a decision noted earlier (the sanity loop's) already set the final state
+            state=case(
+                (
+                    or_(_table.c.state == "queued", _table.c.state == "running"),
+                    bindparam("k_state"),
+                ),
+                else_=_table.c.state,
+            ),
             exit_code=bindparam("k_exit"),
             # a decision noted earlier (e.g. "heartbeat lost") stays the reason
             reason=func.coalesce(_table.c.reason, bindparam("k_reason")),
@@ -141,9 +148,16 @@ def _joined(old: Any, new: Any) -> Any:
 
 
 async def note(
-    session: AsyncSession, items: Sequence[tuple[int, int, str | None, str]]
+    session: AsyncSession,
+    items: Sequence[tuple[int, int, str | None, str]],
+    *,
+    states: dict[int, str] | None = None,
 ) -> None:
-    """(ti_id, try, reason or None, message): record a decision on attempts still open."""
+    """(ti_id, try, reason or None, message): record a decision on attempts still open.
+
+    `states` ({ti_id: state}) stamps the try's final state, decided before its exit
+    arrives (the sanity loop's verdicts); the exit that closes the row keeps it.
+    """
     if not items:
         return
     stmt = (
@@ -152,10 +166,16 @@ async def note(
         .values(
             reason=func.coalesce(bindparam("k_reason"), _table.c.reason),
             message=_joined(_table.c.message, bindparam("k_msg")),
+            state=func.coalesce(bindparam("k_state"), _table.c.state),
         )
     )
+    decided = states or {}
     await session.execute(
-        stmt, [{"k_ti": t, "k_try": n, "k_reason": r, "k_msg": m} for t, n, r, m in items]
+        stmt,
+        [
+            {"k_ti": t, "k_try": n, "k_reason": r, "k_msg": m, "k_state": decided.get(t)}
+            for t, n, r, m in items
+        ],
     )
 
 

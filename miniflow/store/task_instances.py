@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
@@ -26,6 +26,8 @@ from miniflow.store import states, transitions
 from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
+
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)  # `now` not given: every candidate is due
 
 MAX_KEYS_PER_STATEMENT = 1000
 """(id, try) pairs per `IN` list: PostgreSQL's parser recurses per element of a row-value
@@ -125,7 +127,10 @@ async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]
 
 
 async def next_retry_due(session: AsyncSession) -> datetime | None:
-    query = select(func.min(TI.next_retry_at)).where(TI.state == states.UP_FOR_RETRY)
+    """When the next retry, or the next relaunch after its back-off, is due."""
+    query = select(func.min(TI.next_retry_at)).where(
+        TI.state.in_([states.UP_FOR_RETRY, states.SCHEDULED])
+    )
     return (await session.execute(query)).scalar_one_or_none()
 
 
@@ -164,8 +169,13 @@ async def active_counts(
     return total, dict(by_dag), dict(by_pool)
 
 
-async def scheduled_candidates(session: AsyncSession, limit: int) -> list[Candidate]:
-    """Scheduled task instances, highest priority then oldest run first; locked on Postgres."""
+async def scheduled_candidates(
+    session: AsyncSession, limit: int, now: datetime | None = None
+) -> list[Candidate]:
+    """Scheduled task instances, highest priority then oldest run first; locked on Postgres.
+
+    A relaunch waiting out its back-off (`next_retry_at` after `now`) is not a candidate yet.
+    """
     query = (
         select(
             TI.id,
@@ -180,6 +190,7 @@ async def scheduled_candidates(session: AsyncSession, limit: int) -> list[Candid
         )
         .join(DagRun, DagRun.id == TI.run_pk)
         .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING)
+        .where(or_(TI.next_retry_at.is_(None), TI.next_retry_at <= (now or _FAR_FUTURE)))
         .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
         .limit(limit)
         .with_for_update(of=TI, skip_locked=True)
@@ -437,13 +448,15 @@ async def upstream_results(
 # --- relaunches and the sanity loop ------------------------------------------------------------
 
 
-async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> set[int]:
+async def relaunch(
+    session: AsyncSession, items: Sequence[tuple[int, int]], not_before: datetime | None = None
+) -> set[int]:
     """queued → scheduled for (ti_id, try) pairs that never reached a container, and
     running → scheduled for worker tries whose worker never claimed them.
 
-    The try keeps its number (the next claim launches the same try again) and
-    `launch_attempts` grows by one; the caller enforces the cap. Returns the
-    ids that changed.
+    The try keeps its number (the next claim launches the same try again, not before
+    `not_before`) and `launch_attempts` grows by one; the caller enforces the cap.
+    Returns the ids that changed.
     """
     if not items:
         return set()
@@ -464,6 +477,7 @@ async def relaunch(session: AsyncSession, items: Sequence[tuple[int, int]]) -> s
                 launch_attempts=TI.launch_attempts + 1,
                 handle=None,
                 started_at=None,
+                next_retry_at=not_before,
             )
             .returning(TI.id)
         )

@@ -135,6 +135,7 @@ async def test_zombie_is_failed_then_killed_and_its_worker_is_fenced_out(rig: Ri
     await rig.scheduler.tick()  # the kill's exit closes the attempt, keeping the reason
     attempt = (await rig.attempts("work"))[0]
     assert attempt.ended_at is not None and attempt.reason == "heartbeat lost"
+    assert attempt.state == states.UP_FOR_RETRY  # the decision, not the kill's exit code
 
 
 async def test_a_worker_that_heartbeats_is_not_a_zombie(rig: Rig) -> None:
