@@ -379,7 +379,9 @@ async def test_oom_killed(launcher: KubernetesLauncher, fake_kube: FakeKube) -> 
     k = key()
     await launcher.launch([sh(k, "echo eating memory; sleep 30")])
     await wait_started(launcher, k)
-    await fake_kube.faults.oom_kill(pods.pod_name(k))
+    name = pods.pod_name(k)
+    await eventually(lambda: b"eating memory" in fake_kube.kubelet.log(name).data)
+    await fake_kube.faults.oom_kill(name)
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited)
     assert (exited.exit_code, exited.reason) == (137, "OOMKilled")
