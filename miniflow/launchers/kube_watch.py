@@ -227,6 +227,17 @@ class NamespaceWatch:
         await waiter
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            # Stopped for good: nobody will relist for these. (After a crash the
+            # owner runs `run` again, whose first list answers them.)
+            for waiter in self._refresh_waiters:
+                waiter.cancel()
+            self._refresh_waiters.clear()
+            raise
+
+    async def _run(self) -> None:
         resource_version: str | None = None
         failures = 0
         while True:
