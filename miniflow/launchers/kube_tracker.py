@@ -11,11 +11,13 @@ and the pod survives until its exit is committed), the cleanup policies and
 retention, stuck pods and disappearances.
 
 Two kinds of work run in the background. `sweep` is one long-lived loop (the
-launcher supervises it): it fails pods pending too long and deletes kept
-pods whose retention is over, or whose cleanup failed before. Each exit,
-stuck pod and cleanup is a short task of its own; those are not restarted,
-so each makes sure of its one essential effect (an exit always gets its
-event, a failed cleanup is left for the sweep to retry).
+launcher supervises it): it fails pods pending too long (only in namespaces
+whose watch is live, so never on a view an API outage left stale) and
+deletes kept pods whose retention is over, or whose delete failed before.
+Each exit, stuck pod and cleanup is a short task of its own; those are not
+restarted, so each makes sure of its one essential effect (an exit always
+gets its event; a failed delete is left for the sweep to retry, and a stuck
+pod is reported once its delete went through).
 
 This module never touches the database and never imports kubernetes_asyncio
 (that is `kube_client`'s job).
@@ -69,6 +71,7 @@ class Tracked:
     gone: bool = False  # the pod no longer exists
     cleaning: bool = False  # a cleanup delete is in flight (or done)
     doomed: bool = False  # stuck: deleted whatever the policy, retried until it is gone
+    stuck_exit: tuple[str, str | None] | None = None  # (reason, message), reported once gone
     succeeded: bool = False
     finished_at: datetime | None = None  # retention counts from here
     pending_since: float | None = None  # tracker clock; None while not pending
@@ -92,6 +95,7 @@ class PodTracker:
         client: Callable[[], KubeClient],
         handle: Callable[[str, str], str],
         clock: Callable[[], float],
+        fresh: Callable[[str], bool],
         max_concurrent_io: int,
     ) -> None:
         self.events = events
@@ -99,6 +103,7 @@ class PodTracker:
         self._client = client
         self._handle = handle
         self._clock = clock
+        self._fresh = fresh
         self.tracked: dict[tuple[str, str], Tracked] = {}
         self._unacknowledged: dict[AttemptKey, Tracked] = {}
         self._seq = itertools.count(1)
@@ -119,6 +124,7 @@ class PodTracker:
         tracked = self.tracked.pop((namespace, name), None)
         if tracked is not None:
             tracked.gone = True
+            self._report_stuck(tracked)
         return tracked
 
     # ------------------------------------------------------------------ observing
@@ -291,9 +297,11 @@ class PodTracker:
         except MiniflowError as exc:
             tracked.cleaning = False
             log.warning("delete of pod %s/%s failed: %s", tracked.namespace, tracked.name, exc)
+            return
         except BaseException:
             tracked.cleaning = False
             raise
+        self._report_stuck(tracked)
 
     # ------------------------------------------------------------------ sweeping
 
@@ -317,6 +325,9 @@ class PodTracker:
                 not tracked.exited
                 and since is not None
                 and current - since >= self.settings.pending_timeout
+                # Judged on what the watch sees now: a pod seen pending before an API
+                # outage may well be running, or finished, by now.
+                and self._fresh(tracked.namespace)
             ):
                 self._fail_stuck(tracked, waited=True)
             elif self._cleanup_due(tracked, wall):
@@ -327,9 +338,10 @@ class PodTracker:
         self._spawn(self._kill_stuck(tracked, waited=waited))
 
     async def _kill_stuck(self, tracked: Tracked, *, waited: bool) -> None:
-        """Delete a pod that will not start, then report it (reason, waiting message).
+        """Delete a pod that will not start; report it (reason, waiting message) once gone.
 
-        Deleted first and without waiting for an acknowledgement: a pod left
+        Deleted without waiting for an acknowledgement, and reported only when
+        the delete went through (the sweep retries a failed one): a pod left
         behind could still start and run a try the scheduler counts as failed.
         """
         reason = tracked.pending_reason or "Pending"
@@ -339,9 +351,13 @@ class PodTracker:
             message = f"{message} ({waited_for})" if message else waited_for
         log.warning("pod of %s will not start (%s: %s): deleting", tracked.key, reason, message)
         tracked.doomed = True
-        try:
-            await self._cleanup(tracked)
-        finally:
+        tracked.stuck_exit = (reason, message)
+        await self._cleanup(tracked)
+
+    def _report_stuck(self, tracked: Tracked) -> None:
+        if tracked.stuck_exit is not None:
+            reason, message = tracked.stuck_exit
+            tracked.stuck_exit = None
             self.events.put_nowait(
                 AttemptExited(tracked.key, tracked.handle, None, reason, now(), message=message)
             )

@@ -9,7 +9,8 @@ is treated like a failure. On 410 Gone, an ERROR event, a malformed event, a
 dropped or broken stream or an API error it backs off (not after a 410),
 relists and hands the full list to `on_relist`, so the owner can reconcile
 what changed while nobody was watching (including pods that vanished), and
-then resumes. `refresh()` asks for such a relist now (the stream in progress
+then resumes; `live` says whether the owner's view is current (listed, and
+watching since). `refresh()` asks for such a relist now (the stream in progress
 is abandoned and the watch resumes from the new list), which is how the
 owner takes a fresh look without racing the stream: lists and events are
 only ever applied by the watch's own task, in order. The owner (the
@@ -207,6 +208,7 @@ class NamespaceWatch:
     ) -> None:
         self.namespace = namespace
         self.synced = asyncio.Event()  # set after the first successful list
+        self.live = False  # the owner's view is current: listed, and watching since
         self.relists = 0
         self._client = client
         self._on_event = on_event
@@ -236,6 +238,8 @@ class NamespaceWatch:
                 waiter.cancel()
             self._refresh_waiters.clear()
             raise
+        finally:
+            self.live = False  # until the next list, whoever runs it
 
     async def _run(self) -> None:
         resource_version: str | None = None
@@ -254,6 +258,7 @@ class NamespaceWatch:
                     failures = 0
                     continue
                 # Ended before the server's timeout: dropped, events may be lost.
+                self.live = False
                 failures += 1
                 delay = self._retry.delay(min(failures, 10))
                 log.info("watch of %s dropped after %.1fs; relisting", self.namespace, elapsed)
@@ -261,9 +266,11 @@ class NamespaceWatch:
                 await self._sleep(delay)
             except WatchExpired:
                 log.info("watch of %s expired (410); relisting", self.namespace)
+                self.live = False
                 resource_version = None
             except MiniflowError as exc:
                 # Any other failure: the stream may have missed events.
+                self.live = False
                 failures += 1
                 delay = self._retry.delay(min(failures, 10))
                 log.warning(
@@ -286,6 +293,7 @@ class NamespaceWatch:
             )
             self.relists += 1
             self._on_relist(self.namespace, items, marker)
+            self.live = True
         except BaseException as exc:
             for waiter in waiters:
                 if not waiter.done():

@@ -36,8 +36,10 @@ Design decisions:
 - **Stuck pods.** A pod still pending (not started) ``pending_timeout``
   seconds after the launcher first saw it pending, for any reason (image
   pull, unschedulable, ContainerCreating, PodInitializing, or none given), is
-  deleted (grace 0) and reported exited with that reason (``Pending`` if none)
-  and the waiting message. A reason that cannot heal (InvalidImageName; a
+  deleted (grace 0) and, once the delete went through, reported exited with
+  that reason (``Pending`` if none) and the waiting message. It is judged
+  only while its namespace's watch is live: after an API outage, on the
+  relisted state. A reason that cannot heal (InvalidImageName; a
   CreateContainerConfigError saying the image would run as root under
   runAsNonRoot) fails the pod at once.
 - **Kills** delete with the grace period ``kill_grace_period`` (also every
@@ -157,6 +159,7 @@ class KubernetesLauncher:
             client=self._client_or_fail,
             handle=self._handle,
             clock=clock,
+            fresh=self._watch_is_live,
             max_concurrent_io=max_concurrent_creates,
         )
         self._tracked = self._tracker.tracked  # every known pod, by (namespace, name)
@@ -341,6 +344,10 @@ class KubernetesLauncher:
                 f"the Kubernetes API server at {host} did not answer a pod list in namespace "
                 f"{watching.watch.namespace!r} within {self.start_timeout:g}s"
             ) from None
+
+    def _watch_is_live(self, namespace: str) -> bool:
+        watching = self._watches.get(namespace)
+        return watching is not None and watching.watch.live
 
     # ------------------------------------------------------------------ helpers
 

@@ -405,7 +405,12 @@ async def run_with_fault(
 
 
 def all_succeeded_once(state: str, outcome: Outcome) -> None:
-    assert state == "success", outcome.states()
+    unhappy = [
+        (a.task_id, a.try_number, a.state, a.reason, a.message)
+        for a in outcome.attempts
+        if a.state != "success"
+    ]
+    assert state == "success", unhappy
     assert set(outcome.states().values()) == {"success"}
     assert len(outcome.tis) == TASKS
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -605,6 +606,50 @@ async def test_any_pending_reason_fails_after_pending_timeout(
     await eventually(lambda: fake_kube.state.get(pods.pod_name(k)) is None)
     (delete,) = fake_kube.requests.of("delete")
     assert delete.query.get("gracePeriodSeconds") == "0"
+
+
+async def test_a_stuck_pod_is_reported_only_once_its_delete_went_through(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(pending_timeout=0.3)
+    fake_kube.faults.hold_waiting(None, "ContainerCreating")
+    fake_kube.faults.fail_next(FAST_RETRY.attempts, code=500, verb="delete")
+    k = key()
+    await launcher.launch([sh(k, "true")])
+    (exited,) = await events_until_exit(launcher, k)
+    assert isinstance(exited, AttemptExited) and exited.reason == "ContainerCreating"
+    assert fake_kube.state.get(pods.pod_name(k)) is None  # gone before it was reported
+    statuses = [r.status for r in fake_kube.requests.of("delete")]
+    assert statuses == [500] * FAST_RETRY.attempts + [200]  # the sweep tried again
+
+
+async def test_pending_is_not_judged_on_a_view_an_outage_left_stale(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(pending_timeout=0.5)
+    fake_kube.faults.hold_waiting(None, "ContainerCreating")
+    k = key()
+    name = pods.pod_name(k)
+    await launcher.launch([sh(k, "echo ran")])
+    await eventually(lambda: launcher._tracked[("default", name)].pending_reason is not None)
+    await fake_kube.stop_serving()
+    try:
+        fake_kube.faults.clear_pod_faults()  # it starts and finishes while nobody looks
+        await eventually(lambda: fake_kube.state.get(name)["status"]["phase"] == "Succeeded")
+        since = launcher._tracked[("default", name)].pending_since
+        assert since is not None
+        await eventually(lambda: time.monotonic() - since > 1.0)
+        await sweep(launcher)
+        assert drain(launcher) == []
+    finally:
+        await fake_kube.resume_serving()
+    events = await events_until_exit(launcher, k)
+    assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
+    exited = events[-1]
+    assert isinstance(exited, AttemptExited) and (exited.exit_code, exited.reason) == (
+        0,
+        "Completed",
+    )
 
 
 @pytest.mark.parametrize(
