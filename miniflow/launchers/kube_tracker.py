@@ -64,6 +64,7 @@ class Tracked:
     namespace: str
     handle: str
     seq: int  # tracking order, to tell pods created during a relist from lost ones
+    uid: str | None = None  # of the pod this entry follows, once seen
     phase: str = "Pending"
     started: bool = False
     exited: bool = False  # the exit is decided (dedup); its event is on its way
@@ -134,6 +135,13 @@ class PodTracker:
         if view.key is None:
             return
         if event_type == "DELETED":
+            current = self.tracked.get((view.namespace, view.name))
+            if (
+                current is not None
+                and None not in (current.uid, view.uid)
+                and current.uid != view.uid
+            ):
+                return  # an earlier pod of that name; this entry follows its successor
             tracked = self.forget(view.namespace, view.name)
             if tracked is not None and not tracked.exited:
                 if view.terminal:
@@ -171,8 +179,16 @@ class PodTracker:
         if view.key is None:
             return
         tracked = self.tracked.get((view.namespace, view.name))
+        if tracked is not None and None not in (tracked.uid, view.uid) and tracked.uid != view.uid:
+            # The pod was replaced by one of the same name (the same try launched again
+            # after its first pod never ran): the old one is gone.
+            self.forget(view.namespace, view.name)
+            if not tracked.exited:
+                self.exit_without_pod(tracked, tracked.kill_reason or "Lost", "pod replaced")
+            tracked = None
         if tracked is None:
             tracked = self.track(view.key, view.namespace, view.name)
+        tracked.uid = tracked.uid or view.uid
         tracked.phase = view.phase
         if tracked.exited:
             return

@@ -65,6 +65,7 @@ class PodView:
 
     name: str
     namespace: str
+    uid: str | None  # tells a pod from a later one of the same name
     key: AttemptKey | None  # from the annotations; None = not a pod miniflow made
     phase: str
     started: bool  # the main container is or was running
@@ -169,6 +170,7 @@ def observe(pod: Pod) -> PodView:
     return PodView(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
+        uid=str(meta["uid"]) if meta.get("uid") else None,
         key=pods.key_from_annotations(meta.get("annotations")),
         phase=phase,
         started=started,

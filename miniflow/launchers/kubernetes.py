@@ -18,7 +18,8 @@ Design decisions:
   label and a readable key in its annotations, including pods launched before
   a restart: adoption is simply "the relist found it". Events are
   deduplicated per pod: at most one `AttemptStarted` and one `AttemptExited`,
-  however often the API repeats a state.
+  however often the API repeats a state. A pod is known by its uid: one
+  replaced under the same name (a try launched again) is followed afresh.
 - **Exit handling order: a durable hand-off.** Mark the pod exited (dedup),
   read the log tail (only if the container ever ran), put the `AttemptExited`
   event with the tail, then keep the pod until the scheduler calls

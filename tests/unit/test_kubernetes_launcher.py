@@ -806,6 +806,23 @@ async def test_alive_reports_a_pod_that_vanished_unseen(
     assert isinstance(lost, AttemptExited) and lost.key == k and lost.reason == "Lost"
 
 
+async def test_a_pod_replaced_under_the_same_name_is_followed(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(cleanup="never")
+    k = key()
+    await launcher.launch([sh(k, "exit 1")])
+    await events_until_exit(launcher, k)
+    fake_kube.faults.stall_watches()  # the old pod's deletion goes unseen
+    fake_kube.state.remove(pods.pod_name(k), "default")
+    (again,) = await launcher.launch([sh(k, "echo second")])  # the same try, launched again
+    assert again.error is None and not again.adopted
+    await launcher.alive()  # a fresh look; the watch resumes from it
+    exited = (await events_until_exit(launcher, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+    assert exited.log_tail is not None and "second" in exited.log_tail
+
+
 async def test_alive_costs_one_list_per_namespace(
     launcher: KubernetesLauncher, fake_kube: FakeKube
 ) -> None:
