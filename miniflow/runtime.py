@@ -50,6 +50,11 @@ def make_launcher(config: Config) -> Launcher:
             worker_image=config.worker_image,
             database_secret_name=config.database_secret,
             dags_folder=config.pod_dags_folder,
+            # A worker that cannot heartbeat for the zombie threshold stops its task itself.
+            extra_env={
+                "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
+                "MINIFLOW_ZOMBIE_THRESHOLD": str(config.zombie_threshold),
+            },
         )
         return KubernetesLauncher(
             defaults=defaults,
@@ -58,6 +63,7 @@ def make_launcher(config: Config) -> Launcher:
             cleanup=config.pod_cleanup,  # type: ignore[arg-type]  # validated in config
             pending_timeout=config.pod_pending_timeout,
             keep_failed_for=config.keep_failed_for(),
+            kill_grace_period=config.kill_grace_period,
         )
     from miniflow.launchers.local import LocalLauncher
 

@@ -15,6 +15,9 @@ checked in one place, `_check`, which turns failures into this hierarchy:
   branch on.
 - `WatchExpired` (410 Gone, as an answer or as a watch ERROR event): the
   resourceVersion is too old; the caller must relist.
+- `KubeProtocolError`: an answer that is not what the API serves (a watch
+  line that is not a JSON event object, a body that is not JSON). Retryable:
+  for a watch it means an event was lost, so the caller relists.
 
 `with_retries` is the single retry loop (exponential back-off, full jitter,
 bounded attempts, honours Retry-After) used by every caller; nothing else
@@ -31,7 +34,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -86,6 +89,10 @@ class PodNotFound(KubePermanentError):
 
 class WatchExpired(KubeApiError, RetryableError):
     """410 Gone: the resourceVersion is too old; relist, then watch again."""
+
+
+class KubeProtocolError(RetryableError):
+    """An answer miniflow cannot decode (malformed JSON, a watch line that is no event)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +258,8 @@ class KubeClient:
             return await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise KubeConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:
+            raise KubeProtocolError(f"{what}: the answer is not JSON: {exc}") from exc
         finally:
             response.release()
 
@@ -297,13 +306,14 @@ class KubeClient:
 
     async def watch_pods(
         self, namespace: str, label_selector: str, resource_version: str, timeout_seconds: int
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Raw watch events ``{"type", "object"}`` from `resource_version`, bookmarks on.
 
         Ends cleanly when the server closes the stream (its `timeout_seconds`);
-        raises `WatchExpired` on 410 (answer or ERROR event) and
+        raises `WatchExpired` on 410 (answer or ERROR event),
         `KubeConnectionError` when the stream breaks or goes silent for
-        `timeout_seconds` + 30 s. Other ERROR events raise `KubeApiError`s.
+        `timeout_seconds` + 30 s, and `KubeProtocolError` for a line that is
+        not a JSON event with an object. Other ERROR events raise `KubeApiError`s.
         """
         what = f"watch pods in {namespace}"
         response = await self._request(
@@ -321,8 +331,8 @@ class KubeClient:
         )
         try:
             async for line in _lines(response, what):
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
+                event = _decode_event(line, what)
+                if event["type"] == "ERROR":
                     status = event.get("object") or {}
                     raise _error_from(
                         int(status.get("code") or 500),
@@ -387,6 +397,21 @@ class KubeClient:
                 yield line.decode("utf-8", "replace")
         finally:
             response.release()
+
+
+def _decode_event(line: bytes, what: str) -> dict[str, Any]:
+    """One watch line as ``{"type": str, "object": dict}``, or `KubeProtocolError`."""
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise KubeProtocolError(f"{what}: malformed event {line[:200]!r}: {exc}") from exc
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("type"), str)
+        or not isinstance(event.get("object"), dict)
+    ):
+        raise KubeProtocolError(f"{what}: not a watch event: {line[:200]!r}")
+    return event
 
 
 async def _lines(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:

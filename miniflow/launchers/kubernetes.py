@@ -2,7 +2,8 @@
 
 Request budget of a task on the happy path: create + log read + delete = 3
 requests; everything else comes from the shared namespace watch
-(`kube_watch.NamespaceWatch`), never from polling a pod.
+(`kube_watch.NamespaceWatch`), never from polling a pod. `alive()` adds one
+list per watched namespace per call, whatever the number of tasks.
 
 Design decisions:
 
@@ -17,32 +18,57 @@ Design decisions:
   label and a readable key in its annotations, including pods launched before
   a restart: adoption is simply "the relist found it". Events are
   deduplicated per pod: at most one `AttemptStarted` and one `AttemptExited`,
-  however often the API repeats a state.
-- **Exit handling order.** Mark the pod exited (dedup), read the log tail
-  (only if the container ever ran), put the `AttemptExited` event with the
-  tail, and only then delete the pod per the cleanup policy: logs survive
-  cleanup.
-- **Cleanup policies.** ``"on_success"`` deletes pods that exited 0 and
-  leaves failed ones for inspection (the sanity loop or a human removes
-  them); ``"always"`` deletes every pod, failed ones after
-  ``keep_failed_for`` seconds; ``"never"`` deletes nothing.
-- **Stuck pods.** A pod pending with an image-pull/config error or
-  unschedulable for longer than ``pending_timeout`` is deleted and reported
-  exited with that reason (``exit_code=None``, the waiting message).
+  however often the API repeats a state. A pod is known by its uid: one
+  replaced under the same name (a try launched again) is followed afresh.
+- **Exit handling order: a durable hand-off.** Mark the pod exited (dedup),
+  read the log tail (only if the container ever ran), put the `AttemptExited`
+  event with the tail, then keep the pod until the scheduler calls
+  `acknowledge` (right after committing that exit); only then does cleanup
+  start. A scheduler killed in between finds the pod again: a starting
+  launcher reports the exit (and log tail) of every pod it finds finished,
+  acknowledged before or not (recording an exit twice is harmless).
+- **Cleanup policies and retention.** After acknowledgement, ``"on_success"``
+  and ``"always"`` delete pods that exited 0 at once and failed ones once
+  ``keep_failed_for`` seconds have passed since the container (else the pod)
+  finished, so the retention survives a restart; the two differ only in the
+  default `Config` gives ``keep_failed_for`` (3600 and 0). A periodic sweep
+  deletes kept pods when their time comes, and retries failed deletes.
+  ``"never"`` deletes nothing (such pods are reported again after a restart).
+- **Stuck pods.** A pod still pending (not started) ``pending_timeout``
+  seconds after the launcher first saw it pending, for any reason (image
+  pull, unschedulable, ContainerCreating, PodInitializing, or none given), is
+  deleted (grace 0) and, once the delete went through, reported exited with
+  that reason (``Pending`` if none) and the waiting message. It is judged
+  only while its namespace's watch is live: after an API outage, on the
+  relisted state. A reason that cannot heal (InvalidImageName; a
+  CreateContainerConfigError saying the image would run as root under
+  runAsNonRoot) fails the pod at once.
+- **Kills** delete with the grace period ``kill_grace_period`` (also every
+  pod's ``terminationGracePeriodSeconds``, so `activeDeadlineSeconds` ends a
+  timed-out task after that grace, not Kubernetes' default 30 s); ``force``
+  deletes with grace 0.
 - **Disappearances.** A pod deleted before it terminated is reported
   "Deleted" (the kill reason if miniflow killed it); a tracked pod missing
-  from a relist is reported "Lost".
+  from a relist is reported "Lost". `alive()` takes a fresh look first: it
+  makes every watch relist (in the watch's own task, so a list never races
+  the stream) and reconciles like any relist, then returns the attempts not
+  yet exited.
+- **Supervision.** The watches and the sweep are long-lived tasks run under
+  `supervise`: an unexpected exception is logged with its traceback and the
+  task restarted after a capped exponential back-off (a watch restarts with a
+  relist). A status channel never dies silently.
 
 Exit reasons: the container's ``terminated.reason`` (Completed, Error,
 OOMKilled, ...), the pod's ``status.reason`` (DeadlineExceeded, Evicted),
-ErrImagePull / ImagePullBackOff / CreateContainerConfigError /
-InvalidImageName / Unschedulable (stuck), Deleted, Lost, or the ``reason``
-given to `kill`.
+the pending reason of a stuck pod (ErrImagePull, ImagePullBackOff,
+InvalidImageName, CreateContainerConfigError, Unschedulable,
+ContainerCreating, ..., Pending), Deleted, Lost, or the ``reason`` given to
+`kill`.
 
 Launching, killing and adopting live here; following each pod to its end (the
-dedup, exit handling, cleanup and stuck pods above) lives in `kube_tracker`.
-This module never touches the database and never imports kubernetes_asyncio
-(that is `kube_client`'s job).
+dedup, exit handling, acknowledgement, cleanup and stuck pods above) lives in
+`kube_tracker`. This module never touches the database and never imports
+kubernetes_asyncio (that is `kube_client`'s job).
 """
 
 from __future__ import annotations
@@ -50,8 +76,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from miniflow.errors import MiniflowError, PermanentError, RetryableError
@@ -74,6 +101,7 @@ from miniflow.launchers.kube_client import (
 )
 from miniflow.launchers.kube_tracker import CleanupPolicy, PodTracker, Tracked
 from miniflow.launchers.kube_watch import NamespaceWatch
+from miniflow.launchers.supervise import Backoff, supervise
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +126,13 @@ class KubernetesLauncher:
         context: str | None = None,
         max_concurrent_creates: int = 32,
         cleanup: CleanupPolicy = "on_success",
-        keep_failed_for: float = 0.0,
+        keep_failed_for: float = 3600.0,
         log_tail_lines: int = 100,
         pending_timeout: float = 300.0,
-        delete_grace_period: int = 30,
+        kill_grace_period: float = 30.0,
         watch_timeout: int = 300,
         retry: RetryPolicy | None = None,
+        restart_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         start_timeout: float = 30.0,
     ) -> None:
@@ -115,9 +144,10 @@ class KubernetesLauncher:
         self.log_tail_lines = log_tail_lines
         self.pending_timeout = pending_timeout
         self.start_timeout = start_timeout
-        self.delete_grace_period = delete_grace_period
+        self.kill_grace_period = kill_grace_period
         self.watch_timeout = watch_timeout
         self.retry = retry or RetryPolicy()
+        self.restart_backoff = restart_backoff or Backoff(base=0.1, cap=10.0)
         self._kubeconfig = kubeconfig
         self._context = context
         self._max_concurrent = max_concurrent_creates
@@ -130,11 +160,17 @@ class KubernetesLauncher:
             client=self._client_or_fail,
             handle=self._handle,
             clock=clock,
+            fresh=self._watch_is_live,
             max_concurrent_io=max_concurrent_creates,
         )
         self._tracked = self._tracker.tracked  # every known pod, by (namespace, name)
         self._sweeper: asyncio.Task[None] | None = None
         self._create_slots = asyncio.Semaphore(max_concurrent_creates)
+
+    @property
+    def grace_seconds(self) -> int:
+        """`kill_grace_period` as the whole seconds Kubernetes takes (rounded up)."""
+        return max(0, math.ceil(self.kill_grace_period))
 
     # ------------------------------------------------------------------ protocol
 
@@ -143,22 +179,25 @@ class KubernetesLauncher:
         return self._events
 
     async def start(self) -> None:
-        """Connect, start the default namespace's watch and wait for its first list."""
+        """Connect, start the default namespace's watch and the sweep, wait for the first list."""
         self._client = await KubeClient.connect(
             kubeconfig=self._kubeconfig,
             context=self._context,
             max_connections=self._max_concurrent + 16,
         )
         watching = self._ensure_watch(self.defaults.namespace)
-        self._sweeper = asyncio.create_task(
-            self._tracker.sweep_stuck(), name="miniflow-kube-sweeper"
-        )
-        await self._wait_synced(watching)
+        self._sweeper = self._supervised("miniflow-kube-sweeper", self._tracker.sweep)
+        try:
+            await self._wait_synced(watching)
+        except MiniflowError:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         tasks = [w.task for w in self._watches.values()]
         if self._sweeper is not None:
             tasks.append(self._sweeper)
+            self._sweeper = None
         for task in tasks:
             task.cancel()
         # Let in-flight exit handling (log read, event) finish briefly; then stop.
@@ -181,15 +220,19 @@ class KubernetesLauncher:
     async def kill(
         self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
     ) -> None:
+        """Delete the attempt's pod: SIGTERM, SIGKILL after `kill_grace_period`
+        (at once with `force`). The exit event carries `reason`."""
         namespace, name = self._locate(key, handle)
+        self._ensure_watch(namespace)  # the exit arrives through the watch
         tracked = self._tracked.get((namespace, name)) or self._tracker.track(key, namespace, name)
         if tracked.exited:
             return
         tracked.kill_reason = reason
+        grace = 0 if force else self.grace_seconds
         try:
-            await self._tracker.delete(namespace, name, grace=self.delete_grace_period)
+            await self._tracker.delete(namespace, name, grace=grace)
         except PodNotFound:
-            self._tracked.pop((namespace, name), None)
+            self._tracker.forget(namespace, name)
             self._tracker.exit_without_pod(tracked, reason, "pod not found when killing it")
         except MiniflowError as exc:
             log.warning("kill of %s/%s (%s) failed: %s", namespace, name, key, exc)
@@ -205,9 +248,13 @@ class KubernetesLauncher:
                 self._tracker.exit_without_pod(lost, "Lost", "no pod found for this attempt")
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
-        pass
+        """These exits are committed: their pods may go, per the cleanup policy."""
+        self._tracker.acknowledge(keys)
 
     async def alive(self) -> list[AliveAttempt]:
+        """Tracked attempts not yet exited, after one fresh list per watched namespace
+        (reconciled like a relist: a pod that vanished is reported Lost first)."""
+        await asyncio.gather(*(w.watch.refresh() for w in list(self._watches.values())))
         return [
             AliveAttempt(
                 key=t.key,
@@ -236,7 +283,7 @@ class KubernetesLauncher:
     async def _launch_one(self, spec: TaskSpec) -> LaunchResult:
         key = spec.key
         try:
-            manifest = pods.build_manifest(spec, self.defaults)
+            manifest = pods.build_manifest(spec, self.defaults, grace_period=self.grace_seconds)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return LaunchResult(key, None, error=f"invalid pod settings: {exc}")
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
@@ -281,26 +328,27 @@ class KubernetesLauncher:
                 retry=self.retry,
                 watch_timeout=self.watch_timeout,
             )
-            task = asyncio.create_task(watch.run(), name=f"miniflow-kube-watch-{namespace}")
+            task = self._supervised(f"miniflow-kube-watch-{namespace}", watch.run)
             watching = self._watches[namespace] = _Watching(watch, task)
         return watching
 
+    def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(supervise(name, loop, backoff=self.restart_backoff), name=name)
+
     async def _wait_synced(self, watching: _Watching) -> None:
         """Wait for the first list; an API server that never answers is a clear error."""
-        synced = asyncio.create_task(watching.watch.synced.wait())
-        done, _ = await asyncio.wait(
-            [synced, watching.task], timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if synced not in done:
-            synced.cancel()
-            if watching.task in done:
-                watching.task.result()  # the watch died: raise why
+        try:
+            await asyncio.wait_for(watching.watch.synced.wait(), self.start_timeout)
+        except TimeoutError:
             host = self._client.host if self._client else "?"
-            await self.close()
             raise KubeConnectionError(
                 f"the Kubernetes API server at {host} did not answer a pod list in namespace "
-                f"{self.defaults.namespace!r} within {self.start_timeout:g}s"
-            )
+                f"{watching.watch.namespace!r} within {self.start_timeout:g}s"
+            ) from None
+
+    def _watch_is_live(self, namespace: str) -> bool:
+        watching = self._watches.get(namespace)
+        return watching is not None and watching.watch.live
 
     # ------------------------------------------------------------------ helpers
 

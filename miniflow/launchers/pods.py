@@ -257,8 +257,15 @@ def _security_contexts(
     return pod_ctx, container_ctx
 
 
-def build_manifest(spec: TaskSpec, settings: PodDefaults) -> dict[str, Any]:
-    """The pod manifest (plain dict) that runs the attempt `spec.key`."""
+def build_manifest(
+    spec: TaskSpec, settings: PodDefaults, *, grace_period: int | None = None
+) -> dict[str, Any]:
+    """The pod manifest (plain dict) that runs the attempt `spec.key`.
+
+    `grace_period` becomes ``terminationGracePeriodSeconds`` (None: Kubernetes'
+    default, 30 s): the time between SIGTERM and SIGKILL when the pod is deleted
+    or its ``activeDeadlineSeconds`` passes.
+    """
     pod = spec.pod
     worker = spec.kind != "pod"
     if not worker and not spec.image:
@@ -287,6 +294,8 @@ def build_manifest(spec: TaskSpec, settings: PodDefaults) -> dict[str, Any]:
         container["securityContext"] = container_ctx
 
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if grace_period is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace_period
     if spec.timeout is not None:
         pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
     service_account = pod.get("service_account") or settings.service_account

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from miniflow.errors import MiniflowError
 from miniflow.launchers.base import AliveAttempt, AttemptKey
 from miniflow.retries import failure_outcome
 from miniflow.scheduler.bookkeeping import InFlight
@@ -115,7 +116,14 @@ class SanityLoop:
 
     async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
         findings = Findings()
-        alive = {a.key: a for a in await scheduler.launcher.alive()}
+        try:
+            seen = await scheduler.launcher.alive()
+        except MiniflowError as exc:
+            # No fresh view (the API server is away): decide what the database alone
+            # shows, but never take "nothing seen" for "everything lost".
+            log.warning("sanity round without the launcher's view: %s", exc)
+            seen = None
+        alive = {a.key: a for a in seen or []}
         kills = await self._decide(scheduler, alive, now, findings)
         for kill in kills:
             log.warning("%s: %s — killing it", kill.key, kill.message)
@@ -125,6 +133,8 @@ class SanityLoop:
                 )
             except Exception:  # the next round sees it again (as an orphan if need be)
                 log.exception("could not kill %s", kill.key)
+        if seen is None:
+            return findings
         await self._lost(scheduler, alive, now, findings)
         if scheduler.settings.sanity.reap_orphans:
             await self._orphans(scheduler, alive, now, findings)

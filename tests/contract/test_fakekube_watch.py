@@ -176,20 +176,22 @@ async def test_label_selected_watch_sees_move_in_and_move_out(v1: client.CoreV1A
     await v1.create_namespaced_pod(NS, pod("a", ["true"], labels={"team": "x"}))
     await v1.create_namespaced_pod(NS, pod("b", ["true"], labels={"team": "y"}))  # rv 2
 
+    watching = asyncio.Event()
+
     async def writes() -> None:
-        await asyncio.sleep(0.1)
+        await watching.wait()  # the watch is open: it saw "a" as it was
         await v1.patch_namespaced_pod("a", NS, {"metadata": {"labels": {"team": "y"}}})
         await v1.patch_namespaced_pod("b", NS, {"metadata": {"labels": {"team": "x"}}})
         await v1.patch_namespaced_pod("b", NS, {"metadata": {"labels": {"v": "2"}}})
         await v1.patch_namespaced_pod("a", NS, {"metadata": {"labels": {"v": "2"}}})
         await v1.delete_namespaced_pod("b", NS)
 
+    def until(event: dict[str, Any]) -> bool:
+        watching.set()
+        return event["type"] == "DELETED" and event["object"]["metadata"]["name"] == "b"
+
     task = asyncio.create_task(writes())
-    events = await collect(
-        v1,
-        label_selector="team=x",
-        until=lambda e: e["type"] == "DELETED" and e["object"]["metadata"]["name"] == "b",
-    )
+    events = await collect(v1, label_selector="team=x", until=until)
     await task
     assert summary(events) == [
         ("ADDED", "a", "1"),

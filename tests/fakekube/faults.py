@@ -1,11 +1,15 @@
 """Fault switches and the request log of the fake Kubernetes API server.
 
 Fakes: the failures miniflow must survive -- slow pod starts, image pull
-back-off, unschedulable pods, OOM kills, evictions, pods deleted behind the
-scheduler's back, dropped or expired watches, 500/429 answers and 403 quota
-refusals on create.  Switches are plain attributes/methods tests flip; the
-server, kubelet and watch code consult them.  Deliberately does not fake
-network partitions, slow responses or TLS/auth failures.
+back-off, unschedulable pods, containers held waiting for any reason
+(ContainerCreating, InvalidImageName, CreateContainerConfigError, ...), OOM
+kills, evictions, pods deleted behind the scheduler's back, dropped, expired
+or stalled watches, corrupted watch events, 500/429 answers (before the
+request is carried out, or after it, as when the API server times out on a
+write that reached etcd) and 403 quota refusals on create.  Switches are
+plain attributes/methods tests flip; the server, kubelet and watch code
+consult them.  A whole-server outage is `FakeKube.stop_serving()`.
+Deliberately does not fake slow responses or TLS/auth failures.
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ class _FailRule:
     code: int
     verb: str | None
     retry_after: int
+    after_write: bool = False
+
+
+# Verbs whose answer is one JSON document, so a fault can replace it after the fact.
+_WRITES = frozenset({"create", "update", "patch", "delete"})
+DEFAULT_CORRUPT_LINE = b'{"type": "MODIFIED", "object": {"metadata": {"name": '
 
 
 @dataclass
@@ -82,8 +92,10 @@ class Faults:
     start_delay: float = 0.0  # seconds the kubelet waits before starting any pod
     image_pull: list[tuple[PodMatch, str]] = field(default_factory=list)
     unschedulable_rules: list[tuple[PodMatch, str]] = field(default_factory=list)
+    waiting_rules: list[tuple[PodMatch, str, str | None]] = field(default_factory=list)
     forbid_create_message: str | None = None
     expire_watches: int = 0
+    corrupt_lines: list[bytes] = field(default_factory=list)
     _fail_rules: list[_FailRule] = field(default_factory=list)
 
     # ------------------------------------------------------- pod start faults
@@ -108,6 +120,19 @@ class Faults:
             )
         )
 
+    def hold_waiting(self, match: PodMatch, reason: str, message: str | None = None) -> None:
+        """Keep matching pods Pending once scheduled, the container waiting with *reason*.
+
+        As the kubelet reports a volume that never mounts or a slow runtime
+        (``ContainerCreating``, no message), an unparsable image
+        (``InvalidImageName``) or a security check that fails
+        (``CreateContainerConfigError``: "container has runAsNonRoot and image
+        will run as root ...")."""
+        self.waiting_rules.append((match, reason, message))
+
+    def waiting_state(self, pod: dict[str, Any]) -> tuple[str, str | None] | None:
+        return next(((r, msg) for m, r, msg in self.waiting_rules if matches(m, pod)), None)
+
     def image_pull_message(self, pod: dict[str, Any]) -> str | None:
         return next((msg for m, msg in self.image_pull if matches(m, pod)), None)
 
@@ -115,9 +140,10 @@ class Faults:
         return next((msg for m, msg in self.unschedulable_rules if matches(m, pod)), None)
 
     def clear_pod_faults(self) -> None:
-        """Lift image-pull, unschedulable and start-delay faults (held pods proceed)."""
+        """Lift image-pull, unschedulable, waiting and start-delay faults (held pods proceed)."""
         self.image_pull.clear()
         self.unschedulable_rules.clear()
+        self.waiting_rules.clear()
         self.start_delay = 0.0
 
     # ------------------------------------------------------ running pod faults
@@ -146,23 +172,50 @@ class Faults:
         """End every open watch stream now (clients see a clean EOF)."""
         return self.store.drop_watchers()
 
+    def stall_watches(self) -> int:
+        """Open watch streams go silent (no events, no bookmarks) but stay open, as
+        over a connection that died without a reset; new watches are not affected."""
+        return self.store.stall_watchers()
+
     def expire_next_watch(self, n: int = 1) -> None:
         """The next *n* watch requests get a single ERROR event (410 Expired)."""
         self.expire_watches += n
 
+    def corrupt_watch_events(self, n: int = 1, line: bytes = DEFAULT_CORRUPT_LINE) -> None:
+        """The next *n* events sent on any watch stream are replaced by *line* (by
+        default truncated JSON): the real event is lost, as with a mangled stream."""
+        self.corrupt_lines.extend([line] * n)
+
+    def take_corrupt_line(self) -> bytes | None:
+        return self.corrupt_lines.pop(0) if self.corrupt_lines else None
+
     def fail_next(
-        self, n: int = 1, code: int = 500, verb: str | None = None, retry_after: int = 1
+        self,
+        n: int = 1,
+        code: int = 500,
+        verb: str | None = None,
+        retry_after: int = 1,
+        *,
+        after_write: bool = False,
     ) -> None:
-        """Answer the next *n* requests (of *verb*, if given) with *code* (500 or 429)."""
-        self._fail_rules.append(_FailRule(n, code, verb, retry_after))
+        """Answer the next *n* requests (of *verb*, if given) with *code* (500 or 429).
+
+        With *after_write* the request is carried out first and only its answer is
+        replaced (writes only: create, update, patch, delete)."""
+        if after_write and verb is not None and verb not in _WRITES:
+            raise ValueError(f"after_write faults apply to {sorted(_WRITES)}, not {verb!r}")
+        self._fail_rules.append(_FailRule(n, code, verb, retry_after, after_write))
 
     def forbid_creates(self, message: str | None = "exceeded quota: compute-quota") -> None:
         """Refuse pod creates with 403 Forbidden and this message (None lifts it)."""
         self.forbid_create_message = message
 
-    def check_request(self, verb: str) -> None:
-        """Raise the 500/429 ApiError a fault switch dictates for this request, if any."""
+    def check_request(self, verb: str, *, after_write: bool = False) -> None:
+        """Raise the 500/429 ApiError a fault switch dictates for this request, if any
+        (*after_write*: the rules that apply once the request was carried out)."""
         for rule in self._fail_rules:
+            if rule.after_write != after_write or (after_write and verb not in _WRITES):
+                continue
             if rule.remaining > 0 and (rule.verb is None or rule.verb == verb):
                 rule.remaining -= 1
                 if rule.code == 429:

@@ -5,6 +5,9 @@ with a kubeconfig file (context ``fake``, insecure http).  Use it as an async
 context manager or via the pytest fixtures in ``fixtures.py``.  ``stop()``
 ends watches and log streams, kills every pod process and closes the API
 clients handed out by ``api_client()``, so nothing is left running.
+``stop_serving()`` / ``resume_serving()`` take the API server off the network
+and back on the same port (connections refused meanwhile, open streams cut)
+while the kubelet keeps running pods, as in a control-plane outage.
 Deliberately does not fake TLS or authentication.
 """
 
@@ -81,16 +84,36 @@ class FakeKube:
     async def start(self) -> FakeKube:
         if self.kubelet is not None:
             self.kubelet.start()
-        self._runner = web.AppRunner(self.api.app(), shutdown_timeout=2.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        port = await self._serve(0)
         self.url = f"http://127.0.0.1:{port}"
         self._write_kubeconfig()
         return self
+
+    async def _serve(self, port: int) -> int:
+        self._runner = web.AppRunner(self.api.app(), shutdown_timeout=2.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    @property
+    def serving(self) -> bool:
+        return self._runner is not None
+
+    async def stop_serving(self) -> None:
+        """The API server goes away: connections are refused and open streams cut
+        until ``resume_serving()``; pods keep running and changing state."""
+        self.state.drop_watchers()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def resume_serving(self) -> None:
+        """Serve again on the same address (the kubeconfig stays valid)."""
+        if self._runner is None:
+            await self._serve(int(self.url.rsplit(":", 1)[1]))
 
     def _write_kubeconfig(self) -> None:
         cfg: dict[str, Any] = {

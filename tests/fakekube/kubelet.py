@@ -7,7 +7,8 @@ the pod fails with ``ContainerCannotRun``), ``$(VAR)`` expansion, ``env``
 and ``envFrom``, a missing secret holding the pod in
 ``CreateContainerConfigError``, stdout+stderr captured as the log, exit codes
 (signal N -> 128+N), graceful deletion (SIGTERM to the process group, SIGKILL
-after the grace period), ``activeDeadlineSeconds`` and the fault switches.
+after the grace period), ``activeDeadlineSeconds`` (SIGTERM, then SIGKILL after
+``terminationGracePeriodSeconds``) and the fault switches.
 Every status change is a real store write.  Deliberately does not fake: images
 (commands run on the host), restartPolicy restarts, init/sidecar containers,
 probes, resources/OOM accounting, volumes, or a deadline while still Pending.
@@ -205,8 +206,8 @@ class Kubelet:
     async def _hold(
         self,
         run: PodRun,
-        check: Callable[[Obj], str | None],
-        apply: Callable[[Obj, str, int], None],
+        check: Callable[[Obj], Any],
+        apply: Callable[[Obj, Any, int], None],
     ) -> Obj | None:
         """While *check* says so, keep writing *apply* and polling; return the pod."""
         n = 0
@@ -248,6 +249,13 @@ class Kubelet:
             lambda p, m, i: podstatus.waiting(
                 p, "ErrImagePull" if i == 0 else "ImagePullBackOff", m
             ),
+        )
+        if pod is None:
+            return
+        pod = await self._hold(
+            run,
+            self.faults.waiting_state,
+            lambda p, state, i: podstatus.waiting(p, state[0], state[1]),
         )
         if pod is None:
             return

@@ -112,6 +112,7 @@ class ApiServer:
         try:
             self.faults.check_request(rec.verb)
             resp: web.StreamResponse = await handler(request)
+            self.faults.check_request(rec.verb, after_write=True)
         except ApiError as exc:
             resp = web.json_response(exc.status(), status=exc.code, headers=exc.headers)
         except web.HTTPException as exc:

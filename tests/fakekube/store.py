@@ -31,6 +31,7 @@ from . import errors
 Obj = dict[str, Any]
 Key = tuple[str, str]
 DROP = object()  # sentinel pushed to watcher queues to end their streams
+STALL = object()  # sentinel pushed to watcher queues to silence their streams
 
 
 def now_iso() -> str:
@@ -208,6 +209,12 @@ class Store:
         for q in list(self._watchers):
             q.put_nowait(DROP)
         self._watchers.clear()
+        return n
+
+    def stall_watchers(self) -> int:
+        n = len(self._watchers)
+        for q in list(self._watchers):
+            q.put_nowait(STALL)
         return n
 
     @property

@@ -5,7 +5,8 @@ in resourceVersion order; ``resourceVersion=N`` replays exactly the events
 after N, absent/"0" starts with synthetic ADDED events; a version older than
 the retained history gets HTTP 200 with one ``ERROR`` event (Status 410
 Expired); ``timeoutSeconds``; ``allowWatchBookmarks`` (periodic BOOKMARKs and
-one at the end); selector move-in/move-out as ADDED/DELETED.  Logs: plain
+one at the end); selector move-in/move-out as ADDED/DELETED; the faults that
+replace an event by a corrupted line or silence a stream.  Logs: plain
 text, ``container``, ``tailLines``, ``limitBytes``, ``follow`` (streams until
 the container ends), 400 while the container is waiting.  Deliberately does
 not fake ``sendInitialEvents``, ``sinceSeconds``/``timestamps`` or
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import errors
-from .store import DROP, Event, Obj
+from .store import DROP, STALL, Event, Obj
 
 if TYPE_CHECKING:
     from .server import ApiServer
@@ -105,17 +106,25 @@ async def watch(
             },
         )
 
+    stalled = False  # the stall fault: nothing more reaches the client
+
+    async def send(out: tuple[str, Obj]) -> None:
+        if stalled:
+            return
+        bad = api.faults.take_corrupt_line()
+        await resp.write(_line(*out) if bad is None else bad.rstrip(b"\n") + b"\n")
+
     try:
         for ev in replay:
             if (out := _translate(ev, ns, match)) is not None:
-                await resp.write(_line(*out))
+                await send(out)
         while True:
             now = loop.time()
             if deadline is not None and now >= deadline:
-                if bookmarks:
+                if bookmarks and not stalled:
                     await resp.write(bookmark())
                 break
-            if bookmarks and now >= next_bookmark and queue.empty():
+            if bookmarks and not stalled and now >= next_bookmark and queue.empty():
                 await resp.write(bookmark())
                 next_bookmark = now + api.bookmark_interval
             wait = 0.5
@@ -131,8 +140,11 @@ async def watch(
                 continue
             if item is DROP:
                 break
+            if item is STALL:
+                stalled = True
+                continue
             if (out := _translate(item, ns, match)) is not None:
-                await resp.write(_line(*out))
+                await send(out)
     except (ConnectionResetError, ConnectionError):
         pass
     finally:

@@ -284,3 +284,17 @@ async def test_a_worker_that_exits_before_claiming_is_relaunched_not_retried(rig
     (attempt,) = await rig.attempts("work")
     assert attempt.ended_at is None  # the same try goes on
     assert attempt.message is not None and "exited before claiming" in attempt.message
+
+
+async def test_no_view_from_the_launcher_is_not_everything_lost(rig: Rig) -> None:
+    from miniflow.errors import ServiceUnavailable
+
+    async def unreachable() -> list[AliveAttempt]:
+        raise ServiceUnavailable("the API server did not answer")
+
+    rig.launcher.alive = unreachable  # type: ignore[method-assign]
+    for _ in range(2):  # two rounds: "missing twice" would make every try lost
+        rig.clock.advance(1.0)
+        await rig.scheduler.tick()
+    assert rig.launcher.adopted == [] and rig.launcher.kills == []
+    assert {t.state for t in (await rig.tis()).values()} == {states.RUNNING}

@@ -8,7 +8,10 @@ the fake, whose request log lets us count requests per task.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -32,6 +35,8 @@ DEFAULTS = pods.PodDefaults(
     namespace="default", worker_image="miniflow:test", database_secret_name="miniflow-db"
 )
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
+CONFIG_ERROR = "CreateContainerConfigError"
+ROOT = "container has runAsNonRoot and image will run as root (pod: p, container: base)"
 
 
 def key(task: str = "t", try_number: int = 1, run: str = "manual__1") -> AttemptKey:
@@ -115,6 +120,13 @@ async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
             await asyncio.sleep(0.02)
 
 
+def pod_finished_at(fake_kube: FakeKube, name: str) -> datetime:
+    pod = fake_kube.state.get(name)
+    assert pod is not None
+    finished = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+    return datetime.fromisoformat(finished)
+
+
 def drain(launcher: KubernetesLauncher) -> list[LauncherEvent]:
     out = []
     while not launcher.events.empty():
@@ -123,6 +135,17 @@ def drain(launcher: KubernetesLauncher) -> list[LauncherEvent]:
 
 
 # --- happy path -----------------------------------------------------------------------
+
+
+async def idle(launcher: KubernetesLauncher) -> None:
+    """Wait until the launcher has no exit, stuck-pod or cleanup work in flight."""
+    await eventually(lambda: not launcher._tracker.background)
+
+
+async def sweep(launcher: KubernetesLauncher) -> None:
+    """One round of the launcher's periodic sweep, now, and the work it started."""
+    launcher._tracker.sweep_once()
+    await idle(launcher)
 
 
 async def test_success_costs_create_log_delete(
@@ -140,6 +163,11 @@ async def test_success_costs_create_log_delete(
     assert isinstance(exited, AttemptExited)
     assert exited.exit_code == 0 and exited.reason == "Completed"
     assert exited.log_tail is not None and "hello\nworld" in exited.log_tail
+    # The pod is the evidence of the exit until the scheduler has committed it.
+    await idle(launcher)
+    assert fake_kube.state.get(name) is not None
+    assert fake_kube.requests.counts("delete") == 0
+    await launcher.acknowledge([k])
     await eventually(lambda: fake_kube.state.get(name) is None)
 
     counts = fake_kube.requests.counts()
@@ -155,35 +183,115 @@ async def test_success_costs_create_log_delete(
 async def test_failure_keeps_pod_with_on_success_cleanup(
     launcher: KubernetesLauncher, fake_kube: FakeKube
 ) -> None:
+    assert (launcher.cleanup, launcher.keep_failed_for) == ("on_success", 3600)
     k = key()
     await launcher.launch([sh(k, "echo oops >&2; exit 3")])
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited)
     assert (exited.exit_code, exited.reason) == (3, "Error")
     assert exited.log_tail is not None and "oops" in exited.log_tail
-    await asyncio.sleep(0.2)
+    await launcher.acknowledge([k])
+    await idle(launcher)
+    await sweep(launcher)
     assert fake_kube.state.get(pods.pod_name(k)) is not None
     assert fake_kube.requests.counts("delete") == 0
     assert await launcher.alive() == []
 
 
-async def test_cleanup_always_deletes_failed_pods_after_keep_failed_for(
-    make_launcher: MakeLauncher, fake_kube: FakeKube
+@pytest.mark.parametrize("cleanup", ["on_success", "always"])
+async def test_failed_pods_wait_for_acknowledgement_then_retention(
+    make_launcher: MakeLauncher, fake_kube: FakeKube, cleanup: str
 ) -> None:
-    launcher = await make_launcher(cleanup="always", keep_failed_for=0.3)
+    launcher = await make_launcher(cleanup=cleanup, keep_failed_for=0.5)
     k = key()
+    name = pods.pod_name(k)
     await launcher.launch([sh(k, "exit 1")])
     await events_until_exit(launcher, k)
-    assert fake_kube.state.get(pods.pod_name(k)) is not None
-    await eventually(lambda: fake_kube.state.get(pods.pod_name(k)) is None)
+    finished = pod_finished_at(fake_kube, name)
+    # Retention is long over, but the exit has not been acknowledged: kept.
+    await eventually(lambda: datetime.now(UTC) > finished + timedelta(seconds=1.5))
+    await sweep(launcher)
+    assert fake_kube.state.get(name) is not None
+    await launcher.acknowledge([k])
+    await eventually(lambda: fake_kube.state.get(name) is None)
+    assert fake_kube.requests.counts("delete") == 1
+
+
+async def test_kept_failed_pod_is_deleted_by_the_sweep_when_its_time_comes(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(keep_failed_for=2.0)
+    k = key()
+    name = pods.pod_name(k)
+    await launcher.launch([sh(k, "exit 1")])
+    await events_until_exit(launcher, k)
+    await launcher.acknowledge([k])
+    await idle(launcher)
+    finished = pod_finished_at(fake_kube, name)
+    assert datetime.now(UTC) < finished + timedelta(seconds=2)  # still within retention
+    assert fake_kube.state.get(name) is not None
+    await eventually(lambda: fake_kube.state.get(name) is None)
+    assert fake_kube.requests.counts("delete") == 1
+    assert datetime.now(UTC) >= finished + timedelta(seconds=2)
+
+
+async def test_retention_counts_from_the_finish_across_a_restart(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    first = await make_launcher(keep_failed_for=600)
+    k = key()
+    name = pods.pod_name(k)
+    await first.launch([sh(k, "echo broken; exit 2")])
+    await events_until_exit(first, k)
+    await first.close()  # the scheduler died before committing (no acknowledgement)
+
+    def finished_long_ago(pod: dict[str, Any]) -> None:
+        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        terminated["finishedAt"] = "2020-01-01T00:00:00Z"
+
+    fake_kube.state.mutate(name, "default", finished_long_ago)
+    second = await make_launcher(keep_failed_for=600)
+    exited = (await events_until_exit(second, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 2
+    assert exited.log_tail is not None and "broken" in exited.log_tail
+    await second.acknowledge([k])
+    # Finished years ago: the restarted launcher does not start a new 600 s.
+    await eventually(lambda: fake_kube.state.get(name) is None)
+
+
+async def test_exit_is_reported_again_by_a_restarted_launcher_until_acknowledged(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    first = await make_launcher()
+    k = key()
+    name = pods.pod_name(k)
+    await first.launch([sh(k, "echo done")])
+    exited = (await events_until_exit(first, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+    await idle(first)
+    await first.close()  # killed between the event and its commit
+    assert fake_kube.state.get(name) is not None
+
+    second = await make_launcher()
+    events = await events_until_exit(second, k)
+    assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
+    again = events[-1]
+    assert isinstance(again, AttemptExited)
+    assert (again.exit_code, again.reason) == (0, "Completed")
+    assert again.log_tail is not None and "done" in again.log_tail
+    await second.acknowledge([k])
+    await eventually(lambda: fake_kube.state.get(name) is None)
+    assert fake_kube.requests.counts("create") == 1
 
 
 async def test_cleanup_never(make_launcher: MakeLauncher, fake_kube: FakeKube) -> None:
-    launcher = await make_launcher(cleanup="never")
+    launcher = await make_launcher(cleanup="never", keep_failed_for=0)
     k = key()
     await launcher.launch([sh(k, "true")])
     await events_until_exit(launcher, k)
-    await asyncio.sleep(0.2)
+    await launcher.acknowledge([k])
+    await idle(launcher)
+    await sweep(launcher)
     assert fake_kube.state.get(pods.pod_name(k)) is not None
     assert fake_kube.requests.counts("delete") == 0
 
@@ -272,7 +380,9 @@ async def test_oom_killed(launcher: KubernetesLauncher, fake_kube: FakeKube) -> 
     k = key()
     await launcher.launch([sh(k, "echo eating memory; sleep 30")])
     await wait_started(launcher, k)
-    await fake_kube.faults.oom_kill(pods.pod_name(k))
+    name = pods.pod_name(k)
+    await eventually(lambda: b"eating memory" in fake_kube.kubelet.log(name).data)
+    await fake_kube.faults.oom_kill(name)
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited)
     assert (exited.exit_code, exited.reason) == (137, "OOMKilled")
@@ -475,6 +585,290 @@ async def test_read_logs_follow(launcher: KubernetesLauncher) -> None:
     assert lines == ["line 1", "line 2", "line 3"]
 
 
+# --- stuck pods, any reason ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["ContainerCreating", "PodInitializing", None])
+async def test_any_pending_reason_fails_after_pending_timeout(
+    make_launcher: MakeLauncher, fake_kube: FakeKube, reason: str | None
+) -> None:
+    launcher = await make_launcher(pending_timeout=0.5)
+    if reason is None:
+        fake_kube.faults.delay_start(60)  # Pending with no status at all
+    else:
+        fake_kube.faults.hold_waiting(None, reason)  # e.g. a volume that never mounts
+    k = key()
+    await launcher.launch([sh(k, "true")])
+    (exited,) = await events_until_exit(launcher, k)
+    assert isinstance(exited, AttemptExited) and exited.exit_code is None
+    assert exited.reason == (reason or "Pending")
+    assert exited.message == "still pending after 0.5s"
+    await eventually(lambda: fake_kube.state.get(pods.pod_name(k)) is None)
+    (delete,) = fake_kube.requests.of("delete")
+    assert delete.query.get("gracePeriodSeconds") == "0"
+
+
+async def test_a_stuck_pod_is_reported_only_once_its_delete_went_through(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(pending_timeout=0.3)
+    fake_kube.faults.hold_waiting(None, "ContainerCreating")
+    fake_kube.faults.fail_next(FAST_RETRY.attempts, code=500, verb="delete")
+    k = key()
+    await launcher.launch([sh(k, "true")])
+    (exited,) = await events_until_exit(launcher, k)
+    assert isinstance(exited, AttemptExited) and exited.reason == "ContainerCreating"
+    assert fake_kube.state.get(pods.pod_name(k)) is None  # gone before it was reported
+    statuses = [r.status for r in fake_kube.requests.of("delete")]
+    assert statuses == [500] * FAST_RETRY.attempts + [200]  # the sweep tried again
+
+
+async def test_pending_is_not_judged_on_a_view_an_outage_left_stale(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(pending_timeout=0.5)
+    fake_kube.faults.hold_waiting(None, "ContainerCreating")
+    k = key()
+    name = pods.pod_name(k)
+    await launcher.launch([sh(k, "echo ran")])
+    await eventually(lambda: launcher._tracked[("default", name)].pending_reason is not None)
+    await fake_kube.stop_serving()
+    try:
+        fake_kube.faults.clear_pod_faults()  # it starts and finishes while nobody looks
+        await eventually(lambda: fake_kube.state.get(name)["status"]["phase"] == "Succeeded")
+        since = launcher._tracked[("default", name)].pending_since
+        assert since is not None
+        await eventually(lambda: time.monotonic() - since > 1.0)
+        await sweep(launcher)
+        assert drain(launcher) == []
+    finally:
+        await fake_kube.resume_serving()
+    events = await events_until_exit(launcher, k)
+    assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
+    exited = events[-1]
+    assert isinstance(exited, AttemptExited) and (exited.exit_code, exited.reason) == (
+        0,
+        "Completed",
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("InvalidImageName", 'couldn\'t parse image reference "Bad Image": invalid reference'),
+        ("CreateContainerConfigError", "Error: " + ROOT),
+    ],
+)
+async def test_reasons_that_cannot_heal_fail_at_once(
+    make_launcher: MakeLauncher, fake_kube: FakeKube, reason: str, message: str
+) -> None:
+    launcher = await make_launcher(pending_timeout=600)
+    fake_kube.faults.hold_waiting(None, reason, message)
+    k = key()
+    await launcher.launch([sh(k, "true")])
+    (exited,) = await events_until_exit(launcher, k, timeout=10)
+    assert isinstance(exited, AttemptExited)
+    assert (exited.exit_code, exited.reason, exited.message) == (None, reason, message)
+    await eventually(lambda: fake_kube.state.get(pods.pod_name(k)) is None)
+
+
+async def test_a_config_error_that_can_heal_waits(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(pending_timeout=600)
+    secret_env = {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "k"}}}
+    override = {"spec": {"containers": [{"name": "base", "env": [secret_env]}]}}
+    k = key()
+    await launcher.launch([sh(k, 'test "$TOKEN" = ok', pod=PodSettings(pod_override=override))])
+    name = pods.pod_name(k)
+    await eventually(lambda: launcher._tracked[("default", name)].pending_reason == CONFIG_ERROR)
+    fake_kube.secrets[("default", "later")] = {"k": "ok"}  # the missing Secret appears
+    exited = (await events_until_exit(launcher, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+
+
+# --- supervision -----------------------------------------------------------------------------
+
+
+async def test_a_malformed_watch_event_leads_to_a_relist(
+    launcher: KubernetesLauncher, fake_kube: FakeKube
+) -> None:
+    k = key()
+    await launcher.launch([sh(k, "sleep 0.3")])
+    await wait_started(launcher, k)
+    lists = fake_kube.requests.counts("list")
+    fake_kube.faults.corrupt_watch_events(1)  # the exit's event is lost in the stream
+    exited = (await events_until_exit(launcher, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+    assert fake_kube.requests.counts("list") > lists
+
+
+async def test_a_crash_while_watching_is_logged_and_the_watch_restarted(
+    launcher: KubernetesLauncher, fake_kube: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    k = key()
+    await launcher.launch([sh(k, "sleep 0.3; exit 5")])
+    await wait_started(launcher, k)
+    lists = fake_kube.requests.counts("list")
+    # Well-formed JSON, but a status no real API server sends: reading it raises.
+    broken = {
+        "type": "MODIFIED",
+        "object": {
+            "metadata": {"name": pods.pod_name(k), "annotations": pods.annotations_for(k)},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "base", "state": {"terminated": {"exitCode": "?"}}}],
+            },
+        },
+    }
+    fake_kube.faults.corrupt_watch_events(1, json.dumps(broken).encode())
+    exited = (await events_until_exit(launcher, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 5
+    assert fake_kube.requests.counts("list") > lists
+    crashes = [r for r in caplog.records if "crashed; restarting" in r.getMessage()]
+    assert crashes and crashes[0].exc_info is not None  # with its traceback
+
+
+async def test_supervise_restarts_with_capped_exponential_backoff() -> None:
+    from miniflow.launchers.supervise import Backoff, supervise
+
+    delays: list[float] = []
+    runs = 0
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 5:
+            raise KeyError("status")
+        await asyncio.Event().wait()  # healthy: runs until cancelled
+
+    task = asyncio.create_task(
+        supervise("test loop", flaky, backoff=Backoff(base=0.1, cap=0.5), sleep=sleep)
+    )
+    await eventually(lambda: runs == 6)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert delays == [0.1, 0.2, 0.4, 0.5, 0.5]
+
+
+# --- kill grace period ------------------------------------------------------------------------
+
+STUBBORN = "trap '' TERM; sleep 30"  # ignores SIGTERM, like a PID 1 without a handler
+
+
+async def test_kill_uses_the_grace_period_and_force_kills_at_once(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(kill_grace_period=20)
+    k = key()
+    (result,) = await launcher.launch([sh(k, STUBBORN)])
+    await wait_started(launcher, k)
+    pod = fake_kube.state.get(pods.pod_name(k))
+    assert pod is not None and pod["spec"]["terminationGracePeriodSeconds"] == 20
+    await launcher.kill(k, result.handle, reason="Timeout")
+    await launcher.kill(k, result.handle, reason="Timeout", force=True)
+    exited = (await events_until_exit(launcher, k, timeout=10))[-1]
+    assert isinstance(exited, AttemptExited) and exited.reason == "Timeout"
+    graces = [r.query.get("gracePeriodSeconds") for r in fake_kube.requests.of("delete")]
+    assert graces == ["20", "0"]
+
+
+async def test_a_timeout_ends_the_pod_after_the_kill_grace_period(
+    make_launcher: MakeLauncher,
+) -> None:
+    launcher = await make_launcher(kill_grace_period=1)
+    k = key()
+    await launcher.launch([sh(k, STUBBORN, timeout=1)])
+    # Kubernetes' default grace (30 s) would outlast this wait.
+    exited = (await events_until_exit(launcher, k, timeout=15))[-1]
+    assert isinstance(exited, AttemptExited) and exited.reason == "DeadlineExceeded"
+
+
+# --- alive: a fresh look ----------------------------------------------------------------------
+
+
+async def test_alive_reports_a_pod_that_vanished_unseen(
+    launcher: KubernetesLauncher, fake_kube: FakeKube
+) -> None:
+    k = key()
+    await launcher.launch([sh(k, "sleep 30")])
+    await wait_started(launcher, k)
+    assert fake_kube.faults.stall_watches() == 1  # the stream goes silent, no error
+    fake_kube.state.remove(pods.pod_name(k), "default")
+    lists = fake_kube.requests.counts("list")
+    assert await launcher.alive() == []
+    assert fake_kube.requests.counts("list") == lists + 1
+    (lost,) = drain(launcher)
+    assert isinstance(lost, AttemptExited) and lost.key == k and lost.reason == "Lost"
+
+
+async def test_a_pod_replaced_under_the_same_name_is_followed(
+    make_launcher: MakeLauncher, fake_kube: FakeKube
+) -> None:
+    launcher = await make_launcher(cleanup="never")
+    k = key()
+    await launcher.launch([sh(k, "exit 1")])
+    await events_until_exit(launcher, k)
+    fake_kube.faults.stall_watches()  # the old pod's deletion goes unseen
+    fake_kube.state.remove(pods.pod_name(k), "default")
+    (again,) = await launcher.launch([sh(k, "echo second")])  # the same try, launched again
+    assert again.error is None and not again.adopted
+    await launcher.alive()  # a fresh look; the watch resumes from it
+    exited = (await events_until_exit(launcher, k))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+    assert exited.log_tail is not None and "second" in exited.log_tail
+
+
+async def test_alive_costs_one_list_per_namespace(
+    launcher: KubernetesLauncher, fake_kube: FakeKube
+) -> None:
+    keys = [key(f"t{i}") for i in range(6)]
+    specs = [sh(k, "sleep 30", pod=PodSettings(namespace=f"ns{i % 2}")) for i, k in enumerate(keys)]
+    await launcher.launch(specs)
+    await eventually(lambda: len(fake_kube.state.pods()) == 6)
+    before = fake_kube.requests.counts()
+    alive = await launcher.alive()
+    after = fake_kube.requests.counts()
+    assert sorted(a.key.task_id for a in alive) == [k.task_id for k in keys]
+    assert after["list"] - before["list"] == 3  # default, ns0, ns1: not one per pod
+    assert after["get"] == before["get"] == 0
+
+
+# --- wiring from the configuration --------------------------------------------------------------
+
+
+def test_make_launcher_wires_grace_retention_and_worker_liveness_env() -> None:
+    from miniflow import runtime
+    from miniflow.config import load_config
+
+    config = load_config(
+        environ={
+            "MINIFLOW_LAUNCHER": "kubernetes",
+            "MINIFLOW_DATABASE_URL": "postgresql+asyncpg://u@127.0.0.1/db",
+            "MINIFLOW_KILL_GRACE_PERIOD": "7",
+            "MINIFLOW_HEARTBEAT_INTERVAL": "2",
+            "MINIFLOW_ZOMBIE_THRESHOLD": "12",
+        }
+    )
+    launcher = runtime.make_launcher(config)
+    assert isinstance(launcher, KubernetesLauncher)
+    assert launcher.kill_grace_period == 7 and launcher.grace_seconds == 7
+    assert (launcher.cleanup, launcher.keep_failed_for) == ("on_success", 3600)
+    manifest = pods.build_manifest(
+        TaskSpec(key=key(), kind="bash", fileloc="d.py", bash_command="true"),
+        launcher.defaults,
+        grace_period=launcher.grace_seconds,
+    )
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["containers"][0]["env"]}
+    assert env["MINIFLOW_HEARTBEAT_INTERVAL"] == "2.0"
+    assert env["MINIFLOW_ZOMBIE_THRESHOLD"] == "12.0"
+    assert manifest["spec"]["terminationGracePeriodSeconds"] == 7
+
+
 # --- pure pieces: status translation, error mapping, back-off ------------------------------
 
 
@@ -499,11 +893,45 @@ def test_observe_prefers_pod_reasons_and_main_container() -> None:
     # a sidecar keeps the pod Running: the main container's end decides
     sidecar = _pod("Running", {"terminated": {"exitCode": 0, "reason": "Completed"}})
     assert observe(sidecar).terminal and observe(sidecar).exit_code == 0
-    waiting = _pod("Pending", {"waiting": {"reason": "InvalidImageName", "message": "bad"}})
-    assert (observe(waiting).stuck_reason, observe(waiting).started) == ("InvalidImageName", False)
-    creating = _pod("Pending", {"waiting": {"reason": "ContainerCreating"}})
-    assert observe(creating).stuck_reason is None
     assert observe({"metadata": {"name": "x"}}).key is None
+    finished = {"terminated": {"exitCode": 1, "finishedAt": "2026-01-02T03:04:05Z"}}
+    assert observe(_pod("Failed", finished)).finished_at == datetime(
+        2026, 1, 2, 3, 4, 5, tzinfo=UTC
+    )
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/3 nodes are available",
+}
+
+
+@pytest.mark.parametrize(
+    ("waiting", "conditions", "reason", "hopeless"),
+    [
+        ({"reason": "ContainerCreating"}, [], "ContainerCreating", False),
+        ({"reason": "PodInitializing"}, [], "PodInitializing", False),
+        ({"reason": "ImagePullBackOff", "message": "nope"}, [], "ImagePullBackOff", False),
+        ({"reason": "InvalidImageName", "message": "bad"}, [], "InvalidImageName", True),
+        ({"reason": CONFIG_ERROR, "message": ROOT}, [], CONFIG_ERROR, True),
+        ({"reason": CONFIG_ERROR, "message": 'secret "s" not found'}, [], CONFIG_ERROR, False),
+        (None, [UNSCHEDULABLE], "Unschedulable", False),
+        (None, [], None, False),
+    ],
+)
+def test_observe_pending_reasons(
+    waiting: dict[str, str] | None, conditions: list[Any], reason: str | None, hopeless: bool
+) -> None:
+    from miniflow.launchers.kube_watch import observe
+
+    pod = _pod("Pending", {"waiting": waiting} if waiting else {}, conditions=conditions)
+    view = observe(pod)
+    assert view.pending and not view.started and not view.terminal
+    assert (view.pending_reason, view.hopeless) == (reason, hopeless)
+    if waiting and "message" in waiting:
+        assert view.pending_message == waiting["message"]
 
 
 def test_api_errors_map_to_the_hierarchy() -> None:
