@@ -41,6 +41,7 @@ class InstantLauncher:
         self.killed: list[AttemptKey] = []
         self.adopted: list[tuple[AttemptKey, str | None]] = []
         self.acknowledged: list[AttemptKey] = []
+        self.fresh_looks = 0
 
     @property
     def events(self) -> asyncio.Queue[LauncherEvent]:
@@ -103,7 +104,8 @@ class InstantLauncher:
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         self.acknowledged.extend(keys)
 
-    async def alive(self) -> list[AliveAttempt]:
+    async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
+        self.fresh_looks += fresh
         return [AliveAttempt(k, f"instant:{k}") for k in self.held]
 
     async def read_logs(

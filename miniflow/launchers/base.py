@@ -135,8 +135,9 @@ class Launcher(Protocol):
         and its commit finds the evidence again after a restart. Keys the launcher
         does not know are ignored."""
 
-    async def alive(self) -> list[AliveAttempt]:
-        """Attempts currently running under this launcher, after a fresh look."""
+    async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
+        """Attempts currently running under this launcher; with `fresh`, after a fresh
+        look (a new list from the API server), else as last seen (the watch's view)."""
         ...
 
     def read_logs(

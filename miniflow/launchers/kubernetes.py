@@ -251,10 +251,11 @@ class KubernetesLauncher:
         """These exits are committed: their pods may go, per the cleanup policy."""
         self._tracker.acknowledge(keys)
 
-    async def alive(self) -> list[AliveAttempt]:
-        """Tracked attempts not yet exited, after one fresh list per watched namespace
-        (reconciled like a relist: a pod that vanished is reported Lost first)."""
-        await asyncio.gather(*(w.watch.refresh() for w in list(self._watches.values())))
+    async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
+        """Tracked attempts not yet exited; with `fresh`, after one new list per watched
+        namespace (reconciled like a relist: a pod that vanished is reported Lost first)."""
+        if fresh:
+            await asyncio.gather(*(w.watch.refresh() for w in list(self._watches.values())))
         return [
             AliveAttempt(
                 key=t.key,

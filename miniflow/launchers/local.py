@@ -172,7 +172,7 @@ class LocalLauncher:
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         pass
 
-    async def alive(self) -> list[AliveAttempt]:
+    async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
         return [
             AliveAttempt(key=a.key, handle=a.handle, info={"pid": a.pid, "kind": a.kind})
             for a in self._attempts.values()

@@ -3,8 +3,10 @@
 Launchers report what they see and workers heartbeat, but a process can freeze,
 a pod can vanish, a create can be lost and a scheduler can die between two
 writes. Every `sanity_interval` seconds one round compares the tries this
-scheduler owns (its in-flight registry) with the launcher's fresh view
-(`Launcher.alive()`) and the database's timestamps, and decides:
+scheduler owns (its in-flight registry) with the launcher's view
+(`Launcher.alive()`: what its watch last saw; a fresh look, a new list from the
+API server, only to confirm a suspicion) and the database's timestamps, and
+decides:
 
 - **zombie** — a running try of a worker kind (the worker writes heartbeats)
   whose last proof of life (heartbeat, else start) is older than
@@ -116,13 +118,12 @@ class SanityLoop:
 
     async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
         findings = Findings()
-        try:
-            seen = await scheduler.launcher.alive()
-        except MiniflowError as exc:
-            # No fresh view (the API server is away): decide what the database alone
-            # shows, but never take "nothing seen" for "everything lost".
-            log.warning("sanity round without the launcher's view: %s", exc)
-            seen = None
+        # The launcher's current view is enough to notice trouble; a fresh look (a new
+        # list from the API server) is asked for only to confirm it, so a healthy round
+        # costs no API request.
+        seen = await self._view(scheduler, fresh=False)
+        if seen is not None and self._suspects(scheduler, {a.key for a in seen}):
+            seen = await self._view(scheduler, fresh=True)
         alive = {a.key: a for a in seen or []}
         kills = await self._decide(scheduler, alive, now, findings)
         for kill in kills:
@@ -141,6 +142,21 @@ class SanityLoop:
         if findings.total:
             log.info("sanity round: %s", findings)
         return findings
+
+    async def _view(self, scheduler: Scheduler, *, fresh: bool) -> list[AliveAttempt] | None:
+        try:
+            return await scheduler.launcher.alive(fresh=fresh)
+        except MiniflowError as exc:
+            # No view (the API server is away): decide what the database alone shows,
+            # but never take "nothing seen" for "everything lost".
+            log.warning("sanity round without the launcher's view: %s", exc)
+            return None
+
+    def _suspects(self, scheduler: Scheduler, seen: set[AttemptKey]) -> bool:
+        """Would this round declare a try lost or an orphan on this view?"""
+        missing_again = any(k in self.missing_since for k in scheduler.inflight if k not in seen)
+        stray_again = any(k in self.orphan_since for k in seen if k not in scheduler.inflight)
+        return missing_again or stray_again
 
     async def _decide(
         self,

@@ -147,6 +147,7 @@ async def test_a_worker_that_heartbeats_is_not_a_zombie(rig: Rig) -> None:
         await rig.scheduler.tick()
     assert (await rig.tis())["work"].state == states.RUNNING
     assert all(k.task_id != "work" for k in rig.launcher.killed)
+    assert rig.launcher.fresh_looks == 0  # healthy rounds cost the API server nothing
 
 
 async def test_timeout_is_enforced_by_the_scheduler_itself(rig: Rig) -> None:
@@ -169,6 +170,7 @@ async def test_a_try_that_vanished_is_found_lost_and_retried(rig: Rig) -> None:
     await rig.scheduler.tick()  # second round: adopt → the launcher reports it Lost
     await rig.scheduler.tick()  # record the Lost exit
     assert [k for k, _ in rig.launcher.adopted] == [key]
+    assert rig.launcher.fresh_looks == 1  # the suspicion was confirmed by a fresh look
     # it had started, so it is a failure of the try (retried as try 2), not a free relaunch
     assert (await rig.tis())["sh"].try_number == 2
     first = (await rig.attempts("sh"))[0]
@@ -204,7 +206,7 @@ class RefusingLauncher(InstantLauncher):
         self.launched.extend(specs)
         return [LaunchResult(s.key, None, error="API busy", retryable=True) for s in specs]
 
-    async def alive(self) -> list[AliveAttempt]:
+    async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
         return []
 
 
@@ -289,7 +291,7 @@ async def test_a_worker_that_exits_before_claiming_is_relaunched_not_retried(rig
 async def test_no_view_from_the_launcher_is_not_everything_lost(rig: Rig) -> None:
     from miniflow.errors import ServiceUnavailable
 
-    async def unreachable() -> list[AliveAttempt]:
+    async def unreachable(*, fresh: bool = True) -> list[AliveAttempt]:
         raise ServiceUnavailable("the API server did not answer")
 
     rig.launcher.alive = unreachable  # type: ignore[method-assign]
