@@ -10,12 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow import runtime
 from miniflow.config import Config
-from miniflow.errors import NotFound
+from miniflow.errors import NotFound, PermanentError
 from miniflow.schedule import DataInterval, Timetable
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.parse_loop import DagParser
@@ -25,8 +29,15 @@ from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
+from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import DagRun, ImportErrorRow, Pool, TaskAttempt, TaskInstance
+from miniflow.store.models import Dag, DagRun, ImportErrorRow, Pool, TaskAttempt, TaskInstance
+
+LATEST = "latest"
+"""The run id that means a DAG's newest run (the top row of `miniflow runs list DAG`)."""
+
+MAX_NAME = 250
+"""Longest dag/run/pool name the database columns hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +56,17 @@ def _now() -> datetime:
 
 
 @asynccontextmanager
-async def _session(config: Config, *, parse: bool = False) -> AsyncIterator[AsyncSession]:
-    """One engine for the whole command: parse first if asked, then one transaction."""
+async def _session(
+    config: Config, *, parse: bool = False, read_only: bool = False
+) -> AsyncIterator[AsyncSession]:
+    """One engine for the whole command: parse first if asked, then one transaction.
+
+    `read_only` commands never create the embedded SQLite database: a missing
+    file means nothing ever ran with this MINIFLOW_HOME / state dir, which is
+    worth saying instead of showing an empty table from a new empty database.
+    """
+    if read_only:
+        _require_sqlite_file(config)
     async with runtime.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         if parse:
@@ -54,6 +74,52 @@ async def _session(config: Config, *, parse: bool = False) -> AsyncIterator[Asyn
             await parser.parse_once(sessions, _now())
         async with store_engine.transaction(sessions) as session:
             yield session
+
+
+def _require_sqlite_file(config: Config) -> None:
+    url = make_url(config.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    if not Path(url.database).exists():
+        raise NotFound(
+            f"no miniflow database at {url.database}: nothing has run with this state dir yet "
+            "(set MINIFLOW_HOME or MINIFLOW_DATABASE_URL to the one your scheduler uses)"
+        )
+
+
+async def _dag_known(session: AsyncSession, dag_id: str) -> None:
+    """Raise NotFound unless the DAG is defined now or has runs from when it was."""
+    if await session.get(Dag, dag_id) is None:
+        await store_dags.get_dag(session, dag_id)  # raises, naming `dags list` / `dags errors`
+
+
+async def resolve_run(session: AsyncSession, dag_id: str, run_ref: str | None) -> str:
+    """The run id meant by `run_ref`: an id, `latest` (or None), or a unique prefix."""
+    if run_ref is None or run_ref == LATEST:
+        newest = await store_runs.list_runs(session, dag_id, limit=1)
+        if newest:
+            return newest[0].run_id
+        await _dag_known(session, dag_id)
+        raise NotFound(f"DAG {dag_id!r} has no runs yet (start one: `miniflow dags trigger`)")
+    try:
+        return (await store_runs.get_run(session, dag_id, run_ref)).run_id
+    except NotFound:
+        pass
+    escaped = run_ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = (
+        select(DagRun.run_id)
+        .where(DagRun.dag_id == dag_id, DagRun.run_id.like(f"{escaped}%", escape="\\"))
+        .order_by(DagRun.logical_date.desc())
+        .limit(6)
+    )
+    matches = list((await session.execute(query)).scalars())
+    if len(matches) == 1:
+        return matches[0]
+    await _dag_known(session, dag_id)
+    if matches:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise NotFound(f"run id prefix {run_ref!r} of DAG {dag_id!r} is ambiguous: {shown}")
+    raise NotFound(f"DAG {dag_id!r} has no run {run_ref!r} (see `miniflow runs list {dag_id}`)")
 
 
 async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
@@ -126,6 +192,13 @@ async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
         await store_dags.set_paused(session, dag_id, paused)
 
 
+async def check_trigger(config: Config, dag_id: str, conf_json: str | None) -> None:
+    """Raise what `trigger` would for an unknown DAG or a bad conf, creating nothing."""
+    async with _session(config, parse=True) as session:
+        dag: SerializedDag = (await store_dags.get_dag(session, dag_id)).serialized  # type: ignore[assignment]
+        trigger_mod.parse_conf(conf_json, dag)
+
+
 async def trigger(
     config: Config,
     dag_id: str,
@@ -147,25 +220,69 @@ async def trigger(
 
 
 async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[DagRun]:
-    async with _session(config) as session:
-        return await store_runs.list_runs(session, dag_id, limit)
+    async with _session(config, read_only=True) as session:
+        found = await store_runs.list_runs(session, dag_id, limit)
+        if not found and dag_id is not None:
+            await _dag_known(session, dag_id)
+        return found
 
 
-async def list_tasks(config: Config, dag_id: str, run_id: str) -> list[TaskInstance]:
-    async with _session(config) as session:
-        await store_runs.get_run(session, dag_id, run_id)
-        return await store_tis.list_for_run(session, dag_id, run_id)
+async def list_tasks(
+    config: Config, dag_id: str, run_ref: str | None
+) -> tuple[str, list[TaskInstance]]:
+    async with _session(config, read_only=True) as session:
+        run_id = await resolve_run(session, dag_id, run_ref)
+        return run_id, await store_tis.list_for_run(session, dag_id, run_id)
+
+
+async def list_attempts(
+    config: Config, dag_id: str, run_ref: str | None
+) -> tuple[str, list[TaskAttempt]]:
+    """Every try of every task of a run, in the order they were queued."""
+    async with _session(config, read_only=True) as session:
+        run_id = await resolve_run(session, dag_id, run_ref)
+        return run_id, await store_attempts.for_run(session, dag_id, run_id)
+
+
+async def _task_instance(
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str
+) -> TaskInstance:
+    tis = await store_tis.list_for_run(session, dag_id, run_id)
+    for ti in tis:
+        if ti.task_id == task_id:
+            return ti
+    known = ", ".join(ti.task_id for ti in tis) or "none"
+    raise NotFound(f"run {dag_id}/{run_id} has no task {task_id!r} (its tasks: {known})")
 
 
 async def task_attempts(
-    config: Config, dag_id: str, run_id: str, task_id: str
-) -> list[TaskAttempt]:
-    async with _session(config) as session:
+    config: Config, dag_id: str, run_ref: str | None, task_id: str
+) -> tuple[TaskInstance, list[TaskAttempt]]:
+    """The task instance (resolved run) and its tries; NotFound if it has none yet."""
+    async with _session(config, read_only=True) as session:
+        run_id = await resolve_run(session, dag_id, run_ref)
+        ti = await _task_instance(session, dag_id, run_id, task_id)
         found = await store_attempts.for_task(session, dag_id, run_id, task_id)
         if not found:
-            await store_runs.get_run(session, dag_id, run_id)
-            raise NotFound(f"task {task_id!r} of {dag_id}/{run_id} has no attempt yet")
-        return found
+            raise NotFound(
+                f"task {task_id!r} of {dag_id}/{run_id} has not been tried yet (state: {ti.state})"
+            )
+        return ti, found
+
+
+async def task_result(config: Config, dag_id: str, run_ref: str | None, task_id: str) -> Any:
+    """The JSON result of a @task's successful try."""
+    async with _session(config, read_only=True) as session:
+        run_id = await resolve_run(session, dag_id, run_ref)
+        ti = await _task_instance(session, dag_id, run_id, task_id)
+        if ti.kind != "python":
+            raise NotFound(f"{task_id!r} is a {ti.kind} task: only @task functions have results")
+        if ti.state != states.SUCCESS:
+            raise NotFound(
+                f"task {task_id!r} of {dag_id}/{run_id} has no result: it is {ti.state}, "
+                "not success"
+            )
+        return ti.result
 
 
 def downstream_of(dag: SerializedDag, task_id: str) -> list[str]:
@@ -185,9 +302,11 @@ def downstream_of(dag: SerializedDag, task_id: str) -> list[str]:
 
 
 async def clear(
-    config: Config, dag_id: str, run_id: str, task_id: str, downstream: bool
-) -> list[str]:
+    config: Config, dag_id: str, run_ref: str, task_id: str, downstream: bool
+) -> tuple[str, list[str]]:
+    """Clear a task (and its downstream); returns the resolved run id and the cleared ids."""
     async with _session(config) as session:
+        run_id = await resolve_run(session, dag_id, run_ref)
         # The run's own version: its dependencies and retries, not the file's today.
         found = await store_runs.get_run_with_dag(session, dag_id, run_id)
         if found.dag is None:
@@ -198,14 +317,16 @@ async def clear(
         task_ids = downstream_of(dag, task_id) if downstream else [task_id]
         retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
         await store_tis.clear(session, dag_id, run_id, task_ids, retries)
-        return task_ids
+        return run_id, task_ids
 
 
 async def set_pool(config: Config, name: str, slots: int, description: str | None) -> None:
+    if not name.strip() or len(name) > MAX_NAME:
+        raise PermanentError(f"a pool name has 1 to {MAX_NAME} characters, got {name!r}")
     async with _session(config) as session:
         await store_pools.set_pool(session, name, slots, description)
 
 
 async def list_pools(config: Config) -> list[Pool]:
-    async with _session(config) as session:
+    async with _session(config, read_only=True) as session:
         return await store_pools.list_pools(session)

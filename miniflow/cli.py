@@ -17,10 +17,11 @@ from typing import Any
 import click
 
 from miniflow import cli_views as views
-from miniflow.cli_common import EXAMPLES, _config, command_runner
+from miniflow.cli_common import EXAMPLES, MiniflowGroup, _config, add_global_options, command_runner
 
 
-@click.group()
+@click.group(cls=MiniflowGroup)
+@click.version_option(package_name="miniflow", prog_name="miniflow")
 @click.option(
     "--dags-folder", type=click.Path(path_type=Path), help="Overrides MINIFLOW_DAGS_FOLDER."
 )
@@ -30,7 +31,12 @@ from miniflow.cli_common import EXAMPLES, _config, command_runner
 def main(
     ctx: click.Context, dags_folder: Path | None, database_url: str | None, verbose: bool
 ) -> None:
-    """miniflow: DAGs in Python files, one pod (or local process) per task."""
+    """miniflow: DAGs in Python files, one pod (or local process) per task.
+
+    The options above are accepted after the subcommand too (`miniflow dags list
+    --dags-folder X`). Settings, the SQLite database and logs live in MINIFLOW_HOME
+    (default ~/miniflow).
+    """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -87,7 +93,7 @@ def scheduler(ctx: click.Context) -> None:
     "--state-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where the SQLite database and logs live (default ./.miniflow).",
+    help="Where the SQLite database and logs live (default MINIFLOW_HOME, ~/miniflow).",
 )
 @click.option("--trigger-all", is_flag=True, help="Trigger one run of every DAG at start.")
 @click.option(
@@ -99,33 +105,35 @@ def scheduler(ctx: click.Context) -> None:
 def standalone(
     ctx: click.Context, state_dir: Path | None, trigger_all: bool, exit_when_done: bool
 ) -> None:
-    """The embedded default: SQLite + local processes + the example DAGs, with a live view."""
+    """The embedded default: SQLite + local processes + your DAGs (or the examples)."""
     from miniflow import daemon
 
-    overrides: dict[str, Any] = {"launcher": "local"}
-    if state_dir is not None:
-        overrides["state_dir"] = state_dir
+    overrides: dict[str, Any] = {"state_dir": state_dir}
+    config = _config(ctx, **overrides)  # every setting checked as given, MINIFLOW_LAUNCHER too
+    if config.launcher != "local":
+        click.echo(
+            f"note: standalone runs tasks as local processes (MINIFLOW_LAUNCHER={config.launcher} "
+            "is for `miniflow scheduler`)",
+            err=True,
+        )
+    overrides["launcher"] = "local"
+    default_dags = config.dags_folder == config.home / "dags"
+    if default_dags and not config.dags_folder.is_dir() and EXAMPLES.is_dir():
+        overrides["dags_folder"] = EXAMPLES  # a fresh clone: no DAGs of yours yet
     config = _config(ctx, **overrides)
-    if ctx.obj.get("dags_folder") is None and not _env_has("MINIFLOW_DAGS_FOLDER"):
-        config = _config(ctx, dags_folder=EXAMPLES, **overrides)
     if not config.dags_folder.is_dir():
         # e.g. an installed wheel, which does not ship the repository's examples
         click.echo(
             f"error: DAGs folder {config.dags_folder} does not exist: "
-            "pass --dags-folder or set MINIFLOW_DAGS_FOLDER",
+            "create it, pass --dags-folder or set MINIFLOW_DAGS_FOLDER",
             err=True,
         )
         sys.exit(2)
+    click.echo(f"miniflow home: {config.home}  database: {config.safe_database_url()}")
     code = command_runner(daemon.run_standalone)(
         config, trigger_all=trigger_all, exit_when_done=exit_when_done
     )
     sys.exit(code)
-
-
-def _env_has(name: str) -> bool:
-    import os
-
-    return bool(os.environ.get(name))
 
 
 # --- dags ----------------------------------------------------------------------------------------
@@ -231,6 +239,20 @@ dags.command("pause", help="Stop creating scheduled runs of a DAG.")(_pause_comm
 dags.command("unpause", help="Resume creating scheduled runs of a DAG.")(_pause_command(False))
 
 
+def _check_run_id(run_id: str | None) -> None:
+    from miniflow.admin import LATEST, MAX_NAME
+
+    if run_id is None:
+        return
+    if not run_id.strip() or len(run_id) > MAX_NAME or not run_id.isprintable():
+        raise click.BadParameter(
+            f"a run id has 1 to {MAX_NAME} printable characters, got {run_id!r}",
+            param_hint="--run-id",
+        )
+    if run_id == LATEST:
+        raise click.BadParameter(f"{LATEST!r} means a DAG's newest run", param_hint="--run-id")
+
+
 def _parse_date(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -258,6 +280,7 @@ def dags_trigger(
 ) -> None:
     """Create a manual run (the scheduler runs it)."""
     when = _parse_date(logical_date)
+    _check_run_id(run_id)
 
     @command_runner
     async def run() -> int:
@@ -285,9 +308,11 @@ def dags_test(
     ctx: click.Context, dag_id: str, logical_date: str | None, conf_json: str | None
 ) -> None:
     """Run one DAG run to completion in the foreground, without a daemon."""
-    from miniflow import daemon
+    from miniflow import admin, daemon
 
     config = _config(ctx)
+    # the DAG and its conf first: a typo must not start a scheduler (nor register one)
+    command_runner(admin.check_trigger)(config, dag_id, conf_json)
     state = command_runner(daemon.test_dag)(
         config, dag_id, logical_date=_parse_date(logical_date), conf_json=conf_json
     )
@@ -301,3 +326,4 @@ from miniflow.cli_tasks import pools, runs, tasks  # noqa: E402  (registered on 
 main.add_command(runs)
 main.add_command(tasks)
 main.add_command(pools)
+add_global_options(main)

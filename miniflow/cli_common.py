@@ -1,8 +1,15 @@
-"""Helpers shared by the CLI modules: run an async command, build the Config."""
+"""Helpers shared by the CLI modules: the command group, global options, async commands.
+
+Every failure a user can cause (a wrong argument, an unknown id, a bad
+setting, an unreachable database) ends as one `error: ...` line on stderr and
+a non-zero exit: click's usage errors are reformatted by `MiniflowGroup`,
+`MiniflowError`s by `command_runner`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,6 +26,91 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dags"
+
+
+class MiniflowGroup(click.Group):
+    """The root group: click's usage errors become one `error:` line (exit 2)."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # `miniflow dags` alone: the group's help, as click does
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "miniflow"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"error: {message} (see `{where} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# --- options accepted before or after the subcommand ---------------------------------------
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Store a global option given after the subcommand where the group put its own."""
+    if value is None or value is False:
+        return
+    obj = ctx.find_root().ensure_object(dict)
+    assert param.name is not None
+    obj[param.name] = value
+    if param.name == "verbose":
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def global_options() -> list[click.Option]:
+    """`--dags-folder`, `--database-url`, `-v`: fresh objects for one command."""
+    return [
+        click.Option(
+            ["--dags-folder"],
+            type=click.Path(path_type=Path),
+            help="Overrides MINIFLOW_DAGS_FOLDER.",
+            expose_value=False,
+            callback=_remember,
+        ),
+        click.Option(
+            ["--database-url"],
+            help="Overrides MINIFLOW_DATABASE_URL.",
+            expose_value=False,
+            callback=_remember,
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            is_flag=True,
+            default=None,
+            help="Log at INFO level.",
+            expose_value=False,
+            callback=_remember,
+        ),
+    ]
+
+
+def add_global_options(group: click.Group) -> None:
+    """Give every leaf command the group's options, so `dags list --dags-folder X` works."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            add_global_options(command)
+        else:
+            command.params.extend(global_options())
+
+
+# --- running commands ----------------------------------------------------------------------
 
 
 def _exit_code(exc: MiniflowError) -> int:
@@ -42,12 +134,24 @@ def command_runner(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:
-    base: dict[str, Any] = ctx.obj or {}
+    base: dict[str, Any] = dict(ctx.find_root().obj or {})
+    base.pop("verbose", None)
     try:
         return load_config(**{**base, **overrides})
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+def split_task_ref(ids: tuple[str, ...]) -> tuple[str, str | None, str]:
+    """`DAG [RUN] TASK` → (dag, run or None for the latest run, task)."""
+    if len(ids) == 2:
+        return ids[0], None, ids[1]
+    if len(ids) == 3:
+        return ids[0], ids[1], ids[2]
+    raise click.UsageError(
+        f"expected DAG [RUN] TASK, got {len(ids)} argument(s)", ctx=click.get_current_context()
+    )
 
 
 def _now() -> datetime:

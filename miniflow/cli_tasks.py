@@ -1,13 +1,21 @@
-"""`miniflow runs …`, `miniflow tasks …` and `miniflow pools …` commands."""
+"""`miniflow runs …`, `miniflow tasks …` and `miniflow pools …` commands.
+
+Wherever a run id is expected, `latest` (the DAG's newest run, the top row of
+`miniflow runs list DAG`) and any unique prefix of a run id are accepted too.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
 from miniflow import cli_views as views
-from miniflow.cli_common import _config, command_runner
+from miniflow.cli_common import _config, command_runner, split_task_ref
+
+MAX_SLOTS = 2**31 - 1  # the database column is a 32-bit integer
+RUN_HELP = "RUN is a run id, `latest`, or a unique prefix of a run id (default: latest)."
 
 
 @click.group()
@@ -17,7 +25,7 @@ def runs() -> None:
 
 @runs.command("list")
 @click.argument("dag_id", required=False)
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @click.pass_context
 def runs_list(ctx: click.Context, dag_id: str | None, limit: int) -> None:
     """Recent runs, newest first."""
@@ -33,36 +41,46 @@ def runs_list(ctx: click.Context, dag_id: str | None, limit: int) -> None:
 
 @click.group()
 def tasks() -> None:
-    """Task instances of a run: list, logs, clear."""
+    """Task instances of a run: list, logs, result, clear."""
 
 
-@tasks.command("list")
+@tasks.command("list", epilog=RUN_HELP)
 @click.argument("dag_id")
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option("--all-tries", is_flag=True, help="Every try of every task, with its reason.")
 @click.pass_context
-def tasks_list(ctx: click.Context, dag_id: str, run_id: str) -> None:
+def tasks_list(ctx: click.Context, dag_id: str, run_id: str | None, all_tries: bool) -> None:
     """State, try, duration, exit code and reason of every task in a run."""
 
     @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        views.print_task_instances(await admin.list_tasks(_config(ctx), dag_id, run_id))
+        config = _config(ctx)
+        if all_tries:
+            resolved, attempts = await admin.list_attempts(config, dag_id, run_id)
+        else:
+            resolved, tis = await admin.list_tasks(config, dag_id, run_id)
+        if resolved != run_id:  # say which run `latest` or a prefix meant
+            click.echo(f"{dag_id} run {resolved}")
+        if all_tries:
+            views.print_attempts(attempts)
+        else:
+            views.print_task_instances(tis)
 
     run()
 
 
-@tasks.command("logs")
-@click.argument("dag_id")
-@click.argument("run_id")
-@click.argument("task_id")
+@tasks.command("logs", epilog=RUN_HELP)
+@click.argument("ids", nargs=-1, required=True, metavar="DAG [RUN] TASK")
 @click.option("--try", "try_number", type=int, help="Which try (default the latest).")
-@click.option("--follow", "-f", is_flag=True, help="Keep streaming while the task runs.")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the try ends.")
 @click.pass_context
 def tasks_logs(
-    ctx: click.Context, dag_id: str, run_id: str, task_id: str, try_number: int | None, follow: bool
+    ctx: click.Context, ids: tuple[str, ...], try_number: int | None, follow: bool
 ) -> None:
-    """A try's log: streamed from the process/pod while it exists, else the saved tail."""
+    """A try's log: from its process/pod while that exists, else the saved tail."""
+    dag_id, run_id, task_id = split_task_ref(ids)
 
     @command_runner
     async def run() -> None:
@@ -75,7 +93,24 @@ def tasks_logs(
     run()
 
 
-@tasks.command("clear")
+@tasks.command("result", epilog=RUN_HELP)
+@click.argument("ids", nargs=-1, required=True, metavar="DAG [RUN] TASK")
+@click.pass_context
+def tasks_result(ctx: click.Context, ids: tuple[str, ...]) -> None:
+    """The JSON result a @task returned (what its downstream tasks received)."""
+    dag_id, run_id, task_id = split_task_ref(ids)
+
+    @command_runner
+    async def run() -> None:
+        from miniflow import admin
+
+        result = await admin.task_result(_config(ctx), dag_id, run_id, task_id)
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+    run()
+
+
+@tasks.command("clear", epilog=RUN_HELP)
 @click.argument("dag_id")
 @click.argument("run_id")
 @click.argument("task_id")
@@ -90,8 +125,8 @@ def tasks_clear(
     async def run() -> None:
         from miniflow import admin
 
-        cleared = await admin.clear(_config(ctx), dag_id, run_id, task_id, downstream)
-        click.echo(f"cleared {', '.join(cleared)} in {dag_id}/{run_id}")
+        resolved, cleared = await admin.clear(_config(ctx), dag_id, run_id, task_id, downstream)
+        click.echo(f"cleared {', '.join(cleared)} in {dag_id}/{resolved}")
 
     run()
 
@@ -101,13 +136,18 @@ def pools() -> None:
     """Pools: named slot limits shared across DAGs."""
 
 
-@pools.command("set")
+# ignore_unknown_options: `-1` is a (wrong) number of slots, not an unknown option
+@pools.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
-@click.argument("slots", type=click.IntRange(min=0))
+@click.argument("slots", type=int)
 @click.option("--description")
 @click.pass_context
 def pools_set(ctx: click.Context, name: str, slots: int, description: str | None) -> None:
     """Create or resize a pool."""
+    if not 0 <= slots <= MAX_SLOTS:
+        raise click.BadParameter(
+            f"a pool has 0 to {MAX_SLOTS} slots, got {slots}", param_hint="SLOTS"
+        )
 
     @command_runner
     async def run() -> None:

@@ -23,7 +23,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import DagRun, ImportErrorRow, TaskInstance
+from miniflow.store.models import DagRun, ImportErrorRow, TaskAttempt, TaskInstance
 
 STATE_STYLE = {
     "success": "green",
@@ -56,8 +56,24 @@ def _fmt(dt: datetime | None) -> str:
 
 
 def _id(header: str) -> Column:
-    """An id column: folded onto more lines when narrow, never cut with an ellipsis."""
-    return Column(header, overflow="fold")
+    """An id column: never folded or cut, so ids can be copied into the next command."""
+    return Column(header, no_wrap=True)
+
+
+def _print_table(table: Table, console: Console | None) -> None:
+    """Print a table at least as wide as its ids need (wider than a narrow terminal if
+    it must: the terminal wraps the line, the id stays whole when copied)."""
+    out = _console(console)
+    needed = out.measure(table, options=out.options.update_width(100_000)).minimum
+    if needed > out.width:
+        out = Console(
+            file=out.file,
+            width=needed,
+            force_terminal=out.is_terminal,
+            no_color=out.no_color,
+            color_system=out.color_system,  # type: ignore[arg-type]
+        )
+    out.print(table)
 
 
 def _styled(state: str) -> str:
@@ -78,7 +94,7 @@ def print_dags(rows: Sequence[DagRowView], console: Console | None = None) -> No
             r.fileloc,
             "[red]yes[/]" if r.has_import_error else "",
         )
-    _console(console).print(table)
+    _print_table(table, console)
 
 
 def print_import_errors(errors: Sequence[ImportErrorRow], console: Console | None = None) -> None:
@@ -100,26 +116,64 @@ def parse_line(fileloc: str, dag_ids: Sequence[str], error: str | None) -> str:
     return f"{fileloc}: {'; '.join(parts) or 'no DAGs'}"
 
 
+MAX_ALSO = 5
+"""Other upstream tasks named on a task's line in `dags show` before "and N more"."""
+
+
 def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
-    """Roots at the top, each task's downstream tasks below it."""
-    children: dict[str, list[str]] = {t: [] for t in dag["tasks"]}
-    for tid, task in dag["tasks"].items():
-        for up in task["upstream"]:
-            children[up].append(tid)
+    """Roots at the top, each task once, below its deepest upstream task.
+
+    A task with several upstream tasks hangs under one of them (the first of the
+    deepest), and its line names the others ("also after ..."): one line per task,
+    however many paths lead to it, instead of a tree that repeats shared subtrees.
+    """
+    tasks = dag["tasks"]
+    depth = _depths(dag)
+    order = {tid: i for i, tid in enumerate(tasks)}
+    children: dict[str, list[str]] = {t: [] for t in tasks}
+    parent_of: dict[str, str] = {}
+    for tid, task in tasks.items():
+        if task["upstream"]:
+            parent = min(task["upstream"], key=lambda u: (-depth[u], order[u]))
+            parent_of[tid] = parent
+            children[parent].append(tid)
     root = Tree(f"[bold]{dag['dag_id']}[/] ({dag['schedule'] or 'manual'})")
-
-    def add(node: Tree, task_id: str, path: tuple[str, ...]) -> None:
-        task = dag["tasks"][task_id]
-        extra = f" [dim]{task['trigger_rule']}[/]" if task["trigger_rule"] != "all_success" else ""
-        branch = node.add(f"{task_id} [dim]({task['kind']})[/]{extra}")
-        for child in children[task_id]:
-            if child not in path:
-                add(branch, child, (*path, child))
-
-    for task_id, task in dag["tasks"].items():
-        if not task["upstream"]:
-            add(root, task_id, (task_id,))
+    stack = [(root, tid) for tid in reversed(tasks) if not tasks[tid]["upstream"]]
+    while stack:
+        node, tid = stack.pop()
+        branch = node.add(_task_label(dag, tid, parent_of.get(tid)))
+        stack.extend((branch, child) for child in reversed(children[tid]))
     _console(console).print(root)
+
+
+def _depths(dag: SerializedDag) -> dict[str, int]:
+    """Length of the longest path from a root to each task (iterative: no recursion limit)."""
+    tasks = dag["tasks"]
+    depth: dict[str, int] = {}
+    for start in tasks:
+        stack = [start]
+        while stack:
+            tid = stack[-1]
+            pending = [u for u in tasks[tid]["upstream"] if u not in depth]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            depth[tid] = 1 + max((depth[u] for u in tasks[tid]["upstream"]), default=-1)
+    return depth
+
+
+def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
+    task = dag["tasks"][task_id]
+    label = f"{task_id} [dim]({task['kind']})[/]"
+    if task["trigger_rule"] != "all_success":
+        label += f" [dim]{task['trigger_rule']}[/]"
+    others = [u for u in sorted(task["upstream"]) if u != parent]
+    if others:
+        named = ", ".join(others[:MAX_ALSO])
+        more = f" and {len(others) - MAX_ALSO} more" if len(others) > MAX_ALSO else ""
+        label += f" [dim]← also after {named}{more}[/]"
+    return label
 
 
 def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
@@ -134,7 +188,7 @@ def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
             _fmt(r.started_at),
             _fmt(r.ended_at),
         )
-    _console(console).print(table)
+    _print_table(table, console)
 
 
 def _duration(ti: TaskInstance) -> str:
@@ -155,7 +209,32 @@ def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = 
             "-" if ti.exit_code is None else str(ti.exit_code),
             reason[:100],
         )
-    _console(console).print(table)
+    _print_table(table, console)
+
+
+def print_attempts(attempts: Sequence[TaskAttempt], console: Console | None = None) -> None:
+    """`tasks list --all-tries`: every try of every task, with how and why it ended."""
+    table = Table(
+        _id("task_id"), "try", "state", "started", "duration", "exit code", "reason / message"
+    )
+    for a in attempts:
+        duration = (
+            f"{(a.ended_at - a.started_at).total_seconds():.2f}s"
+            if a.started_at and a.ended_at
+            else "-"
+        )
+        message = (a.message or "").strip().splitlines()[-1] if a.message else ""
+        why = ": ".join(part for part in (a.reason, message[:100]) if part)
+        table.add_row(
+            a.task_id,
+            str(a.try_number),
+            _styled(a.state),
+            _fmt(a.started_at),
+            duration,
+            "-" if a.exit_code is None else str(a.exit_code),
+            why,
+        )
+    _print_table(table, console)
 
 
 async def runs_panel(engine: AsyncEngine, watched: Sequence[tuple[str, str]]) -> Table:
@@ -195,5 +274,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
                 if run.state in states.RUN_FINISHED:
                     break
                 await asyncio.sleep(0.25)
+        if not console.is_terminal:
+            console.line()  # piped: Live leaves its last line open
         print_task_instances(tis, console=console)
         return run.state

@@ -8,7 +8,9 @@ that names the variable, instead of deep inside a loop.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -27,10 +29,14 @@ class Config:
 
     database_url: str = ""
     """SQLAlchemy URL: `postgresql+asyncpg://...` or `sqlite+aiosqlite:///path`."""
-    dags_folder: Path = Path("dags")
-    """Folder scanned for DAG files."""
-    state_dir: Path = Path(".miniflow")
-    """Local state: the SQLite file of the embedded default and per-attempt logs."""
+    home: Path = Path("~/miniflow")
+    """miniflow's home, like AIRFLOW_HOME: holds `miniflow.toml` (read when MINIFLOW_CONFIG
+    is unset), and is the default state dir and parent of the default DAGs folder."""
+    dags_folder: Path = Path("~/miniflow/dags")
+    """Folder scanned for DAG files (default `<home>/dags`)."""
+    state_dir: Path = Path("~/miniflow")
+    """Local state: the SQLite file of the embedded default and per-attempt logs (default
+    `<home>`)."""
     launcher: str = "local"
     """`local` (subprocesses) or `kubernetes` (one pod per task)."""
     parallelism: int = 32
@@ -98,16 +104,18 @@ def redact_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparseable URL is shown as-is minus anything after ':' in userinfo
-        return url.split("@")[-1] if "@" in url else url
+    except Exception:  # an unparseable URL: hide whatever follows ':' in its userinfo
+        return re.sub(r"^([^:/]*://[^:@/]*):.*@", r"\1:***@", url)
 
 
 def _number(name: str, raw: str, kind: type[float], *, allow_zero: bool) -> Any:
+    noun = "an integer" if kind is int else "a number"
     try:
         value = kind(raw)
     except ValueError:
-        noun = "an integer" if kind is int else "a number"
         raise ConfigError(f"MINIFLOW_{name.upper()} must be {noun}, got {raw!r}") from None
+    if not math.isfinite(value):  # nan and inf compare false/true in ways no loop expects
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be a finite number, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         rule = "must not be negative" if allow_zero else "must be positive"
         raise ConfigError(f"MINIFLOW_{name.upper()} {rule}, got {value}")
@@ -142,7 +150,19 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "pod_pending_timeout": _as_float,
     "dags_folder": lambda _n, raw: Path(raw).expanduser(),
     "state_dir": lambda _n, raw: Path(raw).expanduser(),
+    "home": lambda _n, raw: Path(raw).expanduser(),
 }
+
+CONFIG_FILE_NAME = "miniflow.toml"
+"""The config file read from the home folder when MINIFLOW_CONFIG is not set."""
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    """`MINIFLOW_HOME`, else `~/miniflow` (like AIRFLOW_HOME's `~/airflow`)."""
+    if env.get("MINIFLOW_HOME"):
+        return Path(env["MINIFLOW_HOME"]).expanduser()
+    user_home = Path(env["HOME"]) if env.get("HOME") else Path("~").expanduser()
+    return user_home / "miniflow"
 
 
 def _convert(name: str, raw: object) -> Any:
@@ -156,22 +176,21 @@ def load_config(
 ) -> Config:
     """Build the config: defaults < TOML file < environment < explicit overrides.
 
-    The TOML file is `MINIFLOW_CONFIG` (or `toml_path`); its keys are the field
-    names (`database_url = "..."`), optionally under a `[miniflow]` table.
+    The TOML file is `MINIFLOW_CONFIG` (or `toml_path`), else `<home>/miniflow.toml`
+    if it exists; its keys are the field names (`database_url = "..."`), optionally
+    under a `[miniflow]` table. `state_dir` defaults to the home folder and
+    `dags_folder` to `<home>/dags`, unless set explicitly.
     """
     env = os.environ if environ is None else environ
     known = {f.name for f in fields(Config)} - {"extra"}
     values: dict[str, Any] = {}
     extra: dict[str, str] = {}
+    home = Path(overrides["home"]) if overrides.get("home") else default_home(env)
     path = toml_path or (Path(env["MINIFLOW_CONFIG"]) if env.get("MINIFLOW_CONFIG") else None)
+    if path is None and (home / CONFIG_FILE_NAME).is_file():
+        path = home / CONFIG_FILE_NAME
     if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"MINIFLOW_CONFIG: no such file {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-        table = data.get("miniflow", data)
+        table = _read_toml(path)
         for key, raw in table.items():
             if key in known:
                 values[key] = _convert(key, raw)
@@ -182,8 +201,27 @@ def load_config(
         if raw_env is not None and raw_env != "":
             values[name] = _convert(name, raw_env)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values.setdefault("home", home)
+    values.setdefault("state_dir", values["home"])
+    values.setdefault("dags_folder", values["home"] / "dags")
     config = replace(Config(), **values, extra=extra)
     return validate(config)
+
+
+def _read_toml(path: Path) -> Mapping[str, Any]:
+    """The settings table of a config file (top level, or its `[miniflow]` table)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"MINIFLOW_CONFIG: no such file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    table = data.get("miniflow", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [miniflow] must be a table, got {table!r}")
+    return table
 
 
 def validate(config: Config) -> Config:
@@ -206,4 +244,21 @@ def validate(config: Config) -> Config:
             "MINIFLOW_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://, "
             f"got {redact_url(url)!r}"
         )
+    _check_url(url)
     return config
+
+
+def _check_url(url: str) -> None:
+    """Parse the URL now, so a typo (a port that is not a number) is one clear line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        detail = "the port must be a number" if "int()" in str(exc) else "cannot be parsed"
+        raise ConfigError(
+            f"MINIFLOW_DATABASE_URL is not a valid URL ({detail}): {redact_url(url)!r}"
+        ) from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigError(f"MINIFLOW_DATABASE_URL: port {parsed.port} is out of range")

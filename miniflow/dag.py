@@ -114,7 +114,7 @@ def _check_timezone(name: object) -> ZoneInfo:
         raise definition_error(f"timezone must be an IANA name string, got {name!r}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: "America" is a dir
         raise definition_error(
             f"unknown timezone {name!r} (expected an IANA name such as 'UTC' or 'Europe/Paris')"
         ) from exc

@@ -142,6 +142,31 @@ _POD_SETTINGS: dict[str, Callable[[Any], Any]] = {
 SETTING_NAMES: tuple[str, ...] = (*_TASK_SETTINGS, *_POD_SETTINGS)
 
 
+AIRFLOW_NAMES = {
+    "schedule_interval": "schedule",
+    "bash_command": "command",
+    "execution_timeout": "timeout",
+    "priority_weight": "priority",
+}
+"""Airflow keywords with a different name here: named in the error of a moved DAG file."""
+
+
+_DAG_KEYWORDS = (
+    "schedule", "start_date", "end_date", "catchup", "timezone", "max_active_runs",
+    "max_active_tasks", "params", "tags", "description", "default_args",
+)  # fmt: skip
+
+
+def _did_you_mean(name: str, for_dag: bool) -> str:
+    import difflib
+
+    known = (*SETTING_NAMES, *_DAG_KEYWORDS) if for_dag else SETTING_NAMES
+    match = AIRFLOW_NAMES.get(name) or next(
+        iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None
+    )
+    return f" (did you mean {match!r}?)" if match else ""
+
+
 def validate_settings(
     settings: dict[str, Any], owner: str, *, for_dag: bool = False
 ) -> dict[str, Any]:
@@ -159,7 +184,8 @@ def validate_settings(
         else:
             kind = "DAG keyword or default_args key" if for_dag else "keyword argument"
             raise definition_error(
-                f"{owner}: unknown {kind} {name!r}; task settings are: {', '.join(SETTING_NAMES)}"
+                f"{owner}: unknown {kind} {name!r}{_did_you_mean(name, for_dag)}; "
+                f"task settings are: {', '.join(SETTING_NAMES)}"
             )
         try:
             normalized[name] = (
@@ -306,8 +332,14 @@ class Bash(BaseTask):
     kind: TaskKind = "bash"
 
     def __init__(
-        self, task_id: str, command: str, env: dict[str, str] | None = None, **settings: Any
+        self,
+        task_id: str,
+        command: str | None = None,
+        env: dict[str, str] | None = None,
+        **settings: Any,
     ) -> None:
+        if command is None:  # `bash_command=` from Airflow: say so before "no command"
+            validate_settings(settings, f"task {task_id!r}")
         if not isinstance(command, str) or not command.strip():
             raise definition_error(f"task {task_id!r}: command must be a non-empty string")
         self.command = command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,6 +35,21 @@ def _run_in_thread(coro: object) -> None:
     thread.join()
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def miniflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """MINIFLOW_HOME for the whole run: no test reads or writes the real ~/miniflow."""
+    home = tmp_path_factory.mktemp("miniflow-home")
+    before = os.environ.get("MINIFLOW_HOME")
+    os.environ["MINIFLOW_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if before is None:
+            os.environ.pop("MINIFLOW_HOME", None)
+        else:
+            os.environ["MINIFLOW_HOME"] = before
 
 
 @pytest.fixture(scope="session")

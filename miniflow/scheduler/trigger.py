@@ -6,6 +6,7 @@ The run is created from, and keeps, the DAG's current version (the `dag` row).
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -24,9 +25,11 @@ def parse_conf(raw: str | None, dag: SerializedDag) -> dict[str, Any]:
     if raw is None or raw.strip() == "":
         return {}
     try:
-        conf = json.loads(raw)
-    except json.JSONDecodeError as exc:
+        conf = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
         raise ConfValidationError(f"--conf is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfValidationError("--conf is nested too deeply") from None
     if not isinstance(conf, dict):
         raise ConfValidationError(f"--conf must be a JSON object, got {type(conf).__name__}")
     unknown = sorted(set(conf) - set(dag["params"]))
@@ -37,6 +40,18 @@ def parse_conf(raw: str | None, dag: SerializedDag) -> dict[str, Any]:
             f"(declared params: {allowed})"
         )
     return conf
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ConfValidationError(f"--conf is not valid JSON: {text} is out of range")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); the database's JSON type refuses them
+    raise ConfValidationError(f"--conf is not valid JSON: {name} is not a JSON number")
 
 
 async def trigger(

@@ -39,6 +39,7 @@ def cli_env(db_url: str, dags_folder: Path, state_dir: Path, **extra: str) -> di
     """The environment of a `miniflow` subprocess: only our settings, nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
     env.update(
+        MINIFLOW_HOME=str(state_dir.parent / "home"),  # never the real ~/miniflow
         MINIFLOW_DATABASE_URL=db_url,
         MINIFLOW_DAGS_FOLDER=str(dags_folder),
         MINIFLOW_STATE_DIR=str(state_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.e2e.helpers import (
     spawn_cli,
     stop,
     until,
+    write_dag,
 )
 
 GOOD = """
@@ -224,6 +226,9 @@ async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> Non
         triggered = cli("dags", "trigger", "good", "--wait", timeout=90)
         (run_id,) = re.findall(r"created run (\S+) of good", triggered.stdout)
         assert "success" in triggered.stdout
+        # piped: the progress line, then the table on a line of its own
+        (top,) = [line for line in triggered.stdout.splitlines() if "┏" in line]
+        assert top.startswith("┏"), triggered.stdout
 
         async def tis() -> dict[str, object]:
             rows = await query(cli.db_url, store_tis.list_for_run, "good", run_id)
@@ -380,3 +385,150 @@ async def test_dags_reparse_picks_up_an_edited_helper_module(cli: Cli) -> None:
 async def _versions_of(session: Any, dag_id: str) -> list[Any]:
     query = select(DagVersion).where(DagVersion.dag_id == dag_id)
     return list((await session.execute(query)).scalars())
+
+
+# --- rough edges ----------------------------------------------------------------------------
+
+RESULTS = """
+    from datetime import datetime, timedelta
+    from miniflow import DAG, Bash, task
+
+    with DAG("results", start_date=datetime(2026, 1, 1)):
+        flaky = Bash("flaky", "echo try {{ try_number }}; test {{ try_number }} -ge 2",
+                     retries=1, retry_delay=timedelta(seconds=0.2))
+
+        @task
+        def count() -> dict:
+            return {"n": 3, "names": ["a", "b"]}
+
+        flaky >> count()
+"""
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = run_cli(["--version"], cli_env("", Path("/nonexistent"), Path("/nonexistent")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"miniflow, version {version('miniflow')}"
+
+
+def test_global_options_after_the_subcommand(sqlite_cli: Cli, tmp_path: Path) -> None:
+    cli = sqlite_cli
+    cli.dag("good.py", GOOD)
+    env = cli.env
+    dags, url = env.pop("MINIFLOW_DAGS_FOLDER"), env.pop("MINIFLOW_DATABASE_URL")
+    for args in (
+        ["dags", "list", "--dags-folder", dags, "--database-url", url],
+        ["--dags-folder", dags, "dags", "list", "--database-url", url],
+        ["--dags-folder", dags, "--database-url", url, "dags", "list"],
+    ):
+        result = run_cli(args, env)
+        assert result.returncode == 0, (args, result.stderr)
+        (row,) = lines_with(result.stdout, "good")
+        assert "@daily" in row
+    missing = run_cli(["standalone", "--dags-folder", str(tmp_path / "none")], env)
+    assert missing.returncode == 2
+    assert f"DAGs folder {tmp_path / 'none'} does not exist" in _one_error_line(missing.stderr)
+
+
+def test_latest_and_run_id_prefixes(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.dag("good.py", GOOD)
+    for date in ("2026-01-01", "2026-02-01"):
+        cli("dags", "test", "good", "--logical-date", date)
+    january, february = "test__2026-01-01T00:00:00+00:00", "test__2026-02-01T00:00:00+00:00"
+
+    default, latest, prefix = cli.many(
+        ("tasks", "list", "good"), ("tasks", "list", "good", "latest"),
+        ("tasks", "list", "good", "test__2026-01"),
+    )  # fmt: skip
+    assert default.stdout.splitlines()[0] == f"good run {february}"
+    assert latest.stdout == default.stdout
+    assert prefix.stdout.splitlines()[0] == f"good run {january}"
+    assert lines_with(prefix.stdout, "flaky")
+
+    logs = cli("tasks", "logs", "good", "hello")
+    assert "hello world try 1" in logs.stdout
+    ambiguous = cli("tasks", "logs", "good", "test__", "hello", expect=1)
+    line = _one_error_line(ambiguous.stderr)
+    assert "ambiguous" in line and january in line and february in line
+    cleared = cli("tasks", "clear", "good", "test__2026-01", "bye")
+    assert f"cleared bye in good/{january}" in cleared.stdout
+
+
+def test_tasks_result_and_all_tries(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.dag("results.py", RESULTS)
+    cli("dags", "test", "results")
+    result = cli("tasks", "result", "results", "count")
+    assert json.loads(result.stdout) == {"n": 3, "names": ["a", "b"]}
+
+    tries = cli("tasks", "list", "results", "--all-tries").stdout
+    first, second = lines_with(tries, "flaky")
+    cells = [c.strip() for c in first.split("│")]
+    assert cells[2:4] == ["1", "up_for_retry"] and cells[6:8] == ["1", "Error"]
+    assert [c.strip() for c in second.split("│")[2:4]] == ["2", "success"]
+    (count,) = lines_with(tries, "count")
+    assert "Completed" in count
+
+
+def test_ids_are_never_folded_in_tables(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.dag("good.py", GOOD)
+    run_id = "manual__" + "x" * 180  # wider than a piped table (200 columns) leaves room for
+    cli("dags", "trigger", "good", "--run-id", run_id)
+    (row,) = lines_with(cli("runs", "list").stdout, "good")
+    assert run_id in row
+
+
+LAYERED = """
+    from miniflow import DAG, Bash
+
+    with DAG("layered"):
+        start = Bash("start", "true")
+        previous = [start]
+        for layer in range(8):
+            current = [Bash(f"t{layer}_{i}", "true") for i in range(4)]
+            for task in current:
+                previous >> task
+            previous = current
+"""
+
+
+def test_dags_show_prints_each_task_once(sqlite_cli: Cli) -> None:
+    """8 layers of 4 tasks, each task after all of the layer above: 33 tasks, 2**16
+    paths; the old tree printed every path (87,382 lines)."""
+    cli = sqlite_cli
+    cli.dag("layered.py", LAYERED)
+    shown = cli("dags", "show", "layered", timeout=30).stdout.splitlines()
+    assert len(shown) == 1 + 33
+    for task_id in ["start"] + [f"t{layer}_{i}" for layer in range(8) for i in range(4)]:
+        assert len([line for line in shown if re.search(rf"[─ ]{task_id} \(bash\)", line)]) == 1
+    (t7,) = [line for line in shown if " t7_3 (bash)" in line]
+    assert "also after t6_1, t6_2, t6_3" in t7 or "also after t6_0, t6_1, t6_2" in t7
+
+
+def test_home_holds_the_database_wherever_commands_run(tmp_path: Path) -> None:
+    """With only MINIFLOW_HOME set, commands run from any folder share one database."""
+    home = tmp_path / "home"
+    write_dag(home / "dags", "good.py", GOOD)
+    env = cli_env("", home / "dags", home)
+    for name in ("MINIFLOW_DATABASE_URL", "MINIFLOW_DAGS_FOLDER", "MINIFLOW_STATE_DIR"):
+        del env[name]
+    env["MINIFLOW_HOME"] = str(home)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    tested = run_cli(["dags", "test", "good"], env, cwd=here)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    listed = run_cli(["runs", "list"], env, cwd=there)
+    assert listed.returncode == 0, listed.stderr
+    assert lines_with(listed.stdout, "good")
+    assert (home / "miniflow.db").exists()
+    assert list(here.iterdir()) == [] and list(there.iterdir()) == []  # no ./.miniflow
+
+    standalone = run_cli(["standalone", "--trigger-all", "--exit-when-done"], env, cwd=there)
+    assert standalone.returncode == 0, standalone.stdout + standalone.stderr
+    assert f"miniflow home: {home}" in standalone.stdout
+    assert f"DAGs: {home / 'dags'}" in standalone.stdout

@@ -54,3 +54,64 @@ def test_redact_url_hides_the_password() -> None:
         redact_url("postgresql+asyncpg://bob:s3cret@db:5432/x")
         == "postgresql+asyncpg://bob:***@db:5432/x"
     )
+
+
+# --- MINIFLOW_HOME ---------------------------------------------------------------------------
+
+
+def test_home_holds_the_config_file_the_database_and_the_dags(tmp_path: Path) -> None:
+    (tmp_path / "miniflow.toml").write_text("parallelism = 7\n")
+    config = load_config({"MINIFLOW_HOME": str(tmp_path)})
+    assert config.home == tmp_path
+    assert config.parallelism == 7  # <home>/miniflow.toml was read
+    assert config.state_dir == tmp_path
+    assert config.dags_folder == tmp_path / "dags"
+    assert config.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'miniflow.db'}"
+    assert not (tmp_path / "dags").exists()  # loading a config creates nothing
+
+
+def test_default_home_is_miniflow_in_the_user_home(tmp_path: Path) -> None:
+    config = load_config({"HOME": str(tmp_path)})
+    assert config.home == tmp_path / "miniflow"
+    assert config.state_dir == tmp_path / "miniflow"
+    assert config.dags_folder == tmp_path / "miniflow" / "dags"
+
+
+def test_explicit_settings_win_over_the_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "miniflow.toml").write_text('dags_folder = "/from/home/toml"\nparallelism = 7\n')
+    other = tmp_path / "other.toml"
+    other.write_text("parallelism = 9\n")
+    env = {
+        "MINIFLOW_HOME": str(home),
+        "MINIFLOW_STATE_DIR": str(tmp_path / "state"),
+        "MINIFLOW_DAGS_FOLDER": str(tmp_path / "dags"),
+    }
+    config = load_config(env)
+    assert config.state_dir == tmp_path / "state"
+    assert config.dags_folder == tmp_path / "dags"  # the variable wins over the file
+    assert config.parallelism == 7
+    config = load_config({**env, "MINIFLOW_CONFIG": str(other)})
+    assert config.parallelism == 9  # MINIFLOW_CONFIG replaces <home>/miniflow.toml
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+asyncpg://u:pw@127.0.0.1:abc/x", "the port must be a number"),
+        ("postgresql+asyncpg://u:pw@127.0.0.1:99999/x", "port 99999 is out of range"),
+    ],
+)
+def test_malformed_database_url_is_a_config_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config({"MINIFLOW_DATABASE_URL": url})
+    assert "MINIFLOW_DATABASE_URL" in str(info.value) and "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["miniflow = 3\n", "[[miniflow]]\nx = 1\n"])
+def test_a_config_file_whose_miniflow_entry_is_not_a_table(content: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    with pytest.raises(ConfigError, match="must be a table"):
+        load_config({}, toml_path=bad)
