@@ -226,7 +226,7 @@ async def test_retry_settings_come_from_the_runs_version(
         config = load_config(
             environ={"MINIFLOW_DATABASE_URL": db_url, "MINIFLOW_DAGS_FOLDER": str(tmp_path)}
         )
-        assert await clear(config, "rt", first, "t", downstream=False) == ["t"]
+        assert await clear(config, "rt", first, "t", downstream=False) == (first, ["t"])
         assert (await h.tis("rt", first))["t"].max_tries == 2 + 1  # v1's retries=1
 
         second = await h.trigger("rt", run_id="second")
