@@ -27,6 +27,7 @@ from miniflow.serialized import SerializedDag
 from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
+from miniflow.store import instances as store_instances
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import states
@@ -318,6 +319,15 @@ async def clear(
         retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
         await store_tis.clear(session, dag_id, run_id, task_ids, retries)
         return run_id, task_ids
+
+
+async def list_schedulers(
+    config: Config,
+) -> list[tuple[store_instances.Instance, int]]:
+    """Every registered scheduler instance, with how many open attempts it owns."""
+    async with _session(config, read_only=True) as session:
+        owned = await store_attempts.open_by_scheduler(session)
+        return [(i, owned.get(i.id, 0)) for i in await store_instances.list_all(session)]
 
 
 async def set_pool(config: Config, name: str, slots: int, description: str | None) -> None:

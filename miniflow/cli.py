@@ -321,9 +321,10 @@ def dags_test(
 
 # --- runs / tasks / pools -----------------------------------------------------------------------
 
-from miniflow.cli_tasks import pools, runs, tasks  # noqa: E402  (registered on `main` below)
+from miniflow.cli_tasks import pools, runs, schedulers, tasks  # noqa: E402  (registered on `main` below)
 
 main.add_command(runs)
 main.add_command(tasks)
 main.add_command(pools)
+main.add_command(schedulers)
 add_global_options(main)

@@ -1,4 +1,4 @@
-"""`miniflow runs …`, `miniflow tasks …` and `miniflow pools …` commands.
+"""`miniflow runs …`, `tasks …`, `schedulers …` and `pools …` commands.
 
 Wherever a run id is expected, `latest` (the DAG's newest run, the top row of
 `miniflow runs list DAG`) and any unique prefix of a run id are accepted too.
@@ -127,6 +127,27 @@ def tasks_clear(
 
         resolved, cleared = await admin.clear(_config(ctx), dag_id, run_id, task_id, downstream)
         click.echo(f"cleared {', '.join(cleared)} in {dag_id}/{resolved}")
+
+    run()
+
+
+@click.group()
+def schedulers() -> None:
+    """Scheduler instances registered in the database."""
+
+
+@schedulers.command("list")
+@click.pass_context
+def schedulers_list(ctx: click.Context) -> None:
+    """Every scheduler that registered: host, pid, age of its heartbeat, tries it owns."""
+
+    @command_runner
+    async def run() -> None:
+        from datetime import UTC, datetime
+
+        from miniflow import admin
+
+        views.print_schedulers(await admin.list_schedulers(_config(ctx)), datetime.now(UTC))
 
     run()
 

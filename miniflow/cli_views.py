@@ -23,6 +23,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store.instances import Instance
 from miniflow.store.models import DagRun, ImportErrorRow, TaskAttempt, TaskInstance
 
 STATE_STYLE = {
@@ -189,6 +190,37 @@ def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
             _fmt(r.ended_at),
         )
     _print_table(table, console)
+
+
+def print_schedulers(
+    rows: Sequence[tuple[Instance, int]], now: datetime, console: Console | None = None
+) -> None:
+    table = Table(
+        _id("id"), "host", "pid", "version", "started", "heartbeat", "state", "open tries"
+    )
+    for instance, owned in rows:
+        silent = (now - instance.heartbeat_at).total_seconds()
+        if instance.ended_at is not None:
+            state = "stopped"
+        elif silent > SCHEDULER_SILENT_AFTER:
+            state = "[red]silent[/]"
+        else:
+            state = "[green]alive[/]"
+        table.add_row(
+            instance.id,
+            instance.hostname,
+            str(instance.pid),
+            instance.version or "-",
+            _fmt(instance.started_at),
+            f"{silent:.0f}s ago",
+            state,
+            str(owned),
+        )
+    _print_table(table, console)
+
+
+SCHEDULER_SILENT_AFTER = 30.0
+"""A scheduler whose heartbeat is older than this is shown as silent (it may be dead)."""
 
 
 def _duration(ti: TaskInstance) -> str:

@@ -185,6 +185,14 @@ async def open_keys(session: AsyncSession) -> list[TaskAttempt]:
     return list((await session.execute(query)).scalars())
 
 
+async def open_by_scheduler(session: AsyncSession) -> dict[str | None, int]:
+    """How many attempts each scheduler instance has open (launched, exit not recorded)."""
+    query = (
+        select(TA.scheduler_id, func.count()).where(TA.ended_at.is_(None)).group_by(TA.scheduler_id)
+    )
+    return {sid: n for sid, n in (await session.execute(query)).all()}
+
+
 async def for_task(
     session: AsyncSession, dag_id: str, run_id: str, task_id: str
 ) -> list[TaskAttempt]:

@@ -57,3 +57,21 @@ def test_a_killed_schedulers_row_does_not_block_a_restart(sqlite_cli: Cli, tmp_p
         wait_for(lambda: [i for i in _live(sqlite_cli) if i.pid == second.pid], 30, "restart")
     finally:
         stop(second)
+
+
+def test_schedulers_list_shows_each_instance_and_what_it_owns(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    sqlite_cli.dags.mkdir(parents=True)
+    sqlite_cli("db", "upgrade")
+    first = spawn_cli(["scheduler"], sqlite_cli.env, tmp_path / "first.log")
+    try:
+        (instance,) = wait_for(lambda: _live(sqlite_cli), 30, "the scheduler's row")
+        listed = sqlite_cli("schedulers", "list").stdout
+        (line,) = [line for line in listed.splitlines() if instance.id in line]
+        assert str(first.pid) in line and "alive" in line
+    finally:
+        stop(first)
+    listed = sqlite_cli("schedulers", "list").stdout
+    (line,) = [line for line in listed.splitlines() if instance.id in line]
+    assert "stopped" in line
