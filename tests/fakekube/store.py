@@ -12,7 +12,8 @@ Deliberately does not fake: other kinds than pods, namespaces as objects
 (which namespaces exist is a switch in ``faults``; Secrets are a plain dict
 the harness shares between the API server and the kubelet), finalizers
 blocking removal, per-object generation, or managedFields.  This is also the
-``.state`` handle tests use to inspect and mutate pods directly (``get``, ``pods``, ``mutate``, ``remove``).
+``.state`` handle tests use to inspect and mutate pods directly (``get``,
+``pods``, ``mutate``, ``remove``).
 """
 
 from __future__ import annotations
