@@ -31,8 +31,8 @@ Design decisions:
   65532 (the conventional "nonroot" uid of distroless images), which runs
   common images unchanged unless they write to paths only root may write
   (mount a volume there, or change the user). ``pod["security_context"] =
-  None`` opts out (no security context at all); a dict replaces the container security context and the task takes
-  control (no pod-level context is added; `pod_override` can add one, or
+  None`` opts out (no security context at all); a dict replaces the
+  container security context and the task takes control (no pod-level context is added; `pod_override` can add one, or
   change the user: ``{"spec": {"securityContext": {"runAsUser": 1001}}}``).
 - **pod_override** is merged last and can change anything: dicts merge
   deeply, containers (and init containers) merge by name (the main container
