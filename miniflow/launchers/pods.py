@@ -21,19 +21,20 @@ Design decisions:
 - **Secrets.** The database URL reaches worker pods through a `secretKeyRef`,
   never inlined: manifests show up in `kubectl get -o yaml`, events and logs.
   User env cannot override the reserved `MINIFLOW_*` variables of worker pods.
-- **Restricted security by default** (the "restricted" Pod Security
-  Standard). Pod: `runAsNonRoot`, a numeric `runAsUser`/`runAsGroup` and
-  seccomp `RuntimeDefault`; container: no privilege escalation, all
-  capabilities dropped. The numeric user is what makes `runAsNonRoot` usable:
-  without it the kubelet refuses every image whose USER is root or a name
+- **Restricted security by default** (the "restricted" Pod Security Standard).
+  Pod: `runAsNonRoot`, a numeric `runAsUser`/`runAsGroup` and seccomp
+  `RuntimeDefault`; container: no privilege escalation, all capabilities
+  dropped. The numeric user is what makes `runAsNonRoot` usable: without it
+  the kubelet refuses every image whose USER is root or a name
   (CreateContainerConfigError), i.e. most public images (busybox, alpine,
   python). Worker pods run as 1000 (the miniflow image's uid); pod tasks as
   65532 (the conventional "nonroot" uid of distroless images), which runs
   common images unchanged unless they write to paths only root may write
   (mount a volume there, or change the user). ``pod["security_context"] =
-  None`` opts out (no security context at all); a dict replaces the
-  container security context and the task takes control (no pod-level context is added; `pod_override` can add one, or
-  change the user: ``{"spec": {"securityContext": {"runAsUser": 1001}}}``).
+  None`` opts out (no security context at all); a dict replaces the container
+  security context and the task takes control (no pod-level context is added;
+  `pod_override` can add one, or change the user: ``{"spec":
+  {"securityContext": {"runAsUser": 1001}}}``).
 - **pod_override** is merged last and can change anything: dicts merge
   deeply, containers (and init containers) merge by name (the main container
   is "base", as in Airflow), other lists are replaced.
