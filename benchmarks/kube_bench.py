@@ -123,7 +123,7 @@ def make_scheduler(kubeconfig: str, db_url: str, dags: Path, parallelism: int) -
             "MINIFLOW_DAGS_FOLDER": str(dags),
             "MINIFLOW_POD_DAGS_FOLDER": str(dags),
         }
-    )  # the database Secret is unused: every benchmark task is a Pod task
+    )  # every benchmark task is a Pod task, but the start-up check wants the Secret
     return Scheduler(
         engine=store_engine.create_engine(db_url),
         launcher=runtime.make_launcher(config),
@@ -137,6 +137,7 @@ def make_scheduler(kubeconfig: str, db_url: str, dags: Path, parallelism: int) -
 
 async def run_fanout(fake: FakeKube, db_url: str, dags: Path, n: int) -> tuple[str, float]:
     scheduler = make_scheduler(str(fake.kubeconfig_path), db_url, dags, n)
+    fake.secrets[("default", "miniflow-database")] = {"url": db_url}
     try:
         await scheduler.start()
         await scheduler.tick()  # parse

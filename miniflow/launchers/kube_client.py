@@ -11,8 +11,10 @@ checked in one place, `_check`, which turns failures into this hierarchy:
 - `KubeRetryableError` (429, 5xx) and `KubeConnectionError` (no answer at all)
   are `RetryableError`s; 429 carries the server's ``Retry-After``.
 - `KubePermanentError` (400, 403, 404, 422, ...) is a `PermanentError`;
-  `AlreadyExists` (409) and `PodNotFound` (404) are the two cases callers
-  branch on.
+  callers branch on `AlreadyExists` (409), `KubeNotFound` (404; `PodNotFound`
+  when the missing object is a pod, not its namespace or a secret) and
+  `Forbidden` (403; `denied_by_rbac` tells the authorizer's refusal from an
+  admission's, such as an exceeded quota).
 - `WatchExpired` (410 Gone, as an answer or as a watch ERROR event): the
   resourceVersion is too old; the caller must relist.
 - `KubeProtocolError`: an answer that is not what the API serves (a watch
@@ -34,6 +36,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -83,8 +86,25 @@ class AlreadyExists(KubePermanentError):
     """409: an object with this name exists (for a pod: this attempt was launched)."""
 
 
-class PodNotFound(KubePermanentError):
+class KubeNotFound(KubePermanentError):
+    """404: no such object (a namespace, a secret, a pod)."""
+
+
+class PodNotFound(KubeNotFound):
     """404: no such pod (already deleted, or never created)."""
+
+
+class Forbidden(KubePermanentError):
+    """403: RBAC refused the request, or an admission plugin (quota, Pod Security) did."""
+
+    @property
+    def denied_by_rbac(self) -> bool:
+        # The authorizer's wording ("User ... cannot create resource ..."); admission
+        # refusals read 'pods "x" is forbidden: exceeded quota ...' instead.
+        return bool(_RBAC_DENIAL.search(self.message))
+
+
+_RBAC_DENIAL = re.compile(r"\bcannot \S+ resource\b")
 
 
 class WatchExpired(KubeApiError, RetryableError):
@@ -151,18 +171,25 @@ async def with_retries(
 
 
 def _error_from(status: int, reason: str, body: bytes, headers: Any) -> KubeApiError:
-    message = ""
+    message, kind = "", ""
     try:
         decoded = json.loads(body)
         if isinstance(decoded, dict):
             message = str(decoded.get("message") or "")
             reason = str(decoded.get("reason") or reason)
+            details = decoded.get("details")
+            kind = str(details.get("kind") or "") if isinstance(details, dict) else ""
     except ValueError:
         message = body.decode("utf-8", "replace").strip()[:2000]
     if status == 409:
         return AlreadyExists(status, reason, message)
     if status == 404:
-        return PodNotFound(status, reason, message)
+        # A 404 without details is about the object asked for: on the pod paths, a pod.
+        if kind in ("", "pods"):
+            return PodNotFound(status, reason, message)
+        return KubeNotFound(status, reason, message)
+    if status == 403:
+        return Forbidden(status, reason, message)
     if status == 410:
         return WatchExpired(status, reason, message)
     if status == 429 or status >= 500:
@@ -263,17 +290,32 @@ class KubeClient:
         finally:
             response.release()
 
-    async def create_pod(self, namespace: str, manifest: Pod) -> Pod:
-        """POST the pod; `AlreadyExists` if the name is taken."""
+    async def create_pod(self, namespace: str, manifest: Pod, *, dry_run: bool = False) -> Pod:
+        """POST the pod; `AlreadyExists` if the name is taken. With `dry_run` the API
+        server authorizes, validates and admits it, and stores nothing."""
+        kwargs: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        what = f"create pod {namespace}/{manifest['metadata']['name']}"
         result: Pod = await self._json(
             lambda: self._core.create_namespaced_pod(
                 namespace,
                 manifest,  # type: ignore[arg-type]  # a plain dict is sent as-is
                 _preload_content=False,
+                **kwargs,
             ),
-            f"create pod {namespace}/{manifest['metadata']['name']}",
+            f"dry-run {what}" if dry_run else what,
         )
         return result
+
+    async def secret_exists(self, name: str, namespace: str) -> bool:
+        """GET the Secret; False on 404. Its data is read and dropped, never returned."""
+        try:
+            await self._json(
+                lambda: self._core.read_namespaced_secret(name, namespace, _preload_content=False),
+                f"get secret {namespace}/{name}",
+            )
+        except KubeNotFound:
+            return False
+        return True
 
     async def delete_pod(
         self, name: str, namespace: str, *, grace_period_seconds: int | None = None

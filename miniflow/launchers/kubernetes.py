@@ -3,7 +3,12 @@
 Request budget of a task on the happy path: create + log read + delete = 3
 requests; everything else comes from the shared namespace watch
 (`kube_watch.NamespaceWatch`), never from polling a pod. `alive()` adds one
-list per watched namespace per call, whatever the number of tasks.
+list per watched namespace per call, whatever the number of tasks. Each
+namespace pods are launched in costs two requests once (`kube_checks`: a
+dry-run create and a GET of the database Secret): the default namespace's at
+start-up, where a namespace that does not exist, refuses the scheduler's pods
+or lacks the Secret stops the launcher with one `NamespaceUnusable`; any other
+on its first launch, where it fails that launch instead.
 
 Design decisions:
 
@@ -82,7 +87,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from miniflow.errors import MiniflowError, PermanentError, RetryableError
-from miniflow.launchers import pods
+from miniflow.launchers import kube_checks, pods
 from miniflow.launchers.base import (
     AliveAttempt,
     AttemptKey,
@@ -165,6 +170,9 @@ class KubernetesLauncher:
         )
         self._tracked = self._tracker.tracked  # every known pod, by (namespace, name)
         self._sweeper: asyncio.Task[None] | None = None
+        # One check per namespace, shared by concurrent launches; a failed one is forgotten
+        # so the next launch there checks again (the namespace or Secret may appear).
+        self._checks: dict[str, asyncio.Task[None]] = {}
         self._create_slots = asyncio.Semaphore(max_concurrent_creates)
 
     @property
@@ -179,7 +187,8 @@ class KubernetesLauncher:
         return self._events
 
     async def start(self) -> None:
-        """Connect, start the default namespace's watch and the sweep, wait for the first list."""
+        """Connect, start the default namespace's watch and the sweep, wait for the first
+        list, then check the default namespace (`kube_checks`)."""
         self._client = await KubeClient.connect(
             kubeconfig=self._kubeconfig,
             context=self._context,
@@ -189,6 +198,7 @@ class KubernetesLauncher:
         self._sweeper = self._supervised("miniflow-kube-sweeper", self._tracker.sweep)
         try:
             await self._wait_synced(watching)
+            await self._checked(self.defaults.namespace)
         except MiniflowError:
             await self.close()
             raise
@@ -210,6 +220,9 @@ class KubernetesLauncher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watches.clear()
+        for check in self._checks.values():
+            check.cancel()
+        self._checks.clear()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -292,6 +305,7 @@ class KubernetesLauncher:
         client = self._client_or_fail()
         self._ensure_watch(namespace)
         try:
+            await self._checked(namespace)
             async with self._create_slots:
                 created = await with_retries(
                     lambda: client.create_pod(namespace, manifest),
@@ -314,6 +328,27 @@ class KubernetesLauncher:
             return LaunchResult(key, None, error=f"unexpected error: {exc!r}")
         self._tracker.apply(created)
         return LaunchResult(key, handle)
+
+    async def _checked(self, namespace: str) -> None:
+        """Return once `namespace` passed its check; raise what the check raised."""
+        check = self._checks.get(namespace)
+        if check is None:
+            check = self._checks[namespace] = asyncio.create_task(
+                kube_checks.check_namespace(
+                    self._client_or_fail(),
+                    namespace,
+                    self.defaults,
+                    retry=self.retry,
+                    grace_period=self.grace_seconds,
+                ),
+                name=f"miniflow-kube-check-{namespace}",
+            )
+        try:
+            await asyncio.shield(check)
+        except BaseException:
+            if check.done() and self._checks.get(namespace) is check:
+                del self._checks[namespace]
+            raise
 
     # ------------------------------------------------------------------ watching
 

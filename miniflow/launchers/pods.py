@@ -21,17 +21,20 @@ Design decisions:
 - **Secrets.** The database URL reaches worker pods through a `secretKeyRef`,
   never inlined: manifests show up in `kubectl get -o yaml`, events and logs.
   User env cannot override the reserved `MINIFLOW_*` variables of worker pods.
-- **Restricted security by default.** Pod: `runAsNonRoot` and seccomp
+- **Restricted security by default** (the "restricted" Pod Security Standard).
+  Pod: `runAsNonRoot`, a numeric `runAsUser`/`runAsGroup` and seccomp
   `RuntimeDefault`; container: no privilege escalation, all capabilities
-  dropped. Worker pods also get `runAsUser/runAsGroup: 1000` because we control
-  their image (the miniflow image runs as uid 1000; an image whose USER is a
-  name could not otherwise be verified as non-root). Pod tasks keep the user
-  image's own USER: an image that runs as root fails fast with
-  CreateContainerConfigError; the task then sets
-  ``security_context={"runAsUser": ...}`` or opts out.
-  ``pod["security_context"] = None`` opts out (no security context at all);
-  a dict replaces the container security context and the task takes control
-  (no pod-level context is added; `pod_override` can add one).
+  dropped. The numeric user is what makes `runAsNonRoot` usable: without it
+  the kubelet refuses every image whose USER is root or a name
+  (CreateContainerConfigError), i.e. most public images (busybox, alpine,
+  python). Worker pods run as 1000 (the miniflow image's uid); pod tasks as
+  65532 (the conventional "nonroot" uid of distroless images), which runs
+  common images unchanged unless they write to paths only root may write
+  (mount a volume there, or change the user). ``pod["security_context"] =
+  None`` opts out (no security context at all); a dict replaces the container
+  security context and the task takes control (no pod-level context is added;
+  `pod_override` can add one, or change the user: ``{"spec":
+  {"securityContext": {"runAsUser": 1001}}}``).
 - **pod_override** is merged last and can change anything: dicts merge
   deeply, containers (and init containers) merge by name (the main container
   is "base", as in Airflow), other lists are replaced.
@@ -67,6 +70,7 @@ ANNOTATION_TRY = "miniflow/try-number"
 DATABASE_URL_ENV = "MINIFLOW_DATABASE_URL"
 DAGS_FOLDER_ENV = "MINIFLOW_DAGS_FOLDER"
 WORKER_UID = 1000
+POD_TASK_UID = 65532
 
 _MAX_NAME = 63
 _NAME_HASH_LEN = 10
@@ -243,13 +247,13 @@ def _security_contexts(
         if custom is None:
             return None, None
         return None, copy.deepcopy(custom)
+    uid = WORKER_UID if worker else POD_TASK_UID
     pod_ctx: dict[str, Any] = {
         "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if worker:
-        pod_ctx["runAsUser"] = WORKER_UID
-        pod_ctx["runAsGroup"] = WORKER_UID
     container_ctx: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from miniflow import logs
 from miniflow.scheduler.parse_loop import DagParser
+from miniflow.store import engine as store_engine
 from tests.dbs import PostgresDatabases
 from tests.e2e.helpers import MINIFLOW, write_dag
 from tests.e2e.kube_helpers import (
@@ -129,14 +131,19 @@ async def test_example_dags_run_on_the_cluster(
 
     # Request budget: create + log read + delete per successful attempt, create + log read
     # per failed one (failed pods are kept for inspection); status only from one watch.
+    # Once at start-up: the namespace check's dry-run create and its GET of the Secret.
     counts = fake_kube.requests.counts()
     succeeded = sum(1 for a in attempts if a.state == "success")
-    assert counts["create"] == len(attempts)
+    (dry_run,) = [r for r in fake_kube.requests.of("create") if r.dry_run]
+    assert (dry_run.namespace, dry_run.status) == (NAMESPACE, 201)
+    (secret,) = fake_kube.requests.of("get")
+    assert (secret.resource, secret.name) == ("secrets", SECRET)
+    assert counts["create"] == len(attempts) + 1
     assert counts["log"] == len(attempts)
     assert counts["delete"] == succeeded
-    assert counts["get"] == 0 and counts["patch"] == 0 and counts["update"] == 0
+    assert counts["get"] == 1 and counts["patch"] == 0 and counts["update"] == 0
     assert counts["list"] == 1 and counts["watch"] == 1
-    per_task = (counts["create"] + counts["log"] + counts["delete"]) / len(attempts)
+    per_task = (counts["create"] - 1 + counts["log"] + counts["delete"]) / len(attempts)
     assert per_task <= 3
     assert {r.namespace for r in fake_kube.requests} == {NAMESPACE}
 
@@ -245,13 +252,13 @@ async def test_dropped_watch_and_410_during_a_run(
     assert set(audit.creates_per_pod().values()) == {1}
     assert set(audit.by_task().values()) == {1} and len(audit.by_task()) == 10
     assert len({a.handle for a in attempts}) == 10
-    assert fake_kube.requests.counts("create") == 10
+    assert fake_kube.requests.counts("create") == 10 + 1  # + the start-up dry run
     # The watch really was dropped and expired: initial list + relist after the drop
     # + relist after the 410, and a watch after each.
     counts = fake_kube.requests.counts()
     assert counts["list"] >= 3 and counts["watch"] >= 3
     assert fake_kube.faults.expire_watches == 0  # the 410 was served (and survived)
-    assert counts["get"] == 0
+    assert not fake_kube.requests.of("get", "pods")
 
 
 async def test_500_and_429_bursts_are_survived(
@@ -344,7 +351,54 @@ async def test_cli_dags_test_on_the_cluster(
     text = out.decode()
     assert proc.returncode == 0, text
     assert "success" in text
-    assert fake_kube.requests.counts("create") == 12  # start, 10 partitions, join
+    assert fake_kube.requests.counts("create") == 12 + 1  # start, 10 partitions, join; dry run
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        MINIFLOW, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("broken", ["namespace", "forbidden", "secret"])
+async def test_cli_an_unusable_namespace_is_one_line_and_writes_nothing(
+    fake_kube: FakeKube, pg_url: str, examples: Path, tmp_path: Path, broken: str
+) -> None:
+    if broken != "secret":
+        fake_kube.secrets[(NAMESPACE, SECRET)] = {"url": pg_url}
+    if broken == "namespace":
+        fake_kube.faults.remove_namespace(NAMESPACE)
+    elif broken == "forbidden":
+        fake_kube.faults.forbid("create", NAMESPACE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
+    env.update(kube_environ(fake_kube, pg_url, examples))
+    env.update(MINIFLOW_STATE_DIR=str(tmp_path / "state"), COLUMNS="200", NO_COLOR="1")
+    code, out, err = await run_cli(env, "dags", "test", "example_fanout")
+    assert code == 2, out + err
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: Kubernetes namespace {NAMESPACE!r} cannot be used: ")
+    reason = {
+        "namespace": f'it does not exist (namespaces "{NAMESPACE}" not found)',
+        "forbidden": "the scheduler may not create pods there (pods is forbidden: User ",
+        "secret": f"the Secret {SECRET!r} (MINIFLOW_DATABASE_SECRET) that worker pods read",
+    }[broken]
+    assert reason in line
+    assert fake_kube.state.pods() == [] and not fake_kube.requests.of("log")
+    engine = store_engine.create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            runs = (await conn.execute(sa.text("select count(*) from dag_run"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert runs == 0
 
 
 # --- 6. DAG versions ----------------------------------------------------------------------------

@@ -2,13 +2,17 @@
 
 Fakes: the ``Status`` object the real API server returns for failures
 (``kind: Status, apiVersion: v1, status: Failure, message, reason, code,
-details``) and the HTTP codes that go with each reason.  Deliberately does
+details``) and the HTTP codes that go with each reason, including the RBAC
+authorizer's 403 ("User ... cannot create resource ...") and the 404 of a
+create into a namespace that does not exist.  Deliberately does
 not fake every reason the real server knows; only the ones miniflow meets.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+RBAC_USER = "system:serviceaccount:miniflow:miniflow-scheduler"
 
 
 class ApiError(Exception):
@@ -24,8 +28,10 @@ class ApiError(Exception):
         causes: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         retry_after: int | None = None,
+        kind: str = "pods",
     ) -> None:
         super().__init__(message)
+        self.kind = kind
         self.code = code
         self.reason = reason
         self.message = message
@@ -44,6 +50,7 @@ class ApiError(Exception):
             name=self.name,
             causes=self.causes,
             retry_after=self.retry_after,
+            kind=self.kind,
         )
 
 
@@ -55,11 +62,13 @@ def status_body(
     name: str | None = None,
     causes: list[dict[str, str]] | None = None,
     retry_after: int | None = None,
+    kind: str | None = "pods",
 ) -> dict[str, Any]:
     details: dict[str, Any] = {}
     if name is not None:
         details["name"] = name
-        details["kind"] = "pods"
+    if name is not None or (code == 403 and kind):
+        details["kind"] = kind
     if causes:
         details["causes"] = causes
     if retry_after is not None:
@@ -78,8 +87,26 @@ def status_body(
     return body
 
 
-def not_found(name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'pods "{name}" not found', name=name)
+def not_found(name: str, kind: str = "pods") -> ApiError:
+    return ApiError(404, "NotFound", f'{kind} "{name}" not found', name=name, kind=kind)
+
+
+def namespace_not_found(namespace: str) -> ApiError:
+    """A create into a namespace that does not exist (the NamespaceLifecycle admission)."""
+    return not_found(namespace, kind="namespaces")
+
+
+def forbidden_by_rbac(verb: str, resource: str, namespace: str, name: str | None) -> ApiError:
+    """The authorizer's refusal, worded as the real API server words it."""
+    what = f'{resource} "{name}"' if name else resource
+    return ApiError(
+        403,
+        "Forbidden",
+        f'{what} is forbidden: User "{RBAC_USER}" cannot {verb} resource "{resource}" '
+        f'in API group "" in the namespace "{namespace}"',
+        name=name,
+        kind=resource,
+    )
 
 
 def already_exists(name: str) -> ApiError:

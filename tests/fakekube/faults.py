@@ -6,7 +6,9 @@ back-off, unschedulable pods, containers held waiting for any reason
 kills, evictions, pods deleted behind the scheduler's back, dropped, expired
 or stalled watches, corrupted watch events, 500/429 answers (before the
 request is carried out, or after it, as when the API server times out on a
-write that reached etcd) and 403 quota refusals on create.  Switches are
+write that reached etcd), 403 quota refusals on create, namespaces that do not
+exist (every namespace exists unless removed) and RBAC refusals of one verb on
+one resource in one namespace.  Switches are
 plain attributes/methods tests flip; the server, kubelet and watch code
 consult them.  A whole-server outage is `FakeKube.stop_serving()`.
 Deliberately does not fake slow responses or TLS/auth failures.
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ApiError
+from .errors import ApiError, forbidden_by_rbac
 
 if TYPE_CHECKING:
     from .kubelet import Kubelet
@@ -55,6 +57,8 @@ class RequestRecord:
     name: str | None = None
     subresource: str | None = None
     status: int = 0
+    resource: str = "pods"  # or "secrets"
+    dry_run: bool = False  # ?dryRun=All: validated and admitted, never stored
 
 
 class RequestLog(list[RequestRecord]):
@@ -65,8 +69,8 @@ class RequestLog(list[RequestRecord]):
         c = Counter(r.verb for r in self)
         return c if verb is None else c[verb]
 
-    def of(self, verb: str) -> list[RequestRecord]:
-        return [r for r in self if r.verb == verb]
+    def of(self, verb: str, resource: str | None = None) -> list[RequestRecord]:
+        return [r for r in self if r.verb == verb and resource in (None, r.resource)]
 
 
 @dataclass
@@ -96,7 +100,39 @@ class Faults:
     forbid_create_message: str | None = None
     expire_watches: int = 0
     corrupt_lines: list[bytes] = field(default_factory=list)
+    missing_namespaces: set[str] = field(default_factory=set)
+    forbidden: set[tuple[str, str, str]] = field(default_factory=set)  # verb, resource, ns
     _fail_rules: list[_FailRule] = field(default_factory=list)
+
+    # ------------------------------------------------- namespaces and RBAC
+    def remove_namespace(self, namespace: str) -> None:
+        """*namespace* does not exist: creates in it answer 404 ``namespaces "x" not
+        found``; lists and watches answer 200 and empty, gets 404, as on a real cluster."""
+        self.missing_namespaces.add(namespace)
+
+    def add_namespace(self, namespace: str) -> None:
+        self.missing_namespaces.discard(namespace)
+
+    def namespace_exists(self, namespace: str | None) -> bool:
+        return namespace is None or namespace not in self.missing_namespaces
+
+    def forbid(self, verb: str, namespace: str, resource: str = "pods") -> None:
+        """The scheduler's Role lacks *verb* on *resource* in *namespace*: 403 Forbidden
+        (checked before the namespace exists, as RBAC comes before admission)."""
+        self.forbidden.add((verb, resource, namespace))
+
+    def allow(self, verb: str, namespace: str, resource: str = "pods") -> None:
+        self.forbidden.discard((verb, resource, namespace))
+
+    def check_rbac(self, record: RequestRecord) -> None:
+        """Raise the RBAC 403 for this request if ``forbid`` covers it."""
+        resource = record.resource
+        if record.subresource:
+            resource = f"{resource}/{record.subresource}"
+        verb = "get" if record.verb == "log" else record.verb  # RBAC: get on pods/log
+        if (verb, resource, record.namespace or "") in self.forbidden:
+            name = None if verb in ("create", "list", "watch") else record.name
+            raise forbidden_by_rbac(verb, resource, record.namespace or "", name)
 
     # ------------------------------------------------------- pod start faults
     def delay_start(self, seconds: float) -> None:

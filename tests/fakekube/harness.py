@@ -52,11 +52,13 @@ class FakeKube:
         self.requests = RequestLog()
         self.faults = Faults(self.state)
         self.kubelet: Kubelet | None = None
+        # One dict: what the API server serves is what the kubelet resolves.
+        self._secrets = secrets if secrets is not None else {}
         if kubelet:
             self.kubelet = Kubelet(
                 self.state,
                 self.faults,
-                secrets=secrets,
+                secrets=self._secrets,
                 configmaps=configmaps,
                 entrypoints=entrypoints,
                 base_env=base_env,
@@ -64,7 +66,7 @@ class FakeKube:
             )
             self.faults.kubelet = self.kubelet
         self.api = ApiServer(
-            self.state, self.faults, self.kubelet, self.requests, bookmark_interval
+            self.state, self.faults, self.kubelet, self.requests, bookmark_interval, self._secrets
         )
         self.url = ""
         self.kubeconfig_path = self.tmp_path / "kubeconfig"
@@ -73,8 +75,9 @@ class FakeKube:
 
     @property
     def secrets(self) -> dict[tuple[str, str], dict[str, str]]:
-        """``{(namespace, name): {key: value}}`` the kubelet resolves secretKeyRef from."""
-        return self.kubelet.secrets if self.kubelet else {}
+        """``{(namespace, name): {key: value}}``: the Secrets the API server serves and
+        the kubelet resolves secretKeyRef from."""
+        return self._secrets
 
     @property
     def entrypoints(self) -> dict[str, list[str]]:

@@ -1,12 +1,18 @@
-"""HTTP routes of the fake Kubernetes API server (aiohttp.web), pods only.
+"""HTTP routes of the fake Kubernetes API server (aiohttp.web), pods (and reading secrets).
 
 Fakes: ``/api/v1/namespaces/{ns}/pods`` (list/watch/create/deletecollection),
 ``/api/v1/pods`` (list/watch across namespaces), ``.../pods/{name}``
 (get/PUT/PATCH/DELETE), ``.../pods/{name}/status`` (get/PUT/PATCH) and
-``.../pods/{name}/log``; errors as ``Status`` bodies; a request log and the
-fault switches.  Main-resource writes cannot change status; status writes
-cannot change spec or metadata.  Deliberately does not fake: authn/authz,
-dryRun, server-side apply, other resources, API discovery beyond ``/version``.
+``.../pods/{name}/log``, ``GET .../secrets/{name}``; errors as ``Status``
+bodies; a request log and the fault switches.  Main-resource writes cannot
+change status; status writes cannot change spec or metadata.  A create with
+``dryRun=All`` is validated and admitted (quota, name taken) but neither
+stored nor seen by watches.  Namespaces: a create into a removed one answers
+404 ``namespaces "x" not found``, lists/watches there answer 200 and empty.
+Authorization: every request is allowed unless ``faults.forbid`` refuses its
+verb, answered 403 before anything else, as the RBAC authorizer does.
+Deliberately does not fake: authentication, server-side apply, other
+resources, API discovery beyond ``/version``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from .store import Obj, Store, apply_defaults
 from .validation import check_spec_update, name_causes, validate_pod
 
 PATH_RE = re.compile(
-    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/pods(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?$"
+    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>pods|secrets)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?/?$"
 )
 IMMUTABLE_META = (
     "name",
@@ -49,6 +56,8 @@ def classify(request: web.Request) -> RequestRecord:
     if not m:
         return rec
     rec.namespace, rec.name, rec.subresource = m.group("ns"), m.group("name"), m.group("sub")
+    rec.resource = m.group("resource")
+    rec.dry_run = "dryRun" in query
     method = request.method
     if rec.name is None:
         verbs = {
@@ -82,9 +91,11 @@ class ApiServer:
         kubelet: Kubelet | None,
         requests: RequestLog,
         bookmark_interval: float = 1.0,
+        secrets: dict[tuple[str, str], dict[str, str]] | None = None,
     ) -> None:
         self.store, self.faults, self.kubelet = store, faults, kubelet
         self.requests, self.bookmark_interval = requests, bookmark_interval
+        self.secrets = secrets if secrets is not None else {}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -103,6 +114,7 @@ class ApiServer:
         r.add_put(base + "/{name}/status", self.replace_status)
         r.add_patch(base + "/{name}/status", self.patch_status)
         r.add_get(base + "/{name}/log", self.log)
+        r.add_get("/api/v1/namespaces/{namespace}/secrets/{name}", self.get_secret)
         return app
 
     @web.middleware
@@ -110,6 +122,7 @@ class ApiServer:
         rec = classify(request)
         self.requests.append(rec)
         try:
+            self.faults.check_rbac(rec)
             self.faults.check_request(rec.verb)
             resp: web.StreamResponse = await handler(request)
             self.faults.check_request(rec.verb, after_write=True)
@@ -170,6 +183,23 @@ class ApiServer:
     async def get(self, request: web.Request) -> web.Response:
         return web.json_response(self._current(request))
 
+    async def get_secret(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        data = self.secrets.get((ns, name))
+        if data is None or not self.faults.namespace_exists(ns):
+            raise errors.not_found(name, kind="secrets")
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        meta = {"name": name, "namespace": ns, "resourceVersion": "1"}
+        return web.json_response(
+            {
+                "kind": "Secret",
+                "apiVersion": "v1",
+                "metadata": meta,
+                "type": "Opaque",
+                "data": encoded,
+            }
+        )
+
     async def log(self, request: web.Request) -> web.StreamResponse:
         m = request.match_info
         return await streams.pod_log(self, request, m["namespace"], m["name"])
@@ -188,6 +218,13 @@ class ApiServer:
                 "the namespace of the provided object does not match "
                 "the namespace sent on the request"
             )
+        dry_run = request.query.get("dryRun")
+        if dry_run not in (None, "All"):
+            raise errors.bad_request(
+                f'dryRun: Unsupported value: "{dry_run}": supported values: "All"'
+            )
+        if not self.faults.namespace_exists(ns):
+            raise errors.namespace_not_found(ns)
         name = meta.get("name") or meta.get("generateName") or ""
         self.faults.check_create(name)
         if not meta.get("name") and meta.get("generateName"):
@@ -197,6 +234,8 @@ class ApiServer:
             validate_pod({**body, "metadata": {**meta, "name": meta["generateName"] + "x"}})
         else:
             validate_pod(body)
+        if dry_run:
+            return web.json_response(self.store.prepare_create(body, ns), status=201)
         pod = self.store.create(body, ns)
         return web.json_response(pod, status=201)
 

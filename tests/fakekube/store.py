@@ -8,10 +8,12 @@ can resume from a version; older versions are "too old" (410 Expired).
 Snapshot + subscription are taken atomically (all in one synchronous call on
 the event loop), so a watch sees no gaps and no duplicates.
 
-Deliberately does not fake: other kinds than pods, namespaces as objects (any
-namespace exists), finalizers blocking removal, per-object generation, or
-managedFields.  This is also the ``.state`` handle tests use to inspect and
-mutate pods directly (``get``, ``pods``, ``mutate``, ``remove``).
+Deliberately does not fake: other kinds than pods, namespaces as objects
+(which namespaces exist is a switch in ``faults``; Secrets are a plain dict
+the harness shares between the API server and the kubelet), finalizers
+blocking removal, per-object generation, or managedFields.  This is also the
+``.state`` handle tests use to inspect and mutate pods directly (``get``,
+``pods``, ``mutate``, ``remove``).
 """
 
 from __future__ import annotations
@@ -133,6 +135,11 @@ class Store:
 
     def create(self, obj: Obj, namespace: str = "default") -> Obj:
         """Create like the API server: assign uid/timestamps/rv, reset status."""
+        return self._commit("ADDED", self.prepare_create(obj, namespace), None)
+
+    def prepare_create(self, obj: Obj, namespace: str = "default") -> Obj:
+        """The object `create` would store (409 if the name is taken), storing nothing:
+        what a ``dryRun=All`` create answers.  No resourceVersion, no event."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         meta["namespace"] = namespace
@@ -151,8 +158,7 @@ class Store:
         meta["creationTimestamp"] = now_iso()
         obj["kind"], obj["apiVersion"] = "Pod", "v1"
         obj["status"] = {"phase": "Pending"}
-        apply_defaults(obj)
-        return self._commit("ADDED", obj, None)
+        return apply_defaults(obj)
 
     def write(self, new: Obj) -> Obj:
         """Replace the stored object; a write that changes nothing is a no-op."""

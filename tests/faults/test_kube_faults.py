@@ -44,6 +44,8 @@ from miniflow.store.models import TaskAttempt, TaskInstance
 from tests.dbs import PostgresDatabases
 from tests.e2e.helpers import MINIFLOW, cli_env, write_dag
 from tests.e2e.kube_helpers import (
+    NAMESPACE,
+    SECRET,
     FakeKube,
     KubeRun,
     PodAudit,
@@ -278,6 +280,7 @@ async def test_scheduler_death_between_a_pod_exit_and_its_recording(
     fan_dag(dags, "fifty", "sleep 1; echo finished t{i:02d}")
     env = cli_env(pg_url, dags, tmp_path / "state")
     env.update(kube_environ(fake_kube, pg_url, dags, **SETTINGS))
+    fake_kube.secrets[(NAMESPACE, SECRET)] = {"url": pg_url}  # checked at start-up
     audit = PodAudit(fake_kube)
     ended = EndedWhileLocked(fake_kube)
     first_running = audit.when(running_pod)

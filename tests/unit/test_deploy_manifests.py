@@ -33,3 +33,15 @@ def test_scheduler_role_allows_what_the_launcher_uses() -> None:
     for needed in ("create", "list", "watch", "delete"):
         assert ("pods", needed) in verbs
     assert ("pods/log", "get") in verbs
+
+
+def test_scheduler_role_may_read_only_the_database_secret() -> None:
+    role = next(p.values[0] for p in DOCS if p.values[0]["kind"] == "Role")
+    (rule,) = [r for r in role["rules"] if "secrets" in r["resources"]]
+    config = next(p.values[0] for p in DOCS if p.values[0]["kind"] == "ConfigMap")
+    secret = next(p.values[0] for p in DOCS if p.values[0]["kind"] == "Secret")
+    assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"]
+    assert rule["resourceNames"] == [secret["metadata"]["name"]]
+    assert config["data"].get("MINIFLOW_DATABASE_SECRET", "miniflow-database") == (
+        secret["metadata"]["name"]
+    )

@@ -24,6 +24,7 @@ from miniflow.launchers.base import (
     LauncherEvent,
     TaskSpec,
 )
+from miniflow.launchers.kube_checks import NamespaceUnusable
 from miniflow.launchers.kube_client import RetryPolicy
 from miniflow.launchers.kubernetes import KubernetesLauncher
 from miniflow.serialized import PodSettings
@@ -34,6 +35,7 @@ FakeKube = Any  # tests.fakekube.FakeKube; the fixture comes from tests/conftest
 DEFAULTS = pods.PodDefaults(
     namespace="default", worker_image="miniflow:test", database_secret_name="miniflow-db"
 )
+DB_URL = "postgresql://miniflow@db/miniflow"  # only the start-up check's GET sees it
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
 CONFIG_ERROR = "CreateContainerConfigError"
 ROOT = "container has runAsNonRoot and image will run as root (pod: p, container: base)"
@@ -58,6 +60,8 @@ async def make_launcher(fake_kube: FakeKube) -> AsyncIterator[MakeLauncher]:
 
     async def make(**kw: Any) -> KubernetesLauncher:
         kw.setdefault("defaults", DEFAULTS)
+        secret = kw["defaults"].database_secret_name
+        fake_kube.secrets.setdefault((kw["defaults"].namespace, secret), {"url": DB_URL})
         kw.setdefault("retry", FAST_RETRY)
         launcher = KubernetesLauncher(kubeconfig=str(fake_kube.kubeconfig_path), **kw)
         await launcher.start()
@@ -127,6 +131,16 @@ def pod_finished_at(fake_kube: FakeKube, name: str) -> datetime:
     return datetime.fromisoformat(finished)
 
 
+def creates(fake_kube: FakeKube) -> int:
+    """Pod creates, not counting the start-up checks' dry runs (see test_namespace_checks)."""
+    return sum(1 for r in fake_kube.requests.of("create") if not r.dry_run)
+
+
+def with_database_secret(fake_kube: FakeKube, *namespaces: str) -> None:
+    for namespace in namespaces:
+        fake_kube.secrets[(namespace, DEFAULTS.database_secret_name)] = {"url": DB_URL}
+
+
 def drain(launcher: KubernetesLauncher) -> list[LauncherEvent]:
     out = []
     while not launcher.events.empty():
@@ -171,10 +185,10 @@ async def test_success_costs_create_log_delete(
     await eventually(lambda: fake_kube.state.get(name) is None)
 
     counts = fake_kube.requests.counts()
-    assert counts["create"] - base.get("create", 0) == 1
+    assert counts["create"] - base["create"] == 1  # base: the start-up check's dry run
     assert counts["log"] - base.get("log", 0) == 1
     assert counts["delete"] - base.get("delete", 0) == 1
-    assert counts["get"] == 0  # status comes from the watch only
+    assert not fake_kube.requests.of("get", "pods")  # status comes from the watch only
     assert counts["list"] == 1
     verbs = [r.verb for r in fake_kube.requests if r.name == name]
     assert verbs.index("log") < verbs.index("delete")  # logs survive cleanup
@@ -281,7 +295,7 @@ async def test_exit_is_reported_again_by_a_restarted_launcher_until_acknowledged
     assert again.log_tail is not None and "done" in again.log_tail
     await second.acknowledge([k])
     await eventually(lambda: fake_kube.state.get(name) is None)
-    assert fake_kube.requests.counts("create") == 1
+    assert creates(fake_kube) == 1
 
 
 async def test_cleanup_never(make_launcher: MakeLauncher, fake_kube: FakeKube) -> None:
@@ -303,8 +317,113 @@ async def test_many_tasks_concurrently(make_launcher: MakeLauncher, fake_kube: F
     assert all(r.handle for r in results)
     exits = await all_exits(launcher, keys)
     assert [exits[k].exit_code for k in keys] == [i % 2 for i in range(len(keys))]
-    assert fake_kube.requests.counts("create") == 12
+    assert creates(fake_kube) == 12
     assert fake_kube.requests.counts("log") == 12
+
+
+# --- namespace checks -------------------------------------------------------------------------
+
+
+async def start_fails(fake_kube: FakeKube, **kw: Any) -> NamespaceUnusable:
+    launcher = KubernetesLauncher(
+        kubeconfig=str(fake_kube.kubeconfig_path), defaults=DEFAULTS, retry=FAST_RETRY, **kw
+    )
+    try:
+        with pytest.raises(NamespaceUnusable) as info:
+            await launcher.start()
+    finally:
+        await launcher.close()
+    assert fake_kube.state.pods() == []  # nothing was created
+    assert "\n" not in str(info.value)
+    return info.value
+
+
+async def test_start_checks_the_namespace_once_without_creating_anything(
+    launcher: KubernetesLauncher, fake_kube: FakeKube
+) -> None:
+    (dry,) = fake_kube.requests.of("create")
+    assert (dry.dry_run, dry.namespace, dry.status) == (True, "default", 201)
+    (secret,) = fake_kube.requests.of("get")
+    assert (secret.resource, secret.name, secret.status) == ("secrets", "miniflow-db", 200)
+    assert fake_kube.state.pods() == [] and fake_kube.state.resource_version == 0
+    k = key()
+    await launcher.launch([sh(k, "true")])  # the check is per namespace, not per task
+    await events_until_exit(launcher, k)
+    assert len(fake_kube.requests.of("create")) == 2
+    assert len(fake_kube.requests.of("get")) == 1
+    assert not launcher.events.qsize()  # the dry-run pod never reached the watch
+
+
+async def test_start_fails_on_a_namespace_that_does_not_exist(fake_kube: FakeKube) -> None:
+    fake_kube.faults.remove_namespace("default")
+    error = await start_fails(fake_kube)
+    assert error.namespace == "default"
+    assert str(error) == (
+        "Kubernetes namespace 'default' cannot be used: "
+        'it does not exist (namespaces "default" not found)'
+    )
+
+
+async def test_start_fails_when_rbac_forbids_creating_pods(fake_kube: FakeKube) -> None:
+    fake_kube.faults.forbid("create", "default")
+    error = await start_fails(fake_kube)
+    assert str(error).startswith(
+        "Kubernetes namespace 'default' cannot be used: the scheduler may not create pods "
+        'there (pods is forbidden: User "system:serviceaccount:'
+    )
+
+
+async def test_start_fails_without_the_database_secret(fake_kube: FakeKube) -> None:
+    error = await start_fails(fake_kube)  # no Secret registered in the fake
+    assert str(error) == (
+        "Kubernetes namespace 'default' cannot be used: the Secret 'miniflow-db' "
+        "(MINIFLOW_DATABASE_SECRET) that worker pods read the database URL from (key 'url') "
+        "does not exist there"
+    )
+
+
+async def test_secret_check_forbidden_or_quota_exceeded_only_warn(
+    make_launcher: MakeLauncher, fake_kube: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_kube.faults.forbid("get", "default", "secrets")
+    fake_kube.faults.forbid_creates()  # an admission refusal: the state of the moment
+    launcher = await make_launcher()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("exceeded quota" in w for w in warnings), warnings
+    assert any("cannot check that the Secret miniflow-db" in w for w in warnings), warnings
+    fake_kube.faults.forbid_creates(None)
+    k = key()
+    (result,) = await launcher.launch([sh(k, "true")])
+    assert result.error is None
+
+
+async def test_other_namespaces_are_checked_on_first_launch(
+    launcher: KubernetesLauncher, fake_kube: FakeKube
+) -> None:
+    fake_kube.faults.remove_namespace("ghost")
+    a, b = key("a"), key("b")
+    results = await launcher.launch(
+        [sh(k, "true", pod=PodSettings(namespace="ghost")) for k in (a, b)]
+    )
+    for result in results:
+        assert result.handle is None and not result.retryable
+        assert result.error == (
+            "Kubernetes namespace 'ghost' cannot be used: "
+            'it does not exist (namespaces "ghost" not found)'
+        )
+    # One check for both launches, no pod create tried.
+    ghost = [r for r in fake_kube.requests.of("create") if r.namespace == "ghost"]
+    assert [r.dry_run for r in ghost] == [True]
+    # A failed check is not remembered: the namespace and its Secret may appear.
+    fake_kube.faults.add_namespace("ghost")
+    with_database_secret(fake_kube, "ghost")
+    (result,) = await launcher.launch([sh(a, "true", pod=PodSettings(namespace="ghost"))])
+    assert result.handle == f"ghost/{pods.pod_name(a)}"
+    await events_until_exit(launcher, a)
+    (result,) = await launcher.launch([sh(b, "true", pod=PodSettings(namespace="ghost"))])
+    assert result.error is None
+    ghost = [r for r in fake_kube.requests.of("create") if r.namespace == "ghost"]
+    assert [r.dry_run for r in ghost] == [True, True, False, False]
 
 
 # --- create errors ------------------------------------------------------------------------
@@ -331,7 +450,7 @@ async def test_forbidden_is_permanent_with_the_api_message(
     (result,) = await launcher.launch([sh(key(), "true")])
     assert result.handle is None and not result.retryable
     assert result.error is not None and "exceeded quota: compute-quota" in result.error
-    assert fake_kube.requests.counts("create") == 1
+    assert creates(fake_kube) == 1
 
 
 async def test_invalid_pod_is_permanent_422(
@@ -341,7 +460,7 @@ async def test_invalid_pod_is_permanent_422(
     (result,) = await launcher.launch([spec])
     assert result.handle is None and not result.retryable
     assert result.error and "is invalid" in result.error and "not valid!" in result.error
-    assert fake_kube.requests.counts("create") == 1
+    assert creates(fake_kube) == 1
 
 
 @pytest.mark.parametrize("code", [429, 500])
@@ -352,7 +471,7 @@ async def test_transient_errors_are_retried(
     k = key()
     (result,) = await launcher.launch([sh(k, "true")])
     assert result.error is None and result.handle == pods.pod_name(k)
-    assert fake_kube.requests.counts("create") == 3
+    assert creates(fake_kube) == 3
     await events_until_exit(launcher, k)
 
 
@@ -362,7 +481,7 @@ async def test_persistent_transient_errors_are_reported_retryable(
     fake_kube.faults.fail_next(100, code=503, verb="create", retry_after=0)
     (result,) = await launcher.launch([sh(key(), "true")])
     assert result.handle is None and result.retryable and result.error
-    assert fake_kube.requests.counts("create") == FAST_RETRY.attempts
+    assert creates(fake_kube) == FAST_RETRY.attempts
 
 
 async def test_bad_spec_is_reported_not_raised(launcher: KubernetesLauncher) -> None:
@@ -537,6 +656,7 @@ async def test_one_watch_per_namespace(launcher: KubernetesLauncher, fake_kube: 
     other = key("elsewhere")
     specs = [sh(k, "true") for k in keys]
     specs.append(sh(other, "exit 2", pod=PodSettings(namespace="team-a")))
+    with_database_secret(fake_kube, "team-a")
     results = await launcher.launch(specs)
     assert results[-1].handle == f"team-a/{pods.pod_name(other)}"
     exits = await all_exits(launcher, [*keys, other])
@@ -565,7 +685,7 @@ async def test_adopt_after_restart(make_launcher: MakeLauncher, fake_kube: FakeK
     exited = (await events_until_exit(second, k))[-1]
     assert isinstance(exited, AttemptExited) and exited.exit_code == 0
     assert exited.log_tail and "adopted" in exited.log_tail
-    assert fake_kube.requests.counts("create") == 1
+    assert creates(fake_kube) == 1
 
 
 async def test_alive_lists_running_attempts(launcher: KubernetesLauncher) -> None:
@@ -828,6 +948,7 @@ async def test_alive_costs_one_list_per_namespace(
 ) -> None:
     keys = [key(f"t{i}") for i in range(6)]
     specs = [sh(k, "sleep 30", pod=PodSettings(namespace=f"ns{i % 2}")) for i, k in enumerate(keys)]
+    with_database_secret(fake_kube, "ns0", "ns1")
     await launcher.launch(specs)
     await eventually(lambda: len(fake_kube.state.pods()) == 6)
     before = fake_kube.requests.counts()
@@ -835,7 +956,7 @@ async def test_alive_costs_one_list_per_namespace(
     after = fake_kube.requests.counts()
     assert sorted(a.key.task_id for a in alive) == [k.task_id for k in keys]
     assert after["list"] - before["list"] == 3  # default, ns0, ns1: not one per pod
-    assert after["get"] == before["get"] == 0
+    assert not fake_kube.requests.of("get", "pods")
 
 
 # --- wiring from the configuration --------------------------------------------------------------

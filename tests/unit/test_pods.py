@@ -224,16 +224,35 @@ def test_user_labels_and_annotations_cannot_override_ours() -> None:
 # --- security ----------------------------------------------------------------------
 
 
+def assert_restricted(manifest: dict[str, Any]) -> None:
+    """The "restricted" Pod Security Standard's checks miniflow's pods meet."""
+    pod_ctx = manifest["spec"]["securityContext"]
+    assert pod_ctx["runAsNonRoot"] is True
+    assert pod_ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in manifest["spec"]["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert ctx.get("runAsUser", pod_ctx.get("runAsUser")) != 0
+        assert ctx.get("runAsNonRoot") is not False
+
+
 def test_restricted_security_by_default() -> None:
-    for manifest, worker in ((build(worker_spec()), True), (build(pod_spec()), False)):
-        pod_ctx = manifest["spec"]["securityContext"]
-        assert pod_ctx["runAsNonRoot"] is True
-        assert pod_ctx["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert ("runAsUser" in pod_ctx) is worker  # only the image we control gets a uid
+    for manifest in (build(worker_spec()), build(pod_spec())):
+        assert_restricted(manifest)
         assert main(manifest)["securityContext"] == {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
         }
+
+
+def test_every_pod_runs_as_a_numeric_non_root_user() -> None:
+    # runAsNonRoot without a numeric user makes the kubelet refuse any image whose USER
+    # is root or a name (busybox, alpine, python...): CreateContainerConfigError.
+    worker_ctx = build(worker_spec())["spec"]["securityContext"]
+    pod_ctx = build(pod_spec())["spec"]["securityContext"]
+    assert (worker_ctx["runAsUser"], worker_ctx["runAsGroup"]) == (1000, 1000)
+    assert (pod_ctx["runAsUser"], pod_ctx["runAsGroup"]) == (65532, 65532)
 
 
 def test_security_context_opt_out() -> None:
