@@ -76,8 +76,8 @@ async def test_task_instance_table_locked(harness: Harness) -> None:
     async with lock_table(h.db_url, "task_instance") as held:
         # The fault is the lock's duration: nothing to wait for but the clock. (The
         # harness does not read the database meanwhile: its reads would queue too.)
-        await asyncio.sleep(10)
-    unlocked = await h.fault("task_instance locked for 10s")
+        await asyncio.sleep(20)  # the 20 s: below the zombie threshold (30 s)
+    unlocked = await h.fault("task_instance locked for 20s")
     assert held.max_waiting > 0, "the lock blocked nobody"
 
     problems = []
