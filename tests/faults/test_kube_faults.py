@@ -426,7 +426,7 @@ async def test_api_server_outage(
 
     async def outage(kube: KubeRun) -> None:
         await fake_kube.stop_serving()
-        await asyncio.sleep(2)  # the outage itself: pods keep running and ending meanwhile
+        await asyncio.sleep(30)  # the outage itself: pods keep running and ending meanwhile
         await fake_kube.resume_serving()
 
     state, outcome, _ = await run_with_fault(fake_kube, pg_url, engine, dags, outage)
