@@ -49,6 +49,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -75,6 +76,9 @@ from .outcome import RECORD_RETRY_DELAYS as RECORD_RETRY_DELAYS
 from .outcome import Recorder, db_reason
 
 T = TypeVar("T")
+
+CLAIM_PATIENCE = 15.0
+"""Seconds the worker keeps trying to reach the database and claim its try."""
 
 abandoned_threads = execute.abandoned_threads
 
@@ -128,27 +132,47 @@ class Worker:
         self.signalled = self._install_signal_handlers()
         engine = create_engine(self.config.database_url, pool_size=2)
         try:
-            await check_connection(engine)
             self.factory = sessionmaker(engine)
-            try:
-                claim = await claim_try(
-                    self.factory,
-                    dag_id=self.dag_id,
-                    run_id=self.run_id,
-                    task_id=self.task_id,
-                    try_number=self.try_number,
-                )
-            except SQLAlchemyError as exc:
-                raise DatabaseUnavailable(
-                    f"database {self.config.safe_database_url()} failed while claiming "
-                    f"try {self.try_number} of {self.key}: {db_reason(exc)}"
-                ) from exc
+            claim = await self._claim_patiently(engine)
             if isinstance(claim, str):
                 log(claim)
                 return EXIT_SUCCESS
             return await self._run_claimed(claim)
         finally:
             await engine.dispose()
+
+    async def _claim_patiently(self, engine: Any) -> Claim | str:
+        """Connect and claim, riding out a database blip of up to `CLAIM_PATIENCE` seconds
+        (half the zombie threshold if that is shorter).
+
+        Nothing has run yet, so trying again is harmless; giving up at the first dropped
+        connection would make a short outage cost the try a launch.
+        """
+        patience = min(CLAIM_PATIENCE, self.config.zombie_threshold / 2)
+        deadline = time.monotonic() + patience
+        delay = 0.2
+        while True:
+            try:
+                await check_connection(engine)
+                try:
+                    return await claim_try(
+                        self.factory,
+                        dag_id=self.dag_id,
+                        run_id=self.run_id,
+                        task_id=self.task_id,
+                        try_number=self.try_number,
+                    )
+                except SQLAlchemyError as exc:
+                    raise DatabaseUnavailable(
+                        f"database {self.config.safe_database_url()} failed while claiming "
+                        f"try {self.try_number} of {self.key}: {db_reason(exc)}"
+                    ) from exc
+            except DatabaseUnavailable as exc:
+                if time.monotonic() + delay > deadline or self.signalled.done():
+                    raise
+                log(f"{exc}; trying again in {delay:g}s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _install_signal_handlers(self) -> asyncio.Future[int]:
         loop = asyncio.get_running_loop()
