@@ -75,7 +75,9 @@ class InstantLauncher:
         for k in keys:
             self._finish(self.held.pop(k))
 
-    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+    async def kill(
+        self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
+    ) -> None:
         self.killed.append(key)
         if key in self.held:
             self.held.pop(key)

@@ -178,14 +178,17 @@ class KubernetesLauncher:
     async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
         return list(await asyncio.gather(*(self._launch_one(spec) for spec in specs)))
 
-    async def kill(self, key: AttemptKey, handle: str | None, *, reason: str) -> None:
+    async def kill(
+        self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
+    ) -> None:
         namespace, name = self._locate(key, handle)
         tracked = self._tracked.get((namespace, name)) or self._tracker.track(key, namespace, name)
         if tracked.exited:
             return
         tracked.kill_reason = reason
         try:
-            await self._tracker.delete(namespace, name, grace=self.delete_grace_period)
+            grace = 0 if force else self.delete_grace_period
+            await self._tracker.delete(namespace, name, grace=grace)
         except PodNotFound:
             self._tracked.pop((namespace, name), None)
             self._tracker.exit_without_pod(tracked, reason, "pod not found when killing it")

@@ -1,4 +1,8 @@
-"""LocalLauncher with real processes: bash, pod and python kinds, kill, adopt, logs."""
+"""LocalLauncher with real processes: bash, pod and python kinds, kill, adopt, logs.
+
+Launchers default to `python_mode="exec"` here: only the tests of forked Python
+attempts pay for booting a forkserver.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ async def make_launcher(tmp_path: Path) -> AsyncIterator[Factory]:
             "worker_env": {"MINIFLOW_DATABASE_URL": "sqlite:///x.db"},
             "grace_period": 0.5,
             "python_entry": ENTRY,
+            "python_mode": "exec",
         }
         options.update(kwargs)
         launcher = LocalLauncher(**options)
@@ -252,7 +257,7 @@ async def test_python_task(make_launcher: Factory, mode: str) -> None:
 
 
 async def test_python_fork_kill(make_launcher: Factory, tmp_path: Path) -> None:
-    launcher = await make_launcher()
+    launcher = await make_launcher(python_mode="fork")
     spec = TaskSpec(
         key=key(), kind="python", fileloc="d.py", env={"ENTRY_WAIT_FOR": str(tmp_path / "never")}
     )
@@ -264,7 +269,7 @@ async def test_python_fork_kill(make_launcher: Factory, tmp_path: Path) -> None:
 
 
 async def test_missing_worker_falls_back_to_exec(make_launcher: Factory) -> None:
-    launcher = await make_launcher(python_entry="no_such_module_xyz:main")
+    launcher = await make_launcher(python_entry="no_such_module_xyz:main", python_mode="fork")
     assert launcher.python_mode == "exec"
 
 
@@ -284,9 +289,15 @@ async def test_launch_is_idempotent(make_launcher: Factory, tmp_path: Path) -> N
     go.touch()
     event = await exited(launcher)
     assert event.exit_code == 0 and event.log_tail == "run"
-    # Finished and launched again: still adopted (the marker), reported, never re-run.
+    # Finished and launched again: still adopted (the marker), never re-run, and its
+    # exit not reported twice before the scheduler acknowledged it...
     [again] = await launcher.launch([spec])
     assert again.adopted and again.handle == first.handle
+    assert launcher.events.empty()
+    # ...after that, reported again from the marker and the exit file.
+    await launcher.acknowledge([key()])
+    [later] = await launcher.launch([spec])
+    assert later.adopted and later.handle == first.handle
     assert (await exited(launcher)).exit_code == 0
     assert (go.parent / "state/logs/dag").exists()
     assert await launcher.alive() == []
