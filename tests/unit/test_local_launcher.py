@@ -515,13 +515,17 @@ async def test_alive_is_a_fresh_look(make_launcher: Factory) -> None:
     assert [a.handle for a in await launcher.alive()] == [result.handle]
     pid = int((result.handle or "").partition(":")[2])
     os.killpg(pid, signal.SIGKILL)
-    # Without yielding to the loop (the exit is not processed yet): wait for the kernel.
-    deadline = time.monotonic() + WAIT
-    while (local_procs.proc_stat(pid) or ("Z",))[0] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    _block_until_zombie(pid)  # the launcher has not processed the exit yet
     assert await launcher.alive() == []
     assert (await exited(launcher)).exit_code == 137
+
+
+def _block_until_zombie(pid: int) -> None:
+    """Wait for the kernel to end the process without yielding to the event loop."""
+    deadline = time.monotonic() + WAIT
+    while (local_procs.proc_stat(pid) or ("Z",))[0] != "Z":
+        assert time.monotonic() < deadline, f"{pid} did not end"
+        time.sleep(0.005)
 
 
 async def test_alive_includes_attempts_nobody_adopted(make_launcher: Factory) -> None:
