@@ -3,6 +3,20 @@
 SQLite databases are migrated automatically (one user, one file: the embedded
 default must need no set-up step); PostgreSQL needs `miniflow db upgrade`
 first, so a shared production database is never migrated by surprise.
+
+Stopping differs on purpose:
+
+- `miniflow scheduler` (SIGTERM, SIGINT) stops its loop after the current
+  round; a round still busy after `STOP_GRACE` seconds, or at a second signal,
+  is cancelled (its transaction rolls back; the next scheduler redoes it).
+  Running tasks keep running: they are not children that hold up the exit
+  (see `local_fork`), and the next scheduler adopts them.
+- `miniflow standalone` and `miniflow dags test` (SIGINT, SIGTERM, SIGHUP)
+  stop everything they run: the tries in flight are recorded failed first, with
+  no retry (so a worker stopped by the signal finds its try ended and records
+  nothing), then their processes are killed (grace period, then SIGKILL), their
+  attempts closed with reason "Stopped", and the runs still running end failed.
+  No process and no running run are left behind.
 """
 
 from __future__ import annotations
@@ -11,21 +25,32 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.live import Live
 
 from miniflow import admin, cli_views, runtime
 from miniflow.config import Config
+from miniflow.errors import NotFound
+from miniflow.launchers.base import AttemptExited, AttemptKey, LauncherEvent
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
+from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import schema, states
 from miniflow.store import task_instances as store_tis
+from miniflow.store.models import TaskInstance
 
 log = logging.getLogger("miniflow.daemon")
+
+STOP_GRACE = 3.0
+"""Seconds a stopping loop may take to finish its round before it is cancelled."""
+
+DAEMON_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FOREGROUND_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _settings(config: Config, **kw: object) -> SchedulerSettings:
@@ -56,10 +81,48 @@ async def _scheduler(config: Config, **settings: object) -> AsyncIterator[Schedu
             await scheduler.close()
 
 
-def _on_signals(scheduler: Scheduler) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, scheduler.stop)
+class _Stop:
+    """The stop signals of one command: the first one received, and what to cancel."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self.count = 0
+        self.loop: asyncio.Future[Any] | None = None  # the scheduler loop to stop
+
+    @contextlib.contextmanager
+    def handling(
+        self, signals: Sequence[signal.Signals], on_signal: Callable[[], None]
+    ) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def received(sig: signal.Signals) -> None:
+            self.count += 1
+            if self.signal is None:
+                self.signal = sig
+            on_signal()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, received, sig)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    def cancel_loop(self) -> None:
+        if self.loop is not None:
+            self.loop.cancel()
+
+
+async def _await_loop(runner: asyncio.Future[Any]) -> Any:
+    """Await the scheduler loop; its cancellation (how a stop hurries it) is no error."""
+    try:
+        return await runner
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves
+        return None
 
 
 async def run_scheduler(config: Config) -> None:
@@ -68,21 +131,34 @@ async def run_scheduler(config: Config) -> None:
     Running attempts are left alone: a restarted scheduler adopts them.
     """
     async with _scheduler(config) as scheduler:
-        _on_signals(scheduler)
-        log.info(
-            "scheduler %s started (launcher %s, DAGs %s, database %s)",
-            scheduler.scheduler_id,
-            config.launcher,
-            config.dags_folder,
-            config.safe_database_url(),
-        )
-        await scheduler.run_forever()
+        loop = asyncio.get_running_loop()
+        stop = _Stop()
+
+        def on_signal() -> None:
+            if stop.count == 1:
+                name = stop.signal.name if stop.signal else "signal"
+                log.info("%s: stopping; running tasks keep running", name)
+                scheduler.stop()
+                loop.call_later(STOP_GRACE, stop.cancel_loop)
+            else:
+                stop.cancel_loop()
+
+        with stop.handling(DAEMON_SIGNALS, on_signal):
+            log.info(
+                "scheduler %s started (launcher %s, DAGs %s, database %s)",
+                scheduler.scheduler_id,
+                config.launcher,
+                config.dags_folder,
+                config.safe_database_url(),
+            )
+            stop.loop = asyncio.ensure_future(scheduler.run_forever())
+            await _await_loop(stop.loop)
 
 
-async def _shutdown_local(scheduler: Scheduler) -> None:
+async def _shutdown_local(scheduler: Scheduler, run: tuple[str, str] | None = None) -> None:
     shutdown = getattr(scheduler.launcher, "shutdown_all", None)
     if shutdown is not None:
-        await shutdown()
+        await shutdown(run=run)
 
 
 async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: bool) -> int:
@@ -92,23 +168,27 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
     async with _scheduler(config) as scheduler:
-        _on_signals(scheduler)
-        await scheduler.tick()  # parse before triggering
-        watched: list[tuple[str, str]] = []
-        if trigger_all:
-            watched = await _trigger_all(config, scheduler)
-        runner = asyncio.create_task(scheduler.run_forever())
-        try:
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
-                while not runner.done():
-                    live.update(await cli_views.runs_panel(scheduler.engine, watched))
-                    if exit_when_done and watched and await _all_finished(scheduler, watched):
-                        scheduler.stop()
-                    await asyncio.wait({runner}, timeout=0.25)
-                live.update(await cli_views.runs_panel(scheduler.engine, watched))
-        finally:
+        stop = _Stop()
+
+        def on_signal() -> None:
             scheduler.stop()
-            await runner
+            stop.cancel_loop()  # everything is killed anyway: no round to finish
+
+        with stop.handling(FOREGROUND_SIGNALS, on_signal):
+            await scheduler.tick()  # parse before triggering
+            watched: list[tuple[str, str]] = []
+            if trigger_all and stop.signal is None:
+                watched = await _trigger_all(config, scheduler)
+            if stop.signal is None:
+                stop.loop = asyncio.ensure_future(scheduler.run_forever())
+                await _live_view(console, scheduler, stop.loop, watched, exit_when_done)
+            if stop.signal is not None:
+                name = stop.signal.name
+                failed = await stop_everything(scheduler, stop.signal, run=None)
+                console.print(f"[yellow]stopped by {name}[/]: running tasks killed")
+                if failed:
+                    console.print(f"[red]runs failed by the stop:[/] {', '.join(failed)}")
+                return 1
             await _shutdown_local(scheduler)
         console.print()
         if not watched:
@@ -124,6 +204,27 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
             return 1
         console.print(f"[green]all {len(finals)} triggered runs succeeded[/]")
         return 0
+
+
+async def _live_view(
+    console: Any,
+    scheduler: Scheduler,
+    runner: asyncio.Future[Any],
+    watched: list[tuple[str, str]],
+    exit_when_done: bool,
+) -> None:
+    """Show the runs until the loop ends (a stop, or every watched run finished)."""
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while not runner.done():
+                live.update(await cli_views.runs_panel(scheduler.engine, watched))
+                if exit_when_done and watched and await _all_finished(scheduler, watched):
+                    scheduler.stop()
+                await asyncio.wait({runner}, timeout=0.25)
+            live.update(await cli_views.runs_panel(scheduler.engine, watched))
+    finally:
+        scheduler.stop()
+        await _await_loop(runner)
 
 
 async def _trigger_all(config: Config, scheduler: Scheduler) -> list[tuple[str, str]]:
@@ -157,24 +258,157 @@ async def test_dag(
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
     console = cli_views.make_console()
+    run_id = f"test__{(logical_date or datetime.now(UTC)).isoformat()}"
     async with _scheduler(config, schedule_runs=False) as scheduler:
-        await scheduler.tick()
-        run_id = await admin.trigger(
-            config,
-            dag_id,
-            conf_json=conf_json,
-            logical_date=logical_date,
-            run_id=f"test__{(logical_date or datetime.now(UTC)).isoformat()}",
-            parse=False,
-        )
-        scheduler.settings = _settings(config, schedule_runs=False, only_run=(dag_id, run_id))
-        console.print(f"testing {dag_id} run {run_id}")
+        stop = _Stop()
+        with stop.handling(FOREGROUND_SIGNALS, stop.cancel_loop):
+            stop.loop = asyncio.ensure_future(
+                _test_run(config, scheduler, dag_id, run_id, logical_date, conf_json, console)
+            )
+            state = await _await_loop(stop.loop)
+            if stop.signal is not None:
+                await stop_everything(scheduler, stop.signal, run=(dag_id, run_id))
+                state = states.RUN_FAILED
+            else:
+                await _shutdown_local(scheduler, run=(dag_id, run_id))
         try:
-            state = await scheduler.run_until_done(dag_id, run_id)
-        finally:
-            await _shutdown_local(scheduler)
-        async with store_engine.transaction(scheduler.sessions) as session:
-            tis = await store_tis.list_for_run(session, dag_id, run_id)
+            async with store_engine.transaction(scheduler.sessions) as session:
+                tis = await store_tis.list_for_run(session, dag_id, run_id)
+        except NotFound:
+            tis = []
         cli_views.print_task_instances(tis, console=console)
-        console.print(f"run {run_id}: [bold]{state}[/]")
-        return state
+        stopped = f" (stopped by {stop.signal.name})" if stop.signal is not None else ""
+        console.print(f"run {run_id}: [bold]{state}[/]{stopped}")
+        return str(state)
+
+
+async def _test_run(
+    config: Config,
+    scheduler: Scheduler,
+    dag_id: str,
+    run_id: str,
+    logical_date: datetime | None,
+    conf_json: str | None,
+    console: Any,
+) -> str:
+    await scheduler.tick()
+    await admin.trigger(
+        config,
+        dag_id,
+        conf_json=conf_json,
+        logical_date=logical_date,
+        run_id=run_id,
+        parse=False,
+    )
+    scheduler.settings = _settings(config, schedule_runs=False, only_run=(dag_id, run_id))
+    console.print(f"testing {dag_id} run {run_id}")
+    return await scheduler.run_until_done(dag_id, run_id)
+
+
+# --- stopping everything (standalone, dags test) ---------------------------------------------
+
+KILL_WAIT = 30.0
+"""Longest wait for the exits of killed attempts, beyond the launcher's own grace period."""
+
+
+async def stop_everything(
+    scheduler: Scheduler, sig: signal.Signals, *, run: tuple[str, str] | None
+) -> list[str]:
+    """Stop the tries in flight (of `run`, else all) and their runs; the runs failed.
+
+    Order matters: the tries are failed in the database before their processes
+    are signalled, so a worker that handles the signal finds its try already
+    ended and records nothing (no retry is spent or scheduled).
+    """
+    message = f"the run was stopped by {sig.name}"
+    now = scheduler.clock.now()
+    async with store_engine.transaction(scheduler.sessions) as session:
+        run_pks: list[int] | None = None
+        if run is not None:
+            try:
+                run_pks = [(await store_runs.get_run(session, *run)).pk]
+            except NotFound:
+                run_pks = []  # stopped before the run was created
+        rows = [
+            r for r in await store_tis.in_flight(session) if run_pks is None or r.run_pk in run_pks
+        ]
+        outcomes = [
+            store_tis.Outcome(
+                r.id,
+                r.try_number,
+                states.FAILED,
+                (states.QUEUED, states.RUNNING),
+                error=f"stopped: {message}",
+            )
+            for r in rows
+        ]
+        await store_tis.finish(session, outcomes, now)
+        failed = await _fail_runs(session, run_pks, queued_too=run is not None, now=now)
+    keys = {AttemptKey(r.dag_id, r.run_id, r.task_id, r.try_number): r for r in rows}
+    exits = await _kill_attempts(scheduler, keys, message, run)
+    ends = []
+    for key, row in keys.items():
+        event = exits.get(key)
+        ends.append(
+            store_attempts.AttemptEnd(
+                row.id,
+                row.try_number,
+                states.FAILED,
+                event.exit_code if event else None,
+                "Stopped",
+                message,
+                event.log_tail if event else None,
+                event.at if event else now,
+            )
+        )
+    async with store_engine.transaction(scheduler.sessions) as session:
+        await store_attempts.close(session, ends)
+    await scheduler.launcher.acknowledge([k for k in exits if k in keys])
+    log.warning("%s: %d tries stopped, runs failed: %s", message, len(rows), failed or "none")
+    return failed
+
+
+async def _fail_runs(
+    session: Any, run_pks: list[int] | None, *, queued_too: bool, now: datetime
+) -> list[str]:
+    """Fail the running runs (of `run_pks`, else all); with `queued_too`, queued ones too."""
+    runs = await store_runs.running_runs(session, run_pks)
+    if queued_too:
+        runs += [r for r in await store_runs.queued_runs(session) if r.pk in (run_pks or [])]
+    failed = []
+    for info in runs:
+        if await store_runs.set_state(
+            session, info.pk, expected=info.state, state=states.RUN_FAILED, now=now
+        ):
+            failed.append(f"{info.dag_id}/{info.run_id}")
+    return failed
+
+
+async def _kill_attempts(
+    scheduler: Scheduler,
+    keys: dict[AttemptKey, TaskInstance],
+    message: str,
+    run: tuple[str, str] | None,
+) -> dict[AttemptKey, AttemptExited]:
+    """Kill the attempts and wait (bounded) for their exits, by key."""
+    launcher = scheduler.launcher
+    shutdown = getattr(launcher, "shutdown_all", None)
+    if shutdown is not None:  # the local launcher: also whatever else of `run` it runs
+        events: list[AttemptExited] = await shutdown(reason="Stopped", message=message, run=run)
+        return {e.key: e for e in events}
+    for key, row in keys.items():
+        await launcher.kill(key, row.handle, reason=message)
+    return await _collect_exits(launcher.events, set(keys), KILL_WAIT)
+
+
+async def _collect_exits(
+    queue: asyncio.Queue[LauncherEvent], keys: set[AttemptKey], timeout: float
+) -> dict[AttemptKey, AttemptExited]:
+    exits: dict[AttemptKey, AttemptExited] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while not keys <= exits.keys():
+                event = await queue.get()
+                if isinstance(event, AttemptExited) and event.key in keys:
+                    exits[event.key] = event
+    return exits

@@ -16,8 +16,9 @@ left the forkserver behind); and preloading and skipping the re-run of
 `Popen._fds`). This module uses public APIs only: `os.posix_spawn`, a Unix
 socket with `socket.send_fds`/`recv_fds`, `os.fork`.
 
-Protocol (one stream socketpair, messages = 4-byte length + JSON): the server
-says `{"ready": true}` once its preloads are imported; each request carries the
+Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
+sends the preload list and its `sys.path`, the server answers `{"ready": true}`
+once the preloads are imported; then each request carries the
 attempt (entry, argv, log and exit paths, the whole environment) and, as
 SCM_RIGHTS, the read end of the attempt's go pipe; the reply is `{"pid": N}` or
 `{"errno": E, "error": "..."}`. The server exits when the socket reaches EOF
@@ -149,11 +150,10 @@ class ForkServer:
         fd = theirs.fileno()
         moved = os.dup(fd) if fd == SERVER_FD else None  # dup2(3, 3) keeps close-on-exec
         code = f"from {__name__} import serve; serve()"
-        config = json.dumps({"preload": self.preload, "sys_path": self.sys_path})
         try:
             self.pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-c", code, config],
+                [sys.executable, "-c", code],
                 self.env,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, moved if moved is not None else fd, SERVER_FD),
@@ -171,6 +171,7 @@ class ForkServer:
         self._sock = ours
         ours.settimeout(timeout)
         try:
+            _send(ours, {"preload": self.preload, "sys_path": self.sys_path})
             _recv(ours)
         except (OSError, EOFError, ValueError) as exc:
             self.close()
@@ -239,20 +240,20 @@ class ForkServer:
 
 
 def serve() -> NoReturn:
-    """Main of the forkserver process (argv[1]: JSON with preload and sys_path)."""
-    config = json.loads(sys.argv[1])
-    sys.path[:] = config["sys_path"]
+    """Main of the forkserver process; its first message: preload and sys_path."""
     # The kernel reaps our children: attempts are watched with pidfds by the launcher
     # and record their own exit codes; nobody waits for them here.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=SERVER_FD)
-    for name in config["preload"]:
-        try:
-            importlib.import_module(name)
-        except BaseException:  # the attempt reports it again, in its own log
-            traceback.print_exc()
     try:
+        config, _ = _recv(sock)
+        sys.path[:] = config["sys_path"]
+        for name in config["preload"]:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the attempt reports it again, in its own log
+                traceback.print_exc()
         _send(sock, {"ready": True})
         while True:
             request, fds = _recv(sock, with_fd=True)
