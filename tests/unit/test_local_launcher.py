@@ -383,6 +383,19 @@ async def test_forked_attempts_outlive_the_launcher_and_its_forkserver(
     assert (event.key, event.exit_code, event.reason) == (key(), 6, "Error")
 
 
+async def test_a_dead_forkserver_falls_back_to_exec(make_launcher: Factory) -> None:
+    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # for exec mode
+    launcher = await make_launcher(python_mode="fork", worker_env=env)
+    server = launcher._forkserver
+    assert server is not None and server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    spec = TaskSpec(key=key(), kind="python", fileloc="d.py", env={"ENTRY_MARK": "after"})
+    [result] = await launcher.launch([spec])
+    assert result.error is None and launcher.python_mode == "exec"
+    event = await exited(launcher)
+    assert event.exit_code == 0 and "entry mark: after" in (event.log_tail or "")
+
+
 async def test_missing_worker_falls_back_to_exec(make_launcher: Factory) -> None:
     launcher = await make_launcher(python_entry="no_such_module_xyz:main", python_mode="fork")
     assert launcher.python_mode == "exec"
