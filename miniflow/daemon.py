@@ -16,13 +16,18 @@ Stopping differs on purpose:
   no retry (so a worker stopped by the signal finds its try ended and records
   nothing), then their processes are killed (grace period, then SIGKILL), their
   attempts closed with reason "Stopped", and the runs still running end failed.
-  No process and no running run are left behind.
+  No process and no running run are left behind. Their loops are never
+  cancelled in the middle of a round (a cancelled database call can leak its
+  connection): `standalone` stops its loop first, like the daemon; `dags test`
+  stops claiming, fails its run while the loop runs on (it ends once the run
+  has), then checks again for a try claimed in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -168,11 +173,15 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
     async with _scheduler(config) as scheduler:
+        loop = asyncio.get_running_loop()
         stop = _Stop()
 
         def on_signal() -> None:
             scheduler.stop()
-            stop.cancel_loop()  # everything is killed anyway: no round to finish
+            if stop.count == 1:
+                loop.call_later(STOP_GRACE, stop.cancel_loop)
+            else:
+                stop.cancel_loop()
 
         with stop.handling(FOREGROUND_SIGNALS, on_signal):
             await scheduler.tick()  # parse before triggering
@@ -258,40 +267,53 @@ async def test_dag(
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
     console = cli_views.make_console()
-    run_id = f"test__{(logical_date or datetime.now(UTC)).isoformat()}"
+    run = (dag_id, f"test__{(logical_date or datetime.now(UTC)).isoformat()}")
     async with _scheduler(config, schedule_runs=False) as scheduler:
         stop = _Stop()
-        with stop.handling(FOREGROUND_SIGNALS, stop.cancel_loop):
-            stop.loop = asyncio.ensure_future(
-                _test_run(config, scheduler, dag_id, run_id, logical_date, conf_json, console)
-            )
-            state = await _await_loop(stop.loop)
+        stopping: list[asyncio.Future[list[str]]] = []
+
+        def on_signal() -> None:
+            if stop.count > 1 or stop.loop is None or stop.signal is None:
+                return  # before the loop: handled once the run exists
+            # No new claims; fail the run (the loop then ends by itself) and kill its tries.
+            scheduler.settings = dataclasses.replace(scheduler.settings, parallelism=0)
+            stopping.append(asyncio.ensure_future(stop_everything(scheduler, stop.signal, run=run)))
+
+        with stop.handling(FOREGROUND_SIGNALS, on_signal):
+            state = await _test_run(config, scheduler, run, logical_date, conf_json, stop, console)
             if stop.signal is not None:
-                await stop_everything(scheduler, stop.signal, run=(dag_id, run_id))
+                for pending in stopping:
+                    await pending
+                # Again: a try claimed while the first pass ran, or a signal before the loop.
+                await stop_everything(scheduler, stop.signal, run=run)
                 state = states.RUN_FAILED
             else:
-                await _shutdown_local(scheduler, run=(dag_id, run_id))
+                await _shutdown_local(scheduler, run=run)
         try:
             async with store_engine.transaction(scheduler.sessions) as session:
-                tis = await store_tis.list_for_run(session, dag_id, run_id)
+                tis = await store_tis.list_for_run(session, *run)
         except NotFound:
             tis = []
         cli_views.print_task_instances(tis, console=console)
         stopped = f" (stopped by {stop.signal.name})" if stop.signal is not None else ""
-        console.print(f"run {run_id}: [bold]{state}[/]{stopped}")
-        return str(state)
+        console.print(f"run {run[1]}: [bold]{state}[/]{stopped}")
+        return state
 
 
 async def _test_run(
     config: Config,
     scheduler: Scheduler,
-    dag_id: str,
-    run_id: str,
+    run: tuple[str, str],
     logical_date: datetime | None,
     conf_json: str | None,
+    stop: _Stop,
     console: Any,
 ) -> str:
+    """Parse, trigger and run the test run; returns its state (unless stopped before)."""
     await scheduler.tick()
+    if stop.signal is not None:
+        return states.RUN_FAILED
+    dag_id, run_id = run
     await admin.trigger(
         config,
         dag_id,
@@ -300,9 +322,13 @@ async def _test_run(
         run_id=run_id,
         parse=False,
     )
-    scheduler.settings = _settings(config, schedule_runs=False, only_run=(dag_id, run_id))
+    if stop.signal is not None:
+        return states.RUN_FAILED
+    scheduler.settings = _settings(config, schedule_runs=False, only_run=run)
     console.print(f"testing {dag_id} run {run_id}")
-    return await scheduler.run_until_done(dag_id, run_id)
+    stop.loop = asyncio.ensure_future(scheduler.run_until_done(dag_id, run_id))
+    state: str = await stop.loop
+    return state
 
 
 # --- stopping everything (standalone, dags test) ---------------------------------------------
@@ -364,7 +390,8 @@ async def stop_everything(
     async with store_engine.transaction(scheduler.sessions) as session:
         await store_attempts.close(session, ends)
     await scheduler.launcher.acknowledge([k for k in exits if k in keys])
-    log.warning("%s: %d tries stopped, runs failed: %s", message, len(rows), failed or "none")
+    if rows or failed:
+        log.warning("%s: %d tries stopped, runs failed: %s", message, len(rows), failed or "none")
     return failed
 
 
