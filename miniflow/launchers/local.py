@@ -282,7 +282,7 @@ class LocalLauncher:
         try:
             try:
                 paths.log.parent.mkdir(parents=True, exist_ok=True)
-                pid, own_child = self._start_process(spec, paths, go_read)
+                pid, own_child, done_pipe = self._start_process(spec, paths, go_read)
             finally:
                 os.close(go_read)
         except OSError as exc:  # EAGAIN, EMFILE...: may work next time; EACCES, EROFS: never
@@ -315,8 +315,10 @@ class LocalLauncher:
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
         try:
             procs.write_marker(paths.marker, marker, live=procs.live_entry(self.state_dir, key))
-            self._watcher.watch(loop, attempt, spec.timeout)
+            self._watcher.watch(loop, attempt, spec.timeout, done_pipe=done_pipe)
         except OSError as exc:
+            if done_pipe is not None and attempt.watch_fd is None:
+                os.close(done_pipe)
             self._abandon(attempt, go_write)
             retryable = not procs.is_permanent(exc)
             return LaunchResult(
@@ -339,8 +341,9 @@ class LocalLauncher:
 
     def _start_process(
         self, spec: TaskSpec, paths: procs.AttemptPaths, go_fd: int
-    ) -> tuple[int, bool]:
-        """Start the attempt blocked on `go_fd`; (pid, whether it is our child)."""
+    ) -> tuple[int, bool, int | None]:
+        """Start the attempt blocked on `go_fd`: (pid, whether it is our child, the
+        forkserver's done pipe for a forked attempt)."""
         env = {**host_env(), **spec.env}
         if spec.kind == "bash":
             argv = ["bash", "-c", spec.bash_command or ""]
@@ -369,7 +372,7 @@ class LocalLauncher:
             env = {**host_env(), **self.worker_env, **spec.env}
             if self._forkserver is not None:
                 try:
-                    pid = self._forkserver.fork(
+                    pid, done_pipe = self._forkserver.fork(
                         self.python_entry,
                         worker_argv,
                         log_path=str(paths.log),
@@ -377,7 +380,7 @@ class LocalLauncher:
                         env=env,
                         go_fd=go_fd,
                     )
-                    return pid, False
+                    return pid, False, done_pipe
                 except local_fork.ForkServerGone as exc:
                     log.warning("%s: Python tasks run in exec mode from now on", exc)
                     self._forkserver = None
@@ -386,4 +389,4 @@ class LocalLauncher:
         pid = procs.spawn_wrapped(
             argv, sh=self._sh, log_path=paths.log, exit_path=paths.exit, env=env, go_fd=go_fd
         )
-        return pid, True
+        return pid, True, None

@@ -18,21 +18,22 @@ socket with `socket.send_fds`/`recv_fds`, `os.fork`.
 
 Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
 sends the preload list and its `sys.path`, the server answers `{"ready": true}`
-once the preloads are imported; then each request carries the
-attempt (entry, argv, log and exit paths, the whole environment) and, as
-SCM_RIGHTS, the read end of the attempt's go pipe; the reply is `{"pid": N}` or
-`{"errno": E, "error": "..."}`. The server exits when the socket reaches EOF
-(the launcher closed it, or died): running attempts are left alone, and since
-the server ignores SIGCHLD the kernel reaps its children, never the scheduler.
+once the preloads are imported; then each request carries the attempt (entry,
+argv, log and exit paths, the whole environment) and, as SCM_RIGHTS, the read
+end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
+*done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
+socket reaches EOF (the launcher closed it, or died), leaving running attempts
+alone; being no child of the scheduler, they never hold up its exit.
 
-An attempt is two processes, like the `sh` wrapper of bash tasks: the
-*wrapper* (the forked child: new session, log on stdout/stderr, waits for the
-go byte — EOF means the launcher died before recording the launch, so it exits
-without running anything — then forks the task, waits for it, writes the exit
-file with its code, 128+N for a signal, and exits with it; SIGTERM is blocked
-so the wrapper outlives the group's SIGTERM) and the *task* (default signal
-handling, the attempt's environment, `entry(argv)`). The wrapper's pid is the
-attempt's handle.
+An attempt is one forked process: a new session, the log on stdout/stderr, then
+it waits for the go byte (EOF means the launcher died before recording the
+launch: it exits without running anything), then runs `entry(argv)` with
+default signal handling and the attempt's environment, and writes its exit code
+to the exit file. The server is its parent: it reaps it, writes the exit file
+itself if the attempt could not (a death by signal N: 128+N), and only then
+closes the done pipe, whose EOF is how the launcher learns of the exit with the
+code already on disk. (A launcher that outlives the server, or adopts the
+attempt after a restart, watches the pid instead.)
 
 This module is imported by the forkserver (it is its main) and lives on in every
 forked child, so it imports nothing heavy. It must never touch asyncio.
@@ -40,11 +41,13 @@ forked child, so it imports nothing heavy. It must never touch asyncio.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import importlib
 import io
 import json
 import os
+import selectors
 import signal
 import socket
 import struct
@@ -52,6 +55,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 from miniflow.errors import LaunchError
@@ -116,11 +120,23 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def _recv(sock: socket.socket, *, with_fd: bool = False) -> tuple[dict[str, Any], list[int]]:
-    """One message (and the fd sent with it); EOFError at end of stream."""
+    """One message (and the fd sent with it); EOFError at end of stream.
+
+    A received fd is close-on-exec (MSG_CMSG_CLOEXEC): it must not leak into the
+    processes the launcher spawns.
+    """
     fds: list[int] = []
     if with_fd:
-        head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 1)
+        fd_size = array.array("i").itemsize
+        head, ancillary, _flags, _addr = sock.recvmsg(
+            _HEADER.size, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC
+        )
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", data[: len(data) - len(data) % fd_size])
         if not head:
+            for fd in fds:
+                os.close(fd)
             raise EOFError
         head += _recv_exactly(sock, _HEADER.size - len(head))
     else:
@@ -187,8 +203,8 @@ class ForkServer:
         exit_path: str,
         env: Mapping[str, str],
         go_fd: int,
-    ) -> int:
-        """Fork an attempt blocked on `go_fd`; its wrapper's pid.
+    ) -> tuple[int, int]:
+        """Fork an attempt blocked on `go_fd`; (its pid, the read end of its done pipe).
 
         Raises OSError with the server's errno if the fork failed (EAGAIN,
         ENOMEM...), ForkServerGone if the server does not answer.
@@ -204,12 +220,14 @@ class ForkServer:
         }
         try:
             _send(self._sock, request, [go_fd])
-            reply, _ = _recv(self._sock)
+            reply, fds = _recv(self._sock, with_fd=True)
         except (OSError, EOFError, ValueError) as exc:
-            self.close()
+            self.close(timeout=0.5)
             raise ForkServerGone(f"the forkserver stopped answering: {exc!r}") from exc
-        if "pid" in reply:
-            return int(reply["pid"])
+        if "pid" in reply and len(fds) == 1:
+            return int(reply["pid"]), fds[0]
+        for fd in fds:
+            os.close(fd)
         raise OSError(int(reply.get("errno", 0)), str(reply.get("error", "fork failed")))
 
     def close(self, timeout: float = 5.0) -> None:
@@ -239,13 +257,17 @@ class ForkServer:
 # -- the forkserver -------------------------------------------------------------------------
 
 
+@dataclass
+class _Child:
+    exit_path: str
+    done_w: int  # closed once the exit code is on disk
+
+
 def serve() -> NoReturn:
     """Main of the forkserver process; its first message: preload and sys_path."""
-    # The kernel reaps our children: attempts are watched with pidfds by the launcher
-    # and record their own exit codes; nobody waits for them here.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=SERVER_FD)
+    children: dict[int, _Child] = {}
     try:
         config, _ = _recv(sock)
         sys.path[:] = config["sys_path"]
@@ -254,40 +276,97 @@ def serve() -> NoReturn:
                 importlib.import_module(name)
             except Exception:  # the attempt reports it again, in its own log
                 traceback.print_exc()
+        # SIGCHLD wakes the loop through a pipe; the handler itself does nothing.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+        selector = selectors.DefaultSelector()
+        selector.register(sock, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
         _send(sock, {"ready": True})
         while True:
-            request, fds = _recv(sock, with_fd=True)
-            _send(sock, _fork_one(sock, request, fds))
+            for ready, _ in selector.select():
+                if ready.fileobj is sock:
+                    request, fds = _recv(sock, with_fd=True)
+                    reply, done_r = _fork_one(request, fds, children, (sock, selector))
+                    _send(sock, reply, [done_r] if done_r is not None else [])
+                    if done_r is not None:
+                        os.close(done_r)
+                else:
+                    os.read(wake_r, 4096)
+                    _reap(children)
     except (OSError, EOFError, ValueError):
         # The launcher closed the socket, or died. Leave without the interpreter's
         # teardown of everything preloaded: nothing here needs flushing.
         os._exit(0)
 
 
-def _fork_one(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-    """Fork the attempt's wrapper (in the server); the reply for the launcher."""
+def _fork_one(
+    request: dict[str, Any],
+    fds: list[int],
+    children: dict[int, _Child],
+    server: tuple[socket.socket, selectors.BaseSelector],
+) -> tuple[dict[str, Any], int | None]:
+    """Fork the attempt (in the server); the reply and the done pipe's read end."""
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
-        return {"errno": 0, "error": "a fork request needs one go pipe"}
+        return {"errno": 0, "error": "a fork request needs one go pipe"}, None
+    go_fd = fds[0]
+    done_r, done_w = os.pipe()
     try:
         pid = os.fork()
     except OSError as exc:
-        os.close(fds[0])
-        return {"errno": exc.errno, "error": str(exc)}
+        for fd in (go_fd, done_r, done_w):
+            os.close(fd)
+        return {"errno": exc.errno, "error": str(exc)}, None
     if pid == 0:
+        # The attempt: keep nothing of the server's but stdio and the go pipe.
+        os.close(signal.set_wakeup_fd(-1))
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock, selector = server
+        for key in list(selector.get_map().values()):
+            if key.fileobj is not sock:
+                os.close(key.fd)  # the wake-up pipe's read end
+        selector.close()
         sock.close()
-        _wrapper(request, fds[0])
-    os.close(fds[0])
-    return {"pid": pid}
+        for child in children.values():
+            os.close(child.done_w)
+        os.close(done_r)
+        os.close(done_w)
+        _attempt(request, go_fd)
+    os.close(go_fd)
+    children[pid] = _Child(request["exit"], done_w)
+    return {"pid": pid}, done_r
 
 
-def _wrapper(request: dict[str, Any], go_fd: int) -> NoReturn:
-    """The attempt's session leader: wait for go, run the task, record its exit code."""
+def _reap(children: dict[int, _Child]) -> None:
+    """Reap ended attempts: record the code of those that could not, close their done pipe."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        child = children.pop(pid, None)
+        if child is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+        # 125 without an exit file: the go pipe's EOF, the attempt never ran (no record).
+        if code != NOT_STARTED_CODE and not os.path.exists(child.exit_path):
+            with contextlib.suppress(OSError), open(child.exit_path, "w") as f:
+                f.write(str(code))
+        os.close(child.done_w)
+
+
+def _attempt(request: dict[str, Any], go_fd: int) -> NoReturn:
+    """The forked attempt: wait for go, run `entry(argv)`, record its exit code."""
     code = 1
     try:
         os.setsid()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # we wait for the task
         fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -295,30 +374,8 @@ def _wrapper(request: dict[str, Any], go_fd: int) -> NoReturn:
         if os.read(go_fd, 1) != b"\n":
             os._exit(NOT_STARTED_CODE)  # the launcher died before recording the launch
         os.close(go_fd)
-        # Blocked across the fork: the task unblocks it with the default action,
-        # the wrapper keeps it blocked and outlives the group's SIGTERM.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        pid = os.fork()
-        if pid == 0:
-            _task(request)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        code = 128 - code if code < 0 else code
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        with contextlib.suppress(OSError), open(request["exit"], "w") as f:
-            f.write(str(code & 0xFF))
-        os._exit(code & 0xFF)
-
-
-def _task(request: dict[str, Any]) -> NoReturn:
-    """The attempt itself: `entry(argv)` in the attempt's environment."""
-    code = 1
-    try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.environ.clear()
         os.environ.update(request["env"])
         for stream in (sys.stdout, sys.stderr):
@@ -336,4 +393,6 @@ def _task(request: dict[str, Any]) -> NoReturn:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        with contextlib.suppress(OSError), open(request["exit"], "w") as f:
+            f.write(str(code & 0xFF))
         os._exit(code & 0xFF)

@@ -12,10 +12,12 @@ Design decisions:
 - **pidfd, not a thread per child.** Exits are awaited with
   `loop.add_reader(os.pidfd_open(pid))`; asyncio's default child watcher on
   3.11 would start a thread per process. The same pidfd watches processes
-  that are not our children: forked Python attempts (children of the
-  forkserver) and attempts adopted after a scheduler restart. Their exit code
-  comes from the exit file their wrapper writes; our own children (`sh`
-  wrappers) are reaped with `waitpid`.
+  that are not our children: attempts adopted after a scheduler restart,
+  whose exit code comes from the exit file they write. Our own children (`sh`
+  wrappers) are reaped with `waitpid`. Forked Python attempts are children of
+  the forkserver, which writes the exit file if they could not and then closes
+  their done pipe: its EOF is the exit (a done pipe that ends while the
+  process still runs means the forkserver died: its pid is watched instead).
 - **Adoption trusts the marker, never the pid alone.** A process is adopted
   only if the launch marker's pid, start time and boot id all still match
   (checked again after opening the pidfd, in case the pid was reused in
@@ -54,11 +56,13 @@ class Attempt:
     marker: procs.Marker
     paths: procs.AttemptPaths
     own_child: bool  # spawned by us: reap with waitpid
-    watch_fd: int | None = None  # the pidfd registered with the loop
+    watch_fd: int | None = None  # registered with the loop: a pidfd, or a done pipe
+    via_done_pipe: bool = False  # watch_fd is the forkserver's done pipe, not a pidfd
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     forced_reason: str | None = None  # "Timeout" | "Killed" | "Stopped"
     message: str | None = None
     terminating: bool = False  # SIGTERM sent, SIGKILL scheduled
+    sigkilled: bool = False  # we sent SIGKILL: the exit code is 137 if none was recorded
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_event: AttemptExited | None = None
 
@@ -162,10 +166,18 @@ class AttemptWatcher:
         timeout: float | None,
         *,
         pidfd: int | None = None,
+        done_pipe: int | None = None,
     ) -> None:
-        """Follow the attempt until it exits; terminate it after `timeout` seconds."""
+        """Follow the attempt until it exits; terminate it after `timeout` seconds.
+
+        By `done_pipe` (the forkserver closes it once the exit code is on disk) if
+        given, else by a pidfd (`pidfd`, or one opened here). Takes both fds over.
+        """
         self.attempts[attempt.key] = attempt
-        attempt.watch_fd = os.pidfd_open(attempt.pid) if pidfd is None else pidfd
+        if done_pipe is not None:
+            attempt.watch_fd, attempt.via_done_pipe = done_pipe, True
+        else:
+            attempt.watch_fd = os.pidfd_open(attempt.pid) if pidfd is None else pidfd
         loop.add_reader(attempt.watch_fd, self._on_exit, loop, attempt)
         if timeout is not None:
             attempt.timers.append(
@@ -197,16 +209,18 @@ class AttemptWatcher:
         if attempt.forced_reason is None:
             attempt.forced_reason, attempt.message = reason, message
         if force:
-            procs.signal_group(attempt.pid, signal.SIGKILL)
+            self._sigkill(attempt)
             return
         if attempt.terminating:
             return  # SIGKILL already scheduled
         attempt.terminating = True
         procs.signal_group(attempt.pid, signal.SIGTERM)
         procs.signal_group(attempt.pid, signal.SIGCONT)  # a stopped process cannot see TERM
-        attempt.timers.append(
-            loop.call_later(self.grace_period, procs.signal_group, attempt.pid, signal.SIGKILL)
-        )
+        attempt.timers.append(loop.call_later(self.grace_period, self._sigkill, attempt))
+
+    def _sigkill(self, attempt: Attempt) -> None:
+        if not attempt.done.is_set():
+            attempt.sigkilled = procs.signal_group(attempt.pid, signal.SIGKILL)
 
     def still_running(self, attempt: Attempt) -> bool:
         """A fresh look: the marker's process (pid + start time + boot id) still runs."""
@@ -227,8 +241,26 @@ class AttemptWatcher:
             timer.cancel()
         attempt.timers.clear()
 
+    def _follow_pid(self, loop: asyncio.AbstractEventLoop, attempt: Attempt) -> bool:
+        """The done pipe ended but the process runs on (the forkserver died): watch its
+        pid from now on. False if it has ended meanwhile."""
+        if not procs.marker_process_alive(attempt.marker):
+            return False
+        try:
+            pidfd = os.pidfd_open(attempt.pid)
+        except OSError:
+            return False
+        if attempt.watch_fd is not None:
+            loop.remove_reader(attempt.watch_fd)
+            os.close(attempt.watch_fd)
+        attempt.watch_fd, attempt.via_done_pipe = pidfd, False
+        loop.add_reader(pidfd, self._on_exit, loop, attempt)
+        return True
+
     def _on_exit(self, loop: asyncio.AbstractEventLoop, attempt: Attempt) -> None:
         code: int | None = None
+        if attempt.via_done_pipe and self._follow_pid(loop, attempt):
+            return
         # Pod semantics: the main process is gone, so is whatever it left behind.
         # (For our own child the pid stays reserved until waitpid, so this is safe.)
         with contextlib.suppress(OSError):
@@ -247,7 +279,9 @@ class AttemptWatcher:
         attempt.done.set()
         if code is None:
             code = procs.read_exit_file(attempt.paths.exit)
-        elif procs.read_exit_file(attempt.paths.exit) is None:
+            if code is None and attempt.sigkilled:
+                code = 128 + signal.SIGKILL  # a wrapper we SIGKILLed could not record it
+        if code is not None and procs.read_exit_file(attempt.paths.exit) is None:
             procs.write_exit_file(attempt.paths.exit, code)  # killed before it could
         attempt.exit_event = self.emit_exit(
             attempt.key,
