@@ -10,10 +10,10 @@ Per attempt, next to each other under
 - `<try>.launch` the launch marker (JSON: the key, pid, the process start time
   from `/proc/<pid>/stat` and the boot id, so a recycled pid or a reboot is
   never mistaken for our process; plus kind, handle, timeout, launch time);
-- `<try>.exit`   the exit code, written by the attempt's wrapper when it ends (the
-  `sh` wrapper for bash/pod/exec kinds, the forked wrapper of `local_fork` for
-  forked Python), so a restarted scheduler that is no longer the parent still
-  learns the code.
+- `<try>.exit`   the exit code, written when the attempt ends (by the `sh`
+  wrapper for bash/pod/exec kinds; by a forked Python attempt itself, or the
+  forkserver for a death by signal, see `local_fork`), so a restarted
+  scheduler that is no longer the parent still learns the code.
 
 And `state_dir/live/<hash of the key>`: a hard link to the marker of every
 attempt launched whose exit the scheduler has not acknowledged yet (the
@@ -21,11 +21,12 @@ attempt launched whose exit the scheduler has not acknowledged yet (the
 still run or whose exit was never recorded; `acknowledge` unlinks the entry.
 
 **The go pipe.** A process is started blocked on a pipe (fd 3 of the `sh`
-wrapper, a passed fd for forked Python) and runs nothing until the launcher has
-written the marker (and the live entry) and then a byte on the pipe. If the
-launcher dies in between, the pipe reaches EOF and the process exits without
-running the command and without an exit file: "no marker" always means "never
-ran", so relaunching such a try can never run it twice.
+wrapper; for forked Python, an fd passed to the forkserver) and runs nothing
+until the launcher has written the marker (and the live entry) and then a byte
+on the pipe. If the launcher dies in between, the pipe reaches EOF and the
+process exits without running the command and without an exit file: "no
+marker" always means "never ran", so relaunching such a try can never run it
+twice.
 
 Commands are always executed from an argv list, never interpolated into a shell
 string. Spawning uses `os.posix_spawn` (vfork+exec in glibc, faster than

@@ -280,7 +280,7 @@ class AttemptWatcher:
         if code is None:
             code = procs.read_exit_file(attempt.paths.exit)
             if code is None and attempt.sigkilled:
-                code = 128 + signal.SIGKILL  # a wrapper we SIGKILLed could not record it
+                code = 128 + signal.SIGKILL  # we SIGKILLed it, and nobody could record it
         if code is not None and procs.read_exit_file(attempt.paths.exit) is None:
             procs.write_exit_file(attempt.paths.exit, code)  # killed before it could
         attempt.exit_event = self.emit_exit(
