@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.config import Config
-from miniflow.errors import SchemaError
+from miniflow.errors import SchemaError, StateDirError
 from miniflow.launchers.base import Launcher
 from miniflow.store import engine as store_engine
 from miniflow.store import schema
@@ -20,9 +20,15 @@ from miniflow.store import schema
 
 @asynccontextmanager
 async def open_engine(config: Config, *, check_schema: bool = True) -> AsyncIterator[AsyncEngine]:
-    """A connected engine; raises DatabaseUnavailable / SchemaError with one clear line."""
+    """A connected engine; raises DatabaseUnavailable / SchemaError / StateDirError (the
+    SQLite default lives in the state dir) with one clear line."""
     if config.database_url.startswith("sqlite"):
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(
+                f"state directory {config.state_dir} cannot be created: {exc.strerror or exc}"
+            ) from exc
     engine = store_engine.create_engine(config.database_url)
     try:
         await store_engine.check_connection(engine)

@@ -109,6 +109,21 @@ def test_bad_launcher_setting(sqlite_cli: Cli) -> None:
     assert "MINIFLOW_LAUNCHER" in line and "'foo'" in line
 
 
+@pytest.mark.parametrize("command", [["scheduler"], ["standalone"]])
+def test_unusable_state_dir_is_one_clear_error(
+    db_url: str, tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "file").write_text("in the way")
+    state = tmp_path / "file" / "state"
+    cli = Cli(db_url, tmp_path / "dags", state)
+    (tmp_path / "dags").mkdir()
+    if command == ["standalone"]:
+        cli.db_url = f"sqlite+aiosqlite:///{state / 'miniflow.db'}"  # the embedded default
+    result = cli(*command, expect=2, timeout=60)
+    line = _one_error_line(result.stderr, only=False)
+    assert str(state) in line and "state directory" in line, result.stderr
+
+
 # --- DAGs -----------------------------------------------------------------------------------
 
 
