@@ -26,6 +26,7 @@ from tests.e2e.helpers import (
     spawn_cli,
     stop,
     until,
+    wait_for,
 )
 
 GOOD = """
@@ -346,8 +347,17 @@ async def _file_text(path: Path) -> str | None:
     return _text_of(path)
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            found += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return found
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]])
 async def test_scheduler_stops_at_once_and_leaves_its_task_running(
-    cli: Cli, tmp_path: Path
+    cli: Cli, tmp_path: Path, signals: list[signal.Signals]
 ) -> None:
     started, go = tmp_path / "started", tmp_path / "go"
     cli.dag("long.py", LONG_TASK.format(started=str(started), go=str(go)))
@@ -358,11 +368,14 @@ async def test_scheduler_stops_at_once_and_leaves_its_task_running(
     try:
         task_pid = int(await until(lambda: _file_text(started), 60, "the task to start"))
         groups.append(os.getpgid(task_pid))
+        helpers = _children(first.pid)  # forkservers, resource tracker: must not linger
         began = time.monotonic()
-        first.send_signal(signal.SIGTERM)
+        for sig in signals:  # a second Ctrl-C hurries the stop, it orphans nothing
+            first.send_signal(sig)
         assert first.wait(10) == 0
         assert time.monotonic() - began < 5
         assert _alive(task_pid)  # not killed, not waited for
+        wait_for(lambda: not any(map(_alive, helpers)), 10, "the scheduler's helpers to exit")
 
         second = spawn_cli(["scheduler"], cli.env, tmp_path / "scheduler2.log")
         log2 = tmp_path / "scheduler2.log"
