@@ -12,15 +12,13 @@ Stopping differs on purpose:
   Running tasks keep running: they are not children that hold up the exit
   (see `local_fork`), and the next scheduler adopts them.
 - `miniflow standalone` and `miniflow dags test` (SIGINT, SIGTERM, SIGHUP)
-  stop everything they run: the tries in flight are recorded failed first, with
-  no retry (so a worker stopped by the signal finds its try ended and records
-  nothing), then their processes are killed (grace period, then SIGKILL), their
-  attempts closed with reason "Stopped", and the runs still running end failed.
-  No process and no running run are left behind. Their loops are never
-  cancelled in the middle of a round (a cancelled database call can leak its
-  connection): `standalone` stops its loop first, like the daemon; `dags test`
-  stops claiming, fails its run while the loop runs on (it ends once the run
-  has), then checks again for a try claimed in between.
+  stop everything they run (`miniflow.stopping`): tries failed with reason
+  "Stopped" and no retry, processes killed, running runs failed; no process
+  and no running run are left behind. Their loops are never cancelled in the
+  middle of a round (a cancelled database call can leak its connection):
+  `standalone` stops its loop first, like the daemon; `dags test` stops
+  claiming and fails its run while the loop runs on (it ends once the run has),
+  then checks again for a try claimed in between.
 """
 
 from __future__ import annotations
@@ -36,18 +34,15 @@ from typing import Any
 
 from rich.live import Live
 
-from miniflow import admin, cli_views, runtime
+from miniflow import admin, cli_views, runtime, stopping
 from miniflow.config import Config
 from miniflow.errors import NotFound
-from miniflow.launchers.base import AttemptExited, AttemptKey, LauncherEvent
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
-from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import schema, states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskInstance
 
 log = logging.getLogger("miniflow.daemon")
 
@@ -118,6 +113,15 @@ class _Stop:
         if self.loop is not None:
             self.loop.cancel()
 
+    def stop_after_round(self, scheduler: Scheduler) -> None:
+        """Stop the loop after its round; cancel the round after `STOP_GRACE` seconds,
+        or at once from the second signal on."""
+        scheduler.stop()
+        if self.count == 1:
+            asyncio.get_running_loop().call_later(STOP_GRACE, self.cancel_loop)
+        else:
+            self.cancel_loop()
+
 
 async def _await_loop(runner: asyncio.Future[Any]) -> Any:
     """Await the scheduler loop; its cancellation (how a stop hurries it) is no error."""
@@ -136,17 +140,12 @@ async def run_scheduler(config: Config) -> None:
     Running attempts are left alone: a restarted scheduler adopts them.
     """
     async with _scheduler(config) as scheduler:
-        loop = asyncio.get_running_loop()
         stop = _Stop()
 
         def on_signal() -> None:
-            if stop.count == 1:
-                name = stop.signal.name if stop.signal else "signal"
-                log.info("%s: stopping; running tasks keep running", name)
-                scheduler.stop()
-                loop.call_later(STOP_GRACE, stop.cancel_loop)
-            else:
-                stop.cancel_loop()
+            if stop.count == 1 and stop.signal is not None:
+                log.info("%s: stopping; running tasks keep running", stop.signal.name)
+            stop.stop_after_round(scheduler)
 
         with stop.handling(DAEMON_SIGNALS, on_signal):
             log.info(
@@ -173,17 +172,8 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
     async with _scheduler(config) as scheduler:
-        loop = asyncio.get_running_loop()
         stop = _Stop()
-
-        def on_signal() -> None:
-            scheduler.stop()
-            if stop.count == 1:
-                loop.call_later(STOP_GRACE, stop.cancel_loop)
-            else:
-                stop.cancel_loop()
-
-        with stop.handling(FOREGROUND_SIGNALS, on_signal):
+        with stop.handling(FOREGROUND_SIGNALS, lambda: stop.stop_after_round(scheduler)):
             await scheduler.tick()  # parse before triggering
             watched: list[tuple[str, str]] = []
             if trigger_all and stop.signal is None:
@@ -193,7 +183,7 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
                 await _live_view(console, scheduler, stop.loop, watched, exit_when_done)
             if stop.signal is not None:
                 name = stop.signal.name
-                failed = await stop_everything(scheduler, stop.signal, run=None)
+                failed = await stopping.stop_everything(scheduler, stop.signal, run=None)
                 console.print(f"[yellow]stopped by {name}[/]: running tasks killed")
                 if failed:
                     console.print(f"[red]runs failed by the stop:[/] {', '.join(failed)}")
@@ -270,22 +260,24 @@ async def test_dag(
     run = (dag_id, f"test__{(logical_date or datetime.now(UTC)).isoformat()}")
     async with _scheduler(config, schedule_runs=False) as scheduler:
         stop = _Stop()
-        stopping: list[asyncio.Future[list[str]]] = []
+        first_pass: list[asyncio.Future[list[str]]] = []
 
         def on_signal() -> None:
             if stop.count > 1 or stop.loop is None or stop.signal is None:
                 return  # before the loop: handled once the run exists
             # No new claims; fail the run (the loop then ends by itself) and kill its tries.
             scheduler.settings = dataclasses.replace(scheduler.settings, parallelism=0)
-            stopping.append(asyncio.ensure_future(stop_everything(scheduler, stop.signal, run=run)))
+            first_pass.append(
+                asyncio.ensure_future(stopping.stop_everything(scheduler, stop.signal, run=run))
+            )
 
         with stop.handling(FOREGROUND_SIGNALS, on_signal):
             state = await _test_run(config, scheduler, run, logical_date, conf_json, stop, console)
             if stop.signal is not None:
-                for pending in stopping:
+                for pending in first_pass:
                     await pending
                 # Again: a try claimed while the first pass ran, or a signal before the loop.
-                await stop_everything(scheduler, stop.signal, run=run)
+                await stopping.stop_everything(scheduler, stop.signal, run=run)
                 state = states.RUN_FAILED
             else:
                 await _shutdown_local(scheduler, run=run)
@@ -329,113 +321,3 @@ async def _test_run(
     stop.loop = asyncio.ensure_future(scheduler.run_until_done(dag_id, run_id))
     state: str = await stop.loop
     return state
-
-
-# --- stopping everything (standalone, dags test) ---------------------------------------------
-
-KILL_WAIT = 30.0
-"""Longest wait for the exits of killed attempts, beyond the launcher's own grace period."""
-
-
-async def stop_everything(
-    scheduler: Scheduler, sig: signal.Signals, *, run: tuple[str, str] | None
-) -> list[str]:
-    """Stop the tries in flight (of `run`, else all) and their runs; the runs failed.
-
-    Order matters: the tries are failed in the database before their processes
-    are signalled, so a worker that handles the signal finds its try already
-    ended and records nothing (no retry is spent or scheduled).
-    """
-    message = f"the run was stopped by {sig.name}"
-    now = scheduler.clock.now()
-    async with store_engine.transaction(scheduler.sessions) as session:
-        run_pks: list[int] | None = None
-        if run is not None:
-            try:
-                run_pks = [(await store_runs.get_run(session, *run)).pk]
-            except NotFound:
-                run_pks = []  # stopped before the run was created
-        rows = [
-            r for r in await store_tis.in_flight(session) if run_pks is None or r.run_pk in run_pks
-        ]
-        outcomes = [
-            store_tis.Outcome(
-                r.id,
-                r.try_number,
-                states.FAILED,
-                (states.QUEUED, states.RUNNING),
-                error=f"stopped: {message}",
-            )
-            for r in rows
-        ]
-        await store_tis.finish(session, outcomes, now)
-        failed = await _fail_runs(session, run_pks, queued_too=run is not None, now=now)
-    keys = {AttemptKey(r.dag_id, r.run_id, r.task_id, r.try_number): r for r in rows}
-    exits = await _kill_attempts(scheduler, keys, message, run)
-    ends = []
-    for key, row in keys.items():
-        event = exits.get(key)
-        ends.append(
-            store_attempts.AttemptEnd(
-                row.id,
-                row.try_number,
-                states.FAILED,
-                event.exit_code if event else None,
-                "Stopped",
-                message,
-                event.log_tail if event else None,
-                event.at if event else now,
-            )
-        )
-    async with store_engine.transaction(scheduler.sessions) as session:
-        await store_attempts.close(session, ends)
-    await scheduler.launcher.acknowledge([k for k in exits if k in keys])
-    if rows or failed:
-        log.warning("%s: %d tries stopped, runs failed: %s", message, len(rows), failed or "none")
-    return failed
-
-
-async def _fail_runs(
-    session: Any, run_pks: list[int] | None, *, queued_too: bool, now: datetime
-) -> list[str]:
-    """Fail the running runs (of `run_pks`, else all); with `queued_too`, queued ones too."""
-    runs = await store_runs.running_runs(session, run_pks)
-    if queued_too:
-        runs += [r for r in await store_runs.queued_runs(session) if r.pk in (run_pks or [])]
-    failed = []
-    for info in runs:
-        if await store_runs.set_state(
-            session, info.pk, expected=info.state, state=states.RUN_FAILED, now=now
-        ):
-            failed.append(f"{info.dag_id}/{info.run_id}")
-    return failed
-
-
-async def _kill_attempts(
-    scheduler: Scheduler,
-    keys: dict[AttemptKey, TaskInstance],
-    message: str,
-    run: tuple[str, str] | None,
-) -> dict[AttemptKey, AttemptExited]:
-    """Kill the attempts and wait (bounded) for their exits, by key."""
-    launcher = scheduler.launcher
-    shutdown = getattr(launcher, "shutdown_all", None)
-    if shutdown is not None:  # the local launcher: also whatever else of `run` it runs
-        events: list[AttemptExited] = await shutdown(reason="Stopped", message=message, run=run)
-        return {e.key: e for e in events}
-    for key, row in keys.items():
-        await launcher.kill(key, row.handle, reason=message)
-    return await _collect_exits(launcher.events, set(keys), KILL_WAIT)
-
-
-async def _collect_exits(
-    queue: asyncio.Queue[LauncherEvent], keys: set[AttemptKey], timeout: float
-) -> dict[AttemptKey, AttemptExited]:
-    exits: dict[AttemptKey, AttemptExited] = {}
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            while not keys <= exits.keys():
-                event = await queue.get()
-                if isinstance(event, AttemptExited) and event.key in keys:
-                    exits[event.key] = event
-    return exits

@@ -17,9 +17,9 @@ Design decisions (see BENCHMARKS.md: the floor is fork+exec, ~1 ms a task):
   they never hold up the scheduler's exit, and it exits with the launcher.
   `python_mode="exec"` runs a fresh interpreter instead (simple, slow) and is
   the fallback when the worker is not installed or the forkserver fails.
-- **pidfd, not a thread per child.** Exits are awaited on a pidfd registered
-  with the loop; see `local_watch`, which follows every attempt, adopted or
-  our own, until it ends.
+- **pidfd, not a thread per child.** Exits are awaited on a pidfd (for a
+  forked attempt: the forkserver's done pipe) registered with the loop; see
+  `local_watch`, which follows every attempt, adopted or our own, until it ends.
 - **Evidence before execution.** A process starts blocked on a go pipe; the
   launcher first writes the marker (pid + process start time + boot id) and
   links it into the live index (`state_dir/live`), then lets it go. If the
