@@ -3,22 +3,40 @@
 SQLite databases are migrated automatically (one user, one file: the embedded
 default must need no set-up step); PostgreSQL needs `miniflow db upgrade`
 first, so a shared production database is never migrated by surprise.
+
+Stopping differs on purpose:
+
+- `miniflow scheduler` (SIGTERM, SIGINT) stops its loop after the current
+  round; a round still busy after `STOP_GRACE` seconds, or at a second signal,
+  is cancelled (its transaction rolls back; the next scheduler redoes it).
+  Running tasks keep running: they are not children that hold up the exit
+  (see `local_fork`), and the next scheduler adopts them.
+- `miniflow standalone` and `miniflow dags test` (SIGINT, SIGTERM, SIGHUP)
+  stop everything they run (`miniflow.stopping`): tries failed with reason
+  "Stopped" and no retry, processes killed, running runs failed; no process
+  and no running run are left behind. Their loops are never cancelled in the
+  middle of a round (a cancelled database call can leak its connection):
+  `standalone` stops its loop first, like the daemon; `dags test` stops
+  claiming and fails its run while the loop runs on (it ends once the run has),
+  then checks again for a try claimed in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.live import Live
 
-from miniflow import admin, cli_views, runtime
+from miniflow import admin, cli_views, runtime, stopping
 from miniflow.config import Config
+from miniflow.errors import NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
@@ -28,6 +46,12 @@ from miniflow.store import schema, states
 from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.daemon")
+
+STOP_GRACE = 3.0
+"""Seconds a stopping loop may take to finish its round before it is cancelled."""
+
+DAEMON_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FOREGROUND_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> SchedulerSettings:
@@ -68,10 +92,57 @@ async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler
             await scheduler.close()
 
 
-def _on_signals(scheduler: Scheduler) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, scheduler.stop)
+class _Stop:
+    """The stop signals of one command: the first one received, and what to cancel."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self.count = 0
+        self.loop: asyncio.Future[Any] | None = None  # the scheduler loop to stop
+
+    @contextlib.contextmanager
+    def handling(
+        self, signals: Sequence[signal.Signals], on_signal: Callable[[], None]
+    ) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def received(sig: signal.Signals) -> None:
+            self.count += 1
+            if self.signal is None:
+                self.signal = sig
+            on_signal()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, received, sig)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    def cancel_loop(self) -> None:
+        if self.loop is not None:
+            self.loop.cancel()
+
+    def stop_after_round(self, scheduler: Scheduler) -> None:
+        """Stop the loop after its round; cancel the round after `STOP_GRACE` seconds,
+        or at once from the second signal on."""
+        scheduler.stop()
+        if self.count == 1:
+            asyncio.get_running_loop().call_later(STOP_GRACE, self.cancel_loop)
+        else:
+            self.cancel_loop()
+
+
+async def _await_loop(runner: asyncio.Future[Any]) -> Any:
+    """Await the scheduler loop; its cancellation (how a stop hurries it) is no error."""
+    try:
+        return await runner
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves
+        return None
 
 
 async def run_scheduler(config: Config) -> None:
@@ -80,21 +151,29 @@ async def run_scheduler(config: Config) -> None:
     Running attempts are left alone: a restarted scheduler adopts them.
     """
     async with _scheduler(config) as scheduler:
-        _on_signals(scheduler)
-        log.info(
-            "scheduler %s started (launcher %s, DAGs %s, database %s)",
-            scheduler.scheduler_id,
-            config.launcher,
-            config.dags_folder,
-            config.safe_database_url(),
-        )
-        await scheduler.run_forever()
+        stop = _Stop()
+
+        def on_signal() -> None:
+            if stop.count == 1 and stop.signal is not None:
+                log.info("%s: stopping; running tasks keep running", stop.signal.name)
+            stop.stop_after_round(scheduler)
+
+        with stop.handling(DAEMON_SIGNALS, on_signal):
+            log.info(
+                "scheduler %s started (launcher %s, DAGs %s, database %s)",
+                scheduler.scheduler_id,
+                config.launcher,
+                config.dags_folder,
+                config.safe_database_url(),
+            )
+            stop.loop = asyncio.ensure_future(scheduler.run_forever())
+            await _await_loop(stop.loop)
 
 
-async def _shutdown_local(scheduler: Scheduler) -> None:
+async def _shutdown_local(scheduler: Scheduler, run: tuple[str, str] | None = None) -> None:
     shutdown = getattr(scheduler.launcher, "shutdown_all", None)
     if shutdown is not None:
-        await shutdown()
+        await shutdown(run=run)
 
 
 async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: bool) -> int:
@@ -104,23 +183,22 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
     async with _scheduler(config) as scheduler:
-        _on_signals(scheduler)
-        await scheduler.tick()  # parse before triggering
-        watched: list[tuple[str, str]] = []
-        if trigger_all:
-            watched = await _trigger_all(config, scheduler)
-        runner = asyncio.create_task(scheduler.run_forever())
-        try:
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
-                while not runner.done():
-                    live.update(await cli_views.runs_panel(scheduler.engine, watched))
-                    if exit_when_done and watched and await _all_finished(scheduler, watched):
-                        scheduler.stop()
-                    await asyncio.wait({runner}, timeout=0.25)
-                live.update(await cli_views.runs_panel(scheduler.engine, watched))
-        finally:
-            scheduler.stop()
-            await runner
+        stop = _Stop()
+        with stop.handling(FOREGROUND_SIGNALS, lambda: stop.stop_after_round(scheduler)):
+            await scheduler.tick()  # parse before triggering
+            watched: list[tuple[str, str]] = []
+            if trigger_all and stop.signal is None:
+                watched = await _trigger_all(config, scheduler)
+            if stop.signal is None:
+                stop.loop = asyncio.ensure_future(scheduler.run_forever())
+                await _live_view(console, scheduler, stop.loop, watched, exit_when_done)
+            if stop.signal is not None:
+                name = stop.signal.name
+                failed = await stopping.stop_everything(scheduler, stop.signal, run=None)
+                console.print(f"[yellow]stopped by {name}[/]: running tasks killed")
+                if failed:
+                    console.print(f"[red]runs failed by the stop:[/] {', '.join(failed)}")
+                return 1
             await _shutdown_local(scheduler)
         console.print()
         if not watched:
@@ -136,6 +214,27 @@ async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: b
             return 1
         console.print(f"[green]all {len(finals)} triggered runs succeeded[/]")
         return 0
+
+
+async def _live_view(
+    console: Any,
+    scheduler: Scheduler,
+    runner: asyncio.Future[Any],
+    watched: list[tuple[str, str]],
+    exit_when_done: bool,
+) -> None:
+    """Show the runs until the loop ends (a stop, or every watched run finished)."""
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while not runner.done():
+                live.update(await cli_views.runs_panel(scheduler.engine, watched))
+                if exit_when_done and watched and await _all_finished(scheduler, watched):
+                    scheduler.stop()
+                await asyncio.wait({runner}, timeout=0.25)
+            live.update(await cli_views.runs_panel(scheduler.engine, watched))
+    finally:
+        scheduler.stop()
+        await _await_loop(runner)
 
 
 async def _trigger_all(config: Config, scheduler: Scheduler) -> list[tuple[str, str]]:
@@ -169,32 +268,71 @@ async def test_dag(
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
     console = cli_views.make_console()
+    run = (dag_id, f"test__{(logical_date or datetime.now(UTC)).isoformat()}")
     async with _scheduler(
         config, schedule_runs=False, reap_orphans=False, register=False
     ) as scheduler:
-        await scheduler.tick()
-        run_id = await admin.trigger(
-            config,
-            dag_id,
-            conf_json=conf_json,
-            logical_date=logical_date,
-            run_id=f"test__{(logical_date or datetime.now(UTC)).isoformat()}",
-            parse=False,
-        )
-        scheduler.settings = _settings(
-            config,
-            schedule_runs=False,
-            reap_orphans=False,
-            register=False,
-            only_run=(dag_id, run_id),
-        )
-        console.print(f"testing {dag_id} run {run_id}")
+        stop = _Stop()
+        first_pass: list[asyncio.Future[list[str]]] = []
+
+        def on_signal() -> None:
+            if stop.count > 1 or stop.loop is None or stop.signal is None:
+                return  # before the loop: handled once the run exists
+            # No new claims; fail the run (the loop then ends by itself) and kill its tries.
+            scheduler.settings = dataclasses.replace(scheduler.settings, parallelism=0)
+            first_pass.append(
+                asyncio.ensure_future(stopping.stop_everything(scheduler, stop.signal, run=run))
+            )
+
+        with stop.handling(FOREGROUND_SIGNALS, on_signal):
+            state = await _test_run(config, scheduler, run, logical_date, conf_json, stop, console)
+            if stop.signal is not None:
+                for pending in first_pass:
+                    await pending
+                # Again: a try claimed while the first pass ran, or a signal before the loop.
+                await stopping.stop_everything(scheduler, stop.signal, run=run)
+                state = states.RUN_FAILED
+            else:
+                await _shutdown_local(scheduler, run=run)
         try:
-            state = await scheduler.run_until_done(dag_id, run_id)
-        finally:
-            await _shutdown_local(scheduler)
-        async with store_engine.transaction(scheduler.sessions) as session:
-            tis = await store_tis.list_for_run(session, dag_id, run_id)
+            async with store_engine.transaction(scheduler.sessions) as session:
+                tis = await store_tis.list_for_run(session, *run)
+        except NotFound:
+            tis = []
         cli_views.print_task_instances(tis, console=console)
-        console.print(f"run {run_id}: [bold]{state}[/]")
+        stopped = f" (stopped by {stop.signal.name})" if stop.signal is not None else ""
+        console.print(f"run {run[1]}: [bold]{state}[/]{stopped}")
         return state
+
+
+async def _test_run(
+    config: Config,
+    scheduler: Scheduler,
+    run: tuple[str, str],
+    logical_date: datetime | None,
+    conf_json: str | None,
+    stop: _Stop,
+    console: Any,
+) -> str:
+    """Parse, trigger and run the test run; returns its state (unless stopped before)."""
+    await scheduler.tick()
+    if stop.signal is not None:
+        return states.RUN_FAILED
+    dag_id, run_id = run
+    await admin.trigger(
+        config,
+        dag_id,
+        conf_json=conf_json,
+        logical_date=logical_date,
+        run_id=run_id,
+        parse=False,
+    )
+    if stop.signal is not None:
+        return states.RUN_FAILED
+    scheduler.settings = _settings(
+        config, schedule_runs=False, reap_orphans=False, register=False, only_run=run
+    )
+    console.print(f"testing {dag_id} run {run_id}")
+    stop.loop = asyncio.ensure_future(scheduler.run_until_done(dag_id, run_id))
+    state: str = await stop.loop
+    return state

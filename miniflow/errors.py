@@ -25,6 +25,10 @@ class ConfigError(PermanentError):
     """A configuration value is missing or invalid; the message names the setting."""
 
 
+class StateDirError(ConfigError):
+    """The state directory (MINIFLOW_STATE_DIR) cannot be used: names it and the reason."""
+
+
 class DagDefinitionError(PermanentError):
     """A DAG file defines something invalid; carries the file and line when known."""
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.config import Config
-from miniflow.errors import ConfigError, SchemaError
+from miniflow.errors import SchemaError, StateDirError
 from miniflow.launchers.base import Launcher
 from miniflow.store import engine as store_engine
 from miniflow.store import schema
@@ -20,13 +20,14 @@ from miniflow.store import schema
 
 @asynccontextmanager
 async def open_engine(config: Config, *, check_schema: bool = True) -> AsyncIterator[AsyncEngine]:
-    """A connected engine; raises DatabaseUnavailable / SchemaError with one clear line."""
+    """A connected engine; raises DatabaseUnavailable / SchemaError / StateDirError (the
+    SQLite default lives in the state dir) with one clear line."""
     if config.database_url.startswith("sqlite"):
         try:
             config.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(
-                f"MINIFLOW_STATE_DIR {config.state_dir} cannot be created: {exc.strerror or exc}"
+            raise StateDirError(
+                f"state directory {config.state_dir} cannot be created: {exc.strerror or exc}"
             ) from exc
     engine = store_engine.create_engine(config.database_url)
     try:

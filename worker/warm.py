@@ -1,7 +1,7 @@
 """Everything a worker run may import, imported now: a preload for warm forking parents.
 
 The local launcher forks Python attempts from a forkserver that preloads
-modules (`set_forkserver_preload`). Preloading `miniflow_worker.runner`
+modules (`miniflow.launchers.local_fork`). Preloading `miniflow_worker.runner`
 covers SQLAlchemy and the store; preloading this module as well also covers
 what `runner` imports lazily to keep a cold start small: both database
 drivers and their SQLAlchemy dialects, jinja2 (templated fields) and the DAG

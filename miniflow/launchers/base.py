@@ -108,7 +108,12 @@ class Launcher(Protocol):
         ...
 
     async def start(self) -> None:
-        """Connect / start watches. Called once before any other call."""
+        """Connect / start watches. Called once before any other call.
+
+        Raises a `MiniflowError` if the launcher cannot work at all (its state
+        directory, its cluster), rather than failing every launch. Attempts it
+        launched before a restart whose exit was never acknowledged are adopted
+        or reported here."""
 
     async def close(self) -> None:
         """Stop watches and background tasks; leaves running attempts alone."""
@@ -120,8 +125,12 @@ class Launcher(Protocol):
     async def kill(
         self, key: AttemptKey, handle: str | None, *, reason: str, force: bool = False
     ) -> None:
-        """Stop an attempt (grace period, then force; `force`: at once); an exit event
-        follows, carrying `reason`."""
+        """Stop an attempt; an exit event follows, carrying `reason` in its message.
+
+        Without `force`: ask it to stop (SIGTERM, a pod deletion with its grace
+        period), then force it after the grace period, so an attempt that ignores
+        the request (or is stopped, SIGSTOP) still ends. With `force`: at once
+        (SIGKILL, a deletion with no grace period)."""
 
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         """Re-attach to attempts launched before a restart; events follow for each
@@ -137,7 +146,12 @@ class Launcher(Protocol):
 
     async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
         """Attempts currently running under this launcher; with `fresh`, after a fresh
-        look (a new list from the API server), else as last seen (the watch's view)."""
+        look (a new list from the API server), else as last seen (the watch's view).
+
+        Each one verified (not remembered from its start event), including attempts
+        the launcher finds that nobody asked it to adopt (launched by a previous
+        scheduler, their exit not yet acknowledged): the sanity loop compares this
+        with the database to find orphans."""
         ...
 
     def read_logs(

@@ -11,41 +11,55 @@ Design decisions (see BENCHMARKS.md: the floor is fork+exec, ~1 ms a task):
   tiny `sh` wrapper that records the exit code in a file; the scheduler decides
   success from the exit code. A cold interpreter that imports the worker costs
   ~0.4 s of CPU; 200 of them on 2 cores would be ~40 s.
-- **Forkserver for Python tasks.** A `multiprocessing` forkserver that has
-  already imported the worker (`set_forkserver_preload`) forks a warm child per
-  attempt: start-up is a fork, not an interpreter boot plus imports. The
-  forkserver is a clean process (no event loop, no scheduler state), unlike a
-  fork of the scheduler itself. `python_mode="exec"` runs a fresh interpreter
-  instead (simple, slow) and is the fallback when the worker is not installed.
-- **pidfd, not a thread per child.** Exits are awaited on a pidfd (or the
-  multiprocessing sentinel) registered with the loop; see `local_watch`, which
-  follows every attempt, adopted or our own, until it ends.
-- **Restart-safe and idempotent.** Before `launch()` returns, a marker file
-  records pid + process start time + boot id; the attempt writes its own exit
-  code to a file. A new launcher on the same `state_dir` can therefore adopt a
-  running attempt (and learn its exit code) or report a finished one, and a
-  second launch of the same key is adopted, never run twice.
+- **Forkserver for Python tasks.** A forkserver (`local_fork`) that has
+  already imported the worker forks a warm child per attempt: start-up is a
+  fork, not an interpreter boot plus imports. Its children are not ours, so
+  they never hold up the scheduler's exit, and it exits with the launcher.
+  `python_mode="exec"` runs a fresh interpreter instead (simple, slow) and is
+  the fallback when the worker is not installed or the forkserver fails.
+- **pidfd, not a thread per child.** Exits are awaited on a pidfd (for a
+  forked attempt: the forkserver's done pipe) registered with the loop; see
+  `local_watch`, which follows every attempt, adopted or our own, until it ends.
+- **Evidence before execution.** A process starts blocked on a go pipe; the
+  launcher first writes the marker (pid + process start time + boot id) and
+  links it into the live index (`state_dir/live`), then lets it go. If the
+  launcher dies in between, the process exits without running anything: "no
+  marker" really means "never ran", so a relaunch never runs a try twice, and
+  the live index lists every attempt that may have run.
+- **Nothing forgotten before it is committed.** A live-index entry is removed
+  only by `acknowledge` (the scheduler has committed that try's exit). `start`
+  adopts or reports every entry, and `alive` includes entries nobody watches,
+  so a restarted scheduler learns every exit and sees every orphan. The
+  attempt writes its own exit code to a file, so a launcher that is no longer
+  its parent still learns it. Log files are kept (`tasks logs` reads them).
+- **The host's environment, minus miniflow's.** Bash and Pod commands get the
+  scheduler's environment without any `MINIFLOW_*` variable (the database URL,
+  `MINIFLOW_CONFIG`...), then the task's own `env`; Python tasks get the
+  worker's settings (`worker_env`) on top.
 - **Pod semantics.** When an attempt's main process exits, whatever it left in
   its process group is SIGKILLed (as when a pod's container ends). `close()`
   leaves running attempts alone; `shutdown_all()` kills them.
 
+`start()` checks the state dir (one `StateDirError` if it cannot be used). A
+launch that fails for a reason that will not heal (EACCES, EROFS, ENOENT...)
+is a permanent launch error; EAGAIN, EMFILE, ENOMEM... are retryable.
+
 Handles are `"pid:<pid>"`. Exit reasons: "Completed" (0), "Error" (non-zero,
 or a pod task without a command), "Timeout" (killed after `spec.timeout`),
-"Killed" (via `kill()`, its reason in `message`), "Lost" (the exit code cannot
-be known: no marker, or the process ended without an exit file).
+"Killed" (via `kill()`, its reason in `message`), the reason given to
+`shutdown_all` (e.g. "Stopped"), "Lost" (the exit code cannot be known: no
+marker, or the process ended without an exit file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
-import multiprocessing
-import multiprocessing.context
-import multiprocessing.forkserver
-import multiprocessing.process
 import os
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -56,6 +70,7 @@ from miniflow.launchers import local_fork
 from miniflow.launchers import local_procs as procs
 from miniflow.launchers.base import (
     AliveAttempt,
+    AttemptExited,
     AttemptKey,
     LauncherEvent,
     LaunchResult,
@@ -73,6 +88,11 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ImportError:
         return False
+
+
+def host_env() -> dict[str, str]:
+    """The scheduler's environment without miniflow's own settings (secrets among them)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
 
 
 class LocalLauncher:
@@ -104,28 +124,16 @@ class LocalLauncher:
         self._closed = False
         self._warned_image = False
         self._sh = shutil.which("sh") or "/bin/sh"
-        self._ctx: multiprocessing.context.ForkServerContext | None = None
+        self._forkserver: local_fork.ForkServer | None = None
+        self._preload: list[str] = []
         self.python_mode: Literal["fork", "exec"] = python_mode
         if python_mode == "fork":
             module = python_entry.partition(":")[0]
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except ImportError:
-                found = False
-            if found:
-                self._ctx = multiprocessing.get_context("forkserver")
-                # The forkserver is one per process, shared with parsing: add to its
-                # preload list (effective until it starts). Drop the stock "__main__":
-                # children never need the parent's main script (see local_fork).
-                server = multiprocessing.forkserver._forkserver
-                preload = [
-                    m for m in getattr(server, "_preload_modules", None) or [] if m != "__main__"
-                ]
+            if _importable(module):
                 # `miniflow_worker.warm` imports SQLAlchemy, the drivers and jinja2 up front
                 # so a forked worker starts in tens of milliseconds.
-                wanted = (local_fork.__name__, module, "miniflow_worker.warm")
-                preload += [m for m in wanted if m not in preload and _importable(m)]
-                self._ctx.set_forkserver_preload(preload)
+                wanted = dict.fromkeys((module, "miniflow_worker.warm"))
+                self._preload = [m for m in wanted if _importable(m)]
             else:
                 log.warning("%s is not importable: Python tasks run in exec mode", module)
                 self.python_mode = "exec"
@@ -137,15 +145,27 @@ class LocalLauncher:
         return self._events
 
     async def start(self) -> None:
-        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        if self._ctx is not None:
-            # Boot the forkserver (and its preloads) now, not on the first Python task.
-            await asyncio.to_thread(multiprocessing.forkserver.ensure_running)
+        """Check the state dir, boot the forkserver, adopt or report the live index."""
+        procs.check_state_dir(self.state_dir)
+        if self.python_mode == "fork":
+            # Boot it (and its preloads) now, not on the first Python task.
+            server = local_fork.ForkServer(self._preload, env=host_env(), sys_path=sys.path)
+            try:
+                await asyncio.to_thread(server.start)
+            except local_fork.ForkServerGone as exc:
+                log.warning("%s: Python tasks run in exec mode", exc)
+                self.python_mode = "exec"
+            else:
+                self._forkserver = server
+        self._adopt_live(asyncio.get_running_loop())
 
     async def close(self) -> None:
         self._closed = True
         loop = asyncio.get_running_loop()
         self._watcher.unwatch_all(loop)
+        server, self._forkserver = self._forkserver, None
+        if server is not None:
+            await asyncio.to_thread(server.close)
 
     async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
         loop = asyncio.get_running_loop()
@@ -161,21 +181,31 @@ class LocalLauncher:
             attempt = self._watcher.adopt(loop, key, announce=False)
             if attempt is None:
                 return
-        self._watcher.terminate(loop, attempt, "Killed", reason)
+        self._watcher.terminate(loop, attempt, "Killed", reason, force=force)
 
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         loop = asyncio.get_running_loop()
         for key, _handle in attempts:
-            if key not in self._attempts:
-                self._watcher.adopt(loop, key, announce=True)
+            self._watcher.adopt(loop, key, announce=True)  # known keys: already reported
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
-        pass
+        for key in keys:
+            if key in self._attempts:
+                continue  # still running: its exit is not even reported yet
+            self._watcher.reported.discard(key)
+            procs.remove_live(self.state_dir, key)
 
     async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
+        """Every attempt whose process runs, re-verified now; unwatched live entries adopted."""
+        self._adopt_live(asyncio.get_running_loop())
         return [
-            AliveAttempt(key=a.key, handle=a.handle, info={"pid": a.pid, "kind": a.kind})
-            for a in self._attempts.values()
+            AliveAttempt(
+                key=a.key,
+                handle=a.handle,
+                info={"pid": a.pid, "kind": a.kind, "started": a.marker.launched_at},
+            )
+            for a in list(self._attempts.values())
+            if self._watcher.still_running(a)
         ]
 
     async def read_logs(
@@ -195,17 +225,37 @@ class LocalLauncher:
         async for line in procs.iter_log(path, done=done, tail_lines=tail_lines):
             yield line
 
-    async def shutdown_all(self) -> None:
-        """Kill every attempt still running and wait for their exit events."""
+    async def shutdown_all(
+        self,
+        *,
+        reason: str = "Killed",
+        message: str = "launcher shutdown",
+        run: tuple[str, str] | None = None,
+    ) -> list[AttemptExited]:
+        """Kill every attempt still running (of `run`: (dag_id, run_id), if given) and
+        wait for their exits; returns their exit events (also put on the queue)."""
         loop = asyncio.get_running_loop()
-        attempts = list(self._attempts.values())
+        self._adopt_live(loop)
+        attempts = [
+            a for a in self._attempts.values() if run is None or (a.key.dag_id, a.key.run_id) == run
+        ]
         for attempt in attempts:
-            self._watcher.terminate(loop, attempt, "Killed", "launcher shutdown")
-        if attempts:
-            await asyncio.wait(
-                [asyncio.ensure_future(a.done.wait()) for a in attempts],
-                timeout=self.grace_period + 5.0,
-            )
+            self._watcher.terminate(loop, attempt, reason, message)
+        waiters = [asyncio.ensure_future(a.done.wait()) for a in attempts]
+        if waiters:
+            _, pending = await asyncio.wait(waiters, timeout=self.grace_period + 5.0)
+            for waiter in pending:
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)
+        return [a.exit_event for a in attempts if a.exit_event is not None]
+
+    def _adopt_live(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Adopt (or report) every live-index entry that is neither watched nor reported."""
+        for marker in procs.list_live(self.state_dir):
+            key = marker.key
+            if key is not None and not self._watcher.known(key):
+                self._watcher.adopt(loop, key, announce=True, marker=marker)
 
     # -- launching --------------------------------------------------------------------------
 
@@ -213,10 +263,11 @@ class LocalLauncher:
         key = spec.key
         if self._closed:
             return LaunchResult(key=key, handle=None, error="launcher is closed", retryable=True)
-        running = self._attempts.get(key)
-        if running is not None:
-            return LaunchResult(key=key, handle=running.handle, adopted=True)
         paths = procs.AttemptPaths.of(self.state_dir, key)
+        if self._watcher.known(key):
+            running = self._attempts.get(key)
+            marker = running.marker if running else procs.read_marker(paths.marker)
+            return LaunchResult(key=key, handle=marker.handle if marker else None, adopted=True)
         marker = procs.read_marker(paths.marker)
         if marker is not None:
             # Launched before (maybe by a previous scheduler): adopt, never run twice.
@@ -227,43 +278,73 @@ class LocalLauncher:
                 key, None, None, "Error", log_tail=None, message=NO_ENTRYPOINT_MESSAGE
             )
             return LaunchResult(key=key, handle=None, error=NO_ENTRYPOINT_MESSAGE)
+        go_read, go_write = procs.go_pipe()
         try:
-            paths.log.parent.mkdir(parents=True, exist_ok=True)
-            pid, process = self._start_process(spec, paths)
-        except OSError as exc:  # EAGAIN, EMFILE, disk full...: may work next time
-            return LaunchResult(key=key, handle=None, error=f"cannot start: {exc}", retryable=True)
+            try:
+                paths.log.parent.mkdir(parents=True, exist_ok=True)
+                pid, own_child, done_pipe = self._start_process(spec, paths, go_read)
+            finally:
+                os.close(go_read)
+        except OSError as exc:  # EAGAIN, EMFILE...: may work next time; EACCES, EROFS: never
+            os.close(go_write)
+            retryable = not procs.is_permanent(exc)
+            return LaunchResult(
+                key=key, handle=None, error=f"cannot start: {exc}", retryable=retryable
+            )
         except Exception as exc:  # one bad spec must not fail the whole batch
+            os.close(go_write)
             log.exception("cannot start attempt %s", key)
             return LaunchResult(key=key, handle=None, error=f"cannot start: {exc!r}")
+        # The process is blocked on the go pipe: leave the evidence (marker + live
+        # entry) first, so that whatever happens from here on, a process that may run
+        # has a marker and one without a marker never runs.
         stat = procs.proc_stat(pid)
-        attempt = Attempt(
-            key=key,
-            kind=spec.kind,
+        marker = procs.Marker(
             pid=pid,
-            paths=paths,
-            own_child=process is None,
-            process=process,
+            start_time=stat[1] if stat else None,
+            boot_id=procs.boot_id(),
+            kind=spec.kind,
+            handle=f"pid:{pid}",
+            launched_at=time.time(),
+            timeout=spec.timeout,
+            dag_id=key.dag_id,
+            run_id=key.run_id,
+            task_id=key.task_id,
+            try_number=key.try_number,
         )
-        procs.write_marker(
-            paths.marker,
-            procs.Marker(
-                pid=pid,
-                start_time=stat[1] if stat else None,
-                boot_id=procs.boot_id(),
-                kind=spec.kind,
-                handle=attempt.handle,
-                launched_at=time.time(),
-                timeout=spec.timeout,
-            ),
-        )
-        self._watcher.watch(loop, attempt, spec.timeout)
+        attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
+        try:
+            procs.write_marker(paths.marker, marker, live=procs.live_entry(self.state_dir, key))
+            self._watcher.watch(loop, attempt, spec.timeout, done_pipe=done_pipe)
+        except OSError as exc:
+            if done_pipe is not None and attempt.watch_fd is None:
+                os.close(done_pipe)
+            self._abandon(attempt, go_write)
+            retryable = not procs.is_permanent(exc)
+            return LaunchResult(
+                key=key, handle=None, error=f"cannot record the launch: {exc}", retryable=retryable
+            )
+        procs.send_go(go_write)
         self._watcher.announce(attempt)
         return LaunchResult(key=key, handle=attempt.handle)
 
+    def _abandon(self, attempt: Attempt, go_write: int) -> None:
+        """Undo a launch that could not be recorded: the process never ran."""
+        os.close(go_write)  # EOF: the process exits without running anything
+        self._watcher.attempts.pop(attempt.key, None)
+        procs.remove_live(self.state_dir, attempt.key)
+        with contextlib.suppress(OSError):
+            attempt.paths.marker.unlink()
+        if attempt.own_child:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(attempt.pid, 0)  # exits at once, on EOF
+
     def _start_process(
-        self, spec: TaskSpec, paths: procs.AttemptPaths
-    ) -> tuple[int, multiprocessing.process.BaseProcess | None]:
-        env = {**os.environ, **spec.env}
+        self, spec: TaskSpec, paths: procs.AttemptPaths, go_fd: int
+    ) -> tuple[int, bool, int | None]:
+        """Start the attempt blocked on `go_fd`: (pid, whether it is our child, the
+        forkserver's done pipe for a forked attempt)."""
+        env = {**host_env(), **spec.env}
         if spec.kind == "bash":
             argv = ["bash", "-c", spec.bash_command or ""]
         elif spec.kind == "pod":
@@ -288,20 +369,24 @@ class LocalLauncher:
                 "--try",
                 str(k.try_number),
             ]
-            env = {**os.environ, **self.worker_env, **spec.env}
-            if self._ctx is not None:
-                process = local_fork.start_forked(
-                    self.python_entry,
-                    worker_argv,
-                    log_path=str(paths.log),
-                    exit_path=str(paths.exit),
-                    env=env,
-                    name=f"miniflow {k}",
-                )
-                assert process.pid is not None
-                return process.pid, process
+            env = {**host_env(), **self.worker_env, **spec.env}
+            if self._forkserver is not None:
+                try:
+                    pid, done_pipe = self._forkserver.fork(
+                        self.python_entry,
+                        worker_argv,
+                        log_path=str(paths.log),
+                        exit_path=str(paths.exit),
+                        env=env,
+                        go_fd=go_fd,
+                    )
+                    return pid, False, done_pipe
+                except local_fork.ForkServerGone as exc:
+                    log.warning("%s: Python tasks run in exec mode from now on", exc)
+                    self._forkserver = None
+                    self.python_mode = "exec"
             argv = local_fork.exec_python_argv(self.python_entry, worker_argv)
         pid = procs.spawn_wrapped(
-            argv, sh=self._sh, log_path=paths.log, exit_path=paths.exit, env=env
+            argv, sh=self._sh, log_path=paths.log, exit_path=paths.exit, env=env, go_fd=go_fd
         )
-        return pid, None
+        return pid, True, None

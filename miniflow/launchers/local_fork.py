@@ -1,32 +1,82 @@
 """Python attempts forked from a warm forkserver (the local launcher's "fork" mode).
 
 A cold interpreter that imports the worker (SQLAlchemy, asyncpg...) costs ~0.4 s
-of CPU; 100 of them on 2 cores blow the benchmark goal on start-up alone. A
-`multiprocessing` forkserver is started once with the worker module preloaded
-(`set_forkserver_preload`), and each attempt is a fork of it: milliseconds, and
-copy-on-write memory. The forkserver is a clean process (no event loop, no
-scheduler state, no threads), unlike a fork of the scheduler itself would be.
+of CPU; 100 of them on 2 cores blow the benchmark goal on start-up alone. So
+each launcher starts one forkserver: `python -c "...local_fork.serve()"`,
+spawned in a session of its own, which imports the preload modules once (the
+worker and `miniflow_worker.warm`) and then forks a child per attempt:
+milliseconds, and copy-on-write memory. It is a clean process (no event loop,
+no scheduler state, no threads), unlike a fork of the scheduler itself.
 
-This module is imported by the forkserver and every forked child (it holds the
-process target), so it imports nothing heavy. It must never touch asyncio.
+Why not `multiprocessing`'s forkserver: its children are `multiprocessing`
+children of the scheduler, which interpreter exit joins (a `miniflow scheduler`
+stopped while a `@task` ran waited for the task to end, and a second Ctrl-C
+left the forkserver behind); and preloading and skipping the re-run of
+`__main__` needed CPython internals (`_forkserver._preload_modules`,
+`Popen._fds`). This module uses public APIs only: `os.posix_spawn`, a Unix
+socket with `socket.send_fds`/`recv_fds`, `os.fork`.
+
+Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
+sends the preload list and its `sys.path`, the server answers `{"ready": true}`
+once the preloads are imported; then each request carries the attempt (entry,
+argv, log and exit paths, the whole environment) and, as SCM_RIGHTS, the read
+end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
+*done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
+socket reaches EOF (the launcher closed it, or died), leaving running attempts
+alone; being no child of the scheduler, they never hold up its exit.
+
+An attempt is one forked process: a new session, the log on stdout/stderr, then
+it waits for the go byte (EOF means the launcher died before recording the
+launch: it exits without running anything), then runs `entry(argv)` with
+default signal handling and the attempt's environment, and writes its exit code
+to the exit file. The server is its parent: it reaps it, writes the exit file
+itself if the attempt could not (a death by signal N: 128+N), and only then
+closes the done pipe, whose EOF is how the launcher learns of the exit with the
+code already on disk. (A launcher that outlives the server, or adopts the
+attempt after a restart, watches the pid instead.)
+
+This module is imported by the forkserver (it is its main) and lives on in every
+forked child, so it imports nothing heavy. It must never touch asyncio.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import importlib
 import io
-import multiprocessing.context
-import multiprocessing.forkserver
-import multiprocessing.popen_forkserver
-import multiprocessing.process
-import multiprocessing.reduction
-import multiprocessing.util
+import json
 import os
+import selectors
+import signal
+import socket
+import struct
 import sys
+import time
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, cast
+
+from miniflow.errors import LaunchError
+
+SERVER_FD = 3
+"""The forkserver's end of the socket, in the forkserver."""
+
+NOT_STARTED_CODE = 125
+"""Exit code of a wrapper whose go pipe reached EOF (same as the `sh` wrapper's)."""
+
+READY_TIMEOUT = 120.0
+"""Seconds the forkserver may take to import its preloads."""
+
+REPLY_TIMEOUT = 30.0
+"""Seconds to wait for the pid of a forked attempt (a fork takes milliseconds)."""
+
+_HEADER = struct.Struct("!I")
+
+
+class ForkServerGone(LaunchError):
+    """The forkserver did not answer (it died, or hangs): fork mode is unusable."""
 
 
 def load_entry(entry: str) -> Callable[[list[str]], int]:
@@ -47,72 +97,292 @@ def exec_python_argv(entry: str, argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-c", code, *argv]
 
 
-class _LeanForkServerPopen(multiprocessing.popen_forkserver.Popen):
-    """multiprocessing's forkserver start, minus most of the "preparation data".
+# -- messages -------------------------------------------------------------------------------
 
-    Stock multiprocessing makes every forked child re-run the parent's
-    `__main__` file (for the scheduler the console script, under pytest pytest
-    itself) and import runpy: ~10-40 ms a child, which would dominate a no-op
-    task. The forkserver already has our preloaded modules, so the child needs
-    only sys.path, the working directory and the pickled process object.
-    Mirrors CPython 3.11-3.13 `popen_forkserver.Popen._launch`.
+
+def _send(sock: socket.socket, payload: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    data = json.dumps(payload).encode()
+    message = _HEADER.pack(len(data)) + data
+    sent = socket.send_fds(sock, [message], list(fds)) if fds else sock.send(message)
+    if sent < len(message):
+        sock.sendall(message[sent:])
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(left)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(sock: socket.socket, *, with_fd: bool = False) -> tuple[dict[str, Any], list[int]]:
+    """One message (and the fd sent with it); EOFError at end of stream.
+
+    A received fd is close-on-exec (MSG_CMSG_CLOEXEC): it must not leak into the
+    processes the launcher spawns.
     """
-
-    def _launch(self, process_obj: Any) -> None:
-        buf = io.BytesIO()
-        multiprocessing.context.set_spawning_popen(self)  # allows pickling the authkey
-        try:
-            # Only what the child must match (3.11's forkserver ignores the sys.path
-            # it is given at start-up).
-            prep = {"sys_path": sys.path, "dir": os.getcwd()}
-            multiprocessing.reduction.dump(prep, buf)
-            multiprocessing.reduction.dump(process_obj, buf)
-        finally:
-            multiprocessing.context.set_spawning_popen(None)
-        fds = self._fds  # type: ignore[attr-defined]
-        self.sentinel, w = multiprocessing.forkserver.connect_to_new_process(fds)
-        parent_w = os.dup(w)  # the child's "parent alive" sentinel
-        self.finalizer = multiprocessing.util.Finalize(
-            self,
-            multiprocessing.util.close_fds,  # type: ignore[attr-defined]
-            (parent_w, self.sentinel),
+    fds: list[int] = []
+    if with_fd:
+        fd_size = array.array("i").itemsize
+        head, ancillary, _flags, _addr = sock.recvmsg(
+            _HEADER.size, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC
         )
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", data[: len(data) - len(data) % fd_size])
+        if not head:
+            for fd in fds:
+                os.close(fd)
+            raise EOFError
+        head += _recv_exactly(sock, _HEADER.size - len(head))
+    else:
+        head = _recv_exactly(sock, _HEADER.size)
+    (size,) = _HEADER.unpack(head)
+    return json.loads(_recv_exactly(sock, size)), fds
 
 
-class LeanForkServerProcess(multiprocessing.context.ForkServerProcess):
-    """A forkserver `Process` started with `_LeanForkServerPopen`."""
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _LeanForkServerPopen(process_obj)
+# -- the launcher's side ------------------------------------------------------------------
 
 
-def run_forked(
-    entry: str, argv: list[str], log_path: str, exit_path: str, env: dict[str, Any]
-) -> None:
-    """Body of a forked Python attempt (runs in a child of the warm forkserver).
+class ForkServer:
+    """A forkserver process and the launcher's end of its socket (blocking calls)."""
 
-    New session (so kill() reaches everything it starts), output to the log,
-    the attempt's environment, then `entry(argv)`; the exit code is written to
-    the exit file and the process leaves with `os._exit` (no multiprocessing
-    teardown, no atexit handlers of the forkserver's modules).
-    """
+    def __init__(
+        self, preload: Sequence[str], *, env: Mapping[str, str], sys_path: Sequence[str]
+    ) -> None:
+        self.preload = list(preload)
+        self.env = dict(env)
+        self.sys_path = list(sys_path)
+        self.pid: int | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self, timeout: float = READY_TIMEOUT) -> None:
+        """Spawn the server and wait until its preloads are imported."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd = theirs.fileno()
+        moved = os.dup(fd) if fd == SERVER_FD else None  # dup2(3, 3) keeps close-on-exec
+        code = f"from {__name__} import serve; serve()"
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-c", code],
+                self.env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, moved if moved is not None else fd, SERVER_FD),
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    # stderr stays ours: a preload that fails to import says why there.
+                ],
+                setsid=True,  # no terminal's Ctrl-C, no signal meant for our group
+                setsigmask=(),
+            )
+        finally:
+            theirs.close()
+            if moved is not None:
+                os.close(moved)
+        self._sock = ours
+        ours.settimeout(timeout)
+        try:
+            _send(ours, {"preload": self.preload, "sys_path": self.sys_path})
+            _recv(ours)
+        except (OSError, EOFError, ValueError) as exc:
+            self.close()
+            raise ForkServerGone(f"the forkserver did not start: {exc!r}") from exc
+        ours.settimeout(REPLY_TIMEOUT)
+
+    def fork(
+        self,
+        entry: str,
+        argv: Sequence[str],
+        *,
+        log_path: str,
+        exit_path: str,
+        env: Mapping[str, str],
+        go_fd: int,
+    ) -> tuple[int, int]:
+        """Fork an attempt blocked on `go_fd`; (its pid, the read end of its done pipe).
+
+        Raises OSError with the server's errno if the fork failed (EAGAIN,
+        ENOMEM...), ForkServerGone if the server does not answer.
+        """
+        if self._sock is None:
+            raise ForkServerGone("the forkserver is closed")
+        request = {
+            "entry": entry,
+            "argv": list(argv),
+            "log": log_path,
+            "exit": exit_path,
+            "env": dict(env),
+        }
+        try:
+            _send(self._sock, request, [go_fd])
+            reply, fds = _recv(self._sock, with_fd=True)
+        except (OSError, EOFError, ValueError) as exc:
+            self.close(timeout=0.5)
+            raise ForkServerGone(f"the forkserver stopped answering: {exc!r}") from exc
+        if "pid" in reply and len(fds) == 1:
+            return int(reply["pid"]), fds[0]
+        for fd in fds:
+            os.close(fd)
+        raise OSError(int(reply.get("errno", 0)), str(reply.get("error", "fork failed")))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the socket (the server exits at EOF) and reap the server."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                return
+            time.sleep(0.005)
+
+
+# -- the forkserver -------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    exit_path: str
+    done_w: int  # closed once the exit code is on disk
+
+
+def serve() -> NoReturn:
+    """Main of the forkserver process; its first message: preload and sys_path."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=SERVER_FD)
+    children: dict[int, _Child] = {}
+    try:
+        config, _ = _recv(sock)
+        sys.path[:] = config["sys_path"]
+        for name in config["preload"]:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the attempt reports it again, in its own log
+                traceback.print_exc()
+        # SIGCHLD wakes the loop through a pipe; the handler itself does nothing.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+        selector = selectors.DefaultSelector()
+        selector.register(sock, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        _send(sock, {"ready": True})
+        while True:
+            for ready, _ in selector.select():
+                if ready.fileobj is sock:
+                    request, fds = _recv(sock, with_fd=True)
+                    reply, done_r = _fork_one(request, fds, children, (sock, selector))
+                    _send(sock, reply, [done_r] if done_r is not None else [])
+                    if done_r is not None:
+                        os.close(done_r)
+                else:
+                    os.read(wake_r, 4096)
+                    _reap(children)
+    except (OSError, EOFError, ValueError):
+        # The launcher closed the socket, or died. Leave without the interpreter's
+        # teardown of everything preloaded: nothing here needs flushing.
+        os._exit(0)
+
+
+def _fork_one(
+    request: dict[str, Any],
+    fds: list[int],
+    children: dict[int, _Child],
+    server: tuple[socket.socket, selectors.BaseSelector],
+) -> tuple[dict[str, Any], int | None]:
+    """Fork the attempt (in the server); the reply and the done pipe's read end."""
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return {"errno": 0, "error": "a fork request needs one go pipe"}, None
+    go_fd = fds[0]
+    done_r, done_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (go_fd, done_r, done_w):
+            os.close(fd)
+        return {"errno": exc.errno, "error": str(exc)}, None
+    if pid == 0:
+        # The attempt: keep nothing of the server's but stdio and the go pipe.
+        os.close(signal.set_wakeup_fd(-1))
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock, selector = server
+        for key in list(selector.get_map().values()):
+            if key.fileobj is not sock:
+                os.close(key.fd)  # the wake-up pipe's read end
+        selector.close()
+        sock.close()
+        for child in children.values():
+            os.close(child.done_w)
+        os.close(done_r)
+        os.close(done_w)
+        _attempt(request, go_fd)
+    os.close(go_fd)
+    children[pid] = _Child(request["exit"], done_w)
+    return {"pid": pid}, done_r
+
+
+def _reap(children: dict[int, _Child]) -> None:
+    """Reap ended attempts: record the code of those that could not, close their done pipe."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+        child = children.pop(pid, None)
+        if child is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+        # 125 without an exit file: the go pipe's EOF, the attempt never ran (no record).
+        if code != NOT_STARTED_CODE and not os.path.exists(child.exit_path):
+            with contextlib.suppress(OSError), open(child.exit_path, "w") as f:
+                f.write(str(code))
+        os.close(child.done_w)
+
+
+def _attempt(request: dict[str, Any], go_fd: int) -> NoReturn:
+    """The forked attempt: wait for go, run `entry(argv)`, record its exit code."""
     code = 1
     try:
         os.setsid()
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+        if os.read(go_fd, 1) != b"\n":
+            os._exit(NOT_STARTED_CODE)  # the launcher died before recording the launch
+        os.close(go_fd)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.clear()
+        os.environ.update(request["env"])
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, io.TextIOWrapper):
                 stream.reconfigure(line_buffering=True)
-        os.environ.update(env)
         try:
-            result = load_entry(entry)(argv)
+            result = load_entry(request["entry"])(request["argv"])
             code = result if isinstance(result, int) else 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -123,17 +393,6 @@ def run_forked(
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        with contextlib.suppress(OSError), open(exit_path, "w") as f:
+        with contextlib.suppress(OSError), open(request["exit"], "w") as f:
             f.write(str(code & 0xFF))
         os._exit(code & 0xFF)
-
-
-def start_forked(
-    entry: str, argv: list[str], *, log_path: str, exit_path: str, env: dict[str, str], name: str
-) -> multiprocessing.process.BaseProcess:
-    """Fork a child of the forkserver running `run_forked`; started, pid known."""
-    process = LeanForkServerProcess(
-        target=run_forked, args=(entry, argv, log_path, exit_path, env), name=name, daemon=False
-    )
-    process.start()
-    return process

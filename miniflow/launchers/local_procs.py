@@ -6,14 +6,27 @@ bookkeeping (the forked-Python side lives in `local_fork`).
 Per attempt, next to each other under
 `state_dir/logs/<dag_id>/<run_id>/<task_id>/` (components percent-escaped):
 
-- `<try>.log`    stdout + stderr of the attempt;
-- `<try>.launch` the launch marker (JSON: pid, the process start time from
-  `/proc/<pid>/stat` and the boot id, so a recycled pid or a reboot is never
-  mistaken for our process; plus kind, handle, timeout, launch time);
-- `<try>.exit`   the exit code, written by the attempt itself when it ends (the
-  `sh` wrapper for bash/pod/exec kinds, `local_fork.run_forked` for forked
-  Python), so a
-  restarted scheduler that is no longer the parent still learns the code.
+- `<try>.log`    stdout + stderr of the attempt (kept: `miniflow tasks logs` reads it);
+- `<try>.launch` the launch marker (JSON: the key, pid, the process start time
+  from `/proc/<pid>/stat` and the boot id, so a recycled pid or a reboot is
+  never mistaken for our process; plus kind, handle, timeout, launch time);
+- `<try>.exit`   the exit code, written when the attempt ends (by the `sh`
+  wrapper for bash/pod/exec kinds; by a forked Python attempt itself, or the
+  forkserver for a death by signal, see `local_fork`), so a restarted
+  scheduler that is no longer the parent still learns the code.
+
+And `state_dir/live/<hash of the key>`: a hard link to the marker of every
+attempt launched whose exit the scheduler has not acknowledged yet (the
+"live index"). A restarted launcher lists it to find every attempt that may
+still run or whose exit was never recorded; `acknowledge` unlinks the entry.
+
+**The go pipe.** A process is started blocked on a pipe (fd 3 of the `sh`
+wrapper; for forked Python, an fd passed to the forkserver) and runs nothing
+until the launcher has written the marker (and the live entry) and then a byte
+on the pipe. If the launcher dies in between, the pipe reaches EOF and the
+process exits without running the command and without an exit file: "no
+marker" always means "never ran", so relaunching such a try can never run it
+twice.
 
 Commands are always executed from an argv list, never interpolated into a shell
 string. Spawning uses `os.posix_spawn` (vfork+exec in glibc, faster than
@@ -25,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import signal
@@ -32,20 +47,73 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from miniflow.errors import StateDirError
 from miniflow.launchers.base import AttemptKey
 
 LOG_TAIL_LINES = 100
 LOG_TAIL_BYTES = 16 * 1024
 
-# `sh -c WRAPPER <exitfile> argv...`: run argv, record its exit code, exit with it.
-# dash starts in well under a millisecond; `printf` is a builtin, and the file is
-# written with one write(2) (a reader treats an empty/garbled file as "unknown").
-# `trap : TERM` keeps the wrapper alive through the group's SIGTERM until the
-# command has finished (a handler, unlike an ignore, is reset in the command), so
-# the command gets its whole grace period and its exit code is still recorded.
-EXIT_FILE_WRAPPER = 'trap : TERM; "$@"; rc=$?; printf %s "$rc" > "$0"; exit $rc'
+GO_FD = 3
+"""The fd on which a spawned wrapper waits for the launcher's go byte."""
+
+NOT_STARTED_CODE = 125
+"""Exit code of a wrapper whose go pipe reached EOF: the command never ran."""
+
+# `sh -c WRAPPER <exitfile> argv...`: wait for the go byte on fd 3 (EOF: the
+# launcher died before recording the launch, so run nothing), close fd 3, run
+# argv, record its exit code, exit with it. dash starts in well under a
+# millisecond; `read` and `printf` are builtins, and the file is written with one
+# write(2) (a reader treats an empty/garbled file as "unknown"). `trap : TERM`
+# keeps the wrapper alive through the group's SIGTERM until the command has
+# finished (a handler, unlike an ignore, is reset in the command), so the command
+# gets its whole grace period and its exit code is still recorded.
+EXIT_FILE_WRAPPER = (
+    f"read -r _ <&{GO_FD} || exit {NOT_STARTED_CODE}; exec {GO_FD}<&-; "
+    'trap : TERM; "$@"; rc=$?; printf %s "$rc" > "$0"; exit $rc'
+)
+
+PERMANENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+)
+"""Launch failures that will not heal by themselves (a state dir that is not
+writable, read-only, or gone; a missing `sh`); EAGAIN, EMFILE, ENOMEM, ENOSPC...
+may work on a later try."""
+
+
+def is_permanent(exc: OSError) -> bool:
+    """True if a launch that failed with `exc` cannot succeed by trying again."""
+    return exc.errno in PERMANENT_ERRNOS
+
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+=:@,")
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Create the state dir's `logs` and `live` folders and prove both writable.
+
+    The state dir itself may be created, its parent must exist (a missing mount
+    point is an error, not something to create). Raises `StateDirError` naming
+    the directory and the reason, so an unusable directory is one clear error at
+    start instead of a failed launch per task.
+    """
+    try:
+        if not state_dir.is_dir():
+            if not state_dir.parent.is_dir():
+                raise StateDirError(
+                    f"state directory {state_dir} cannot be created: "
+                    f"its parent {state_dir.parent} does not exist or is not a directory"
+                )
+            state_dir.mkdir(exist_ok=True)
+        for folder in (state_dir / "logs", live_dir(state_dir)):
+            folder.mkdir(exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            probe.unlink()
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StateDirError(
+            f"state directory {state_dir} is not usable: {exc.strerror or exc}{where}"
+        ) from exc
 
 
 def safe_component(value: str) -> str:
@@ -92,11 +160,43 @@ class Marker:
     handle: str
     launched_at: float  # time.time()
     timeout: float | None
+    # The key, so a live-index entry (a link to this file) names its attempt.
+    # Empty in markers written before the live index existed.
+    dag_id: str = ""
+    run_id: str = ""
+    task_id: str = ""
+    try_number: int = 0
+
+    @property
+    def key(self) -> AttemptKey | None:
+        if not self.dag_id:
+            return None
+        return AttemptKey(self.dag_id, self.run_id, self.task_id, self.try_number)
 
 
-def write_marker(path: Path, marker: Marker) -> None:
+def live_dir(state_dir: Path) -> Path:
+    return state_dir / "live"
+
+
+def live_entry(state_dir: Path, key: AttemptKey) -> Path:
+    """The live-index entry of an attempt (a hash: ids may be longer than a file name)."""
+    raw = json.dumps([key.dag_id, key.run_id, key.task_id, key.try_number])
+    return live_dir(state_dir) / hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def write_marker(path: Path, marker: Marker, *, live: Path | None = None) -> None:
+    """Write the marker atomically; with `live`, link it into the live index first.
+
+    The live entry is a hard link to the same file, made before the marker gets
+    its final name: a crash in between leaves a live entry (enough to adopt the
+    attempt), never a marker that the live index does not know.
+    """
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(asdict(marker)))
+    if live is not None:
+        with contextlib.suppress(FileNotFoundError):
+            live.unlink()
+        os.link(tmp, live)
     os.replace(tmp, path)
 
 
@@ -106,6 +206,28 @@ def read_marker(path: Path) -> Marker | None:
         return Marker(**data)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def remove_live(state_dir: Path, key: AttemptKey) -> None:
+    """Retire the attempt's live-index entry (its exit is committed)."""
+    with contextlib.suppress(FileNotFoundError):
+        live_entry(state_dir, key).unlink()
+
+
+def list_live(state_dir: Path) -> list[Marker]:
+    """The markers of every attempt in the live index (unreadable entries skipped)."""
+    try:
+        entries = list(os.scandir(live_dir(state_dir)))
+    except FileNotFoundError:
+        return []
+    markers = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue  # a probe of check_state_dir
+        marker = read_marker(Path(entry.path))
+        if marker is not None and marker.key is not None:
+            markers.append(marker)
+    return markers
 
 
 def read_exit_file(path: Path) -> int | None:
@@ -190,29 +312,65 @@ def signal_group(pid: int, sig: int) -> bool:
         return False
 
 
+def go_pipe() -> tuple[int, int]:
+    """(read, write) ends of a go pipe; both close-on-exec (the read end is dup'ed
+    onto the wrapper's fd 3, the write end never leaves the launcher)."""
+    return os.pipe()
+
+
+def send_go(fd: int) -> None:
+    """Let the attempt run: one byte, then close (the reader needs only the byte).
+
+    A wrapper that already died (its log could not be opened...) has closed the
+    read end: nothing to do, its exit is reported like any other.
+    """
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+
+
 def spawn_wrapped(
-    argv: Sequence[str], *, sh: str, log_path: Path, exit_path: Path, env: Mapping[str, str]
+    argv: Sequence[str],
+    *,
+    sh: str,
+    log_path: Path,
+    exit_path: Path,
+    env: Mapping[str, str],
+    go_fd: int,
 ) -> int:
     """Start `argv` under the exit-file wrapper in a new session; return its pid.
 
-    stdin is /dev/null; stdout and stderr append to the log file (opened in the
-    child by posix_spawn, so the parent never holds the log open).
+    The wrapper waits for the go byte on `go_fd` (the pipe's read end, dup'ed to
+    its fd 3) before running anything. stdin is /dev/null; stdout and stderr
+    append to the log file (opened in the child by posix_spawn, so the parent
+    never holds the log open).
     """
+    moved = None
+    if go_fd == GO_FD:  # dup2(3, 3) would leave close-on-exec set: move it first
+        moved = go_fd = os.dup(go_fd)
     actions = [
+        # First, before the opens below could reuse a low fd number the pipe holds.
+        (os.POSIX_SPAWN_DUP2, go_fd, GO_FD),
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    return os.posix_spawn(
-        sh,
-        ["sh", "-c", EXIT_FILE_WRAPPER, str(exit_path), *argv],
-        env,
-        file_actions=actions,
-        setsid=True,
-        setsigmask=(),
-        # Python ignores SIGPIPE/SIGXFSZ; restore the defaults like Popen does.
-        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-    )
+    try:
+        return os.posix_spawn(
+            sh,
+            ["sh", "-c", EXIT_FILE_WRAPPER, str(exit_path), *argv],
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            # Python ignores SIGPIPE/SIGXFSZ; restore the defaults like Popen does.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    finally:
+        if moved is not None:
+            os.close(moved)
 
 
 def read_tail(

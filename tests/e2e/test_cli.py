@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
@@ -26,6 +31,7 @@ from tests.e2e.helpers import (
     spawn_cli,
     stop,
     until,
+    wait_for,
     write_dag,
 )
 
@@ -108,6 +114,21 @@ def test_bad_launcher_setting(sqlite_cli: Cli) -> None:
     result = sqlite_cli("scheduler", expect=2, timeout=30)
     line = _one_error_line(result.stderr, only=False)
     assert "MINIFLOW_LAUNCHER" in line and "'foo'" in line
+
+
+@pytest.mark.parametrize("command", [["scheduler"], ["standalone"]])
+def test_unusable_state_dir_is_one_clear_error(
+    db_url: str, tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "file").write_text("in the way")
+    state = tmp_path / "file" / "state"
+    cli = Cli(db_url, tmp_path / "dags", state)
+    (tmp_path / "dags").mkdir()
+    if command == ["standalone"]:
+        cli.db_url = f"sqlite+aiosqlite:///{state / 'miniflow.db'}"  # the embedded default
+    result = cli(*command, expect=2, timeout=60)
+    line = _one_error_line(result.stderr, only=False)
+    assert str(state) in line and "state directory" in line, result.stderr
 
 
 # --- DAGs -----------------------------------------------------------------------------------
@@ -532,3 +553,212 @@ def test_home_holds_the_database_wherever_commands_run(tmp_path: Path) -> None:
     assert standalone.returncode == 0, standalone.stdout + standalone.stderr
     assert f"miniflow home: {home}" in standalone.stdout
     assert f"DAGs: {home / 'dags'}" in standalone.stdout
+# --- stopping: the daemon leaves tasks running, foreground commands stop them ---------------
+
+LONG_TASK = """
+    from datetime import datetime
+    import os, time
+    from pathlib import Path
+    from miniflow import DAG, task
+
+    with DAG("long", start_date=datetime(2026, 1, 1)):
+        @task
+        def slow() -> str:
+            Path({started!r}).write_text(str(os.getpid()))
+            while not Path({go!r}).exists():
+                time.sleep(0.05)
+            return "done"
+
+        slow()
+"""
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (orphans may wait for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _kill_groups(pgids: list[int]) -> None:
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _text_of(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+async def _file_text(path: Path) -> str | None:
+    """A file's content once it has some (for `until`)."""
+    return _text_of(path)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            found += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return found
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]])
+async def test_scheduler_stops_at_once_and_leaves_its_task_running(
+    cli: Cli, tmp_path: Path, signals: list[signal.Signals]
+) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    cli.dag("long.py", LONG_TASK.format(started=str(started), go=str(go)))
+    (run_id,) = re.findall(r"created run (\S+) of long", cli("dags", "trigger", "long").stdout)
+    groups: list[int] = []
+    first = spawn_cli(["scheduler"], cli.env, tmp_path / "scheduler1.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        task_pid = int(await until(lambda: _file_text(started), 60, "the task to start"))
+        groups.append(os.getpgid(task_pid))
+        helpers = _children(first.pid)  # forkservers, resource tracker: must not linger
+        began = time.monotonic()
+        for sig in signals:  # a second Ctrl-C hurries the stop, it orphans nothing
+            first.send_signal(sig)
+        assert first.wait(10) == 0
+        assert time.monotonic() - began < 5
+        assert _alive(task_pid)  # not killed, not waited for
+        wait_for(lambda: not any(map(_alive, helpers)), 10, "the scheduler's helpers to exit")
+
+        second = spawn_cli(["scheduler"], cli.env, tmp_path / "scheduler2.log")
+        log2 = tmp_path / "scheduler2.log"
+
+        async def adopted() -> bool:
+            return "adopting 1 tries" in (_text_of(log2) or "")
+
+        await until(adopted, 60, "the second scheduler to adopt the running try")
+        assert _alive(task_pid)
+
+        async def run_state() -> str | None:
+            run = await query(cli.db_url, store_runs.get_run, "long", run_id)
+            return run.state if run.state in ("success", "failed") else None
+
+        go.touch()
+        assert await until(run_state, 60, "the run to finish") == "success"
+        assert stop(second, signal.SIGTERM) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                kill_group(proc)
+                proc.wait(5)
+        _kill_groups(groups)
+    (ti,) = await query(cli.db_url, store_tis.list_for_run, "long", run_id)
+    assert (ti.state, ti.try_number, ti.result) == ("success", 1, "done")
+    (attempt,) = await query(cli.db_url, store_attempts.for_run, "long", run_id)
+    assert (attempt.state, attempt.exit_code) == ("success", 0)
+
+
+STOPPABLE = """
+    from datetime import datetime, timedelta
+    import os, time
+    from pathlib import Path
+    from miniflow import DAG, Bash, task
+
+    with DAG("stoppable", start_date=datetime(2026, 1, 1)):
+        Bash("sleeper", "echo $$ > {bash_pid}; exec sleep 600",
+             retries=2, retry_delay=timedelta(seconds=0))
+
+        @task(retries=2, retry_delay=timedelta(seconds=0))
+        def spinner() -> None:
+            Path({py_pid!r}).write_text(str(os.getpid()))
+            time.sleep(600)
+
+        spinner()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("command", ["standalone", "dags test"])
+async def test_foreground_commands_stop_their_tasks(
+    sqlite_cli: Cli, tmp_path: Path, command: str, sig: signal.Signals
+) -> None:
+    cli = sqlite_cli
+    bash_pid, py_pid = tmp_path / "bash.pid", tmp_path / "py.pid"
+    cli.dag("stoppable.py", STOPPABLE.format(bash_pid=str(bash_pid), py_pid=str(py_pid)))
+    args = (
+        ["standalone", "--trigger-all"]
+        if command == "standalone"
+        else ["dags", "test", "stoppable"]
+    )
+    proc = spawn_cli(args, cli.env, tmp_path / "out.log")
+    groups: list[int] = []
+    try:
+        pids = [
+            int(await until(lambda p=p: _file_text(p), 60, f"{p.name} to be written"))
+            for p in (bash_pid, py_pid)
+        ]
+        groups = [os.getpgid(pid) for pid in pids]
+        proc.send_signal(sig)
+        code = proc.wait(30)
+    finally:
+        kill_group(proc)
+        proc.wait(5)
+        leftovers = {g: _group_members(g) for g in groups}
+        _kill_groups(groups)
+    output = (tmp_path / "out.log").read_text()
+    assert code == 1, output
+    assert leftovers == {g: [] for g in groups}, output  # no process left behind
+    (run,) = await query(cli.db_url, store_runs.list_runs, "stoppable", 10)
+    assert run.state == "failed"
+    tis = {
+        t.task_id: t
+        for t in await query(cli.db_url, store_tis.list_for_run, "stoppable", run.run_id)
+    }
+    for ti in tis.values():
+        assert (ti.state, ti.try_number) == ("failed", 1)  # no retry spent or scheduled
+        assert ti.error == f"stopped: the run was stopped by {sig.name}"
+    attempts = await query(cli.db_url, store_attempts.for_run, "stoppable", run.run_id)
+    assert sorted((a.task_id, a.state, a.reason) for a in attempts) == [
+        ("sleeper", "failed", "Stopped"),
+        ("spinner", "failed", "Stopped"),
+    ]
+    assert all(a.ended_at is not None for a in attempts)
+    assert "Traceback" not in output
+
+
+def test_bash_tasks_do_not_see_the_database_url(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.dag(
+        "env.py",
+        """
+        from datetime import datetime
+        from miniflow import DAG, Bash
+
+        with DAG("env", start_date=datetime(2026, 1, 1)):
+            Bash("show", "env")
+        """,
+    )
+    cli.extra_env["MINIFLOW_SECRET_TOKEN"] = "t0ps3cret"
+    cli.extra_env["VISIBLE_SETTING"] = "yes"
+    assert "success" in cli("dags", "test", "env").stdout
+    (run_id,) = _run_ids(cli("runs", "list").stdout, "test__")
+    shown = cli("tasks", "logs", "env", run_id, "show").stdout
+    assert "VISIBLE_SETTING=yes" in shown
+    assert "MINIFLOW_" not in shown and "t0ps3cret" not in shown
+    assert cli.db_url.partition(":///")[2] not in shown  # the database URL, in any variable

@@ -8,9 +8,21 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    """Print the argv and a marker variable, optionally wait, return ENTRY_CODE."""
+    """Print the argv and a marker variable, optionally wait, return ENTRY_CODE.
+
+    ENTRY_PROOF: a file to append one line to (one line per execution);
+    ENTRY_SHOW_ENV: print the names of the MINIFLOW_* variables it was given;
+    ENTRY_WAIT_FOR: wait until that file exists.
+    """
     print("entry argv:", " ".join(argv))
     print("entry mark:", os.environ.get("ENTRY_MARK", ""), file=sys.stderr)
+    proof = os.environ.get("ENTRY_PROOF")
+    if proof:
+        with open(proof, "a") as f:
+            f.write(f"ran {os.getpid()}\n")
+    if os.environ.get("ENTRY_SHOW_ENV"):
+        names = sorted(k for k in os.environ if k.startswith("MINIFLOW_"))
+        print("entry env:", " ".join(names))
     wait_for = os.environ.get("ENTRY_WAIT_FOR")
     if wait_for:
         print("entry waiting", flush=True)

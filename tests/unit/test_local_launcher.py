@@ -1,11 +1,18 @@
-"""LocalLauncher with real processes: bash, pod and python kinds, kill, adopt, logs."""
+"""LocalLauncher with real processes: bash, pod and python kinds, kill, adopt, logs.
+
+Launchers default to `python_mode="exec"` here: only the tests of forked Python
+attempts pay for booting a forkserver.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +20,7 @@ from typing import Any
 import local_launcher_entry
 import pytest
 
-from miniflow.errors import NotFound
+from miniflow.errors import NotFound, StateDirError
 from miniflow.launchers import local_procs
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, TaskSpec
 from miniflow.launchers.local import NO_ENTRYPOINT_MESSAGE, LocalLauncher
@@ -35,6 +42,7 @@ async def make_launcher(tmp_path: Path) -> AsyncIterator[Factory]:
             "worker_env": {"MINIFLOW_DATABASE_URL": "sqlite:///x.db"},
             "grace_period": 0.5,
             "python_entry": ENTRY,
+            "python_mode": "exec",
         }
         options.update(kwargs)
         launcher = LocalLauncher(**options)
@@ -122,6 +130,36 @@ async def test_env_is_passed(make_launcher: Factory) -> None:
     assert event.log_tail == "hi there|path"
 
 
+async def test_miniflow_settings_are_not_passed_to_commands(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MINIFLOW_DATABASE_URL", "postgresql://u:hunter2@db/x")
+    monkeypatch.setenv("MINIFLOW_CONFIG", "/etc/miniflow.toml")
+    monkeypatch.setenv("HOST_SETTING", "kept")
+    launcher = await make_launcher()
+    spec = bash("env | sort", env={"MINIFLOW_OWN": "the task's own"})
+    await launcher.launch([spec])
+    event = await exited(launcher)
+    assert event.exit_code == 0 and event.log_tail is not None
+    assert "hunter2" not in event.log_tail and "MINIFLOW_CONFIG" not in event.log_tail
+    assert "HOST_SETTING=kept" in event.log_tail.splitlines()
+    assert "MINIFLOW_OWN=the task's own" in event.log_tail.splitlines()
+
+
+async def test_python_task_gets_only_the_worker_settings(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MINIFLOW_CONFIG", "/etc/miniflow.toml")
+    launcher = await make_launcher(python_mode="fork")
+    await launcher.launch([TaskSpec(key=key(), kind="python", fileloc="d.py", env=SHOW_ENV)])
+    event = await exited(launcher)
+    assert event.exit_code == 0, event.log_tail
+    assert "entry env: MINIFLOW_DAGS_FOLDER MINIFLOW_DATABASE_URL" in (event.log_tail or "")
+
+
+SHOW_ENV = {"ENTRY_SHOW_ENV": "1"}
+
+
 async def test_signal_exit_code_is_128_plus_n(make_launcher: Factory) -> None:
     launcher = await make_launcher()
     await launcher.launch([bash("kill -KILL $$")])
@@ -158,6 +196,38 @@ async def test_kill_escalates_to_sigkill(make_launcher: Factory) -> None:
     await launcher.kill(key(), result.handle, reason="stop")
     event = await exited(launcher)
     assert (event.reason, event.exit_code) == ("Killed", 137)
+
+
+async def test_force_kill_does_not_wait_for_the_grace_period(make_launcher: Factory) -> None:
+    launcher = await make_launcher(grace_period=60)
+    [result] = await launcher.launch([bash("trap '' TERM; echo ready; sleep 60")])
+    await wait_line(launcher, key(), "ready")
+    began = time.monotonic()
+    await launcher.kill(key(), result.handle, reason="sanity: zombie", force=True)
+    event = await exited(launcher)  # within WAIT (15 s), far below the 60 s grace period
+    assert (event.reason, event.message, event.exit_code) == ("Killed", "sanity: zombie", 137)
+    assert time.monotonic() - began < 60
+
+
+@pytest.mark.parametrize("force", [False, True])
+async def test_kill_reaches_a_stopped_process_group(make_launcher: Factory, force: bool) -> None:
+    launcher = await make_launcher(grace_period=0.5)
+    [result] = await launcher.launch([bash("echo ready; kill -STOP 0; echo continued")])
+    await wait_line(launcher, key(), "ready")
+    pid = int((result.handle or "").partition(":")[2])
+    await _until(lambda: (local_procs.proc_stat(pid) or ("",))[0] == "T", "the group to stop")
+    await launcher.kill(key(), result.handle, reason="stop it", force=force)
+    event = await exited(launcher)
+    assert (event.reason, event.message) == ("Killed", "stop it")
+    assert event.exit_code == (137 if force else 143)
+    assert await _gone(pid)
+
+
+async def _until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 async def test_kill_gives_the_command_its_grace_period(make_launcher: Factory) -> None:
@@ -252,7 +322,7 @@ async def test_python_task(make_launcher: Factory, mode: str) -> None:
 
 
 async def test_python_fork_kill(make_launcher: Factory, tmp_path: Path) -> None:
-    launcher = await make_launcher()
+    launcher = await make_launcher(python_mode="fork")
     spec = TaskSpec(
         key=key(), kind="python", fileloc="d.py", env={"ENTRY_WAIT_FOR": str(tmp_path / "never")}
     )
@@ -263,8 +333,88 @@ async def test_python_fork_kill(make_launcher: Factory, tmp_path: Path) -> None:
     assert (event.reason, event.exit_code) == ("Killed", 143)
 
 
+async def test_forked_attempt_force_killed_reports_137(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    launcher = await make_launcher(python_mode="fork", grace_period=60)
+    spec = TaskSpec(
+        key=key(), kind="python", fileloc="d.py", env={"ENTRY_WAIT_FOR": str(tmp_path / "never")}
+    )
+    [result] = await launcher.launch([spec])
+    await wait_line(launcher, key(), "entry waiting")
+    await launcher.kill(key(), result.handle, reason="zombie", force=True)
+    event = await exited(launcher)  # the wrapper died too: no exit file, yet a code
+    assert (event.reason, event.exit_code) == ("Killed", 137)
+
+
+async def test_forked_attempt_killed_by_a_signal_reports_128_plus_n(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    launcher = await make_launcher(python_mode="fork")
+    spec = TaskSpec(
+        key=key(), kind="python", fileloc="d.py", env={"ENTRY_WAIT_FOR": str(tmp_path / "never")}
+    )
+    [result] = await launcher.launch([spec])
+    await wait_line(launcher, key(), "entry waiting")
+    os.kill(int((result.handle or "").partition(":")[2]), signal.SIGSEGV)
+    event = await exited(launcher)
+    assert (event.exit_code, event.reason) == (139, "Error")
+    # recorded by the forkserver, which reaped it (the attempt itself could not)
+    assert local_procs.AttemptPaths.of(launcher.state_dir, key()).exit.read_text() == "139"
+
+
+async def test_forked_attempts_outlive_the_launcher_and_its_forkserver(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    first = await make_launcher(python_mode="fork")
+    server = first._forkserver
+    assert server is not None and server.pid is not None
+    server_pid = server.pid
+    go = tmp_path / "go"
+    env = {"ENTRY_WAIT_FOR": str(go), "ENTRY_CODE": "6"}
+    [result] = await first.launch([TaskSpec(key=key(), kind="python", fileloc="d.py", env=env)])
+    await wait_line(first, key(), "entry waiting")
+    await first.close()
+    assert local_procs.proc_stat(server_pid) is None  # the forkserver left (and was reaped)
+    pid = int((result.handle or "").partition(":")[2])
+    assert local_procs.proc_stat(pid) is not None  # the attempt did not
+
+    second = await make_launcher()  # adopts it from the live index, at start
+    started = await next_event(second)
+    assert isinstance(started, AttemptStarted) and started.handle == result.handle
+    go.touch()
+    event = await exited(second)
+    assert (event.key, event.exit_code, event.reason) == (key(), 6, "Error")
+
+
+async def test_a_dead_forkserver_falls_back_to_exec(make_launcher: Factory, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # for exec mode
+    launcher = await make_launcher(python_mode="fork", worker_env=env)
+    go = tmp_path / "go"
+    waiting = TaskSpec(
+        key=key("waiting"),
+        kind="python",
+        fileloc="d.py",
+        env={"ENTRY_WAIT_FOR": str(go), "ENTRY_CODE": "4"},
+    )
+    await launcher.launch([waiting])
+    await wait_line(launcher, waiting.key, "entry waiting")
+    server = launcher._forkserver
+    assert server is not None and server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    # Its done pipes end with it; the attempt that runs on is followed by its pid.
+    spec = TaskSpec(key=key(), kind="python", fileloc="d.py", env={"ENTRY_MARK": "after"})
+    [result] = await launcher.launch([spec])
+    assert result.error is None and launcher.python_mode == "exec"
+    event = await exited(launcher, spec.key)
+    assert event.exit_code == 0 and "entry mark: after" in (event.log_tail or "")
+    assert [a.key for a in await launcher.alive()] == [waiting.key]
+    go.touch()
+    assert (await exited(launcher, waiting.key)).exit_code == 4
+
+
 async def test_missing_worker_falls_back_to_exec(make_launcher: Factory) -> None:
-    launcher = await make_launcher(python_entry="no_such_module_xyz:main")
+    launcher = await make_launcher(python_entry="no_such_module_xyz:main", python_mode="fork")
     assert launcher.python_mode == "exec"
 
 
@@ -284,9 +434,15 @@ async def test_launch_is_idempotent(make_launcher: Factory, tmp_path: Path) -> N
     go.touch()
     event = await exited(launcher)
     assert event.exit_code == 0 and event.log_tail == "run"
-    # Finished and launched again: still adopted (the marker), reported, never re-run.
+    # Finished and launched again: still adopted (the marker), never re-run, and its
+    # exit not reported twice before the scheduler acknowledged it...
     [again] = await launcher.launch([spec])
     assert again.adopted and again.handle == first.handle
+    assert launcher.events.empty()
+    # ...after that, reported again from the marker and the exit file.
+    await launcher.acknowledge([key()])
+    [later] = await launcher.launch([spec])
+    assert later.adopted and later.handle == first.handle
     assert (await exited(launcher)).exit_code == 0
     assert (go.parent / "state/logs/dag").exists()
     assert await launcher.alive() == []
@@ -348,6 +504,115 @@ async def test_adopt_survives_exit_without_exit_file(make_launcher: Factory) -> 
     await second.adopt([(key(), None)])
     event = await exited(second)
     assert (event.exit_code, event.reason) == (None, "Lost")
+
+
+async def test_unacknowledged_exits_are_reported_again_after_a_restart(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    first = await make_launcher()
+    go = tmp_path / "go"
+    finished, running = bash("exit 3", task="done"), bash(f"until [ -e {go} ]; do sleep 0.02; done")
+    await first.launch([finished, running])
+    assert (await exited(first, finished.key)).exit_code == 3
+    await first.close()  # the scheduler died before committing that exit
+
+    second = await make_launcher()  # nobody calls adopt(): the live index is enough
+    events = {(e.key, e.kind): e for e in [await next_event(second) for _ in range(2)]}
+    done = events[(finished.key, "exited")]
+    assert isinstance(done, AttemptExited) and (done.exit_code, done.reason) == (3, "Error")
+    assert (running.key, "started") in events
+    await second.adopt([(finished.key, None), (running.key, None)])  # already known: no repeat
+    assert second.events.empty()
+    await second.acknowledge([finished.key, running.key])  # running: not retired
+    go.touch()
+    assert (await exited(second, running.key)).exit_code == 0
+    await second.close()
+
+    third = await make_launcher()  # reports only what was not acknowledged
+    event = await exited(third)
+    assert (event.key, event.exit_code) == (running.key, 0)
+    await third.acknowledge([running.key])
+    assert third.events.empty()
+    assert list((third.state_dir / "live").iterdir()) == []
+    log = local_procs.AttemptPaths.of(third.state_dir, finished.key).log
+    assert log.exists()  # logs are kept for `tasks logs`
+
+
+async def test_alive_is_a_fresh_look(make_launcher: Factory) -> None:
+    launcher = await make_launcher()
+    [result] = await launcher.launch([bash("echo ready; sleep 60")])
+    await wait_line(launcher, key(), "ready")
+    assert [a.handle for a in await launcher.alive()] == [result.handle]
+    pid = int((result.handle or "").partition(":")[2])
+    os.killpg(pid, signal.SIGKILL)
+    _block_until_zombie(pid)  # the launcher has not processed the exit yet
+    assert await launcher.alive() == []
+    assert (await exited(launcher)).exit_code == 137
+
+
+def _block_until_zombie(pid: int) -> None:
+    """Wait for the kernel to end the process without yielding to the event loop."""
+    deadline = time.monotonic() + WAIT
+    while (local_procs.proc_stat(pid) or ("Z",))[0] != "Z":
+        assert time.monotonic() < deadline, f"{pid} did not end"
+        time.sleep(0.005)
+
+
+async def test_alive_includes_attempts_nobody_adopted(make_launcher: Factory) -> None:
+    watching = await make_launcher()
+    other = await make_launcher()  # e.g. a previous scheduler, not yet gone
+    [result] = await other.launch([bash("echo ready; sleep 60")])
+    await wait_line(other, key(), "ready")
+    await other.close()
+    alive = await watching.alive()
+    assert [(a.key, a.handle) for a in alive] == [(key(), result.handle)]
+    await watching.kill(key(), result.handle, reason="orphan", force=True)
+    event = await exited(watching)
+    assert (event.reason, event.message) == ("Killed", "orphan")
+
+
+# -- the state directory ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing parent", "under a file"])
+async def test_unusable_state_dir_is_one_clear_error(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    state = tmp_path / ("missing/state" if where == "missing parent" else "file/state")
+    launcher = LocalLauncher(
+        state_dir=state, dags_folder=tmp_path, worker_env={}, python_mode="exec"
+    )
+    with pytest.raises(StateDirError) as info:
+        await launcher.start()
+    assert str(state) in str(info.value)
+    assert not (tmp_path / "missing").exists()
+
+
+async def test_launch_failing_for_good_is_not_retryable(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    launcher = await make_launcher()
+    logs = tmp_path / "state" / "logs"
+    logs.rmdir()
+    logs.write_text("the state dir was broken after start")
+    [result] = await launcher.launch([bash("echo never")])
+    assert result.handle is None and result.error and not result.retryable
+    assert "Not a directory" in result.error
+
+
+@pytest.mark.parametrize(
+    ("code", "permanent"),
+    [
+        (errno.EACCES, True),
+        (errno.EROFS, True),
+        (errno.ENOENT, True),
+        (errno.EAGAIN, False),
+        (errno.EMFILE, False),
+        (errno.ENOMEM, False),
+        (errno.ENOSPC, False),
+    ],
+)
+def test_which_launch_errors_are_permanent(code: int, permanent: bool) -> None:
+    assert local_procs.is_permanent(OSError(code, os.strerror(code))) is permanent
 
 
 # -- logs ---------------------------------------------------------------------------------
