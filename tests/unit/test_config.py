@@ -115,3 +115,29 @@ def test_a_config_file_whose_miniflow_entry_is_not_a_table(content: str, tmp_pat
     bad.write_text(content)
     with pytest.raises(ConfigError, match="must be a table"):
         load_config({}, toml_path=bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("ZOMBIE_THRESHOLD", "abc", "must be a number"),
+        ("ZOMBIE_THRESHOLD", "0", "must be positive"),
+        ("SANITY_INTERVAL", "-1", "must be positive"),
+        ("QUEUED_TIMEOUT", "nan", "finite"),
+        ("REPARSE_INTERVAL", "inf", "finite"),
+        ("MAX_LAUNCH_ATTEMPTS", "0", "must be positive"),
+        ("MAX_LAUNCH_ATTEMPTS", "2.5", "must be an integer"),
+        ("POD_KEEP_FAILED_FOR", "-5", "must not be negative"),
+    ],
+)
+def test_bad_sanity_settings_name_the_variable(name: str, raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"MINIFLOW_{name} {message}|MINIFLOW_{name} .*{message}"):
+        load_config({f"MINIFLOW_{name}": raw})
+
+
+def test_sanity_settings_and_the_failed_pod_retention_default() -> None:
+    config = load_config({"MINIFLOW_ZOMBIE_THRESHOLD": "12.5", "MINIFLOW_MAX_LAUNCH_ATTEMPTS": "3"})
+    assert (config.zombie_threshold, config.max_launch_attempts) == (12.5, 3)
+    assert config.keep_failed_for() == 3600.0  # on_success keeps failed pods an hour
+    assert load_config({"MINIFLOW_POD_CLEANUP": "always"}).keep_failed_for() == 0.0
+    assert load_config({"MINIFLOW_POD_KEEP_FAILED_FOR": "60"}).keep_failed_for() == 60.0
