@@ -94,7 +94,7 @@ class _Due:
 def _process_may_live(instance: store_instances.Instance) -> bool:
     """False when the instance ran on this host and its process is gone (killed, crashed):
     no need to wait for its heartbeat to go stale."""
-    if instance.hostname != socket.gethostname():
+    if instance.hostname != socket.gethostname() or instance.pid == os.getpid():
         return True
     try:
         with open(f"/proc/{instance.pid}/cmdline", "rb") as f:
@@ -150,25 +150,87 @@ class Scheduler:
             await self._register()
         try:
             await self.launcher.start()
-            async with store_engine.transaction(self.sessions) as session:
-                rows = await store_tis.in_flight(session)
-                open_attempts = await store_attempts.open_keys(session)
+            adopt = await self._take_over_the_dead()
         except BaseException:
             if self.settings.register:  # a scheduler that never started must not look alive
                 async with store_engine.transaction(self.sessions) as session:
                     await store_instances.end(session, self.scheduler_id, self.clock.now())
             raise
-        adopt: dict[AttemptKey, str | None] = {}
-        for row in rows:
-            key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number)
-            self.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
-            adopt[key] = row.handle
-        for attempt in open_attempts:
-            key = AttemptKey(attempt.dag_id, attempt.run_id, attempt.task_id, attempt.try_number)
-            adopt.setdefault(key, attempt.handle)
         if adopt:
             log.info("adopting %d tries left in flight by a previous scheduler", len(adopt))
-            await self.launcher.adopt(list(adopt.items()))
+            await self.launcher.adopt(adopt)
+
+    async def adopt_from_the_dead(self) -> int:
+        """Adopt the tries of schedulers that died since (the sanity loop calls this)."""
+        adopt = await self._take_over_the_dead(registered_only=True)
+        if adopt:
+            log.warning("adopting %d tries of a scheduler that stopped heartbeating", len(adopt))
+            await self.launcher.adopt(adopt)
+        return len(adopt)
+
+    async def _take_over_the_dead(
+        self, *, registered_only: bool = False
+    ) -> list[tuple[AttemptKey, str | None]]:
+        """Become the owner of every try in flight whose owner is not a live scheduler.
+
+        That is every try still queued or running, and every attempt whose exit was never
+        recorded although its task moved on (a worker recorded its outcome, then the
+        scheduler died before the process's exit), unless a live peer owns it. Ownership
+        moves with a conditional update, so two schedulers never adopt the same try.
+        `registered_only` (while running): only from instances that registered and then
+        died, never from an owner that never registered (`dags test`).
+        """
+        now = self.clock.now()
+        async with store_engine.transaction(self.sessions) as session:
+            instances = await store_instances.list_all(session)
+            live = {
+                i.id
+                for i in instances
+                if i.alive(now, self.settings.instance_timeout) and _process_may_live(i)
+            } - {self.scheduler_id}
+            registered = {i.id for i in instances}
+
+            def adoptable(owner: str | None) -> bool:
+                if owner in live:
+                    return False
+                return not registered_only or (owner in registered and owner != self.scheduler_id)
+
+            owners = await store_attempts.owners(session)
+            rows = await store_tis.in_flight(session)
+            open_attempts = await store_attempts.open_keys(session)
+            wanted: dict[AttemptKey, tuple[int, str | None]] = {}
+            flights: dict[AttemptKey, InFlight] = {}
+            for row in rows:
+                key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number)
+                owner = owners.get((row.id, row.try_number))
+                if key in self.inflight or not adoptable(owner):
+                    continue
+                wanted[key] = (row.id, row.handle)
+                flights[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
+            for a in open_attempts:
+                key = AttemptKey(a.dag_id, a.run_id, a.task_id, a.try_number)
+                if key in self.inflight or key in wanted or not adoptable(a.scheduler_id):
+                    continue
+                if a.scheduler_id == self.scheduler_id:
+                    continue  # ours, its exit on its way
+                wanted[key] = (a.ti_id, a.handle)
+            taken = await store_attempts.take_over(
+                session,
+                [
+                    (ti_id, key.try_number, owners.get((ti_id, key.try_number)))
+                    for key, (ti_id, _) in wanted.items()
+                    if (ti_id, key.try_number) in owners
+                ],
+                self.scheduler_id,
+            )
+        adopt: list[tuple[AttemptKey, str | None]] = []
+        for key, (ti_id, handle) in wanted.items():
+            if (ti_id, key.try_number) in owners and (ti_id, key.try_number) not in taken:
+                continue  # another scheduler adopted it first
+            if key in flights:
+                self.inflight[key] = flights[key]
+            adopt.append((key, handle))
+        return adopt
 
     async def close(self) -> None:
         await self.launcher.close()

@@ -25,9 +25,12 @@ decides:
   the launcher is asked to adopt it, which reports its exit from whatever
   evidence is left, or "Lost"; the event recorder then relaunches a try that
   never started or fails one that did.
-- **orphan** — a process or pod the launcher sees that belongs to no try this
-  scheduler owns, for two consecutive rounds: adopted if the database says it
-  is a live try, else killed.
+- **orphan** — a process or pod the launcher sees that belongs to no live try,
+  for two consecutive rounds: killed. (A live try owned by a live peer is left
+  alone.)
+- **adoption** — tries owned by a scheduler instance that registered and then
+  died (its heartbeat stale, or it said goodbye) are taken over: the ownership
+  moves with a conditional update, so two survivors never adopt the same try.
 
 Every decision is logged with its reason and noted on the attempt row. The
 loop only decides; the writes go through the store and the kills through the
@@ -44,7 +47,6 @@ from typing import TYPE_CHECKING
 from miniflow.errors import MiniflowError
 from miniflow.launchers.base import AliveAttempt, AttemptKey
 from miniflow.retries import failure_outcome
-from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
@@ -95,7 +97,7 @@ class Findings:
     queued_timeouts: int = 0
     lost: int = 0
     orphans_killed: int = 0
-    orphans_adopted: int = 0
+    adopted: int = 0
 
     @property
     def total(self) -> int:
@@ -105,7 +107,7 @@ class Findings:
             + self.queued_timeouts
             + self.lost
             + self.orphans_killed
-            + self.orphans_adopted
+            + self.adopted
         )
 
 
@@ -118,6 +120,7 @@ class SanityLoop:
 
     async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
         findings = Findings()
+        findings.adopted = await scheduler.adopt_from_the_dead()
         # The launcher's current view is enough to notice trouble; a fresh look (a new
         # list from the API server) is asked for only to confirm it, so a healthy round
         # costs no API request.
@@ -265,10 +268,7 @@ class SanityLoop:
             del self.orphan_since[key]
             row = rows.get((key.dag_id, key.run_id, key.task_id))
             if row is not None and row.try_number == key.try_number and row.state in states.ACTIVE:
-                findings.orphans_adopted += 1
-                scheduler.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
-                log.warning("%s: live try found running untracked: adopting it", key)
-                continue
+                continue  # a live try: a live peer's, or adopted from a dead one (above)
             findings.orphans_killed += 1
             why = "no live try owns it" if row is None else f"its task is {row.state}"
             if row is not None and row.try_number != key.try_number:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, func, or_, select, update
+from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -183,6 +183,40 @@ async def open_keys(session: AsyncSession) -> list[TaskAttempt]:
     """Attempts not yet closed (their exit has not been recorded)."""
     query = select(TA).where(TA.ended_at.is_(None))
     return list((await session.execute(query)).scalars())
+
+
+async def owners(session: AsyncSession) -> dict[tuple[int, int], str | None]:
+    """{(ti_id, try): scheduler_id} of every open attempt: who launched it, who follows it."""
+    query = select(TA.ti_id, TA.try_number, TA.scheduler_id).where(TA.ended_at.is_(None))
+    return {(t, n): sid for t, n, sid in (await session.execute(query)).all()}
+
+
+async def take_over(
+    session: AsyncSession, items: Sequence[tuple[int, int, str | None]], new_owner: str
+) -> set[tuple[int, int]]:
+    """(ti_id, try, old owner): make `new_owner` the owner of these open attempts, each only
+    if its owner is still the old one — of two schedulers adopting the same try, one wins.
+    Returns the (ti_id, try) pairs taken over."""
+    taken: set[tuple[int, int]] = set()
+    by_owner: dict[str | None, list[tuple[int, int]]] = {}
+    for ti_id, try_number, old in items:
+        by_owner.setdefault(old, []).append((ti_id, try_number))
+    for old, keys in by_owner.items():
+        for start in range(0, len(keys), 1000):
+            owner_is = TA.scheduler_id.is_(None) if old is None else TA.scheduler_id == old
+            result = await session.execute(
+                update(TA)
+                .execution_options(synchronize_session=False)
+                .where(
+                    tuple_(TA.ti_id, TA.try_number).in_(keys[start : start + 1000]),
+                    TA.ended_at.is_(None),
+                    owner_is,
+                )
+                .values(scheduler_id=new_owner)
+                .returning(TA.ti_id, TA.try_number)
+            )
+            taken.update((t, n) for t, n in result.all())
+    return taken
 
 
 async def open_by_scheduler(session: AsyncSession) -> dict[str | None, int]:

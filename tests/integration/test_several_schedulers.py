@@ -1,9 +1,10 @@
-"""Several schedulers on one PostgreSQL database: limits are global, not per scheduler."""
+"""Several schedulers on one PostgreSQL database: limits are global, each try has one owner."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -47,3 +48,66 @@ async def test_claims_of_two_schedulers_never_count_free_slots_at_once(
         assert second_counted.is_set()
     finally:
         await admin.close()
+
+
+async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one scheduler")
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.store import attempts as store_attempts
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "three.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("three", start_date=datetime(2026, 1, 1)):\n'
+        '    [Bash(f"t{i}", "true") for i in range(3)]\n'
+    )
+    start = datetime.now(UTC)
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            engine=engine,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
+            clock=ManualClock(start),
+        )
+
+    a, b, c = scheduler(), scheduler(), scheduler()
+    await a.start()
+    try:
+        await a.tick()  # parse
+        run_id = await _trigger(engine, "three", {})
+        for _ in range(5):
+            await a.tick()
+        held = set(a.launcher.held)  # type: ignore[attr-defined]
+        assert len(held) == 3
+        await b.start()
+        await c.start()
+        # a is alive: neither b nor c adopts its tries, at start or in a sanity round
+        await b.tick()
+        await c.tick()
+        assert b.launcher.adopted == [] and c.launcher.adopted == []  # type: ignore[attr-defined]
+        # a stops heartbeating: 31 s later both survivors look, only one adopts each try
+        for survivor in (b, c):
+            survivor.clock.advance(31)  # type: ignore[attr-defined]
+            await survivor._heartbeat_instance()  # the survivors are alive, a is not
+        await asyncio.gather(b.sanity.round(b, b.clock.now()), c.sanity.round(c, c.clock.now()))
+        adopted_b = {k for k, _ in b.launcher.adopted}  # type: ignore[attr-defined]
+        adopted_c = {k for k, _ in c.launcher.adopted}  # type: ignore[attr-defined]
+        assert adopted_b | adopted_c == held and not adopted_b & adopted_c
+        sessions = store_engine.sessionmaker(engine)
+        async with store_engine.transaction(sessions) as session:
+            attempts = await store_attempts.for_run(session, "three", run_id)
+        owners = {a_.task_id: a_.scheduler_id for a_ in attempts}
+        assert set(owners.values()) <= {b.scheduler_id, c.scheduler_id}
+        assert a.scheduler_id not in owners.values()
+    finally:
+        for s in (a, b, c):
+            await s.close()
