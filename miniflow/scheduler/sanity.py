@@ -224,22 +224,14 @@ class SanityLoop:
     ) -> None:
         """In flight here, unseen by the launcher two rounds running: ask it to adopt."""
         missing = [k for k in scheduler.inflight if k not in alive]
-        for key in list(self.missing_since):
-            if key not in missing:
-                del self.missing_since[key]
-        adopt: list[tuple[AttemptKey, str | None]] = []
-        for key in missing:
-            since = self.missing_since.setdefault(key, now)
-            if since < now:
-                adopt.append((key, None))
-                del self.missing_since[key]
-        if not adopt:
+        lost = _seen_again(self.missing_since, missing, now)
+        if not lost:
             return
-        findings.lost += len(adopt)
-        for key, _ in adopt:
+        findings.lost += len(lost)
+        for key in lost:
             log.warning("%s: the launcher no longer sees it; looking for its evidence", key)
-        handles = await _handles(scheduler, [k for k, _ in adopt])
-        await scheduler.launcher.adopt([(k, handles.get(k)) for k, _ in adopt])
+        handles = await _handles(scheduler, lost)
+        await scheduler.launcher.adopt([(k, handles.get(k)) for k in lost])
 
     async def _orphans(
         self,
@@ -250,14 +242,7 @@ class SanityLoop:
     ) -> None:
         """Seen by the launcher, owned by no try here, two rounds running: adopt or kill."""
         strays = [k for k in alive if k not in scheduler.inflight]
-        for key in list(self.orphan_since):
-            if key not in alive or key in scheduler.inflight:
-                del self.orphan_since[key]
-        due = []
-        for key in strays:
-            since = self.orphan_since.setdefault(key, now)
-            if since < now:
-                due.append(key)
+        due = _seen_again(self.orphan_since, strays, now)
         if not due:
             return
         async with store_engine.transaction(scheduler.sessions) as session:
@@ -265,7 +250,6 @@ class SanityLoop:
                 session, [(k.dag_id, k.run_id, k.task_id) for k in due]
             )
         for key in due:
-            del self.orphan_since[key]
             row = rows.get((key.dag_id, key.run_id, key.task_id))
             if row is not None and row.try_number == key.try_number and row.state in states.ACTIVE:
                 continue  # a live try: a live peer's, or adopted from a dead one (above)
@@ -278,6 +262,24 @@ class SanityLoop:
                 await scheduler.launcher.kill(key, alive[key].handle, reason="orphan", force=False)
             except Exception:
                 log.exception("could not kill orphan %s", key)
+
+
+def _seen_again(
+    first_seen: dict[AttemptKey, datetime], keys: list[AttemptKey], now: datetime
+) -> list[AttemptKey]:
+    """The keys also seen in an earlier round; forgets them, and the keys no longer seen.
+
+    One round is not enough to act on: a process may have ended (or started) between
+    the launcher's view and the database's.
+    """
+    current = set(keys)
+    for key in list(first_seen):
+        if key not in current:
+            del first_seen[key]
+    again = [k for k in keys if first_seen.setdefault(k, now) < now]
+    for key in again:
+        del first_seen[key]
+    return again
 
 
 def _owned(scheduler: Scheduler, t: store_tis.ActiveTry) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.store import task_instances as store_tis
 from miniflow.store.models import TaskAttempt
 
 TA = TaskAttempt
@@ -202,13 +203,13 @@ async def take_over(
     for ti_id, try_number, old in items:
         by_owner.setdefault(old, []).append((ti_id, try_number))
     for old, keys in by_owner.items():
-        for start in range(0, len(keys), 1000):
+        for chunk in store_tis.chunked(keys):
             owner_is = TA.scheduler_id.is_(None) if old is None else TA.scheduler_id == old
             result = await session.execute(
                 update(TA)
                 .execution_options(synchronize_session=False)
                 .where(
-                    tuple_(TA.ti_id, TA.try_number).in_(keys[start : start + 1000]),
+                    tuple_(TA.ti_id, TA.try_number).in_(chunk),
                     TA.ended_at.is_(None),
                     owner_is,
                 )

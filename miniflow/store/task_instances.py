@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,12 +26,19 @@ from miniflow.store import states, transitions
 from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
+T = TypeVar("T")
 
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)  # `now` not given: every candidate is due
 
 MAX_KEYS_PER_STATEMENT = 1000
 """(id, try) pairs per `IN` list: PostgreSQL's parser recurses per element of a row-value
 list and runs out of stack at ~10,000; a batch larger than this is a few statements."""
+
+
+def chunked(keys: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`keys` in slices of at most `MAX_KEYS_PER_STATEMENT`."""
+    for start in range(0, len(keys), MAX_KEYS_PER_STATEMENT):
+        yield keys[start : start + MAX_KEYS_PER_STATEMENT]
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,12 +292,12 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
             **items[0].extra,
         }
         keys = [(i.ti_id, i.try_number) for i in items]
-        for start in range(0, len(keys), MAX_KEYS_PER_STATEMENT):
+        for chunk in chunked(keys):
             result = await session.execute(
                 update(TI)
                 .execution_options(synchronize_session=False)
                 .where(
-                    tuple_(TI.id, TI.try_number).in_(keys[start : start + MAX_KEYS_PER_STATEMENT]),
+                    tuple_(TI.id, TI.try_number).in_(chunk),
                     TI.state.in_(list(expected)),
                 )
                 .values(**values)
@@ -463,12 +470,12 @@ async def relaunch(
     transitions.check(states.ACTIVE, states.SCHEDULED)
     keys = list(items)
     changed: set[int] = set()
-    for start in range(0, len(keys), MAX_KEYS_PER_STATEMENT):
+    for chunk in chunked(keys):
         result = await session.execute(
             update(TI)
             .execution_options(synchronize_session=False)
             .where(
-                tuple_(TI.id, TI.try_number).in_(keys[start : start + MAX_KEYS_PER_STATEMENT]),
+                tuple_(TI.id, TI.try_number).in_(chunk),
                 TI.state.in_(list(states.ACTIVE)),
                 TI.heartbeat_at.is_(None),  # no worker ever claimed it
             )
