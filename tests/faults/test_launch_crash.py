@@ -151,7 +151,9 @@ async def test_scheduler_killed_before_the_marker_runs_the_task_once(
     assert run.state == "success", (tmp_path / "s2.log").read_text()
     (ti,) = await query(db_url, store_tis.list_for_run, "once", run_id)
     attempts = await query(db_url, store_attempts.for_run, "once", run_id)
-    # Try 1 never ran (lost before it started: relaunched without using a retry), try 2 did.
-    assert [(a.try_number, a.reason) for a in attempts] == [(1, "Lost"), (2, "Completed")]
-    assert ti.state == "success"
-    assert _proof_lines(proof) == ["ran try 2"]
+    # Try 1's first launch never ran (lost before it started): the same try was launched
+    # again, without using a retry, and ran once.
+    assert [(a.try_number, a.reason) for a in attempts] == [(1, "Completed")]
+    assert attempts[0].message is not None and "lost before it started" in attempts[0].message
+    assert (ti.state, ti.try_number, ti.launch_attempts) == ("success", 1, 1)
+    assert _proof_lines(proof) == ["ran try 1"]
