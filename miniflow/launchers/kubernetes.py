@@ -198,7 +198,16 @@ class KubernetesLauncher:
         self._sweeper = self._supervised("miniflow-kube-sweeper", self._tracker.sweep)
         try:
             await self._wait_synced(watching)
-            await self._checked(self.defaults.namespace)
+            try:
+                await self._checked(self.defaults.namespace)
+            except RetryableError as exc:
+                # The API server answered the list: a passing failure of the check is no
+                # reason not to start. The first launch there checks again.
+                log.warning(
+                    "could not check namespace %s now (%s): checking at the first launch",
+                    self.defaults.namespace,
+                    exc,
+                )
         except MiniflowError:
             await self.close()
             raise

@@ -391,11 +391,17 @@ async def run_with_fault(
     engine: AsyncEngine,
     dags: Path,
     inject: Callable[[KubeRun], Any],
+    *,
+    before_trigger: Callable[[], None] | None = None,
 ) -> tuple[str, Outcome, PodAudit]:
-    """Run `fifty`, call `inject` once its first pod runs, check the invariants."""
+    """Run `fifty`, call `inject` once its first pod runs, check the invariants.
+
+    `before_trigger` runs once the scheduler has started (its start-up checks done)."""
     audit = PodAudit(fake)
     first_running = audit.when(running_pod)
     async with kube_scheduler(fake, pg_url, dags, **SETTINGS) as kube:
+        if before_trigger is not None:
+            before_trigger()
         run_id = await kube.trigger("fifty")
         done = asyncio.create_task(run_in_process(kube, engine, "fifty", run_id))
         await asyncio.wait_for(first_running, 60)
@@ -460,11 +466,15 @@ async def test_500_and_429_bursts_on_create(
 ) -> None:
     dags = tmp_path / "dags"
     fan_dag(dags, "fifty", "sleep 0.5")
-    # Before the first create: refused, throttled, and carried out with the answer lost.
-    fake_kube.faults.fail_next(10, code=500, verb="create")
-    fake_kube.faults.fail_next(10, code=429, verb="create", retry_after=0)
-    fake_kube.faults.fail_next(5, code=500, verb="create", after_write=True)
-    state, outcome, audit = await run_with_fault(fake_kube, pg_url, engine, dags, lambda kube: None)
+    def bursts() -> None:
+        # Before the first create: refused, throttled, and carried out with the answer lost.
+        fake_kube.faults.fail_next(10, code=500, verb="create")
+        fake_kube.faults.fail_next(10, code=429, verb="create", retry_after=0)
+        fake_kube.faults.fail_next(5, code=500, verb="create", after_write=True)
+
+    state, outcome, audit = await run_with_fault(
+        fake_kube, pg_url, engine, dags, lambda kube: None, before_trigger=bursts
+    )
     all_succeeded_once(state, outcome)
     statuses = [r.status for r in fake_kube.requests.of("create")]
     assert statuses.count(500) == 15 and statuses.count(429) == 10

@@ -397,6 +397,21 @@ async def test_secret_check_forbidden_or_quota_exceeded_only_warn(
     assert result.error is None
 
 
+async def test_a_passing_api_failure_of_the_check_does_not_stop_the_start(
+    make_launcher: MakeLauncher, fake_kube: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The list answered: a 500 burst on the dry run is checked again at the first launch."""
+    fake_kube.faults.fail_next(FAST_RETRY.attempts + 1, code=500, verb="create", retry_after=0)
+    launcher = await make_launcher()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("checking at the first launch" in w for w in warnings), warnings
+    k = key()
+    (result,) = await launcher.launch([sh(k, "true")])
+    assert result.error is None
+    dry_runs = [r for r in fake_kube.requests.of("create") if r.dry_run]
+    assert dry_runs[-1].status == 201  # checked again, and passed, before the first pod
+
+
 async def test_other_namespaces_are_checked_on_first_launch(
     launcher: KubernetesLauncher, fake_kube: FakeKube
 ) -> None:
