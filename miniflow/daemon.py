@@ -119,6 +119,10 @@ class _Stop:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+                if self.signal is not None:
+                    # Stopping already: a late repeat of the signal (a second Ctrl-C the
+                    # kernel delivers during the clean-up) must not become a traceback.
+                    signal.signal(sig, signal.SIG_IGN)
 
     def cancel_loop(self) -> None:
         if self.loop is not None:
