@@ -189,6 +189,10 @@ class Scheduler:
                 if i.alive(now, self.settings.instance_timeout) and _process_may_live(i)
             } - {self.scheduler_id}
             registered = {i.id for i in instances}
+            if registered_only:
+                dead = registered - live - {self.scheduler_id}
+                if not dead & set(await store_attempts.open_by_scheduler(session)):
+                    return []  # the usual round: no dead scheduler owns anything
 
             def adoptable(owner: str | None) -> bool:
                 if owner in live:
