@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -43,14 +43,31 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         free = scheduler.settings.parallelism - total
         if free <= 0:
             return
-        candidates = await store_tis.scheduled_candidates(session, limit=free * 2 + 16, now=now)
-        if scheduler.only_run_pk is not None:
-            candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
-        if not candidates:
-            return
-        cached = await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates})
         slots = await store_pools.slots(session)
-        chosen = _within_limits(candidates, free, by_dag, by_pool, cached, slots)
+        limits = _Limits(dict(by_dag), dict(by_pool), slots)
+        chosen: list[store_tis.Candidate] = []
+        cached: dict[int, CachedDag] = {}
+        for _ in range(MAX_CANDIDATE_QUERIES):
+            candidates = await store_tis.scheduled_candidates(
+                session,
+                limit=(free - len(chosen)) * 2 + 16,
+                now=now,
+                skip_dags=limits.full_dags,
+                skip_pools=limits.full_pools,
+                skip_ids=[c.id for c in chosen],
+            )
+            if scheduler.only_run_pk is not None:
+                candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
+            if not candidates:
+                break
+            cached.update(
+                await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates})
+            )
+            newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
+            if len(chosen) >= free or not newly_full:
+                break  # full, or nothing was held back by a limit: no one else is waiting
+        if not chosen:
+            return
         claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
         chosen = [c for c in chosen if c.id in claimed]
         await store_attempts.open_attempts(
@@ -196,36 +213,54 @@ def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:
     )
 
 
-def _within_limits(
-    candidates: Sequence[store_tis.Candidate],
-    free: int,
-    by_dag: dict[str, int],
-    by_pool: dict[str, int],
-    cached: Mapping[int, CachedDag],
-    slots: dict[str, int],
-) -> list[store_tis.Candidate]:
-    """Pick candidates in order while global, per-DAG and pool limits allow."""
-    dag_used = dict(by_dag)
-    pool_used = dict(by_pool)
-    chosen: list[store_tis.Candidate] = []
-    for c in candidates:
-        if len(chosen) >= free:
-            break
-        entry = cached.get(c.run_pk)
-        if entry is None:
-            continue
-        limit = entry.dag["max_active_tasks"]
-        if dag_used.get(c.dag_id, 0) >= limit:
-            continue
-        if c.pool is not None and c.pool not in slots:
-            _warn_unknown_pool(c.pool, c.dag_id, c.task_id)
-        elif c.pool is not None and pool_used.get(c.pool, 0) >= slots[c.pool]:
-            continue
-        dag_used[c.dag_id] = dag_used.get(c.dag_id, 0) + 1
-        if c.pool is not None:
-            pool_used[c.pool] = pool_used.get(c.pool, 0) + 1
-        chosen.append(c)
-    return chosen
+MAX_CANDIDATE_QUERIES = 4
+"""Candidate windows one claim may look at while limits hold candidates back."""
+
+
+@dataclass(slots=True)
+class _Limits:
+    """Per-DAG and per-pool use while one claim picks, and who is at the limit."""
+
+    dag_used: dict[str, int]
+    pool_used: dict[str, int]
+    slots: dict[str, int]
+    full_dags: set[str] = field(default_factory=set)
+    full_pools: set[str] = field(default_factory=set)
+
+    def pick(
+        self,
+        candidates: Sequence[store_tis.Candidate],
+        free: int,
+        cached: Mapping[int, CachedDag],
+        chosen: list[store_tis.Candidate],
+    ) -> bool:
+        """Append to `chosen`, in order, what the limits allow (at most `free`); returns
+        whether a DAG or pool newly held a candidate back (then a new window may find
+        tasks of others)."""
+        held_back = False
+        taken = 0
+        for c in candidates:
+            if taken >= free:
+                break
+            entry = cached.get(c.run_pk)
+            if entry is None:
+                continue
+            if self.dag_used.get(c.dag_id, 0) >= entry.dag["max_active_tasks"]:
+                held_back |= c.dag_id not in self.full_dags
+                self.full_dags.add(c.dag_id)
+                continue
+            if c.pool is not None and c.pool not in self.slots:
+                _warn_unknown_pool(c.pool, c.dag_id, c.task_id)
+            elif c.pool is not None and self.pool_used.get(c.pool, 0) >= self.slots[c.pool]:
+                held_back |= c.pool not in self.full_pools
+                self.full_pools.add(c.pool)
+                continue
+            self.dag_used[c.dag_id] = self.dag_used.get(c.dag_id, 0) + 1
+            if c.pool is not None:
+                self.pool_used[c.pool] = self.pool_used.get(c.pool, 0) + 1
+            chosen.append(c)
+            taken += 1
+        return held_back
 
 
 _warned_pools: set[str] = set()

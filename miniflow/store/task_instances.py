@@ -177,12 +177,21 @@ async def active_counts(
 
 
 async def scheduled_candidates(
-    session: AsyncSession, limit: int, now: datetime | None = None
+    session: AsyncSession,
+    limit: int,
+    now: datetime | None = None,
+    *,
+    skip_dags: Iterable[str] = (),
+    skip_pools: Iterable[str] = (),
+    skip_ids: Iterable[int] = (),
 ) -> list[Candidate]:
     """Scheduled task instances, highest priority then oldest run first; locked on Postgres.
 
     A relaunch waiting out its back-off (`next_retry_at` after `now`) is not a candidate yet.
+    `skip_dags` / `skip_pools` leave out DAGs and pools already at their limit, so a DAG
+    with many waiting tasks and a low limit cannot fill the window and starve the others.
     """
+    dags, pools, ids = list(skip_dags), list(skip_pools), list(skip_ids)
     query = (
         select(
             TI.id,
@@ -198,6 +207,9 @@ async def scheduled_candidates(
         .join(DagRun, DagRun.id == TI.run_pk)
         .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING)
         .where(or_(TI.next_retry_at.is_(None), TI.next_retry_at <= (now or _FAR_FUTURE)))
+        .where(*([TI.dag_id.not_in(dags)] if dags else []))
+        .where(*([or_(TI.pool.is_(None), TI.pool.not_in(pools))] if pools else []))
+        .where(*([TI.id.not_in(ids)] if ids else []))
         .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
         .limit(limit)
         .with_for_update(of=TI, skip_locked=True)

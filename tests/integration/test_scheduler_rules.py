@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -515,3 +516,53 @@ async def test_template_error_fails_the_try_naming_the_variable(engine: AsyncEng
     assert "params.missing_thing" in (attempt.message or "")
     assert attempt.ended_at is not None
     assert h.launcher.launched == []  # never handed to the launcher
+
+
+async def test_a_dag_at_its_limit_does_not_starve_the_others(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """`narrow` (max_active_tasks=1, 60 waiting, the older run) fills any candidate window;
+    the free slots still go to `other` in the same claim."""
+    (tmp_path / "two.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("narrow", start_date=datetime(2026, 1, 1), max_active_tasks=1):\n'
+        '    [Bash(f"n{i}", "true") for i in range(60)]\n'
+        'with DAG("other", start_date=datetime(2026, 1, 1)):\n'
+        '    [Bash(f"o{i}", "true") for i in range(5)]\n'
+    )
+    launcher = InstantLauncher(hold=True)
+    scheduler = Scheduler(
+        engine=engine,
+        launcher=launcher,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, parallelism=4),
+    )
+    await scheduler.start()
+    try:
+        await scheduler.tick()  # parse
+        sessions = store_engine.sessionmaker(engine)
+        now = datetime.now(UTC)
+        async with store_engine.transaction(sessions) as session:
+            for dag_id, when in (("narrow", now - timedelta(days=1)), ("other", now)):
+                dag = await store_dags.get_dag(session, dag_id)
+                await store_runs.create_run(
+                    session,
+                    dag=dag.serialized,  # type: ignore[arg-type]
+                    run_id="r",
+                    run_type="manual",
+                    logical_date=when,
+                    interval=(when, when),
+                    conf={},
+                    now=now,
+                )
+        for _ in range(4):  # start the runs, make the tasks ready, claim
+            await scheduler.tick()
+            if launcher.launched:
+                break
+        dags = [s.key.dag_id for s in launcher.launched]
+        assert (dags.count("narrow"), dags.count("other")) == (1, 3)  # no slot left idle
+        async with store_engine.transaction(sessions) as session:
+            total, _, _ = await store_tis.active_counts(session)
+        assert total == 4
+    finally:
+        await scheduler.close()
