@@ -41,6 +41,7 @@ from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store.runs import RunInfo
 
 log = logging.getLogger("miniflow.scheduler")
 
@@ -474,6 +475,7 @@ class Scheduler:
         cached = await self.dags.for_runs(session, runs)  # each run's own DAG version
         tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
         changes: list[tuple[int, str, str]] = []
+        finals: list[tuple[RunInfo, str, list[int]]] = []
         for run in runs:
             entry = cached.get(run.pk)
             if entry is None:
@@ -485,12 +487,23 @@ class Scheduler:
             )
             changes += [(by_task[t].id, states.NONE, s) for t, s in new.items()]
             if final is not None:
-                if await store_runs.set_state(
-                    session, run.pk, expected=states.RUN_RUNNING, state=final, now=now
-                ):
-                    stats.runs_finished += 1
-                    log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+                seen = {t.task_id: new.get(t.task_id, t.state) for t in rows}
+                unfinished = [by_task[t].id for t, s in seen.items() if s not in states.FINISHED]
+                finals.append((run, final, unfinished))
         stats.changed = await store_tis.set_states(session, changes, now)
+        # After the task changes, and only if the run's tasks are still as seen: a clear
+        # that committed meanwhile keeps the run going (its task is scheduled next round).
+        for run, final, unfinished in finals:
+            if await store_runs.set_state(
+                session,
+                run.pk,
+                expected=states.RUN_RUNNING,
+                state=final,
+                now=now,
+                seen_unfinished=unfinished,
+            ):
+                stats.runs_finished += 1
+                log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
         await claims.claim_and_launch(self, now, stats)

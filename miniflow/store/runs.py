@@ -175,17 +175,35 @@ async def running_runs(session: AsyncSession, pks: Sequence[int] | None = None) 
 
 
 async def set_state(
-    session: AsyncSession, pk: int, *, expected: str, state: str, now: datetime
+    session: AsyncSession,
+    pk: int,
+    *,
+    expected: str,
+    state: str,
+    now: datetime,
+    seen_unfinished: Sequence[int] | None = None,
 ) -> bool:
+    """Move the run from `expected` to `state`.
+
+    With `seen_unfinished` (the ids of the run's task instances the caller saw not
+    finished when it decided), only while no other task instance of the run is unfinished:
+    a `tasks clear` committed since the caller looked puts one back to `none`, and the run
+    then goes on instead of ending with that task never scheduled."""
     values: dict[str, Any] = {"state": state}
     if state == states.RUN_RUNNING:
         values["started_at"] = now
         values["ended_at"] = None
     elif state in states.RUN_FINISHED:
         values["ended_at"] = now
-    result = await session.execute(
-        update(DagRun).where(DagRun.id == pk, DagRun.state == expected).values(**values)
-    )
+    query = update(DagRun).where(DagRun.id == pk, DagRun.state == expected)
+    if seen_unfinished is not None:
+        unfinished = select(TaskInstance.id).where(
+            TaskInstance.run_pk == pk, TaskInstance.state.not_in(list(states.FINISHED))
+        )
+        if seen_unfinished:
+            unfinished = unfinished.where(TaskInstance.id.not_in(list(seen_unfinished)))
+        query = query.where(~unfinished.exists())
+    result = await session.execute(query.values(**values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

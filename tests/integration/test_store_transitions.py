@@ -223,3 +223,30 @@ async def test_clear_resets_finished_tasks_and_reopens_the_run(engine: AsyncEngi
     assert (rows["t0"].state, rows["t0"].max_tries) == (states.NONE, 3)  # try 1 + 2 more retries
     assert rows["t1"].state == states.FAILED
     assert run.state == "running"
+
+
+async def test_a_run_ends_only_while_every_task_is_still_finished(engine: AsyncEngine) -> None:
+    """The scheduler saw every task finished; a `tasks clear` committed before its update
+    put one back to `none`: the run must go on, not end with that task never scheduled."""
+    sessions, pk = await _setup(engine, n=2)
+    claimed = await _queue_all(sessions, pk)
+    async with store_engine.transaction(sessions) as session:
+        await store_runs.set_state(
+            session, pk, expected=states.RUN_QUEUED, state=states.RUN_RUNNING, now=NOW
+        )
+        outcomes = [store_tis.Outcome(i, n, states.SUCCESS) for i, n in claimed.items()]
+        assert await store_tis.finish(session, outcomes, NOW) == set(claimed)
+    # what a concurrent `tasks clear` does to one of them
+    async with store_engine.transaction(sessions) as session:
+        assert await store_tis.clear(session, "d", "r1", ["t0"], {"t0": 0}) == 1
+    async with store_engine.transaction(sessions) as session:
+        ended = await store_runs.set_state(
+            session,
+            pk,
+            expected=states.RUN_RUNNING,
+            state=states.RUN_SUCCESS,
+            now=NOW,
+            seen_unfinished=[],  # it saw every task finished
+        )
+        assert not ended
+        assert (await store_runs.get_run(session, "d", "r1")).state == states.RUN_RUNNING
