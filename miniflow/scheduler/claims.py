@@ -1,8 +1,11 @@
 """Claim scheduled task instances within the limits and hand them to the launcher.
 
 One round claims a batch (priority first, then the oldest run; `FOR UPDATE SKIP
-LOCKED` on Postgres so several schedulers never claim the same row), renders each
-spec, launches the batch, and records what could not start. Launching happens
+LOCKED` on Postgres so several schedulers never claim the same row; an advisory
+lock around the count and the claim so limits hold across schedulers; DAGs and
+pools at their limit are left out of the next candidate window so they cannot
+starve others), renders each spec, launches the batch, and records what could
+not start. Launching happens
 outside the claim's transaction: a scheduler that dies in between leaves queued
 tries that the next one adopts (reported Lost, relaunched without using a retry).
 """
