@@ -274,7 +274,7 @@ async def test_dag(
     console = cli_views.make_console()
     run = (dag_id, f"test__{(logical_date or datetime.now(UTC)).isoformat()}")
     async with _scheduler(
-        config, schedule_runs=False, reap_orphans=False, register=False
+        config, schedule_runs=False, reap_orphans=False, peer=False
     ) as scheduler:
         stop = _Stop()
         first_pass: list[asyncio.Future[list[str]]] = []
@@ -334,7 +334,7 @@ async def _test_run(
     if stop.signal is not None:
         return states.RUN_FAILED
     scheduler.settings = _settings(
-        config, schedule_runs=False, reap_orphans=False, register=False, only_run=run
+        config, schedule_runs=False, reap_orphans=False, peer=False, only_run=run
     )
     console.print(f"testing {dag_id} run {run_id}")
     stop.loop = asyncio.ensure_future(scheduler.run_until_done(dag_id, run_id))

@@ -24,6 +24,9 @@ class InstantLauncher:
     name = "instant"
     worker_kinds: frozenset[str] = frozenset()  # every outcome comes from the exit code
 
+    owner: str | None = None
+    """The scheduler instance it works for."""
+
     def __init__(
         self,
         exit_code: Callable[[TaskSpec], int] | None = None,
@@ -100,6 +103,12 @@ class InstantLauncher:
         self.adopted.extend(attempts)
         for key, handle in attempts:
             self._events.put_nowait(AttemptExited(key, handle, None, "Lost", datetime.now(UTC)))
+
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        return 0
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         self.acknowledged.extend(keys)

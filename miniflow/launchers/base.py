@@ -107,6 +107,15 @@ class Launcher(Protocol):
         """Queue the scheduler drains; launchers put events, never block on it."""
         ...
 
+    def set_owner(self, owner: str) -> None:
+        """The scheduler instance this launcher works for (called once, before `start`):
+        what it launches is marked as that instance's, and it looks after nothing else."""
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        """Become the owner of whatever these dead instances left that no open try
+        accounts for (kept or orphaned pods); returns how many things it took over."""
+        ...
+
     async def start(self) -> None:
         """Connect / start watches. Called once before any other call.
 

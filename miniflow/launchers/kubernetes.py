@@ -123,6 +123,9 @@ class KubernetesLauncher:
     name = "kubernetes"
     worker_kinds: frozenset[str] = frozenset({"bash", "python"})
 
+    owner: str | None = None
+    """The scheduler instance it works for."""
+
     def __init__(
         self,
         *,
@@ -268,6 +271,12 @@ class KubernetesLauncher:
             if tracked is None:
                 lost = Tracked(key, name, namespace, self._handle(namespace, name), seq=0)
                 self._tracker.exit_without_pod(lost, "Lost", "no pod found for this attempt")
+
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        return 0
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         """These exits are committed: their pods may go, per the cleanup policy."""

@@ -101,6 +101,9 @@ class LocalLauncher:
     name = "local"
     worker_kinds: frozenset[str] = frozenset({"python"})  # bash/pod: judged by exit code
 
+    owner: str | None = None
+    """The scheduler instance it works for."""
+
     def __init__(
         self,
         *,
@@ -187,6 +190,12 @@ class LocalLauncher:
         loop = asyncio.get_running_loop()
         for key, _handle in attempts:
             self._watcher.adopt(loop, key, announce=True)  # known keys: already reported
+
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        return 0  # its processes are found through the state directory, whoever started them
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         for key in keys:

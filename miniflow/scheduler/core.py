@@ -42,11 +42,14 @@ from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.runs import RunInfo
+from miniflow.store.sanity_lock import SanityLock
 
 log = logging.getLogger("miniflow.scheduler")
 
 MAX_DB_BACKOFF = 30.0
 """Longest pause between scheduler rounds while the database is failing."""
+LEFTOVERS_WITHIN = 24 * 3600.0
+"""A dead instance's leftover pods are looked for only if it heartbeat this recently."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,11 @@ class SchedulerSettings:
     sanity: SanitySettings = field(default_factory=SanitySettings)
     """The sanity loop's interval and thresholds."""
     register: bool = True
-    """Register in `scheduler_instance` and heartbeat there (off for `dags test`)."""
+    """Register in `scheduler_instance` and heartbeat there (off in some tests)."""
+    peer: bool = True
+    """A full peer of the other schedulers: refuses to share a SQLite database, adopts what
+    dead instances left and may hold the sanity lock. `dags test` is not one: it registers
+    (so schedulers leave its tries alone) and looks after its own run only."""
     instance_heartbeat: float = 5.0
     """Seconds between heartbeats of this scheduler's `scheduler_instance` row."""
     instance_timeout: float = 30.0
@@ -128,11 +135,18 @@ class Scheduler:
             else None
         )
         self.dags = DagCache()
-        self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
+        self.scheduler_id = (
+            f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.sanity_lock = SanityLock(engine, self.scheduler_id)
+        self._taken_over: set[str] = set()
+        """Dead instances whose leftover pods this one took over (once each)."""
         self.inflight: dict[AttemptKey, InFlight] = {}
         self._pending: list[LauncherEvent] = []
         self._due = _Due()
         self._only_run_pk: int | None = None
+        self._foreign: set[AttemptKey] = set()
         self._stopping = asyncio.Event()
         self.sanity = SanityLoop()
         self.last_findings = Findings()
@@ -150,8 +164,9 @@ class Scheduler:
         if self.settings.register:
             await self._register()
         try:
+            self.launcher.set_owner(self.scheduler_id)
             await self.launcher.start()
-            adopt = await self._take_over_the_dead()
+            adopt = (await self._take_over_the_dead())[0] if self.settings.peer else []
         except BaseException:
             if self.settings.register:  # a scheduler that never started must not look alive
                 async with store_engine.transaction(self.sessions) as session:
@@ -162,16 +177,23 @@ class Scheduler:
             await self.launcher.adopt(adopt)
 
     async def adopt_from_the_dead(self) -> int:
-        """Adopt the tries of schedulers that died since (the sanity loop calls this)."""
-        adopt = await self._take_over_the_dead(registered_only=True)
+        """Adopt the tries of schedulers that died since, then their leftover pods (the
+        sanity lock holder calls this; a stop said goodbye, so no heartbeat wait then)."""
+        adopt, dead = await self._take_over_the_dead(registered_only=True)
         if adopt:
-            log.warning("adopting %d tries of a scheduler that stopped heartbeating", len(adopt))
+            log.warning("adopting %d tries of a scheduler that stopped", len(adopt))
             await self.launcher.adopt(adopt)
+        leftovers = sorted(dead - self._taken_over)
+        if leftovers:
+            taken = await self.launcher.take_over(leftovers)
+            self._taken_over.update(leftovers)
+            if taken:
+                log.warning("took over %d leftover pods of %s", taken, ", ".join(leftovers))
         return len(adopt)
 
     async def _take_over_the_dead(
         self, *, registered_only: bool = False
-    ) -> list[tuple[AttemptKey, str | None]]:
+    ) -> tuple[list[tuple[AttemptKey, str | None]], set[str]]:
         """Become the owner of every try in flight whose owner is not a live scheduler.
 
         That is every try still queued or running, and every attempt whose exit was never
@@ -179,21 +201,32 @@ class Scheduler:
         scheduler died before the process's exit), unless a live peer owns it. Ownership
         moves with a conditional update, so two schedulers never adopt the same try.
         `registered_only` (while running): only from instances that registered and then
-        died, never from an owner that never registered (`dags test`).
+        died, never from an owner that never registered. Returns the tries to adopt, and
+        the dead instances that died recently (their leftover pods are worth a look).
         """
         now = self.clock.now()
+        timeout = self.settings.instance_timeout
         async with store_engine.transaction(self.sessions) as session:
             instances = await store_instances.list_all(session)
-            live = {
+            live = {i.id for i in instances if i.alive(now, timeout) and _process_may_live(i)}
+            live.discard(self.scheduler_id)
+            registered = {i.id for i in instances}
+            recent = now - timedelta(seconds=LEFTOVERS_WITHIN)
+            dead = {
                 i.id
                 for i in instances
-                if i.alive(now, self.settings.instance_timeout) and _process_may_live(i)
-            } - {self.scheduler_id}
-            registered = {i.id for i in instances}
+                if i.id not in live and i.id != self.scheduler_id and i.heartbeat_at > recent
+            }
             if registered_only:
-                dead = registered - live - {self.scheduler_id}
-                if not dead & set(await store_attempts.open_by_scheduler(session)):
-                    return []  # the usual round: no dead scheduler owns anything
+                # Declared dead: a frozen instance that comes back learns it from its next
+                # heartbeat (and finds its tries owned by others).
+                await store_instances.end_stale(
+                    session, dead, before=now - timedelta(seconds=timeout), now=now
+                )
+                if not (registered - live - {self.scheduler_id}) & set(
+                    await store_attempts.open_by_scheduler(session)
+                ):
+                    return [], dead  # the usual round: no dead scheduler owns anything
 
             def adoptable(owner: str | None) -> bool:
                 if owner in live:
@@ -235,10 +268,11 @@ class Scheduler:
             if key in flights:
                 self.inflight[key] = flights[key]
             adopt.append((key, handle))
-        return adopt
+        return adopt, dead
 
     async def close(self) -> None:
         await self.launcher.close()
+        await self.sanity_lock.release()
         if self.settings.register:
             async with store_engine.transaction(self.sessions) as session:
                 await store_instances.end(session, self.scheduler_id, self.clock.now())
@@ -247,11 +281,13 @@ class Scheduler:
         """Register this instance; on SQLite, refuse to start beside a live one."""
         now = self.clock.now()
         async with store_engine.transaction(self.sessions) as session:
-            if self.engine.dialect.name == "sqlite":
+            if self.engine.dialect.name == "sqlite" and self.settings.peer:
                 live = [
                     i
                     for i in await store_instances.list_all(session)
-                    if i.alive(now, self.settings.instance_timeout) and _process_may_live(i)
+                    if i.peer
+                    and i.alive(now, self.settings.instance_timeout)
+                    and _process_may_live(i)
                 ]
                 if live:
                     other = live[0]
@@ -281,7 +317,33 @@ class Scheduler:
         async with store_engine.transaction(self.sessions) as session:
             alive = await store_instances.heartbeat(session, self.scheduler_id, now)
         if not alive:
-            log.error("this scheduler's instance row %s was ended by another", self.scheduler_id)
+            await self._rejoin(now)
+
+    async def _rejoin(self, now: datetime) -> None:
+        """A peer took this instance for dead (it was paused, or cut off from the database)
+        and adopted its tries: forget those, and heartbeat again as the same instance."""
+        async with store_engine.transaction(self.sessions) as session:
+            by_row = {(f.ti_id, k.try_number): k for k, f in self.inflight.items()}
+            gone = await store_attempts.owned_elsewhere(session, list(by_row), self.scheduler_id)
+            await store_instances.rejoin(session, self.scheduler_id, now)
+        for row in gone:
+            del self.inflight[by_row[row]]
+        log.error(
+            "this scheduler (%s) was taken for dead by a peer, which adopted %d of its tries; "
+            "left them to it, rejoining",
+            self.scheduler_id,
+            len(gone),
+        )
+
+    async def hold_sanity_lock(self) -> bool:
+        """Whether this instance does this round's duties that cross owners."""
+        if not self.settings.peer:
+            return False
+        now = self.clock.now()
+        async with store_engine.transaction(self.sessions) as session:
+            instances = await store_instances.list_all(session)
+        live = [i.id for i in instances if i.alive(now, self.settings.instance_timeout)]
+        return await self.sanity_lock.hold([*live, self.scheduler_id])
 
     def stop(self) -> None:
         self._stopping.set()
@@ -385,6 +447,7 @@ class Scheduler:
 
     async def tick(self) -> TickStats:
         stats = TickStats()
+        await self._heartbeat_instance()  # first: a paused instance learns it was fenced out
         now = self.clock.now()
         if self.parser is not None and (self._due.parse is None or now >= self._due.parse):
             changed = await self.parser.parse_once(self.sessions, now)
@@ -406,13 +469,16 @@ class Scheduler:
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             raise
-        # Committed: only now may the launcher drop the evidence of these exits.
-        exited = [e.key for e in batch if isinstance(e, AttemptExited)]
+        # Committed: only now may the launcher drop the evidence of these exits (not of
+        # tries a peer adopted: that evidence is the new owner's).
+        exited = [
+            e.key for e in batch if isinstance(e, AttemptExited) and e.key not in self._foreign
+        ]
+        self._foreign = set()
         if exited:
             await self.launcher.acknowledge(exited)
         await self._claim_and_launch(now, stats)
         await self._sanity_round(stats)
-        await self._heartbeat_instance()
         return stats
 
     async def _sanity_round(self, stats: TickStats) -> None:
@@ -443,8 +509,9 @@ class Scheduler:
         if not batch:
             return
         stats.events = len(batch)
-        touched = await event_recorder.record(self, session, batch, self.clock.now())
-        self._due.dirty.update(touched)
+        recorded = await event_recorder.record(self, session, batch, self.clock.now())
+        self._foreign = recorded.foreign
+        self._due.dirty.update(recorded.touched)
 
     async def _create_and_start_runs(
         self, session: AsyncSession, now: datetime, stats: TickStats

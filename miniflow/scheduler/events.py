@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -36,11 +37,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("miniflow.scheduler.events")
 
 
+@dataclass(slots=True)
+class Recorded:
+    touched: set[int] = field(default_factory=set)
+    """Run pks whose tasks changed."""
+    foreign: set[AttemptKey] = field(default_factory=set)
+    """Tries another instance owns now (it adopted them): their events were dropped, and
+    their evidence is the new owner's to read."""
+
+
 async def record(
     scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent], now: datetime
-) -> set[int]:
-    """Apply a batch of events; returns the run pks whose tasks changed."""
+) -> Recorded:
+    """Apply a batch of events (only those of tries this instance still owns)."""
     await _resolve_unknown(scheduler, session, batch)
+    foreign = await _fence(scheduler, session, batch)
+    batch = [e for e in batch if e.key not in foreign]
     started = [e for e in batch if isinstance(e, AttemptStarted) and e.key in scheduler.inflight]
     exited = [e for e in batch if isinstance(e, AttemptExited) and e.key in scheduler.inflight]
     if started:
@@ -50,8 +62,27 @@ async def record(
         await store_tis.record_started(session, items)
         await store_attempts.mark_started(session, items)
     if not exited:
+        return Recorded(foreign=foreign)
+    return Recorded(await _record_exits(scheduler, session, exited, now), foreign)
+
+
+async def _fence(
+    scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent]
+) -> set[AttemptKey]:
+    """Keys of the batch whose try a peer adopted (this instance was taken for dead, say
+    while it was paused): forgotten here, so nothing of theirs is recorded twice."""
+    keys = {e.key for e in batch if e.key in scheduler.inflight}
+    if not keys:
         return set()
-    return await _record_exits(scheduler, session, exited, now)
+    by_row = {(scheduler.inflight[k].ti_id, k.try_number): k for k in keys}
+    elsewhere = await store_attempts.owned_elsewhere(
+        session, list(by_row), scheduler.scheduler_id
+    )
+    foreign = {by_row[r] for r in elsewhere}
+    for key in foreign:
+        log.warning("%s: adopted by another scheduler; leaving it to that one", key)
+        del scheduler.inflight[key]
+    return foreign
 
 
 async def _resolve_unknown(

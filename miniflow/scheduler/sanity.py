@@ -30,7 +30,13 @@ decides:
   alone.)
 - **adoption** — tries owned by a scheduler instance that registered and then
   died (its heartbeat stale, or it said goodbye) are taken over: the ownership
-  moves with a conditional update, so two survivors never adopt the same try.
+  moves with a conditional update, so two survivors never adopt the same try;
+  then the launcher takes over what else the dead instance left (kept pods).
+
+With several schedulers, each one judges the tries it owns (zombies, timeouts,
+queued too long, lost): only its launcher sees and can kill them. Adoption and
+orphans cross owners, so only the holder of the sanity lock
+(`miniflow.store.sanity_lock`) does them.
 
 Every decision is logged with its reason and noted on the attempt row. The
 loop only decides; the writes go through the store and the kills through the
@@ -98,6 +104,8 @@ class Findings:
     lost: int = 0
     orphans_killed: int = 0
     adopted: int = 0
+    holder: bool = False
+    """This instance held the sanity lock in this round."""
 
     @property
     def total(self) -> int:
@@ -120,7 +128,10 @@ class SanityLoop:
 
     async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
         findings = Findings()
-        findings.adopted = await scheduler.adopt_from_the_dead()
+        holder = await scheduler.hold_sanity_lock()
+        findings.holder = holder
+        if holder:
+            findings.adopted = await scheduler.adopt_from_the_dead()
         # The launcher's current view is enough to notice trouble; a fresh look (a new
         # list from the API server) is asked for only to confirm it, so a healthy round
         # costs no API request.
@@ -140,7 +151,7 @@ class SanityLoop:
         if seen is None:
             return findings
         await self._lost(scheduler, alive, now, findings)
-        if scheduler.settings.sanity.reap_orphans:
+        if holder and scheduler.settings.sanity.reap_orphans:
             await self._orphans(scheduler, alive, now, findings)
         if findings.total:
             log.info("sanity round: %s", findings)

@@ -192,6 +192,30 @@ async def owners(session: AsyncSession) -> dict[tuple[int, int], str | None]:
     return {(t, n): sid for t, n, sid in (await session.execute(query)).all()}
 
 
+async def owned_elsewhere(
+    session: AsyncSession, keys: Sequence[tuple[int, int]], me: str
+) -> set[tuple[int, int]]:
+    """The (ti_id, try) among `keys` whose open attempt another instance owns now.
+
+    The rows stay locked until the transaction ends (PostgreSQL): a peer's take-over
+    of one of them waits for it, so a scheduler never records the outcome of a try
+    that moved to another owner while it looked.
+    """
+    out: set[tuple[int, int]] = set()
+    for chunk in store_tis.chunked(list(keys)):
+        query = (
+            select(TA.ti_id, TA.try_number, TA.scheduler_id)
+            .where(tuple_(TA.ti_id, TA.try_number).in_(chunk), TA.ended_at.is_(None))
+            .with_for_update()
+        )
+        out.update(
+            (t, n)
+            for t, n, owner in (await session.execute(query)).all()
+            if owner is not None and owner != me
+        )
+    return out
+
+
 async def take_over(
     session: AsyncSession, items: Sequence[tuple[int, int, str | None]], new_owner: str
 ) -> set[tuple[int, int]]:

@@ -9,6 +9,7 @@ dead learns it from its next heartbeat.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.store.models import SchedulerInstance
 
 SI = SchedulerInstance
+
+NON_PEER_PREFIX = "dags-test-"
+"""Instance ids of `dags test` commands: registered, but not peers of the schedulers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,10 @@ class Instance:
     started_at: datetime
     heartbeat_at: datetime
     ended_at: datetime | None
+
+    @property
+    def peer(self) -> bool:
+        return not self.id.startswith(NON_PEER_PREFIX)
 
     def alive(self, now: datetime, threshold: float) -> bool:
         """Registered, not ended, and heartbeating within `threshold` seconds."""
@@ -62,6 +70,29 @@ async def end(session: AsyncSession, id: str, now: datetime) -> None:
         .execution_options(synchronize_session=False)
         .where(SI.id == id, SI.ended_at.is_(None))
         .values(ended_at=now)
+    )
+
+
+async def end_stale(
+    session: AsyncSession, ids: Collection[str], *, before: datetime, now: datetime
+) -> None:
+    """End the rows of these instances that have not heartbeat since `before`."""
+    if ids:
+        await session.execute(
+            update(SI)
+            .execution_options(synchronize_session=False)
+            .where(SI.id.in_(sorted(ids)), SI.ended_at.is_(None), SI.heartbeat_at < before)
+            .values(ended_at=now)
+        )
+
+
+async def rejoin(session: AsyncSession, id: str, now: datetime) -> None:
+    """Open an ended row again: its instance is alive after all (it was paused)."""
+    await session.execute(
+        update(SI)
+        .execution_options(synchronize_session=False)
+        .where(SI.id == id)
+        .values(ended_at=None, heartbeat_at=now)
     )
 
 

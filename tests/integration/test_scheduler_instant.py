@@ -182,3 +182,4 @@ async def test_exit_of_a_superseded_try_closes_its_attempt(
     assert (attempt.try_number, attempt.state, attempt.exit_code) == (1, "failed", 1)
     assert attempt.ended_at is not None
     assert (ti.state, ti.try_number) == ("queued", 2)  # the current try is untouched
+    await scheduler.close()
