@@ -76,6 +76,11 @@ class Config:
     cannot write its heartbeat for this long stops its task itself."""
     sanity_interval: float = 5.0
     """Seconds between rounds of the sanity loop (zombies, lost, stuck, timeouts, orphans)."""
+    scheduler_heartbeat: float = 5.0
+    """Seconds between heartbeats of a scheduler's `scheduler_instance` row."""
+    scheduler_timeout: float = 30.0
+    """A scheduler whose row has not heartbeat for this long is taken for dead: a peer
+    adopts its tries (one that stopped cleanly said goodbye and is adopted at once)."""
     queued_timeout: float = 600.0
     """Seconds a try may stay queued (launched, not yet running) before it is relaunched or
     failed."""
@@ -141,6 +146,8 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "max_launch_attempts": _as_int,
     "zombie_threshold": _as_float,
     "sanity_interval": _as_float,
+    "scheduler_heartbeat": _as_float,
+    "scheduler_timeout": _as_float,
     "queued_timeout": _as_float,
     "reparse_interval": _as_float,
     "parse_interval": _as_float,
@@ -234,6 +241,12 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"MINIFLOW_POD_CLEANUP must be one of {', '.join(CLEANUP_POLICIES)}, "
             f"got {config.pod_cleanup!r}"
+        )
+    if config.scheduler_timeout <= 2 * config.scheduler_heartbeat:
+        raise ConfigError(
+            "MINIFLOW_SCHEDULER_TIMEOUT must be more than twice MINIFLOW_SCHEDULER_HEARTBEAT "
+            f"(got {config.scheduler_timeout:g} and {config.scheduler_heartbeat:g}): a live "
+            "scheduler that misses one heartbeat would be taken for dead"
         )
     url = config.database_url
     if not url:

@@ -68,6 +68,8 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         max_launch_attempts=config.max_launch_attempts,
         sanity=sanity,
         reparse_interval=config.reparse_interval,
+        instance_heartbeat=config.scheduler_heartbeat,
+        instance_timeout=config.scheduler_timeout,
         **kw,  # type: ignore[arg-type]
     )
 

@@ -125,6 +125,7 @@ class LocalLauncher:
         )
         self._attempts = self._watcher.attempts  # the attempts being watched, by key
         self._closed = False
+        self._owners: set[str] = set()  # its own instance id, and dead ones taken over
         self._warned_image = False
         self._sh = shutil.which("sh") or "/bin/sh"
         self._forkserver: local_fork.ForkServer | None = None
@@ -193,9 +194,15 @@ class LocalLauncher:
 
     def set_owner(self, owner: str) -> None:
         self.owner = owner
+        self._owners.add(owner)
 
     async def take_over(self, owners: Sequence[str]) -> int:
-        return 0  # its processes are found through the state directory, whoever started them
+        """Follow the live-index entries of these dead instances from now on (their exits
+        are reported here; the scheduler closes or judges each one)."""
+        self._owners.update(owners)
+        before = len(self._attempts) + len(self._watcher.reported)
+        self._adopt_live(asyncio.get_running_loop())
+        return len(self._attempts) + len(self._watcher.reported) - before
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         for key in keys:
@@ -260,10 +267,13 @@ class LocalLauncher:
         return [a.exit_event for a in attempts if a.exit_event is not None]
 
     def _adopt_live(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Adopt (or report) every live-index entry that is neither watched nor reported."""
+        """Adopt (or report) every live-index entry that is neither watched nor reported,
+        of the instances it works for: schedulers sharing a state directory each follow
+        their own (a peer's become this one's only through `adopt` or `take_over`)."""
         for marker in procs.list_live(self.state_dir):
             key = marker.key
-            if key is not None and not self._watcher.known(key):
+            mine = self.owner is None or not marker.owner or marker.owner in self._owners
+            if key is not None and mine and not self._watcher.known(key):
                 self._watcher.adopt(loop, key, announce=True, marker=marker)
 
     # -- launching --------------------------------------------------------------------------
@@ -320,6 +330,7 @@ class LocalLauncher:
             run_id=key.run_id,
             task_id=key.task_id,
             try_number=key.try_number,
+            owner=self.owner or "",
         )
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
         try:

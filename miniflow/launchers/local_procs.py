@@ -166,6 +166,8 @@ class Marker:
     run_id: str = ""
     task_id: str = ""
     try_number: int = 0
+    owner: str = ""
+    """The scheduler instance that launched it ("" in markers from before owners)."""
 
     @property
     def key(self) -> AttemptKey | None:

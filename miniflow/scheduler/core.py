@@ -166,7 +166,7 @@ class Scheduler:
         try:
             self.launcher.set_owner(self.scheduler_id)
             await self.launcher.start()
-            adopt = (await self._take_over_the_dead())[0] if self.settings.peer else []
+            adopt, dead = await self._take_over_the_dead() if self.settings.peer else ([], set())
         except BaseException:
             if self.settings.register:  # a scheduler that never started must not look alive
                 async with store_engine.transaction(self.sessions) as session:
@@ -175,6 +175,9 @@ class Scheduler:
         if adopt:
             log.info("adopting %d tries left in flight by a previous scheduler", len(adopt))
             await self.launcher.adopt(adopt)
+        if self.settings.peer:
+            # "": pods and processes launched before launchers recorded their owner.
+            await self._take_over_leftovers(dead | {""})
 
     async def adopt_from_the_dead(self) -> int:
         """Adopt the tries of schedulers that died since, then their leftover pods (the
@@ -183,13 +186,19 @@ class Scheduler:
         if adopt:
             log.warning("adopting %d tries of a scheduler that stopped", len(adopt))
             await self.launcher.adopt(adopt)
+        await self._take_over_leftovers(dead)
+        return len(adopt)
+
+    async def _take_over_leftovers(self, dead: set[str]) -> None:
+        """Once per dead instance: what it left that no open try accounts for (kept
+        pods, exits it never acknowledged) becomes this instance's to report and clean."""
         leftovers = sorted(dead - self._taken_over)
         if leftovers:
             taken = await self.launcher.take_over(leftovers)
             self._taken_over.update(leftovers)
             if taken:
-                log.warning("took over %d leftover pods of %s", taken, ", ".join(leftovers))
-        return len(adopt)
+                names = ", ".join(o or "(no owner)" for o in leftovers)
+                log.warning("took over %d leftovers of %s", taken, names)
 
     async def _take_over_the_dead(
         self, *, registered_only: bool = False

@@ -33,10 +33,11 @@ decides:
   moves with a conditional update, so two survivors never adopt the same try;
   then the launcher takes over what else the dead instance left (kept pods).
 
-With several schedulers, each one judges the tries it owns (zombies, timeouts,
-queued too long, lost): only its launcher sees and can kill them. Adoption and
-orphans cross owners, so only the holder of the sanity lock
-(`miniflow.store.sanity_lock`) does them.
+With several schedulers, each one judges what it owns — its tries (zombies,
+timeouts, queued too long, lost) and what its launcher sees (orphans): each
+launcher follows only its own instance's processes or pods, so no two
+schedulers ever judge the same one. Adoption crosses owners, so only the holder
+of the sanity lock (`miniflow.store.sanity_lock`) does it.
 
 Every decision is logged with its reason and noted on the attempt row. The
 loop only decides; the writes go through the store and the kills through the
@@ -151,7 +152,7 @@ class SanityLoop:
         if seen is None:
             return findings
         await self._lost(scheduler, alive, now, findings)
-        if holder and scheduler.settings.sanity.reap_orphans:
+        if scheduler.settings.sanity.reap_orphans:
             await self._orphans(scheduler, alive, now, findings)
         if findings.total:
             log.info("sanity round: %s", findings)

@@ -220,7 +220,12 @@ class Harness:
     def scheduler(self) -> subprocess.Popen[bytes]:
         return self.schedulers[-1]
 
-    def stop_scheduler(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
+    def stop_scheduler(
+        self,
+        sig: int = signal.SIGTERM,
+        timeout: float = 15.0,
+        proc: subprocess.Popen[bytes] | None = None,
+    ) -> float:
         """Signal the scheduler and wait for it; seconds it took to exit.
 
         SIGKILL goes to its whole process group (the scheduler "pod" dies with its
@@ -228,7 +233,7 @@ class Harness:
         signals go to the scheduler alone, as `kill <pid>` would. A scheduler that does
         not exit in `timeout` is SIGKILLed and the AssertionError says so.
         """
-        proc = self.scheduler
+        proc = proc or self.scheduler  # `proc`: which one (default the last started)
         began = time.monotonic()
         if proc.poll() is None:
             if sig == signal.SIGKILL:

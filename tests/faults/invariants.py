@@ -164,12 +164,13 @@ async def _settle(h: Harness, result: FaultResult, run_timeout: float) -> None:
         await h.until(closed, CLOSE_TIMEOUT, "every attempt to close", interval=0.1)
     except AssertionError as exc:
         result.problems.append(str(exc))
-    try:
-        took = h.stop_scheduler(signal.SIGTERM)
-        if took > 5:
-            result.problems.append(f"the scheduler took {took:.1f}s to exit on SIGTERM")
-    except AssertionError as exc:
-        result.problems.append(str(exc))
+    for proc in [p for p in h.schedulers if p.poll() is None] or h.schedulers[-1:]:
+        try:
+            took = h.stop_scheduler(signal.SIGTERM, proc=proc)
+            if took > 5:
+                result.problems.append(f"a scheduler took {took:.1f}s to exit on SIGTERM")
+        except AssertionError as exc:
+            result.problems.append(str(exc))
     alive = await h.wait_no_processes(LEAK_TIMEOUT)
     if alive:
         result.leaked = describe(alive)
