@@ -42,13 +42,22 @@ class InstantLauncher:
         self.adopted: list[tuple[AttemptKey, str | None]] = []
         self.acknowledged: list[AttemptKey] = []
         self.fresh_looks = 0
+        self.owner: str | None = None
+        self.taken_over: list[str] = []
 
     @property
     def events(self) -> asyncio.Queue[LauncherEvent]:
         return self._events
 
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
+
     async def start(self) -> None:
         pass
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        self.taken_over.extend(owners)
+        return 0
 
     async def close(self) -> None:
         pass

@@ -122,6 +122,7 @@ class LocalLauncher:
         )
         self._attempts = self._watcher.attempts  # the attempts being watched, by key
         self._closed = False
+        self.owner: str | None = None  # kept for logs; process records are shared by host
         self._warned_image = False
         self._sh = shutil.which("sh") or "/bin/sh"
         self._forkserver: local_fork.ForkServer | None = None
@@ -143,6 +144,9 @@ class LocalLauncher:
     @property
     def events(self) -> asyncio.Queue[LauncherEvent]:
         return self._events
+
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
 
     async def start(self) -> None:
         """Check the state dir, boot the forkserver, adopt or report the live index."""
@@ -187,6 +191,11 @@ class LocalLauncher:
         loop = asyncio.get_running_loop()
         for key, _handle in attempts:
             self._watcher.adopt(loop, key, announce=True)  # known keys: already reported
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        """Nothing to hand over: process records live in the state directory, shared
+        by the schedulers of this host, and carry no owner."""
+        return 0
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         for key in keys:

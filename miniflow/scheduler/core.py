@@ -150,6 +150,7 @@ class Scheduler:
         if self.settings.register:
             await self._register()
         try:
+            self.launcher.set_owner(self.scheduler_id)
             await self.launcher.start()
             adopt = await self._take_over_the_dead()
         except BaseException:
