@@ -24,9 +24,6 @@ class InstantLauncher:
     name = "instant"
     worker_kinds: frozenset[str] = frozenset()  # every outcome comes from the exit code
 
-    owner: str | None = None
-    """The scheduler instance it works for."""
-
     def __init__(
         self,
         exit_code: Callable[[TaskSpec], int] | None = None,
@@ -45,13 +42,22 @@ class InstantLauncher:
         self.adopted: list[tuple[AttemptKey, str | None]] = []
         self.acknowledged: list[AttemptKey] = []
         self.fresh_looks = 0
+        self.owner: str | None = None
+        self.taken_over: list[str] = []
 
     @property
     def events(self) -> asyncio.Queue[LauncherEvent]:
         return self._events
 
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
+
     async def start(self) -> None:
         pass
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        self.taken_over.extend(owners)
+        return 0
 
     async def close(self) -> None:
         pass
@@ -103,12 +109,6 @@ class InstantLauncher:
         self.adopted.extend(attempts)
         for key, handle in attempts:
             self._events.put_nowait(AttemptExited(key, handle, None, "Lost", datetime.now(UTC)))
-
-    def set_owner(self, owner: str) -> None:
-        self.owner = owner
-
-    async def take_over(self, owners: Sequence[str]) -> int:
-        return 0
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         self.acknowledged.extend(keys)

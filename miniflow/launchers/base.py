@@ -108,16 +108,15 @@ class Launcher(Protocol):
         ...
 
     def set_owner(self, owner: str) -> None:
-        """The scheduler instance this launcher works for (called once, before `start`):
-        what it launches is marked as that instance's, and it looks after nothing else."""
+        """The id of the scheduler this launcher works for (``host-pid-hex6``); called
+        once, before `start`.
 
-    async def take_over(self, owners: Sequence[str]) -> int:
-        """Become the owner of whatever these dead instances left that no open try
-        accounts for (kept or orphaned pods); returns how many things it took over."""
-        ...
+        Schedulers sharing a cluster or a host each follow only what they own:
+        the Kubernetes launcher labels its pods with `owner` and watches only
+        those. A launcher never told an owner follows everything it can see."""
 
     async def start(self) -> None:
-        """Connect / start watches. Called once before any other call.
+        """Connect / start watches. Called once before any other call but `set_owner`.
 
         Raises a `MiniflowError` if the launcher cannot work at all (its state
         directory, its cluster), rather than failing every launch. Attempts it
@@ -144,6 +143,18 @@ class Launcher(Protocol):
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         """Re-attach to attempts launched before a restart; events follow for each
         (an `AttemptExited` with reason "Lost" if it can no longer be found)."""
+
+    async def take_over(self, owners: Sequence[str]) -> int:
+        """Become the owner of whatever the schedulers `owners` (gone for good) left
+        that this launcher can hand over; returns how many (pods, processes).
+
+        Their tries were adopted already (`adopt`); this is for the rest, such as
+        kept failed pods and pods no try owns, so nothing of theirs is leaked: once
+        taken over, they are followed like this launcher's own (exits reported,
+        cleanup, `alive` for the orphan check). An empty string in `owners` stands for
+        "no owner recorded" (launched before owners existed). A launcher whose
+        attempts need no hand-over returns 0."""
+        ...
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         """The scheduler has committed the exits of these tries.

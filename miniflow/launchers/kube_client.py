@@ -224,10 +224,18 @@ class KubeClient:
 
     @classmethod
     async def connect(
-        cls, *, kubeconfig: str | None = None, context: str | None = None, max_connections: int = 64
+        cls,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        max_connections: int = 64,
+        user_agent: str | None = None,
     ) -> KubeClient:
         """A client from `kubeconfig` (a path), else in-cluster config, else the
-        default kubeconfig (`KUBECONFIG` / ~/.kube/config, read by kubernetes_asyncio)."""
+        default kubeconfig (`KUBECONFIG` / ~/.kube/config, read by kubernetes_asyncio).
+
+        `user_agent` is sent with every request: the API server's audit log then
+        tells which scheduler made each one."""
         configuration = k8s.Configuration()
         # one stat at start-up: not worth a thread
         if kubeconfig is not None and not os.path.isfile(kubeconfig):  # noqa: ASYNC240
@@ -261,7 +269,10 @@ class KubeClient:
             detail = " ".join(str(exc).split())
             raise KubeConnectionError(f"cannot load Kubernetes config ({where}): {detail}") from exc
         configuration.connection_pool_maxsize = max_connections
-        return cls(k8s.ApiClient(configuration=configuration))
+        api_client = k8s.ApiClient(configuration=configuration)
+        if user_agent is not None:
+            api_client.user_agent = user_agent
+        return cls(api_client)
 
     @property
     def host(self) -> str:
@@ -329,6 +340,28 @@ class KubeClient:
                 name, namespace, _preload_content=False, **kwargs
             ),
             f"delete pod {namespace}/{name}",
+        )
+        return result
+
+    async def get_pod(self, name: str, namespace: str) -> Pod:
+        """GET the pod; `PodNotFound` if it does not exist."""
+        result: Pod = await self._json(
+            lambda: self._core.read_namespaced_pod(name, namespace, _preload_content=False),
+            f"get pod {namespace}/{name}",
+        )
+        return result
+
+    async def patch_pod(self, name: str, namespace: str, ops: list[dict[str, Any]]) -> Pod:
+        """Apply a JSON patch (RFC 6902) to the pod; `PodNotFound` if it is gone, a
+        `KubePermanentError` (422) if a ``test`` operation fails."""
+        # The generated client's signature lacks `_content_type`, which it honours: a list
+        # body would otherwise be sent as a strategic merge patch.
+        kwargs: dict[str, Any] = {"_content_type": "application/json-patch+json"}
+        result: Pod = await self._json(
+            lambda: self._core.patch_namespaced_pod(
+                name, namespace, ops, _preload_content=False, **kwargs
+            ),
+            f"patch pod {namespace}/{name}",
         )
         return result
 

@@ -26,6 +26,7 @@ This module never touches the database and never imports kubernetes_asyncio
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
@@ -106,6 +107,8 @@ class PodTracker:
         self._clock = clock
         self._fresh = fresh
         self.tracked: dict[tuple[str, str], Tracked] = {}
+        # The owner label value of the launcher's pods; None: it follows every miniflow pod.
+        self.owner: str | None = None
         self._unacknowledged: dict[AttemptKey, Tracked] = {}
         self._seq = itertools.count(1)
         self.background: set[asyncio.Task[None]] = set()
@@ -145,10 +148,17 @@ class PodTracker:
             tracked = self.forget(view.namespace, view.name)
             if tracked is not None and not tracked.exited:
                 if view.terminal:
-                    self._begin_exit(tracked, view, pod_gone=True)
+                    self._vanished(
+                        tracked, functools.partial(self._begin_exit, tracked, view, pod_gone=True)
+                    )
                 else:
                     reason = tracked.kill_reason or "Deleted"
-                    self.exit_without_pod(tracked, reason, "pod deleted before it finished")
+                    self._vanished(
+                        tracked,
+                        functools.partial(
+                            self.exit_without_pod, tracked, reason, "pod deleted before it finished"
+                        ),
+                    )
             return
         self.apply(pod, view)
 
@@ -171,7 +181,15 @@ class PodTracker:
                 self.forget(ns, name)
                 if not tracked.exited:
                     reason = tracked.kill_reason or "Lost"
-                    self.exit_without_pod(tracked, reason, "pod disappeared while not watched")
+                    self._vanished(
+                        tracked,
+                        functools.partial(
+                            self.exit_without_pod,
+                            tracked,
+                            reason,
+                            "pod disappeared while not watched",
+                        ),
+                    )
 
     def apply(self, pod: Pod, view: PodView | None = None) -> None:
         """Fold one observed pod state into its tracking entry; emit what is new."""
@@ -258,6 +276,44 @@ class PodTracker:
                 what=f"read log of {tracked.namespace}/{tracked.name}",
                 policy=self.settings.retry,
             )
+
+    def _vanished(self, tracked: Tracked, report: Callable[[], None]) -> None:
+        """A pod left the watch's view before its exit was decided: `report` it, at once
+        if miniflow deleted it or the watch sees every miniflow pod; else (the watch
+        selects one owner's pods) once a GET shows it is really gone, since a pod
+        re-labelled to another scheduler leaves the view exactly like a deleted one."""
+        if self.owner is None or tracked.kill_reason is not None:
+            report()
+            return
+        tracked.exited = True  # decided here: reported below, or handed over
+        self._spawn(self._report_unless_handed_over(tracked, report))
+
+    async def _report_unless_handed_over(
+        self, tracked: Tracked, report: Callable[[], None]
+    ) -> None:
+        try:
+            async with self._io_slots:
+                pod = await with_retries(
+                    lambda: self._client().get_pod(tracked.name, tracked.namespace),
+                    what=f"get pod {tracked.namespace}/{tracked.name}",
+                    policy=self.settings.retry,
+                )
+        except PodNotFound:
+            pod = None
+        except MiniflowError as exc:
+            log.warning("cannot tell whether pod of %s still exists: %s", tracked.key, exc)
+            pod = None
+        if pod is not None:
+            uid = (pod.get("metadata") or {}).get("uid")
+            owner = pods.owner_of(pod)
+            if uid == tracked.uid and owner != self.owner:
+                log.warning(
+                    "pod of %s was handed over to scheduler %s: no longer following it",
+                    tracked.key,
+                    owner,
+                )
+                return
+        report()
 
     def exit_without_pod(self, tracked: Tracked, reason: str, message: str) -> None:
         """Report the attempt ended with no pod left to read (exit code unknown)."""

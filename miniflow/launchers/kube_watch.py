@@ -189,6 +189,11 @@ def observe(pod: Pod) -> PodView:
 class NamespaceWatch:
     """List + watch of the managed pods of one namespace, forever, until cancelled.
 
+    ``selector`` narrows "managed" (default: every pod miniflow manages), e.g. to
+    one scheduler's own pods; a pod whose labels stop matching it is, for this
+    watch, deleted (the API server sends DELETED), and one that starts matching
+    is added.
+
     Callbacks are called on the event loop, in order, never concurrently:
     ``on_event(type, pod)`` for ADDED/MODIFIED/DELETED; ``before_list()``
     just before every (re)list request, returning a marker that is passed to
@@ -206,9 +211,11 @@ class NamespaceWatch:
         before_list: Callable[[], int],
         retry: RetryPolicy,
         watch_timeout: int = 300,
+        selector: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.namespace = namespace
+        self.selector = selector or pods.selector()
         self.synced = asyncio.Event()  # set after the first successful list
         self.live = False  # the owner's view is current: listed, and watching since
         self.relists = 0
@@ -288,7 +295,7 @@ class NamespaceWatch:
         try:
             marker = self._before_list()
             items, resource_version = await with_retries(
-                lambda: self._client.list_pods(self.namespace, pods.selector()),
+                lambda: self._client.list_pods(self.namespace, self.selector),
                 what=f"list pods in {self.namespace}",
                 policy=self._retry,
                 sleep=self._sleep,
@@ -331,7 +338,7 @@ class NamespaceWatch:
     async def _watch(self, resource_version: str) -> str:
         """Watch until the server ends the stream; returns the last version seen."""
         stream = self._client.watch_pods(
-            self.namespace, pods.selector(), resource_version, self._watch_timeout
+            self.namespace, self.selector, resource_version, self._watch_timeout
         )
         # aclosing: an abandoned stream releases its connection now, not at garbage collection.
         async with contextlib.aclosing(stream):

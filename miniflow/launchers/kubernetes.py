@@ -21,7 +21,22 @@ Design decisions:
   `kill`/`adopt`/`read_logs` know where to look after a restart.
 - **What the launcher tracks.** Every pod the watch sees with miniflow's
   label and a readable key in its annotations, including pods launched before
-  a restart: adoption is simply "the relist found it". Events are
+  a restart: adoption is simply "the relist found it".
+- **Ownership.** `set_owner` (the scheduler's id, before `start`) makes the
+  launcher label every pod it creates with ``miniflow/owner`` and watch only
+  pods carrying its own value, so schedulers sharing a namespace never read,
+  delete or report a peer's pods. Ownership moves only by re-labelling, one
+  PATCH per pod: `adopt` of a try whose pod the watch does not show (another
+  owner's label, or none), a 409 on create likewise, and `take_over` of what
+  dead owners left (conditional on the pod still carrying the dead owner's
+  label, so two survivors never both take one). The re-labelled pod is
+  followed at once; the watch then sees it ADDED. A pod re-labelled away
+  leaves the watch like a deleted one (DELETED, or missing from a relist):
+  unless miniflow deleted it, one GET tells a pod handed over (no longer
+  followed, nothing reported) from one really gone (reported as before).
+  A launcher never told an owner (the launcher driven on its own, as in
+  tests) labels nothing and follows every miniflow pod of its namespaces;
+  `take_over` is then a no-op. Requests carry the owner in their User-Agent. Events are
   deduplicated per pod: at most one `AttemptStarted` and one `AttemptExited`,
   however often the API repeats a state. A pod is known by its uid: one
   replaced under the same name (a try launched again) is followed afresh.
@@ -63,6 +78,10 @@ Design decisions:
   task restarted after a capped exponential back-off (a watch restarts with a
   relist). A status channel never dies silently.
 
+Request budget of ownership: nothing on the happy path; one PATCH per pod
+whose owner changes; one GET per pod that leaves the watch without miniflow
+having deleted it.
+
 Exit reasons: the container's ``terminated.reason`` (Completed, Error,
 OOMKilled, ...), the pod's ``status.reason`` (DeadlineExceeded, Evicted),
 the pending reason of a stuck pod (ErrImagePull, ImagePullBackOff,
@@ -80,12 +99,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import miniflow
 from miniflow.errors import MiniflowError, PermanentError, RetryableError
 from miniflow.launchers import kube_checks, pods
 from miniflow.launchers.base import (
@@ -105,7 +126,7 @@ from miniflow.launchers.kube_client import (
     with_retries,
 )
 from miniflow.launchers.kube_tracker import CleanupPolicy, PodTracker, Tracked
-from miniflow.launchers.kube_watch import NamespaceWatch
+from miniflow.launchers.kube_watch import NamespaceWatch, Pod
 from miniflow.launchers.supervise import Backoff, supervise
 
 log = logging.getLogger(__name__)
@@ -122,9 +143,6 @@ class KubernetesLauncher:
 
     name = "kubernetes"
     worker_kinds: frozenset[str] = frozenset({"bash", "python"})
-
-    owner: str | None = None
-    """The scheduler instance it works for."""
 
     def __init__(
         self,
@@ -177,6 +195,7 @@ class KubernetesLauncher:
         # so the next launch there checks again (the namespace or Secret may appear).
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._create_slots = asyncio.Semaphore(max_concurrent_creates)
+        self.owner: str | None = None
 
     @property
     def grace_seconds(self) -> int:
@@ -189,13 +208,22 @@ class KubernetesLauncher:
     def events(self) -> asyncio.Queue[LauncherEvent]:
         return self._events
 
+    def set_owner(self, owner: str) -> None:
+        """Own (label, select, follow) only the pods of scheduler `owner`; before `start`."""
+        if self._client is not None:
+            raise RuntimeError("KubernetesLauncher.set_owner() must be called before start()")
+        self.owner = owner
+        self._tracker.owner = pods.label_value(owner)
+
     async def start(self) -> None:
         """Connect, start the default namespace's watch and the sweep, wait for the first
         list, then check the default namespace (`kube_checks`)."""
+        agent = f"miniflow/{miniflow.__version__}"
         self._client = await KubeClient.connect(
             kubeconfig=self._kubeconfig,
             context=self._context,
             max_connections=self._max_concurrent + 16,
+            user_agent=agent if self.owner is None else f"{agent} (scheduler {self.owner})",
         )
         watching = self._ensure_watch(self.defaults.namespace)
         self._sweeper = self._supervised("miniflow-kube-sweeper", self._tracker.sweep)
@@ -264,19 +292,104 @@ class KubernetesLauncher:
             raise
 
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
-        for key, handle in attempts:
-            namespace, name = self._locate(key, handle)
+        """Follow each attempt's pod; with an owner, first re-label to it a pod that
+        carries another owner's label (or none): one PATCH per such pod."""
+        located = [(key, *self._locate(key, handle)) for key, handle in attempts]
+        for namespace in dict.fromkeys(ns for _, ns, _ in located):
             await self._wait_synced(self._ensure_watch(namespace))
-            tracked = self._tracked.get((namespace, name))
-            if tracked is None:
-                lost = Tracked(key, name, namespace, self._handle(namespace, name), seq=0)
-                self._tracker.exit_without_pod(lost, "Lost", "no pod found for this attempt")
+        await asyncio.gather(*(self._adopt_one(*one) for one in located))
 
-    def set_owner(self, owner: str) -> None:
-        self.owner = owner
+    async def _adopt_one(self, key: AttemptKey, namespace: str, name: str) -> None:
+        if (namespace, name) in self._tracked:
+            return  # ours already: the watch follows it
+        try:
+            if await self._claimed(key, namespace, name):
+                return
+        except MiniflowError as exc:
+            # Not re-labelled, so not followed: the sanity loop, missing it, asks again.
+            log.warning("could not adopt the pod of %s now: %s", key, exc)
+            return
+        lost = Tracked(key, name, namespace, self._handle(namespace, name), seq=0)
+        self._tracker.exit_without_pod(lost, "Lost", "no pod found for this attempt")
+
+    async def _claimed(self, key: AttemptKey, namespace: str, name: str) -> bool:
+        """Whether the pod of `key`, which the watch does not show, exists and is now
+        followed: re-labelled to this launcher's owner (one PATCH). Without an owner the
+        watch shows every miniflow pod, so a pod it does not show does not exist."""
+        if self.owner is None:
+            return False
+        try:
+            return await self._claim(namespace, name, what=f"adopt {key}")
+        except PodNotFound:
+            return False
 
     async def take_over(self, owners: Sequence[str]) -> int:
-        return 0
+        """Re-label to this launcher's owner every pod of `owners` (schedulers that are
+        gone) in the namespaces it watches, one conditional PATCH per pod; returns how
+        many. They are then followed like its own: an exit is reported (and the pod
+        cleaned up once acknowledged), a pod no try owns is the sanity loop's orphan.
+        An empty string in `owners` stands for no owner: pods launched before pods had
+        owners (by an older miniflow). Without an owner of its own this launcher already
+        follows every pod: nothing to do."""
+        if self.owner is None:
+            return 0
+        dead = {o for o in owners if o and pods.label_value(o) != pods.label_value(self.owner)}
+        selectors = [pods.owners_selector(dead)] if dead else []
+        if "" in owners:
+            selectors.append(pods.unowned_selector())
+        client = self._client_or_fail()
+        found: list[tuple[str, Pod]] = []
+        for namespace in list(self._watches):
+            for selector in selectors:
+                items, _ = await with_retries(
+                    functools.partial(client.list_pods, namespace, selector),
+                    what=f"list pods of gone schedulers in {namespace}",
+                    policy=self.retry,
+                )
+                found.extend((namespace, pod) for pod in items)
+        taken = await asyncio.gather(*(self._take(namespace, pod) for namespace, pod in found))
+        if found:
+            log.info("took over %d of %d pods of gone schedulers", sum(taken), len(found))
+        return sum(taken)
+
+    async def _take(self, namespace: str, pod: Pod) -> bool:
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        try:
+            return await self._claim(
+                namespace, name, uid=meta.get("uid"), previous=pods.owner_of(pod), what="take over"
+            )
+        except KubeApiError as exc:
+            # 404: gone meanwhile; 422: re-labelled meanwhile (adopted): not ours to take.
+            if exc.status not in (404, 409, 422):
+                log.warning("could not take over pod %s/%s: %s", namespace, name, exc)
+            return False
+        except MiniflowError as exc:
+            log.warning("could not take over pod %s/%s: %s", namespace, name, exc)
+            return False
+
+    async def _claim(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        what: str,
+        uid: str | None = None,
+        previous: str | None = None,
+    ) -> bool:
+        """Re-label the pod to this launcher's owner and follow it at once (the watch
+        then sees it ADDED, which changes nothing). False if it is no pod to follow."""
+        assert self.owner is not None
+        client = self._client_or_fail()
+        ops = pods.owner_patch(self.owner, uid=uid, previous=previous)
+        async with self._create_slots:
+            patched = await with_retries(
+                lambda: client.patch_pod(name, namespace, ops),
+                what=f"{what}: re-label pod {namespace}/{name}",
+                policy=self.retry,
+            )
+        self._tracker.apply(patched)
+        return (namespace, name) in self._tracked
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         """These exits are committed: their pods may go, per the cleanup policy."""
@@ -315,7 +428,9 @@ class KubernetesLauncher:
     async def _launch_one(self, spec: TaskSpec) -> LaunchResult:
         key = spec.key
         try:
-            manifest = pods.build_manifest(spec, self.defaults, grace_period=self.grace_seconds)
+            manifest = pods.build_manifest(
+                spec, self.defaults, grace_period=self.grace_seconds, owner=self.owner
+            )
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return LaunchResult(key, None, error=f"invalid pod settings: {exc}")
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
@@ -332,8 +447,7 @@ class KubernetesLauncher:
                 )
         except AlreadyExists:
             log.info("pod %s/%s already exists: adopting %s", namespace, name, key)
-            if (namespace, name) not in self._tracked:
-                self._tracker.track(key, namespace, name)
+            await self._follow_existing(key, namespace, name)
             return LaunchResult(key, handle, adopted=True)
         except RetryableError as exc:
             return LaunchResult(key, None, error=str(exc), retryable=True)
@@ -346,6 +460,20 @@ class KubernetesLauncher:
             return LaunchResult(key, None, error=f"unexpected error: {exc!r}")
         self._tracker.apply(created)
         return LaunchResult(key, handle)
+
+    async def _follow_existing(self, key: AttemptKey, namespace: str, name: str) -> None:
+        """Follow the pod a create found already there (this try launched before). One
+        the watch does not show is re-labelled to this launcher's owner first: the try
+        is this scheduler's now, whoever created its pod."""
+        if (namespace, name) in self._tracked:
+            return
+        try:
+            if await self._claimed(key, namespace, name):
+                return
+        except MiniflowError as exc:
+            log.warning("could not re-label the existing pod of %s: %s", key, exc)
+        # Followed by name: the next list reports it Lost if the watch never shows it.
+        self._tracker.track(key, namespace, name)
 
     async def _checked(self, namespace: str) -> None:
         """Return once `namespace` passed its check; raise what the check raised."""
@@ -381,6 +509,7 @@ class KubernetesLauncher:
                 before_list=self._tracker.next_seq,
                 retry=self.retry,
                 watch_timeout=self.watch_timeout,
+                selector=pods.selector(self.owner),
             )
             task = self._supervised(f"miniflow-kube-watch-{namespace}", watch.run)
             watching = self._watches[namespace] = _Watching(watch, task)

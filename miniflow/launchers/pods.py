@@ -37,7 +37,13 @@ Design decisions:
   {"securityContext": {"runAsUser": 1001}}}``).
 - **pod_override** is merged last and can change anything: dicts merge
   deeply, containers (and init containers) merge by name (the main container
-  is "base", as in Airflow), other lists are replaced.
+  is "base", as in Airflow), other lists are replaced. Anything but the owner
+  label: it is set after the merge, since the launcher's watch selects on it.
+- **Owners.** With several schedulers on one namespace each pod carries its
+  scheduler's id in the ``miniflow/owner`` label (`label_value` of it), and a
+  scheduler selects only its own pods (`selector`). Ownership moves by
+  re-labelling a pod (`owner_patch`): a JSON patch, so it can be made
+  conditional on the pod (its uid) and on the owner it had when listed.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +67,7 @@ LABEL_DAG_ID = "miniflow/dag-id"
 LABEL_TASK_ID = "miniflow/task-id"
 LABEL_TRY = "miniflow/try-number"
 LABEL_RUN_HASH = "miniflow/run-hash"
+LABEL_OWNER = "miniflow/owner"
 
 ANNOTATION_DAG_ID = "miniflow/dag-id"
 ANNOTATION_RUN_ID = "miniflow/run-id"
@@ -153,9 +160,45 @@ def run_hash(run_id: str) -> str:
     return _short_hash(run_id, _NAME_HASH_LEN)
 
 
-def selector() -> str:
-    """Label selector matching every pod miniflow manages."""
-    return f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+def selector(owner: str | None = None) -> str:
+    """Label selector matching every pod miniflow manages; with `owner` (a scheduler
+    id), only the pods that scheduler owns."""
+    managed = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+    return managed if owner is None else f"{managed},{LABEL_OWNER}={label_value(owner)}"
+
+
+def owners_selector(owners: Collection[str]) -> str:
+    """Label selector matching the managed pods of any of `owners` (scheduler ids)."""
+    values = ",".join(sorted({label_value(o) for o in owners}))
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY},{LABEL_OWNER} in ({values})"
+
+
+def unowned_selector() -> str:
+    """Label selector matching the managed pods with no owner label at all."""
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY},!{LABEL_OWNER}"
+
+
+def owner_of(pod: Mapping[str, Any]) -> str | None:
+    """The owner label value of a pod as the API serves it (None: no owner label)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    value = labels.get(LABEL_OWNER)
+    return str(value) if value is not None else None
+
+
+def owner_patch(
+    owner: str, *, uid: str | None = None, previous: str | None = None
+) -> list[dict[str, Any]]:
+    """JSON patch giving a pod to `owner`; with `uid` and `previous` (an owner label
+    value), it applies only to that pod while it still carries that label (else the
+    API server refuses it: 422)."""
+    path = "/metadata/labels/" + LABEL_OWNER.replace("~", "~0").replace("/", "~1")
+    ops: list[dict[str, Any]] = []
+    if uid is not None:
+        ops.append({"op": "test", "path": "/metadata/uid", "value": uid})
+    if previous is not None:
+        ops.append({"op": "test", "path": path, "value": previous})
+    ops.append({"op": "add", "path": path, "value": label_value(owner)})
+    return ops
 
 
 def labels_for(key: AttemptKey) -> dict[str, str]:
@@ -262,13 +305,18 @@ def _security_contexts(
 
 
 def build_manifest(
-    spec: TaskSpec, settings: PodDefaults, *, grace_period: int | None = None
+    spec: TaskSpec,
+    settings: PodDefaults,
+    *,
+    grace_period: int | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """The pod manifest (plain dict) that runs the attempt `spec.key`.
 
     `grace_period` becomes ``terminationGracePeriodSeconds`` (None: Kubernetes'
     default, 30 s): the time between SIGTERM and SIGKILL when the pod is deleted
-    or its ``activeDeadlineSeconds`` passes.
+    or its ``activeDeadlineSeconds`` passes. `owner` (a scheduler id) becomes the
+    owner label.
     """
     pod = spec.pod
     worker = spec.kind != "pod"
@@ -338,6 +386,8 @@ def build_manifest(
     }
     if pod.get("pod_override"):
         manifest = merge_override(manifest, pod["pod_override"])
+    if owner is not None:
+        manifest["metadata"].setdefault("labels", {})[LABEL_OWNER] = label_value(owner)
     return manifest
 
 

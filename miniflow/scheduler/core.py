@@ -226,12 +226,12 @@ class Scheduler:
                 for i in instances
                 if i.id not in live and i.id != self.scheduler_id and i.heartbeat_at > recent
             }
+            # Declared dead: a frozen instance that comes back learns it from its next
+            # heartbeat (and finds its tries owned by others).
+            await store_instances.end_stale(
+                session, dead, before=now - timedelta(seconds=timeout), now=now
+            )
             if registered_only:
-                # Declared dead: a frozen instance that comes back learns it from its next
-                # heartbeat (and finds its tries owned by others).
-                await store_instances.end_stale(
-                    session, dead, before=now - timedelta(seconds=timeout), now=now
-                )
                 if not (registered - live - {self.scheduler_id}) & set(
                     await store_attempts.open_by_scheduler(session)
                 ):

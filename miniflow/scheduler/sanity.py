@@ -239,6 +239,9 @@ class SanityLoop:
         lost = _seen_again(self.missing_since, missing, now)
         if not lost:
             return
+        lost = await _still_owned(scheduler, lost)
+        if not lost:
+            return
         findings.lost += len(lost)
         for key in lost:
             log.warning("%s: the launcher no longer sees it; looking for its evidence", key)
@@ -330,6 +333,18 @@ def _verdict(
                 True,
             )
     return None
+
+
+async def _still_owned(scheduler: Scheduler, keys: list[AttemptKey]) -> list[AttemptKey]:
+    """The keys this instance still owns; a peer adopted the others (this instance was
+    taken for dead): forgotten here, never adopted back."""
+    by_row = {(scheduler.inflight[k].ti_id, k.try_number): k for k in keys}
+    async with store_engine.transaction(scheduler.sessions) as session:
+        gone = await store_attempts.owned_elsewhere(session, list(by_row), scheduler.scheduler_id)
+    for row in gone:
+        log.warning("%s: adopted by another scheduler; leaving it to that one", by_row[row])
+        scheduler.inflight.pop(by_row[row], None)
+    return [k for r, k in by_row.items() if r not in gone]
 
 
 async def _handles(scheduler: Scheduler, keys: list[AttemptKey]) -> dict[AttemptKey, str | None]:

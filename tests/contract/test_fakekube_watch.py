@@ -200,7 +200,8 @@ async def test_label_selected_watch_sees_move_in_and_move_out(v1: client.CoreV1A
         ("MODIFIED", "b", "5"),
         ("DELETED", "b", "7"),
     ]
-    assert events[1]["object"]["metadata"]["labels"]["team"] == "y"  # the new state
+    # A move-out carries the last state that matched, at the version that moved it out.
+    assert events[1]["object"]["metadata"]["labels"] == {"team": "x"}
 
 
 async def test_namespace_scoped_and_all_namespace_watch(v1: client.CoreV1Api) -> None:

@@ -59,6 +59,7 @@ class RequestRecord:
     status: int = 0
     resource: str = "pods"  # or "secrets"
     dry_run: bool = False  # ?dryRun=All: validated and admitted, never stored
+    user_agent: str = ""  # who sent it (the User-Agent header), as an audit log records
 
 
 class RequestLog(list[RequestRecord]):

@@ -53,6 +53,7 @@ def classify(request: web.Request) -> RequestRecord:
     m = PATH_RE.match(request.path)
     query = dict(request.query)
     rec = RequestRecord(request.method, request.path, query, "other")
+    rec.user_agent = request.headers.get("User-Agent", "")
     if not m:
         return rec
     rec.namespace, rec.name, rec.subresource = m.group("ns"), m.group("name"), m.group("sub")

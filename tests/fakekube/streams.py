@@ -5,7 +5,8 @@ in resourceVersion order; ``resourceVersion=N`` replays exactly the events
 after N, absent/"0" starts with synthetic ADDED events; a version older than
 the retained history gets HTTP 200 with one ``ERROR`` event (Status 410
 Expired); ``timeoutSeconds``; ``allowWatchBookmarks`` (periodic BOOKMARKs and
-one at the end); selector move-in/move-out as ADDED/DELETED; the faults that
+one at the end); selector move-in/move-out as ADDED (the new state) and DELETED
+(the last state that matched, at the new resourceVersion); the faults that
 replace an event by a corrupted line or silence a stream.  Logs: plain
 text, ``container``, ``tailLines``, ``limitBytes``, ``follow`` (streams until
 the container ends), 400 while the container is waiting.  Deliberately does
@@ -16,6 +17,7 @@ not fake ``sendInitialEvents``, ``sinceSeconds``/``timestamps`` or
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,12 @@ def _translate(ev: Event, ns: str | None, match: Callable[[Obj], bool]) -> tuple
         if now:
             return "ADDED", ev.obj
         if before:
-            return "DELETED", ev.obj
+            # As the API server's watch cache does: the last state that matched, at the
+            # version of the write that moved it out.
+            assert ev.old is not None
+            last = copy.deepcopy(ev.old)
+            last["metadata"]["resourceVersion"] = str(ev.rv)
+            return "DELETED", last
         return None
     return (ev.type, ev.obj) if now else None
 

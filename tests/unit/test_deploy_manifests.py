@@ -30,7 +30,8 @@ def test_manifest_validates(doc: dict[str, object]) -> None:
 def test_scheduler_role_allows_what_the_launcher_uses() -> None:
     role = next(p.values[0] for p in DOCS if p.values[0]["kind"] == "Role")
     verbs = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
-    for needed in ("create", "list", "watch", "delete"):
+    # get: a pod that left the watch; patch: ownership moving between schedulers.
+    for needed in ("create", "list", "watch", "delete", "get", "patch"):
         assert ("pods", needed) in verbs
     assert ("pods/log", "get") in verbs
 
