@@ -82,6 +82,9 @@ async def start_queued_runs(
         queued = [r for r in queued if r.pk == only_run_pk]
     if not queued:
         return set()
+    # `max_active_runs` is global: two schedulers counting running runs at once would
+    # each start one more.
+    await store_runs.serialize_run_starts(session)
     versions = await cache.for_runs(session, queued)
     running = {dag_id: n for dag_id, n in (await _running_counts(session)).items()}
     # Pausing is the DAG's state, not its version's: read it from the dag rows.

@@ -68,6 +68,16 @@ def _info(row: DagRun) -> RunInfo:
     )
 
 
+RUN_START_LOCK = 0x6D667275  # "mfru": serializes starting queued runs across schedulers
+
+
+async def serialize_run_starts(session: AsyncSession) -> None:
+    """Hold the run-start lock until this transaction ends (PostgreSQL; SQLite has one
+    writer): counting the running runs and starting more is one step per scheduler."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(RUN_START_LOCK)))
+
+
 async def create_run(
     session: AsyncSession,
     *,

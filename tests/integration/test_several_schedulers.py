@@ -111,3 +111,58 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
     finally:
         for s in (a, b, c):
             await s.close()
+
+
+async def test_starting_queued_runs_waits_for_another_scheduler_s_start(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """`max_active_runs` is global: while one scheduler counts running runs and starts
+    queued ones, another's start waits, so both never see the same free room."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one scheduler")
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.scheduler.dagcache import DagCache
+    from miniflow.scheduler.run_creation import start_queued_runs
+    from miniflow.store import runs as store_runs
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import ONE, _trigger
+
+    (tmp_path / "one.py").write_text(ONE.replace('"one",', '"one", max_active_runs=1,'))
+    parser = Scheduler(
+        engine=engine,
+        launcher=InstantLauncher(),
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, register=False),
+    )
+    await parser.tick()  # parses
+    await parser.close()
+    await _trigger(engine, "one")
+    await _trigger(engine, "one")
+    sessions = store_engine.sessionmaker(engine)
+    admin = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
+
+    async def second_start() -> set[int]:
+        async with store_engine.transaction(sessions) as session:
+            return await start_queued_runs(session, DagCache(), datetime.now(UTC), None)
+
+    try:
+        async with store_engine.transaction(sessions) as session:
+            first = await start_queued_runs(session, DagCache(), datetime.now(UTC), None)
+            assert len(first) == 1  # max_active_runs=1
+            second = asyncio.create_task(second_start())
+            deadline = time.monotonic() + 10
+            while not await admin.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ):
+                assert not second.done(), "the second start did not wait for the first"
+                assert time.monotonic() < deadline, "the second start never asked for the lock"
+                await asyncio.sleep(0.01)
+        # The first committed: the second counts its running run and starts nothing.
+        assert await asyncio.wait_for(second, 10) == set()
+        async with store_engine.transaction(sessions) as session:
+            running = await store_runs.running_runs(session, None)
+        assert len(running) == 1
+    finally:
+        await admin.close()

@@ -1,0 +1,185 @@
+"""Throughput with 1, 2 and 3 schedulers on one PostgreSQL database.
+
+Each scheduler is its own process (as in production), running the real
+`Scheduler` with the in-process `InstantLauncher` (tests/instant_launcher.py:
+every attempt starts and exits at once), so what is measured is the schedulers'
+own work and their contention in the database: the claim lock, conditional
+writes, ownership. The shape is the 2,000-task fan-out of
+`scheduler_throughput.py` (`start`, 1,998 parallel, `join`) at parallelism 32
+(global: the schedulers share it).
+
+Per sample: a fresh database (CREATE DATABASE bench_several_..., dropped at the
+end), the DAG parsed once, N scheduler processes started and registered, then
+the run triggered; TI/s = tasks / (wall from trigger to the run's success).
+Also printed: how many attempts each scheduler launched (the spread).
+
+Run: .venv/bin/python benchmarks/several_schedulers.py [--schedulers 1,2,3]
+        [--tasks 2000] [--parallelism 32] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH_DIR))
+
+import shapes  # noqa: E402
+from common import PG_BASE_URL, pg_admin  # noqa: E402
+
+RUN_TIMEOUT = 300.0
+
+
+async def child(url: str, dags: str, parallelism: int) -> None:
+    """One scheduler process: run until told to stop (SIGTERM)."""
+    import signal
+
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.store import engine as store_engine
+    from tests.instant_launcher import InstantLauncher
+
+    engine = store_engine.create_engine(url)
+    scheduler = Scheduler(
+        engine=engine,
+        launcher=InstantLauncher(),
+        dags_folder=Path(dags),
+        settings=SchedulerSettings(parallelism=parallelism, schedule_runs=False),
+    )
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, scheduler.stop)
+    await scheduler.start()
+    try:
+        await scheduler.run_forever()
+    finally:
+        await scheduler.close()
+        await engine.dispose()
+
+
+def _spawn(url: str, dags: Path, parallelism: int) -> subprocess.Popen[bytes]:
+    args = [sys.executable, __file__, "--child", url, str(dags), str(parallelism)]
+    return subprocess.Popen(args, cwd=REPO)
+
+
+async def sample(schedulers: int, tasks: int, parallelism: int) -> tuple[float, list[int]]:
+    from sqlalchemy import func, select
+
+    from miniflow.errors import NotFound
+    from miniflow.scheduler.trigger import trigger
+    from miniflow.store import engine as store_engine
+    from miniflow.store import instances as store_instances
+    from miniflow.store import runs as store_runs
+    from miniflow.store import schema
+    from miniflow.store.models import TaskAttempt
+    db_name = f"bench_several_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    dag_id = f"fan_{tasks}"
+    await pg_admin(f'CREATE DATABASE "{db_name}"')
+    url = f"{PG_BASE_URL}/{db_name}"
+    engine = store_engine.create_engine(url)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await schema.upgrade(engine)
+        with tempfile.TemporaryDirectory(prefix="mf-several-") as tmp:
+            dags = Path(tmp)
+            (dags / f"{dag_id}.py").write_text(
+                shapes.fanout(dag_id, tasks - 2, max_active_tasks=parallelism)
+            )
+            for _ in range(schedulers):
+                procs.append(_spawn(url, dags, parallelism))
+            sessions = store_engine.sessionmaker(engine)
+            deadline = time.monotonic() + 60
+            while True:  # registered, and the DAG parsed
+                async with store_engine.transaction(sessions) as session:
+                    alive = [
+                        i for i in await store_instances.list_all(session) if i.ended_at is None
+                    ]
+                    try:
+                        run_id = await trigger(
+                            session, dag_id, conf_json=None, now=datetime.now(UTC)
+                        )
+                    except NotFound:  # not parsed yet
+                        run_id = None
+                if len(alive) == schedulers and run_id is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the schedulers did not start")
+                await asyncio.sleep(0.05)
+            began = time.monotonic()
+            while True:
+                async with store_engine.transaction(sessions) as session:
+                    run = await store_runs.get_run(session, dag_id, run_id)
+                if run.state == "success":
+                    break
+                if time.monotonic() - began > RUN_TIMEOUT:
+                    raise RuntimeError(f"run not finished: {run.state}")
+                await asyncio.sleep(0.02)
+            wall = time.monotonic() - began
+            async with store_engine.transaction(sessions) as session:
+                rows = await session.execute(
+                    select(TaskAttempt.scheduler_id, func.count()).group_by(
+                        TaskAttempt.scheduler_id
+                    )
+                )
+                spread = sorted((int(n) for _, n in rows.all()), reverse=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await engine.dispose()
+        await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    return wall, spread
+
+
+async def run(args: argparse.Namespace) -> None:
+    counts = [int(n) for n in args.schedulers.split(",")]
+    print(
+        f"fan-out of {args.tasks} tasks, instant launcher, Postgres, "
+        f"global parallelism {args.parallelism}, {os.cpu_count()} cores"
+    )
+    print(f"{'schedulers':>10} {'TI/s median':>12} {'min-max':>14}  attempts per scheduler")
+    for count in counts:
+        rates, spreads = [], []
+        for _ in range(args.repeat):
+            wall, spread = await sample(count, args.tasks, args.parallelism)
+            rates.append(args.tasks / wall)
+            spreads.append(spread)
+        print(
+            f"{count:>10} {statistics.median(rates):>12.0f} "
+            f"{min(rates):>6.0f}-{max(rates):<7.0f}  {spreads[-1]}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--schedulers", default="1,2,3")
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--parallelism", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", nargs=3, metavar=("URL", "DAGS", "PARALLELISM"))
+    args = parser.parse_args()
+    if args.child:
+        url, dags, parallelism = args.child
+        asyncio.run(child(url, dags, int(parallelism)))
+        return
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
