@@ -30,7 +30,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
-from miniflow.store import states
+from miniflow.store import sanity_lock, states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import Dag, DagRun, ImportErrorRow, Pool, TaskAttempt, TaskInstance
 
@@ -323,11 +323,13 @@ async def clear(
 
 async def list_schedulers(
     config: Config,
-) -> list[tuple[store_instances.Instance, int]]:
-    """Every registered scheduler instance, with how many open attempts it owns."""
+) -> tuple[list[tuple[store_instances.Instance, int]], str | None]:
+    """Every registered scheduler instance with how many open attempts it owns, and the
+    id of the one holding the sanity lock (None on SQLite, or if none holds it)."""
     async with _session(config, read_only=True) as session:
         owned = await store_attempts.open_by_scheduler(session)
-        return [(i, owned.get(i.id, 0)) for i in await store_instances.list_all(session)]
+        rows = [(i, owned.get(i.id, 0)) for i in await store_instances.list_all(session)]
+        return rows, await sanity_lock.holder_id(session)
 
 
 async def set_pool(config: Config, name: str, slots: int, description: str | None) -> None:

@@ -147,7 +147,11 @@ def schedulers_list(ctx: click.Context) -> None:
 
         from miniflow import admin
 
-        views.print_schedulers(await admin.list_schedulers(_config(ctx)), datetime.now(UTC))
+        config = _config(ctx)
+        rows, holder = await admin.list_schedulers(config)
+        views.print_schedulers(
+            rows, datetime.now(UTC), holder=holder, silent_after=config.scheduler_timeout
+        )
 
     run()
 

@@ -193,8 +193,15 @@ def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
 
 
 def print_schedulers(
-    rows: Sequence[tuple[Instance, int]], now: datetime, console: Console | None = None
+    rows: Sequence[tuple[Instance, int]],
+    now: datetime,
+    console: Console | None = None,
+    *,
+    holder: str | None = None,
+    silent_after: float = 30.0,
 ) -> None:
+    """`holder`: the instance holding the sanity lock; `silent_after`: seconds without a
+    heartbeat after which peers take an instance for dead (`MINIFLOW_SCHEDULER_TIMEOUT`)."""
     table = Table(
         _id("id"), "host", "pid", "version", "started", "heartbeat", "state", "open tries"
     )
@@ -202,10 +209,14 @@ def print_schedulers(
         silent = (now - instance.heartbeat_at).total_seconds()
         if instance.ended_at is not None:
             state = "stopped"
-        elif silent > SCHEDULER_SILENT_AFTER:
+        elif silent > silent_after:
             state = "[red]silent[/]"
         else:
             state = "[green]alive[/]"
+        if instance.id == holder:
+            state += ", sanity lock"
+        if not instance.peer:
+            state += " (dags test)"
         table.add_row(
             instance.id,
             instance.hostname,
@@ -217,10 +228,6 @@ def print_schedulers(
             str(owned),
         )
     _print_table(table, console)
-
-
-SCHEDULER_SILENT_AFTER = 30.0
-"""A scheduler whose heartbeat is older than this is shown as silent (it may be dead)."""
 
 
 def _duration(ti: TaskInstance) -> str:

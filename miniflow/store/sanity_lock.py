@@ -24,7 +24,7 @@ from collections.abc import Collection
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 log = logging.getLogger("miniflow.scheduler.sanity")
 
@@ -33,6 +33,26 @@ APP_PREFIX = "miniflow-sanity:"
 _APP_NAME_MAX = 63  # PostgreSQL truncates application_name (NAMEDATALEN - 1)
 
 _GONE = (DBAPIError, InterfaceError, OperationalError, OSError)
+
+
+# A bigint advisory key shows in pg_locks as its high and low halves.
+_HOLDER = text(
+    "SELECT a.pid, a.application_name FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    f"AND l.classid::bigint = {SANITY_LOCK >> 32} "
+    f"AND l.objid::bigint = {SANITY_LOCK & 0xFFFFFFFF}"
+)
+
+
+async def holder_id(session: AsyncSession) -> str | None:
+    """The instance id holding the sanity lock (PostgreSQL), or None."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    row = (await session.execute(_HOLDER)).first()
+    if row is None or not str(row[1]).startswith(APP_PREFIX):
+        return None
+    return str(row[1]).removeprefix(APP_PREFIX)
 
 
 def app_name(instance_id: str) -> str:
@@ -86,21 +106,9 @@ class SanityLock:
         if conn is not None:
             await _discard(conn)
 
-    async def holder(self, conn: AsyncConnection | None = None) -> tuple[int, str] | None:
+    async def holder(self, conn: AsyncConnection) -> tuple[int, str] | None:
         """(backend pid, application_name) of the lock's holder, or None when free."""
-        # A bigint advisory key shows in pg_locks as its high and low halves.
-        query = text(
-            "SELECT a.pid, a.application_name FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-            f"AND l.classid::bigint = {SANITY_LOCK >> 32} "
-            f"AND l.objid::bigint = {SANITY_LOCK & 0xFFFFFFFF}"
-        )
-        if conn is None:
-            async with self._engine.connect() as c:
-                row = (await c.execute(query)).first()
-        else:
-            row = (await conn.execute(query)).first()
+        row = (await conn.execute(_HOLDER)).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     async def _try(self, conn: AsyncConnection) -> bool:

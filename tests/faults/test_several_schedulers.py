@@ -19,12 +19,11 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from miniflow.store import instances as store_instances
-from miniflow.store import states
+from miniflow.store import sanity_lock, states
 from miniflow.store.models import TaskAttempt, TaskInstance
-from miniflow.store.sanity_lock import APP_PREFIX, SANITY_LOCK
 from tests.faults.dags.layered import Extra
 from tests.faults.harness import Harness
 from tests.faults.invariants import check
@@ -69,15 +68,8 @@ async def _open_owned_by(h: Harness, instance_id: str) -> int:
 
 async def _lock_holder(h: Harness) -> str | None:
     """The instance id holding the sanity lock (from its connection's application_name)."""
-    query = text(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-        f"AND l.classid::bigint = {SANITY_LOCK >> 32} "
-        f"AND l.objid::bigint = {SANITY_LOCK & 0xFFFFFFFF}"
-    )
     async with h.sessions() as session:
-        name = (await session.execute(query)).scalar()
-    return None if name is None else str(name).removeprefix(APP_PREFIX)
+        return await sanity_lock.holder_id(session)
 
 
 async def _owners(h: Harness) -> Counter[str]:
