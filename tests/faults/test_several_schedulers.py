@@ -216,7 +216,11 @@ async def test_a_frozen_scheduler_is_fenced_out_and_harms_nothing_when_it_thaws(
     await h.wait_successes(30)
     frozen = next(i for i in await _registered(h, 3) if i.id == frozen_id)
     proc = _proc_of(h, frozen)
-    owned = await _open_owned_by(h, frozen_id)
+
+    async def owning() -> int:
+        return await _open_owned_by(h, frozen_id)
+
+    owned = await h.until(owning, 20, "the lock holder to own tries in flight", interval=0.02)
     proc.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
@@ -226,8 +230,11 @@ async def test_a_frozen_scheduler_is_fenced_out_and_harms_nothing_when_it_thaws(
 
         await h.until(adopted, 25, "the peers to adopt the frozen scheduler's tries")
         took = time.monotonic() - stopped_at
-        new = await h.until(holder, 10, "a peer to hold the sanity lock")
-        assert new != frozen_id
+
+        async def peer_holds() -> bool:
+            return await _lock_holder(h) not in (None, frozen_id)
+
+        await h.until(peer_holds, 10, "a peer to take the frozen holder's sanity lock")
     finally:
         proc.send_signal(signal.SIGCONT)
     await h.fault("frozen scheduler thawed")
