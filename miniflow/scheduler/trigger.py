@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.errors import ConfValidationError
 from miniflow.schedule import Timetable
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
 from miniflow.store import runs as store_runs
 from miniflow.store import states
@@ -65,7 +65,7 @@ async def trigger(
 ) -> str:
     """Create a queued manual run; returns its run_id."""
     row = await store_dags.get_dag(session, dag_id)
-    dag: SerializedDag = row.serialized  # type: ignore[assignment]
+    dag = readable(row.serialized)
     conf = parse_conf(conf_json, dag)
     logical = logical_date or now
     interval = Timetable.from_serialized(dag).manual_interval(logical)

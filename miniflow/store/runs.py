@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.errors import NotFound, PermanentError
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
 from miniflow.store import states
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
@@ -250,7 +250,7 @@ async def get_run_with_dag(session: AsyncSession, dag_id: str, run_id: str) -> R
     if found is None:
         raise NotFound(f"DAG {dag_id!r} has no run {run_id!r} (see `miniflow runs list {dag_id}`)")
     row, serialized, fileloc = found
-    return RunWithDag(_info(row), serialized, fileloc)
+    return RunWithDag(_info(row), None if serialized is None else readable(serialized), fileloc)
 
 
 async def list_runs(

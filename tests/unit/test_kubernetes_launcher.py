@@ -169,7 +169,7 @@ async def test_success_costs_create_log_delete(
     base = dict(fake_kube.requests.counts())
     (result,) = await launcher.launch([sh(k, "echo hello; echo world")])
     name = pods.pod_name(k)
-    assert result.handle == name and result.error is None and not result.adopted
+    assert result.handle == name and result.error is None
 
     events = await events_until_exit(launcher, k)
     assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
@@ -451,9 +451,8 @@ async def test_relaunch_adopts_on_409_and_never_creates_twice(
     spec = sh(k, "sleep 0.5")
     (first,) = await launcher.launch([spec])
     (second,) = await launcher.launch([spec])
-    assert not first.adopted
-    assert second.adopted and second.handle == first.handle and second.error is None
-    assert len(fake_kube.state.pods()) == 1
+    assert second.handle == first.handle and second.error is None
+    assert len(fake_kube.state.pods()) == 1 and creates(fake_kube) == 2  # the second got 409
     events = await events_until_exit(launcher, k)
     assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
 
@@ -950,8 +949,9 @@ async def test_a_pod_replaced_under_the_same_name_is_followed(
     await events_until_exit(launcher, k)
     fake_kube.faults.stall_watches()  # the old pod's deletion goes unseen
     fake_kube.state.remove(pods.pod_name(k), "default")
+    creates_before = creates(fake_kube)
     (again,) = await launcher.launch([sh(k, "echo second")])  # the same try, launched again
-    assert again.error is None and not again.adopted
+    assert again.error is None and creates(fake_kube) == creates_before + 1
     await launcher.alive()  # a fresh look; the watch resumes from it
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited) and exited.exit_code == 0
