@@ -289,13 +289,17 @@ async def test_parallelism_never_exceeded(engine: AsyncEngine) -> None:
 
 
 async def test_max_active_tasks_is_per_dag(engine: AsyncEngine) -> None:
+    # More of narrow's tasks wait (older run, same priority) than one claim's candidate
+    # window holds ((parallelism - active) * 2 + 16 = 32): free's tasks are not in the
+    # first window and must still get the slots narrow's limit leaves free.
+    parallelism = 8
     with DAG("narrow", start_date=START, max_active_tasks=2) as narrow:
-        for i in range(6):
+        for i in range(parallelism * 2 + 16 + 8):
             Bash(f"n{i}", "exit 0")
     with DAG("free", start_date=START) as free:
         for i in range(4):
             Bash(f"f{i}", "exit 0")
-    async with Harness(engine, hold=True, parallelism=32) as h:
+    async with Harness(engine, hold=True, parallelism=parallelism) as h:
         await h.register(narrow, free)
         runs = [("narrow", await h.trigger("narrow")), ("free", await h.trigger("free"))]
         per_dag: list[dict[str, int]] = []
@@ -306,7 +310,7 @@ async def test_max_active_tasks_is_per_dag(engine: AsyncEngine) -> None:
                 counts[key.dag_id] = counts.get(key.dag_id, 0) + 1
             per_dag.append(counts)
 
-        await _drain(h, runs, observe)
+        await _drain(h, runs, observe, release=2)
         for dag_id, run_id in runs:
             assert await h.run_state(dag_id, run_id) == "success"
     assert max(c.get("narrow", 0) for c in per_dag) == 2

@@ -574,14 +574,20 @@ async def test_unschedulable_is_killed_after_pending_timeout(
 async def test_short_pending_is_not_killed(
     make_launcher: MakeLauncher, fake_kube: FakeKube
 ) -> None:
-    launcher = await make_launcher(pending_timeout=2.0)
+    clock = [1000.0]  # the launcher's timers run on this clock, advanced by hand
+    launcher = await make_launcher(pending_timeout=2.0, clock=lambda: clock[0])
     fake_kube.faults.image_pull_backoff()
     k = key()
     await launcher.launch([sh(k, "true")])
-    await asyncio.sleep(0.5)
+    tracked = launcher._tracker.tracked[("default", pods.pod_name(k))]
+    await eventually(lambda: tracked.pending_since is not None)  # seen pending
+    clock[0] += 1.9
+    launcher._tracker.sweep_once()
+    assert not tracked.exited  # pending for less than the timeout: left alone
     fake_kube.faults.clear_pod_faults()
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+    assert exited.reason != "ImagePullBackOff"
 
 
 async def test_events_are_deduplicated(make_launcher: MakeLauncher, fake_kube: FakeKube) -> None:
@@ -594,10 +600,13 @@ async def test_events_are_deduplicated(make_launcher: MakeLauncher, fake_kube: F
         fake_kube.state.mutate(
             name, "default", lambda p, i=i: p["metadata"]["labels"].update({"n": str(i)})
         )
+    watch = launcher._watches["default"].watch
+    relists = watch.relists
     fake_kube.faults.expire_next_watch()
     fake_kube.faults.drop_watches()  # relist sees the same terminal pod again
-    await eventually(lambda: fake_kube.requests.counts("list") >= 3)
-    await asyncio.sleep(0.2)
+    # Two relists applied (after the drop, after the 410), and any exit they began read.
+    await eventually(lambda: watch.relists >= relists + 2)
+    await idle(launcher)
     assert drain(launcher) == []
 
 
