@@ -188,6 +188,17 @@ def test_broken_file_keeps_last_good_version(sqlite_cli: Cli) -> None:
     assert "flaky" in cli("dags", "show", "good").stdout  # the last good definition
 
 
+def test_a_file_that_hangs_at_import_is_named_while_commands_wait(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.extra_env["MINIFLOW_PARSE_TIMEOUT"] = "3"
+    cli.dag("good.py", GOOD)
+    cli.dag("loops.py", "import miniflow  # a dag\nwhile True:\n    pass\n")
+    listed = cli("dags", "list")
+    assert lines_with(listed.stdout, "good")
+    (waiting,) = lines_with(listed.stderr, "still importing")
+    assert "loops.py after 2s (it is given 3s before it is killed)" in waiting, listed.stderr
+
+
 # --- runs: dags test, inspection, logs ------------------------------------------------------
 
 
