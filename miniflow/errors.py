@@ -78,4 +78,3 @@ class SchedulerAlreadyRunning(PermanentError):
 
 class LaunchError(MiniflowError):
     """A launcher could not start an attempt."""
-
