@@ -247,6 +247,24 @@ def test_dags_test_then_inspect_the_run(sqlite_cli: Cli) -> None:
 # --- the scheduler daemon: trigger --wait, clear, SIGTERM -----------------------------------
 
 
+def test_trigger_wait_without_a_scheduler_says_so_and_keeps_waiting(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.dag("good.py", GOOD)
+    log = tmp_path / "wait.log"
+    waiting = spawn_cli(["dags", "trigger", "good", "--wait"], cli.env, log)
+    try:
+        wait_for(lambda: "no scheduler" in log.read_text(), 30, "the no-scheduler line")
+        (line,) = lines_with(log.read_text(), "no scheduler")
+        assert line == (
+            "no scheduler is running against this database (none heartbeat in the last 30 s); "
+            "start one with `miniflow scheduler`"
+        )
+        assert waiting.poll() is None  # still waiting for the run
+    finally:
+        stop(waiting, signal.SIGINT)
+
+
 async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> None:
     cli.dag("good.py", GOOD)
     cli.dag("failing.py", FAILING)
@@ -258,6 +276,7 @@ async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> Non
         triggered = cli("dags", "trigger", "good", "--wait", timeout=90)
         (run_id,) = re.findall(r"created run (\S+) of good", triggered.stdout)
         assert "success" in triggered.stdout
+        assert "no scheduler" not in triggered.stderr  # this one heartbeats
         # piped: the progress line, then the table on a line of its own
         (top,) = [line for line in triggered.stdout.splitlines() if "┏" in line]
         assert top.startswith("┏"), triggered.stdout
