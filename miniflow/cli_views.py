@@ -301,7 +301,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
 
     console = make_console()
     threshold = SchedulerSettings().instance_timeout
-    check_at = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
+    check_at: float | None = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
     async with runtime.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:
