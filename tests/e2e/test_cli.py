@@ -244,6 +244,52 @@ def test_dags_test_then_inspect_the_run(sqlite_cli: Cli) -> None:
     assert "tries: 1, 2" in _one_error_line(nine.stderr)
 
 
+def test_dags_test_streams_states_and_logs_and_replaces_its_earlier_run(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    cli = sqlite_cli
+    go = tmp_path / "go"
+    cli.dag(
+        "streamed.py",
+        f"""
+        from datetime import datetime
+        from miniflow import DAG, Bash
+
+        with DAG("streamed", start_date=datetime(2026, 1, 1)):
+            Bash("first", "echo one") >> Bash(
+                "slow", "echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after"
+            )
+        """,
+    )
+    log = tmp_path / "test.log"
+    date = ("--logical-date", "2026-03-01")
+    tested = spawn_cli(["dags", "test", "streamed", *date], cli.env, log)
+    try:
+        # Streamed while the run goes: the slow task's first line, before it is let go.
+        wait_for(lambda: "slow | before" in log.read_text(), 60, "the streamed log line")
+        assert tested.poll() is None and "slow | after" not in log.read_text()
+        go.touch()
+        assert tested.wait(60) == 0
+    finally:
+        stop(tested)
+    lines = log.read_text().splitlines()
+
+    def at(text: str) -> int:
+        (index,) = [i for i, line in enumerate(lines) if line.endswith(text)]
+        return index
+
+    assert at("first: success (try 1)") < at("slow: running (try 1)") < at("slow | before")
+    assert at("slow | before") < at("slow | after") < at("slow: success (try 1)")
+    assert "first | one" in lines
+    assert lines[-1] == "run test__2026-03-01T00:00:00+00:00: success"
+
+    again = cli("dags", "test", "streamed", *date)  # the same date: replaced, not refused
+    assert "(replacing the earlier test run of that date)" in again.stdout
+    assert "slow | after" in again.stdout and "slow: success (try 2)" in again.stdout
+    (row,) = lines_with(cli("runs", "list", "streamed").stdout, "test__")
+    assert [c.strip() for c in row.split("│")[4:6]] == ["test", "success"]
+
+
 # --- the scheduler daemon: trigger --wait, clear, SIGTERM -----------------------------------
 
 
