@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -87,14 +86,10 @@ def _get_context() -> ForkServerContext:
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
         # Preload miniflow (loader, dag, tasks) once in the forkserver: every
-        # per-file process forked from it starts warm. The forkserver is one
-        # per process and shared with the local launcher: add to its preload
-        # list instead of replacing it (only effective before it starts).
-        server = multiprocessing.forkserver._forkserver
-        preload = list(getattr(server, "_preload_modules", None) or [])
-        if child.__name__ not in preload:
-            preload.append(child.__name__)
-        ctx.set_forkserver_preload(preload)
+        # per-file process forked from it starts warm (only effective before it
+        # starts). Nothing else in miniflow uses multiprocessing's forkserver (the
+        # local launcher runs its own, `local_fork`), so the list is ours to set.
+        ctx.set_forkserver_preload([child.__name__])
         _context = ctx
     return _context
 
