@@ -94,7 +94,7 @@ class RunStream:
 
     def _state_line(self, ti: TaskInstance) -> str:
         line = f"{self._clock():%H:%M:%S} {ti.task_id}: {ti.state}"
-        if ti.try_number:
+        if ti.try_number and ti.state != states.SCHEDULED:  # scheduled: the next try waits
             line += f" (try {ti.try_number})"
         if ti.state in states.FAILED_LIKE | {states.UP_FOR_RETRY} and ti.error:
             line += f": {ti.error.strip().splitlines()[-1]}"
