@@ -23,7 +23,7 @@ from miniflow.errors import NotFound, PermanentError
 from miniflow.schedule import DataInterval, Timetable
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.parse_loop import DagParser
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import SerializedDag, readable
 from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
@@ -131,11 +131,11 @@ async def list_dags(config: Config, *, parse: bool = True) -> list[DagRowView]:
             DagRowView(
                 r.dag_id,
                 r.schedule,
-                r.next_interval_end or _next_run(r.serialized, last.get(r.dag_id)),  # type: ignore[arg-type]
+                r.next_interval_end or _next_run(readable(r.serialized), last.get(r.dag_id)),
                 r.is_paused,
                 r.fileloc,
                 r.has_import_error,
-                len(r.serialized.get("tasks", {})),
+                len(readable(r.serialized)["tasks"]),
             )
             for r in rows
         ]
@@ -184,7 +184,7 @@ async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErr
 async def get_serialized(config: Config, dag_id: str) -> SerializedDag:
     async with _session(config, parse=True) as session:
         row = await store_dags.get_dag(session, dag_id)
-        return row.serialized  # type: ignore[return-value]
+        return readable(row.serialized)
 
 
 async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
@@ -196,7 +196,7 @@ async def set_paused(config: Config, dag_id: str, paused: bool) -> None:
 async def check_trigger(config: Config, dag_id: str, conf_json: str | None) -> None:
     """Raise what `trigger` would for an unknown DAG or a bad conf, creating nothing."""
     async with _session(config, parse=True) as session:
-        dag: SerializedDag = (await store_dags.get_dag(session, dag_id)).serialized  # type: ignore[assignment]
+        dag = readable((await store_dags.get_dag(session, dag_id)).serialized)
         trigger_mod.parse_conf(conf_json, dag)
 
 

@@ -9,7 +9,7 @@ import asyncio
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rich.console import Console, Group
 from rich.table import Column, Table
@@ -20,6 +20,7 @@ from miniflow.admin import DagRowView
 from miniflow.config import Config
 from miniflow.serialized import SerializedDag
 from miniflow.store import engine as store_engine
+from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
@@ -290,13 +291,24 @@ async def runs_panel(engine: AsyncEngine, watched: Sequence[tuple[str, str]]) ->
     return table
 
 
+NO_SCHEDULER_AFTER = 3.0
+"""Seconds `dags trigger --wait` waits before it checks that a scheduler is running."""
+
+
 async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
-    """`dags trigger --wait`: a live progress view until the run ends; returns its state."""
+    """`dags trigger --wait`: a live progress view until the run ends; returns its state.
+
+    After `NO_SCHEDULER_AFTER` seconds it says once (on stderr) if no scheduler
+    heartbeats against the database, and keeps waiting: one may be started yet.
+    """
     from rich.live import Live
 
     from miniflow import runtime
+    from miniflow.scheduler.core import SchedulerSettings
 
     console = make_console()
+    threshold = SchedulerSettings().instance_timeout
+    check_at: float | None = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
     async with runtime.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:
@@ -304,6 +316,16 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
                 async with store_engine.transaction(sessions) as session:
                     run = await store_runs.get_run(session, dag_id, run_id)
                     tis = await store_tis.list_for_run(session, dag_id, run_id)
+                    if check_at is not None and asyncio.get_running_loop().time() >= check_at:
+                        check_at = None
+                        now = datetime.now(UTC)
+                        if not await store_instances.any_alive(session, now, threshold):
+                            print(
+                                "no scheduler is running against this database (none "
+                                f"heartbeat in the last {threshold:g} s); start one with "
+                                "`miniflow scheduler`",
+                                file=sys.stderr,
+                            )
                 counts = Counter(ti.state for ti in tis)
                 done = sum(counts[s] for s in states.FINISHED)
                 line = "  ".join(f"{_styled(s)} {n}" for s, n in sorted(counts.items()))

@@ -34,7 +34,7 @@ from typing import Any
 
 from rich.live import Live
 
-from miniflow import admin, cli_views, runtime, stopping
+from miniflow import cli_views, runtime, stopping
 from miniflow.config import Config
 from miniflow.errors import NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -273,8 +273,11 @@ async def test_dag(
     config: Config, dag_id: str, *, logical_date: datetime | None, conf_json: str | None
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
+    from miniflow.scheduler import trigger as trigger_mod
+
     console = cli_views.make_console()
-    run = (dag_id, f"test__{(logical_date or datetime.now(UTC)).isoformat()}")
+    logical_date = logical_date or datetime.now(UTC)
+    run = (dag_id, trigger_mod.dags_test_run_id(logical_date))
     async with _scheduler(
         config, schedule_runs=False, reap_orphans=False, peer=False
     ) as scheduler:
@@ -315,30 +318,48 @@ async def _test_run(
     config: Config,
     scheduler: Scheduler,
     run: tuple[str, str],
-    logical_date: datetime | None,
+    logical_date: datetime,
     conf_json: str | None,
     stop: _Stop,
     console: Any,
 ) -> str:
-    """Parse, trigger and run the test run; returns its state (unless stopped before)."""
+    """Parse, trigger and run the test run, streaming its task states and logs; returns
+    its state (unless stopped before)."""
+    from miniflow.cli_stream import RunStream
+    from miniflow.scheduler import trigger as trigger_mod
+
     await scheduler.tick()
     if stop.signal is not None:
         return states.RUN_FAILED
     dag_id, run_id = run
-    await admin.trigger(
-        config,
-        dag_id,
-        conf_json=conf_json,
-        logical_date=logical_date,
-        run_id=run_id,
-        parse=False,
-    )
+    async with store_engine.transaction(scheduler.sessions) as session:
+        replaced = await trigger_mod.trigger_test(
+            session,
+            dag_id,
+            conf_json=conf_json,
+            now=datetime.now(UTC),
+            logical_date=logical_date,
+            live_threshold=scheduler.settings.instance_timeout,
+        )
     if stop.signal is not None:
         return states.RUN_FAILED
     scheduler.settings = _settings(
         config, schedule_runs=False, reap_orphans=False, peer=False, only_run=run
     )
-    console.print(f"testing {dag_id} run {run_id}")
-    stop.loop = asyncio.ensure_future(scheduler.run_until_done(dag_id, run_id))
-    state: str = await stop.loop
+    again = " (replacing the earlier test run of that date)" if replaced else ""
+    console.print(f"testing {dag_id} run {run_id}{again}", markup=False, highlight=False)
+    stream = RunStream(
+        scheduler.sessions,
+        scheduler.launcher,
+        run,
+        lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+    )
+    ended = asyncio.Event()
+    streaming = asyncio.ensure_future(stream.run(ended))
+    try:
+        stop.loop = asyncio.ensure_future(scheduler.run_until_done(dag_id, run_id))
+        state: str = await stop.loop
+    finally:
+        ended.set()
+        await _await_loop(streaming)
     return state

@@ -64,6 +64,10 @@ class SchemaError(PermanentError):
     """The database schema is missing, older or newer than this code expects."""
 
 
+class SerializedFormatError(PermanentError):
+    """A stored serialized DAG is in a format this miniflow cannot read (a newer one)."""
+
+
 class NotFound(PermanentError):
     """A DAG, run, task or attempt named by the user does not exist."""
 
@@ -74,11 +78,3 @@ class SchedulerAlreadyRunning(PermanentError):
 
 class LaunchError(MiniflowError):
     """A launcher could not start an attempt."""
-
-
-class RetryableLaunchError(LaunchError, RetryableError):
-    """The launch may succeed if tried again (API busy, connection dropped)."""
-
-
-class PermanentLaunchError(LaunchError, PermanentError):
-    """The launch cannot succeed as asked (forbidden, invalid manifest, quota)."""

@@ -6,12 +6,16 @@ user code. It must stay plain JSON (no pickles) so it can be stored, hashed and
 diffed. Durations are float seconds, datetimes ISO-8601 strings with offset.
 
 Bump `FORMAT_VERSION` when a field changes meaning; readers reject newer
-versions with a clear error instead of guessing.
+versions with a clear error instead of guessing: everything read back from the
+database goes through `readable`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from collections.abc import Mapping
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+from miniflow.errors import SerializedFormatError
 
 FORMAT_VERSION = 1
 
@@ -99,3 +103,25 @@ class SerializedDag(TypedDict):
     tags: list[str]
     description: str | None
     tasks: dict[str, SerializedTask]  # in definition order
+
+
+def readable(data: Mapping[str, Any]) -> SerializedDag:
+    """`data` as a `SerializedDag`, if its format is one this miniflow reads.
+
+    A newer format (written by a newer miniflow sharing the database) raises
+    `SerializedFormatError` naming both versions: its fields may mean something
+    this code would get wrong.
+    """
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SerializedFormatError(
+            f"DAG {data.get('dag_id')!r} is stored without a valid format_version "
+            f"({version!r}); parse its file again (`miniflow dags reparse`)"
+        )
+    if version > FORMAT_VERSION:
+        raise SerializedFormatError(
+            f"DAG {data.get('dag_id')!r} is stored in serialized format {version}, newer than "
+            f"this miniflow reads (up to {FORMAT_VERSION}): a newer miniflow parsed it; "
+            "upgrade miniflow here too"
+        )
+    return cast(SerializedDag, data)

@@ -55,7 +55,6 @@ class LaunchResult:
     handle: str | None  # pid, pod name...; None when the launch failed
     error: str | None = None
     retryable: bool = False  # with error: True if the scheduler may try launching again
-    adopted: bool = False  # the attempt was already launched (idempotent re-launch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ Design decisions:
 
 - **Idempotent launch.** Pod names are deterministic per attempt
   (`pods.pod_name`), so a create answered 409 means the attempt is already
-  running: it is adopted (``LaunchResult(adopted=True)``), never duplicated. A
-  create retried after a lost answer lands in the same branch.
+  running: it is adopted (its handle returned, its events followed), never
+  duplicated. A create retried after a lost answer lands in the same branch.
 - **Handles** are the pod name, or ``"<namespace>/<name>"`` when the pod is
   not in the default namespace (``/`` never occurs in a pod name), so
   `kill`/`adopt`/`read_logs` know where to look after a restart.
@@ -448,7 +448,7 @@ class KubernetesLauncher:
         except AlreadyExists:
             log.info("pod %s/%s already exists: adopting %s", namespace, name, key)
             await self._follow_existing(key, namespace, name)
-            return LaunchResult(key, handle, adopted=True)
+            return LaunchResult(key, handle)
         except RetryableError as exc:
             return LaunchResult(key, None, error=str(exc), retryable=True)
         except KubeApiError as exc:

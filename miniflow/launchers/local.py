@@ -286,12 +286,12 @@ class LocalLauncher:
         if self._watcher.known(key):
             running = self._attempts.get(key)
             marker = running.marker if running else procs.read_marker(paths.marker)
-            return LaunchResult(key=key, handle=marker.handle if marker else None, adopted=True)
+            return LaunchResult(key=key, handle=marker.handle if marker else None)
         marker = procs.read_marker(paths.marker)
         if marker is not None:
             # Launched before (maybe by a previous scheduler): adopt, never run twice.
             self._watcher.adopt(loop, key, announce=True, marker=marker)
-            return LaunchResult(key=key, handle=marker.handle, adopted=True)
+            return LaunchResult(key=key, handle=marker.handle)
         if spec.kind == "pod" and not spec.cmds:
             self._watcher.emit_exit(
                 key, None, None, "Error", log_tail=None, message=NO_ENTRYPOINT_MESSAGE

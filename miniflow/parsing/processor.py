@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -43,6 +42,10 @@ log = logging.getLogger(__name__)
 
 _context: ForkServerContext | None = None
 _READ_CHUNK = 1 << 16
+
+SLOW_AFTER = 2.0
+"""Seconds into one file's import after which the wait is logged, naming the file: a
+file that loops at import holds up every parsing command for the whole timeout."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,10 @@ def _get_context() -> ForkServerContext:
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
         # Preload miniflow (loader, dag, tasks) once in the forkserver: every
-        # per-file process forked from it starts warm. The forkserver is one
-        # per process and shared with the local launcher: add to its preload
-        # list instead of replacing it (only effective before it starts).
-        server = multiprocessing.forkserver._forkserver
-        preload = list(getattr(server, "_preload_modules", None) or [])
-        if child.__name__ not in preload:
-            preload.append(child.__name__)
-        ctx.set_forkserver_preload(preload)
+        # per-file process forked from it starts warm (only effective before it
+        # starts). Nothing else in miniflow uses multiprocessing's forkserver (the
+        # local launcher runs its own, `local_fork`), so the list is ours to set.
+        ctx.set_forkserver_preload([child.__name__])
         _context = ctx
     return _context
 
@@ -132,7 +131,28 @@ def _kill_group(pid: int | None) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-async def _run_child(dags_folder: Path, path: Path, timeout: float) -> dict[str, Any]:
+async def _await_exit(exited: asyncio.Event, path: Path, timeout: float, slow_after: float) -> None:
+    """Wait for the child to exit (TimeoutError after `timeout`); past `slow_after`,
+    log once which file is being waited for."""
+    waiter = asyncio.ensure_future(exited.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=min(slow_after, timeout))
+        if done:
+            return
+        log.warning(
+            "still importing DAG file %s after %gs (it is given %gs before it is killed)",
+            path,
+            slow_after,
+            timeout,
+        )
+        await asyncio.wait_for(waiter, max(0.0, timeout - slow_after))
+    finally:
+        waiter.cancel()
+
+
+async def _run_child(
+    dags_folder: Path, path: Path, timeout: float, slow_after: float = SLOW_AFTER
+) -> dict[str, Any]:
     """Run the child for one file; return its JSON result or an {"error": ...}."""
     ctx = _get_context()
     loop = asyncio.get_running_loop()
@@ -169,7 +189,7 @@ async def _run_child(dags_folder: Path, path: Path, timeout: float) -> dict[str,
         loop.add_reader(sentinel, exited.set)
         readers.append(sentinel)
         try:
-            await asyncio.wait_for(exited.wait(), timeout)
+            await _await_exit(exited, path, timeout, slow_after)
         except TimeoutError:
             log.warning("parsing %s timed out after %ss: killing it", path, timeout)
             return {"error": f"DAG file processing timed out after {timeout:g}s"}
@@ -197,15 +217,20 @@ async def _run_child(dags_folder: Path, path: Path, timeout: float) -> dict[str,
             proc.close()
 
 
-async def parse_file(dags_folder: Path, path: Path, *, timeout: float = 30.0) -> FileResult:
-    """Parse one DAG file in an isolated process; never raises for user errors."""
+async def parse_file(
+    dags_folder: Path, path: Path, *, timeout: float = 30.0, slow_after: float = SLOW_AFTER
+) -> FileResult:
+    """Parse one DAG file in an isolated process; never raises for user errors.
+
+    An import still running after `slow_after` seconds is logged (a warning naming
+    the file), so a command waiting on it says what it waits for."""
     started = time.monotonic()
     fileloc = child.fileloc_of(dags_folder, path)
     try:
         fp = fingerprint(path)
     except OSError as exc:
         return FileResult(fileloc, 0, 0, "", [], f"cannot read DAG file: {exc}", 0.0)
-    result = await _run_child(dags_folder, path, timeout)
+    result = await _run_child(dags_folder, path, timeout, slow_after)
     error = result.get("error")
     dags: list[SerializedDag] = [] if error is not None else result.get("dags", [])
     return FileResult(

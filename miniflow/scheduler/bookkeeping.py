@@ -11,7 +11,6 @@ class TickStats:
     runs_created: int = 0
     changed: int = 0
     launched: int = 0
-    runs_finished: int = 0
 
     @property
     def busy(self) -> bool:

@@ -578,7 +578,6 @@ class Scheduler:
                 now=now,
                 seen_unfinished=unfinished,
             ):
-                stats.runs_finished += 1
                 log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:

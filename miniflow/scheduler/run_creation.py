@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.schedule import DataInterval, Timetable
 from miniflow.scheduler.dagcache import DagCache
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import readable
 from miniflow.store import dags as store_dags
 from miniflow.store import runs as store_runs
 from miniflow.store import states
@@ -38,7 +38,7 @@ async def create_due_runs(session: AsyncSession, now: datetime) -> int:
     last = await store_runs.last_scheduled_intervals(session)
     active = await store_runs.run_counts(session)
     for row in rows:
-        dag: SerializedDag = row.serialized  # type: ignore[assignment]
+        dag = readable(row.serialized)
         try:
             timetable = Timetable.from_serialized(dag)
         except ValueError as exc:

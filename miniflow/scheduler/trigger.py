@@ -1,6 +1,8 @@
-"""Manual runs: validate the conf against the DAG's params, create a queued run.
+"""Manual and test runs: validate the conf against the DAG's params, create a queued run.
 
 The run is created from, and keeps, the DAG's current version (the `dag` row).
+A test run (`miniflow dags test`) replaces the earlier test run of the same
+logical date instead of failing on its run id.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.errors import ConfValidationError
+from miniflow.errors import ConfValidationError, PermanentError
 from miniflow.schedule import Timetable
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import SerializedDag, readable
+from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
+from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs
 from miniflow.store import states
+from miniflow.store import task_instances as store_tis
 
 
 def parse_conf(raw: str | None, dag: SerializedDag) -> dict[str, Any]:
@@ -65,7 +70,7 @@ async def trigger(
 ) -> str:
     """Create a queued manual run; returns its run_id."""
     row = await store_dags.get_dag(session, dag_id)
-    dag: SerializedDag = row.serialized  # type: ignore[assignment]
+    dag = readable(row.serialized)
     conf = parse_conf(conf_json, dag)
     logical = logical_date or now
     interval = Timetable.from_serialized(dag).manual_interval(logical)
@@ -82,3 +87,70 @@ async def trigger(
         dag_hash=row.dag_hash,
     )
     return run_id
+
+
+def dags_test_run_id(logical_date: datetime) -> str:
+    return f"test__{logical_date.isoformat()}"
+
+
+class BusyTestRun(PermanentError):
+    """The earlier test run of that date still has a try a live scheduler follows."""
+
+
+async def trigger_test(
+    session: AsyncSession,
+    dag_id: str,
+    *,
+    conf_json: str | None,
+    now: datetime,
+    logical_date: datetime,
+    live_threshold: float,
+) -> bool:
+    """Create the queued test run of `logical_date`; True if it replaced an earlier one.
+
+    The earlier test run of that date is deleted (with its task instances and
+    attempts), and the new run's tries are numbered after its tries: a try's key
+    names its log file and its pod, so a try that already ran is never launched
+    "again". Refused (`BusyTestRun`) while a live scheduler still follows one of
+    its tries; a run left by a `dags test` that died is replaced.
+    """
+    row = await store_dags.get_dag(session, dag_id)
+    dag = readable(row.serialized)
+    conf = parse_conf(conf_json, dag)
+    run_id = dags_test_run_id(logical_date)
+    earlier = await store_runs.find_run(session, dag_id, run_id)
+    tries: dict[str, int] = {}
+    if earlier is not None:
+        if earlier.run_type != states.RUN_TYPE_TEST:
+            raise store_runs.RunExists(f"DAG {dag_id!r} already has a run {run_id!r}")
+        owners = await store_attempts.open_owners(session, dag_id, run_id)
+        live = [
+            i.id
+            for i in await store_instances.list_all(session)
+            if i.id in owners and i.alive(now, live_threshold)
+        ]
+        if live:
+            raise BusyTestRun(
+                f"the earlier test run {run_id!r} of DAG {dag_id!r} is still running "
+                f"(scheduler {live[0]} follows its tries): wait for it, or test another "
+                "--logical-date"
+            )
+        tries = {
+            ti.task_id: ti.try_number
+            for ti in await store_tis.list_for_run(session, dag_id, run_id)
+        }
+        await store_runs.delete_run(session, earlier.pk)
+    interval = Timetable.from_serialized(dag).manual_interval(logical_date)
+    await store_runs.create_run(
+        session,
+        dag=dag,
+        run_id=run_id,
+        run_type=states.RUN_TYPE_TEST,
+        logical_date=logical_date,
+        interval=(interval.start, interval.end),
+        conf=conf,
+        now=now,
+        dag_hash=row.dag_hash,
+        tries_before=tries,
+    )
+    return earlier is not None

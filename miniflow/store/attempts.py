@@ -266,3 +266,13 @@ async def for_task(
 async def for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[TaskAttempt]:
     query = select(TA).where(TA.dag_id == dag_id, TA.run_id == run_id).order_by(TA.id)
     return list((await session.execute(query)).scalars())
+
+
+async def open_owners(session: AsyncSession, dag_id: str, run_id: str) -> set[str | None]:
+    """The scheduler instances that own an open attempt of the run (None: unowned)."""
+    query = (
+        select(TA.scheduler_id)
+        .where(TA.dag_id == dag_id, TA.run_id == run_id, TA.ended_at.is_(None))
+        .distinct()
+    )
+    return set((await session.execute(query)).scalars())

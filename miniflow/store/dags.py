@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.errors import NotFound
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import SerializedDag, readable
 from miniflow.store.models import Base, Dag, DagFile, DagVersion, ImportErrorRow
 
 
@@ -84,7 +84,7 @@ async def get_versions(session: AsyncSession, hashes: Sequence[str]) -> dict[str
     query = select(DagVersion.dag_hash, DagVersion.serialized).where(
         DagVersion.dag_hash.in_(sorted(set(hashes)))
     )
-    return {h: serialized for h, serialized in (await session.execute(query)).all()}
+    return {h: readable(serialized) for h, serialized in (await session.execute(query)).all()}
 
 
 async def current_hashes(session: AsyncSession, dag_ids: Sequence[str]) -> dict[str, str]:

@@ -101,3 +101,8 @@ async def list_all(session: AsyncSession) -> list[Instance]:
         SI.id, SI.hostname, SI.pid, SI.version, SI.started_at, SI.heartbeat_at, SI.ended_at
     ).order_by(SI.started_at)
     return [Instance(*row) for row in (await session.execute(query)).all()]
+
+
+async def any_alive(session: AsyncSession, now: datetime, threshold: float) -> bool:
+    """Whether some registered scheduler heartbeat within `threshold` seconds of `now`."""
+    return any(i.alive(now, threshold) for i in await list_all(session))

@@ -7,17 +7,17 @@ and the worker later read about its tasks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.errors import NotFound, PermanentError
-from miniflow.serialized import SerializedDag
+from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
 from miniflow.store import states
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
@@ -89,11 +89,15 @@ async def create_run(
     conf: dict[str, Any],
     now: datetime,
     dag_hash: str | None = None,
+    tries_before: Mapping[str, int] | None = None,
 ) -> int:
     """Insert a queued run and one `none` task instance per task; returns the run pk.
 
     `dag_hash` names the stored version `dag` is (the DAG row's current one); without
     it the version is computed from `dag` and stored if new, so a run always has one.
+    `tries_before` (task_id -> tries already made under this run id, by a run it
+    replaces) numbers the new tries after those, retries included, as a clear does:
+    a try's key (its log file, its pod name) is never reused.
     """
     if dag_hash is None:
         dag_hash = store_dags.dag_hash(dag)
@@ -124,8 +128,8 @@ async def create_run(
             "task_id": task_id,
             "kind": task["kind"],
             "state": states.NONE,
-            "try_number": 0,
-            "max_tries": task["retries"],
+            "try_number": (tries_before or {}).get(task_id, 0),
+            "max_tries": (tries_before or {}).get(task_id, 0) + task["retries"],
             "priority": task["priority"],
             "pool": task["pool"],
         }
@@ -228,6 +232,19 @@ async def get_run(session: AsyncSession, dag_id: str, run_id: str) -> RunInfo:
     return _info(row)
 
 
+async def find_run(session: AsyncSession, dag_id: str, run_id: str) -> RunInfo | None:
+    """The run, or None if the DAG has no run `run_id`."""
+    try:
+        return await get_run(session, dag_id, run_id)
+    except NotFound:
+        return None
+
+
+async def delete_run(session: AsyncSession, pk: int) -> None:
+    """Delete a run with its task instances and attempts (foreign keys cascade)."""
+    await session.execute(delete(DagRun).where(DagRun.id == pk))
+
+
 async def get_run_by_pk(session: AsyncSession, pk: int) -> RunInfo:
     row = await session.get(DagRun, pk)
     if row is None:
@@ -260,7 +277,7 @@ async def get_run_with_dag(session: AsyncSession, dag_id: str, run_id: str) -> R
     if found is None:
         raise NotFound(f"DAG {dag_id!r} has no run {run_id!r} (see `miniflow runs list {dag_id}`)")
     row, serialized, fileloc = found
-    return RunWithDag(_info(row), serialized, fileloc)
+    return RunWithDag(_info(row), None if serialized is None else readable(serialized), fileloc)
 
 
 async def list_runs(

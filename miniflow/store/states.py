@@ -24,3 +24,4 @@ RUN_FINISHED = frozenset({RUN_SUCCESS, RUN_FAILED})
 
 RUN_TYPE_SCHEDULED = "scheduled"
 RUN_TYPE_MANUAL = "manual"
+RUN_TYPE_TEST = "test"  # `miniflow dags test`: a later test of the same date replaces it

@@ -188,6 +188,17 @@ def test_broken_file_keeps_last_good_version(sqlite_cli: Cli) -> None:
     assert "flaky" in cli("dags", "show", "good").stdout  # the last good definition
 
 
+def test_a_file_that_hangs_at_import_is_named_while_commands_wait(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.extra_env["MINIFLOW_PARSE_TIMEOUT"] = "3"
+    cli.dag("good.py", GOOD)
+    cli.dag("loops.py", "import miniflow  # a dag\nwhile True:\n    pass\n")
+    listed = cli("dags", "list")
+    assert lines_with(listed.stdout, "good")
+    (waiting,) = lines_with(listed.stderr, "still importing")
+    assert "loops.py after 2s (it is given 3s before it is killed)" in waiting, listed.stderr
+
+
 # --- runs: dags test, inspection, logs ------------------------------------------------------
 
 
@@ -233,7 +244,71 @@ def test_dags_test_then_inspect_the_run(sqlite_cli: Cli) -> None:
     assert "tries: 1, 2" in _one_error_line(nine.stderr)
 
 
+def test_dags_test_streams_states_and_logs_and_replaces_its_earlier_run(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    cli = sqlite_cli
+    go = tmp_path / "go"
+    cli.dag(
+        "streamed.py",
+        f"""
+        from datetime import datetime
+        from miniflow import DAG, Bash
+
+        with DAG("streamed", start_date=datetime(2026, 1, 1)):
+            Bash("first", "echo one") >> Bash(
+                "slow", "echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after"
+            )
+        """,
+    )
+    log = tmp_path / "test.log"
+    date = ("--logical-date", "2026-03-01")
+    tested = spawn_cli(["dags", "test", "streamed", *date], cli.env, log)
+    try:
+        # Streamed while the run goes: the slow task's first line, before it is let go.
+        wait_for(lambda: "slow | before" in log.read_text(), 60, "the streamed log line")
+        assert tested.poll() is None and "slow | after" not in log.read_text()
+        go.touch()
+        assert tested.wait(60) == 0
+    finally:
+        stop(tested)
+    lines = log.read_text().splitlines()
+
+    def at(text: str) -> int:
+        (index,) = [i for i, line in enumerate(lines) if line.endswith(text)]
+        return index
+
+    assert at("first: success (try 1)") < at("slow: running (try 1)") < at("slow | before")
+    assert at("slow | before") < at("slow | after") < at("slow: success (try 1)")
+    assert "first | one" in lines
+    assert lines[-1] == "run test__2026-03-01T00:00:00+00:00: success"
+
+    again = cli("dags", "test", "streamed", *date)  # the same date: replaced, not refused
+    assert "(replacing the earlier test run of that date)" in again.stdout
+    assert "slow | after" in again.stdout and "slow: success (try 2)" in again.stdout
+    (row,) = lines_with(cli("runs", "list", "streamed").stdout, "test__")
+    assert [c.strip() for c in row.split("│")[4:6]] == ["test", "success"]
+
+
 # --- the scheduler daemon: trigger --wait, clear, SIGTERM -----------------------------------
+
+
+def test_trigger_wait_without_a_scheduler_says_so_and_keeps_waiting(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli.dag("good.py", GOOD)
+    log = tmp_path / "wait.log"
+    waiting = spawn_cli(["dags", "trigger", "good", "--wait"], cli.env, log)
+    try:
+        wait_for(lambda: "no scheduler" in log.read_text(), 30, "the no-scheduler line")
+        (line,) = lines_with(log.read_text(), "no scheduler")
+        assert line == (
+            "no scheduler is running against this database (none heartbeat in the last 30 s); "
+            "start one with `miniflow scheduler`"
+        )
+        assert waiting.poll() is None  # still waiting for the run
+    finally:
+        stop(waiting, signal.SIGINT)
 
 
 async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> None:
@@ -247,6 +322,7 @@ async def test_scheduler_trigger_wait_and_clear(cli: Cli, tmp_path: Path) -> Non
         triggered = cli("dags", "trigger", "good", "--wait", timeout=90)
         (run_id,) = re.findall(r"created run (\S+) of good", triggered.stdout)
         assert "success" in triggered.stdout
+        assert "no scheduler" not in triggered.stderr  # this one heartbeats
         # piped: the progress line, then the table on a line of its own
         (top,) = [line for line in triggered.stdout.splitlines() if "┏" in line]
         assert top.startswith("┏"), triggered.stdout

@@ -25,12 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from miniflow import DAG, Bash, Pod
 from miniflow.admin import clear
 from miniflow.config import load_config
+from miniflow.errors import SerializedFormatError
 from miniflow.launchers.base import TaskSpec
 from miniflow.loader import import_dag_file
 from miniflow.scheduler.clock import ManualClock
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.dagcache import DagCache
 from miniflow.scheduler.parse_loop import DagParser
+from miniflow.serialized import FORMAT_VERSION
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
@@ -75,6 +77,26 @@ async def _current(engine: AsyncEngine, dag_id: str) -> dict[str, Any]:
 
 
 # --- the store -------------------------------------------------------------------------------
+
+
+async def test_a_version_in_a_newer_format_is_refused_naming_the_format(
+    engine: AsyncEngine,
+) -> None:
+    """A newer miniflow parsed the file into the shared database: this one refuses what
+    it cannot read, naming the format, instead of guessing what the fields mean."""
+    with DAG("future", start_date=START) as dag:
+        Bash("t", "echo hi")
+    newer = {**dag.serialize("future.py"), "format_version": FORMAT_VERSION + 1}
+    parsed = store_dags.ParsedFile("future.py", 1, 1, "0" * 64, [newer], None)  # type: ignore[list-item]
+    expected = f"serialized format {FORMAT_VERSION + 1}, newer than this miniflow reads"
+    async with Harness(engine) as h:
+        async with store_engine.transaction(h.sessions) as session:
+            await store_dags.apply_parse(session, [parsed], [], datetime.now(UTC))
+        with pytest.raises(SerializedFormatError, match=expected):
+            await h.trigger("future")
+        async with store_engine.transaction(h.sessions) as session:
+            with pytest.raises(SerializedFormatError, match=expected):
+                await store_dags.get_versions(session, [store_dags.dag_hash(newer)])  # type: ignore[arg-type]
 
 
 async def test_each_version_is_stored_once_and_runs_record_theirs(engine: AsyncEngine) -> None:

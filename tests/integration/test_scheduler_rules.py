@@ -289,13 +289,17 @@ async def test_parallelism_never_exceeded(engine: AsyncEngine) -> None:
 
 
 async def test_max_active_tasks_is_per_dag(engine: AsyncEngine) -> None:
+    # More of narrow's tasks wait (older run, same priority) than one claim's candidate
+    # window holds ((parallelism - active) * 2 + 16 = 32): free's tasks are not in the
+    # first window and must still get the slots narrow's limit leaves free.
+    parallelism = 8
     with DAG("narrow", start_date=START, max_active_tasks=2) as narrow:
-        for i in range(6):
+        for i in range(parallelism * 2 + 16 + 8):
             Bash(f"n{i}", "exit 0")
     with DAG("free", start_date=START) as free:
         for i in range(4):
             Bash(f"f{i}", "exit 0")
-    async with Harness(engine, hold=True, parallelism=32) as h:
+    async with Harness(engine, hold=True, parallelism=parallelism) as h:
         await h.register(narrow, free)
         runs = [("narrow", await h.trigger("narrow")), ("free", await h.trigger("free"))]
         per_dag: list[dict[str, int]] = []
@@ -306,7 +310,7 @@ async def test_max_active_tasks_is_per_dag(engine: AsyncEngine) -> None:
                 counts[key.dag_id] = counts.get(key.dag_id, 0) + 1
             per_dag.append(counts)
 
-        await _drain(h, runs, observe)
+        await _drain(h, runs, observe, release=2)
         for dag_id, run_id in runs:
             assert await h.run_state(dag_id, run_id) == "success"
     assert max(c.get("narrow", 0) for c in per_dag) == 2
@@ -467,6 +471,58 @@ async def test_trigger_conf_validation(engine: AsyncEngine, conf: str, message: 
             await h.trigger("greet", conf)
         assert message in str(info.value)
         assert await h.all_runs("greet") == []  # nothing created
+
+
+async def _test_run(h: Harness, dag_id: str, *, live_threshold: float = 30.0) -> bool:
+    async with store_engine.transaction(h.sessions) as session:
+        return await trigger_mod.trigger_test(
+            session,
+            dag_id,
+            conf_json=None,
+            now=h.scheduler.clock.now(),
+            logical_date=START,
+            live_threshold=live_threshold,
+        )
+
+
+async def test_a_test_run_replaces_the_earlier_one_of_its_date(engine: AsyncEngine) -> None:
+    with DAG("tested", start_date=START) as dag:
+        Bash("flaky", "exit 0", retries=2)
+    run_id = trigger_mod.dags_test_run_id(START)
+    async with Harness(engine) as h:
+        await h.register(dag)
+        assert await _test_run(h, "tested") is False
+        assert await h.scheduler.run_until_done("tested", run_id, timeout=30) == "success"
+        assert await _test_run(h, "tested") is True  # the same date again: no RunExists
+        (run,) = await h.all_runs("tested")
+        assert (run.run_id, run.run_type, run.state) == (run_id, "test", "queued")
+        assert await h.scheduler.run_until_done("tested", run_id, timeout=30) == "success"
+        ti = (await h.tis("tested", run_id))["flaky"]
+    # Its tries come after the replaced run's: try 1's key (log file, pod) is never reused,
+    # and the retries are all still there.
+    assert (ti.try_number, ti.max_tries) == (2, 3)
+    assert [s.key.try_number for s in h.launcher.launched] == [1, 2]
+
+
+async def test_a_test_run_a_live_scheduler_still_follows_is_not_replaced(
+    engine: AsyncEngine,
+) -> None:
+    with DAG("tested", start_date=START) as dag:
+        Bash("t", "exit 0")
+    run_id = trigger_mod.dags_test_run_id(START)
+    async with Harness(engine, hold=True) as h:  # the try stays open, owned by h.scheduler
+        await h.register(dag)
+        await _test_run(h, "tested")
+        for _ in range(4):
+            await h.scheduler.tick()
+        assert h.launcher.held
+        with pytest.raises(trigger_mod.BusyTestRun, match="is still running"):
+            await _test_run(h, "tested")
+        assert (await h.tis("tested", run_id))["t"].state == "running"  # untouched
+        # Once its scheduler is taken for dead (silent for longer than the threshold),
+        # the run it left is replaced.
+        assert await _test_run(h, "tested", live_threshold=-1) is True
+        assert (await h.tis("tested", run_id))["t"].try_number == 1
 
 
 # --- clear and re-run, template errors ------------------------------------------------------

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from miniflow import DAG, Bash, Pod, task
-from miniflow.errors import DagDefinitionError
+from miniflow.errors import DagDefinitionError, SerializedFormatError
 from miniflow.loader import import_dag_file
-from miniflow.serialized import FORMAT_VERSION, SerializedDag, SerializedTask
+from miniflow.serialized import FORMAT_VERSION, SerializedDag, SerializedTask, readable
 
 
 def load_source(tmp_path: Path, source: str, name: str = "dagfile.py") -> list[DAG]:
@@ -341,6 +341,20 @@ def test_chain_returns_right_hand_side() -> None:
         assert (a >> b >> c) is c
         c << Bash("z", "true")
     assert upstream(dag) == {"a": [], "b": ["a"], "c": ["b", "z"], "z": []}
+
+
+def test_readers_refuse_a_newer_serialized_format() -> None:
+    with DAG("d") as dag:
+        Bash("a", "true")
+    data = dag.serialize("d.py")
+    assert readable(data) == data
+    newer = {**data, "format_version": FORMAT_VERSION + 1}
+    with pytest.raises(
+        SerializedFormatError, match=f"'d' is stored in serialized format {FORMAT_VERSION + 1}"
+    ):
+        readable(newer)
+    with pytest.raises(SerializedFormatError, match="without a valid format_version"):
+        readable({k: v for k, v in data.items() if k != "format_version"})
 
 
 def test_get_task_unknown() -> None:

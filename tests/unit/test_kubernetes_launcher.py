@@ -169,7 +169,7 @@ async def test_success_costs_create_log_delete(
     base = dict(fake_kube.requests.counts())
     (result,) = await launcher.launch([sh(k, "echo hello; echo world")])
     name = pods.pod_name(k)
-    assert result.handle == name and result.error is None and not result.adopted
+    assert result.handle == name and result.error is None
 
     events = await events_until_exit(launcher, k)
     assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
@@ -451,9 +451,8 @@ async def test_relaunch_adopts_on_409_and_never_creates_twice(
     spec = sh(k, "sleep 0.5")
     (first,) = await launcher.launch([spec])
     (second,) = await launcher.launch([spec])
-    assert not first.adopted
-    assert second.adopted and second.handle == first.handle and second.error is None
-    assert len(fake_kube.state.pods()) == 1
+    assert second.handle == first.handle and second.error is None
+    assert len(fake_kube.state.pods()) == 1 and creates(fake_kube) == 2  # the second got 409
     events = await events_until_exit(launcher, k)
     assert [type(e) for e in events] == [AttemptStarted, AttemptExited]
 
@@ -575,14 +574,20 @@ async def test_unschedulable_is_killed_after_pending_timeout(
 async def test_short_pending_is_not_killed(
     make_launcher: MakeLauncher, fake_kube: FakeKube
 ) -> None:
-    launcher = await make_launcher(pending_timeout=2.0)
+    clock = [1000.0]  # the launcher's timers run on this clock, advanced by hand
+    launcher = await make_launcher(pending_timeout=2.0, clock=lambda: clock[0])
     fake_kube.faults.image_pull_backoff()
     k = key()
     await launcher.launch([sh(k, "true")])
-    await asyncio.sleep(0.5)
+    tracked = launcher._tracker.tracked[("default", pods.pod_name(k))]
+    await eventually(lambda: tracked.pending_since is not None)  # seen pending
+    clock[0] += 1.9
+    launcher._tracker.sweep_once()
+    assert not tracked.exited  # pending for less than the timeout: left alone
     fake_kube.faults.clear_pod_faults()
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited) and exited.exit_code == 0
+    assert exited.reason != "ImagePullBackOff"
 
 
 async def test_events_are_deduplicated(make_launcher: MakeLauncher, fake_kube: FakeKube) -> None:
@@ -595,10 +600,13 @@ async def test_events_are_deduplicated(make_launcher: MakeLauncher, fake_kube: F
         fake_kube.state.mutate(
             name, "default", lambda p, i=i: p["metadata"]["labels"].update({"n": str(i)})
         )
+    watch = launcher._watches["default"].watch
+    relists = watch.relists
     fake_kube.faults.expire_next_watch()
     fake_kube.faults.drop_watches()  # relist sees the same terminal pod again
-    await eventually(lambda: fake_kube.requests.counts("list") >= 3)
-    await asyncio.sleep(0.2)
+    # Two relists applied (after the drop, after the 410), and any exit they began read.
+    await eventually(lambda: watch.relists >= relists + 2)
+    await idle(launcher)
     assert drain(launcher) == []
 
 
@@ -950,8 +958,9 @@ async def test_a_pod_replaced_under_the_same_name_is_followed(
     await events_until_exit(launcher, k)
     fake_kube.faults.stall_watches()  # the old pod's deletion goes unseen
     fake_kube.state.remove(pods.pod_name(k), "default")
+    creates_before = creates(fake_kube)
     (again,) = await launcher.launch([sh(k, "echo second")])  # the same try, launched again
-    assert again.error is None and not again.adopted
+    assert again.error is None and creates(fake_kube) == creates_before + 1
     await launcher.alive()  # a fresh look; the watch resumes from it
     exited = (await events_until_exit(launcher, k))[-1]
     assert isinstance(exited, AttemptExited) and exited.exit_code == 0

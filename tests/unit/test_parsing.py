@@ -154,6 +154,23 @@ async def test_infinite_loop_times_out_and_process_group_is_killed(tmp_path: Pat
     assert not alive(sleeper_pid)
 
 
+async def test_a_slow_import_is_named_while_it_is_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = write(tmp_path, "slow.py", "import time, miniflow  # dag\ntime.sleep(300)\n")
+    good = write(tmp_path, "good.py", dag_file("good"))
+    with caplog.at_level("WARNING", logger=processor.__name__):
+        fine = await processor.parse_file(tmp_path, good, timeout=30, slow_after=5)
+        assert fine.error is None and not caplog.records  # quick: nothing said
+        result = await processor.parse_file(tmp_path, slow, timeout=1.5, slow_after=0.2)
+    assert result.error is not None and "timed out after 1.5s" in result.error
+    waiting, timed_out = (r.getMessage() for r in caplog.records)
+    assert waiting == (
+        f"still importing DAG file {slow} after 0.2s (it is given 1.5s before it is killed)"
+    )
+    assert "timed out" in timed_out
+
+
 async def test_cancellation_kills_the_child(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid.txt"
     text = (
