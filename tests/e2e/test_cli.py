@@ -737,6 +737,12 @@ async def test_scheduler_stops_at_once_and_leaves_its_task_running(
 
         go.touch()
         assert await until(run_state, 60, "the run to finish") == "success"
+
+        async def exit_recorded() -> bool:  # the worker records success before it exits
+            (attempt,) = await query(cli.db_url, store_attempts.for_run, "long", run_id)
+            return attempt.ended_at is not None
+
+        await until(exit_recorded, 30, "the adopted try's exit to be recorded")
         assert stop(second, signal.SIGTERM) == 0
     finally:
         for proc in (first, second):
