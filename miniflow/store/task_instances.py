@@ -95,6 +95,42 @@ async def states_for_runs(
     return out
 
 
+async def states_of(session: AsyncSession, keys: Sequence[tuple[str, str, str]]) -> list[TIState]:
+    """The states of task instances named by (dag_id, run_id, task_id), of running runs."""
+    out: list[TIState] = []
+    for chunk in chunked(sorted(set(keys))):
+        query = (
+            select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries)
+            .join(DagRun, DagRun.id == TI.run_pk)
+            .where(tuple_(TI.dag_id, TI.run_id, TI.task_id).in_(list(chunk)))
+            .where(DagRun.state == states.RUN_RUNNING)
+        )
+        out += [TIState(*row) for row in (await session.execute(query)).all()]
+    return out
+
+
+async def state_counts_of_running_runs(
+    session: AsyncSession, run_pks: Sequence[int] | None = None
+) -> dict[int, dict[str, int]]:
+    """{run pk: {state: task instances}} of every running run (of `run_pks` only, if given).
+
+    One grouped count: what the scheduler compares with what it believes, instead of
+    reading every row of every running run.
+    """
+    query = (
+        select(TI.run_pk, TI.state, func.count())
+        .join(DagRun, DagRun.id == TI.run_pk)
+        .where(DagRun.state == states.RUN_RUNNING)
+        .group_by(TI.run_pk, TI.state)
+    )
+    if run_pks is not None:
+        query = query.where(DagRun.id.in_(list(run_pks)))
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for pk, state, count in (await session.execute(query)).all():
+        out[pk][state] = count
+    return dict(out)
+
+
 async def set_states(
     session: AsyncSession, changes: Sequence[tuple[int, str, str]], now: datetime
 ) -> int:
