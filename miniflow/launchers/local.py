@@ -39,15 +39,16 @@ Design decisions (see BENCHMARKS.md: the floor is fork+exec, ~1 ms a task):
 - **Pod semantics.** When an attempt's main process exits, whatever it left in
   its process group is SIGKILLed (as when a pod's container ends). `close()`
   leaves running attempts alone; `shutdown_all()` kills them.
-- **The event loop never waits for the operating system.** Spawning, the
+- **Launch batches stay off the event loop.** Spawning, the
   forkserver's round trip, `/proc` and the marker files take milliseconds per
-  attempt (~0.8 s for 200): a batch is prepared in one worker thread, which
+  attempt (~0.8 s for 200): a batch (of more than `INLINE_LAUNCHES`: a thread hop
+  costs more than one or two launches) is prepared in one worker thread, which
   hands each attempt, blocked on its go pipe with its marker on disk, to the
   loop as soon as it is ready (`call_soon_threadsafe`, in launch order); the
   loop then watches it, lets it go and announces it, in that order, as before.
   Batches run one at a time (the forkserver's socket is one conversation).
-  Listing the live index, re-checking `/proc` for `alive` and retiring live
-  entries happen in a worker thread too.
+  Listing the live index, re-checking `/proc` for `alive` and retiring many live
+  entries at once happen in a worker thread too.
 
 `start()` checks the state dir (one `StateDirError` if it cannot be used). A
 launch that fails for a reason that will not heal (EACCES, EROFS, ENOENT...)
@@ -91,6 +92,13 @@ from miniflow.launchers.local_watch import Attempt, AttemptWatcher
 log = logging.getLogger("miniflow.launchers.local")
 
 NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the Pod task a command"
+
+
+INLINE_LAUNCHES = 2
+"""Batches up to this size are started on the loop (a few milliseconds each): a thread hop
+costs more than that on a busy machine, and a chain of tasks pays it on every link."""
+INLINE_UNLINKS = 64
+"""Live entries retired on the loop at once (tens of microseconds each); more go to a thread."""
 
 
 def _importable(module: str) -> bool:
@@ -215,7 +223,11 @@ class LocalLauncher:
 
             todo_specs = dict(todo)
             async with self._launching:
-                await asyncio.to_thread(self._prepare_batch, loop, todo, deliver)
+                if len(todo) <= INLINE_LAUNCHES:
+                    for i, spec in todo:
+                        deliver(i, self._prepare(spec))
+                else:
+                    await asyncio.to_thread(self._prepare_batch, loop, todo, deliver)
         # Every `deliver` was queued on the loop before the thread's own completion.
         return [
             r
@@ -245,8 +257,10 @@ class LocalLauncher:
         done = [key for key in keys if key not in self._attempts]  # else: not even reported
         for key in done:
             self._watcher.reported.discard(key)
-        if done:
+        if len(done) > INLINE_UNLINKS:
             await asyncio.to_thread(self._remove_live, done)
+        else:
+            self._remove_live(done)
 
     def _remove_live(self, keys: Sequence[AttemptKey]) -> None:
         for key in keys:
