@@ -97,13 +97,21 @@ async def states_for_runs(
 
 async def states_of(session: AsyncSession, keys: Sequence[tuple[str, str, str]]) -> list[TIState]:
     """The states of task instances named by (dag_id, run_id, task_id), of running runs."""
+    by_run: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for dag_id, run_id, task_id in sorted(set(keys)):
+        by_run[(dag_id, run_id)].append(task_id)
+    # One clause per run with a plain `task_id IN (...)`: the unique index answers it
+    # directly (a row-value IN list of triples was the round's slowest statement).
+    clauses = [
+        (TI.dag_id == dag_id) & (TI.run_id == run_id) & TI.task_id.in_(task_ids)
+        for (dag_id, run_id), task_ids in by_run.items()
+    ]
     out: list[TIState] = []
-    for chunk in chunked(sorted(set(keys))):
+    for chunk in chunked(clauses):
         query = (
             select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries)
             .join(DagRun, DagRun.id == TI.run_pk)
-            .where(tuple_(TI.dag_id, TI.run_id, TI.task_id).in_(list(chunk)))
-            .where(DagRun.state == states.RUN_RUNNING)
+            .where(or_(*chunk), DagRun.state == states.RUN_RUNNING)
         )
         out += [TIState(*row) for row in (await session.execute(query)).all()]
     return out
