@@ -92,7 +92,8 @@ class _Due:
     sanity: datetime | None = None
     instance: datetime | None = None
     dirty: set[int] = field(default_factory=set)  # runs to read in full
-    exited: set[tuple[str, str, str]] = field(default_factory=set)  # tasks whose try ended
+    exited: set[int] = field(default_factory=set)  # task instances whose try ended
+    exited_keys: set[tuple[str, str, str]] = field(default_factory=set)  # same, untracked
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -448,16 +449,15 @@ class Scheduler:
         if not batch:
             return
         stats.events = len(batch)
-        exits = {
-            (e.key.dag_id, e.key.run_id, e.key.task_id)
-            for e in batch
-            if isinstance(e, AttemptExited)
-        }
+        exits = [e.key for e in batch if isinstance(e, AttemptExited)]
+        known = {key: self.inflight[key] for key in exits if key in self.inflight}
         touched = await event_recorder.record(self, session, batch, self.clock.now())
-        # Readiness reads these tasks, not their whole runs. The recorder names runs
-        # only: if it touched more runs than the exits name, read those runs in full.
-        self._due.exited |= exits
-        if len(touched) > len({(dag_id, run_id) for dag_id, run_id, _ in exits}):
+        # Readiness reads these tasks (by id, or by key for tries this scheduler was not
+        # tracking), not their whole runs. The recorder names runs only: if it touched
+        # more runs than the exits name, read those runs in full.
+        self._due.exited |= {f.ti_id for f in known.values()}
+        self._due.exited_keys |= {(k.dag_id, k.run_id, k.task_id) for k in exits if k not in known}
+        if len(touched) > len({(k.dag_id, k.run_id) for k in exits}):
             self._due.dirty.update(touched)
 
     async def _create_and_start_runs(
@@ -485,6 +485,7 @@ class Scheduler:
             self._due.sweep = now + timedelta(seconds=self.settings.full_sweep_interval)
         whole, self._due.dirty = self._due.dirty, set()
         exited, self._due.exited = self._due.exited, set()
+        exited_keys, self._due.exited_keys = self._due.exited_keys, set()
         # up_for_retry → scheduled changes no decision: only runs without a view need a look.
         whole.update(
             pk
@@ -492,7 +493,10 @@ class Scheduler:
             if self.run_views.get(pk) is None
         )
         changed: dict[int, list[str]] = {}
-        for row in await store_tis.states_of(session, sorted(exited)) if exited else []:
+        rows = (
+            await store_tis.states_of(session, exited, exited_keys) if exited or exited_keys else []
+        )
+        for row in rows:
             view = self.run_views.get(row.run_pk)
             if view is None:
                 whole.add(row.run_pk)

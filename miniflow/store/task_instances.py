@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import states, transitions
@@ -95,26 +95,29 @@ async def states_for_runs(
     return out
 
 
-async def states_of(session: AsyncSession, keys: Sequence[tuple[str, str, str]]) -> list[TIState]:
-    """The states of task instances named by (dag_id, run_id, task_id), of running runs."""
+async def states_of(
+    session: AsyncSession, ids: Iterable[int], keys: Iterable[tuple[str, str, str]] = ()
+) -> list[TIState]:
+    """The states of task instances named by id or by (dag_id, run_id, task_id), of
+    running runs."""
     by_run: dict[tuple[str, str], list[str]] = defaultdict(list)
     for dag_id, run_id, task_id in sorted(set(keys)):
         by_run[(dag_id, run_id)].append(task_id)
-    # One clause per run with a plain `task_id IN (...)`: the unique index answers it
-    # directly (a row-value IN list of triples was the round's slowest statement).
-    clauses = [
+    clauses: list[ColumnElement[bool]] = [
+        TI.id.in_(list(chunk)) for chunk in chunked(sorted(set(ids)))
+    ]
+    clauses += [
         (TI.dag_id == dag_id) & (TI.run_id == run_id) & TI.task_id.in_(task_ids)
         for (dag_id, run_id), task_ids in by_run.items()
     ]
-    out: list[TIState] = []
-    for chunk in chunked(clauses):
-        query = (
-            select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries)
-            .join(DagRun, DagRun.id == TI.run_pk)
-            .where(or_(*chunk), DagRun.state == states.RUN_RUNNING)
-        )
-        out += [TIState(*row) for row in (await session.execute(query)).all()]
-    return out
+    if not clauses:
+        return []
+    query = (
+        select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries)
+        .join(DagRun, DagRun.id == TI.run_pk)
+        .where(or_(*clauses), DagRun.state == states.RUN_RUNNING)
+    )
+    return [TIState(*row) for row in (await session.execute(query)).all()]
 
 
 async def state_counts_of_running_runs(
