@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import statistics
 import sys
@@ -109,6 +110,7 @@ async def measure(backend: str, shape: str) -> tuple[float, float, int, float, f
                 parse_timeout=config.parse_timeout,
             )
             await scheduler.start()
+            gc.freeze()  # as the daemon does after start (miniflow/daemon.py)
             try:
                 await scheduler.tick()  # parses the folder
                 probe = Probe()

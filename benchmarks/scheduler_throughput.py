@@ -181,6 +181,7 @@ async def measure(
         stats.sort_stats("cumulative").print_stats(45)
         stats.sort_stats("tottime").print_stats(25)
         stats.print_callers("raw_decode|_do_post_synchronize_evaluate|states_for_runs")
+        stats.print_callees("_advance_runs")
         print(out.getvalue())
     return Sample(backend, tasks, parallelism, wall, cpu, ticks, first_launch[0], counter, state)
 
