@@ -5,7 +5,9 @@ The real `Scheduler` in-process with the in-process `InstantLauncher`
 runs), so what is measured is the scheduler's own work through every state
 transition (none → scheduled → queued → running → success) and the database.
 
-DAG: a fan-out of N tasks (`start`, N-2 parallel, `join`), no schedule.
+DAG (`--shape`): `fanout`, N tasks (`start`, N-2 parallel, `join`), or `wide`, N tasks
+(`start` and N-1 parallel tasks, no join: the run ends when the last of them does); no
+schedule.
 For each backend (Postgres, SQLite), size (200, 2000) and parallelism (2000,
 so the limit is not the bottleneck, and 32), `--repeat` samples, each on a
 fresh database (Postgres: CREATE DATABASE bench_tp_..., dropped at the end;
@@ -25,7 +27,8 @@ for the largest case.
 top functions.
 
 Run: .venv/bin/python benchmarks/scheduler_throughput.py [--backend postgres|sqlite|both]
-        [--sizes 200,2000] [--parallelism 2000,32] [--repeat 3] [--profile]
+        [--sizes 200,2000] [--parallelism 2000,32] [--shape fanout|wide] [--repeat 3]
+        [--profile] [--statements]
 """
 
 from __future__ import annotations
@@ -91,7 +94,9 @@ class Sample:
     state: str
 
 
-async def measure(backend: str, tasks: int, parallelism: int, *, profile: bool = False) -> Sample:
+async def measure(
+    backend: str, tasks: int, parallelism: int, *, shape: str = "fanout", profile: bool = False
+) -> Sample:
     from sqlalchemy import event
 
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -101,13 +106,18 @@ async def measure(backend: str, tasks: int, parallelism: int, *, profile: bool =
     from tests.instant_launcher import InstantLauncher
 
     db_name = f"bench_tp_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    dag_id = f"fan_{tasks}"
+    dag_id = f"{shape}_{tasks}"
     with tempfile.TemporaryDirectory(prefix="mf-tp-") as tmp_name:
         tmp = Path(tmp_name)
         dags = tmp / "dags"
         dags.mkdir()
         (dags / f"{dag_id}.py").write_text(
-            shapes.fanout(dag_id, tasks - 2, max_active_tasks=parallelism)
+            shapes.fanout(
+                dag_id,
+                tasks - 2 if shape == "fanout" else tasks - 1,
+                max_active_tasks=parallelism,
+                join=shape == "fanout",
+            )
         )
         if backend == "postgres":
             await pg_admin(f'CREATE DATABASE "{db_name}"')
@@ -171,6 +181,7 @@ async def measure(backend: str, tasks: int, parallelism: int, *, profile: bool =
         stats.sort_stats("cumulative").print_stats(45)
         stats.sort_stats("tottime").print_stats(25)
         stats.print_callers("raw_decode|_do_post_synchronize_evaluate|states_for_runs")
+        stats.print_callees("_advance_runs")
         print(out.getvalue())
     return Sample(backend, tasks, parallelism, wall, cpu, ticks, first_launch[0], counter, state)
 
@@ -205,13 +216,13 @@ async def run(args: argparse.Namespace) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     pars = [int(p) for p in args.parallelism.split(",")]
     if args.profile:
-        await measure(backends[0], max(sizes), max(pars), profile=True)
+        await measure(backends[0], max(sizes), max(pars), shape=args.shape, profile=True)
         return
     cases = [(b, n, p) for b in backends for p in pars for n in sizes]
     samples: dict[tuple[str, int, int], list[Sample]] = defaultdict(list)
     for round_no in range(args.repeat):  # interleaved rounds
         for case in cases:
-            s = await measure(*case)
+            s = await measure(*case, shape=args.shape)
             samples[case].append(s)
             print(
                 f"  round {round_no + 1} {case[0]:8s} tasks={case[1]:5d} parallelism={case[2]:5d}"
@@ -220,7 +231,10 @@ async def run(args: argparse.Namespace) -> None:
                 flush=True,
             )
 
-    print(f"\nmedian of {args.repeat} (min-max); TI/s = tasks / (trigger → run success)")
+    print(
+        f"\nshape {args.shape}, median of {args.repeat} (min-max); "
+        "TI/s = tasks / (trigger → run success)"
+    )
     print(
         f"{'backend':8s} {'tasks':>5s} {'par':>5s}  {'TI/s':18s} {'wall s':20s} "
         f"{'1st launch s':12s} {'TI/s after':10s} {'CPU ms/TI':9s} {'ticks':>5s} "
@@ -261,6 +275,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="200,2000")
     parser.add_argument("--parallelism", default="2000,32")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shape", choices=["fanout", "wide"], default="fanout")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--statements", action="store_true", help="list the statements by count")
     asyncio.run(run(parser.parse_args()))

@@ -227,7 +227,7 @@ async def parse_file(
     started = time.monotonic()
     fileloc = child.fileloc_of(dags_folder, path)
     try:
-        fp = fingerprint(path)
+        fp = await asyncio.to_thread(fingerprint, path)  # reads and hashes: off the loop
     except OSError as exc:
         return FileResult(fileloc, 0, 0, "", [], f"cannot read DAG file: {exc}", 0.0)
     result = await _run_child(dags_folder, path, timeout, slow_after)

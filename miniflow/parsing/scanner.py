@@ -100,13 +100,16 @@ class DagFolderScanner:
             self._refused.pop(fileloc, None)
             self._release(fileloc, keep=set())
 
-        batch = {
-            loc
-            for loc, path in by_loc.items()
-            if force is True
-            or (not isinstance(force, bool) and loc in force)
-            or self._needs_parse(loc, path, now)
-        }
+        # Stats, and hashes of files whose mtime moved: off the loop as well.
+        batch = await asyncio.to_thread(
+            lambda: {
+                loc
+                for loc, path in by_loc.items()
+                if force is True
+                or (not isinstance(force, bool) and loc in force)
+                or self._needs_parse(loc, path, now)
+            }
+        )
         results: dict[str, FileResult] = {}
         # Releasing a dag_id (its file removed, or no longer defining it) lets
         # a file that was refused it load it: parse that file again, same scan.

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,8 +33,9 @@ from miniflow.scheduler import claims, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
-from miniflow.scheduler.dagcache import DagCache
+from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
+from miniflow.scheduler.run_views import RunView, RunViews
 from miniflow.scheduler.sanity import Findings, SanityLoop, SanitySettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
@@ -96,7 +98,9 @@ class _Due:
     sweep: datetime | None = None
     sanity: datetime | None = None
     instance: datetime | None = None
-    dirty: set[int] = field(default_factory=set)
+    dirty: set[int] = field(default_factory=set)  # runs to read in full
+    exited: set[int] = field(default_factory=set)  # task instances whose try ended
+    exited_keys: set[tuple[str, str, str]] = field(default_factory=set)  # same, untracked
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -142,6 +146,7 @@ class Scheduler:
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
         self._taken_over: set[str] = set()
         """Dead instances whose leftover pods this one took over (once each)."""
+        self.run_views = RunViews()
         self.inflight: dict[AttemptKey, InFlight] = {}
         self._pending: list[LauncherEvent] = []
         self._due = _Due()
@@ -477,6 +482,7 @@ class Scheduler:
                 await self._advance_runs(session, now, stats)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
+            self.run_views.clear()  # what they learnt this round is not in the database
             raise
         # Committed: only now may the launcher drop the evidence of these exits (not of
         # tries a peer adopted: that evidence is the new owner's).
@@ -518,9 +524,20 @@ class Scheduler:
         if not batch:
             return
         stats.events = len(batch)
+        exits = [e.key for e in batch if isinstance(e, AttemptExited)]
+        known = {key: self.inflight[key] for key in exits if key in self.inflight}
         recorded = await event_recorder.record(self, session, batch, self.clock.now())
         self._foreign = recorded.foreign
-        self._due.dirty.update(recorded.touched)
+        touched = recorded.touched
+        exits = [k for k in exits if k not in recorded.foreign]  # a peer's now: not ours
+        known = {k: f for k, f in known.items() if k not in recorded.foreign}
+        # Readiness reads these tasks (by id, or by key for tries this scheduler was not
+        # tracking), not their whole runs. The recorder names runs only: if it touched
+        # more runs than the exits name, read those runs in full.
+        self._due.exited |= {f.ti_id for f in known.values()}
+        self._due.exited_keys |= {(k.dag_id, k.run_id, k.task_id) for k in exits if k not in known}
+        if len(touched) > len({(k.dag_id, k.run_id) for k in exits}):
+            self._due.dirty.update(touched)
 
     async def _create_and_start_runs(
         self, session: AsyncSession, now: datetime, stats: TickStats
@@ -535,41 +552,78 @@ class Scheduler:
         self._due.dirty.update(started)
 
     async def _advance_runs(self, session: AsyncSession, now: datetime, stats: TickStats) -> None:
-        """Readiness for changed runs (all running runs on a sweep), then due retries."""
+        """Readiness downstream of the tasks that changed (whole runs where only the run
+        is known to have changed, or the sweep finds a view out of date), then due retries.
+
+        See `run_views`: a round reads the rows of the tasks whose tries ended, not every
+        row of their runs; a run is read in full when it starts, when it may be over, and
+        when the sweep's per-state counts disagree with what this scheduler believes.
+        """
         sweep = self._due.sweep is None or now >= self._due.sweep
         if sweep:
             self._due.sweep = now + timedelta(seconds=self.settings.full_sweep_interval)
-        dirty, self._due.dirty = self._due.dirty, set()
-        dirty.update(await store_tis.promote_due_retries(session, now))
-        if not sweep and not dirty:
-            return
-        runs = await store_runs.running_runs(session, None if sweep else sorted(dirty))
+        whole, self._due.dirty = self._due.dirty, set()
+        exited, self._due.exited = self._due.exited, set()
+        exited_keys, self._due.exited_keys = self._due.exited_keys, set()
+        # up_for_retry → scheduled changes no decision: only runs without a view need a look.
+        whole.update(
+            pk
+            for pk in await store_tis.promote_due_retries(session, now)
+            if self.run_views.get(pk) is None
+        )
+        changed: dict[int, list[str]] = {}
+        rows = (
+            await store_tis.states_of(session, exited, exited_keys) if exited or exited_keys else []
+        )
+        for row in rows:
+            view = self.run_views.get(row.run_pk)
+            if view is None:
+                whole.add(row.run_pk)
+            elif view.set(row.task_id, row.state):
+                changed.setdefault(row.run_pk, []).append(row.task_id)
+        if sweep:  # after this round's exits are in the views, so that they compare equal
+            whole |= await self._stale_views(session, now)
         if self._only_run_pk is not None:
-            runs = [r for r in runs if r.pk == self._only_run_pk]
-        if not runs:
-            return
-        cached = await self.dags.for_runs(session, runs)  # each run's own DAG version
-        tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
+            whole &= {self._only_run_pk}
+            changed = {pk: t for pk, t in changed.items() if pk == self._only_run_pk}
         changes: list[tuple[int, str, str]] = []
-        finals: list[tuple[RunInfo, str, list[int]]] = []
-        for run in runs:
-            entry = cached.get(run.pk)
-            if entry is None:
+        decided: dict[int, tuple[Counter[str], dict[str, str]]] = {}
+        for pk, task_ids in changed.items():
+            view = self.run_views.get(pk)
+            if view is None or pk in whole:
                 continue
-            rows = tis.get(run.pk, [])
-            by_task = {ti.task_id: ti for ti in rows}
-            new, final = readiness.evaluate_run(
-                entry.dag, entry.dag_hash, {ti.task_id: ti.state for ti in rows}
-            )
-            changes += [(by_task[t].id, states.NONE, s) for t, s in new.items()]
-            if final is not None:
-                seen = {t.task_id: new.get(t.task_id, t.state) for t in rows}
-                unfinished = [by_task[t].id for t, s in seen.items() if s not in states.FINISHED]
-                finals.append((run, final, unfinished))
+            seen = view.counts()
+            new = view.advance(task_ids)
+            if view.needs_full_look():
+                whole.add(pk)  # may be over: decided below on all its rows
+            elif new:
+                decided[pk] = (seen, new)
+        if decided:
+            # Trust a view's decisions only if the run's per-state counts are what the view
+            # held when it decided: a change it did not see (a `tasks clear`...) shows.
+            found = await store_tis.state_counts_of_running_runs(session, sorted(decided))
+            for pk, (seen, new) in decided.items():
+                view = self.run_views.get(pk)
+                if view is not None and view.agrees(found.get(pk, {}), seen):
+                    changes += [(view.ids[t], states.NONE, s) for t, s in new.items()]
+                else:
+                    whole.add(pk)
+        full: list[RunInfo] = []
+        cached: dict[int, CachedDag] = {}
+        if whole:
+            full = await store_runs.running_runs(session, sorted(whole))
+            cached = await self.dags.for_runs(session, full)  # each run's own DAG version
+            full = [run for run in full if run.pk in cached]
+        finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
         stats.changed = await store_tis.set_states(session, changes, now)
+        if stats.changed != len(changes):
+            # The database disagreed with a view (a row was not `none` any more): read
+            # these runs in full next round rather than trust the views.
+            self._due.dirty |= set(decided) | {run.pk for run in full}
         # After the task changes, and only if the run's tasks are still as seen: a clear
         # that committed meanwhile keeps the run going (its task is scheduled next round).
         for run, final, unfinished in finals:
+            self.run_views.drop(run.pk)
             if await store_runs.set_state(
                 session,
                 run.pk,
@@ -579,6 +633,56 @@ class Scheduler:
                 seen_unfinished=unfinished,
             ):
                 log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+            else:
+                self._due.dirty.add(run.pk)
+
+    async def _evaluate_whole_runs(
+        self,
+        session: AsyncSession,
+        runs: list[RunInfo],
+        cached: dict[int, CachedDag],
+        now: datetime,
+        changes: list[tuple[int, str, str]],
+    ) -> list[tuple[RunInfo, str, list[int]]]:
+        """Decide `runs` on all their rows (`readiness.evaluate_run`) and rebuild their
+        views; adds to `changes`, returns (run, final state, unfinished ids seen) of the
+        runs that are over."""
+        if not runs:
+            return []
+        tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
+        finals: list[tuple[RunInfo, str, list[int]]] = []
+        for run in runs:
+            entry = cached[run.pk]
+            rows = tis.get(run.pk, [])
+            by_task = {ti.task_id: ti for ti in rows}
+            new, final = readiness.evaluate_run(
+                entry.dag, entry.dag_hash, {ti.task_id: ti.state for ti in rows}
+            )
+            changes += [(by_task[t].id, states.NONE, s) for t, s in new.items()]
+            seen = {t.task_id: new.get(t.task_id, t.state) for t in rows}
+            if final is not None:
+                unfinished = [by_task[t].id for t, s in seen.items() if s not in states.FINISHED]
+                finals.append((run, final, unfinished))
+            else:
+                self.run_views.put(
+                    run.pk,
+                    RunView(
+                        readiness.graph(entry.dag, entry.dag_hash),
+                        entry.dag_hash,
+                        {t.task_id: t.id for t in rows},
+                        seen,
+                        now,
+                    ),
+                )
+        return finals
+
+    async def _stale_views(self, session: AsyncSession, now: datetime) -> set[int]:
+        """The sweep: running runs whose view is missing, old, or disagrees with the
+        database's per-state counts (one grouped count, not every row)."""
+        only = None if self._only_run_pk is None else [self._only_run_pk]
+        found = await store_tis.state_counts_of_running_runs(session, only)
+        self.run_views.keep_only(found)
+        return self.run_views.stale(found, now)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
         await claims.claim_and_launch(self, now, stats)

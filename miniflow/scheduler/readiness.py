@@ -5,12 +5,20 @@ scheduler only feeds it rows. A decision is one of: wait (None), run
 (`scheduled`), `skipped` or `upstream_failed` (both finished, and they
 propagate downstream in the same pass because tasks are visited in
 topological order).
+
+`evaluate_run` decides a whole run from all its states; `Graph` and
+`can_decide` let the scheduler decide only downstream of what changed (see
+`scheduler.run_views`): a waiting task's decision can change only when one of
+its upstream tasks finishes, and then only if that state alone decides it
+(`can_decide`) or if it was the last unfinished upstream.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 from miniflow.serialized import SerializedDag
@@ -87,6 +95,57 @@ def topology(dag: SerializedDag, dag_hash: str) -> tuple[tuple[str, ...], frozen
     """(tasks in topological order, leaf tasks), cached per DAG version."""
     edges = tuple((tid, tuple(t["upstream"])) for tid, t in dag["tasks"].items())
     return _topology(f"{dag['dag_id']}:{dag_hash}", edges)
+
+
+def can_decide(rule: str, upstream_state: str) -> bool:
+    """True if one upstream in this state decides a waiting task while others still run.
+
+    Every rule that decides before all upstream tasks are done does so because one of
+    them is in some state (a failure for `all_success`, a success for `one_success`...),
+    so a task needs a look only when such a state appears or its last upstream finishes.
+    """
+    return decide(rule, [upstream_state, states.RUNNING]) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """One DAG version's edges, indexed both ways, and its topological order."""
+
+    order: Mapping[str, int]  # task_id → position in a topological order
+    upstream: Mapping[str, tuple[str, ...]]
+    downstream: Mapping[str, tuple[str, ...]]
+    rules: Mapping[str, str]
+    leaves: frozenset[str]
+
+
+_GRAPHS: OrderedDict[tuple[str, str], Graph] = OrderedDict()
+MAX_GRAPHS = 256
+
+
+def graph(dag: SerializedDag, dag_hash: str) -> Graph:
+    """The version's `Graph`, cached by (dag_id, content hash): a version never changes."""
+    key = (dag["dag_id"], dag_hash)
+    found = _GRAPHS.get(key)
+    if found is not None:
+        _GRAPHS.move_to_end(key)
+        return found
+    order, leaves = topology(dag, dag_hash)
+    tasks = dag["tasks"]
+    downstream: dict[str, list[str]] = {}
+    for task_id, task in tasks.items():
+        for up in task["upstream"]:
+            downstream.setdefault(up, []).append(task_id)
+    built = Graph(
+        order={task_id: i for i, task_id in enumerate(order)},
+        upstream={task_id: tuple(task["upstream"]) for task_id, task in tasks.items()},
+        downstream={task_id: tuple(down) for task_id, down in downstream.items()},
+        rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
+        leaves=leaves,
+    )
+    _GRAPHS[key] = built
+    while len(_GRAPHS) > MAX_GRAPHS:
+        _GRAPHS.popitem(last=False)
+    return built
 
 
 def evaluate_run(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import states, transitions
@@ -93,6 +93,53 @@ async def states_for_runs(
     for row in (await session.execute(query)).all():
         out[row.run_pk].append(TIState(*row))
     return out
+
+
+async def states_of(
+    session: AsyncSession, ids: Iterable[int], keys: Iterable[tuple[str, str, str]] = ()
+) -> list[TIState]:
+    """The states of task instances named by id or by (dag_id, run_id, task_id), of
+    running runs."""
+    by_run: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for dag_id, run_id, task_id in sorted(set(keys)):
+        by_run[(dag_id, run_id)].append(task_id)
+    clauses: list[ColumnElement[bool]] = [
+        TI.id.in_(list(chunk)) for chunk in chunked(sorted(set(ids)))
+    ]
+    clauses += [
+        (TI.dag_id == dag_id) & (TI.run_id == run_id) & TI.task_id.in_(task_ids)
+        for (dag_id, run_id), task_ids in by_run.items()
+    ]
+    if not clauses:
+        return []
+    query = (
+        select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries)
+        .join(DagRun, DagRun.id == TI.run_pk)
+        .where(or_(*clauses), DagRun.state == states.RUN_RUNNING)
+    )
+    return [TIState(*row) for row in (await session.execute(query)).all()]
+
+
+async def state_counts_of_running_runs(
+    session: AsyncSession, run_pks: Sequence[int] | None = None
+) -> dict[int, dict[str, int]]:
+    """{run pk: {state: task instances}} of every running run (of `run_pks` only, if given).
+
+    One grouped count: what the scheduler compares with what it believes, instead of
+    reading every row of every running run.
+    """
+    query = (
+        select(TI.run_pk, TI.state, func.count())
+        .join(DagRun, DagRun.id == TI.run_pk)
+        .where(DagRun.state == states.RUN_RUNNING)
+        .group_by(TI.run_pk, TI.state)
+    )
+    if run_pks is not None:
+        query = query.where(DagRun.id.in_(list(run_pks)))
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for pk, state, count in (await session.execute(query)).all():
+        out[pk][state] = count
+    return dict(out)
 
 
 async def set_states(

@@ -655,3 +655,40 @@ def test_safe_component() -> None:
     assert local_procs.safe_component("../x") == "%2E.%2Fx"
     assert local_procs.safe_component("a b") == "a%20b"
     assert local_procs.safe_component("") == "%00"
+
+
+# --- launching off the event loop -------------------------------------------------------------
+
+
+async def test_launch_leaves_the_event_loop_free_and_keeps_the_order(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing each marker waits until the event loop has run a callback: if launch work
+    ran on the loop itself, the callback could not run and the launch would fail. The
+    attempts still start in the order given, each with its marker written first."""
+    import threading
+
+    launcher = await make_launcher()
+    loop = asyncio.get_running_loop()
+    markers_seen: list[str] = []
+    write_marker = local_procs.write_marker
+
+    def write_marker_once_the_loop_ran(path: Path, marker: local_procs.Marker, **kw: Any) -> None:
+        loop_ran = threading.Event()
+        loop.call_soon_threadsafe(loop_ran.set)
+        assert loop_ran.wait(WAIT), "the event loop was blocked while launching"
+        markers_seen.append(marker.task_id)
+        write_marker(path, marker, **kw)
+
+    monkeypatch.setattr(local_procs, "write_marker", write_marker_once_the_loop_ran)
+    specs = [bash("true", task=f"t{i}") for i in range(5)]
+    results = await asyncio.wait_for(launcher.launch(specs), WAIT * 2)
+    assert [r.key for r in results] == [s.key for s in specs]
+    assert all(r.handle and not r.error for r in results), results
+    assert markers_seen == [f"t{i}" for i in range(5)]
+    started = []
+    while len(started) < 5:
+        event = await next_event(launcher)
+        if isinstance(event, AttemptStarted):
+            started.append(event.key.task_id)
+    assert started == [f"t{i}" for i in range(5)]

@@ -1,0 +1,185 @@
+"""What the scheduler knows of each running run's task states, to decide readiness incrementally.
+
+Reading every task instance of a run each round costs O(run size) per round,
+O(n²) over a run whose tasks finish a few per round (a 10,000-task fan-out at
+parallelism 32 read ~3 million rows). A `RunView` keeps the run's states in
+memory, built once from all its rows; afterwards a round reads only the rows of
+the tasks whose tries ended (the launcher's exit events name them) and looks at
+their downstream tasks only (`RunView.advance`, see `readiness.can_decide`).
+
+What a view must never do is decide from a guess:
+
+- A run ends only by a decision on all its rows, read in the same transaction as
+  the final update (`needs_full_look`: when the view holds no task that is
+  scheduled, in flight or waiting for a retry, the scheduler reads the whole run
+  and decides with `readiness.evaluate_run`, as before), and that update is still
+  guarded by the unfinished tasks it saw (`store.runs.set_state`).
+- A view's decisions are applied only if the run's per-state counts, read in the
+  same transaction, are the view's (`agrees`): a change the view did not see (a
+  `tasks clear` from the CLI, the sanity loop, another scheduler, a worker that
+  recorded its result before its exit arrived) shows there, and the run is then
+  read and decided in full, as before.
+- Every decision is a conditional update (`none` → ...): if the database
+  disagrees (fewer rows changed than decided), the runs are read in full next round.
+- The periodic sweep compares every running run's counts with its view (one
+  grouped count) and rebuilds views that differ or are older than
+  `MAX_VIEW_AGE`, so an unseen change cannot hold a run up for longer than that.
+
+This module never touches the database: the scheduler feeds it rows.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+
+from miniflow.scheduler import readiness
+from miniflow.store import states
+
+MAX_VIEW_AGE = timedelta(seconds=30)
+"""A view older than this is rebuilt from all its rows by the next sweep, whatever its
+counts say (two unseen changes could cancel out in the counts)."""
+
+_DONE = states.FINISHED
+
+
+class RunView:
+    """One run's task states as last read or decided, with per-task counters."""
+
+    def __init__(
+        self,
+        graph: readiness.Graph,
+        dag_hash: str,
+        ids: Mapping[str, int],
+        current: Mapping[str, str],
+        built_at: datetime,
+    ) -> None:
+        self.graph = graph
+        self.dag_hash = dag_hash
+        self.built_at = built_at
+        self.ids = dict(ids)  # task_id → task instance id
+        self.states = dict(current)
+        # Upstream tasks (that the run has rows for) not finished yet, per task.
+        self.remaining = dict.fromkeys(self.states, 0)
+        for task_id, state in self.states.items():
+            if state not in _DONE:
+                for down in graph.downstream.get(task_id, ()):
+                    if down in self.remaining:
+                        self.remaining[down] += 1
+        self._counts = Counter(bucket(s) for s in self.states.values())
+
+    def counts(self) -> Counter[str]:
+        """Tasks per state, every unfinished state but `none` counted as "open" (the view
+        does not follow scheduled → queued → running); a copy."""
+        return +self._counts
+
+    def needs_full_look(self) -> bool:
+        """Nothing scheduled, in flight or retrying: the run may be over (or stuck), which
+        only a decision on all its rows may say."""
+        return self._counts["open"] == 0
+
+    def agrees(self, found: Mapping[str, int], counts: Counter[str] | None = None) -> bool:
+        """True if the database's per-state counts (`found`) are the view's (`counts`: as
+        the view was at some point, by default now)."""
+        theirs: Counter[str] = Counter()
+        for state, n in found.items():
+            theirs[bucket(state)] += n
+        return +theirs == (+self._counts if counts is None else +counts)
+
+    def set(self, task_id: str, state: str) -> bool:
+        """Record a task's state (read or decided); True if it changed."""
+        old = self.states.get(task_id)
+        if old is None or old == state:
+            return False
+        self.states[task_id] = state
+        self._counts[bucket(old)] -= 1
+        self._counts[bucket(state)] += 1
+        step = (old in _DONE) - (state in _DONE)  # +1: one more unfinished upstream
+        if step:
+            for down in self.graph.downstream.get(task_id, ()):
+                if down in self.remaining:
+                    self.remaining[down] += step
+        return True
+
+    def advance(self, changed: Iterable[str]) -> dict[str, str]:
+        """Decide the waiting tasks downstream of `changed`; returns the decisions, already
+        recorded in the view. Finished decisions (skipped, upstream_failed) propagate
+        further down in the same pass, in topological order, as `evaluate_run` does."""
+        graph = self.graph
+        queue: list[tuple[int, str]] = []
+        queued: set[str] = set()
+
+        def consider(task_id: str, upstream_state: str) -> None:
+            for down in graph.downstream.get(task_id, ()):
+                if down in queued or self.states.get(down) != states.NONE:
+                    continue
+                if self.remaining.get(down) == 0 or readiness.can_decide(
+                    graph.rules[down], upstream_state
+                ):
+                    queued.add(down)
+                    heapq.heappush(queue, (graph.order[down], down))
+
+        for task_id in changed:
+            state = self.states.get(task_id)
+            if state in _DONE:
+                consider(task_id, state)
+        decisions: dict[str, str] = {}
+        while queue:
+            _, task_id = heapq.heappop(queue)
+            queued.discard(task_id)
+            if self.states.get(task_id) != states.NONE:
+                continue
+            upstream = [self.states[u] for u in graph.upstream[task_id] if u in self.states]
+            decision = readiness.decide(graph.rules[task_id], upstream)
+            if decision is None:
+                continue
+            decisions[task_id] = decision
+            self.set(task_id, decision)
+            if decision in _DONE:
+                consider(task_id, decision)
+        return decisions
+
+
+def bucket(state: str) -> str:
+    """The state as views count it: "open" for scheduled, queued, running, up_for_retry."""
+    return state if state == states.NONE or state in _DONE else "open"
+
+
+class RunViews:
+    """The views of the running runs this scheduler looks after, by run pk."""
+
+    def __init__(self) -> None:
+        self._views: dict[int, RunView] = {}
+
+    def get(self, run_pk: int) -> RunView | None:
+        return self._views.get(run_pk)
+
+    def put(self, run_pk: int, view: RunView) -> None:
+        self._views[run_pk] = view
+
+    def drop(self, run_pk: int) -> None:
+        self._views.pop(run_pk, None)
+
+    def clear(self) -> None:
+        self._views.clear()
+
+    def keep_only(self, run_pks: Iterable[int]) -> None:
+        """Forget the views of runs no longer running."""
+        keep = set(run_pks)
+        for pk in [pk for pk in self._views if pk not in keep]:
+            del self._views[pk]
+
+    def stale(self, counts: Mapping[int, Mapping[str, int]], now: datetime) -> set[int]:
+        """Runs (among `counts`: per-state counts read from the database) whose view is
+        missing, differs from the database, or is older than `MAX_VIEW_AGE`."""
+        out = set()
+        for pk, found in counts.items():
+            view = self._views.get(pk)
+            if view is None or now - view.built_at > MAX_VIEW_AGE or not view.agrees(found):
+                out.add(pk)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._views)

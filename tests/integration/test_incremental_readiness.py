@@ -1,0 +1,142 @@
+"""Readiness downstream of what changed: nothing missed, nothing decided on stale states, and
+a round's cost does not grow with the run (statements and full reads of the run)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from miniflow import DAG, Bash
+from miniflow.scheduler.clock import ManualClock
+from miniflow.store import engine as store_engine
+from miniflow.store import task_instances as store_tis
+from tests.integration.test_scheduler_rules import Harness
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _diamond(dag_id: str) -> DAG:
+    with DAG(dag_id, start_date=START) as dag:
+        [Bash("a", "true"), Bash("b", "true")] >> Bash("c", "true") >> Bash("d", "true")
+    return dag
+
+
+def _launched(h: Harness) -> list[str]:
+    return [s.key.task_id for s in h.launcher.launched]
+
+
+async def test_a_task_whose_upstreams_finish_in_different_rounds_runs(
+    engine: AsyncEngine,
+) -> None:
+    # The clock never moves: after the first round no sweep looks at the whole run, so only
+    # the decision downstream of b's exit can start c.
+    clock = ManualClock(datetime.now(UTC))
+    async with Harness(engine, hold=True, clock=clock) as h:
+        await h.register(_diamond("stagger"))
+        run_id = await h.trigger("stagger")
+        await h.scheduler.tick()
+        assert sorted(_launched(h)) == ["a", "b"]
+        h.launcher.release(h.launcher.launched[0].key)
+        await h.scheduler.tick()  # the first upstream's exit: c still waits
+        assert sorted(_launched(h)) == ["a", "b"]
+        h.launcher.release()
+        await h.scheduler.tick()  # the second one, a round later: c is claimed
+        assert _launched(h)[2:] == ["c"]
+        for _ in range(4):
+            h.launcher.release()
+            await h.scheduler.tick()
+        assert await h.run_state("stagger", run_id) == "success"
+        assert _launched(h)[2:] == ["c", "d"]
+
+
+async def test_an_upstream_cleared_behind_the_views_back_holds_its_downstream(
+    engine: AsyncEngine,
+) -> None:
+    """a finished, then was cleared by another process; b's exit must not start c while a
+    runs again (the scheduler's memory of a says success)."""
+    clock = ManualClock(datetime.now(UTC))
+    async with Harness(engine, hold=True, clock=clock) as h:
+        await h.register(_diamond("cleared"))
+        run_id = await h.trigger("cleared")
+        await h.scheduler.tick()
+        first = {s.key.task_id: s.key for s in h.launcher.launched}
+        h.launcher.release(first["a"])
+        await h.scheduler.tick()
+        assert (await h.tis("cleared", run_id))["a"].state == "success"
+        async with store_engine.transaction(h.sessions) as session:
+            assert await store_tis.clear(session, "cleared", run_id, ["a"], {}) == 1
+        h.launcher.release(first["b"])
+        await h.scheduler.tick()
+        tis = await h.tis("cleared", run_id)
+        assert tis["c"].state == "none"
+        assert tis["a"].state in ("queued", "running")  # scheduled again and claimed
+        for _ in range(6):
+            h.launcher.release()
+            await h.scheduler.tick()
+        assert await h.run_state("cleared", run_id) == "success"
+    assert _launched(h) == ["a", "b", "a", "c", "d"]
+
+
+@contextmanager
+def _count_statements(engine: AsyncEngine) -> Iterator[list[int]]:
+    seen = [0]
+
+    def on_execute(*_args: Any) -> None:
+        seen[0] += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+
+
+async def _round_costs(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, width: int
+) -> tuple[list[int], int]:
+    """Drive a `start` >> `width` tasks >> `join` run, 8 tasks at a time; (statements of
+    each round, full reads of the run)."""
+    full_reads = [0]
+    original = store_tis.states_for_runs
+
+    async def counted(session: Any, run_pks: Any) -> Any:
+        full_reads[0] += 1
+        return await original(session, run_pks)
+
+    monkeypatch.setattr(store_tis, "states_for_runs", counted)
+    dag_id = f"fan_{width}"
+    with DAG(dag_id, start_date=START, max_active_tasks=8) as dag:
+        start, join = Bash("start", "true"), Bash("join", "true")
+        for i in range(width):
+            start >> Bash(f"t{i}", "true") >> join
+    clock = ManualClock(datetime.now(UTC))
+    per_round: list[int] = []
+    async with Harness(engine, clock=clock, parallelism=8) as h:
+        await h.register(dag)
+        run_id = await h.trigger(dag_id)
+        with _count_statements(engine) as seen:
+            for _ in range(width):
+                before = seen[0]
+                await h.scheduler.tick()
+                per_round.append(seen[0] - before)
+                if await h.run_state(dag_id, run_id) == "success":
+                    break
+    assert len(h.launcher.launched) == width + 2
+    return per_round, full_reads[0]
+
+
+async def test_a_rounds_cost_does_not_grow_with_the_run(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small, small_reads = await _round_costs(engine, monkeypatch, 16)
+    large, large_reads = await _round_costs(engine, monkeypatch, 160)
+    assert len(large) > 20  # many rounds, each finishing a few tasks
+    # The run is read in full when it starts and when it may be over, never per round.
+    assert large_reads == small_reads <= 3
+    assert max(large) == max(small)

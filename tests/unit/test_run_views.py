@@ -1,0 +1,100 @@
+"""`RunView`: deciding downstream of what changed must decide exactly what a full look decides."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime
+
+from miniflow import DAG, Bash
+from miniflow.scheduler import readiness
+from miniflow.scheduler.run_views import RunView
+from miniflow.serialized import TRIGGER_RULES, SerializedDag
+
+S, F, SK, N, SCH = "success", "failed", "skipped", "none", "scheduled"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _view(dag: SerializedDag, dag_hash: str, current: dict[str, str]) -> RunView:
+    """A view as the scheduler builds it: after a full look and its decisions."""
+    changes, _final = readiness.evaluate_run(dag, dag_hash, current)
+    seen = {**current, **changes}
+    ids = {task_id: i for i, task_id in enumerate(sorted(seen))}
+    return RunView(readiness.graph(dag, dag_hash), dag_hash, ids, seen, NOW)
+
+
+def _diamond() -> SerializedDag:
+    with DAG("view_diamond", start_date=datetime(2026, 1, 1)) as dag:
+        a, b = Bash("a", "true"), Bash("b", "true")
+        c = Bash("c", "true")
+        [a, b] >> c >> Bash("d", "true")
+    return dag.serialize("view_diamond.py")
+
+
+def test_a_task_is_decided_when_its_last_upstream_finishes_in_a_later_round() -> None:
+    dag = _diamond()
+    view = _view(dag, "diamond-1", {"a": N, "b": N, "c": N, "d": N})
+    assert view.states == {"a": SCH, "b": SCH, "c": N, "d": N}
+    view.set("a", S)
+    assert view.advance(["a"]) == {}  # b still runs
+    view.set("b", S)
+    assert view.advance(["b"]) == {"c": SCH}  # a finished a round earlier
+    assert view.states["d"] == N
+
+
+def test_a_failure_propagates_down_in_the_same_pass() -> None:
+    dag = _diamond()
+    view = _view(dag, "diamond-2", {"a": N, "b": N, "c": N, "d": N})
+    view.set("a", F)
+    assert view.advance(["a"]) == {"c": "upstream_failed", "d": "upstream_failed"}
+    assert not view.needs_full_look()  # b still runs
+    view.set("b", S)
+    assert view.advance(["b"]) == {}
+    assert view.needs_full_look()  # nothing open: only a look at all rows may end the run
+
+
+def test_counts_follow_the_states_and_compare_with_the_database() -> None:
+    dag = _diamond()
+    view = _view(dag, "diamond-3", {"a": N, "b": N, "c": N, "d": N})
+    assert view.counts() == Counter({"open": 2, N: 2})
+    assert view.agrees({"queued": 1, "running": 1, N: 2})
+    view.set("a", S)
+    assert view.agrees({"success": 1, "running": 1, N: 2})
+    assert not view.agrees({"running": 1, N: 3})  # a was cleared behind the view's back
+
+
+def _random_dag(rng: random.Random, name: str) -> SerializedDag:
+    with DAG(name, start_date=datetime(2026, 1, 1)) as dag:
+        tasks: list[Bash] = []
+        for i in range(rng.randint(2, 14)):
+            task = Bash(f"t{i}", "true", trigger_rule=rng.choice(sorted(TRIGGER_RULES)))
+            for up in rng.sample(tasks, k=min(len(tasks), rng.randint(0, 3))):
+                up >> task
+            tasks.append(task)
+    return dag.serialize(f"{name}.py")
+
+
+def test_incremental_decisions_equal_a_full_look_on_random_runs() -> None:
+    """Finish open tasks one at a time in random order and outcome; after each, what the
+    view decides downstream of that task is exactly what `evaluate_run` decides over
+    every state, and the view's states are the full look's."""
+    rng = random.Random(20261202)
+    for case in range(300):
+        dag = _random_dag(rng, f"view_random_{case}")
+        dag_hash = f"random-{case}"
+        truth = {task_id: N for task_id in dag["tasks"]}
+        changes, _ = readiness.evaluate_run(dag, dag_hash, truth)
+        truth.update(changes)
+        view = _view(dag, dag_hash, {task_id: N for task_id in dag["tasks"]})
+        while True:
+            assert view.states == truth, case
+            running = sorted(t for t, s in truth.items() if s == SCH)
+            if not running:
+                break
+            task_id = rng.choice(running)
+            truth[task_id] = rng.choice([S, S, F, SK])
+            view.set(task_id, truth[task_id])
+            expected, _ = readiness.evaluate_run(dag, dag_hash, truth)
+            assert view.advance([task_id]) == expected, (case, task_id)
+            truth.update(expected)
+        assert view.needs_full_look()
