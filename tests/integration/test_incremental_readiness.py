@@ -139,4 +139,6 @@ async def test_a_rounds_cost_does_not_grow_with_the_run(
     assert len(large) > 20  # many rounds, each finishing a few tasks
     # The run is read in full when it starts and when it may be over, never per round.
     assert large_reads == small_reads <= 3
-    assert max(large) == max(small)
+    # The first round also does the once-only duties (the sanity round's first look,
+    # registration checks), whose cost depends on what is in flight at that moment.
+    assert max(large[1:]) == max(small[1:]), (small, large)
