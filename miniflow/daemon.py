@@ -78,7 +78,11 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
 @contextlib.asynccontextmanager
 async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler]:
     is_sqlite = config.database_url.startswith("sqlite")
-    async with runtime.open_engine(config, check_schema=not is_sqlite) as engine:
+    # A transaction left idle for the instance timeout belongs to a scheduler its peers
+    # take for dead: the server ends it, so its locks cannot stall them.
+    async with runtime.open_engine(
+        config, check_schema=not is_sqlite, idle_transaction_timeout=config.scheduler_timeout
+    ) as engine:
         if is_sqlite:
             await schema.upgrade(engine)
         scheduler = Scheduler(

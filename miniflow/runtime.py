@@ -19,7 +19,9 @@ from miniflow.store import schema
 
 
 @asynccontextmanager
-async def open_engine(config: Config, *, check_schema: bool = True) -> AsyncIterator[AsyncEngine]:
+async def open_engine(
+    config: Config, *, check_schema: bool = True, idle_transaction_timeout: float | None = None
+) -> AsyncIterator[AsyncEngine]:
     """A connected engine; raises DatabaseUnavailable / SchemaError / StateDirError (the
     SQLite default lives in the state dir) with one clear line."""
     if config.database_url.startswith("sqlite"):
@@ -29,7 +31,9 @@ async def open_engine(config: Config, *, check_schema: bool = True) -> AsyncIter
             raise StateDirError(
                 f"state directory {config.state_dir} cannot be created: {exc.strerror or exc}"
             ) from exc
-    engine = store_engine.create_engine(config.database_url)
+    engine = store_engine.create_engine(
+        config.database_url, idle_transaction_timeout=idle_transaction_timeout
+    )
     try:
         await store_engine.check_connection(engine)
         if check_schema:

@@ -89,3 +89,16 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
+
+
+@pytest.fixture
+async def pg_engine(postgres_dbs: PostgresDatabases) -> AsyncIterator[AsyncEngine]:
+    """A migrated, empty PostgreSQL database, for what only PostgreSQL does (several
+    schedulers, advisory locks)."""
+    from miniflow.store import engine as store_engine
+
+    eng = store_engine.create_engine(await postgres_dbs.clone())
+    try:
+        yield eng
+    finally:
+        await eng.dispose()

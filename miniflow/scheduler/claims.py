@@ -43,7 +43,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
     async with store_engine.transaction(scheduler.sessions) as session:
         await store_tis.serialize_claims(session)
         total, by_dag, by_pool = await store_tis.active_counts(session)
-        free = scheduler.settings.parallelism - total
+        free = min(scheduler.settings.parallelism - total, scheduler.claim_share())
         if free <= 0:
             return
         slots = await store_pools.slots(session)

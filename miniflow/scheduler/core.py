@@ -145,6 +145,8 @@ class Scheduler:
         )
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
         self._taken_over: set[str] = set()
+        self.live_peers = 1
+        """Live peer schedulers, this one included, as of the last instance heartbeat."""
         """Dead instances whose leftover pods this one took over (once each)."""
         self.run_views = RunViews()
         self.inflight: dict[AttemptKey, InFlight] = {}
@@ -319,6 +321,7 @@ class Scheduler:
                 version=miniflow.__version__,
                 now=now,
             )
+            await self._count_live_peers(session, now)
         self._due.instance = now + timedelta(seconds=self.settings.instance_heartbeat)
 
     async def _heartbeat_instance(self) -> None:
@@ -330,8 +333,15 @@ class Scheduler:
         self._due.instance = now + timedelta(seconds=self.settings.instance_heartbeat)
         async with store_engine.transaction(self.sessions) as session:
             alive = await store_instances.heartbeat(session, self.scheduler_id, now)
+            await self._count_live_peers(session, now)
         if not alive:
             await self._rejoin(now)
+
+    async def _count_live_peers(self, session: AsyncSession, now: datetime) -> None:
+        if self.settings.peer:
+            self.live_peers = await store_instances.count_live_peers(
+                session, now, self.settings.instance_timeout
+            )
 
     async def _rejoin(self, now: datetime) -> None:
         """A peer took this instance for dead (it was paused, or cut off from the database)
@@ -358,6 +368,17 @@ class Scheduler:
             instances = await store_instances.list_all(session)
         live = [i.id for i in instances if i.alive(now, self.settings.instance_timeout)]
         return await self.sanity_lock.hold([*live, self.scheduler_id])
+
+    def claim_share(self) -> int:
+        """How many more tries this scheduler may claim now: its even share of the global
+        parallelism, less what it owns. Without a share the scheduler that records exits
+        re-claims the freed slots in the same round, and one instance ends up running
+        everything while its peers idle; with it a live peer's unused share waits at most
+        one of that peer's rounds (or the instance timeout, if the peer is frozen)."""
+        parallelism = self.settings.parallelism
+        if not self.settings.peer or self.live_peers <= 1:
+            return parallelism
+        return -(-parallelism // self.live_peers) - len(self.inflight)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -28,15 +28,32 @@ from miniflow.errors import DatabaseUnavailable
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
-    """An AsyncEngine configured for miniflow's access pattern on either backend."""
+def create_engine(
+    url: str, *, pool_size: int = 5, idle_transaction_timeout: float | None = None
+) -> AsyncEngine:
+    """An AsyncEngine configured for miniflow's access pattern on either backend.
+
+    `idle_transaction_timeout` (PostgreSQL, seconds): the server ends a session left idle
+    inside a transaction that long. A scheduler frozen mid-transaction (SIGSTOP, a
+    partitioned host) would otherwise keep its row and advisory locks (the claim lock
+    among them) and stall every peer until it thaws."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
     # No pre-ping: it costs a round trip per checkout (several per scheduler round); a
     # connection dropped by the server fails that round, which the daemon retries.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    settings = {"application_name": "miniflow"}
+    if idle_transaction_timeout is not None:
+        ms = max(1, round(idle_transaction_timeout * 1000))
+        settings["idle_in_transaction_session_timeout"] = str(ms)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        connect_args={"server_settings": settings},
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store.models import SchedulerInstance
@@ -106,3 +106,13 @@ async def list_all(session: AsyncSession) -> list[Instance]:
 async def any_alive(session: AsyncSession, now: datetime, threshold: float) -> bool:
     """Whether some registered scheduler heartbeat within `threshold` seconds of `now`."""
     return any(i.alive(now, threshold) for i in await list_all(session))
+
+
+async def count_live_peers(session: AsyncSession, now: datetime, threshold: float) -> int:
+    """Open peer instances (not `dags test`) that heartbeat within `threshold` seconds."""
+    query = select(func.count()).where(
+        SI.ended_at.is_(None),
+        SI.heartbeat_at >= now - timedelta(seconds=threshold),
+        SI.id.not_like(NON_PEER_PREFIX + "%"),
+    )
+    return int((await session.execute(query)).scalar_one())

@@ -88,7 +88,9 @@ async def kube_scheduler(
         launcher=launcher,
         dags_folder=dags_folder,
         settings=SchedulerSettings(
-            parallelism=64,
+            parallelism=config.parallelism if "MINIFLOW_PARALLELISM" in extra else 64,
+            instance_heartbeat=config.scheduler_heartbeat,
+            instance_timeout=config.scheduler_timeout,
             schedule_runs=False,
             idle_wait=0.05,
             run_check_interval=0.05,

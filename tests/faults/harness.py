@@ -307,7 +307,11 @@ class Harness:
     async def until(
         self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
     ) -> Any:
-        return await until(predicate, timeout, what, interval)
+        """`until`, and on a timeout the schedulers' logs: what kept them from it."""
+        try:
+            return await until(predicate, timeout, what, interval)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
     async def wait_successes(self, count: int, timeout: float = RUN_TIMEOUT) -> None:
         async def enough() -> bool:

@@ -39,6 +39,10 @@ SETTINGS = {
     "MINIFLOW_POD_KEEP_FAILED_FOR": "0",
     "MINIFLOW_PARALLELISM": "48",
     "MINIFLOW_POD_PENDING_TIMEOUT": "60",  # a busy two-core machine starts pods slowly
+    # Each heartbeat counts the live peers, whose number splits the parallelism: the first
+    # scheduler to start learns of the other two within a second.
+    "MINIFLOW_SCHEDULER_HEARTBEAT": "1",
+    "MINIFLOW_SCHEDULER_TIMEOUT": "10",
 }
 
 

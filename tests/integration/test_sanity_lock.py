@@ -37,11 +37,8 @@ async def test_one_holder_at_a_time_and_release_frees_it(engine: AsyncEngine, db
         await b.release()
 
 
-async def test_a_holder_that_is_not_heartbeating_is_cut_off(
-    engine: AsyncEngine, db_url: str
-) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one scheduler")
+async def test_a_holder_that_is_not_heartbeating_is_cut_off(pg_engine: AsyncEngine) -> None:
+    engine = pg_engine
     frozen, peer = SanityLock(engine, "frozen"), SanityLock(engine, "peer")
     try:
         assert await frozen.hold(["frozen", "peer"])

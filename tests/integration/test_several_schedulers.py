@@ -8,10 +8,19 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.store import engine as store_engine
 from miniflow.store import task_instances as store_tis
+from tests.dbs import PostgresDatabases
+
+
+@pytest.fixture
+async def db_url(postgres_dbs: PostgresDatabases) -> str:
+    """PostgreSQL only: SQLite runs one scheduler."""
+    return await postgres_dbs.clone()
 
 
 async def test_claims_of_two_schedulers_never_count_free_slots_at_once(
@@ -19,8 +28,6 @@ async def test_claims_of_two_schedulers_never_count_free_slots_at_once(
 ) -> None:
     """While one scheduler is inside its claim (counting, then claiming), another
     scheduler's claim waits: two that counted at once would both see the same free slots."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one scheduler")
     sessions = store_engine.sessionmaker(engine)
     second_counted = asyncio.Event()
 
@@ -53,8 +60,6 @@ async def test_claims_of_two_schedulers_never_count_free_slots_at_once(
 async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
     engine: AsyncEngine, db_url: str, tmp_path: Path
 ) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one scheduler")
     from datetime import UTC, datetime
 
     from miniflow.scheduler.clock import ManualClock
@@ -118,8 +123,6 @@ async def test_starting_queued_runs_waits_for_another_scheduler_s_start(
 ) -> None:
     """`max_active_runs` is global: while one scheduler counts running runs and starts
     queued ones, another's start waits, so both never see the same free room."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite runs one scheduler")
     from datetime import UTC, datetime
 
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -166,3 +169,74 @@ async def test_starting_queued_runs_waits_for_another_scheduler_s_start(
         assert len(running) == 1
     finally:
         await admin.close()
+
+
+async def test_a_frozen_schedulers_claim_lock_is_freed_by_the_server(db_url: str) -> None:
+    """A scheduler frozen inside its claim transaction (SIGSTOP, a partitioned host) would
+    keep the claim lock and stall every peer's claims until it thawed; the scheduler's
+    engine asks the server to end a session left idle in a transaction that long."""
+    frozen_engine = store_engine.create_engine(db_url, idle_transaction_timeout=0.5)
+    peer_engine = store_engine.create_engine(db_url)
+    peer_claimed = asyncio.Event()
+
+    async def peer_claim() -> None:
+        async with store_engine.transaction(store_engine.sessionmaker(peer_engine)) as session:
+            await store_tis.serialize_claims(session)
+            peer_claimed.set()
+
+    try:
+        frozen = store_engine.sessionmaker(frozen_engine)()
+        await frozen.begin()
+        await store_tis.serialize_claims(frozen)
+        # From here on the frozen scheduler sends nothing: only the server can free the lock.
+        await asyncio.wait_for(peer_claim(), 10)
+        assert peer_claimed.is_set()
+        with pytest.raises(DBAPIError):  # it thaws: its transaction is gone, not committed
+            await frozen.execute(text("SELECT 1"))
+        await frozen.close()
+    finally:
+        await frozen_engine.dispose()
+        await peer_engine.dispose()
+
+
+async def test_live_peers_split_the_parallelism_between_them(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Each scheduler claims at most its even share of the global parallelism: otherwise
+    the one recording exits re-claims every freed slot at once and its peers stay idle."""
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "wide.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("wide", start_date=datetime(2026, 1, 1), max_active_tasks=50):\n'
+        '    [Bash(f"t{i}", "true") for i in range(30)]\n'
+    )
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            engine=engine,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            # Heartbeat every round: each one counts the live peers again.
+            settings=SchedulerSettings(
+                schedule_runs=False, parallelism=10, instance_heartbeat=0.0
+            ),
+        )
+
+    a, b, c = scheduler(), scheduler(), scheduler()
+    try:
+        for s in (a, b, c):
+            await s.start()
+        await a.tick()  # parses
+        await _trigger(engine, "wide", {})
+        for _ in range(3):
+            for s in (a, b, c):
+                await s.tick()
+        owned = [len(s.launcher.held) for s in (a, b, c)]  # type: ignore[attr-defined]
+        assert sum(owned) == 10, owned
+        assert max(owned) == 4, owned  # ceil(10 / 3): no one took the whole parallelism
+    finally:
+        for s in (a, b, c):
+            await s.close()
