@@ -11,7 +11,10 @@ writes, ownership. The shape is the 2,000-task fan-out of
 Per sample: a fresh database (CREATE DATABASE bench_several_..., dropped at the
 end), the DAG parsed once, N scheduler processes started and registered, then
 the run triggered; TI/s = tasks / (wall from trigger to the run's success).
-Also printed: how many attempts each scheduler launched (the spread).
+Also printed: the schedulers' CPU time per task (all processes together, from
+/proc), which shows whether a drop in TI/s is work added by several schedulers
+or only several busy processes sharing too few cores, and how many attempts each
+scheduler launched (the spread).
 
 Run: .venv/bin/python benchmarks/several_schedulers.py [--schedulers 1,2,3]
         [--tasks 2000] [--parallelism 32] [--repeat 3]
@@ -55,7 +58,14 @@ async def child(url: str, dags: str, parallelism: int) -> None:
         engine=engine,
         launcher=InstantLauncher(),
         dags_folder=Path(dags),
-        settings=SchedulerSettings(parallelism=parallelism, schedule_runs=False),
+        # Heartbeat every second: each heartbeat counts the live peers, which split the
+        # parallelism, and a sample lasts seconds (the default is every 5 s).
+        settings=SchedulerSettings(
+            parallelism=parallelism,
+            schedule_runs=False,
+            instance_heartbeat=1.0,
+            instance_timeout=10.0,
+        ),
     )
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, scheduler.stop)
     await scheduler.start()
@@ -71,11 +81,20 @@ def _spawn(url: str, dags: Path, parallelism: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=REPO)
 
 
-async def sample(schedulers: int, tasks: int, parallelism: int) -> tuple[float, list[int]]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sample(
+    schedulers: int, tasks: int, parallelism: int
+) -> tuple[float, list[int], float]:
     from sqlalchemy import func, select
 
     from miniflow.errors import NotFound
     from miniflow.scheduler.trigger import trigger
+    from miniflow.store import dags as store_dags
     from miniflow.store import engine as store_engine
     from miniflow.store import instances as store_instances
     from miniflow.store import runs as store_runs
@@ -104,17 +123,18 @@ async def sample(schedulers: int, tasks: int, parallelism: int) -> tuple[float, 
                         i for i in await store_instances.list_all(session) if i.ended_at is None
                     ]
                     try:
-                        run_id = await trigger(
-                            session, dag_id, conf_json=None, now=datetime.now(UTC)
-                        )
-                    except NotFound:  # not parsed yet
-                        run_id = None
-                if len(alive) == schedulers and run_id is not None:
+                        parsed = bool(await store_dags.get_dag(session, dag_id))
+                    except NotFound:
+                        parsed = False
+                if len(alive) == schedulers and parsed:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError("the schedulers did not start")
                 await asyncio.sleep(0.05)
+            async with store_engine.transaction(sessions) as session:
+                run_id = await trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
             began = time.monotonic()
+            cpu_before = sum(_cpu_seconds(p.pid) for p in procs)
             while True:
                 async with store_engine.transaction(sessions) as session:
                     run = await store_runs.get_run(session, dag_id, run_id)
@@ -124,6 +144,7 @@ async def sample(schedulers: int, tasks: int, parallelism: int) -> tuple[float, 
                     raise RuntimeError(f"run not finished: {run.state}")
                 await asyncio.sleep(0.02)
             wall = time.monotonic() - began
+            cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu_before
             async with store_engine.transaction(sessions) as session:
                 rows = await session.execute(
                     select(TaskAttempt.scheduler_id, func.count()).group_by(
@@ -142,7 +163,7 @@ async def sample(schedulers: int, tasks: int, parallelism: int) -> tuple[float, 
                 proc.wait()
         await engine.dispose()
         await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    return wall, spread
+    return wall, spread, cpu
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -151,16 +172,21 @@ async def run(args: argparse.Namespace) -> None:
         f"fan-out of {args.tasks} tasks, instant launcher, Postgres, "
         f"global parallelism {args.parallelism}, {os.cpu_count()} cores"
     )
-    print(f"{'schedulers':>10} {'TI/s median':>12} {'min-max':>14}  attempts per scheduler")
+    print(
+        f"{'schedulers':>10} {'TI/s median':>12} {'min-max':>14} {'CPU ms/task':>12}"
+        "  attempts per scheduler"
+    )
     for count in counts:
-        rates, spreads = [], []
+        rates, spreads, cpus = [], [], []
         for _ in range(args.repeat):
-            wall, spread = await sample(count, args.tasks, args.parallelism)
+            wall, spread, cpu = await sample(count, args.tasks, args.parallelism)
             rates.append(args.tasks / wall)
             spreads.append(spread)
+            cpus.append(cpu * 1000 / args.tasks)
         print(
             f"{count:>10} {statistics.median(rates):>12.0f} "
-            f"{min(rates):>6.0f}-{max(rates):<7.0f}  {spreads[-1]}"
+            f"{min(rates):>6.0f}-{max(rates):<7.0f} {statistics.median(cpus):>12.2f}"
+            f"  {spreads[-1]}"
         )
 
 
