@@ -8,6 +8,8 @@
 -- line covers tables made before they were set).
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO miniflow_scheduler;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO miniflow_scheduler;
+-- The schema's version is the migrations' to write; the scheduler only checks it.
+REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM miniflow_scheduler;
 
 -- The worker (miniflow_worker): what a try needs to run, and nothing more.
 --   read   the run and the DAG version it was created with (dag_run, dag, dag_version),
