@@ -149,6 +149,7 @@ async def test_role_grants_exactly_the_pairs_the_schedulers_use(
 
                 await until(finished, 90, "the run and its pods to be done", 0.1)
             finally:
+                gate.touch()  # a failed test leaves no task command waiting behind
                 for k in kubes:
                     if id(k) in loops:
                         k.scheduler.stop()
