@@ -19,6 +19,12 @@ if ! pg_up; then
     for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 fi
 
+# tests/deploy render deploy/ with `kubectl kustomize` (components need kustomize v4+).
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "kubectl is missing: installing it"
+    apt-get install -y -q kubectl || apt-get install -y -q kubernetes-client
+fi
+
 .venv/bin/ruff check miniflow worker tests benchmarks
 .venv/bin/mypy
 set +e

@@ -1,0 +1,26 @@
+-- Grants on the tables themselves: run as miniflow_owner after every `miniflow db upgrade`
+-- (it is idempotent), e.g.
+--   psql -v ON_ERROR_STOP=1 -h DB_HOST -U miniflow_owner -d miniflow -f deploy/postgres/grants.sql
+-- tests/deploy/test_postgres_roles.py runs roles.sql, the migrations and this file on the
+-- real server, then a DAG with the scheduler and its workers connected as these roles.
+
+-- The scheduler: every table (the default privileges of roles.sql cover new ones; this
+-- line covers tables made before they were set).
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO miniflow_scheduler;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO miniflow_scheduler;
+-- The schema's version is the migrations' to write; the scheduler only checks it.
+REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM miniflow_scheduler;
+
+-- The worker (miniflow_worker): what a try needs to run, and nothing more.
+--   read   the run and the DAG version it was created with (dag_run, dag, dag_version),
+--          its task instance and its upstream tasks' results (task_instance)
+--   claim  state, heartbeat_at, started_at       (task_instances.worker_claim)
+--   live   heartbeat_at                           (task_instances.heartbeat)
+--   end    state, exit_code, error, next_retry_at, ended_at, result
+--                                                 (task_instances.finish)
+-- No INSERT, no DELETE, no other column (the try number, the handle, the attempts: the
+-- scheduler's), no other table.
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM miniflow_worker;
+GRANT SELECT ON dag, dag_version, dag_run, task_instance TO miniflow_worker;
+GRANT UPDATE (state, heartbeat_at, started_at, exit_code, error, next_retry_at, ended_at, result)
+    ON task_instance TO miniflow_worker;
