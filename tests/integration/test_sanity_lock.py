@@ -3,7 +3,6 @@ that stops heartbeating is cut off by a peer."""
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.store import engine as store_engine
