@@ -7,6 +7,7 @@ traceback. Environment variables are read here, once, into a `Config`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -134,6 +135,24 @@ def standalone(
         config, trigger_all=trigger_all, exit_when_done=exit_when_done
     )
     sys.exit(code)
+
+
+@main.command()
+@click.option("--host", help="Overrides MINIFLOW_WEB_HOST (default 127.0.0.1).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Overrides MINIFLOW_WEB_PORT (default 8080); 0 picks a free port.",
+)
+@click.pass_context
+def webserver(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the web UI at / and the REST API at /api/v1 (reads the scheduler's database)."""
+    from miniflow.web import server
+
+    config = _config(ctx, web_host=host)
+    if port is not None:
+        config = dataclasses.replace(config, web_port=port)
+    sys.exit(command_runner(server.serve)(config))
 
 
 # --- dags ----------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from miniflow.errors import ConfigError
 
 LAUNCHERS = ("local", "kubernetes")
 CLEANUP_POLICIES = ("on_success", "always", "never")
+WEB_AUTH_MODES = ("token", "none")
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+"""Addresses only this machine can reach: the web server needs no authentication there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,19 @@ class Config:
     reparse_interval: float = 120.0
     """Seconds after which every DAG file is parsed again even if unchanged (the modules it
     imports may have changed)."""
+    web_host: str = "127.0.0.1"
+    """Address `miniflow webserver` listens on; anything but localhost requires
+    authentication (MINIFLOW_WEB_TOKEN, or an explicit MINIFLOW_WEB_AUTH=none)."""
+    web_port: int = 8080
+    """TCP port of `miniflow webserver`."""
+    web_token: str | None = None
+    """Bearer token the web UI and API require (provide it from a Secret); a secret: never
+    shown in a page, a response or a log."""
+    web_auth: str = "token"
+    """`token` (MINIFLOW_WEB_TOKEN is required when bound beyond localhost) or `none`
+    (no authentication anywhere: logs a warning when bound beyond localhost)."""
+    web_read_only: bool = False
+    """Refuse every state-changing request (pause, trigger, clear, mark failed, pools)."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised keys from the TOML file (kept for forward compatibility)."""
 
@@ -131,6 +147,22 @@ def _as_int(name: str, raw: str) -> int:
     return int(_number(name, raw, int, allow_zero=False))
 
 
+def _as_port(name: str, raw: str) -> int:
+    port = _as_int(name, raw)
+    if port > 65535:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be a TCP port (1-65535), got {port}")
+    return port
+
+
+def _as_bool(name: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"MINIFLOW_{name.upper()} must be true or false, got {raw!r}")
+
+
 def _as_float(name: str, raw: str) -> float:
     return float(_number(name, raw, float, allow_zero=False))
 
@@ -155,6 +187,8 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "heartbeat_interval": _as_float,
     "kill_grace_period": _as_float,
     "pod_pending_timeout": _as_float,
+    "web_port": _as_port,
+    "web_read_only": _as_bool,
     "dags_folder": lambda _n, raw: Path(raw).expanduser(),
     "state_dir": lambda _n, raw: Path(raw).expanduser(),
     "home": lambda _n, raw: Path(raw).expanduser(),
@@ -248,6 +282,12 @@ def validate(config: Config) -> Config:
             f"(got {config.scheduler_timeout:g} and {config.scheduler_heartbeat:g}): a live "
             "scheduler that misses one heartbeat would be taken for dead"
         )
+    if config.web_auth not in WEB_AUTH_MODES:
+        raise ConfigError(
+            f"MINIFLOW_WEB_AUTH must be one of {', '.join(WEB_AUTH_MODES)}, got {config.web_auth!r}"
+        )
+    if not config.web_host.strip():
+        raise ConfigError("MINIFLOW_WEB_HOST must not be empty")
     url = config.database_url
     if not url:
         url = f"sqlite+aiosqlite:///{(config.state_dir / 'miniflow.db').resolve()}"

@@ -20,6 +20,7 @@ from miniflow.errors import NotFound, PermanentError
 from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
 from miniflow.store import states
+from miniflow.store import task_instances as store_tis
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
 
 
@@ -287,3 +288,34 @@ async def list_runs(
     if dag_id is not None:
         query = query.where(DagRun.dag_id == dag_id)
     return list((await session.execute(query)).scalars())
+
+
+async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: datetime) -> bool:
+    """A user's "mark failed": the unfinished run ends failed and its tasks that have not
+    started (none, scheduled, up for retry) are skipped. Queued and running tries are left
+    to end on their own: the scheduler claims nothing in a finished run, and a try's end is
+    still recorded. False if the run had already finished."""
+    run = await get_run(session, dag_id, run_id)
+    if run.state in states.RUN_FINISHED:
+        return False
+    if not await set_state(session, run.pk, expected=run.state, state=states.RUN_FAILED, now=now):
+        return False
+    waiting = (
+        await session.execute(
+            select(TaskInstance.id, TaskInstance.state).where(
+                TaskInstance.run_pk == run.pk,
+                TaskInstance.state.in_([states.SCHEDULED, states.UP_FOR_RETRY]),
+            )
+        )
+    ).all()
+    # scheduled / up_for_retry may only go back to none (a clear); from there, skipped
+    await store_tis.set_states(session, [(i, s, states.NONE) for i, s in waiting], now)
+    none = (
+        await session.execute(
+            select(TaskInstance.id).where(
+                TaskInstance.run_pk == run.pk, TaskInstance.state == states.NONE
+            )
+        )
+    ).scalars()
+    await store_tis.set_states(session, [(i, states.NONE, states.SKIPPED) for i in none], now)
+    return True

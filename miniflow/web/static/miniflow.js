@@ -1,0 +1,55 @@
+// miniflow web UI: refresh a page while something on it runs; filter the DAG list as you type.
+(function () {
+  "use strict";
+  var REFRESH_MS = 3000;
+
+  function editing() {
+    // never replace a form the user is filling in
+    var el = document.activeElement;
+    if (el && el.form && el.tagName !== "BUTTON") return true;
+    return document.querySelector("form[data-dirty]") !== null;
+  }
+
+  function refresh() {
+    if (document.body.dataset.live !== "1") return;
+    if (editing() || document.hidden) { setTimeout(refresh, REFRESH_MS); return; }
+    fetch(location.href, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html && !editing()) {
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var fresh = doc.getElementById("main");
+          if (fresh) {
+            document.getElementById("main").innerHTML = fresh.innerHTML;
+            document.body.dataset.live = doc.body.dataset.live;
+            var badge = document.querySelector(".badge.live");
+            if (badge && doc.body.dataset.live !== "1") badge.remove();
+            wire();
+          }
+        }
+        setTimeout(refresh, REFRESH_MS);
+      })
+      .catch(function () { setTimeout(refresh, REFRESH_MS * 2); });
+  }
+
+  function wire() {
+    var filter = document.getElementById("filter");
+    if (filter && !filter.dataset.wired) {
+      filter.dataset.wired = "1";
+      filter.addEventListener("input", function () {
+        var q = filter.value.toLowerCase();
+        document.querySelectorAll("#dags tbody tr[data-search]").forEach(function (tr) {
+          tr.style.display = tr.dataset.search.indexOf(q) >= 0 ? "" : "none";
+        });
+      });
+    }
+    document.querySelectorAll("form:not(.filter)").forEach(function (form) {
+      form.addEventListener("input", function () { form.dataset.dirty = "1"; });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    wire();
+    setTimeout(refresh, REFRESH_MS);
+  });
+})();
