@@ -1,0 +1,93 @@
+"""The HTML pages and their forms over real HTTP, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import httpx
+
+from tests.web.server import WebServer
+
+
+def _csrf(client: httpx.Client) -> str:
+    client.get("/")
+    token = client.cookies.get("miniflow_csrf")
+    assert token
+    return str(token)
+
+
+def _test_run(client: httpx.Client) -> str:
+    return str(client.get("/api/v1/runs", params={"run_type": "test"}).json()["runs"][0]["run_id"])
+
+
+def test_pages_show_dags_runs_tasks_and_logs(server: WebServer) -> None:
+    with server.client() as c:
+        home = c.get("/")
+        assert home.status_code == 200
+        assert 'href="/dags/web_demo"' in home.text and "a small DAG for the web tests" in home.text
+        assert 'class="dot st-success"' in home.text  # the finished run, as a green dot
+
+        run_id = _test_run(c)
+        dag = c.get("/dags/web_demo")
+        assert dag.status_code == 200
+        cells = re.findall(r'class="cell st-(\w+)" data-task="(\w+)"', dag.text)
+        assert cells == [("success", "hello"), ("success", "middle"), ("success", "bye")]
+        assert 'name="param.who" id="param-who" value="world"' in dag.text
+
+        run = c.get(f"/dags/web_demo/runs/{quote(run_id, safe='')}")
+        assert run.status_code == 200 and run.text.count("st-success") >= 4
+        task = c.get(f"/dags/web_demo/runs/{quote(run_id, safe='')}/tasks/hello")
+        assert task.status_code == 200
+        assert "hello tester n=2" in task.text  # the task's own output, from its log
+
+        for path in ("/import-errors", "/pools", "/health"):
+            assert c.get(path).status_code == 200, path
+        missing = c.get("/dags/nope")
+        assert missing.status_code == 404 and "no DAG &#39;nope&#39;" in missing.text
+
+
+def test_forms_trigger_pause_clear_and_mark_failed(server: WebServer) -> None:
+    with server.client() as c:
+        csrf = _csrf(c)
+        bad = c.post(
+            "/dags/web_demo/trigger",
+            data={"csrf_token": csrf, "param.who": "form", "param.n": "not json"},
+        )
+        assert bad.status_code == 422
+        assert "n: not a JSON value" in bad.text and 'value="not json"' in bad.text
+
+        made = c.post(
+            "/dags/web_demo/trigger", data={"csrf_token": csrf, "param.who": "form", "param.n": "5"}
+        )
+        assert made.status_code == 303
+        run_path = made.headers["location"]
+        run = c.get(run_path)
+        assert run.status_code == 200 and "&#34;who&#34;: &#34;form&#34;" in run.text
+        runs = c.get("/api/v1/runs", params={"run_type": "manual"}).json()["runs"]
+        assert runs[0]["conf"] == {"who": "form", "n": 5}
+
+        paused = c.post(
+            "/dags/web_demo/pause", data={"csrf_token": csrf, "paused": "true", "next": "/"}
+        )
+        assert paused.status_code == 303 and paused.headers["location"] == "/"
+        assert c.get("/api/v1/dags/web_demo").json()["summary"]["is_paused"] is True
+
+        assert c.post(run_path + "/mark-failed", data={"csrf_token": csrf}).status_code == 303
+        assert runs[0]["run_id"] in run_path or quote(runs[0]["run_id"], safe="") in run_path
+        assert c.get("/api/v1/runs", params={"run_type": "manual"}).json()["runs"][0][
+            "state"
+        ] == "failed"
+
+        test_run = quote(_test_run(c), safe="")
+        cleared = c.post(
+            f"/dags/web_demo/runs/{test_run}/tasks/hello/clear",
+            data={"csrf_token": csrf, "downstream": "true"},
+        )
+        assert cleared.status_code == 303
+        tis = c.get(f"/api/v1/dags/web_demo/runs/{test_run}/tasks").json()["task_instances"]
+        assert {t["state"] for t in tis} == {"none"}
+
+        pools = c.post("/pools", data={"csrf_token": csrf, "name": "gpu", "slots": "1"})
+        assert pools.status_code == 303
+        assert [p["name"] for p in c.get("/api/v1/pools").json()["pools"]] == ["gpu"]
