@@ -25,6 +25,13 @@ if ! command -v kubectl >/dev/null 2>&1; then
     apt-get install -y -q kubectl || apt-get install -y -q kubernetes-client
 fi
 
+# tests/web/test_browser.py drives a headless Chromium through chromium-driver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "chromium / chromium-driver missing: installing them"
+    apt-get install -y -q chromium chromium-driver \
+        || echo "could not install chromium: the browser test will be skipped" >&2
+fi
+
 .venv/bin/ruff check miniflow worker tests benchmarks
 .venv/bin/mypy
 set +e

@@ -119,7 +119,3 @@ def webserver(env: dict[str, str], *args: str) -> Iterator[WebServer]:
         reader.join(5)
         assert proc.stdout is not None
         proc.stdout.close()
-
-
-
-

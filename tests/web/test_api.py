@@ -38,9 +38,10 @@ def test_read_endpoints(server: WebServer) -> None:
         run_id = _test_run(c)
         run = c.get(f"/api/v1/dags/web_demo/runs/{_q(run_id)}").json()
         assert run["state"] == "success" and run["conf"] == {"who": "tester"}
-        assert c.get("/api/v1/runs", params={"dag_id": "web_demo", "state": "failed"}).json()[
-            "total"
-        ] == 0
+        assert (
+            c.get("/api/v1/runs", params={"dag_id": "web_demo", "state": "failed"}).json()["total"]
+            == 0
+        )
 
         tis = c.get(f"/api/v1/dags/web_demo/runs/{_q(run_id)}/tasks").json()["task_instances"]
         assert {t["task_id"]: t["state"] for t in tis} == dict.fromkeys(
@@ -137,12 +138,15 @@ def test_pagination_and_filters(server: WebServer) -> None:
             day = f"2026-02-0{i + 1}T00:00:00+00:00"
             r = c.post("/api/v1/dags/web_demo/runs", json={"run_id": f"r{i}", "logical_date": day})
             assert r.status_code == 201, r.text
-        page = c.get("/api/v1/runs", params={"dag_id": "web_demo", "run_type": "manual",
-                                             "limit": 2, "offset": 1}).json()
+        page = c.get(
+            "/api/v1/runs",
+            params={"dag_id": "web_demo", "run_type": "manual", "limit": 2, "offset": 1},
+        ).json()
         assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1
         assert [r["run_id"] for r in page["runs"]] == ["r3", "r2"]  # newest first
-        last = c.get("/api/v1/dags/web_demo/runs", params={"run_type": "manual", "limit": 2,
-                                                          "offset": 4}).json()
+        last = c.get(
+            "/api/v1/dags/web_demo/runs", params={"run_type": "manual", "limit": 2, "offset": 4}
+        ).json()
         assert [r["run_id"] for r in last["runs"]] == ["r0"]
         queued = c.get("/api/v1/runs", params={"state": "queued"}).json()
         assert queued["total"] == 5

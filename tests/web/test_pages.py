@@ -75,9 +75,10 @@ def test_forms_trigger_pause_clear_and_mark_failed(server: WebServer) -> None:
 
         assert c.post(run_path + "/mark-failed", data={"csrf_token": csrf}).status_code == 303
         assert runs[0]["run_id"] in run_path or quote(runs[0]["run_id"], safe="") in run_path
-        assert c.get("/api/v1/runs", params={"run_type": "manual"}).json()["runs"][0][
-            "state"
-        ] == "failed"
+        assert (
+            c.get("/api/v1/runs", params={"run_type": "manual"}).json()["runs"][0]["state"]
+            == "failed"
+        )
 
         test_run = quote(_test_run(c), safe="")
         cleared = c.post(

@@ -77,9 +77,9 @@ def test_forms_without_the_csrf_token_are_refused(lite: Site) -> None:
         assert forged.status_code == 403
         assert c.get("/api/v1/dags/web_demo").json()["summary"]["is_paused"] is False
         with server.client() as stranger:  # no cookie at all: a cross-site form post
-            assert stranger.post(
-                "/dags/web_demo/trigger", data={"csrf_token": "x"}
-            ).status_code == 403
+            assert (
+                stranger.post("/dags/web_demo/trigger", data={"csrf_token": "x"}).status_code == 403
+            )
         assert c.get("/api/v1/runs").json()["total"] == 0
 
 
@@ -122,12 +122,26 @@ async def test_no_secret_in_any_response(postgres_dbs: PostgresDatabases, tmp_pa
             run_id = (await c.get("/api/v1/runs")).json()["runs"][0]["run_id"]
             base = f"/dags/web_demo/runs/{run_id}"
             paths = [
-                "/", "/dags/web_demo", base, f"{base}/tasks/hello", "/import-errors", "/pools",
-                "/health", "/login", "/dags/nope",
-                "/api/v1/dags", "/api/v1/dags/web_demo", "/api/v1/runs", f"/api/v1{base}",
-                f"/api/v1{base}/tasks", f"/api/v1{base}/tasks/hello/tries",
-                f"/api/v1{base}/tasks/hello/tries/1/log", "/api/v1/health", "/api/v1/pools",
-                "/api/v1/openapi.json", "/api/v1/dags/nope",
+                "/",
+                "/dags/web_demo",
+                base,
+                f"{base}/tasks/hello",
+                "/import-errors",
+                "/pools",
+                "/health",
+                "/login",
+                "/dags/nope",
+                "/api/v1/dags",
+                "/api/v1/dags/web_demo",
+                "/api/v1/runs",
+                f"/api/v1{base}",
+                f"/api/v1{base}/tasks",
+                f"/api/v1{base}/tasks/hello/tries",
+                f"/api/v1{base}/tasks/hello/tries/1/log",
+                "/api/v1/health",
+                "/api/v1/pools",
+                "/api/v1/openapi.json",
+                "/api/v1/dags/nope",
             ]
             for path in paths:
                 body = (await c.get(path)).text
