@@ -7,7 +7,6 @@ traceback. Environment variables are read here, once, into a `Config`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -102,11 +101,21 @@ def scheduler(ctx: click.Context) -> None:
     is_flag=True,
     help="Exit once the runs triggered at start have finished (exit 1 if any failed).",
 )
+@click.option(
+    "--no-webserver",
+    is_flag=True,
+    help="Do not serve the web UI (MINIFLOW_WEB_HOST:MINIFLOW_WEB_PORT, default 127.0.0.1:8080).",
+)
 @click.pass_context
 def standalone(
-    ctx: click.Context, state_dir: Path | None, trigger_all: bool, exit_when_done: bool
+    ctx: click.Context,
+    state_dir: Path | None,
+    trigger_all: bool,
+    exit_when_done: bool,
+    no_webserver: bool,
 ) -> None:
-    """The embedded default: SQLite + local processes + your DAGs (or the examples)."""
+    """The embedded default: SQLite + local processes + your DAGs (or the examples), and
+    the web UI (its URL is printed)."""
     from miniflow import daemon
 
     overrides: dict[str, Any] = {"state_dir": state_dir}
@@ -132,7 +141,7 @@ def standalone(
         sys.exit(2)
     click.echo(f"miniflow home: {config.home}  database: {config.safe_database_url()}")
     code = command_runner(daemon.run_standalone)(
-        config, trigger_all=trigger_all, exit_when_done=exit_when_done
+        config, trigger_all=trigger_all, exit_when_done=exit_when_done, webserver=not no_webserver
     )
     sys.exit(code)
 
@@ -149,9 +158,7 @@ def webserver(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the web UI at / and the REST API at /api/v1 (reads the scheduler's database)."""
     from miniflow.web import server
 
-    config = _config(ctx, web_host=host)
-    if port is not None:
-        config = dataclasses.replace(config, web_port=port)
+    config = _config(ctx, web_host=host, web_port=port)
     sys.exit(command_runner(server.serve)(config))
 
 

@@ -97,7 +97,7 @@ class Config:
     """Address `miniflow webserver` listens on; anything but localhost requires
     authentication (MINIFLOW_WEB_TOKEN, or an explicit MINIFLOW_WEB_AUTH=none)."""
     web_port: int = 8080
-    """TCP port of `miniflow webserver`."""
+    """TCP port of `miniflow webserver`; 0 picks a free one (the URL printed says which)."""
     web_token: str | None = None
     """Bearer token the web UI and API require (provide it from a Secret); a secret: never
     shown in a page, a response or a log."""
@@ -148,9 +148,9 @@ def _as_int(name: str, raw: str) -> int:
 
 
 def _as_port(name: str, raw: str) -> int:
-    port = _as_int(name, raw)
+    port = int(_number(name, raw, int, allow_zero=True))
     if port > 65535:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be a TCP port (1-65535), got {port}")
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be a TCP port (0-65535), got {port}")
     return port
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import gc
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -191,44 +192,71 @@ async def _shutdown_local(scheduler: Scheduler, run: tuple[str, str] | None = No
         await shutdown(run=run)
 
 
-async def run_standalone(config: Config, *, trigger_all: bool, exit_when_done: bool) -> int:
-    """The embedded default with a live view; returns the exit code."""
+async def run_standalone(
+    config: Config, *, trigger_all: bool, exit_when_done: bool, webserver: bool = True
+) -> int:
+    """The embedded default with a live view (and the web UI unless `webserver` is
+    False); returns the exit code."""
     console = cli_views.make_console()
     console.print(
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
-    async with _scheduler(config) as scheduler:
-        stop = _Stop()
-        with stop.handling(FOREGROUND_SIGNALS, lambda: stop.stop_after_round(scheduler)):
-            await scheduler.tick()  # parse before triggering
-            watched: list[tuple[str, str]] = []
-            if trigger_all and stop.signal is None:
-                watched = await _trigger_all(config, scheduler)
-            if stop.signal is None:
-                stop.loop = asyncio.ensure_future(scheduler.run_forever())
-                await _live_view(console, scheduler, stop.loop, watched, exit_when_done)
-            if stop.signal is not None:
-                name = stop.signal.name
-                failed = await stopping.stop_everything(scheduler, stop.signal, run=None)
-                console.print(f"[yellow]stopped by {name}[/]: running tasks killed")
-                if failed:
-                    console.print(f"[red]runs failed by the stop:[/] {', '.join(failed)}")
-                return 1
-            await _shutdown_local(scheduler)
-        console.print()
-        if not watched:
-            return 0
-        finals = await _final_states(scheduler, watched)
-        failed = [f"{d}/{r}" for (d, r), s in finals.items() if s == states.RUN_FAILED]
-        unfinished = [f"{d}/{r}" for (d, r), s in finals.items() if s not in states.RUN_FINISHED]
-        if unfinished:
-            console.print(f"[yellow]stopped before these runs finished:[/] {', '.join(unfinished)}")
-        if failed:
-            console.print(f"[red]failed runs:[/] {', '.join(failed)}")
-        if failed or unfinished:
+    async with _scheduler(config) as scheduler, _web(config, scheduler, webserver):
+        return await _standalone(console, config, scheduler, trigger_all, exit_when_done)
+
+
+@contextlib.asynccontextmanager
+async def _web(config: Config, scheduler: Scheduler, enabled: bool) -> AsyncIterator[None]:
+    """The web UI beside the scheduler, on its engine; a port in use is a warning (the
+    scheduler is what standalone is for), not a failure."""
+    if not enabled:
+        yield
+        return
+    from miniflow.errors import ConfigError
+    from miniflow.web import server
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(server.beside(config, scheduler.engine))
+        except ConfigError as exc:
+            print(f"warning: no web UI: {exc} (--no-webserver turns it off)", file=sys.stderr)
+        yield
+
+
+async def _standalone(
+    console: Any, config: Config, scheduler: Scheduler, trigger_all: bool, exit_when_done: bool
+) -> int:
+    stop = _Stop()
+    with stop.handling(FOREGROUND_SIGNALS, lambda: stop.stop_after_round(scheduler)):
+        await scheduler.tick()  # parse before triggering
+        watched: list[tuple[str, str]] = []
+        if trigger_all and stop.signal is None:
+            watched = await _trigger_all(config, scheduler)
+        if stop.signal is None:
+            stop.loop = asyncio.ensure_future(scheduler.run_forever())
+            await _live_view(console, scheduler, stop.loop, watched, exit_when_done)
+        if stop.signal is not None:
+            name = stop.signal.name
+            failed = await stopping.stop_everything(scheduler, stop.signal, run=None)
+            console.print(f"[yellow]stopped by {name}[/]: running tasks killed")
+            if failed:
+                console.print(f"[red]runs failed by the stop:[/] {', '.join(failed)}")
             return 1
-        console.print(f"[green]all {len(finals)} triggered runs succeeded[/]")
+        await _shutdown_local(scheduler)
+    console.print()
+    if not watched:
         return 0
+    finals = await _final_states(scheduler, watched)
+    failed = [f"{d}/{r}" for (d, r), s in finals.items() if s == states.RUN_FAILED]
+    unfinished = [f"{d}/{r}" for (d, r), s in finals.items() if s not in states.RUN_FINISHED]
+    if unfinished:
+        console.print(f"[yellow]stopped before these runs finished:[/] {', '.join(unfinished)}")
+    if failed:
+        console.print(f"[red]failed runs:[/] {', '.join(failed)}")
+    if failed or unfinished:
+        return 1
+    console.print(f"[green]all {len(finals)} triggered runs succeeded[/]")
+    return 0
 
 
 async def _live_view(

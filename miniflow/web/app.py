@@ -10,17 +10,16 @@ connection string) and is logged instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException
 
-from miniflow import runtime
 from miniflow.config import Config
 from miniflow.errors import (
     ConfValidationError,
@@ -59,25 +58,18 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
     return pages.error_page(request, status, message)
 
 
-def create_app(config: Config) -> FastAPI:
-    """The whole web server for `config`; `auth.token_required` must have accepted it."""
+def create_app(config: Config, engine: AsyncEngine) -> FastAPI:
+    """The whole web server for `config` on `engine` (opened and checked by the caller)."""
     token = auth.token_required(config)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime.open_engine(config) as engine:
-            app.state.sessions = store_engine.sessionmaker(engine)
-            yield
-
     app = FastAPI(
         title="miniflow",
         version="1",
-        lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
         redoc_url=None,
     )
     app.state.config = config
+    app.state.sessions = store_engine.sessionmaker(engine)
     app.state.token = token
 
     @app.exception_handler(MiniflowError)

@@ -6,7 +6,7 @@ import queue
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +81,13 @@ def _reader(proc: subprocess.Popen[str], lines: queue.Queue[str | None], keep: l
 
 
 @contextmanager
-def webserver(env: dict[str, str], *args: str) -> Iterator[WebServer]:
-    """`miniflow webserver --port 0` until the block ends; yields once it printed its URL."""
+def webserver(
+    env: dict[str, str], *args: str, command: Sequence[str] = ("webserver", "--port", "0")
+) -> Iterator[WebServer]:
+    """`miniflow webserver --port 0` (or `command`) until the block ends; yields once it
+    printed its URL."""
     proc = subprocess.Popen(
-        [MINIFLOW, "webserver", "--port", "0", *args],
+        [MINIFLOW, *command, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

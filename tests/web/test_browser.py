@@ -139,7 +139,6 @@ def test_a_user_triggers_watches_reads_the_log_and_pauses(
             )
             assert _attr(b, ".run-head", "data-state") == "running"
             assert _attr(b, '.cell[data-task="hello"]', "data-state") == "success"
-            _shot(b, "grid-running", tmp_path)
             gate.touch()
             _until(
                 b, "the run to succeed", lambda d: _attr(d, ".run-head", "data-state") == "success"
