@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +22,7 @@ from miniflow.config import Config
 from miniflow.store import browse
 from miniflow.store import engine as store_engine
 from miniflow.web import actions, logview
+from miniflow.web import grid as grid_view
 
 router = APIRouter()
 
@@ -151,9 +152,11 @@ async def import_errors(request: Request) -> ImportErrorList:
 
 
 @router.get("/dags/{dag_id}/grid", response_model=browse.Grid, tags=["dags"])
-async def grid(request: Request, dag_id: str, runs: int = Query(25, ge=1, le=100)) -> browse.Grid:
+async def grid(request: Request, dag_id: str, runs: int = Query(25, ge=1, le=100)) -> Response:
+    """The newest `runs` runs (oldest first) x the DAG's tasks: `cells[task][run]`."""
     async with tx(request) as session:
-        return await browse.grid(session, dag_id, runs=runs)
+        found = await browse.grid(session, dag_id, runs=runs)
+    return Response(grid_view.as_json(found), media_type="application/json")
 
 
 # --- runs ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse, states
 from miniflow.store import engine as store_engine
 from miniflow.web import actions, auth, logview
+from miniflow.web import grid as grid_view
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -37,22 +38,12 @@ def _dt(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def _dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 def _q(value: str) -> str:
     return quote(value, safe="")
 
 
 templates.env.filters["dt"] = _dt
-templates.env.filters["dur"] = _dur
+templates.env.filters["dur"] = grid_view.dur
 templates.env.filters["q"] = _q
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
 
@@ -138,7 +129,14 @@ async def _dag_context(request: Request, dag_id: str, runs: int) -> dict[str, An
             e for e in await browse.import_errors(session) if e.fileloc == dag.summary.fileloc
         ]
     live = any(r.state not in states.RUN_FINISHED for r in grid.runs)
-    return {"dag": dag, "grid": grid, "file_errors": errors, "live": live, "runs": runs}
+    return {
+        "dag": dag,
+        "grid": grid,
+        "grid_html": grid_view.html(grid, dag_id),
+        "file_errors": errors,
+        "live": live,
+        "runs": runs,
+    }
 
 
 @router.get("/dags/{dag_id}", response_class=HTMLResponse)
