@@ -8,6 +8,7 @@ body (see `auth`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.config import Config
+from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse
 from miniflow.store import engine as store_engine
 from miniflow.web import actions, logview
@@ -272,6 +275,38 @@ async def get_log(
         await browse.get_task_instance(session, dag_id, run_id, task_id)
     lines = await logview.read(_config(request), dag_id, run_id, task_id, try_number)
     return LogText(try_number, lines)
+
+
+@router.get(
+    TI_PATH + "/{task_id}/tries/{try_number}/log/follow",
+    tags=["tasks"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def follow_log(
+    request: Request, dag_id: str, run_id: str, task_id: str, try_number: int
+) -> StreamingResponse:
+    """Server-sent events: each log line as the try writes it (`data:` a JSON string), then
+    `event: end` once the try has ended (`event: failure` first if the log cannot be read)."""
+    async with tx(request) as session:
+        tries = await browse.list_attempts(session, dag_id, run_id, task_id)
+    if try_number not in {t.try_number for t in tries}:
+        raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number}")
+    config = _config(request)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for line in logview.follow(config, dag_id, run_id, task_id, try_number):
+                yield f"data: {json.dumps(line)}\n\n"
+        except MiniflowError as exc:
+            yield f"event: failure\ndata: {json.dumps(str(exc))}\n\n"
+        yield "event: end\ndata: {}\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 # --- pools, health -------------------------------------------------------------------------

@@ -236,18 +236,21 @@ async def task_page(
     shown = try_number or (tries[-1].try_number if tries else None)
     lines: list[str] = []
     log_note = None
+    # a running try's log streams into the page (server-sent events) instead of a refresh
+    follow = ti.state == states.RUNNING and shown == ti.try_number
     if shown is None:
         log_note = f"not tried yet (state: {ti.state})"
-    else:
+    elif not follow:
         try:
             lines = await logview.read(request.app.state.config, dag_id, run_id, task_id, shown)
         except NotFound as exc:
             log_note = str(exc)
-    live = ti.state in LIVE_TASK_STATES
+    live = ti.state in LIVE_TASK_STATES and not follow
     return render(
         request,
         "task.html",
         {
+            "follow": follow,
             "ti": ti,
             "tries": tries,
             "shown": shown,

@@ -42,7 +42,11 @@ with DAG(
     description="extract, wait for the gate file, report",
 ):
     hello = Bash("hello", "echo hello {{ params.who }} n={{ params.n }}")
-    middle = Bash("middle", "while [ ! -f {{ params.gate }} ]; do sleep 0.05; done; echo through")
+    middle = Bash(
+        "middle",
+        "echo waiting for the gate; while [ ! -f {{ params.gate }} ]; do sleep 0.05; done; "
+        "echo through",
+    )
     bye = Bash("bye", 'echo bye {{ params.who }}; test "{{ params.who }}" != fail')
     hello >> middle >> bye
 """
@@ -139,7 +143,20 @@ def test_a_user_triggers_watches_reads_the_log_and_pauses(
             )
             assert _attr(b, ".run-head", "data-state") == "running"
             assert _attr(b, '.cell[data-task="hello"]', "data-state") == "success"
+
+            # a running task's log streams into its page, which reloads when the try ends
+            b.find_element(By.CSS_SELECTOR, '.cell[data-task="middle"]').click()
+            _until(b, "the live log", lambda d: "waiting" in d.find_element(By.ID, "log").text)
+            assert b.find_elements(By.ID, "following")
+            _shot(b, "task-live-log", tmp_path)
             gate.touch()
+            _until(
+                b,
+                "the rest of the log, once the try ended",
+                lambda d: "through" in d.find_element(By.ID, "log").text
+                and not d.find_elements(By.ID, "following"),
+            )
+            b.get(server.url + "/dags/web_demo")
             _until(
                 b, "the run to succeed", lambda d: _attr(d, ".run-head", "data-state") == "success"
             )

@@ -32,7 +32,29 @@
       .catch(function () { setTimeout(refresh, REFRESH_MS * 2); });
   }
 
+  function follow() {
+    // a running try's log: appended line by line from server-sent events
+    var pre = document.getElementById("log");
+    if (!pre || !pre.dataset.follow || pre.dataset.following) return;
+    pre.dataset.following = "1";
+    var source = new EventSource(pre.dataset.follow);
+    var append = function (text) {
+      var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent += text + "\n";
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    };
+    source.onmessage = function (e) { append(JSON.parse(e.data)); };
+    source.addEventListener("failure", function (e) { append(JSON.parse(e.data)); });
+    source.addEventListener("end", function () { source.close(); location.reload(); });
+    source.onerror = function () {
+      // a dropped stream would restart from the first line: reload the page instead
+      source.close();
+      setTimeout(function () { location.reload(); }, REFRESH_MS);
+    };
+  }
+
   function wire() {
+    follow();
     var filter = document.getElementById("filter");
     if (filter && !filter.dataset.wired) {
       filter.dataset.wired = "1";
