@@ -266,6 +266,20 @@ async def list_tries(request: Request, dag_id: str, run_id: str, task_id: str) -
         return AttemptList(await browse.list_attempts(session, dag_id, run_id, task_id))
 
 
+@router.get(
+    TI_PATH + "/{task_id}/tries/{try_number}", response_model=browse.AttemptView, tags=["tasks"]
+)
+async def get_try(
+    request: Request, dag_id: str, run_id: str, task_id: str, try_number: int
+) -> browse.AttemptView:
+    async with tx(request) as session:
+        tries = await browse.list_attempts(session, dag_id, run_id, task_id)
+    for found in tries:
+        if found.try_number == try_number:
+            return found
+    raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number}")
+
+
 @router.get(TI_PATH + "/{task_id}/tries/{try_number}/log", response_model=LogText, tags=["tasks"])
 async def get_log(
     request: Request, dag_id: str, run_id: str, task_id: str, try_number: int

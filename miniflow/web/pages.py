@@ -17,6 +17,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.datastructures import FormData
 
 from miniflow.config import Config
@@ -24,6 +25,7 @@ from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse, states
 from miniflow.store import engine as store_engine
 from miniflow.web import actions, auth, logview
+from miniflow.web import graph as graph_view
 from miniflow.web import grid as grid_view
 
 HERE = Path(__file__).resolve().parent
@@ -121,6 +123,16 @@ def _param_fields(params: dict[str, Any], submitted: FormData | None) -> list[di
     return fields
 
 
+def _graph(dag: browse.DagDetail, grid: browse.Grid) -> Markup:
+    """The DAG's graph, coloured by the newest run (linking to its tries)."""
+    if not grid.runs:
+        return graph_view.svg(dag.task_specs, {}, None)
+    newest = grid.runs[-1].run_id
+    found = {t: row[newest].state for t, row in grid.cells.items() if newest in row}
+    prefix = f"/dags/{_q(dag.summary.dag_id)}/runs/{_q(newest)}/tasks/"
+    return graph_view.svg(dag.task_specs, found, prefix)
+
+
 async def _dag_context(request: Request, dag_id: str, runs: int) -> dict[str, Any]:
     async with _sessions(request) as session:
         dag = await browse.get_dag(session, dag_id)
@@ -133,6 +145,7 @@ async def _dag_context(request: Request, dag_id: str, runs: int) -> dict[str, An
         "dag": dag,
         "grid": grid,
         "grid_html": grid_view.html(grid, dag_id),
+        "graph_svg": _graph(dag, grid),
         "file_errors": errors,
         "live": live,
         "runs": runs,

@@ -51,6 +51,8 @@ def test_read_endpoints(server: WebServer) -> None:
         assert hello["exit_code"] == 0 and hello["try_number"] == 1
         tries = c.get(f"/api/v1/dags/web_demo/runs/{_q(run_id)}/tasks/hello/tries").json()
         assert [(t["try_number"], t["state"]) for t in tries["tries"]] == [(1, "success")]
+        one = c.get(f"/api/v1/dags/web_demo/runs/{_q(run_id)}/tasks/hello/tries/1").json()
+        assert (one["try_number"], one["state"], one["exit_code"]) == (1, "success", 0)
         log = c.get(f"/api/v1/dags/web_demo/runs/{_q(run_id)}/tasks/hello/tries/1/log").json()
         assert "hello tester n=2" in "\n".join(log["lines"])
 
@@ -77,6 +79,7 @@ def test_unknown_ids_are_404_with_the_error_shape(server: WebServer) -> None:
             f"/api/v1/dags/web_demo/runs/{run_id}/tasks/nope",
             f"/api/v1/dags/web_demo/runs/{run_id}/tasks/nope/tries",
             f"/api/v1/dags/web_demo/runs/{run_id}/tasks/hello/tries/7/log",
+            f"/api/v1/dags/web_demo/runs/{run_id}/tasks/hello/tries/7",
             "/api/v1/no-such-endpoint",
         ):
             response = c.get(path)

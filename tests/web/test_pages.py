@@ -34,6 +34,9 @@ def test_pages_show_dags_runs_tasks_and_logs(server: WebServer) -> None:
         cells = re.findall(r'class="cell st-(\w+)" data-task="(\w+)"', dag.text)
         assert cells == [("success", "hello"), ("success", "middle"), ("success", "bye")]
         assert 'name="param.who" id="param-who" value="world"' in dag.text
+        nodes = re.findall(r'<g class="node" data-task="(\w+)" data-state="(\w+)"', dag.text)
+        assert nodes == [("hello", "success"), ("middle", "success"), ("bye", "success")]
+        assert dag.text.count('class="edge"') == 2  # hello -> middle -> bye
 
         run = c.get(f"/dags/web_demo/runs/{quote(run_id, safe='')}")
         assert run.status_code == 200 and run.text.count("st-success") >= 4
