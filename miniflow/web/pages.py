@@ -274,6 +274,35 @@ async def task_page(
     )
 
 
+RUNS_PER_PAGE = 50
+
+
+@router.get("/runs", response_class=HTMLResponse)
+async def runs_page(
+    request: Request, dag_id: str = "", state: str = "", run_type: str = "", page: int = 1
+) -> Response:
+    """Every run, newest first, filtered, a page at a time."""
+    page = max(page, 1)
+    async with _sessions(request) as session:
+        found = await browse.list_runs(
+            session,
+            dag_id=dag_id or None,
+            state=state or None,
+            run_type=run_type or None,
+            limit=RUNS_PER_PAGE,
+            offset=(page - 1) * RUNS_PER_PAGE,
+        )
+    pages = max(1, -(-found.total // RUNS_PER_PAGE))
+    filters = {"dag_id": dag_id, "state": state, "run_type": run_type}
+    query = "&".join(f"{k}={_q(v)}" for k, v in filters.items() if v)
+    live = any(r.state not in states.RUN_FINISHED for r in found.runs)
+    return render(
+        request,
+        "runs.html",
+        {"found": found, "page": page, "pages": pages, "query": query, "live": live, **filters},
+    )
+
+
 # --- import errors, pools, health, login -------------------------------------------------------
 
 

@@ -95,3 +95,23 @@ def test_forms_trigger_pause_clear_and_mark_failed(server: WebServer) -> None:
         pools = c.post("/pools", data={"csrf_token": csrf, "name": "gpu", "slots": "1"})
         assert pools.status_code == 303
         assert [p["name"] for p in c.get("/api/v1/pools").json()["pools"]] == ["gpu"]
+
+
+def test_the_runs_page_is_paginated_and_filtered(server: WebServer) -> None:
+    with server.client() as c:
+        for i in range(52):
+            day = f"2026-03-01T00:{i:02d}:00+00:00"
+            made = c.post(
+                "/api/v1/dags/web_demo/runs", json={"run_id": f"m{i:02d}", "logical_date": day}
+            )
+            assert made.status_code == 201
+        first = c.get("/runs", params={"run_type": "manual"})
+        assert first.status_code == 200
+        assert re.findall(r">(m\d\d)</a>", first.text)[:2] == ["m51", "m50"]
+        assert len(re.findall(r">(m\d\d)</a>", first.text)) == 50
+        assert "page 1 of 2" in first.text and 'id="next"' in first.text
+        second = c.get("/runs", params={"run_type": "manual", "page": 2})
+        assert re.findall(r">(m\d\d)</a>", second.text) == ["m01", "m00"]
+        assert 'id="prev"' in second.text and 'id="next"' not in second.text
+        tests = c.get("/runs", params={"run_type": "test"})
+        assert "page 1 of 1" in tests.text and "m51" not in tests.text
