@@ -72,7 +72,7 @@ def browser() -> Iterator[WebDriver]:
         "--headless=new",
         "--no-sandbox",
         "--disable-dev-shm-usage",
-        "--window-size=1400,900",
+        "--window-size=1400,1000",
         "--disable-gpu",
     ):
         options.add_argument(arg)

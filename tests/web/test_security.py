@@ -70,7 +70,9 @@ def test_token_is_required_and_never_shown(lite: Site) -> None:
 
 def test_forms_without_the_csrf_token_are_refused(lite: Site) -> None:
     with webserver(lite.env()) as server, server.client() as c:
-        c.get("/")
+        home = c.get("/")
+        assert "script-src 'self'" in home.headers["content-security-policy"]
+        assert home.headers["x-frame-options"] == "DENY"
         no_token = c.post("/dags/web_demo/pause", data={"paused": "true"})
         assert no_token.status_code == 403 and "CSRF" in no_token.text
         forged = c.post("/dags/web_demo/pause", data={"paused": "true", "csrf_token": "forged"})
