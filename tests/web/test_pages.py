@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.web.server import WebServer
+from tests.web.server import Site, WebServer, webserver
 
 
 def _csrf(client: httpx.Client) -> str:
@@ -115,3 +115,17 @@ def test_the_runs_page_is_paginated_and_filtered(server: WebServer) -> None:
         assert 'id="prev"' in second.text and 'id="next"' not in second.text
         tests = c.get("/runs", params={"run_type": "test"})
         assert "page 1 of 1" in tests.text and "m51" not in tests.text
+
+
+def test_import_errors_are_listed_and_flagged(site: Site) -> None:
+    broken = site.dags / "web_demo.py"
+    broken.write_text(broken.read_text() + "\nraise RuntimeError('broken on purpose')\n")
+    site.cli("dags", "reparse")
+    with webserver(site.env()) as server, server.client() as c:
+        (error,) = c.get("/api/v1/import-errors").json()["import_errors"]
+        assert error["fileloc"] == "web_demo.py" and "broken on purpose" in error["error"]
+        (dag,) = c.get("/api/v1/dags").json()["dags"]
+        assert dag["has_import_error"] is True  # its last good version still shown
+        assert "broken on purpose" in c.get("/import-errors").text
+        assert 'title="its file has an import error"' in c.get("/").text
+        assert "broken on purpose" in c.get("/dags/web_demo").text
