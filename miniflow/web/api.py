@@ -24,7 +24,7 @@ from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse
 from miniflow.store import engine as store_engine
-from miniflow.web import actions, logview
+from miniflow.web import actions, logview, source
 from miniflow.web import grid as grid_view
 
 router = APIRouter()
@@ -146,6 +146,20 @@ async def pause(request: Request, dag_id: str, _: Empty | None = None) -> browse
 @router.post("/dags/{dag_id}/unpause", response_model=browse.DagSummary, tags=["dags"])
 async def unpause(request: Request, dag_id: str, _: Empty | None = None) -> browse.DagSummary:
     return await _pause(request, dag_id, False)
+
+
+@dataclass(frozen=True, slots=True)
+class DagSource:
+    fileloc: str
+    source: str
+
+
+@router.get("/dags/{dag_id}/source", response_model=DagSource, tags=["dags"])
+async def get_source(request: Request, dag_id: str) -> DagSource:
+    """The DAG file's text as it is now (read from the DAGs folder, never imported)."""
+    async with tx(request) as session:
+        fileloc = (await browse.get_dag(session, dag_id)).summary.fileloc
+    return DagSource(fileloc, source.read(_config(request).dags_folder, fileloc))
 
 
 @router.get("/import-errors", response_model=ImportErrorList, tags=["dags"])

@@ -24,7 +24,7 @@ from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse, states
 from miniflow.store import engine as store_engine
-from miniflow.web import actions, auth, logview
+from miniflow.web import actions, auth, logview, source
 from miniflow.web import graph as graph_view
 from miniflow.web import grid as grid_view
 
@@ -158,6 +158,18 @@ async def dag_page(request: Request, dag_id: str, runs: int = GRID_RUNS) -> Resp
     context = await _dag_context(request, dag_id, runs)
     context["fields"] = _param_fields(context["dag"].params, None)
     return render(request, "dag.html", context)
+
+
+@router.get("/dags/{dag_id}/code", response_class=HTMLResponse)
+async def code_page(request: Request, dag_id: str) -> Response:
+    async with _sessions(request) as session:
+        dag = await browse.get_dag(session, dag_id)
+    config: Config = request.app.state.config
+    try:
+        text, note = source.read(config.dags_folder, dag.summary.fileloc), None
+    except NotFound as exc:
+        text, note = "", str(exc)
+    return render(request, "code.html", {"dag": dag, "source": text, "note": note})
 
 
 @router.post("/dags/{dag_id}/pause")

@@ -44,6 +44,10 @@ def test_pages_show_dags_runs_tasks_and_logs(server: WebServer) -> None:
         assert task.status_code == 200
         assert "hello tester n=2" in task.text  # the task's own output, from its log
 
+        code = c.get("/dags/web_demo/code")
+        assert code.status_code == 200 and "hello &gt;&gt; middle &gt;&gt; bye" in code.text
+        api_source = c.get("/api/v1/dags/web_demo/source").json()
+        assert api_source["fileloc"] == "web_demo.py" and "hello >> middle" in api_source["source"]
         for path in ("/import-errors", "/pools", "/health"):
             assert c.get(path).status_code == 200, path
         missing = c.get("/dags/nope")
