@@ -24,7 +24,7 @@ from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse, states
 from miniflow.store import engine as store_engine
-from miniflow.web import actions, auth, logview, source
+from miniflow.web import actions, auth, logview, schedule_text, source
 from miniflow.web import graph as graph_view
 from miniflow.web import grid as grid_view
 
@@ -47,6 +47,7 @@ def _q(value: str) -> str:
 templates.env.filters["dt"] = _dt
 templates.env.filters["dur"] = grid_view.dur
 templates.env.filters["q"] = _q
+templates.env.filters["in_words"] = schedule_text.describe
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
 
 
