@@ -361,6 +361,30 @@ async def health_page(request: Request) -> Response:
     return render(request, "health.html", {"schedulers": found, "live": True})
 
 
+@router.get("/api/v1/docs", response_class=HTMLResponse)
+async def api_docs(request: Request) -> Response:
+    """The API's reference, rendered from its OpenAPI schema (Swagger UI needs a CDN)."""
+    schema = request.app.openapi()
+    operations = []
+    for path, methods in schema["paths"].items():
+        for method, op in methods.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            ref = body.get("schema", {}).get("$ref", "")
+            operations.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": op.get("summary", ""),
+                    "description": op.get("description", ""),
+                    "params": op.get("parameters", []),
+                    "body": ref.rsplit("/", 1)[-1] if ref else None,
+                    "responses": sorted(op.get("responses", {})),
+                    "tag": (op.get("tags") or [""])[0],
+                }
+            )
+    return render(request, "api_docs.html", {"operations": operations})
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next: str = "/") -> Response:
     return render(request, "login.html", {"next": next, "failed": False})

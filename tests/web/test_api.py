@@ -67,6 +67,9 @@ def test_read_endpoints(server: WebServer) -> None:
 
         schema = c.get("/api/v1/openapi.json").json()
         assert "/api/v1/dags/{dag_id}/runs" in schema["paths"]
+        docs = c.get("/api/v1/docs")
+        assert docs.status_code == 200
+        assert docs.text.count("<tr><td><code>") == sum(len(m) for m in schema["paths"].values())
 
 
 def test_unknown_ids_are_404_with_the_error_shape(server: WebServer) -> None:
