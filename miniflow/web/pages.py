@@ -8,7 +8,9 @@ with a redirect, so a reload never repeats an action.
 
 from __future__ import annotations
 
+import hmac
 import json
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse, states
 from miniflow.store import engine as store_engine
-from miniflow.web import actions, auth, logview, schedule_text, source
+from miniflow.web import actions, api, auth, logview, schedule_text, source
 from miniflow.web import graph as graph_view
 from miniflow.web import grid as grid_view
 
@@ -91,7 +94,7 @@ def _text(form: FormData, key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _sessions(request: Request) -> Any:
+def _sessions(request: Request) -> AbstractAsyncContextManager[AsyncSession]:
     return store_engine.transaction(request.app.state.sessions)
 
 
@@ -100,12 +103,10 @@ def _sessions(request: Request) -> Any:
 
 @router.get("/", response_class=HTMLResponse)
 async def dags_page(request: Request, q: str = "", tag: str = "") -> Response:
-    from miniflow.web.api import matches
-
     async with _sessions(request) as session:
         dags = await browse.list_dags(session)
         errors = await browse.import_errors(session)
-    shown = [d for d in dags if matches(d, q or None, tag or None)]
+    shown = [d for d in dags if api.matches(d, q or None, tag or None)]
     live = any(r.state not in states.RUN_FINISHED for d in dags for r in d.recent_runs)
     return render(
         request,
@@ -402,8 +403,6 @@ async def login(request: Request) -> Response:
     given = _text(form, "token")
     if token is None:
         return _back(target)
-    import hmac
-
     if not hmac.compare_digest(given.encode(), token.encode()):
         return render(request, "login.html", {"next": target, "failed": True}, status=401)
     response = _back(target)
