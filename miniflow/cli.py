@@ -172,8 +172,16 @@ def dags() -> None:
 
 @dags.command("list")
 @click.option("--no-parse", is_flag=True, help="Show what the database knows without parsing.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the REST API's field names, for scripts.",
+)
 @click.pass_context
-def dags_list(ctx: click.Context, no_parse: bool) -> None:
+def dags_list(ctx: click.Context, no_parse: bool, output: str) -> None:
     """DAGs with schedule, next run, paused flag, file and import-error flag."""
 
     @command_runner
@@ -182,7 +190,10 @@ def dags_list(ctx: click.Context, no_parse: bool) -> None:
 
         config = _config(ctx)
         rows = await admin.list_dags(config, parse=not no_parse)
-        views.print_dags(rows)
+        if output == "json":
+            views.print_json(rows)
+        else:
+            views.print_dags(rows)
         errors = await admin.import_errors(config, parse=False)
         if errors:
             files = ", ".join(e.fileloc for e in errors)
@@ -195,8 +206,16 @@ def dags_list(ctx: click.Context, no_parse: bool) -> None:
 
 
 @dags.command("errors")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the REST API's field names, for scripts.",
+)
 @click.pass_context
-def dags_errors(ctx: click.Context) -> None:
+def dags_errors(ctx: click.Context, output: str) -> None:
     """Import errors of DAG files, with their tracebacks."""
 
     @command_runner
@@ -204,7 +223,10 @@ def dags_errors(ctx: click.Context) -> None:
         from miniflow import admin
 
         errors = await admin.import_errors(_config(ctx))
-        views.print_import_errors(errors)
+        if output == "json":
+            views.print_json([{"fileloc": e.fileloc, "error": e.error, "at": e.at} for e in errors])
+        else:
+            views.print_import_errors(errors)
 
     run()
 

@@ -26,15 +26,28 @@ def runs() -> None:
 @runs.command("list")
 @click.argument("dag_id", required=False)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the REST API's field names, for scripts.",
+)
 @click.pass_context
-def runs_list(ctx: click.Context, dag_id: str | None, limit: int) -> None:
+def runs_list(ctx: click.Context, dag_id: str | None, limit: int, output: str) -> None:
     """Recent runs, newest first."""
 
     @command_runner
     async def run() -> None:
         from miniflow import admin
+        from miniflow.store import browse
 
-        views.print_runs(await admin.list_runs(_config(ctx), dag_id, limit))
+        found = await admin.list_runs(_config(ctx), dag_id, limit)
+        if output == "json":
+            views.print_json([browse.run_view(r) for r in found])
+        else:
+            views.print_runs(found)
 
     run()
 
@@ -48,8 +61,18 @@ def tasks() -> None:
 @click.argument("dag_id")
 @click.argument("run_id", required=False)
 @click.option("--all-tries", is_flag=True, help="Every try of every task, with its reason.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the REST API's field names, for scripts.",
+)
 @click.pass_context
-def tasks_list(ctx: click.Context, dag_id: str, run_id: str | None, all_tries: bool) -> None:
+def tasks_list(
+    ctx: click.Context, dag_id: str, run_id: str | None, all_tries: bool, output: str
+) -> None:
     """State, try, duration, exit code and reason of every task in a run."""
 
     @command_runner
@@ -61,6 +84,15 @@ def tasks_list(ctx: click.Context, dag_id: str, run_id: str | None, all_tries: b
             resolved, attempts = await admin.list_attempts(config, dag_id, run_id)
         else:
             resolved, tis = await admin.list_tasks(config, dag_id, run_id)
+        if output == "json":
+            from miniflow.store import browse
+
+            views.print_json(
+                [browse.attempt_view(a, a.log_tail is not None) for a in attempts]
+                if all_tries
+                else [browse.task_instance_view(t) for t in tis]
+            )
+            return
         if resolved != run_id:  # say which run `latest` or a prefix meant
             click.echo(f"{dag_id} run {resolved}")
         if all_tries:
@@ -185,15 +217,29 @@ def pools_set(ctx: click.Context, name: str, slots: int, description: str | None
 
 
 @pools.command("list")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the REST API's field names, for scripts.",
+)
 @click.pass_context
-def pools_list(ctx: click.Context) -> None:
+def pools_list(ctx: click.Context, output: str) -> None:
     """Pools and their slots."""
 
     @command_runner
     async def run() -> None:
         from miniflow import admin
 
-        for pool in await admin.list_pools(_config(ctx)):
+        found = await admin.list_pools(_config(ctx))
+        if output == "json":
+            views.print_json(
+                [{"name": p.name, "slots": p.slots, "description": p.description} for p in found]
+            )
+            return
+        for pool in found:
             click.echo(f"{pool.name}\t{pool.slots}\t{pool.description or ''}")
 
     run()

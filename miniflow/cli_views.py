@@ -78,6 +78,24 @@ def _print_table(table: Table, console: Console | None) -> None:
     out.print(table)
 
 
+def print_json(items: Sequence[object]) -> None:
+    """`--output json`: a list of objects with the REST API's field names, on stdout."""
+    import dataclasses
+    import json
+
+    def plain(item: object) -> object:
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            return dataclasses.asdict(item)
+        return item
+
+    def default(value: object) -> str:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    sys.stdout.write(json.dumps([plain(i) for i in items], default=default, indent=2) + "\n")
+
+
 def _styled(state: str) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 

@@ -132,6 +132,7 @@ class TaskInstanceView:
 
 @dataclass(frozen=True, slots=True)
 class AttemptView:
+    task_id: str
     try_number: int
     state: str
     launcher: str
@@ -284,7 +285,7 @@ async def import_errors(session: AsyncSession) -> list[ImportErrorView]:
 # --- runs ----------------------------------------------------------------------------------
 
 
-def _run(row: DagRun) -> RunView:
+def run_view(row: DagRun) -> RunView:
     return RunView(
         dag_id=row.dag_id,
         run_id=row.run_id,
@@ -327,7 +328,7 @@ async def list_runs(
         .offset(offset)
     )
     rows = (await session.execute(query)).scalars()
-    return RunPage([_run(r) for r in rows], int(total), limit, offset)
+    return RunPage([run_view(r) for r in rows], int(total), limit, offset)
 
 
 async def _run_row(session: AsyncSession, dag_id: str, run_id: str) -> DagRun:
@@ -342,7 +343,7 @@ async def _run_row(session: AsyncSession, dag_id: str, run_id: str) -> DagRun:
 
 
 async def get_run(session: AsyncSession, dag_id: str, run_id: str) -> RunView:
-    return _run(await _run_row(session, dag_id, run_id))
+    return run_view(await _run_row(session, dag_id, run_id))
 
 
 async def run_dag(session: AsyncSession, dag_id: str, run_id: str) -> SerializedDag | None:
@@ -360,7 +361,7 @@ async def run_dag(session: AsyncSession, dag_id: str, run_id: str) -> Serialized
 # --- task instances and attempts ------------------------------------------------------------
 
 
-def _ti(row: TaskInstance) -> TaskInstanceView:
+def task_instance_view(row: TaskInstance) -> TaskInstanceView:
     return TaskInstanceView(
         dag_id=row.dag_id,
         run_id=row.run_id,
@@ -385,7 +386,7 @@ async def list_task_instances(
 ) -> list[TaskInstanceView]:
     run = await _run_row(session, dag_id, run_id)
     query = select(TaskInstance).where(TaskInstance.run_pk == run.id).order_by(TaskInstance.id)
-    return [_ti(r) for r in (await session.execute(query)).scalars()]
+    return [task_instance_view(r) for r in (await session.execute(query)).scalars()]
 
 
 async def get_task_instance(
@@ -401,7 +402,7 @@ async def get_task_instance(
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(f"run {dag_id}/{run_id} has no task {task_id!r}")
-    return _ti(row)
+    return task_instance_view(row)
 
 
 async def list_attempts(
@@ -417,24 +418,26 @@ async def list_attempts(
         )
         .order_by(TaskAttempt.try_number)
     )
-    return [
-        AttemptView(
-            try_number=a.try_number,
-            state=a.state,
-            launcher=a.launcher,
-            handle=a.handle,
-            scheduler_id=a.scheduler_id,
-            queued_at=a.queued_at,
-            started_at=a.started_at,
-            ended_at=a.ended_at,
-            duration=_seconds(a.started_at, a.ended_at),
-            exit_code=a.exit_code,
-            reason=a.reason,
-            message=a.message,
-            has_saved_log=bool(saved),
-        )
-        for a, saved in (await session.execute(query)).all()
-    ]
+    return [attempt_view(a, bool(saved)) for a, saved in (await session.execute(query)).all()]
+
+
+def attempt_view(a: TaskAttempt, has_saved_log: bool) -> AttemptView:
+    return AttemptView(
+        task_id=a.task_id,
+        try_number=a.try_number,
+        state=a.state,
+        launcher=a.launcher,
+        handle=a.handle,
+        scheduler_id=a.scheduler_id,
+        queued_at=a.queued_at,
+        started_at=a.started_at,
+        ended_at=a.ended_at,
+        duration=_seconds(a.started_at, a.ended_at),
+        exit_code=a.exit_code,
+        reason=a.reason,
+        message=a.message,
+        has_saved_log=has_saved_log,
+    )
 
 
 # --- the grid ------------------------------------------------------------------------------
@@ -453,7 +456,7 @@ async def grid(session: AsyncSession, dag_id: str, *, runs: int = 25) -> Grid:
             )
         ).scalars()
     )[::-1]
-    columns = [_run(r) for r in newest]
+    columns = [run_view(r) for r in newest]
     pks = {r.id: r.run_id for r in newest}
     cells: dict[str, dict[str, GridCell]] = defaultdict(dict)
     if pks:
