@@ -21,15 +21,31 @@ FORMAT_VERSION = 1
 
 TaskKind = Literal["bash", "python", "pod"]
 TriggerRule = Literal[
-    "all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "always"
+    "all_success",
+    "all_failed",
+    "all_done",
+    "all_skipped",
+    "all_done_min_one_success",
+    "one_success",
+    "one_failed",
+    "one_done",
+    "none_failed",
+    "none_failed_min_one_success",
+    "none_skipped",
+    "always",
 ]
 TRIGGER_RULES: tuple[str, ...] = (
     "all_success",
     "all_failed",
     "all_done",
+    "all_skipped",
+    "all_done_min_one_success",
     "one_success",
     "one_failed",
+    "one_done",
     "none_failed",
+    "none_failed_min_one_success",
+    "none_skipped",
     "always",
 )
 
