@@ -17,9 +17,12 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from miniflow.errors import SerializedFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 2: the `empty` task kind, `python_mode` (branch / short_circuit) of Python tasks and the
+# trigger rules added with them; a reader of format 1 would launch an `empty` task or
+# ignore a branch, so it must refuse these DAGs.
 
-TaskKind = Literal["bash", "python", "pod"]
+TaskKind = Literal["bash", "python", "pod", "empty"]
 TriggerRule = Literal[
     "all_success",
     "all_failed",

@@ -401,3 +401,17 @@ class Pod(BaseTask):
         data["cmds"] = self.command
         data["args"] = self.args
         return data
+
+
+class Empty(BaseTask):
+    """A task that runs nothing: a join or a fork point for dependencies.
+
+    The scheduler marks it `success` (or `skipped` / `upstream_failed`, per its trigger
+    rule) itself as soon as it is decided: no process, no pod, no launch cost.
+    """
+
+    kind: TaskKind = "empty"
+
+    def __init__(self, task_id: str, **settings: Any) -> None:
+        dag = settings.pop("dag", None)
+        super().__init__(task_id, settings, dag=dag)

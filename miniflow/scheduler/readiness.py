@@ -101,6 +101,17 @@ def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
+def settle(decision: str | None, kind: str) -> str | None:
+    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run.
+
+    Completing it here (not through a launch) is what makes it free, and its success
+    propagates further down in the same pass like any finished decision.
+    """
+    if decision == states.SCHEDULED and kind == "empty":
+        return states.SUCCESS
+    return decision
+
+
 @lru_cache(maxsize=512)
 def _topology(
     dag_key: str, edges: tuple[tuple[str, tuple[str, ...]], ...]
@@ -149,6 +160,7 @@ class Graph:
     downstream: Mapping[str, tuple[str, ...]]
     rules: Mapping[str, str]
     leaves: frozenset[str]
+    kinds: Mapping[str, str]
 
 
 _GRAPHS: OrderedDict[tuple[str, str], Graph] = OrderedDict()
@@ -174,6 +186,7 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         downstream={task_id: tuple(down) for task_id, down in downstream.items()},
         rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
         leaves=leaves,
+        kinds={task_id: task["kind"] for task_id, task in tasks.items()},
     )
     _GRAPHS[key] = built
     while len(_GRAPHS) > MAX_GRAPHS:
@@ -203,7 +216,10 @@ def evaluate_run(
         task = dag["tasks"].get(task_id)  # None: an upstream id the version lacks
         if task is None or view.get(task_id) != states.NONE:
             continue
-        decision = decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view])
+        decision = settle(
+            decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view]),
+            task["kind"],
+        )
         if decision is not None:
             changes[task_id] = decision
             view[task_id] = decision

@@ -44,8 +44,9 @@ class IllegalTransition(MiniflowError):
 
 
 ALLOWED: dict[str, frozenset[str]] = {
-    # readiness decides; `none → none` is a clear of a task that never ran
-    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE}),
+    # readiness decides; `none → none` is a clear of a task that never ran;
+    # `none → success`: an `Empty` task, which the scheduler completes without a try
+    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE, SUCCESS}),
     # claimed by a scheduler; or cleared before it was claimed
     SCHEDULED: frozenset({QUEUED, NONE}),
     # started; ended before it was seen running; relaunched (same try); or decided

@@ -123,9 +123,8 @@ def test_unknown_trigger_rule_lists_valid_ones(tmp_path: Path) -> None:
         tmp_path, 'with DAG("d"):\n    Bash("a", "true", trigger_rule="all_good")\n'
     )
     assert "unknown trigger rule 'all_good'" in str(err)
-    assert "all_success, all_failed, all_done, one_success, one_failed, none_failed, always" in str(
-        err
-    )
+    assert "valid rules: all_success, all_failed, all_done, all_skipped," in str(err)
+    assert "none_failed_min_one_success, none_skipped, always" in str(err)
     assert_located(err, 2)
 
 

@@ -1,0 +1,73 @@
+"""Authoring parity with Airflow (issue #12): `Empty`, branching, short-circuit, task groups.
+
+Definition-time behaviour and the serialized form only; what the scheduler and the
+worker do with them is in `tests/integration/test_authoring_runs.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+import miniflow
+from miniflow import DAG, Bash, Empty
+from miniflow.errors import DagDefinitionError
+from miniflow.scheduler.readiness import evaluate_run
+
+START = datetime(2026, 1, 1)
+
+
+def test_public_names_are_exported() -> None:
+    from miniflow import DAG, Bash, Pod, task  # noqa: F401  (today's names keep working)
+
+    assert {"Empty"} <= set(miniflow.__all__)
+
+
+# --- Empty ----------------------------------------------------------------------------------
+
+
+def test_empty_serializes_as_its_own_kind_with_settings() -> None:
+    with DAG("e", start_date=START) as dag:
+        a = Bash("a", "true")
+        join = Empty("join", trigger_rule="none_failed")
+        a >> join
+    data = dag.serialize("e.py")["tasks"]["join"]
+    assert data["kind"] == "empty"
+    assert data["trigger_rule"] == "none_failed"
+    assert data["upstream"] == ["a"]
+    assert "command" not in data and "image" not in data
+
+
+def test_empty_rejects_unknown_keywords() -> None:
+    with DAG("e2"), pytest.raises(DagDefinitionError, match="unknown keyword argument 'command'"):
+        Empty("join", command="echo")
+
+
+def test_empty_tasks_complete_in_the_readiness_pass() -> None:
+    """start (empty) >> work >> end (empty): the root completes at once, with no launch;
+    the end completes in the same pass as work's success, and propagates further."""
+    with DAG("e3", start_date=START) as d:
+        end = Empty("end")
+        Empty("start") >> Bash("work", "true") >> end >> Bash("after", "true")
+    dag = d.serialize("e3.py")
+    assert evaluate_run(dag, "h", {"start": "none", "work": "none", "end": "none",
+                                    "after": "none"}) == (
+        {"start": "success", "work": "scheduled"}, None
+    )  # fmt: skip
+    assert evaluate_run(dag, "h", {"start": "success", "work": "success", "end": "none",
+                                    "after": "none"}) == (
+        {"end": "success", "after": "scheduled"}, None
+    )  # fmt: skip
+
+
+def test_an_empty_task_follows_its_trigger_rule() -> None:
+    with DAG("e4", start_date=START) as d:
+        Bash("a", "false") >> Empty("join")
+        Bash("b", "true") >> Empty("skipme", trigger_rule="one_failed")
+    dag = d.serialize("e4.py")
+    changes, final = evaluate_run(
+        dag, "h", {"a": "failed", "join": "none", "b": "success", "skipme": "none"}
+    )
+    assert changes == {"join": "upstream_failed", "skipme": "skipped"}
+    assert final == "failed"
