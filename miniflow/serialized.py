@@ -23,6 +23,7 @@ FORMAT_VERSION = 2
 # ignore a branch, so it must refuse these DAGs.
 
 TaskKind = Literal["bash", "python", "pod", "empty"]
+PythonMode = Literal["branch", "short_circuit"]
 TriggerRule = Literal[
     "all_success",
     "all_failed",
@@ -104,6 +105,12 @@ class SerializedTask(TypedDict):
     python_callable: NotRequired[str]  # qualified name of the function in the DAG file
     op_args: NotRequired[list[ArgRef]]
     op_kwargs: NotRequired[dict[str, ArgRef]]
+    # "branch": the result names the direct downstream task(s) to follow, the others are
+    # skipped; "short_circuit": a falsy result skips downstream. Absent: a plain task.
+    python_mode: NotRequired[PythonMode]
+    # short_circuit only: True skips every task downstream whatever its trigger rule;
+    # False skips the direct downstream tasks and lets trigger rules decide the rest.
+    ignore_downstream_trigger_rules: NotRequired[bool]
 
 
 class SerializedDag(TypedDict):

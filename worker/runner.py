@@ -65,6 +65,7 @@ from miniflow.templates import render_task_fields
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
+from . import branching
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -233,7 +234,17 @@ class Worker:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}
             )
-            return await self.recorder.success(extra)
+            skip: list[str] = []
+            if claim.task is not None and claim.task.get("python_mode"):
+                try:
+                    skip = branching.to_skip(
+                        claim.task, self.task_id, ended.value, claim.downstream
+                    )
+                except branching.BranchError as exc:
+                    return await self.recorder.fail(str(exc), exit_code=None)
+                if skip:
+                    log(f"{self.task_id} skips {', '.join(skip)}")
+            return await self.recorder.success(extra, skip=skip)
         return await self.recorder.fail(ended.error or "task failed", exit_code=ended.exit_code)
 
     async def _prepare(self, claim: Claim) -> execute.Execution | str:

@@ -40,3 +40,77 @@ async def test_empty_tasks_complete_without_a_process(db_url: str, tmp_path: Pat
     assert state == "failed"  # the leaf after_bad
     assert attempts == {"a", "b", "bad"}  # no try, no process for an Empty task
     assert all(tis[t].try_number == 0 for t in ("start", "join", "cleanup"))
+
+
+BRANCHING = """
+from datetime import datetime
+from miniflow import DAG, Bash, Empty, task
+
+with DAG("branching", start_date=datetime(2026, 1, 1)):
+
+    @task.branch
+    def pick(n: int) -> str:
+        return "small" if n < 10 else "big"
+
+    @task.short_circuit
+    def enabled() -> bool:
+        return False
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def soft_gate() -> int:
+        return 0
+
+    @task.branch
+    def confused() -> str:
+        return "elsewhere"
+
+    small, big = Bash("small", "true"), Bash("big", "true")
+    pick(3) >> [small, big]
+    small >> Bash("small_2", "true") >> Empty("join", trigger_rule="none_failed_min_one_success")
+    big >> Bash("big_2", "true") >> Empty("join_all", trigger_rule="all_done")
+    Empty("after_big", trigger_rule="all_success") << big
+    [Bash("big_2_again", "true") << big] >> Bash("join_plain", "true")
+    [Bash("small_2_again", "true") << small] >> Empty("tail")
+    enabled() >> Bash("gated", "true") >> Bash("gated_all_done", "true", trigger_rule="all_done")
+    g = soft_gate()
+    g >> Bash("soft_direct", "true") >> Bash("soft_all_done", "true", trigger_rule="all_done")
+    confused() >> Bash("never", "true")
+"""
+
+
+async def test_branch_and_short_circuit_skip_and_propagate(db_url: str, tmp_path: Path) -> None:
+    write_dag(tmp_path / "dags", "branching.py", BRANCHING)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("branching")
+        tis = await local.tis("branching", run_id)
+        attempts = {a.task_id for a in await local.attempts("branching", run_id)}
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "pick": "success",
+        "small": "success",
+        "small_2": "success",
+        "join": "success",  # none_failed_min_one_success joins the followed branch
+        "small_2_again": "success",
+        "tail": "success",
+        "big": "skipped",  # not followed
+        "big_2": "skipped",  # all_success below a skip
+        "after_big": "skipped",
+        "big_2_again": "skipped",
+        "join_plain": "skipped",
+        "join_all": "success",  # all_done: a skip is done
+        "enabled": "success",
+        "gated": "skipped",
+        "gated_all_done": "skipped",  # ignore_downstream_trigger_rules=True: all of them
+        "soft_gate": "success",
+        "soft_direct": "skipped",
+        "soft_all_done": "success",  # False: trigger rules decide below the direct ones
+        "confused": "failed",
+        "never": "upstream_failed",
+    }
+    assert tis["pick"].result == "small"
+    assert tis["confused"].error is not None
+    assert (
+        "branch task 'confused' returned 'elsewhere', which is not directly downstream of it; "
+        "valid task ids: never" in tis["confused"].error
+    )
+    assert state == "failed"  # `never` is a leaf that did not succeed
+    assert not attempts & {"big", "big_2", "gated", "soft_direct", "never", "join_plain"}

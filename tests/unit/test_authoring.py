@@ -71,3 +71,55 @@ def test_an_empty_task_follows_its_trigger_rule() -> None:
     )
     assert changes == {"join": "upstream_failed", "skipme": "skipped"}
     assert final == "failed"
+
+
+# --- branching and short-circuit -----------------------------------------------------------
+
+
+def test_branch_and_short_circuit_serialize_their_mode() -> None:
+    from miniflow import task
+
+    with DAG("b", start_date=START) as dag:
+
+        @task.branch(retries=2)
+        def pick() -> str:
+            return "a"
+
+        @task.short_circuit
+        def gate() -> bool:
+            return True
+
+        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        def soft() -> bool:
+            return True
+
+        @task
+        def plain() -> int:
+            return 1
+
+        pick() >> Bash("a", "true")
+        gate(), soft(), plain()
+    tasks = dag.serialize("b.py")["tasks"]
+    assert tasks["pick"]["python_mode"] == "branch" and tasks["pick"]["retries"] == 2
+    assert "ignore_downstream_trigger_rules" not in tasks["pick"]
+    assert tasks["gate"]["python_mode"] == "short_circuit"
+    assert tasks["gate"]["ignore_downstream_trigger_rules"] is True
+    assert tasks["soft"]["ignore_downstream_trigger_rules"] is False
+    assert "python_mode" not in tasks["plain"]
+
+
+def test_short_circuit_flag_must_be_a_bool() -> None:
+    from miniflow import task
+
+    with pytest.raises(DagDefinitionError, match="ignore_downstream_trigger_rules must be True"):
+
+        @task.short_circuit(ignore_downstream_trigger_rules="no")  # type: ignore[arg-type]
+        def gate() -> bool:
+            return True
+
+
+def test_branch_must_decorate_a_function() -> None:
+    from miniflow import task
+
+    with pytest.raises(DagDefinitionError, match=r"@task\.branch must decorate a function"):
+        task.branch(3)  # type: ignore[call-overload]
