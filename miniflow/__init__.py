@@ -7,8 +7,9 @@ jinja2): the worker imports it on every task start.
 
 from miniflow.dag import DAG
 from miniflow.taskflow import task
+from miniflow.taskgroup import TaskGroup, task_group
 from miniflow.tasks import Bash, Empty, Pod
 
 __version__ = "0.1.0"
 
-__all__ = ["DAG", "Bash", "Empty", "Pod", "__version__", "task"]
+__all__ = ["DAG", "Bash", "Empty", "Pod", "TaskGroup", "__version__", "task", "task_group"]

@@ -21,7 +21,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from miniflow import dag as dag_mod
 from miniflow.dag import check_id, definition_error
 from miniflow.serialized import ArgRef, PythonMode, SerializedTask, TaskKind
-from miniflow.tasks import BaseTask, DependencyMixin, validate_settings
+from miniflow.tasks import BaseTask, DependencyMixin, group_prefix, validate_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -133,13 +133,17 @@ class TaskFunction(Generic[P, R]):
         return f"<@task {self.task_id}>"
 
     def _unique_id(self, dag: dag_mod.DAG) -> str:
-        # Like Airflow: the second call of `f` in a DAG is `f__1`, then `f__2`...
-        if self.task_id not in dag.tasks:
+        # Like Airflow: the second call of `f` in a DAG is `f__1`, then `f__2`... (in a
+        # task group, among the group's ids). Returned without the group's prefix, which
+        # the task adds itself.
+        prefix = group_prefix(dag)
+        if f"{prefix}{self.task_id}" not in dag.tasks:
             return self.task_id
         n = 1
-        while f"{self.task_id}__{n}" in dag.tasks:
+        while f"{prefix}{self.task_id}__{n}" in dag.tasks:
             n += 1
-        return check_id(f"{self.task_id}__{n}", "task id")
+        check_id(f"{prefix}{self.task_id}__{n}", "task id")
+        return f"{self.task_id}__{n}"
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskRef:
         # Untyped on purpose: arguments may be `TaskRef`s standing for the real values.
@@ -149,7 +153,8 @@ class TaskFunction(Generic[P, R]):
                 f"@task function {self.task_id!r} was called outside a `with DAG(...):` block; "
                 "calling it creates a task, which must belong to a DAG"
             )
-        task_id = self._unique_id(dag)
+        local_id = self._unique_id(dag)
+        task_id = f"{group_prefix(dag)}{local_id}"
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -157,7 +162,7 @@ class TaskFunction(Generic[P, R]):
         op_args = [_arg(v, f"argument {i}", task_id) for i, v in enumerate(args)]
         op_kwargs = {k: _arg(v, f"argument {k!r}", task_id) for k, v in kwargs.items()}
         task = PythonTask(
-            task_id,
+            local_id,
             self.function,
             op_args,
             op_kwargs,
@@ -213,7 +218,11 @@ class TaskDecorator:
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
     def __call__(
-        self, function: Callable[..., Any] | None = None, /, *, task_id: str | None = None,
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
         **settings: Any,
     ) -> Any:
         return _decorator(function, task_id, settings, None)
@@ -227,7 +236,11 @@ class TaskDecorator:
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
     def branch(
-        self, function: Callable[..., Any] | None = None, /, *, task_id: str | None = None,
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
         **settings: Any,
     ) -> Any:
         """A task whose result is the id (or list of ids) of the direct downstream

@@ -114,3 +114,56 @@ async def test_branch_and_short_circuit_skip_and_propagate(db_url: str, tmp_path
     )
     assert state == "failed"  # `never` is a leaf that did not succeed
     assert not attempts & {"big", "big_2", "gated", "soft_direct", "never", "join_plain"}
+
+
+GROUPS = """
+from datetime import datetime
+from miniflow import DAG, Bash, Empty, TaskGroup, task, task_group
+
+with DAG("groups", start_date=datetime(2026, 1, 1)):
+
+    @task
+    def emit(v: int) -> int:
+        return v
+
+    @task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @task.branch
+    def route() -> str:
+        return "fast"
+
+    @task_group
+    def compute():
+        return add(emit(1), emit(2))
+
+    with TaskGroup("fast") as fast:
+        Bash("one", "true") >> Bash("two", "true")
+    with TaskGroup("slow") as slow:
+        Bash("one", "true")
+    total = compute()
+    end = Empty("end", trigger_rule="none_failed_min_one_success")
+    total >> route() >> [fast, slow] >> end
+"""
+
+
+async def test_task_groups_run_with_prefixed_ids_and_branch_by_group(
+    db_url: str, tmp_path: Path
+) -> None:
+    write_dag(tmp_path / "dags", "groups.py", GROUPS)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("groups")
+        tis = await local.tis("groups", run_id)
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "compute.emit": "success",
+        "compute.emit__1": "success",
+        "compute.add": "success",
+        "route": "success",
+        "fast.one": "success",
+        "fast.two": "success",
+        "slow.one": "skipped",
+        "end": "success",
+    }
+    assert tis["compute.add"].result == 3
+    assert state == "success"  # every task succeeded or was skipped

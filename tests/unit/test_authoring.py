@@ -123,3 +123,94 @@ def test_branch_must_decorate_a_function() -> None:
 
     with pytest.raises(DagDefinitionError, match=r"@task\.branch must decorate a function"):
         task.branch(3)  # type: ignore[call-overload]
+
+
+# --- task groups ------------------------------------------------------------------------------
+
+
+def _edges(dag: DAG) -> set[tuple[str, str]]:
+    return {(u, t.task_id) for t in dag.tasks.values() for u in t.upstream_ids}
+
+
+def test_task_group_prefixes_ids_nests_and_wires_roots_and_leaves() -> None:
+    from miniflow import TaskGroup
+
+    with DAG("g", start_date=START) as dag:
+        start, end = Empty("start"), Empty("end")
+        with TaskGroup("extract") as extract:
+            a, b = Bash("a", "true"), Bash("b", "true")
+            with TaskGroup("inner") as inner:
+                c = Bash("c", "true")
+            a >> c
+        start >> extract >> end
+    assert [t.task_id for t in extract.members] == ["extract.a", "extract.b", "extract.inner.c"]
+    assert inner.group_id == "extract.inner" and c.task_id == "extract.inner.c"
+    assert {t.task_id for t in extract.roots()} == {"extract.a", "extract.b"}
+    assert {t.task_id for t in extract.leaves()} == {"extract.b", "extract.inner.c"}
+    assert _edges(dag) == {
+        ("start", "extract.a"),
+        ("start", "extract.b"),
+        ("extract.a", "extract.inner.c"),
+        ("extract.b", "end"),
+        ("extract.inner.c", "end"),
+    }
+    assert b.task_id in dag.serialize("g.py")["tasks"]
+
+
+def test_lists_of_groups_and_lshift() -> None:
+    from miniflow import TaskGroup
+
+    with DAG("g2", start_date=START) as dag:
+        with TaskGroup("x") as x:
+            Bash("t", "true")
+        with TaskGroup("y") as y:
+            Bash("t", "true")  # the same local id in another group is fine
+        join = Empty("join")
+        join << [x, y]
+    assert _edges(dag) == {("x.t", "join"), ("y.t", "join")}
+
+
+def test_task_functions_in_groups_and_task_group_decorator() -> None:
+    from miniflow import task, task_group
+
+    with DAG("g3", start_date=START) as dag:
+
+        @task
+        def load(v: int) -> int:
+            return v
+
+        @task_group
+        def etl(v: int):  # type: ignore[no-untyped-def]
+            return load(load(v))
+
+        @task_group(group_id="side")
+        def side_effects() -> None:
+            Bash("one", "true")
+            Bash("two", "true")
+
+        first = etl(1)
+        second = etl(2)  # a second call is a second group, as for @task
+        group = side_effects()
+        first >> group
+    assert set(dag.tasks) == {
+        "etl.load", "etl.load__1", "etl__1.load", "etl__1.load__1", "side.one", "side.two",
+    }  # fmt: skip
+    assert dag.tasks["etl.load__1"].serialize()["op_args"] == [{"ref": "etl.load"}]
+    assert second.task_id == "etl__1.load__1"  # the function's result stands for the group
+    assert _edges(dag) >= {("etl.load__1", "side.one"), ("etl.load__1", "side.two")}
+
+
+def test_group_errors_name_the_problem() -> None:
+    from miniflow import TaskGroup
+
+    with pytest.raises(DagDefinitionError, match="must be created inside a `with DAG"):
+        TaskGroup("g")
+    with DAG("g4"):
+        with pytest.raises(DagDefinitionError, match="invalid task group id 'bad id'"):
+            TaskGroup("bad id")
+        with TaskGroup("empty") as empty:
+            pass
+        with pytest.raises(DagDefinitionError, match="task group 'empty' has no tasks"):
+            empty >> Bash("t", "true")
+        with TaskGroup("x" * 60), pytest.raises(DagDefinitionError, match="invalid task id"):
+            Bash("long_name", "true")
