@@ -5,6 +5,7 @@ Importing miniflow must stay light (no sqlalchemy, kubernetes_asyncio or
 jinja2): the worker imports it on every task start.
 """
 
+from miniflow.context import get_current_context
 from miniflow.dag import DAG
 from miniflow.taskflow import task
 from miniflow.taskgroup import TaskGroup, task_group
@@ -12,4 +13,14 @@ from miniflow.tasks import Bash, Empty, Pod
 
 __version__ = "0.1.0"
 
-__all__ = ["DAG", "Bash", "Empty", "Pod", "TaskGroup", "__version__", "task", "task_group"]
+__all__ = [
+    "DAG",
+    "Bash",
+    "Empty",
+    "Pod",
+    "TaskGroup",
+    "__version__",
+    "get_current_context",
+    "task",
+    "task_group",
+]

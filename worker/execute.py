@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from miniflow_worker.clock import stamp
 
+from miniflow import context as task_context
 from miniflow.serialized import ArgRef, SerializedTask
 
 T = TypeVar("T")
@@ -249,15 +250,25 @@ class PythonExecution:
         kwargs: dict[str, Any],
         *,
         max_result_bytes: int,
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.task_id = task_id
         self.function = function
         self.args = args
         self.kwargs = kwargs
         self.max_result_bytes = max_result_bytes
+        self.context = context
         self._task: asyncio.Future[Ended] | None = None
 
     async def run(self) -> Ended:
+        if self.context is None:
+            return await self._run()
+        # The thread or task that runs the function copies this context (see
+        # `in_daemon_thread`), so `get_current_context()` works in both.
+        with task_context.bound(self.context):
+            return await self._run()
+
+    async def _run(self) -> Ended:
         fn, args, kwargs = self.function, self.args, self.kwargs
         # Failures are formatted where they are caught, so the traceback starts at the
         # user's function (skip_frames=1 drops the wrapper's own frame).

@@ -282,7 +282,12 @@ class Worker:
             return f"task {self.task_id!r}: {exc}"
         os.environ.update(rendered.env)
         return execute.PythonExecution(
-            self.task_id, loaded, args, kwargs, max_result_bytes=self.config.max_result_bytes
+            self.task_id,
+            loaded,
+            args,
+            kwargs,
+            max_result_bytes=self.config.max_result_bytes,
+            context=claim.context,
         )
 
     async def _race(

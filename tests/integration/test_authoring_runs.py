@@ -167,3 +167,39 @@ async def test_task_groups_run_with_prefixed_ids_and_branch_by_group(
     }
     assert tis["compute.add"].result == 3
     assert state == "success"  # every task succeeded or was skipped
+
+
+CONTEXT = """
+from datetime import datetime
+from miniflow import DAG, get_current_context, task
+
+with DAG("ctx", start_date=datetime(2026, 1, 1), params={"limit": 7}):
+
+    @task
+    def sync_fn() -> dict:
+        c = get_current_context()
+        return {"run_id": c["run_id"], "ds": c["ds"], "limit": c["params"]["limit"],
+                "ti": [c["ti"].dag_id, c["ti"].task_id, c["ti"].try_number]}
+
+    @task
+    async def async_fn() -> str:
+        return get_current_context()["task_id"]
+
+    sync_fn() >> async_fn()
+"""
+
+
+async def test_get_current_context_inside_tasks(db_url: str, tmp_path: Path) -> None:
+    write_dag(tmp_path / "dags", "ctx.py", CONTEXT)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("ctx")
+        tis = await local.tis("ctx", run_id)
+    assert state == "success"
+    logical_date = tis["sync_fn"].result["run_id"].removeprefix("manual__")
+    assert tis["sync_fn"].result == {
+        "run_id": run_id,
+        "ds": logical_date[:10],
+        "limit": 7,
+        "ti": ["ctx", "sync_fn", 1],
+    }
+    assert tis["async_fn"].result == "async_fn"

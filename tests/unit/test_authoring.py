@@ -214,3 +214,37 @@ def test_group_errors_name_the_problem() -> None:
             empty >> Bash("t", "true")
         with TaskGroup("x" * 60), pytest.raises(DagDefinitionError, match="invalid task id"):
             Bash("long_name", "true")
+
+
+# --- get_current_context ----------------------------------------------------------------------
+
+
+def test_get_current_context_outside_a_task_is_a_clear_error() -> None:
+    from miniflow import get_current_context
+    from miniflow.context import NoTaskContext
+
+    with pytest.raises(NoTaskContext, match=r"only while a @task function runs"):
+        get_current_context()
+
+
+def test_bound_context_is_seen_in_threads_and_reset_after() -> None:
+    import contextvars
+    import threading
+
+    from miniflow import get_current_context
+    from miniflow.context import NoTaskContext, bound
+
+    base = {"dag_id": "d", "run_id": "r", "task_id": "t", "try_number": 2, "params": {"a": 1}}
+    seen: list[dict[str, object]] = []
+    with bound(base):
+        ctx = contextvars.copy_context()  # what the worker's daemon thread runs in
+        thread = threading.Thread(target=lambda: seen.append(ctx.run(get_current_context)))
+        thread.start()
+        thread.join()
+        get_current_context()["params"] = "changed"  # a copy
+        assert get_current_context()["params"] == {"a": 1}
+    (got,) = seen
+    assert got["ti"].task_id == "t" and got["ti"].try_number == 2  # type: ignore[attr-defined]
+    assert got["task_instance"] is got["ti"] and got["run_id"] == "r"
+    with pytest.raises(NoTaskContext):
+        get_current_context()
