@@ -7,6 +7,7 @@ jinja2): the worker imports it on every task start.
 
 from miniflow.context import get_current_context
 from miniflow.dag import DAG
+from miniflow.params import Param
 from miniflow.taskflow import task
 from miniflow.taskgroup import TaskGroup, task_group
 from miniflow.tasks import Bash, Empty, Pod
@@ -17,6 +18,7 @@ __all__ = [
     "DAG",
     "Bash",
     "Empty",
+    "Param",
     "Pod",
     "TaskGroup",
     "__version__",

@@ -125,7 +125,10 @@ class SerializedDag(TypedDict):
     timezone: str  # IANA name
     max_active_runs: int
     max_active_tasks: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # defaults (a required typed param has none)
+    # typed params (`Param`): key -> {"schema", "description", "required"}; absent in
+    # DAGs stored before format 2, so read it with `.get("param_specs", {})`
+    param_specs: dict[str, Any]
     tags: list[str]
     description: str | None
     tasks: dict[str, SerializedTask]  # in definition order

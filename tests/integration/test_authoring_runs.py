@@ -3,10 +3,41 @@ worker process per try), on SQLite and PostgreSQL: the final state of every task
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from miniflow.scheduler import trigger as trigger_mod
+from miniflow.store import engine as store_engine
+from miniflow.store import runs as store_runs
 from tests.e2e.helpers import write_dag
-from tests.e2e.test_local_scheduler import local_scheduler
+from tests.e2e.test_local_scheduler import Local
+from tests.e2e.test_local_scheduler import local_scheduler as _local_scheduler
+
+
+class Authoring(Local):
+    """The local scheduler handle, plus triggers with a conf."""
+
+    async def trigger_with(self, conf_json: str | None, dag_id: str = "typed") -> str:
+        async with store_engine.transaction(self.scheduler.sessions) as session:
+            return await trigger_mod.trigger(
+                session, dag_id, conf_json=conf_json, now=datetime.now(UTC)
+            )
+
+    async def runs_of(self, dag_id: str) -> list[Any]:
+        async with store_engine.transaction(self.scheduler.sessions) as session:
+            return await store_runs.list_runs(session, dag_id, limit=10)
+
+
+@contextlib.asynccontextmanager
+async def local_scheduler(db_url: str, tmp_path: Path) -> AsyncIterator[Authoring]:
+    async with _local_scheduler(db_url, tmp_path) as local:
+        yield Authoring(local.scheduler, local.db_url)
 
 
 async def test_empty_tasks_complete_without_a_process(db_url: str, tmp_path: Path) -> None:
@@ -203,3 +234,39 @@ async def test_get_current_context_inside_tasks(db_url: str, tmp_path: Path) -> 
         "ti": ["ctx", "sync_fn", 1],
     }
     assert tis["async_fn"].result == "async_fn"
+
+
+PARAMS = """
+from datetime import datetime
+from miniflow import DAG, Bash, Param, get_current_context, task
+
+with DAG("typed", start_date=datetime(2026, 1, 1),
+         params={"limit": Param(5, type="integer", minimum=1, description="rows per batch"),
+                 "table": Param(type="string", minLength=1)}):
+
+    @task
+    def seen() -> dict:
+        return get_current_context()["params"]
+
+    seen() >> Bash("echo", "test {{ params.limit }} -eq 9")
+"""
+
+
+async def test_typed_params_validate_the_conf_at_trigger_time(db_url: str, tmp_path: Path) -> None:
+    from miniflow.errors import ConfValidationError
+
+    write_dag(tmp_path / "dags", "typed.py", PARAMS)
+    async with local_scheduler(db_url, tmp_path) as local:
+        for conf, message in [
+            (None, "param 'table' is required: give it in --conf"),
+            ('{"table": "t", "limit": 0}', "param 'limit' (rows per batch): 0 is less than"),
+        ]:
+            with pytest.raises(ConfValidationError, match=re.escape(message)):
+                await local.trigger_with(conf)
+        assert await local.runs_of("typed") == []  # nothing created by a refused trigger
+        run_id = await local.trigger_with('{"table": "t", "limit": 9}')
+        state = await local.scheduler.run_until_done("typed", run_id, timeout=60)
+        tis = await local.tis("typed", run_id)
+    assert state == "success"
+    assert tis["seen"].result == {"limit": 9, "table": "t"}
+    assert tis["echo"].state == "success"  # the template saw the conf's value too

@@ -248,3 +248,86 @@ def test_bound_context_is_seen_in_threads_and_reset_after() -> None:
     assert got["task_instance"] is got["ti"] and got["run_id"] == "r"
     with pytest.raises(NoTaskContext):
         get_current_context()
+
+
+# --- typed params -----------------------------------------------------------------------------
+
+
+def _typed_dag(**dag_kwargs: object) -> DAG:
+    from miniflow import Param
+
+    with DAG(
+        "typed",
+        params={
+            "limit": Param(5, type="integer", minimum=1, description="rows per batch"),
+            "mode": Param("fast", enum=["fast", "safe"]),
+            "plain": [1, 2],
+            "target": Param(type="string", minLength=1, description="table to load"),
+        },
+        **dag_kwargs,  # type: ignore[arg-type]
+    ) as dag:
+        Bash("t", "echo {{ params.limit }}")
+    return dag
+
+
+def test_param_serializes_defaults_and_schemas() -> None:
+    data = _typed_dag().serialize("typed.py")
+    assert data["params"] == {"limit": 5, "mode": "fast", "plain": [1, 2]}  # target: required
+    assert data["param_specs"] == {
+        "limit": {"schema": {"type": "integer", "minimum": 1}, "description": "rows per batch",
+                  "required": False},
+        "mode": {"schema": {"enum": ["fast", "safe"]}, "description": None, "required": False},
+        "target": {"schema": {"type": "string", "minLength": 1},
+                   "description": "table to load", "required": True},
+    }  # fmt: skip
+
+
+def test_param_definition_errors() -> None:
+    from miniflow import Param
+
+    with pytest.raises(DagDefinitionError, match="param 'n': default 0 is invalid: 0 is less"):
+        DAG("p1", params={"n": Param(0, type="integer", minimum=1)})
+    with pytest.raises(DagDefinitionError, match="invalid Param schema"):
+        Param(1, type="integr")
+    with pytest.raises(DagDefinitionError, match="'target' have none"):
+        _typed_dag(schedule="@daily")
+
+
+@pytest.mark.parametrize(
+    ("conf", "error"),
+    [
+        ('{"target": "t"}', None),
+        ('{"target": "t", "limit": 10, "mode": "safe"}', None),
+        (None, "param 'target' (table to load) is required: give it in --conf"),
+        ('{"limit": 10}', "param 'target' (table to load) is required"),
+        ('{"target": ""}', "param 'target' (table to load): '' should be non-empty"),
+        ('{"target": "t", "limit": 0}', "param 'limit' (rows per batch): 0 is less than the "
+                                        "minimum of 1"),
+        ('{"target": "t", "limit": "5"}', "param 'limit' (rows per batch): '5' is not of type "
+                                          "'integer'"),
+        ('{"target": "t", "mode": "slow"}', "param 'mode': 'slow' is not one of ['fast', 'safe']"),
+        ('{"target": "t", "nope": 1}', "has no param(s) 'nope' (declared params: limit, mode, "
+                                       "plain, target)"),
+    ],
+)  # fmt: skip
+def test_conf_is_validated_against_typed_params(conf: str | None, error: str | None) -> None:
+    from miniflow.errors import ConfValidationError
+    from miniflow.scheduler.trigger import parse_conf
+
+    dag = _typed_dag().serialize("typed.py")
+    if error is None:
+        parse_conf(conf, dag)
+        return
+    with pytest.raises(ConfValidationError) as info:
+        parse_conf(conf, dag)
+    assert error in str(info.value)
+
+
+def test_a_dag_stored_before_typed_params_still_parses_conf() -> None:
+    from miniflow.scheduler.trigger import parse_conf
+
+    with DAG("old", params={"a": 1}) as dag:
+        Bash("t", "true")
+    data = dict(dag.serialize("old.py"))
+    del data["param_specs"]
+    assert parse_conf('{"a": 2}', data) == {"a": 2}  # type: ignore[arg-type]
