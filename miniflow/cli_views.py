@@ -6,10 +6,12 @@ Only presentation lives here; the data comes from `miniflow.admin` and the store
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Column, Table
@@ -145,7 +147,29 @@ def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
         node, tid = stack.pop()
         branch = node.add(_task_label(dag, tid, parent_of.get(tid)))
         stack.extend((branch, child) for child in reversed(children[tid]))
-    _console(console).print(root)
+    out = _console(console)
+    out.print(root)
+    params = _param_lines(dag)
+    if params:
+        out.print("params (dags trigger --conf '{\"key\": value}'):", markup=False)
+        for line in params:
+            out.print(line, markup=False, highlight=False)
+
+
+def _param_lines(dag: SerializedDag) -> list[str]:
+    """One line per param: its default (or "required"), schema and description."""
+    specs: dict[str, Any] = dag.get("param_specs", {})
+    lines = []
+    for key in sorted(set(dag["params"]) | set(specs)):
+        spec = specs.get(key)
+        value = "required" if key not in dag["params"] else json.dumps(dag["params"][key])
+        line = f"  {key} = {value}"
+        if spec is not None and spec["schema"]:
+            line += f"  {json.dumps(spec['schema'], sort_keys=True)}"
+        if spec is not None and spec.get("description"):
+            line += f"  — {spec['description']}"
+        lines.append(line)
+    return lines
 
 
 def _depths(dag: SerializedDag) -> dict[str, int]:
@@ -167,7 +191,9 @@ def _depths(dag: SerializedDag) -> dict[str, int]:
 
 def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     task = dag["tasks"][task_id]
-    label = f"{task_id} [dim]({task['kind']})[/]"
+    mode = task.get("python_mode")
+    kind = f"{task['kind']}, {mode.replace('_', '-')}" if mode else task["kind"]
+    label = f"{task_id} [dim]({kind})[/]"
     if task["trigger_rule"] != "all_success":
         label += f" [dim]{task['trigger_rule']}[/]"
     others = [u for u in sorted(task["upstream"]) if u != parent]

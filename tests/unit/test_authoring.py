@@ -331,3 +331,31 @@ def test_a_dag_stored_before_typed_params_still_parses_conf() -> None:
     data = dict(dag.serialize("old.py"))
     del data["param_specs"]
     assert parse_conf('{"a": 2}', data) == {"a": 2}  # type: ignore[arg-type]
+
+
+def test_dags_show_names_branch_tasks_and_lists_params() -> None:
+    import io
+
+    from rich.console import Console
+
+    from miniflow import task
+    from miniflow.cli_views import print_dag_tree
+
+    with DAG("shown", params={"plain": 1}) as dag:
+
+        @task.branch
+        def pick() -> str:
+            return "a"
+
+        pick() >> Bash("a", "true")
+    out = io.StringIO()
+    print_dag_tree(dag.serialize("shown.py"), Console(file=out, width=200))
+    text = out.getvalue()
+    assert "pick (python, branch)" in text
+    assert "  plain = 1\n" in text
+
+    typed = io.StringIO()
+    print_dag_tree(_typed_dag().serialize("typed.py"), Console(file=typed, width=200))
+    assert '  target = required  {"minLength": 1, "type": "string"}  — table to load' in (
+        typed.getvalue()
+    )
