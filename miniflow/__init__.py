@@ -7,6 +7,7 @@ jinja2): the worker imports it on every task start.
 
 from miniflow.context import get_current_context
 from miniflow.dag import DAG
+from miniflow.errors import SkipTask
 from miniflow.params import Param
 from miniflow.taskflow import task
 from miniflow.taskgroup import TaskGroup, task_group
@@ -20,6 +21,7 @@ __all__ = [
     "Empty",
     "Param",
     "Pod",
+    "SkipTask",
     "TaskGroup",
     "__version__",
     "get_current_context",

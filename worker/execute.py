@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from miniflow_worker.clock import stamp
 
 from miniflow import context as task_context
+from miniflow.errors import SkipTask
 from miniflow.serialized import ArgRef, SerializedTask
 
 T = TypeVar("T")
@@ -66,6 +67,11 @@ class Ended:
     exit_code: int | None
     error: str | None = None
     value: Any = None
+    skipped: bool = False  # the task skipped itself (`SkipTask`); `error` holds why
+
+
+def _skipped(exc: SkipTask) -> Ended:
+    return Ended(True, 0, f"skipped: {exc}" if str(exc) else "skipped by the task", skipped=True)
 
 
 def format_exception(exc: BaseException, *, skip_frames: int = 0) -> str:
@@ -277,6 +283,8 @@ class PythonExecution:
             async def call_async() -> Ended:
                 try:
                     return Ended(True, 0, value=await fn(*args, **kwargs))
+                except SkipTask as exc:
+                    return _skipped(exc)
                 except Exception as exc:
                     return Ended(False, 1, format_exception(exc, skip_frames=1))
 
@@ -286,6 +294,8 @@ class PythonExecution:
             def call() -> Ended:
                 try:
                     return Ended(True, 0, value=fn(*args, **kwargs))
+                except SkipTask as exc:
+                    return _skipped(exc)
                 except BaseException as exc:  # SystemExit in a task is a task failure
                     return Ended(False, 1, format_exception(exc, skip_frames=1))
 
@@ -293,7 +303,7 @@ class PythonExecution:
                 in_daemon_thread(call, f"miniflow task {self.task_id}")
             )
         ended: Ended = await self._task
-        if not ended.ok:
+        if not ended.ok or ended.skipped:
             return ended
         try:
             value = check_result(self.task_id, ended.value, self.max_result_bytes)

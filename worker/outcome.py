@@ -94,6 +94,19 @@ class Recorder:
         )
         return await self.record(outcome, EXIT_SUCCESS, skip=skip)
 
+    async def skip(self, reason: str) -> int:
+        """Record `skipped` (the task skipped itself); the reason is kept as its error."""
+        claim = self.claim
+        outcome = Outcome(
+            claim.ti_id,
+            claim.try_number,
+            states.SKIPPED,
+            EXPECT_RUNNING,
+            exit_code=0,
+            error=reason,
+        )
+        return await self.record(outcome, EXIT_SUCCESS)
+
     async def fail(self, error: str, *, exit_code: int | None) -> int:
         print(error, file=sys.stderr, flush=True)
         claim = self.claim

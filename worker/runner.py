@@ -230,6 +230,8 @@ class Worker:
         if ran[0] != "done":
             return await self.recorder.interrupted(ran, execution)
         ended: execute.Ended = ran[1]
+        if ended.skipped:
+            return await self.recorder.skip(ended.error or "skipped by the task")
         if ended.ok:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}

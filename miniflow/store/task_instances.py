@@ -72,7 +72,7 @@ class Outcome:
 
     ti_id: int
     try_number: int
-    state: str  # success | failed | up_for_retry
+    state: str  # success | failed | up_for_retry | skipped (the task skipped itself)
     expected: tuple[str, ...] = (states.QUEUED, states.RUNNING)
     exit_code: int | None = None
     error: str | None = None

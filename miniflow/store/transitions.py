@@ -55,7 +55,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # `running → running`: a repeated started event, a worker's claim, a heartbeat;
     # `running → scheduled`: a relaunch of a worker try whose worker never claimed it
     # (the process ran, the user's code never did: e.g. the database was unreachable)
-    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
+    # `running → skipped`: the task skipped itself (`SkipTask`)
+    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED, SKIPPED}),
     # the back-off passed; or a user cleared it
     UP_FOR_RETRY: frozenset({SCHEDULED, NONE}),
     SUCCESS: frozenset({NONE}),

@@ -270,3 +270,44 @@ async def test_typed_params_validate_the_conf_at_trigger_time(db_url: str, tmp_p
     assert state == "success"
     assert tis["seen"].result == {"limit": 9, "table": "t"}
     assert tis["echo"].state == "success"  # the template saw the conf's value too
+
+
+SELF_SKIP = """
+from datetime import datetime
+from miniflow import DAG, Bash, SkipTask, task
+
+with DAG("selfskip", start_date=datetime(2026, 1, 1)):
+
+    @task(retries=2)
+    def nothing_new() -> int:
+        raise SkipTask("no new files")
+
+    @task
+    async def also_skips() -> None:
+        raise SkipTask
+
+    n = nothing_new()
+    n >> Bash("process", "true")
+    n >> Bash("notify", "true", trigger_rule="all_done")
+    also_skips()
+"""
+
+
+async def test_a_task_can_skip_itself(db_url: str, tmp_path: Path) -> None:
+    write_dag(tmp_path / "dags", "selfskip.py", SELF_SKIP)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("selfskip")
+        tis = await local.tis("selfskip", run_id)
+        attempts = {a.task_id: a for a in await local.attempts("selfskip", run_id)}
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "nothing_new": "skipped",
+        "also_skips": "skipped",
+        "process": "skipped",
+        "notify": "success",
+    }
+    assert state == "success"
+    assert tis["nothing_new"].try_number == 1  # a skip is not a failure: no retry
+    assert tis["nothing_new"].error == "skipped: no new files"
+    assert tis["also_skips"].error == "skipped by the task"
+    assert attempts["nothing_new"].state == "skipped"
+    assert attempts["nothing_new"].exit_code == 0
