@@ -97,6 +97,7 @@ class SerializedTask(TypedDict):
     pod: PodSettings
     # kind == "bash"
     command: NotRequired[str]  # Jinja2 template
+    skip_on_exit_code: NotRequired[list[int]]  # these exit codes end the try as skipped
     # kind == "pod"
     image: NotRequired[str]
     cmds: NotRequired[list[str] | None]  # container command (templates), None = image entrypoint

@@ -371,6 +371,7 @@ class Bash(BaseTask):
         task_id: str,
         command: str | None = None,
         env: dict[str, str] | None = None,
+        skip_on_exit_code: int | Sequence[int] | None = None,
         **settings: Any,
     ) -> None:
         if command is None:  # `bash_command=` from Airflow: say so before "no command"
@@ -378,6 +379,7 @@ class Bash(BaseTask):
         if not isinstance(command, str) or not command.strip():
             raise definition_error(f"task {task_id!r}: command must be a non-empty string")
         self.command = command
+        self.skip_on_exit_code = _exit_codes(skip_on_exit_code, task_id)
         if env is not None:
             settings["env"] = env
         dag = settings.pop("dag", None)
@@ -386,7 +388,26 @@ class Bash(BaseTask):
     def serialize(self) -> SerializedTask:
         data = self._serialize_common()
         data["command"] = self.command
+        if self.skip_on_exit_code:
+            data["skip_on_exit_code"] = list(self.skip_on_exit_code)
         return data
+
+
+def _exit_codes(value: object, task_id: str) -> list[int]:
+    """`skip_on_exit_code` as a sorted list: exit codes 1-255 (0 is success)."""
+    if value is None:
+        return []
+    codes = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        isinstance(codes, str | bytes)
+        or not isinstance(codes, Sequence)
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 255 for c in codes)
+    ):
+        raise definition_error(
+            f"task {task_id!r}: skip_on_exit_code must be an exit code from 1 to 255 or a "
+            f"list of them, got {value!r}"
+        )
+    return sorted(set(codes))
 
 
 def _optional_str_list(value: object, task_id: str, what: str) -> list[str] | None:

@@ -94,7 +94,7 @@ class Recorder:
         )
         return await self.record(outcome, EXIT_SUCCESS, skip=skip)
 
-    async def skip(self, reason: str) -> int:
+    async def skip(self, reason: str, *, exit_code: int = 0) -> int:
         """Record `skipped` (the task skipped itself); the reason is kept as its error."""
         claim = self.claim
         outcome = Outcome(
@@ -102,7 +102,7 @@ class Recorder:
             claim.try_number,
             states.SKIPPED,
             EXPECT_RUNNING,
-            exit_code=0,
+            exit_code=exit_code,
             error=reason,
         )
         return await self.record(outcome, EXIT_SUCCESS)

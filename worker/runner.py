@@ -232,6 +232,14 @@ class Worker:
         ended: execute.Ended = ran[1]
         if ended.skipped:
             return await self.recorder.skip(ended.error or "skipped by the task")
+        skip_codes = claim.task.get("skip_on_exit_code", []) if claim.task else []
+        if not ended.ok and ended.exit_code in skip_codes:
+            # Bash under a launcher whose worker reports (Kubernetes): the worker decides;
+            # the local launcher's scheduler decides the same from the exit code.
+            return await self.recorder.skip(
+                f"skipped: exit code {ended.exit_code} is one of the task's skip_on_exit_code",
+                exit_code=ended.exit_code,
+            )
         if ended.ok:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}

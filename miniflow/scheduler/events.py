@@ -270,7 +270,19 @@ def _by_exit_code(
 ) -> store_tis.Outcome:
     if event.exit_code == 0 and event.reason in (None, "Completed"):
         return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
+    if task is not None and event.exit_code in task.get("skip_on_exit_code", ()):
+        return store_tis.Outcome(
+            flight.ti_id,
+            event.key.try_number,
+            states.SKIPPED,
+            exit_code=event.exit_code,
+            error=skip_reason(event.exit_code),
+        )
     return _failed(event, flight, task, now, "task failed")
+
+
+def skip_reason(exit_code: int | None) -> str:
+    return f"skipped: exit code {exit_code} is one of the task's skip_on_exit_code"
 
 
 def _cross_check(

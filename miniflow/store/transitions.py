@@ -51,7 +51,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     SCHEDULED: frozenset({QUEUED, NONE}),
     # started; ended before it was seen running; relaunched (same try); or decided
     # by the sanity loop (queued too long, lost)
-    QUEUED: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
+    # `queued → skipped`: a command exited with one of its `skip_on_exit_code`s
+    QUEUED: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED, SKIPPED}),
     # `running → running`: a repeated started event, a worker's claim, a heartbeat;
     # `running → scheduled`: a relaunch of a worker try whose worker never claimed it
     # (the process ran, the user's code never did: e.g. the database was unreachable)

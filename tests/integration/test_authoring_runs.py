@@ -311,3 +311,31 @@ async def test_a_task_can_skip_itself(db_url: str, tmp_path: Path) -> None:
     assert tis["also_skips"].error == "skipped by the task"
     assert attempts["nothing_new"].state == "skipped"
     assert attempts["nothing_new"].exit_code == 0
+
+
+SKIP_CODES = """
+from datetime import datetime
+from miniflow import DAG, Bash
+
+with DAG("skipcodes", start_date=datetime(2026, 1, 1)):
+    check = Bash("check", "echo nothing to do; exit 99", skip_on_exit_code=99, retries=2)
+    check >> Bash("work", "true")
+    Bash("broken", "exit 98", skip_on_exit_code=[99])
+"""
+
+
+async def test_bash_exit_code_can_skip_the_task(db_url: str, tmp_path: Path) -> None:
+    write_dag(tmp_path / "dags", "skipcodes.py", SKIP_CODES)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("skipcodes")
+        tis = await local.tis("skipcodes", run_id)
+        attempts = {a.task_id: a for a in await local.attempts("skipcodes", run_id)}
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "check": "skipped",
+        "work": "skipped",
+        "broken": "failed",
+    }
+    assert (tis["check"].try_number, tis["check"].exit_code) == (1, 99)  # no retry
+    assert tis["check"].error == "skipped: exit code 99 is one of the task's skip_on_exit_code"
+    assert attempts["check"].state == "skipped"
+    assert state == "failed"  # broken's 98 is not a skip code

@@ -359,3 +359,17 @@ def test_dags_show_names_branch_tasks_and_lists_params() -> None:
     assert '  target = required  {"minLength": 1, "type": "string"}  — table to load' in (
         typed.getvalue()
     )
+
+
+def test_skip_on_exit_code_is_validated_and_serialized() -> None:
+    with DAG("sk") as dag:
+        Bash("one", "exit 99", skip_on_exit_code=99)
+        Bash("many", "exit 3", skip_on_exit_code=[3, 1, 3])
+        Bash("none", "true")
+        for bad in (0, 256, "99", [1, True], 1.5):
+            with pytest.raises(DagDefinitionError, match="skip_on_exit_code must be an exit code"):
+                Bash("bad", "true", skip_on_exit_code=bad)  # type: ignore[arg-type]
+    tasks = dag.serialize("sk.py")["tasks"]
+    assert tasks["one"]["skip_on_exit_code"] == [99]
+    assert tasks["many"]["skip_on_exit_code"] == [1, 3]
+    assert "skip_on_exit_code" not in tasks["none"]
