@@ -24,7 +24,7 @@ from miniflow.serialized import SerializedDag
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs
-from miniflow.store import states
+from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.instances import Instance
 from miniflow.store.models import DagRun, ImportErrorRow, TaskAttempt, TaskInstance
@@ -318,6 +318,7 @@ async def runs_panel(engine: AsyncEngine, watched: Sequence[tuple[str, str]]) ->
 
 
 NO_SCHEDULER_AFTER = 3.0
+PROGRESS_INTERVAL = 0.25  # seconds between two looks at a followed run's progress
 """Seconds `dags trigger --wait` waits before it checks that a scheduler is running."""
 
 
@@ -335,7 +336,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
     console = make_console()
     threshold = SchedulerSettings().instance_timeout
     check_at: float | None = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
-    async with runtime.open_engine(config) as engine:
+    async with runtime.open_engine(config) as engine, wakeup.Listener(engine) as listener:
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:
             while True:
@@ -360,7 +361,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
                 )
                 if run.state in states.RUN_FINISHED:
                     break
-                await asyncio.sleep(0.25)
+                await listener.wait(PROGRESS_INTERVAL)  # a run's end is announced: no poll lag
         if not console.is_terminal:
             console.line()  # piped: Live leaves its last line open
         print_task_instances(tis, console=console)

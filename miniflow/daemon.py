@@ -43,7 +43,7 @@ from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store import schema, states
+from miniflow.store import schema, states, wakeup
 from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.daemon")
@@ -93,12 +93,14 @@ async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler
             parse_timeout=config.parse_timeout,
         )
         await scheduler.start()
+        listener = wakeup.Listener(engine, woken=scheduler.woken)
         # What start-up built (modules, the engine, the launcher) lives as long as the
         # process: keep full collections from walking it on every run (one held the
         # event loop ~80 ms in the middle of a fan-out, benchmarks/loop_lag.py).
         gc.freeze()
         try:
-            yield scheduler
+            async with listener:
+                yield scheduler
         finally:
             await scheduler.close()
 
@@ -160,20 +162,41 @@ async def _await_loop(runner: asyncio.Future[Any]) -> Any:
         return None
 
 
+@contextlib.contextmanager
+def _cut_short(stop: _Stop) -> Iterator[None]:
+    """A start-up cancelled by a repeated stop signal ends the command, quietly."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if stop.count < 2:
+            raise
+
+
 async def run_scheduler(config: Config) -> None:
     """`miniflow scheduler`: tick forever; SIGTERM/SIGINT stop after the current round.
 
-    Running attempts are left alone: a restarted scheduler adopts them.
+    Running attempts are left alone: a restarted scheduler adopts them. The signals
+    are handled from before start-up: the instance registers early (then starts its
+    launcher, adopts...), and a stop in between must still say goodbye, or its peers
+    wait out the instance timeout for its tries.
     """
-    async with _scheduler(config) as scheduler:
-        stop = _Stop()
+    stop = _Stop()
+    started: list[Scheduler] = []
+    starting = asyncio.current_task()
 
-        def on_signal() -> None:
-            if stop.count == 1 and stop.signal is not None:
-                log.info("%s: stopping; running tasks keep running", stop.signal.name)
-            stop.stop_after_round(scheduler)
+    def on_signal() -> None:
+        if stop.count == 1 and stop.signal is not None:
+            log.info("%s: stopping; running tasks keep running", stop.signal.name)
+        if started:
+            stop.stop_after_round(started[0])
+        elif stop.count > 1 and starting is not None:
+            starting.cancel()  # a second signal cuts the start-up short
 
-        with stop.handling(DAEMON_SIGNALS, on_signal):
+    with stop.handling(DAEMON_SIGNALS, on_signal), _cut_short(stop):
+        async with _scheduler(config) as scheduler:
+            started.append(scheduler)
+            if stop.signal is not None:
+                return  # stopped while starting: leaving the block says goodbye
             log.info(
                 "scheduler %s started (launcher %s, DAGs %s, database %s)",
                 scheduler.scheduler_id,

@@ -145,9 +145,11 @@ class Scheduler:
         )
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
         self._taken_over: set[str] = set()
+        """Dead instances whose leftover pods this one took over (once each)."""
         self.live_peers = 1
         """Live peer schedulers, this one included, as of the last instance heartbeat."""
-        """Dead instances whose leftover pods this one took over (once each)."""
+        self.woken = asyncio.Event()
+        """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
         self.run_views = RunViews()
         self.inflight: dict[AttemptKey, InFlight] = {}
         self._pending: list[LauncherEvent] = []
@@ -465,14 +467,26 @@ class Scheduler:
             )
 
     async def _wait(self, timeout: float) -> None:
-        """Sleep until a launcher event arrives (kept for the next tick) or `timeout`."""
+        """Sleep until a launcher event arrives (kept for the next tick), another process
+        announces work (`woken`: one announced during a round ends the next wait at
+        once) or `timeout`."""
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         stop = asyncio.ensure_future(self._stopping.wait())
+        woken = asyncio.ensure_future(self.woken.wait())
         get = asyncio.ensure_future(queue.get())
         try:
-            await asyncio.wait({stop, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {stop, woken, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stop.cancel()
+            woken.cancel()
+            if self.woken.is_set():
+                self.woken.clear()
+                # Another process made work (a run, a clear, an unpause): look for it in
+                # the next round instead of at the periodic checks.
+                self._due.runs = None
+                self._due.sweep = None
             if get.done() and not get.cancelled():
                 self._pending.append(get.result())
             else:

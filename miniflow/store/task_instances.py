@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.store import states, transitions
+from miniflow.store import states, transitions, wakeup
 from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
@@ -470,6 +470,8 @@ async def clear(
             .where(DagRun.id == run_pk, DagRun.state.in_(list(states.RUN_FINISHED)))
             .values(state=states.RUN_RUNNING, ended_at=None)
         )
+    if count:
+        await wakeup.announce(session, "clear")
     return count
 
 
