@@ -339,3 +339,18 @@ async def test_bash_exit_code_can_skip_the_task(db_url: str, tmp_path: Path) -> 
     assert tis["check"].error == "skipped: exit code 99 is one of the task's skip_on_exit_code"
     assert attempts["check"].state == "skipped"
     assert state == "failed"  # broken's 98 is not a skip code
+
+
+def test_standalone_trigger_all_passes_over_a_dag_with_a_required_param(tmp_path: Path) -> None:
+    """One DAG whose typed param has no default must not stop the others from running."""
+    from tests.e2e.helpers import cli_env, run_cli
+
+    dags = tmp_path / "dags"
+    write_dag(dags, "typed.py", PARAMS)
+    write_dag(dags, "e.py", 'from miniflow import DAG, Empty\nwith DAG("e"):\n    Empty("x")\n')
+    env = cli_env(f"sqlite+aiosqlite:///{tmp_path / 'state' / 'm.db'}", dags, tmp_path / "state")
+    result = run_cli(["standalone", "--trigger-all", "--exit-when-done"], env, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "DAG typed not triggered: param 'table' is required" in output
+    assert "all 1 triggered runs succeeded" in output
