@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from miniflow import dag as dag_mod
 from miniflow.dag import check_id, definition_error
-from miniflow.tasks import BaseTask, DependencyMixin, _groups
+from miniflow.tasks import BaseTask, DependencyMixin, _groups, validate_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,16 +28,26 @@ class TaskGroup(DependencyMixin):
     """A named group of tasks in a DAG; use it as a context manager.
 
     `TaskGroup("g")` inside a `with DAG(...)` block (or another group) prefixes
-    the ids of the tasks created in its `with` block with `g.`; `group_id`
-    follows the task id rules, and the full id (with every enclosing group's
-    prefix) must too.
+    the ids of the tasks created in its `with` block with `g.` (unless
+    `prefix_group_id=False`); `group_id` follows the task id rules, and the full
+    id (with every enclosing group's prefix) must too. Task settings given as
+    keywords or in `default_args` become defaults of the group's tasks: over the
+    DAG's and an enclosing group's, under a task's own (`env` is merged).
     """
 
     group_id: str
-    prefix: str  # "<full group id>."
+    prefix: str  # "<full group id>." ("" or the enclosing one's with prefix_group_id=False)
     members: list[BaseTask]  # every task created in the block, nested groups' too
+    task_defaults: dict[str, Any]  # validated settings, enclosing groups' merged under
 
-    def __init__(self, group_id: str) -> None:
+    def __init__(
+        self,
+        group_id: str,
+        *,
+        prefix_group_id: bool = True,
+        default_args: dict[str, Any] | None = None,
+        **task_defaults: Any,
+    ) -> None:
         self.filename, self.lineno = dag_mod.user_location()
         dag = dag_mod.current_dag()
         if dag is None:
@@ -50,8 +60,25 @@ class TaskGroup(DependencyMixin):
         self.group_id = check_id(
             f"{enclosing[-1].prefix if enclosing else ''}{group_id}", "task group id"
         )
-        self.prefix = f"{self.group_id}."
+        if not isinstance(prefix_group_id, bool):
+            raise definition_error(
+                f"task group {group_id!r}: prefix_group_id must be True or False, "
+                f"got {prefix_group_id!r}"
+            )
+        outer = enclosing[-1].prefix if enclosing else ""
+        self.prefix = f"{self.group_id}." if prefix_group_id else outer
         self.members: list[BaseTask] = []
+        if default_args is not None and not isinstance(default_args, dict):
+            raise definition_error(
+                f"task group {group_id!r}: default_args must be a dict, got {default_args!r}"
+            )
+        own = validate_settings(
+            {**(default_args or {}), **task_defaults}, f"task group {self.group_id!r}"
+        )
+        inherited = enclosing[-1].task_defaults if enclosing else {}
+        self.task_defaults = {**inherited, **own}
+        if "env" in inherited or "env" in own:
+            self.task_defaults["env"] = {**inherited.get("env", {}), **own.get("env", {})}
 
     def __repr__(self) -> str:
         return f"<TaskGroup {self.dag.dag_id}.{self.group_id}: {len(self.members)} tasks>"
@@ -98,8 +125,11 @@ class TaskGroup(DependencyMixin):
 class TaskGroupFunction(Generic[P, R]):
     """A function decorated with `@task_group`; calling it inside a DAG builds a group."""
 
-    def __init__(self, function: Callable[P, R], group_id: str | None) -> None:
+    def __init__(
+        self, function: Callable[P, R], group_id: str | None, group_kwargs: dict[str, Any]
+    ) -> None:
         self.function = function
+        self.group_kwargs = group_kwargs
         self.group_id = check_id(
             group_id if group_id is not None else function.__name__, "task group id"
         )
@@ -124,7 +154,7 @@ class TaskGroupFunction(Generic[P, R]):
         while any(t.startswith(f"{prefix}{group_id}.") for t in dag.tasks):
             n += 1
             group_id = f"{self.group_id}__{n}"
-        with TaskGroup(group_id) as group:
+        with TaskGroup(group_id, **self.group_kwargs) as group:
             result = self.function(*args, **kwargs)
         if isinstance(result, DependencyMixin):
             return result
@@ -137,22 +167,25 @@ def task_group(function: Callable[P, R], /) -> TaskGroupFunction[P, R]: ...
 
 @overload
 def task_group(
-    *, group_id: str | None = None
+    *, group_id: str | None = None, **group_kwargs: Any
 ) -> Callable[[Callable[P, R]], TaskGroupFunction[P, R]]: ...
 
 
 def task_group(
-    function: Callable[..., Any] | None = None, /, *, group_id: str | None = None
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    group_id: str | None = None,
+    **group_kwargs: Any,
 ) -> Any:
-    """`@task_group` or `@task_group(group_id=...)`: a function whose tasks form a group.
-
-    The group id defaults to the function name.
-    """
+    """`@task_group` or `@task_group(group_id=..., retries=2, ...)`: a function whose tasks
+    form a group. The group id defaults to the function name; other keywords are
+    `TaskGroup`'s (`prefix_group_id`, `default_args`, task settings)."""
 
     def decorate(fn: Callable[..., Any]) -> TaskGroupFunction[..., Any]:
         if not callable(fn):
             raise definition_error(f"@task_group must decorate a function, got {fn!r}")
-        return TaskGroupFunction(fn, group_id)
+        return TaskGroupFunction(fn, group_id, group_kwargs)
 
     if function is not None:
         return decorate(function)

@@ -315,6 +315,7 @@ class BaseTask(DependencyMixin):
         self.settings = validate_settings(settings, f"task {self.task_id!r}")
         self.upstream_ids: set[str] = set()
         self.downstream_ids: set[str] = set()
+        self.group_defaults: dict[str, Any] = groups[-1].task_defaults if groups else {}
         owner.add_task(self)
         for group in groups:  # nested groups: a task belongs to each enclosing one
             group.members.append(self)
@@ -326,11 +327,17 @@ class BaseTask(DependencyMixin):
         return self
 
     def effective_settings(self) -> dict[str, Any]:
-        """Settings after inheritance: built-in default < DAG default < the task's own."""
+        """Settings after inheritance: built-in default < DAG default < task group default
+        < the task's own."""
         merged: dict[str, Any] = {name: default for name, (_, default) in _TASK_SETTINGS.items()}
         merged.update(self.dag.task_defaults)
+        merged.update(self.group_defaults)
         merged.update(self.settings)
-        merged["env"] = {**self.dag.task_defaults.get("env", {}), **self.settings.get("env", {})}
+        merged["env"] = {
+            **self.dag.task_defaults.get("env", {}),
+            **self.group_defaults.get("env", {}),
+            **self.settings.get("env", {}),
+        }
         return merged
 
     def _serialize_common(self) -> SerializedTask:

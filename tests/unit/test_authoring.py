@@ -373,3 +373,49 @@ def test_skip_on_exit_code_is_validated_and_serialized() -> None:
     assert tasks["one"]["skip_on_exit_code"] == [99]
     assert tasks["many"]["skip_on_exit_code"] == [1, 3]
     assert "skip_on_exit_code" not in tasks["none"]
+
+
+def test_task_group_settings_are_defaults_between_the_dag_and_the_task() -> None:
+    from datetime import timedelta
+
+    from miniflow import TaskGroup, task, task_group
+
+    with DAG("gd", retries=1, env={"A": "dag", "B": "dag"}) as dag:
+        with TaskGroup("g", default_args={"retries": 3}, env={"B": "group"}, pool="p"):
+            Bash("plain", "true")
+            Bash("own", "true", retries=5, env={"A": "task"})
+            with TaskGroup("inner", timeout=timedelta(seconds=9)):
+                Bash("deep", "true")
+
+        @task_group(retries=4)
+        def fn_group() -> None:
+            @task
+            def py() -> int:
+                return 1
+
+            py()
+
+        fn_group()
+        Bash("outside", "true")
+    tasks = dag.serialize("gd.py")["tasks"]
+    assert (tasks["g.plain"]["retries"], tasks["g.plain"]["pool"]) == (3, "p")
+    assert tasks["g.plain"]["env"] == {"A": "dag", "B": "group"}
+    assert tasks["g.own"]["retries"] == 5 and tasks["g.own"]["env"] == {"A": "task", "B": "group"}
+    deep = tasks["g.inner.deep"]
+    assert (deep["retries"], deep["pool"], deep["timeout"]) == (3, "p", 9.0)
+    assert tasks["fn_group.py"]["retries"] == 4
+    assert tasks["outside"]["retries"] == 1 and tasks["outside"]["pool"] is None
+
+
+def test_task_group_without_prefix_and_bad_settings() -> None:
+    from miniflow import TaskGroup
+
+    with DAG("gp") as dag:
+        with TaskGroup("outer"), TaskGroup("flat", prefix_group_id=False) as flat:
+            t = Bash("t", "true")
+        with pytest.raises(DagDefinitionError, match="task group 'bad': unknown keyword"):
+            TaskGroup("bad", retrys=2)
+        with pytest.raises(DagDefinitionError, match="retries must be an integer"):
+            TaskGroup("bad", retries=-1)
+    assert t.task_id == "outer.t" and flat.members == [t]
+    assert "outer.t" in dag.tasks
