@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from miniflow import admin
+from miniflow.config import load_config
+from miniflow.errors import NotFound
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
@@ -71,6 +74,11 @@ async def test_empty_tasks_complete_without_a_process(db_url: str, tmp_path: Pat
     assert state == "failed"  # the leaf after_bad
     assert attempts == {"a", "b", "bad"}  # no try, no process for an Empty task
     assert all(tis[t].try_number == 0 for t in ("start", "join", "cleanup"))
+    config = load_config(
+        environ={}, database_url=db_url, dags_folder=tmp_path / "dags", state_dir=tmp_path / "s"
+    )
+    with pytest.raises(NotFound, match=r"'join' of empties/.* is an Empty task: it runs no"):
+        await admin.task_attempts(config, "empties", run_id, "join")  # what `tasks logs` says
 
 
 BRANCHING = """
