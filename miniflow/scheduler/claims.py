@@ -37,6 +37,9 @@ from miniflow.store import task_instances as store_tis
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler
 
+LAUNCH_FAILED = "LaunchFailed"
+"""The reason on the attempt of a try that never started (template error, refused launch)."""
+
 log = logging.getLogger("miniflow.scheduler")
 
 
@@ -121,16 +124,19 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
     if failures or handles:
         async with store_engine.transaction(scheduler.sessions) as session:
             await store_attempts.set_handles(session, handles)
-            stats.finished.update(await fail_before_start(scheduler, session, failures))
+            await fail_before_start(scheduler, session, failures, stats)
     if failures:
         stats.changed += len(failures)
 
 
 async def fail_before_start(
-    scheduler: Scheduler, session: AsyncSession, failures: Sequence[_LaunchFailure]
-) -> list[str]:
-    """Tries that never started: a template error or a refused launch; returns the final
-    states some of them reached (a try with retries left is not final).
+    scheduler: Scheduler,
+    session: AsyncSession,
+    failures: Sequence[_LaunchFailure],
+    stats: TickStats,
+) -> None:
+    """Tries that never started: a template error or a refused launch (counted in
+    `stats` as exits with reason LaunchFailed, and by final state where they have one).
 
     A launch refused for a transient reason (the API server still busy after the
     launcher's own retries) is launched again under the same try, without using
@@ -175,7 +181,7 @@ async def fail_before_start(
                 outcome.try_number,
                 outcome.state,
                 None,
-                "LaunchFailed",
+                LAUNCH_FAILED,
                 outcome.error,
                 None,
                 now,
@@ -195,7 +201,10 @@ async def fail_before_start(
         )
     changed = await store_tis.finish(session, outcomes, now)
     await store_attempts.close(session, ends)
-    return [o.state for o in outcomes if o.ti_id in changed and o.state in states.FINISHED]
+    stats.exits[LAUNCH_FAILED] += len(ends)
+    stats.finished.update(
+        o.state for o in outcomes if o.ti_id in changed and o.state in states.FINISHED
+    )
 
 
 @dataclass(frozen=True, slots=True)

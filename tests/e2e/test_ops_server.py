@@ -40,6 +40,7 @@ DAG = """
 
     with DAG("ops", start_date=datetime(2026, 1, 1)):
         Bash("good", "true") >> Bash("bad", "exit 3")
+        Bash("broken", "echo {{ no_such_variable.field }}")  # never launched
 """
 
 
@@ -121,13 +122,14 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
             assert status == 200
             found = samples(text)
             done = ("miniflow_task_instances_finished_total", (("state", "failed"),))
-            return found if found.get(done) == 1.0 else {}
+            return found if found.get(done) == 2.0 else {}
 
-        found = await until(counted, 30, "the failed task to be counted")
+        found = await until(counted, 30, "the failed tasks to be counted")
         assert found[("miniflow_task_instances_finished_total", (("state", "success"),))] == 1.0
         assert found[("miniflow_attempts_launched_total", (("launcher", "local"),))] == 2.0
         assert found[("miniflow_attempt_exits_total", (("reason", "Completed"),))] == 1.0
         assert found[("miniflow_attempt_exits_total", (("reason", "Error"),))] == 1.0
+        assert found[("miniflow_attempt_exits_total", (("reason", "LaunchFailed"),))] == 1.0
         assert found[("miniflow_scheduler_instances_live", ())] == 1.0
         assert found[("miniflow_tries_in_flight", ())] == 0.0
         assert found[("miniflow_scheduler_round_duration_seconds_count", (("loop", "tick"),))] > 0
