@@ -163,6 +163,9 @@ class Scheduler:
         """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
         self.run_views = RunViews()
         self.inflight: dict[AttemptKey, InFlight] = {}
+        self.kill_reasons: dict[AttemptKey, str] = {}
+        """Why the sanity loop killed a try, until its exit is recorded: the attempt row
+        keeps that reason over the launcher's ("Killed"), and so does the exit metric."""
         self._pending: list[LauncherEvent] = []
         self._due = _Due()
         self._only_run_pk: int | None = None

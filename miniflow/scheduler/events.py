@@ -89,6 +89,7 @@ async def _fence(
     for key in foreign:
         log.warning("%s: adopted by another scheduler; leaving it to that one", key)
         del scheduler.inflight[key]
+        scheduler.kill_reasons.pop(key, None)
     return foreign
 
 
@@ -205,7 +206,8 @@ async def _record_exits(
     changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
     for event, flight in flights:
-        recorded.exits[metrics.exit_reason(event.reason, event.exit_code)] += 1
+        noted = scheduler.kill_reasons.pop(event.key, None)
+        recorded.exits[metrics.exit_reason(noted or event.reason, event.exit_code)] += 1
         row = current.get(flight.ti_id)
         relaunched = flight.ti_id in decided.relaunched or (
             row is not None and row.state == states.SCHEDULED
