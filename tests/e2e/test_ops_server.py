@@ -134,6 +134,7 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
         assert found[("miniflow_tries_in_flight", ())] == 0.0
         assert found[("miniflow_scheduler_round_duration_seconds_count", (("loop", "tick"),))] > 0
         assert found[("miniflow_sanity_findings_total", (("kind", "zombie"),))] == 0.0
+        assert not [name for name, _ in found if name.endswith("_created")]
 
         # The database goes away: not ready (and still alive); back: ready again.
         await set_connections(db_url, allowed=False)
