@@ -37,8 +37,9 @@ from rich.live import Live
 
 from miniflow import cli_views, runtime, stopping
 from miniflow.config import Config
-from miniflow.errors import ConfValidationError, NotFound
+from miniflow.errors import ConfigError, ConfValidationError, NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
+from miniflow.scheduler.ops_server import OpsServer
 from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
@@ -76,7 +77,12 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
 
 
 @contextlib.asynccontextmanager
-async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler]:
+async def _scheduler(
+    config: Config, *, serve: bool = True, **settings: Any
+) -> AsyncIterator[Scheduler]:
+    """A started scheduler; with `serve` and `MINIFLOW_HTTP_PORT` set, its ops server too
+    (up before the start-up, so liveness holds through a long adoption while readiness
+    says "not registered yet")."""
     is_sqlite = config.database_url.startswith("sqlite")
     # A transaction left idle for the instance timeout belongs to a scheduler its peers
     # take for dead: the server ends it, so its locks cannot stall them.
@@ -92,7 +98,22 @@ async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler
             settings=_settings(config, **settings),
             parse_timeout=config.parse_timeout,
         )
-        await scheduler.start()
+        server = None
+        if serve and config.http_port:
+            server = OpsServer(scheduler, host=config.http_host, port=config.http_port)
+            try:
+                await server.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"MINIFLOW_HTTP_PORT: cannot listen on {config.http_host}:"
+                    f"{config.http_port}: {exc.strerror or exc}"
+                ) from None
+        try:
+            await scheduler.start()
+        except BaseException:
+            if server is not None:
+                await server.close()
+            raise
         listener = wakeup.Listener(engine, woken=scheduler.woken)
         # What start-up built (modules, the engine, the launcher) lives as long as the
         # process: keep full collections from walking it on every run (one held the
@@ -102,6 +123,8 @@ async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler
             async with listener:
                 yield scheduler
         finally:
+            if server is not None:
+                await server.close()
             await scheduler.close()
 
 
@@ -315,7 +338,7 @@ async def test_dag(
     logical_date = logical_date or datetime.now(UTC)
     run = (dag_id, trigger_mod.dags_test_run_id(logical_date))
     async with _scheduler(
-        config, schedule_runs=False, reap_orphans=False, peer=False
+        config, serve=False, schedule_runs=False, reap_orphans=False, peer=False
     ) as scheduler:
         stop = _Stop()
         first_pass: list[asyncio.Future[list[str]]] = []
