@@ -264,6 +264,11 @@ async def task_attempts(
         run_id = await resolve_run(session, dag_id, run_ref)
         ti = await _task_instance(session, dag_id, run_id, task_id)
         found = await store_attempts.for_task(session, dag_id, run_id, task_id)
+        if not found and ti.kind == "empty":
+            raise NotFound(
+                f"task {task_id!r} of {dag_id}/{run_id} is an Empty task: it runs no process, "
+                f"so it has no tries or logs (state: {ti.state})"
+            )
         if not found:
             raise NotFound(
                 f"task {task_id!r} of {dag_id}/{run_id} has not been tried yet (state: {ti.state})"

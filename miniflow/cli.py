@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from miniflow import cli_views as views
+from miniflow import log_format
 from miniflow.cli_common import EXAMPLES, MiniflowGroup, _config, add_global_options, command_runner
 
 
@@ -39,7 +40,7 @@ def main(
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=log_format.TEXT_FORMAT,
     )
     ctx.obj = {"dags_folder": dags_folder, "database_url": database_url}
 
@@ -85,6 +86,7 @@ def scheduler(ctx: click.Context) -> None:
 
     config = _config(ctx)
     logging.getLogger().setLevel(logging.INFO)
+    log_format.configure(config.log_format)
     command_runner(daemon.run_scheduler)(config)
 
 
@@ -131,6 +133,7 @@ def standalone(
     if default_dags and not config.dags_folder.is_dir() and EXAMPLES.is_dir():
         overrides["dags_folder"] = EXAMPLES  # a fresh clone: no DAGs of yours yet
     config = _config(ctx, **overrides)
+    log_format.configure(config.log_format)
     if not config.dags_folder.is_dir():
         # e.g. an installed wheel, which does not ship the repository's examples
         click.echo(

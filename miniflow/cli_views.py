@@ -6,10 +6,12 @@ Only presentation lives here; the data comes from `miniflow.admin` and the store
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Column, Table
@@ -22,7 +24,7 @@ from miniflow.serialized import SerializedDag
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs
-from miniflow.store import states
+from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.instances import Instance
 from miniflow.store.models import DagRun, ImportErrorRow, TaskAttempt, TaskInstance
@@ -163,7 +165,29 @@ def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
         node, tid = stack.pop()
         branch = node.add(_task_label(dag, tid, parent_of.get(tid)))
         stack.extend((branch, child) for child in reversed(children[tid]))
-    _console(console).print(root)
+    out = _console(console)
+    out.print(root)
+    params = _param_lines(dag)
+    if params:
+        out.print("params (dags trigger --conf '{\"key\": value}'):", markup=False)
+        for line in params:
+            out.print(line, markup=False, highlight=False)
+
+
+def _param_lines(dag: SerializedDag) -> list[str]:
+    """One line per param: its default (or "required"), schema and description."""
+    specs: dict[str, Any] = dag.get("param_specs", {})
+    lines = []
+    for key in sorted(set(dag["params"]) | set(specs)):
+        spec = specs.get(key)
+        value = "required" if key not in dag["params"] else json.dumps(dag["params"][key])
+        line = f"  {key} = {value}"
+        if spec is not None and spec["schema"]:
+            line += f"  {json.dumps(spec['schema'], sort_keys=True)}"
+        if spec is not None and spec.get("description"):
+            line += f"  — {spec['description']}"
+        lines.append(line)
+    return lines
 
 
 def _depths(dag: SerializedDag) -> dict[str, int]:
@@ -185,7 +209,9 @@ def _depths(dag: SerializedDag) -> dict[str, int]:
 
 def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     task = dag["tasks"][task_id]
-    label = f"{task_id} [dim]({task['kind']})[/]"
+    mode = task.get("python_mode")
+    kind = f"{task['kind']}, {mode.replace('_', '-')}" if mode else task["kind"]
+    label = f"{task_id} [dim]({kind})[/]"
     if task["trigger_rule"] != "all_success":
         label += f" [dim]{task['trigger_rule']}[/]"
     others = [u for u in sorted(task["upstream"]) if u != parent]
@@ -310,6 +336,7 @@ async def runs_panel(engine: AsyncEngine, watched: Sequence[tuple[str, str]]) ->
 
 
 NO_SCHEDULER_AFTER = 3.0
+PROGRESS_INTERVAL = 0.25  # seconds between two looks at a followed run's progress
 """Seconds `dags trigger --wait` waits before it checks that a scheduler is running."""
 
 
@@ -327,7 +354,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
     console = make_console()
     threshold = SchedulerSettings().instance_timeout
     check_at: float | None = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
-    async with runtime.open_engine(config) as engine:
+    async with runtime.open_engine(config) as engine, wakeup.Listener(engine) as listener:
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:
             while True:
@@ -352,7 +379,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
                 )
                 if run.state in states.RUN_FINISHED:
                     break
-                await asyncio.sleep(0.25)
+                await listener.wait(PROGRESS_INTERVAL)  # a run's end is announced: no poll lag
         if not console.is_terminal:
             console.line()  # piped: Live leaves its last line open
         print_task_instances(tis, console=console)

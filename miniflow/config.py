@@ -24,6 +24,7 @@ CLEANUP_POLICIES = ("on_success", "always", "never")
 WEB_AUTH_MODES = ("token", "none")
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 """Addresses only this machine can reach: the web server needs no authentication there."""
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,17 @@ class Config:
     (no authentication anywhere: logs a warning when bound beyond localhost)."""
     web_read_only: bool = False
     """Refuse every state-changing request (pause, trigger, clear, mark failed, pools)."""
+    worker_service_account: str | None = None
+    """Service account of worker and pod-task pods unless a task names its own; unset
+    means the namespace's default account."""
+    http_port: int = 0
+    """Port of the scheduler's ops HTTP server (`/healthz`, `/readyz`, `/metrics`); 0: off."""
+    http_host: str = "0.0.0.0"
+    """Address the ops HTTP server listens on: every interface by default, so that
+    Kubernetes probes and Prometheus reach it on the pod's IP."""
+    log_format: str = "text"
+    """Log lines of the scheduler and standalone processes: `text`, or `json` (one JSON
+    object per line, for log collectors)."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised keys from the TOML file (kept for forward compatibility)."""
 
@@ -147,13 +159,6 @@ def _as_int(name: str, raw: str) -> int:
     return int(_number(name, raw, int, allow_zero=False))
 
 
-def _as_port(name: str, raw: str) -> int:
-    port = int(_number(name, raw, int, allow_zero=True))
-    if port > 65535:
-        raise ConfigError(f"MINIFLOW_{name.upper()} must be a TCP port (0-65535), got {port}")
-    return port
-
-
 def _as_bool(name: str, raw: str) -> bool:
     text = raw.strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -167,6 +172,13 @@ def _as_float(name: str, raw: str) -> float:
     return float(_number(name, raw, float, allow_zero=False))
 
 
+def _as_port(name: str, raw: str) -> int:
+    port = int(_number(name, raw, int, allow_zero=True))
+    if port > 65535:
+        raise ConfigError(f"MINIFLOW_{name.upper()} must be a port (0 to 65535), got {port}")
+    return port
+
+
 def _as_seconds(name: str, raw: str) -> float:
     return float(_number(name, raw, float, allow_zero=True))
 
@@ -174,6 +186,7 @@ def _as_seconds(name: str, raw: str) -> float:
 _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "pod_keep_failed_for": _as_seconds,
     "parallelism": _as_int,
+    "http_port": _as_port,
     "max_result_bytes": _as_int,
     "max_launch_attempts": _as_int,
     "zombie_threshold": _as_float,
@@ -275,6 +288,11 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"MINIFLOW_POD_CLEANUP must be one of {', '.join(CLEANUP_POLICIES)}, "
             f"got {config.pod_cleanup!r}"
+        )
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"MINIFLOW_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
+            f"got {config.log_format!r}"
         )
     if config.scheduler_timeout <= 2 * config.scheduler_heartbeat:
         raise ConfigError(

@@ -38,13 +38,14 @@ from rich.live import Live
 
 from miniflow import cli_views, runtime, stopping
 from miniflow.config import Config
-from miniflow.errors import NotFound
+from miniflow.errors import ConfigError, ConfValidationError, NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
+from miniflow.scheduler.ops_server import OpsServer
 from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store import schema, states
+from miniflow.store import schema, states, wakeup
 from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.daemon")
@@ -77,7 +78,12 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
 
 
 @contextlib.asynccontextmanager
-async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler]:
+async def _scheduler(
+    config: Config, *, serve: bool = True, **settings: Any
+) -> AsyncIterator[Scheduler]:
+    """A started scheduler; with `serve` and `MINIFLOW_HTTP_PORT` set, its ops server too
+    (up before the start-up, so liveness holds through a long adoption while readiness
+    says "not registered yet")."""
     is_sqlite = config.database_url.startswith("sqlite")
     # A transaction left idle for the instance timeout belongs to a scheduler its peers
     # take for dead: the server ends it, so its locks cannot stall them.
@@ -93,14 +99,33 @@ async def _scheduler(config: Config, **settings: Any) -> AsyncIterator[Scheduler
             settings=_settings(config, **settings),
             parse_timeout=config.parse_timeout,
         )
-        await scheduler.start()
+        server = None
+        if serve and config.http_port:
+            server = OpsServer(scheduler, host=config.http_host, port=config.http_port)
+            try:
+                await server.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"MINIFLOW_HTTP_PORT: cannot listen on {config.http_host}:"
+                    f"{config.http_port}: {exc.strerror or exc}"
+                ) from None
+        try:
+            await scheduler.start()
+        except BaseException:
+            if server is not None:
+                await server.close()
+            raise
+        listener = wakeup.Listener(engine, woken=scheduler.woken)
         # What start-up built (modules, the engine, the launcher) lives as long as the
         # process: keep full collections from walking it on every run (one held the
         # event loop ~80 ms in the middle of a fan-out, benchmarks/loop_lag.py).
         gc.freeze()
         try:
-            yield scheduler
+            async with listener:
+                yield scheduler
         finally:
+            if server is not None:
+                await server.close()
             await scheduler.close()
 
 
@@ -161,20 +186,41 @@ async def _await_loop(runner: asyncio.Future[Any]) -> Any:
         return None
 
 
+@contextlib.contextmanager
+def _cut_short(stop: _Stop) -> Iterator[None]:
+    """A start-up cancelled by a repeated stop signal ends the command, quietly."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if stop.count < 2:
+            raise
+
+
 async def run_scheduler(config: Config) -> None:
     """`miniflow scheduler`: tick forever; SIGTERM/SIGINT stop after the current round.
 
-    Running attempts are left alone: a restarted scheduler adopts them.
+    Running attempts are left alone: a restarted scheduler adopts them. The signals
+    are handled from before start-up: the instance registers early (then starts its
+    launcher, adopts...), and a stop in between must still say goodbye, or its peers
+    wait out the instance timeout for its tries.
     """
-    async with _scheduler(config) as scheduler:
-        stop = _Stop()
+    stop = _Stop()
+    started: list[Scheduler] = []
+    starting = asyncio.current_task()
 
-        def on_signal() -> None:
-            if stop.count == 1 and stop.signal is not None:
-                log.info("%s: stopping; running tasks keep running", stop.signal.name)
-            stop.stop_after_round(scheduler)
+    def on_signal() -> None:
+        if stop.count == 1 and stop.signal is not None:
+            log.info("%s: stopping; running tasks keep running", stop.signal.name)
+        if started:
+            stop.stop_after_round(started[0])
+        elif stop.count > 1 and starting is not None:
+            starting.cancel()  # a second signal cuts the start-up short
 
-        with stop.handling(DAEMON_SIGNALS, on_signal):
+    with stop.handling(DAEMON_SIGNALS, on_signal), _cut_short(stop):
+        async with _scheduler(config) as scheduler:
+            started.append(scheduler)
+            if stop.signal is not None:
+                return  # stopped while starting: leaving the block says goodbye
             log.info(
                 "scheduler %s started (launcher %s, DAGs %s, database %s)",
                 scheduler.scheduler_id,
@@ -289,7 +335,11 @@ async def _trigger_all(config: Config, scheduler: Scheduler) -> list[tuple[str, 
         for row in await store_dags.list_dags(session):
             if row.has_import_error:
                 continue
-            run_id = await trigger_mod.trigger(session, row.dag_id, conf_json=None, now=now)
+            try:
+                run_id = await trigger_mod.trigger(session, row.dag_id, conf_json=None, now=now)
+            except ConfValidationError as exc:  # a typed param without a default
+                log.warning("--trigger-all: DAG %s not triggered: %s", row.dag_id, exc)
+                continue
             watched.append((row.dag_id, run_id))
     return watched
 
@@ -316,7 +366,7 @@ async def test_dag(
     logical_date = logical_date or datetime.now(UTC)
     run = (dag_id, trigger_mod.dags_test_run_id(logical_date))
     async with _scheduler(
-        config, schedule_runs=False, reap_orphans=False, peer=False
+        config, serve=False, schedule_runs=False, reap_orphans=False, peer=False
     ) as scheduler:
         stop = _Stop()
         first_pass: list[asyncio.Future[list[str]]] = []

@@ -29,6 +29,7 @@ from miniflow.errors import DagDefinitionError
 from miniflow.serialized import FORMAT_VERSION, SerializedDag
 
 if TYPE_CHECKING:
+    from miniflow.params import ParamSpec
     from miniflow.tasks import BaseTask
 
 SCHEDULE_PRESETS: tuple[str, ...] = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
@@ -203,7 +204,8 @@ class DAG:
         default_args: dict[str, Any] | None = None,
         **task_defaults: Any,
     ) -> None:
-        from miniflow import tasks  # tasks imports this module; import at call time
+        from miniflow import params as params_mod  # both import this module: import at
+        from miniflow import tasks  # call time
 
         self.filename, self.lineno = user_location()
         self.dag_id = check_id(dag_id, "dag id")
@@ -224,8 +226,22 @@ class DAG:
         self.max_active_tasks = _check_positive_int(max_active_tasks, "max_active_tasks")
         if params is not None and not isinstance(params, dict):
             raise definition_error(f"params must be a dict, got {params!r}")
-        self.params: dict[str, Any] = dict(params or {})
+        self.params: dict[str, Any] = {}
+        self.param_specs: dict[str, ParamSpec] = {}
+        for key, value in (params or {}).items():
+            if isinstance(value, params_mod.Param):
+                self.param_specs[key] = value.spec(key)
+                if not value.required:
+                    self.params[key] = value.default
+            else:
+                self.params[key] = value
         check_json(self.params, "params")
+        required = sorted(k for k, spec in self.param_specs.items() if spec["required"])
+        if required and self.schedule is not None:
+            raise definition_error(
+                f"DAG {dag_id!r} has a schedule, so its params need defaults (a scheduled run "
+                f"has no conf): {', '.join(map(repr, required))} have none"
+            )
         if tags is None:
             tags = []
         if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
@@ -348,6 +364,7 @@ class DAG:
             "max_active_runs": self.max_active_runs,
             "max_active_tasks": self.max_active_tasks,
             "params": json.loads(json.dumps(self.params)),
+            "param_specs": json.loads(json.dumps(self.param_specs)),
             "tags": list(self.tags),
             "description": self.description,
             "tasks": {task_id: task.serialize() for task_id, task in self.tasks.items()},

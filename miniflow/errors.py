@@ -44,6 +44,12 @@ class DagDefinitionError(PermanentError):
         self.bare_message = message
 
 
+class SkipTask(MiniflowError):
+    """Raise inside a `@task` function to end its try as `skipped` (Airflow's
+    `AirflowSkipException`); the message is kept as the try's reason. Downstream
+    tasks follow their trigger rules (an `all_success` task below is skipped too)."""
+
+
 class TemplateError(PermanentError):
     """A template could not be rendered; names the task and the variable."""
 

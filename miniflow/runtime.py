@@ -60,6 +60,7 @@ def make_launcher(config: Config) -> Launcher:
             worker_image=config.worker_image,
             database_secret_name=config.database_secret,
             dags_folder=config.pod_dags_folder,
+            service_account=config.worker_service_account,
             # A worker that cannot heartbeat for the zombie threshold stops its task itself.
             extra_env={
                 "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),

@@ -17,19 +17,39 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from miniflow.errors import SerializedFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 2: the `empty` task kind, `python_mode` (branch / short_circuit) of Python tasks and the
+# trigger rules added with them; a reader of format 1 would launch an `empty` task or
+# ignore a branch, so it must refuse these DAGs.
 
-TaskKind = Literal["bash", "python", "pod"]
+TaskKind = Literal["bash", "python", "pod", "empty"]
+PythonMode = Literal["branch", "short_circuit"]
 TriggerRule = Literal[
-    "all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "always"
+    "all_success",
+    "all_failed",
+    "all_done",
+    "all_skipped",
+    "all_done_min_one_success",
+    "one_success",
+    "one_failed",
+    "one_done",
+    "none_failed",
+    "none_failed_min_one_success",
+    "none_skipped",
+    "always",
 ]
 TRIGGER_RULES: tuple[str, ...] = (
     "all_success",
     "all_failed",
     "all_done",
+    "all_skipped",
+    "all_done_min_one_success",
     "one_success",
     "one_failed",
+    "one_done",
     "none_failed",
+    "none_failed_min_one_success",
+    "none_skipped",
     "always",
 )
 
@@ -77,6 +97,7 @@ class SerializedTask(TypedDict):
     pod: PodSettings
     # kind == "bash"
     command: NotRequired[str]  # Jinja2 template
+    skip_on_exit_code: NotRequired[list[int]]  # these exit codes end the try as skipped
     # kind == "pod"
     image: NotRequired[str]
     cmds: NotRequired[list[str] | None]  # container command (templates), None = image entrypoint
@@ -85,6 +106,12 @@ class SerializedTask(TypedDict):
     python_callable: NotRequired[str]  # qualified name of the function in the DAG file
     op_args: NotRequired[list[ArgRef]]
     op_kwargs: NotRequired[dict[str, ArgRef]]
+    # "branch": the result names the direct downstream task(s) to follow, the others are
+    # skipped; "short_circuit": a falsy result skips downstream. Absent: a plain task.
+    python_mode: NotRequired[PythonMode]
+    # short_circuit only: True skips every task downstream whatever its trigger rule;
+    # False skips the direct downstream tasks and lets trigger rules decide the rest.
+    ignore_downstream_trigger_rules: NotRequired[bool]
 
 
 class SerializedDag(TypedDict):
@@ -99,7 +126,10 @@ class SerializedDag(TypedDict):
     timezone: str  # IANA name
     max_active_runs: int
     max_active_tasks: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # defaults (a required typed param has none)
+    # typed params (`Param`): key -> {"schema", "description", "required"}; absent in
+    # DAGs stored before format 2, so read it with `.get("param_specs", {})`
+    param_specs: dict[str, Any]
     tags: list[str]
     description: str | None
     tasks: dict[str, SerializedTask]  # in definition order

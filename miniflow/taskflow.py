@@ -20,8 +20,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from miniflow import dag as dag_mod
 from miniflow.dag import check_id, definition_error
-from miniflow.serialized import ArgRef, SerializedTask, TaskKind
-from miniflow.tasks import BaseTask, DependencyMixin, validate_settings
+from miniflow.serialized import ArgRef, PythonMode, SerializedTask, TaskKind
+from miniflow.tasks import BaseTask, DependencyMixin, group_prefix, validate_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,10 +56,15 @@ class PythonTask(BaseTask):
         op_args: list[ArgRef],
         op_kwargs: dict[str, ArgRef],
         settings: dict[str, Any],
+        *,
+        mode: PythonMode | None = None,
+        ignore_downstream_trigger_rules: bool = True,
     ) -> None:
         self.function = function
         self.op_args = op_args
         self.op_kwargs = op_kwargs
+        self.mode = mode
+        self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
         super().__init__(task_id, settings)
 
     def serialize(self) -> SerializedTask:
@@ -67,6 +72,10 @@ class PythonTask(BaseTask):
         data["python_callable"] = self.function.__qualname__
         data["op_args"] = json.loads(json.dumps(self.op_args))
         data["op_kwargs"] = json.loads(json.dumps(self.op_kwargs))
+        if self.mode is not None:
+            data["python_mode"] = self.mode
+        if self.mode == "short_circuit":
+            data["ignore_downstream_trigger_rules"] = self.ignore_downstream_trigger_rules
         return data
 
 
@@ -99,11 +108,24 @@ class TaskFunction(Generic[P, R]):
     """A function decorated with `@task`; call it inside a DAG to add a task."""
 
     def __init__(
-        self, function: Callable[P, R], task_id: str | None, settings: dict[str, Any]
+        self,
+        function: Callable[P, R],
+        task_id: str | None,
+        settings: dict[str, Any],
+        *,
+        mode: PythonMode | None = None,
+        ignore_downstream_trigger_rules: bool = True,
     ) -> None:
         self.function = function
         self.task_id = check_id(task_id if task_id is not None else function.__name__, "task id")
         self.settings = validate_settings(settings, f"task {self.task_id!r}")
+        self.mode: PythonMode | None = mode
+        if not isinstance(ignore_downstream_trigger_rules, bool):
+            raise definition_error(
+                f"task {self.task_id!r}: ignore_downstream_trigger_rules must be True or "
+                f"False, got {ignore_downstream_trigger_rules!r}"
+            )
+        self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
         self.signature = inspect.signature(function)
         functools.update_wrapper(self, function)
 
@@ -111,13 +133,17 @@ class TaskFunction(Generic[P, R]):
         return f"<@task {self.task_id}>"
 
     def _unique_id(self, dag: dag_mod.DAG) -> str:
-        # Like Airflow: the second call of `f` in a DAG is `f__1`, then `f__2`...
-        if self.task_id not in dag.tasks:
+        # Like Airflow: the second call of `f` in a DAG is `f__1`, then `f__2`... (in a
+        # task group, among the group's ids). Returned without the group's prefix, which
+        # the task adds itself.
+        prefix = group_prefix(dag)
+        if f"{prefix}{self.task_id}" not in dag.tasks:
             return self.task_id
         n = 1
-        while f"{self.task_id}__{n}" in dag.tasks:
+        while f"{prefix}{self.task_id}__{n}" in dag.tasks:
             n += 1
-        return check_id(f"{self.task_id}__{n}", "task id")
+        check_id(f"{prefix}{self.task_id}__{n}", "task id")
+        return f"{self.task_id}__{n}"
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskRef:
         # Untyped on purpose: arguments may be `TaskRef`s standing for the real values.
@@ -127,44 +153,133 @@ class TaskFunction(Generic[P, R]):
                 f"@task function {self.task_id!r} was called outside a `with DAG(...):` block; "
                 "calling it creates a task, which must belong to a DAG"
             )
-        task_id = self._unique_id(dag)
+        local_id = self._unique_id(dag)
+        task_id = f"{group_prefix(dag)}{local_id}"
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise definition_error(f"task {task_id!r}: bad arguments: {exc}") from None
         op_args = [_arg(v, f"argument {i}", task_id) for i, v in enumerate(args)]
         op_kwargs = {k: _arg(v, f"argument {k!r}", task_id) for k, v in kwargs.items()}
-        task = PythonTask(task_id, self.function, op_args, op_kwargs, self.settings)
+        task = PythonTask(
+            local_id,
+            self.function,
+            op_args,
+            op_kwargs,
+            self.settings,
+            mode=self.mode,
+            ignore_downstream_trigger_rules=self.ignore_downstream_trigger_rules,
+        )
         refs = [v for v in (*args, *kwargs.values()) if isinstance(v, TaskRef)]
         for ref in refs:
             ref >> task
         return TaskRef(task)
 
 
-@overload
-def task(function: Callable[P, R], /) -> TaskFunction[P, R]: ...
-
-
-@overload
-def task(
-    *, task_id: str | None = None, **settings: Any
-) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
-
-
-def task(
-    function: Callable[P, R] | None = None, /, *, task_id: str | None = None, **settings: Any
-) -> TaskFunction[P, R] | Callable[[Callable[P, R]], TaskFunction[P, R]]:
-    """Make a Python function a task: `@task` or `@task(task_id=..., retries=3, ...)`.
-
-    The task id defaults to the function name. Any task setting may be given;
-    it wins over the DAG's defaults. The function's return value must be JSON.
-    """
-
-    def decorate(fn: Callable[P, R]) -> TaskFunction[P, R]:
+def _decorator(
+    function: Callable[..., Any] | None,
+    task_id: str | None,
+    settings: dict[str, Any],
+    mode: PythonMode | None,
+    ignore_downstream_trigger_rules: bool = True,
+) -> Any:
+    def decorate(fn: Callable[..., Any]) -> TaskFunction[..., Any]:
         if not callable(fn):
-            raise definition_error(f"@task must decorate a function, got {fn!r}")
-        return TaskFunction(fn, task_id, settings)
+            name = "@task" if mode is None else f"@task.{mode}"
+            raise definition_error(f"{name} must decorate a function, got {fn!r}")
+        return TaskFunction(
+            fn,
+            task_id,
+            settings,
+            mode=mode,
+            ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
+        )
 
     if function is not None:
         return decorate(function)
     return decorate
+
+
+class TaskDecorator:
+    """`@task`: make a Python function a task; `@task(task_id=..., retries=3, ...)`.
+
+    The task id defaults to the function name. Any task setting may be given;
+    it wins over the DAG's defaults. The function's return value must be JSON.
+    The variants `@task.branch` and `@task.short_circuit` decide, from the
+    function's result, which downstream tasks are skipped.
+    """
+
+    @overload
+    def __call__(self, function: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def __call__(
+        self, /, *, task_id: str | None = None, **settings: Any
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def __call__(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
+        **settings: Any,
+    ) -> Any:
+        return _decorator(function, task_id, settings, None)
+
+    @overload
+    def branch(self, function: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def branch(
+        self, /, *, task_id: str | None = None, **settings: Any
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def branch(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
+        **settings: Any,
+    ) -> Any:
+        """A task whose result is the id (or list of ids) of the direct downstream
+        tasks to follow; the other direct downstream tasks are skipped, and the skips
+        propagate by trigger rule (join the branches back with
+        `trigger_rule="none_failed_min_one_success"`). A task group's id follows the
+        group's tasks directly downstream; None follows nothing. Any other id fails
+        the task, naming the valid ones (Airflow's `@task.branch`)."""
+        return _decorator(function, task_id, settings, "branch")
+
+    @overload
+    def short_circuit(self, function: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def short_circuit(
+        self,
+        /,
+        *,
+        task_id: str | None = None,
+        ignore_downstream_trigger_rules: bool = True,
+        **settings: Any,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def short_circuit(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
+        ignore_downstream_trigger_rules: bool = True,
+        **settings: Any,
+    ) -> Any:
+        """A task whose falsy result skips every task downstream of it, whatever their
+        trigger rules; with `ignore_downstream_trigger_rules=False` only its direct
+        downstream tasks are skipped and trigger rules decide the rest. A truthy
+        result skips nothing (Airflow's `@task.short_circuit`)."""
+        return _decorator(
+            function, task_id, settings, "short_circuit", ignore_downstream_trigger_rules
+        )
+
+
+task = TaskDecorator()

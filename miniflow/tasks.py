@@ -10,16 +10,31 @@ Python (`@task`) tasks live in `miniflow.taskflow`; they share this base class.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from miniflow import dag as dag_mod
 from miniflow.dag import DAG, check_id, check_json, definition_error, user_location
 from miniflow.serialized import TRIGGER_RULES, PodSettings, SerializedTask, TaskKind
 
+if TYPE_CHECKING:
+    from miniflow.taskgroup import TaskGroup
+
 _IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+# The task groups whose `with` block is executing, innermost last (see `miniflow.taskgroup`).
+_groups: contextvars.ContextVar[tuple[TaskGroup, ...]] = contextvars.ContextVar(
+    "miniflow_task_groups", default=()
+)
+
+
+def group_prefix(dag: DAG) -> str:
+    """The id prefix of the innermost task group of `dag` being defined ("" outside one)."""
+    groups = [g for g in _groups.get() if g.dag is dag]
+    return groups[-1].prefix if groups else ""
 
 
 class _Invalid(Exception):
@@ -199,38 +214,46 @@ def validate_settings(
 
 
 class DependencyMixin:
-    """`>>` and `<<` for tasks and for references to their results."""
+    """`>>` and `<<` for tasks, references to their results and task groups.
+
+    A task stands for itself on both sides of `>>`; a task group stands for its
+    leaves upstream of `>>` and for its roots downstream of it.
+    """
 
     def dependency_task(self) -> BaseTask:
         raise NotImplementedError
 
+    def upstream_side(self) -> list[BaseTask]:
+        """The tasks that `self >> x` makes upstream of x."""
+        return [self.dependency_task()]
+
+    def downstream_side(self) -> list[BaseTask]:
+        """The tasks that `x >> self` makes downstream of x."""
+        return [self.dependency_task()]
+
     def __rshift__(self, other: DependencyTarget) -> DependencyTarget:
-        for task in _tasks_of(other):
-            _link(self.dependency_task(), task)
+        _link_all(self.upstream_side(), _tasks_of(other, upstream=False))
         return other
 
     def __lshift__(self, other: DependencyTarget) -> DependencyTarget:
-        for task in _tasks_of(other):
-            _link(task, self.dependency_task())
+        _link_all(_tasks_of(other, upstream=True), self.downstream_side())
         return other
 
     def __rrshift__(self, other: DependencyTarget) -> DependencyMixin:
         # `[a, b] >> self`
-        for task in _tasks_of(other):
-            _link(task, self.dependency_task())
+        _link_all(_tasks_of(other, upstream=True), self.downstream_side())
         return self
 
     def __rlshift__(self, other: DependencyTarget) -> DependencyMixin:
         # `[a, b] << self`
-        for task in _tasks_of(other):
-            _link(self.dependency_task(), task)
+        _link_all(self.upstream_side(), _tasks_of(other, upstream=False))
         return self
 
 
 DependencyTarget: TypeAlias = Union[DependencyMixin, Sequence[DependencyMixin]]  # noqa: UP007
 
 
-def _tasks_of(target: object) -> list[BaseTask]:
+def _tasks_of(target: object, *, upstream: bool) -> list[BaseTask]:
     items = target if isinstance(target, list | tuple | set | frozenset) else [target]
     tasks = []
     for item in items:
@@ -239,8 +262,14 @@ def _tasks_of(target: object) -> list[BaseTask]:
             raise definition_error(
                 f"cannot set a dependency on {item!r}: expected a task or a list of tasks{hint}"
             )
-        tasks.append(item.dependency_task())
+        tasks.extend(item.upstream_side() if upstream else item.downstream_side())
     return tasks
+
+
+def _link_all(upstream: list[BaseTask], downstream: list[BaseTask]) -> None:
+    for up in upstream:
+        for down in downstream:
+            _link(up, down)
 
 
 def _link(upstream: BaseTask, downstream: BaseTask) -> None:
@@ -278,11 +307,18 @@ class BaseTask(DependencyMixin):
                 f"task {task_id!r} must be created inside a `with DAG(...):` block"
             )
         self.dag: DAG = owner
-        self.task_id = check_id(task_id, "task id")
-        self.settings = validate_settings(settings, f"task {task_id!r}")
+        groups = [g for g in _groups.get() if g.dag is owner]
+        prefix = groups[-1].prefix if groups else ""
+        self.task_id = check_id(
+            f"{prefix}{task_id}" if isinstance(task_id, str) else task_id, "task id"
+        )
+        self.settings = validate_settings(settings, f"task {self.task_id!r}")
         self.upstream_ids: set[str] = set()
         self.downstream_ids: set[str] = set()
+        self.group_defaults: dict[str, Any] = groups[-1].task_defaults if groups else {}
         owner.add_task(self)
+        for group in groups:  # nested groups: a task belongs to each enclosing one
+            group.members.append(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.dag.dag_id}.{self.task_id}>"
@@ -291,11 +327,17 @@ class BaseTask(DependencyMixin):
         return self
 
     def effective_settings(self) -> dict[str, Any]:
-        """Settings after inheritance: built-in default < DAG default < the task's own."""
+        """Settings after inheritance: built-in default < DAG default < task group default
+        < the task's own."""
         merged: dict[str, Any] = {name: default for name, (_, default) in _TASK_SETTINGS.items()}
         merged.update(self.dag.task_defaults)
+        merged.update(self.group_defaults)
         merged.update(self.settings)
-        merged["env"] = {**self.dag.task_defaults.get("env", {}), **self.settings.get("env", {})}
+        merged["env"] = {
+            **self.dag.task_defaults.get("env", {}),
+            **self.group_defaults.get("env", {}),
+            **self.settings.get("env", {}),
+        }
         return merged
 
     def _serialize_common(self) -> SerializedTask:
@@ -336,6 +378,7 @@ class Bash(BaseTask):
         task_id: str,
         command: str | None = None,
         env: dict[str, str] | None = None,
+        skip_on_exit_code: int | Sequence[int] | None = None,
         **settings: Any,
     ) -> None:
         if command is None:  # `bash_command=` from Airflow: say so before "no command"
@@ -343,6 +386,7 @@ class Bash(BaseTask):
         if not isinstance(command, str) or not command.strip():
             raise definition_error(f"task {task_id!r}: command must be a non-empty string")
         self.command = command
+        self.skip_on_exit_code = _exit_codes(skip_on_exit_code, task_id)
         if env is not None:
             settings["env"] = env
         dag = settings.pop("dag", None)
@@ -351,7 +395,26 @@ class Bash(BaseTask):
     def serialize(self) -> SerializedTask:
         data = self._serialize_common()
         data["command"] = self.command
+        if self.skip_on_exit_code:
+            data["skip_on_exit_code"] = list(self.skip_on_exit_code)
         return data
+
+
+def _exit_codes(value: object, task_id: str) -> list[int]:
+    """`skip_on_exit_code` as a sorted list: exit codes 1-255 (0 is success)."""
+    if value is None:
+        return []
+    codes = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        isinstance(codes, str | bytes)
+        or not isinstance(codes, Sequence)
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 255 for c in codes)
+    ):
+        raise definition_error(
+            f"task {task_id!r}: skip_on_exit_code must be an exit code from 1 to 255 or a "
+            f"list of them, got {value!r}"
+        )
+    return sorted(set(codes))
 
 
 def _optional_str_list(value: object, task_id: str, what: str) -> list[str] | None:
@@ -401,3 +464,17 @@ class Pod(BaseTask):
         data["cmds"] = self.command
         data["args"] = self.args
         return data
+
+
+class Empty(BaseTask):
+    """A task that runs nothing: a join or a fork point for dependencies.
+
+    The scheduler marks it `success` (or `skipped` / `upstream_failed`, per its trigger
+    rule) itself as soon as it is decided: no process, no pod, no launch cost.
+    """
+
+    kind: TaskKind = "empty"
+
+    def __init__(self, task_id: str, **settings: Any) -> None:
+        dag = settings.pop("dag", None)
+        super().__init__(task_id, settings, dag=dag)

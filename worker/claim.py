@@ -31,6 +31,8 @@ from miniflow.store import runs, states, task_instances
 from miniflow.store.engine import transaction
 from miniflow.templates import build_context
 
+from .branching import downstream_map  # relative, so mypy sees its type (see `runner`)
+
 
 @dataclass
 class Claim:
@@ -43,6 +45,7 @@ class Claim:
     fileloc: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, Any] = field(default_factory=dict)
+    downstream: dict[str, list[str]] = field(default_factory=dict)  # branch/short-circuit only
     problem: str | None = None
 
 
@@ -95,6 +98,8 @@ async def claim_try(
             claim.upstream = await task_instances.upstream_results(
                 session, dag_id, run_id, execute.upstream_refs(task)
             )
+        if task.get("python_mode"):
+            claim.downstream = downstream_map(serialized["tasks"])
         return claim
 
 

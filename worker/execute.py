@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 
 from miniflow_worker.clock import stamp
 
+from miniflow import context as task_context
+from miniflow.errors import SkipTask
 from miniflow.serialized import ArgRef, SerializedTask
 
 T = TypeVar("T")
@@ -65,6 +67,11 @@ class Ended:
     exit_code: int | None
     error: str | None = None
     value: Any = None
+    skipped: bool = False  # the task skipped itself (`SkipTask`); `error` holds why
+
+
+def _skipped(exc: SkipTask) -> Ended:
+    return Ended(True, 0, f"skipped: {exc}" if str(exc) else "skipped by the task", skipped=True)
 
 
 def format_exception(exc: BaseException, *, skip_frames: int = 0) -> str:
@@ -249,15 +256,25 @@ class PythonExecution:
         kwargs: dict[str, Any],
         *,
         max_result_bytes: int,
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.task_id = task_id
         self.function = function
         self.args = args
         self.kwargs = kwargs
         self.max_result_bytes = max_result_bytes
+        self.context = context
         self._task: asyncio.Future[Ended] | None = None
 
     async def run(self) -> Ended:
+        if self.context is None:
+            return await self._run()
+        # The thread or task that runs the function copies this context (see
+        # `in_daemon_thread`), so `get_current_context()` works in both.
+        with task_context.bound(self.context):
+            return await self._run()
+
+    async def _run(self) -> Ended:
         fn, args, kwargs = self.function, self.args, self.kwargs
         # Failures are formatted where they are caught, so the traceback starts at the
         # user's function (skip_frames=1 drops the wrapper's own frame).
@@ -266,6 +283,8 @@ class PythonExecution:
             async def call_async() -> Ended:
                 try:
                     return Ended(True, 0, value=await fn(*args, **kwargs))
+                except SkipTask as exc:
+                    return _skipped(exc)
                 except Exception as exc:
                     return Ended(False, 1, format_exception(exc, skip_frames=1))
 
@@ -275,6 +294,8 @@ class PythonExecution:
             def call() -> Ended:
                 try:
                     return Ended(True, 0, value=fn(*args, **kwargs))
+                except SkipTask as exc:
+                    return _skipped(exc)
                 except BaseException as exc:  # SystemExit in a task is a task failure
                     return Ended(False, 1, format_exception(exc, skip_frames=1))
 
@@ -282,7 +303,7 @@ class PythonExecution:
                 in_daemon_thread(call, f"miniflow task {self.task_id}")
             )
         ended: Ended = await self._task
-        if not ended.ok:
+        if not ended.ok or ended.skipped:
             return ended
         try:
             value = check_result(self.task_id, ended.value, self.max_result_bytes)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from miniflow_worker import execute
@@ -80,7 +80,9 @@ class Recorder:
         self.key = key
         self.log = log
 
-    async def success(self, extra: dict[str, Any]) -> int:
+    async def success(self, extra: dict[str, Any], *, skip: Sequence[str] = ()) -> int:
+        """Record success; `skip`: waiting tasks of the run a branch or short-circuit
+        skips, in the same transaction (see `miniflow_worker.branching`)."""
         claim = self.claim
         outcome = Outcome(
             claim.ti_id,
@@ -89,6 +91,19 @@ class Recorder:
             EXPECT_RUNNING,
             exit_code=0,
             extra=extra,
+        )
+        return await self.record(outcome, EXIT_SUCCESS, skip=skip)
+
+    async def skip(self, reason: str, *, exit_code: int = 0) -> int:
+        """Record `skipped` (the task skipped itself); the reason is kept as its error."""
+        claim = self.claim
+        outcome = Outcome(
+            claim.ti_id,
+            claim.try_number,
+            states.SKIPPED,
+            EXPECT_RUNNING,
+            exit_code=exit_code,
+            error=reason,
         )
         return await self.record(outcome, EXIT_SUCCESS)
 
@@ -137,13 +152,19 @@ class Recorder:
         timeout = self.claim.task["timeout"] if self.claim.task else None
         return await self.fail(f"timed out after {timeout:g}s (the task's timeout)", exit_code=None)
 
-    async def record(self, outcome: Outcome, code: int) -> int:
-        """Write the outcome (fenced by try and state); `code` if it was applied."""
+    async def record(self, outcome: Outcome, code: int, *, skip: Sequence[str] = ()) -> int:
+        """Write the outcome (fenced by try and state); `code` if it was applied.
+
+        The skips are written only with an outcome that applied: a fenced-out try
+        decides nothing for its downstream tasks.
+        """
         await self.heartbeat.stop()
         for delay in (*RECORD_RETRY_DELAYS, None):
             try:
                 async with transaction(self.factory) as session:
                     changed = await task_instances.finish(session, [outcome], now())
+                    if skip and outcome.ti_id in changed:
+                        await task_instances.skip_waiting(session, outcome.ti_id, skip, now())
                 break
             except (SQLAlchemyError, OSError) as exc:
                 if delay is None:

@@ -65,6 +65,7 @@ from miniflow.templates import render_task_fields
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
+from . import branching
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -229,11 +230,31 @@ class Worker:
         if ran[0] != "done":
             return await self.recorder.interrupted(ran, execution)
         ended: execute.Ended = ran[1]
+        if ended.skipped:
+            return await self.recorder.skip(ended.error or "skipped by the task")
+        skip_codes = claim.task.get("skip_on_exit_code", []) if claim.task else []
+        if not ended.ok and ended.exit_code in skip_codes:
+            # Bash under a launcher whose worker reports (Kubernetes): the worker decides;
+            # the local launcher's scheduler decides the same from the exit code.
+            return await self.recorder.skip(
+                f"skipped: exit code {ended.exit_code} is one of the task's skip_on_exit_code",
+                exit_code=ended.exit_code,
+            )
         if ended.ok:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}
             )
-            return await self.recorder.success(extra)
+            skip: list[str] = []
+            if claim.task is not None and claim.task.get("python_mode"):
+                try:
+                    skip = branching.to_skip(
+                        claim.task, self.task_id, ended.value, claim.downstream
+                    )
+                except branching.BranchError as exc:
+                    return await self.recorder.fail(str(exc), exit_code=None)
+                if skip:
+                    log(f"{self.task_id} skips {', '.join(skip)}")
+            return await self.recorder.success(extra, skip=skip)
         return await self.recorder.fail(ended.error or "task failed", exit_code=ended.exit_code)
 
     async def _prepare(self, claim: Claim) -> execute.Execution | str:
@@ -271,7 +292,12 @@ class Worker:
             return f"task {self.task_id!r}: {exc}"
         os.environ.update(rendered.env)
         return execute.PythonExecution(
-            self.task_id, loaded, args, kwargs, max_result_bytes=self.config.max_result_bytes
+            self.task_id,
+            loaded,
+            args,
+            kwargs,
+            max_result_bytes=self.config.max_result_bytes,
+            context=claim.context,
         )
 
     async def _race(

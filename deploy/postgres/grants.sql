@@ -18,6 +18,8 @@ REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM miniflow_scheduler;
 --   live   heartbeat_at                           (task_instances.heartbeat)
 --   end    state, exit_code, error, next_retry_at, ended_at, result
 --                                                 (task_instances.finish)
+--   skip   state, ended_at of waiting tasks of its run, after a branch or short-circuit
+--                                                 (task_instances.skip_waiting)
 -- No INSERT, no DELETE, no other column (the try number, the handle, the attempts: the
 -- scheduler's), no other table.
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM miniflow_worker;

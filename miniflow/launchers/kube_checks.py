@@ -17,7 +17,8 @@ requests per namespace, none per task:
   a warning, and each create reports its own.
 - A **GET of the database Secret** worker pods read their database URL from:
   404 makes the namespace unusable. Reading it is a permission the Role may
-  lack (deploy/rbac.yaml grants it for that one Secret): a 403 is a warning
+  lack (the Role in deploy/base/scheduler-rbac.yaml grants it for that one
+  Secret, by `resourceNames`): a 403 is a warning
   and the check is skipped.
 
 Retryable failures (no answer, 5xx) are retried, then raised as they are.

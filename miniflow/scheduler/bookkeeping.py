@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -11,6 +12,10 @@ class TickStats:
     runs_created: int = 0
     changed: int = 0
     launched: int = 0
+    finished: Counter[str] = field(default_factory=Counter)
+    """Task instances this round moved to a final state, by state (committed with it)."""
+    exits: Counter[str] = field(default_factory=Counter)
+    """Attempt exits this round recorded, by reason."""
 
     @property
     def busy(self) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
-from miniflow.scheduler import relaunch
+from miniflow.scheduler import metrics, relaunch
 from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.specs import build_spec
@@ -31,10 +31,14 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
+from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler
+
+LAUNCH_FAILED = "LaunchFailed"
+"""The reason on the attempt of a try that never started (template error, refused launch)."""
 
 log = logging.getLogger("miniflow.scheduler")
 
@@ -116,18 +120,23 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
                 )
             )
     stats.launched = len(handles)
+    metrics.ATTEMPTS_LAUNCHED.labels(scheduler.launcher.name).inc(len(handles))
     if failures or handles:
         async with store_engine.transaction(scheduler.sessions) as session:
             await store_attempts.set_handles(session, handles)
-            await fail_before_start(scheduler, session, failures)
+            await fail_before_start(scheduler, session, failures, stats)
     if failures:
         stats.changed += len(failures)
 
 
 async def fail_before_start(
-    scheduler: Scheduler, session: AsyncSession, failures: Sequence[_LaunchFailure]
+    scheduler: Scheduler,
+    session: AsyncSession,
+    failures: Sequence[_LaunchFailure],
+    stats: TickStats,
 ) -> None:
-    """Tries that never started: a template error or a refused launch.
+    """Tries that never started: a template error or a refused launch (counted in
+    `stats` as exits with reason LaunchFailed, and by final state where they have one).
 
     A launch refused for a transient reason (the API server still busy after the
     launcher's own retries) is launched again under the same try, without using
@@ -172,7 +181,7 @@ async def fail_before_start(
                 outcome.try_number,
                 outcome.state,
                 None,
-                "LaunchFailed",
+                LAUNCH_FAILED,
                 outcome.error,
                 None,
                 now,
@@ -190,8 +199,12 @@ async def fail_before_start(
             f.try_number,
             f.error,
         )
-    await store_tis.finish(session, outcomes, now)
+    changed = await store_tis.finish(session, outcomes, now)
     await store_attempts.close(session, ends)
+    stats.exits[LAUNCH_FAILED] += len(ends)
+    stats.finished.update(
+        o.state for o in outcomes if o.ti_id in changed and o.state in states.FINISHED
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import miniflow
 from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
-from miniflow.scheduler import claims, readiness, run_creation
+from miniflow.scheduler import claims, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
@@ -115,6 +116,16 @@ def _process_may_live(instance: store_instances.Instance) -> bool:
         return False
 
 
+def _count_committed(stats: TickStats) -> None:
+    """Count what the round's transaction just committed (once: the counts are taken)."""
+    for state, n in stats.finished.items():
+        metrics.TASK_INSTANCES_FINISHED.labels(state).inc(n)
+    for reason, n in stats.exits.items():
+        metrics.ATTEMPT_EXITS.labels(reason).inc(n)
+    stats.finished.clear()
+    stats.exits.clear()
+
+
 class Scheduler:
     def __init__(
         self,
@@ -145,11 +156,16 @@ class Scheduler:
         )
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
         self._taken_over: set[str] = set()
+        """Dead instances whose leftover pods this one took over (once each)."""
         self.live_peers = 1
         """Live peer schedulers, this one included, as of the last instance heartbeat."""
-        """Dead instances whose leftover pods this one took over (once each)."""
+        self.woken = asyncio.Event()
+        """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
         self.run_views = RunViews()
         self.inflight: dict[AttemptKey, InFlight] = {}
+        self.kill_reasons: dict[AttemptKey, str] = {}
+        """Why the sanity loop killed a try, until its exit is recorded: the attempt row
+        keeps that reason over the launcher's ("Killed"), and so does the exit metric."""
         self._pending: list[LauncherEvent] = []
         self._due = _Due()
         self._only_run_pk: int | None = None
@@ -182,6 +198,7 @@ class Scheduler:
         if adopt:
             log.info("adopting %d tries left in flight by a previous scheduler", len(adopt))
             await self.launcher.adopt(adopt)
+            metrics.ADOPTIONS.inc(len(adopt))
         if self.settings.peer:
             # "": pods and processes launched before launchers recorded their owner.
             await self._take_over_leftovers(dead | {""})
@@ -193,6 +210,7 @@ class Scheduler:
         if adopt:
             log.warning("adopting %d tries of a scheduler that stopped", len(adopt))
             await self.launcher.adopt(adopt)
+            metrics.ADOPTIONS.inc(len(adopt))
         await self._take_over_leftovers(dead)
         return len(adopt)
 
@@ -342,6 +360,7 @@ class Scheduler:
             self.live_peers = await store_instances.count_live_peers(
                 session, now, self.settings.instance_timeout
             )
+            metrics.LIVE_SCHEDULERS.set(self.live_peers)
 
     async def _rejoin(self, now: datetime) -> None:
         """A peer took this instance for dead (it was paused, or cut off from the database)
@@ -465,14 +484,26 @@ class Scheduler:
             )
 
     async def _wait(self, timeout: float) -> None:
-        """Sleep until a launcher event arrives (kept for the next tick) or `timeout`."""
+        """Sleep until a launcher event arrives (kept for the next tick), another process
+        announces work (`woken`: one announced during a round ends the next wait at
+        once) or `timeout`."""
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         stop = asyncio.ensure_future(self._stopping.wait())
+        woken = asyncio.ensure_future(self.woken.wait())
         get = asyncio.ensure_future(queue.get())
         try:
-            await asyncio.wait({stop, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {stop, woken, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stop.cancel()
+            woken.cancel()
+            if self.woken.is_set():
+                self.woken.clear()
+                # Another process made work (a run, a clear, an unpause): look for it in
+                # the next round instead of at the periodic checks.
+                self._due.runs = None
+                self._due.sweep = None
             if get.done() and not get.cancelled():
                 self._pending.append(get.result())
             else:
@@ -481,11 +512,20 @@ class Scheduler:
     # --- one round ------------------------------------------------------------------------------
 
     async def tick(self) -> TickStats:
+        started = time.perf_counter()
+        stats = await self._tick()
+        metrics.ROUND_DURATION.labels("tick").observe(time.perf_counter() - started)
+        metrics.TRIES_IN_FLIGHT.set(len(self.inflight))
+        return stats
+
+    async def _tick(self) -> TickStats:
         stats = TickStats()
         await self._heartbeat_instance()  # first: a paused instance learns it was fenced out
         now = self.clock.now()
         if self.parser is not None and (self._due.parse is None or now >= self._due.parse):
+            started = time.perf_counter()
             changed = await self.parser.parse_once(self.sessions, now)
+            metrics.ROUND_DURATION.labels("parse").observe(time.perf_counter() - started)
             self.dags.invalidate(changed if self._due.parse is not None else None)
             self._due.parse = now + timedelta(seconds=self.settings.parse_interval)
             if changed:
@@ -505,6 +545,7 @@ class Scheduler:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
             raise
+        _count_committed(stats)
         # Committed: only now may the launcher drop the evidence of these exits (not of
         # tries a peer adopted: that evidence is the new owner's).
         exited = [
@@ -514,6 +555,7 @@ class Scheduler:
         if exited:
             await self.launcher.acknowledge(exited)
         await self._claim_and_launch(now, stats)
+        _count_committed(stats)
         await self._sanity_round(stats)
         return stats
 
@@ -522,7 +564,13 @@ class Scheduler:
         if self._due.sanity is not None and now < self._due.sanity:
             return
         self._due.sanity = now + timedelta(seconds=self.settings.sanity.interval)
+        started = time.perf_counter()
         self.last_findings = await self.sanity.round(self, now)
+        metrics.ROUND_DURATION.labels("sanity").observe(time.perf_counter() - started)
+        for name, kind in metrics.SANITY_KINDS.items():
+            found: int = getattr(self.last_findings, name)
+            if found:
+                metrics.SANITY_FINDINGS.labels(kind).inc(found)
         stats.changed += self.last_findings.total
 
     async def _resolve_only_run(self) -> None:
@@ -548,6 +596,8 @@ class Scheduler:
         exits = [e.key for e in batch if isinstance(e, AttemptExited)]
         known = {key: self.inflight[key] for key in exits if key in self.inflight}
         recorded = await event_recorder.record(self, session, batch, self.clock.now())
+        stats.finished += recorded.finished
+        stats.exits += recorded.exits
         self._foreign = recorded.foreign
         touched = recorded.touched
         exits = [k for k in exits if k not in recorded.foreign]  # a peer's now: not ours
@@ -637,7 +687,9 @@ class Scheduler:
             full = [run for run in full if run.pk in cached]
         finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
         stats.changed = await store_tis.set_states(session, changes, now)
-        if stats.changed != len(changes):
+        if stats.changed == len(changes):
+            stats.finished.update(s for _, _, s in changes if s in states.FINISHED)
+        else:
             # The database disagreed with a view (a row was not `none` any more): read
             # these runs in full next round rather than trust the views.
             self._due.dirty |= set(decided) | {run.pk for run in full}

@@ -14,6 +14,7 @@ started is launched again under the same try (`scheduler.relaunch`).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
-from miniflow.scheduler import relaunch
+from miniflow.scheduler import metrics, relaunch
 from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.serialized import SerializedTask
@@ -44,6 +45,10 @@ class Recorded:
     foreign: set[AttemptKey] = field(default_factory=set)
     """Tries another instance owns now (it adopted them): their events were dropped, and
     their evidence is the new owner's to read."""
+    finished: Counter[str] = field(default_factory=Counter)
+    """Task instances whose try ended in a final state, by state."""
+    exits: Counter[str] = field(default_factory=Counter)
+    """Exits recorded, by reason."""
 
 
 async def record(
@@ -63,7 +68,9 @@ async def record(
         await store_attempts.mark_started(session, items)
     if not exited:
         return Recorded(foreign=foreign)
-    return Recorded(await _record_exits(scheduler, session, exited, now), foreign)
+    recorded = Recorded(foreign=foreign)
+    recorded.touched = await _record_exits(scheduler, session, exited, now, recorded)
+    return recorded
 
 
 async def _fence(
@@ -82,6 +89,7 @@ async def _fence(
     for key in foreign:
         log.warning("%s: adopted by another scheduler; leaving it to that one", key)
         del scheduler.inflight[key]
+        scheduler.kill_reasons.pop(key, None)
     return foreign
 
 
@@ -135,7 +143,11 @@ def _worker_reports(scheduler: Scheduler, kind: str) -> bool:
 
 
 async def _record_exits(
-    scheduler: Scheduler, session: AsyncSession, exited: Sequence[AttemptExited], now: datetime
+    scheduler: Scheduler,
+    session: AsyncSession,
+    exited: Sequence[AttemptExited],
+    now: datetime,
+    recorded: Recorded,
 ) -> set[int]:
     flights: list[tuple[AttemptExited, InFlight]] = [
         (e, scheduler.inflight.pop(e.key)) for e in exited
@@ -194,6 +206,8 @@ async def _record_exits(
     changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
     for event, flight in flights:
+        noted = scheduler.kill_reasons.pop(event.key, None)
+        recorded.exits[metrics.exit_reason(noted or event.reason, event.exit_code)] += 1
         row = current.get(flight.ti_id)
         relaunched = flight.ti_id in decided.relaunched or (
             row is not None and row.state == states.SCHEDULED
@@ -210,6 +224,8 @@ async def _record_exits(
             # A newer try already started (the worker recorded this one's failure and the
             # retry was claimed before this exit arrived): judge the old try by its exit.
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
+        if state in states.FINISHED:
+            recorded.finished[state] += 1
         ends.append(
             store_attempts.AttemptEnd(
                 flight.ti_id,
@@ -270,7 +286,19 @@ def _by_exit_code(
 ) -> store_tis.Outcome:
     if event.exit_code == 0 and event.reason in (None, "Completed"):
         return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
+    if task is not None and event.exit_code in task.get("skip_on_exit_code", ()):
+        return store_tis.Outcome(
+            flight.ti_id,
+            event.key.try_number,
+            states.SKIPPED,
+            exit_code=event.exit_code,
+            error=skip_reason(event.exit_code),
+        )
     return _failed(event, flight, task, now, "task failed")
+
+
+def skip_reason(exit_code: int | None) -> str:
+    return f"skipped: exit code {exit_code} is one of the task's skip_on_exit_code"
 
 
 def _cross_check(

@@ -30,12 +30,19 @@ log = logging.getLogger("miniflow.scheduler.readiness")
 
 
 def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
-    """The new state of a `none` task, or None to keep waiting."""
+    """The new state of a `none` task, or None to keep waiting.
+
+    The rules and their early decisions are Airflow's (`TriggerRuleDep` with
+    `flag_upstream_failed`), so a DAG moved from Airflow branches, joins and cleans
+    up the same way: e.g. `all_success` is skipped as soon as one upstream is
+    skipped, and `none_failed_min_one_success` joins branches back together.
+    """
     if rule == "always" or not upstream_states:
         return states.SCHEDULED
     n = len(upstream_states)
     success = sum(s == states.SUCCESS for s in upstream_states)
     skipped = sum(s == states.SKIPPED for s in upstream_states)
+    failed_only = sum(s == states.FAILED for s in upstream_states)
     failed = sum(s in states.FAILED_LIKE for s in upstream_states)
     done = sum(s in _DONE for s in upstream_states)
     all_done = done == n
@@ -51,6 +58,16 @@ def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
         return states.SCHEDULED if all_done else None
     if rule == "all_done":
         return states.SCHEDULED if all_done else None
+    if rule == "all_skipped":
+        if success or failed:
+            return states.SKIPPED
+        return states.SCHEDULED if all_done else None
+    if rule == "all_done_min_one_success":
+        if not all_done:
+            return None
+        if success:
+            return states.SCHEDULED
+        return states.SKIPPED if skipped == n else states.UPSTREAM_FAILED
     if rule == "one_success":
         if success:
             return states.SCHEDULED
@@ -61,11 +78,38 @@ def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
         if failed:
             return states.SCHEDULED
         return states.SKIPPED if all_done else None
+    if rule == "one_done":
+        # Airflow counts `failed` here, not `upstream_failed`: a task that never ran is
+        # not "done" in the sense of having an outcome.
+        if success or failed_only:
+            return states.SCHEDULED
+        return states.SKIPPED if all_done else None
     if rule == "none_failed":
         if failed:
             return states.UPSTREAM_FAILED
         return states.SCHEDULED if all_done else None
+    if rule == "none_failed_min_one_success":
+        if failed:
+            return states.UPSTREAM_FAILED
+        if skipped == n:
+            return states.SKIPPED
+        return states.SCHEDULED if all_done else None
+    if rule == "none_skipped":
+        if skipped:
+            return states.SKIPPED
+        return states.SCHEDULED if all_done else None
     raise ValueError(f"unknown trigger rule {rule!r}")
+
+
+def settle(decision: str | None, kind: str) -> str | None:
+    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run.
+
+    Completing it here (not through a launch) is what makes it free, and its success
+    propagates further down in the same pass like any finished decision.
+    """
+    if decision == states.SCHEDULED and kind == "empty":
+        return states.SUCCESS
+    return decision
 
 
 @lru_cache(maxsize=512)
@@ -116,6 +160,7 @@ class Graph:
     downstream: Mapping[str, tuple[str, ...]]
     rules: Mapping[str, str]
     leaves: frozenset[str]
+    kinds: Mapping[str, str]
 
 
 _GRAPHS: OrderedDict[tuple[str, str], Graph] = OrderedDict()
@@ -141,6 +186,7 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         downstream={task_id: tuple(down) for task_id, down in downstream.items()},
         rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
         leaves=leaves,
+        kinds={task_id: task["kind"] for task_id, task in tasks.items()},
     )
     _GRAPHS[key] = built
     while len(_GRAPHS) > MAX_GRAPHS:
@@ -170,7 +216,10 @@ def evaluate_run(
         task = dag["tasks"].get(task_id)  # None: an upstream id the version lacks
         if task is None or view.get(task_id) != states.NONE:
             continue
-        decision = decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view])
+        decision = settle(
+            decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view]),
+            task["kind"],
+        )
         if decision is not None:
             changes[task_id] = decision
             view[task_id] = decision

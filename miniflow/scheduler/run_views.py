@@ -132,7 +132,9 @@ class RunView:
             if self.states.get(task_id) != states.NONE:
                 continue
             upstream = [self.states[u] for u in graph.upstream[task_id] if u in self.states]
-            decision = readiness.decide(graph.rules[task_id], upstream)
+            decision = readiness.settle(
+                readiness.decide(graph.rules[task_id], upstream), graph.kinds[task_id]
+            )
             if decision is None:
                 continue
             decisions[task_id] = decision

@@ -143,6 +143,7 @@ class SanityLoop:
         kills = await self._decide(scheduler, alive, now, findings)
         for kill in kills:
             log.warning("%s: %s — killing it", kill.key, kill.message)
+            scheduler.kill_reasons.setdefault(kill.key, kill.reason)
             try:
                 await scheduler.launcher.kill(
                     kill.key, kill.handle, reason=kill.reason, force=kill.force

@@ -26,8 +26,10 @@ from miniflow.store import task_instances as store_tis
 
 
 def parse_conf(raw: str | None, dag: SerializedDag) -> dict[str, Any]:
-    """JSON object whose keys the DAG declares in `params` (so a typo is an error)."""
+    """JSON object whose keys the DAG declares in `params` (so a typo is an error), and
+    whose values (or the defaults) typed params (`Param`) accept."""
     if raw is None or raw.strip() == "":
+        check_typed_params({}, dag)  # a required typed param needs a conf
         return {}
     try:
         conf = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -37,14 +39,41 @@ def parse_conf(raw: str | None, dag: SerializedDag) -> dict[str, Any]:
         raise ConfValidationError("--conf is nested too deeply") from None
     if not isinstance(conf, dict):
         raise ConfValidationError(f"--conf must be a JSON object, got {type(conf).__name__}")
-    unknown = sorted(set(conf) - set(dag["params"]))
+    specs: dict[str, Any] = dag.get("param_specs", {})
+    declared = set(dag["params"]) | set(specs)
+    unknown = sorted(set(conf) - declared)
     if unknown:
-        allowed = ", ".join(sorted(dag["params"])) or "none"
+        allowed = ", ".join(sorted(declared)) or "none"
         raise ConfValidationError(
             f"DAG {dag['dag_id']!r} has no param(s) {', '.join(map(repr, unknown))} "
             f"(declared params: {allowed})"
         )
+    check_typed_params(conf, dag)
     return conf
+
+
+def check_typed_params(conf: dict[str, Any], dag: SerializedDag) -> None:
+    """Validate the run's value of each typed param (the conf's, else the default)
+    against its JSON Schema; the error names the key and, if any, its description."""
+    specs: dict[str, Any] = dag.get("param_specs", {})
+    if not specs:
+        return
+    from miniflow.params import value_error  # jsonschema: only for DAGs with typed params
+
+    for key, spec in sorted(specs.items()):
+        about = f" ({spec['description']})" if spec.get("description") else ""
+        if key in conf:
+            value = conf[key]
+        elif key in dag["params"]:
+            value = dag["params"][key]
+        else:
+            raise ConfValidationError(
+                f"param {key!r}{about} is required: give it in --conf, e.g. "
+                f"--conf '{{\"{key}\": ...}}'"
+            )
+        error = value_error(spec["schema"], value)
+        if error is not None:
+            raise ConfValidationError(f"param {key!r}{about}: {error}")
 
 
 def _finite_float(text: str) -> float:

@@ -73,6 +73,9 @@ class TaskSpec:
 class DagDetail:
     summary: DagSummary
     params: dict[str, Any]
+    """Defaults of the DAG's params."""
+    required_params: list[str]
+    """Typed params without a default: a manual run must give them."""
     max_active_runs: int
     max_active_tasks: int
     catchup: bool
@@ -253,6 +256,7 @@ async def get_dag(session: AsyncSession, dag_id: str) -> DagDetail:
     return DagDetail(
         summary=_summary(row, runs.get(dag_id, [])),
         params=dict(dag["params"]),
+        required_params=[k for k in dag.get("param_specs", {}) if k not in dag["params"]],
         max_active_runs=dag["max_active_runs"],
         max_active_tasks=dag["max_active_tasks"],
         catchup=dag["catchup"],

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.errors import NotFound
 from miniflow.serialized import SerializedDag, readable
+from miniflow.store import wakeup
 from miniflow.store.models import Base, Dag, DagFile, DagVersion, ImportErrorRow
 
 
@@ -247,6 +248,8 @@ async def import_errors(session: AsyncSession) -> list[ImportErrorRow]:
 async def set_paused(session: AsyncSession, dag_id: str, paused: bool) -> None:
     row = await get_dag(session, dag_id)
     row.is_paused = paused
+    if not paused:
+        await wakeup.announce(session, "dag")
 
 
 async def schedulable_dags(session: AsyncSession) -> list[Dag]:

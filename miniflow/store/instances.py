@@ -103,6 +103,14 @@ async def list_all(session: AsyncSession) -> list[Instance]:
     return [Instance(*row) for row in (await session.execute(query)).all()]
 
 
+async def get(session: AsyncSession, id: str) -> Instance | None:
+    query = select(
+        SI.id, SI.hostname, SI.pid, SI.version, SI.started_at, SI.heartbeat_at, SI.ended_at
+    ).where(SI.id == id)
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else Instance(*row)
+
+
 async def any_alive(session: AsyncSession, now: datetime, threshold: float) -> bool:
     """Whether some registered scheduler heartbeat within `threshold` seconds of `now`."""
     return any(i.alive(now, threshold) for i in await list_all(session))

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.errors import NotFound, PermanentError
 from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
-from miniflow.store import states
+from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
 
@@ -138,6 +138,7 @@ async def create_run(
     ]
     if rows:
         await session.execute(insert(TaskInstance), rows)
+    await wakeup.announce(session, "run")
     return run.id
 
 
@@ -219,7 +220,10 @@ async def set_state(
             unfinished = unfinished.where(TaskInstance.id.not_in(list(seen_unfinished)))
         query = query.where(~unfinished.exists())
     result = await session.execute(query.values(**values))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    if changed and state in states.RUN_FINISHED:
+        await wakeup.announce(session, "run")  # `dags trigger --wait` learns of the end
+    return changed
 
 
 async def get_run(session: AsyncSession, dag_id: str, run_id: str) -> RunInfo:

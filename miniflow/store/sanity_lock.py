@@ -35,11 +35,15 @@ _APP_NAME_MAX = 63  # PostgreSQL truncates application_name (NAMEDATALEN - 1)
 _GONE = (DBAPIError, InterfaceError, OperationalError, OSError)
 
 
-# A bigint advisory key shows in pg_locks as its high and low halves.
+# A bigint advisory key shows in pg_locks as its high and low halves. pg_locks shows
+# every database of the server, and advisory locks are per database: without the
+# database filter a scheduler would see (and, taking it for a frozen peer, terminate)
+# another deployment's holder on the same server.
 _HOLDER = text(
     "SELECT a.pid, a.application_name FROM pg_locks l "
     "JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     f"AND l.classid::bigint = {SANITY_LOCK >> 32} "
     f"AND l.objid::bigint = {SANITY_LOCK & 0xFFFFFFFF}"
 )

@@ -14,11 +14,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.errors import SchemaError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x6D66_4D49_4752  # "mfMIGR": an advisory key of its own (see sanity_lock)
 
 
 def _alembic_config(connection: Any = None) -> AlembicConfig:
@@ -35,23 +37,35 @@ def head_revision() -> str:
 
 
 async def upgrade(engine: AsyncEngine) -> tuple[str | None, str]:
-    """Bring the schema to the newest revision; returns (before, after)."""
-    before = await current_revision(engine)
-    _refuse_unknown(before)
+    """Bring the schema to the newest revision; returns (before, after).
+
+    On PostgreSQL the whole upgrade holds a transaction-level advisory lock, and reads
+    the revision it starts from only once it has the lock: concurrent upgrades (a
+    migration Job retried beside a manual `miniflow db upgrade`) run one after the
+    other, and the later ones find the schema current instead of racing Alembic into
+    duplicate tables. The lock goes with the transaction, so a killed upgrade frees it.
+    """
 
     def run(sync_conn: Any) -> None:
         command.upgrade(_alembic_config(sync_conn), "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        before = await conn.run_sync(_revision_of)
+        _refuse_unknown(before)
         await conn.run_sync(run)
     return before, head_revision()
 
 
+def _revision_of(sync_conn: Any) -> str | None:
+    revision: str | None = MigrationContext.configure(sync_conn).get_current_revision()
+    return revision
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
-        return await conn.run_sync(
-            lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
-        )
+        return await conn.run_sync(_revision_of)
 
 
 def _refuse_unknown(revision: str | None) -> None:

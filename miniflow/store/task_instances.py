@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.store import states, transitions
+from miniflow.store import states, transitions, wakeup
 from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
 
 TI = TaskInstance
@@ -72,7 +72,7 @@ class Outcome:
 
     ti_id: int
     try_number: int
-    state: str  # success | failed | up_for_retry
+    state: str  # success | failed | up_for_retry | skipped (the task skipped itself)
     expected: tuple[str, ...] = (states.QUEUED, states.RUNNING)
     exit_code: int | None = None
     error: str | None = None
@@ -366,6 +366,31 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
     return changed
 
 
+async def skip_waiting(
+    session: AsyncSession, ti_id: int, task_ids: Sequence[str], now: datetime
+) -> int:
+    """none → skipped for `task_ids` of the run of task instance `ti_id`.
+
+    A branch or short-circuit task's worker calls this in the transaction that records
+    its success, so no scheduler ever sees the success without the skips (and a task
+    already decided or running is left alone). Returns the rows skipped.
+    """
+    if not task_ids:
+        return 0
+    transitions.check((states.NONE,), states.SKIPPED)
+    run_pk = select(TI.run_pk).where(TI.id == ti_id).scalar_subquery()
+    skipped = 0
+    for chunk in chunked(sorted(set(task_ids))):
+        result = await session.execute(
+            update(TI)
+            .execution_options(synchronize_session=False)
+            .where(TI.run_pk == run_pk, TI.task_id.in_(list(chunk)), TI.state == states.NONE)
+            .values(state=states.SKIPPED, ended_at=now)
+        )
+        skipped += result.rowcount  # type: ignore[attr-defined]
+    return skipped
+
+
 async def fetch(session: AsyncSession, ids: Sequence[int]) -> dict[int, TaskInstance]:
     if not ids:
         return {}
@@ -445,6 +470,8 @@ async def clear(
             .where(DagRun.id == run_pk, DagRun.state.in_(list(states.RUN_FINISHED)))
             .values(state=states.RUN_RUNNING, ended_at=None)
         )
+    if count:
+        await wakeup.announce(session, "clear")
     return count
 
 

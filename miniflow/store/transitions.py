@@ -44,17 +44,20 @@ class IllegalTransition(MiniflowError):
 
 
 ALLOWED: dict[str, frozenset[str]] = {
-    # readiness decides; `none → none` is a clear of a task that never ran
-    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE}),
+    # readiness decides; `none → none` is a clear of a task that never ran;
+    # `none → success`: an `Empty` task, which the scheduler completes without a try
+    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE, SUCCESS}),
     # claimed by a scheduler; or cleared before it was claimed
     SCHEDULED: frozenset({QUEUED, NONE}),
     # started; ended before it was seen running; relaunched (same try); or decided
     # by the sanity loop (queued too long, lost)
-    QUEUED: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
+    # `queued → skipped`: a command exited with one of its `skip_on_exit_code`s
+    QUEUED: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED, SKIPPED}),
     # `running → running`: a repeated started event, a worker's claim, a heartbeat;
     # `running → scheduled`: a relaunch of a worker try whose worker never claimed it
     # (the process ran, the user's code never did: e.g. the database was unreachable)
-    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED}),
+    # `running → skipped`: the task skipped itself (`SkipTask`)
+    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED, SKIPPED}),
     # the back-off passed; or a user cleared it
     UP_FOR_RETRY: frozenset({SCHEDULED, NONE}),
     SUCCESS: frozenset({NONE}),

@@ -115,8 +115,13 @@ async def dags_page(request: Request, q: str = "", tag: str = "") -> Response:
     )
 
 
-def _param_fields(params: dict[str, Any], submitted: FormData | None) -> list[dict[str, Any]]:
+def _param_fields(
+    params: dict[str, Any], required: list[str], submitted: FormData | None
+) -> list[dict[str, Any]]:
     fields = []
+    for key in required:  # typed params without a default: JSON, empty until given
+        shown = _text(submitted, f"param.{key}") if submitted is not None else ""
+        fields.append({"key": key, "value": shown, "is_text": False})
     for key, default in params.items():
         shown = default if isinstance(default, str) else json.dumps(default)
         if submitted is not None:
@@ -158,7 +163,7 @@ async def _dag_context(request: Request, dag_id: str, runs: int) -> dict[str, An
 async def dag_page(request: Request, dag_id: str, runs: int = GRID_RUNS) -> Response:
     runs = max(1, min(runs, 100))
     context = await _dag_context(request, dag_id, runs)
-    context["fields"] = _param_fields(context["dag"].params, None)
+    context["fields"] = _param_fields(context["dag"].params, context["dag"].required_params, None)
     return render(request, "dag.html", context)
 
 
@@ -194,6 +199,13 @@ async def trigger(request: Request, dag_id: str) -> Response:
         dag = await browse.get_dag(session, dag_id)
     conf: dict[str, Any] = {}
     problems: list[str] = []
+    for key in dag.required_params:  # left empty: not given (validation names it)
+        raw = _text(form, f"param.{key}").strip()
+        if raw:
+            try:
+                conf[key] = json.loads(raw)
+            except ValueError:
+                problems.append(f"{key}: not a JSON value ({raw!r}); a string needs quotes")
     for key, default in dag.params.items():
         raw = _text(form, f"param.{key}")
         if isinstance(default, str):
@@ -214,7 +226,7 @@ async def trigger(request: Request, dag_id: str) -> Response:
         else:
             return _back(f"/dags/{_q(dag_id)}/runs/{_q(run_id)}")
     context = await _dag_context(request, dag_id, GRID_RUNS)
-    context["fields"] = _param_fields(dag.params, form)
+    context["fields"] = _param_fields(dag.params, dag.required_params, form)
     context["trigger_errors"] = problems
     return render(request, "dag.html", context, status=422)
 

@@ -5,6 +5,7 @@ the deployment guide relies on where they should be."""
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import kubernetes_validate
 import pytest
 
 from miniflow import daemon
-from miniflow.config import Config
+from miniflow.config import Config, load_config
 from tests.deploy.render import (
     DEPLOY,
     OVERLAYS,
@@ -27,13 +28,6 @@ from tests.deploy.render import (
 
 K8S_VERSION = "1.30"
 Docs = list[dict[str, Any]]
-
-# Settings the ConfigMap sets ahead of the code that reads them (unknown MINIFLOW_*
-# variables are ignored until then). When one becomes a Config field, drop it from here.
-PENDING_SETTINGS = {
-    "http_port": "the health/metrics server (issue #10, Health section)",
-    "worker_service_account": "PodDefaults.service_account of every task pod",
-}
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +147,13 @@ def test_configmap_holds_only_settings_miniflow_reads(rendered: dict[str, Docs])
         data = find(docs, "ConfigMap", "miniflow-config")["data"]
         assert all(key.startswith("MINIFLOW_") for key in data)
         names = {key.removeprefix("MINIFLOW_").lower() for key in data} - {"home"}
-        assert names - known == set(PENDING_SETTINGS)
-    assert not set(PENDING_SETTINGS) & known, "a pending setting exists now: drop it above"
+        assert names <= known, names - known  # unknown MINIFLOW_* variables are ignored
+        # Each value is one miniflow accepts (a typo'd port or format fails at start-up).
+        env = {key: value for key, value in data.items() if key != "MINIFLOW_HOME"}
+        config = load_config(env)
+        assert config.http_port == int(data["MINIFLOW_HTTP_PORT"])
+        assert config.http_host == "0.0.0.0"  # the probes and Prometheus come by the pod IP
+        assert config.log_format == "json"  # for the cluster's log collector
 
 
 def test_worker_identity_has_no_token_and_no_rights(rendered: dict[str, Docs]) -> None:
@@ -230,3 +229,23 @@ def test_multi_namespace_component_binds_pod_rights_only(rendered: dict[str, Doc
         if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "miniflow-worker"
     ]
     assert sorted(workers) == sorted(["miniflow", binding["metadata"]["namespace"]])
+
+
+DATABASE_ROLES = {"miniflow_owner", "miniflow_scheduler", "miniflow_worker"}
+SUFFIXES = {"counter": ["_total"], "gauge": [""], "histogram": ["", "_bucket", "_count", "_sum"]}
+
+
+def test_the_guide_names_only_metrics_the_scheduler_serves() -> None:
+    from miniflow.scheduler import metrics
+
+    served = {
+        family.name + suffix
+        for family in metrics.REGISTRY.collect()
+        for suffix in SUFFIXES[family.type]
+    }
+    guide = (DEPLOY.parent / "docs" / "deploy.md").read_text()
+    named = set(re.findall(r"\bminiflow_[a-z_]+", guide)) - DATABASE_ROLES
+    assert named, "the guide names no metric"
+    assert named <= served, sorted(named - served)
+    # Every metric is in the guide's table.
+    assert {f.name for f in metrics.REGISTRY.collect()} <= {n.removesuffix("_total") for n in named}

@@ -156,6 +156,13 @@ async def test_a_dag_runs_with_the_scheduler_and_worker_roles(
             flaky = Bash("flaky", "test -e {marker} || {{ touch {marker}; exit 3; }}",
                          retries=1, retry_delay=timedelta(0))
             consume(produce()) >> flaky
+
+            @task.branch
+            def pick():
+                return "kept"
+
+            # The worker role also writes a branch's skips (state, ended_at of its run).
+            pick() >> [Bash("kept", "true"), Bash("dropped", "true")]
         """,
     )
     async with kube_scheduler(fake_kube, migrated.url("scheduler"), dags) as kube:
@@ -166,6 +173,7 @@ async def test_a_dag_runs_with_the_scheduler_and_worker_roles(
     assert state == states.RUN_SUCCESS, {t: (ti.state, ti.error) for t, ti in tis.items()}
     assert tis["consume"].result == 6  # written by the worker, read from upstream's result
     assert tis["flaky"].try_number == 2  # a failure with a retry, written by the worker
+    assert (tis["kept"].state, tis["dropped"].state) == ("success", "skipped")
 
 
 async def test_the_scheduler_role_writes_rows_but_not_the_schema(migrated: Roles) -> None:

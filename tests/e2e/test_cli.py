@@ -149,7 +149,9 @@ def test_dags_list_errors_show_pause(sqlite_cli: Cli) -> None:
     assert "Traceback" in errors.stdout
     assert "ModuleNotFoundError: No module named 'no_such_module_anywhere'" in errors.stdout
 
-    tree = show.stdout.splitlines()
+    tree_text, params = show.stdout.split("params (", 1)  # the tree, then the DAG's params
+    assert '\n  who = "world"\n' in params
+    tree = tree_text.splitlines()
     names = [next(n for n in ("good", "hello", "flaky", "bye") if n in line) for line in tree]
     assert names == ["good", "hello", "flaky", "bye"]
     indents = [len(line) - len(line.lstrip(" │└├─")) for line in tree]

@@ -75,3 +75,16 @@ def test_schedulers_list_shows_each_instance_and_what_it_owns(
     listed = sqlite_cli("schedulers", "list").stdout
     (line,) = [line for line in listed.splitlines() if instance.id in line]
     assert "stopped" in line
+
+
+def test_a_scheduler_stopped_while_starting_says_goodbye(sqlite_cli: Cli, tmp_path: Path) -> None:
+    """SIGTERM as soon as the instance is registered: it is still starting its launcher."""
+    sqlite_cli.dags.mkdir(parents=True)
+    sqlite_cli("db", "upgrade")
+    proc = spawn_cli(["scheduler"], sqlite_cli.env, tmp_path / "scheduler.log")
+    try:
+        wait_for(lambda: _live(sqlite_cli), 30, "the scheduler's row", interval=0.01)
+    finally:
+        code = stop(proc)
+    assert code == 0, (tmp_path / "scheduler.log").read_text()
+    assert _live(sqlite_cli) == []  # its row is ended: it said goodbye

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from miniflow.store import engine as store_engine
 from miniflow.store import sanity_lock
 from miniflow.store.sanity_lock import SanityLock
+from tests.dbs import PostgresDatabases
 
 
 async def _holder(engine: AsyncEngine) -> str | None:
@@ -51,3 +52,26 @@ async def test_a_holder_that_is_not_heartbeating_is_cut_off(pg_engine: AsyncEngi
     finally:
         await frozen.release()
         await peer.release()
+
+
+async def test_another_databases_holder_is_neither_seen_nor_cut_off(
+    pg_engine: AsyncEngine, postgres_dbs: PostgresDatabases
+) -> None:
+    """Two deployments on one PostgreSQL server: each database has its own lock."""
+    other = store_engine.create_engine(await postgres_dbs.clone())
+    theirs = SanityLock(other, "theirs")
+    ours, peer = SanityLock(pg_engine, "ours"), SanityLock(pg_engine, "peer")
+    try:
+        assert await theirs.hold(["theirs"])
+        assert await _holder(pg_engine) is None
+        assert await ours.hold(["ours"])
+        assert await _holder(pg_engine) == "ours"
+        # "peer" takes "ours" for a frozen holder (not live): it cuts off "ours" only.
+        assert await peer.hold(["peer"])
+        assert await _holder(pg_engine) == "peer"
+        assert await _holder(other) == "theirs"
+        assert await theirs._still_connected()  # its backend was not terminated
+    finally:
+        for lock in (theirs, ours, peer):
+            await lock.release()
+        await other.dispose()

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.launchers.base import AliveAttempt, AttemptKey, LaunchResult, TaskSpec
+from miniflow.scheduler import metrics
 from miniflow.scheduler.clock import ManualClock
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.sanity import SanitySettings
@@ -117,8 +118,14 @@ async def _claim_as_worker(rig: Rig, task_id: str) -> int:
     return claimed.id
 
 
+def metric(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_zombie_is_failed_then_killed_and_its_worker_is_fenced_out(rig: Rig) -> None:
     ti_id = await _claim_as_worker(rig, "work")
+    zombies = metric("miniflow_sanity_findings_total", kind="zombie")
+    exits = metric("miniflow_attempt_exits_total", reason="heartbeat lost")
     rig.clock.advance(31)
     # the Bash task must not look timed out for this test: keep it alive and young
     await rig.scheduler.tick()
@@ -136,6 +143,8 @@ async def test_zombie_is_failed_then_killed_and_its_worker_is_fenced_out(rig: Ri
     attempt = (await rig.attempts("work"))[0]
     assert attempt.ended_at is not None and attempt.reason == "heartbeat lost"
     assert attempt.state == states.UP_FOR_RETRY  # the decision, not the kill's exit code
+    assert metric("miniflow_sanity_findings_total", kind="zombie") == zombies + 1
+    assert metric("miniflow_attempt_exits_total", reason="heartbeat lost") == exits + 1
 
 
 async def test_a_worker_that_heartbeats_is_not_a_zombie(rig: Rig) -> None:
@@ -163,6 +172,8 @@ async def test_timeout_is_enforced_by_the_scheduler_itself(rig: Rig) -> None:
 async def test_a_try_that_vanished_is_found_lost_and_retried(rig: Rig) -> None:
     key = next(k for k in rig.launcher.held if k.task_id == "sh")
     del rig.launcher.held[key]  # gone behind the scheduler's back
+    lost = metric("miniflow_sanity_findings_total", kind="lost")
+    exits = metric("miniflow_attempt_exits_total", reason="Lost")
     rig.clock.advance(1.1)
     await rig.scheduler.tick()  # first round: missing once, not yet lost
     assert not rig.launcher.adopted
@@ -175,6 +186,8 @@ async def test_a_try_that_vanished_is_found_lost_and_retried(rig: Rig) -> None:
     assert (await rig.tis())["sh"].try_number == 2
     first = (await rig.attempts("sh"))[0]
     assert (first.try_number, first.state, first.reason) == (1, states.UP_FOR_RETRY, "Lost")
+    assert metric("miniflow_sanity_findings_total", kind="lost") == lost + 1
+    assert metric("miniflow_attempt_exits_total", reason="Lost") == exits + 1
 
 
 async def test_an_orphan_is_killed_after_two_rounds(rig: Rig) -> None:

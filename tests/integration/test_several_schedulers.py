@@ -62,6 +62,7 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
 ) -> None:
     from datetime import UTC, datetime
 
+    from miniflow.scheduler import metrics
     from miniflow.scheduler.clock import ManualClock
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.store import attempts as store_attempts
@@ -100,6 +101,7 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
         await c.tick()
         assert b.launcher.adopted == [] and c.launcher.adopted == []  # type: ignore[attr-defined]
         # a stops heartbeating: 31 s later both survivors look, only one adopts each try
+        adoptions = metrics.REGISTRY.get_sample_value("miniflow_adoptions_total")
         for survivor in (b, c):
             survivor.clock.advance(31)  # type: ignore[attr-defined]
             await survivor._heartbeat_instance()  # the survivors are alive, a is not
@@ -107,6 +109,7 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
         adopted_b = {k for k, _ in b.launcher.adopted}  # type: ignore[attr-defined]
         adopted_c = {k for k, _ in c.launcher.adopted}  # type: ignore[attr-defined]
         assert adopted_b | adopted_c == held and not adopted_b & adopted_c
+        assert metrics.REGISTRY.get_sample_value("miniflow_adoptions_total") == adoptions + 3
         sessions = store_engine.sessionmaker(engine)
         async with store_engine.transaction(sessions) as session:
             attempts = await store_attempts.for_run(session, "three", run_id)

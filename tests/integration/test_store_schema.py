@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import pytest
@@ -65,5 +69,37 @@ async def test_sqlite_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
         async with eng.connect() as conn:
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await eng.dispose()
+
+
+
+async def test_concurrent_upgrades_of_a_fresh_postgres_database_do_not_race(
+    postgres_dbs: PostgresDatabases, tmp_path: Path
+) -> None:
+    """Several `miniflow db upgrade` at once (a rollout's migration Job beside a manual
+    run, say): one migrates, the others wait for it and find the schema current."""
+    url = await postgres_dbs.clone(migrated=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
+    env.update(MINIFLOW_HOME=str(tmp_path), MINIFLOW_DATABASE_URL=url)
+    miniflow = str(Path(sys.executable).with_name("miniflow"))
+    procs = [
+        await asyncio.create_subprocess_exec(
+            miniflow, "db", "upgrade", env=env, stdout=PIPE, stderr=PIPE
+        )
+        for _ in range(4)
+    ]
+    outputs = [await p.communicate() for p in procs]
+    messages = [
+        (p.returncode, out.decode() + err.decode())
+        for p, (out, err) in zip(procs, outputs, strict=True)
+    ]
+    assert all(code == 0 for code, _ in messages), messages
+    head = schema.head_revision()
+    assert sum(f"schema upgraded empty -> {head}" in m for _, m in messages) == 1, messages
+    assert sum(f"schema already at {head}" in m for _, m in messages) == 3, messages
+    eng = store_engine.create_engine(url)
+    try:
+        await schema.check(eng)
     finally:
         await eng.dispose()

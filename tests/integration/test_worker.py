@@ -282,6 +282,25 @@ async def test_bash_failure_without_retries_is_failed(env: Env) -> None:
     assert ti.next_retry_at is None
 
 
+async def test_bash_exit_code_in_skip_on_exit_code_is_skipped_by_the_worker(env: Env) -> None:
+    """How a worker that reports its own outcome (on Kubernetes) handles the skip codes;
+    the local launcher's scheduler decides the same from the exit code."""
+    await env.setup(
+        """
+        from miniflow import DAG, Bash
+
+        with DAG("d"):
+            Bash("t", "exit 99", skip_on_exit_code=[98, 99], retries=2)
+        """,
+        queue=["t"],
+    )
+    code, _out, err = await env.run("t")
+    assert code == 0, err
+    ti = await env.ti("t")
+    assert (ti.state, ti.exit_code, ti.try_number) == ("skipped", 99, 1)
+    assert ti.error == "skipped: exit code 99 is one of the task's skip_on_exit_code"
+
+
 async def test_template_error_is_a_failure_naming_the_variable(env: Env) -> None:
     await env.setup(bash_dag("touch $TEST_DIR/marker; echo {{ params.nope }}"), queue=["t"])
     code, _out, err = await env.run("t")

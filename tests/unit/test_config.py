@@ -34,6 +34,10 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ({"MINIFLOW_POD_CLEANUP": "sometimes"}, "MINIFLOW_POD_CLEANUP must be one of"),
         ({"MINIFLOW_DATABASE_URL": "mysql://u:pw@h/db"}, "MINIFLOW_DATABASE_URL must start with"),
         ({"MINIFLOW_CONFIG": "/nonexistent/miniflow.toml"}, "no such file"),
+        ({"MINIFLOW_HTTP_PORT": "http"}, "MINIFLOW_HTTP_PORT must be an integer"),
+        ({"MINIFLOW_HTTP_PORT": "-1"}, "MINIFLOW_HTTP_PORT must not be negative"),
+        ({"MINIFLOW_HTTP_PORT": "70000"}, r"MINIFLOW_HTTP_PORT must be a port \(0 to 65535\)"),
+        ({"MINIFLOW_LOG_FORMAT": "xml"}, "MINIFLOW_LOG_FORMAT must be one of text, json"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -141,3 +145,21 @@ def test_sanity_settings_and_the_failed_pod_retention_default() -> None:
     assert config.keep_failed_for() == 3600.0  # on_success keeps failed pods an hour
     assert load_config({"MINIFLOW_POD_CLEANUP": "always"}).keep_failed_for() == 0.0
     assert load_config({"MINIFLOW_POD_KEEP_FAILED_FOR": "60"}).keep_failed_for() == 60.0
+
+
+def test_ops_server_is_off_and_logs_are_text_unless_asked() -> None:
+    config = load_config({})
+    assert (config.http_port, config.log_format, config.worker_service_account) == (
+        0,
+        "text",
+        None,
+    )
+    asked = load_config(
+        {
+            "MINIFLOW_HTTP_PORT": "8080",
+            "MINIFLOW_LOG_FORMAT": "json",
+            "MINIFLOW_WORKER_SERVICE_ACCOUNT": "miniflow-worker",
+        }
+    )
+    assert (asked.http_port, asked.http_host, asked.log_format) == (8080, "0.0.0.0", "json")
+    assert asked.worker_service_account == "miniflow-worker"

@@ -1164,3 +1164,37 @@ async def test_a_bad_kubeconfig_is_one_clear_error(
     with pytest.raises(ServiceUnavailable, match=message) as caught:
         await launcher.start()
     assert "\n" not in str(caught.value)
+
+
+# --- MINIFLOW_WORKER_SERVICE_ACCOUNT ---------------------------------------------------------
+
+
+async def test_worker_service_account_reaches_the_created_pods(fake_kube: FakeKube) -> None:
+    from miniflow import runtime
+    from miniflow.config import load_config
+
+    config = load_config(
+        {
+            "MINIFLOW_LAUNCHER": "kubernetes",
+            "MINIFLOW_KUBECONFIG": str(fake_kube.kubeconfig_path),
+            "MINIFLOW_WORKER_SERVICE_ACCOUNT": "miniflow-worker",
+            "MINIFLOW_POD_CLEANUP": "never",
+        }
+    )
+    fake_kube.secrets[("default", config.database_secret)] = {"url": DB_URL}
+    launcher = runtime.make_launcher(config)
+    assert isinstance(launcher, KubernetesLauncher)
+    await launcher.start()
+    try:
+        plain, own = key("plain"), key("own")
+        await launcher.launch(
+            [sh(plain, "true"), sh(own, "true", pod=PodSettings(service_account="etl"))]
+        )
+        accounts = {
+            k.task_id: fake_kube.state.get(pods.pod_name(k))["spec"]["serviceAccountName"]
+            for k in (plain, own)
+        }
+        assert accounts == {"plain": "miniflow-worker", "own": "etl"}  # a task's own wins
+        await all_exits(launcher, [plain, own])
+    finally:
+        await launcher.close()

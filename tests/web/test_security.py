@@ -100,7 +100,7 @@ def test_read_only_refuses_actions(lite: Site) -> None:
 def test_bad_web_settings_are_one_line(lite: Site) -> None:
     for env, named in (
         ({"MINIFLOW_WEB_PORT": "http"}, "MINIFLOW_WEB_PORT must be an integer"),
-        ({"MINIFLOW_WEB_PORT": "70000"}, "MINIFLOW_WEB_PORT must be a TCP port"),
+        ({"MINIFLOW_WEB_PORT": "70000"}, "MINIFLOW_WEB_PORT must be a port"),
         ({"MINIFLOW_WEB_AUTH": "basic"}, "MINIFLOW_WEB_AUTH must be one of token, none"),
         ({"MINIFLOW_WEB_READ_ONLY": "maybe"}, "MINIFLOW_WEB_READ_ONLY must be true or false"),
     ):

@@ -1,0 +1,72 @@
+"""`get_current_context()`: the running task's context, inside a `@task` function.
+
+The worker binds the context (the variables templates see: `ds`, `logical_date`,
+`params`, `run_id`, ... plus `ti`) around the call of the user's function, in a
+context variable, so a function running in its own thread or as a coroutine sees
+its own try's context and nothing leaks between tries of a warm worker process.
+Light on purpose: DAG files import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from miniflow.errors import MiniflowError
+
+
+class NoTaskContext(MiniflowError):
+    """`get_current_context()` was called outside a running `@task` function."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInstanceInfo:
+    """What a task can know of its own try (the context's `ti`)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    try_number: int
+    map_index: int = -1  # no dynamic mapping yet: every task is unmapped
+
+
+_current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "miniflow_task_context", default=None
+)
+
+
+def get_current_context() -> dict[str, Any]:
+    """The running task's context: `ds`, `ds_nodash`, `ts`, `ts_nodash`, `logical_date`,
+    `data_interval_start`, `data_interval_end`, `run_id`, `dag_id`, `task_id`,
+    `try_number`, `params` (the DAG's params overlaid with the run's conf), and `ti`
+    (a `TaskInstanceInfo`; also as `task_instance`). A copy: changing it changes nothing.
+
+    Raises `NoTaskContext` outside a running `@task` function (at DAG definition
+    time, for instance: the context exists only when the task runs).
+    """
+    context = _current.get()
+    if context is None:
+        raise NoTaskContext(
+            "get_current_context() works only while a @task function runs (not when the "
+            "DAG file is imported)"
+        )
+    return dict(context)
+
+
+@contextlib.contextmanager
+def bound(context: dict[str, Any]) -> Iterator[None]:
+    """Make `context` (plus `ti`) the current context inside the block (the worker's)."""
+    ti = TaskInstanceInfo(
+        dag_id=context["dag_id"],
+        run_id=context["run_id"],
+        task_id=context["task_id"],
+        try_number=context["try_number"],
+    )
+    token = _current.set({**context, "ti": ti, "task_instance": ti})
+    try:
+        yield
+    finally:
+        _current.reset(token)
