@@ -88,7 +88,7 @@ class Config:
     queued_timeout: float = 600.0
     """Seconds a try may stay queued (launched, not yet running) before it is relaunched or
     failed."""
-    max_launch_attempts: int = 5
+    max_launch_attempts: int = 8
     """Launches of one try that never reached a container (refused, lost before it started)
     before the try fails; these do not use up the task's retries."""
     reparse_interval: float = 120.0

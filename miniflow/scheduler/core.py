@@ -76,7 +76,7 @@ class SchedulerSettings:
     """Create runs from cron schedules (off for `dags test`)."""
     only_run: tuple[str, str] | None = None
     """(dag_id, run_id): touch nothing but this run (`dags test`)."""
-    max_launch_attempts: int = 5
+    max_launch_attempts: int = 8
     """Launches of one try that never reached a container before the try fails."""
     sanity: SanitySettings = field(default_factory=SanitySettings)
     """The sanity loop's interval and thresholds."""
