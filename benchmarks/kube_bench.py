@@ -1,7 +1,7 @@
 """KubernetesLauncher + scheduler against the fake Kubernetes API server (tests/fakekube).
 
 The real `Scheduler` in-process, the real `KubernetesLauncher` (built by
-`runtime.make_launcher` from a `Config`, as the daemon does) talking HTTP to
+`wiring.make_launcher` from a `Config`, as the daemon does) talking HTTP to
 the fake API server on 127.0.0.1, and a fresh Postgres database per sample
 (CREATE DATABASE bench_kube_..., migrated, dropped at the end).
 
@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:
 
 import asyncpg  # noqa: E402
 
-from miniflow import runtime  # noqa: E402
+from miniflow.cli import wiring  # noqa: E402
 from miniflow.config import load_config  # noqa: E402
 from miniflow.launchers import pods  # noqa: E402
 from miniflow.launchers.base import AttemptKey, TaskSpec  # noqa: E402
@@ -126,7 +126,7 @@ def make_scheduler(kubeconfig: str, db_url: str, dags: Path, parallelism: int) -
     )  # every benchmark task is a Pod task, but the start-up check wants the Secret
     return Scheduler(
         engine=store_engine.create_engine(db_url),
-        launcher=runtime.make_launcher(config),
+        launcher=wiring.make_launcher(config),
         dags_folder=dags,
         settings=SchedulerSettings(
             parallelism=parallelism, schedule_runs=False, idle_wait=0.05, run_check_interval=0.05

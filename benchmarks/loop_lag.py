@@ -71,7 +71,7 @@ class Probe:
 
 async def measure(backend: str, shape: str) -> tuple[float, float, int, float, float]:
     """(worst lag, p99 lag, stalls over 20 ms, worst busy, wall) of one run of `shape`."""
-    from miniflow import runtime
+    from miniflow.cli import wiring
     from miniflow.config import load_config
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.scheduler.trigger import trigger
@@ -102,7 +102,7 @@ async def measure(backend: str, shape: str) -> tuple[float, float, int, float, f
             await schema.upgrade(engine)
             scheduler = Scheduler(
                 engine=engine,
-                launcher=runtime.make_launcher(config),
+                launcher=wiring.make_launcher(config),
                 dags_folder=config.dags_folder,
                 settings=SchedulerSettings(
                     parallelism=config.parallelism, parse_interval=config.parse_interval
@@ -110,7 +110,7 @@ async def measure(backend: str, shape: str) -> tuple[float, float, int, float, f
                 parse_timeout=config.parse_timeout,
             )
             await scheduler.start()
-            gc.freeze()  # as the daemon does after start (miniflow/daemon.py)
+            gc.freeze()  # as the daemon does after start (miniflow/cli/daemon.py)
             try:
                 await scheduler.tick()  # parses the folder
                 probe = Probe()

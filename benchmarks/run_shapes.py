@@ -7,7 +7,7 @@ peak-RSS figures belong to that measurement alone:
 1. a fresh database (Postgres: `CREATE DATABASE bench_...`, migrated with
    `schema.upgrade`, dropped afterwards by the parent; SQLite: a temp file);
 2. a `Config` from `load_config(environ={...})` (parallelism 32, temp state_dir,
-   dags folder = the generated shape), `runtime.make_launcher(config)` (the
+   dags folder = the generated shape), `wiring.make_launcher(config)` (the
    real LocalLauncher: Bash tasks as `sh`-wrapped processes, Python tasks
    forked from its warm forkserver running the real worker), the real
    `Scheduler` in-process with the daemon's settings;
@@ -115,7 +115,7 @@ def rusage_pair() -> tuple[float, float]:
 
 
 async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, object]:
-    from miniflow import runtime
+    from miniflow.cli import wiring
     from miniflow.config import load_config
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.scheduler.trigger import trigger
@@ -137,7 +137,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
             }
         )
         engine = store_engine.create_engine(config.database_url)
-        launcher = runtime.make_launcher(config)
+        launcher = wiring.make_launcher(config)
         scheduler = Scheduler(
             engine=engine,
             launcher=launcher,

@@ -2,7 +2,7 @@
 
 A `miniflow scheduler` subprocess runs against a fresh database (Postgres, SQLite
 or both) with an empty-command DAG; this process triggers a run the way `miniflow
-dags trigger` does (`miniflow.admin.trigger`, parse skipped), waits for it to
+dags trigger` does (`miniflow.cli.operations.trigger`, parse skipped), waits for it to
 succeed, waits a random 0.2-1.2 s so the scheduler is idle again, and repeats.
 Latency = the run's `started_at` (the scheduler's clock) minus its `created_at`
 (the triggering process' clock, taken just before the insert and the commit, so
@@ -52,7 +52,7 @@ def _scheduler(url: str, home: Path) -> tuple[dict[str, str], subprocess.Popen[b
         "MINIFLOW_DAGS_FOLDER": str(home / "dags"),
         "PYTHONPATH": str(ROOT),
     }
-    miniflow = [sys.executable, "-c", "from miniflow.cli import main; main()"]
+    miniflow = [sys.executable, "-c", "from miniflow.cli.main import main; main()"]
     subprocess.run([*miniflow, "db", "upgrade"], env=env, check=True, capture_output=True)
     subprocess.run([*miniflow, "dags", "list"], env=env, check=True, capture_output=True)
     with open(home / "scheduler.log", "wb") as log:
@@ -63,7 +63,7 @@ def _scheduler(url: str, home: Path) -> tuple[dict[str, str], subprocess.Popen[b
 async def _measure(url: str, env: dict[str, str], count: int) -> list[float]:
     from sqlalchemy import select
 
-    from miniflow import admin
+    from miniflow.cli import operations
     from miniflow.config import load_config
     from miniflow.store import engine as store_engine
     from miniflow.store import states
@@ -77,7 +77,7 @@ async def _measure(url: str, env: dict[str, str], count: int) -> list[float]:
         await asyncio.sleep(2.0)  # start-up, first parse
         for _ in range(count):
             await asyncio.sleep(random.uniform(0.2, 1.2))  # idle again, at a random phase
-            run_id = await admin.trigger(config, "wake", conf_json=None, parse=False)
+            run_id = await operations.trigger(config, "wake", conf_json=None, parse=False)
             while True:
                 async with store_engine.transaction(sessions) as session:
                     state, created, started = (

@@ -99,7 +99,7 @@ def _main_hidden() -> Iterator[None]:
     """Hide `__main__` from multiprocessing while a child is being started.
 
     Otherwise every child re-imports the main module (the `miniflow` console
-    script, pytest, `python -m miniflow.cli` with the whole scheduler stack)
+    script, pytest, `python -m miniflow.cli.main` with the whole scheduler stack)
     before running, which costs far more than the parse and runs code that
     has no business in a parser process. A bare module has neither `__file__`
     nor `__spec__`, so the child skips that step.

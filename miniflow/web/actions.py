@@ -4,7 +4,7 @@ Each action is one transaction on the web server's own engine. Nothing here
 parses a DAG file: a trigger uses the DAG version the scheduler last stored
 (so a DAG file just written is triggerable once the scheduler has parsed it).
 The task-selection rule of a clear (the task and, optionally, everything
-downstream in the run's own DAG version) is the CLI's, from `miniflow.admin`.
+downstream in the run's own DAG version) is the CLI's, from `miniflow.cli.operations`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow import admin
+from miniflow.cli import operations
 from miniflow.errors import NotFound, PermanentError
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.store import browse
@@ -47,9 +47,9 @@ async def trigger(
     """Create a queued manual run; ConfValidationError names a key the DAG does not declare."""
     await browse.get_dag(session, dag_id)
     if run_id is not None:
-        if not run_id.strip() or len(run_id) > admin.MAX_NAME or not run_id.isprintable():
-            raise PermanentError(f"a run id has 1 to {admin.MAX_NAME} printable characters")
-        if "/" in run_id or run_id == admin.LATEST:
+        if not run_id.strip() or len(run_id) > operations.MAX_NAME or not run_id.isprintable():
+            raise PermanentError(f"a run id has 1 to {operations.MAX_NAME} printable characters")
+        if "/" in run_id or run_id == operations.LATEST:
             raise PermanentError(f"run id {run_id!r} is reserved or contains '/'")
     return await trigger_mod.trigger(
         session,
@@ -70,7 +70,7 @@ async def clear(
         raise NotFound(f"the DAG version of run {dag_id}/{run_id} is not in the database")
     if task_id not in dag["tasks"]:
         raise NotFound(f"run {dag_id}/{run_id} has no task {task_id!r}")
-    task_ids = admin.downstream_of(dag, task_id) if downstream else [task_id]
+    task_ids = operations.downstream_of(dag, task_id) if downstream else [task_id]
     retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
     await store_tis.clear(session, dag_id, run_id, task_ids, retries)
     return task_ids
@@ -84,8 +84,8 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str) -> None:
 
 
 async def set_pool(session: AsyncSession, name: str, slots: int, description: str | None) -> None:
-    if not name.strip() or len(name) > admin.MAX_NAME or "/" in name:
-        raise PermanentError(f"a pool name has 1 to {admin.MAX_NAME} characters and no '/'")
+    if not name.strip() or len(name) > operations.MAX_NAME or "/" in name:
+        raise PermanentError(f"a pool name has 1 to {operations.MAX_NAME} characters and no '/'")
     if not 0 <= slots <= MAX_SLOTS:
         raise PermanentError(f"slots must be between 0 and {MAX_SLOTS}, got {slots}")
     await store_pools.set_pool(session, name, slots, description)

@@ -1,4 +1,4 @@
-"""A try's log for the web: the same sources as `miniflow tasks logs` (from `miniflow.logs`).
+"""A try's log for the web: the same sources as `miniflow tasks logs` (from `miniflow.cli.logs`).
 
 The local launcher's log file while it exists, the pod's log on Kubernetes,
 else the tail saved on the attempt; a try that never started shows why.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 
-from miniflow import logs
+from miniflow.cli import logs
 from miniflow.config import Config
 
 MAX_LINES = 5000

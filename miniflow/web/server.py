@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from miniflow import runtime
+from miniflow.cli import wiring
 from miniflow.config import Config
 from miniflow.errors import ConfigError
 from miniflow.web import app as web_app
@@ -89,7 +89,7 @@ def _server(config: Config, engine: AsyncEngine, *, embedded: bool) -> _Server:
 async def serve(config: Config) -> int:
     """`miniflow webserver`: run until SIGINT/SIGTERM."""
     auth.token_required(config)  # refuse an unauthenticated server beyond localhost first
-    async with runtime.open_engine(config) as engine:
+    async with wiring.open_engine(config) as engine:
         sock = listen(config)
         try:
             server = _server(config, engine, embedded=False)

@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from miniflow import daemon
+from miniflow.cli import daemon
 from miniflow.config import Config, load_config
 from tests.deploy.render import (
     DEPLOY,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from miniflow import logs
+from miniflow.cli import logs
 from miniflow.launchers import pods
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs

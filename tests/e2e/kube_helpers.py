@@ -2,7 +2,7 @@
 
 `kube_scheduler` builds the real in-process `Scheduler` with the real
 `KubernetesLauncher` from a `Config` (exactly as the daemon does, through
-`runtime.make_launcher`), pointed at the fake API server's kubeconfig. Worker
+`wiring.make_launcher`), pointed at the fake API server's kubeconfig. Worker
 pods run `miniflow-worker` on this host: the fake kubelet's PATH gets the
 venv's bin directory and the database URL is served from the fake's Secret.
 """
@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from miniflow import runtime
+from miniflow.cli import wiring
 from miniflow.config import Config, load_config
 from miniflow.launchers.kubernetes import KubernetesLauncher
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -82,7 +82,7 @@ async def kube_scheduler(
     fake.secrets[(NAMESPACE, SECRET)] = {"url": db_url}
     config = kube_config(fake, db_url, dags_folder, **extra)
     engine = store_engine.create_engine(db_url)
-    launcher = runtime.make_launcher(config)
+    launcher = wiring.make_launcher(config)
     scheduler = Scheduler(
         engine=engine,
         launcher=launcher,

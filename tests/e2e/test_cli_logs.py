@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from miniflow import logs
+from miniflow.cli import logs
 from miniflow.store import task_instances as store_tis
 from tests.dbs import PostgresDatabases
 from tests.e2e.conftest import Cli

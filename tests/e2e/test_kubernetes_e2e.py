@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from miniflow import logs
+from miniflow.cli import logs
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.store import engine as store_engine
 from tests.dbs import PostgresDatabases

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from miniflow import admin, runtime
+from miniflow.cli import operations, wiring
 from miniflow.config import load_config
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.store import attempts as store_attempts
@@ -54,7 +54,7 @@ async def local_scheduler(
         parallelism=parallelism,
     )
     engine = store_engine.create_engine(db_url)
-    launcher = runtime.make_launcher(config)
+    launcher = wiring.make_launcher(config)
     scheduler = Scheduler(
         engine=engine,
         launcher=launcher,
@@ -250,7 +250,7 @@ async def test_scheduler_sigkill_and_restart_runs_nothing_twice(
     write_dag(dags, "restart.py", RESTART_DAG.format(log=ran))
     env = cli_env(db_url, dags, state_dir)
     config = load_config(environ=env)
-    run_id = await admin.trigger(config, "restart", conf_json=None)
+    run_id = await operations.trigger(config, "restart", conf_json=None)
 
     async def attempts() -> list[TaskAttempt]:
         return await query(db_url, store_attempts.for_run, "restart", run_id)

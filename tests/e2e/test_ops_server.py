@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from miniflow import admin, runtime
+from miniflow.cli import operations, wiring
 from miniflow.config import load_config
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.ops_server import OpsServer
@@ -104,7 +104,7 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
         MINIFLOW_HTTP_HOST="127.0.0.1",
         MINIFLOW_LOG_FORMAT="json",
     )
-    run_id = await admin.trigger(load_config(environ=env), "ops", conf_json=None)
+    run_id = await operations.trigger(load_config(environ=env), "ops", conf_json=None)
     log = tmp_path / "scheduler.log"
     proc = spawn_cli(["scheduler"], env, log)
     try:
@@ -170,7 +170,7 @@ async def in_process(db_url: str, tmp_path: Path, port: int) -> AsyncIterator[Sc
     engine = store_engine.create_engine(db_url)
     scheduler = Scheduler(
         engine=engine,
-        launcher=runtime.make_launcher(config),
+        launcher=wiring.make_launcher(config),
         dags_folder=None,
         settings=SchedulerSettings(instance_heartbeat=1.0, instance_timeout=3.0),
     )

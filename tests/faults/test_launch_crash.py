@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from miniflow import admin
+from miniflow.cli import operations
 from miniflow.config import load_config
 from miniflow.store import attempts as store_attempts
 from miniflow.store import runs as store_runs
@@ -120,7 +120,7 @@ async def test_scheduler_killed_before_the_marker_runs_the_task_once(
     proof, report = tmp_path / "proof", tmp_path / "stalled"
     write_dag(dags, "once.py", ONCE_DAG.format(proof=proof))
     env = cli_env(db_url, dags, state)
-    run_id = await admin.trigger(load_config(environ=env), "once", conf_json=None)
+    run_id = await operations.trigger(load_config(environ=env), "once", conf_json=None)
 
     async def finished() -> bool:
         run = await query(db_url, store_runs.get_run, "once", run_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from miniflow import admin
+from miniflow.cli import operations
 from miniflow.config import load_config
 from miniflow.errors import NotFound
 from miniflow.scheduler import trigger as trigger_mod
@@ -78,7 +78,7 @@ async def test_empty_tasks_complete_without_a_process(db_url: str, tmp_path: Pat
         environ={}, database_url=db_url, dags_folder=tmp_path / "dags", state_dir=tmp_path / "s"
     )
     with pytest.raises(NotFound, match=r"'join' of empties/.* is an Empty task: it runs no"):
-        await admin.task_attempts(config, "empties", run_id, "join")  # what `tasks logs` says
+        await operations.task_attempts(config, "empties", run_id, "join")  # what `tasks logs` says
 
 
 BRANCHING = """

@@ -1,4 +1,4 @@
-"""What `dags test` prints as its run goes (`miniflow.cli_stream`), on real databases.
+"""What `dags test` prints as its run goes (`miniflow.cli.stream`), on real databases.
 
 The scheduler is driven tick by tick and the stream polled by hand, so which
 states it sees is decided by the test, not by timing.
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow import DAG, Bash
-from miniflow.cli_stream import RunStream
+from miniflow.cli.stream import RunStream
 from miniflow.errors import NotFound
 from miniflow.launchers.base import AttemptExited, AttemptKey, TaskSpec
 from tests.instant_launcher import InstantLauncher

@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow import DAG, Bash, Pod
-from miniflow.admin import clear
+from miniflow.cli.operations import clear
 from miniflow.config import load_config
 from miniflow.errors import SerializedFormatError
 from miniflow.launchers.base import TaskSpec

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow import DAG, Bash
-from miniflow.admin import downstream_of
+from miniflow.cli.operations import downstream_of
 from miniflow.errors import ConfValidationError
 from miniflow.launchers.base import TaskSpec
 from miniflow.scheduler import trigger as trigger_mod

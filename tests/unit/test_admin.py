@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from miniflow import DAG, Bash
-from miniflow.admin import _next_run, downstream_of
+from miniflow.cli.operations import _next_run, downstream_of
 
 
 def _dag(**kw: object) -> dict:  # type: ignore[type-arg]

@@ -339,7 +339,7 @@ def test_dags_show_names_branch_tasks_and_lists_params() -> None:
     from rich.console import Console
 
     from miniflow import task
-    from miniflow.cli_views import print_dag_tree
+    from miniflow.cli.views import print_dag_tree
 
     with DAG("shown", params={"plain": 1}) as dag:
 

@@ -987,7 +987,7 @@ async def test_alive_costs_one_list_per_namespace(
 
 
 def test_make_launcher_wires_grace_retention_and_worker_liveness_env() -> None:
-    from miniflow import runtime
+    from miniflow.cli import wiring
     from miniflow.config import load_config
 
     config = load_config(
@@ -999,7 +999,7 @@ def test_make_launcher_wires_grace_retention_and_worker_liveness_env() -> None:
             "MINIFLOW_ZOMBIE_THRESHOLD": "12",
         }
     )
-    launcher = runtime.make_launcher(config)
+    launcher = wiring.make_launcher(config)
     assert isinstance(launcher, KubernetesLauncher)
     assert launcher.kill_grace_period == 7 and launcher.grace_seconds == 7
     assert (launcher.cleanup, launcher.keep_failed_for) == ("on_success", 3600)
@@ -1170,7 +1170,7 @@ async def test_a_bad_kubeconfig_is_one_clear_error(
 
 
 async def test_worker_service_account_reaches_the_created_pods(fake_kube: FakeKube) -> None:
-    from miniflow import runtime
+    from miniflow.cli import wiring
     from miniflow.config import load_config
 
     config = load_config(
@@ -1182,7 +1182,7 @@ async def test_worker_service_account_reaches_the_created_pods(fake_kube: FakeKu
         }
     )
     fake_kube.secrets[("default", config.database_secret)] = {"url": DB_URL}
-    launcher = runtime.make_launcher(config)
+    launcher = wiring.make_launcher(config)
     assert isinstance(launcher, KubernetesLauncher)
     await launcher.start()
     try:

@@ -16,9 +16,9 @@ from typing import Any
 
 import click
 
-from miniflow import cli_views as views
 from miniflow import log_format
-from miniflow.cli_common import EXAMPLES, MiniflowGroup, _config, add_global_options, command_runner
+from miniflow.cli import views
+from miniflow.cli.common import EXAMPLES, MiniflowGroup, _config, add_global_options, command_runner
 
 
 @click.group(cls=MiniflowGroup)
@@ -60,11 +60,11 @@ def db_upgrade(ctx: click.Context) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import runtime
+        from miniflow.cli import wiring
         from miniflow.store import schema
 
         config = _config(ctx)
-        async with runtime.open_engine(config, check_schema=False) as engine:
+        async with wiring.open_engine(config, check_schema=False) as engine:
             before, after = await schema.upgrade(engine)
         where = config.safe_database_url()
         if before == after:
@@ -82,7 +82,7 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def scheduler(ctx: click.Context) -> None:
     """Run the scheduler daemon (configured by MINIFLOW_* variables)."""
-    from miniflow import daemon
+    from miniflow.cli import daemon
 
     config = _config(ctx)
     logging.getLogger().setLevel(logging.INFO)
@@ -118,7 +118,7 @@ def standalone(
 ) -> None:
     """The embedded default: SQLite + local processes + your DAGs (or the examples), and
     the web UI (its URL is printed)."""
-    from miniflow import daemon
+    from miniflow.cli import daemon
 
     overrides: dict[str, Any] = {"state_dir": state_dir}
     config = _config(ctx, **overrides)  # every setting checked as given, MINIFLOW_LAUNCHER too
@@ -189,15 +189,15 @@ def dags_list(ctx: click.Context, no_parse: bool, output: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
         config = _config(ctx)
-        rows = await admin.list_dags(config, parse=not no_parse)
+        rows = await operations.list_dags(config, parse=not no_parse)
         if output == "json":
             views.print_json(rows)
         else:
             views.print_dags(rows)
-        errors = await admin.import_errors(config, parse=False)
+        errors = await operations.import_errors(config, parse=False)
         if errors:
             files = ", ".join(e.fileloc for e in errors)
             click.echo(
@@ -223,9 +223,9 @@ def dags_errors(ctx: click.Context, output: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        errors = await admin.import_errors(_config(ctx))
+        errors = await operations.import_errors(_config(ctx))
         if output == "json":
             views.print_json([{"fileloc": e.fileloc, "error": e.error, "at": e.at} for e in errors])
         else:
@@ -246,9 +246,9 @@ def dags_reparse(ctx: click.Context, file: str | None) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        for item in await admin.reparse(_config(ctx), file):
+        for item in await operations.reparse(_config(ctx), file):
             click.echo(views.parse_line(item.fileloc, [d["dag_id"] for d in item.dags], item.error))
 
     run()
@@ -262,9 +262,9 @@ def dags_show(ctx: click.Context, dag_id: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        dag = await admin.get_serialized(_config(ctx), dag_id)
+        dag = await operations.get_serialized(_config(ctx), dag_id)
         views.print_dag_tree(dag)
 
     run()
@@ -276,9 +276,9 @@ def _pause_command(paused: bool) -> Callable[..., None]:
     def command(ctx: click.Context, dag_id: str) -> None:
         @command_runner
         async def run() -> None:
-            from miniflow import admin
+            from miniflow.cli import operations
 
-            await admin.set_paused(_config(ctx), dag_id, paused)
+            await operations.set_paused(_config(ctx), dag_id, paused)
             click.echo(f"DAG {dag_id} {'paused' if paused else 'unpaused'}")
 
         run()
@@ -291,7 +291,7 @@ dags.command("unpause", help="Resume creating scheduled runs of a DAG.")(_pause_
 
 
 def _check_run_id(run_id: str | None) -> None:
-    from miniflow.admin import LATEST, MAX_NAME
+    from miniflow.cli.operations import LATEST, MAX_NAME
 
     if run_id is None:
         return
@@ -335,10 +335,10 @@ def dags_trigger(
 
     @command_runner
     async def run() -> int:
-        from miniflow import admin
+        from miniflow.cli import operations
 
         config = _config(ctx)
-        created = await admin.trigger(
+        created = await operations.trigger(
             config, dag_id, conf_json=conf_json, run_id=run_id, logical_date=when
         )
         click.echo(f"created run {created} of {dag_id}")
@@ -359,11 +359,11 @@ def dags_test(
     ctx: click.Context, dag_id: str, logical_date: str | None, conf_json: str | None
 ) -> None:
     """Run one DAG run to completion in the foreground, without a daemon."""
-    from miniflow import admin, daemon
+    from miniflow.cli import daemon, operations
 
     config = _config(ctx)
     # the DAG and its conf first: a typo must not start a scheduler (nor register one)
-    command_runner(admin.check_trigger)(config, dag_id, conf_json)
+    command_runner(operations.check_trigger)(config, dag_id, conf_json)
     state = command_runner(daemon.test_dag)(
         config, dag_id, logical_date=_parse_date(logical_date), conf_json=conf_json
     )
@@ -372,7 +372,7 @@ def dags_test(
 
 # --- runs / tasks / pools -----------------------------------------------------------------------
 
-from miniflow.cli_tasks import pools, runs, schedulers, tasks  # noqa: E402  (registered on `main` below)
+from miniflow.cli.state_commands import pools, runs, schedulers, tasks  # noqa: E402  (registered on `main` below)
 
 main.add_command(runs)
 main.add_command(tasks)

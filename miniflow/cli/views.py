@@ -1,6 +1,6 @@
 """Terminal rendering for the CLI (rich tables, trees and the live run view).
 
-Only presentation lives here; the data comes from `miniflow.admin` and the store.
+Only presentation lives here; the data comes from `miniflow.cli.operations` and the store.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.table import Column, Table
 from rich.tree import Tree
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from miniflow.admin import DagRowView
+from miniflow.cli.operations import DagRowView
 from miniflow.config import Config
 from miniflow.serialized import SerializedDag
 from miniflow.store import engine as store_engine
@@ -348,13 +348,13 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
     """
     from rich.live import Live
 
-    from miniflow import runtime
+    from miniflow.cli import wiring
     from miniflow.scheduler.core import SchedulerSettings
 
     console = make_console()
     threshold = SchedulerSettings().instance_timeout
     check_at: float | None = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
-    async with runtime.open_engine(config) as engine, wakeup.Listener(engine) as listener:
+    async with wiring.open_engine(config) as engine, wakeup.Listener(engine) as listener:
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:
             while True:

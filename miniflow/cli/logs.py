@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from miniflow import admin, runtime
+from miniflow.cli import operations, wiring
 from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.launchers.base import AttemptKey
@@ -68,9 +68,9 @@ async def read(
 ) -> AsyncIterator[str]:
     """Lines of one try's log (the latest try of the run's task unless `try_number`).
 
-    `run_ref` is a run id, `latest`/None or a unique prefix (see `admin.resolve_run`).
+    `run_ref` is a run id, `latest`/None or a unique prefix (see `operations.resolve_run`).
     """
-    ti, attempts = await admin.task_attempts(config, dag_id, run_ref, task_id)
+    ti, attempts = await operations.task_attempts(config, dag_id, run_ref, task_id)
     if try_number is None:
         attempt = attempts[-1]
     else:
@@ -123,7 +123,7 @@ async def _watch_local_end(config: Config, key: AttemptKey, done: asyncio.Event)
     from miniflow.launchers import local_procs
 
     paths = local_procs.AttemptPaths.of(config.state_dir, key)
-    async with runtime.open_engine(config) as engine:
+    async with wiring.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         while True:  # another process's try: nothing to await but the file and the database
             if paths.exit.exists() or await _recorded_end(sessions, key, paths.marker):
@@ -221,7 +221,7 @@ def _locate(config: Config, found: _Try) -> tuple[str, str]:
 async def _wait_started(config: Config, found: _Try) -> _Try:
     """Poll the database until the try's container started (or the try ended)."""
     key = found.key
-    async with runtime.open_engine(config) as engine:
+    async with wiring.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         while True:
             async with store_engine.transaction(sessions) as session:

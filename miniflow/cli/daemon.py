@@ -12,7 +12,7 @@ Stopping differs on purpose:
   Running tasks keep running: they are not children that hold up the exit
   (see `local_fork`), and the next scheduler adopts them.
 - `miniflow standalone` and `miniflow dags test` (SIGINT, SIGTERM, SIGHUP)
-  stop everything they run (`miniflow.stopping`): tries failed with reason
+  stop everything they run (`miniflow.cli.stopping`): tries failed with reason
   "Stopped" and no retry, processes killed, running runs failed; no process
   and no running run are left behind. Their loops are never cancelled in the
   middle of a round (a cancelled database call can leak its connection):
@@ -36,7 +36,7 @@ from typing import Any
 
 from rich.live import Live
 
-from miniflow import cli_views, runtime, stopping
+from miniflow.cli import stopping, views, wiring
 from miniflow.config import Config
 from miniflow.errors import ConfigError, ConfValidationError, NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -48,7 +48,7 @@ from miniflow.store import runs as store_runs
 from miniflow.store import schema, states, wakeup
 from miniflow.store import task_instances as store_tis
 
-log = logging.getLogger("miniflow.daemon")
+log = logging.getLogger("miniflow.cli.daemon")
 
 STOP_GRACE = 3.0
 """Seconds a stopping loop may take to finish its round before it is cancelled."""
@@ -87,14 +87,14 @@ async def _scheduler(
     is_sqlite = config.database_url.startswith("sqlite")
     # A transaction left idle for the instance timeout belongs to a scheduler its peers
     # take for dead: the server ends it, so its locks cannot stall them.
-    async with runtime.open_engine(
+    async with wiring.open_engine(
         config, check_schema=not is_sqlite, idle_transaction_timeout=config.scheduler_timeout
     ) as engine:
         if is_sqlite:
             await schema.upgrade(engine)
         scheduler = Scheduler(
             engine=engine,
-            launcher=runtime.make_launcher(config),
+            launcher=wiring.make_launcher(config),
             dags_folder=config.dags_folder,
             settings=_settings(config, **settings),
             parse_timeout=config.parse_timeout,
@@ -243,7 +243,7 @@ async def run_standalone(
 ) -> int:
     """The embedded default with a live view (and the web UI unless `webserver` is
     False); returns the exit code."""
-    console = cli_views.make_console()
+    console = views.make_console()
     console.print(
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
     )
@@ -316,11 +316,11 @@ async def _live_view(
     try:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while not runner.done():
-                live.update(await cli_views.runs_panel(scheduler.engine, watched))
+                live.update(await views.runs_panel(scheduler.engine, watched))
                 if exit_when_done and watched and await _all_finished(scheduler, watched):
                     scheduler.stop()
                 await asyncio.wait({runner}, timeout=0.25)
-            live.update(await cli_views.runs_panel(scheduler.engine, watched))
+            live.update(await views.runs_panel(scheduler.engine, watched))
     finally:
         scheduler.stop()
         await _await_loop(runner)
@@ -362,7 +362,7 @@ async def test_dag(
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
     from miniflow.scheduler import trigger as trigger_mod
 
-    console = cli_views.make_console()
+    console = views.make_console()
     logical_date = logical_date or datetime.now(UTC)
     run = (dag_id, trigger_mod.dags_test_run_id(logical_date))
     async with _scheduler(
@@ -395,7 +395,7 @@ async def test_dag(
                 tis = await store_tis.list_for_run(session, *run)
         except NotFound:
             tis = []
-        cli_views.print_task_instances(tis, console=console)
+        views.print_task_instances(tis, console=console)
         stopped = f" (stopped by {stop.signal.name})" if stop.signal is not None else ""
         console.print(f"run {run[1]}: [bold]{state}[/]{stopped}")
         return state
@@ -412,7 +412,7 @@ async def _test_run(
 ) -> str:
     """Parse, trigger and run the test run, streaming its task states and logs; returns
     its state (unless stopped before)."""
-    from miniflow.cli_stream import RunStream
+    from miniflow.cli.stream import RunStream
     from miniflow.scheduler import trigger as trigger_mod
 
     await scheduler.tick()

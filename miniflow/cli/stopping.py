@@ -27,7 +27,7 @@ from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import TaskInstance
 
-log = logging.getLogger("miniflow.stopping")
+log = logging.getLogger("miniflow.cli.stopping")
 
 
 async def stop_everything(

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow import runtime
+from miniflow.cli import wiring
 from miniflow.config import Config
 from miniflow.errors import NotFound, PermanentError
 from miniflow.schedule import DataInterval, Timetable
@@ -68,7 +68,7 @@ async def _session(
     """
     if read_only:
         _require_sqlite_file(config)
-    async with runtime.open_engine(config) as engine:
+    async with wiring.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         if parse:
             parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
@@ -163,7 +163,7 @@ async def reparse(config: Config, file: str | None = None) -> list[store_dags.Pa
     """
     if not config.dags_folder.is_dir():
         raise NotFound(f"DAGs folder {config.dags_folder} does not exist")
-    async with runtime.open_engine(config) as engine:
+    async with wiring.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
         wanted = None if file is None else parser.fileloc(file)

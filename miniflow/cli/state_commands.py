@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from miniflow import cli_views as views
-from miniflow.cli_common import _config, command_runner, split_task_ref
+from miniflow.cli import views
+from miniflow.cli.common import _config, command_runner, split_task_ref
 
 MAX_SLOTS = 2**31 - 1  # the database column is a 32-bit integer
 RUN_HELP = "RUN is a run id, `latest`, or a unique prefix of a run id (default: latest)."
@@ -40,10 +40,10 @@ def runs_list(ctx: click.Context, dag_id: str | None, limit: int, output: str) -
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
         from miniflow.store import browse
 
-        found = await admin.list_runs(_config(ctx), dag_id, limit)
+        found = await operations.list_runs(_config(ctx), dag_id, limit)
         if output == "json":
             views.print_json([browse.run_view(r) for r in found])
         else:
@@ -77,13 +77,13 @@ def tasks_list(
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
         config = _config(ctx)
         if all_tries:
-            resolved, attempts = await admin.list_attempts(config, dag_id, run_id)
+            resolved, attempts = await operations.list_attempts(config, dag_id, run_id)
         else:
-            resolved, tis = await admin.list_tasks(config, dag_id, run_id)
+            resolved, tis = await operations.list_tasks(config, dag_id, run_id)
         if output == "json":
             from miniflow.store import browse
 
@@ -116,7 +116,7 @@ def tasks_logs(
 
     @command_runner
     async def run() -> None:
-        from miniflow import logs
+        from miniflow.cli import logs
 
         async for line in logs.read(_config(ctx), dag_id, run_id, task_id, try_number, follow):
             sys.stdout.write(line if line.endswith("\n") else line + "\n")
@@ -134,9 +134,9 @@ def tasks_result(ctx: click.Context, ids: tuple[str, ...]) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        result = await admin.task_result(_config(ctx), dag_id, run_id, task_id)
+        result = await operations.task_result(_config(ctx), dag_id, run_id, task_id)
         click.echo(json.dumps(result, indent=2, sort_keys=True))
 
     run()
@@ -155,9 +155,11 @@ def tasks_clear(
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        resolved, cleared = await admin.clear(_config(ctx), dag_id, run_id, task_id, downstream)
+        resolved, cleared = await operations.clear(
+            _config(ctx), dag_id, run_id, task_id, downstream
+        )
         click.echo(f"cleared {', '.join(cleared)} in {dag_id}/{resolved}")
 
     run()
@@ -177,10 +179,10 @@ def schedulers_list(ctx: click.Context) -> None:
     async def run() -> None:
         from datetime import UTC, datetime
 
-        from miniflow import admin
+        from miniflow.cli import operations
 
         config = _config(ctx)
-        rows, holder = await admin.list_schedulers(config)
+        rows, holder = await operations.list_schedulers(config)
         views.print_schedulers(
             rows, datetime.now(UTC), holder=holder, silent_after=config.scheduler_timeout
         )
@@ -208,9 +210,9 @@ def pools_set(ctx: click.Context, name: str, slots: int, description: str | None
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        await admin.set_pool(_config(ctx), name, slots, description)
+        await operations.set_pool(_config(ctx), name, slots, description)
         click.echo(f"pool {name}: {slots} slots")
 
     run()
@@ -231,9 +233,9 @@ def pools_list(ctx: click.Context, output: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow import admin
+        from miniflow.cli import operations
 
-        found = await admin.list_pools(_config(ctx))
+        found = await operations.list_pools(_config(ctx))
         if output == "json":
             views.print_json(
                 [{"name": p.name, "slots": p.slots, "description": p.description} for p in found]
