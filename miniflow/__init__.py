@@ -5,13 +5,13 @@ Importing miniflow must stay light (no sqlalchemy, kubernetes_asyncio or
 jinja2): the worker imports it on every task start.
 """
 
-from miniflow.context import get_current_context
-from miniflow.dag import DAG
+from miniflow.authoring.context import get_current_context
+from miniflow.authoring.dag import DAG
+from miniflow.authoring.params import Param
+from miniflow.authoring.taskflow import task
+from miniflow.authoring.taskgroup import TaskGroup, task_group
+from miniflow.authoring.tasks import Bash, Empty, Pod
 from miniflow.errors import SkipTask
-from miniflow.params import Param
-from miniflow.taskflow import task
-from miniflow.taskgroup import TaskGroup, task_group
-from miniflow.tasks import Bash, Empty, Pod
 
 __version__ = "0.1.0"
 

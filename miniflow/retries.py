@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from miniflow.serialized import SerializedTask
+from miniflow.authoring.serialized import SerializedTask
 from miniflow.store import states
 from miniflow.store.task_instances import Outcome
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from miniflow.serialized import SerializedTask
+from miniflow.authoring.serialized import SerializedTask
 
 
 class BranchError(Exception):

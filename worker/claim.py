@@ -25,11 +25,11 @@ from miniflow_worker import execute
 from miniflow_worker.clock import now
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from miniflow.authoring.serialized import SerializedTask
+from miniflow.authoring.templates import build_context
 from miniflow.errors import NotFound
-from miniflow.serialized import SerializedTask
 from miniflow.store import runs, states, task_instances
 from miniflow.store.engine import transaction
-from miniflow.templates import build_context
 
 from .branching import downstream_map  # relative, so mypy sees its type (see `runner`)
 

@@ -39,9 +39,9 @@ from typing import Any, TypeVar
 
 from miniflow_worker.clock import stamp
 
-from miniflow import context as task_context
+from miniflow.authoring import context as task_context
+from miniflow.authoring.serialized import ArgRef, SerializedTask
 from miniflow.errors import SkipTask
-from miniflow.serialized import ArgRef, SerializedTask
 
 T = TypeVar("T")
 

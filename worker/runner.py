@@ -36,7 +36,7 @@ local launcher's forked, pre-warmed children both call it. Steps:
 Heavy modules (SQLAlchemy, the store) are imported at module level on
 purpose: every real run needs them, and the local launcher's forkserver
 preloads this module so its children start warm. What a run may not need is
-imported lazily: jinja2 (by `miniflow.templates`, only for templated
+imported lazily: jinja2 (by `miniflow.authoring.templates`, only for templated
 fields), the DAG loader (Python tasks only) and the database driver (by
 SQLAlchemy, only the one the URL names). This module never imports the
 scheduler, the launchers, parsing or kubernetes_asyncio.
@@ -58,10 +58,10 @@ from miniflow_worker import execute
 from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
 
+from miniflow.authoring.templates import render_task_fields
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
 from miniflow.store.engine import check_connection, create_engine, sessionmaker
-from miniflow.templates import render_task_fields
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
@@ -331,8 +331,8 @@ class Worker:
 
 def _load_function(path: Path, dag_id: str, task_id: str) -> Callable[..., Any] | str:
     """The Python function of the task, from its DAG file; or the error text."""
-    from miniflow.loader import import_dag_file
-    from miniflow.taskflow import PythonTask
+    from miniflow.authoring.loader import import_dag_file
+    from miniflow.authoring.taskflow import PythonTask
 
     if not path.is_file():
         return f"DAG file {path} does not exist (DAG {dag_id!r})"

@@ -14,8 +14,8 @@ import importlib
 
 PRELOAD = (
     "miniflow_worker.runner",
-    "miniflow.loader",
-    "miniflow.templates",
+    "miniflow.authoring.loader",
+    "miniflow.authoring.templates",
     "sqlalchemy.dialects.postgresql.asyncpg",
     "asyncpg",
     "sqlalchemy.dialects.sqlite.aiosqlite",
@@ -30,7 +30,7 @@ for _name in PRELOAD:
         pass
 
 # Build (and cache) the jinja2 environment: the first templated field then costs nothing.
-importlib.import_module("miniflow.templates").compile_template("{{ ds }}")
+importlib.import_module("miniflow.authoring.templates").compile_template("{{ ds }}")
 
 
 def _rehearse() -> None:

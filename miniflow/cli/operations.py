@@ -17,13 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.schedule import DataInterval, Timetable
+from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.cli import wiring
 from miniflow.config import Config
 from miniflow.errors import NotFound, PermanentError
-from miniflow.schedule import DataInterval, Timetable
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.parse_loop import DagParser
-from miniflow.serialized import SerializedDag, readable
 from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine

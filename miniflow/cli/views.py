@@ -18,9 +18,9 @@ from rich.table import Column, Table
 from rich.tree import Tree
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.cli.operations import DagRowView
 from miniflow.config import Config
-from miniflow.serialized import SerializedDag
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
 from miniflow.store import runs as store_runs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from miniflow.serialized import PodSettings, TaskKind
+from miniflow.authoring.serialized import PodSettings, TaskKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 Why this module exists: user DAG files are arbitrary code (they may hang,
 exit, crash the interpreter or leak modules), so each one is imported in its
 own short-lived process forked from a warm forkserver that preloaded this
-module (and through it `miniflow.loader`, `miniflow.dag`, `miniflow.tasks`).
+module (and through it `miniflow.authoring.loader`, `miniflow.authoring.dag`,
+`miniflow.authoring.tasks`).
 The result goes back to the parent as JSON bytes on a pipe:
 ``{"dags": [SerializedDag, ...]}`` or ``{"error": "<traceback text>"}``.
 
@@ -23,7 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from miniflow import loader
+from miniflow.authoring import loader
 
 
 def fileloc_of(dags_folder: Path, path: Path) -> str:

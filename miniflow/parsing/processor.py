@@ -35,8 +35,8 @@ from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import Any
 
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.parsing import child
-from miniflow.serialized import SerializedDag
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.parsing import discovery, processor
 from miniflow.parsing.child import fileloc_of
 from miniflow.parsing.processor import FileResult
-from miniflow.serialized import SerializedDag
 
 KnownState = tuple[int, int, str]
 """(mtime_ns, size, sha256) of the version of a file last parsed."""

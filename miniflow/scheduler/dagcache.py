@@ -24,7 +24,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.serialized import SerializedDag
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.store import dags as store_dags
 from miniflow.store import runs as store_runs
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.serialized import SerializedTask
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
 from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.scheduler.dagcache import CachedDag
-from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from miniflow.serialized import SerializedDag
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.store import states
 
 _DONE = states.FINISHED

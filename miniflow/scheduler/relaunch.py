@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.serialized import SerializedTask
 from miniflow.retries import failure_outcome
-from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis

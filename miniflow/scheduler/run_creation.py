@@ -15,9 +15,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.schedule import DataInterval, Timetable
+from miniflow.authoring.schedule import DataInterval, Timetable
+from miniflow.authoring.serialized import readable
 from miniflow.scheduler.dagcache import DagCache
-from miniflow.serialized import readable
 from miniflow.store import dags as store_dags
 from miniflow.store import runs as store_runs
 from miniflow.store import states

@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from miniflow.authoring.serialized import SerializedTask
 from miniflow.errors import MiniflowError
 from miniflow.launchers.base import AliveAttempt, AttemptKey
 from miniflow.retries import failure_outcome
-from miniflow.serialized import SerializedTask
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from miniflow import templates
+from miniflow.authoring import templates
+from miniflow.authoring.serialized import PodSettings, SerializedDag
 from miniflow.launchers.base import AttemptKey, TaskSpec
-from miniflow.serialized import PodSettings, SerializedDag
 from miniflow.store.runs import RunInfo
 
 

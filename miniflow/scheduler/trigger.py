@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.schedule import Timetable
+from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import ConfValidationError, PermanentError
-from miniflow.schedule import Timetable
-from miniflow.serialized import SerializedDag, readable
 from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import instances as store_instances
@@ -58,7 +58,7 @@ def check_typed_params(conf: dict[str, Any], dag: SerializedDag) -> None:
     specs: dict[str, Any] = dag.get("param_specs", {})
     if not specs:
         return
-    from miniflow.params import value_error  # jsonschema: only for DAGs with typed params
+    from miniflow.authoring.params import value_error  # jsonschema: only for DAGs with typed params
 
     for key, spec in sorted(specs.items()):
         about = f" ({spec['description']})" if spec.get("description") else ""

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound
-from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
 from miniflow.store import instances as store_instances
 from miniflow.store import sanity_lock, states

@@ -24,8 +24,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound
-from miniflow.serialized import SerializedDag, readable
 from miniflow.store import wakeup
 from miniflow.store.models import Base, Dag, DagFile, DagVersion, ImportErrorRow
 

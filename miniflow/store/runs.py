@@ -16,8 +16,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound, PermanentError
-from miniflow.serialized import SerializedDag, readable
 from miniflow.store import dags as store_dags
 from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis

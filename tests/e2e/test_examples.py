@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from miniflow.dag import DAG
-from miniflow.loader import import_dag_file
+from miniflow.authoring.dag import DAG
+from miniflow.authoring.loader import import_dag_file
 from tests.e2e.helpers import EXAMPLES, MINIFLOW, cli_env, run_cli
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))

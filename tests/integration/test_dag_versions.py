@@ -23,16 +23,16 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow import DAG, Bash, Pod
+from miniflow.authoring.loader import import_dag_file
+from miniflow.authoring.serialized import FORMAT_VERSION
 from miniflow.cli.operations import clear
 from miniflow.config import load_config
 from miniflow.errors import SerializedFormatError
 from miniflow.launchers.base import TaskSpec
-from miniflow.loader import import_dag_file
 from miniflow.scheduler.clock import ManualClock
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.dagcache import DagCache
 from miniflow.scheduler.parse_loop import DagParser
-from miniflow.serialized import FORMAT_VERSION
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs

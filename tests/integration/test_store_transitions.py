@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from miniflow.serialized import FORMAT_VERSION, SerializedDag
+from miniflow.authoring.serialized import FORMAT_VERSION, SerializedDag
 from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine

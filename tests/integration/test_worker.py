@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from miniflow.loader import import_dag_file
+from miniflow.authoring.loader import import_dag_file
 from miniflow.store import dags, runs, task_instances
 from miniflow.store.engine import create_engine, sessionmaker, transaction
 from miniflow.store.models import TaskInstance
@@ -220,8 +220,8 @@ async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
 
 
 BASH_DAG = """
-    from miniflow.dag import DAG
-    from miniflow.tasks import Bash
+    from miniflow.authoring.dag import DAG
+    from miniflow.authoring.tasks import Bash
 
     with DAG("d", params={{"who": "world"}}):
         Bash("t", command={command!r}, env={{"GREETING": "hi {{{{ ds }}}}"}}, retries={retries},
@@ -328,8 +328,8 @@ async def test_task_timeout_stops_the_command(env: Env) -> None:
 async def test_pod_task_is_not_run_by_the_worker(env: Env) -> None:
     await env.setup(
         """
-        from miniflow.dag import DAG
-        from miniflow.tasks import Pod
+        from miniflow.authoring.dag import DAG
+        from miniflow.authoring.tasks import Pod
 
         with DAG("d"):
             Pod("t", image="busybox", command=["touch", "/tmp/x"])
@@ -347,8 +347,8 @@ async def test_pod_task_is_not_run_by_the_worker(env: Env) -> None:
 
 PY_DAG = """
     import os
-    from miniflow.dag import DAG
-    from miniflow.taskflow import task
+    from miniflow.authoring.dag import DAG
+    from miniflow.authoring.taskflow import task
 
     @task
     def produce():
@@ -529,8 +529,8 @@ async def test_sigterm_during_a_python_task_records_a_failure(env: Env) -> None:
         """
         import os, time
         from pathlib import Path
-        from miniflow.dag import DAG
-        from miniflow.taskflow import task
+        from miniflow.authoring.dag import DAG
+        from miniflow.authoring.taskflow import task
 
         @task(retries=1, retry_delay=30)
         def waits():

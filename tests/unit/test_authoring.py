@@ -221,7 +221,7 @@ def test_group_errors_name_the_problem() -> None:
 
 def test_get_current_context_outside_a_task_is_a_clear_error() -> None:
     from miniflow import get_current_context
-    from miniflow.context import NoTaskContext
+    from miniflow.authoring.context import NoTaskContext
 
     with pytest.raises(NoTaskContext, match=r"only while a @task function runs"):
         get_current_context()
@@ -232,7 +232,7 @@ def test_bound_context_is_seen_in_threads_and_reset_after() -> None:
     import threading
 
     from miniflow import get_current_context
-    from miniflow.context import NoTaskContext, bound
+    from miniflow.authoring.context import NoTaskContext, bound
 
     base = {"dag_id": "d", "run_id": "r", "task_id": "t", "try_number": 2, "params": {"a": 1}}
     seen: list[dict[str, object]] = []

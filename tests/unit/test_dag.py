@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from miniflow import DAG, Bash, Pod, task
+from miniflow.authoring.loader import import_dag_file
+from miniflow.authoring.serialized import FORMAT_VERSION, SerializedDag, SerializedTask, readable
 from miniflow.errors import DagDefinitionError, SerializedFormatError
-from miniflow.loader import import_dag_file
-from miniflow.serialized import FORMAT_VERSION, SerializedDag, SerializedTask, readable
 
 
 def load_source(tmp_path: Path, source: str, name: str = "dagfile.py") -> list[DAG]:

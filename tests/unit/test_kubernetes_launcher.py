@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from miniflow.authoring.serialized import PodSettings
 from miniflow.launchers import pods
 from miniflow.launchers.base import (
     AttemptExited,
@@ -27,7 +28,6 @@ from miniflow.launchers.base import (
 from miniflow.launchers.kube_checks import NamespaceUnusable
 from miniflow.launchers.kube_client import RetryPolicy
 from miniflow.launchers.kubernetes import KubernetesLauncher
-from miniflow.serialized import PodSettings
 
 pytestmark = pytest.mark.timeout(60)
 

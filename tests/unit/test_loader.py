@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from miniflow import DAG
+from miniflow.authoring.loader import capture_dags, import_dag_file, module_name_for
 from miniflow.errors import DagDefinitionError
-from miniflow.loader import capture_dags, import_dag_file, module_name_for
 
 
 def write(path: Path, source: str) -> Path:

@@ -9,9 +9,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from miniflow.authoring.serialized import PodSettings
 from miniflow.launchers import pods
 from miniflow.launchers.base import AttemptKey, TaskSpec
-from miniflow.serialized import PodSettings
 
 K8S_VERSIONS = ("1.30", "1.37")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

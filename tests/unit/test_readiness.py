@@ -7,8 +7,8 @@ from datetime import datetime
 import pytest
 
 from miniflow import DAG, Bash
+from miniflow.authoring.serialized import TRIGGER_RULES
 from miniflow.scheduler.readiness import decide, evaluate_run
-from miniflow.serialized import TRIGGER_RULES
 
 S, F, UF, SK = "success", "failed", "upstream_failed", "skipped"
 N, SCH, Q, R, RETRY = "none", "scheduled", "queued", "running", "up_for_retry"

@@ -7,9 +7,9 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from miniflow import DAG, Bash
+from miniflow.authoring.serialized import TRIGGER_RULES, SerializedDag
 from miniflow.scheduler import readiness
 from miniflow.scheduler.run_views import RunView
-from miniflow.serialized import TRIGGER_RULES, SerializedDag
 
 S, F, SK, N, SCH = "success", "failed", "skipped", "none", "scheduled"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""Unit tests for miniflow.schedule: cron table, DST, catchup, end_date, @once, properties."""
+"""Unit tests for miniflow.authoring.schedule: cron table, DST, catchup, end_date, @once,
+properties."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miniflow.schedule import DataInterval, Timetable, validate_schedule
+from miniflow.authoring.schedule import DataInterval, Timetable, validate_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

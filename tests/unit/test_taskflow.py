@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from miniflow import DAG, Bash, task
+from miniflow.authoring.taskflow import PythonTask, TaskRef
 from miniflow.errors import DagDefinitionError
-from miniflow.taskflow import PythonTask, TaskRef
 
 
 @task

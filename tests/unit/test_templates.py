@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from miniflow import DAG, Bash, Pod, templates
+from miniflow import DAG, Bash, Pod
+from miniflow.authoring import templates
+from miniflow.authoring.templates import RenderedFields, build_context, render, render_task_fields
 from miniflow.errors import TemplateError
-from miniflow.templates import RenderedFields, build_context, render, render_task_fields
 
 
 @pytest.fixture

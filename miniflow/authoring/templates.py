@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from miniflow.authoring.serialized import SerializedTask
 from miniflow.errors import TemplateError
-from miniflow.serialized import SerializedTask
 
 if TYPE_CHECKING:
     import jinja2

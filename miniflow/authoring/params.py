@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from miniflow.dag import check_json, definition_error
+from miniflow.authoring.dag import check_json, definition_error
 
 
 class ParamSpec(TypedDict):

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 if TYPE_CHECKING:
-    from miniflow.serialized import SerializedDag
+    from miniflow.authoring.serialized import SerializedDag
 
 PRESETS: dict[str, str | None] = {
     "@once": None,

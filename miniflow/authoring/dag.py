@@ -25,12 +25,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from miniflow.authoring.serialized import FORMAT_VERSION, SerializedDag
 from miniflow.errors import DagDefinitionError
-from miniflow.serialized import FORMAT_VERSION, SerializedDag
 
 if TYPE_CHECKING:
-    from miniflow.params import ParamSpec
-    from miniflow.tasks import BaseTask
+    from miniflow.authoring.params import ParamSpec
+    from miniflow.authoring.tasks import BaseTask
 
 SCHEDULE_PRESETS: tuple[str, ...] = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 
@@ -133,7 +133,7 @@ def _check_schedule(schedule: object) -> str | None:
         return schedule
     # The same check the scheduler's timetable applies (lazy: keep `import miniflow` fast),
     # so a DAG that loads is a DAG that can be scheduled.
-    from miniflow.schedule import validate_schedule
+    from miniflow.authoring.schedule import validate_schedule
 
     try:
         validate_schedule(schedule)
@@ -204,8 +204,8 @@ class DAG:
         default_args: dict[str, Any] | None = None,
         **task_defaults: Any,
     ) -> None:
-        from miniflow import params as params_mod  # both import this module: import at
-        from miniflow import tasks  # call time
+        from miniflow.authoring import params as params_mod  # both import this module: import at
+        from miniflow.authoring import tasks  # call time
 
         self.filename, self.lineno = user_location()
         self.dag_id = check_id(dag_id, "dag id")
@@ -345,7 +345,7 @@ class DAG:
                     iters.append(iter(sorted(self.tasks[nxt].downstream_ids)))
 
     def serialize(self, fileloc: str, lineno: int | None = None) -> SerializedDag:
-        """The plain-JSON form of this DAG (see `miniflow.serialized`).
+        """The plain-JSON form of this DAG (see `miniflow.authoring.serialized`).
 
         `fileloc` is the DAG file's path relative to the DAGs folder;
         `lineno` defaults to the line of the `DAG(...)` call.

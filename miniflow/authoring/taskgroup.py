@@ -16,9 +16,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from miniflow import dag as dag_mod
-from miniflow.dag import check_id, definition_error
-from miniflow.tasks import BaseTask, DependencyMixin, _groups, validate_settings
+from miniflow.authoring import dag as dag_mod
+from miniflow.authoring.dag import check_id, definition_error
+from miniflow.authoring.tasks import BaseTask, DependencyMixin, _groups, validate_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from miniflow import dag as dag_mod
-from miniflow.dag import DAG
+from miniflow.authoring import dag as dag_mod
+from miniflow.authoring.dag import DAG
 from miniflow.errors import DagDefinitionError
 
 

@@ -3,9 +3,9 @@
 Every task takes the same settings (retries, timeout, trigger rule, pool, pod
 settings, ...), and a DAG may give defaults for them. They are validated and
 normalized here, once, so that `serialize()` can emit exactly the contract of
-`miniflow.serialized` and nothing downstream has to re-check user input.
+`miniflow.authoring.serialized` and nothing downstream has to re-check user input.
 
-Python (`@task`) tasks live in `miniflow.taskflow`; they share this base class.
+Python (`@task`) tasks live in `miniflow.authoring.taskflow`; they share this base class.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
-from miniflow import dag as dag_mod
-from miniflow.dag import DAG, check_id, check_json, definition_error, user_location
-from miniflow.serialized import TRIGGER_RULES, PodSettings, SerializedTask, TaskKind
+from miniflow.authoring import dag as dag_mod
+from miniflow.authoring.dag import DAG, check_id, check_json, definition_error, user_location
+from miniflow.authoring.serialized import TRIGGER_RULES, PodSettings, SerializedTask, TaskKind
 
 if TYPE_CHECKING:
-    from miniflow.taskgroup import TaskGroup
+    from miniflow.authoring.taskgroup import TaskGroup
 
 _IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
-# The task groups whose `with` block is executing, innermost last (see `miniflow.taskgroup`).
+# The task groups whose `with` block is executing, innermost last (see
+# `miniflow.authoring.taskgroup`).
 _groups: contextvars.ContextVar[tuple[TaskGroup, ...]] = contextvars.ContextVar(
     "miniflow_task_groups", default=()
 )

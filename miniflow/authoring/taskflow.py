@@ -18,10 +18,10 @@ import json
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from miniflow import dag as dag_mod
-from miniflow.dag import check_id, definition_error
-from miniflow.serialized import ArgRef, PythonMode, SerializedTask, TaskKind
-from miniflow.tasks import BaseTask, DependencyMixin, group_prefix, validate_settings
+from miniflow.authoring import dag as dag_mod
+from miniflow.authoring.dag import check_id, definition_error
+from miniflow.authoring.serialized import ArgRef, PythonMode, SerializedTask, TaskKind
+from miniflow.authoring.tasks import BaseTask, DependencyMixin, group_prefix, validate_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
