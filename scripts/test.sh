@@ -34,6 +34,7 @@ fi
 
 .venv/bin/ruff check miniflow worker tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider -q "$@"
 rc=$?
