@@ -41,7 +41,8 @@ ID_RULES = (
     "'-', '_', '.', starting and ending with a letter or digit"
 )
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The miniflow package (this module's parent package), not only the authoring API.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _EXAMPLES_DIR = os.path.join(_PACKAGE_DIR, "examples") + os.sep
 
 # The DAGs whose `with` block is executing, innermost last.

@@ -25,7 +25,7 @@ from miniflow.errors import ConfigError, MiniflowError, SchemaError, ServiceUnav
 P = ParamSpec("P")
 T = TypeVar("T")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "dags"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dags"  # the repository's
 
 
 class MiniflowGroup(click.Group):
