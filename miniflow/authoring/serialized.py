@@ -13,7 +13,7 @@ database goes through `readable`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast, get_args
 
 from miniflow.errors import SerializedFormatError
 
@@ -38,20 +38,7 @@ TriggerRule = Literal[
     "none_skipped",
     "always",
 ]
-TRIGGER_RULES: tuple[str, ...] = (
-    "all_success",
-    "all_failed",
-    "all_done",
-    "all_skipped",
-    "all_done_min_one_success",
-    "one_success",
-    "one_failed",
-    "one_done",
-    "none_failed",
-    "none_failed_min_one_success",
-    "none_skipped",
-    "always",
-)
+TRIGGER_RULES: tuple[str, ...] = get_args(TriggerRule)
 
 
 class PodSettings(TypedDict, total=False):

@@ -27,6 +27,16 @@ T = TypeVar("T")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dags"  # the repository's
 
+output_option = click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the REST API's field names, for scripts.",
+)
+"""`--output json` of the list commands."""
+
 
 class MiniflowGroup(click.Group):
     """The root group: click's usage errors become one `error:` line (exit 2)."""

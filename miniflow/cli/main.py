@@ -18,7 +18,14 @@ import click
 
 from miniflow import log_format
 from miniflow.cli import views
-from miniflow.cli.common import EXAMPLES, MiniflowGroup, _config, add_global_options, command_runner
+from miniflow.cli.common import (
+    EXAMPLES,
+    MiniflowGroup,
+    _config,
+    add_global_options,
+    command_runner,
+    output_option,
+)
 
 
 @click.group(cls=MiniflowGroup)
@@ -175,14 +182,7 @@ def dags() -> None:
 
 @dags.command("list")
 @click.option("--no-parse", is_flag=True, help="Show what the database knows without parsing.")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json: the REST API's field names, for scripts.",
-)
+@output_option
 @click.pass_context
 def dags_list(ctx: click.Context, no_parse: bool, output: str) -> None:
     """DAGs with schedule, next run, paused flag, file and import-error flag."""
@@ -209,14 +209,7 @@ def dags_list(ctx: click.Context, no_parse: bool, output: str) -> None:
 
 
 @dags.command("errors")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json: the REST API's field names, for scripts.",
-)
+@output_option
 @click.pass_context
 def dags_errors(ctx: click.Context, output: str) -> None:
     """Import errors of DAG files, with their tracebacks."""

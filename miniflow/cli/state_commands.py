@@ -12,7 +12,7 @@ import sys
 import click
 
 from miniflow.cli import views
-from miniflow.cli.common import _config, command_runner, split_task_ref
+from miniflow.cli.common import _config, command_runner, output_option, split_task_ref
 
 MAX_SLOTS = 2**31 - 1  # the database column is a 32-bit integer
 RUN_HELP = "RUN is a run id, `latest`, or a unique prefix of a run id (default: latest)."
@@ -26,14 +26,7 @@ def runs() -> None:
 @runs.command("list")
 @click.argument("dag_id", required=False)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json: the REST API's field names, for scripts.",
-)
+@output_option
 @click.pass_context
 def runs_list(ctx: click.Context, dag_id: str | None, limit: int, output: str) -> None:
     """Recent runs, newest first."""
@@ -61,14 +54,7 @@ def tasks() -> None:
 @click.argument("dag_id")
 @click.argument("run_id", required=False)
 @click.option("--all-tries", is_flag=True, help="Every try of every task, with its reason.")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json: the REST API's field names, for scripts.",
-)
+@output_option
 @click.pass_context
 def tasks_list(
     ctx: click.Context, dag_id: str, run_id: str | None, all_tries: bool, output: str
@@ -219,14 +205,7 @@ def pools_set(ctx: click.Context, name: str, slots: int, description: str | None
 
 
 @pools.command("list")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json: the REST API's field names, for scripts.",
-)
+@output_option
 @click.pass_context
 def pools_list(ctx: click.Context, output: str) -> None:
     """Pools and their slots."""
