@@ -18,12 +18,15 @@ scheduler launched (the spread).
 
 Run: .venv/bin/python benchmarks/several_schedulers.py [--schedulers 1,2,3]
         [--tasks 2000] [--parallelism 32] [--repeat 3]
+With MINIFLOW_BENCH_PROFILE=DIR each scheduler process writes its cProfile stats to DIR.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import json
 import os
 import statistics
 import subprocess
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,7 +49,7 @@ from common import PG_BASE_URL, pg_admin  # noqa: E402
 RUN_TIMEOUT = 300.0
 
 
-async def child(url: str, dags: str, parallelism: int) -> None:
+async def child(url: str, dags: str, parallelism: int, stats_dir: str) -> None:
     """One scheduler process: run until told to stop (SIGTERM)."""
     import signal
 
@@ -54,6 +58,7 @@ async def child(url: str, dags: str, parallelism: int) -> None:
     from tests.instant_launcher import InstantLauncher
 
     engine = store_engine.create_engine(url)
+    statements = _count_statements(engine)
     scheduler = Scheduler(
         engine=engine,
         launcher=InstantLauncher(),
@@ -74,10 +79,46 @@ async def child(url: str, dags: str, parallelism: int) -> None:
     finally:
         await scheduler.close()
         await engine.dispose()
+        _write_counts(stats_dir, statements[0])
 
 
-def _spawn(url: str, dags: Path, parallelism: int) -> subprocess.Popen[bytes]:
-    args = [sys.executable, __file__, "--child", url, str(dags), str(parallelism)]
+def _statements(stats: Path) -> int:
+    return sum(json.loads(f.read_text())["statements"] for f in stats.glob("*.json"))
+
+
+def _count_statements(engine: object) -> list[int]:
+    """Statements this process sent (a count that CPU contention cannot blur)."""
+    from sqlalchemy import event
+
+    count = [0]
+    by_kind = Counter[str]()
+
+    def before(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        count[0] += 1
+        if os.environ.get("MINIFLOW_BENCH_STATEMENTS"):
+            by_kind[" ".join(statement.split())[:90]] += 1
+
+    atexit.register(lambda: by_kind and print(by_kind.most_common(25), file=sys.stderr))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)  # type: ignore[attr-defined]
+    return count
+
+
+def _write_counts(stats_dir: str, statements: int) -> None:
+    import json
+
+    from miniflow.scheduler import metrics
+
+    rounds = metrics.REGISTRY.get_sample_value(
+        "miniflow_scheduler_round_duration_seconds_count", {"loop": "tick"}
+    )
+    Path(stats_dir, f"{os.getpid()}.json").write_text(
+        json.dumps({"statements": statements, "rounds": rounds or 0})
+    )
+
+
+def _spawn(url: str, dags: Path, parallelism: int, stats: Path) -> subprocess.Popen[bytes]:
+    args = [sys.executable, __file__, "--child", url, str(dags), str(parallelism), str(stats)]
     return subprocess.Popen(args, cwd=REPO)
 
 
@@ -89,7 +130,7 @@ def _cpu_seconds(pid: int) -> float:
 
 async def sample(
     schedulers: int, tasks: int, parallelism: int
-) -> tuple[float, list[int], float]:
+) -> tuple[float, list[int], float, float]:
     from sqlalchemy import func, select
 
     from miniflow.errors import NotFound
@@ -106,6 +147,8 @@ async def sample(
     url = f"{PG_BASE_URL}/{db_name}"
     engine = store_engine.create_engine(url)
     procs: list[subprocess.Popen[bytes]] = []
+    stats_tmp = tempfile.TemporaryDirectory(prefix="mf-several-stats-")
+    stats = Path(stats_tmp.name)
     try:
         await schema.upgrade(engine)
         with tempfile.TemporaryDirectory(prefix="mf-several-") as tmp:
@@ -114,7 +157,7 @@ async def sample(
                 shapes.fanout(dag_id, tasks - 2, max_active_tasks=parallelism)
             )
             for _ in range(schedulers):
-                procs.append(_spawn(url, dags, parallelism))
+                procs.append(_spawn(url, dags, parallelism, stats))
             sessions = store_engine.sessionmaker(engine)
             deadline = time.monotonic() + 60
             while True:  # registered, and the DAG parsed
@@ -163,7 +206,10 @@ async def sample(
                 proc.wait()
         await engine.dispose()
         await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    return wall, spread, cpu
+    # Whole lifetime of each process (start-up and parse included: small beside 2,000 tasks).
+    per_task = _statements(stats) / tasks
+    stats_tmp.cleanup()
+    return wall, spread, cpu, per_task
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -174,19 +220,20 @@ async def run(args: argparse.Namespace) -> None:
     )
     print(
         f"{'schedulers':>10} {'TI/s median':>12} {'min-max':>14} {'CPU ms/task':>12}"
-        "  attempts per scheduler"
+        f" {'SQL/task':>9}  attempts per scheduler"
     )
     for count in counts:
-        rates, spreads, cpus = [], [], []
+        rates, spreads, cpus, statements = [], [], [], []
         for _ in range(args.repeat):
-            wall, spread, cpu = await sample(count, args.tasks, args.parallelism)
+            wall, spread, cpu, per_task = await sample(count, args.tasks, args.parallelism)
+            statements.append(per_task)
             rates.append(args.tasks / wall)
             spreads.append(spread)
             cpus.append(cpu * 1000 / args.tasks)
         print(
             f"{count:>10} {statistics.median(rates):>12.0f} "
             f"{min(rates):>6.0f}-{max(rates):<7.0f} {statistics.median(cpus):>12.2f}"
-            f"  {spreads[-1]}"
+            f" {statistics.median(statements):>9.1f}  {spreads[-1]}"
         )
 
 
@@ -198,11 +245,20 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--parallelism", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--child", nargs=3, metavar=("URL", "DAGS", "PARALLELISM"))
+    parser.add_argument("--child", nargs=4, metavar=("URL", "DAGS", "PARALLELISM", "STATS"))
     args = parser.parse_args()
     if args.child:
-        url, dags, parallelism = args.child
-        asyncio.run(child(url, dags, int(parallelism)))
+        url, dags, parallelism, stats_dir = args.child
+        profile_dir = os.environ.get("MINIFLOW_BENCH_PROFILE")
+        if not profile_dir:
+            asyncio.run(child(url, dags, int(parallelism), stats_dir))
+            return
+        import cProfile
+
+        # One stats file per scheduler process, for `python -m pstats`.
+        with cProfile.Profile(time.process_time) as prof:  # CPU, not wall: cores are shared
+            asyncio.run(child(url, dags, int(parallelism), stats_dir))
+        prof.dump_stats(os.path.join(profile_dir, f"scheduler-{os.getpid()}.prof"))
         return
     asyncio.run(run(args))
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from miniflow.store.runs import RunInfo
 
 
 @dataclass(slots=True)
@@ -28,3 +31,27 @@ class InFlight:
     run_pk: int
     kind: str
     max_tries: int
+
+
+class RunInfoCache:
+    """Runs' template inputs (ids, dates, conf), which never change once a run exists:
+    a claim renders specs without reading their runs again. Bounded: cleared when full."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._infos: dict[int, RunInfo] = {}
+
+    def missing(self, pks: Iterable[int]) -> list[int]:
+        return sorted({pk for pk in pks if pk not in self._infos})
+
+    def add(self, infos: Iterable[RunInfo]) -> None:
+        if len(self._infos) > self.LIMIT:
+            self._infos.clear()
+        self._infos.update((info.pk, info) for info in infos)
+
+    def get(self, pk: int) -> RunInfo | None:
+        return self._infos.get(pk)
+
+    def drop(self, pk: int) -> None:
+        self._infos.pop(pk, None)

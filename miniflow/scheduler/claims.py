@@ -44,14 +44,15 @@ log = logging.getLogger("miniflow.scheduler")
 
 
 async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats) -> None:
+    if scheduler.claim_share() <= 0:
+        return  # its share is in flight: no transaction, no lock
     async with store_engine.transaction(scheduler.sessions) as session:
         await store_tis.serialize_claims(session)
         total, by_dag, by_pool = await store_tis.active_counts(session)
         free = min(scheduler.settings.parallelism - total, scheduler.claim_share())
         if free <= 0:
             return
-        slots = await store_pools.slots(session)
-        limits = _Limits(dict(by_dag), dict(by_pool), slots)
+        limits = _Limits(dict(by_dag), dict(by_pool))
         chosen: list[store_tis.Candidate] = []
         cached: dict[int, CachedDag] = {}
         for _ in range(MAX_CANDIDATE_QUERIES):
@@ -70,6 +71,8 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             cached.update(
                 await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates})
             )
+            if limits.slots is None and any(c.pool is not None for c in candidates):
+                limits.slots = await store_pools.slots(session)
             newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
             if len(chosen) >= free or not newly_full:
                 break  # full, or nothing was held back by a limit: no one else is waiting
@@ -84,10 +87,9 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             scheduler_id=scheduler.scheduler_id,
             now=now,
         )
-        run_infos = {
-            r.pk: r
-            for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
-        }
+        missing = scheduler.run_infos.missing(c.run_pk for c in chosen)
+        if missing:
+            scheduler.run_infos.add(await store_runs.running_runs(session, missing))
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
@@ -98,8 +100,12 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         if task is None:
             failures.append(_LaunchFailure(c, claimed[c.id], "task is no longer defined"))
             continue
+        run = scheduler.run_infos.get(c.run_pk)
+        if run is None:  # ended between the candidate query and the read of runs
+            failures.append(_LaunchFailure(c, claimed[c.id], "the run is no longer running"))
+            continue
         try:
-            specs.append(build_spec(entry.dag, run_infos[c.run_pk], c.task_id, claimed[c.id]))
+            specs.append(build_spec(entry.dag, run, c.task_id, claimed[c.id]))
         except TemplateError as exc:
             failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
     results = await scheduler.launcher.launch(specs) if specs else []
@@ -121,9 +127,15 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             )
     stats.launched = len(handles)
     metrics.ATTEMPTS_LAUNCHED.labels(scheduler.launcher.name).inc(len(handles))
-    if failures or handles:
+    # Handles wait for the next round's bookkeeping transaction (the round right after a
+    # launch), unless failures need one now. A scheduler dying before then leaves
+    # open tries without a handle, as one dying during the launch does: launchers
+    # find a try's process or pod by its key.
+    scheduler.unsaved_handles += handles
+    if failures:
         async with store_engine.transaction(scheduler.sessions) as session:
-            await store_attempts.set_handles(session, handles)
+            await store_attempts.set_handles(session, scheduler.unsaved_handles)
+            scheduler.unsaved_handles = []
             await fail_before_start(scheduler, session, failures, stats)
     if failures:
         stats.changed += len(failures)
@@ -239,7 +251,8 @@ class _Limits:
 
     dag_used: dict[str, int]
     pool_used: dict[str, int]
-    slots: dict[str, int]
+    slots: dict[str, int] | None = None
+    """Pool sizes, read once a candidate in a pool shows up."""
     full_dags: set[str] = field(default_factory=set)
     full_pools: set[str] = field(default_factory=set)
 
@@ -265,9 +278,10 @@ class _Limits:
                 held_back |= c.dag_id not in self.full_dags
                 self.full_dags.add(c.dag_id)
                 continue
-            if c.pool is not None and c.pool not in self.slots:
+            slots = self.slots or {}
+            if c.pool is not None and c.pool not in slots:
                 _warn_unknown_pool(c.pool, c.dag_id, c.task_id)
-            elif c.pool is not None and self.pool_used.get(c.pool, 0) >= self.slots[c.pool]:
+            elif c.pool is not None and self.pool_used.get(c.pool, 0) >= slots[c.pool]:
                 held_back |= c.pool not in self.full_pools
                 self.full_pools.add(c.pool)
                 continue

@@ -32,7 +32,7 @@ from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
-from miniflow.scheduler.bookkeeping import InFlight, TickStats
+from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
@@ -167,6 +167,10 @@ class Scheduler:
         """Why the sanity loop killed a try, until its exit is recorded: the attempt row
         keeps that reason over the launcher's ("Killed"), and so does the exit metric."""
         self._pending: list[LauncherEvent] = []
+        self.unsaved_handles: list[tuple[int, int, str]] = []
+        """(task instance id, try, handle) of tries launched since the last bookkeeping
+        transaction, which writes them (one transaction fewer per claim)."""
+        self.run_infos = RunInfoCache()
         self._due = _Due()
         self._only_run_pk: int | None = None
         self._foreign: set[AttemptKey] = set()
@@ -305,6 +309,10 @@ class Scheduler:
         return adopt, dead
 
     async def close(self) -> None:
+        if self.unsaved_handles:  # a peer adopting these tries finds them by their handles
+            async with store_engine.transaction(self.sessions) as session:
+                await store_attempts.set_handles(session, self.unsaved_handles)
+            self.unsaved_handles = []
         await self.launcher.close()
         await self.sanity_lock.release()
         if self.settings.register:
@@ -532,17 +540,20 @@ class Scheduler:
                 self._due.runs = None
         await self._resolve_only_run()
         batch = self._take_events()
+        handles, self.unsaved_handles = self.unsaved_handles, []
         # One transaction for the bookkeeping half of the round, one for the claim:
         # on Postgres every transaction is a few round trips, and a chain of tasks pays
         # them once per link.
         try:
             async with store_engine.transaction(self.sessions) as session:
+                await store_attempts.set_handles(session, handles)
                 await self._record_events(session, batch, stats)
                 now = self.clock.now()
                 await self._create_and_start_runs(session, now, stats)
                 await self._advance_runs(session, now, stats)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
+            self.unsaved_handles[:0] = handles
             self.run_views.clear()  # what they learnt this round is not in the database
             raise
         _count_committed(stats)
@@ -706,6 +717,7 @@ class Scheduler:
                 seen_unfinished=unfinished,
             ):
                 log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+                self.run_infos.drop(run.pk)
             else:
                 self._due.dirty.add(run.pk)
 
