@@ -62,7 +62,7 @@ ROUND_DURATION = Histogram(
 SANITY_FINDINGS = Counter(
     "miniflow_sanity_findings",
     "What the sanity loop found and acted on, by kind (zombie, timeout, queued_timeout, "
-    "lost, orphan, adopted).",
+    "lost, orphan, adopted, stopped).",
     ["kind"],
     registry=REGISTRY,
 )
@@ -209,6 +209,7 @@ SANITY_KINDS = {
     "lost": "lost",
     "orphans_killed": "orphan",
     "adopted": "adopted",
+    "stopped": "stopped",
 }
 """`sanity.Findings` field → the `kind` label."""
 

@@ -28,6 +28,10 @@ decides:
 - **orphan** — a process or pod the launcher sees that belongs to no live try,
   for two consecutive rounds: killed. (A live try owned by a live peer is left
   alone.)
+- **stopped** — a try this scheduler runs whose task instance was failed behind
+  its back (a user marked the run failed), still seen running in two
+  consecutive rounds: killed. A worker notices on its own (its heartbeat is
+  fenced out); a process or pod without a worker has only this.
 - **adoption** — tries owned by a scheduler instance that registered and then
   died (its heartbeat stale, or it said goodbye) are taken over: the ownership
   moves with a conditional update, so two survivors never adopt the same try;
@@ -68,6 +72,7 @@ log = logging.getLogger("miniflow.scheduler.sanity")
 HEARTBEAT_LOST = "heartbeat lost"
 TIMEOUT = "timeout"
 QUEUED_TIMEOUT = "queued timeout"
+STOPPED = "marked failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,7 @@ class Findings:
     lost: int = 0
     orphans_killed: int = 0
     adopted: int = 0
+    stopped: int = 0
     holder: bool = False
     """This instance held the sanity lock in this round."""
 
@@ -117,6 +123,7 @@ class Findings:
             + self.lost
             + self.orphans_killed
             + self.adopted
+            + self.stopped
         )
 
 
@@ -126,6 +133,7 @@ class SanityLoop:
 
     missing_since: dict[AttemptKey, datetime] = field(default_factory=dict)
     orphan_since: dict[AttemptKey, datetime] = field(default_factory=dict)
+    stopped_since: dict[AttemptKey, datetime] = field(default_factory=dict)
 
     async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
         findings = Findings()
@@ -153,6 +161,7 @@ class SanityLoop:
         if seen is None:
             return findings
         await self._lost(scheduler, alive, now, findings)
+        await self._stopped(scheduler, alive, now, findings)
         if scheduler.settings.sanity.reap_orphans:
             await self._orphans(scheduler, alive, now, findings)
         if findings.total:
@@ -248,6 +257,38 @@ class SanityLoop:
             log.warning("%s: the launcher no longer sees it; looking for its evidence", key)
         handles = await _handles(scheduler, lost)
         await scheduler.launcher.adopt([(k, handles.get(k)) for k in lost])
+
+    async def _stopped(
+        self,
+        scheduler: Scheduler,
+        alive: dict[AttemptKey, AliveAttempt],
+        now: datetime,
+        findings: Findings,
+    ) -> None:
+        """Ours, still running, its task instance failed for this try (a user marked the
+        run failed): kill it, once seen so in two rounds (a worker that recorded its own
+        failure is given that long to exit by itself)."""
+        running = [k for k in scheduler.inflight if k in alive]
+        if not running:
+            self.stopped_since.clear()
+            return
+        async with store_engine.transaction(scheduler.sessions) as session:
+            rows = await store_tis.find_keys(
+                session, [(k.dag_id, k.run_id, k.task_id) for k in running]
+            )
+        failed = []
+        for key in running:
+            row = rows.get((key.dag_id, key.run_id, key.task_id))
+            if row is not None and row.try_number == key.try_number and row.state == states.FAILED:
+                failed.append(key)
+        for key in _seen_again(self.stopped_since, failed, now):
+            findings.stopped += 1
+            log.warning("%s: its task instance is failed (run marked failed?): killing it", key)
+            scheduler.kill_reasons.setdefault(key, STOPPED)
+            try:
+                await scheduler.launcher.kill(key, alive[key].handle, reason=STOPPED, force=False)
+            except Exception:  # the next round sees it again
+                log.exception("could not kill %s", key)
 
     async def _orphans(
         self,

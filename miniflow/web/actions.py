@@ -77,8 +77,8 @@ async def clear(
 
 
 async def mark_failed(session: AsyncSession, dag_id: str, run_id: str) -> None:
-    """The run ends failed; its tasks that have not started are skipped, running tries end
-    on their own (the scheduler starts nothing more in a finished run)."""
+    """The run ends failed: its tasks that have not started are skipped, its running tries
+    failed and stopped (`store.runs.mark_failed`, as `miniflow runs mark-failed`)."""
     await browse.get_run(session, dag_id, run_id)
     await store_runs.mark_failed(session, dag_id, run_id, _now())
 

@@ -237,7 +237,8 @@ async def get_run(request: Request, dag_id: str, run_id: str) -> browse.RunView:
 async def mark_failed(
     request: Request, dag_id: str, run_id: str, _: Empty | None = None
 ) -> browse.RunView:
-    """End the run as failed: tasks not started are skipped; running tries end on their own."""
+    """End the run as failed: tasks not started are skipped; running tries are failed and
+    stopped (their worker's heartbeat, else the scheduler's sanity loop, ends them)."""
     async with tx(request) as session:
         await actions.mark_failed(session, dag_id, run_id)
     async with tx(request) as session:
