@@ -49,8 +49,8 @@ async def trigger(
     if run_id is not None:
         if not run_id.strip() or len(run_id) > operations.MAX_NAME or not run_id.isprintable():
             raise PermanentError(f"a run id has 1 to {operations.MAX_NAME} printable characters")
-        if "/" in run_id or run_id == operations.LATEST:
-            raise PermanentError(f"run id {run_id!r} is reserved or contains '/'")
+        if run_id == operations.LATEST:  # "/" is fine: every route takes it (CLI too)
+            raise PermanentError(f"run id {run_id!r} is reserved: it means a DAG's newest run")
     return await trigger_mod.trigger(
         session,
         dag_id,

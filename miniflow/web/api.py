@@ -225,14 +225,13 @@ async def trigger(request: Request, dag_id: str, body: TriggerBody) -> browse.Ru
         return await browse.get_run(session, dag_id, run_id)
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}", response_model=browse.RunView, tags=["runs"])
 async def get_run(request: Request, dag_id: str, run_id: str) -> browse.RunView:
     async with tx(request) as session:
         return await browse.get_run(session, dag_id, run_id)
 
 
 @router.post(
-    "/dags/{dag_id}/runs/{run_id}/mark-failed", response_model=browse.RunView, tags=["runs"]
+    "/dags/{dag_id}/runs/{run_id:path}/mark-failed", response_model=browse.RunView, tags=["runs"]
 )
 async def mark_failed(
     request: Request, dag_id: str, run_id: str, _: Empty | None = None
@@ -247,7 +246,7 @@ async def mark_failed(
 
 # --- task instances, tries, logs -------------------------------------------------------------
 
-TI_PATH = "/dags/{dag_id}/runs/{run_id}/tasks"
+TI_PATH = "/dags/{dag_id}/runs/{run_id:path}/tasks"
 
 
 @router.get(TI_PATH, response_model=TaskInstanceList, tags=["tasks"])
@@ -292,7 +291,7 @@ async def get_try(
     for found in tries:
         if found.try_number == try_number:
             return found
-    raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number}")
+    raise NotFound(f"{dag_id}/{run_id:path}/{task_id} has no try {try_number}")
 
 
 @router.get(TI_PATH + "/{task_id}/tries/{try_number}/log", response_model=LogText, tags=["tasks"])
@@ -320,7 +319,7 @@ async def follow_log(
     async with tx(request) as session:
         tries = await browse.list_attempts(session, dag_id, run_id, task_id)
     if try_number not in {t.try_number for t in tries}:
-        raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number}")
+        raise NotFound(f"{dag_id}/{run_id:path}/{task_id} has no try {try_number}")
     config = _config(request)
 
     async def events() -> AsyncIterator[str]:
@@ -364,3 +363,14 @@ async def health(request: Request) -> Health:
         )
     alive = any(s.status == "alive" for s in found)
     return Health("ok" if alive else "no_scheduler", found)
+
+
+# Last: a run id may contain "/" (`{run_id:path}`), and routes are tried in order, so this
+# route, a prefix of every route below a run, must not shadow them.
+router.add_api_route(
+    "/dags/{dag_id}/runs/{run_id:path}",
+    get_run,
+    methods=["GET"],
+    response_model=browse.RunView,
+    tags=["runs"],
+)

@@ -234,7 +234,6 @@ async def trigger(request: Request, dag_id: str) -> Response:
 # --- runs, tasks -----------------------------------------------------------------------------
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}", response_class=HTMLResponse)
 async def run_page(request: Request, dag_id: str, run_id: str) -> Response:
     async with _sessions(request) as session:
         run = await browse.get_run(session, dag_id, run_id)
@@ -243,7 +242,7 @@ async def run_page(request: Request, dag_id: str, run_id: str) -> Response:
     return render(request, "run.html", {"run": run, "tis": tis, "live": live})
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/mark-failed")
+@router.post("/dags/{dag_id}/runs/{run_id:path}/mark-failed")
 async def mark_failed(request: Request, dag_id: str, run_id: str) -> Response:
     form = await _form(request)
     if isinstance(form, Response):
@@ -253,7 +252,7 @@ async def mark_failed(request: Request, dag_id: str, run_id: str) -> Response:
     return _back(f"/dags/{_q(dag_id)}/runs/{_q(run_id)}")
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear")
+@router.post("/dags/{dag_id}/runs/{run_id:path}/tasks/{task_id}/clear")
 async def clear(request: Request, dag_id: str, run_id: str, task_id: str) -> Response:
     form = await _form(request)
     if isinstance(form, Response):
@@ -265,7 +264,7 @@ async def clear(request: Request, dag_id: str, run_id: str, task_id: str) -> Res
     return _back(f"/dags/{_q(dag_id)}/runs/{_q(run_id)}")
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", response_class=HTMLResponse)
+@router.get("/dags/{dag_id}/runs/{run_id:path}/tasks/{task_id}", response_class=HTMLResponse)
 async def task_page(
     request: Request, dag_id: str, run_id: str, task_id: str, try_number: int | None = None
 ) -> Response:
@@ -422,3 +421,10 @@ async def login(request: Request) -> Response:
         auth.SESSION_COOKIE, auth.session_value(token), httponly=True, samesite="strict"
     )
     return response
+
+
+# Last: a run id may contain "/" (`{run_id:path}`), and routes are tried in order, so the
+# run page, a prefix of its tasks' pages and actions, must not shadow them.
+router.add_api_route(
+    "/dags/{dag_id}/runs/{run_id:path}", run_page, methods=["GET"], response_class=HTMLResponse
+)
