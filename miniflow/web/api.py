@@ -291,7 +291,7 @@ async def get_try(
     for found in tries:
         if found.try_number == try_number:
             return found
-    raise NotFound(f"{dag_id}/{run_id:path}/{task_id} has no try {try_number}")
+    raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number}")
 
 
 @router.get(TI_PATH + "/{task_id}/tries/{try_number}/log", response_model=LogText, tags=["tasks"])
@@ -319,7 +319,7 @@ async def follow_log(
     async with tx(request) as session:
         tries = await browse.list_attempts(session, dag_id, run_id, task_id)
     if try_number not in {t.try_number for t in tries}:
-        raise NotFound(f"{dag_id}/{run_id:path}/{task_id} has no try {try_number}")
+        raise NotFound(f"{dag_id}/{run_id}/{task_id} has no try {try_number}")
     config = _config(request)
 
     async def events() -> AsyncIterator[str]:

@@ -40,7 +40,7 @@ GRID_RUNS = 25
 
 
 def _dt(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+    return browse.rfc3339(value, "seconds") if value else "-"
 
 
 def _q(value: str) -> str:
