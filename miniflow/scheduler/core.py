@@ -37,7 +37,7 @@ from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.run_views import RunView, RunViews
-from miniflow.scheduler.sanity import Findings, SanityLoop, SanitySettings
+from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop, SanitySettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
@@ -176,6 +176,7 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self.sanity = SanityLoop()
         self.last_findings = Findings()
+        self.findings_record = FindingsRecord()
         self.liveness = liveness.Liveness(self.settings.stall_timeout)
         """What `/healthz` judges: each loop's last progress (followed once started)."""
         self.started = False
@@ -372,11 +373,16 @@ class Scheduler:
         ):
             return
         self._due.instance = now + timedelta(seconds=self.settings.instance_heartbeat)
+        record = self.findings_record.pending()
         async with store_engine.transaction(self.sessions) as session:
-            alive = await store_instances.heartbeat(session, self.scheduler_id, now)
+            alive = await store_instances.heartbeat(
+                session, self.scheduler_id, now, sanity=record[1] if record else None
+            )
             await self._count_live_peers(session, now)
         if not alive:
-            await self._rejoin(now)
+            await self._rejoin(now)  # written with the next heartbeat
+        elif record is not None:
+            self.findings_record.written(record[0])
         self.liveness.beat(liveness.HEARTBEAT)
 
     async def _count_live_peers(self, session: AsyncSession, now: datetime) -> None:
@@ -600,6 +606,7 @@ class Scheduler:
         self.liveness.enter(liveness.SANITY)
         started = time.perf_counter()
         self.last_findings = await self.sanity.round(self, now)
+        self.findings_record.add(self.last_findings, now)
         metrics.ROUND_DURATION.labels("sanity").observe(time.perf_counter() - started)
         self.liveness.beat(liveness.SANITY)
         for name, kind in metrics.SANITY_KINDS.items():

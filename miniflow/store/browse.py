@@ -187,6 +187,18 @@ class PoolView:
 
 
 @dataclass(frozen=True, slots=True)
+class Finding:
+    """One decision of a scheduler's sanity loop (see `scheduler.sanity`)."""
+
+    at: datetime
+    kind: str
+    """zombie, timeout, queued_timeout, lost, orphan, stopped, adopted."""
+    what: str
+    """The try (dag/run/task#try), or how many tries were adopted."""
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerView:
     id: str
     hostname: str
@@ -199,6 +211,10 @@ class SchedulerView:
     status: str
     """`alive`, `silent` (no heartbeat for the scheduler timeout) or `stopped`."""
     holds_sanity_lock: bool
+    sanity_findings: dict[str, int]
+    """What its sanity loop found since it started, by kind."""
+    recent_findings: list[Finding]
+    """Its sanity loop's newest decisions, newest first."""
 
 
 # --- DAGs ----------------------------------------------------------------------------------
@@ -536,8 +552,10 @@ async def schedulers(
 ) -> list[SchedulerView]:
     """Every registered scheduler; `timeout` is MINIFLOW_SCHEDULER_TIMEOUT (alive vs silent)."""
     holder = await sanity_lock.holder_id(session)
+    sanity = await store_instances.sanity_findings(session)
     found = []
     for i in await store_instances.list_all(session):
+        record = sanity.get(i.id) or {}
         if i.ended_at is not None:
             status = "stopped"
         else:
@@ -554,6 +572,11 @@ async def schedulers(
                 seconds_since_heartbeat=round((now - i.heartbeat_at).total_seconds(), 1),
                 status=status,
                 holds_sanity_lock=i.id == holder,
+                sanity_findings=dict(record.get("counts") or {}),
+                recent_findings=[
+                    Finding(datetime.fromisoformat(f["at"]), f["kind"], f["what"], f["why"])
+                    for f in record.get("recent") or []
+                ],
             )
         )
     return found

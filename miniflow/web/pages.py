@@ -363,6 +363,18 @@ async def set_pool(request: Request) -> Response:
     return _back("/pools")
 
 
+SANITY_KINDS = {
+    "zombie": "zombies (no heartbeat)",
+    "timeout": "timeouts",
+    "queued_timeout": "stuck in queued",
+    "lost": "lost",
+    "orphan": "orphans killed",
+    "stopped": "stopped (run marked failed)",
+    "adopted": "adopted",
+}
+"""The sanity loop's kinds of finding, as the health page names them."""
+
+
 @router.get("/health", response_class=HTMLResponse)
 async def health_page(request: Request) -> Response:
     config: Config = request.app.state.config
@@ -370,7 +382,13 @@ async def health_page(request: Request) -> Response:
         found = await browse.schedulers(
             session, datetime.now(UTC), timeout=config.scheduler_timeout
         )
-    return render(request, "health.html", {"schedulers": found, "live": True})
+    findings = sorted(
+        ((f, s.id) for s in found for f in s.recent_findings),
+        key=lambda pair: pair[0].at,
+        reverse=True,
+    )
+    context = {"schedulers": found, "findings": findings, "kinds": SANITY_KINDS, "live": True}
+    return render(request, "health.html", context)
 
 
 @router.get("/api/v1/docs", response_class=HTMLResponse)

@@ -7,6 +7,8 @@ import asyncio
 import signal
 from pathlib import Path
 
+import httpx
+
 from miniflow.store import attempts as store_attempts
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
@@ -32,13 +34,24 @@ async def test_marking_a_run_failed_stops_its_running_tries(db_url: str, tmp_pat
     site = Site(db_url, tmp_path)
     write_dag(site.dags, "long.py", DAG)
     env = site.env(
-        MINIFLOW_LAUNCHER="local", MINIFLOW_SANITY_INTERVAL="1", MINIFLOW_HEARTBEAT_INTERVAL="1"
+        MINIFLOW_LAUNCHER="local",
+        MINIFLOW_SANITY_INTERVAL="1",
+        MINIFLOW_HEARTBEAT_INTERVAL="1",
+        MINIFLOW_SCHEDULER_HEARTBEAT="1",
     )
     run_ids = []
     for _ in range(2):
         result = run_cli(["dags", "trigger", "long"], env)
         assert result.returncode == 0, result.stderr
         run_ids.append(result.stdout.split("created run ", 1)[1].rsplit(" of ", 1)[0])
+    with webserver(env) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
+            await _mark_failed_while_running(db_url, env, tmp_path, run_ids, http)
+
+
+async def _mark_failed_while_running(
+    db_url: str, env: dict[str, str], tmp_path: Path, run_ids: list[str], http: httpx.AsyncClient
+) -> None:
     scheduler = spawn_cli(["scheduler"], env, tmp_path / "scheduler.log")
     try:
 
@@ -52,13 +65,9 @@ async def test_marking_a_run_failed_stops_its_running_tries(db_url: str, tmp_pat
             await until(lambda r=run_id: both_running(r), 60, f"the tries of {run_id} to run")
 
         by_api, by_cli = run_ids
-        with webserver(env) as web, web.client() as http:
-            answer = http.post(
-                f"/api/v1/dags/long/runs/{by_api}/mark-failed",
-                json={},
-            )
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["state"] == "failed"
+        answer = await http.post(f"/api/v1/dags/long/runs/{by_api}/mark-failed", json={})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "failed"
         result = await asyncio.to_thread(run_cli, ["runs", "mark-failed", "long", by_cli], env)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"marked long/{by_cli} failed"
@@ -87,6 +96,22 @@ async def test_marking_a_run_failed_stops_its_running_tries(db_url: str, tmp_pat
             assert run.state == "failed"
         again = await asyncio.to_thread(run_cli, ["runs", "mark-failed", "long", by_cli], env)
         assert again.stdout.strip() == f"long/{by_cli} had already finished: left as it is"
+
+        # The Bash tries (no worker to notice) were stopped by the sanity loop, and the
+        # health page and API show it, from the scheduler's row.
+        wanted = {f"long/{r}/bash_sleeps#1" for r in run_ids}
+
+        async def reported() -> dict[str, object] | None:
+            (mine,) = (await http.get("/api/v1/health")).json()["schedulers"]
+            seen = {f["what"] for f in mine["recent_findings"] if f["kind"] == "stopped"}
+            return mine if wanted <= seen else None
+
+        mine = await until(reported, 30, "the stopped tries on the health API")
+        assert mine["sanity_findings"]["stopped"] >= 2  # type: ignore[index]
+        page = (await http.get("/health")).text
+        for what in wanted:
+            assert f"<code>{what}</code>" in page
+        assert "stopped (run marked failed): " in page
         assert stop(scheduler, signal.SIGTERM) == 0
     finally:
         kill_group(scheduler)
