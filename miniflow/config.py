@@ -24,7 +24,7 @@ CLEANUP_POLICIES = ("on_success", "always", "never")
 WEB_AUTH_MODES = ("token", "none")
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 """Addresses only this machine can reach: the web server needs no authentication there."""
-LOG_FORMATS = ("text", "json")
+LOG_FORMATS = ("auto", "text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +115,13 @@ class Config:
     http_host: str = "0.0.0.0"
     """Address the ops HTTP server listens on: every interface by default, so that
     Kubernetes probes and Prometheus reach it on the pod's IP."""
-    log_format: str = "text"
-    """Log lines of the scheduler and standalone processes: `text`, or `json` (one JSON
-    object per line, for log collectors)."""
+    log_format: str = "auto"
+    """Log lines of the scheduler, standalone and webserver processes: `text`, `json` (one
+    JSON object per line, for log collectors), or `auto`: text at a terminal, JSON when
+    stderr is not one (a container's log, a file, a pipe)."""
+    loop_stall_timeout: float = 120.0
+    """Seconds a scheduler loop (round, event recording, parse, sanity, instance heartbeat,
+    Kubernetes watch) may go without progress past its period before `/healthz` fails."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised keys from the TOML file (kept for forward compatibility)."""
 
@@ -191,6 +195,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "max_launch_attempts": _as_int,
     "zombie_threshold": _as_float,
     "sanity_interval": _as_float,
+    "loop_stall_timeout": _as_float,
     "scheduler_heartbeat": _as_float,
     "scheduler_timeout": _as_float,
     "queued_timeout": _as_float,

@@ -73,6 +73,7 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         reparse_interval=config.reparse_interval,
         instance_heartbeat=config.scheduler_heartbeat,
         instance_timeout=config.scheduler_timeout,
+        stall_timeout=config.loop_stall_timeout,
         **kw,  # type: ignore[arg-type]
     )
 

@@ -169,6 +169,7 @@ def webserver(ctx: click.Context, host: str | None, port: int | None) -> None:
     from miniflow.web import server
 
     config = _config(ctx, web_host=host, web_port=port)
+    log_format.configure(config.log_format)
     sys.exit(command_runner(server.serve)(config))
 
 

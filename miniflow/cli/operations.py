@@ -326,6 +326,14 @@ async def clear(
         return run_id, task_ids
 
 
+async def mark_run_failed(config: Config, dag_id: str, run_ref: str) -> tuple[str, bool]:
+    """The run ends failed, its running tries stopped (`store.runs.mark_failed`, as the
+    web's button); returns the resolved run id and False if it had already finished."""
+    async with _session(config) as session:
+        run_id = await resolve_run(session, dag_id, run_ref)
+        return run_id, await store_runs.mark_failed(session, dag_id, run_id, _now())
+
+
 async def list_schedulers(
     config: Config,
 ) -> tuple[list[tuple[store_instances.Instance, int]], str | None]:

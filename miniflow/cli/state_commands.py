@@ -45,6 +45,29 @@ def runs_list(ctx: click.Context, dag_id: str | None, limit: int, output: str) -
     run()
 
 
+@runs.command(
+    "mark-failed", epilog="RUN is a run id, `latest`, or a unique prefix of a run id."
+)
+@click.argument("dag_id")
+@click.argument("run_id")
+@click.pass_context
+def runs_mark_failed(ctx: click.Context, dag_id: str, run_id: str) -> None:
+    """End a run as failed: its running tries are failed and stopped, its tasks not
+    started skipped (the web's "mark failed")."""
+
+    @command_runner
+    async def run() -> None:
+        from miniflow.cli import operations
+
+        resolved, changed = await operations.mark_run_failed(_config(ctx), dag_id, run_id)
+        if changed:
+            click.echo(f"marked {dag_id}/{resolved} failed")
+        else:
+            click.echo(f"{dag_id}/{resolved} had already finished: left as it is")
+
+    run()
+
+
 @click.group()
 def tasks() -> None:
     """Task instances of a run: list, logs, result, clear."""

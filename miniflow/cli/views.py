@@ -92,7 +92,9 @@ def print_json(items: Sequence[object]) -> None:
 
     def default(value: object) -> str:
         if isinstance(value, datetime):
-            return value.isoformat()
+            from miniflow.store.browse import rfc3339
+
+            return rfc3339(value)
         raise TypeError(f"{type(value).__name__} is not JSON")
 
     sys.stdout.write(json.dumps([plain(i) for i in items], default=default, indent=2) + "\n")

@@ -47,6 +47,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from miniflow.errors import MiniflowError, PermanentError, RetryableError, ServiceUnavailable
+from miniflow.launchers import stats
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,14 @@ async def with_retries(
             attempt += 1
 
 
+def _connection_error(message: str) -> KubeConnectionError:
+    """No answer from the API server (counted as the status code "connection")."""
+    stats.KUBE.api_errors["connection"] += 1
+    return KubeConnectionError(message)
+
+
 def _error_from(status: int, reason: str, body: bytes, headers: Any) -> KubeApiError:
+    stats.KUBE.api_errors[str(status)] += 1
     message, kind = "", ""
     try:
         decoded = json.loads(body)
@@ -287,7 +295,7 @@ class KubeClient:
         try:
             response = await call()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise KubeConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise _connection_error(f"{what}: {type(exc).__name__}: {exc}") from exc
         return await _check(response)
 
     async def _json(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
@@ -295,7 +303,7 @@ class KubeClient:
         try:
             return await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise KubeConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise _connection_error(f"{what}: {type(exc).__name__}: {exc}") from exc
         except ValueError as exc:
             raise KubeProtocolError(f"{what}: the answer is not JSON: {exc}") from exc
         finally:
@@ -437,7 +445,7 @@ class KubeClient:
         try:
             return (await response.read()).decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise KubeConnectionError(f"read log of {namespace}/{name}: {exc}") from exc
+            raise _connection_error(f"read log of {namespace}/{name}: {exc}") from exc
         finally:
             response.release()
 
@@ -500,6 +508,6 @@ async def _lines(response: aiohttp.ClientResponse, what: str) -> AsyncIterator[b
                 if line.strip():
                     yield line
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise KubeConnectionError(f"{what}: stream broken: {type(exc).__name__}: {exc}") from exc
+        raise _connection_error(f"{what}: stream broken: {type(exc).__name__}: {exc}") from exc
     if buffer.strip():
         yield buffer

@@ -32,13 +32,14 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from miniflow.errors import MiniflowError
-from miniflow.launchers import pods
+from miniflow.launchers import pods, stats
 from miniflow.launchers.base import AttemptKey
 from miniflow.launchers.kube_client import KubeClient, RetryPolicy, WatchExpired, with_retries
 
@@ -219,6 +220,9 @@ class NamespaceWatch:
         self.synced = asyncio.Event()  # set after the first successful list
         self.live = False  # the owner's view is current: listed, and watching since
         self.relists = 0
+        self.progress_at = time.monotonic()
+        """When the watch last made progress (an event, a list, a turn of its loop): the
+        scheduler's `/healthz` takes a watch silent for longer than its period as stuck."""
         self._client = client
         self._on_event = on_event
         self._on_relist = on_relist
@@ -254,6 +258,7 @@ class NamespaceWatch:
         resource_version: str | None = None
         failures = 0
         while True:
+            self.progress_at = time.monotonic()
             try:
                 if resource_version is None or self._refresh_waiters:
                     resource_version = await self._relist()
@@ -268,6 +273,7 @@ class NamespaceWatch:
                     continue
                 # Ended before the server's timeout: dropped, events may be lost.
                 self.live = False
+                stats.KUBE.watch_restarts += 1
                 failures += 1
                 delay = self._retry.delay(min(failures, 10))
                 log.info("watch of %s dropped after %.1fs; relisting", self.namespace, elapsed)
@@ -276,10 +282,12 @@ class NamespaceWatch:
             except WatchExpired:
                 log.info("watch of %s expired (410); relisting", self.namespace)
                 self.live = False
+                stats.KUBE.watch_restarts += 1
                 resource_version = None
             except MiniflowError as exc:
                 # Any other failure: the stream may have missed events.
                 self.live = False
+                stats.KUBE.watch_restarts += 1
                 failures += 1
                 delay = self._retry.delay(min(failures, 10))
                 log.warning(
@@ -301,6 +309,8 @@ class NamespaceWatch:
                 sleep=self._sleep,
             )
             self.relists += 1
+            stats.KUBE.relists += 1
+            self.progress_at = time.monotonic()
             self._on_relist(self.namespace, items, marker)
             self.live = True
         except BaseException as exc:
@@ -343,6 +353,7 @@ class NamespaceWatch:
         # aclosing: an abandoned stream releases its connection now, not at garbage collection.
         async with contextlib.aclosing(stream):
             async for event in stream:
+                self.progress_at = time.monotonic()
                 obj = event["object"]
                 version = (obj.get("metadata") or {}).get("resourceVersion")
                 if version:

@@ -529,6 +529,19 @@ class KubernetesLauncher:
                 f"{watching.watch.namespace!r} within {self.start_timeout:g}s"
             ) from None
 
+    def synced(self) -> bool:
+        """Every namespace watch has listed its pods once: the launcher's view is whole."""
+        return bool(self._watches) and all(w.watch.synced.is_set() for w in self._watches.values())
+
+    def loop_progress(self) -> dict[str, tuple[float, float]]:
+        """Each watch's last progress (monotonic) and how often it is due: the server ends
+        a quiet stream after `watch_timeout`, and a failing one is retried within a minute."""
+        period = self.watch_timeout + 60.0
+        return {
+            f"kube watch {namespace}": (w.watch.progress_at, period)
+            for namespace, w in self._watches.items()
+        }
+
     def _watch_is_live(self, namespace: str) -> bool:
         watching = self._watches.get(namespace)
         return watching is not None and watching.watch.live

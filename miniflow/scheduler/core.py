@@ -30,14 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import miniflow
 from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
-from miniflow.scheduler import claims, metrics, readiness, run_creation
+from miniflow.scheduler import claims, liveness, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.run_views import RunView, RunViews
-from miniflow.scheduler.sanity import Findings, SanityLoop, SanitySettings
+from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop, SanitySettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
@@ -90,6 +90,8 @@ class SchedulerSettings:
     """Seconds between heartbeats of this scheduler's `scheduler_instance` row."""
     instance_timeout: float = 30.0
     """A scheduler whose row has not heartbeat for this long is taken for dead."""
+    stall_timeout: float = 120.0
+    """Seconds a loop may go without progress past its period before `/healthz` fails."""
 
 
 @dataclass(slots=True)
@@ -138,6 +140,7 @@ class Scheduler:
         parse_timeout: float = 30.0,
     ) -> None:
         self.engine = engine
+        metrics.instrument(engine)  # statement latency, by kind
         self.sessions: async_sessionmaker[AsyncSession] = store_engine.sessionmaker(engine)
         self.launcher = launcher
         self.settings = settings or SchedulerSettings()
@@ -177,6 +180,12 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self.sanity = SanityLoop()
         self.last_findings = Findings()
+        self.findings_record = FindingsRecord()
+        self.liveness = liveness.Liveness(self.settings.stall_timeout)
+        """What `/healthz` judges: each loop's last progress (followed once started)."""
+        self.started = False
+        """`start()` completed: the launcher has its first view (a watch listed) and what
+        dead schedulers left is adopted (`/readyz`)."""
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -206,6 +215,21 @@ class Scheduler:
         if self.settings.peer:
             # "": pods and processes launched before launchers recorded their owner.
             await self._take_over_leftovers(dead | {""})
+        self._follow_loops()
+        self.started = True
+
+    def _follow_loops(self) -> None:
+        """From now on the loops of a round are due: `liveness` follows them."""
+        settings = self.settings
+        # A failing round waits up to MAX_DB_BACKOFF before the next one.
+        every_round = max(settings.idle_wait, MAX_DB_BACKOFF)
+        self.liveness.expect(liveness.ROUND, every_round)
+        self.liveness.expect(liveness.EVENTS, every_round)
+        self.liveness.expect(liveness.SANITY, settings.sanity.interval)
+        if self.parser is not None:
+            self.liveness.expect(liveness.PARSE, settings.parse_interval)
+        if settings.register:
+            self.liveness.expect(liveness.HEARTBEAT, settings.instance_heartbeat)
 
     async def adopt_from_the_dead(self) -> int:
         """Adopt the tries of schedulers that died since, then their leftover pods (the
@@ -357,11 +381,17 @@ class Scheduler:
         ):
             return
         self._due.instance = now + timedelta(seconds=self.settings.instance_heartbeat)
+        record = self.findings_record.pending()
         async with store_engine.transaction(self.sessions) as session:
-            alive = await store_instances.heartbeat(session, self.scheduler_id, now)
+            alive = await store_instances.heartbeat(
+                session, self.scheduler_id, now, sanity=record[1] if record else None
+            )
             await self._count_live_peers(session, now)
         if not alive:
-            await self._rejoin(now)
+            await self._rejoin(now)  # written with the next heartbeat
+        elif record is not None:
+            self.findings_record.written(record[0])
+        self.liveness.beat(liveness.HEARTBEAT)
 
     async def _count_live_peers(self, session: AsyncSession, now: datetime) -> None:
         if self.settings.peer:
@@ -441,6 +471,7 @@ class Scheduler:
                     backoff,
                     exc_info=not isinstance(exc, (SQLAlchemyError, OSError, TimeoutError)),
                 )
+                self.liveness.excuse()  # failing, not stuck: readiness tells why
                 await self._sleep_unless_stopped(backoff)
                 backoff = min(backoff * 2, MAX_DB_BACKOFF)
                 continue
@@ -524,16 +555,21 @@ class Scheduler:
         stats = await self._tick()
         metrics.ROUND_DURATION.labels("tick").observe(time.perf_counter() - started)
         metrics.TRIES_IN_FLIGHT.set(len(self.inflight))
+        self.liveness.enter(None)
+        self.liveness.beat(liveness.ROUND)
         return stats
 
     async def _tick(self) -> TickStats:
         stats = TickStats()
+        self.liveness.enter(liveness.HEARTBEAT)
         await self._heartbeat_instance()  # first: a paused instance learns it was fenced out
         now = self.clock.now()
         if self.parser is not None and (self._due.parse is None or now >= self._due.parse):
+            self.liveness.enter(liveness.PARSE)
             started = time.perf_counter()
             changed = await self.parser.parse_once(self.sessions, now)
             metrics.ROUND_DURATION.labels("parse").observe(time.perf_counter() - started)
+            self.liveness.beat(liveness.PARSE)
             self.dags.invalidate(changed if self._due.parse is not None else None)
             self._due.parse = now + timedelta(seconds=self.settings.parse_interval)
             if changed:
@@ -544,6 +580,7 @@ class Scheduler:
         # One transaction for the bookkeeping half of the round, one for the claim:
         # on Postgres every transaction is a few round trips, and a chain of tasks pays
         # them once per link.
+        self.liveness.enter(liveness.EVENTS)
         try:
             async with store_engine.transaction(self.sessions) as session:
                 await store_attempts.set_handles(session, handles)
@@ -557,6 +594,8 @@ class Scheduler:
             self.run_views.clear()  # what they learnt this round is not in the database
             raise
         _count_committed(stats)
+        self.liveness.beat(liveness.EVENTS)
+        self.liveness.enter("claims")
         # Committed: only now may the launcher drop the evidence of these exits (not of
         # tries a peer adopted: that evidence is the new owner's).
         exited = [
@@ -575,9 +614,12 @@ class Scheduler:
         if self._due.sanity is not None and now < self._due.sanity:
             return
         self._due.sanity = now + timedelta(seconds=self.settings.sanity.interval)
+        self.liveness.enter(liveness.SANITY)
         started = time.perf_counter()
         self.last_findings = await self.sanity.round(self, now)
+        self.findings_record.add(self.last_findings, now)
         metrics.ROUND_DURATION.labels("sanity").observe(time.perf_counter() - started)
+        self.liveness.beat(liveness.SANITY)
         for name, kind in metrics.SANITY_KINDS.items():
             found: int = getattr(self.last_findings, name)
             if found:
@@ -716,7 +758,13 @@ class Scheduler:
                 now=now,
                 seen_unfinished=unfinished,
             ):
-                log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+                log.info(
+                    "run %s/%s finished: %s",
+                    run.dag_id,
+                    run.run_id,
+                    final,
+                    extra={"dag_id": run.dag_id, "run_id": run.run_id},
+                )
                 self.run_infos.drop(run.pk)
             else:
                 self._due.dirty.add(run.pk)

@@ -28,6 +28,10 @@ decides:
 - **orphan** — a process or pod the launcher sees that belongs to no live try,
   for two consecutive rounds: killed. (A live try owned by a live peer is left
   alone.)
+- **stopped** — a try this scheduler runs whose task instance was failed behind
+  its back (a user marked the run failed), still seen running in two
+  consecutive rounds: killed. A worker notices on its own (its heartbeat is
+  fenced out); a process or pod without a worker has only this.
 - **adoption** — tries owned by a scheduler instance that registered and then
   died (its heartbeat stale, or it said goodbye) are taken over: the ownership
   moves with a conditional update, so two survivors never adopt the same try;
@@ -47,9 +51,10 @@ launcher.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.errors import MiniflowError
@@ -59,6 +64,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store.browse import rfc3339
 
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler
@@ -68,6 +74,11 @@ log = logging.getLogger("miniflow.scheduler.sanity")
 HEARTBEAT_LOST = "heartbeat lost"
 TIMEOUT = "timeout"
 QUEUED_TIMEOUT = "queued timeout"
+STOPPED = "marked failed"
+KINDS = {HEARTBEAT_LOST: "zombie", TIMEOUT: "timeout", QUEUED_TIMEOUT: "queued_timeout"}
+"""A kill's reason → its kind of finding."""
+RECENT_FINDINGS = 20
+"""Decisions the health page shows per scheduler (the newest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +116,11 @@ class Findings:
     lost: int = 0
     orphans_killed: int = 0
     adopted: int = 0
+    stopped: int = 0
     holder: bool = False
     """This instance held the sanity lock in this round."""
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
+    """(kind, what, why) of each decision, for the health page (`FindingsRecord`)."""
 
     @property
     def total(self) -> int:
@@ -117,6 +131,7 @@ class Findings:
             + self.lost
             + self.orphans_killed
             + self.adopted
+            + self.stopped
         )
 
 
@@ -126,6 +141,7 @@ class SanityLoop:
 
     missing_since: dict[AttemptKey, datetime] = field(default_factory=dict)
     orphan_since: dict[AttemptKey, datetime] = field(default_factory=dict)
+    stopped_since: dict[AttemptKey, datetime] = field(default_factory=dict)
 
     async def round(self, scheduler: Scheduler, now: datetime) -> Findings:
         findings = Findings()
@@ -133,6 +149,9 @@ class SanityLoop:
         findings.holder = holder
         if holder:
             findings.adopted = await scheduler.adopt_from_the_dead()
+            if findings.adopted:
+                what = f"{findings.adopted} tries"
+                findings.notes.append(("adopted", what, "their scheduler died or stopped"))
         # The launcher's current view is enough to notice trouble; a fresh look (a new
         # list from the API server) is asked for only to confirm it, so a healthy round
         # costs no API request.
@@ -153,6 +172,7 @@ class SanityLoop:
         if seen is None:
             return findings
         await self._lost(scheduler, alive, now, findings)
+        await self._stopped(scheduler, alive, now, findings)
         if scheduler.settings.sanity.reap_orphans:
             await self._orphans(scheduler, alive, now, findings)
         if findings.total:
@@ -226,7 +246,9 @@ class SanityLoop:
             await store_attempts.note(
                 session, [n for n in notes if n[0] in changed], states=decided
             )
-        return [k for k, o in zip(kills, outcomes, strict=True) if o.ti_id in changed]
+        done = [k for k, o in zip(kills, outcomes, strict=True) if o.ti_id in changed]
+        findings.notes += [(KINDS[k.reason], str(k.key), k.message) for k in done]
+        return done
 
     async def _lost(
         self,
@@ -246,8 +268,42 @@ class SanityLoop:
         findings.lost += len(lost)
         for key in lost:
             log.warning("%s: the launcher no longer sees it; looking for its evidence", key)
+            findings.notes.append(("lost", str(key), "the launcher no longer sees it"))
         handles = await _handles(scheduler, lost)
         await scheduler.launcher.adopt([(k, handles.get(k)) for k in lost])
+
+    async def _stopped(
+        self,
+        scheduler: Scheduler,
+        alive: dict[AttemptKey, AliveAttempt],
+        now: datetime,
+        findings: Findings,
+    ) -> None:
+        """Ours, still running, its task instance failed for this try (a user marked the
+        run failed): kill it, once seen so in two rounds (a worker that recorded its own
+        failure is given that long to exit by itself)."""
+        running = [k for k in scheduler.inflight if k in alive]
+        if not running:
+            self.stopped_since.clear()
+            return
+        async with store_engine.transaction(scheduler.sessions) as session:
+            rows = await store_tis.find_keys(
+                session, [(k.dag_id, k.run_id, k.task_id) for k in running]
+            )
+        failed = []
+        for key in running:
+            row = rows.get((key.dag_id, key.run_id, key.task_id))
+            if row is not None and row.try_number == key.try_number and row.state == states.FAILED:
+                failed.append(key)
+        for key in _seen_again(self.stopped_since, failed, now):
+            findings.stopped += 1
+            log.warning("%s: its task instance is failed (run marked failed?): killing it", key)
+            findings.notes.append(("stopped", str(key), "its task instance was failed"))
+            scheduler.kill_reasons.setdefault(key, STOPPED)
+            try:
+                await scheduler.launcher.kill(key, alive[key].handle, reason=STOPPED, force=False)
+            except Exception:  # the next round sees it again
+                log.exception("could not kill %s", key)
 
     async def _orphans(
         self,
@@ -274,6 +330,7 @@ class SanityLoop:
             if row is not None and row.try_number != key.try_number:
                 why = f"try {row.try_number} is the current one"
             log.warning("%s: orphan (%s): killing it", key, why)
+            findings.notes.append(("orphan", str(key), why))
             try:
                 await scheduler.launcher.kill(key, alive[key].handle, reason="orphan", force=False)
             except Exception:
@@ -356,3 +413,32 @@ async def _handles(scheduler: Scheduler, keys: list[AttemptKey]) -> dict[Attempt
         row = rows.get((key.dag_id, key.run_id, key.task_id))
         out[key] = row.handle if row is not None and row.try_number == key.try_number else None
     return out
+
+
+class FindingsRecord:
+    """What this instance's sanity loop found since it started, as stored on its
+    `scheduler_instance` row with its heartbeat (the health page reads it): counts by
+    kind, and the newest decisions. Written only when something new was found."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.recent: deque[dict[str, str]] = deque(maxlen=RECENT_FINDINGS)
+        self._version = 0
+        self._written = 0
+
+    def add(self, findings: Findings, now: datetime) -> None:
+        if not findings.notes:
+            return
+        for kind, what, why in findings.notes:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.recent.appendleft({"at": rfc3339(now), "kind": kind, "what": what, "why": why})
+        self._version += 1
+
+    def pending(self) -> tuple[int, dict[str, Any]] | None:
+        """The record to write, if it changed since the last write (with its version)."""
+        if self._version == self._written:
+            return None
+        return self._version, {"counts": dict(self.counts), "recent": list(self.recent)}
+
+    def written(self, version: int) -> None:
+        self._written = max(self._written, version)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -27,6 +27,15 @@ from miniflow.store.models import Dag, DagRun, DagVersion, Pool, TaskAttempt, Ta
 
 RECENT_RUNS = 10
 """Runs shown as dots per DAG in the DAG list."""
+
+
+def rfc3339(value: datetime, timespec: str = "auto") -> str:
+    """A time as the API, the pages and `--output json` write it: RFC 3339 in UTC with
+    `Z` (what pydantic emits for the API's own models), e.g. 2026-01-01T06:00:00Z.
+    `timespec="seconds"` for pages. A naive value is UTC (as the store writes it)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -178,6 +187,18 @@ class PoolView:
 
 
 @dataclass(frozen=True, slots=True)
+class Finding:
+    """One decision of a scheduler's sanity loop (see `scheduler.sanity`)."""
+
+    at: datetime
+    kind: str
+    """zombie, timeout, queued_timeout, lost, orphan, stopped, adopted."""
+    what: str
+    """The try (dag/run/task#try), or how many tries were adopted."""
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerView:
     id: str
     hostname: str
@@ -190,6 +211,10 @@ class SchedulerView:
     status: str
     """`alive`, `silent` (no heartbeat for the scheduler timeout) or `stopped`."""
     holds_sanity_lock: bool
+    sanity_findings: dict[str, int]
+    """What its sanity loop found since it started, by kind."""
+    recent_findings: list[Finding]
+    """Its sanity loop's newest decisions, newest first."""
 
 
 # --- DAGs ----------------------------------------------------------------------------------
@@ -527,8 +552,10 @@ async def schedulers(
 ) -> list[SchedulerView]:
     """Every registered scheduler; `timeout` is MINIFLOW_SCHEDULER_TIMEOUT (alive vs silent)."""
     holder = await sanity_lock.holder_id(session)
+    sanity = await store_instances.sanity_findings(session)
     found = []
     for i in await store_instances.list_all(session):
+        record = sanity.get(i.id) or {}
         if i.ended_at is not None:
             status = "stopped"
         else:
@@ -545,6 +572,11 @@ async def schedulers(
                 seconds_since_heartbeat=round((now - i.heartbeat_at).total_seconds(), 1),
                 status=status,
                 holds_sanity_lock=i.id == holder,
+                sanity_findings=dict(record.get("counts") or {}),
+                recent_findings=[
+                    Finding(datetime.fromisoformat(f["at"]), f["kind"], f["what"], f["why"])
+                    for f in record.get("recent") or []
+                ],
             )
         )
     return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,15 +54,27 @@ async def register(
     )
 
 
-async def heartbeat(session: AsyncSession, id: str, now: datetime) -> bool:
-    """False when the row was ended (by this instance's stop, or a peer that saw it dead)."""
+async def heartbeat(
+    session: AsyncSession, id: str, now: datetime, *, sanity: dict[str, Any] | None = None
+) -> bool:
+    """False when the row was ended (by this instance's stop, or a peer that saw it dead).
+    `sanity`: the sanity loop's findings to record with it, when they changed."""
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if sanity is not None:
+        values["sanity"] = sanity
     result = await session.execute(
         update(SI)
         .execution_options(synchronize_session=False)
         .where(SI.id == id, SI.ended_at.is_(None))
-        .values(heartbeat_at=now)
+        .values(**values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def sanity_findings(session: AsyncSession) -> dict[str, dict[str, Any]]:
+    """Each instance's recorded sanity findings (instances that recorded some)."""
+    query = select(SI.id, SI.sanity).where(SI.sanity.is_not(None))
+    return {id: found for id, found in (await session.execute(query)).all()}
 
 
 async def end(session: AsyncSession, id: str, now: datetime) -> None:

@@ -193,6 +193,8 @@ class SchedulerInstance(Base):
     heartbeat_at: Mapped[datetime]
     version: Mapped[str | None] = mapped_column(String(50))
     ended_at: Mapped[datetime | None]  # said goodbye: its tries may be adopted at once
+    # its sanity loop's findings: {"counts": {kind: n}, "recent": [{at, kind, what, why}]}
+    sanity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Pool(Base):

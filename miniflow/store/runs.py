@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound, PermanentError
+from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
@@ -294,24 +295,46 @@ async def list_runs(
     return list((await session.execute(query)).scalars())
 
 
+MARKED_FAILED = "marked failed"
+"""The reason noted on the attempt of a try a user's "mark failed" stopped."""
+
+
 async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: datetime) -> bool:
-    """A user's "mark failed": the unfinished run ends failed and its tasks that have not
-    started (none, scheduled, up for retry) are skipped. Queued and running tries are left
-    to end on their own: the scheduler claims nothing in a finished run, and a try's end is
-    still recorded. False if the run had already finished."""
+    """A user's "mark failed" (the web's button, its API, `miniflow runs mark-failed`): the
+    unfinished run ends failed, its tasks that have not started (none, scheduled, up for
+    retry) are skipped, and its queued and running tries are failed with no retry, as
+    Airflow does. A failed try is stopped: its worker's next heartbeat finds it fenced out
+    and stops the task, and the sanity loop of the scheduler that owns it kills what is
+    still running (a process or pod without a worker). False if the run had already
+    finished."""
     run = await get_run(session, dag_id, run_id)
     if run.state in states.RUN_FINISHED:
         return False
     if not await set_state(session, run.pk, expected=run.state, state=states.RUN_FAILED, now=now):
         return False
-    waiting = (
+    rows = (
         await session.execute(
-            select(TaskInstance.id, TaskInstance.state).where(
+            select(TaskInstance.id, TaskInstance.state, TaskInstance.try_number).where(
                 TaskInstance.run_pk == run.pk,
-                TaskInstance.state.in_([states.SCHEDULED, states.UP_FOR_RETRY]),
+                TaskInstance.state.in_(
+                    [states.SCHEDULED, states.UP_FOR_RETRY, states.QUEUED, states.RUNNING]
+                ),
             )
         )
     ).all()
+    message = f"run {dag_id}/{run_id} marked failed"
+    active = [(i, t) for i, s, t in rows if s in states.ACTIVE]
+    outcomes = [
+        store_tis.Outcome(i, t, states.FAILED, (states.QUEUED, states.RUNNING), error=message)
+        for i, t in active
+    ]
+    stopped = await store_tis.finish(session, outcomes, now)
+    await store_attempts.note(
+        session,
+        [(i, t, MARKED_FAILED, message) for i, t in active if i in stopped],
+        states={i: states.FAILED for i in stopped},
+    )
+    waiting = [(i, s) for i, s, _ in rows if s not in states.ACTIVE]
     # scheduled / up_for_retry may only go back to none (a clear); from there, skipped
     await store_tis.set_states(session, [(i, s, states.NONE) for i, s in waiting], now)
     none = (

@@ -49,8 +49,8 @@ async def trigger(
     if run_id is not None:
         if not run_id.strip() or len(run_id) > operations.MAX_NAME or not run_id.isprintable():
             raise PermanentError(f"a run id has 1 to {operations.MAX_NAME} printable characters")
-        if "/" in run_id or run_id == operations.LATEST:
-            raise PermanentError(f"run id {run_id!r} is reserved or contains '/'")
+        if run_id == operations.LATEST:  # "/" is fine: every route takes it (CLI too)
+            raise PermanentError(f"run id {run_id!r} is reserved: it means a DAG's newest run")
     return await trigger_mod.trigger(
         session,
         dag_id,
@@ -77,8 +77,8 @@ async def clear(
 
 
 async def mark_failed(session: AsyncSession, dag_id: str, run_id: str) -> None:
-    """The run ends failed; its tasks that have not started are skipped, running tries end
-    on their own (the scheduler starts nothing more in a finished run)."""
+    """The run ends failed: its tasks that have not started are skipped, its running tries
+    failed and stopped (`store.runs.mark_failed`, as `miniflow runs mark-failed`)."""
     await browse.get_run(session, dag_id, run_id)
     await store_runs.mark_failed(session, dag_id, run_id, _now())
 

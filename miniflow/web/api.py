@@ -225,19 +225,19 @@ async def trigger(request: Request, dag_id: str, body: TriggerBody) -> browse.Ru
         return await browse.get_run(session, dag_id, run_id)
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}", response_model=browse.RunView, tags=["runs"])
 async def get_run(request: Request, dag_id: str, run_id: str) -> browse.RunView:
     async with tx(request) as session:
         return await browse.get_run(session, dag_id, run_id)
 
 
 @router.post(
-    "/dags/{dag_id}/runs/{run_id}/mark-failed", response_model=browse.RunView, tags=["runs"]
+    "/dags/{dag_id}/runs/{run_id:path}/mark-failed", response_model=browse.RunView, tags=["runs"]
 )
 async def mark_failed(
     request: Request, dag_id: str, run_id: str, _: Empty | None = None
 ) -> browse.RunView:
-    """End the run as failed: tasks not started are skipped; running tries end on their own."""
+    """End the run as failed: tasks not started are skipped; running tries are failed and
+    stopped (their worker's heartbeat, else the scheduler's sanity loop, ends them)."""
     async with tx(request) as session:
         await actions.mark_failed(session, dag_id, run_id)
     async with tx(request) as session:
@@ -246,7 +246,7 @@ async def mark_failed(
 
 # --- task instances, tries, logs -------------------------------------------------------------
 
-TI_PATH = "/dags/{dag_id}/runs/{run_id}/tasks"
+TI_PATH = "/dags/{dag_id}/runs/{run_id:path}/tasks"
 
 
 @router.get(TI_PATH, response_model=TaskInstanceList, tags=["tasks"])
@@ -363,3 +363,14 @@ async def health(request: Request) -> Health:
         )
     alive = any(s.status == "alive" for s in found)
     return Health("ok" if alive else "no_scheduler", found)
+
+
+# Last: a run id may contain "/" (`{run_id:path}`), and routes are tried in order, so this
+# route, a prefix of every route below a run, must not shadow them.
+router.add_api_route(
+    "/dags/{dag_id}/runs/{run_id:path}",
+    get_run,
+    methods=["GET"],
+    response_model=browse.RunView,
+    tags=["runs"],
+)

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from miniflow.store.browse import Grid, RunView
+from miniflow.store.browse import Grid, RunView, rfc3339
 
 
 def dur(seconds: float | None) -> str:
@@ -35,7 +35,7 @@ def _q(value: str) -> str:
 def _run_head(base: str, run: RunView) -> str:
     title = escape(
         f"{run.run_id}\n{run.state} · {run.run_type}\n"
-        f"{run.logical_date:%Y-%m-%d %H:%M:%S}\nduration {dur(run.duration)}"
+        f"{rfc3339(run.logical_date, 'seconds')}\nduration {dur(run.duration)}"
     )
     return (
         f'<th><a class="run-head st-{run.state}" href="{base}/runs/{_q(run.run_id)}" '
@@ -79,15 +79,15 @@ def as_json(grid: Grid) -> bytes:
             {
                 "dag_id": r.dag_id,
                 "run_id": r.run_id,
-                "logical_date": r.logical_date.isoformat(),
-                "data_interval_start": r.data_interval_start.isoformat(),
-                "data_interval_end": r.data_interval_end.isoformat(),
+                "logical_date": rfc3339(r.logical_date),
+                "data_interval_start": rfc3339(r.data_interval_start),
+                "data_interval_end": rfc3339(r.data_interval_end),
                 "state": r.state,
                 "run_type": r.run_type,
                 "conf": r.conf,
-                "created_at": r.created_at.isoformat(),
-                "started_at": r.started_at.isoformat() if r.started_at else None,
-                "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+                "created_at": rfc3339(r.created_at),
+                "started_at": rfc3339(r.started_at) if r.started_at else None,
+                "ended_at": rfc3339(r.ended_at) if r.ended_at else None,
                 "duration": r.duration,
             }
         )

@@ -40,7 +40,7 @@ GRID_RUNS = 25
 
 
 def _dt(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+    return browse.rfc3339(value, "seconds") if value else "-"
 
 
 def _q(value: str) -> str:
@@ -234,7 +234,6 @@ async def trigger(request: Request, dag_id: str) -> Response:
 # --- runs, tasks -----------------------------------------------------------------------------
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}", response_class=HTMLResponse)
 async def run_page(request: Request, dag_id: str, run_id: str) -> Response:
     async with _sessions(request) as session:
         run = await browse.get_run(session, dag_id, run_id)
@@ -243,7 +242,7 @@ async def run_page(request: Request, dag_id: str, run_id: str) -> Response:
     return render(request, "run.html", {"run": run, "tis": tis, "live": live})
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/mark-failed")
+@router.post("/dags/{dag_id}/runs/{run_id:path}/mark-failed")
 async def mark_failed(request: Request, dag_id: str, run_id: str) -> Response:
     form = await _form(request)
     if isinstance(form, Response):
@@ -253,7 +252,7 @@ async def mark_failed(request: Request, dag_id: str, run_id: str) -> Response:
     return _back(f"/dags/{_q(dag_id)}/runs/{_q(run_id)}")
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear")
+@router.post("/dags/{dag_id}/runs/{run_id:path}/tasks/{task_id}/clear")
 async def clear(request: Request, dag_id: str, run_id: str, task_id: str) -> Response:
     form = await _form(request)
     if isinstance(form, Response):
@@ -265,7 +264,7 @@ async def clear(request: Request, dag_id: str, run_id: str, task_id: str) -> Res
     return _back(f"/dags/{_q(dag_id)}/runs/{_q(run_id)}")
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", response_class=HTMLResponse)
+@router.get("/dags/{dag_id}/runs/{run_id:path}/tasks/{task_id}", response_class=HTMLResponse)
 async def task_page(
     request: Request, dag_id: str, run_id: str, task_id: str, try_number: int | None = None
 ) -> Response:
@@ -364,6 +363,18 @@ async def set_pool(request: Request) -> Response:
     return _back("/pools")
 
 
+SANITY_KINDS = {
+    "zombie": "zombies (no heartbeat)",
+    "timeout": "timeouts",
+    "queued_timeout": "stuck in queued",
+    "lost": "lost",
+    "orphan": "orphans killed",
+    "stopped": "stopped (run marked failed)",
+    "adopted": "adopted",
+}
+"""The sanity loop's kinds of finding, as the health page names them."""
+
+
 @router.get("/health", response_class=HTMLResponse)
 async def health_page(request: Request) -> Response:
     config: Config = request.app.state.config
@@ -371,7 +382,13 @@ async def health_page(request: Request) -> Response:
         found = await browse.schedulers(
             session, datetime.now(UTC), timeout=config.scheduler_timeout
         )
-    return render(request, "health.html", {"schedulers": found, "live": True})
+    findings = sorted(
+        ((f, s.id) for s in found for f in s.recent_findings),
+        key=lambda pair: pair[0].at,
+        reverse=True,
+    )
+    context = {"schedulers": found, "findings": findings, "kinds": SANITY_KINDS, "live": True}
+    return render(request, "health.html", context)
 
 
 @router.get("/api/v1/docs", response_class=HTMLResponse)
@@ -422,3 +439,10 @@ async def login(request: Request) -> Response:
         auth.SESSION_COOKIE, auth.session_value(token), httponly=True, samesite="strict"
     )
     return response
+
+
+# Last: a run id may contain "/" (`{run_id:path}`), and routes are tried in order, so the
+# run page, a prefix of its tasks' pages and actions, must not shadow them.
+router.add_api_route(
+    "/dags/{dag_id}/runs/{run_id:path}", run_page, methods=["GET"], response_class=HTMLResponse
+)

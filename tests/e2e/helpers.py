@@ -46,6 +46,8 @@ def cli_env(db_url: str, dags_folder: Path, state_dir: Path, **extra: str) -> di
         MINIFLOW_PARSE_INTERVAL="0.5",
         MINIFLOW_KILL_GRACE_PERIOD="1",
         MINIFLOW_WEB_PORT="0",  # standalone's web UI: a free port, never a shared one
+        # stderr is a pipe or a file here, which would mean JSON: tests read the text form
+        MINIFLOW_LOG_FORMAT="text",
         COLUMNS="200",  # rich tables: no truncated cells
         NO_COLOR="1",
     )

@@ -3,6 +3,7 @@ process on Postgres, and an in-process scheduler for the moment before it regist
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -18,6 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from miniflow.cli import operations, wiring
 from miniflow.config import load_config
+from miniflow.launchers import pods
+from miniflow.launchers.base import AliveAttempt
+from miniflow.launchers.kube_client import RetryPolicy
+from miniflow.launchers.kubernetes import KubernetesLauncher
+from miniflow.scheduler import liveness
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.scheduler.ops_server import OpsServer
 from miniflow.store import engine as store_engine
@@ -102,7 +109,7 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
         MINIFLOW_LAUNCHER="local",
         MINIFLOW_HTTP_PORT=str(port),
         MINIFLOW_HTTP_HOST="127.0.0.1",
-        MINIFLOW_LOG_FORMAT="json",
+        MINIFLOW_LOG_FORMAT="",  # unset: stderr is a file, so JSON by default
     )
     run_id = await operations.trigger(load_config(environ=env), "ops", conf_json=None)
     log = tmp_path / "scheduler.log"
@@ -134,6 +141,26 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
         assert found[("miniflow_tries_in_flight", ())] == 0.0
         assert found[("miniflow_scheduler_round_duration_seconds_count", (("loop", "tick"),))] > 0
         assert found[("miniflow_sanity_findings_total", (("kind", "zombie"),))] == 0.0
+        # The state gauges count the database: the three tasks of the one run.
+        assert found[("miniflow_task_instances", (("state", "failed"),))] == 2.0
+        assert found[("miniflow_task_instances", (("state", "success"),))] == 1.0
+        assert found[("miniflow_task_instances", (("state", "running"),))] == 0.0
+        assert found[("miniflow_runs", (("state", "failed"),))] == 1.0
+        # Statement latency by kind, never by SQL text.
+        kinds = {
+            dict(labels)["kind"]
+            for name, labels in found
+            if name == "miniflow_db_statement_duration_seconds_count"
+        }
+        assert {"select", "update", "insert"} <= kinds <= {
+            "select",
+            "insert",
+            "update",
+            "delete",
+            "other",
+        }
+        assert found[("miniflow_db_statement_duration_seconds_count", (("kind", "update"),))] > 0
+        assert ("miniflow_kube_relists_total", ()) in found  # 0 under the local launcher
         assert not [name for name, _ in found if name.endswith("_created")]
 
         # The database goes away: not ready (and still alive); back: ready again.
@@ -155,24 +182,34 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
     finally:
         kill_group(proc)
         proc.wait(5)
-    # MINIFLOW_LOG_FORMAT=json: every line the process wrote is one JSON object.
+    # No MINIFLOW_LOG_FORMAT and stderr not a terminal: every line is one JSON object.
     lines = log.read_text().splitlines()
     assert lines
     records = [json.loads(line) for line in lines]
     assert all({"timestamp", "level", "logger", "message"} <= r.keys() for r in records)
     assert any(r["message"].startswith("ops server on http://127.0.0.1") for r in records)
     assert any(r["level"] == "ERROR" and "round failed" in r["message"] for r in records)
+    # Lines about a try carry its ids as fields of their own.
+    exits = [r for r in records if " exited: code=" in r["message"]]
+    assert {(r["dag_id"], r["run_id"], r["task_id"], r["try"]) for r in exits} == {
+        ("ops", run_id, "good", 1),
+        ("ops", run_id, "bad", 1),
+    }
+    finished = [r for r in records if r["message"].startswith(f"run ops/{run_id} finished")]
+    assert [(r["dag_id"], r["run_id"]) for r in finished] == [("ops", run_id)]
 
 
 @contextlib.asynccontextmanager
-async def in_process(db_url: str, tmp_path: Path, port: int) -> AsyncIterator[Scheduler]:
+async def in_process(
+    db_url: str, tmp_path: Path, port: int, launcher: Any = None
+) -> AsyncIterator[Scheduler]:
     config = load_config(environ={}, database_url=db_url, state_dir=tmp_path / "state")
     engine = store_engine.create_engine(db_url)
     scheduler = Scheduler(
         engine=engine,
-        launcher=wiring.make_launcher(config),
+        launcher=launcher or wiring.make_launcher(config),
         dags_folder=None,
-        settings=SchedulerSettings(instance_heartbeat=1.0, instance_timeout=3.0),
+        settings=SchedulerSettings(instance_heartbeat=1.0, instance_timeout=15.0),
     )
     server = OpsServer(scheduler, host="127.0.0.1", port=port)
     await server.start()
@@ -226,3 +263,117 @@ def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("port", ["0", ""])
 def test_no_server_unless_a_port_is_set(port: str) -> None:
     assert load_config({"MINIFLOW_HTTP_PORT": port}).http_port == 0
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_healthz_names_the_loop_that_stopped_making_progress(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A sanity round that hangs (the launcher never answers `alive()`): the ops server
+    still answers, and says which loop is stuck; once the round ends, healthy again."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with in_process(db_url, tmp_path, port) as scheduler:
+        clock = FakeMonotonic()
+        scheduler.liveness = liveness.Liveness(stall_after=10.0, clock=clock)
+        entered, release = asyncio.Event(), asyncio.Event()
+        seen = scheduler.launcher.alive
+
+        async def hanging_alive(*, fresh: bool = True) -> list[AliveAttempt]:
+            entered.set()
+            await release.wait()
+            return await seen(fresh=fresh)
+
+        scheduler.launcher.alive = hanging_alive  # the fault: a view that never comes
+        await scheduler.start()
+        loop = asyncio.create_task(scheduler.run_forever())
+        try:
+            await asyncio.wait_for(entered.wait(), 30)
+            assert await get(base, "/healthz") == (200, "ok\n")  # not stale yet
+            clock.now += 5.0 + 10.0 + 1  # past the sanity interval and the stall limit
+            status, text = await get(base, "/healthz")
+            assert status == 503
+            assert text.startswith("stale: sanity: no progress for 16s (due every 5s)"), text
+            clock.now += 30.0  # and past the round's own period: the round, in sanity
+            status, text = await get(base, "/healthz")
+            assert "scheduling round: no progress for 46s (due every 30s, in sanity)" in text
+            assert "instance heartbeat: no progress" in text
+            release.set()
+
+            async def healthy() -> bool:
+                return (await get(base, "/healthz")) == (200, "ok\n")
+
+            await until(healthy, 30, "the round to complete and /healthz to recover")
+        finally:
+            scheduler.stop()
+            await loop
+            await scheduler.close()
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_ready_only_once_the_kubernetes_watch_listed_and_its_counts(
+    db_url: str, tmp_path: Path, fake_kube: Any
+) -> None:
+    """Registered but the pod list refused (403): not ready, the refusals counted by code;
+    the list allowed: ready; a dropped watch: a restart and a relist counted."""
+    defaults = pods.PodDefaults(
+        namespace="default", worker_image="miniflow:test", database_secret_name="miniflow-db"
+    )
+    fake_kube.secrets[("default", "miniflow-db")] = {"url": "postgresql://x@db/x"}
+    fake_kube.faults.forbid("list", "default")
+    launcher = KubernetesLauncher(
+        defaults=defaults,
+        kubeconfig=str(fake_kube.kubeconfig_path),
+        retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05),
+        start_timeout=60.0,
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with in_process(db_url, tmp_path, port, launcher) as scheduler:
+        _, before = await get(base, "/metrics")
+        starting = asyncio.create_task(scheduler.start())
+        try:
+
+            async def waiting_for_the_list() -> bool:
+                return await get(base, "/readyz") == (503, "starting: launcher not synced yet\n")
+
+            await until(waiting_for_the_list, 30, "/readyz to wait for the watch's list")
+            _, text = await get(base, "/metrics")
+            refused = counter(text, "miniflow_kube_api_errors_total", code="403")
+            assert refused > counter(before, "miniflow_kube_api_errors_total", code="403")
+            fake_kube.faults.allow("list", "default")
+            await asyncio.wait_for(starting, 60)
+            assert await get(base, "/readyz") == (200, "ready\n")
+            assert await get(base, "/healthz") == (200, "ok\n")
+            assert "kube watch default" in launcher.loop_progress()
+            _, synced = await get(base, "/metrics")
+            relists = counter(synced, "miniflow_kube_relists_total")
+            restarts = counter(synced, "miniflow_kube_watch_restarts_total")
+            assert relists > counter(before, "miniflow_kube_relists_total")
+
+            assert fake_kube.faults.drop_watches() >= 1
+
+            async def relisted() -> bool:
+                _, text = await get(base, "/metrics")
+                return (
+                    counter(text, "miniflow_kube_watch_restarts_total") > restarts
+                    and counter(text, "miniflow_kube_relists_total") > relists
+                )
+
+            await until(relisted, 30, "the dropped watch to be restarted and relisted")
+        finally:
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(BaseException):
+                    await starting
+            await scheduler.close()

@@ -37,7 +37,7 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ({"MINIFLOW_HTTP_PORT": "http"}, "MINIFLOW_HTTP_PORT must be an integer"),
         ({"MINIFLOW_HTTP_PORT": "-1"}, "MINIFLOW_HTTP_PORT must not be negative"),
         ({"MINIFLOW_HTTP_PORT": "70000"}, r"MINIFLOW_HTTP_PORT must be a port \(0 to 65535\)"),
-        ({"MINIFLOW_LOG_FORMAT": "xml"}, "MINIFLOW_LOG_FORMAT must be one of text, json"),
+        ({"MINIFLOW_LOG_FORMAT": "xml"}, "MINIFLOW_LOG_FORMAT must be one of auto, text, json"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -147,13 +147,14 @@ def test_sanity_settings_and_the_failed_pod_retention_default() -> None:
     assert load_config({"MINIFLOW_POD_KEEP_FAILED_FOR": "60"}).keep_failed_for() == 60.0
 
 
-def test_ops_server_is_off_and_logs_are_text_unless_asked() -> None:
+def test_ops_server_is_off_and_the_log_format_follows_the_terminal_unless_asked() -> None:
     config = load_config({})
     assert (config.http_port, config.log_format, config.worker_service_account) == (
         0,
-        "text",
+        "auto",
         None,
     )
+    assert load_config({"MINIFLOW_LOG_FORMAT": "text"}).log_format == "text"
     asked = load_config(
         {
             "MINIFLOW_HTTP_PORT": "8080",

@@ -52,3 +52,40 @@ def test_configure_switches_the_root_handlers_both_ways() -> None:
         assert handler.formatter._fmt == log_format.TEXT_FORMAT
     finally:
         root.removeHandler(handler)
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_text_at_a_terminal_and_json_elsewhere() -> None:
+    assert log_format.resolve("auto", logging.StreamHandler(Tty())) == "text"
+    assert log_format.resolve("auto", logging.StreamHandler(io.StringIO())) == "json"
+    assert log_format.resolve("text", logging.StreamHandler(io.StringIO())) == "text"
+    assert log_format.resolve("json", logging.StreamHandler(Tty())) == "json"
+
+
+def test_a_line_about_a_try_carries_its_ids_as_fields() -> None:
+    from miniflow.launchers.base import AttemptKey
+
+    out = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(out)
+    root.addHandler(handler)
+    log = logging.getLogger("miniflow.test_task_fields")
+    try:
+        log_format.configure("auto")  # a StringIO is no terminal: JSON
+        key = AttemptKey("etl", "manual__2026-01-01T00:00:00+00:00", "load", 2)
+        log.warning("%s exited: code=%s", key, 1)
+        log.warning("run %s finished", "etl/r1", extra={"dag_id": "etl", "run_id": "r1"})
+        log.warning("nothing about a task")
+    finally:
+        root.removeHandler(handler)
+    about_try, about_run, other = (json.loads(line) for line in out.getvalue().splitlines())
+    assert about_try["message"].startswith("etl/manual__2026-01-01T00:00:00+00:00/load#2 exited")
+    assert (about_try["dag_id"], about_try["task_id"], about_try["try"]) == ("etl", "load", 2)
+    assert about_try["run_id"] == "manual__2026-01-01T00:00:00+00:00"
+    assert (about_run["dag_id"], about_run["run_id"]) == ("etl", "r1")
+    assert "task_id" not in about_run
+    assert not {"dag_id", "run_id", "task_id", "try"} & other.keys()
