@@ -82,8 +82,10 @@ async def child(url: str, dags: str, parallelism: int, stats_dir: str) -> None:
         _write_counts(stats_dir, statements[0])
 
 
-def _statements(stats: Path) -> int:
-    return sum(json.loads(f.read_text())["statements"] for f in stats.glob("*.json"))
+def _statements(stats: Path) -> tuple[int, int]:
+    """Statements and rounds of all the scheduler processes together."""
+    counts = [json.loads(f.read_text()) for f in stats.glob("*.json")]
+    return sum(c["statements"] for c in counts), sum(int(c["rounds"]) for c in counts)
 
 
 def _count_statements(engine: object) -> list[int]:
@@ -130,7 +132,7 @@ def _cpu_seconds(pid: int) -> float:
 
 async def sample(
     schedulers: int, tasks: int, parallelism: int
-) -> tuple[float, list[int], float, float]:
+) -> tuple[float, list[int], float, tuple[float, float]]:
     from sqlalchemy import func, select
 
     from miniflow.errors import NotFound
@@ -207,7 +209,8 @@ async def sample(
         await engine.dispose()
         await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     # Whole lifetime of each process (start-up and parse included: small beside 2,000 tasks).
-    per_task = _statements(stats) / tasks
+    statements, rounds = _statements(stats)
+    per_task = (statements / tasks, rounds / tasks)
     stats_tmp.cleanup()
     return wall, spread, cpu, per_task
 
@@ -220,20 +223,22 @@ async def run(args: argparse.Namespace) -> None:
     )
     print(
         f"{'schedulers':>10} {'TI/s median':>12} {'min-max':>14} {'CPU ms/task':>12}"
-        f" {'SQL/task':>9}  attempts per scheduler"
+        f" {'SQL/task':>9} {'rounds/task':>11}  attempts per scheduler"
     )
     for count in counts:
-        rates, spreads, cpus, statements = [], [], [], []
+        rates, spreads, cpus, statements, rounds = [], [], [], [], []
         for _ in range(args.repeat):
             wall, spread, cpu, per_task = await sample(count, args.tasks, args.parallelism)
-            statements.append(per_task)
+            statements.append(per_task[0])
+            rounds.append(per_task[1])
             rates.append(args.tasks / wall)
             spreads.append(spread)
             cpus.append(cpu * 1000 / args.tasks)
         print(
             f"{count:>10} {statistics.median(rates):>12.0f} "
             f"{min(rates):>6.0f}-{max(rates):<7.0f} {statistics.median(cpus):>12.2f}"
-            f" {statistics.median(statements):>9.1f}  {spreads[-1]}"
+            f" {statistics.median(statements):>9.1f} {statistics.median(rounds):>11.2f}"
+            f"  {spreads[-1]}"
         )
 
 
