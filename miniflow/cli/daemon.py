@@ -73,6 +73,7 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         reparse_interval=config.reparse_interval,
         instance_heartbeat=config.scheduler_heartbeat,
         instance_timeout=config.scheduler_timeout,
+        callback_timeout=config.callback_timeout,
         **kw,  # type: ignore[arg-type]
     )
 

@@ -28,12 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import miniflow
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
+from miniflow.scheduler.dag_callbacks import DagCallbacks
 from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.run_views import RunView, RunViews
@@ -90,6 +92,8 @@ class SchedulerSettings:
     """Seconds between heartbeats of this scheduler's `scheduler_instance` row."""
     instance_timeout: float = 30.0
     """A scheduler whose row has not heartbeat for this long is taken for dead."""
+    callback_timeout: float = 60.0
+    """Seconds a DAG-level callback's child process may run before it is killed."""
 
 
 @dataclass(slots=True)
@@ -150,6 +154,11 @@ class Scheduler:
             else None
         )
         self.dags = DagCache()
+        self.dag_callbacks = (
+            DagCallbacks(dags_folder, self.settings.callback_timeout) if dags_folder else None
+        )
+        self._ended: list[tuple[SerializedDag, RunInfo, str]] = []
+        """Runs this round ended, for their DAG callbacks once the round has committed."""
         prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
         self.scheduler_id = (
             f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -305,6 +314,8 @@ class Scheduler:
         return adopt, dead
 
     async def close(self) -> None:
+        if self.dag_callbacks is not None:
+            await self.dag_callbacks.drain(self.settings.callback_timeout)
         await self.launcher.close()
         await self.sanity_lock.release()
         if self.settings.register:
@@ -544,8 +555,13 @@ class Scheduler:
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
+            self._ended = []
             raise
         _count_committed(stats)
+        ended, self._ended = self._ended, []
+        if self.dag_callbacks is not None:
+            for dag, run, final in ended:
+                self.dag_callbacks.fire(dag, run, final)
         # Committed: only now may the launcher drop the evidence of these exits (not of
         # tries a peer adopted: that evidence is the new owner's).
         exited = [
@@ -706,6 +722,7 @@ class Scheduler:
                 seen_unfinished=unfinished,
             ):
                 log.info("run %s/%s finished: %s", run.dag_id, run.run_id, final)
+                self._ended.append((cached[run.pk].dag, run, final))
             else:
                 self._due.dirty.add(run.pk)
 
