@@ -175,6 +175,7 @@ class Graph:
     kinds: Mapping[str, str]
     setups: Mapping[str, tuple[str, ...]]  # teardown → the setup tasks upstream of it
     outcome: frozenset[str]  # the tasks whose states decide the run (`outcome_tasks`)
+    teardowns: Mapping[str, tuple[str, ...]]  # setup → the teardowns it is a setup of
 
 
 def teardown_setups(dag: SerializedDag) -> dict[str, tuple[str, ...]]:
@@ -245,6 +246,8 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
     for task_id, task in tasks.items():
         for up in task["upstream"]:
             downstream.setdefault(up, []).append(task_id)
+    setups = teardown_setups(dag)
+    ups = {s for ss in setups.values() for s in ss}
     built = Graph(
         order={task_id: i for i, task_id in enumerate(order)},
         upstream={task_id: tuple(task["upstream"]) for task_id, task in tasks.items()},
@@ -252,8 +255,9 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
         leaves=leaves,
         kinds={task_id: task["kind"] for task_id, task in tasks.items()},
-        setups=teardown_setups(dag),
+        setups=setups,
         outcome=outcome_tasks(dag, leaves),
+        teardowns={s: tuple(sorted(t for t, ss in setups.items() if s in ss)) for s in ups},
     )
     _GRAPHS[key] = built
     while len(_GRAPHS) > MAX_GRAPHS:

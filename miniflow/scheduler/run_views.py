@@ -112,7 +112,8 @@ class RunView:
         queued: set[str] = set()
 
         def consider(task_id: str, upstream_state: str) -> None:
-            for down in graph.downstream.get(task_id, ()):
+            # A setup also decides its teardowns further down (they wait for it too).
+            for down in (*graph.downstream.get(task_id, ()), *graph.teardowns.get(task_id, ())):
                 if down in queued or self.states.get(down) != states.NONE:
                     continue
                 if self.remaining.get(down) == 0 or readiness.can_decide(
