@@ -7,6 +7,7 @@ jinja2): the worker imports it on every task start.
 
 from miniflow.authoring.context import get_current_context
 from miniflow.authoring.dag import DAG
+from miniflow.authoring.latest_only import LatestOnly
 from miniflow.authoring.params import Param
 from miniflow.authoring.taskflow import task
 from miniflow.authoring.taskgroup import TaskGroup, task_group
@@ -19,6 +20,7 @@ __all__ = [
     "DAG",
     "Bash",
     "Empty",
+    "LatestOnly",
     "Param",
     "Pod",
     "SkipTask",

@@ -74,6 +74,9 @@ class Config:
     """Seconds a pod may stay Pending (image pull, unschedulable) before it fails."""
     max_result_bytes: int = 65536
     """Largest JSON result a @task may return."""
+    callback_timeout: float = 60.0
+    """Seconds a task or DAG callback may run before it is abandoned (logged, never changing
+    a state)."""
     zombie_threshold: float = 30.0
     """Seconds a running try may go without proof of life (its worker's heartbeat, or the
     launcher seeing its process) before the sanity loop kills it as a zombie; a worker that
@@ -192,6 +195,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "parallelism": _as_int,
     "http_port": _as_port,
     "max_result_bytes": _as_int,
+    "callback_timeout": _as_float,
     "max_launch_attempts": _as_int,
     "zombie_threshold": _as_float,
     "sanity_interval": _as_float,

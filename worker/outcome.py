@@ -79,6 +79,7 @@ class Recorder:
         self.heartbeat = heartbeat
         self.key = key
         self.log = log
+        self.recorded: Outcome | None = None  # the outcome this worker wrote, once it has
 
     async def success(self, extra: dict[str, Any], *, skip: Sequence[str] = ()) -> int:
         """Record success; `skip`: waiting tasks of the run a branch or short-circuit
@@ -178,6 +179,7 @@ class Recorder:
                 "is no longer the current running try"
             )
             return EXIT_FENCED
+        self.recorded = outcome
         retry_at = outcome.next_retry_at
         when = f" (next try after {retry_at.isoformat()})" if retry_at else ""
         self.log(f"try {outcome.try_number} of {self.key}: {outcome.state}{when}")

@@ -50,7 +50,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -58,6 +57,7 @@ from miniflow_worker import execute
 from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
 
+from miniflow.authoring.taskflow import PythonTask
 from miniflow.authoring.templates import render_task_fields
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
@@ -65,7 +65,7 @@ from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
-from . import branching
+from . import branching, callbacks
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -204,17 +204,37 @@ class Worker:
         )
         self.fenced = self.heartbeat.start()
         self.recorder = Recorder(self.factory, claim, self.heartbeat, key=self.key, log=log)
+        self.loaded: PythonTask | None = None
         try:
-            return await self._execute(claim)
+            code = await self._execute(claim)
         except Exception as exc:  # a bug here must still end the try, not leave it running
             if self.execution is not None:
                 await self.execution.stop()
             text = execute.format_exception(exc)
-            return await self.recorder.fail(
+            code = await self.recorder.fail(
                 f"internal error in miniflow-worker:\n{text}", exit_code=None
             )
         finally:
             await self.heartbeat.stop()
+        await self._run_callbacks(claim)
+        return code
+
+    async def _run_callbacks(self, claim: Claim) -> None:
+        """The task's callback for the outcome this worker recorded (see `callbacks`)."""
+        recorded, task = self.recorder.recorded, self.loaded
+        if recorded is None or task is None:
+            return
+        name = callbacks.BY_STATE.get(recorded.state)
+        found = task.effective_settings().get(name, ()) if name else ()
+        if not name or not found:
+            return
+        await callbacks.run_callbacks(
+            found,
+            callbacks.callback_context(claim.context, recorded.state, recorded.error),
+            timeout=self.config.callback_timeout,
+            name=name,
+            log=log,
+        )
 
     async def _execute(self, claim: Claim) -> int:
         prepared = await self._race(asyncio.ensure_future(self._prepare(claim)), None)
@@ -282,10 +302,11 @@ class Worker:
         assert claim.fileloc is not None
         path = self.config.dags_folder / claim.fileloc
         loaded = await execute.in_daemon_thread(
-            lambda: _load_function(path, self.dag_id, self.task_id), "miniflow dag import"
+            lambda: _load_task(path, self.dag_id, self.task_id), "miniflow dag import"
         )
         if isinstance(loaded, str):
             return loaded
+        self.loaded = loaded
         try:
             args, kwargs = execute.resolve_arguments(task, claim.upstream)
         except execute.TaskFailure as exc:
@@ -293,7 +314,7 @@ class Worker:
         os.environ.update(rendered.env)
         return execute.PythonExecution(
             self.task_id,
-            loaded,
+            loaded.function,
             args,
             kwargs,
             max_result_bytes=self.config.max_result_bytes,
@@ -329,10 +350,9 @@ class Worker:
                 main.cancel()
 
 
-def _load_function(path: Path, dag_id: str, task_id: str) -> Callable[..., Any] | str:
-    """The Python function of the task, from its DAG file; or the error text."""
+def _load_task(path: Path, dag_id: str, task_id: str) -> PythonTask | str:
+    """The Python task (its function, its callbacks), from its DAG file; or the error text."""
     from miniflow.authoring.loader import import_dag_file
-    from miniflow.authoring.taskflow import PythonTask
 
     if not path.is_file():
         return f"DAG file {path} does not exist (DAG {dag_id!r})"
@@ -354,4 +374,4 @@ def _load_function(path: Path, dag_id: str, task_id: str) -> Callable[..., Any] 
         )
     if not isinstance(task, PythonTask):
         return f"task {task_id!r} of DAG {dag_id!r} in {path} is no longer a Python task"
-    return task.function
+    return task

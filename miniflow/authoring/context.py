@@ -41,7 +41,7 @@ _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 def get_current_context() -> dict[str, Any]:
     """The running task's context: `ds`, `ds_nodash`, `ts`, `ts_nodash`, `logical_date`,
     `data_interval_start`, `data_interval_end`, `run_id`, `dag_id`, `task_id`,
-    `try_number`, `params` (the DAG's params overlaid with the run's conf), and `ti`
+    `try_number`, `run_type`, `params` (the DAG's params overlaid with the run's conf), `ti`
     (a `TaskInstanceInfo`; also as `task_instance`). A copy: changing it changes nothing.
 
     Raises `NoTaskContext` outside a running `@task` function (at DAG definition

@@ -94,6 +94,16 @@ def check_json(value: object, what: str) -> None:
         raise definition_error(f"{what} must be JSON-serializable: {exc}") from exc
 
 
+def check_callbacks(value: object, what: str) -> tuple[Any, ...]:
+    """A callback setting as a tuple of callables: None, one callable or a list of them."""
+    if value is None:
+        return ()
+    found = tuple(value) if isinstance(value, list | tuple) else (value,)
+    if not all(callable(f) for f in found):
+        raise definition_error(f"{what} must be a callable or a list of callables, got {value!r}")
+    return found
+
+
 def current_dag() -> DAG | None:
     """The DAG whose `with` block is executing, if any."""
     stack = _current.get()
@@ -203,6 +213,8 @@ class DAG:
         tags: list[str] | None = None,
         description: str | None = None,
         default_args: dict[str, Any] | None = None,
+        on_success_callback: Any = None,
+        on_failure_callback: Any = None,
         **task_defaults: Any,
     ) -> None:
         from miniflow.authoring import params as params_mod  # both import this module: import at
@@ -260,6 +272,15 @@ class DAG:
         self.task_defaults: dict[str, Any] = tasks.validate_settings(
             defaults, f"DAG {dag_id!r}", for_dag=True
         )
+        # DAG-level callbacks (a run ended); task callbacks come from default_args.
+        self.callbacks: dict[str, tuple[Any, ...]] = {}
+        for name, value in (
+            ("on_success_callback", on_success_callback),
+            ("on_failure_callback", on_failure_callback),
+        ):
+            found_callbacks = check_callbacks(value, f"DAG {dag_id!r}: {name}")
+            if found_callbacks:
+                self.callbacks[name] = found_callbacks
         self.tasks: dict[str, BaseTask] = {}
         for found in _captures.get():
             found.append(self)
@@ -352,7 +373,7 @@ class DAG:
         `lineno` defaults to the line of the `DAG(...)` call.
         """
         self.check_cycles()
-        return {
+        data: SerializedDag = {
             "format_version": FORMAT_VERSION,
             "dag_id": self.dag_id,
             "fileloc": fileloc,
@@ -370,3 +391,6 @@ class DAG:
             "description": self.description,
             "tasks": {task_id: task.serialize() for task_id, task in self.tasks.items()},
         }
+        if self.callbacks:
+            data["callbacks"] = sorted(self.callbacks)
+        return data

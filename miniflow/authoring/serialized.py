@@ -17,10 +17,12 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, get_args
 
 from miniflow.errors import SerializedFormatError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # 2: the `empty` task kind, `python_mode` (branch / short_circuit) of Python tasks and the
 # trigger rules added with them; a reader of format 1 would launch an `empty` task or
 # ignore a branch, so it must refuse these DAGs.
+# 3: setup / teardown tasks and the `all_done_setup_success` rule of teardowns (a reader of
+# format 2 would not know the rule, and would let a teardown's failure fail the run).
 
 TaskKind = Literal["bash", "python", "pod", "empty"]
 PythonMode = Literal["branch", "short_circuit"]
@@ -30,6 +32,7 @@ TriggerRule = Literal[
     "all_done",
     "all_skipped",
     "all_done_min_one_success",
+    "all_done_setup_success",
     "one_success",
     "one_failed",
     "one_done",
@@ -99,6 +102,17 @@ class SerializedTask(TypedDict):
     # short_circuit only: True skips every task downstream whatever its trigger rule;
     # False skips the direct downstream tasks and lets trigger rules decide the rest.
     ignore_downstream_trigger_rules: NotRequired[bool]
+    # Setup / teardown (absent: neither). A teardown's rule is `all_done_setup_success`:
+    # it runs once everything upstream is done if a setup upstream of it succeeded (or it
+    # has none). A teardown's own state decides the run only with on_failure_fail_dagrun.
+    setup: NotRequired[bool]
+    teardown: NotRequired[bool]
+    on_failure_fail_dagrun: NotRequired[bool]
+    # The callbacks the task has (`on_success_callback`, ...), run by its worker; the
+    # callables stay in the DAG file. Absent: none.
+    callbacks: NotRequired[list[str]]
+    # The full id of the innermost task group the task was created in (for display only).
+    task_group: NotRequired[str]
 
 
 class SerializedDag(TypedDict):
@@ -120,6 +134,9 @@ class SerializedDag(TypedDict):
     tags: list[str]
     description: str | None
     tasks: dict[str, SerializedTask]  # in definition order
+    # DAG-level callbacks the DAG has (`on_success_callback`, `on_failure_callback`), run
+    # in a child process when a run ends; absent: none.
+    callbacks: NotRequired[list[str]]
 
 
 def readable(data: Mapping[str, Any]) -> SerializedDag:

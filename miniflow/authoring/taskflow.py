@@ -16,12 +16,18 @@ import functools
 import inspect
 import json
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from miniflow.authoring import dag as dag_mod
 from miniflow.authoring.dag import check_id, definition_error
 from miniflow.authoring.serialized import ArgRef, PythonMode, SerializedTask, TaskKind
-from miniflow.authoring.tasks import BaseTask, DependencyMixin, group_prefix, validate_settings
+from miniflow.authoring.tasks import (
+    BaseTask,
+    DependencyMixin,
+    DependencyTarget,
+    group_prefix,
+    validate_settings,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,6 +48,24 @@ class TaskRef(DependencyMixin):
 
     def dependency_task(self) -> BaseTask:
         return self.task
+
+    def as_setup(self) -> TaskRef:
+        """Mark the task as a setup task (see `BaseTask.as_setup`); returns this result."""
+        self.task.as_setup()
+        return self
+
+    def as_teardown(
+        self,
+        *,
+        setups: DependencyTarget | None = None,
+        on_failure_fail_dagrun: bool | None = None,
+    ) -> TaskRef:
+        """Mark the task as a teardown of `setups` (see `BaseTask.as_teardown`)."""
+        self.task.as_teardown(setups=setups, on_failure_fail_dagrun=on_failure_fail_dagrun)
+        return self
+
+
+Role = Literal["setup", "teardown"]
 
 
 class PythonTask(BaseTask):
@@ -115,8 +139,12 @@ class TaskFunction(Generic[P, R]):
         *,
         mode: PythonMode | None = None,
         ignore_downstream_trigger_rules: bool = True,
+        role: Role | None = None,
+        on_failure_fail_dagrun: bool = False,
     ) -> None:
         self.function = function
+        self.role = role
+        self.on_failure_fail_dagrun = on_failure_fail_dagrun
         self.task_id = check_id(task_id if task_id is not None else function.__name__, "task id")
         self.settings = validate_settings(settings, f"task {self.task_id!r}")
         self.mode: PythonMode | None = mode
@@ -173,6 +201,10 @@ class TaskFunction(Generic[P, R]):
         refs = [v for v in (*args, *kwargs.values()) if isinstance(v, TaskRef)]
         for ref in refs:
             ref >> task
+        if self.role == "setup":
+            task.as_setup()
+        elif self.role == "teardown":
+            task.as_teardown(on_failure_fail_dagrun=self.on_failure_fail_dagrun)
         return TaskRef(task)
 
 
@@ -182,10 +214,13 @@ def _decorator(
     settings: dict[str, Any],
     mode: PythonMode | None,
     ignore_downstream_trigger_rules: bool = True,
+    role: Role | None = None,
+    on_failure_fail_dagrun: bool = False,
 ) -> Any:
     def decorate(fn: Callable[..., Any]) -> TaskFunction[..., Any]:
         if not callable(fn):
-            name = "@task" if mode is None else f"@task.{mode}"
+            variant = mode or role
+            name = "@task" if variant is None else f"@task.{variant}"
             raise definition_error(f"{name} must decorate a function, got {fn!r}")
         return TaskFunction(
             fn,
@@ -193,6 +228,8 @@ def _decorator(
             settings,
             mode=mode,
             ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
+            role=role,
+            on_failure_fail_dagrun=on_failure_fail_dagrun,
         )
 
     if function is not None:
@@ -280,6 +317,61 @@ class TaskDecorator:
         return _decorator(
             function, task_id, settings, "short_circuit", ignore_downstream_trigger_rules
         )
+
+    @overload
+    def setup(self, function: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def setup(
+        self, /, *, task_id: str | None = None, **settings: Any
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def setup(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
+        **settings: Any,
+    ) -> Any:
+        """A `@task` that is a setup task (Airflow's `@setup`): see `BaseTask.as_setup`."""
+        return _decorator(function, task_id, settings, None, role="setup")
+
+    @overload
+    def teardown(self, function: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def teardown(
+        self,
+        /,
+        *,
+        task_id: str | None = None,
+        on_failure_fail_dagrun: bool = False,
+        **settings: Any,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def teardown(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
+        on_failure_fail_dagrun: bool = False,
+        **settings: Any,
+    ) -> Any:
+        """A `@task` that is a teardown task (Airflow's `@teardown`): it runs once its
+        upstream tasks are done, failed or not, if a setup task upstream of it succeeded
+        (or it has none); see `BaseTask.as_teardown`. Its failure fails the run only with
+        `on_failure_fail_dagrun=True`."""
+        if not isinstance(on_failure_fail_dagrun, bool):
+            raise definition_error(
+                f"@task.teardown: on_failure_fail_dagrun must be True or False, "
+                f"got {on_failure_fail_dagrun!r}"
+            )
+        return _decorator(
+            function, task_id, settings, None, role="teardown",
+            on_failure_fail_dagrun=on_failure_fail_dagrun,
+        )  # fmt: skip
 
 
 task = TaskDecorator()

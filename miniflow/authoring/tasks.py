@@ -17,8 +17,20 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from miniflow.authoring import dag as dag_mod
-from miniflow.authoring.dag import DAG, check_id, check_json, definition_error, user_location
-from miniflow.authoring.serialized import TRIGGER_RULES, PodSettings, SerializedTask, TaskKind
+from miniflow.authoring.dag import (
+    DAG,
+    check_id,
+    check_json,
+    definition_error,
+    user_location,
+)
+from miniflow.authoring.serialized import (
+    TRIGGER_RULES,
+    PodSettings,
+    SerializedTask,
+    TaskKind,
+    TriggerRule,
+)
 
 if TYPE_CHECKING:
     from miniflow.authoring.taskgroup import TaskGroup
@@ -71,6 +83,20 @@ def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"must be True or False, got {value!r}")
     return value
+
+
+def _callbacks(value: Any) -> tuple[Any, ...]:
+    found = tuple(value) if isinstance(value, list | tuple) else (value,)
+    if value is None or not all(callable(f) for f in found):
+        raise _Invalid(f"must be a callable or a list of callables, got {value!r}")
+    return found
+
+
+TEARDOWN_RULE: TriggerRule = "all_done_setup_success"
+"""The trigger rule of every teardown task (and of no other task)."""
+
+CALLBACKS = ("on_success_callback", "on_failure_callback", "on_retry_callback")
+"""Task callbacks: run by the worker of a `@task` task once its outcome is recorded."""
 
 
 def _trigger_rule(value: Any) -> str:
@@ -136,6 +162,7 @@ _TASK_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "pool": (_optional_str, None),
     "priority": (_int, 1),
     "env": (_str_dict, {}),
+    **dict.fromkeys(CALLBACKS, (_callbacks, ())),
 }
 # Settings that go into the `pod` dict (keys of `PodSettings`).
 _POD_SETTINGS: dict[str, Callable[[Any], Any]] = {
@@ -170,6 +197,7 @@ AIRFLOW_NAMES = {
 _DAG_KEYWORDS = (
     "schedule", "start_date", "end_date", "catchup", "timezone", "max_active_runs",
     "max_active_tasks", "params", "tags", "description", "default_args",
+    "on_success_callback", "on_failure_callback",
 )  # fmt: skip
 
 
@@ -204,8 +232,9 @@ def validate_settings(
                 f"task settings are: {', '.join(SETTING_NAMES)}"
             )
         try:
+            unset = value is None and (name in _POD_SETTINGS or name in CALLBACKS)
             normalized[name] = (
-                value if value is None and name in _POD_SETTINGS else normalizer(value)
+                () if unset and name in CALLBACKS else (value if unset else normalizer(value))
             )
         except _Invalid as exc:
             raise definition_error(f"{owner}: {name} {exc}") from None
@@ -317,6 +346,21 @@ class BaseTask(DependencyMixin):
         self.upstream_ids: set[str] = set()
         self.downstream_ids: set[str] = set()
         self.group_defaults: dict[str, Any] = groups[-1].task_defaults if groups else {}
+        self.task_group_id: str | None = groups[-1].group_id if groups else None
+        self.is_setup = False
+        self.is_teardown = False
+        self.on_failure_fail_dagrun = False
+        if self.settings.get("trigger_rule") == TEARDOWN_RULE:
+            raise definition_error(
+                f"task {self.task_id!r}: trigger rule {TEARDOWN_RULE!r} is the rule of teardown "
+                "tasks; mark the task with `.as_teardown(setups=...)` instead"
+            )
+        given = [c for c in CALLBACKS if self.settings.get(c)]
+        if given and self.kind != "python":
+            raise definition_error(
+                f"task {self.task_id!r}: {', '.join(given)}: task callbacks run for @task "
+                f"tasks only (their worker imports the DAG file), not for {self.kind} tasks"
+            )
         owner.add_task(self)
         for group in groups:  # nested groups: a task belongs to each enclosing one
             group.members.append(self)
@@ -325,6 +369,54 @@ class BaseTask(DependencyMixin):
         return f"<{type(self).__name__} {self.dag.dag_id}.{self.task_id}>"
 
     def dependency_task(self) -> BaseTask:
+        return self
+
+    def as_setup(self) -> BaseTask:
+        """Mark this task as a setup task (Airflow's `as_setup()`); returns the task.
+
+        Teardowns downstream of it run only if it (or another setup upstream of them)
+        succeeded; clearing a task downstream of it clears it and its teardowns too.
+        """
+        if self.is_teardown:
+            raise definition_error(f"task {self.task_id!r} is a teardown: it cannot be a setup")
+        self.is_setup = True
+        return self
+
+    def as_teardown(
+        self,
+        *,
+        setups: DependencyTarget | None = None,
+        on_failure_fail_dagrun: bool | None = None,
+    ) -> BaseTask:
+        """Mark this task as a teardown task; returns the task.
+
+        `setups` (tasks or task results) become setup tasks upstream of this one. A
+        teardown runs once everything upstream of it is done, whether it succeeded or
+        failed, if one of the setup tasks upstream of it (at any depth) succeeded or it
+        has none; it is skipped when all of them failed or were skipped. Its own failure
+        does not fail the run unless `on_failure_fail_dagrun=True`.
+        """
+        if self.is_setup:
+            raise definition_error(f"task {self.task_id!r} is a setup: it cannot be a teardown")
+        rule = self.settings.get("trigger_rule")
+        if rule is not None and rule != TEARDOWN_RULE:
+            raise definition_error(
+                f"task {self.task_id!r}: a teardown's trigger rule is always {TEARDOWN_RULE!r} "
+                f"(it runs whatever its upstream tasks did); drop trigger_rule={rule!r}"
+            )
+        if on_failure_fail_dagrun is not None:
+            if not isinstance(on_failure_fail_dagrun, bool):
+                raise definition_error(
+                    f"task {self.task_id!r}: on_failure_fail_dagrun must be True or False, "
+                    f"got {on_failure_fail_dagrun!r}"
+                )
+            self.on_failure_fail_dagrun = on_failure_fail_dagrun
+        self.is_teardown = True
+        if setups is not None:
+            found = _tasks_of(setups, upstream=True)
+            for setup in found:
+                setup.as_setup()
+            _link_all(found, [self])
         return self
 
     def effective_settings(self) -> dict[str, Any]:
@@ -348,11 +440,11 @@ class BaseTask(DependencyMixin):
             if name in settings and (settings[name] is not None or name == "security_context"):
                 pod[name] = settings[name]
         pod = json.loads(json.dumps(pod))  # deep copy: the result must not alias our state
-        return {
+        data: SerializedTask = {
             "task_id": self.task_id,
             "kind": self.kind,
             "upstream": sorted(self.upstream_ids),
-            "trigger_rule": settings["trigger_rule"],
+            "trigger_rule": TEARDOWN_RULE if self.is_teardown else settings["trigger_rule"],
             "retries": settings["retries"],
             "retry_delay": settings["retry_delay"],
             "retry_exponential_backoff": settings["retry_exponential_backoff"],
@@ -363,6 +455,19 @@ class BaseTask(DependencyMixin):
             "env": dict(settings["env"]),
             "pod": PodSettings(**pod),  # type: ignore[typeddict-item]
         }
+        if self.is_setup:
+            data["setup"] = True
+        if self.is_teardown:
+            data["teardown"] = True
+            if self.on_failure_fail_dagrun:
+                data["on_failure_fail_dagrun"] = True
+        # DAG or group defaults may name callbacks for every task: only @task tasks run them.
+        callbacks = [c for c in CALLBACKS if settings.get(c)] if self.kind == "python" else []
+        if callbacks:
+            data["callbacks"] = callbacks
+        if self.task_group_id is not None:
+            data["task_group"] = self.task_group_id
+        return data
 
     def serialize(self) -> SerializedTask:
         """This task's part of the serialized DAG."""

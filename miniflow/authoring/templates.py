@@ -36,8 +36,11 @@ def build_context(
     data_interval_start: datetime,
     data_interval_end: datetime,
     params: dict[str, Any],
+    run_type: str = "manual",
 ) -> dict[str, Any]:
     """The variables available to templates.
+
+    `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`).
 
     `ds`, `ds_nodash`, `ts` and `ts_nodash` are formatted in the timezone of
     `logical_date` as given (the scheduler passes UTC).
@@ -55,6 +58,7 @@ def build_context(
         "task_id": task_id,
         "try_number": try_number,
         "params": params,
+        "run_type": run_type,
     }
 
 

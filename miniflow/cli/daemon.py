@@ -74,6 +74,7 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         instance_heartbeat=config.scheduler_heartbeat,
         instance_timeout=config.scheduler_timeout,
         stall_timeout=config.loop_stall_timeout,
+        callback_timeout=config.callback_timeout,
         **kw,  # type: ignore[arg-type]
     )
 

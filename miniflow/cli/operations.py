@@ -25,12 +25,12 @@ from miniflow.errors import NotFound, PermanentError
 from miniflow.scheduler import trigger as trigger_mod
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.store import attempts as store_attempts
+from miniflow.store import clearing, sanity_lock, states
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
-from miniflow.store import sanity_lock, states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import Dag, DagRun, ImportErrorRow, Pool, TaskAttempt, TaskInstance
 
@@ -293,18 +293,7 @@ async def task_result(config: Config, dag_id: str, run_ref: str | None, task_id:
 
 def downstream_of(dag: SerializedDag, task_id: str) -> list[str]:
     """task_id and everything downstream of it, in DAG order."""
-    children: dict[str, list[str]] = {t: [] for t in dag["tasks"]}
-    for tid, task in dag["tasks"].items():
-        for up in task["upstream"]:
-            children[up].append(tid)
-    seen = {task_id}
-    stack = [task_id]
-    while stack:
-        for child in children[stack.pop()]:
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return [t for t in dag["tasks"] if t in seen]
+    return clearing.downstream_of(dag, task_id)
 
 
 async def clear(
@@ -320,9 +309,10 @@ async def clear(
         dag = found.dag
         if task_id not in dag["tasks"]:
             raise NotFound(f"DAG {dag_id!r} has no task {task_id!r}")
-        task_ids = downstream_of(dag, task_id) if downstream else [task_id]
-        retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
-        await store_tis.clear(session, dag_id, run_id, task_ids, retries)
+        # With the setups / teardowns and branch skips it brings along (`store.clearing`).
+        task_ids = await clearing.clear_tasks(
+            session, dag, dag_id, run_id, task_id, downstream=downstream
+        )
         return run_id, task_ids
 
 

@@ -145,28 +145,15 @@ MAX_ALSO = 5
 
 
 def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
-    """Roots at the top, each task once, below its deepest upstream task.
+    """Roots at the top, each task once, below its deepest upstream task; a task group is
+    one node, its tasks listed under it (as a tree of their own) before what follows it.
 
     A task with several upstream tasks hangs under one of them (the first of the
     deepest), and its line names the others ("also after ..."): one line per task,
     however many paths lead to it, instead of a tree that repeats shared subtrees.
     """
-    tasks = dag["tasks"]
-    depth = _depths(dag)
-    order = {tid: i for i, tid in enumerate(tasks)}
-    children: dict[str, list[str]] = {t: [] for t in tasks}
-    parent_of: dict[str, str] = {}
-    for tid, task in tasks.items():
-        if task["upstream"]:
-            parent = min(task["upstream"], key=lambda u: (-depth[u], order[u]))
-            parent_of[tid] = parent
-            children[parent].append(tid)
     root = Tree(f"[bold]{dag['dag_id']}[/] ({dag['schedule'] or 'manual'})")
-    stack = [(root, tid) for tid in reversed(tasks) if not tasks[tid]["upstream"]]
-    while stack:
-        node, tid = stack.pop()
-        branch = node.add(_task_label(dag, tid, parent_of.get(tid)))
-        stack.extend((branch, child) for child in reversed(children[tid]))
+    _add_level(root, dag, list(dag["tasks"]), None)
     out = _console(console)
     out.print(root)
     params = _param_lines(dag)
@@ -174,6 +161,80 @@ def print_dag_tree(dag: SerializedDag, console: Console | None = None) -> None:
         out.print("params (dags trigger --conf '{\"key\": value}'):", markup=False)
         for line in params:
             out.print(line, markup=False, highlight=False)
+
+
+def _group_chain(task: Any) -> list[str]:
+    """The task's enclosing groups, outermost first ("a.b" → ["a", "a.b"])."""
+    group: str | None = task.get("task_group")
+    if not group:
+        return []
+    parts = group.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _add_level(parent: Tree, dag: SerializedDag, members: list[str], group: str | None) -> None:
+    """The tree of `members` (the tasks of `group`, or of the DAG) under `parent`: tasks
+    of a subgroup are collapsed into one node, listed under it by a recursive call."""
+    tasks = dag["tasks"]
+    inside = set(members)
+
+    def node_of(task_id: str) -> str:
+        chain = _group_chain(tasks[task_id])
+        if group is not None:
+            chain = chain[chain.index(group) + 1 :] if group in chain else []
+        return f"group:{chain[0]}" if chain else task_id
+
+    nodes: list[str] = []
+    content: dict[str, list[str]] = {}
+    for tid in members:
+        node = node_of(tid)
+        if node not in content:
+            nodes.append(node)
+            content[node] = []
+        content[node].append(tid)
+    ups: dict[str, set[str]] = {n: set() for n in nodes}
+    for node, tids in content.items():
+        for tid in tids:
+            ups[node] |= {node_of(u) for u in tasks[tid]["upstream"] if u in inside} - {node}
+    depth = _node_depths(nodes, ups)
+    order = {n: i for i, n in enumerate(nodes)}
+    children: dict[str, list[str]] = {n: [] for n in nodes}
+    parent_of: dict[str, str] = {}
+    for node in nodes:
+        placed = [u for u in ups[node] if depth[u] < depth[node]]
+        if placed:
+            parent_of[node] = min(placed, key=lambda u: (-depth[u], order[u]))
+            children[parent_of[node]].append(node)
+    stack = [(parent, n) for n in reversed(nodes) if n not in parent_of]
+    while stack:
+        tree, node = stack.pop()
+        if node.startswith("group:"):
+            name = node.removeprefix("group:")
+            branch = tree.add(f"[bold]{name}[/] [dim](task group)[/]")
+            _add_level(branch, dag, content[node], name)
+        else:
+            above = parent_of.get(node)
+            branch = tree.add(_task_label(dag, node, None if above is None else above))
+        stack.extend((branch, child) for child in reversed(children[node]))
+
+
+def _node_depths(nodes: list[str], ups: dict[str, set[str]]) -> dict[str, int]:
+    """Longest path from a root to each node; a cycle (a group wired both before and after
+    a task) is broken at the edge that closes it, so every node still gets a depth."""
+    depth: dict[str, int] = {}
+    for start in nodes:
+        stack, on_stack = [start], {start}
+        while stack:
+            node = stack[-1]
+            pending = [u for u in ups[node] if u not in depth and u not in on_stack]
+            if pending:
+                stack.append(pending[0])
+                on_stack.add(pending[0])
+                continue
+            stack.pop()
+            on_stack.discard(node)
+            depth[node] = 1 + max((depth[u] for u in ups[node] if u in depth), default=-1)
+    return depth
 
 
 def _param_lines(dag: SerializedDag) -> list[str]:
@@ -192,29 +253,17 @@ def _param_lines(dag: SerializedDag) -> list[str]:
     return lines
 
 
-def _depths(dag: SerializedDag) -> dict[str, int]:
-    """Length of the longest path from a root to each task (iterative: no recursion limit)."""
-    tasks = dag["tasks"]
-    depth: dict[str, int] = {}
-    for start in tasks:
-        stack = [start]
-        while stack:
-            tid = stack[-1]
-            pending = [u for u in tasks[tid]["upstream"] if u not in depth]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            depth[tid] = 1 + max((depth[u] for u in tasks[tid]["upstream"]), default=-1)
-    return depth
-
-
 def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     task = dag["tasks"][task_id]
     mode = task.get("python_mode")
     kind = f"{task['kind']}, {mode.replace('_', '-')}" if mode else task["kind"]
+    if task.get("setup"):
+        kind += ", setup"
+    if task.get("teardown"):
+        fails_run = task.get("on_failure_fail_dagrun")
+        kind += ", teardown" + (": its failure fails the run" if fails_run else "")
     label = f"{task_id} [dim]({kind})[/]"
-    if task["trigger_rule"] != "all_success":
+    if task["trigger_rule"] not in ("all_success", "all_done_setup_success"):
         label += f" [dim]{task['trigger_rule']}[/]"
     others = [u for u in sorted(task["upstream"]) if u != parent]
     if others:

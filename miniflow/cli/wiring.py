@@ -65,6 +65,7 @@ def make_launcher(config: Config) -> Launcher:
             extra_env={
                 "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
                 "MINIFLOW_ZOMBIE_THRESHOLD": str(config.zombie_threshold),
+                "MINIFLOW_CALLBACK_TIMEOUT": str(config.callback_timeout),
             },
         )
         return KubernetesLauncher(
@@ -84,6 +85,7 @@ def make_launcher(config: Config) -> Launcher:
         "MINIFLOW_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
         "MINIFLOW_ZOMBIE_THRESHOLD": str(config.zombie_threshold),
         "MINIFLOW_MAX_RESULT_BYTES": str(config.max_result_bytes),
+        "MINIFLOW_CALLBACK_TIMEOUT": str(config.callback_timeout),
     }
     return LocalLauncher(
         state_dir=config.state_dir,

@@ -28,12 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import miniflow
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, liveness, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
+from miniflow.scheduler.dag_callbacks import DagCallbacks
 from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.run_views import RunView, RunViews
@@ -92,6 +94,8 @@ class SchedulerSettings:
     """A scheduler whose row has not heartbeat for this long is taken for dead."""
     stall_timeout: float = 120.0
     """Seconds a loop may go without progress past its period before `/healthz` fails."""
+    callback_timeout: float = 60.0
+    """Seconds a DAG-level callback's child process may run before it is killed."""
 
 
 @dataclass(slots=True)
@@ -153,6 +157,11 @@ class Scheduler:
             else None
         )
         self.dags = DagCache()
+        self.dag_callbacks = (
+            DagCallbacks(dags_folder, self.settings.callback_timeout) if dags_folder else None
+        )
+        self._ended: list[tuple[SerializedDag, RunInfo, str]] = []
+        """Runs this round ended, for their DAG callbacks once the round has committed."""
         prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
         self.scheduler_id = (
             f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -337,6 +346,8 @@ class Scheduler:
             async with store_engine.transaction(self.sessions) as session:
                 await store_attempts.set_handles(session, self.unsaved_handles)
             self.unsaved_handles = []
+        if self.dag_callbacks is not None:
+            await self.dag_callbacks.drain(self.settings.callback_timeout)
         await self.launcher.close()
         await self.sanity_lock.release()
         if self.settings.register:
@@ -592,10 +603,15 @@ class Scheduler:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.unsaved_handles[:0] = handles
             self.run_views.clear()  # what they learnt this round is not in the database
+            self._ended = []
             raise
         _count_committed(stats)
         self.liveness.beat(liveness.EVENTS)
         self.liveness.enter("claims")
+        ended, self._ended = self._ended, []
+        if self.dag_callbacks is not None:
+            for dag, run, final in ended:
+                self.dag_callbacks.fire(dag, run, final)
         # Committed: only now may the launcher drop the evidence of these exits (not of
         # tries a peer adopted: that evidence is the new owner's).
         exited = [
@@ -766,6 +782,7 @@ class Scheduler:
                     extra={"dag_id": run.dag_id, "run_id": run.run_id},
                 )
                 self.run_infos.drop(run.pk)
+                self._ended.append((cached[run.pk].dag, run, final))
             else:
                 self._due.dirty.add(run.pk)
 

@@ -29,8 +29,14 @@ _DONE = states.FINISHED
 log = logging.getLogger("miniflow.scheduler.readiness")
 
 
-def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
+def decide(
+    rule: str, upstream_states: Sequence[str], setup_states: Sequence[str] = ()
+) -> str | None:
     """The new state of a `none` task, or None to keep waiting.
+
+    `setup_states`: for a teardown (`all_done_setup_success`), the states of the setup
+    tasks upstream of it at any depth; it runs once all its upstream tasks and those
+    setups are done if one setup succeeded (or there is none), else it is skipped.
 
     The rules and their early decisions are Airflow's (`TriggerRuleDep` with
     `flag_upstream_failed`), so a DAG moved from Airflow branches, joins and cleans
@@ -62,6 +68,12 @@ def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
         if success or failed:
             return states.SKIPPED
         return states.SCHEDULED if all_done else None
+    if rule == "all_done_setup_success":
+        if not all_done or any(s not in _DONE for s in setup_states):
+            return None
+        if setup_states and states.SUCCESS not in setup_states:
+            return states.SKIPPED
+        return states.SCHEDULED
     if rule == "all_done_min_one_success":
         if not all_done:
             return None
@@ -161,6 +173,60 @@ class Graph:
     rules: Mapping[str, str]
     leaves: frozenset[str]
     kinds: Mapping[str, str]
+    setups: Mapping[str, tuple[str, ...]]  # teardown → the setup tasks upstream of it
+    outcome: frozenset[str]  # the tasks whose states decide the run (`outcome_tasks`)
+    teardowns: Mapping[str, tuple[str, ...]]  # setup → the teardowns it is a setup of
+
+
+def teardown_setups(dag: SerializedDag) -> dict[str, tuple[str, ...]]:
+    """Each teardown task → the setup tasks upstream of it at any depth (sorted).
+
+    Airflow looks at direct upstream setups only; miniflow at every setup upstream, so
+    `s >> work >> t` with a decorated `@task.setup` s and `@task.teardown` t ties them
+    without also writing `s >> t`.
+    """
+    tasks = dag["tasks"]
+    out: dict[str, tuple[str, ...]] = {}
+    for task_id, task in tasks.items():
+        if not task.get("teardown"):
+            continue
+        seen: set[str] = set()
+        todo = list(task["upstream"])
+        while todo:
+            up = todo.pop()
+            if up in seen or up not in tasks:
+                continue
+            seen.add(up)
+            todo.extend(tasks[up]["upstream"])
+        out[task_id] = tuple(sorted(u for u in seen if tasks[u].get("setup")))
+    return out
+
+
+def outcome_tasks(dag: SerializedDag, leaves: frozenset[str]) -> frozenset[str]:
+    """The tasks whose states decide a finished run: Airflow's "effective leaves".
+
+    A teardown (without `on_failure_fail_dagrun`) does not count, and a task whose only
+    downstream tasks are such teardowns counts as a leaf: so `setup >> work >> teardown`
+    fails when work fails, and succeeds when only the teardown failed.
+    """
+    tasks = dag["tasks"]
+
+    def ignorable(task_id: str) -> bool:
+        task = tasks[task_id]
+        return bool(task.get("teardown")) and not task.get("on_failure_fail_dagrun")
+
+    if not any(ignorable(t) for t in tasks):
+        return leaves
+    downstream: dict[str, list[str]] = {}
+    for task_id, task in tasks.items():
+        for up in task["upstream"]:
+            downstream.setdefault(up, []).append(task_id)
+    found = frozenset(
+        t
+        for t in tasks
+        if not ignorable(t) and all(ignorable(d) for d in downstream.get(t, ()) if d in tasks)
+    )
+    return found or leaves  # a DAG of teardowns only: its leaves
 
 
 _GRAPHS: OrderedDict[tuple[str, str], Graph] = OrderedDict()
@@ -180,6 +246,8 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
     for task_id, task in tasks.items():
         for up in task["upstream"]:
             downstream.setdefault(up, []).append(task_id)
+    setups = teardown_setups(dag)
+    ups = {s for ss in setups.values() for s in ss}
     built = Graph(
         order={task_id: i for i, task_id in enumerate(order)},
         upstream={task_id: tuple(task["upstream"]) for task_id, task in tasks.items()},
@@ -187,6 +255,9 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
         leaves=leaves,
         kinds={task_id: task["kind"] for task_id, task in tasks.items()},
+        setups=setups,
+        outcome=outcome_tasks(dag, leaves),
+        teardowns={s: tuple(sorted(t for t, ss in setups.items() if s in ss)) for s in ups},
     )
     _GRAPHS[key] = built
     while len(_GRAPHS) > MAX_GRAPHS:
@@ -209,7 +280,8 @@ def evaluate_run(
     a row the version does not define), so the run ends `failed` instead of
     silently skipping it.
     """
-    order, leaves = topology(dag, dag_hash)
+    order, _ = topology(dag, dag_hash)
+    built = graph(dag, dag_hash)
     view = dict(current)
     changes: dict[str, str] = {}
     for task_id in order:
@@ -217,7 +289,11 @@ def evaluate_run(
         if task is None or view.get(task_id) != states.NONE:
             continue
         decision = settle(
-            decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view]),
+            decide(
+                task["trigger_rule"],
+                [view[u] for u in task["upstream"] if u in view],
+                [view[u] for u in built.setups.get(task_id, ()) if u in view],
+            ),
             task["kind"],
         )
         if decision is not None:
@@ -237,5 +313,5 @@ def evaluate_run(
         )
         return changes, states.RUN_FAILED
     # Rows of tasks the version does not define (finished ones) don't decide the outcome.
-    ok = all(view[t] in (states.SUCCESS, states.SKIPPED) for t in leaves if t in view)
+    ok = all(view[t] in (states.SUCCESS, states.SKIPPED) for t in built.outcome if t in view)
     return changes, states.RUN_SUCCESS if ok else states.RUN_FAILED

@@ -112,7 +112,8 @@ class RunView:
         queued: set[str] = set()
 
         def consider(task_id: str, upstream_state: str) -> None:
-            for down in graph.downstream.get(task_id, ()):
+            # A setup also decides its teardowns further down (they wait for it too).
+            for down in (*graph.downstream.get(task_id, ()), *graph.teardowns.get(task_id, ())):
                 if down in queued or self.states.get(down) != states.NONE:
                     continue
                 if self.remaining.get(down) == 0 or readiness.can_decide(
@@ -132,8 +133,9 @@ class RunView:
             if self.states.get(task_id) != states.NONE:
                 continue
             upstream = [self.states[u] for u in graph.upstream[task_id] if u in self.states]
+            setups = [self.states[u] for u in graph.setups.get(task_id, ()) if u in self.states]
             decision = readiness.settle(
-                readiness.decide(graph.rules[task_id], upstream), graph.kinds[task_id]
+                readiness.decide(graph.rules[task_id], upstream, setups), graph.kinds[task_id]
             )
             if decision is None:
                 continue

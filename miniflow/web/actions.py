@@ -4,7 +4,8 @@ Each action is one transaction on the web server's own engine. Nothing here
 parses a DAG file: a trigger uses the DAG version the scheduler last stored
 (so a DAG file just written is triggerable once the scheduler has parsed it).
 The task-selection rule of a clear (the task and, optionally, everything
-downstream in the run's own DAG version) is the CLI's, from `miniflow.cli.operations`.
+downstream in the run's own DAG version, with its setups / teardowns and a branch's
+earlier skips) is the CLI's, from `miniflow.store.clearing`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.cli import operations
 from miniflow.errors import NotFound, PermanentError
 from miniflow.scheduler import trigger as trigger_mod
-from miniflow.store import browse
+from miniflow.store import browse, clearing
 from miniflow.store import dags as store_dags
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
-from miniflow.store import task_instances as store_tis
 
 MAX_SLOTS = 2**31 - 1
 
@@ -70,10 +70,7 @@ async def clear(
         raise NotFound(f"the DAG version of run {dag_id}/{run_id} is not in the database")
     if task_id not in dag["tasks"]:
         raise NotFound(f"run {dag_id}/{run_id} has no task {task_id!r}")
-    task_ids = operations.downstream_of(dag, task_id) if downstream else [task_id]
-    retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
-    await store_tis.clear(session, dag_id, run_id, task_ids, retries)
-    return task_ids
+    return await clearing.clear_tasks(session, dag, dag_id, run_id, task_id, downstream=downstream)
 
 
 async def mark_failed(session: AsyncSession, dag_id: str, run_id: str) -> None:

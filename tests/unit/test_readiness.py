@@ -94,6 +94,9 @@ TABLE: list[tuple[str, list[str], str | None]] = [
     ("none_skipped", [UF, S], RUN),
     ("none_skipped", [S, R], WAIT),
     ("none_skipped", [SK, R], SK),
+    # all_done_setup_success (teardowns) without setups upstream: all_done
+    ("all_done_setup_success", [S, F], RUN),
+    ("all_done_setup_success", [S, R], WAIT),
     # always: immediately
     ("always", [N, N], RUN),
     ("always", [F, R], RUN),

@@ -63,11 +63,20 @@ def test_counts_follow_the_states_and_compare_with_the_database() -> None:
     assert not view.agrees({"running": 1, N: 3})  # a was cleared behind the view's back
 
 
+RULES = sorted(set(TRIGGER_RULES) - {"all_done_setup_success"})
+
+
 def _random_dag(rng: random.Random, name: str) -> SerializedDag:
     with DAG(name, start_date=datetime(2026, 1, 1)) as dag:
         tasks: list[Bash] = []
         for i in range(rng.randint(2, 14)):
-            task = Bash(f"t{i}", "true", trigger_rule=rng.choice(sorted(TRIGGER_RULES)))
+            role = rng.random()
+            if role < 0.15:  # a teardown: its rule is its own
+                task = Bash(f"t{i}", "true").as_teardown()
+            else:
+                task = Bash(f"t{i}", "true", trigger_rule=rng.choice(RULES))
+                if role < 0.3:
+                    task.as_setup()
             for up in rng.sample(tasks, k=min(len(tasks), rng.randint(0, 3))):
                 up >> task
             tasks.append(task)

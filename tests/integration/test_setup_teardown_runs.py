@@ -1,0 +1,253 @@
+"""Setup / teardown, callbacks, LatestOnly and clears of a branch through the real scheduler
+and the LocalLauncher (one process per try), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import update
+
+from miniflow.cli import operations
+from miniflow.config import Config, load_config
+from miniflow.store import engine as store_engine
+from miniflow.store.models import DagRun
+from tests.e2e.helpers import write_dag
+from tests.e2e.test_local_scheduler import local_scheduler
+
+
+def _config(db_url: str, tmp_path: Path) -> Config:
+    return load_config(
+        environ={}, database_url=db_url, dags_folder=tmp_path / "dags", state_dir=tmp_path / "s"
+    )
+
+
+async def test_a_teardown_runs_after_failed_work_and_only_work_decides_the_run(
+    db_url: str, tmp_path: Path
+) -> None:
+    write_dag(
+        tmp_path / "dags",
+        "st.py",
+        """
+        from datetime import datetime
+        from miniflow import DAG, Bash, task
+
+        with DAG("st_fail", start_date=datetime(2026, 1, 1)):
+            @task.setup
+            def make() -> str:
+                return "res"
+
+            @task.teardown
+            def drop(name: str) -> None:
+                print(f"dropping {name}")
+
+            made = make()
+            work = Bash("work", "exit 3")
+            made >> work >> drop(made)
+            work >> Bash("after", "true")
+
+        with DAG("st_teardown_fails", start_date=datetime(2026, 1, 1)):
+            lock = Bash("lock", "true").as_setup()
+            lock >> Bash("work", "true") >> Bash("unlock", "exit 1").as_teardown(setups=lock)
+
+        with DAG("st_setup_fails", start_date=datetime(2026, 1, 1)):
+            lock = Bash("lock", "exit 1").as_setup()
+            lock >> Bash("work", "true") >> Bash("unlock", "true").as_teardown(setups=lock)
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("st_fail")
+        tis = await local.tis("st_fail", run_id)
+        _, ok_state = await local.run("st_teardown_fails")
+        setup_run, setup_state = await local.run("st_setup_fails")
+        setup_tis = await local.tis("st_setup_fails", setup_run)
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "make": "success",
+        "work": "failed",
+        "drop": "success",  # ran although work failed
+        "after": "upstream_failed",
+    }
+    assert state == "failed"
+    assert ok_state == "success"  # only the teardown failed
+    assert {t: ti.state for t, ti in setup_tis.items()} == {
+        "lock": "failed",
+        "work": "upstream_failed",
+        "unlock": "skipped",  # nothing was set up
+    }
+    assert setup_state == "failed"
+
+
+async def test_clearing_work_runs_its_setup_and_teardown_again(db_url: str, tmp_path: Path) -> None:
+    write_dag(
+        tmp_path / "dags",
+        "st2.py",
+        """
+        from datetime import datetime
+        from miniflow import DAG, Bash
+
+        with DAG("st_clear", start_date=datetime(2026, 1, 1)):
+            lock = Bash("lock", "true").as_setup()
+            lock >> Bash("work", "true") >> Bash("unlock", "true").as_teardown(setups=lock)
+            Bash("other", "true")
+    """,
+    )
+    config = _config(db_url, tmp_path)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, _ = await local.run("st_clear")
+        _, cleared = await operations.clear(config, "st_clear", run_id, "work", downstream=False)
+        state = await local.scheduler.run_until_done("st_clear", run_id, timeout=60)
+        tis = await local.tis("st_clear", run_id)
+    assert cleared == ["lock", "work", "unlock"]
+    assert state == "success"
+    assert {t: (ti.state, ti.try_number) for t, ti in tis.items()} == {
+        "lock": ("success", 2),
+        "work": ("success", 2),
+        "unlock": ("success", 2),
+        "other": ("success", 1),
+    }
+
+
+async def test_clearing_a_branch_lets_its_new_result_decide(db_url: str, tmp_path: Path) -> None:
+    choice = tmp_path / "choice"
+    choice.write_text("a")
+    write_dag(
+        tmp_path / "dags",
+        "br.py",
+        f"""
+        from datetime import datetime
+        from miniflow import DAG, Bash, Empty, task
+
+        with DAG("br_clear", start_date=datetime(2026, 1, 1)):
+            @task.branch
+            def pick() -> str:
+                return open({str(choice)!r}).read()
+
+            join = Empty("join", trigger_rule="none_failed_min_one_success")
+            pick() >> [Bash("a", "true"), Bash("b", "true")] >> join
+            join >> Bash("end", "true")
+    """,
+    )
+    config = _config(db_url, tmp_path)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, _ = await local.run("br_clear")
+        first = {t: ti.state for t, ti in (await local.tis("br_clear", run_id)).items()}
+        choice.write_text("b")
+        _, cleared = await operations.clear(config, "br_clear", run_id, "pick", downstream=False)
+        state = await local.scheduler.run_until_done("br_clear", run_id, timeout=60)
+        tis = await local.tis("br_clear", run_id)
+    assert first["b"] == "skipped" and first["a"] == "success"
+    assert cleared == ["pick", "b"]
+    assert state == "success"
+    assert {t: (ti.state, ti.try_number) for t, ti in tis.items()} == {
+        "pick": ("success", 2),
+        "a": ("success", 1),  # what the first result followed stays done
+        "b": ("success", 1),  # un-skipped by the clear, followed by the new result
+        "join": ("success", 0),
+        "end": ("success", 1),
+    }
+
+
+async def test_task_and_dag_callbacks_run_and_never_change_a_state(
+    db_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    write_dag(
+        tmp_path / "dags",
+        "cb.py",
+        f"""
+        import json
+        from datetime import datetime
+        from pathlib import Path
+        from miniflow import DAG, Bash, get_current_context, task
+
+        OUT = Path({str(out)!r})
+
+        def record(context):
+            name = f"{{context['task_id'] if 'task_id' in context else 'dag'}}.{{context['state']}}"
+            ti = get_current_context()["ti"].task_id if "task_id" in context else None
+            (OUT / name).write_text(json.dumps([context["run_id"], context.get("exception"), ti]))
+
+        def broken(context):
+            raise RuntimeError("the callback itself fails")
+
+        with DAG("cbs", start_date=datetime(2026, 1, 1),
+                 default_args={{"on_failure_callback": [broken, record]}},
+                 on_failure_callback=[broken, record], on_success_callback=record):
+            @task(on_success_callback=[broken, record])
+            def ok() -> int:
+                return 1
+
+            @task(retries=1, retry_delay=0, on_retry_callback=record)
+            def bad() -> None:
+                raise ValueError("task fails")
+
+            ok()
+            bad()
+            Bash("bash", "exit 1")  # a Bash task runs no callback
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("cbs")
+        tis = await local.tis("cbs", run_id)
+        assert local.scheduler.dag_callbacks is not None
+        await local.scheduler.dag_callbacks.drain(60)
+    assert state == "failed"
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "ok": "success",  # its failing callback did not fail it
+        "bad": "failed",
+        "bash": "failed",
+    }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bad.failed",
+        "bad.up_for_retry",
+        "dag.failed",
+        "ok.success",
+    ]
+    run, error, ti = json.loads((out / "bad.failed").read_text())
+    assert run == run_id and "ValueError: task fails" in error and ti == "bad"
+    assert json.loads((out / "dag.failed").read_text())[0] == run_id
+
+
+async def test_latest_only_skips_in_an_old_scheduled_interval(db_url: str, tmp_path: Path) -> None:
+    write_dag(
+        tmp_path / "dags",
+        "lo.py",
+        """
+        from datetime import datetime
+        from miniflow import DAG, Bash, LatestOnly
+
+        with DAG("lo", schedule="@daily", start_date=datetime(2026, 1, 1)):
+            report = LatestOnly("latest_only") >> Bash("report", "true")
+            report >> Bash("after_report", "true")
+            report >> Bash("always", "true", trigger_rule="all_done")
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        manual, _ = await local.run("lo")
+        old = await local.trigger("lo")
+        async with store_engine.transaction(local.scheduler.sessions) as session:
+            # A scheduled run of an interval long gone (a catch-up run, say).
+            await session.execute(
+                update(DagRun)
+                .where(DagRun.dag_id == "lo", DagRun.run_id == old)
+                .values(
+                    run_type="scheduled",
+                    data_interval_start=datetime(2026, 1, 1, tzinfo=UTC),
+                    data_interval_end=datetime(2026, 1, 2, tzinfo=UTC),
+                )
+            )
+        old_state = await local.scheduler.run_until_done("lo", old, timeout=60)
+        manual_tis = await local.tis("lo", manual)
+        old_tis = await local.tis("lo", old)
+    assert {t: ti.state for t, ti in manual_tis.items()} == dict.fromkeys(
+        ["latest_only", "report", "after_report", "always"], "success"
+    )
+    assert old_state == "success"
+    assert {t: ti.state for t, ti in old_tis.items()} == {
+        "latest_only": "success",
+        "report": "skipped",  # directly downstream
+        "after_report": "skipped",  # trigger rules decide beyond it
+        "always": "success",
+    }
