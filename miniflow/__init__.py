@@ -8,6 +8,7 @@ jinja2): the worker imports it on every task start.
 from miniflow.authoring.context import get_current_context
 from miniflow.authoring.dag import DAG
 from miniflow.authoring.params import Param
+from miniflow.authoring.sensor import SensorResult
 from miniflow.authoring.taskflow import task
 from miniflow.authoring.taskgroup import TaskGroup, task_group
 from miniflow.authoring.tasks import Bash, Empty, Pod
@@ -21,6 +22,7 @@ __all__ = [
     "Empty",
     "Param",
     "Pod",
+    "SensorResult",
     "SkipTask",
     "TaskGroup",
     "__version__",

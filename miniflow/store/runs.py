@@ -296,9 +296,9 @@ async def list_runs(
 
 async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: datetime) -> bool:
     """A user's "mark failed": the unfinished run ends failed and its tasks that have not
-    started (none, scheduled, up for retry) are skipped. Queued and running tries are left
-    to end on their own: the scheduler claims nothing in a finished run, and a try's end is
-    still recorded. False if the run had already finished."""
+    started (none, scheduled, up for retry, a sensor between pokes) are skipped. Queued
+    and running tries are left to end on their own: the scheduler claims nothing in a
+    finished run, and a try's end is still recorded. False if the run had already finished."""
     run = await get_run(session, dag_id, run_id)
     if run.state in states.RUN_FINISHED:
         return False
@@ -308,11 +308,14 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
         await session.execute(
             select(TaskInstance.id, TaskInstance.state).where(
                 TaskInstance.run_pk == run.pk,
-                TaskInstance.state.in_([states.SCHEDULED, states.UP_FOR_RETRY]),
+                TaskInstance.state.in_(
+                    [states.SCHEDULED, states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE]
+                ),
             )
         )
     ).all()
-    # scheduled / up_for_retry may only go back to none (a clear); from there, skipped
+    # scheduled / up_for_retry / up_for_reschedule may only go back to none (a clear);
+    # from there, skipped
     await store_tis.set_states(session, [(i, s, states.NONE) for i, s in waiting], now)
     none = (
         await session.execute(
