@@ -37,6 +37,7 @@ STATE_STYLE = {
     "queued": "blue",
     "scheduled": "blue",
     "up_for_retry": "yellow",
+    "up_for_reschedule": "yellow",
     "skipped": "magenta",
     "none": "dim",
 }
@@ -211,6 +212,9 @@ def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     task = dag["tasks"][task_id]
     mode = task.get("python_mode")
     kind = f"{task['kind']}, {mode.replace('_', '-')}" if mode else task["kind"]
+    sensor = task.get("sensor")
+    if sensor is not None:
+        kind += f", {sensor['mode']} every {sensor['poke_interval']:g}s"
     label = f"{task_id} [dim]({kind})[/]"
     if task["trigger_rule"] != "all_success":
         label += f" [dim]{task['trigger_rule']}[/]"
@@ -285,6 +289,8 @@ def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = 
     table = Table(_id("task_id"), "state", "try", "duration", "exit code", "reason / error")
     for ti in tis:
         reason = (ti.error or "").strip().splitlines()[-1] if ti.error else ""
+        if ti.state == states.UP_FOR_RESCHEDULE and ti.next_retry_at is not None:
+            reason = f"next poke at {_fmt(ti.next_retry_at)}"
         table.add_row(
             ti.task_id,
             _styled(ti.state),
