@@ -37,9 +37,10 @@ R = TypeVar("R")
 
 
 class TaskRef(DependencyMixin):
-    """The future result of a Python task; usable as an argument and with `>>`."""
+    """The future result of a Python task (or of a `Pod(..., push_result=True)`: its
+    `.output`); usable as an argument and with `>>`."""
 
-    def __init__(self, task: PythonTask) -> None:
+    def __init__(self, task: BaseTask) -> None:
         self.task = task
 
     @property
@@ -106,7 +107,8 @@ def _arg(value: object, what: str, task_id: str) -> ArgRef:
     if isinstance(value, BaseTask):
         raise definition_error(
             f"task {task_id!r}: {what} is the task {value.task_id!r}; only results of @task "
-            "functions can be passed as arguments (use `>>` for ordering)"
+            "functions (or a `Pod(..., push_result=True)`'s `.output`) can be passed as "
+            "arguments (use `>>` for ordering)"
         )
     try:
         json.dumps(value, allow_nan=False, default=_reject_nested_ref)
