@@ -215,6 +215,8 @@ def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     sensor = task.get("sensor")
     if sensor is not None:
         kind += f", {sensor['mode']} every {sensor['poke_interval']:g}s"
+    if task.get("push_result"):
+        kind += ", result from /dev/termination-log"
     label = f"{task_id} [dim]({kind})[/]"
     if task["trigger_rule"] != "all_success":
         label += f" [dim]{task['trigger_rule']}[/]"
