@@ -9,6 +9,7 @@ from miniflow.authoring.context import get_current_context
 from miniflow.authoring.dag import DAG
 from miniflow.authoring.latest_only import LatestOnly
 from miniflow.authoring.params import Param
+from miniflow.authoring.sensor import SensorResult
 from miniflow.authoring.taskflow import task
 from miniflow.authoring.taskgroup import TaskGroup, task_group
 from miniflow.authoring.tasks import Bash, Empty, Pod
@@ -23,6 +24,7 @@ __all__ = [
     "LatestOnly",
     "Param",
     "Pod",
+    "SensorResult",
     "SkipTask",
     "TaskGroup",
     "__version__",

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from miniflow_worker.clock import stamp
 
 from miniflow.authoring import context as task_context
+from miniflow.authoring.sensor import poke_outcome
 from miniflow.authoring.serialized import ArgRef, SerializedTask
 from miniflow.errors import SkipTask
 
@@ -68,6 +69,7 @@ class Ended:
     error: str | None = None
     value: Any = None
     skipped: bool = False  # the task skipped itself (`SkipTask`); `error` holds why
+    not_yet: bool = False  # a sensor's poke found nothing yet (a falsy return)
 
 
 def _skipped(exc: SkipTask) -> Ended:
@@ -257,8 +259,12 @@ class PythonExecution:
         *,
         max_result_bytes: int,
         context: dict[str, Any] | None = None,
+        poke: bool = False,
     ) -> None:
         self.task_id = task_id
+        # A sensor's poke: the return says done or not yet (`SensorResult`, truthiness)
+        # before it is a result; `run()` may be called once per poke.
+        self.poke = poke
         self.function = function
         self.args = args
         self.kwargs = kwargs
@@ -305,8 +311,13 @@ class PythonExecution:
         ended: Ended = await self._task
         if not ended.ok or ended.skipped:
             return ended
+        value = ended.value
+        if self.poke:
+            done, value = poke_outcome(value)
+            if not done:
+                return Ended(True, 0, not_yet=True)
         try:
-            value = check_result(self.task_id, ended.value, self.max_result_bytes)
+            value = check_result(self.task_id, value, self.max_result_bytes)
         except TaskFailure as exc:
             return Ended(False, 1, str(exc))
         return Ended(True, 0, value=value)

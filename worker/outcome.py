@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from miniflow_worker import execute
@@ -122,6 +123,74 @@ class Recorder:
             expected=EXPECT_RUNNING,
         )
         return await self.record(outcome, EXIT_TASK_FAILED)
+
+    async def start_poking(self) -> datetime | None:
+        """The sensor's first poke (now, unless an earlier try of the chain poked); None
+        if the database could not be reached."""
+        claim = self.claim
+        first: list[datetime] = []
+
+        async def write(session: AsyncSession) -> bool:
+            at = await task_instances.start_poking(session, claim.ti_id, claim.try_number, now())
+            first.append(at)
+            return True
+
+        if await self._write(write, what="first poke") is None:
+            return None
+        return first[-1]
+
+    async def fail_final(self, error: str) -> int:
+        """Record `failed` whatever retries remain (a sensor's timeout, as in Airflow)."""
+        print(error, file=sys.stderr, flush=True)
+        claim = self.claim
+        outcome = Outcome(
+            claim.ti_id, claim.try_number, states.FAILED, EXPECT_RUNNING, None, error, None
+        )
+        return await self.record(outcome, EXIT_TASK_FAILED)
+
+    async def reschedule(self, poke_at: datetime) -> int:
+        """End a sensor's try as `up_for_reschedule`, its next poke due at `poke_at`.
+
+        One transaction: a scheduler sees the try ended and the time of the next poke
+        together, or neither (then the try is still running: its exit decides)."""
+        await self.heartbeat.stop()
+        claim = self.claim
+
+        async def write(session: AsyncSession) -> bool:
+            return await task_instances.reschedule(
+                session, claim.ti_id, claim.try_number, poke_at, now()
+            )
+
+        applied = await self._write(write, what=states.UP_FOR_RESCHEDULE)
+        if applied is None:
+            return EXIT_NOT_RECORDED
+        if not applied:
+            self.log(
+                f"reschedule not recorded: try {claim.try_number} of {self.key} is no longer "
+                "the current running try"
+            )
+            return EXIT_FENCED
+        self.log(
+            f"try {claim.try_number} of {self.key}: not yet; up_for_reschedule, next poke at "
+            f"{poke_at.isoformat()}"
+        )
+        return EXIT_SUCCESS
+
+    async def _write(
+        self, fn: Callable[[AsyncSession], Awaitable[bool]], *, what: str
+    ) -> bool | None:
+        """`fn` in a transaction, retried on database errors; None if it never committed."""
+        for delay in (*RECORD_RETRY_DELAYS, None):
+            try:
+                async with transaction(self.factory) as session:
+                    return await fn(session)
+            except (SQLAlchemyError, OSError) as exc:
+                if delay is None:
+                    self.log(f"could not record the outcome ({what}): {db_reason(exc)}")
+                    return None
+                self.log(f"recording the outcome failed ({db_reason(exc)}); retrying in {delay:g}s")
+                await asyncio.sleep(delay)
+        return None
 
     async def interrupted(
         self,

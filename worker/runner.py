@@ -65,7 +65,7 @@ from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
-from . import branching, callbacks
+from . import branching, callbacks, sensing
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -246,6 +246,8 @@ class Worker:
         execution: execute.Execution = execution_or_error
         self.execution = execution
         timeout = claim.task["timeout"] if claim.task else None
+        if isinstance(execution, execute.PythonExecution) and execution.poke:
+            return await self._sense(claim, execution, timeout)
         ran = await self._race(asyncio.ensure_future(execution.run()), timeout)
         if ran[0] != "done":
             return await self.recorder.interrupted(ran, execution)
@@ -276,6 +278,23 @@ class Worker:
                     log(f"{self.task_id} skips {', '.join(skip)}")
             return await self.recorder.success(extra, skip=skip)
         return await self.recorder.fail(ended.error or "task failed", exit_code=ended.exit_code)
+
+    async def _sense(
+        self, claim: Claim, execution: execute.PythonExecution, timeout: float | None
+    ) -> int:
+        assert claim.task is not None and "sensor" in claim.task
+        first_poke = await self.recorder.start_poking()
+        if first_poke is None:
+            return EXIT_NOT_RECORDED
+        return await sensing.sense(
+            execution,
+            claim.task["sensor"],
+            first_poke,
+            recorder=self.recorder,
+            race=self._race,
+            try_timeout=timeout,
+            log=log,
+        )
 
     async def _prepare(self, claim: Claim) -> execute.Execution | str:
         """The execution to run, or the error text of a failure to record."""
@@ -319,6 +338,7 @@ class Worker:
             kwargs,
             max_result_bytes=self.config.max_result_bytes,
             context=claim.context,
+            poke=task.get("python_mode") == "sensor" and "sensor" in task,
         )
 
     async def _race(

@@ -17,15 +17,19 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, get_args
 
 from miniflow.errors import SerializedFormatError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # 2: the `empty` task kind, `python_mode` (branch / short_circuit) of Python tasks and the
 # trigger rules added with them; a reader of format 1 would launch an `empty` task or
 # ignore a branch, so it must refuse these DAGs.
 # 3: setup / teardown tasks and the `all_done_setup_success` rule of teardowns (a reader of
 # format 2 would not know the rule, and would let a teardown's failure fail the run).
+# 4: sensors (`python_mode` "sensor" with `sensor` settings) and `push_result` of Pod
+# tasks; a reader of format 2 would take a sensor's "not yet" for its result and drop a
+# Pod task's result.
 
 TaskKind = Literal["bash", "python", "pod", "empty"]
-PythonMode = Literal["branch", "short_circuit"]
+PythonMode = Literal["branch", "short_circuit", "sensor"]
+SensorMode = Literal["poke", "reschedule"]
 TriggerRule = Literal[
     "all_success",
     "all_failed",
@@ -64,6 +68,15 @@ class PodSettings(TypedDict, total=False):
     pod_override: dict[str, Any]  # merged last into the pod manifest
 
 
+class SensorSettings(TypedDict):
+    """How a sensor (`@task.sensor`) pokes; durations in seconds."""
+
+    poke_interval: float  # between two pokes
+    timeout: float  # from the first poke: then the sensor fails (or skips, soft_fail)
+    mode: SensorMode  # "poke": one try loops; "reschedule": one try per poke, no slot between
+    soft_fail: bool  # a timeout skips the task instead of failing it
+
+
 class ArgRef(TypedDict):
     """A Python task argument: either a literal JSON value or an upstream's result."""
 
@@ -92,13 +105,18 @@ class SerializedTask(TypedDict):
     image: NotRequired[str]
     cmds: NotRequired[list[str] | None]  # container command (templates), None = image entrypoint
     args: NotRequired[list[str] | None]  # container args (templates)
+    # the container writes its JSON result to its termination message file
+    # (/dev/termination-log); the scheduler stores it like a `@task` result
+    push_result: NotRequired[bool]
     # kind == "python"
     python_callable: NotRequired[str]  # qualified name of the function in the DAG file
     op_args: NotRequired[list[ArgRef]]
     op_kwargs: NotRequired[dict[str, ArgRef]]
     # "branch": the result names the direct downstream task(s) to follow, the others are
-    # skipped; "short_circuit": a falsy result skips downstream. Absent: a plain task.
+    # skipped; "short_circuit": a falsy result skips downstream; "sensor": a falsy result
+    # means "not yet", poke again (see `sensor`). Absent: a plain task.
     python_mode: NotRequired[PythonMode]
+    sensor: NotRequired[SensorSettings]  # python_mode == "sensor" only
     # short_circuit only: True skips every task downstream whatever its trigger rule;
     # False skips the direct downstream tasks and lets trigger rules decide the rest.
     ignore_downstream_trigger_rules: NotRequired[bool]

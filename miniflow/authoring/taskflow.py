@@ -16,11 +16,20 @@ import functools
 import inspect
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from miniflow.authoring import dag as dag_mod
 from miniflow.authoring.dag import check_id, definition_error
-from miniflow.authoring.serialized import ArgRef, PythonMode, SerializedTask, TaskKind
+from miniflow.authoring.sensor import DEFAULT_POKE_INTERVAL, DEFAULT_TIMEOUT, sensor_settings
+from miniflow.authoring.serialized import (
+    ArgRef,
+    PythonMode,
+    SensorMode,
+    SensorSettings,
+    SerializedTask,
+    TaskKind,
+)
 from miniflow.authoring.tasks import (
     BaseTask,
     DependencyMixin,
@@ -34,9 +43,10 @@ R = TypeVar("R")
 
 
 class TaskRef(DependencyMixin):
-    """The future result of a Python task; usable as an argument and with `>>`."""
+    """The future result of a Python task (or of a `Pod(..., push_result=True)`: its
+    `.output`); usable as an argument and with `>>`."""
 
-    def __init__(self, task: PythonTask) -> None:
+    def __init__(self, task: BaseTask) -> None:
         self.task = task
 
     @property
@@ -83,12 +93,14 @@ class PythonTask(BaseTask):
         *,
         mode: PythonMode | None = None,
         ignore_downstream_trigger_rules: bool = True,
+        sensor: SensorSettings | None = None,
     ) -> None:
         self.function = function
         self.op_args = op_args
         self.op_kwargs = op_kwargs
         self.mode = mode
         self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
+        self.sensor = sensor
         super().__init__(task_id, settings)
 
     def serialize(self) -> SerializedTask:
@@ -100,6 +112,8 @@ class PythonTask(BaseTask):
             data["python_mode"] = self.mode
         if self.mode == "short_circuit":
             data["ignore_downstream_trigger_rules"] = self.ignore_downstream_trigger_rules
+        if self.mode == "sensor" and self.sensor is not None:
+            data["sensor"] = SensorSettings(**self.sensor)
         return data
 
 
@@ -117,7 +131,8 @@ def _arg(value: object, what: str, task_id: str) -> ArgRef:
     if isinstance(value, BaseTask):
         raise definition_error(
             f"task {task_id!r}: {what} is the task {value.task_id!r}; only results of @task "
-            "functions can be passed as arguments (use `>>` for ordering)"
+            "functions (or a `Pod(..., push_result=True)`'s `.output`) can be passed as "
+            "arguments (use `>>` for ordering)"
         )
     try:
         json.dumps(value, allow_nan=False, default=_reject_nested_ref)
@@ -141,10 +156,12 @@ class TaskFunction(Generic[P, R]):
         ignore_downstream_trigger_rules: bool = True,
         role: Role | None = None,
         on_failure_fail_dagrun: bool = False,
+        sensor: SensorSettings | None = None,
     ) -> None:
         self.function = function
         self.role = role
         self.on_failure_fail_dagrun = on_failure_fail_dagrun
+        self.sensor = sensor
         self.task_id = check_id(task_id if task_id is not None else function.__name__, "task id")
         self.settings = validate_settings(settings, f"task {self.task_id!r}")
         self.mode: PythonMode | None = mode
@@ -197,6 +214,7 @@ class TaskFunction(Generic[P, R]):
             self.settings,
             mode=self.mode,
             ignore_downstream_trigger_rules=self.ignore_downstream_trigger_rules,
+            sensor=self.sensor,
         )
         refs = [v for v in (*args, *kwargs.values()) if isinstance(v, TaskRef)]
         for ref in refs:
@@ -216,6 +234,7 @@ def _decorator(
     ignore_downstream_trigger_rules: bool = True,
     role: Role | None = None,
     on_failure_fail_dagrun: bool = False,
+    sensor: SensorSettings | None = None,
 ) -> Any:
     def decorate(fn: Callable[..., Any]) -> TaskFunction[..., Any]:
         if not callable(fn):
@@ -230,6 +249,7 @@ def _decorator(
             ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
             role=role,
             on_failure_fail_dagrun=on_failure_fail_dagrun,
+            sensor=sensor,
         )
 
     if function is not None:
@@ -372,6 +392,52 @@ class TaskDecorator:
             function, task_id, settings, None, role="teardown",
             on_failure_fail_dagrun=on_failure_fail_dagrun,
         )  # fmt: skip
+
+    @overload
+    def sensor(self, function: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    @overload
+    def sensor(
+        self,
+        /,
+        *,
+        task_id: str | None = None,
+        poke_interval: float | timedelta = DEFAULT_POKE_INTERVAL,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
+        mode: SensorMode = "poke",
+        soft_fail: bool = False,
+        **settings: Any,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def sensor(
+        self,
+        function: Callable[..., Any] | None = None,
+        /,
+        *,
+        task_id: str | None = None,
+        poke_interval: float | timedelta = DEFAULT_POKE_INTERVAL,
+        timeout: float | timedelta = DEFAULT_TIMEOUT,
+        mode: SensorMode = "poke",
+        soft_fail: bool = False,
+        **settings: Any,
+    ) -> Any:
+        """A task that pokes until its function returns something truthy (Airflow's
+        `@task.sensor`): falsy means "not yet", truthy means done and is the task's
+        result (`SensorResult(done, value)` gives another result). Pokes are
+        `poke_interval` seconds apart; `timeout` seconds after the first poke a
+        "not yet" fails the task (no retry), or skips it with `soft_fail=True`.
+
+        `mode="poke"` loops inside one try, holding its slot; `mode="reschedule"`
+        runs one try per poke and holds nothing in between: the task waits as
+        `up_for_reschedule` and the scheduler launches the next poke when it is due
+        (see `miniflow.authoring.sensor`). `timeout` here is the sensor's; the
+        per-try limit (a DAG's default `timeout`) still bounds each try."""
+        name = task_id or getattr(function, "__name__", None)
+        owner = f"@task.sensor {name!r}" if name else "@task.sensor"
+        checked = sensor_settings(
+            owner, poke_interval=poke_interval, timeout=timeout, mode=mode, soft_fail=soft_fail
+        )
+        return _decorator(function, task_id, settings, "sensor", sensor=checked)
 
 
 task = TaskDecorator()

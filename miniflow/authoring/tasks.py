@@ -537,6 +537,14 @@ class Pod(BaseTask):
 
     `command` replaces the image's entrypoint (None keeps it), `args` its
     arguments; both are lists of Jinja2 templates. Exit code 0 means success.
+
+    `push_result=True` (Airflow's `do_xcom_push`): the container writes its result,
+    small JSON, to its termination message file `/dev/termination-log`; the
+    scheduler reads it from the pod status it already watches (no sidecar, no exec,
+    no extra request) and stores it as the task's result, which downstream `@task`s
+    receive like any `@task` result: pass `pod.output` as an argument. Kubernetes
+    keeps at most 4096 bytes of it; invalid JSON, no result or a larger one fails
+    the try, saying why.
     """
 
     kind: TaskKind = "pod"
@@ -548,6 +556,7 @@ class Pod(BaseTask):
         command: list[str] | None = None,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        push_result: bool = False,
         **settings: Any,
     ) -> None:
         if not isinstance(image, str) or not image.strip():
@@ -557,6 +566,11 @@ class Pod(BaseTask):
         self.image = image
         self.command = _optional_str_list(command, task_id, "command")
         self.args = _optional_str_list(args, task_id, "args")
+        if not isinstance(push_result, bool):
+            raise definition_error(
+                f"task {task_id!r}: push_result must be True or False, got {push_result!r}"
+            )
+        self.push_result = push_result
         if env is not None:
             settings["env"] = env
         dag = settings.pop("dag", None)
@@ -569,7 +583,22 @@ class Pod(BaseTask):
         data["image"] = self.image
         data["cmds"] = self.command
         data["args"] = self.args
+        if self.push_result:
+            data["push_result"] = True
         return data
+
+    @property
+    def output(self) -> Any:
+        """The task's result, as an argument of a `@task` (`push_result=True` only);
+        like a `@task`'s return value, it makes this task an upstream."""
+        from miniflow.authoring.taskflow import TaskRef
+
+        if not self.push_result:
+            raise definition_error(
+                f"task {self.task_id!r}: .output is the result a Pod task writes to "
+                "/dev/termination-log; create it with push_result=True"
+            )
+        return TaskRef(self)
 
 
 class Empty(BaseTask):

@@ -37,6 +37,7 @@ STATE_STYLE = {
     "queued": "blue",
     "scheduled": "blue",
     "up_for_retry": "yellow",
+    "up_for_reschedule": "yellow",
     "skipped": "magenta",
     "none": "dim",
 }
@@ -262,6 +263,11 @@ def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     if task.get("teardown"):
         fails_run = task.get("on_failure_fail_dagrun")
         kind += ", teardown" + (": its failure fails the run" if fails_run else "")
+    sensor = task.get("sensor")
+    if sensor is not None:
+        kind += f", {sensor['mode']} every {sensor['poke_interval']:g}s"
+    if task.get("push_result"):
+        kind += ", result from /dev/termination-log"
     label = f"{task_id} [dim]({kind})[/]"
     if task["trigger_rule"] not in ("all_success", "all_done_setup_success"):
         label += f" [dim]{task['trigger_rule']}[/]"
@@ -336,6 +342,8 @@ def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = 
     table = Table(_id("task_id"), "state", "try", "duration", "exit code", "reason / error")
     for ti in tis:
         reason = (ti.error or "").strip().splitlines()[-1] if ti.error else ""
+        if ti.state == states.UP_FOR_RESCHEDULE and ti.next_retry_at is not None:
+            reason = f"next poke at {_fmt(ti.next_retry_at)}"
         table.add_row(
             ti.task_id,
             _styled(ti.state),

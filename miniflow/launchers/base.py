@@ -16,6 +16,12 @@ from typing import Any, Literal, Protocol
 
 from miniflow.authoring.serialized import PodSettings, TaskKind
 
+RESULT_FILE = "/dev/termination-log"
+"""Where a `Pod(..., push_result=True)` container writes its JSON result: its
+termination message file (the pod's `terminationMessagePath`)."""
+MAX_TERMINATION_MESSAGE = 4096
+"""Bytes of a termination message Kubernetes keeps (the kubelet truncates the rest)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptKey:
@@ -45,6 +51,7 @@ class TaskSpec:
     timeout: float | None = None  # seconds; the launcher kills the attempt after it
     pod: PodSettings = field(default_factory=lambda: PodSettings())
     annotations: dict[str, str] = field(default_factory=dict)  # extra, e.g. run ids
+    push_result: bool = False  # kind == "pod": its result is its termination message
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,9 @@ class AttemptExited:
     at: datetime
     log_tail: str | None = None
     message: str | None = None  # human detail (e.g. the API's message)
+    # What the container wrote to its termination message file (`RESULT_FILE`), as the
+    # pod status says; a `push_result` Pod task's result. None: nothing known.
+    termination_message: str | None = None
     kind: Literal["exited"] = "exited"
 
 

@@ -261,6 +261,7 @@ class PodTracker:
                 now(),
                 log_tail=log_tail,
                 message=message,
+                termination_message=view.termination_message,
             )
         )
 

@@ -79,6 +79,9 @@ class PodView:
     pending_reason: str | None  # while pending: why (None = nothing said yet)
     pending_message: str | None
     hopeless: bool  # pending for a reason that cannot heal: fail now
+    # the main container's `state.terminated.message` as written (a `push_result` Pod
+    # task's result), whatever the pod's own reason says
+    termination_message: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -146,8 +149,11 @@ def observe(pod: Pod) -> PodView:
     reason: str | None = None
     message: str | None = None
     finished_at: datetime | None = None
+    termination_message: str | None = None
     if terminal:
         if terminated:
+            raw = terminated.get("message")
+            termination_message = raw if isinstance(raw, str) else None
             exit_code = int(terminated["exitCode"]) if "exitCode" in terminated else None
             reason = terminated.get("reason")
             message = terminated.get("message")
@@ -184,6 +190,7 @@ def observe(pod: Pod) -> PodView:
         pending_reason=pending_reason,
         pending_message=pending_message,
         hopeless=hopeless,
+        termination_message=termination_message,
     )
 
 

@@ -80,6 +80,7 @@ from miniflow.errors import NotFound
 from miniflow.launchers import local_fork
 from miniflow.launchers import local_procs as procs
 from miniflow.launchers.base import (
+    RESULT_FILE,
     AliveAttempt,
     AttemptExited,
     AttemptKey,
@@ -503,6 +504,10 @@ class LocalLauncher:
                     spec.image,
                 )
             argv = [*(spec.cmds or []), *(spec.args or [])]
+            if spec.push_result:
+                # As a pod's mounted termination message file: fresh and empty.
+                paths.termination.write_bytes(b"")
+                argv = [a.replace(RESULT_FILE, str(paths.termination)) for a in argv]
         else:
             k = spec.key
             worker_argv = [

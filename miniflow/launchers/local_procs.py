@@ -13,7 +13,11 @@ Per attempt, next to each other under
 - `<try>.exit`   the exit code, written when the attempt ends (by the `sh`
   wrapper for bash/pod/exec kinds; by a forked Python attempt itself, or the
   forkserver for a death by signal, see `local_fork`), so a restarted
-  scheduler that is no longer the parent still learns the code.
+  scheduler that is no longer the parent still learns the code;
+- `<try>.termination-log` a `Pod(..., push_result=True)` task's termination
+  message file: `/dev/termination-log` in its command and args stands for it
+  (the host has no such file to give), created empty before the command runs,
+  read (at most 4096 bytes, as the kubelet) when it ends.
 
 And `state_dir/live/<hash of the key>`: a hard link to the marker of every
 attempt launched whose exit the scheduler has not acknowledged yet (the
@@ -48,7 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from miniflow.errors import StateDirError
-from miniflow.launchers.base import AttemptKey
+from miniflow.launchers.base import MAX_TERMINATION_MESSAGE, AttemptKey
 
 LOG_TAIL_LINES = 100
 LOG_TAIL_BYTES = 16 * 1024
@@ -131,6 +135,7 @@ class AttemptPaths:
     log: Path
     exit: Path
     marker: Path
+    termination: Path
 
     @classmethod
     def of(cls, state_dir: Path, key: AttemptKey) -> AttemptPaths:
@@ -146,6 +151,7 @@ class AttemptPaths:
             log=folder / f"{stem}.log",
             exit=folder / f"{stem}.exit",
             marker=folder / f"{stem}.launch",
+            termination=folder / f"{stem}.termination-log",
         )
 
 
@@ -373,6 +379,16 @@ def spawn_wrapped(
     finally:
         if moved is not None:
             os.close(moved)
+
+
+def read_termination_message(path: Path) -> str | None:
+    """A push_result Pod attempt's termination message (None: no such file, or empty)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TERMINATION_MESSAGE)
+    except OSError:
+        return None
+    return data.decode("utf-8", errors="replace") or None
 
 
 def read_tail(

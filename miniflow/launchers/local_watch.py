@@ -146,7 +146,14 @@ class AttemptWatcher:
             code = procs.read_exit_file(paths.exit)
             reaped = procs.reap_if_our_zombie(marker)  # launched by this very process
             code = reaped if code is None else code
-            self.emit_exit(key, marker.handle, code, None, log_tail=procs.read_tail(paths.log))
+            self.emit_exit(
+                key,
+                marker.handle,
+                code,
+                None,
+                log_tail=procs.read_tail(paths.log),
+                termination_message=procs.read_termination_message(paths.termination),
+            )
             return None
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=False)
         timeout = None
@@ -290,6 +297,7 @@ class AttemptWatcher:
             attempt.forced_reason,
             log_tail=procs.read_tail(attempt.paths.log),
             message=attempt.message,
+            termination_message=procs.read_termination_message(attempt.paths.termination),
         )
 
     def emit_exit(
@@ -301,6 +309,7 @@ class AttemptWatcher:
         *,
         log_tail: str | None,
         message: str | None = None,
+        termination_message: str | None = None,
     ) -> AttemptExited:
         """Put the `AttemptExited` event; without a `reason`, it follows from the code."""
         if reason is None:
@@ -317,6 +326,7 @@ class AttemptWatcher:
             at=now(),
             log_tail=log_tail,
             message=message,
+            termination_message=termination_message,
         )
         self.reported.add(key)
         self.events.put_nowait(event)

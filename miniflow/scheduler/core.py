@@ -80,6 +80,8 @@ class SchedulerSettings:
     """(dag_id, run_id): touch nothing but this run (`dags test`)."""
     max_launch_attempts: int = 8
     """Launches of one try that never reached a container before the try fails."""
+    max_result_bytes: int = 65536
+    """Largest result a `Pod(..., push_result=True)` task may report (as `@task`s)."""
     sanity: SanitySettings = field(default_factory=SanitySettings)
     """The sanity loop's interval and thresholds."""
     register: bool = True

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
-from miniflow.scheduler import metrics, relaunch
+from miniflow.scheduler import metrics, pod_results, relaunch
 from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.store import attempts as store_attempts
@@ -196,6 +196,10 @@ async def _record_exits(
                 )
         else:
             outcome = _by_exit_code(event, flight, task, now)
+            if task is not None and task.get("push_result"):
+                outcome = _with_result(
+                    outcome, event, flight, task, now, scheduler.settings.max_result_bytes
+                )
         if outcome is not None:
             outcomes[flight.ti_id] = outcome
     decided = await relaunch.relaunch_or_fail(
@@ -295,6 +299,35 @@ def _by_exit_code(
             error=skip_reason(event.exit_code),
         )
     return _failed(event, flight, task, now, "task failed")
+
+
+def _with_result(
+    outcome: store_tis.Outcome,
+    event: AttemptExited,
+    flight: InFlight,
+    task: SerializedTask,
+    now: datetime,
+    max_bytes: int,
+) -> store_tis.Outcome:
+    """A successful `push_result` Pod try's outcome carries its result (stored as a
+    `@task` result is); one whose termination message is no result fails, saying why."""
+    if outcome.state != states.SUCCESS:
+        return outcome
+    try:
+        value = pod_results.read_result(event.termination_message, max_bytes)
+    except pod_results.ResultError as exc:
+        return failure_outcome(
+            ti_id=flight.ti_id,
+            try_number=event.key.try_number,
+            max_tries=flight.max_tries,
+            task=task,
+            now=now,
+            exit_code=event.exit_code,
+            error=str(exc),
+        )
+    return store_tis.Outcome(
+        flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0, extra={"result": value}
+    )
 
 
 def skip_reason(exit_code: int | None) -> str:

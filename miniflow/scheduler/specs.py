@@ -54,4 +54,5 @@ def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) 
         timeout=task["timeout"],
         pod=pod,
         annotations={"miniflow/logical-date": run.logical_date.isoformat()},
+        push_result=bool(task.get("push_result", False)),
     )

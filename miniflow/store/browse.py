@@ -140,6 +140,7 @@ class TaskInstanceView:
     exit_code: int | None
     reason: str | None
     handle: str | None
+    next_poke_at: datetime | None = None  # a sensor waiting as up_for_reschedule: its next poke
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +408,7 @@ def task_instance_view(row: TaskInstance) -> TaskInstanceView:
         exit_code=row.exit_code,
         reason=_last_line(row.error),
         handle=row.handle,
+        next_poke_at=row.next_retry_at if row.state == states.UP_FOR_RESCHEDULE else None,
     )
 
 

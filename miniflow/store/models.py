@@ -144,7 +144,10 @@ class TaskInstance(Base):
     launch_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     priority: Mapped[int] = mapped_column(Integer, default=1)
     pool: Mapped[str | None] = mapped_column(String(250))
+    # up_for_retry: when the next try is due; up_for_reschedule: when the next poke is
     next_retry_at: Mapped[datetime | None]
+    # A sensor's first poke of its current try chain: its `timeout` counts from here
+    first_poke_at: Mapped[datetime | None]
     queued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]

@@ -302,11 +302,11 @@ MARKED_FAILED = "marked failed"
 async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: datetime) -> bool:
     """A user's "mark failed" (the web's button, its API, `miniflow runs mark-failed`): the
     unfinished run ends failed, its tasks that have not started (none, scheduled, up for
-    retry) are skipped, and its queued and running tries are failed with no retry, as
-    Airflow does. A failed try is stopped: its worker's next heartbeat finds it fenced out
-    and stops the task, and the sanity loop of the scheduler that owns it kills what is
-    still running (a process or pod without a worker). False if the run had already
-    finished."""
+    retry, a sensor between pokes) are skipped, and its queued and running tries are
+    failed with no retry, as Airflow does. A failed try is stopped: its worker's next
+    heartbeat finds it fenced out and stops the task, and the sanity loop of the
+    scheduler that owns it kills what is still running (a process or pod without a
+    worker). False if the run had already finished."""
     run = await get_run(session, dag_id, run_id)
     if run.state in states.RUN_FINISHED:
         return False
@@ -317,7 +317,13 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
             select(TaskInstance.id, TaskInstance.state, TaskInstance.try_number).where(
                 TaskInstance.run_pk == run.pk,
                 TaskInstance.state.in_(
-                    [states.SCHEDULED, states.UP_FOR_RETRY, states.QUEUED, states.RUNNING]
+                    [
+                        states.SCHEDULED,
+                        states.UP_FOR_RETRY,
+                        states.UP_FOR_RESCHEDULE,
+                        states.QUEUED,
+                        states.RUNNING,
+                    ]
                 ),
             )
         )
@@ -335,7 +341,8 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
         states={i: states.FAILED for i in stopped},
     )
     waiting = [(i, s) for i, s, _ in rows if s not in states.ACTIVE]
-    # scheduled / up_for_retry may only go back to none (a clear); from there, skipped
+    # scheduled / up_for_retry / up_for_reschedule may only go back to none (a clear);
+    # from there, skipped
     await store_tis.set_states(session, [(i, s, states.NONE) for i, s in waiting], now)
     none = (
         await session.execute(

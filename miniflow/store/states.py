@@ -11,6 +11,9 @@ FAILED = "failed"
 UP_FOR_RETRY = "up_for_retry"
 UPSTREAM_FAILED = "upstream_failed"
 SKIPPED = "skipped"
+# A sensor between pokes (`@task.sensor(mode="reschedule")`): no process, no slot; due again
+# at `next_retry_at`.
+UP_FOR_RESCHEDULE = "up_for_reschedule"
 
 FINISHED = frozenset({SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED})
 ACTIVE = frozenset({QUEUED, RUNNING})  # holding a parallelism slot

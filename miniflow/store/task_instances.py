@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select,
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import states, transitions, wakeup
-from miniflow.store.models import DagRun, TaskInstance, UTCDateTime
+from miniflow.store.models import DagRun, TaskAttempt, TaskInstance, UTCDateTime
 
 TI = TaskInstance
 T = TypeVar("T")
@@ -168,12 +168,43 @@ async def set_states(
 
 
 async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]:
-    """up_for_retry → scheduled once the back-off has passed; returns touched run pks."""
-    transitions.check((states.UP_FOR_RETRY,), states.SCHEDULED)
+    """up_for_retry → scheduled once the back-off has passed, and up_for_reschedule →
+    scheduled once a sensor's next poke is due; returns touched run pks."""
+    transitions.check((states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE), states.SCHEDULED)
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
         .where(TI.state == states.UP_FOR_RETRY, TI.next_retry_at <= now)
+        # a retry starts the sensor's timeout afresh
+        .values(state=states.SCHEDULED, launch_attempts=0, first_poke_at=None)
+        .returning(TI.run_pk)
+    )
+    pks = {row[0] for row in result.all()}
+    return sorted(pks | set(await promote_due_pokes(session, now)))
+
+
+async def promote_due_pokes(session: AsyncSession, now: datetime) -> list[int]:
+    """up_for_reschedule → scheduled for sensors whose next poke is due; run pks.
+
+    Only once the last poke's attempt is closed: its exit is recorded and its process
+    or pod acknowledged. A scheduler that died between the worker's "reschedule at T"
+    and the exit leaves that attempt open; whoever adopts it records the exit first,
+    so the next poke is launched once, after the last one is accounted for.
+    """
+    transitions.check((states.UP_FOR_RESCHEDULE,), states.SCHEDULED)
+    open_attempt = (
+        select(TaskAttempt.id)
+        .where(
+            TaskAttempt.ti_id == TI.id,
+            TaskAttempt.try_number == TI.try_number,
+            TaskAttempt.ended_at.is_(None),
+        )
+        .exists()
+    )
+    result = await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(TI.state == states.UP_FOR_RESCHEDULE, TI.next_retry_at <= now, ~open_attempt)
         .values(state=states.SCHEDULED, launch_attempts=0)
         .returning(TI.run_pk)
     )
@@ -181,9 +212,10 @@ async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]
 
 
 async def next_retry_due(session: AsyncSession) -> datetime | None:
-    """When the next retry, or the next relaunch after its back-off, is due."""
+    """When the next retry, the next poke of a sensor, or the next relaunch after its
+    back-off is due."""
     query = select(func.min(TI.next_retry_at)).where(
-        TI.state.in_([states.UP_FOR_RETRY, states.SCHEDULED])
+        TI.state.in_([states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE, states.SCHEDULED])
     )
     return (await session.execute(query)).scalar_one_or_none()
 
@@ -279,9 +311,7 @@ async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) 
         .where(TI.id.in_(list(ids)), TI.state == states.SCHEDULED)
         .values(
             state=states.QUEUED,
-            try_number=case(
-                (TI.launch_attempts > 0, TI.try_number), else_=TI.try_number + 1
-            ),
+            try_number=case((TI.launch_attempts > 0, TI.try_number), else_=TI.try_number + 1),
             queued_at=now,
             started_at=None,
             ended_at=None,
@@ -460,6 +490,7 @@ async def clear(
                 max_tries=row.try_number + retries.get(row.task_id, 0),
                 launch_attempts=0,
                 next_retry_at=None,
+                first_poke_at=None,
                 ended_at=None,
             )
         )
@@ -525,6 +556,46 @@ async def heartbeat(session: AsyncSession, ti_id: int, try_number: int, now: dat
         .values(heartbeat_at=now)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def start_poking(
+    session: AsyncSession, ti_id: int, try_number: int, now: datetime
+) -> datetime:
+    """A sensor's first poke of its try chain: set once (to `now`), then kept across its
+    rescheduled tries; returns it. Its `timeout` counts from here."""
+    result = await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(TI.id == ti_id, TI.try_number == try_number)
+        .values(first_poke_at=func.coalesce(TI.first_poke_at, now))
+        .returning(TI.first_poke_at)
+    )
+    first = result.scalar_one_or_none()
+    return now if first is None else first
+
+
+async def reschedule(
+    session: AsyncSession, ti_id: int, try_number: int, poke_at: datetime, now: datetime
+) -> bool:
+    """running → up_for_reschedule: the sensor's try ends and its next poke is due at
+    `poke_at`. The next try is a poke, not a retry: `max_tries` grows by one so the
+    task's retries are left whole. False if this try is no longer the running one."""
+    transitions.check((states.RUNNING,), states.UP_FOR_RESCHEDULE)
+    result = await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(TI.id == ti_id, TI.try_number == try_number, TI.state == states.RUNNING)
+        .values(
+            state=states.UP_FOR_RESCHEDULE,
+            next_retry_at=poke_at,
+            max_tries=TI.max_tries + 1,
+            ended_at=now,
+            exit_code=0,
+            error=None,
+        )
+        .returning(TI.id)
+    )
+    return result.scalar_one_or_none() is not None
 
 
 async def upstream_results(

@@ -34,6 +34,7 @@ from miniflow.store.states import (
     SCHEDULED,
     SKIPPED,
     SUCCESS,
+    UP_FOR_RESCHEDULE,
     UP_FOR_RETRY,
     UPSTREAM_FAILED,
 )
@@ -57,9 +58,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     # `running → scheduled`: a relaunch of a worker try whose worker never claimed it
     # (the process ran, the user's code never did: e.g. the database was unreachable)
     # `running → skipped`: the task skipped itself (`SkipTask`)
-    RUNNING: frozenset({RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED, SKIPPED}),
+    # `running → up_for_reschedule`: a sensor's poke found nothing; it gives its slot back
+    RUNNING: frozenset(
+        {RUNNING, SUCCESS, FAILED, UP_FOR_RETRY, SCHEDULED, SKIPPED, UP_FOR_RESCHEDULE}
+    ),
     # the back-off passed; or a user cleared it
     UP_FOR_RETRY: frozenset({SCHEDULED, NONE}),
+    # the next poke is due (a new try, not a retry); or a user cleared it
+    UP_FOR_RESCHEDULE: frozenset({SCHEDULED, NONE}),
     SUCCESS: frozenset({NONE}),
     FAILED: frozenset({NONE}),
     UPSTREAM_FAILED: frozenset({NONE}),

@@ -27,6 +27,7 @@ FILL = {
     "success": "green",
     "failed": "red",
     "up_for_retry": "gold",
+    "up_for_reschedule": "turquoise",
     "upstream_failed": "orange",
     "skipped": "hotpink",
 }

@@ -35,7 +35,9 @@ HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 
-LIVE_TASK_STATES = frozenset({states.SCHEDULED, states.QUEUED, states.RUNNING, states.UP_FOR_RETRY})
+LIVE_TASK_STATES = frozenset(
+    {states.SCHEDULED, states.QUEUED, states.RUNNING, states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE}
+)
 GRID_RUNS = 25
 
 

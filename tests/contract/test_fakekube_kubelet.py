@@ -309,3 +309,46 @@ def live_in_group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             pids.append(int(entry))
     return pids
+
+
+# --- the termination message ------------------------------------------------------------------
+
+
+async def test_termination_message_is_what_the_container_wrote(v1: client.CoreV1Api) -> None:
+    script = 'printf \'{"rows": 3}\' > /dev/termination-log; echo logged'
+    await v1.create_namespaced_pod(NS, pod("msg", ["sh", "-c", script]))
+    final = await wait_pod(v1, "msg", done)
+    term = terminated(final)
+    assert term is not None and term["message"] == '{"rows": 3}'
+    container = final["spec"]["containers"][0]  # the API server's defaults
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "File"
+    assert await v1.read_namespaced_pod_log("msg", NS) == "logged\n"
+
+
+async def test_termination_message_honours_a_custom_path_and_the_4096_byte_cap(
+    v1: client.CoreV1Api,
+) -> None:
+    script = "head -c 5000 /dev/zero | tr '\\0' x > /tmp/done-msg"
+    spec = pod("big", ["sh", "-c", script], container={"terminationMessagePath": "/tmp/done-msg"})
+    await v1.create_namespaced_pod(NS, spec)
+    term = terminated(await wait_pod(v1, "big", done))
+    assert term is not None and term["message"] == "x" * 4096
+
+
+async def test_no_termination_message_unless_written_and_fallback_to_logs(
+    v1: client.CoreV1Api,
+) -> None:
+    await v1.create_namespaced_pod(NS, pod("quiet", ["sh", "-c", "echo hi"]))
+    await v1.create_namespaced_pod(
+        NS,
+        pod(
+            "fallback",
+            ["sh", "-c", "echo first; echo last words; exit 2"],
+            container={"terminationMessagePolicy": "FallbackToLogsOnError"},
+        ),
+    )
+    quiet = terminated(await wait_pod(v1, "quiet", done))
+    fallback = terminated(await wait_pod(v1, "fallback", done))
+    assert quiet is not None and "message" not in quiet
+    assert fallback is not None and fallback["message"] == "first\nlast words"

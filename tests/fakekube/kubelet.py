@@ -8,7 +8,16 @@ and ``envFrom``, a missing secret holding the pod in
 ``CreateContainerConfigError``, stdout+stderr captured as the log, exit codes
 (signal N -> 128+N), graceful deletion (SIGTERM to the process group, SIGKILL
 after the grace period), ``activeDeadlineSeconds`` (SIGTERM, then SIGKILL after
-``terminationGracePeriodSeconds``) and the fault switches.
+``terminationGracePeriodSeconds``), the termination message and the fault switches.
+
+The termination message: a real kubelet bind-mounts a fresh empty file at the
+container's ``terminationMessagePath``; with no mount namespace here, the path is
+a per-pod host file and every occurrence of ``terminationMessagePath`` in the
+command and args is rewritten to it (what a shell command writes there lands in
+the file). When the container ends, up to 4096 bytes of the file become
+``state.terminated.message`` (the kubelet's cap); with ``FallbackToLogsOnError``
+an empty file of a failed container is replaced by the log's last 80 lines (at
+most 2048 bytes), as the kubelet does.
 Every status change is a real store write.  Deliberately does not fake: images
 (commands run on the host), restartPolicy restarts, init/sidecar containers,
 probes, resources/OOM accounting, volumes, or a deadline while still Pending.
@@ -21,6 +30,7 @@ import contextlib
 import os
 import re
 import signal
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +38,9 @@ from typing import Any
 from . import podstatus
 from .faults import Faults
 from .store import Event, Key, Obj, Store
+
+MAX_MESSAGE_BYTES = 4096  # the kubelet's cap on one container's termination message
+FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # FallbackToLogsOnError: the log's tail
 
 
 class LogBuffer:
@@ -69,6 +82,8 @@ class PodRun:
     kill_message: str | None = None
     term_sent: bool = False
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    message_file: str | None = None  # the host file standing for terminationMessagePath
+    message_policy: str = "File"
 
     @property
     def alive(self) -> bool:
@@ -228,6 +243,9 @@ class Kubelet:
         finally:
             for t in run.timers:
                 t.cancel()
+            if run.message_file is not None:  # the container never finished
+                with contextlib.suppress(OSError):
+                    os.unlink(run.message_file)
             run.log.close()
             run.done.set()
             self._live.discard(run)
@@ -270,6 +288,8 @@ class Kubelet:
                 if (pod := self._pod(run)) is None:
                     return
         argv = self._argv(pod, env)
+        if argv is not None:
+            argv = self._mount_termination_message(run, pod, argv)
         if argv is None:
             self._cannot_run(run, "no command specified and the image has no entrypoint")
             return
@@ -319,8 +339,34 @@ class Kubelet:
             run.kill_message = "Pod was active on the node longer than the specified deadline"
             self._terminate(run, grace)
 
+    def _mount_termination_message(self, run: PodRun, pod: Obj, argv: list[str]) -> list[str]:
+        container = pod["spec"]["containers"][0]
+        path = container.get("terminationMessagePath") or "/dev/termination-log"
+        run.message_policy = container.get("terminationMessagePolicy") or "File"
+        fd, run.message_file = tempfile.mkstemp(prefix="fakekube-termination-")
+        os.close(fd)
+        return [a.replace(path, run.message_file) for a in argv]
+
+    def _termination_message(self, run: PodRun, code: int) -> str | None:
+        if run.message_file is None:
+            return None
+        try:
+            with open(run.message_file, "rb") as f:
+                data = f.read(MAX_MESSAGE_BYTES)
+        except OSError:
+            data = b""
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(run.message_file)
+            run.message_file = None
+        if not data and code != 0 and run.message_policy == "FallbackToLogsOnError":
+            tail = b"\n".join(bytes(run.log.data).splitlines()[-FALLBACK_LINES:])
+            data = tail[-FALLBACK_BYTES:]
+        return data.decode(errors="replace") or None
+
     def _finish(self, run: PodRun, rc: int, cid: str) -> None:
         code = rc if rc >= 0 else 128 - rc
+        message = self._termination_message(run, code)
         reason = "Completed" if code == 0 else "Error"
         pod_reason = pod_message = None
         if run.kill_reason == "OOMKilled":
@@ -336,6 +382,7 @@ class Kubelet:
                 reason,
                 phase=phase,
                 cid=cid,
+                message=message,
                 pod_reason=pod_reason,
                 pod_message=pod_message,
             ),
