@@ -99,6 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--run-id", required=True)
     run.add_argument("--task-id", required=True)
     run.add_argument("--try", dest="try_number", type=int, required=True, metavar="N")
+    run.add_argument("--map-index", dest="map_index", type=int, default=-1, metavar="I")
     return parser.parse_args(argv)
 
 
@@ -126,8 +127,10 @@ class Worker:
         self.run_id: str = args.run_id
         self.task_id: str = args.task_id
         self.try_number: int = args.try_number
+        self.map_index: int = args.map_index
         self.config = config
-        self.key = f"{self.dag_id}/{self.run_id}/{self.task_id}"
+        mapped = f"[{self.map_index}]" if self.map_index >= 0 else ""
+        self.key = f"{self.dag_id}/{self.run_id}/{self.task_id}{mapped}"
 
     async def main(self) -> int:
         self.signalled = self._install_signal_handlers()
@@ -162,6 +165,7 @@ class Worker:
                         run_id=self.run_id,
                         task_id=self.task_id,
                         try_number=self.try_number,
+                        map_index=self.map_index,
                     )
                 except SQLAlchemyError as exc:
                     raise DatabaseUnavailable(
@@ -290,6 +294,7 @@ class Worker:
             args, kwargs = execute.resolve_arguments(task, claim.upstream)
         except execute.TaskFailure as exc:
             return f"task {self.task_id!r}: {exc}"
+        kwargs.update(claim.map_args or {})  # a mapped instance's own arguments
         os.environ.update(rendered.env)
         return execute.PythonExecution(
             self.task_id,

@@ -30,7 +30,7 @@ class TaskInstanceInfo:
     run_id: str
     task_id: str
     try_number: int
-    map_index: int = -1  # no dynamic mapping yet: every task is unmapped
+    map_index: int = -1  # >= 0: a mapped instance
 
 
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -64,6 +64,7 @@ def bound(context: dict[str, Any]) -> Iterator[None]:
         run_id=context["run_id"],
         task_id=context["task_id"],
         try_number=context["try_number"],
+        map_index=context.get("map_index", -1),
     )
     token = _current.set({**context, "ti": ti, "task_instance": ti})
     try:

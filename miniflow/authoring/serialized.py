@@ -17,7 +17,9 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, get_args
 
 from miniflow.errors import SerializedFormatError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# 3: mapped tasks (`expand`, `max_active_mapped`) and Bash `push_result`; a reader of format
+# 2 would run a mapped task once, unexpanded, so it must refuse these DAGs.
 # 2: the `empty` task kind, `python_mode` (branch / short_circuit) of Python tasks and the
 # trigger rules added with them; a reader of format 1 would launch an `empty` task or
 # ignore a branch, so it must refuse these DAGs.
@@ -68,6 +70,19 @@ class ArgRef(TypedDict):
     value: NotRequired[Any]  # literal JSON value
 
 
+class Expansion(TypedDict):
+    """How a mapped task expands into mapped instances (see `miniflow.authoring.mapping`).
+
+    "product": one instance per combination of the lists in `args` (name → a literal list
+    or an upstream result that is a list), like Airflow's `.expand`; "kwargs": one instance
+    per dict of the list `source` (`.expand_kwargs`).
+    """
+
+    mode: Literal["product", "kwargs"]
+    args: NotRequired[dict[str, ArgRef]]
+    source: NotRequired[ArgRef]
+
+
 class SerializedTask(TypedDict):
     task_id: str
     kind: TaskKind
@@ -99,6 +114,10 @@ class SerializedTask(TypedDict):
     # short_circuit only: True skips every task downstream whatever its trigger rule;
     # False skips the direct downstream tasks and lets trigger rules decide the rest.
     ignore_downstream_trigger_rules: NotRequired[bool]
+    # a mapped task: expanded at run time into one task instance per map_index
+    expand: NotRequired[Expansion]
+    max_active_mapped: NotRequired[int]  # mapped instances of it queued/running at once
+    push_result: NotRequired[bool]  # bash: the last line of stdout is the task's result
 
 
 class SerializedDag(TypedDict):

@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from miniflow.authoring import dag as dag_mod
 from miniflow.authoring.dag import DAG, check_id, check_json, definition_error, user_location
-from miniflow.authoring.serialized import TRIGGER_RULES, PodSettings, SerializedTask, TaskKind
+from miniflow.authoring.serialized import (
+    TRIGGER_RULES,
+    Expansion,
+    PodSettings,
+    SerializedTask,
+    TaskKind,
+)
 
 if TYPE_CHECKING:
+    from miniflow.authoring.mapped import PartialTask
     from miniflow.authoring.taskgroup import TaskGroup
 
 _IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -77,6 +84,12 @@ def _trigger_rule(value: Any) -> str:
     if value not in TRIGGER_RULES:
         raise _Invalid(f"unknown trigger rule {value!r}; valid rules: {', '.join(TRIGGER_RULES)}")
     return str(value)
+
+
+def _optional_positive_int(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _Invalid(f"must be an integer >= 1 or None, got {value!r}")
+    return value
 
 
 def _optional_str(value: Any) -> str | None:
@@ -136,6 +149,9 @@ _TASK_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "pool": (_optional_str, None),
     "priority": (_int, 1),
     "env": (_str_dict, {}),
+    # a mapped task: at most this many of its mapped instances queued or running at once
+    # (across the DAG's runs, like Airflow's max_active_tis_per_dag)
+    "max_active_mapped": (_optional_positive_int, None),
 }
 # Settings that go into the `pod` dict (keys of `PodSettings`).
 _POD_SETTINGS: dict[str, Callable[[Any], Any]] = {
@@ -317,6 +333,7 @@ class BaseTask(DependencyMixin):
         self.upstream_ids: set[str] = set()
         self.downstream_ids: set[str] = set()
         self.group_defaults: dict[str, Any] = groups[-1].task_defaults if groups else {}
+        self.expansion: Expansion | None = None  # set by `.expand` / `.expand_kwargs`
         owner.add_task(self)
         for group in groups:  # nested groups: a task belongs to each enclosing one
             group.members.append(self)
@@ -326,6 +343,19 @@ class BaseTask(DependencyMixin):
 
     def dependency_task(self) -> BaseTask:
         return self
+
+    @classmethod
+    def partial(cls, task_id: str, **fixed: Any) -> PartialTask:
+        """A mapped task in the making: `Bash.partial("t", env=...).expand(command=[...])`.
+
+        `fixed` is what every mapped instance shares (any argument of the task); see
+        `miniflow.authoring.mapped.PartialTask`.
+        """
+        from miniflow.authoring.mapped import PartialTask
+
+        if cls.kind not in ("bash", "pod"):
+            raise definition_error(f"{cls.__name__} tasks cannot be mapped")
+        return PartialTask(cls, task_id, fixed)
 
     def effective_settings(self) -> dict[str, Any]:
         """Settings after inheritance: built-in default < DAG default < task group default
@@ -361,8 +391,17 @@ class BaseTask(DependencyMixin):
             "pool": settings["pool"],
             "priority": settings["priority"],
             "env": dict(settings["env"]),
-            "pod": PodSettings(**pod),  # type: ignore[typeddict-item]
+            "pod": PodSettings(**pod),
+            **self._serialize_mapping(settings),  # type: ignore[typeddict-item]
         }
+
+    def _serialize_mapping(self, settings: dict[str, Any]) -> dict[str, Any]:
+        if self.expansion is None:
+            return {}
+        out: dict[str, Any] = {"expand": json.loads(json.dumps(self.expansion))}
+        if settings.get("max_active_mapped") is not None:
+            out["max_active_mapped"] = settings["max_active_mapped"]
+        return out
 
     def serialize(self) -> SerializedTask:
         """This task's part of the serialized DAG."""
@@ -380,8 +419,14 @@ class Bash(BaseTask):
         command: str | None = None,
         env: dict[str, str] | None = None,
         skip_on_exit_code: int | Sequence[int] | None = None,
+        push_result: bool = False,
         **settings: Any,
     ) -> None:
+        if not isinstance(push_result, bool):
+            raise definition_error(
+                f"task {task_id!r}: push_result must be True or False, got {push_result!r}"
+            )
+        self.push_result = push_result
         if command is None:  # `bash_command=` from Airflow: say so before "no command"
             validate_settings(settings, f"task {task_id!r}")
         if not isinstance(command, str) or not command.strip():
@@ -398,6 +443,8 @@ class Bash(BaseTask):
         data["command"] = self.command
         if self.skip_on_exit_code:
             data["skip_on_exit_code"] = list(self.skip_on_exit_code)
+        if self.push_result:
+            data["push_result"] = True
         return data
 
 

@@ -36,8 +36,9 @@ def build_context(
     data_interval_start: datetime,
     data_interval_end: datetime,
     params: dict[str, Any],
+    map_index: int = -1,
 ) -> dict[str, Any]:
-    """The variables available to templates.
+    """The variables available to templates (`map_index`: -1 unless a mapped instance).
 
     `ds`, `ds_nodash`, `ts` and `ts_nodash` are formatted in the timezone of
     `logical_date` as given (the scheduler passes UTC).
@@ -54,6 +55,7 @@ def build_context(
         "dag_id": dag_id,
         "task_id": task_id,
         "try_number": try_number,
+        "map_index": map_index,
         "params": params,
     }
 

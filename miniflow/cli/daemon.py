@@ -69,6 +69,7 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         parallelism=config.parallelism,
         parse_interval=config.parse_interval,
         max_launch_attempts=config.max_launch_attempts,
+        max_map_length=config.max_map_length,
         sanity=sanity,
         reparse_interval=config.reparse_interval,
         instance_heartbeat=config.scheduler_heartbeat,

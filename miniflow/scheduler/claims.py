@@ -29,6 +29,7 @@ from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.specs import build_spec
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
+from miniflow.store import mapping as store_mapping
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import states
@@ -61,15 +62,15 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
                 now=now,
                 skip_dags=limits.full_dags,
                 skip_pools=limits.full_pools,
-                skip_ids=[c.id for c in chosen],
+                skip_ids=[c.id for c in chosen] + limits.held_ids,
             )
             if scheduler.only_run_pk is not None:
                 candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
             if not candidates:
                 break
-            cached.update(
-                await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates})
-            )
+            cached.update(await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates}))
+            if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
+                limits.mapped_used = await store_mapping.active_mapped(session)
             newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
             if len(chosen) >= free or not newly_full:
                 break  # full, or nothing was held back by a limit: no one else is waiting
@@ -79,7 +80,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         chosen = [c for c in chosen if c.id in claimed]
         await store_attempts.open_attempts(
             session,
-            [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id]) for c in chosen],
+            [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index) for c in chosen],
             launcher=scheduler.launcher.name,
             scheduler_id=scheduler.scheduler_id,
             now=now,
@@ -93,13 +94,22 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
     for c in chosen:
         entry = cached[c.run_pk]
         task = entry.dag["tasks"].get(c.task_id)
-        key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id])
+        key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index)
         scheduler.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
         if task is None:
             failures.append(_LaunchFailure(c, claimed[c.id], "task is no longer defined"))
             continue
         try:
-            specs.append(build_spec(entry.dag, run_infos[c.run_pk], c.task_id, claimed[c.id]))
+            specs.append(
+                build_spec(
+                    entry.dag,
+                    run_infos[c.run_pk],
+                    c.task_id,
+                    claimed[c.id],
+                    map_index=c.map_index,
+                    map_args=c.map_args,
+                )
+            )
         except TemplateError as exc:
             failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
     results = await scheduler.launcher.launch(specs) if specs else []
@@ -189,7 +199,9 @@ async def fail_before_start(
         )
     for f in failures:
         c = f.candidate
-        scheduler.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number), None)
+        scheduler.inflight.pop(
+            AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number, c.map_index), None
+        )
         scheduler.mark_dirty(c.run_pk)
         log.warning(
             "%s/%s/%s try %d did not start: %s",
@@ -226,6 +238,7 @@ def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:
         key.try_number,
         0,
         None,
+        key.map_index,
     )
 
 
@@ -242,6 +255,11 @@ class _Limits:
     slots: dict[str, int]
     full_dags: set[str] = field(default_factory=set)
     full_pools: set[str] = field(default_factory=set)
+    # (dag_id, task_id) → its mapped instances queued or running (read once a candidate is
+    # a mapped instance), for `max_active_mapped`; ids held back by it, left out of the
+    # next candidate window
+    mapped_used: dict[tuple[str, str], int] | None = None
+    held_ids: list[int] = field(default_factory=list)
 
     def pick(
         self,
@@ -261,6 +279,14 @@ class _Limits:
             entry = cached.get(c.run_pk)
             if entry is None:
                 continue
+            task = entry.dag["tasks"].get(c.task_id)
+            cap = task.get("max_active_mapped") if task is not None else None
+            mapped_key = (c.dag_id, c.task_id)
+            if c.map_index >= 0 and cap is not None and self.mapped_used is not None:
+                if self.mapped_used.get(mapped_key, 0) >= cap:
+                    self.held_ids.append(c.id)
+                    held_back = True
+                    continue
             if self.dag_used.get(c.dag_id, 0) >= entry.dag["max_active_tasks"]:
                 held_back |= c.dag_id not in self.full_dags
                 self.full_dags.add(c.dag_id)
@@ -272,6 +298,8 @@ class _Limits:
                 self.full_pools.add(c.pool)
                 continue
             self.dag_used[c.dag_id] = self.dag_used.get(c.dag_id, 0) + 1
+            if c.map_index >= 0 and self.mapped_used is not None:
+                self.mapped_used[mapped_key] = self.mapped_used.get(mapped_key, 0) + 1
             if c.pool is not None:
                 self.pool_used[c.pool] = self.pool_used.get(c.pool, 0) + 1
             chosen.append(c)

@@ -107,11 +107,11 @@ async def _resolve_unknown(
     unknown = {e.key for e in batch if e.key not in scheduler.inflight}
     if not unknown:
         return
-    rows = await store_tis.find_keys(session, [(k.dag_id, k.run_id, k.task_id) for k in unknown])
+    rows = await store_tis.find_keys(session, [k.ti_key for k in unknown])
     exits = {e.key: e for e in batch if isinstance(e, AttemptExited) and e.key in unknown}
     stale: list[store_attempts.AttemptEnd] = []
     for key in unknown:
-        row = rows.get((key.dag_id, key.run_id, key.task_id))
+        row = rows.get(key.ti_key)
         if row is None:
             continue
         current = row.try_number == key.try_number

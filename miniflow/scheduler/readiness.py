@@ -101,14 +101,17 @@ def decide(rule: str, upstream_states: Sequence[str]) -> str | None:
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
-def settle(decision: str | None, kind: str) -> str | None:
-    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run.
+def settle(decision: str | None, kind: str, mapped: bool = False) -> str | None:
+    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run; a
+    mapped task that may run is `mapped` (the scheduler expands it in the same round).
 
-    Completing it here (not through a launch) is what makes it free, and its success
-    propagates further down in the same pass like any finished decision.
+    Completing an empty task here (not through a launch) is what makes it free, and its
+    success propagates further down in the same pass like any finished decision.
     """
     if decision == states.SCHEDULED and kind == "empty":
         return states.SUCCESS
+    if decision == states.SCHEDULED and mapped:
+        return states.MAPPED
     return decision
 
 
@@ -161,6 +164,7 @@ class Graph:
     rules: Mapping[str, str]
     leaves: frozenset[str]
     kinds: Mapping[str, str]
+    mapped: frozenset[str] = frozenset()  # mapped tasks (expanded when they may run)
 
 
 _GRAPHS: OrderedDict[tuple[str, str], Graph] = OrderedDict()
@@ -187,6 +191,7 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
         leaves=leaves,
         kinds={task_id: task["kind"] for task_id, task in tasks.items()},
+        mapped=frozenset(task_id for task_id, task in tasks.items() if "expand" in task),
     )
     _GRAPHS[key] = built
     while len(_GRAPHS) > MAX_GRAPHS:
@@ -219,6 +224,7 @@ def evaluate_run(
         decision = settle(
             decide(task["trigger_rule"], [view[u] for u in task["upstream"] if u in view]),
             task["kind"],
+            "expand" in task,
         )
         if decision is not None:
             changes[task_id] = decision

@@ -133,7 +133,9 @@ class RunView:
                 continue
             upstream = [self.states[u] for u in graph.upstream[task_id] if u in self.states]
             decision = readiness.settle(
-                readiness.decide(graph.rules[task_id], upstream), graph.kinds[task_id]
+                readiness.decide(graph.rules[task_id], upstream),
+                graph.kinds[task_id],
+                task_id in graph.mapped,
             )
             if decision is None:
                 continue

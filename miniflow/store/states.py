@@ -11,6 +11,9 @@ FAILED = "failed"
 UP_FOR_RETRY = "up_for_retry"
 UPSTREAM_FAILED = "upstream_failed"
 SKIPPED = "skipped"
+# A mapped task's own row (map_index -1) once it may run: its mapped instances (rows with
+# map_index 0..n-1) run instead; it ends with their combined outcome (`store.mapping`).
+MAPPED = "mapped"
 
 FINISHED = frozenset({SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED})
 ACTIVE = frozenset({QUEUED, RUNNING})  # holding a parallelism slot
