@@ -25,11 +25,14 @@ from miniflow_worker import execute
 from miniflow_worker.clock import now
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.authoring.templates import build_context
+from miniflow.authoring.xcom import ReadOnlyXCom, uses_xcom
 from miniflow.errors import NotFound
 from miniflow.store import runs, states, task_instances
+from miniflow.store import xcom as store_xcom
 from miniflow.store.engine import transaction
 
 from .branching import downstream_map  # relative, so mypy sees its type (see `runner`)
@@ -102,6 +105,11 @@ async def claim_try(
             params={**serialized["params"], **run.conf},
             map_index=map_index,
         )
+        if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
+            data = await store_xcom.load(session, dag_id, run_id)
+            claim.context["ti"] = claim.context["task_instance"] = TaskInstanceInfo(
+                dag_id, run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(data)
+            )
         if task["kind"] == "python":
             claim.upstream = await task_instances.upstream_results(
                 session, dag_id, run_id, execute.upstream_refs(task)

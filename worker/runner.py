@@ -59,6 +59,7 @@ from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
 
 from miniflow.authoring.templates import render_task_fields
+from miniflow.authoring.xcom import XComError, check_value, pushed_line
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
 from miniflow.store.engine import check_connection, create_engine, sessionmaker
@@ -75,6 +76,7 @@ from .outcome import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from .outcome import EXPECT_RUNNING as EXPECT_RUNNING
 from .outcome import RECORD_RETRY_DELAYS as RECORD_RETRY_DELAYS
 from .outcome import Recorder, db_reason
+from .xcom import WorkerXCom
 
 T = TypeVar("T")
 
@@ -248,6 +250,18 @@ class Worker:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}
             )
+            if isinstance(execution, execute.BashExecution) and claim.task is not None:
+                if claim.task.get("push_result"):
+                    try:
+                        extra = {
+                            "result": check_value(
+                                pushed_line(execution.last_line),
+                                self.config.max_result_bytes,
+                                f"task {self.task_id!r}: result",
+                            )
+                        }
+                    except XComError as exc:
+                        return await self.recorder.fail(str(exc), exit_code=None)
             skip: list[str] = []
             if claim.task is not None and claim.task.get("python_mode"):
                 try:
@@ -303,6 +317,15 @@ class Worker:
             kwargs,
             max_result_bytes=self.config.max_result_bytes,
             context=claim.context,
+            xcom=WorkerXCom(
+                self.factory,
+                self.config.database_url,
+                ti_id=claim.ti_id,
+                dag_id=self.dag_id,
+                run_id=self.run_id,
+                task_id=self.task_id,
+                max_bytes=self.config.max_result_bytes,
+            ),
         )
 
     async def _race(

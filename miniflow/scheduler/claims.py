@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.mapping import apply_map_args
+from miniflow.authoring.xcom import XComData, uses_xcom
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
@@ -34,6 +36,7 @@ from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store import xcom as store_xcom
 
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler
@@ -89,6 +92,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             r.pk: r
             for r in await store_runs.running_runs(session, list({c.run_pk for c in chosen}))
         }
+        xcoms = await _xcom_for_templates(session, chosen, cached, run_infos)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
@@ -108,6 +112,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
                     claimed[c.id],
                     map_index=c.map_index,
                     map_args=c.map_args,
+                    xcom=xcoms.get(c.run_pk),
                 )
             )
         except TemplateError as exc:
@@ -137,6 +142,25 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             await fail_before_start(scheduler, session, failures, stats)
     if failures:
         stats.changed += len(failures)
+
+
+async def _xcom_for_templates(
+    session: AsyncSession,
+    chosen: Sequence[store_tis.Candidate],
+    cached: Mapping[int, CachedDag],
+    runs: Mapping[int, store_runs.RunInfo],
+) -> dict[int, XComData]:
+    """The XCom of the runs whose chosen tasks' templates pull it (read once per run)."""
+    wanted: set[int] = set()
+    for c in chosen:
+        task = cached[c.run_pk].dag["tasks"].get(c.task_id)
+        if task is not None and uses_xcom(apply_map_args(task, c.map_args)):
+            wanted.add(c.run_pk)
+    return {
+        pk: await store_xcom.load(session, runs[pk].dag_id, runs[pk].run_id)
+        for pk in wanted
+        if pk in runs
+    }
 
 
 async def fail_before_start(

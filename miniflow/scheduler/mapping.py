@@ -71,6 +71,7 @@ async def expand(
                 ended.append(_row(task, states.SKIPPED))
             continue
         await store_mapping.add_instances(session, task, items)
+        await store_mapping.mark_expanded(session, task.id, len(items))
         created += len(items)
         log.info(
             "%s/%s: %s expanded into %d mapped instances",

@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from miniflow.authoring import templates
+from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import PodSettings, SerializedDag
+from miniflow.authoring.xcom import ReadOnlyXCom, XComData
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.store.runs import RunInfo
 
@@ -32,6 +34,7 @@ def build_spec(
     *,
     map_index: int = -1,
     map_args: dict[str, Any] | None = None,
+    xcom: XComData | None = None,
 ) -> TaskSpec:
     """The spec of one try, from the run's version `dag`; of a mapped instance: with its
     own fields (`map_args`) and `map_index` in the templates' context.
@@ -49,6 +52,10 @@ def build_spec(
         data_interval_end=run.data_interval_end,
         params=run_params(dag, run.conf),
         map_index=map_index,
+    )
+    # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
+    context["ti"] = context["task_instance"] = TaskInstanceInfo(
+        dag["dag_id"], run.run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(xcom)
     )
     rendered = templates.render_task_fields(task, context)
     pod: PodSettings = PodSettings(**task["pod"])

@@ -254,11 +254,16 @@ async def open_by_scheduler(session: AsyncSession) -> dict[str | None, int]:
 
 
 async def for_task(
-    session: AsyncSession, dag_id: str, run_id: str, task_id: str
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str, map_index: int = -1
 ) -> list[TaskAttempt]:
     query = (
         select(TA)
-        .where(TA.dag_id == dag_id, TA.run_id == run_id, TA.task_id == task_id)
+        .where(
+            TA.dag_id == dag_id,
+            TA.run_id == run_id,
+            TA.task_id == task_id,
+            TA.map_index == map_index,
+        )
         .order_by(TA.try_number)
     )
     return list((await session.execute(query)).scalars())

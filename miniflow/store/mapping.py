@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, exists, func, select, update
+from sqlalchemy import Table, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -47,8 +47,11 @@ class Unexpanded:
 
 async def unexpanded(session: AsyncSession, run_pks: Iterable[int] | None) -> list[Unexpanded]:
     """Mapped tasks of running runs (of `run_pks`, if given) waiting for their expansion;
-    locked on PostgreSQL so two schedulers never expand the same one at once."""
-    child = aliased(TI)
+    locked on PostgreSQL so two schedulers never expand the same one at once.
+
+    A task's own row records its expansion (`map_args = {"length": n}`, `mark_expanded`)
+    only once all its instances exist: one left half-expanded is found again here.
+    """
     query = (
         select(
             TI.id,
@@ -66,9 +69,7 @@ async def unexpanded(session: AsyncSession, run_pks: Iterable[int] | None) -> li
             TI.state == states.MAPPED,
             TI.map_index == -1,
             DagRun.state == states.RUN_RUNNING,
-            ~exists().where(
-                and_(child.run_pk == TI.run_pk, child.task_id == TI.task_id, child.map_index >= 0)
-            ),
+            TI.map_args.is_(None),
         )
         .order_by(TI.id)
         .with_for_update(of=TI, skip_locked=True)
@@ -109,6 +110,16 @@ async def add_instances(
             ),
             list(chunk),
         )
+
+
+async def mark_expanded(session: AsyncSession, ti_id: int, length: int) -> None:
+    """Every mapped instance of the task `ti_id` exists (see `unexpanded`)."""
+    await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(TI.id == ti_id, TI.map_index == -1)
+        .values(map_args={"length": length})
+    )
 
 
 async def end_task(

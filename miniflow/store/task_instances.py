@@ -26,6 +26,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    null,
     or_,
     select,
     tuple_,
@@ -417,20 +418,22 @@ async def fetch(session: AsyncSession, ids: Sequence[int]) -> dict[int, TaskInst
 
 
 async def find_keys(
-    session: AsyncSession, keys: Sequence[tuple[str, str, str, int]]
-) -> dict[tuple[str, str, str, int], TaskInstance]:
-    """Task instances by (dag_id, run_id, task_id, map_index)."""
+    session: AsyncSession, keys: Sequence[tuple[str, str, str, int] | tuple[str, str, str]]
+) -> dict[tuple[str, str, str, int] | tuple[str, str, str], TaskInstance]:
+    """Task instances by (dag_id, run_id, task_id, map_index), keyed as asked: a key of
+    three names the task's own row (map_index -1)."""
     if not keys:
         return {}
+    full = {(k if len(k) == 4 else (*k, -1)): k for k in keys}
     query = (
         select(TI)
-        .where(tuple_(TI.dag_id, TI.run_id, TI.task_id, TI.map_index).in_(list(keys)))
+        .where(tuple_(TI.dag_id, TI.run_id, TI.task_id, TI.map_index).in_(list(full)))
         .execution_options(populate_existing=True)
     )
-    return {
-        (r.dag_id, r.run_id, r.task_id, r.map_index): r
-        for r in (await session.execute(query)).scalars()
-    }
+    out: dict[tuple[str, str, str, int] | tuple[str, str, str], TaskInstance] = {}
+    for r in (await session.execute(query)).scalars():
+        out[full[(r.dag_id, r.run_id, r.task_id, r.map_index)]] = r
+    return out
 
 
 async def in_flight(session: AsyncSession) -> list[TaskInstance]:
@@ -484,6 +487,7 @@ async def clear(
                 launch_attempts=0,
                 next_retry_at=None,
                 ended_at=None,
+                map_args=null(),  # a mapped task expands again (SQL NULL, not JSON null)
             )
         )
         count += result.rowcount  # type: ignore[attr-defined]

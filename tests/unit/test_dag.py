@@ -404,7 +404,14 @@ def test_serialize_matches_the_contract() -> None:
     }
     # (NotRequired is not introspectable under `from __future__ import annotations`)
     # branch/short-circuit, and Bash's skip_on_exit_code: only when set
-    optional = {"python_mode", "ignore_downstream_trigger_rules", "skip_on_exit_code"}
+    optional = {
+        "python_mode",
+        "ignore_downstream_trigger_rules",
+        "skip_on_exit_code",
+        "expand",
+        "max_active_mapped",
+        "push_result",
+    }
     common = set(SerializedTask.__annotations__) - set().union(*kind_keys.values()) - optional
     for t in data["tasks"].values():
         assert set(t) == common | kind_keys[t["kind"]]
