@@ -95,6 +95,9 @@ class SchedulerSettings:
     """A scheduler whose row has not heartbeat for this long is taken for dead."""
 
 
+_UNRUN = frozenset({states.SKIPPED, states.UPSTREAM_FAILED})
+
+
 @dataclass(slots=True)
 class _Due:
     parse: datetime | None = None
@@ -700,6 +703,8 @@ class Scheduler:
             stats.changed += created + len(ended)
             # An empty or impossible expansion ended the task: decide downstream of it.
             self._due.dirty.update(row.run_pk for row in ended)
+        if sweep or any(new in _UNRUN for _, _, new in changes):
+            stats.changed += await store_mapping.follow_unrun(session)
         if applied == len(changes):
             stats.finished.update(s for _, _, s in changes if s in states.FINISHED)
         else:

@@ -39,11 +39,12 @@ async def expand(
 
     Returns (mapped instances created, tasks ended instead: empty or failed expansions).
     """
+    started = await store_mapping.start_instances(session)  # made with their run
     pending = await store_mapping.unexpanded(session, run_pks)
     if not pending:
-        return 0, []
+        return started, []
     cached = await scheduler.dags.for_run_pks(session, {t.run_pk for t in pending})
-    created = 0
+    created = started
     ended: list[TIState] = []
     for task in pending:
         entry = cached.get(task.run_pk)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy import Table, and_, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -43,6 +43,7 @@ class Unexpanded:
     max_tries: int
     priority: int
     pool: str | None
+    try_number: int = 0  # tries made before (a replaced test run, a clear): go on from there
 
 
 async def unexpanded(session: AsyncSession, run_pks: Iterable[int] | None) -> list[Unexpanded]:
@@ -63,6 +64,7 @@ async def unexpanded(session: AsyncSession, run_pks: Iterable[int] | None) -> li
             TI.max_tries,
             TI.priority,
             TI.pool,
+            TI.try_number,
         )
         .join(DagRun, DagRun.id == TI.run_pk)
         .where(
@@ -76,7 +78,7 @@ async def unexpanded(session: AsyncSession, run_pks: Iterable[int] | None) -> li
     )
     if run_pks is not None:
         query = query.where(TI.run_pk.in_(sorted(set(run_pks))))
-    return [Unexpanded(*row) for row in (await session.execute(query)).all()]
+    return [Unexpanded(**row._mapping) for row in (await session.execute(query)).all()]
 
 
 async def add_instances(
@@ -95,7 +97,7 @@ async def add_instances(
             "map_args": args,
             "kind": task.kind,
             "state": states.SCHEDULED,
-            "try_number": 0,
+            "try_number": task.try_number,
             "max_tries": task.max_tries,
             "launch_attempts": 0,
             "priority": task.priority,
@@ -110,6 +112,43 @@ async def add_instances(
             ),
             list(chunk),
         )
+
+
+async def start_instances(session: AsyncSession) -> int:
+    """none → scheduled for the mapped instances made with their run (literal lists) of
+    the tasks that may now run (`mapped`); returns how many."""
+    transitions.check((states.NONE,), states.SCHEDULED)
+    return await _follow(session, states.MAPPED, states.SCHEDULED)
+
+
+async def follow_unrun(session: AsyncSession) -> int:
+    """none → skipped / upstream_failed for the mapped instances made with their run of
+    tasks that will not run (readiness decided them so); returns how many."""
+    changed = 0
+    for state in (states.SKIPPED, states.UPSTREAM_FAILED):
+        transitions.check((states.NONE,), state)
+        changed += await _follow(session, state, state)
+    return changed
+
+
+async def _follow(session: AsyncSession, task_state: str, new: str) -> int:
+    own = aliased(TI)
+    result = await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(
+            TI.state == states.NONE,
+            TI.map_index >= 0,
+            exists().where(
+                own.run_pk == TI.run_pk,
+                own.task_id == TI.task_id,
+                own.map_index == -1,
+                own.state == task_state,
+            ),
+        )
+        .values(state=new, launch_attempts=0)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def mark_expanded(session: AsyncSession, ti_id: int, length: int) -> None:

@@ -468,6 +468,12 @@ async def clear(
         ).scalars()
     )
     busy = {r.task_id for r in rows if r.state in states.ACTIVE}
+    # A mapped task's instances are deleted and made again: numbering their new tries after
+    # the old ones keeps a try's key (log file, pod name) from ever being reused.
+    instance_tries: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.map_index >= 0:
+            instance_tries[r.task_id] = max(instance_tries[r.task_id], r.try_number)
     count = 0
     run_pk = None
     for row in rows:
@@ -483,7 +489,9 @@ async def clear(
             .where(TI.id == row.id, TI.try_number == row.try_number, TI.state == row.state)
             .values(
                 state=states.NONE,
-                max_tries=row.try_number + retries.get(row.task_id, 0),
+                try_number=max(row.try_number, instance_tries[row.task_id]),
+                max_tries=max(row.try_number, instance_tries[row.task_id])
+                + retries.get(row.task_id, 0),
                 launch_attempts=0,
                 next_retry_at=None,
                 ended_at=None,

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, null, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.launchers.base import TaskSpec
@@ -80,6 +80,9 @@ async def test_literal_bash_expansion_runs_each_instance(
     await scheduler.start()
     await scheduler.tick()
     run_id = await _trigger(engine, "lit")
+    # A literal list is expanded with the run: its instances are listed at once.
+    created = sorted((r.map_index, r.state) for r in await _rows(engine, "lit", run_id))
+    assert created == [(-1, "none"), (-1, "none"), (0, "none"), (1, "none"), (2, "none")]
     state = await scheduler.run_until_done("lit", run_id, timeout=30)
     await scheduler.close()
     assert state == "success"
@@ -226,11 +229,18 @@ async def test_expanding_again_creates_each_instance_once(
     run_id = await _trigger(engine, "lit")
     sessions = store_engine.sessionmaker(engine)
     async with store_engine.transaction(sessions) as session:
+        # The literal list was expanded with the run; make it a task expanded when it may
+        # run (as one over an upstream result is), then what the dead scheduler committed:
+        # the task mapped, two of its three instances, its expansion not recorded.
+        await session.execute(
+            delete(TaskInstance).where(TaskInstance.run_id == run_id, TaskInstance.map_index >= 0)
+        )
         rows = await store_tis.list_for_run(session, "lit", run_id)
         parent = next(r for r in rows if r.task_id == "each")
-        # what the dead scheduler committed: the task mapped, two of three instances
         await session.execute(
-            update(TaskInstance).where(TaskInstance.id == parent.id).values(state="mapped")
+            update(TaskInstance)
+            .where(TaskInstance.id == parent.id)
+            .values(state="mapped", map_args=null())
         )
         task = store_mapping.Unexpanded(
             parent.id, parent.run_pk, "lit", run_id, "each", "bash", 0, 1, None
@@ -249,3 +259,61 @@ async def test_expanding_again_creates_each_instance_once(
         (s.key.map_index, s.bash_command) for s in launcher.launched if s.key.task_id == "each"
     )
     assert launched == [(0, "echo dead"), (1, "echo dead"), (2, "echo peer")]
+
+
+async def test_a_cleared_mapped_task_expands_again_with_new_try_keys(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Clearing a mapped task deletes its instances; its next expansion numbers their tries
+    after the old ones, so no try key (log file, pod name) is used twice."""
+    (tmp_path / "lit.py").write_text(textwrap.dedent(LITERAL))
+    launcher = InstantLauncher()
+    scheduler = _scheduler(engine, tmp_path, launcher)
+    await scheduler.start()
+    await scheduler.tick()
+    run_id = await _trigger(engine, "lit")
+    assert await scheduler.run_until_done("lit", run_id, timeout=30) == "success"
+    async with store_engine.transaction(store_engine.sessionmaker(engine)) as session:
+        cleared = await store_tis.clear(session, "lit", run_id, ["each", "after"], {})
+    assert cleared == 2
+    assert sorted(r.map_index for r in await _rows(engine, "lit", run_id)) == [-1, -1]
+    assert await scheduler.run_until_done("lit", run_id, timeout=30) == "success"
+    await scheduler.close()
+    keys = [s.key for s in launcher.launched if s.key.task_id == "each"]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert sorted((k.map_index, k.try_number) for k in keys) == [
+        (i, n) for i in range(3) for n in (1, 2)
+    ]
+
+
+async def test_instances_made_with_the_run_follow_a_task_that_will_not_run(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "lit.py").write_text(
+        textwrap.dedent(
+            """
+            from datetime import datetime
+            from miniflow import DAG, Bash
+
+            with DAG("lit", start_date=datetime(2026, 1, 1)):
+                Bash("first", "exit 1") >> Bash.partial("each").expand(command=["a", "b"])
+            """
+        )
+    )
+    launcher = InstantLauncher(lambda spec: 1 if spec.key.task_id == "first" else 0)
+    scheduler = _scheduler(engine, tmp_path, launcher)
+    await scheduler.start()
+    await scheduler.tick()
+    run_id = await _trigger(engine, "lit")
+    assert await scheduler.run_until_done("lit", run_id, timeout=30) == "failed"
+    for _ in range(3):
+        await scheduler.tick()  # a sweep after the run ended changes nothing more
+    await scheduler.close()
+    states = sorted((r.task_id, r.map_index, r.state) for r in await _rows(engine, "lit", run_id))
+    assert states == [
+        ("each", -1, "upstream_failed"),
+        ("each", 0, "upstream_failed"),
+        ("each", 1, "upstream_failed"),
+        ("first", -1, "failed"),
+    ]
+    assert [s.key.task_id for s in launcher.launched] == ["first"]
