@@ -73,10 +73,14 @@ class Config:
     pod_pending_timeout: float = 300.0
     """Seconds a pod may stay Pending (image pull, unschedulable) before it fails."""
     max_result_bytes: int = 65536
-    """Largest JSON result a @task may return."""
+    """Largest JSON result a @task may return (also a Bash task's pushed result and each
+    value pushed with `xcom_push`)."""
     callback_timeout: float = 60.0
     """Seconds a task or DAG callback may run before it is abandoned (logged, never changing
     a state)."""
+    max_map_length: int = 1024
+    """Most mapped instances one mapped task may expand into in a run (DAG files are also
+    checked against it when parsed, from the environment)."""
     zombie_threshold: float = 30.0
     """Seconds a running try may go without proof of life (its worker's heartbeat, or the
     launcher seeing its process) before the sanity loop kills it as a zombie; a worker that
@@ -196,6 +200,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "http_port": _as_port,
     "max_result_bytes": _as_int,
     "callback_timeout": _as_float,
+    "max_map_length": _as_int,
     "max_launch_attempts": _as_int,
     "zombie_threshold": _as_float,
     "sanity_interval": _as_float,

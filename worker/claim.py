@@ -25,10 +25,14 @@ from miniflow_worker import execute
 from miniflow_worker.clock import now
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from miniflow.authoring.context import TaskInstanceInfo
+from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.authoring.templates import build_context
+from miniflow.authoring.xcom import ReadOnlyXCom, uses_xcom
 from miniflow.errors import NotFound
 from miniflow.store import runs, states, task_instances
+from miniflow.store import xcom as store_xcom
 from miniflow.store.engine import transaction
 
 from .branching import downstream_map  # relative, so mypy sees its type (see `runner`)
@@ -47,6 +51,7 @@ class Claim:
     upstream: dict[str, Any] = field(default_factory=dict)
     downstream: dict[str, list[str]] = field(default_factory=dict)  # branch/short-circuit only
     problem: str | None = None
+    map_args: dict[str, Any] | None = None  # a mapped instance's own arguments
 
 
 async def claim_try(
@@ -56,13 +61,16 @@ async def claim_try(
     run_id: str,
     task_id: str,
     try_number: int,
+    map_index: int = -1,
 ) -> Claim | str:
     """Claim the try and read what running it needs; or why it was not claimed."""
     async with transaction(factory) as session:
-        ti = await task_instances.worker_claim(session, dag_id, run_id, task_id, try_number, now())
+        ti = await task_instances.worker_claim(
+            session, dag_id, run_id, task_id, try_number, now(), map_index
+        )
         if ti is None:
-            return await _why_not_claimed(session, dag_id, run_id, task_id, try_number)
-        claim = Claim(ti.id, ti.try_number, ti.max_tries)
+            return await _why_not_claimed(session, dag_id, run_id, task_id, try_number, map_index)
+        claim = Claim(ti.id, ti.try_number, ti.max_tries, map_args=ti.map_args)
         try:
             found = await runs.get_run_with_dag(session, dag_id, run_id)
         except NotFound as exc:
@@ -83,6 +91,8 @@ async def claim_try(
             return claim
         # The task comes from the run's version; a Python task's function can only come
         # from the file that defines the DAG now (the worker imports it).
+        # A mapped Bash instance runs its own command / env (`@task`: see the runner).
+        task = apply_map_args(task, ti.map_args)
         claim.task, claim.fileloc = task, found.current_fileloc or serialized["fileloc"]
         claim.context = build_context(
             dag_id=dag_id,
@@ -94,7 +104,13 @@ async def claim_try(
             data_interval_end=run.data_interval_end,
             params={**serialized["params"], **run.conf},
             run_type=run.run_type,
+            map_index=map_index,
         )
+        if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
+            data = await store_xcom.load(session, dag_id, run_id)
+            claim.context["ti"] = claim.context["task_instance"] = TaskInstanceInfo(
+                dag_id, run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(data)
+            )
         if task["kind"] == "python":
             claim.upstream = await task_instances.upstream_results(
                 session, dag_id, run_id, execute.upstream_refs(task)
@@ -105,10 +121,10 @@ async def claim_try(
 
 
 async def _why_not_claimed(
-    session: AsyncSession, dag_id: str, run_id: str, task_id: str, try_number: int
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int
 ) -> str:
-    key = (dag_id, run_id, task_id)
-    name = f"{dag_id}/{run_id}/{task_id}"
+    key = (dag_id, run_id, task_id, map_index)
+    name = f"{dag_id}/{run_id}/{task_id}" + (f"[{map_index}]" if map_index >= 0 else "")
     row = (await task_instances.find_keys(session, [key])).get(key)
     if row is None:
         return f"there is no task instance {name}; nothing to run"

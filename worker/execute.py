@@ -129,6 +129,7 @@ class BashExecution:
         self.grace = grace
         self.proc: asyncio.subprocess.Process | None = None
         self._started = asyncio.Event()
+        self.last_line: str | None = None  # the last non-empty line printed (push_result)
 
     async def run(self) -> Ended:
         self.proc = await asyncio.create_subprocess_exec(
@@ -170,11 +171,17 @@ class BashExecution:
             if len(pending) >= MAX_LINE:
                 lines.append(pending)
                 pending = b""
+            if any(ln.strip() for ln in lines):
+                self.last_line = next(ln for ln in reversed(lines) if ln.strip()).decode(
+                    errors="replace"
+                )
             if lines:
                 prefix = stamp()
                 out.write("".join(f"{prefix} {ln.decode(errors='replace')}\n" for ln in lines))
                 out.flush()
         if pending:
+            if pending.strip():
+                self.last_line = pending.decode(errors="replace")
             out.write(f"{stamp()} {pending.decode(errors='replace')}\n")
             out.flush()
 
@@ -260,6 +267,7 @@ class PythonExecution:
         max_result_bytes: int,
         context: dict[str, Any] | None = None,
         poke: bool = False,
+        xcom: task_context.XComAccess | None = None,
     ) -> None:
         self.task_id = task_id
         # A sensor's poke: the return says done or not yet (`SensorResult`, truthiness)
@@ -270,6 +278,7 @@ class PythonExecution:
         self.kwargs = kwargs
         self.max_result_bytes = max_result_bytes
         self.context = context
+        self.xcom = xcom
         self._task: asyncio.Future[Ended] | None = None
 
     async def run(self) -> Ended:
@@ -277,7 +286,7 @@ class PythonExecution:
             return await self._run()
         # The thread or task that runs the function copies this context (see
         # `in_daemon_thread`), so `get_current_context()` works in both.
-        with task_context.bound(self.context):
+        with task_context.bound(self.context, self.xcom):
             return await self._run()
 
     async def _run(self) -> Ended:

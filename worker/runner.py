@@ -59,6 +59,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from miniflow.authoring.taskflow import PythonTask
 from miniflow.authoring.templates import render_task_fields
+from miniflow.authoring.xcom import XComError, check_value, pushed_line
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
 from miniflow.store.engine import check_connection, create_engine, sessionmaker
@@ -75,6 +76,7 @@ from .outcome import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from .outcome import EXPECT_RUNNING as EXPECT_RUNNING
 from .outcome import RECORD_RETRY_DELAYS as RECORD_RETRY_DELAYS
 from .outcome import Recorder, db_reason
+from .xcom import WorkerXCom
 
 T = TypeVar("T")
 
@@ -99,6 +101,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--run-id", required=True)
     run.add_argument("--task-id", required=True)
     run.add_argument("--try", dest="try_number", type=int, required=True, metavar="N")
+    run.add_argument("--map-index", dest="map_index", type=int, default=-1, metavar="I")
     return parser.parse_args(argv)
 
 
@@ -126,8 +129,10 @@ class Worker:
         self.run_id: str = args.run_id
         self.task_id: str = args.task_id
         self.try_number: int = args.try_number
+        self.map_index: int = args.map_index
         self.config = config
-        self.key = f"{self.dag_id}/{self.run_id}/{self.task_id}"
+        mapped = f"[{self.map_index}]" if self.map_index >= 0 else ""
+        self.key = f"{self.dag_id}/{self.run_id}/{self.task_id}{mapped}"
 
     async def main(self) -> int:
         self.signalled = self._install_signal_handlers()
@@ -162,6 +167,7 @@ class Worker:
                         run_id=self.run_id,
                         task_id=self.task_id,
                         try_number=self.try_number,
+                        map_index=self.map_index,
                     )
                 except SQLAlchemyError as exc:
                     raise DatabaseUnavailable(
@@ -266,6 +272,18 @@ class Worker:
             extra = (
                 {"result": (ended.value)} if isinstance(execution, execute.PythonExecution) else {}
             )
+            if isinstance(execution, execute.BashExecution) and claim.task is not None:
+                if claim.task.get("push_result"):
+                    try:
+                        extra = {
+                            "result": check_value(
+                                pushed_line(execution.last_line),
+                                self.config.max_result_bytes,
+                                f"task {self.task_id!r}: result",
+                            )
+                        }
+                    except XComError as exc:
+                        return await self.recorder.fail(str(exc), exit_code=None)
             skip: list[str] = []
             if claim.task is not None and claim.task.get("python_mode"):
                 try:
@@ -330,6 +348,7 @@ class Worker:
             args, kwargs = execute.resolve_arguments(task, claim.upstream)
         except execute.TaskFailure as exc:
             return f"task {self.task_id!r}: {exc}"
+        kwargs.update(claim.map_args or {})  # a mapped instance's own arguments
         os.environ.update(rendered.env)
         return execute.PythonExecution(
             self.task_id,
@@ -339,6 +358,15 @@ class Worker:
             max_result_bytes=self.config.max_result_bytes,
             context=claim.context,
             poke=task.get("python_mode") == "sensor" and "sensor" in task,
+            xcom=WorkerXCom(
+                self.factory,
+                self.config.database_url,
+                ti_id=claim.ti_id,
+                dag_id=self.dag_id,
+                run_id=self.run_id,
+                task_id=self.task_id,
+                max_bytes=self.config.max_result_bytes,
+            ),
         )
 
     async def _race(

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from miniflow.errors import MiniflowError
 
@@ -22,15 +22,50 @@ class NoTaskContext(MiniflowError):
     """`get_current_context()` was called outside a running `@task` function."""
 
 
+class XComAccess(Protocol):
+    """Where `ti.xcom_push` / `ti.xcom_pull` go (the worker's database, or values the
+    scheduler read for a template)."""
+
+    def push(self, key: str, value: Any) -> None: ...
+
+    def pull(self, task_ids: Any, key: str, map_indexes: Any, default: Any) -> Any: ...
+
+
+class _NoXCom:
+    def push(self, key: str, value: Any) -> None:
+        raise NoTaskContext("xcom_push works only while a task runs")
+
+    def pull(self, task_ids: Any, key: str, map_indexes: Any, default: Any) -> Any:
+        return default
+
+
 @dataclass(frozen=True, slots=True)
 class TaskInstanceInfo:
-    """What a task can know of its own try (the context's `ti`)."""
+    """What a task can know of its own try (the context's `ti`), and its XCom."""
 
     dag_id: str
     run_id: str
     task_id: str
     try_number: int
-    map_index: int = -1  # no dynamic mapping yet: every task is unmapped
+    map_index: int = -1  # >= 0: a mapped instance
+    xcom: XComAccess = field(default_factory=_NoXCom, repr=False, compare=False)
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        """Leave `value` (JSON, within MINIFLOW_MAX_RESULT_BYTES) under `key` for other
+        tasks of the run; pushing the same key again replaces it."""
+        self.xcom.push(key, value)
+
+    def xcom_pull(
+        self,
+        task_ids: Any = None,
+        key: str = "return_value",
+        map_indexes: Any = None,
+        default: Any = None,
+    ) -> Any:
+        """The value `task_ids` (a task id, or a list of them) left under `key` (by default
+        its result); of a mapped task, the list of its instances' values (or one
+        instance's, `map_indexes=N`); `default` if there is none."""
+        return self.xcom.pull(task_ids, key, map_indexes, default)
 
 
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -57,13 +92,15 @@ def get_current_context() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def bound(context: dict[str, Any]) -> Iterator[None]:
+def bound(context: dict[str, Any], xcom: XComAccess | None = None) -> Iterator[None]:
     """Make `context` (plus `ti`) the current context inside the block (the worker's)."""
     ti = TaskInstanceInfo(
         dag_id=context["dag_id"],
         run_id=context["run_id"],
         task_id=context["task_id"],
         try_number=context["try_number"],
+        map_index=context.get("map_index", -1),
+        **({"xcom": xcom} if xcom is not None else {}),
     )
     token = _current.set({**context, "ti": ti, "task_instance": ti})
     try:

@@ -17,7 +17,7 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, get_args
 
 from miniflow.errors import SerializedFormatError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # 2: the `empty` task kind, `python_mode` (branch / short_circuit) of Python tasks and the
 # trigger rules added with them; a reader of format 1 would launch an `empty` task or
 # ignore a branch, so it must refuse these DAGs.
@@ -26,6 +26,8 @@ FORMAT_VERSION = 4
 # 4: sensors (`python_mode` "sensor" with `sensor` settings) and `push_result` of Pod
 # tasks; a reader of format 2 would take a sensor's "not yet" for its result and drop a
 # Pod task's result.
+# 5: mapped tasks (`expand`, `max_active_mapped`) and Bash `push_result`; a reader of format
+# 4 would run a mapped task once, unexpanded, so it must refuse these DAGs.
 
 TaskKind = Literal["bash", "python", "pod", "empty"]
 PythonMode = Literal["branch", "short_circuit", "sensor"]
@@ -84,6 +86,19 @@ class ArgRef(TypedDict):
     value: NotRequired[Any]  # literal JSON value
 
 
+class Expansion(TypedDict):
+    """How a mapped task expands into mapped instances (see `miniflow.authoring.mapping`).
+
+    "product": one instance per combination of the lists in `args` (name → a literal list
+    or an upstream result that is a list), like Airflow's `.expand`; "kwargs": one instance
+    per dict of the list `source` (`.expand_kwargs`).
+    """
+
+    mode: Literal["product", "kwargs"]
+    args: NotRequired[dict[str, ArgRef]]
+    source: NotRequired[ArgRef]
+
+
 class SerializedTask(TypedDict):
     task_id: str
     kind: TaskKind
@@ -105,8 +120,9 @@ class SerializedTask(TypedDict):
     image: NotRequired[str]
     cmds: NotRequired[list[str] | None]  # container command (templates), None = image entrypoint
     args: NotRequired[list[str] | None]  # container args (templates)
-    # the container writes its JSON result to its termination message file
-    # (/dev/termination-log); the scheduler stores it like a `@task` result
+    # kind == "pod" and "bash": the task's result is what the container writes to its
+    # termination message file (/dev/termination-log; the scheduler stores it like a
+    # `@task` result) / the last line a Bash command prints
     push_result: NotRequired[bool]
     # kind == "python"
     python_callable: NotRequired[str]  # qualified name of the function in the DAG file
@@ -131,6 +147,9 @@ class SerializedTask(TypedDict):
     callbacks: NotRequired[list[str]]
     # The full id of the innermost task group the task was created in (for display only).
     task_group: NotRequired[str]
+    # a mapped task: expanded at run time into one task instance per map_index
+    expand: NotRequired[Expansion]
+    max_active_mapped: NotRequired[int]  # mapped instances of it queued/running at once
 
 
 class SerializedDag(TypedDict):

@@ -21,9 +21,11 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from miniflow.authoring import dag as dag_mod
 from miniflow.authoring.dag import check_id, definition_error
+from miniflow.authoring.mapped import kwargs_expansion, product_expansion, refs_of
 from miniflow.authoring.sensor import DEFAULT_POKE_INTERVAL, DEFAULT_TIMEOUT, sensor_settings
 from miniflow.authoring.serialized import (
     ArgRef,
+    Expansion,
     PythonMode,
     SensorMode,
     SensorSettings,
@@ -192,16 +194,46 @@ class TaskFunction(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> TaskRef:
         # Untyped on purpose: arguments may be `TaskRef`s standing for the real values.
+        return self._create(args, kwargs, None)
+
+    def partial(self, **fixed: Any) -> PartialTaskFunction:
+        """Arguments every mapped instance shares: `f.partial(y=1).expand(x=[1, 2])`."""
+        return PartialTaskFunction(self, fixed)
+
+    def expand(self, **mapped: Any) -> TaskRef:
+        """A mapped task: one task instance per combination of the given lists (literal,
+        or an upstream `@task`'s result, known at run time). Downstream tasks receive the
+        list of the mapped instances' results."""
+        return self.partial().expand(**mapped)
+
+    def expand_kwargs(self, source: Any) -> TaskRef:
+        """A mapped task: one task instance per dict of keyword arguments in `source`."""
+        return self.partial().expand_kwargs(source)
+
+    def _dag(self) -> dag_mod.DAG:
         dag = dag_mod.current_dag()
         if dag is None:
             raise definition_error(
                 f"@task function {self.task_id!r} was called outside a `with DAG(...):` block; "
                 "calling it creates a task, which must belong to a DAG"
             )
+        return dag
+
+    def _create(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        expansion: Expansion | None,
+        mapped_names: tuple[str, ...] = (),
+    ) -> TaskRef:
+        dag = self._dag()
         local_id = self._unique_id(dag)
         task_id = f"{group_prefix(dag)}{local_id}"
         try:
-            self.signature.bind(*args, **kwargs)
+            if expansion is None:
+                self.signature.bind(*args, **kwargs)
+            else:
+                self.signature.bind_partial(*args, **kwargs, **dict.fromkeys(mapped_names))
         except TypeError as exc:
             raise definition_error(f"task {task_id!r}: bad arguments: {exc}") from None
         op_args = [_arg(v, f"argument {i}", task_id) for i, v in enumerate(args)]
@@ -216,6 +248,7 @@ class TaskFunction(Generic[P, R]):
             ignore_downstream_trigger_rules=self.ignore_downstream_trigger_rules,
             sensor=self.sensor,
         )
+        task.expansion = expansion
         refs = [v for v in (*args, *kwargs.values()) if isinstance(v, TaskRef)]
         for ref in refs:
             ref >> task
@@ -223,7 +256,44 @@ class TaskFunction(Generic[P, R]):
             task.as_setup()
         elif self.role == "teardown":
             task.as_teardown(on_failure_fail_dagrun=self.on_failure_fail_dagrun)
+        if expansion is not None:
+            for ref_id in refs_of(expansion):
+                dag.get_task(ref_id) >> task
         return TaskRef(task)
+
+
+class PartialTaskFunction:
+    """`f.partial(**fixed)`: a `@task` function waiting for `.expand` / `.expand_kwargs`."""
+
+    def __init__(self, function: TaskFunction[..., Any], fixed: dict[str, Any]) -> None:
+        self.function = function
+        self.fixed = fixed
+
+    def __repr__(self) -> str:
+        return f"<@task {self.function.task_id}.partial>"
+
+    def expand(self, **mapped: Any) -> TaskRef:
+        fn = self.function
+        doubled = sorted(set(mapped) & set(self.fixed))
+        if doubled:
+            raise definition_error(
+                f"task {fn.task_id!r}: {', '.join(doubled)} given to both partial() and expand()"
+            )
+        expansion = product_expansion(mapped, fn.task_id, "python")
+        return fn._create((), self.fixed, expansion, tuple(mapped))
+
+    def expand_kwargs(self, source: Any) -> TaskRef:
+        fn = self.function
+        expansion = kwargs_expansion(source, fn.task_id, "python")
+        names = {k for item in expansion["source"].get("value", []) for k in item}
+        for i, item in enumerate(expansion["source"].get("value", [])):
+            try:
+                fn.signature.bind(**self.fixed, **item)
+            except TypeError as exc:
+                raise definition_error(
+                    f"task {fn.task_id!r}: expand_kwargs item {i}: bad arguments: {exc}"
+                ) from None
+        return fn._create((), self.fixed, expansion, tuple(sorted(names)))
 
 
 def _decorator(

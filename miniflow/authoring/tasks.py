@@ -17,15 +17,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from miniflow.authoring import dag as dag_mod
-from miniflow.authoring.dag import (
-    DAG,
-    check_id,
-    check_json,
-    definition_error,
-    user_location,
-)
+from miniflow.authoring.dag import DAG, check_id, check_json, definition_error, user_location
 from miniflow.authoring.serialized import (
     TRIGGER_RULES,
+    Expansion,
     PodSettings,
     SerializedTask,
     TaskKind,
@@ -33,6 +28,7 @@ from miniflow.authoring.serialized import (
 )
 
 if TYPE_CHECKING:
+    from miniflow.authoring.mapped import PartialTask
     from miniflow.authoring.taskgroup import TaskGroup
 
 _IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -105,6 +101,12 @@ def _trigger_rule(value: Any) -> str:
     return str(value)
 
 
+def _optional_positive_int(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise _Invalid(f"must be an integer >= 1 or None, got {value!r}")
+    return value
+
+
 def _optional_str(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise _Invalid(f"must be a non-empty string, got {value!r}")
@@ -163,6 +165,9 @@ _TASK_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "priority": (_int, 1),
     "env": (_str_dict, {}),
     **dict.fromkeys(CALLBACKS, (_callbacks, ())),
+    # a mapped task: at most this many of its mapped instances queued or running at once
+    # (across the DAG's runs, like Airflow's max_active_tis_per_dag)
+    "max_active_mapped": (_optional_positive_int, None),
 }
 # Settings that go into the `pod` dict (keys of `PodSettings`).
 _POD_SETTINGS: dict[str, Callable[[Any], Any]] = {
@@ -361,6 +366,7 @@ class BaseTask(DependencyMixin):
                 f"task {self.task_id!r}: {', '.join(given)}: task callbacks run for @task "
                 f"tasks only (their worker imports the DAG file), not for {self.kind} tasks"
             )
+        self.expansion: Expansion | None = None  # set by `.expand` / `.expand_kwargs`
         owner.add_task(self)
         for group in groups:  # nested groups: a task belongs to each enclosing one
             group.members.append(self)
@@ -419,6 +425,19 @@ class BaseTask(DependencyMixin):
             _link_all(found, [self])
         return self
 
+    @classmethod
+    def partial(cls, task_id: str, **fixed: Any) -> PartialTask:
+        """A mapped task in the making: `Bash.partial("t", env=...).expand(command=[...])`.
+
+        `fixed` is what every mapped instance shares (any argument of the task); see
+        `miniflow.authoring.mapped.PartialTask`.
+        """
+        from miniflow.authoring.mapped import PartialTask
+
+        if cls.kind not in ("bash", "pod"):
+            raise definition_error(f"{cls.__name__} tasks cannot be mapped")
+        return PartialTask(cls, task_id, fixed)
+
     def effective_settings(self) -> dict[str, Any]:
         """Settings after inheritance: built-in default < DAG default < task group default
         < the task's own."""
@@ -453,7 +472,8 @@ class BaseTask(DependencyMixin):
             "pool": settings["pool"],
             "priority": settings["priority"],
             "env": dict(settings["env"]),
-            "pod": PodSettings(**pod),  # type: ignore[typeddict-item]
+            "pod": PodSettings(**pod),
+            **self._serialize_mapping(settings),  # type: ignore[typeddict-item]
         }
         if self.is_setup:
             data["setup"] = True
@@ -468,6 +488,14 @@ class BaseTask(DependencyMixin):
         if self.task_group_id is not None:
             data["task_group"] = self.task_group_id
         return data
+
+    def _serialize_mapping(self, settings: dict[str, Any]) -> dict[str, Any]:
+        if self.expansion is None:
+            return {}
+        out: dict[str, Any] = {"expand": json.loads(json.dumps(self.expansion))}
+        if settings.get("max_active_mapped") is not None:
+            out["max_active_mapped"] = settings["max_active_mapped"]
+        return out
 
     def serialize(self) -> SerializedTask:
         """This task's part of the serialized DAG."""
@@ -485,8 +513,14 @@ class Bash(BaseTask):
         command: str | None = None,
         env: dict[str, str] | None = None,
         skip_on_exit_code: int | Sequence[int] | None = None,
+        push_result: bool = False,
         **settings: Any,
     ) -> None:
+        if not isinstance(push_result, bool):
+            raise definition_error(
+                f"task {task_id!r}: push_result must be True or False, got {push_result!r}"
+            )
+        self.push_result = push_result
         if command is None:  # `bash_command=` from Airflow: say so before "no command"
             validate_settings(settings, f"task {task_id!r}")
         if not isinstance(command, str) or not command.strip():
@@ -503,6 +537,8 @@ class Bash(BaseTask):
         data["command"] = self.command
         if self.skip_on_exit_code:
             data["skip_on_exit_code"] = list(self.skip_on_exit_code)
+        if self.push_result:
+            data["push_result"] = True
         return data
 
 

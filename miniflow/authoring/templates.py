@@ -37,8 +37,9 @@ def build_context(
     data_interval_end: datetime,
     params: dict[str, Any],
     run_type: str = "manual",
+    map_index: int = -1,
 ) -> dict[str, Any]:
-    """The variables available to templates.
+    """The variables available to templates (`map_index`: -1 unless a mapped instance).
 
     `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`).
 
@@ -57,6 +58,7 @@ def build_context(
         "dag_id": dag_id,
         "task_id": task_id,
         "try_number": try_number,
+        "map_index": map_index,
         "params": params,
         "run_type": run_type,
     }

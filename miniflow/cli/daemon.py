@@ -70,6 +70,7 @@ def _settings(config: Config, *, reap_orphans: bool = True, **kw: object) -> Sch
         parse_interval=config.parse_interval,
         max_launch_attempts=config.max_launch_attempts,
         max_result_bytes=config.max_result_bytes,
+        max_map_length=config.max_map_length,
         sanity=sanity,
         reparse_interval=config.reparse_interval,
         instance_heartbeat=config.scheduler_heartbeat,

@@ -65,12 +65,13 @@ async def read(
     task_id: str,
     try_number: int | None,
     follow: bool,
+    map_index: int = -1,
 ) -> AsyncIterator[str]:
     """Lines of one try's log (the latest try of the run's task unless `try_number`).
 
     `run_ref` is a run id, `latest`/None or a unique prefix (see `operations.resolve_run`).
     """
-    ti, attempts = await operations.task_attempts(config, dag_id, run_ref, task_id)
+    ti, attempts = await operations.task_attempts(config, dag_id, run_ref, task_id, map_index)
     if try_number is None:
         attempt = attempts[-1]
     else:
@@ -81,7 +82,7 @@ async def read(
                 f"{dag_id}/{ti.run_id}/{task_id} has no try {try_number} (tries: {tries})"
             )
         attempt = matching[0]
-    found = _Try(AttemptKey(dag_id, ti.run_id, task_id, attempt.try_number), attempt)
+    found = _Try(AttemptKey(dag_id, ti.run_id, task_id, attempt.try_number, map_index), attempt)
     lines = (
         _local(config, found, follow) if config.launcher == "local" else _pod(config, found, follow)
     )
@@ -139,7 +140,9 @@ async def _recorded_end(
     from miniflow.launchers import local_procs
 
     async with store_engine.transaction(sessions) as session:
-        attempts = await store_attempts.for_task(session, key.dag_id, key.run_id, key.task_id)
+        attempts = await store_attempts.for_task(
+            session, key.dag_id, key.run_id, key.task_id, key.map_index
+        )
         if any(a.try_number == key.try_number and a.ended_at is not None for a in attempts):
             return True
         tis = await store_tis.list_for_run(session, key.dag_id, key.run_id)
@@ -226,7 +229,7 @@ async def _wait_started(config: Config, found: _Try) -> _Try:
         while True:
             async with store_engine.transaction(sessions) as session:
                 attempts = await store_attempts.for_task(
-                    session, key.dag_id, key.run_id, key.task_id
+                    session, key.dag_id, key.run_id, key.task_id, key.map_index
                 )
             attempt = next(a for a in attempts if a.try_number == key.try_number)
             if attempt.started_at is not None or attempt.ended_at is not None:

@@ -246,24 +246,35 @@ async def list_attempts(
 
 
 async def _task_instance(
-    session: AsyncSession, dag_id: str, run_id: str, task_id: str
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str, map_index: int = -1
 ) -> TaskInstance:
     tis = await store_tis.list_for_run(session, dag_id, run_id)
     for ti in tis:
-        if ti.task_id == task_id:
+        if ti.task_id == task_id and ti.map_index == map_index:
             return ti
-    known = ", ".join(ti.task_id for ti in tis) or "none"
+    if map_index >= 0 and any(ti.task_id == task_id for ti in tis):
+        count = sum(ti.task_id == task_id and ti.map_index >= 0 for ti in tis)
+        raise NotFound(
+            f"task {task_id!r} of {dag_id}/{run_id} has no mapped instance {map_index} "
+            f"({count} mapped instances)"
+        )
+    known = ", ".join(sorted({ti.task_id for ti in tis})) or "none"
     raise NotFound(f"run {dag_id}/{run_id} has no task {task_id!r} (its tasks: {known})")
 
 
 async def task_attempts(
-    config: Config, dag_id: str, run_ref: str | None, task_id: str
+    config: Config, dag_id: str, run_ref: str | None, task_id: str, map_index: int = -1
 ) -> tuple[TaskInstance, list[TaskAttempt]]:
     """The task instance (resolved run) and its tries; NotFound if it has none yet."""
     async with _session(config, read_only=True) as session:
         run_id = await resolve_run(session, dag_id, run_ref)
-        ti = await _task_instance(session, dag_id, run_id, task_id)
-        found = await store_attempts.for_task(session, dag_id, run_id, task_id)
+        ti = await _task_instance(session, dag_id, run_id, task_id, map_index)
+        found = await store_attempts.for_task(session, dag_id, run_id, task_id, map_index)
+        if not found and ti.map_index < 0 and await _is_mapped(session, ti):
+            raise NotFound(
+                f"task {task_id!r} of {dag_id}/{run_id} is mapped: its mapped instances have "
+                "the tries and logs (pass --map-index N; `miniflow tasks list` shows them)"
+            )
         if not found and ti.kind == "empty":
             raise NotFound(
                 f"task {task_id!r} of {dag_id}/{run_id} is an Empty task: it runs no process, "
@@ -276,12 +287,22 @@ async def task_attempts(
         return ti, found
 
 
-async def task_result(config: Config, dag_id: str, run_ref: str | None, task_id: str) -> Any:
-    """The JSON result of a @task's successful try."""
+async def _is_mapped(session: AsyncSession, ti: TaskInstance) -> bool:
+    tis = await store_tis.list_for_run(session, ti.dag_id, ti.run_id)
+    return any(t.task_id == ti.task_id and t.map_index >= 0 for t in tis)
+
+
+async def task_result(
+    config: Config, dag_id: str, run_ref: str | None, task_id: str, map_index: int = -1
+) -> Any:
+    """The JSON result of a @task's successful try (of a mapped task: the list of its
+    mapped instances' results, or one instance's with `map_index`)."""
     async with _session(config, read_only=True) as session:
         run_id = await resolve_run(session, dag_id, run_ref)
-        ti = await _task_instance(session, dag_id, run_id, task_id)
-        if ti.kind != "python":
+        ti = await _task_instance(session, dag_id, run_id, task_id, map_index)
+        if map_index < 0 and ti.state == states.SUCCESS and await _is_mapped(session, ti):
+            return (await store_tis.upstream_results(session, dag_id, run_id, [task_id]))[task_id]
+        if ti.kind != "python" and ti.result is None:
             raise NotFound(f"{task_id!r} is a {ti.kind} task: only @task functions have results")
         if ti.state != states.SUCCESS:
             raise NotFound(

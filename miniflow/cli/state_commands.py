@@ -116,9 +116,14 @@ def tasks_list(
 @click.argument("ids", nargs=-1, required=True, metavar="DAG [RUN] TASK")
 @click.option("--try", "try_number", type=int, help="Which try (default the latest).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the try ends.")
+@click.option("--map-index", type=int, default=-1, help="Which mapped instance of a mapped task.")
 @click.pass_context
 def tasks_logs(
-    ctx: click.Context, ids: tuple[str, ...], try_number: int | None, follow: bool
+    ctx: click.Context,
+    ids: tuple[str, ...],
+    try_number: int | None,
+    follow: bool,
+    map_index: int,
 ) -> None:
     """A try's log: from its process/pod while that exists, else the saved tail."""
     dag_id, run_id, task_id = split_task_ref(ids)
@@ -127,7 +132,9 @@ def tasks_logs(
     async def run() -> None:
         from miniflow.cli import logs
 
-        async for line in logs.read(_config(ctx), dag_id, run_id, task_id, try_number, follow):
+        async for line in logs.read(
+            _config(ctx), dag_id, run_id, task_id, try_number, follow, map_index
+        ):
             sys.stdout.write(line if line.endswith("\n") else line + "\n")
             sys.stdout.flush()
 
@@ -136,16 +143,18 @@ def tasks_logs(
 
 @tasks.command("result", epilog=RUN_HELP)
 @click.argument("ids", nargs=-1, required=True, metavar="DAG [RUN] TASK")
+@click.option("--map-index", type=int, default=-1, help="One mapped instance's result.")
 @click.pass_context
-def tasks_result(ctx: click.Context, ids: tuple[str, ...]) -> None:
-    """The JSON result a @task returned (what its downstream tasks received)."""
+def tasks_result(ctx: click.Context, ids: tuple[str, ...], map_index: int) -> None:
+    """The JSON result a @task returned (what its downstream tasks received); of a mapped
+    task, the list of its mapped instances' results."""
     dag_id, run_id, task_id = split_task_ref(ids)
 
     @command_runner
     async def run() -> None:
         from miniflow.cli import operations
 
-        result = await operations.task_result(_config(ctx), dag_id, run_id, task_id)
+        result = await operations.task_result(_config(ctx), dag_id, run_id, task_id, map_index)
         click.echo(json.dumps(result, indent=2, sort_keys=True))
 
     run()

@@ -54,9 +54,9 @@ class RunStream:
         self._dag_id, self._run_id = run
         self._out = out
         self._clock = clock
-        self._seen: dict[str, tuple[str, int]] = {}
-        self._followers: dict[tuple[str, int], asyncio.Task[bool]] = {}
-        self._printed: set[tuple[str, int]] = set()  # tries whose log is out (or going out)
+        self._seen: dict[tuple[str, int], tuple[str, int]] = {}
+        self._followers: dict[tuple[str, int, int], asyncio.Task[bool]] = {}
+        self._printed: set[tuple[str, int, int]] = set()  # tries whose log is out (or going out)
 
     async def run(self, done: asyncio.Event) -> None:
         """Stream until `done` is set, then print the last changes and logs."""
@@ -77,23 +77,24 @@ class RunStream:
             tis = await store_tis.list_for_run(session, self._dag_id, self._run_id)
         for ti in tis:
             now = (ti.state, ti.try_number)
-            if self._seen.get(ti.task_id) == now:
+            if self._seen.get((ti.task_id, ti.map_index)) == now:
                 continue
-            self._seen[ti.task_id] = now
+            self._seen[(ti.task_id, ti.map_index)] = now
             if ti.state != states.NONE:  # every task starts there: nothing happened yet
                 self._out(self._state_line(ti))
             # Earlier tries ended unseen (between two polls): their logs, in order.
             for try_number in range(1, ti.try_number):
-                await self._print_ended(ti.task_id, try_number)
+                await self._print_ended(ti.task_id, try_number, ti.map_index)
             if ti.try_number == 0:
                 continue
             if ti.state == states.RUNNING:
                 self._follow(ti)
             elif ti.state in states.FINISHED or ti.state == states.UP_FOR_RETRY:
-                await self._print_ended(ti.task_id, ti.try_number)
+                await self._print_ended(ti.task_id, ti.try_number, ti.map_index)
 
     def _state_line(self, ti: TaskInstance) -> str:
-        line = f"{self._clock():%H:%M:%S} {ti.task_id}: {ti.state}"
+        ref = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+        line = f"{self._clock():%H:%M:%S} {ref}: {ti.state}"
         if ti.try_number and ti.state != states.SCHEDULED:  # scheduled: the next try waits
             line += f" (try {ti.try_number})"
         if ti.state in states.FAILED_LIKE | {states.UP_FOR_RETRY} and ti.error:
@@ -101,35 +102,37 @@ class RunStream:
         return line
 
     def _follow(self, ti: TaskInstance) -> None:
-        key = (ti.task_id, ti.try_number)
+        key = (ti.task_id, ti.try_number, ti.map_index)
         if key in self._printed:
             return
         self._printed.add(key)
-        attempt = AttemptKey(self._dag_id, self._run_id, ti.task_id, ti.try_number)
+        attempt = AttemptKey(self._dag_id, self._run_id, ti.task_id, ti.try_number, ti.map_index)
         self._followers[key] = asyncio.create_task(self._stream(attempt, ti.handle))
 
     async def _stream(self, key: AttemptKey, handle: str | None) -> bool:
         """Print the try's log as it grows; False if it could not be read live."""
         try:
             async for line in self._launcher.read_logs(key, handle, follow=True):
-                self._out(f"{key.task_id} | {line}")
+                self._out(f"{key.task_ref} | {line}")
         except MiniflowError as exc:
             log.debug("cannot follow the log of %s: %s", key, exc)
             return False
         return True
 
-    async def _print_ended(self, task_id: str, try_number: int) -> None:
-        key = (task_id, try_number)
+    async def _print_ended(self, task_id: str, try_number: int, map_index: int = -1) -> None:
+        key = (task_id, try_number, map_index)
         if key in self._printed:
             return
         self._printed.add(key)
-        attempt = AttemptKey(self._dag_id, self._run_id, task_id, try_number)
+        attempt = AttemptKey(self._dag_id, self._run_id, task_id, try_number, map_index)
         for line in await self._ended_log(attempt):
-            self._out(f"{task_id} | {line}")
+            self._out(f"{attempt.task_ref} | {line}")
 
     async def _ended_log(self, key: AttemptKey) -> list[str]:
         async with store_engine.transaction(self._sessions) as session:
-            tries = await store_attempts.for_task(session, key.dag_id, key.run_id, key.task_id)
+            tries = await store_attempts.for_task(
+                session, key.dag_id, key.run_id, key.task_id, key.map_index
+            )
         attempt = next((a for a in tries if a.try_number == key.try_number), None)
         if attempt is None or attempt.started_at is None:
             return []  # never ran: its state line says why
@@ -143,8 +146,8 @@ class RunStream:
         followers = dict(self._followers)
         if followers:
             await asyncio.wait(followers.values(), timeout=DRAIN_TIMEOUT)
-        for (task_id, try_number), follower in followers.items():
+        for (task_id, try_number, map_index), follower in followers.items():
             if follower.done() and not follower.cancelled() and follower.result() is False:
-                key = AttemptKey(self._dag_id, self._run_id, task_id, try_number)
+                key = AttemptKey(self._dag_id, self._run_id, task_id, try_number, map_index)
                 for line in await self._ended_log(key):
-                    self._out(f"{task_id} | {line}")
+                    self._out(f"{key.task_ref} | {line}")

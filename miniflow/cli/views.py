@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -269,6 +269,9 @@ def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     if task.get("push_result"):
         kind += ", result from /dev/termination-log"
     label = f"{task_id} [dim]({kind})[/]"
+    expansion = task.get("expand")
+    if expansion is not None:
+        label += f" [magenta]{_expansion_text(expansion)}[/]"
     if task["trigger_rule"] not in ("all_success", "all_done_setup_success"):
         label += f" [dim]{task['trigger_rule']}[/]"
     others = [u for u in sorted(task["upstream"]) if u != parent]
@@ -277,6 +280,21 @@ def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
         more = f" and {len(others) - MAX_ALSO} more" if len(others) > MAX_ALSO else ""
         label += f" [dim]← also after {named}{more}[/]"
     return label
+
+
+def _expansion_text(expansion: Mapping[str, Any]) -> str:
+    """`mapped over x=[3 items], y=<result of t>` for `dags show`."""
+
+    def source(arg: Mapping[str, Any]) -> str:
+        if "ref" in arg:
+            return f"<result of {arg['ref']}>"
+        value = arg.get("value")
+        return f"[{len(value)} items]" if isinstance(value, list) else repr(value)
+
+    if expansion.get("mode") == "kwargs":
+        return f"mapped over kwargs {source(expansion.get('source', {}))}"
+    args = expansion.get("args", {})
+    return "mapped over " + ", ".join(f"{k}={source(v)}" for k, v in args.items())
 
 
 def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
@@ -345,7 +363,7 @@ def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = 
         if ti.state == states.UP_FOR_RESCHEDULE and ti.next_retry_at is not None:
             reason = f"next poke at {_fmt(ti.next_retry_at)}"
         table.add_row(
-            ti.task_id,
+            ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]",
             _styled(ti.state),
             str(ti.try_number),
             _duration(ti),
@@ -369,7 +387,7 @@ def print_attempts(attempts: Sequence[TaskAttempt], console: Console | None = No
         message = (a.message or "").strip().splitlines()[-1] if a.message else ""
         why = ": ".join(part for part in (a.reason, message[:100]) if part)
         table.add_row(
-            a.task_id,
+            a.task_id if a.map_index < 0 else f"{a.task_id}[{a.map_index}]",
             str(a.try_number),
             _styled(a.state),
             _fmt(a.started_at),

@@ -31,9 +31,20 @@ class AttemptKey:
     run_id: str
     task_id: str
     try_number: int
+    map_index: int = -1  # >= 0: a mapped instance of the task
 
     def __str__(self) -> str:
-        return f"{self.dag_id}/{self.run_id}/{self.task_id}#{self.try_number}"
+        return f"{self.dag_id}/{self.run_id}/{self.task_ref}#{self.try_number}"
+
+    @property
+    def task_ref(self) -> str:
+        """The task id, with `[map_index]` for a mapped instance."""
+        return self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
+
+    @property
+    def ti_key(self) -> tuple[str, str, str, int]:
+        """The task instance's key in the store: (dag_id, run_id, task_id, map_index)."""
+        return (self.dag_id, self.run_id, self.task_id, self.map_index)
 
 
 @dataclass(frozen=True, slots=True)

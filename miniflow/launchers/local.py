@@ -437,6 +437,7 @@ class LocalLauncher:
             task_id=key.task_id,
             try_number=key.try_number,
             owner=self.owner or "",
+            map_index=key.map_index,
         )
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
         try:
@@ -520,6 +521,7 @@ class LocalLauncher:
                 k.task_id,
                 "--try",
                 str(k.try_number),
+                *(["--map-index", str(k.map_index)] if k.map_index >= 0 else []),
             ]
             env = {**host_env(), **self.worker_env, **spec.env}
             if self._forkserver is not None:

@@ -146,6 +146,8 @@ class AttemptPaths:
             / safe_component(key.run_id)
             / safe_component(key.task_id)
         )
+        if key.map_index >= 0:
+            folder = folder / f"map-{int(key.map_index)}"
         stem = str(int(key.try_number))
         return cls(
             log=folder / f"{stem}.log",
@@ -174,12 +176,13 @@ class Marker:
     try_number: int = 0
     owner: str = ""
     """The scheduler instance that launched it ("" in markers from before owners)."""
+    map_index: int = -1
 
     @property
     def key(self) -> AttemptKey | None:
         if not self.dag_id:
             return None
-        return AttemptKey(self.dag_id, self.run_id, self.task_id, self.try_number)
+        return AttemptKey(self.dag_id, self.run_id, self.task_id, self.try_number, self.map_index)
 
 
 def live_dir(state_dir: Path) -> Path:
@@ -188,7 +191,10 @@ def live_dir(state_dir: Path) -> Path:
 
 def live_entry(state_dir: Path, key: AttemptKey) -> Path:
     """The live-index entry of an attempt (a hash: ids may be longer than a file name)."""
-    raw = json.dumps([key.dag_id, key.run_id, key.task_id, key.try_number])
+    parts: list[object] = [key.dag_id, key.run_id, key.task_id, key.try_number]
+    if key.map_index >= 0:
+        parts.append(key.map_index)
+    raw = json.dumps(parts)
     return live_dir(state_dir) / hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 

@@ -66,6 +66,7 @@ MAIN_CONTAINER = "base"
 LABEL_DAG_ID = "miniflow/dag-id"
 LABEL_TASK_ID = "miniflow/task-id"
 LABEL_TRY = "miniflow/try-number"
+LABEL_MAP_INDEX = "miniflow/map-index"  # only on the pods of mapped instances
 LABEL_RUN_HASH = "miniflow/run-hash"
 LABEL_OWNER = "miniflow/owner"
 
@@ -73,6 +74,7 @@ ANNOTATION_DAG_ID = "miniflow/dag-id"
 ANNOTATION_RUN_ID = "miniflow/run-id"
 ANNOTATION_TASK_ID = "miniflow/task-id"
 ANNOTATION_TRY = "miniflow/try-number"
+ANNOTATION_MAP_INDEX = "miniflow/map-index"
 
 DATABASE_URL_ENV = "MINIFLOW_DATABASE_URL"
 DAGS_FOLDER_ENV = "MINIFLOW_DAGS_FOLDER"
@@ -121,8 +123,10 @@ def _short_hash(text: str, length: int) -> str:
 
 
 def _key_hash(key: AttemptKey, length: int) -> str:
-    exact = json.dumps([key.dag_id, key.run_id, key.task_id, key.try_number])
-    return _short_hash(exact, length)
+    parts: list[object] = [key.dag_id, key.run_id, key.task_id, key.try_number]
+    if key.map_index >= 0:  # unmapped keys hash as before: their pods keep their names
+        parts.append(key.map_index)
+    return _short_hash(json.dumps(parts), length)
 
 
 def _dns_part(value: str) -> str:
@@ -130,12 +134,15 @@ def _dns_part(value: str) -> str:
 
 
 def pod_name(key: AttemptKey) -> str:
-    """Deterministic DNS-1123 label for an attempt: `<dag>-<task>-<hash>-<try>`.
+    """Deterministic DNS-1123 label for an attempt: `<dag>-<task>-<hash>-<try>`, and
+    `<dag>-<task>-<hash>-<map_index>-<try>` for a mapped instance.
 
     The hash covers the exact key (run id included), so distinct keys never
     share a name even when their sanitized ids do.
     """
     suffix = f"{_key_hash(key, _NAME_HASH_LEN)}-{key.try_number}"
+    if key.map_index >= 0:
+        suffix = f"{_key_hash(key, _NAME_HASH_LEN)}-{key.map_index}-{key.try_number}"
     budget = _MAX_NAME - len(suffix) - 1
     readable = "-".join(p for p in (_dns_part(key.dag_id), _dns_part(key.task_id)) if p)
     readable = readable[:budget].strip("-")
@@ -203,23 +210,29 @@ def owner_patch(
 
 def labels_for(key: AttemptKey) -> dict[str, str]:
     """Labels miniflow puts on the pod of `key` (selection only; ids may be hashed)."""
-    return {
+    labels = {
         MANAGED_BY_LABEL: MANAGED_BY,
         LABEL_DAG_ID: label_value(key.dag_id),
         LABEL_TASK_ID: label_value(key.task_id),
         LABEL_TRY: str(key.try_number),
         LABEL_RUN_HASH: run_hash(key.run_id),
     }
+    if key.map_index >= 0:
+        labels[LABEL_MAP_INDEX] = str(key.map_index)
+    return labels
 
 
 def annotations_for(key: AttemptKey) -> dict[str, str]:
     """Annotations carrying the exact attempt key (what the launcher trusts)."""
-    return {
+    annotations = {
         ANNOTATION_DAG_ID: key.dag_id,
         ANNOTATION_RUN_ID: key.run_id,
         ANNOTATION_TASK_ID: key.task_id,
         ANNOTATION_TRY: str(key.try_number),
     }
+    if key.map_index >= 0:
+        annotations[ANNOTATION_MAP_INDEX] = str(key.map_index)
+    return annotations
 
 
 def key_from_annotations(annotations: Mapping[str, str] | None) -> AttemptKey | None:
@@ -232,6 +245,7 @@ def key_from_annotations(annotations: Mapping[str, str] | None) -> AttemptKey | 
             run_id=annotations[ANNOTATION_RUN_ID],
             task_id=annotations[ANNOTATION_TASK_ID],
             try_number=int(annotations[ANNOTATION_TRY]),
+            map_index=int(annotations.get(ANNOTATION_MAP_INDEX, "-1")),
         )
     except (KeyError, ValueError):
         return None
@@ -255,6 +269,7 @@ def worker_command(key: AttemptKey) -> list[str]:
         key.task_id,
         "--try",
         str(key.try_number),
+        *(["--map-index", str(key.map_index)] if key.map_index >= 0 else []),
     ]
 
 

@@ -20,19 +20,23 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.mapping import apply_map_args
+from miniflow.authoring.xcom import XComData, uses_xcom
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
-from miniflow.scheduler.bookkeeping import InFlight, TickStats
+from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.specs import build_spec
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
+from miniflow.store import mapping as store_mapping
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store import xcom as store_xcom
 
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler
@@ -62,17 +66,17 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
                 now=now,
                 skip_dags=limits.full_dags,
                 skip_pools=limits.full_pools,
-                skip_ids=[c.id for c in chosen],
+                skip_ids=[c.id for c in chosen] + limits.held_ids,
             )
             if scheduler.only_run_pk is not None:
                 candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
             if not candidates:
                 break
-            cached.update(
-                await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates})
-            )
+            cached.update(await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates}))
             if limits.slots is None and any(c.pool is not None for c in candidates):
                 limits.slots = await store_pools.slots(session)
+            if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
+                limits.mapped_used = await store_mapping.active_mapped(session)
             newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
             if len(chosen) >= free or not newly_full:
                 break  # full, or nothing was held back by a limit: no one else is waiting
@@ -82,7 +86,7 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         chosen = [c for c in chosen if c.id in claimed]
         await store_attempts.open_attempts(
             session,
-            [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id]) for c in chosen],
+            [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index) for c in chosen],
             launcher=scheduler.launcher.name,
             scheduler_id=scheduler.scheduler_id,
             now=now,
@@ -90,12 +94,13 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         missing = scheduler.run_infos.missing(c.run_pk for c in chosen)
         if missing:
             scheduler.run_infos.add(await store_runs.running_runs(session, missing))
+        xcoms = await _xcom_for_templates(session, chosen, cached, scheduler.run_infos)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
         entry = cached[c.run_pk]
         task = entry.dag["tasks"].get(c.task_id)
-        key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id])
+        key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index)
         scheduler.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
         if task is None:
             failures.append(_LaunchFailure(c, claimed[c.id], "task is no longer defined"))
@@ -105,7 +110,17 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             failures.append(_LaunchFailure(c, claimed[c.id], "the run is no longer running"))
             continue
         try:
-            specs.append(build_spec(entry.dag, run, c.task_id, claimed[c.id]))
+            specs.append(
+                build_spec(
+                    entry.dag,
+                    run,
+                    c.task_id,
+                    claimed[c.id],
+                    map_index=c.map_index,
+                    map_args=c.map_args,
+                    xcom=xcoms.get(c.run_pk),
+                )
+            )
         except TemplateError as exc:
             failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
     results = await scheduler.launcher.launch(specs) if specs else []
@@ -139,6 +154,26 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             await fail_before_start(scheduler, session, failures, stats)
     if failures:
         stats.changed += len(failures)
+
+
+async def _xcom_for_templates(
+    session: AsyncSession,
+    chosen: Sequence[store_tis.Candidate],
+    cached: Mapping[int, CachedDag],
+    runs: RunInfoCache,
+) -> dict[int, XComData]:
+    """The XCom of the runs whose chosen tasks' templates pull it (read once per run)."""
+    wanted: set[int] = set()
+    for c in chosen:
+        task = cached[c.run_pk].dag["tasks"].get(c.task_id)
+        if task is not None and uses_xcom(apply_map_args(task, c.map_args)):
+            wanted.add(c.run_pk)
+    found = {pk: runs.get(pk) for pk in wanted}
+    return {
+        pk: await store_xcom.load(session, run.dag_id, run.run_id)
+        for pk, run in found.items()
+        if run is not None
+    }
 
 
 async def fail_before_start(
@@ -201,7 +236,9 @@ async def fail_before_start(
         )
     for f in failures:
         c = f.candidate
-        scheduler.inflight.pop(AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number), None)
+        scheduler.inflight.pop(
+            AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number, c.map_index), None
+        )
         scheduler.mark_dirty(c.run_pk)
         log.warning(
             "%s/%s/%s try %d did not start: %s",
@@ -238,6 +275,7 @@ def _candidate_of(key: AttemptKey, flight: InFlight) -> store_tis.Candidate:
         key.try_number,
         0,
         None,
+        key.map_index,
     )
 
 
@@ -255,6 +293,11 @@ class _Limits:
     """Pool sizes, read once a candidate in a pool shows up."""
     full_dags: set[str] = field(default_factory=set)
     full_pools: set[str] = field(default_factory=set)
+    # (dag_id, task_id) → its mapped instances queued or running (read once a candidate is
+    # a mapped instance), for `max_active_mapped`; ids held back by it, left out of the
+    # next candidate window
+    mapped_used: dict[tuple[str, str], int] | None = None
+    held_ids: list[int] = field(default_factory=list)
 
     def pick(
         self,
@@ -274,6 +317,14 @@ class _Limits:
             entry = cached.get(c.run_pk)
             if entry is None:
                 continue
+            task = entry.dag["tasks"].get(c.task_id)
+            cap = task.get("max_active_mapped") if task is not None else None
+            mapped_key = (c.dag_id, c.task_id)
+            if c.map_index >= 0 and cap is not None and self.mapped_used is not None:
+                if self.mapped_used.get(mapped_key, 0) >= cap:
+                    self.held_ids.append(c.id)
+                    held_back = True
+                    continue
             if self.dag_used.get(c.dag_id, 0) >= entry.dag["max_active_tasks"]:
                 held_back |= c.dag_id not in self.full_dags
                 self.full_dags.add(c.dag_id)
@@ -286,6 +337,8 @@ class _Limits:
                 self.full_pools.add(c.pool)
                 continue
             self.dag_used[c.dag_id] = self.dag_used.get(c.dag_id, 0) + 1
+            if c.map_index >= 0 and self.mapped_used is not None:
+                self.mapped_used[mapped_key] = self.mapped_used.get(mapped_key, 0) + 1
             if c.pool is not None:
                 self.pool_used[c.pool] = self.pool_used.get(c.pool, 0) + 1
             chosen.append(c)

@@ -31,7 +31,7 @@ import miniflow
 from miniflow.authoring.serialized import SerializedDag
 from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
-from miniflow.scheduler import claims, liveness, metrics, readiness, run_creation
+from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
@@ -43,6 +43,7 @@ from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop, Sani
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
+from miniflow.store import mapping as store_mapping
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
@@ -82,6 +83,8 @@ class SchedulerSettings:
     """Launches of one try that never reached a container before the try fails."""
     max_result_bytes: int = 65536
     """Largest result a `Pod(..., push_result=True)` task may report (as `@task`s)."""
+    max_map_length: int = 1024
+    """Most mapped instances of one mapped task in a run; more fails the task."""
     sanity: SanitySettings = field(default_factory=SanitySettings)
     """The sanity loop's interval and thresholds."""
     register: bool = True
@@ -100,6 +103,9 @@ class SchedulerSettings:
     """Seconds a DAG-level callback's child process may run before it is killed."""
 
 
+_UNRUN = frozenset({states.SKIPPED, states.UPSTREAM_FAILED})
+
+
 @dataclass(slots=True)
 class _Due:
     parse: datetime | None = None
@@ -109,7 +115,7 @@ class _Due:
     instance: datetime | None = None
     dirty: set[int] = field(default_factory=set)  # runs to read in full
     exited: set[int] = field(default_factory=set)  # task instances whose try ended
-    exited_keys: set[tuple[str, str, str]] = field(default_factory=set)  # same, untracked
+    exited_keys: set[tuple[str, str, str, int]] = field(default_factory=set)  # same, untracked
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -165,9 +171,7 @@ class Scheduler:
         self._ended: list[tuple[SerializedDag, RunInfo, str]] = []
         """Runs this round ended, for their DAG callbacks once the round has committed."""
         prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
-        self.scheduler_id = (
-            f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        )
+        self.scheduler_id = f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
         self._taken_over: set[str] = set()
         """Dead instances whose leftover pods this one took over (once each)."""
@@ -312,14 +316,14 @@ class Scheduler:
             wanted: dict[AttemptKey, tuple[int, str | None]] = {}
             flights: dict[AttemptKey, InFlight] = {}
             for row in rows:
-                key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number)
+                key = AttemptKey(row.dag_id, row.run_id, row.task_id, row.try_number, row.map_index)
                 owner = owners.get((row.id, row.try_number))
                 if key in self.inflight or not adoptable(owner):
                     continue
                 wanted[key] = (row.id, row.handle)
                 flights[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
             for a in open_attempts:
-                key = AttemptKey(a.dag_id, a.run_id, a.task_id, a.try_number)
+                key = AttemptKey(a.dag_id, a.run_id, a.task_id, a.try_number, a.map_index)
                 if key in self.inflight or key in wanted or not adoptable(a.scheduler_id):
                     continue
                 if a.scheduler_id == self.scheduler_id:
@@ -677,7 +681,7 @@ class Scheduler:
         # tracking), not their whole runs. The recorder names runs only: if it touched
         # more runs than the exits name, read those runs in full.
         self._due.exited |= {f.ti_id for f in known.values()}
-        self._due.exited_keys |= {(k.dag_id, k.run_id, k.task_id) for k in exits if k not in known}
+        self._due.exited_keys |= {k.ti_key for k in exits if k not in known}
         if len(touched) > len({(k.dag_id, k.run_id) for k in exits}):
             self._due.dirty.update(touched)
 
@@ -717,6 +721,12 @@ class Scheduler:
         rows = (
             await store_tis.states_of(session, exited, exited_keys) if exited or exited_keys else []
         )
+        # A mapped instance is not a task of the graph: its task's own row changes once all
+        # its instances have finished (`store.mapping.settle`), and readiness goes on from it.
+        instance_runs = {row.run_pk for row in rows if row.map_index >= 0}
+        rows = [row for row in rows if row.map_index < 0]
+        if instance_runs:
+            rows += await store_mapping.settle(session, instance_runs, now)
         for row in rows:
             view = self.run_views.get(row.run_pk)
             if view is None:
@@ -757,8 +767,16 @@ class Scheduler:
             cached = await self.dags.for_runs(session, full)  # each run's own DAG version
             full = [run for run in full if run.pk in cached]
         finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
-        stats.changed = await store_tis.set_states(session, changes, now)
-        if stats.changed == len(changes):
+        applied = await store_tis.set_states(session, changes, now)
+        stats.changed = applied
+        if sweep or any(new == states.MAPPED for _, _, new in changes):
+            created, ended = await mapping.expand(self, session, None, now)
+            stats.changed += created + len(ended)
+            # An empty or impossible expansion ended the task: decide downstream of it.
+            self._due.dirty.update(row.run_pk for row in ended)
+        if sweep or any(new in _UNRUN for _, _, new in changes):
+            stats.changed += await store_mapping.follow_unrun(session)
+        if applied == len(changes):
             stats.finished.update(s for _, _, s in changes if s in states.FINISHED)
         else:
             # The database disagreed with a view (a row was not `none` any more): read
@@ -801,6 +819,7 @@ class Scheduler:
         runs that are over."""
         if not runs:
             return []
+        await store_mapping.settle(session, [r.pk for r in runs], now)
         tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
         finals: list[tuple[RunInfo, str, list[int]]] = []
         for run in runs:

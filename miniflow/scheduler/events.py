@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.serialized import SerializedTask
+from miniflow.authoring.xcom import pushed_line
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, pod_results, relaunch
@@ -82,9 +83,7 @@ async def _fence(
     if not keys:
         return set()
     by_row = {(scheduler.inflight[k].ti_id, k.try_number): k for k in keys}
-    elsewhere = await store_attempts.owned_elsewhere(
-        session, list(by_row), scheduler.scheduler_id
-    )
+    elsewhere = await store_attempts.owned_elsewhere(session, list(by_row), scheduler.scheduler_id)
     foreign = {by_row[r] for r in elsewhere}
     for key in foreign:
         log.warning("%s: adopted by another scheduler; leaving it to that one", key)
@@ -107,11 +106,11 @@ async def _resolve_unknown(
     unknown = {e.key for e in batch if e.key not in scheduler.inflight}
     if not unknown:
         return
-    rows = await store_tis.find_keys(session, [(k.dag_id, k.run_id, k.task_id) for k in unknown])
+    rows = await store_tis.find_keys(session, [k.ti_key for k in unknown])
     exits = {e.key: e for e in batch if isinstance(e, AttemptExited) and e.key in unknown}
     stale: list[store_attempts.AttemptEnd] = []
     for key in unknown:
-        row = rows.get((key.dag_id, key.run_id, key.task_id))
+        row = rows.get(key.ti_key)
         if row is None:
             continue
         current = row.try_number == key.try_number
@@ -289,7 +288,16 @@ def _by_exit_code(
     event: AttemptExited, flight: InFlight, task: SerializedTask | None, now: datetime
 ) -> store_tis.Outcome:
     if event.exit_code == 0 and event.reason in (None, "Completed"):
-        return store_tis.Outcome(flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0)
+        # `push_result`: the command's last line (of the log tail the launcher read) is
+        # its result; a launcher whose worker runs Bash records it itself.
+        extra = (
+            {"result": pushed_line(event.log_tail)}
+            if task is not None and task.get("push_result")
+            else {}
+        )
+        return store_tis.Outcome(
+            flight.ti_id, event.key.try_number, states.SUCCESS, exit_code=0, extra=extra
+        )
     if task is not None and event.exit_code in task.get("skip_on_exit_code", ()):
         return store_tis.Outcome(
             flight.ti_id,

@@ -113,14 +113,17 @@ def decide(
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
-def settle(decision: str | None, kind: str) -> str | None:
-    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run.
+def settle(decision: str | None, kind: str, mapped: bool = False) -> str | None:
+    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run; a
+    mapped task that may run is `mapped` (the scheduler expands it in the same round).
 
-    Completing it here (not through a launch) is what makes it free, and its success
-    propagates further down in the same pass like any finished decision.
+    Completing an empty task here (not through a launch) is what makes it free, and its
+    success propagates further down in the same pass like any finished decision.
     """
     if decision == states.SCHEDULED and kind == "empty":
         return states.SUCCESS
+    if decision == states.SCHEDULED and mapped:
+        return states.MAPPED
     return decision
 
 
@@ -176,6 +179,7 @@ class Graph:
     setups: Mapping[str, tuple[str, ...]]  # teardown → the setup tasks upstream of it
     outcome: frozenset[str]  # the tasks whose states decide the run (`outcome_tasks`)
     teardowns: Mapping[str, tuple[str, ...]]  # setup → the teardowns it is a setup of
+    mapped: frozenset[str] = frozenset()  # mapped tasks (expanded when they may run)
 
 
 def teardown_setups(dag: SerializedDag) -> dict[str, tuple[str, ...]]:
@@ -258,6 +262,7 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         setups=setups,
         outcome=outcome_tasks(dag, leaves),
         teardowns={s: tuple(sorted(t for t, ss in setups.items() if s in ss)) for s in ups},
+        mapped=frozenset(task_id for task_id, task in tasks.items() if "expand" in task),
     )
     _GRAPHS[key] = built
     while len(_GRAPHS) > MAX_GRAPHS:
@@ -295,6 +300,7 @@ def evaluate_run(
                 [view[u] for u in built.setups.get(task_id, ()) if u in view],
             ),
             task["kind"],
+            "expand" in task,
         )
         if decision is not None:
             changes[task_id] = decision

@@ -135,7 +135,9 @@ class RunView:
             upstream = [self.states[u] for u in graph.upstream[task_id] if u in self.states]
             setups = [self.states[u] for u in graph.setups.get(task_id, ()) if u in self.states]
             decision = readiness.settle(
-                readiness.decide(graph.rules[task_id], upstream, setups), graph.kinds[task_id]
+                readiness.decide(graph.rules[task_id], upstream, setups),
+                graph.kinds[task_id],
+                task_id in graph.mapped,
             )
             if decision is None:
                 continue

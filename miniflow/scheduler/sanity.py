@@ -238,7 +238,7 @@ class SanityLoop:
                     )
                 )
                 notes.append((t.id, t.try_number, reason, message))
-                key = AttemptKey(t.dag_id, t.run_id, t.task_id, t.try_number)
+                key = AttemptKey(t.dag_id, t.run_id, t.task_id, t.try_number, t.map_index)
                 kills.append(Kill(key, t.handle, reason, message, force))
                 scheduler.mark_dirty(t.run_pk)
             changed = await store_tis.finish(session, outcomes, now)
@@ -318,11 +318,9 @@ class SanityLoop:
         if not due:
             return
         async with store_engine.transaction(scheduler.sessions) as session:
-            rows = await store_tis.find_keys(
-                session, [(k.dag_id, k.run_id, k.task_id) for k in due]
-            )
+            rows = await store_tis.find_keys(session, [k.ti_key for k in due])
         for key in due:
-            row = rows.get((key.dag_id, key.run_id, key.task_id))
+            row = rows.get(key.ti_key)
             if row is not None and row.try_number == key.try_number and row.state in states.ACTIVE:
                 continue  # a live try: a live peer's, or adopted from a dead one (above)
             findings.orphans_killed += 1
@@ -356,7 +354,9 @@ def _seen_again(
 
 
 def _owned(scheduler: Scheduler, t: store_tis.ActiveTry) -> bool:
-    return AttemptKey(t.dag_id, t.run_id, t.task_id, t.try_number) in scheduler.inflight
+    return (
+        AttemptKey(t.dag_id, t.run_id, t.task_id, t.try_number, t.map_index) in scheduler.inflight
+    )
 
 
 def _verdict(
@@ -407,10 +407,10 @@ async def _still_owned(scheduler: Scheduler, keys: list[AttemptKey]) -> list[Att
 
 async def _handles(scheduler: Scheduler, keys: list[AttemptKey]) -> dict[AttemptKey, str | None]:
     async with store_engine.transaction(scheduler.sessions) as session:
-        rows = await store_tis.find_keys(session, [(k.dag_id, k.run_id, k.task_id) for k in keys])
+        rows = await store_tis.find_keys(session, [k.ti_key for k in keys])
     out: dict[AttemptKey, str | None] = {}
     for key in keys:
-        row = rows.get((key.dag_id, key.run_id, key.task_id))
+        row = rows.get(key.ti_key)
         out[key] = row.handle if row is not None and row.try_number == key.try_number else None
     return out
 

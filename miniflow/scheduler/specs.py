@@ -13,7 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from miniflow.authoring import templates
+from miniflow.authoring.context import TaskInstanceInfo
+from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import PodSettings, SerializedDag
+from miniflow.authoring.xcom import ReadOnlyXCom, XComData
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.store.runs import RunInfo
 
@@ -23,12 +26,22 @@ def run_params(dag: SerializedDag, conf: dict[str, Any]) -> dict[str, Any]:
     return {**dag["params"], **conf}
 
 
-def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) -> TaskSpec:
-    """The spec of one try, from the run's version `dag`.
+def build_spec(
+    dag: SerializedDag,
+    run: RunInfo,
+    task_id: str,
+    try_number: int,
+    *,
+    map_index: int = -1,
+    map_args: dict[str, Any] | None = None,
+    xcom: XComData | None = None,
+) -> TaskSpec:
+    """The spec of one try, from the run's version `dag`; of a mapped instance: with its
+    own fields (`map_args`) and `map_index` in the templates' context.
 
     Raises TemplateError if a templated field cannot be rendered.
     """
-    task = dag["tasks"][task_id]
+    task = apply_map_args(dag["tasks"][task_id], map_args)
     context = templates.build_context(
         dag_id=dag["dag_id"],
         run_id=run.run_id,
@@ -39,18 +52,25 @@ def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) 
         data_interval_end=run.data_interval_end,
         params=run_params(dag, run.conf),
         run_type=run.run_type,
+        map_index=map_index,
+    )
+    # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
+    context["ti"] = context["task_instance"] = TaskInstanceInfo(
+        dag["dag_id"], run.run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(xcom)
     )
     rendered = templates.render_task_fields(task, context)
     pod: PodSettings = PodSettings(**task["pod"])
     return TaskSpec(
-        key=AttemptKey(dag["dag_id"], run.run_id, task_id, try_number),
+        key=AttemptKey(dag["dag_id"], run.run_id, task_id, try_number, map_index),
         kind=task["kind"],
         fileloc=dag["fileloc"],
         bash_command=rendered.bash_command,
         image=task.get("image"),
         cmds=rendered.cmds,
         args=rendered.args,
-        env=rendered.env,
+        env=rendered.env
+        if map_index < 0
+        else {**rendered.env, "MINIFLOW_MAP_INDEX": str(map_index)},
         timeout=task["timeout"],
         pod=pod,
         annotations={"miniflow/logical-date": run.logical_date.isoformat()},

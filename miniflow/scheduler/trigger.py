@@ -164,10 +164,9 @@ async def trigger_test(
                 f"(scheduler {live[0]} follows its tries): wait for it, or test another "
                 "--logical-date"
             )
-        tries = {
-            ti.task_id: ti.try_number
-            for ti in await store_tis.list_for_run(session, dag_id, run_id)
-        }
+        for ti in await store_tis.list_for_run(session, dag_id, run_id):
+            # a mapped task: its instances' tries too (their keys must not come back)
+            tries[ti.task_id] = max(tries.get(ti.task_id, 0), ti.try_number)
         await store_runs.delete_run(session, earlier.pk)
     interval = Timetable.from_serialized(dag).manual_interval(logical_date)
     await store_runs.create_run(

@@ -45,13 +45,13 @@ class AttemptEnd:
 
 async def open_attempts(
     session: AsyncSession,
-    rows: Sequence[tuple[int, str, str, str, int]],
+    rows: Sequence[tuple[int, str, str, str, int, int]],
     *,
     launcher: str,
     scheduler_id: str,
     now: datetime,
 ) -> None:
-    """Insert (ti_id, dag_id, run_id, task_id, try) attempts in state queued.
+    """Insert (ti_id, dag_id, run_id, task_id, try, map_index) attempts in state queued.
 
     A relaunch of a try keeps the row its first launch opened (same try).
     """
@@ -67,12 +67,13 @@ async def open_attempts(
                 "run_id": run_id,
                 "task_id": task_id,
                 "try_number": try_number,
+                "map_index": map_index,
                 "state": "queued",
                 "launcher": launcher,
                 "scheduler_id": scheduler_id,
                 "queued_at": now,
             }
-            for ti_id, dag_id, run_id, task_id, try_number in rows
+            for ti_id, dag_id, run_id, task_id, try_number, map_index in rows
         ],
     )
 
@@ -253,11 +254,16 @@ async def open_by_scheduler(session: AsyncSession) -> dict[str | None, int]:
 
 
 async def for_task(
-    session: AsyncSession, dag_id: str, run_id: str, task_id: str
+    session: AsyncSession, dag_id: str, run_id: str, task_id: str, map_index: int = -1
 ) -> list[TaskAttempt]:
     query = (
         select(TA)
-        .where(TA.dag_id == dag_id, TA.run_id == run_id, TA.task_id == task_id)
+        .where(
+            TA.dag_id == dag_id,
+            TA.run_id == run_id,
+            TA.task_id == task_id,
+            TA.map_index == map_index,
+        )
         .order_by(TA.try_number)
     )
     return list((await session.execute(query)).scalars())

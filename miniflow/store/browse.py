@@ -141,6 +141,7 @@ class TaskInstanceView:
     reason: str | None
     handle: str | None
     next_poke_at: datetime | None = None  # a sensor waiting as up_for_reschedule: its next poke
+    map_index: int = -1  # >= 0: a mapped instance of the task
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class AttemptView:
     reason: str | None
     message: str | None
     has_saved_log: bool
+    map_index: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +411,7 @@ def task_instance_view(row: TaskInstance) -> TaskInstanceView:
         reason=_last_line(row.error),
         handle=row.handle,
         next_poke_at=row.next_retry_at if row.state == states.UP_FOR_RESCHEDULE else None,
+        map_index=row.map_index,
     )
 
 
@@ -427,7 +430,9 @@ async def get_task_instance(
     row = (
         await session.execute(
             select(TaskInstance).where(
-                TaskInstance.run_pk == run.id, TaskInstance.task_id == task_id
+                TaskInstance.run_pk == run.id,
+                TaskInstance.task_id == task_id,
+                TaskInstance.map_index == -1,  # a mapped task: its own row
             )
         )
     ).scalar_one_or_none()
@@ -468,6 +473,7 @@ def attempt_view(a: TaskAttempt, has_saved_log: bool) -> AttemptView:
         reason=a.reason,
         message=a.message,
         has_saved_log=has_saved_log,
+        map_index=a.map_index,
     )
 
 
@@ -499,7 +505,7 @@ async def grid(session: AsyncSession, dag_id: str, *, runs: int = 25) -> Grid:
             TaskInstance.started_at,
             TaskInstance.ended_at,
             TaskInstance.error,
-        ).where(TaskInstance.run_pk.in_(list(pks)))
+        ).where(TaskInstance.run_pk.in_(list(pks)), TaskInstance.map_index == -1)
         for pk, task_id, state, try_number, started, ended, error in (
             await session.execute(query)
         ).all():

@@ -92,7 +92,8 @@ async def clear_tasks(
 ) -> list[str]:
     """Clear `task_id` of the run (with `selection`'s companions); returns the ids chosen."""
     rows = await store_tis.list_for_run(session, dag_id, run_id)
-    found = {r.task_id: (r.state, r.try_number) for r in rows}
+    # a mapped task's own row (its instances, map_index >= 0, go with it)
+    found = {r.task_id: (r.state, r.try_number) for r in rows if r.map_index < 0}
     task_ids = selection(dag, task_id, downstream, found)
     retries = {t: dag["tasks"][t]["retries"] for t in task_ids}
     await store_tis.clear(session, dag_id, run_id, task_ids, retries)

@@ -126,7 +126,9 @@ class DagRun(Base):
 class TaskInstance(Base):
     __tablename__ = "task_instance"
     __table_args__ = (
-        UniqueConstraint("dag_id", "run_id", "task_id", name="uq_task_instance_key"),
+        # map_index -1: an unmapped task, or the summary row of a mapped one; 0..n-1: its
+        # mapped instances (the unique key makes expanding twice create each once)
+        UniqueConstraint("dag_id", "run_id", "task_id", "map_index", name="uq_task_instance_key"),
         Index("ix_task_instance_state_priority", "state", "priority"),
         Index("ix_task_instance_run_pk", "run_pk"),
     )
@@ -136,6 +138,8 @@ class TaskInstance(Base):
     dag_id: Mapped[str] = mapped_column(String(250))
     run_id: Mapped[str] = mapped_column(String(250))
     task_id: Mapped[str] = mapped_column(String(250))
+    map_index: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    map_args: Mapped[Any | None] = mapped_column(JSON)  # a mapped instance's own arguments
     kind: Mapped[str] = mapped_column(String(10))
     state: Mapped[str] = mapped_column(String(20))
     try_number: Mapped[int] = mapped_column(Integer, default=0)
@@ -172,6 +176,7 @@ class TaskAttempt(Base):
     dag_id: Mapped[str] = mapped_column(String(250))
     run_id: Mapped[str] = mapped_column(String(250))
     task_id: Mapped[str] = mapped_column(String(250))
+    map_index: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
     try_number: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(20))
     launcher: Mapped[str] = mapped_column(String(20))
@@ -206,3 +211,20 @@ class Pool(Base):
     name: Mapped[str] = mapped_column(String(250), primary_key=True)
     slots: Mapped[int] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(Text)
+
+
+class XCom(Base):
+    """A value a task pushed by key (`ti.xcom_push`); its result stays `task_instance.result`."""
+
+    __tablename__ = "xcom"
+    __table_args__ = (
+        UniqueConstraint("run_pk", "task_id", "map_index", "key", name="uq_xcom_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("dag_run.id", ondelete="CASCADE"))
+    task_id: Mapped[str] = mapped_column(String(250))
+    map_index: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    key: Mapped[str] = mapped_column(String(250))
+    value: Mapped[Any | None] = mapped_column(JSON)
+    at: Mapped[datetime]

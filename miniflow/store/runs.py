@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.authoring.mapping import MapError, expand_values, max_map_length, upstream_refs
 from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound, PermanentError
 from miniflow.store import attempts as store_attempts
@@ -137,10 +138,32 @@ async def create_run(
         }
         for task_id, task in dag["tasks"].items()
     ]
+    rows += literal_instances(dag, rows)
     if rows:
         await session.execute(insert(TaskInstance), rows)
     await wakeup.announce(session, "run")
     return run.id
+
+
+def literal_instances(dag: SerializedDag, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mapped instances (`none`) of the mapped tasks that map over literal lists only,
+    so a new run lists them at once; each such task's row (in `rows`) records its
+    expansion. Others (and an expansion that cannot be made, or is empty) are expanded by
+    the scheduler when the task may run (`miniflow.scheduler.mapping`)."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        task = dag["tasks"][row["task_id"]]
+        if "expand" not in task or upstream_refs(task):
+            continue
+        try:
+            items = expand_values(task, lambda ref: ref.get("value"), max_map_length())
+        except MapError:
+            continue  # the scheduler fails the task, saying why
+        if not items:
+            continue
+        row["map_args"] = {"length": len(items)}
+        out += [{**row, "map_index": i, "map_args": args} for i, args in enumerate(items)]
+    return out
 
 
 async def versions_of(session: AsyncSession, pks: Sequence[int]) -> list[RunVersion]:
@@ -352,4 +375,13 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
         )
     ).scalars()
     await store_tis.set_states(session, [(i, states.NONE, states.SKIPPED) for i in none], now)
+    # a mapped task's own row: its instances were skipped above (or end on their own)
+    mapped = (
+        await session.execute(
+            select(TaskInstance.id).where(
+                TaskInstance.run_pk == run.pk, TaskInstance.state == states.MAPPED
+            )
+        )
+    ).scalars()
+    await store_tis.set_states(session, [(i, states.MAPPED, states.SKIPPED) for i in mapped], now)
     return True

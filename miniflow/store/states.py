@@ -14,6 +14,9 @@ SKIPPED = "skipped"
 # A sensor between pokes (`@task.sensor(mode="reschedule")`): no process, no slot; due again
 # at `next_retry_at`.
 UP_FOR_RESCHEDULE = "up_for_reschedule"
+# A mapped task's own row (map_index -1) once it may run: its mapped instances (rows with
+# map_index 0..n-1) run instead; it ends with their combined outcome (`store.mapping`).
+MAPPED = "mapped"
 
 FINISHED = frozenset({SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED})
 ACTIVE = frozenset({QUEUED, RUNNING})  # holding a parallelism slot

@@ -19,7 +19,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import states, transitions, wakeup
@@ -49,6 +61,7 @@ class TIState:
     state: str
     try_number: int
     max_tries: int
+    map_index: int = -1  # >= 0: a mapped instance (readiness sees only the -1 rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,8 @@ class Candidate:
     try_number: int
     priority: int
     pool: str | None
+    map_index: int = -1
+    map_args: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +102,9 @@ async def states_for_runs(
     out: dict[int, list[TIState]] = defaultdict(list)
     if not pks:
         return out
+    # A mapped task's instances are not tasks of the graph: its own row stands for them.
     query = select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries).where(
-        TI.run_pk.in_(pks)
+        TI.run_pk.in_(pks), TI.map_index == -1
     )
     for row in (await session.execute(query)).all():
         out[row.run_pk].append(TIState(*row))
@@ -96,12 +112,12 @@ async def states_for_runs(
 
 
 async def states_of(
-    session: AsyncSession, ids: Iterable[int], keys: Iterable[tuple[str, str, str]] = ()
+    session: AsyncSession, ids: Iterable[int], keys: Iterable[tuple[str, str, str, int]] = ()
 ) -> list[TIState]:
-    """The states of task instances named by id or by (dag_id, run_id, task_id), of
-    running runs."""
+    """The states of task instances named by id or by (dag_id, run_id, task_id, map_index),
+    of running runs (a mapped instance's key names its task's other instances too)."""
     by_run: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for dag_id, run_id, task_id in sorted(set(keys)):
+    for dag_id, run_id, task_id, _ in sorted(set(keys)):
         by_run[(dag_id, run_id)].append(task_id)
     clauses: list[ColumnElement[bool]] = [
         TI.id.in_(list(chunk)) for chunk in chunked(sorted(set(ids)))
@@ -113,7 +129,7 @@ async def states_of(
     if not clauses:
         return []
     query = (
-        select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries)
+        select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries, TI.map_index)
         .join(DagRun, DagRun.id == TI.run_pk)
         .where(or_(*clauses), DagRun.state == states.RUN_RUNNING)
     )
@@ -131,7 +147,7 @@ async def state_counts_of_running_runs(
     query = (
         select(TI.run_pk, TI.state, func.count())
         .join(DagRun, DagRun.id == TI.run_pk)
-        .where(DagRun.state == states.RUN_RUNNING)
+        .where(DagRun.state == states.RUN_RUNNING, TI.map_index == -1)
         .group_by(TI.run_pk, TI.state)
     )
     if run_pks is not None:
@@ -282,6 +298,8 @@ async def scheduled_candidates(
             TI.try_number,
             TI.priority,
             TI.pool,
+            TI.map_index,
+            TI.map_args,
         )
         .join(DagRun, DagRun.id == TI.run_pk)
         .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING)
@@ -432,17 +450,22 @@ async def fetch(session: AsyncSession, ids: Sequence[int]) -> dict[int, TaskInst
 
 
 async def find_keys(
-    session: AsyncSession, keys: Sequence[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], TaskInstance]:
-    """Task instances by (dag_id, run_id, task_id)."""
+    session: AsyncSession, keys: Sequence[tuple[str, str, str, int] | tuple[str, str, str]]
+) -> dict[tuple[str, str, str, int] | tuple[str, str, str], TaskInstance]:
+    """Task instances by (dag_id, run_id, task_id, map_index), keyed as asked: a key of
+    three names the task's own row (map_index -1)."""
     if not keys:
         return {}
+    full = {(k if len(k) == 4 else (*k, -1)): k for k in keys}
     query = (
         select(TI)
-        .where(tuple_(TI.dag_id, TI.run_id, TI.task_id).in_(list(keys)))
+        .where(tuple_(TI.dag_id, TI.run_id, TI.task_id, TI.map_index).in_(list(full)))
         .execution_options(populate_existing=True)
     )
-    return {(r.dag_id, r.run_id, r.task_id): r for r in (await session.execute(query)).scalars()}
+    out: dict[tuple[str, str, str, int] | tuple[str, str, str], TaskInstance] = {}
+    for r in (await session.execute(query)).scalars():
+        out[full[(r.dag_id, r.run_id, r.task_id, r.map_index)]] = r
+    return out
 
 
 async def in_flight(session: AsyncSession) -> list[TaskInstance]:
@@ -467,18 +490,29 @@ async def clear(
 
     Running tries are left alone (kill them first); the run goes back to running.
     """
-    rows = (
-        await session.execute(
-            select(TI).where(
-                TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids))
+    rows = list(
+        (
+            await session.execute(
+                select(TI).where(
+                    TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids))
+                )
             )
-        )
-    ).scalars()
+        ).scalars()
+    )
+    busy = {r.task_id for r in rows if r.state in states.ACTIVE}
+    # A mapped task's instances are deleted and made again: numbering their new tries after
+    # the old ones keeps a try's key (log file, pod name) from ever being reused.
+    instance_tries: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.map_index >= 0:
+            instance_tries[r.task_id] = max(instance_tries[r.task_id], r.try_number)
     count = 0
     run_pk = None
     for row in rows:
-        if row.state in states.ACTIVE:
-            continue
+        if row.state in states.ACTIVE or row.map_index >= 0:
+            continue  # a mapped task's instances go with it (below)
+        if row.task_id in busy:
+            continue  # one of its mapped instances still runs
         transitions.check((row.state,), states.NONE)
         run_pk = row.run_pk
         result = await session.execute(
@@ -487,14 +521,24 @@ async def clear(
             .where(TI.id == row.id, TI.try_number == row.try_number, TI.state == row.state)
             .values(
                 state=states.NONE,
-                max_tries=row.try_number + retries.get(row.task_id, 0),
+                try_number=max(row.try_number, instance_tries[row.task_id]),
+                max_tries=max(row.try_number, instance_tries[row.task_id])
+                + retries.get(row.task_id, 0),
                 launch_attempts=0,
                 next_retry_at=None,
                 first_poke_at=None,
                 ended_at=None,
+                map_args=null(),  # a mapped task expands again (SQL NULL, not JSON null)
             )
         )
         count += result.rowcount  # type: ignore[attr-defined]
+        if result.rowcount:  # type: ignore[attr-defined]
+            # A mapped task expands again when it next may run, maybe into other items.
+            await session.execute(
+                delete(TI).where(
+                    TI.run_pk == row.run_pk, TI.task_id == row.task_id, TI.map_index >= 0
+                )
+            )
     if run_pk is not None:
         await session.execute(
             update(DagRun)
@@ -516,10 +560,17 @@ class Claimed:
     id: int
     try_number: int
     max_tries: int
+    map_args: dict[str, Any] | None = None  # a mapped instance's own arguments
 
 
 async def worker_claim(
-    session: AsyncSession, dag_id: str, run_id: str, task_id: str, try_number: int, now: datetime
+    session: AsyncSession,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int,
+    now: datetime,
+    map_index: int = -1,
 ) -> Claimed | None:
     """Mark the try running for this worker, only if the database still expects this try.
 
@@ -534,6 +585,7 @@ async def worker_claim(
             TI.dag_id == dag_id,
             TI.run_id == run_id,
             TI.task_id == task_id,
+            TI.map_index == map_index,
             TI.try_number == try_number,
             TI.state.in_(list(states.ACTIVE)),
             TI.heartbeat_at.is_(None),
@@ -541,7 +593,7 @@ async def worker_claim(
         .values(
             state=states.RUNNING, heartbeat_at=now, started_at=func.coalesce(TI.started_at, now)
         )
-        .returning(TI.id, TI.try_number, TI.max_tries)
+        .returning(TI.id, TI.try_number, TI.max_tries, TI.map_args)
     )
     row = result.one_or_none()
     return None if row is None else Claimed(*row)
@@ -601,12 +653,25 @@ async def reschedule(
 async def upstream_results(
     session: AsyncSession, dag_id: str, run_id: str, task_ids: Sequence[str]
 ) -> dict[str, Any]:
+    """{task_id: result}; a mapped task's result is the list of its mapped instances'
+    results in map_index order (of those that succeeded: a skipped one has none)."""
     if not task_ids:
         return {}
-    query = select(TI.task_id, TI.result, TI.state).where(
-        TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids))
+    query = (
+        select(TI.task_id, TI.result, TI.state, TI.map_index)
+        .where(TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id.in_(list(task_ids)))
+        .order_by(TI.map_index)
     )
-    return {task_id: result for task_id, result, _state in (await session.execute(query)).all()}
+    out: dict[str, Any] = {}
+    mapped: dict[str, list[Any]] = {}
+    for task_id, result, state, map_index in (await session.execute(query)).all():
+        if map_index < 0:
+            out[task_id] = result
+        elif state == states.SUCCESS:
+            mapped.setdefault(task_id, []).append(result)
+        else:
+            mapped.setdefault(task_id, [])
+    return {**out, **mapped}
 
 
 # --- relaunches and the sanity loop ------------------------------------------------------------
@@ -667,6 +732,7 @@ class ActiveTry:
     queued_at: datetime | None
     started_at: datetime | None
     heartbeat_at: datetime | None
+    map_index: int = -1
 
 
 async def active_tries(session: AsyncSession) -> list[ActiveTry]:
@@ -686,6 +752,7 @@ async def active_tries(session: AsyncSession) -> list[ActiveTry]:
         TI.queued_at,
         TI.started_at,
         TI.heartbeat_at,
+        TI.map_index,
     ).where(TI.state.in_(list(states.ACTIVE)))
     return [ActiveTry(**row._mapping) for row in (await session.execute(query)).all()]
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from miniflow.errors import MiniflowError
 from miniflow.store.states import (
     FAILED,
+    MAPPED,
     NONE,
     QUEUED,
     RUNNING,
@@ -47,7 +48,8 @@ class IllegalTransition(MiniflowError):
 ALLOWED: dict[str, frozenset[str]] = {
     # readiness decides; `none → none` is a clear of a task that never ran;
     # `none → success`: an `Empty` task, which the scheduler completes without a try
-    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE, SUCCESS}),
+    # `none → mapped`: a mapped task that may run (readiness), expanded in the same round
+    NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE, SUCCESS, MAPPED}),
     # claimed by a scheduler; or cleared before it was claimed
     SCHEDULED: frozenset({QUEUED, NONE}),
     # started; ended before it was seen running; relaunched (same try); or decided
@@ -66,6 +68,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     UP_FOR_RETRY: frozenset({SCHEDULED, NONE}),
     # the next poke is due (a new try, not a retry); or a user cleared it
     UP_FOR_RESCHEDULE: frozenset({SCHEDULED, NONE}),
+    # a mapped task: its instances' combined outcome (an empty expansion is skipped, one
+    # that cannot be made fails); or a user cleared it
+    MAPPED: frozenset({SUCCESS, FAILED, SKIPPED, NONE}),
     SUCCESS: frozenset({NONE}),
     FAILED: frozenset({NONE}),
     UPSTREAM_FAILED: frozenset({NONE}),

@@ -169,7 +169,7 @@ async def test_attempt_rows_are_never_rewritten_after_they_end(engine: AsyncEngi
     ((ti_id, _),) = (await _queue_all(sessions, pk)).items()
     async with store_engine.transaction(sessions) as session:
         await store_attempts.open_attempts(
-            session, [(ti_id, "d", "r1", "t0", 1)], launcher="x", scheduler_id="s", now=NOW
+            session, [(ti_id, "d", "r1", "t0", 1, -1)], launcher="x", scheduler_id="s", now=NOW
         )
         await store_attempts.mark_started(session, [(ti_id, 1, "pid:1", NOW)])
         end = store_attempts.AttemptEnd(ti_id, 1, "success", 0, "Completed", None, "tail", NOW)
