@@ -97,7 +97,7 @@ def test_tasks_list_shows_a_waiting_sensors_next_poke() -> None:
     poke_at = datetime(2026, 1, 1, 12, 30, 5, tzinfo=UTC)
     row = TaskInstance(
         dag_id="d", run_id="r", task_id="wait", kind="python", state="up_for_reschedule",
-        try_number=3, max_tries=2, next_retry_at=poke_at,
+        try_number=3, max_tries=2, next_retry_at=poke_at, map_index=-1,
     )  # fmt: skip
     console = Console(record=True, width=200)
     print_task_instances([row], console)
