@@ -22,7 +22,7 @@ async def _running_try(engine: AsyncEngine) -> tuple[Any, int, int]:
     ((ti_id, try_number),) = claimed.items()
     async with store_engine.transaction(sessions) as session:
         await store_attempts.open_attempts(
-            session, [(ti_id, "d", "r1", "t0", try_number)], launcher="local",
+            session, [(ti_id, "d", "r1", "t0", try_number, -1)], launcher="local",
             scheduler_id="s1", now=NOW,
         )  # fmt: skip
         await store_tis.worker_claim(session, "d", "r1", "t0", try_number, NOW)
