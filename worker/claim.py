@@ -93,6 +93,7 @@ async def claim_try(
             data_interval_start=run.data_interval_start,
             data_interval_end=run.data_interval_end,
             params={**serialized["params"], **run.conf},
+            conf=run.conf,
         )
         if task["kind"] == "python":
             claim.upstream = await task_instances.upstream_results(

@@ -331,11 +331,14 @@ class Worker:
 
 def _load_function(path: Path, dag_id: str, task_id: str) -> Callable[..., Any] | str:
     """The Python function of the task, from its DAG file; or the error text."""
+    from miniflow import airflow_compat
     from miniflow.authoring.loader import import_dag_file
     from miniflow.authoring.taskflow import PythonTask
 
     if not path.is_file():
         return f"DAG file {path} does not exist (DAG {dag_id!r})"
+    if airflow_compat.mentions_airflow(path):
+        airflow_compat.activate()  # the worker's process only: `import airflow` gets the layer
     try:
         found = import_dag_file(path)
     except BaseException as exc:  # user code: report anything it raises

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from miniflow import airflow_compat
 from miniflow.authoring import loader
 
 
@@ -49,6 +50,8 @@ def parse_file(dags_folder: Path, path: Path) -> dict[str, Any]:
         if folder not in sys.path:
             sys.path.insert(0, folder)  # top-level modules of the DAGs folder import
         fileloc = fileloc_of(dags_folder, path)
+        if airflow_compat.mentions_airflow(path):
+            airflow_compat.activate()  # this child only: `import airflow` gets the layer
         dags = loader.import_dag_file(path)
         serialized = [dag.serialize(fileloc) for dag in dags]
         json.dumps(serialized)  # fail here, with a traceback, if not plain JSON

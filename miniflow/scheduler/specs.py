@@ -38,6 +38,7 @@ def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) 
         data_interval_start=run.data_interval_start,
         data_interval_end=run.data_interval_end,
         params=run_params(dag, run.conf),
+        conf=run.conf,
     )
     rendered = templates.render_task_fields(task, context)
     pod: PodSettings = PodSettings(**task["pod"])
