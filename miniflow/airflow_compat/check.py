@@ -91,7 +91,7 @@ def check_file(path: Path, *, timeout: float = TIMEOUT) -> FileReport:
     env = {k: v for k, v in os.environ.items() if k != "MINIFLOW_DATABASE_URL"}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "miniflow.airflow_compat.check", str(path)],
+            [sys.executable, "-m", "miniflow.airflow_compat.check", str(path.resolve())],
             capture_output=True,
             timeout=timeout,
             env={**env, "PYTHONDONTWRITEBYTECODE": "1"},

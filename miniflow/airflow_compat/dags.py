@@ -30,11 +30,39 @@ def _schedule(value: Any) -> str | None:
             raise problems.unsupported("@continuous schedule", "use a cron expression")
         return value
     if isinstance(value, timedelta):
-        raise problems.unsupported("timedelta schedule")
+        return _interval_cron(value)
     name = type(value).__name__
     if isinstance(value, list | tuple) or "Dataset" in name or "Asset" in name:
         raise problems.unsupported("Asset" if "Asset" in name else "Dataset")
     raise problems.unsupported("timetable" if "Timetable" in name else f"schedule={name}")
+
+
+def _interval_cron(interval: timedelta) -> str:
+    """A timedelta schedule as the cron expression with the same period, when there is
+    one (a divisor of an hour or a day, a day, a week)."""
+    seconds = int(interval.total_seconds())
+    minutes, hours = seconds // 60, seconds // 3600
+    cron = None
+    if seconds <= 0 or seconds % 60:
+        cron = None
+    elif seconds == 7 * 86400:
+        cron = "@weekly"
+    elif seconds == 86400:
+        cron = "@daily"
+    elif seconds == 3600:
+        cron = "@hourly"
+    elif seconds < 3600 and 3600 % seconds == 0:
+        cron = f"*/{minutes} * * * *"
+    elif seconds < 86400 and seconds % 3600 == 0 and 24 % hours == 0:
+        cron = f"0 */{hours} * * *"
+    if cron is None:
+        raise problems.unsupported("timedelta schedule")
+    problems.warn(
+        "timedelta schedule",
+        f"schedule={interval!r} runs as {cron!r}: intervals start on the clock "
+        "(midnight, the hour), not at start_date's time of day",
+    )
+    return cron
 
 
 def _timezone_name(start: Any) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import miniflow
 from miniflow.airflow_compat import arguments, problems, runtime
-from miniflow.airflow_compat.operators import AirflowMixin, XComArg
+from miniflow.airflow_compat.operators import AirflowMixin, XComArg, pick
 from miniflow.authoring import taskgroup
 from miniflow.errors import SkipTask
 
@@ -43,9 +43,9 @@ class AirflowTaskFunction:
         self.options = options
         self.mode = mode
         functools.update_wrapper(self, function)
-        self._inner = self._build()
+        self._inner = self._build({})
 
-    def _build(self) -> Any:
+    def _build(self, items: dict[int | str, str]) -> Any:
         options = dict(self.options)
         task_id = options.pop("task_id", None)
         do_xcom_push = options.pop("do_xcom_push", True)
@@ -56,6 +56,8 @@ class AirflowTaskFunction:
             function = _no_result(function)
         if self.mode == "bash":
             function = _bash(function)
+        if items:
+            function = _picking(function, items)
         decorator = miniflow.task
         if self.mode == "branch":
             return decorator.branch(task_id=task_id, **settings)(function)
@@ -66,7 +68,16 @@ class AirflowTaskFunction:
         return decorator(task_id=task_id, **settings)(function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
-        return XComArg(self._inner(*args, **kwargs))
+        items: dict[int | str, str] = {}
+        for where, value in (*enumerate(args), *kwargs.items()):
+            if isinstance(value, XComArg) and value.item is not None:
+                items[where] = value.item
+        if not items:
+            return XComArg(self._inner(*args, **kwargs))
+        # `f(result["k"])`: pass the whole result, and take item "k" out when f runs.
+        args = tuple(XComArg(a.task) if isinstance(a, XComArg) else a for a in args)
+        kwargs = {k: XComArg(v.task) if isinstance(v, XComArg) else v for k, v in kwargs.items()}
+        return XComArg(self._build(items)(*args, **kwargs))
 
     def override(self, **options: Any) -> AirflowTaskFunction:
         return AirflowTaskFunction(self.function, {**self.options, **options}, self.mode)
@@ -78,6 +89,16 @@ class AirflowTaskFunction:
                 raise problems.pending(name)
             return method
         raise AttributeError(name)
+
+
+def _picking(function: Callable[..., Any], items: dict[int | str, str]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(pick(a, items.get(i)) for i, a in enumerate(args))
+        kwargs = {k: pick(v, items.get(k)) for k, v in kwargs.items()}
+        return function(*args, **kwargs)
+
+    return call
 
 
 def _no_result(function: Callable[..., Any]) -> Callable[..., Any]:

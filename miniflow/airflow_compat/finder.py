@@ -43,7 +43,7 @@ SUPPORTED = frozenset({
     "airflow.sdk.definitions", "airflow.sdk.definitions.dag",
     "airflow.sdk.definitions.taskgroup", "airflow.sdk.definitions.edges",
     "airflow.sdk.definitions.param", "airflow.sdk.bases.operator",
-    "airflow.sdk.bases.hook", "airflow.sdk.exceptions",
+    "airflow.sdk.bases.hook", "airflow.sdk.exceptions", "airflow.sdk.api.datamodels._generated",
     "airflow.providers.standard.operators.bash", "airflow.providers.standard.operators.python",
     "airflow.providers.standard.operators.empty",
     "airflow.providers.standard.operators.latest_only",

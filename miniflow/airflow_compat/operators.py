@@ -97,19 +97,35 @@ class XComArg(AirflowMixin, TaskRef):
             raise problems.unsupported(
                 "XComArg", f"{task!r} has no result: only Python tasks return one"
             )
-        if key != "return_value":
-            raise problems.pending("xcom_pull")
+        # `result["k"]` of a `multiple_outputs` task: item `k` of the task's result (a
+        # dict), taken out by the consuming task when it runs.
+        self.item: str | None = None if key == "return_value" else key
         super().__init__(task)
 
     @property
     def operator(self) -> PythonTask:
         return self.task
 
-    def __getitem__(self, key: str) -> Any:
-        raise problems.pending("xcom_pull")
+    @property
+    def key(self) -> str:
+        return self.item or "return_value"
+
+    def __getitem__(self, key: str) -> XComArg:
+        if self.item is not None:
+            raise problems.pending("xcom_pull")
+        return XComArg(self.task, key)
 
     def resolve(self, context: Any) -> Any:
         raise problems.pending("xcom_pull")
+
+
+def pick(value: Any, item: str | None) -> Any:
+    """Item `item` of an upstream result (the whole result for None)."""
+    if item is None:
+        return value
+    if not isinstance(value, dict) or item not in value:
+        raise KeyError(f"the upstream result has no item {item!r} (multiple_outputs)")
+    return value[item]
 
 
 class OperatorMixin(AirflowMixin):
@@ -283,11 +299,15 @@ class PythonOperator(_PythonOperatorBase):
     def _run(self, **resolved: Any) -> Any:
         """In the worker: upstream results in, templates rendered, the callable called."""
         args = [
-            resolved.get(f"op_args_{i}", v) if isinstance(v, TaskRef) else v
+            pick(resolved[f"op_args_{i}"], getattr(v, "item", None))
+            if isinstance(v, TaskRef)
+            else v
             for i, v in enumerate(self.callable_args)
         ]
         kwargs = {
-            k: resolved.get(f"op_kwargs_{k}", v) if isinstance(v, TaskRef) else v
+            k: pick(resolved[f"op_kwargs_{k}"], getattr(v, "item", None))
+            if isinstance(v, TaskRef)
+            else v
             for k, v in self.callable_kwargs.items()
         }
         context = runtime.airflow_context(task=self)

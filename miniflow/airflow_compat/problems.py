@@ -50,8 +50,8 @@ UNSUPPORTED: dict[str, str] = {
     "CronTriggerTimetable": "timetables are not supported: pass the cron string as `schedule`",
     "CronDataIntervalTimetable": "timetables are not supported: pass the cron string as `schedule`",
     "DeltaDataIntervalSchedule": "timedelta schedules are not supported: use a cron expression",
-    "timedelta schedule": "timedelta schedules are not supported: use a cron expression "
-    "(e.g. '*/30 * * * *' for every 30 minutes)",
+    "timedelta schedule": "only timedelta schedules with a cron equivalent (a divisor of an "
+    "hour or a day, a day, a week) are mapped: use a cron expression",
     "executor": "miniflow runs every task in its own pod (or local process): remove "
     "`executor=`; per-task images go in `executor_config={'pod_override': ...}`",
     "queue": "Celery queues do not exist here: every task gets its own pod",
