@@ -69,7 +69,8 @@ class AirflowTaskFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
         items: dict[int | str, str] = {}
-        for where, value in (*enumerate(args), *kwargs.items()):
+        places: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
+        for where, value in places:
             if isinstance(value, XComArg) and value.item is not None:
                 items[where] = value.item
         if not items:

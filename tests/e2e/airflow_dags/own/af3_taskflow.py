@@ -64,7 +64,9 @@ def af3_taskflow():
     pick(parts["total"]) >> Label("size") >> [big, small] >> done
     go_on() >> shout(parts["total"])
     finish(parts["total"])
-    PythonOperator(task_id="also", python_callable=lambda value: value + 1, op_args=[parts["count"]])
+    PythonOperator(
+        task_id="also", python_callable=lambda value: value + 1, op_args=[parts["count"]]
+    )
 
 
 af3_taskflow()
