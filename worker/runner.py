@@ -58,9 +58,11 @@ from miniflow_worker import execute
 from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
 
+from miniflow.authoring import lookups
 from miniflow.authoring.templates import render_task_fields
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
+from miniflow.store.config_values import DatabaseBackend
 from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
@@ -110,6 +112,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         log(f"configuration error: {exc}")
         return EXIT_UNAVAILABLE
+    # `Variable.get`, `BaseHook.get_connection`, `{{ var.value.x }}` in this try.
+    lookups.register_backend(DatabaseBackend(config.database_url))
     try:
         return asyncio.run(Worker(args, config).main())
     except DatabaseUnavailable as exc:
