@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Cli
-from tests.e2e.helpers import cli_env, run_cli
+from tests.e2e.helpers import MINIFLOW, cli_env, run_cli
 
 FIXTURES = Path(__file__).parent / "airflow_dags"
 OWN = FIXTURES / "own"
@@ -247,3 +248,47 @@ def test_scheduler_runs_airflow_dags_with_the_local_launcher(tmp_path: Path) -> 
     assert isinstance(add, dict) and add["who"] is None  # a scheduled run's conf is empty
     assert states(cli, "af3_taskflow") == AF3_STATES
     assert states(cli, "example_skip_dag") == APACHE_STATES["example_skip_dag"]
+
+
+# --- variables and connections -----------------------------------------------------------------
+
+
+def test_variables_and_connections_from_the_database(cli: Cli) -> None:
+    """Without AIRFLOW_VAR_/AIRFLOW_CONN_ variables, DAG code and templates read the values
+    the CLI stored; a password is never printed."""
+    password = "pw-from-stdin-42"
+    cli("variables", "set", "greeting", "hello", "--description", "who to greet")
+    cli("variables", "set", "api_token", "tok-123")
+    assert cli("variables", "get", "greeting").stdout == "hello\n"
+    listed = json.loads(cli("variables", "list", "-o", "json").stdout)
+    assert listed == [
+        {"key": "api_token", "value": "***", "description": None},
+        {"key": "greeting", "value": "hello", "description": "who to greet"},
+    ]
+    added = subprocess.run(
+        [MINIFLOW, "connections", "add", "warehouse", "--uri",
+         "postgres://etl@db.from-db:5432/wh", "--password-stdin"],
+        input=f"{password}\n", env=cli.env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    shown = json.loads(cli("connections", "get", "warehouse").stdout)
+    assert shown["host"] == "db.from-db" and shown["password"] == "***"
+    assert shown["uri"] == "postgres://etl:***@db.from-db:5432/wh"
+    table = cli("connections", "list").stdout
+    assert "db.from-db" in table and "***" in table
+
+    copy_dags(cli, OWN / "af2_core.py")
+    ran = cli("dags", "test", "af2_core", "--logical-date", DATE)
+    add = result(cli, "af2_core", "add")
+    assert isinstance(add, dict) and (add["var"], add["host"]) == ("hello", "db.from-db")
+    log = cli("tasks", "logs", "af2_core", "latest", "templated").stdout
+    assert "var=hello host=db.from-db" in log
+
+    outputs = [added.stdout, added.stderr, table, json.dumps(shown), ran.stdout, ran.stderr, log]
+    assert not any(password in text for text in outputs)
+
+    cli("variables", "delete", "greeting")
+    assert "no variable 'greeting'" in cli("variables", "get", "greeting", expect=1).stderr
+    cli("connections", "delete", "warehouse")
+    cli("connections", "get", "warehouse", expect=1)
