@@ -160,7 +160,8 @@ def test_dependency_helpers(layer: None, tmp_path: Path) -> None:
         (
             "from airflow import DAG\nfrom airflow.operators.bash import BashOperator\n"
             "def cb(ctx):\n    pass\n"
-            "with DAG('x'):\n    BashOperator(task_id='t', bash_command='a', on_failure_callback=cb)",
+            "with DAG('x'):\n"
+            "    BashOperator(task_id='t', bash_command='a', on_failure_callback=cb)",
             "callbacks",
             6,
         ),
