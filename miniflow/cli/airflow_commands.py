@@ -29,7 +29,7 @@ def airflow_check(folder: Path, timeout: float, output: str) -> None:
     and report, per file and DAG: loads, loads with warnings, or does not load, with each
     unsupported construct's file:line and what to use instead. Exits 1 if a file does
     not load."""
-    from miniflow.airflow_compat.check import check_folder
+    from miniflow.cli.airflow_check import check_folder
 
     report = check_folder(folder, timeout=timeout)
     if output == "json":

@@ -279,6 +279,17 @@ def test_variables_and_connections_from_the_database(cli: Cli) -> None:
     assert "db.from-db" in table and "***" in table
 
     copy_dags(cli, OWN / "af2_core.py")
+    cli.dag(
+        "top_level_variable.py",
+        """
+        from airflow import DAG
+        from airflow.models import Variable
+
+        with DAG(f"deploy_{Variable.get('greeting')}", schedule=None):
+            pass
+        """,
+    )
+    assert "deploy_hello" in cli("dags", "list").stdout  # read by the parse child
     ran = cli("dags", "test", "af2_core", "--logical-date", DATE)
     add = result(cli, "af2_core", "add")
     assert isinstance(add, dict) and (add["var"], add["host"]) == ("hello", "db.from-db")

@@ -1,7 +1,7 @@
 """`miniflow airflow check DIR`: which Airflow DAG files load unmodified, and why not.
 
 Each file is imported with the layer active in a child process of its own (`python -m
-miniflow.airflow_compat.check`, with a timeout: DAG files are arbitrary code), which
+miniflow.cli.airflow_check`, with a timeout: DAG files are arbitrary code), which
 prints one JSON object: the DAGs it defines, the warnings recorded while it was
 imported, or the error that stopped it (for a refused construct: the construct, file,
 line and suggested replacement).
@@ -88,10 +88,10 @@ def check_folder(folder: Path, *, timeout: float = TIMEOUT) -> Report:
 
 def check_file(path: Path, *, timeout: float = TIMEOUT) -> FileReport:
     """Import `path` in a child process with the layer active; its report."""
-    env = {k: v for k, v in os.environ.items() if k != "MINIFLOW_DATABASE_URL"}
+    env = dict(os.environ)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "miniflow.airflow_compat.check", str(path.resolve())],
+            [sys.executable, "-m", "miniflow.cli.airflow_check", str(path.resolve())],
             capture_output=True,
             timeout=timeout,
             env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
@@ -147,6 +147,17 @@ def _error(exc: BaseException, path: str) -> dict[str, Any]:
     )
 
 
+def _register_lookups() -> None:
+    """A file reading `Variable.get` at import time reads miniflow's database, as when
+    the scheduler parses it (looked up at the first read only: the check needs no
+    database otherwise)."""
+    from miniflow.authoring import lookups
+    from miniflow.config import load_config
+    from miniflow.store.config_values import DatabaseBackend
+
+    lookups.register_backend(DatabaseBackend(lambda: load_config().database_url))
+
+
 def run_child(path: str) -> dict[str, Any]:
     """Import `path` with the layer; the JSON-able result (never raises)."""
     from miniflow import airflow_compat
@@ -154,6 +165,7 @@ def run_child(path: str) -> dict[str, Any]:
     from miniflow.authoring.loader import import_dag_file
 
     airflow_compat.activate()
+    _register_lookups()
     with problems.collect_warnings() as found:
         try:
             dags = import_dag_file(Path(path))
