@@ -105,6 +105,7 @@ async def claim_try(
             params={**serialized["params"], **run.conf},
             run_type=run.run_type,
             map_index=map_index,
+            conf=run.conf,
         )
         if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
             data = await store_xcom.load(session, dag_id, run_id)

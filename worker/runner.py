@@ -57,11 +57,13 @@ from miniflow_worker import execute
 from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
 
+from miniflow.authoring import lookups
 from miniflow.authoring.taskflow import PythonTask
 from miniflow.authoring.templates import render_task_fields
 from miniflow.authoring.xcom import XComError, check_value, pushed_line
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
+from miniflow.store.config_values import DatabaseBackend
 from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
@@ -113,6 +115,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         log(f"configuration error: {exc}")
         return EXIT_UNAVAILABLE
+    # `Variable.get`, `BaseHook.get_connection`, `{{ var.value.x }}` in this try.
+    lookups.register_backend(DatabaseBackend(config.database_url))
     try:
         return asyncio.run(Worker(args, config).main())
     except DatabaseUnavailable as exc:
@@ -400,10 +404,13 @@ class Worker:
 
 def _load_task(path: Path, dag_id: str, task_id: str) -> PythonTask | str:
     """The Python task (its function, its callbacks), from its DAG file; or the error text."""
+    from miniflow import airflow_compat
     from miniflow.authoring.loader import import_dag_file
 
     if not path.is_file():
         return f"DAG file {path} does not exist (DAG {dag_id!r})"
+    if airflow_compat.mentions_airflow(path):
+        airflow_compat.activate()  # the worker's process only: `import airflow` gets the layer
     try:
         found = import_dag_file(path)
     except BaseException as exc:  # user code: report anything it raises

@@ -13,10 +13,16 @@ miniflow` and the worker's start-up must not pay for it.
 from __future__ import annotations
 
 import functools
+import json
+import random
+import time
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from miniflow.authoring import lookups
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.errors import TemplateError
 
@@ -38,13 +44,19 @@ def build_context(
     params: dict[str, Any],
     run_type: str = "manual",
     map_index: int = -1,
+    conf: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The variables available to templates (`map_index`: -1 unless a mapped instance).
+    """The variables available to templates (and to `get_current_context()`; `map_index`:
+    -1 unless a mapped instance).
 
     `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`).
 
     `ds`, `ds_nodash`, `ts` and `ts_nodash` are formatted in the timezone of
-    `logical_date` as given (the scheduler passes UTC).
+    `logical_date` as given (the scheduler passes UTC). The names Airflow's templates
+    use are here too, so a moved DAG's templates render unchanged: `dag_run` (`conf`,
+    `run_id`, `logical_date`), `dag` and `task` (their ids), `macros` (`ds_add`,
+    `ds_format`, `datetime`, `timedelta`, ...), `var.value.<key>` / `var.json.<key>`
+    and `conn.<conn_id>` (looked up only when a template uses them).
     """
     return {
         "ds": logical_date.strftime("%Y-%m-%d"),
@@ -61,7 +73,43 @@ def build_context(
         "map_index": map_index,
         "params": params,
         "run_type": run_type,
+        "dag_run": SimpleNamespace(
+            dag_id=dag_id,
+            run_id=run_id,
+            conf=dict(conf or {}),
+            logical_date=logical_date,
+            data_interval_start=data_interval_start,
+            data_interval_end=data_interval_end,
+        ),
+        "dag": SimpleNamespace(dag_id=dag_id),
+        "task": SimpleNamespace(task_id=task_id, dag_id=dag_id),
+        "macros": MACROS,
+        "var": lookups.VariableAccessor(),
+        "conn": lookups.ConnectionAccessor(),
     }
+
+
+def ds_add(ds: str, days: int) -> str:
+    """`macros.ds_add('2024-01-01', 5)` -> '2024-01-06' (days may be negative)."""
+    return (datetime.strptime(ds, "%Y-%m-%d") + timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+def ds_format(ds: str, input_format: str, output_format: str) -> str:
+    """`macros.ds_format('2024-01-05', '%Y-%m-%d', '%m-%d-%y')` -> '01-05-24'."""
+    return datetime.strptime(str(ds), input_format).strftime(output_format)
+
+
+MACROS = SimpleNamespace(
+    ds_add=ds_add,
+    ds_format=ds_format,
+    datetime=datetime,
+    timedelta=timedelta,
+    time=time,
+    uuid=uuid,
+    random=random.random,
+    json=json,
+)
+"""`macros` in templates: Airflow's default macros that need no Airflow."""
 
 
 @functools.cache

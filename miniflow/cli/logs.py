@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +28,7 @@ from miniflow.cli import operations, wiring
 from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.launchers.base import AttemptKey
+from miniflow.launchers.local_logs import LocalTryLog
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states
@@ -94,24 +94,22 @@ async def read(
 
 
 async def _local(config: Config, found: _Try, follow: bool) -> AsyncIterator[str]:
-    from miniflow.launchers import local_procs
-
-    paths = local_procs.AttemptPaths.of(config.state_dir, found.key)
+    log = LocalTryLog(config.state_dir, found.key)
     ended = found.attempt.ended_at is not None
-    if not paths.log.exists():
+    if not log.exists():
         if ended or not follow:
-            for line in _saved(found, f"its log file {paths.log} does not exist"):
+            for line in _saved(found, f"its log file {log.path} does not exist"):
                 yield line
             return
     if not follow or ended:
-        async for line in local_procs.iter_log(paths.log, done=None, tail_lines=None):
+        async for line in log.lines():
             yield line
         return
     done = asyncio.Event()
-    watcher = asyncio.create_task(_watch_local_end(config, found.key, done))
+    watcher = asyncio.create_task(_watch_local_end(config, log, done))
     watcher.add_done_callback(lambda _: done.set())  # a failed watcher ends the wait too
     try:
-        async for line in local_procs.iter_log(paths.log, done=done, tail_lines=None):
+        async for line in log.lines(done):
             yield line
     finally:
         watcher.cancel()
@@ -119,26 +117,20 @@ async def _local(config: Config, found: _Try, follow: bool) -> AsyncIterator[str
             await watcher  # re-raises what made the watcher fail (the database went away)
 
 
-async def _watch_local_end(config: Config, key: AttemptKey, done: asyncio.Event) -> None:
+async def _watch_local_end(config: Config, log: LocalTryLog, done: asyncio.Event) -> None:
     """Set `done` once the try has ended, as seen from any process."""
-    from miniflow.launchers import local_procs
-
-    paths = local_procs.AttemptPaths.of(config.state_dir, key)
     async with wiring.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
         while True:  # another process's try: nothing to await but the file and the database
-            if paths.exit.exists() or await _recorded_end(sessions, key, paths.marker):
+            if log.exited() or await _recorded_end(sessions, log):
                 done.set()
                 return
             await asyncio.sleep(FOLLOW_POLL)
 
 
-async def _recorded_end(
-    sessions: async_sessionmaker[AsyncSession], key: AttemptKey, marker_path: Path
-) -> bool:
+async def _recorded_end(sessions: async_sessionmaker[AsyncSession], log: LocalTryLog) -> bool:
     """The database says the try is over (and its process, if we can see it, is gone)."""
-    from miniflow.launchers import local_procs
-
+    key = log.key
     async with store_engine.transaction(sessions) as session:
         attempts = await store_attempts.for_task(
             session, key.dag_id, key.run_id, key.task_id, key.map_index
@@ -146,13 +138,14 @@ async def _recorded_end(
         if any(a.try_number == key.try_number and a.ended_at is not None for a in attempts):
             return True
         tis = await store_tis.list_for_run(session, key.dag_id, key.run_id)
-    ti = next((t for t in tis if t.task_id == key.task_id), None)
+    ti = next(
+        (t for t in tis if t.task_id == key.task_id and t.map_index == key.map_index), None
+    )
     if ti is not None and ti.try_number == key.try_number and ti.state in states.ACTIVE:
         return False
     # The try is over for the database (a worker recorded its own result): wait for the
     # process itself so its last lines are read too, unless it is gone or not ours to see.
-    marker = local_procs.read_marker(marker_path)
-    return marker is None or not local_procs.marker_process_alive(marker)
+    return log.process_gone()
 
 
 def _saved(found: _Try, why_no_live_log: str) -> list[str]:

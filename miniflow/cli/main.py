@@ -366,9 +366,14 @@ def dags_test(
 
 # --- runs / tasks / pools -----------------------------------------------------------------------
 
+from miniflow.cli.airflow_commands import airflow  # noqa: E402
 from miniflow.cli.state_commands import pools, runs, schedulers, tasks  # noqa: E402  (registered on `main` below)
+from miniflow.cli.values_commands import connections, variables  # noqa: E402
 
 main.add_command(runs)
+main.add_command(airflow)
+main.add_command(variables)
+main.add_command(connections)
 main.add_command(tasks)
 main.add_command(pools)
 main.add_command(schedulers)

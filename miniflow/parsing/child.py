@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from miniflow import airflow_compat
 from miniflow.authoring import loader
 
 
@@ -42,6 +43,16 @@ def _format_error(exc: BaseException) -> str:
     return text
 
 
+def _register_lookups() -> None:
+    """`Variable.get` at the top of an Airflow DAG file reads miniflow's database (the
+    URL is read from the configuration at the first lookup only)."""
+    from miniflow.authoring import lookups
+    from miniflow.config import load_config
+    from miniflow.store.config_values import DatabaseBackend
+
+    lookups.register_backend(DatabaseBackend(lambda: load_config().database_url))
+
+
 def parse_file(dags_folder: Path, path: Path) -> dict[str, Any]:
     """Import one DAG file and serialize its DAGs; never raises."""
     try:
@@ -49,6 +60,9 @@ def parse_file(dags_folder: Path, path: Path) -> dict[str, Any]:
         if folder not in sys.path:
             sys.path.insert(0, folder)  # top-level modules of the DAGs folder import
         fileloc = fileloc_of(dags_folder, path)
+        if airflow_compat.mentions_airflow(path):
+            airflow_compat.activate()  # this child only: `import airflow` gets the layer
+            _register_lookups()
         dags = loader.import_dag_file(path)
         serialized = [dag.serialize(fileloc) for dag in dags]
         json.dumps(serialized)  # fail here, with a traceback, if not plain JSON

@@ -4,8 +4,8 @@ Why this module exists: the parse loop must know which files to hand to the
 isolated parser without importing any of them. It walks the folder, honours
 `.miniflowignore` files (gitignore syntax; each applies to its own folder and
 below) and, like Airflow's safe mode, skips Python files whose bytes do not
-mention both "miniflow" and "dag" (case-insensitive): helper modules are never
-imported as DAG files.
+mention "dag" and either "miniflow" or "airflow" (case-insensitive; Airflow DAG files
+run through `miniflow.airflow_compat`): helper modules are never imported as DAG files.
 
 This module must never import or execute user code; it only stats and reads
 bytes.
@@ -22,12 +22,12 @@ IGNORE_FILE = ".miniflowignore"
 
 
 def might_contain_dag(path: Path) -> bool:
-    """Safe-mode heuristic: the file mentions both "miniflow" and "dag"."""
+    """Safe-mode heuristic: the file mentions "dag" and "miniflow" or "airflow"."""
     try:
         content = path.read_bytes().lower()
     except OSError:
         return False
-    return b"miniflow" in content and b"dag" in content
+    return (b"miniflow" in content or b"airflow" in content) and b"dag" in content
 
 
 def _load_ignore(folder: str) -> pathspec.GitIgnoreSpec | None:

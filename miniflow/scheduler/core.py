@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import miniflow
+from miniflow.authoring import lookups
 from miniflow.authoring.serialized import SerializedDag
 from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
@@ -47,6 +48,7 @@ from miniflow.store import mapping as store_mapping
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store.config_values import DatabaseBackend
 from miniflow.store.runs import RunInfo
 from miniflow.store.sanity_lock import SanityLock
 
@@ -212,6 +214,10 @@ class Scheduler:
         the scheduler died before the process's exit): the launcher reports each one's
         exit from its evidence, so no attempt row stays open.
         """
+        # `{{ var.value.x }}` / `{{ conn.x }}` in templates this scheduler renders.
+        lookups.register_backend(
+            DatabaseBackend(self.engine.url.render_as_string(hide_password=False))
+        )
         if self.settings.register:
             await self._register()
         try:

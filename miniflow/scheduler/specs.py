@@ -53,6 +53,7 @@ def build_spec(
         params=run_params(dag, run.conf),
         run_type=run.run_type,
         map_index=map_index,
+        conf=run.conf,
     )
     # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
     context["ti"] = context["task_instance"] = TaskInstanceInfo(

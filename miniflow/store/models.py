@@ -228,3 +228,34 @@ class XCom(Base):
     key: Mapped[str] = mapped_column(String(250))
     value: Mapped[Any | None] = mapped_column(JSON)
     at: Mapped[datetime]
+
+
+class Variable(Base):
+    """A variable DAG code reads (`Variable.get`, `{{ var.value.key }}`)."""
+
+    __tablename__ = "variable"
+
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class Connection(Base):
+    """A connection DAG code reads (`BaseHook.get_connection`, `{{ conn.id.host }}`).
+
+    The password is stored as given: protect the database as the secret store it is
+    (it already holds what tasks are allowed to see)."""
+
+    __tablename__ = "connection"
+
+    conn_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    conn_type: Mapped[str | None] = mapped_column(String(500))
+    host: Mapped[str | None] = mapped_column(String(500))
+    login: Mapped[str | None] = mapped_column(Text)
+    password: Mapped[str | None] = mapped_column(Text)
+    schema: Mapped[str | None] = mapped_column(String(500))
+    port: Mapped[int | None] = mapped_column(Integer)
+    extra: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]

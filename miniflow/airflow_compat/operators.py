@@ -1,0 +1,399 @@
+"""Airflow's core operators as miniflow tasks.
+
+Each operator *is* the miniflow task it maps onto (a subclass adding Airflow's
+constructor and methods), so everything downstream of authoring — serialization,
+the scheduler, the worker — sees ordinary `Bash`, `Empty` and Python tasks:
+
+| Airflow | miniflow |
+|---|---|
+| `BashOperator` | `Bash` (`bash_command` -> `command`, `skip_on_exit_code` default 99) |
+| `PythonOperator` | a Python task calling `python_callable` with Airflow's context rules |
+| `BranchPythonOperator`, `ShortCircuitOperator` | `@task.branch`, `@task.short_circuit` |
+| `EmptyOperator` | `Empty` |
+| a `BaseOperator` subclass | a Python task: `template_fields` rendered, then `execute` |
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from miniflow.airflow_compat import arguments, problems, runtime
+from miniflow.authoring import dag as dag_mod
+from miniflow.authoring.serialized import ArgRef, PythonMode
+from miniflow.authoring.taskflow import PythonTask, TaskRef
+from miniflow.authoring.tasks import Bash, DependencyMixin, Empty
+
+
+def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The operator's arguments over its own `default_args` (the DAG's apply later)."""
+    own = kwargs.pop("default_args", None) or {}
+    kwargs.pop("task_group", None)
+    return {**own, **kwargs}
+
+
+class Label:
+    """`a >> Label("why") >> b`: an edge label; the dependency is kept, the label dropped
+    (miniflow's graph does not show labels)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.sources: list[Any] = []
+        self.targets: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"Label({self.label!r})"
+
+    def __rshift__(self, other: Any) -> Any:
+        for source in self.sources:
+            source >> other
+        return other
+
+    def __rrshift__(self, other: Any) -> Label:
+        self.sources.extend(other if isinstance(other, list | tuple) else [other])
+        return self
+
+    def __lshift__(self, other: Any) -> Any:
+        for target in self.targets:
+            target << other
+        return other
+
+    def __rlshift__(self, other: Any) -> Label:
+        self.targets.extend(other if isinstance(other, list | tuple) else [other])
+        return self
+
+
+class AirflowMixin(DependencyMixin):
+    """Airflow's dependency methods on miniflow tasks, groups and task results."""
+
+    def __rshift__(self, other: Any) -> Any:
+        if isinstance(other, Label):
+            other.sources.append(self)
+            return other
+        return super().__rshift__(other)
+
+    def __lshift__(self, other: Any) -> Any:
+        if isinstance(other, Label):
+            other.targets.append(self)
+            return other
+        return super().__lshift__(other)
+
+    def set_downstream(self, other: Any, edge_modifier: Any = None) -> None:
+        self >> other
+
+    def set_upstream(self, other: Any, edge_modifier: Any = None) -> None:
+        self << other
+
+
+class XComArg(AirflowMixin, TaskRef):
+    """The future result of a Python task (`op.output`, a TaskFlow call's return)."""
+
+    def __init__(self, operator: Any, key: str = "return_value") -> None:
+        task = operator.task if isinstance(operator, TaskRef) else operator
+        if not isinstance(task, PythonTask):
+            raise problems.unsupported(
+                "XComArg", f"{task!r} has no result: only Python tasks return one"
+            )
+        # `result["k"]` of a `multiple_outputs` task: item `k` of the task's result (a
+        # dict), taken out by the consuming task when it runs.
+        self.item: str | None = None if key == "return_value" else key
+        super().__init__(task)
+
+    @property
+    def operator(self) -> PythonTask:
+        assert isinstance(self.task, PythonTask)  # checked when made
+        return self.task
+
+    @property
+    def key(self) -> str:
+        return self.item or "return_value"
+
+    def __getitem__(self, key: str) -> XComArg:
+        if self.item is not None:
+            raise problems.pending("xcom_pull")
+        return XComArg(self.task, key)
+
+    def resolve(self, context: Any) -> Any:
+        raise problems.pending("xcom_pull")
+
+
+def pick(value: Any, item: str | None) -> Any:
+    """Item `item` of an upstream result (the whole result for None)."""
+    if item is None:
+        return value
+    if not isinstance(value, dict) or item not in value:
+        raise KeyError(f"the upstream result has no item {item!r} (multiple_outputs)")
+    return value[item]
+
+
+class OperatorMixin(AirflowMixin):
+    """What every mapped operator has: Airflow's attributes and class-level mapping."""
+
+    template_fields: Sequence[str] = ()
+    template_ext: Sequence[str] = ()
+    ui_color = "#fff"
+
+    @property
+    def output(self) -> XComArg:
+        return XComArg(self)
+
+    @property
+    def log(self) -> Any:
+        return runtime.task_logger(type(self).__name__)
+
+    @classmethod
+    def partial(cls, *args: Any, **kwargs: Any) -> Any:
+        raise problems.pending("partial")
+
+    def expand(self, **kwargs: Any) -> Any:
+        raise problems.pending("expand")
+
+
+class BashOperator(OperatorMixin, Bash):
+    template_fields: Sequence[str] = ("bash_command", "env", "cwd")
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        bash_command: str,
+        env: dict[str, str] | None = None,
+        append_env: bool = False,
+        output_encoding: str = "utf-8",
+        skip_on_exit_code: int | Sequence[int] | None = 99,
+        cwd: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        settings = arguments.task_settings(_defaults(kwargs))
+        command = _template_file(bash_command, self.template_ext_for_bash)
+        if env is not None and not append_env:
+            problems.warn("env", "miniflow adds env to the worker's environment (append_env=True)")
+        if cwd is not None:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        self.bash_command = command
+        self.cwd = cwd
+        super().__init__(
+            task_id,
+            command=command,
+            env=env,
+            skip_on_exit_code=skip_on_exit_code,
+            **settings,
+        )
+
+    template_ext_for_bash = (".sh", ".bash")
+
+
+def _template_file(command: str, extensions: Sequence[str]) -> str:
+    """Airflow reads a `bash_command` ending in `.sh` from a file next to the DAG file
+    (a trailing space opts out): so does this, when the DAG file is imported."""
+    if not isinstance(command, str) or not command.endswith(tuple(extensions)):
+        return command
+    filename, _ = problems.location()
+    folder = os.path.dirname(os.path.abspath(filename)) if filename else os.getcwd()
+    path = os.path.join(folder, command)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        raise problems.unsupported(
+            "bash_command template file",
+            f"{command!r} ends in .sh, so Airflow reads it as a template file, but "
+            f"{path} cannot be read (add a trailing space to run it as a command)",
+        ) from None
+
+
+class EmptyOperator(OperatorMixin, Empty):
+    def __init__(self, *, task_id: str, **kwargs: Any) -> None:
+        super().__init__(task_id, **arguments.task_settings(_defaults(kwargs)))
+
+
+DummyOperator = EmptyOperator
+
+
+def _refs(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, ArgRef]:
+    """Task results passed to an operator, as the worker's argument references."""
+    refs: dict[str, ArgRef] = {}
+    for i, value in enumerate(args):
+        if isinstance(value, TaskRef):
+            refs[f"op_args_{i}"] = {"ref": value.task_id}
+    for key, value in kwargs.items():
+        if isinstance(value, TaskRef):
+            refs[f"op_kwargs_{key}"] = {"ref": value.task_id}
+    return refs
+
+
+class _PythonOperatorBase(OperatorMixin, PythonTask):
+    """A Python task whose worker-side function is built by the operator."""
+
+    def _register(
+        self,
+        task_id: str,
+        function: Callable[..., Any],
+        refs: dict[str, ArgRef],
+        kwargs: dict[str, Any],
+        *,
+        mode: PythonMode | None = None,
+        ignore_downstream_trigger_rules: bool = True,
+    ) -> None:
+        self.do_xcom_push = bool(kwargs.get("do_xcom_push", True))
+        settings = arguments.task_settings(_defaults(kwargs))
+        dag = settings.pop("dag", None)
+        token = None
+        if dag is not None and dag_mod.current_dag() is not dag:
+            token = dag_mod._current.set((*dag_mod._current.get(), dag))
+        try:
+            PythonTask.__init__(
+                self,
+                task_id,
+                function,
+                [],
+                refs,
+                settings,
+                mode=mode,
+                ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
+            )
+        finally:
+            if token is not None:
+                dag_mod._current.reset(token)
+        for ref in refs.values():
+            self.dag.get_task(ref["ref"]) >> self
+
+
+class PythonOperator(_PythonOperatorBase):
+    template_fields: Sequence[str] = ("templates_dict", "callable_args", "callable_kwargs")
+    _mode: PythonMode | None = None
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        python_callable: Callable[..., Any],
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: dict[str, Any] | None = None,
+        templates_dict: dict[str, Any] | None = None,
+        templates_exts: Sequence[str] | None = None,
+        ignore_downstream_trigger_rules: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if not callable(python_callable):
+            raise dag_mod.definition_error(
+                f"task {task_id!r}: python_callable must be callable, got {python_callable!r}"
+            )
+        self.python_callable = python_callable
+        # Not `op_args`/`op_kwargs`: those are the Python task's argument references.
+        self.callable_args = list(op_args or [])
+        self.callable_kwargs = dict(op_kwargs or {})
+        self.templates_dict = templates_dict
+        refs = _refs(self.callable_args, self.callable_kwargs)
+        self._register(
+            task_id,
+            self._run,
+            refs,
+            kwargs,
+            mode=self._mode,
+            ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
+        )
+
+    def _run(self, **resolved: Any) -> Any:
+        """In the worker: upstream results in, templates rendered, the callable called."""
+        args = [
+            pick(resolved[f"op_args_{i}"], getattr(v, "item", None))
+            if isinstance(v, TaskRef)
+            else v
+            for i, v in enumerate(self.callable_args)
+        ]
+        kwargs = {
+            k: pick(resolved[f"op_kwargs_{k}"], getattr(v, "item", None))
+            if isinstance(v, TaskRef)
+            else v
+            for k, v in self.callable_kwargs.items()
+        }
+        context = runtime.airflow_context(task=self)
+        render = runtime.render_value
+        args = render(args, context, task_id=self.task_id, field="op_args")
+        kwargs = render(kwargs, context, task_id=self.task_id, field="op_kwargs")
+        if self.templates_dict is not None:
+            context["templates_dict"] = render(
+                self.templates_dict, context, task_id=self.task_id, field="templates_dict"
+            )
+        result = runtime.call_with_context(self.python_callable, args, kwargs, context)
+        return result if self.do_xcom_push or self._mode is not None else None
+
+
+class BranchPythonOperator(PythonOperator):
+    _mode: PythonMode | None = "branch"
+
+
+class ShortCircuitOperator(PythonOperator):
+    _mode: PythonMode | None = "short_circuit"
+
+
+class BaseOperator(_PythonOperatorBase):
+    """Subclass it and write `execute(self, context)`: it runs in the worker as a Python
+    task, with the attributes named in `template_fields` rendered first."""
+
+    def __init__(self, *, task_id: str, **kwargs: Any) -> None:
+        self._register(task_id, self._run, {}, kwargs)
+
+    def execute(self, context: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement execute(self, context)")
+
+    def pre_execute(self, context: Any) -> None:
+        """Called before `execute` (Airflow's hook)."""
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        """Called after `execute` (Airflow's hook)."""
+
+    def render_template_fields(self, context: Any) -> None:
+        for name in self.template_fields:
+            value = getattr(self, name, None)
+            setattr(
+                self,
+                name,
+                runtime.render_value(value, context, task_id=self.task_id, field=name),
+            )
+
+    def _run(self) -> Any:
+        context = runtime.airflow_context(task=self)
+        self.render_template_fields(context)
+        self.pre_execute(context)
+        result = self.execute(context)
+        self.post_execute(context, result)
+        return result if self.do_xcom_push else None
+
+
+def chain(*tasks: Any) -> None:
+    """`chain(a, [b, c], d)`: a >> b, a >> c, b >> d, c >> d; two adjacent lists must have
+    the same length and are linked pairwise (Airflow's rule)."""
+    for up, down in itertools.pairwise(tasks):
+        up_list = isinstance(up, list | tuple)
+        down_list = isinstance(down, list | tuple)
+        if up_list and down_list:
+            if len(up) != len(down):
+                raise dag_mod.definition_error(
+                    f"chain: adjacent lists must have the same length, got {len(up)} and "
+                    f"{len(down)}"
+                )
+            for a, b in zip(up, down, strict=True):
+                a >> b
+        elif up_list:
+            for a in up:
+                a >> down
+        else:
+            up >> down
+
+
+def cross_downstream(from_tasks: Sequence[Any], to_tasks: Any) -> None:
+    """Every task of `from_tasks` upstream of every task of `to_tasks`."""
+    for task in from_tasks:
+        task >> to_tasks
+
+
+def chain_linear(*elements: Any) -> None:
+    """Every task of each element upstream of every task of the next."""
+    for up, down in itertools.pairwise(elements):
+        for a in up if isinstance(up, list | tuple) else [up]:
+            a >> down

@@ -1,0 +1,138 @@
+"""What an Airflow callable sees when it runs in the worker: Airflow's context.
+
+The context is miniflow's own (`get_current_context()`, built from the same names the
+templates see) with `ti` able to `xcom_pull` / `xcom_push` where miniflow's task
+instance can, and Airflow's rule for passing it: a callable receives the context
+entries its signature names (`ds`, `ti`, `params`, ...) or all of them with `**kwargs`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from miniflow.airflow_compat import problems
+from miniflow.authoring.context import get_current_context
+
+
+class TaskInstance:
+    """`ti` for Airflow code: miniflow's task instance, with Airflow's XCom methods."""
+
+    def __init__(self, info: Any) -> None:
+        self._info = info
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._info, name)
+
+    def __repr__(self) -> str:
+        return f"<TaskInstance {self._info!r}>"
+
+    def xcom_pull(self, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self._info, "xcom_pull", None)
+        if method is None:
+            raise problems.pending("xcom_pull")
+        return method(*args, **kwargs)
+
+    def xcom_push(self, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self._info, "xcom_push", None)
+        if method is None:
+            raise problems.pending("xcom_push")
+        return method(*args, **kwargs)
+
+
+def airflow_context(**extra: Any) -> dict[str, Any]:
+    """The running task's context with Airflow's names (`extra` added over it)."""
+    context = get_current_context()
+    ti = TaskInstance(context["ti"])
+    context.update(ti=ti, task_instance=ti, conf=None, templates_dict=None)
+    context.update(extra)
+    return context
+
+
+def with_context(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function`, given the context entries its signature asks for when it runs.
+
+    A function that asks for none is returned as it is.
+    """
+    signature = inspect.signature(function)
+    wants_all = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    named = [
+        name
+        for name, p in signature.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name in CONTEXT_NAMES
+    ]
+    if not wants_all and not named:
+        return function
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return call_with_context(function, args, kwargs, airflow_context())
+
+    return call
+
+
+def call_with_context(
+    function: Callable[..., Any],
+    args: tuple[Any, ...] | list[Any],
+    kwargs: Mapping[str, Any],
+    context: Mapping[str, Any],
+) -> Any:
+    """Call `function(*args, **kwargs)` plus the context entries it accepts (Airflow's
+    rule: named parameters not given, or everything not given with `**kwargs`)."""
+    signature = inspect.signature(function)
+    given = signature.bind_partial(*args, **kwargs).arguments
+    wants_all = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    extra: dict[str, Any] = {}
+    for name, value in context.items():
+        if name in given:
+            continue
+        param = signature.parameters.get(name)
+        if param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            extra[name] = value
+        elif param is None and wants_all:
+            extra[name] = value
+    return function(*args, **kwargs, **extra)
+
+
+CONTEXT_NAMES = frozenset({
+    "ds", "ds_nodash", "ts", "ts_nodash", "logical_date", "execution_date",
+    "data_interval_start", "data_interval_end", "run_id", "dag_id", "task_id",
+    "try_number", "params", "ti", "task_instance", "dag_run", "dag", "task", "macros",
+    "var", "conn", "conf", "templates_dict",
+})  # fmt: skip
+
+
+def task_logger(name: str) -> logging.Logger:
+    """`self.log` of an operator: INFO and up, on stdout (the task's log)."""
+    logger = logging.getLogger(f"airflow.task.operators.{name}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)s - %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def render_value(value: Any, context: Mapping[str, Any], *, task_id: str, field: str) -> Any:
+    """A templated field's value rendered: strings as Jinja2, containers item by item."""
+    from miniflow.authoring.templates import render
+
+    if isinstance(value, str):
+        return render(value, dict(context), task_id=task_id, field=field)
+    if isinstance(value, list | tuple):
+        items = [
+            render_value(v, context, task_id=task_id, field=f"{field}[{i}]")
+            for i, v in enumerate(value)
+        ]
+        return type(value)(items) if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        return {
+            k: render_value(v, context, task_id=task_id, field=f"{field}[{k!r}]")
+            for k, v in value.items()
+        }
+    return value

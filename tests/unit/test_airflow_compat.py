@@ -1,0 +1,283 @@
+"""The Airflow layer at definition time: imports of both generations, argument mapping,
+refused constructs named with file and line, and the template context's Airflow names."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from miniflow import airflow_compat
+from miniflow.airflow_compat import problems
+from miniflow.airflow_compat.arguments import plain
+from miniflow.authoring.loader import import_dag_file
+from miniflow.authoring.templates import build_context, render
+from miniflow.parsing.discovery import find_dag_files
+
+
+@pytest.fixture
+def layer() -> Iterator[None]:
+    airflow_compat.activate()
+    try:
+        yield
+    finally:
+        airflow_compat.deactivate()
+
+
+def load(tmp_path: Path, source: str, name: str = "af_dag.py") -> dict[str, Any]:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source).lstrip())
+    (dag,) = import_dag_file(path)
+    return dict(dag.serialize(name))
+
+
+def test_without_activation_airflow_is_not_importable() -> None:
+    assert "airflow" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        __import__("airflow")
+
+
+@pytest.mark.usefixtures("layer")
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("airflow", "DAG"),
+        ("airflow.models.dag", "DAG"),
+        ("airflow.operators.bash", "BashOperator"),
+        ("airflow.operators.python", "get_current_context"),
+        ("airflow.operators.empty", "EmptyOperator"),
+        ("airflow.decorators", "task_group"),
+        ("airflow.models.baseoperator", "cross_downstream"),
+        ("airflow.models.param", "ParamsDict"),
+        ("airflow.models.xcom_arg", "XComArg"),
+        ("airflow.utils.trigger_rule", "TriggerRule"),
+        ("airflow.utils.edgemodifier", "Label"),
+        ("airflow.exceptions", "AirflowFailException"),
+        ("airflow.providers.cncf.kubernetes.operators.pod", "KubernetesPodOperator"),
+        ("airflow.sdk", "dag"),
+        ("airflow.sdk", "BaseOperator"),
+        ("airflow.providers.standard.operators.python", "ShortCircuitOperator"),
+        ("airflow.providers.standard.operators.bash", "BashOperator"),
+    ],
+)
+def test_both_import_generations_resolve(module: str, name: str) -> None:
+    imported = __import__(module, fromlist=[name])
+    assert getattr(imported, name) is not None
+
+
+def test_airflow2_dag_maps_onto_miniflow_settings(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from datetime import datetime, timedelta
+        import pendulum
+        from airflow import DAG
+        from airflow.operators.bash import BashOperator
+        from airflow.utils.trigger_rule import TriggerRule
+
+        with DAG("mapped", schedule_interval="0 3 * * *", catchup=True, max_active_runs=2,
+                 start_date=pendulum.datetime(2024, 1, 1, tz="Europe/Paris"),
+                 default_args={"owner": "x", "retries": 2, "retry_delay": timedelta(minutes=1),
+                               "execution_timeout": timedelta(minutes=5)}):
+            BashOperator(task_id="b", bash_command="echo hi", env={"A": "1"}, cwd="/tmp",
+                         priority_weight=7, trigger_rule=TriggerRule.ALL_DONE, pool="p",
+                         executor_config={"pod_override": {"spec": {"containers": [
+                             {"name": "base", "image": "etl:1"}]}}})
+        """,
+    )
+    assert (dag["schedule"], dag["catchup"], dag["max_active_runs"]) == ("0 3 * * *", True, 2)
+    assert dag["timezone"] == "Europe/Paris"
+    task = dag["tasks"]["b"]
+    assert task["command"] == "cd /tmp && echo hi"
+    assert task["skip_on_exit_code"] == [99]  # BashOperator's default
+    assert (task["retries"], task["retry_delay"], task["timeout"]) == (2, 60.0, 300.0)
+    assert (task["priority"], task["trigger_rule"], task["pool"]) == (7, "all_done", "p")
+    assert task["env"] == {"A": "1"}
+    assert task["pod"]["pod_override"]["spec"]["containers"][0]["image"] == "etl:1"
+
+
+def test_dependency_helpers(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from airflow.sdk import DAG, chain, cross_downstream, Label
+        from airflow.providers.standard.operators.empty import EmptyOperator as E
+
+        with DAG("deps"):
+            a, b, c, d, e, f, g = (E(task_id=n) for n in "abcdefg")
+            chain(a, [b, c], [d, e], f)
+            cross_downstream([f], [g])
+            g >> Label("why") >> E(task_id="h")
+            [E(task_id="i"), E(task_id="j")] >> Label("both") >> E(task_id="k")
+        """,
+    )
+    up = {t: set(v["upstream"]) for t, v in dag["tasks"].items()}
+    assert up["b"] == up["c"] == {"a"}
+    assert (up["d"], up["e"]) == ({"b"}, {"c"})  # adjacent lists pair up
+    assert up["f"] == {"d", "e"} and up["g"] == {"f"} and up["h"] == {"g"}
+    assert up["k"] == {"i", "j"}
+
+
+@pytest.mark.parametrize(
+    ("source", "construct", "line"),
+    [
+        ("from airflow.datasets import Dataset", "Dataset", 1),
+        ("from airflow.sdk import Asset", "Asset", 1),
+        ("from airflow.operators.subdag import SubDagOperator", "SubDagOperator", 1),
+        (
+            "from airflow.providers.google.cloud.operators.gcs import X",
+            "module airflow.providers",
+            1,
+        ),
+        (
+            "from airflow import DAG\nfrom airflow.operators.bash import BashOperator\n"
+            "with DAG('x'):\n    BashOperator(task_id='t', bash_command='a', deferrable=True)",
+            "deferrable",
+            4,
+        ),
+        (
+            "from airflow import DAG\nwith DAG('x', timetable=object()):\n    pass",
+            "timetable",
+            2,
+        ),
+        (
+            "from airflow import DAG\nimport datetime\n"
+            "DAG('x', schedule=datetime.timedelta(minutes=7))",
+            "timedelta schedule",
+            3,
+        ),
+        (
+            "from airflow import DAG\nfrom airflow.decorators import task\nwith DAG('x'):\n"
+            "    @task.virtualenv\n    def f():\n        pass",
+            "task.virtualenv",
+            4,
+        ),
+        (
+            "from airflow import DAG\nfrom airflow.operators.bash import BashOperator\n"
+            "def cb(ctx):\n    pass\n"
+            "with DAG('x'):\n"
+            "    BashOperator(task_id='t', bash_command='a', on_failure_callback=cb)",
+            "callbacks",
+            6,
+        ),
+    ],
+)
+def test_refused_constructs_name_the_construct_file_and_line(
+    layer: None, tmp_path: Path, source: str, construct: str, line: int
+) -> None:
+    path = tmp_path / "refused.py"
+    path.write_text(source + "\n")
+    with pytest.raises(problems.UnsupportedConstruct) as caught:
+        import_dag_file(path)
+    assert caught.value.construct.startswith(construct)
+    assert (caught.value.filename, caught.value.lineno) == (str(path), line)
+    assert caught.value.suggestion
+    assert isinstance(caught.value, ImportError)
+
+
+def test_accepted_differences_are_warnings(layer: None, tmp_path: Path) -> None:
+    with problems.collect_warnings() as found:
+        dag = load(
+            tmp_path,
+            """
+            from datetime import timedelta
+            import pendulum
+            from airflow import DAG
+            from airflow.operators.bash import BashOperator
+
+            with DAG("w", schedule=timedelta(hours=6), start_date=pendulum.datetime(2024, 1, 1),
+                     dagrun_timeout=timedelta(hours=1)):
+                BashOperator(task_id="t", bash_command="x", queue="big", email=["a@b.c"])
+            """,
+        )
+    assert dag["schedule"] == "0 */6 * * *"
+    assert {w.construct for w in found} == {
+        "timedelta schedule", "dagrun_timeout", "catchup", "queue", "email",
+    }  # fmt: skip
+    assert {w.lineno for w in found} == {6, 8}
+
+
+def test_kubernetes_models_become_api_dicts() -> None:
+    from kubernetes_asyncio.client import models as k8s
+
+    pod = k8s.V1Pod(
+        spec=k8s.V1PodSpec(
+            containers=[k8s.V1Container(name="base", image="i:1", image_pull_policy="Always")],
+            node_selector={"pool": "etl"},
+        )
+    )
+    assert plain(pod) == {
+        "spec": {
+            "containers": [{"name": "base", "image": "i:1", "imagePullPolicy": "Always"}],
+            "nodeSelector": {"pool": "etl"},
+        }
+    }
+
+
+def test_pod_operator_is_one_pod_task(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from airflow import DAG
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from kubernetes_asyncio.client import models as k8s
+
+        with DAG("k"):
+            KubernetesPodOperator(
+                task_id="p", image="busybox:1.36", cmds=["sh", "-c"], arguments=["echo {{ ds }}"],
+                env_vars={"A": "1"}, namespace="jobs", service_account_name="runner",
+                node_selector={"pool": "etl"}, image_pull_secrets="reg-a,reg-b",
+                tolerations=[k8s.V1Toleration(key="k", operator="Exists")],
+                env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name="s"))],
+            )
+        """,
+    )
+    task = dag["tasks"]["p"]
+    assert (task["kind"], task["image"]) == ("pod", "busybox:1.36")
+    assert (task["cmds"], task["args"], task["env"]) == (
+        ["sh", "-c"],
+        ["echo {{ ds }}"],
+        {"A": "1"},
+    )
+    pod = task["pod"]
+    assert (pod["namespace"], pod["service_account"]) == ("jobs", "runner")
+    assert pod["image_pull_secrets"] == ["reg-a", "reg-b"]
+    assert pod["tolerations"] == [{"key": "k", "operator": "Exists"}]
+    override = pod["pod_override"]["spec"]["containers"][0]
+    assert override == {"name": "base", "envFrom": [{"secretRef": {"name": "s"}}]}
+
+
+def test_template_context_has_airflows_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_COLOR", "blue")
+    monkeypatch.setenv("AIRFLOW_VAR_CONFIG", '{"n": 3}')
+    monkeypatch.setenv("AIRFLOW_CONN_DB", "postgres://u:secret@h.example:5432/s")
+    when = datetime(2024, 2, 28, tzinfo=UTC)
+    context = build_context(
+        dag_id="d", run_id="r", task_id="t", try_number=1, logical_date=when,
+        data_interval_start=when, data_interval_end=when + timedelta(days=1),
+        params={"p": 1}, conf={"c": 2},
+    )  # fmt: skip
+    template = (
+        "{{ macros.ds_add(ds, 2) }} {{ macros.ds_format(ds, '%Y-%m-%d', '%d/%m') }} "
+        "{{ dag_run.conf.c }} {{ dag.dag_id }} {{ task.task_id }} {{ var.value.color }} "
+        "{{ var.json.config.n }} {{ conn.db.host }}:{{ conn.db.port }} "
+        "{{ (macros.datetime(2024, 1, 1) + macros.timedelta(days=1)).day }}"
+    )
+    out = render(template, context, task_id="t", field="f")
+    assert out == "2024-03-01 28/02 2 d t blue 3 h.example:5432 2"
+    assert "secret" not in repr(context["conn"].db)
+
+
+def test_pendulum_stand_in_and_discovery(layer: None, tmp_path: Path) -> None:
+    import pendulum
+
+    assert pendulum.datetime(2024, 1, 1, tz="UTC") == datetime(2024, 1, 1, tzinfo=UTC)
+    assert pendulum.duration(hours=1) == timedelta(hours=1)
+    (tmp_path / "af.py").write_text("from airflow import DAG\n")
+    (tmp_path / "helper.py").write_text("import airflow_helpers\n")
+    assert [p.name for p in find_dag_files(tmp_path)] == ["af.py"]
