@@ -137,6 +137,14 @@ def test_expand_partial_and_expand_kwargs_serialize() -> None:
         (
             """
             with DAG("d", schedule=None):
+                Bash.partial("b").expand_kwargs([{"command": "echo"}, {"env": {"A": "a"}}])
+            """,
+            3,
+            "expand_kwargs item 1 gives no command (nor does partial())",
+        ),
+        (
+            """
+            with DAG("d", schedule=None):
                 @task(max_active_mapped=0)
                 def f(x): ...
             """,
@@ -192,6 +200,9 @@ def test_expand_values_is_a_product_in_order() -> None:
 
 def test_expand_values_checks_bash_items_and_kwargs() -> None:
     bash = _mapped("bash", {"mode": "kwargs", "source": {"ref": "up"}})
+    with pytest.raises(MapError, match="item 1 of the result of 'up': no command"):
+        expand_values(bash, lambda ref: [{"command": "echo"}, {"env": {"B": "b"}}], 10)
+    bash["command"] = "echo fixed"  # given to partial()
     ok = expand_values(bash, lambda ref: [{"command": "echo"}, {"env": {"B": "b"}}], 10)
     assert ok == [{"command": "echo"}, {"env": {"B": "b"}}]
     with pytest.raises(MapError, match="item 0 of the result of 'up': env must be a dict"):
