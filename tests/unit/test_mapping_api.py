@@ -145,6 +145,16 @@ def test_expand_partial_and_expand_kwargs_serialize() -> None:
         (
             """
             with DAG("d", schedule=None):
+                @task.branch
+                def f(x): ...
+                f.expand(x=[1])
+            """,
+            5,
+            "a @task.branch task cannot be mapped",
+        ),
+        (
+            """
+            with DAG("d", schedule=None):
                 @task(max_active_mapped=0)
                 def f(x): ...
             """,
