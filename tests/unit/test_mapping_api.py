@@ -10,7 +10,7 @@ import pytest
 from miniflow import DAG, Bash, Pod, task
 from miniflow.authoring.mapping import MapError, apply_map_args, expand_values, max_map_length
 from miniflow.authoring.serialized import SerializedTask
-from miniflow.authoring.xcom import XComData, XComError, pushed_line, uses_xcom
+from miniflow.authoring.xcom import XComData, XComError, check_value, pushed_line, uses_xcom
 from miniflow.scheduler import readiness
 from miniflow.store import mapping as store_mapping
 from tests.unit.test_dag import assert_located, definition_error
@@ -260,3 +260,11 @@ def test_a_bash_result_is_its_last_line_as_json_or_text() -> None:
     assert pushed_line("") is None
     assert uses_xcom({"command": "echo {{ ti.xcom_pull(task_ids='a') }}", "env": {}})
     assert not uses_xcom({"command": "echo", "env": {"A": "b"}})
+
+
+def test_pushed_values_are_json_within_the_size_limit() -> None:
+    assert check_value({"a": (1, 2)}, 100, "xcom 'k'") == {"a": [1, 2]}
+    with pytest.raises(XComError, match="xcom 'k' is 12 bytes as JSON, more than the limit 10"):
+        check_value("x" * 10, 10, "xcom 'k'")
+    with pytest.raises(XComError, match="must be JSON-serializable"):
+        check_value(object(), 100, "xcom 'k'")
