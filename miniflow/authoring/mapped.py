@@ -14,7 +14,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from miniflow.authoring.dag import definition_error
-from miniflow.authoring.mapping import MAPPABLE, MapError, check_value, max_map_length, too_long
+from miniflow.authoring.mapping import (
+    MAPPABLE,
+    MapError,
+    check_value,
+    max_map_length,
+    missing_field,
+    too_long,
+)
 from miniflow.authoring.serialized import ArgRef, Expansion
 
 if TYPE_CHECKING:
@@ -169,6 +176,13 @@ class PartialTask:
         expansion = kwargs_expansion(source, self.task_id, self.cls.kind)
         names = sorted({k for item in expansion["source"].get("value", []) for k in item})
         self._check_names(names)
+        for i, item in enumerate(expansion["source"].get("value", [])):
+            missing = missing_field(self.cls.kind, self.fixed, item)
+            if missing is not None:
+                raise definition_error(
+                    f"task {self.task_id!r}: expand_kwargs item {i} gives no {missing} "
+                    "(nor does partial())"
+                )
         if "ref" in expansion["source"] and self.cls.kind == "bash" and "command" not in self.fixed:
             names.append("command")  # each dict brings it (checked when expanded)
         if "ref" in expansion["source"] and self.cls.kind == "pod" and "image" not in self.fixed:

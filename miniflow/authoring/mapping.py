@@ -76,6 +76,16 @@ def check_value(kind: str, name: str, value: Any) -> str | None:
     return f"{name!r} cannot be mapped; mappable: {', '.join(MAPPABLE.get(kind, ()))}"
 
 
+def missing_field(kind: str, fixed: Mapping[str, Any], item: Mapping[str, Any]) -> str | None:
+    """The field a Bash (command) or Pod (image) instance lacks: given neither by the task
+    (`fixed`: its arguments, or its serialized form where a mapped field is empty) nor by
+    `item`."""
+    need = {"bash": "command", "pod": "image"}.get(kind)
+    if need is None or fixed.get(need) or need in item:
+        return None
+    return need
+
+
 def expand_values(
     task: SerializedTask, resolve: Callable[[ArgRef], Any], limit: int
 ) -> list[dict[str, Any]]:
@@ -129,6 +139,9 @@ def expand_values(
 
 
 def _check_items(task: SerializedTask, item: dict[str, Any], where: str) -> None:
+    missing = missing_field(task["kind"], task, item)
+    if missing is not None:
+        raise MapError(f"task {task['task_id']!r}: {where}: no {missing} (nor in partial())")
     for name, value in item.items():
         problem = check_value(task["kind"], name, value)
         if problem is not None:

@@ -266,6 +266,11 @@ class PartialTaskFunction:
     """`f.partial(**fixed)`: a `@task` function waiting for `.expand` / `.expand_kwargs`."""
 
     def __init__(self, function: TaskFunction[..., Any], fixed: dict[str, Any]) -> None:
+        if function.mode is not None:
+            # Each instance's result would decide the skips of the same downstream tasks.
+            raise definition_error(
+                f"task {function.task_id!r}: a @task.{function.mode} task cannot be mapped"
+            )
         self.function = function
         self.fixed = fixed
 

@@ -63,7 +63,7 @@ async def stop_everything(
         ]
         await store_tis.finish(session, outcomes, now)
         failed = await _fail_runs(session, run_pks, queued_too=run is not None, now=now)
-    keys = {AttemptKey(r.dag_id, r.run_id, r.task_id, r.try_number): r for r in rows}
+    keys = {AttemptKey(r.dag_id, r.run_id, r.task_id, r.try_number, r.map_index): r for r in rows}
     exits = await _kill_attempts(scheduler, keys, message, run)
     ends = []
     for key, row in keys.items():

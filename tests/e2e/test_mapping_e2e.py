@@ -4,15 +4,31 @@ processes) on both databases, and the `miniflow` CLI (`dags test`, `tasks ...`, 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.cli import operations
+from miniflow.config import load_config
+from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
 from miniflow.store import xcom as store_xcom
 from miniflow.store.models import TaskInstance
-from tests.e2e.helpers import cli_env, max_overlap, query, run_cli, write_dag
+from tests.e2e.helpers import (
+    cli_env,
+    kill_group,
+    max_overlap,
+    query,
+    run_cli,
+    spawn_cli,
+    stop,
+    until,
+    write_dag,
+)
 from tests.e2e.test_local_scheduler import local_scheduler
 
 MAPPED = """
@@ -135,3 +151,84 @@ def test_a_literal_list_over_the_limit_is_a_definition_error(tmp_path: Path) -> 
     text = result.stdout + result.stderr
     assert "big.py" in text and ":5" in text, text
     assert "gives 5 mapped instances, more than the maximum map length 4" in text, text
+
+
+CRASH_DAG = """
+from datetime import datetime
+from miniflow import DAG, task
+
+with DAG("crash", start_date=datetime(2026, 1, 1)):
+    @task
+    def items() -> list:
+        return list(range({n}))
+
+    @task
+    def work(x: int) -> int:
+        from miniflow import get_current_context
+        ti = get_current_context()["ti"]
+        with open({log!r}, "a") as f:
+            f.write(f"{{x}} {{ti.map_index}} {{ti.try_number}}\\n")
+        return x
+
+    @task
+    def total(xs: list) -> int:
+        assert xs == list(range({n})), xs
+        return sum(xs)
+
+    total(work.expand(x=items()))
+"""
+
+
+async def test_scheduler_killed_around_the_expansion_creates_each_instance_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the scheduler as soon as the upstream's result is in (before, during or
+    just after the expansion of 100 instances), and again while they run; after the
+    restarts every map_index exists once and ran once."""
+    n = 100
+    ran = tmp_path / "ran.txt"
+    dags, state_dir = tmp_path / "dags", tmp_path / "state"
+    write_dag(dags, "crash.py", CRASH_DAG.format(n=n, log=str(ran)))
+    env = cli_env(db_url, dags, state_dir)
+    config = load_config(environ=env)
+    run_id = await operations.trigger(config, "crash", conf_json=None)
+
+    async def rows() -> list[TaskInstance]:
+        return await query(db_url, store_tis.list_for_run, "crash", run_id)
+
+    async def upstream_done() -> bool:
+        return any(r.task_id == "items" and r.state == "success" for r in await rows())
+
+    async def some_ran() -> bool:
+        return sum(r.task_id == "work" and r.state == "success" for r in await rows()) >= 5
+
+    async def finished() -> bool:
+        run = await query(db_url, store_runs.get_run, "crash", run_id)
+        return run.state in ("success", "failed")
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, moment in enumerate((upstream_done, some_ran)):
+            proc = spawn_cli(["scheduler"], env, tmp_path / f"scheduler{i}.log")
+            procs.append(proc)
+            await until(moment, 60, moment.__name__)
+            os.killpg(proc.pid, signal.SIGKILL)
+            assert proc.wait(10) == -signal.SIGKILL
+        last = spawn_cli(["scheduler"], env, tmp_path / "scheduler-last.log")
+        procs.append(last)
+        await until(finished, 90, "the run to finish after the restarts")
+        assert stop(last, signal.SIGTERM) == 0
+    finally:
+        for proc in procs:
+            kill_group(proc)
+            proc.wait(5)
+    names = ["scheduler0.log", "scheduler1.log", "scheduler-last.log"]
+    logs = "".join((tmp_path / name).read_text() for name in names)
+    run = await query(db_url, store_runs.get_run, "crash", run_id)
+    assert run.state == "success", logs[-3000:]
+    work = [r for r in await rows() if r.task_id == "work"]
+    assert sorted(r.map_index for r in work) == [-1, *range(n)]
+    lines = ran.read_text().splitlines()
+    assert len(lines) == len(set(lines)), "an instance's try ran twice"
+    assert sorted({int(line.split()[1]) for line in lines}) == list(range(n))
+    assert all(line.split()[0] == line.split()[1] for line in lines)

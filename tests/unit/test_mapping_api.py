@@ -10,7 +10,7 @@ import pytest
 from miniflow import DAG, Bash, Pod, task
 from miniflow.authoring.mapping import MapError, apply_map_args, expand_values, max_map_length
 from miniflow.authoring.serialized import SerializedTask
-from miniflow.authoring.xcom import XComData, XComError, pushed_line, uses_xcom
+from miniflow.authoring.xcom import XComData, XComError, check_value, pushed_line, uses_xcom
 from miniflow.scheduler import readiness
 from miniflow.store import mapping as store_mapping
 from tests.unit.test_dag import assert_located, definition_error
@@ -137,6 +137,24 @@ def test_expand_partial_and_expand_kwargs_serialize() -> None:
         (
             """
             with DAG("d", schedule=None):
+                Bash.partial("b").expand_kwargs([{"command": "echo"}, {"env": {"A": "a"}}])
+            """,
+            3,
+            "expand_kwargs item 1 gives no command (nor does partial())",
+        ),
+        (
+            """
+            with DAG("d", schedule=None):
+                @task.branch
+                def f(x): ...
+                f.expand(x=[1])
+            """,
+            5,
+            "a @task.branch task cannot be mapped",
+        ),
+        (
+            """
+            with DAG("d", schedule=None):
                 @task(max_active_mapped=0)
                 def f(x): ...
             """,
@@ -192,6 +210,9 @@ def test_expand_values_is_a_product_in_order() -> None:
 
 def test_expand_values_checks_bash_items_and_kwargs() -> None:
     bash = _mapped("bash", {"mode": "kwargs", "source": {"ref": "up"}})
+    with pytest.raises(MapError, match="item 1 of the result of 'up': no command"):
+        expand_values(bash, lambda ref: [{"command": "echo"}, {"env": {"B": "b"}}], 10)
+    bash["command"] = "echo fixed"  # given to partial()
     ok = expand_values(bash, lambda ref: [{"command": "echo"}, {"env": {"B": "b"}}], 10)
     assert ok == [{"command": "echo"}, {"env": {"B": "b"}}]
     with pytest.raises(MapError, match="item 0 of the result of 'up': env must be a dict"):
@@ -239,3 +260,11 @@ def test_a_bash_result_is_its_last_line_as_json_or_text() -> None:
     assert pushed_line("") is None
     assert uses_xcom({"command": "echo {{ ti.xcom_pull(task_ids='a') }}", "env": {}})
     assert not uses_xcom({"command": "echo", "env": {"A": "b"}})
+
+
+def test_pushed_values_are_json_within_the_size_limit() -> None:
+    assert check_value({"a": (1, 2)}, 100, "xcom 'k'") == {"a": [1, 2]}
+    with pytest.raises(XComError, match="xcom 'k' is 12 bytes as JSON, more than the limit 10"):
+        check_value("x" * 10, 10, "xcom 'k'")
+    with pytest.raises(XComError, match="must be JSON-serializable"):
+        check_value(object(), 100, "xcom 'k'")
