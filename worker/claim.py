@@ -94,6 +94,7 @@ async def claim_try(
             data_interval_end=run.data_interval_end,
             params={**serialized["params"], **run.conf},
             run_type=run.run_type,
+            macros=serialized.get("user_defined_macros"),
         )
         if task["kind"] == "python":
             claim.upstream = await task_instances.upstream_results(

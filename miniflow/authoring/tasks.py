@@ -197,7 +197,7 @@ AIRFLOW_NAMES = {
 _DAG_KEYWORDS = (
     "schedule", "start_date", "end_date", "catchup", "timezone", "max_active_runs",
     "max_active_tasks", "params", "tags", "description", "default_args",
-    "on_success_callback", "on_failure_callback",
+    "on_success_callback", "on_failure_callback", "user_defined_macros", "user_defined_filters",
 )  # fmt: skip
 
 

@@ -37,15 +37,18 @@ def build_context(
     data_interval_end: datetime,
     params: dict[str, Any],
     run_type: str = "manual",
+    macros: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The variables available to templates.
 
-    `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`).
+    `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`); `macros` are
+    the DAG's `user_defined_macros` (JSON values; the context's own names win).
 
     `ds`, `ds_nodash`, `ts` and `ts_nodash` are formatted in the timezone of
     `logical_date` as given (the scheduler passes UTC).
     """
     return {
+        **(macros or {}),
         "ds": logical_date.strftime("%Y-%m-%d"),
         "ds_nodash": logical_date.strftime("%Y%m%d"),
         "ts": logical_date.isoformat(),

@@ -39,6 +39,7 @@ def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) 
         data_interval_end=run.data_interval_end,
         params=run_params(dag, run.conf),
         run_type=run.run_type,
+        macros=dag.get("user_defined_macros"),
     )
     rendered = templates.render_task_fields(task, context)
     pod: PodSettings = PodSettings(**task["pod"])
