@@ -233,6 +233,11 @@ class DAG:
     `default_args` to become the default of every task of the DAG; keywords
     win over `default_args`, a task's own value wins over both. `env` is the
     exception: the DAG's env is merged under each task's env.
+
+    `on_success_callback` / `on_failure_callback` (a callable or a list) run when a run
+    ends, in a child process of the scheduler (`miniflow.scheduler.dag_callbacks`); task
+    callbacks go in `default_args`. `user_defined_macros` are JSON values every template
+    of the DAG sees as top-level names.
     """
 
     def __init__(

@@ -17,13 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 from miniflow.authoring import dag as dag_mod
-from miniflow.authoring.dag import (
-    DAG,
-    check_id,
-    check_json,
-    definition_error,
-    user_location,
-)
+from miniflow.authoring.dag import DAG, check_id, check_json, definition_error, user_location
 from miniflow.authoring.serialized import (
     TRIGGER_RULES,
     PodSettings,
