@@ -13,6 +13,7 @@ from miniflow.cli import operations
 from miniflow.config import Config, load_config
 from miniflow.store import engine as store_engine
 from miniflow.store.models import DagRun
+from miniflow.web import actions
 from tests.e2e.helpers import write_dag
 from tests.e2e.test_local_scheduler import local_scheduler
 
@@ -98,6 +99,12 @@ async def test_clearing_work_runs_its_setup_and_teardown_again(db_url: str, tmp_
         _, cleared = await operations.clear(config, "st_clear", run_id, "work", downstream=False)
         state = await local.scheduler.run_until_done("st_clear", run_id, timeout=60)
         tis = await local.tis("st_clear", run_id)
+        async with store_engine.transaction(local.scheduler.sessions) as session:
+            # The web's clear (button and API) follows the same rule.
+            from_web = await actions.clear(session, "st_clear", run_id, "work", downstream=False)
+        after_web = {t: ti.state for t, ti in (await local.tis("st_clear", run_id)).items()}
+    assert from_web == ["lock", "work", "unlock"]
+    assert after_web == {"lock": "none", "work": "none", "unlock": "none", "other": "success"}
     assert cleared == ["lock", "work", "unlock"]
     assert state == "success"
     assert {t: (ti.state, ti.try_number) for t, ti in tis.items()} == {
