@@ -413,6 +413,32 @@ class BaseTask(DependencyMixin):
             _link_all(found, [self])
         return self
 
+    def __enter__(self) -> BaseTask:
+        """`with t.as_teardown(setups=s): ...`: the tasks created in the block run between
+        the teardown's setups and the teardown (Airflow's form)."""
+        if not self.is_teardown:
+            raise definition_error(
+                f"`with` on task {self.task_id!r}: only a teardown task opens a block "
+                "(`with t.as_teardown(setups=s): ...`)"
+            )
+        self._before_block = set(self.dag.tasks)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            return
+        created = [t for tid, t in self.dag.tasks.items() if tid not in self._before_block]
+        inside = {t.task_id for t in created}
+        setups = [self.dag.tasks[u] for u in sorted(self.upstream_ids)]
+        setups = [u for u in setups if u.is_setup and u.task_id not in inside]
+        for made in created:
+            if made is self or made.is_setup:
+                continue
+            if not made.upstream_ids & inside:
+                _link_all(setups, [made])
+            if not made.downstream_ids & inside:
+                _link(made, self)
+
     def effective_settings(self) -> dict[str, Any]:
         """Settings after inheritance: built-in default < DAG default < task group default
         < the task's own."""
