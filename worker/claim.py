@@ -106,6 +106,7 @@ async def claim_try(
             run_type=run.run_type,
             map_index=map_index,
             conf=run.conf,
+            user_macros=serialized.get("user_defined_macros"),
         )
         if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
             data = await store_xcom.load(session, dag_id, run_id)

@@ -174,6 +174,43 @@ def _check_positive_int(value: object, what: str) -> int:
     return value
 
 
+_TEMPLATE_NAMES = frozenset(
+    {
+        "ds", "ds_nodash", "ts", "ts_nodash", "logical_date", "data_interval_start",
+        "data_interval_end", "run_id", "dag_id", "task_id", "try_number", "params", "run_type",
+        "ti", "task_instance",
+    }
+)  # fmt: skip
+"""The template context's own names (`templates.build_context`): a macro may not hide one."""
+
+_NO_FUNCTIONS = (
+    "templates are rendered by the scheduler, which never imports DAG files, so only JSON "
+    "values can be macros; compute the value in a @task and pass its result, or use a "
+    "Jinja2 `{% macro %}` in the template"
+)
+
+
+def _check_macros(macros: object, filters: object) -> dict[str, Any]:
+    """`user_defined_macros` as a dict of JSON values; functions and filters refused (why)."""
+    if filters:
+        raise definition_error(f"user_defined_filters are not supported: {_NO_FUNCTIONS}")
+    if macros is None:
+        return {}
+    if not isinstance(macros, dict):
+        raise definition_error(f"user_defined_macros must be a dict, got {macros!r}")
+    for name, value in macros.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise definition_error(f"user_defined_macros: {name!r} is not a template name")
+        if name in _TEMPLATE_NAMES:
+            raise definition_error(
+                f"user_defined_macros: {name!r} is a name of the template context already"
+            )
+        if callable(value):
+            raise definition_error(f"user_defined_macros[{name!r}] is a function: {_NO_FUNCTIONS}")
+        check_json(value, f"user_defined_macros[{name!r}]")
+    return dict(macros)
+
+
 AIRFLOW_ONLY_DEFAULTS = frozenset(
     {"owner", "email", "email_on_failure", "email_on_retry", "depends_on_past"}
 )
@@ -196,6 +233,11 @@ class DAG:
     `default_args` to become the default of every task of the DAG; keywords
     win over `default_args`, a task's own value wins over both. `env` is the
     exception: the DAG's env is merged under each task's env.
+
+    `on_success_callback` / `on_failure_callback` (a callable or a list) run when a run
+    ends, in a child process of the scheduler (`miniflow.scheduler.dag_callbacks`); task
+    callbacks go in `default_args`. `user_defined_macros` are JSON values every template
+    of the DAG sees as top-level names.
     """
 
     def __init__(
@@ -215,6 +257,8 @@ class DAG:
         default_args: dict[str, Any] | None = None,
         on_success_callback: Any = None,
         on_failure_callback: Any = None,
+        user_defined_macros: dict[str, Any] | None = None,
+        user_defined_filters: dict[str, Any] | None = None,
         **task_defaults: Any,
     ) -> None:
         from miniflow.authoring import params as params_mod  # both import this module: import at
@@ -263,6 +307,7 @@ class DAG:
         if description is not None and not isinstance(description, str):
             raise definition_error(f"description must be a string, got {description!r}")
         self.description = description
+        self.user_defined_macros = _check_macros(user_defined_macros, user_defined_filters)
         if default_args is not None and not isinstance(default_args, dict):
             raise definition_error(f"default_args must be a dict, got {default_args!r}")
         # Airflow DAG files often carry these in default_args; they mean nothing here
@@ -393,4 +438,6 @@ class DAG:
         }
         if self.callbacks:
             data["callbacks"] = sorted(self.callbacks)
+        if self.user_defined_macros:
+            data["user_defined_macros"] = json.loads(json.dumps(self.user_defined_macros))
         return data

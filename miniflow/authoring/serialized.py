@@ -174,6 +174,8 @@ class SerializedDag(TypedDict):
     # DAG-level callbacks the DAG has (`on_success_callback`, `on_failure_callback`), run
     # in a child process when a run ends; absent: none.
     callbacks: NotRequired[list[str]]
+    # JSON values every template of the DAG sees as top-level names; absent: none.
+    user_defined_macros: NotRequired[dict[str, Any]]
 
 
 def readable(data: Mapping[str, Any]) -> SerializedDag:

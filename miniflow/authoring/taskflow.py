@@ -76,6 +76,14 @@ class TaskRef(DependencyMixin):
         self.task.as_teardown(setups=setups, on_failure_fail_dagrun=on_failure_fail_dagrun)
         return self
 
+    def __enter__(self) -> TaskRef:
+        """`with drop(x).as_teardown(setups=x): ...` (see `BaseTask.__enter__`)."""
+        self.task.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.task.__exit__(exc_type, *rest)
+
 
 Role = Literal["setup", "teardown"]
 

@@ -202,7 +202,7 @@ AIRFLOW_NAMES = {
 _DAG_KEYWORDS = (
     "schedule", "start_date", "end_date", "catchup", "timezone", "max_active_runs",
     "max_active_tasks", "params", "tags", "description", "default_args",
-    "on_success_callback", "on_failure_callback",
+    "on_success_callback", "on_failure_callback", "user_defined_macros", "user_defined_filters",
 )  # fmt: skip
 
 
@@ -437,6 +437,32 @@ class BaseTask(DependencyMixin):
         if cls.kind not in ("bash", "pod"):
             raise definition_error(f"{cls.__name__} tasks cannot be mapped")
         return PartialTask(cls, task_id, fixed)
+
+    def __enter__(self) -> BaseTask:
+        """`with t.as_teardown(setups=s): ...`: the tasks created in the block run between
+        the teardown's setups and the teardown (Airflow's form)."""
+        if not self.is_teardown:
+            raise definition_error(
+                f"`with` on task {self.task_id!r}: only a teardown task opens a block "
+                "(`with t.as_teardown(setups=s): ...`)"
+            )
+        self._before_block = set(self.dag.tasks)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            return
+        created = [t for tid, t in self.dag.tasks.items() if tid not in self._before_block]
+        inside = {t.task_id for t in created}
+        setups = [self.dag.tasks[u] for u in sorted(self.upstream_ids)]
+        setups = [u for u in setups if u.is_setup and u.task_id not in inside]
+        for made in created:
+            if made is self or made.is_setup:
+                continue
+            if not made.upstream_ids & inside:
+                _link_all(setups, [made])
+            if not made.downstream_ids & inside:
+                _link(made, self)
 
     def effective_settings(self) -> dict[str, Any]:
         """Settings after inheritance: built-in default < DAG default < task group default

@@ -45,11 +45,13 @@ def build_context(
     run_type: str = "manual",
     map_index: int = -1,
     conf: dict[str, Any] | None = None,
+    user_macros: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The variables available to templates (and to `get_current_context()`; `map_index`:
     -1 unless a mapped instance).
 
-    `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`).
+    `run_type` is "scheduled", "manual" or "test" (`miniflow dags test`); `user_macros`
+    are the DAG's `user_defined_macros` (JSON values; the context's own names win).
 
     `ds`, `ds_nodash`, `ts` and `ts_nodash` are formatted in the timezone of
     `logical_date` as given (the scheduler passes UTC). The names Airflow's templates
@@ -59,6 +61,7 @@ def build_context(
     and `conn.<conn_id>` (looked up only when a template uses them).
     """
     return {
+        **(user_macros or {}),
         "ds": logical_date.strftime("%Y-%m-%d"),
         "ds_nodash": logical_date.strftime("%Y%m%d"),
         "ts": logical_date.isoformat(),

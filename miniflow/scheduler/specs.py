@@ -54,6 +54,7 @@ def build_spec(
         run_type=run.run_type,
         map_index=map_index,
         conf=run.conf,
+        user_macros=dag.get("user_defined_macros"),
     )
     # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
     context["ti"] = context["task_instance"] = TaskInstanceInfo(

@@ -1,5 +1,5 @@
-"""Setup / teardown, callbacks, LatestOnly and clears of a branch through the real scheduler
-and the LocalLauncher (one process per try), on SQLite and PostgreSQL."""
+"""Setup / teardown, callbacks, LatestOnly, clears of a branch and user macros through the
+real scheduler and the LocalLauncher (one process per try), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from miniflow.cli import operations
 from miniflow.config import Config, load_config
 from miniflow.store import engine as store_engine
 from miniflow.store.models import DagRun
+from miniflow.web import actions
 from tests.e2e.helpers import write_dag
 from tests.e2e.test_local_scheduler import local_scheduler
 
@@ -98,6 +99,12 @@ async def test_clearing_work_runs_its_setup_and_teardown_again(db_url: str, tmp_
         _, cleared = await operations.clear(config, "st_clear", run_id, "work", downstream=False)
         state = await local.scheduler.run_until_done("st_clear", run_id, timeout=60)
         tis = await local.tis("st_clear", run_id)
+        async with store_engine.transaction(local.scheduler.sessions) as session:
+            # The web's clear (button and API) follows the same rule.
+            from_web = await actions.clear(session, "st_clear", run_id, "work", downstream=False)
+        after_web = {t: ti.state for t, ti in (await local.tis("st_clear", run_id)).items()}
+    assert from_web == ["lock", "work", "unlock"]
+    assert after_web == {"lock": "none", "work": "none", "unlock": "none", "other": "success"}
     assert cleared == ["lock", "work", "unlock"]
     assert state == "success"
     assert {t: (ti.state, ti.try_number) for t, ti in tis.items()} == {
@@ -251,3 +258,34 @@ async def test_latest_only_skips_in_an_old_scheduled_interval(db_url: str, tmp_p
         "after_report": "skipped",  # trigger rules decide beyond it
         "always": "success",
     }
+
+
+async def test_user_defined_macros_in_scheduler_and_worker_templates(
+    db_url: str, tmp_path: Path
+) -> None:
+    write_dag(
+        tmp_path / "dags",
+        "mac.py",
+        """
+        import os
+        from datetime import datetime
+        from miniflow import DAG, Bash, task
+
+        with DAG("mac", start_date=datetime(2026, 1, 1),
+                 user_defined_macros={"bucket": "s3://data", "limits": {"rows": 7}}):
+            Bash("copy", "echo copy {{ bucket }}/{{ run_type }} {{ limits.rows }}")
+
+            @task(env={"TARGET": "{{ bucket }}/out"})
+            def target() -> str:
+                return os.environ["TARGET"]
+
+            target()
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("mac")
+        tis = await local.tis("mac", run_id)
+        attempts = {a.task_id: a for a in await local.attempts("mac", run_id)}
+    assert state == "success"
+    assert "copy s3://data/manual 7" in (attempts["copy"].log_tail or "")  # the scheduler's
+    assert tis["target"].result == "s3://data/out"  # the worker's rendering

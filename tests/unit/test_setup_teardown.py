@@ -227,3 +227,30 @@ def test_dags_show_marks_setup_and_teardown() -> None:
     assert "setup (python, setup)" in text
     assert "teardown (python, teardown)" in text
     assert RULE not in text
+
+
+def test_a_teardown_block_puts_its_tasks_between_setup_and_teardown() -> None:
+    with DAG("st_block") as dag:
+
+        @task
+        def create() -> str:
+            return "c"
+
+        @task
+        def delete(name: str) -> None:
+            pass
+
+        made = create()
+        with delete(made).as_teardown(setups=made):
+            first = Bash("first", "true")
+            first >> Bash("second", "true")
+            Bash("alone", "true")
+        with pytest.raises(DagDefinitionError, match="only a teardown task opens a block"):
+            with Bash("plain", "true"):
+                pass
+    tasks = dag.serialize("blk.py")["tasks"]
+    assert tasks["first"]["upstream"] == ["create"]
+    assert tasks["second"]["upstream"] == ["first"]
+    assert tasks["alone"]["upstream"] == ["create"]
+    assert tasks["delete"]["upstream"] == ["alone", "create", "second"]
+    assert tasks["create"].get("setup") and tasks["delete"].get("teardown")
