@@ -16,7 +16,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +27,7 @@ from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
 from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.dagcache import CachedDag
+from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.specs import build_spec
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
@@ -38,22 +38,23 @@ from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store import xcom as store_xcom
 
-if TYPE_CHECKING:
-    from miniflow.scheduler.core import Scheduler
-
 LAUNCH_FAILED = "LaunchFailed"
 """The reason on the attempt of a try that never started (template error, refused launch)."""
 
 log = logging.getLogger("miniflow.scheduler")
 
 
-async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats) -> None:
-    if scheduler.claim_share() <= 0:
+async def claim_and_launch(
+    deps: RoundDeps, share: int, only_run_pk: int | None, now: datetime, stats: TickStats
+) -> None:
+    """Claim at most `share` more tries (this instance's part of the parallelism) of the
+    run `only_run_pk` (`dags test`) or of every run, launch them, record what failed."""
+    if share <= 0:
         return  # its share is in flight: no transaction, no lock
-    async with store_engine.transaction(scheduler.sessions) as session:
+    async with store_engine.transaction(deps.sessions) as session:
         await store_tis.serialize_claims(session)
         total, by_dag, by_pool = await store_tis.active_counts(session)
-        free = min(scheduler.settings.parallelism - total, scheduler.claim_share())
+        free = min(deps.settings.parallelism - total, share)
         if free <= 0:
             return
         limits = _Limits(dict(by_dag), dict(by_pool))
@@ -68,11 +69,11 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
                 skip_pools=limits.full_pools,
                 skip_ids=[c.id for c in chosen] + limits.held_ids,
             )
-            if scheduler.only_run_pk is not None:
-                candidates = [c for c in candidates if c.run_pk == scheduler.only_run_pk]
+            if only_run_pk is not None:
+                candidates = [c for c in candidates if c.run_pk == only_run_pk]
             if not candidates:
                 break
-            cached.update(await scheduler.dags.for_run_pks(session, {c.run_pk for c in candidates}))
+            cached.update(await deps.dags.for_run_pks(session, {c.run_pk for c in candidates}))
             if limits.slots is None and any(c.pool is not None for c in candidates):
                 limits.slots = await store_pools.slots(session)
             if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
@@ -87,25 +88,25 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
         await store_attempts.open_attempts(
             session,
             [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index) for c in chosen],
-            launcher=scheduler.launcher.name,
-            scheduler_id=scheduler.scheduler_id,
+            launcher=deps.launcher.name,
+            scheduler_id=deps.scheduler_id,
             now=now,
         )
-        missing = scheduler.run_infos.missing(c.run_pk for c in chosen)
+        missing = deps.flights.run_infos.missing(c.run_pk for c in chosen)
         if missing:
-            scheduler.run_infos.add(await store_runs.running_runs(session, missing))
-        xcoms = await _xcom_for_templates(session, chosen, cached, scheduler.run_infos)
+            deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
+        xcoms = await _xcom_for_templates(session, chosen, cached, deps.flights.run_infos)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
         entry = cached[c.run_pk]
         task = entry.dag["tasks"].get(c.task_id)
         key = AttemptKey(c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index)
-        scheduler.inflight[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
+        deps.flights.tries[key] = InFlight(c.id, c.run_pk, c.kind, task["retries"] if task else 0)
         if task is None:
             failures.append(_LaunchFailure(c, claimed[c.id], "task is no longer defined"))
             continue
-        run = scheduler.run_infos.get(c.run_pk)
+        run = deps.flights.run_infos.get(c.run_pk)
         if run is None:  # ended between the candidate query and the read of runs
             failures.append(_LaunchFailure(c, claimed[c.id], "the run is no longer running"))
             continue
@@ -123,10 +124,10 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
             )
         except TemplateError as exc:
             failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
-    results = await scheduler.launcher.launch(specs) if specs else []
+    results = await deps.launcher.launch(specs) if specs else []
     handles: list[tuple[int, int, str]] = []
     for result in results:
-        flight = scheduler.inflight.get(result.key)
+        flight = deps.flights.tries.get(result.key)
         if flight is None:
             continue
         if result.handle is not None:
@@ -141,17 +142,17 @@ async def claim_and_launch(scheduler: Scheduler, now: datetime, stats: TickStats
                 )
             )
     stats.launched = len(handles)
-    metrics.ATTEMPTS_LAUNCHED.labels(scheduler.launcher.name).inc(len(handles))
+    metrics.ATTEMPTS_LAUNCHED.labels(deps.launcher.name).inc(len(handles))
     # Handles wait for the next round's bookkeeping transaction (the round right after a
     # launch), unless failures need one now. A scheduler dying before then leaves
     # open tries without a handle, as one dying during the launch does: launchers
     # find a try's process or pod by its key.
-    scheduler.unsaved_handles += handles
+    deps.flights.unsaved_handles += handles
     if failures:
-        async with store_engine.transaction(scheduler.sessions) as session:
-            await store_attempts.set_handles(session, scheduler.unsaved_handles)
-            scheduler.unsaved_handles = []
-            await fail_before_start(scheduler, session, failures, stats)
+        async with store_engine.transaction(deps.sessions) as session:
+            await store_attempts.set_handles(session, deps.flights.unsaved_handles)
+            deps.flights.unsaved_handles = []
+            await fail_before_start(deps, session, failures, stats)
     if failures:
         stats.changed += len(failures)
 
@@ -177,7 +178,7 @@ async def _xcom_for_templates(
 
 
 async def fail_before_start(
-    scheduler: Scheduler,
+    deps: RoundDeps,
     session: AsyncSession,
     failures: Sequence[_LaunchFailure],
     stats: TickStats,
@@ -189,11 +190,11 @@ async def fail_before_start(
     launcher's own retries) is launched again under the same try, without using
     up one of the task's retries, up to `max_launch_attempts` (`relaunch`).
     """
-    now = scheduler.clock.now()
+    now = deps.clock.now()
     outcomes, ends = [], []
     rows = await store_tis.fetch(session, [f.candidate.id for f in failures])
     not_started: list[relaunch.NotStarted] = []
-    versions = await scheduler.dags.for_run_pks(session, {f.candidate.run_pk for f in failures})
+    versions = await deps.dags.for_run_pks(session, {f.candidate.run_pk for f in failures})
     for f in failures:
         c = f.candidate
         entry = versions.get(c.run_pk)
@@ -218,7 +219,7 @@ async def fail_before_start(
                 )
             )
     decided = await relaunch.relaunch_or_fail(
-        session, not_started, cap=scheduler.settings.max_launch_attempts, now=now
+        session, not_started, cap=deps.settings.max_launch_attempts, now=now
     )
     outcomes += decided.failed
     for outcome in outcomes:
@@ -236,10 +237,10 @@ async def fail_before_start(
         )
     for f in failures:
         c = f.candidate
-        scheduler.inflight.pop(
+        deps.flights.tries.pop(
             AttemptKey(c.dag_id, c.run_id, c.task_id, f.try_number, c.map_index), None
         )
-        scheduler.mark_dirty(c.run_pk)
+        deps.mark_dirty(c.run_pk)
         log.warning(
             "%s/%s/%s try %d did not start: %s",
             c.dag_id,

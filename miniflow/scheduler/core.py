@@ -34,13 +34,15 @@ from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
-from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
+from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dag_callbacks import DagCallbacks
 from miniflow.scheduler.dagcache import CachedDag, DagCache
+from miniflow.scheduler.flights import Flights, RoundDeps
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.scheduler.run_views import RunView, RunViews
-from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop, SanitySettings
+from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop
+from miniflow.scheduler.settings import SchedulerSettings as SchedulerSettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
@@ -58,51 +60,6 @@ MAX_DB_BACKOFF = 30.0
 """Longest pause between scheduler rounds while the database is failing."""
 LEFTOVERS_WITHIN = 24 * 3600.0
 """A dead instance's leftover pods are looked for only if it heartbeat this recently."""
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerSettings:
-    """Knobs of the scheduler loops (the daemon takes them from `Config`)."""
-
-    parallelism: int = 32
-    """Task instances queued or running at once."""
-    parse_interval: float = 30.0
-    """Seconds between rescans of the DAGs folder."""
-    reparse_interval: float | None = 120.0
-    """Seconds after which an unchanged DAG file is parsed again (what it imports may have
-    changed); None: only changed files are parsed."""
-    run_check_interval: float = 1.0
-    """Seconds between checks for due scheduled runs."""
-    full_sweep_interval: float = 2.0
-    """Seconds between readiness checks of every running run (not only changed ones)."""
-    idle_wait: float = 1.0
-    """Longest sleep between rounds when nothing happens."""
-    schedule_runs: bool = True
-    """Create runs from cron schedules (off for `dags test`)."""
-    only_run: tuple[str, str] | None = None
-    """(dag_id, run_id): touch nothing but this run (`dags test`)."""
-    max_launch_attempts: int = 8
-    """Launches of one try that never reached a container before the try fails."""
-    max_result_bytes: int = 65536
-    """Largest result a `Pod(..., push_result=True)` task may report (as `@task`s)."""
-    max_map_length: int = 1024
-    """Most mapped instances of one mapped task in a run; more fails the task."""
-    sanity: SanitySettings = field(default_factory=SanitySettings)
-    """The sanity loop's interval and thresholds."""
-    register: bool = True
-    """Register in `scheduler_instance` and heartbeat there (off in some tests)."""
-    peer: bool = True
-    """A full peer of the other schedulers: refuses to share a SQLite database, adopts what
-    dead instances left and may hold the sanity lock. `dags test` is not one: it registers
-    (so schedulers leave its tries alone) and looks after its own run only."""
-    instance_heartbeat: float = 5.0
-    """Seconds between heartbeats of this scheduler's `scheduler_instance` row."""
-    instance_timeout: float = 30.0
-    """A scheduler whose row has not heartbeat for this long is taken for dead."""
-    stall_timeout: float = 120.0
-    """Seconds a loop may go without progress past its period before `/healthz` fails."""
-    callback_timeout: float = 60.0
-    """Seconds a DAG-level callback's child process may run before it is killed."""
 
 
 _UNRUN = frozenset({states.SKIPPED, states.UPSTREAM_FAILED})
@@ -182,15 +139,18 @@ class Scheduler:
         self.woken = asyncio.Event()
         """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
         self.run_views = RunViews()
-        self.inflight: dict[AttemptKey, InFlight] = {}
-        self.kill_reasons: dict[AttemptKey, str] = {}
-        """Why the sanity loop killed a try, until its exit is recorded: the attempt row
-        keeps that reason over the launcher's ("Killed"), and so does the exit metric."""
         self._pending: list[LauncherEvent] = []
-        self.unsaved_handles: list[tuple[int, int, str]] = []
-        """(task instance id, try, handle) of tries launched since the last bookkeeping
-        transaction, which writes them (one transaction fewer per claim)."""
-        self.run_infos = RunInfoCache()
+        self.flights = Flights()
+        self.deps = RoundDeps(
+            sessions=self.sessions,
+            launcher=launcher,
+            settings=self.settings,
+            dags=self.dags,
+            clock=self.clock,
+            scheduler_id=self.scheduler_id,
+            flights=self.flights,
+            mark_dirty=self.mark_dirty,
+        )
         self._due = _Due()
         self._only_run_pk: int | None = None
         self._foreign: set[AttemptKey] = set()
@@ -354,10 +314,10 @@ class Scheduler:
         return adopt, dead
 
     async def close(self) -> None:
-        if self.unsaved_handles:  # a peer adopting these tries finds them by their handles
+        if self.flights.unsaved_handles:  # a peer adopting these tries finds them by their handles
             async with store_engine.transaction(self.sessions) as session:
-                await store_attempts.set_handles(session, self.unsaved_handles)
-            self.unsaved_handles = []
+                await store_attempts.set_handles(session, self.flights.unsaved_handles)
+            self.flights.unsaved_handles = []
         if self.dag_callbacks is not None:
             await self.dag_callbacks.drain(self.settings.callback_timeout)
         await self.launcher.close()
@@ -462,6 +422,15 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def inflight(self) -> dict[AttemptKey, InFlight]:
+        """The tries this instance launched or adopted and has not seen end."""
+        return self.flights.tries
+
+    @property
+    def kill_reasons(self) -> dict[AttemptKey, str]:
+        return self.flights.kill_reasons
 
     @property
     def only_run_pk(self) -> int | None:
@@ -599,7 +568,7 @@ class Scheduler:
                 self._due.runs = None
         await self._resolve_only_run()
         batch = self._take_events()
-        handles, self.unsaved_handles = self.unsaved_handles, []
+        handles, self.flights.unsaved_handles = self.flights.unsaved_handles, []
         # One transaction for the bookkeeping half of the round, one for the claim:
         # on Postgres every transaction is a few round trips, and a chain of tasks pays
         # them once per link.
@@ -613,7 +582,7 @@ class Scheduler:
                 await self._advance_runs(session, now, stats)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
-            self.unsaved_handles[:0] = handles
+            self.flights.unsaved_handles[:0] = handles
             self.run_views.clear()  # what they learnt this round is not in the database
             self._ended = []
             raise
@@ -676,7 +645,7 @@ class Scheduler:
         stats.events = len(batch)
         exits = [e.key for e in batch if isinstance(e, AttemptExited)]
         known = {key: self.inflight[key] for key in exits if key in self.inflight}
-        recorded = await event_recorder.record(self, session, batch, self.clock.now())
+        recorded = await event_recorder.record(self.deps, session, batch, self.clock.now())
         stats.finished += recorded.finished
         stats.exits += recorded.exits
         self._foreign = recorded.foreign
@@ -776,7 +745,7 @@ class Scheduler:
         applied = await store_tis.set_states(session, changes, now)
         stats.changed = applied
         if sweep or any(new == states.MAPPED for _, _, new in changes):
-            created, ended = await mapping.expand(self, session, None, now)
+            created, ended = await mapping.expand(self.deps, session, None, now)
             stats.changed += created + len(ended)
             # An empty or impossible expansion ended the task: decide downstream of it.
             self._due.dirty.update(row.run_pk for row in ended)
@@ -807,7 +776,7 @@ class Scheduler:
                     final,
                     extra={"dag_id": run.dag_id, "run_id": run.run_id},
                 )
-                self.run_infos.drop(run.pk)
+                self.flights.run_infos.drop(run.pk)
                 self._ended.append((cached[run.pk].dag, run, final))
             else:
                 self._due.dirty.add(run.pk)
@@ -862,4 +831,4 @@ class Scheduler:
         return self.run_views.stale(found, now)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
-        await claims.claim_and_launch(self, now, stats)
+        await claims.claim_and_launch(self.deps, self.claim_share(), self._only_run_pk, now, stats)

@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,12 +28,10 @@ from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, pod_results, relaunch
 from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.scheduler.dagcache import CachedDag
+from miniflow.scheduler.flights import RoundDeps
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-
-if TYPE_CHECKING:
-    from miniflow.scheduler.core import Scheduler
 
 log = logging.getLogger("miniflow.scheduler.events")
 
@@ -53,47 +50,46 @@ class Recorded:
 
 
 async def record(
-    scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent], now: datetime
+    deps: RoundDeps, session: AsyncSession, batch: Sequence[LauncherEvent], now: datetime
 ) -> Recorded:
     """Apply a batch of events (only those of tries this instance still owns)."""
-    await _resolve_unknown(scheduler, session, batch)
-    foreign = await _fence(scheduler, session, batch)
+    await _resolve_unknown(deps, session, batch)
+    foreign = await _fence(deps, session, batch)
     batch = [e for e in batch if e.key not in foreign]
-    started = [e for e in batch if isinstance(e, AttemptStarted) and e.key in scheduler.inflight]
-    exited = [e for e in batch if isinstance(e, AttemptExited) and e.key in scheduler.inflight]
+    started = [e for e in batch if isinstance(e, AttemptStarted) and e.key in deps.flights.tries]
+    exited = [e for e in batch if isinstance(e, AttemptExited) and e.key in deps.flights.tries]
     if started:
         items = [
-            (scheduler.inflight[e.key].ti_id, e.key.try_number, e.handle, e.at) for e in started
+            (deps.flights.tries[e.key].ti_id, e.key.try_number, e.handle, e.at) for e in started
         ]
         await store_tis.record_started(session, items)
         await store_attempts.mark_started(session, items)
     if not exited:
         return Recorded(foreign=foreign)
     recorded = Recorded(foreign=foreign)
-    recorded.touched = await _record_exits(scheduler, session, exited, now, recorded)
+    recorded.touched = await _record_exits(deps, session, exited, now, recorded)
     return recorded
 
 
 async def _fence(
-    scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent]
+    deps: RoundDeps, session: AsyncSession, batch: Sequence[LauncherEvent]
 ) -> set[AttemptKey]:
     """Keys of the batch whose try a peer adopted (this instance was taken for dead, say
     while it was paused): forgotten here, so nothing of theirs is recorded twice."""
-    keys = {e.key for e in batch if e.key in scheduler.inflight}
+    keys = {e.key for e in batch if e.key in deps.flights.tries}
     if not keys:
         return set()
-    by_row = {(scheduler.inflight[k].ti_id, k.try_number): k for k in keys}
-    elsewhere = await store_attempts.owned_elsewhere(session, list(by_row), scheduler.scheduler_id)
+    by_row = {(deps.flights.tries[k].ti_id, k.try_number): k for k in keys}
+    elsewhere = await store_attempts.owned_elsewhere(session, list(by_row), deps.scheduler_id)
     foreign = {by_row[r] for r in elsewhere}
     for key in foreign:
         log.warning("%s: adopted by another scheduler; leaving it to that one", key)
-        del scheduler.inflight[key]
-        scheduler.kill_reasons.pop(key, None)
+        deps.flights.forget(key)
     return foreign
 
 
 async def _resolve_unknown(
-    scheduler: Scheduler, session: AsyncSession, batch: Sequence[LauncherEvent]
+    deps: RoundDeps, session: AsyncSession, batch: Sequence[LauncherEvent]
 ) -> None:
     """Events for tries this scheduler is not tracking (adopted pods, another scheduler's,
     or a late event of a try that already ended).
@@ -103,7 +99,7 @@ async def _resolve_unknown(
     that was already recorded. The exit of a superseded try (a newer try exists, e.g.
     after a restart) only closes that try's attempt row, judged by its exit code.
     """
-    unknown = {e.key for e in batch if e.key not in scheduler.inflight}
+    unknown = {e.key for e in batch if e.key not in deps.flights.tries}
     if not unknown:
         return
     rows = await store_tis.find_keys(session, [k.ti_key for k in unknown])
@@ -115,7 +111,7 @@ async def _resolve_unknown(
             continue
         current = row.try_number == key.try_number
         if current and (row.state in states.ACTIVE or key in exits):
-            scheduler.inflight[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
+            deps.flights.tries[key] = InFlight(row.id, row.run_pk, row.kind, row.max_tries)
         elif not current and key in exits:
             event = exits[key]
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
@@ -134,25 +130,25 @@ async def _resolve_unknown(
     await store_attempts.close(session, stale)
 
 
-def _worker_reports(scheduler: Scheduler, kind: str) -> bool:
+def _worker_reports(deps: RoundDeps, kind: str) -> bool:
     worker_kinds: frozenset[str] = getattr(
-        scheduler.launcher, "worker_kinds", frozenset({"python"})
+        deps.launcher, "worker_kinds", frozenset({"python"})
     )
     return kind in worker_kinds
 
 
 async def _record_exits(
-    scheduler: Scheduler,
+    deps: RoundDeps,
     session: AsyncSession,
     exited: Sequence[AttemptExited],
     now: datetime,
     recorded: Recorded,
 ) -> set[int]:
     flights: list[tuple[AttemptExited, InFlight]] = [
-        (e, scheduler.inflight.pop(e.key)) for e in exited
+        (e, deps.flights.tries.pop(e.key)) for e in exited
     ]
     current = await store_tis.fetch(session, [f.ti_id for _, f in flights])
-    versions = await scheduler.dags.for_run_pks(session, {f.run_pk for _, f in flights})
+    versions = await deps.dags.for_run_pks(session, {f.run_pk for _, f in flights})
     outcomes: dict[int, store_tis.Outcome] = {}
     not_started: list[relaunch.NotStarted] = []
     notes: list[tuple[int, int, str | None, str]] = []
@@ -163,7 +159,7 @@ async def _record_exits(
         flight.max_tries = row.max_tries  # a clear changes it
         task = _task(versions.get(flight.run_pk), event.key)
         never_claimed = (
-            _worker_reports(scheduler, flight.kind)
+            _worker_reports(deps, flight.kind)
             and row.state in states.ACTIVE
             and row.heartbeat_at is None
         )
@@ -182,7 +178,7 @@ async def _record_exits(
                 )
             )
             continue
-        if _worker_reports(scheduler, flight.kind):
+        if _worker_reports(deps, flight.kind):
             outcome = _cross_check(event, flight, row.state, task, now)
             if row.state == states.SUCCESS and event.exit_code not in (0, None):
                 notes.append(
@@ -197,19 +193,19 @@ async def _record_exits(
             outcome = _by_exit_code(event, flight, task, now)
             if task is not None and task.get("push_result"):
                 outcome = _with_result(
-                    outcome, event, flight, task, now, scheduler.settings.max_result_bytes
+                    outcome, event, flight, task, now, deps.settings.max_result_bytes
                 )
         if outcome is not None:
             outcomes[flight.ti_id] = outcome
     decided = await relaunch.relaunch_or_fail(
-        session, not_started, cap=scheduler.settings.max_launch_attempts, now=now
+        session, not_started, cap=deps.settings.max_launch_attempts, now=now
     )
     outcomes.update({o.ti_id: o for o in decided.failed})
     await store_attempts.note(session, notes)
     changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
     for event, flight in flights:
-        noted = scheduler.kill_reasons.pop(event.key, None)
+        noted = deps.flights.kill_reasons.pop(event.key, None)
         recorded.exits[metrics.exit_reason(noted or event.reason, event.exit_code)] += 1
         row = current.get(flight.ti_id)
         relaunched = flight.ti_id in decided.relaunched or (

@@ -15,25 +15,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.mapping import MapError, expand_values, upstream_refs
 from miniflow.authoring.serialized import ArgRef
+from miniflow.scheduler.flights import RoundDeps
 from miniflow.store import mapping as store_mapping
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.task_instances import TIState
 
-if TYPE_CHECKING:
-    from miniflow.scheduler.core import Scheduler
-
 log = logging.getLogger("miniflow.scheduler.mapping")
 
 
 async def expand(
-    scheduler: Scheduler, session: AsyncSession, run_pks: Iterable[int] | None, now: datetime
+    deps: RoundDeps, session: AsyncSession, run_pks: Iterable[int] | None, now: datetime
 ) -> tuple[int, list[TIState]]:
     """Expand the mapped tasks of `run_pks` (every running run: None) that wait for it.
 
@@ -43,7 +41,7 @@ async def expand(
     pending = await store_mapping.unexpanded(session, run_pks)
     if not pending:
         return started, []
-    cached = await scheduler.dags.for_run_pks(session, {t.run_pk for t in pending})
+    cached = await deps.dags.for_run_pks(session, {t.run_pk for t in pending})
     created = started
     ended: list[TIState] = []
     for task in pending:
@@ -59,7 +57,7 @@ async def expand(
             return results.get(ref["ref"]) if "ref" in ref else ref.get("value")
 
         try:
-            items = expand_values(definition, resolve, scheduler.settings.max_map_length)
+            items = expand_values(definition, resolve, deps.settings.max_map_length)
         except MapError as exc:
             log.warning("%s/%s: %s", task.dag_id, task.run_id, exc)
             if await store_mapping.end_task(session, task.id, states.FAILED, now, str(exc)):
