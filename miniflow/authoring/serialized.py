@@ -105,6 +105,9 @@ class SerializedTask(TypedDict):
     # the container writes its JSON result to its termination message file
     # (/dev/termination-log); the scheduler stores it like a `@task` result
     push_result: NotRequired[bool]
+    # push_result only: another termination message file than /dev/termination-log (an
+    # image that writes elsewhere, e.g. Airflow's /airflow/xcom/return.json)
+    result_file: NotRequired[str]
     # kind == "python"
     python_callable: NotRequired[str]  # qualified name of the function in the DAG file
     op_args: NotRequired[list[ArgRef]]

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.serialized import SerializedTask
-from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
+from miniflow.launchers.base import (
+    RESULT_FILE,
+    AttemptExited,
+    AttemptKey,
+    AttemptStarted,
+    LauncherEvent,
+)
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, pod_results, relaunch
 from miniflow.scheduler.bookkeeping import InFlight
@@ -82,9 +88,7 @@ async def _fence(
     if not keys:
         return set()
     by_row = {(scheduler.inflight[k].ti_id, k.try_number): k for k in keys}
-    elsewhere = await store_attempts.owned_elsewhere(
-        session, list(by_row), scheduler.scheduler_id
-    )
+    elsewhere = await store_attempts.owned_elsewhere(session, list(by_row), scheduler.scheduler_id)
     foreign = {by_row[r] for r in elsewhere}
     for key in foreign:
         log.warning("%s: adopted by another scheduler; leaving it to that one", key)
@@ -314,7 +318,9 @@ def _with_result(
     if outcome.state != states.SUCCESS:
         return outcome
     try:
-        value = pod_results.read_result(event.termination_message, max_bytes)
+        value = pod_results.read_result(
+            event.termination_message, max_bytes, task.get("result_file") or RESULT_FILE
+        )
     except pod_results.ResultError as exc:
         return failure_outcome(
             ti_id=flight.ti_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 from miniflow.authoring import templates
 from miniflow.authoring.serialized import PodSettings, SerializedDag
-from miniflow.launchers.base import AttemptKey, TaskSpec
+from miniflow.launchers.base import RESULT_FILE, AttemptKey, TaskSpec
 from miniflow.store.runs import RunInfo
 
 
@@ -54,4 +54,5 @@ def build_spec(dag: SerializedDag, run: RunInfo, task_id: str, try_number: int) 
         pod=pod,
         annotations={"miniflow/logical-date": run.logical_date.isoformat()},
         push_result=bool(task.get("push_result", False)),
+        result_file=task.get("result_file") or RESULT_FILE,
     )
