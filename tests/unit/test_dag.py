@@ -403,13 +403,15 @@ def test_serialize_matches_the_contract() -> None:
         "python": {"python_callable", "op_args", "op_kwargs"},
     }
     # (NotRequired is not introspectable under `from __future__ import annotations`)
-    # branch/short-circuit/sensor, Bash's skip_on_exit_code, Pod's push_result: only when set
+    # branch/short-circuit/sensor, Bash's skip_on_exit_code, Pod's push_result and
+    # result_file: only when set
     optional = {
         "python_mode",
         "ignore_downstream_trigger_rules",
         "skip_on_exit_code",
         "sensor",
         "push_result",
+        "result_file",
     }
     common = set(SerializedTask.__annotations__) - set().union(*kind_keys.values()) - optional
     for t in data["tasks"].values():
