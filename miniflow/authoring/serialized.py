@@ -124,6 +124,9 @@ class SerializedTask(TypedDict):
     # termination message file (/dev/termination-log; the scheduler stores it like a
     # `@task` result) / the last line a Bash command prints
     push_result: NotRequired[bool]
+    # push_result only: another termination message file than /dev/termination-log (an
+    # image that writes elsewhere, e.g. Airflow's /airflow/xcom/return.json)
+    result_file: NotRequired[str]
     # kind == "python"
     python_callable: NotRequired[str]  # qualified name of the function in the DAG file
     op_args: NotRequired[list[ArgRef]]

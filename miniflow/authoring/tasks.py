@@ -606,7 +606,8 @@ class Pod(BaseTask):
     no extra request) and stores it as the task's result, which downstream `@task`s
     receive like any `@task` result: pass `pod.output` as an argument. Kubernetes
     keeps at most 4096 bytes of it; invalid JSON, no result or a larger one fails
-    the try, saying why.
+    the try, saying why. `result_file` names another file for images that write their
+    result elsewhere (it becomes the pod's `terminationMessagePath`).
     """
 
     kind: TaskKind = "pod"
@@ -619,6 +620,7 @@ class Pod(BaseTask):
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         push_result: bool = False,
+        result_file: str | None = None,
         **settings: Any,
     ) -> None:
         if not isinstance(image, str) or not image.strip():
@@ -633,6 +635,14 @@ class Pod(BaseTask):
                 f"task {task_id!r}: push_result must be True or False, got {push_result!r}"
             )
         self.push_result = push_result
+        if result_file is not None and (
+            not push_result or not isinstance(result_file, str) or not result_file.startswith("/")
+        ):
+            raise definition_error(
+                f"task {task_id!r}: result_file must be an absolute path, with "
+                f"push_result=True, got {result_file!r}"
+            )
+        self.result_file = result_file
         if env is not None:
             settings["env"] = env
         dag = settings.pop("dag", None)
@@ -647,6 +657,8 @@ class Pod(BaseTask):
         data["args"] = self.args
         if self.push_result:
             data["push_result"] = True
+        if self.result_file is not None:
+            data["result_file"] = self.result_file
         return data
 
     @property

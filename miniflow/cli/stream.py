@@ -89,7 +89,10 @@ class RunStream:
                 continue
             if ti.state == states.RUNNING:
                 self._follow(ti)
-            elif ti.state in states.FINISHED or ti.state == states.UP_FOR_RETRY:
+            elif ti.state in states.FINISHED or ti.state in (
+                states.UP_FOR_RETRY,
+                states.UP_FOR_RESCHEDULE,
+            ):
                 await self._print_ended(ti.task_id, ti.try_number, ti.map_index)
 
     def _state_line(self, ti: TaskInstance) -> str:
@@ -99,6 +102,8 @@ class RunStream:
             line += f" (try {ti.try_number})"
         if ti.state in states.FAILED_LIKE | {states.UP_FOR_RETRY} and ti.error:
             line += f": {ti.error.strip().splitlines()[-1]}"
+        if ti.state == states.UP_FOR_RESCHEDULE and ti.next_retry_at is not None:
+            line += f", next poke at {ti.next_retry_at:%H:%M:%S}"
         return line
 
     def _follow(self, ti: TaskInstance) -> None:

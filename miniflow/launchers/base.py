@@ -63,6 +63,7 @@ class TaskSpec:
     pod: PodSettings = field(default_factory=lambda: PodSettings())
     annotations: dict[str, str] = field(default_factory=dict)  # extra, e.g. run ids
     push_result: bool = False  # kind == "pod": its result is its termination message
+    result_file: str = RESULT_FILE  # push_result: the termination message file
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,6 @@ from miniflow.errors import NotFound
 from miniflow.launchers import local_fork
 from miniflow.launchers import local_procs as procs
 from miniflow.launchers.base import (
-    RESULT_FILE,
     AliveAttempt,
     AttemptExited,
     AttemptKey,
@@ -508,7 +507,7 @@ class LocalLauncher:
             if spec.push_result:
                 # As a pod's mounted termination message file: fresh and empty.
                 paths.termination.write_bytes(b"")
-                argv = [a.replace(RESULT_FILE, str(paths.termination)) for a in argv]
+                argv = [a.replace(spec.result_file, str(paths.termination)) for a in argv]
         else:
             k = spec.key
             worker_argv = [

@@ -57,7 +57,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from miniflow.launchers.base import RESULT_FILE, AttemptKey, TaskSpec
+from miniflow.launchers.base import AttemptKey, TaskSpec
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "miniflow"
@@ -355,7 +355,7 @@ def build_manifest(
             # Said explicitly (they are the defaults): the result is read from
             # `state.terminated.message`, which must be the file's content, never the
             # log's tail (`FallbackToLogsOnError`).
-            container["terminationMessagePath"] = RESULT_FILE
+            container["terminationMessagePath"] = spec.result_file
             container["terminationMessagePolicy"] = "File"
     container["imagePullPolicy"] = pod.get("image_pull_policy") or settings.image_pull_policy
     if "resources" in pod:

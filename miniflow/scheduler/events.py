@@ -23,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.authoring.xcom import pushed_line
-from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
+from miniflow.launchers.base import (
+    RESULT_FILE,
+    AttemptExited,
+    AttemptKey,
+    AttemptStarted,
+    LauncherEvent,
+)
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, pod_results, relaunch
 from miniflow.scheduler.bookkeeping import InFlight
@@ -318,7 +324,9 @@ def _with_result(
     if outcome.state != states.SUCCESS:
         return outcome
     try:
-        value = pod_results.read_result(event.termination_message, max_bytes)
+        value = pod_results.read_result(
+            event.termination_message, max_bytes, task.get("result_file") or RESULT_FILE
+        )
     except pod_results.ResultError as exc:
         return failure_outcome(
             ti_id=flight.ti_id,

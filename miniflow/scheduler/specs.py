@@ -17,7 +17,7 @@ from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import PodSettings, SerializedDag
 from miniflow.authoring.xcom import ReadOnlyXCom, XComData
-from miniflow.launchers.base import AttemptKey, TaskSpec
+from miniflow.launchers.base import RESULT_FILE, AttemptKey, TaskSpec
 from miniflow.store.runs import RunInfo
 
 
@@ -77,4 +77,5 @@ def build_spec(
         pod=pod,
         annotations={"miniflow/logical-date": run.logical_date.isoformat()},
         push_result=bool(task.get("push_result", False)),
+        result_file=task.get("result_file") or RESULT_FILE,
     )

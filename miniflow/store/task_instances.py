@@ -202,13 +202,25 @@ async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]
 async def promote_due_pokes(session: AsyncSession, now: datetime) -> list[int]:
     """up_for_reschedule → scheduled for sensors whose next poke is due; run pks.
 
-    Only once the last poke's attempt is closed: its exit is recorded and its process
-    or pod acknowledged. A scheduler that died between the worker's "reschedule at T"
-    and the exit leaves that attempt open; whoever adopts it records the exit first,
-    so the next poke is launched once, after the last one is accounted for.
+    Only once the last poke's attempt is closed (its exit recorded). A scheduler that
+    died between the worker's "reschedule at T" and the exit leaves that attempt open;
+    whoever adopts it records the exit first, so the next poke is launched once, after
+    the last one is accounted for.
     """
     transitions.check((states.UP_FOR_RESCHEDULE,), states.SCHEDULED)
-    open_attempt = (
+    result = await session.execute(
+        update(TI)
+        .execution_options(synchronize_session=False)
+        .where(TI.state == states.UP_FOR_RESCHEDULE, TI.next_retry_at <= now, ~_open_attempt())
+        .values(state=states.SCHEDULED, launch_attempts=0)
+        .returning(TI.run_pk)
+    )
+    return sorted({row[0] for row in result.all()})
+
+
+def _open_attempt() -> ColumnElement[bool]:
+    """The task instance's current try still has an open attempt (its exit unrecorded)."""
+    return (
         select(TaskAttempt.id)
         .where(
             TaskAttempt.ti_id == TI.id,
@@ -217,21 +229,17 @@ async def promote_due_pokes(session: AsyncSession, now: datetime) -> list[int]:
         )
         .exists()
     )
-    result = await session.execute(
-        update(TI)
-        .execution_options(synchronize_session=False)
-        .where(TI.state == states.UP_FOR_RESCHEDULE, TI.next_retry_at <= now, ~open_attempt)
-        .values(state=states.SCHEDULED, launch_attempts=0)
-        .returning(TI.run_pk)
-    )
-    return sorted({row[0] for row in result.all()})
 
 
 async def next_retry_due(session: AsyncSession) -> datetime | None:
     """When the next retry, the next poke of a sensor, or the next relaunch after its
-    back-off is due."""
+    back-off is due. A poke waiting for its last poke's exit is not counted: that exit
+    wakes the scheduler itself, and its past due time would make it spin until then."""
     query = select(func.min(TI.next_retry_at)).where(
-        TI.state.in_([states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE, states.SCHEDULED])
+        or_(
+            TI.state.in_([states.UP_FOR_RETRY, states.SCHEDULED]),
+            (TI.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt(),
+        )
     )
     return (await session.execute(query)).scalar_one_or_none()
 

@@ -78,6 +78,12 @@ with DAG("pushed", start_date=datetime(2026, 1, 1)):
         command=["sh", "-c", "echo 'rows: 42' > /dev/termination-log"],
     )
 
+    airflowish = Pod(
+        "airflowish", image="busybox:1.36", push_result=True,
+        result_file="/airflow/xcom/return.json",
+        command=["sh", "-c", "echo '[1, 2]' > /airflow/xcom/return.json"],
+    )
+
     @task
     def double(measured: dict) -> int:
         return measured["rows"] * 2
@@ -100,6 +106,9 @@ async def test_pod_result_from_the_termination_message_without_extra_requests(
     assert state == "failed"
     assert (tis["measure"].state, tis["measure"].result) == ("success", {"rows": 42})
     assert (tis["double"].state, tis["double"].result) == ("success", 84)
+    assert (tis["airflowish"].state, tis["airflowish"].result) == ("success", [1, 2])
+    airflowish = audit.manifests()[attempts["airflowish"].handle]["spec"]["containers"][0]
+    assert airflowish["terminationMessagePath"] == "/airflow/xcom/return.json"
     assert tis["broken"].state == "failed" and "is not valid JSON" in (tis["broken"].error or "")
     assert attempts["broken"].exit_code == 0  # the container succeeded; its result did not
     container = audit.manifests()[attempts["measure"].handle]["spec"]["containers"][0]
@@ -110,6 +119,6 @@ async def test_pod_result_from_the_termination_message_without_extra_requests(
     # the start-up checks' dry-run create and Secret GET, the watch's lists.
     counts = fake_kube.requests.counts()
     assert len(audit.manifests()[attempts["measure"].handle]["spec"]["containers"]) == 1
-    assert counts["create"] == 3 + 1 and counts["log"] == 3
-    assert counts["get"] == 1 and counts["delete"] == 3
+    assert counts["create"] == 4 + 1 and counts["log"] == 4
+    assert counts["get"] == 1 and counts["delete"] == 4
     assert "exec" not in counts and "attach" not in counts

@@ -21,6 +21,11 @@ with DAG("results", start_date=datetime(2026, 1, 1)):
     silent = sh("silent", "echo only a log line")
     huge = sh("huge", "head -c 5000 /dev/zero | tr '\\\\0' 1 > /dev/termination-log")
 
+    airflowish = sh(
+        "airflowish", "echo '[1, 2]' > /airflow/xcom/return.json",
+        result_file="/airflow/xcom/return.json",
+    )
+
     @task
     def double(measured: dict) -> int:
         return measured["rows"] * 2
@@ -40,6 +45,7 @@ async def test_pod_results_are_stored_passed_downstream_or_fail_clearly(
     assert state == "failed"
     assert (tis["good"].state, tis["good"].result) == ("success", {"rows": 42})
     assert (tis["double"].state, tis["double"].result) == ("success", 84)
+    assert (tis["airflowish"].state, tis["airflowish"].result) == ("success", [1, 2])
     assert "working" in (attempts["good"].log_tail or "")
     assert tis["bad"].state == "failed" and tis["bad"].result is None
     assert "is not valid JSON" in (tis["bad"].error or "")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from miniflow.store import engine as store_engine
 from miniflow.store import pools as store_pools
-from tests.e2e.helpers import write_dag
+from tests.e2e.helpers import cli_env, run_cli, write_dag
 from tests.e2e.test_local_scheduler import local_scheduler
 
 POOLED_SENSOR_DAG = """
@@ -84,3 +84,47 @@ async def test_poking_sensor_holds_its_slot_and_times_out_without_retrying(
     assert "sensor timed out" in (sensor.error or "")
     assert tis["use"].state == "upstream_failed"
     assert tis["produce"].started_at >= sensor.ended_at  # type: ignore[operator]
+
+
+DAGS_TEST_DAG = """
+from datetime import datetime
+from pathlib import Path
+from miniflow import DAG, Pod, get_current_context, task
+
+with DAG("sensed", start_date=datetime(2026, 1, 1)):
+    measure = Pod(
+        "measure", image="busybox:1.36", push_result=True,
+        command=["sh", "-c", "echo '{{\\"rows\\": 7}}' > /dev/termination-log"],
+    )
+
+    @task.sensor(poke_interval=0.2, timeout=60, mode="reschedule")
+    def third_poke() -> bool:
+        return get_current_context()["try_number"] >= 3
+
+    @task
+    def total(measured: dict, ready: bool) -> str:
+        print(f"total rows {{measured['rows']}} ready={{ready}}")
+        return "ok"
+
+    total(measure.output, third_poke())
+"""
+
+
+def test_dags_test_runs_a_rescheduled_sensor_and_a_pod_result(tmp_path: Path) -> None:
+    """`miniflow dags test` (SQLite, local launcher): one try per poke, each but the last
+    up_for_reschedule, and the Pod task's result reaches the `@task` downstream."""
+    dags, state = tmp_path / "dags", tmp_path / "state"
+    write_dag(dags, "sensed.py", DAGS_TEST_DAG.format())
+    env = cli_env(f"sqlite+aiosqlite:///{state / 'miniflow.db'}", dags, state)
+    done = run_cli(["dags", "test", "sensed"], env, timeout=90)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "third_poke: success (try 3)" in out
+    assert "total rows 7 ready=True" in out
+    listed = run_cli(["tasks", "list", "sensed", "latest", "--all-tries"], env)
+    rows = [line.split("│")[1:4] for line in listed.stdout.splitlines() if "third_poke" in line]
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["third_poke", "1", "up_for_reschedule"],
+        ["third_poke", "2", "up_for_reschedule"],
+        ["third_poke", "3", "success"],
+    ], listed.stdout

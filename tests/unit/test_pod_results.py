@@ -80,3 +80,21 @@ def re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_result_file_names_another_termination_message_path() -> None:
+    with DAG("d", start_date=datetime(2026, 1, 1)) as dag:
+        Pod("airflowish", image="img", push_result=True, result_file="/airflow/xcom/return.json")
+        with pytest.raises(DagDefinitionError, match="result_file must be an absolute path"):
+            Pod("relative", image="img", push_result=True, result_file="return.json")
+        with pytest.raises(DagDefinitionError, match="with push_result=True"):
+            Pod("no_push", image="img", result_file="/out.json")
+    assert (
+        dag.serialize("d.py")["tasks"]["airflowish"]["result_file"] == "/airflow/xcom/return.json"
+    )
+    spec = pod_spec(cmds=["true"], push_result=True, result_file="/airflow/xcom/return.json")
+    assert main(build(spec))["terminationMessagePath"] == "/airflow/xcom/return.json"
+    with pytest.raises(
+        ResultError, match=re_escape("wrote no result to /airflow/xcom/return.json")
+    ):
+        read_result("", 65536, "/airflow/xcom/return.json")
