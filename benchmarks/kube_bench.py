@@ -60,7 +60,7 @@ from miniflow.config import load_config  # noqa: E402
 from miniflow.launchers import pods  # noqa: E402
 from miniflow.launchers.base import AttemptKey, TaskSpec  # noqa: E402
 from miniflow.launchers.kubernetes import KubernetesLauncher  # noqa: E402
-from miniflow.scheduler import trigger as trigger_mod  # noqa: E402
+from miniflow.scheduler import manual_runs  # noqa: E402
 from miniflow.scheduler.core import Scheduler, SchedulerSettings  # noqa: E402
 from miniflow.store import engine as store_engine  # noqa: E402
 from miniflow.store import schema  # noqa: E402
@@ -142,7 +142,7 @@ async def run_fanout(fake: FakeKube, db_url: str, dags: Path, n: int) -> tuple[s
         await scheduler.start()
         await scheduler.tick()  # parse
         async with store_engine.transaction(scheduler.sessions) as session:
-            run_id = await trigger_mod.trigger(
+            run_id = await manual_runs.trigger(
                 session, DAG_ID, conf_json=None, now=datetime.now(UTC)
             )
         t0 = time.perf_counter()

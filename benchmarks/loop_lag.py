@@ -74,7 +74,7 @@ async def measure(backend: str, shape: str) -> tuple[float, float, int, float, f
     from miniflow.cli import wiring
     from miniflow.config import load_config
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
-    from miniflow.scheduler.trigger import trigger
+    from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import engine as store_engine
     from miniflow.store import schema
 

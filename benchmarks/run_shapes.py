@@ -118,7 +118,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
     from miniflow.cli import wiring
     from miniflow.config import load_config
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
-    from miniflow.scheduler.trigger import trigger
+    from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import engine as store_engine
     from miniflow.store import task_instances as store_tis
 

@@ -39,8 +39,8 @@ from common import PG_BASE_URL, pg_admin  # noqa: E402
 
 from miniflow.scheduler.clock import ManualClock  # noqa: E402
 from miniflow.scheduler.core import Scheduler, SchedulerSettings  # noqa: E402
+from miniflow.scheduler.manual_runs import trigger  # noqa: E402
 from miniflow.scheduler.sanity import SanitySettings  # noqa: E402
-from miniflow.scheduler.trigger import trigger  # noqa: E402
 from miniflow.store import engine as store_engine  # noqa: E402
 from miniflow.store import schema  # noqa: E402
 from tests.instant_launcher import InstantLauncher  # noqa: E402

@@ -100,7 +100,7 @@ async def measure(
     from sqlalchemy import event
 
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
-    from miniflow.scheduler.trigger import trigger
+    from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import engine as store_engine
     from miniflow.store import schema
     from tests.instant_launcher import InstantLauncher

@@ -136,7 +136,7 @@ async def sample(
     from sqlalchemy import func, select
 
     from miniflow.errors import NotFound
-    from miniflow.scheduler.trigger import trigger
+    from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import dags as store_dags
     from miniflow.store import engine as store_engine
     from miniflow.store import instances as store_instances

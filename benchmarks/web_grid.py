@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import PG_BASE_URL, pg_admin
 from miniflow.config import load_config
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.store import engine as store_engine
 from miniflow.store import schema
@@ -61,7 +61,7 @@ async def prepare(url: str, dags: Path) -> None:
         await DagParser(dags, timeout=60).parse_once(sessions, now)
         async with store_engine.transaction(sessions) as session:
             for i in range(RUNS):
-                await trigger_mod.trigger(
+                await manual_runs.trigger(
                     session, "big", conf_json=None, now=now,
                     logical_date=now - timedelta(hours=RUNS - i), run_id=f"run_{i:02d}",
                 )

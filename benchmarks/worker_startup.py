@@ -70,8 +70,8 @@ class Bench:
         self.next_task = 0
 
     async def setup(self) -> None:
+        from miniflow.scheduler.manual_runs import trigger
         from miniflow.scheduler.parse_loop import DagParser
-        from miniflow.scheduler.trigger import trigger
         from miniflow.store import engine as store_engine
         from miniflow.store import schema
 

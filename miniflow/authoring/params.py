@@ -5,7 +5,7 @@ A `Param` is a default value plus a JSON Schema (any keyword: `type`, `enum`,
 The schema and the default are checked when the DAG is defined (an invalid
 schema, or a default the schema refuses, is a definition error naming the
 file and line); a run's conf is validated against it when the run is
-triggered (`scheduler.trigger`), so a task never starts with a bad value.
+triggered (`scheduler.manual_runs`), so a task never starts with a bad value.
 
 jsonschema is imported only when a `Param` is created or validated:
 `import miniflow` and DAG files without typed params must not pay for it.

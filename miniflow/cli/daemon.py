@@ -331,7 +331,7 @@ async def _live_view(
 
 
 async def _trigger_all(config: Config, scheduler: Scheduler) -> list[tuple[str, str]]:
-    from miniflow.scheduler import trigger as trigger_mod
+    from miniflow.scheduler import manual_runs
 
     now = datetime.now(UTC)
     watched = []
@@ -340,7 +340,7 @@ async def _trigger_all(config: Config, scheduler: Scheduler) -> list[tuple[str, 
             if row.has_import_error:
                 continue
             try:
-                run_id = await trigger_mod.trigger(session, row.dag_id, conf_json=None, now=now)
+                run_id = await manual_runs.trigger(session, row.dag_id, conf_json=None, now=now)
             except ConfValidationError as exc:  # a typed param without a default
                 log.warning("--trigger-all: DAG %s not triggered: %s", row.dag_id, exc)
                 continue
@@ -364,11 +364,11 @@ async def test_dag(
     config: Config, dag_id: str, *, logical_date: datetime | None, conf_json: str | None
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
-    from miniflow.scheduler import trigger as trigger_mod
+    from miniflow.scheduler import manual_runs
 
     console = views.make_console()
     logical_date = logical_date or datetime.now(UTC)
-    run = (dag_id, trigger_mod.dags_test_run_id(logical_date))
+    run = (dag_id, manual_runs.dags_test_run_id(logical_date))
     async with _scheduler(
         config, serve=False, schedule_runs=False, reap_orphans=False, peer=False
     ) as scheduler:
@@ -417,14 +417,14 @@ async def _test_run(
     """Parse, trigger and run the test run, streaming its task states and logs; returns
     its state (unless stopped before)."""
     from miniflow.cli.stream import RunStream
-    from miniflow.scheduler import trigger as trigger_mod
+    from miniflow.scheduler import manual_runs
 
     await scheduler.tick()
     if stop.signal is not None:
         return states.RUN_FAILED
     dag_id, run_id = run
     async with store_engine.transaction(scheduler.sessions) as session:
-        replaced = await trigger_mod.trigger_test(
+        replaced = await manual_runs.trigger_test(
             session,
             dag_id,
             conf_json=conf_json,

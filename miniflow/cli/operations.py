@@ -22,7 +22,7 @@ from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.cli import wiring
 from miniflow.config import Config
 from miniflow.errors import NotFound, PermanentError
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.scheduler.parse_loop import DagParser
 from miniflow.store import attempts as store_attempts
 from miniflow.store import clearing, sanity_lock, states
@@ -197,7 +197,7 @@ async def check_trigger(config: Config, dag_id: str, conf_json: str | None) -> N
     """Raise what `trigger` would for an unknown DAG or a bad conf, creating nothing."""
     async with _session(config, parse=True) as session:
         dag = readable((await store_dags.get_dag(session, dag_id)).serialized)
-        trigger_mod.parse_conf(conf_json, dag)
+        manual_runs.parse_conf(conf_json, dag)
 
 
 async def trigger(
@@ -210,7 +210,7 @@ async def trigger(
     parse: bool = True,
 ) -> str:
     async with _session(config, parse=parse) as session:
-        return await trigger_mod.trigger(
+        return await manual_runs.trigger(
             session,
             dag_id,
             conf_json=conf_json,

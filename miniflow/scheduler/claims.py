@@ -25,9 +25,9 @@ from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
-from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.flights import RoundDeps
+from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.specs import build_spec
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine

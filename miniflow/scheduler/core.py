@@ -34,12 +34,12 @@ from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
-from miniflow.scheduler.bookkeeping import InFlight, TickStats
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dag_callbacks import DagCallbacks
 from miniflow.scheduler.dagcache import CachedDag, DagCache
 from miniflow.scheduler.flights import Flights, RoundDeps
 from miniflow.scheduler.parse_loop import DagParser
+from miniflow.scheduler.round_records import InFlight, TickStats
 from miniflow.scheduler.run_views import RunView, RunViews
 from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop
 from miniflow.scheduler.settings import SchedulerSettings as SchedulerSettings

@@ -32,9 +32,9 @@ from miniflow.launchers.base import (
 )
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, pod_results, relaunch
-from miniflow.scheduler.bookkeeping import InFlight
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.flights import RoundDeps
+from miniflow.scheduler.round_records import InFlight
 from miniflow.store import attempts as store_attempts
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis

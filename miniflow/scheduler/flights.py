@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from miniflow.launchers.base import AttemptKey, Launcher
-from miniflow.scheduler.bookkeeping import InFlight, RunInfoCache
 from miniflow.scheduler.clock import Clock
 from miniflow.scheduler.dagcache import DagCache
+from miniflow.scheduler.round_records import InFlight, RunInfoCache
 from miniflow.scheduler.settings import SchedulerSettings
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.cli import operations
 from miniflow.errors import NotFound, PermanentError
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.store import browse, clearing
 from miniflow.store import dags as store_dags
 from miniflow.store import pools as store_pools
@@ -51,7 +51,7 @@ async def trigger(
             raise PermanentError(f"a run id has 1 to {operations.MAX_NAME} printable characters")
         if run_id == operations.LATEST:  # "/" is fine: every route takes it (CLI too)
             raise PermanentError(f"run id {run_id!r} is reserved: it means a DAG's newest run")
-    return await trigger_mod.trigger(
+    return await manual_runs.trigger(
         session,
         dag_id,
         conf_json=json.dumps(conf),

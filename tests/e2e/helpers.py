@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.scheduler.core import Scheduler
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
@@ -160,7 +160,7 @@ class SchedulerHandle:
 
     async def trigger(self, dag_id: str) -> str:
         async with store_engine.transaction(self.scheduler.sessions) as session:
-            return await trigger_mod.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
+            return await manual_runs.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
 
     async def run(self, dag_id: str, timeout: float = 60) -> tuple[str, str]:
         run_id = await self.trigger(dag_id)

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.errors import MiniflowError
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
@@ -242,7 +242,7 @@ async def trigger_when_parsed(engine: AsyncEngine, dag_id: str) -> str:
         assert time.monotonic() < deadline, f"the scheduler never parsed {dag_id}"
         await asyncio.sleep(0.1)
     async with store_engine.transaction(sessions) as session:
-        return await trigger_mod.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
+        return await manual_runs.trigger(session, dag_id, conf_json=None, now=datetime.now(UTC))
 
 
 async def run_finished(engine: AsyncEngine, dag_id: str, run_id: str, timeout: float) -> str:

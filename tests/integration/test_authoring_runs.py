@@ -15,7 +15,7 @@ import pytest
 from miniflow.cli import operations
 from miniflow.config import load_config
 from miniflow.errors import NotFound
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from tests.e2e.helpers import write_dag
@@ -28,7 +28,7 @@ class Authoring(Local):
 
     async def trigger_with(self, conf_json: str | None, dag_id: str = "typed") -> str:
         async with store_engine.transaction(self.scheduler.sessions) as session:
-            return await trigger_mod.trigger(
+            return await manual_runs.trigger(
                 session, dag_id, conf_json=conf_json, now=datetime.now(UTC)
             )
 

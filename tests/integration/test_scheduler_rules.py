@@ -20,7 +20,7 @@ from miniflow import DAG, Bash
 from miniflow.cli.operations import downstream_of
 from miniflow.errors import ConfValidationError
 from miniflow.launchers.base import TaskSpec
-from miniflow.scheduler import trigger as trigger_mod
+from miniflow.scheduler import manual_runs
 from miniflow.scheduler.clock import Clock, ManualClock
 from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.store import attempts as store_attempts
@@ -92,7 +92,7 @@ class Harness:
         self, dag_id: str, conf_json: str | None = None, run_id: str | None = None
     ) -> str:
         async with store_engine.transaction(self.sessions) as session:
-            return await trigger_mod.trigger(
+            return await manual_runs.trigger(
                 session, dag_id, conf_json=conf_json, now=self.scheduler.clock.now(), run_id=run_id
             )
 
@@ -475,7 +475,7 @@ async def test_trigger_conf_validation(engine: AsyncEngine, conf: str, message: 
 
 async def _test_run(h: Harness, dag_id: str, *, live_threshold: float = 30.0) -> bool:
     async with store_engine.transaction(h.sessions) as session:
-        return await trigger_mod.trigger_test(
+        return await manual_runs.trigger_test(
             session,
             dag_id,
             conf_json=None,
@@ -488,7 +488,7 @@ async def _test_run(h: Harness, dag_id: str, *, live_threshold: float = 30.0) ->
 async def test_a_test_run_replaces_the_earlier_one_of_its_date(engine: AsyncEngine) -> None:
     with DAG("tested", start_date=START) as dag:
         Bash("flaky", "exit 0", retries=2)
-    run_id = trigger_mod.dags_test_run_id(START)
+    run_id = manual_runs.dags_test_run_id(START)
     async with Harness(engine) as h:
         await h.register(dag)
         assert await _test_run(h, "tested") is False
@@ -509,14 +509,14 @@ async def test_a_test_run_a_live_scheduler_still_follows_is_not_replaced(
 ) -> None:
     with DAG("tested", start_date=START) as dag:
         Bash("t", "exit 0")
-    run_id = trigger_mod.dags_test_run_id(START)
+    run_id = manual_runs.dags_test_run_id(START)
     async with Harness(engine, hold=True) as h:  # the try stays open, owned by h.scheduler
         await h.register(dag)
         await _test_run(h, "tested")
         for _ in range(4):
             await h.scheduler.tick()
         assert h.launcher.held
-        with pytest.raises(trigger_mod.BusyTestRun, match="is still running"):
+        with pytest.raises(manual_runs.BusyTestRun, match="is still running"):
             await _test_run(h, "tested")
         assert (await h.tis("tested", run_id))["t"].state == "running"  # untouched
         # Once its scheduler is taken for dead (silent for longer than the threshold),

@@ -312,7 +312,7 @@ def test_param_definition_errors() -> None:
 )  # fmt: skip
 def test_conf_is_validated_against_typed_params(conf: str | None, error: str | None) -> None:
     from miniflow.errors import ConfValidationError
-    from miniflow.scheduler.trigger import parse_conf
+    from miniflow.scheduler.manual_runs import parse_conf
 
     dag = _typed_dag().serialize("typed.py")
     if error is None:
@@ -324,7 +324,7 @@ def test_conf_is_validated_against_typed_params(conf: str | None, error: str | N
 
 
 def test_a_dag_stored_before_typed_params_still_parses_conf() -> None:
-    from miniflow.scheduler.trigger import parse_conf
+    from miniflow.scheduler.manual_runs import parse_conf
 
     with DAG("old", params={"a": 1}) as dag:
         Bash("t", "true")

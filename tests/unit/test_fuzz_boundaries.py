@@ -21,7 +21,7 @@ from miniflow import DAG, Bash, Pod
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, ConfValidationError, DagDefinitionError
 from miniflow.parsing import child
-from miniflow.scheduler.trigger import parse_conf
+from miniflow.scheduler.manual_runs import parse_conf
 
 # Environment variables and command-line arguments cannot hold NUL or lone surrogates.
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))

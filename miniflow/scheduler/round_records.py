@@ -1,4 +1,5 @@
-"""Small records the scheduler's modules share: what one round did, what is in flight."""
+"""Small records the modules of a round share: what one round did, what is in flight,
+runs' template inputs."""
 
 from __future__ import annotations
 
