@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store.engine import create_engine, sessionmaker, transaction
+from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Connection, Variable
 
 T = TypeVar("T")
@@ -56,7 +57,7 @@ async def set_variable(
 
 async def delete_variable(session: AsyncSession, key: str) -> bool:
     result = await session.execute(sa.delete(Variable).where(Variable.key == key))
-    return bool(getattr(result, "rowcount", 0))
+    return bool(store_rowcount(result))
 
 
 async def list_connections(session: AsyncSession) -> list[Connection]:
@@ -83,7 +84,7 @@ async def set_connection(session: AsyncSession, conn_id: str, fields: dict[str, 
 
 async def delete_connection(session: AsyncSession, conn_id: str) -> bool:
     result = await session.execute(sa.delete(Connection).where(Connection.conn_id == conn_id))
-    return bool(getattr(result, "rowcount", 0))
+    return bool(store_rowcount(result))
 
 
 def connection_record(row: Connection) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import SchedulerInstance
 
 SI = SchedulerInstance
@@ -68,7 +69,7 @@ async def heartbeat(
         .where(SI.id == id, SI.ended_at.is_(None))
         .values(**values)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(store_rowcount(result))
 
 
 async def sanity_findings(session: AsyncSession) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from miniflow.store import states, transitions
+from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import DagRun, TaskInstance
 from miniflow.store.task_instances import TIState, chunked
 
@@ -148,7 +149,7 @@ async def _follow(session: AsyncSession, task_state: str, new: str) -> int:
         )
         .values(state=new, launch_attempts=0)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return store_rowcount(result)
 
 
 async def mark_expanded(session: AsyncSession, ti_id: int, length: int) -> None:
@@ -173,7 +174,7 @@ async def end_task(
         .where(TI.id == ti_id, TI.state == states.MAPPED)
         .values(state=state, ended_at=now, error=error)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(store_rowcount(result))
 
 
 def combined(counts: dict[str, int]) -> str | None:

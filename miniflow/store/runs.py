@@ -23,6 +23,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import dags as store_dags
 from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
+from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
 
 
@@ -244,7 +245,7 @@ async def set_state(
             unfinished = unfinished.where(TaskInstance.id.not_in(list(seen_unfinished)))
         query = query.where(~unfinished.exists())
     result = await session.execute(query.values(**values))
-    changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    changed = bool(store_rowcount(result))
     if changed and state in states.RUN_FINISHED:
         await wakeup.announce(session, "run")  # `dags trigger --wait` learns of the end
     return changed

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import states, transitions, wakeup
+from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import DagRun, TaskAttempt, TaskInstance, UTCDateTime
 
 TI = TaskInstance
@@ -179,7 +180,7 @@ async def set_states(
             .where(TI.id.in_(ids), TI.state == expected)
             .values(**values)
         )
-        applied += result.rowcount  # type: ignore[attr-defined]
+        applied += store_rowcount(result)
     return applied
 
 
@@ -443,7 +444,7 @@ async def skip_waiting(
             .where(TI.run_pk == run_pk, TI.task_id.in_(list(chunk)), TI.state == states.NONE)
             .values(state=states.SKIPPED, ended_at=now)
         )
-        skipped += result.rowcount  # type: ignore[attr-defined]
+        skipped += store_rowcount(result)
     return skipped
 
 
@@ -539,8 +540,8 @@ async def clear(
                 map_args=null(),  # a mapped task expands again (SQL NULL, not JSON null)
             )
         )
-        count += result.rowcount  # type: ignore[attr-defined]
-        if result.rowcount:  # type: ignore[attr-defined]
+        count += store_rowcount(result)
+        if store_rowcount(result):
             # A mapped task expands again when it next may run, maybe into other items.
             await session.execute(
                 delete(TI).where(
@@ -615,7 +616,7 @@ async def heartbeat(session: AsyncSession, ti_id: int, try_number: int, now: dat
         .where(TI.id == ti_id, TI.try_number == try_number, TI.state == states.RUNNING)
         .values(heartbeat_at=now)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(store_rowcount(result))
 
 
 async def start_poking(
