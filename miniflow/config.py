@@ -216,19 +216,26 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "pod_pending_timeout": _as_float,
     "web_port": _as_port,
     "web_read_only": _as_bool,
-    "dags_folder": lambda _n, raw: Path(raw).expanduser(),
-    "state_dir": lambda _n, raw: Path(raw).expanduser(),
-    "home": lambda _n, raw: Path(raw).expanduser(),
+    "dags_folder": lambda n, raw: _as_path(n, raw),
+    "state_dir": lambda n, raw: _as_path(n, raw),
+    "home": lambda n, raw: _as_path(n, raw),
 }
 
 CONFIG_FILE_NAME = "miniflow.toml"
 """The config file read from the home folder when MINIFLOW_CONFIG is not set."""
 
 
+def _as_path(name: str, raw: str) -> Path:
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError as exc:  # `~user` of a user this machine does not know
+        raise ConfigError(f"MINIFLOW_{name.upper()}={raw!r}: {exc}") from None
+
+
 def default_home(env: Mapping[str, str]) -> Path:
     """`MINIFLOW_HOME`, else `~/miniflow` (like AIRFLOW_HOME's `~/airflow`)."""
     if env.get("MINIFLOW_HOME"):
-        return Path(env["MINIFLOW_HOME"]).expanduser()
+        return _as_path("home", env["MINIFLOW_HOME"])
     user_home = Path(env["HOME"]) if env.get("HOME") else Path("~").expanduser()
     return user_home / "miniflow"
 

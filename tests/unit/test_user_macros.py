@@ -26,7 +26,7 @@ def test_macros_are_serialized_and_rendered() -> None:
         data_interval_start=datetime(2026, 1, 2, tzinfo=UTC),
         data_interval_end=datetime(2026, 1, 3, tzinfo=UTC),
         params={},
-        macros=data["user_defined_macros"],
+        user_macros=data["user_defined_macros"],
     )
     rendered = render_task_fields(data["tasks"]["t"], context)
     assert rendered.bash_command == "cp s3://b/2026-01-02 . && head -n 5"
