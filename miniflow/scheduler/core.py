@@ -615,6 +615,7 @@ class Scheduler:
         started = time.perf_counter()
         self.last_findings = await self.sanity.round(self, now)
         self.findings_record.add(self.last_findings, now)
+        metrics.SANITY_LOCK_HELD.set(1 if self.last_findings.holder else 0)
         metrics.ROUND_DURATION.labels("sanity").observe(time.perf_counter() - started)
         self.liveness.beat(liveness.SANITY)
         for name, kind in metrics.SANITY_KINDS.items():

@@ -76,6 +76,12 @@ LIVE_SCHEDULERS = Gauge(
     "Live scheduler instances (this one included) as of this one's last heartbeat.",
     registry=REGISTRY,
 )
+SANITY_LOCK_HELD = Gauge(
+    "miniflow_scheduler_sanity_lock_held",
+    "1 while this scheduler holds the sanity lock (the one that adopts what dead schedulers "
+    "left: the leader among several), else 0; as of its last sanity round.",
+    registry=REGISTRY,
+)
 ADOPTIONS = Counter(
     "miniflow_adoptions",
     "Tries this scheduler adopted from a scheduler that died or stopped.",

@@ -282,7 +282,9 @@ class SanityLoop:
         """Ours, still running, its task instance failed for this try (a user marked the
         run failed): kill it, once seen so in two rounds (a worker that recorded its own
         failure is given that long to exit by itself)."""
-        running = [k for k in scheduler.inflight if k in alive]
+        # not those already being killed (a zombie, a timeout: failed, then killed with a
+        # grace period): their kill is under way, and they are no finding of this kind
+        running = [k for k in scheduler.inflight if k in alive and k not in scheduler.kill_reasons]
         if not running:
             self.stopped_since.clear()
             return

@@ -1,9 +1,13 @@
 """A DAG's dependency graph as server-rendered SVG, in layers (no script, no library).
 
 Tasks are placed in columns by their longest path from a root (so every edge
-points right), and ordered in a column by where their upstream tasks sit (one
-barycentre pass: few crossings for the usual fan-out / fan-in shapes). A node
-is coloured by its state in the newest run and links to that try's page.
+points right), and ordered in a column by where their neighbours sit (barycentre
+sweeps, left to right then right to left, a few times: few crossings for the
+usual fan-out / fan-in shapes, and cheap at a few hundred tasks). Every node has
+the same size and its own slot, so labels never overlap; a long task id is cut
+in the middle, keeping its start and its end (ids of one group or one generated
+series differ at the end), and the whole id is in the node's tooltip. A node is
+coloured by its state in the newest run and links to that try's page.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from miniflow.store.browse import TaskSpec
 
 NODE_W, NODE_H, COL_GAP, ROW_GAP, PAD = 170, 26, 56, 10, 8
 LABEL_CHARS = 22
+SWEEPS = 4
+"""Barycentre passes in each direction."""
 
 FILL = {
     "none": "#ffffff",
@@ -50,6 +56,46 @@ def _depths(specs: list[TaskSpec]) -> dict[str, int]:
     return depth
 
 
+def label(task_id: str) -> str:
+    """The task id, cut in the middle to fit its node (start and end kept)."""
+    if len(task_id) <= LABEL_CHARS:
+        return task_id
+    tail = (LABEL_CHARS - 1) // 2
+    return task_id[: LABEL_CHARS - 1 - tail] + "…" + task_id[-tail:]
+
+
+def _order(
+    columns: dict[int, list[str]], upstream: dict[str, list[str]]
+) -> dict[str, float]:
+    """Each task's row in its column, after barycentre sweeps both ways."""
+    downstream: dict[str, list[str]] = defaultdict(list)
+    for tid, ups in upstream.items():
+        for up in ups:
+            downstream[up].append(tid)
+    row: dict[str, float] = {}
+    for ids in columns.values():
+        for i, tid in enumerate(ids):
+            row[tid] = i
+
+    def sweep(order: list[int], neighbours: dict[str, list[str]]) -> None:
+        for col in order:
+            ids = columns[col]
+            keys = {}
+            for i, tid in enumerate(ids):
+                near = [row[n] for n in neighbours.get(tid, ()) if n in row]
+                keys[tid] = (sum(near) / len(near) if near else row[tid], i)
+            ids.sort(key=keys.__getitem__)
+            for i, tid in enumerate(ids):
+                row[tid] = i
+
+    cols = sorted(columns)
+    for _ in range(SWEEPS):
+        sweep(cols[1:], {t: list(u) for t, u in upstream.items()})
+        sweep(cols[-2::-1], downstream)
+    sweep(cols[1:], {t: list(u) for t, u in upstream.items()})
+    return row
+
+
 def svg(specs: list[TaskSpec], states: dict[str, str], link_prefix: str | None) -> Markup:
     """`states`: task_id -> state in the newest run; `link_prefix`: its tasks' URL prefix."""
     if not specs:
@@ -58,18 +104,8 @@ def svg(specs: list[TaskSpec], states: dict[str, str], link_prefix: str | None) 
     columns: dict[int, list[str]] = defaultdict(list)
     for t in specs:
         columns[depth[t.task_id]].append(t.task_id)
-    upstream = {t.task_id: t.upstream for t in specs}
-    row: dict[str, float] = {}
-    for col in sorted(columns):
-        ids = columns[col]
-        if col > 0:
-            keys = {}
-            for i, tid in enumerate(ids):
-                ups = [row[u] for u in upstream[tid] if u in row]
-                keys[tid] = (sum(ups) / len(ups) if ups else 0.0, i)
-            ids.sort(key=keys.__getitem__)
-        for i, tid in enumerate(ids):
-            row[tid] = i
+    upstream = {t.task_id: list(t.upstream) for t in specs}
+    row = _order(columns, upstream)
     tallest = max(len(ids) for ids in columns.values())
     width = PAD * 2 + len(columns) * NODE_W + (len(columns) - 1) * COL_GAP
     height = PAD * 2 + tallest * NODE_H + (tallest - 1) * ROW_GAP
@@ -100,7 +136,6 @@ def svg(specs: list[TaskSpec], states: dict[str, str], link_prefix: str | None) 
     for t in specs:
         x, y = place(t.task_id)
         state = states.get(t.task_id, "none")
-        label = t.task_id if len(t.task_id) <= LABEL_CHARS else t.task_id[: LABEL_CHARS - 1] + "…"
         colour = "#1f2328" if state in DARK_TEXT else "#ffffff"
         node = (
             f'<g class="node" data-task="{escape(t.task_id)}" data-state="{state}">'
@@ -108,7 +143,7 @@ def svg(specs: list[TaskSpec], states: dict[str, str], link_prefix: str | None) 
             f'<rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" height="{NODE_H}" rx="5" '
             f'fill="{FILL.get(state, "#ffffff")}" stroke="#8c959f"/>'
             f'<text x="{x + 9:.0f}" y="{y + NODE_H / 2 + 4:.0f}" fill="{colour}">'
-            f"{escape(label)}</text></g>"
+            f"{escape(label(t.task_id))}</text></g>"
         )
         if link_prefix is not None and t.task_id in states:
             node = f'<a href="{link_prefix}{quote(t.task_id, safe="")}">{node}</a>'

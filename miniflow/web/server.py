@@ -79,6 +79,7 @@ def _server(config: Config, engine: AsyncEngine, *, embedded: bool) -> _Server:
     uv_config = uvicorn.Config(
         app,
         log_level="warning",
+        log_config=None,  # uvicorn's records go to the root handler: MINIFLOW_LOG_FORMAT's
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,

@@ -138,6 +138,7 @@ async def test_health_readiness_and_metrics_of_a_running_scheduler(
         assert found[("miniflow_attempt_exits_total", (("reason", "Error"),))] == 1.0
         assert found[("miniflow_attempt_exits_total", (("reason", "LaunchFailed"),))] == 1.0
         assert found[("miniflow_scheduler_instances_live", ())] == 1.0
+        assert found[("miniflow_scheduler_sanity_lock_held", ())] == 1.0  # the only one: leader
         assert found[("miniflow_tries_in_flight", ())] == 0.0
         assert found[("miniflow_scheduler_round_duration_seconds_count", (("loop", "tick"),))] > 0
         assert found[("miniflow_sanity_findings_total", (("kind", "zombie"),))] == 0.0

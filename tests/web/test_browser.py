@@ -223,3 +223,45 @@ def test_a_user_triggers_watches_reads_the_log_and_pauses(
     finally:
         gate.touch()  # never leave a task waiting
         stop(scheduler)
+
+
+BIG_DAG = """
+from datetime import datetime
+from miniflow import DAG, Bash
+
+with DAG("big_200", start_date=datetime(2026, 1, 1)):
+    stages = []
+    for s in range(10):
+        stage = [Bash(f"stage_{s:02d}_extract_customer_partition_{i:02d}", "true")
+                 for i in range(20)]
+        if stages:
+            for i, t in enumerate(stage):
+                stages[-1][i] >> t
+                stages[-1][(i + 7) % 20] >> t
+        stages.append(stage)
+"""
+
+MEASURE = """
+var nodes = document.querySelectorAll('svg.graph g.node');
+var overflow = [];
+nodes.forEach(function (g) {
+  var rect = g.querySelector('rect').getBBox(), text = g.querySelector('text').getBBox();
+  if (text.x + text.width > rect.x + rect.width - 2) { overflow.push(g.dataset.task); }
+});
+var wrap = document.querySelector('.graph-wrap');
+return [nodes.length, overflow, wrap.scrollWidth > wrap.clientWidth];
+"""
+
+
+def test_a_graph_of_200_tasks_is_readable(browser: WebDriver, tmp_path: Path) -> None:
+    """Chromium's own text measurements: every label fits inside its node."""
+    site: Site = make_site(f"sqlite+aiosqlite:///{tmp_path / 'state' / 'miniflow.db'}", tmp_path)
+    (site.dags / "big_200.py").write_text(BIG_DAG)
+    site.cli("dags", "list")
+    with webserver(site.env()) as server:
+        browser.get(server.url + "/dags/big_200")
+        count, overflowing, scrolls = browser.execute_script(MEASURE)
+        assert (count, overflowing) == (200, [])
+        assert scrolls  # ten columns: the graph scrolls in its box, the page keeps its width
+        browser.execute_script("document.querySelector('.graph-wrap').scrollIntoView()")
+        _shot(browser, "graph-200", tmp_path)
