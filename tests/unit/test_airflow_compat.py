@@ -270,6 +270,11 @@ def test_template_context_has_airflows_names(monkeypatch: pytest.MonkeyPatch) ->
     )
     out = render(template, context, task_id="t", field="f")
     assert out == "2024-03-01 28/02 2 d t blue 3 h.example:5432 2"
+    older = "{{ next_ds }} {{ prev_ds }} {{ yesterday_ds_nodash }} {{ task_instance_key_str }}"
+    assert (
+        render(older, context, task_id="t", field="f")
+        == "2024-02-29 2024-02-27 20240227 d__t__20240228"
+    )
     assert "secret" not in repr(context["conn"].db)
 
 
