@@ -286,3 +286,41 @@ def test_pendulum_stand_in_and_discovery(layer: None, tmp_path: Path) -> None:
     (tmp_path / "af.py").write_text("from airflow import DAG\n")
     (tmp_path / "helper.py").write_text("import airflow_helpers\n")
     assert [p.name for p in find_dag_files(tmp_path)] == ["af.py"]
+
+
+def test_custom_operator_renders_template_fields_and_files(layer: None, tmp_path: Path) -> None:
+    (tmp_path / "query.sql").write_text("SELECT {{ params.n }} WHERE day = '{{ ds }}'")
+    path = tmp_path / "custom.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            from airflow import DAG
+            from airflow.models.baseoperator import BaseOperator
+
+            class SqlOperator(BaseOperator):
+                template_fields = ("sql", "names")
+                template_ext = (".sql",)
+
+                def __init__(self, sql, names, **kwargs):
+                    super().__init__(**kwargs)
+                    self.sql, self.names = sql, names
+
+                def execute(self, context):
+                    return self.sql
+
+            with DAG("custom", params={"n": 5}):
+                SqlOperator(task_id="q", sql="query.sql", names=["{{ ds_nodash }}", 1])
+            """
+        )
+    )
+    (dag,) = import_dag_file(path)
+    op: Any = dag.tasks["q"]
+    assert dag.serialize("custom.py")["tasks"]["q"]["kind"] == "python"
+    when = datetime(2024, 3, 1, tzinfo=UTC)
+    context = build_context(
+        dag_id="custom", run_id="r", task_id="q", try_number=1, logical_date=when,
+        data_interval_start=when, data_interval_end=when, params={"n": 5},
+    )  # fmt: skip
+    op.render_template_fields(context)
+    assert op.sql == "SELECT 5 WHERE day = '2024-03-01'"
+    assert op.names == ["20240301", 1]
