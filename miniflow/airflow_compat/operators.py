@@ -93,6 +93,8 @@ class XComArg(AirflowMixin, TaskRef):
 
     def __init__(self, operator: Any, key: str = "return_value") -> None:
         task = operator.task if isinstance(operator, TaskRef) else operator
+        if isinstance(task, Bash):
+            raise problems.pending("bash output")
         if not isinstance(task, PythonTask):
             raise problems.unsupported(
                 "XComArg", f"{task!r} has no result: only Python tasks return one"

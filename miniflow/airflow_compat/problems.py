@@ -89,6 +89,8 @@ PENDING: dict[str, str] = {
     "LatestOnlyOperator": "latest-only is not available in this miniflow version",
     "callbacks": "task and DAG callbacks (on_success_callback, on_failure_callback, "
     "on_retry_callback, on_execute_callback) are not available in this miniflow version",
+    "bash output": "results of Bash tasks (their last output line) are not available in "
+    "this miniflow version",
     "do_xcom_push": "results from Pod tasks (KubernetesPodOperator do_xcom_push=True) are "
     "not available in this miniflow version",
 }
