@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from miniflow.airflow_compat import problems
+from miniflow.authoring import tasks as tasks_mod
 
 RENAMED: dict[str, str] = {
     "execution_timeout": "timeout",
@@ -119,7 +120,9 @@ def task_settings(kwargs: Mapping[str, Any]) -> dict[str, Any]:
             if value not in (None, False, [], {}):
                 problems.warn(name, WARNED[name])
         elif name in CALLBACKS:
-            if value is not None:
+            if name in tasks_mod.SETTING_NAMES:  # miniflow's own callbacks, where it has them
+                settings[name] = value
+            elif value is not None:
                 raise problems.pending("callbacks")
         elif name in ("sla", "depends_on_past", "wait_for_downstream"):
             if value:

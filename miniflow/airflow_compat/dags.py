@@ -82,8 +82,9 @@ class DAG(dag_mod.DAG):
         given = dict(kwargs)
         if "timetable" in given:
             raise problems.unsupported("timetable")
+        native = inspect.signature(dag_mod.DAG.__init__).parameters
         for callback in ("on_success_callback", "on_failure_callback"):
-            if given.pop(callback, None) is not None:
+            if callback not in native and given.pop(callback, None) is not None:
                 raise problems.pending("callbacks")
         if given.pop("sla_miss_callback", None) is not None:
             raise problems.unsupported("sla_miss_callback")

@@ -82,6 +82,7 @@ PENDING: dict[str, str] = {
     "xcom_pull": "XCom pull by key is not available in this miniflow version: pass the "
     "upstream task's result as an argument (`.output` or the @task's return value)",
     "task.sensor": "@task.sensor is not available in this miniflow version",
+    "PokeReturnValue": "sensors are not available in this miniflow version",
     "BaseSensorOperator": "sensors are not available in this miniflow version",
     "PythonSensor": "sensors are not available in this miniflow version",
     "setup": "setup/teardown tasks are not available in this miniflow version",
