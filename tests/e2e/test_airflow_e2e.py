@@ -306,3 +306,25 @@ def test_variables_and_connections_from_the_database(cli: Cli) -> None:
     assert "no variable 'greeting'" in cli("variables", "get", "greeting", expect=1).stderr
     cli("connections", "delete", "warehouse")
     cli("connections", "get", "warehouse", expect=1)
+
+
+# --- names forwarded to miniflow features built beside the layer --------------------------------
+
+
+def _has_forwarded_features() -> bool:
+    import miniflow
+    from miniflow.authoring.taskflow import TaskFunction
+
+    decorators = all(hasattr(miniflow.task, n) for n in ("sensor", "setup", "teardown"))
+    return decorators and hasattr(miniflow, "LatestOnly") and hasattr(TaskFunction, "expand")
+
+
+@pytest.mark.skipif(not _has_forwarded_features(), reason="this miniflow lacks those features")
+def test_forwarded_airflow_names_run_on_miniflows_features(af_cli: Cli) -> None:
+    copy_dags(af_cli, FIXTURES / "forwarded" / "af_forwarded.py")
+    af_cli("dags", "test", "af_forwarded", "--logical-date", DATE)
+    found = states(af_cli, "af_forwarded")
+    for task_id in ("latest", "create", "numbers", "total", "pull", "ready", "drop"):
+        assert found[task_id] == "success", (task_id, found)
+    assert result(af_cli, "af_forwarded", "total") == 12  # .expand over numbers(), doubled
+    assert result(af_cli, "af_forwarded", "pull") == [1, 2, 3]  # ti.xcom_pull
