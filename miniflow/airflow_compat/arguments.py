@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from miniflow.airflow_compat import problems
+from miniflow.authoring import tasks as tasks_mod
 
 RENAMED: dict[str, str] = {
     "execution_timeout": "timeout",
@@ -31,7 +32,7 @@ IGNORED = frozenset({
     "owner", "doc", "doc_md", "doc_rst", "doc_json", "doc_yaml", "task_display_name",
     "start_date", "end_date", "weight_rule", "ui_color", "ui_fgcolor", "map_index_template",
     "email_on_retry", "multiple_outputs", "show_return_value_in_logs", "allow_nested_operators",
-    "task_group", "default_args", "logger_name", "label",
+    "task_group", "default_args", "logger_name", "label", "provide_context",
 })  # fmt: skip
 
 # Accepted, with what differs.
@@ -42,6 +43,7 @@ WARNED: dict[str, str] = {
     "run_as_user": "ignored: set the pod's securityContext through pod_override",
     "max_active_tis_per_dag": "ignored: use a pool to limit concurrent tries",
     "max_active_tis_per_dagrun": "ignored: use a pool to limit concurrent tries",
+    "task_concurrency": "ignored: use a pool to limit concurrent tries",
     "resources": "Airflow operator resources are ignored: use container resources "
     "(executor_config pod_override, or the task's resources)",
     "inlets": "lineage is not recorded",
@@ -118,7 +120,9 @@ def task_settings(kwargs: Mapping[str, Any]) -> dict[str, Any]:
             if value not in (None, False, [], {}):
                 problems.warn(name, WARNED[name])
         elif name in CALLBACKS:
-            if value is not None:
+            if name in tasks_mod.SETTING_NAMES:  # miniflow's own callbacks, where it has them
+                settings[name] = value
+            elif value is not None:
                 raise problems.pending("callbacks")
         elif name in ("sla", "depends_on_past", "wait_for_downstream"):
             if value:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -81,8 +82,9 @@ class DAG(dag_mod.DAG):
         given = dict(kwargs)
         if "timetable" in given:
             raise problems.unsupported("timetable")
+        native = inspect.signature(dag_mod.DAG.__init__).parameters
         for callback in ("on_success_callback", "on_failure_callback"):
-            if given.pop(callback, None) is not None:
+            if callback not in native and given.pop(callback, None) is not None:
                 raise problems.pending("callbacks")
         if given.pop("sla_miss_callback", None) is not None:
             raise problems.unsupported("sla_miss_callback")
@@ -138,6 +140,13 @@ def dag(dag_id_or_function: Any = None, /, **dag_kwargs: Any) -> Any:
     function's body runs inside `with DAG(...)`) and returns it."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., DAG]:
+        if inspect.signature(function).parameters:
+            problems.warn(
+                "@dag function parameters",
+                f"{function.__name__}'s parameters take their default values: Airflow also "
+                "makes them params a run's conf can override; declare params= for that",
+            )
+
         @functools.wraps(function)
         def build(*args: Any, **kwargs: Any) -> DAG:
             dag_id = dag_kwargs.get("dag_id") or function.__name__

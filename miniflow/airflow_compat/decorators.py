@@ -30,6 +30,15 @@ _REFUSED = {
 }
 
 
+# Variants that are miniflow decorators of the same name, once miniflow has them.
+_NATIVE = ("sensor", "setup", "teardown")
+
+
+def _native(mode: str) -> None:
+    if getattr(miniflow.task, mode, None) is None:
+        raise problems.pending("task.sensor" if mode == "sensor" else mode)
+
+
 class AirflowTaskFunction:
     """A TaskFlow function: calling it in a DAG adds a miniflow Python task."""
 
@@ -59,6 +68,9 @@ class AirflowTaskFunction:
         if items:
             function = _picking(function, items)
         decorator = miniflow.task
+        if self.mode in _NATIVE:
+            native = getattr(decorator, self.mode)
+            return native(task_id=task_id, **settings)(function)
         if self.mode == "branch":
             return decorator.branch(task_id=task_id, **settings)(function)
         if self.mode == "short_circuit":
@@ -161,10 +173,16 @@ class TaskDecorator:
         return self._decorate(python_callable, options, "bash")
 
     def sensor(self, python_callable: Any = None, **options: Any) -> Any:
-        native = getattr(miniflow.task, "sensor", None)
-        if native is None:
-            raise problems.pending("task.sensor")
-        return native(python_callable, **options) if python_callable else native(**options)
+        _native("sensor")
+        return self._decorate(python_callable, options, "sensor")
+
+    def setup(self, python_callable: Any = None, **options: Any) -> Any:
+        _native("setup")
+        return self._decorate(python_callable, options, "setup")
+
+    def teardown(self, python_callable: Any = None, **options: Any) -> Any:
+        _native("teardown")
+        return self._decorate(python_callable, options, "teardown")
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -205,14 +223,10 @@ def task_group(python_callable: Any = None, **kwargs: Any) -> Any:
 
 
 def setup(python_callable: Any = None, **kwargs: Any) -> Any:
-    native = getattr(miniflow, "setup", None)
-    if native is None:
-        raise problems.pending("setup")
-    return native(python_callable, **kwargs) if python_callable else native(**kwargs)
+    """Airflow's `@setup` (miniflow's `@task.setup`)."""
+    return task.setup(python_callable, **kwargs)
 
 
 def teardown(python_callable: Any = None, **kwargs: Any) -> Any:
-    native = getattr(miniflow, "teardown", None)
-    if native is None:
-        raise problems.pending("teardown")
-    return native(python_callable, **kwargs) if python_callable else native(**kwargs)
+    """Airflow's `@teardown` (miniflow's `@task.teardown`)."""
+    return task.teardown(python_callable, **kwargs)

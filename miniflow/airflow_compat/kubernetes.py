@@ -8,6 +8,7 @@ accepted as objects or as dicts.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,7 +82,9 @@ class KubernetesPodOperator(OperatorMixin, Pod):
         **kwargs: Any,
     ) -> None:
         if do_xcom_push:
-            raise problems.pending("do_xcom_push")
+            if "push_result" not in inspect.signature(Pod.__init__).parameters:
+                raise problems.pending("do_xcom_push")
+            kwargs["push_result"] = True  # the termination message (no sidecar)
         if on_finish_action not in ("delete_pod", "delete_succeeded_pod"):
             problems.warn("on_finish_action", "miniflow cleans up task pods itself")
         given = _defaults(kwargs)
@@ -123,7 +126,10 @@ class KubernetesPodOperator(OperatorMixin, Pod):
                         else "give the pod's settings as arguments "
                         "or executor_config={'pod_override': ...}",
                     )
+        push = given.pop("push_result", None)
         settings = mapping.task_settings(given)
+        if push:
+            settings["push_result"] = True
         if override:
             settings["pod_override"] = mapping.executor_config({"pod_override": override})[
                 "pod_override"

@@ -93,7 +93,10 @@ class XComArg(AirflowMixin, TaskRef):
 
     def __init__(self, operator: Any, key: str = "return_value") -> None:
         task = operator.task if isinstance(operator, TaskRef) else operator
-        if not isinstance(task, PythonTask):
+        pushed = getattr(task, "push_result", False)  # Bash / Pod results, where miniflow has them
+        if isinstance(task, Bash) and not pushed:
+            raise problems.pending("bash output")
+        if not isinstance(task, PythonTask) and not pushed:
             raise problems.unsupported(
                 "XComArg", f"{task!r} has no result: only Python tasks return one"
             )
@@ -348,8 +351,18 @@ class BaseOperator(_PythonOperatorBase):
         """Called after `execute` (Airflow's hook)."""
 
     def render_template_fields(self, context: Any) -> None:
+        """Each of `template_fields` rendered; a string ending in one of `template_ext`
+        is read from that file (next to the DAG file) first, as Airflow does."""
+        folder = os.path.dirname(os.path.abspath(self.dag.filename or "."))
         for name in self.template_fields:
             value = getattr(self, name, None)
+            if (
+                isinstance(value, str)
+                and self.template_ext
+                and value.endswith(tuple(self.template_ext))
+            ):
+                with open(os.path.join(folder, value), encoding="utf-8") as fh:
+                    value = fh.read()
             setattr(
                 self,
                 name,

@@ -82,6 +82,7 @@ PENDING: dict[str, str] = {
     "xcom_pull": "XCom pull by key is not available in this miniflow version: pass the "
     "upstream task's result as an argument (`.output` or the @task's return value)",
     "task.sensor": "@task.sensor is not available in this miniflow version",
+    "PokeReturnValue": "sensors are not available in this miniflow version",
     "BaseSensorOperator": "sensors are not available in this miniflow version",
     "PythonSensor": "sensors are not available in this miniflow version",
     "setup": "setup/teardown tasks are not available in this miniflow version",
@@ -89,6 +90,8 @@ PENDING: dict[str, str] = {
     "LatestOnlyOperator": "latest-only is not available in this miniflow version",
     "callbacks": "task and DAG callbacks (on_success_callback, on_failure_callback, "
     "on_retry_callback, on_execute_callback) are not available in this miniflow version",
+    "bash output": "results of Bash tasks (their last output line) are not available in "
+    "this miniflow version",
     "do_xcom_push": "results from Pod tasks (KubernetesPodOperator do_xcom_push=True) are "
     "not available in this miniflow version",
 }

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import miniflow
 from miniflow.airflow_compat import names
+from miniflow.airflow_compat.arguments import task_settings
 from miniflow.airflow_compat.dags import DAG, dag, days_ago
 from miniflow.airflow_compat.decorators import TaskGroup, setup, task, task_group, teardown
 from miniflow.airflow_compat.kubernetes import KubernetesPodOperator
@@ -25,6 +27,7 @@ from miniflow.airflow_compat.operators import (
     PythonOperator,
     ShortCircuitOperator,
     XComArg,
+    _defaults,
     chain,
     chain_linear,
     cross_downstream,
@@ -37,6 +40,30 @@ def get_current_context() -> dict[str, Any]:
     """The running task's context with Airflow's names (`ti`, `dag_run`, `macros`, ...)."""
     _miniflow_context()  # its error outside a running task
     return airflow_context()
+
+
+def _latest_only_operator() -> Any:
+    """Airflow's LatestOnlyOperator as miniflow's `LatestOnly`, where miniflow has it."""
+    native = getattr(miniflow, "LatestOnly", None)
+    if native is None:
+        return None
+
+    def LatestOnlyOperator(*, task_id: str, **kwargs: Any) -> Any:
+        return native(task_id, **task_settings(_defaults(kwargs)))
+
+    return LatestOnlyOperator
+
+
+def _poke_return_value() -> Any:
+    """Airflow's PokeReturnValue(is_done, xcom_value) as miniflow's `SensorResult`."""
+    native = getattr(miniflow, "SensorResult", None)
+    if native is None:
+        return None
+
+    def PokeReturnValue(is_done: bool, xcom_value: Any = None) -> Any:
+        return native(is_done, xcom_value)
+
+    return PokeReturnValue
 
 
 EXPORTS: dict[str, Any] = {
@@ -76,3 +103,11 @@ EXPORTS: dict[str, Any] = {
     "AirflowNotFoundException": names.AirflowNotFoundException,
     "Context": dict,
 }
+# Names that forward to miniflow features only some versions have (absent: the module's
+# __getattr__ names the construct as not yet available).
+for _name, _value in (
+    ("LatestOnlyOperator", _latest_only_operator()),
+    ("PokeReturnValue", _poke_return_value()),
+):
+    if _value is not None:
+        EXPORTS[_name] = _value

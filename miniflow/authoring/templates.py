@@ -89,7 +89,34 @@ def build_context(
         "macros": MACROS,
         "var": lookups.VariableAccessor(),
         "conn": lookups.ConnectionAccessor(),
+        **_airflow2_dates(dag_id, task_id, logical_date, data_interval_start, data_interval_end),
     }
+
+
+def _airflow2_dates(
+    dag_id: str, task_id: str, logical: datetime, start: datetime, end: datetime
+) -> dict[str, Any]:
+    """Airflow 2's older template names (removed in Airflow 3), still common in DAG files:
+    `execution_date`, `next_ds` (the interval's end), `prev_ds` (one interval earlier),
+    `yesterday_ds`, `tomorrow_ds`, `task_instance_key_str`, ..."""
+    period = end - start
+    previous = logical - period if period else None
+    names: dict[str, Any] = {
+        "execution_date": logical,
+        "next_execution_date": end,
+        "next_ds": end.strftime("%Y-%m-%d"),
+        "next_ds_nodash": end.strftime("%Y%m%d"),
+        "prev_execution_date": previous,
+        "prev_ds": previous.strftime("%Y-%m-%d") if previous else None,
+        "prev_ds_nodash": previous.strftime("%Y%m%d") if previous else None,
+        "yesterday_ds": (logical - timedelta(days=1)).strftime("%Y-%m-%d"),
+        "yesterday_ds_nodash": (logical - timedelta(days=1)).strftime("%Y%m%d"),
+        "tomorrow_ds": (logical + timedelta(days=1)).strftime("%Y-%m-%d"),
+        "tomorrow_ds_nodash": (logical + timedelta(days=1)).strftime("%Y%m%d"),
+        "ts_nodash_with_tz": logical.strftime("%Y%m%dT%H%M%S%z"),
+        "task_instance_key_str": f"{dag_id}__{task_id}__{logical.strftime('%Y%m%d')}",
+    }
+    return names
 
 
 def ds_add(ds: str, days: int) -> str:

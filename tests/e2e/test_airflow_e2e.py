@@ -114,6 +114,7 @@ APACHE_STATES: dict[str, dict[str, str]] = {
         "final_2": "success",
     },
     "tutorial_taskflow_api": {"extract": "success", "transform": "success", "load": "success"},
+    "tutorial": {"print_date": "success", "sleep": "success", "templated": "success"},
 }
 
 
@@ -168,7 +169,7 @@ def test_airflow_check_reports_each_file_and_refused_construct(af_cli: Cli) -> N
     }
 
     apache = af_cli("airflow", "check", str(APACHE)).stdout
-    assert "5 of 5 DAG files load unmodified" in apache
+    assert "6 of 6 DAG files load unmodified" in apache
     # A difference worth knowing is a warning with its line, not a silent change.
     assert "example_skip_dag.py: loads with warnings" in apache
     assert "example_skip_dag.py:64: timedelta schedule" in apache
@@ -224,6 +225,8 @@ def test_airflow_example_dags_end_with_airflows_states(af_cli: Cli) -> None:
         assert states(af_cli, dag_id) == expected, dag_id
     load = af_cli("tasks", "logs", "tutorial_taskflow_api", "latest", "load").stdout
     assert "Total order value is: 1236.70" in load
+    templated = af_cli("tasks", "logs", "tutorial", "latest", "templated").stdout
+    assert templated.count(DATE) == 5 and templated.count("2024-05-08") == 5
 
 
 # --- the scheduler -----------------------------------------------------------------------------
@@ -303,3 +306,25 @@ def test_variables_and_connections_from_the_database(cli: Cli) -> None:
     assert "no variable 'greeting'" in cli("variables", "get", "greeting", expect=1).stderr
     cli("connections", "delete", "warehouse")
     cli("connections", "get", "warehouse", expect=1)
+
+
+# --- names forwarded to miniflow features built beside the layer --------------------------------
+
+
+def _has_forwarded_features() -> bool:
+    import miniflow
+    from miniflow.authoring.taskflow import TaskFunction
+
+    decorators = all(hasattr(miniflow.task, n) for n in ("sensor", "setup", "teardown"))
+    return decorators and hasattr(miniflow, "LatestOnly") and hasattr(TaskFunction, "expand")
+
+
+@pytest.mark.skipif(not _has_forwarded_features(), reason="this miniflow lacks those features")
+def test_forwarded_airflow_names_run_on_miniflows_features(af_cli: Cli) -> None:
+    copy_dags(af_cli, FIXTURES / "forwarded" / "af_forwarded.py")
+    af_cli("dags", "test", "af_forwarded", "--logical-date", DATE)
+    found = states(af_cli, "af_forwarded")
+    for task_id in ("latest", "create", "numbers", "total", "pull", "ready", "drop"):
+        assert found[task_id] == "success", (task_id, found)
+    assert result(af_cli, "af_forwarded", "total") == 12  # .expand over numbers(), doubled
+    assert result(af_cli, "af_forwarded", "pull") == [1, 2, 3]  # ti.xcom_pull
