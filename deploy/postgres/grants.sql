@@ -20,9 +20,19 @@ REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM miniflow_scheduler;
 --                                                 (task_instances.finish)
 --   skip   state, ended_at of waiting tasks of its run, after a branch or short-circuit
 --                                                 (task_instances.skip_waiting)
--- No INSERT, no DELETE, no other column (the try number, the handle, the attempts: the
--- scheduler's), no other table.
+--   poke   first_poke_at; a sensor's "not yet": state, next_retry_at, ended_at,
+--          exit_code, error and max_tries (a poke never uses up a retry)
+--                                                 (task_instances.start_poking, reschedule)
+--   xcom   its pushed values (insert or replace its own keys), the run's values
+--                                                 (store.xcom.push, load)
+--   values variables and connections its code or templates read (store.config_values)
+-- No DELETE, no other column (the try number, the handle, the attempts: the scheduler's),
+-- no other table.
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM miniflow_worker;
-GRANT SELECT ON dag, dag_version, dag_run, task_instance TO miniflow_worker;
-GRANT UPDATE (state, heartbeat_at, started_at, exit_code, error, next_retry_at, ended_at, result)
+GRANT SELECT ON dag, dag_version, dag_run, task_instance, xcom, variable, connection
+    TO miniflow_worker;
+GRANT UPDATE (state, heartbeat_at, started_at, exit_code, error, next_retry_at, ended_at, result,
+              first_poke_at, max_tries)
     ON task_instance TO miniflow_worker;
+GRANT INSERT, UPDATE (value, at) ON xcom TO miniflow_worker;
+GRANT USAGE ON SEQUENCE xcom_id_seq TO miniflow_worker;

@@ -163,6 +163,27 @@ async def test_a_dag_runs_with_the_scheduler_and_worker_roles(
 
             # The worker role also writes a branch's skips (state, ended_at of its run).
             pick() >> [Bash("kept", "true"), Bash("dropped", "true")]
+
+            @task
+            def push():
+                from miniflow import get_current_context
+                get_current_context()["ti"].xcom_push("rows", 7)
+
+            @task
+            def pull():
+                from miniflow import get_current_context
+                return get_current_context()["ti"].xcom_pull(task_ids="push", key="rows")
+
+            # A sensor's "not yet" (first_poke_at, max_tries, next_retry_at) by the worker.
+            @task.sensor(poke_interval=0.2, timeout=60, mode="reschedule")
+            def wait_once():
+                import os
+                if os.path.exists("{marker}.poked"):
+                    return True
+                open("{marker}.poked", "w").close()
+                return False
+
+            push() >> pull() >> wait_once()
         """,
     )
     async with kube_scheduler(fake_kube, migrated.url("scheduler"), dags) as kube:
@@ -174,6 +195,8 @@ async def test_a_dag_runs_with_the_scheduler_and_worker_roles(
     assert tis["consume"].result == 6  # written by the worker, read from upstream's result
     assert tis["flaky"].try_number == 2  # a failure with a retry, written by the worker
     assert (tis["kept"].state, tis["dropped"].state) == ("success", "skipped")
+    assert tis["pull"].result == 7  # pushed and read back under the worker role
+    assert (tis["wait_once"].state, tis["wait_once"].try_number) == ("success", 2)
 
 
 async def test_the_scheduler_role_writes_rows_but_not_the_schema(migrated: Roles) -> None:
@@ -193,12 +216,17 @@ async def test_the_worker_role_writes_only_what_a_worker_writes(migrated: Roles)
     update = f"UPDATE task_instance SET {written} WHERE id = -1 AND try_number = 1"
     assert await allowed(migrated, "worker", update) == "UPDATE 0"
     assert await allowed(migrated, "worker", "SELECT result FROM task_instance") == "SELECT 0"
+    poke = "UPDATE task_instance SET first_poke_at = now(), max_tries = max_tries + 1 "
+    assert await allowed(migrated, "worker", poke + "WHERE id = -1") == "UPDATE 0"
+    assert await allowed(migrated, "worker", "SELECT value FROM xcom") == "SELECT 0"
     # Anything else: refused.
     for statement in (
         "UPDATE task_instance SET try_number = 9 WHERE id = -1",
         "UPDATE task_instance SET handle = 'x' WHERE id = -1",
         "UPDATE dag_run SET state = 'success' WHERE id = -1",
         "DELETE FROM task_instance WHERE id = -1",
+        "DELETE FROM xcom",
+        "UPDATE xcom SET task_id = 'x'",
         "INSERT INTO pool (name, slots) VALUES ('p', 1)",
         "SELECT * FROM task_attempt",
         "CREATE TABLE extra (id int)",
