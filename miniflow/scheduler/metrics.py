@@ -110,17 +110,7 @@ DB_STATEMENT_DURATION = Histogram(
     registry=REGISTRY,
 )
 
-TI_STATES = (
-    states.NONE,
-    states.SCHEDULED,
-    states.QUEUED,
-    states.RUNNING,
-    states.SUCCESS,
-    states.FAILED,
-    states.UP_FOR_RETRY,
-    states.UPSTREAM_FAILED,
-    states.SKIPPED,
-)
+TI_STATES = states.TASK_STATES
 RUN_STATES = (states.RUN_QUEUED, states.RUN_RUNNING, states.RUN_SUCCESS, states.RUN_FAILED)
 
 

@@ -18,6 +18,21 @@ UP_FOR_RESCHEDULE = "up_for_reschedule"
 # map_index 0..n-1) run instead; it ends with their combined outcome (`store.mapping`).
 MAPPED = "mapped"
 
+TASK_STATES = (
+    NONE,
+    SCHEDULED,
+    QUEUED,
+    RUNNING,
+    SUCCESS,
+    FAILED,
+    UP_FOR_RETRY,
+    UPSTREAM_FAILED,
+    SKIPPED,
+    UP_FOR_RESCHEDULE,
+    MAPPED,
+)
+"""Every state a task instance can be in."""
+
 FINISHED = frozenset({SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED})
 ACTIVE = frozenset({QUEUED, RUNNING})  # holding a parallelism slot
 FAILED_LIKE = frozenset({FAILED, UPSTREAM_FAILED})
