@@ -58,9 +58,10 @@ def _now() -> datetime:
 
 @asynccontextmanager
 async def _session(
-    config: Config, *, parse: bool = False, read_only: bool = False
+    config: Config, *, parse: bool = False, read_only: bool = False, parse_for: str | None = None
 ) -> AsyncIterator[AsyncSession]:
-    """One engine for the whole command: parse first if asked, then one transaction.
+    """One engine for the whole command: parse first if asked (the folder, or only what one
+    DAG needs: `parse_for`), then one transaction.
 
     `read_only` commands never create the embedded SQLite database: a missing
     file means nothing ever ran with this MINIFLOW_HOME / state dir, which is
@@ -70,9 +71,12 @@ async def _session(
         _require_sqlite_file(config)
     async with wiring.open_engine(config) as engine:
         sessions = store_engine.sessionmaker(engine)
-        if parse:
+        if parse or parse_for is not None:
             parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
-            await parser.parse_once(sessions, _now())
+            if parse_for is not None:
+                await parser.parse_dag_file(sessions, _now(), parse_for)
+            else:
+                await parser.parse_once(sessions, _now())
         async with store_engine.transaction(sessions) as session:
             yield session
 
@@ -209,7 +213,7 @@ async def trigger(
     logical_date: datetime | None = None,
     parse: bool = True,
 ) -> str:
-    async with _session(config, parse=parse) as session:
+    async with _session(config, parse_for=dag_id if parse else None) as session:
         return await manual_runs.trigger(
             session,
             dag_id,

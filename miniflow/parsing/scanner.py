@@ -135,6 +135,28 @@ class DagFolderScanner:
             duration=time.monotonic() - started,
         )
 
+    async def scan_one(self, fileloc: str, *, now: datetime | None = None) -> ScanResult | None:
+        """Parse one known file if it changed, without reading the rest of the folder (the
+        DAG of a `dags trigger`); None when that is not enough: the file is gone or was
+        never parsed, so the folder must be scanned."""
+        started = time.monotonic()
+        now = now or datetime.now(UTC)
+        path = self.dags_folder / fileloc
+        if fileloc not in self.known or not path.is_file():
+            return None
+        # The other files are taken as they were last scanned (owners of dag_ids included).
+        self._present = set(self.known)
+        self._released = set()
+        if not await asyncio.to_thread(self._needs_parse, fileloc, path, now):
+            return ScanResult(results=[], unchanged=1, duration=time.monotonic() - started)
+        parsed = await processor.parse_files(
+            self.dags_folder, [path], timeout=self.timeout, concurrency=self.concurrency
+        )
+        results = [self._apply(result) for result in parsed]
+        for result in results:
+            self.parsed_at[result.fileloc] = now
+        return ScanResult(results=results, duration=time.monotonic() - started)
+
     def _needs_parse(self, fileloc: str, path: Path, now: datetime) -> bool:
         old = self.known.get(fileloc)
         if old is None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from miniflow.errors import NotFound
 from miniflow.parsing.child import fileloc_of
-from miniflow.parsing.scanner import DagFolderScanner
+from miniflow.parsing.scanner import DagFolderScanner, ScanResult
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
 
@@ -71,6 +71,31 @@ class DagParser:
         force: bool | Collection[str] = False,
     ) -> ParseReport:
         """One scan; `force` parses these filelocs (True: every file) even if unchanged."""
+        scanner = await self._scanner_for(sessions)
+        if not self.dags_folder.is_dir():
+            log.warning("DAGs folder %s does not exist", self.dags_folder)
+            return ParseReport()
+        return await self._store(sessions, now, await scanner.scan(now=now, force=force))
+
+    async def parse_dag_file(
+        self, sessions: async_sessionmaker[AsyncSession], now: datetime, dag_id: str
+    ) -> ParseReport:
+        """Bring one DAG up to date: its own file parsed again only if it changed, the rest
+        of the folder left alone (`dags trigger` of a known DAG); the whole folder when the
+        DAG is new, or its file is gone."""
+        scanner = await self._scanner_for(sessions)
+        fileloc = scanner.owners.get(dag_id)
+        scan = await scanner.scan_one(fileloc, now=now) if fileloc is not None else None
+        if scan is None:
+            return await self.parse(sessions, now)
+        report = await self._store(sessions, now, scan)
+        if scan.results and not any(d["dag_id"] == dag_id for r in scan.results for d in r.dags):
+            # Parsed, and it no longer defines the DAG (moved to another file, or the file
+            # is broken now): what the folder says decides.
+            return await self.parse(sessions, now)
+        return report
+
+    async def _scanner_for(self, sessions: async_sessionmaker[AsyncSession]) -> DagFolderScanner:
         if self._scanner is None:
             async with store_engine.transaction(sessions) as session:
                 known = await store_dags.known_files(session)
@@ -82,10 +107,11 @@ class DagParser:
                 reparse_interval=self.reparse_interval,
                 timeout=self.timeout,
             )
-        if not self.dags_folder.is_dir():
-            log.warning("DAGs folder %s does not exist", self.dags_folder)
-            return ParseReport()
-        scan = await self._scanner.scan(now=now, force=force)
+        return self._scanner
+
+    async def _store(
+        self, sessions: async_sessionmaker[AsyncSession], now: datetime, scan: ScanResult
+    ) -> ParseReport:
         if not scan.results and not scan.removed:
             return ParseReport()
         parsed = [
