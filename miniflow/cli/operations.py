@@ -262,7 +262,7 @@ async def _task_instance(
             f"task {task_id!r} of {dag_id}/{run_id} has no mapped instance {map_index} "
             f"({count} mapped instances)"
         )
-    known = ", ".join(sorted({ti.task_id for ti in tis})) or "none"
+    known = ", ".join(dict.fromkeys(ti.task_id for ti in tis)) or "none"  # in order, once each
     raise NotFound(f"run {dag_id}/{run_id} has no task {task_id!r} (its tasks: {known})")
 
 
