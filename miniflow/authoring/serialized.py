@@ -145,8 +145,9 @@ class SerializedTask(TypedDict):
     setup: NotRequired[bool]
     teardown: NotRequired[bool]
     on_failure_fail_dagrun: NotRequired[bool]
-    # The callbacks the task has (`on_success_callback`, ...), run by its worker; the
-    # callables stay in the DAG file. Absent: none.
+    # The callbacks the task has (`on_success_callback`, ...), run by its worker (@task) or
+    # by a child process of the scheduler (Bash, Pod); the callables stay in the DAG file.
+    # Absent: none.
     callbacks: NotRequired[list[str]]
     # The full id of the innermost task group the task was created in (for display only).
     task_group: NotRequired[str]

@@ -129,6 +129,8 @@ class Scheduler:
         )
         self._ended: list[tuple[SerializedDag, RunInfo, str]] = []
         """Runs this round ended, for their DAG callbacks once the round has committed."""
+        self._task_ends: list[event_recorder.TaskEnd] = []
+        """Bash / Pod tries this round ended with a callback to run once it has committed."""
         prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
         self.scheduler_id = f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
@@ -585,12 +587,16 @@ class Scheduler:
             self.flights.unsaved_handles[:0] = handles
             self.run_views.clear()  # what they learnt this round is not in the database
             self._ended = []
+            self._task_ends = []
             raise
         _count_committed(stats)
         self.liveness.beat(liveness.EVENTS)
         self.liveness.enter("claims")
         ended, self._ended = self._ended, []
+        task_ends, self._task_ends = self._task_ends, []
         if self.dag_callbacks is not None:
+            for end in task_ends:
+                self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)
             for dag, run, final in ended:
                 self.dag_callbacks.fire(dag, run, final)
         # Committed: only now may the launcher drop the evidence of these exits (not of
@@ -649,6 +655,7 @@ class Scheduler:
         recorded = await event_recorder.record(self.deps, session, batch, self.clock.now())
         stats.finished += recorded.finished
         stats.exits += recorded.exits
+        self._task_ends += recorded.callbacks
         self._foreign = recorded.foreign
         touched = recorded.touched
         exits = [k for k in exits if k not in recorded.foreign]  # a peer's now: not ours
