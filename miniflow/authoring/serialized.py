@@ -180,6 +180,10 @@ class SerializedDag(TypedDict):
     callbacks: NotRequired[list[str]]
     # JSON values every template of the DAG sees as top-level names; absent: none.
     user_defined_macros: NotRequired[dict[str, Any]]
+    # The names of function macros and (prefixed "|") user-defined filters: the callables
+    # stay in the DAG file, so the DAG's templates are rendered by a process that imports
+    # it (`miniflow.parsing.render_child`, or the worker). Absent: none.
+    template_functions: NotRequired[list[str]]
 
 
 def readable(data: Mapping[str, Any]) -> SerializedDag:

@@ -20,11 +20,13 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.mapping import apply_map_args
+from miniflow.authoring.templates import needs_dag_file
 from miniflow.authoring.xcom import XComData, uses_xcom
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
+from miniflow.scheduler.child_render import Rendered, RenderItem
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
@@ -96,6 +98,7 @@ async def claim_and_launch(
         if missing:
             deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
         xcoms = await _xcom_for_templates(session, chosen, cached, deps.flights.run_infos)
+    by_child = await _render_in_children(deps, chosen, cached, claimed, xcoms)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
@@ -110,6 +113,10 @@ async def claim_and_launch(
         if run is None:  # ended between the candidate query and the read of runs
             failures.append(_LaunchFailure(c, claimed[c.id], "the run is no longer running"))
             continue
+        rendered = by_child.get(c.id)
+        if isinstance(rendered, str):  # a template error, or the child's failure
+            failures.append(_LaunchFailure(c, claimed[c.id], rendered))
+            continue
         try:
             specs.append(
                 build_spec(
@@ -120,6 +127,7 @@ async def claim_and_launch(
                     map_index=c.map_index,
                     map_args=c.map_args,
                     xcom=xcoms.get(c.run_pk),
+                    rendered=rendered,
                 )
             )
         except TemplateError as exc:
@@ -155,6 +163,34 @@ async def claim_and_launch(
             await fail_before_start(deps, session, failures, stats)
     if failures:
         stats.changed += len(failures)
+
+
+async def _render_in_children(
+    deps: RoundDeps,
+    chosen: Sequence[store_tis.Candidate],
+    cached: Mapping[int, CachedDag],
+    claimed: Mapping[int, int],
+    xcoms: Mapping[int, XComData],
+) -> dict[int, Rendered]:
+    """The fields (or error) of the chosen tries whose DAG has function macros or filters,
+    rendered by children that import the DAG files (`child_render`); by task instance id."""
+    picked: list[tuple[int, RenderItem]] = []
+    for c in chosen:
+        dag = cached[c.run_pk].dag
+        run = deps.flights.run_infos.get(c.run_pk)
+        if not needs_dag_file(dag) or c.task_id not in dag["tasks"] or run is None:
+            continue
+        item = RenderItem(
+            dag, run, c.task_id, claimed[c.id], c.map_index, c.map_args, xcoms.get(c.run_pk)
+        )
+        picked.append((c.id, item))
+    if not picked:
+        return {}
+    if deps.renderer is None:  # no DAGs folder: nothing can import the file
+        why = "this scheduler has no DAGs folder to import the DAG's macros/filters from"
+        return {ti_id: why for ti_id, _ in picked}
+    rendered = await deps.renderer.render([item for _, item in picked])
+    return {ti_id: r for (ti_id, _), r in zip(picked, rendered, strict=True)}
 
 
 async def _xcom_for_templates(

@@ -34,6 +34,7 @@ from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
+from miniflow.scheduler.child_render import ChildRenderer
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dag_callbacks import DagCallbacks
 from miniflow.scheduler.dagcache import CachedDag, DagCache
@@ -152,6 +153,7 @@ class Scheduler:
             scheduler_id=self.scheduler_id,
             flights=self.flights,
             mark_dirty=self.mark_dirty,
+            renderer=ChildRenderer(dags_folder, parse_timeout) if dags_folder else None,
         )
         self._due = _Due()
         self._only_run_pk: int | None = None
