@@ -94,3 +94,24 @@ def test_dags_test_runs_bash_task_callbacks(sqlite_cli: Cli, tmp_path: Path) -> 
     assert sorted(p.name for p in out.iterdir()) == ["bad.failed", "ok.success"]
     assert (out / "ok.success").read_text() == "None"
     assert "exit code 7" in (out / "bad.failed").read_text()
+
+
+FUNCTION_MACROS = """
+from datetime import datetime
+from miniflow import DAG, Bash
+
+def shout(text):
+    return text.upper() + "!"
+
+with DAG("fn_cli", start_date=datetime(2026, 1, 1), user_defined_macros={"shout": shout},
+         user_defined_filters={"twice": lambda v: f"{v}{v}"}):
+    Bash("hello", "echo {{ shout('hi') | twice }} > {out!r}")
+"""
+
+
+def test_dags_test_renders_function_macros_and_filters(sqlite_cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "hello.txt"
+    sqlite_cli.dag("fn_cli.py", FUNCTION_MACROS.replace("{out!r}", repr(str(out))))
+    tested = sqlite_cli("dags", "test", "fn_cli", timeout=90)
+    assert lines_with(tested.stdout, "hello: success")
+    assert out.read_text() == "HI!HI!\n"

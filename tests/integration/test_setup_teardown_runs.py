@@ -377,3 +377,48 @@ async def test_user_defined_macros_in_scheduler_and_worker_templates(
     assert state == "success"
     assert "copy s3://data/manual 7" in (attempts["copy"].log_tail or "")  # the scheduler's
     assert tis["target"].result == "s3://data/out"  # the worker's rendering
+
+
+async def test_function_macros_and_filters_render_in_a_child_and_the_worker(
+    db_url: str, tmp_path: Path
+) -> None:
+    write_dag(
+        tmp_path / "dags",
+        "fnmac.py",
+        """
+        import os
+        from datetime import datetime
+        from miniflow import DAG, Bash, Pod, task
+
+        def shout(text):
+            return text.upper() + "!"
+
+        with DAG("fnmac", start_date=datetime(2026, 1, 1),
+                 user_defined_macros={"shout": shout, "bucket": "s3://data"},
+                 user_defined_filters={"twice": lambda v: f"{v}{v}"}):
+            Bash("copy", "echo copy {{ shout(bucket) }} {{ 'ab' | twice }}")
+            Pod("pod", image="busybox:1.36", command=["sh", "-c", "echo pod {{ 'x' | twice }}"])
+            Bash("bad", "echo {{ bucket | nope }}")
+
+            @task(env={"TARGET": "{{ shout(bucket) | twice }}"})
+            def target() -> str:
+                return os.environ["TARGET"]
+
+            target()
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("fnmac")
+        tis = await local.tis("fnmac", run_id)
+        attempts = {a.task_id: a for a in await local.attempts("fnmac", run_id)}
+    assert state == "failed"
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "copy": "success",
+        "pod": "success",
+        "bad": "failed",
+        "target": "success",
+    }
+    assert "copy S3://DATA! abab" in (attempts["copy"].log_tail or "")  # the child's rendering
+    assert "pod xx" in (attempts["pod"].log_tail or "")
+    assert "No filter named 'nope'" in (tis["bad"].error or "")  # fails the try
+    assert tis["target"].result == "S3://DATA!S3://DATA!"  # the worker's, with the DAG's functions
