@@ -28,6 +28,7 @@ from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
 from miniflow.scheduler.child_render import Rendered, RenderItem
 from miniflow.scheduler.dagcache import CachedDag
+from miniflow.scheduler.events import TaskEnd, callbacks_due
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.specs import build_spec
@@ -48,17 +49,19 @@ log = logging.getLogger("miniflow.scheduler")
 
 async def claim_and_launch(
     deps: RoundDeps, share: int, only_run_pk: int | None, now: datetime, stats: TickStats
-) -> None:
+) -> list[TaskEnd]:
     """Claim at most `share` more tries (this instance's part of the parallelism) of the
-    run `only_run_pk` (`dags test`) or of every run, launch them, record what failed."""
+    run `only_run_pk` (`dags test`) or of every run, launch them, record what failed.
+
+    Returns the tries that failed before they started whose callbacks are due (committed)."""
     if share <= 0:
-        return  # its share is in flight: no transaction, no lock
+        return []  # its share is in flight: no transaction, no lock
     async with store_engine.transaction(deps.sessions) as session:
         await store_tis.serialize_claims(session)
         total, by_dag, by_pool = await store_tis.active_counts(session)
         free = min(deps.settings.parallelism - total, share)
         if free <= 0:
-            return
+            return []
         limits = _Limits(dict(by_dag), dict(by_pool))
         chosen: list[store_tis.Candidate] = []
         cached: dict[int, CachedDag] = {}
@@ -84,7 +87,7 @@ async def claim_and_launch(
             if len(chosen) >= free or not newly_full:
                 break  # full, or nothing was held back by a limit: no one else is waiting
         if not chosen:
-            return
+            return []
         claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
         chosen = [c for c in chosen if c.id in claimed]
         await store_attempts.open_attempts(
@@ -156,13 +159,15 @@ async def claim_and_launch(
     # open tries without a handle, as one dying during the launch does: launchers
     # find a try's process or pod by its key.
     deps.flights.unsaved_handles += handles
+    due: list[TaskEnd] = []
     if failures:
         async with store_engine.transaction(deps.sessions) as session:
             await store_attempts.set_handles(session, deps.flights.unsaved_handles)
             deps.flights.unsaved_handles = []
-            await fail_before_start(deps, session, failures, stats)
+            due = await fail_before_start(deps, session, failures, stats)
     if failures:
         stats.changed += len(failures)
+    return due
 
 
 async def _render_in_children(
@@ -218,9 +223,10 @@ async def fail_before_start(
     session: AsyncSession,
     failures: Sequence[_LaunchFailure],
     stats: TickStats,
-) -> None:
+) -> list[TaskEnd]:
     """Tries that never started: a template error or a refused launch (counted in
     `stats` as exits with reason LaunchFailed, and by final state where they have one).
+    Returns those whose task callbacks are due once the transaction has committed.
 
     A launch refused for a transient reason (the API server still busy after the
     launcher's own retries) is launched again under the same try, without using
@@ -291,6 +297,17 @@ async def fail_before_start(
     stats.finished.update(
         o.state for o in outcomes if o.ti_id in changed and o.state in states.FINISHED
     )
+    by_id = {f.candidate.id: f.candidate for f in failures}
+    ended = [
+        (_key(by_id[o.ti_id], o.try_number), by_id[o.ti_id].run_pk, o.state, o.error)
+        for o in outcomes
+        if o.ti_id in changed
+    ]
+    return await callbacks_due(deps, session, versions, ended)
+
+
+def _key(c: store_tis.Candidate, try_number: int) -> AttemptKey:
+    return AttemptKey(c.dag_id, c.run_id, c.task_id, try_number, c.map_index)
 
 
 @dataclass(frozen=True, slots=True)

@@ -841,4 +841,10 @@ class Scheduler:
         return self.run_views.stale(found, now)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
-        await claims.claim_and_launch(self.deps, self.claim_share(), self._only_run_pk, now, stats)
+        due = await claims.claim_and_launch(
+            self.deps, self.claim_share(), self._only_run_pk, now, stats
+        )
+        # Tries that failed before they started (a template error): committed by now.
+        if self.dag_callbacks is not None:
+            for end in due:
+                self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -227,7 +227,7 @@ async def _record_exits(
     await store_attempts.note(session, notes)
     changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
-    ended: list[tuple[AttemptKey, InFlight, str, str | None]] = []
+    ended: list[tuple[AttemptKey, int, str, str | None]] = []
     for event, flight in flights:
         noted = deps.flights.kill_reasons.pop(event.key, None)
         recorded.exits[metrics.exit_reason(noted or event.reason, event.exit_code)] += 1
@@ -255,7 +255,7 @@ async def _record_exits(
             error = row.error  # the worker of a Bash task in a pod recorded it
         else:
             error, state = None, ""  # judged by its exit only: no callback on a guess
-        ended.append((event.key, flight, state, error))
+        ended.append((event.key, flight.run_pk, state, error))
         ends.append(
             store_attempts.AttemptEnd(
                 flight.ti_id,
@@ -272,35 +272,35 @@ async def _record_exits(
             "%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state
         )
     await store_attempts.close(session, ends)
-    recorded.callbacks = await _callbacks_due(deps, session, versions, ended)
+    recorded.callbacks = await callbacks_due(deps, session, versions, ended)
     return {flight.run_pk for _, flight in flights}
 
 
-async def _callbacks_due(
+async def callbacks_due(
     deps: RoundDeps,
     session: AsyncSession,
-    versions: dict[int, CachedDag],
-    ended: Sequence[tuple[AttemptKey, InFlight, str, str | None]],
+    versions: Mapping[int, CachedDag],
+    ended: Sequence[tuple[AttemptKey, int, str, str | None]],
 ) -> list[TaskEnd]:
-    """The ended Bash / Pod tries whose task has a callback for the state they ended in
-    (a `@task`'s worker runs its own)."""
-    due: list[tuple[AttemptKey, InFlight, str, str | None, SerializedDag]] = []
-    for key, flight, state, error in ended:
-        version = versions.get(flight.run_pk)
+    """Of the ended tries (key, run pk, state, error), the Bash / Pod ones whose task has a
+    callback for the state they ended in (a `@task`'s worker runs its own)."""
+    due: list[tuple[AttemptKey, int, str, str | None, SerializedDag]] = []
+    for key, run_pk, state, error in ended:
+        version = versions.get(run_pk)
         task = _task(version, key)
         name = TASK_BY_STATE.get(state)
         if version is None or task is None or task["kind"] not in ("bash", "pod"):
             continue
         if name in task.get("callbacks", ()):
-            due.append((key, flight, state, error, version.dag))
+            due.append((key, run_pk, state, error, version.dag))
     if not due:
         return []
-    missing = deps.flights.run_infos.missing(f.run_pk for _, f, *_ in due)
+    missing = deps.flights.run_infos.missing(run_pk for _, run_pk, *_ in due)
     if missing:
         deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
     out = []
-    for key, flight, state, error, dag in due:
-        run = deps.flights.run_infos.get(flight.run_pk)
+    for key, run_pk, state, error, dag in due:
+        run = deps.flights.run_infos.get(run_pk)
         if run is not None:  # a run ended by hand meanwhile: its tasks' callbacks are moot
             out.append(TaskEnd(dag, run, key, state, error))
     return out

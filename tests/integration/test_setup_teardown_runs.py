@@ -274,6 +274,7 @@ async def test_bash_and_pod_callbacks_run_in_a_child_after_the_outcome_is_commit
             Bash("slow", "true", on_success_callback=hangs)
             Pod("pod", image="busybox:1.36", command=["sh", "-c", "exit 0"],
                 on_success_callback=record)
+            Bash("tmpl", "echo {{{{ nope }}}}")  # fails before it starts: a template error
     """,
     )
     async with local_scheduler(db_url, tmp_path) as local:
@@ -289,13 +290,17 @@ async def test_bash_and_pod_callbacks_run_in_a_child_after_the_outcome_is_commit
         "bad": "failed",
         "slow": "success",  # nor did a hanging one
         "pod": "success",
+        "tmpl": "failed",
     }
     assert sorted(p.name for p in out.iterdir()) == [
         "bad.1.up_for_retry",
         "bad.2.failed",
         "ok.1.success",
         "pod.1.success",
+        "tmpl.1.failed",
     ]
+    _, error, _, _, seen = json.loads((out / "tmpl.1.failed").read_text())
+    assert "undefined variable 'nope'" in error and seen == "failed"
     run, error, ds, params, seen = json.loads((out / "bad.2.failed").read_text())
     assert run == run_id and "exit code 3" in error and params == {"n": 4}
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", ds)
