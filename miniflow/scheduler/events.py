@@ -293,15 +293,14 @@ async def callbacks_due(
             continue
         if name in task.get("callbacks", ()):
             due.append((key, run_pk, state, error, version.dag))
-    if not due:
-        return []
-    missing = deps.flights.run_infos.missing(run_pk for _, run_pk, *_ in due)
-    if missing:
-        deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
     out = []
     for key, run_pk, state, error, dag in due:
-        run = deps.flights.run_infos.get(run_pk)
-        if run is not None:  # a run ended by hand meanwhile: its tasks' callbacks are moot
+        # The run may have ended already (a worker's recorded end can end it before its
+        # pod's exit arrives): then it is no longer in the cache of running runs.
+        run = deps.flights.run_infos.get(run_pk) or await store_runs.find_run(
+            session, key.dag_id, key.run_id
+        )
+        if run is not None:  # None: deleted meanwhile
             out.append(TaskEnd(dag, run, key, state, error))
     return out
 
