@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import SerializedTask
-from miniflow.authoring.templates import build_context
+from miniflow.authoring.templates import build_context, needs_dag_file
 from miniflow.authoring.xcom import ReadOnlyXCom, uses_xcom
 from miniflow.errors import NotFound
 from miniflow.store import runs, states, task_instances
@@ -52,6 +52,8 @@ class Claim:
     downstream: dict[str, list[str]] = field(default_factory=dict)  # branch/short-circuit only
     problem: str | None = None
     map_args: dict[str, Any] | None = None  # a mapped instance's own arguments
+    needs_dag_file: bool = False
+    """The DAG has function macros / filters: rendering its templates imports its file."""
 
 
 async def claim_try(
@@ -94,6 +96,7 @@ async def claim_try(
         # A mapped Bash instance runs its own command / env (`@task`: see the runner).
         task = apply_map_args(task, ti.map_args)
         claim.task, claim.fileloc = task, found.current_fileloc or serialized["fileloc"]
+        claim.needs_dag_file = needs_dag_file(serialized)
         claim.context = build_context(
             dag_id=dag_id,
             run_id=run_id,

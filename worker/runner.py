@@ -58,8 +58,9 @@ from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
 
 from miniflow.authoring import lookups
+from miniflow.authoring.dag import DAG
 from miniflow.authoring.taskflow import PythonTask
-from miniflow.authoring.templates import render_task_fields
+from miniflow.authoring.templates import render_task_fields, render_with_dag
 from miniflow.authoring.xcom import XComError, check_value, pushed_line
 from miniflow.config import Config, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
@@ -326,8 +327,24 @@ class Worker:
         kind = task["kind"]
         if kind == "pod":
             return "pod tasks are run by the launcher, not the worker"
+        assert claim.fileloc is not None
+        path = self.config.dags_folder / claim.fileloc
+        dag: DAG | None = None
+        if claim.needs_dag_file:  # function macros / filters: they live in the DAG file
+            found = await execute.in_daemon_thread(
+                lambda: _load_dag_or_task(path, self.dag_id, self.task_id, kind),
+                "miniflow dag import",
+            )
+            if isinstance(found, str):
+                return found
+            if isinstance(found, PythonTask):
+                self.loaded = found
+            dag = found.dag if isinstance(found, PythonTask) else found
         try:
-            rendered = render_task_fields(task, claim.context)
+            if dag is None:
+                rendered = render_task_fields(task, claim.context)
+            else:
+                rendered = render_with_dag(dag, task, claim.context)
         except TemplateError as exc:
             return str(exc)
         if kind == "bash":
@@ -340,9 +357,7 @@ class Worker:
             )
         if kind != "python":
             return f"task {self.task_id!r} has unknown kind {kind!r}"
-        assert claim.fileloc is not None
-        path = self.config.dags_folder / claim.fileloc
-        loaded = await execute.in_daemon_thread(
+        loaded = self.loaded or await execute.in_daemon_thread(
             lambda: _load_task(path, self.dag_id, self.task_id), "miniflow dag import"
         )
         if isinstance(loaded, str):
@@ -402,8 +417,14 @@ class Worker:
                 main.cancel()
 
 
-def _load_task(path: Path, dag_id: str, task_id: str) -> PythonTask | str:
-    """The Python task (its function, its callbacks), from its DAG file; or the error text."""
+def _load_dag_or_task(path: Path, dag_id: str, task_id: str, kind: str) -> DAG | PythonTask | str:
+    """For rendering with the DAG's macros / filters: the Python task (whose DAG has them,
+    imported once for both) or, for a Bash task, the DAG; or the error text."""
+    return _load_task(path, dag_id, task_id) if kind == "python" else _load_dag(path, dag_id)
+
+
+def _load_dag(path: Path, dag_id: str) -> DAG | str:
+    """The DAG, from its file as it is now; or the error text."""
     from miniflow import airflow_compat
     from miniflow.authoring.loader import import_dag_file
 
@@ -418,6 +439,14 @@ def _load_task(path: Path, dag_id: str, task_id: str) -> PythonTask | str:
     dag = next((d for d in found if d.dag_id == dag_id), None)
     if dag is None:
         return f"DAG file {path} no longer defines DAG {dag_id!r}"
+    return dag
+
+
+def _load_task(path: Path, dag_id: str, task_id: str) -> PythonTask | str:
+    """The Python task (its function, its callbacks), from its DAG file; or the error text."""
+    dag = _load_dag(path, dag_id)
+    if isinstance(dag, str):
+        return dag
     task = dag.tasks.get(task_id)
     if task is None:
         # The run keeps the version it was created with; the function can only come

@@ -183,32 +183,48 @@ _TEMPLATE_NAMES = frozenset(
 )  # fmt: skip
 """The template context's own names (`templates.build_context`): a macro may not hide one."""
 
-_NO_FUNCTIONS = (
-    "templates are rendered by the scheduler, which never imports DAG files, so only JSON "
-    "values can be macros; compute the value in a @task and pass its result, or use a "
-    "Jinja2 `{% macro %}` in the template"
-)
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise definition_error(f"{what}: {name!r} is not a template name")
+    return name
 
 
-def _check_macros(macros: object, filters: object) -> dict[str, Any]:
-    """`user_defined_macros` as a dict of JSON values; functions and filters refused (why)."""
-    if filters:
-        raise definition_error(f"user_defined_filters are not supported: {_NO_FUNCTIONS}")
+def _check_macros(macros: object) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`user_defined_macros` split into JSON values (rendered anywhere) and functions
+    (rendered by a process that imports the DAG file: `miniflow.parsing.render_child`)."""
     if macros is None:
-        return {}
+        return {}, {}
     if not isinstance(macros, dict):
         raise definition_error(f"user_defined_macros must be a dict, got {macros!r}")
+    values: dict[str, Any] = {}
+    functions: dict[str, Any] = {}
     for name, value in macros.items():
-        if not isinstance(name, str) or not name.isidentifier():
-            raise definition_error(f"user_defined_macros: {name!r} is not a template name")
+        _check_name(name, "user_defined_macros")
         if name in _TEMPLATE_NAMES:
             raise definition_error(
                 f"user_defined_macros: {name!r} is a name of the template context already"
             )
         if callable(value):
-            raise definition_error(f"user_defined_macros[{name!r}] is a function: {_NO_FUNCTIONS}")
-        check_json(value, f"user_defined_macros[{name!r}]")
-    return dict(macros)
+            functions[name] = value
+        else:
+            check_json(value, f"user_defined_macros[{name!r}]")
+            values[name] = value
+    return values, functions
+
+
+def _check_filters(filters: object) -> dict[str, Any]:
+    """`user_defined_filters`: a dict of names to callables."""
+    if filters is None:
+        return {}
+    if not isinstance(filters, dict):
+        raise definition_error(f"user_defined_filters must be a dict, got {filters!r}")
+    for name, value in filters.items():
+        _check_name(name, "user_defined_filters")
+        if not callable(value):
+            raise definition_error(
+                f"user_defined_filters[{name!r}] must be a callable, got {value!r}"
+            )
+    return dict(filters)
 
 
 AIRFLOW_ONLY_DEFAULTS = frozenset(
@@ -236,8 +252,11 @@ class DAG:
 
     `on_success_callback` / `on_failure_callback` (a callable or a list) run when a run
     ends, in a child process of the scheduler (`miniflow.scheduler.dag_callbacks`); task
-    callbacks go in `default_args`. `user_defined_macros` are JSON values every template
-    of the DAG sees as top-level names.
+    callbacks go in `default_args`. `user_defined_macros` are values every template of
+    the DAG sees as top-level names; `user_defined_filters` are Jinja filters. JSON values
+    are rendered anywhere; if the DAG has functions among its macros or any filter, its
+    templates are rendered by a process that imports the DAG file (a child of the
+    scheduler, or the worker), which only such DAGs pay for.
     """
 
     def __init__(
@@ -307,7 +326,8 @@ class DAG:
         if description is not None and not isinstance(description, str):
             raise definition_error(f"description must be a string, got {description!r}")
         self.description = description
-        self.user_defined_macros = _check_macros(user_defined_macros, user_defined_filters)
+        self.user_defined_macros, self.macro_functions = _check_macros(user_defined_macros)
+        self.user_defined_filters = _check_filters(user_defined_filters)
         if default_args is not None and not isinstance(default_args, dict):
             raise definition_error(f"default_args must be a dict, got {default_args!r}")
         # Airflow DAG files often carry these in default_args; they mean nothing here
@@ -440,4 +460,9 @@ class DAG:
             data["callbacks"] = sorted(self.callbacks)
         if self.user_defined_macros:
             data["user_defined_macros"] = json.loads(json.dumps(self.user_defined_macros))
+        if self.macro_functions or self.user_defined_filters:
+            # The callables stay in the file: whoever renders imports it (see `templates`).
+            data["template_functions"] = sorted(self.macro_functions) + sorted(
+                f"|{name}" for name in self.user_defined_filters
+            )
         return data

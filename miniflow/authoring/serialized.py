@@ -145,8 +145,9 @@ class SerializedTask(TypedDict):
     setup: NotRequired[bool]
     teardown: NotRequired[bool]
     on_failure_fail_dagrun: NotRequired[bool]
-    # The callbacks the task has (`on_success_callback`, ...), run by its worker; the
-    # callables stay in the DAG file. Absent: none.
+    # The callbacks the task has (`on_success_callback`, ...), run by its worker (@task) or
+    # by a child process of the scheduler (Bash, Pod); the callables stay in the DAG file.
+    # Absent: none.
     callbacks: NotRequired[list[str]]
     # The full id of the innermost task group the task was created in (for display only).
     task_group: NotRequired[str]
@@ -179,6 +180,10 @@ class SerializedDag(TypedDict):
     callbacks: NotRequired[list[str]]
     # JSON values every template of the DAG sees as top-level names; absent: none.
     user_defined_macros: NotRequired[dict[str, Any]]
+    # The names of function macros and (prefixed "|") user-defined filters: the callables
+    # stay in the DAG file, so the DAG's templates are rendered by a process that imports
+    # it (`miniflow.parsing.render_child`, or the worker). Absent: none.
+    template_functions: NotRequired[list[str]]
 
 
 def readable(data: Mapping[str, Any]) -> SerializedDag:

@@ -92,7 +92,12 @@ TEARDOWN_RULE: TriggerRule = "all_done_setup_success"
 """The trigger rule of every teardown task (and of no other task)."""
 
 CALLBACKS = ("on_success_callback", "on_failure_callback", "on_retry_callback")
-"""Task callbacks: run by the worker of a `@task` task once its outcome is recorded."""
+"""Task callbacks: run by the worker of a `@task` task once its outcome is recorded; for
+Bash and Pod tasks, by a child process of the scheduler once it has committed the outcome
+(`miniflow.scheduler.dag_callbacks`)."""
+
+CALLBACK_KINDS = ("python", "bash", "pod")
+"""The task kinds that run callbacks (an `Empty` task has no outcome of its own to report)."""
 
 
 def _trigger_rule(value: Any) -> str:
@@ -361,10 +366,10 @@ class BaseTask(DependencyMixin):
                 "tasks; mark the task with `.as_teardown(setups=...)` instead"
             )
         given = [c for c in CALLBACKS if self.settings.get(c)]
-        if given and self.kind != "python":
+        if given and self.kind not in CALLBACK_KINDS:
             raise definition_error(
-                f"task {self.task_id!r}: {', '.join(given)}: task callbacks run for @task "
-                f"tasks only (their worker imports the DAG file), not for {self.kind} tasks"
+                f"task {self.task_id!r}: {', '.join(given)}: task callbacks run for @task, "
+                f"Bash and Pod tasks, not for {self.kind} tasks"
             )
         self.expansion: Expansion | None = None  # set by `.expand` / `.expand_kwargs`
         owner.add_task(self)
@@ -507,8 +512,8 @@ class BaseTask(DependencyMixin):
             data["teardown"] = True
             if self.on_failure_fail_dagrun:
                 data["on_failure_fail_dagrun"] = True
-        # DAG or group defaults may name callbacks for every task: only @task tasks run them.
-        callbacks = [c for c in CALLBACKS if settings.get(c)] if self.kind == "python" else []
+        # DAG or group defaults may name callbacks for every task: Empty tasks run none.
+        callbacks = [c for c in CALLBACKS if settings.get(c)] if self.kind in CALLBACK_KINDS else []
         if callbacks:
             data["callbacks"] = callbacks
         if self.task_group_id is not None:

@@ -17,6 +17,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -28,6 +29,8 @@ from miniflow.errors import TemplateError
 
 if TYPE_CHECKING:
     import jinja2
+
+    from miniflow.authoring.dag import DAG
 
 _MARKUP = ("{{", "{%", "{#")
 
@@ -188,15 +191,32 @@ def _variable_name(exc: Exception, context: dict[str, Any]) -> str:
     return f"{name} (attribute of a {type(obj).__name__})"
 
 
-def render(template: str, context: dict[str, Any], *, task_id: str, field: str) -> str:
-    """Render one template; `TemplateError` naming task, field and variable on failure."""
+def with_filters(filters: Mapping[str, Callable[..., Any]]) -> jinja2.Environment:
+    """An environment like the shared one plus a DAG's `user_defined_filters` (its
+    templates compile uncached: only a process that imported the DAG file renders them)."""
+    env = _environment().overlay()
+    env.filters.update(filters)
+    return env
+
+
+def render(
+    template: str,
+    context: dict[str, Any],
+    *,
+    task_id: str,
+    field: str,
+    env: jinja2.Environment | None = None,
+) -> str:
+    """Render one template; `TemplateError` naming task, field and variable on failure.
+
+    `env`: an environment with a DAG's filters (`with_filters`); None: the shared one."""
     if not any(marker in template for marker in _MARKUP):
         return template
     import jinja2
 
     where = f"task {task_id!r}: {field}"
     try:
-        compiled = compile_template(template)
+        compiled = compile_template(template) if env is None else env.from_string(template)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
             f"{where} has a template syntax error at line {exc.lineno}: {exc.message}"
@@ -220,26 +240,39 @@ class RenderedFields:
     env: dict[str, str]
 
 
-def render_task_fields(task: SerializedTask, context: dict[str, Any]) -> RenderedFields:
-    """Render a task's Bash command, Pod cmds/args and env values."""
+def render_task_fields(
+    task: SerializedTask, context: dict[str, Any], *, env: jinja2.Environment | None = None
+) -> RenderedFields:
+    """Render a task's Bash command, Pod cmds/args and env values (`env`: see `render`)."""
     task_id = task["task_id"]
+
+    def one(value: str, field: str) -> str:
+        return render(value, context, task_id=task_id, field=field, env=env)
 
     def each(values: list[str] | None, field: str) -> list[str] | None:
         if values is None:
             return None
-        return [
-            render(v, context, task_id=task_id, field=f"{field}[{i}]") for i, v in enumerate(values)
-        ]
+        return [one(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
     command = task.get("command")
     return RenderedFields(
-        bash_command=None
-        if command is None
-        else render(command, context, task_id=task_id, field="command"),
+        bash_command=None if command is None else one(command, "command"),
         cmds=each(task.get("cmds"), "cmds"),
         args=each(task.get("args"), "args"),
-        env={
-            key: render(value, context, task_id=task_id, field=f"env {key}")
-            for key, value in task["env"].items()
-        },
+        env={key: one(value, f"env {key}") for key, value in task["env"].items()},
     )
+
+
+def needs_dag_file(dag: Mapping[str, Any]) -> bool:
+    """Whether the serialized DAG's templates use its function macros or filters, which
+    only a process that imports its file can render."""
+    return bool(dag.get("template_functions"))
+
+
+def render_with_dag(dag: DAG, task: SerializedTask, context: dict[str, Any]) -> RenderedFields:
+    """Render `task`'s fields with the functions of `dag` (a `DAG` imported from its file):
+    its function macros as top-level names (the context's own names win, as for JSON
+    macros) and its `user_defined_filters`."""
+    given = {**dag.macro_functions, **context}
+    filters = dag.user_defined_filters
+    return render_task_fields(task, given, env=with_filters(filters) if filters else None)

@@ -20,12 +20,15 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.mapping import apply_map_args
+from miniflow.authoring.templates import needs_dag_file
 from miniflow.authoring.xcom import XComData, uses_xcom
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
+from miniflow.scheduler.child_render import Rendered, RenderItem
 from miniflow.scheduler.dagcache import CachedDag
+from miniflow.scheduler.events import TaskEnd, callbacks_due
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.specs import build_spec
@@ -46,17 +49,19 @@ log = logging.getLogger("miniflow.scheduler")
 
 async def claim_and_launch(
     deps: RoundDeps, share: int, only_run_pk: int | None, now: datetime, stats: TickStats
-) -> None:
+) -> list[TaskEnd]:
     """Claim at most `share` more tries (this instance's part of the parallelism) of the
-    run `only_run_pk` (`dags test`) or of every run, launch them, record what failed."""
+    run `only_run_pk` (`dags test`) or of every run, launch them, record what failed.
+
+    Returns the tries that failed before they started whose callbacks are due (committed)."""
     if share <= 0:
-        return  # its share is in flight: no transaction, no lock
+        return []  # its share is in flight: no transaction, no lock
     async with store_engine.transaction(deps.sessions) as session:
         await store_tis.serialize_claims(session)
         total, by_dag, by_pool = await store_tis.active_counts(session)
         free = min(deps.settings.parallelism - total, share)
         if free <= 0:
-            return
+            return []
         limits = _Limits(dict(by_dag), dict(by_pool))
         chosen: list[store_tis.Candidate] = []
         cached: dict[int, CachedDag] = {}
@@ -82,7 +87,7 @@ async def claim_and_launch(
             if len(chosen) >= free or not newly_full:
                 break  # full, or nothing was held back by a limit: no one else is waiting
         if not chosen:
-            return
+            return []
         claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
         chosen = [c for c in chosen if c.id in claimed]
         await store_attempts.open_attempts(
@@ -96,6 +101,7 @@ async def claim_and_launch(
         if missing:
             deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
         xcoms = await _xcom_for_templates(session, chosen, cached, deps.flights.run_infos)
+    by_child = await _render_in_children(deps, chosen, cached, claimed, xcoms)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
     for c in chosen:
@@ -110,6 +116,10 @@ async def claim_and_launch(
         if run is None:  # ended between the candidate query and the read of runs
             failures.append(_LaunchFailure(c, claimed[c.id], "the run is no longer running"))
             continue
+        rendered = by_child.get(c.id)
+        if isinstance(rendered, str):  # a template error, or the child's failure
+            failures.append(_LaunchFailure(c, claimed[c.id], rendered))
+            continue
         try:
             specs.append(
                 build_spec(
@@ -120,6 +130,7 @@ async def claim_and_launch(
                     map_index=c.map_index,
                     map_args=c.map_args,
                     xcom=xcoms.get(c.run_pk),
+                    rendered=rendered,
                 )
             )
         except TemplateError as exc:
@@ -148,13 +159,43 @@ async def claim_and_launch(
     # open tries without a handle, as one dying during the launch does: launchers
     # find a try's process or pod by its key.
     deps.flights.unsaved_handles += handles
+    due: list[TaskEnd] = []
     if failures:
         async with store_engine.transaction(deps.sessions) as session:
             await store_attempts.set_handles(session, deps.flights.unsaved_handles)
             deps.flights.unsaved_handles = []
-            await fail_before_start(deps, session, failures, stats)
+            due = await fail_before_start(deps, session, failures, stats)
     if failures:
         stats.changed += len(failures)
+    return due
+
+
+async def _render_in_children(
+    deps: RoundDeps,
+    chosen: Sequence[store_tis.Candidate],
+    cached: Mapping[int, CachedDag],
+    claimed: Mapping[int, int],
+    xcoms: Mapping[int, XComData],
+) -> dict[int, Rendered]:
+    """The fields (or error) of the chosen tries whose DAG has function macros or filters,
+    rendered by children that import the DAG files (`child_render`); by task instance id."""
+    picked: list[tuple[int, RenderItem]] = []
+    for c in chosen:
+        dag = cached[c.run_pk].dag
+        run = deps.flights.run_infos.get(c.run_pk)
+        if not needs_dag_file(dag) or c.task_id not in dag["tasks"] or run is None:
+            continue
+        item = RenderItem(
+            dag, run, c.task_id, claimed[c.id], c.map_index, c.map_args, xcoms.get(c.run_pk)
+        )
+        picked.append((c.id, item))
+    if not picked:
+        return {}
+    if deps.renderer is None:  # no DAGs folder: nothing can import the file
+        why = "this scheduler has no DAGs folder to import the DAG's macros/filters from"
+        return {ti_id: why for ti_id, _ in picked}
+    rendered = await deps.renderer.render([item for _, item in picked])
+    return {ti_id: r for (ti_id, _), r in zip(picked, rendered, strict=True)}
 
 
 async def _xcom_for_templates(
@@ -182,9 +223,10 @@ async def fail_before_start(
     session: AsyncSession,
     failures: Sequence[_LaunchFailure],
     stats: TickStats,
-) -> None:
+) -> list[TaskEnd]:
     """Tries that never started: a template error or a refused launch (counted in
     `stats` as exits with reason LaunchFailed, and by final state where they have one).
+    Returns those whose task callbacks are due once the transaction has committed.
 
     A launch refused for a transient reason (the API server still busy after the
     launcher's own retries) is launched again under the same try, without using
@@ -255,6 +297,17 @@ async def fail_before_start(
     stats.finished.update(
         o.state for o in outcomes if o.ti_id in changed and o.state in states.FINISHED
     )
+    by_id = {f.candidate.id: f.candidate for f in failures}
+    ended = [
+        (_key(by_id[o.ti_id], o.try_number), by_id[o.ti_id].run_pk, o.state, o.error)
+        for o in outcomes
+        if o.ti_id in changed
+    ]
+    return await callbacks_due(deps, session, versions, ended)
+
+
+def _key(c: store_tis.Candidate, try_number: int) -> AttemptKey:
+    return AttemptKey(c.dag_id, c.run_id, c.task_id, try_number, c.map_index)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from miniflow.errors import SchedulerAlreadyRunning
 from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
 from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
+from miniflow.scheduler.child_render import ChildRenderer
 from miniflow.scheduler.clock import Clock, SystemClock
 from miniflow.scheduler.dag_callbacks import DagCallbacks
 from miniflow.scheduler.dagcache import CachedDag, DagCache
@@ -129,6 +130,8 @@ class Scheduler:
         )
         self._ended: list[tuple[SerializedDag, RunInfo, str]] = []
         """Runs this round ended, for their DAG callbacks once the round has committed."""
+        self._task_ends: list[event_recorder.TaskEnd] = []
+        """Bash / Pod tries this round ended with a callback to run once it has committed."""
         prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
         self.scheduler_id = f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
@@ -150,6 +153,7 @@ class Scheduler:
             scheduler_id=self.scheduler_id,
             flights=self.flights,
             mark_dirty=self.mark_dirty,
+            renderer=ChildRenderer(dags_folder, parse_timeout) if dags_folder else None,
         )
         self._due = _Due()
         self._only_run_pk: int | None = None
@@ -585,12 +589,16 @@ class Scheduler:
             self.flights.unsaved_handles[:0] = handles
             self.run_views.clear()  # what they learnt this round is not in the database
             self._ended = []
+            self._task_ends = []
             raise
         _count_committed(stats)
         self.liveness.beat(liveness.EVENTS)
         self.liveness.enter("claims")
         ended, self._ended = self._ended, []
+        task_ends, self._task_ends = self._task_ends, []
         if self.dag_callbacks is not None:
+            for end in task_ends:
+                self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)
             for dag, run, final in ended:
                 self.dag_callbacks.fire(dag, run, final)
         # Committed: only now may the launcher drop the evidence of these exits (not of
@@ -649,6 +657,7 @@ class Scheduler:
         recorded = await event_recorder.record(self.deps, session, batch, self.clock.now())
         stats.finished += recorded.finished
         stats.exits += recorded.exits
+        self._task_ends += recorded.callbacks
         self._foreign = recorded.foreign
         touched = recorded.touched
         exits = [k for k in exits if k not in recorded.foreign]  # a peer's now: not ours
@@ -832,4 +841,10 @@ class Scheduler:
         return self.run_views.stale(found, now)
 
     async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
-        await claims.claim_and_launch(self.deps, self.claim_share(), self._only_run_pk, now, stats)
+        due = await claims.claim_and_launch(
+            self.deps, self.claim_share(), self._only_run_pk, now, stats
+        )
+        # Tries that failed before they started (a template error): committed by now.
+        if self.dag_callbacks is not None:
+            for end in due:
+                self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)

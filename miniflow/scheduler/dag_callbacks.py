@@ -1,4 +1,11 @@
-"""DAG-level callbacks: run `on_success_callback` / `on_failure_callback` when a run ends.
+"""DAG-level callbacks when a run ends, and the task callbacks of Bash and Pod tasks.
+
+DAG callbacks: `on_success_callback` / `on_failure_callback` when a run ends. Task
+callbacks of Bash and Pod tasks (a `@task`'s worker runs its own): the callback of the
+state a try ended in, once the scheduler has committed that end; the child imports the
+DAG file and calls the task's callbacks with the context a `@task`'s callbacks get.
+A scheduler that dies after the commit and before the child finishes does not start it
+again: at most once, never before the outcome is in the database.
 
 The scheduler process never imports user code, so each callback runs in a child
 interpreter (`miniflow.parsing.dag_callback`) that imports the DAG file, started
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from miniflow.authoring.serialized import SerializedDag
+from miniflow.launchers.base import AttemptKey
 from miniflow.store import states
 from miniflow.store.runs import RunInfo
 
@@ -29,6 +37,36 @@ BY_STATE = {
     states.RUN_SUCCESS: "on_success_callback",
     states.RUN_FAILED: "on_failure_callback",
 }
+
+TASK_BY_STATE = {
+    states.SUCCESS: "on_success_callback",
+    states.FAILED: "on_failure_callback",
+    states.UP_FOR_RETRY: "on_retry_callback",
+}
+"""The task callback a try's end runs (a skipped task runs none, as in Airflow)."""
+
+
+def task_context_of(
+    dag: SerializedDag, run: RunInfo, key: AttemptKey, state: str, error: str | None
+) -> dict[str, Any]:
+    """What the child needs to build a task callback's context (plain JSON): the inputs
+    of `templates.build_context`, plus `state` and `exception`."""
+    return {
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "task_id": key.task_id,
+        "try_number": key.try_number,
+        "map_index": key.map_index,
+        "logical_date": run.logical_date.isoformat(),
+        "data_interval_start": run.data_interval_start.isoformat(),
+        "data_interval_end": run.data_interval_end.isoformat(),
+        "params": {**dag["params"], **run.conf},
+        "run_type": run.run_type,
+        "conf": run.conf,
+        "user_macros": dag.get("user_defined_macros"),
+        "state": state,
+        "exception": error,
+    }
 
 
 def context_of(dag: SerializedDag, run: RunInfo, state: str) -> dict[str, Any]:
@@ -67,7 +105,29 @@ class DagCallbacks:
             "callback": name,
             "context": context_of(dag, run, state),
         }
-        what = f"{name} of {run.dag_id}/{run.run_id}"
+        self._start(request, f"{name} of {run.dag_id}/{run.run_id}")
+
+    def fire_task(
+        self, dag: SerializedDag, run: RunInfo, key: AttemptKey, state: str, error: str | None
+    ) -> None:
+        """Start the callback of the state a Bash / Pod try ended in, if its task has one.
+
+        Call only once the end is committed: the callback must see the final state."""
+        name = TASK_BY_STATE.get(state)
+        task = dag["tasks"].get(key.task_id)
+        if name is None or task is None or name not in task.get("callbacks", ()):
+            return
+        request = {
+            "dags_folder": str(self.dags_folder),
+            "path": str(self.dags_folder / dag["fileloc"]),
+            "dag_id": run.dag_id,
+            "task_id": key.task_id,
+            "callback": name,
+            "context": task_context_of(dag, run, key, state, error),
+        }
+        self._start(request, f"{name} of {key}")
+
+    def _start(self, request: dict[str, Any], what: str) -> None:
         task = asyncio.ensure_future(self._run(request, what))
         self.running.add(task)
         task.add_done_callback(self.running.discard)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from miniflow.authoring.serialized import SerializedTask
+from miniflow.authoring.serialized import SerializedDag, SerializedTask
 from miniflow.authoring.xcom import pushed_line
 from miniflow.launchers.base import (
     RESULT_FILE,
@@ -32,12 +32,15 @@ from miniflow.launchers.base import (
 )
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, pod_results, relaunch
+from miniflow.scheduler.dag_callbacks import TASK_BY_STATE
 from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight
 from miniflow.store import attempts as store_attempts
+from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
+from miniflow.store.runs import RunInfo
 
 log = logging.getLogger("miniflow.scheduler.events")
 
@@ -53,6 +56,20 @@ class Recorded:
     """Task instances whose try ended in a final state, by state."""
     exits: Counter[str] = field(default_factory=Counter)
     """Exits recorded, by reason."""
+    callbacks: list[TaskEnd] = field(default_factory=list)
+    """Ended tries of Bash / Pod tasks with a callback for their state: the scheduler
+    starts them once this round's transaction has committed, never before."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnd:
+    """A Bash or Pod try's recorded end, as its task callback needs it."""
+
+    dag: SerializedDag
+    run: RunInfo
+    key: AttemptKey
+    state: str
+    error: str | None
 
 
 async def record(
@@ -210,6 +227,7 @@ async def _record_exits(
     await store_attempts.note(session, notes)
     changed = await store_tis.finish(session, list(outcomes.values()), now)
     ends = []
+    ended: list[tuple[AttemptKey, int, str, str | None]] = []
     for event, flight in flights:
         noted = deps.flights.kill_reasons.pop(event.key, None)
         recorded.exits[metrics.exit_reason(noted or event.reason, event.exit_code)] += 1
@@ -231,6 +249,13 @@ async def _record_exits(
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
         if state in states.FINISHED:
             recorded.finished[state] += 1
+        if flight.ti_id in changed:
+            error = outcomes[flight.ti_id].error
+        elif row is not None and row.try_number == event.key.try_number:
+            error = row.error  # the worker of a Bash task in a pod recorded it
+        else:
+            error, state = None, ""  # judged by its exit only: no callback on a guess
+        ended.append((event.key, flight.run_pk, state, error))
         ends.append(
             store_attempts.AttemptEnd(
                 flight.ti_id,
@@ -247,7 +272,37 @@ async def _record_exits(
             "%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state
         )
     await store_attempts.close(session, ends)
+    recorded.callbacks = await callbacks_due(deps, session, versions, ended)
     return {flight.run_pk for _, flight in flights}
+
+
+async def callbacks_due(
+    deps: RoundDeps,
+    session: AsyncSession,
+    versions: Mapping[int, CachedDag],
+    ended: Sequence[tuple[AttemptKey, int, str, str | None]],
+) -> list[TaskEnd]:
+    """Of the ended tries (key, run pk, state, error), the Bash / Pod ones whose task has a
+    callback for the state they ended in (a `@task`'s worker runs its own)."""
+    due: list[tuple[AttemptKey, int, str, str | None, SerializedDag]] = []
+    for key, run_pk, state, error in ended:
+        version = versions.get(run_pk)
+        task = _task(version, key)
+        name = TASK_BY_STATE.get(state)
+        if version is None or task is None or task["kind"] not in ("bash", "pod"):
+            continue
+        if name in task.get("callbacks", ()):
+            due.append((key, run_pk, state, error, version.dag))
+    out = []
+    for key, run_pk, state, error, dag in due:
+        # The run may have ended already (a worker's recorded end can end it before its
+        # pod's exit arrives): then it is no longer in the cache of running runs.
+        run = deps.flights.run_infos.get(run_pk) or await store_runs.find_run(
+            session, key.dag_id, key.run_id
+        )
+        if run is not None:  # None: deleted meanwhile
+            out.append(TaskEnd(dag, run, key, state, error))
+    return out
 
 
 def _task(version: CachedDag | None, key: AttemptKey) -> SerializedTask | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from miniflow.launchers.base import AttemptKey, Launcher
+from miniflow.scheduler.child_render import ChildRenderer
 from miniflow.scheduler.clock import Clock
 from miniflow.scheduler.dagcache import DagCache
 from miniflow.scheduler.round_records import InFlight, RunInfoCache
@@ -52,3 +53,5 @@ class RoundDeps:
     flights: Flights
     mark_dirty: Callable[[int], None]
     """Read this run in full in the next round."""
+    renderer: ChildRenderer | None = None
+    """Renders the templates of DAGs with function macros / filters (None: no DAGs folder)."""

@@ -26,6 +26,26 @@ def run_params(dag: SerializedDag, conf: dict[str, Any]) -> dict[str, Any]:
     return {**dag["params"], **conf}
 
 
+def context_inputs(
+    dag: SerializedDag, run: RunInfo, task_id: str, try_number: int, map_index: int
+) -> dict[str, Any]:
+    """The arguments of `templates.build_context` for one try."""
+    return {
+        "dag_id": dag["dag_id"],
+        "run_id": run.run_id,
+        "task_id": task_id,
+        "try_number": try_number,
+        "logical_date": run.logical_date,
+        "data_interval_start": run.data_interval_start,
+        "data_interval_end": run.data_interval_end,
+        "params": run_params(dag, run.conf),
+        "run_type": run.run_type,
+        "map_index": map_index,
+        "conf": run.conf,
+        "user_macros": dag.get("user_defined_macros"),
+    }
+
+
 def build_spec(
     dag: SerializedDag,
     run: RunInfo,
@@ -35,32 +55,24 @@ def build_spec(
     map_index: int = -1,
     map_args: dict[str, Any] | None = None,
     xcom: XComData | None = None,
+    rendered: templates.RenderedFields | None = None,
 ) -> TaskSpec:
     """The spec of one try, from the run's version `dag`; of a mapped instance: with its
-    own fields (`map_args`) and `map_index` in the templates' context.
+    own fields (`map_args`) and `map_index` in the templates' context. `rendered`: the
+    fields as a process that imported the DAG file rendered them (`child_render`).
 
     Raises TemplateError if a templated field cannot be rendered.
     """
     task = apply_map_args(dag["tasks"][task_id], map_args)
-    context = templates.build_context(
-        dag_id=dag["dag_id"],
-        run_id=run.run_id,
-        task_id=task_id,
-        try_number=try_number,
-        logical_date=run.logical_date,
-        data_interval_start=run.data_interval_start,
-        data_interval_end=run.data_interval_end,
-        params=run_params(dag, run.conf),
-        run_type=run.run_type,
-        map_index=map_index,
-        conf=run.conf,
-        user_macros=dag.get("user_defined_macros"),
-    )
-    # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
-    context["ti"] = context["task_instance"] = TaskInstanceInfo(
-        dag["dag_id"], run.run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(xcom)
-    )
-    rendered = templates.render_task_fields(task, context)
+    if rendered is None:
+        context = templates.build_context(
+            **context_inputs(dag, run, task_id, try_number, map_index)
+        )
+        # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
+        context["ti"] = context["task_instance"] = TaskInstanceInfo(
+            dag["dag_id"], run.run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(xcom)
+        )
+        rendered = templates.render_task_fields(task, context)
     pod: PodSettings = PodSettings(**task["pod"])
     return TaskSpec(
         key=AttemptKey(dag["dag_id"], run.run_id, task_id, try_number, map_index),

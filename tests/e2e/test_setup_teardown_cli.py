@@ -65,3 +65,53 @@ def test_dags_test_runs_the_teardown_and_the_callbacks(sqlite_cli: Cli, tmp_path
 
     cleared = cli("tasks", "clear", "st_cli", run_id, "work").stdout
     assert f"cleared create, work, drop in st_cli/{run_id}" in cleared
+
+
+BASH_CALLBACKS = """
+from datetime import datetime
+from pathlib import Path
+from miniflow import DAG, Bash, get_current_context
+
+OUT = Path({out!r})
+
+def record(context):
+    ti = get_current_context()["ti"]
+    (OUT / f"{{ti.task_id}}.{{context['state']}}").write_text(str(context["exception"]))
+
+with DAG("cb_cli", start_date=datetime(2026, 1, 1),
+         default_args={{"on_success_callback": record, "on_failure_callback": record}}):
+    Bash("ok", "echo fine") >> Bash("bad", "exit 7")
+"""
+
+
+def test_dags_test_runs_bash_task_callbacks(sqlite_cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    sqlite_cli.dag("cb_cli.py", BASH_CALLBACKS.format(out=str(out)))
+    tested = sqlite_cli("dags", "test", "cb_cli", expect=1, timeout=90)
+    assert lines_with(tested.stdout, "bad: failed")
+    # `dags test` waited for both callbacks, run in children of its scheduler
+    assert sorted(p.name for p in out.iterdir()) == ["bad.failed", "ok.success"]
+    assert (out / "ok.success").read_text() == "None"
+    assert "exit code 7" in (out / "bad.failed").read_text()
+
+
+FUNCTION_MACROS = """
+from datetime import datetime
+from miniflow import DAG, Bash
+
+def shout(text):
+    return text.upper() + "!"
+
+with DAG("fn_cli", start_date=datetime(2026, 1, 1), user_defined_macros={"shout": shout},
+         user_defined_filters={"twice": lambda v: f"{v}{v}"}):
+    Bash("hello", "echo {{ shout('hi') | twice }} > {out!r}")
+"""
+
+
+def test_dags_test_renders_function_macros_and_filters(sqlite_cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "hello.txt"
+    sqlite_cli.dag("fn_cli.py", FUNCTION_MACROS.replace("{out!r}", repr(str(out))))
+    tested = sqlite_cli("dags", "test", "fn_cli", timeout=90)
+    assert lines_with(tested.stdout, "hello: success")
+    assert out.read_text() == "HI!HI!\n"

@@ -4,6 +4,7 @@ real scheduler and the LocalLauncher (one process per try), on SQLite and Postgr
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -192,7 +193,7 @@ async def test_task_and_dag_callbacks_run_and_never_change_a_state(
 
             ok()
             bad()
-            Bash("bash", "exit 1")  # a Bash task runs no callback
+            Bash("bash", "exit 1")  # its callbacks (from default_args) run in a child
     """,
     )
     async with local_scheduler(db_url, tmp_path) as local:
@@ -209,12 +210,104 @@ async def test_task_and_dag_callbacks_run_and_never_change_a_state(
     assert sorted(p.name for p in out.iterdir()) == [
         "bad.failed",
         "bad.up_for_retry",
+        "bash.failed",
         "dag.failed",
         "ok.success",
     ]
     run, error, ti = json.loads((out / "bad.failed").read_text())
     assert run == run_id and "ValueError: task fails" in error and ti == "bad"
     assert json.loads((out / "dag.failed").read_text())[0] == run_id
+
+
+async def test_bash_and_pod_callbacks_run_in_a_child_after_the_outcome_is_committed(
+    db_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    write_dag(
+        tmp_path / "dags",
+        "cbbash.py",
+        f"""
+        import json, time
+        from datetime import datetime
+        from pathlib import Path
+        from miniflow import DAG, Bash, Pod, get_current_context
+
+        OUT = Path({str(out)!r})
+
+        def committed(ti):
+            # What the database says now: the callback must never run before the commit.
+            import asyncio
+            from sqlalchemy import text
+            from miniflow.store import engine
+
+            async def read():
+                eng = engine.create_engine({db_url!r})
+                try:
+                    async with eng.connect() as conn:
+                        return (await conn.execute(text(
+                            "SELECT state, try_number FROM task_instance WHERE dag_id = 'cbb'"
+                            f" AND run_id = '{{ti.run_id}}' AND task_id = '{{ti.task_id}}'"
+                        ))).one()
+                finally:
+                    await eng.dispose()
+            state, try_number = asyncio.run(read())
+            return state if try_number == ti.try_number else "a newer try"
+
+        def record(context):
+            ti = get_current_context()["ti"]
+            name = f"{{ti.task_id}}.{{ti.try_number}}.{{context['state']}}"
+            (OUT / name).write_text(json.dumps([context["run_id"], context["exception"],
+                                                context["ds"], context["params"],
+                                                committed(ti)]))
+
+        def broken(context):
+            raise RuntimeError("the callback itself fails")
+
+        def hangs(context):
+            time.sleep(60)
+
+        with DAG("cbb", start_date=datetime(2026, 1, 1), params={{"n": 4}},
+                 default_args={{"on_failure_callback": [broken, record]}}):
+            Bash("ok", "true", on_success_callback=[broken, record])
+            Bash("bad", "exit 3", retries=1, retry_delay=0, on_retry_callback=record)
+            Bash("slow", "true", on_success_callback=hangs)
+            Pod("pod", image="busybox:1.36", command=["sh", "-c", "exit 0"],
+                on_success_callback=record)
+            Bash("tmpl", "echo {{{{ nope }}}}")  # fails before it starts: a template error
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        callbacks = local.scheduler.dag_callbacks
+        assert callbacks is not None
+        callbacks.timeout = 8.0  # the hanging one is killed after this
+        run_id, state = await local.run("cbb")
+        tis = await local.tis("cbb", run_id)
+        await callbacks.drain(60)
+    assert state == "failed"
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "ok": "success",  # its failing callback did not fail it
+        "bad": "failed",
+        "slow": "success",  # nor did a hanging one
+        "pod": "success",
+        "tmpl": "failed",
+    }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bad.1.up_for_retry",
+        "bad.2.failed",
+        "ok.1.success",
+        "pod.1.success",
+        "tmpl.1.failed",
+    ]
+    _, error, _, _, seen = json.loads((out / "tmpl.1.failed").read_text())
+    assert "undefined variable 'nope'" in error and seen == "failed"
+    run, error, ds, params, seen = json.loads((out / "bad.2.failed").read_text())
+    assert run == run_id and "exit code 3" in error and params == {"n": 4}
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", ds)
+    assert seen == "failed"  # the state was committed before the callback ran
+    retried = json.loads((out / "bad.1.up_for_retry").read_text())[4]
+    assert retried in ("up_for_retry", "scheduled", "a newer try")  # never still "running"
+    assert json.loads((out / "ok.1.success").read_text())[1::3] == [None, "success"]
 
 
 async def test_latest_only_skips_in_an_old_scheduled_interval(db_url: str, tmp_path: Path) -> None:
@@ -289,3 +382,48 @@ async def test_user_defined_macros_in_scheduler_and_worker_templates(
     assert state == "success"
     assert "copy s3://data/manual 7" in (attempts["copy"].log_tail or "")  # the scheduler's
     assert tis["target"].result == "s3://data/out"  # the worker's rendering
+
+
+async def test_function_macros_and_filters_render_in_a_child_and_the_worker(
+    db_url: str, tmp_path: Path
+) -> None:
+    write_dag(
+        tmp_path / "dags",
+        "fnmac.py",
+        """
+        import os
+        from datetime import datetime
+        from miniflow import DAG, Bash, Pod, task
+
+        def shout(text):
+            return text.upper() + "!"
+
+        with DAG("fnmac", start_date=datetime(2026, 1, 1),
+                 user_defined_macros={"shout": shout, "bucket": "s3://data"},
+                 user_defined_filters={"twice": lambda v: f"{v}{v}"}):
+            Bash("copy", "echo copy {{ shout(bucket) }} {{ 'ab' | twice }}")
+            Pod("pod", image="busybox:1.36", command=["sh", "-c", "echo pod {{ 'x' | twice }}"])
+            Bash("bad", "echo {{ bucket | nope }}")
+
+            @task(env={"TARGET": "{{ shout(bucket) | twice }}"})
+            def target() -> str:
+                return os.environ["TARGET"]
+
+            target()
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("fnmac")
+        tis = await local.tis("fnmac", run_id)
+        attempts = {a.task_id: a for a in await local.attempts("fnmac", run_id)}
+    assert state == "failed"
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "copy": "success",
+        "pod": "success",
+        "bad": "failed",
+        "target": "success",
+    }
+    assert "copy S3://DATA! abab" in (attempts["copy"].log_tail or "")  # the child's rendering
+    assert "pod xx" in (attempts["pod"].log_tail or "")
+    assert "No filter named 'nope'" in (tis["bad"].error or "")  # fails the try
+    assert tis["target"].result == "S3://DATA!S3://DATA!"  # the worker's, with the DAG's functions

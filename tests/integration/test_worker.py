@@ -312,6 +312,37 @@ async def test_template_error_is_a_failure_naming_the_variable(env: Env) -> None
     assert not (env.folder.parent / "marker").exists()
 
 
+async def test_bash_with_function_macros_and_filters_imports_its_dag_file(env: Env) -> None:
+    """A worker running Bash (on Kubernetes) renders with the DAG's functions, which only
+    its file has; a macro that raises fails the try with the template error."""
+    await env.setup(
+        """
+        from miniflow import DAG, Bash
+
+        def shout(text):
+            return text.upper() + "!"
+
+        def broken(text):
+            raise ValueError("macro fails")
+
+        with DAG("d", user_defined_macros={"shout": shout, "broken": broken},
+                 user_defined_filters={"twice": lambda v: f"{v}{v}"}, params={"who": "x"}):
+            Bash("t", "echo {{ shout(params.who) | twice }}")
+            Bash("bad", "echo {{ broken('x') }}")
+        """,
+        queue=["t", "bad"],
+        conf={"who": "conf"},
+    )
+    code, out, err = await env.run("t")
+    assert code == 0, err
+    assert out.splitlines()[-1].endswith(" CONF!CONF!")
+    code, _out, err = await env.run("bad")
+    assert code == 1
+    ti = await env.ti("bad")
+    assert ti.state == "failed"
+    assert ti.error is not None and "ValueError: macro fails" in ti.error
+
+
 async def test_task_timeout_stops_the_command(env: Env) -> None:
     source = bash_dag("echo $$ > $TEST_DIR/pid; exec sleep 300").replace(
         "retry_delay=60)", "retry_delay=60, timeout=0.5)"

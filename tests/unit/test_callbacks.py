@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from miniflow_worker import callbacks
 
-from miniflow import DAG, Bash, LatestOnly, TaskGroup, get_current_context, task
+from miniflow import DAG, Bash, Empty, LatestOnly, Pod, TaskGroup, get_current_context, task
 from miniflow.authoring.latest_only import is_latest
 from miniflow.errors import DagDefinitionError
 from miniflow.parsing import dag_callback
@@ -39,7 +39,9 @@ def test_callbacks_are_validated_and_serialized_by_name() -> None:
             pass
 
         f()
-        Bash("b", "true")  # DAG defaults name callbacks: a Bash task runs none
+        Bash("b", "true")  # DAG defaults name callbacks: a Bash task runs them too
+        Pod("p", image="busybox", on_success_callback=_noop)
+        Empty("e")  # an Empty task runs none
         with TaskGroup("g", on_failure_callback=_noop):
 
             @task
@@ -50,7 +52,9 @@ def test_callbacks_are_validated_and_serialized_by_name() -> None:
     data = dag.serialize("cb.py")
     assert data["callbacks"] == ["on_failure_callback"]
     assert data["tasks"]["f"]["callbacks"] == ["on_success_callback", "on_retry_callback"]
-    assert "callbacks" not in data["tasks"]["b"]
+    assert data["tasks"]["b"]["callbacks"] == ["on_retry_callback"]
+    assert data["tasks"]["p"]["callbacks"] == ["on_success_callback", "on_retry_callback"]
+    assert "callbacks" not in data["tasks"]["e"]
     assert data["tasks"]["g.h"]["callbacks"] == ["on_failure_callback", "on_retry_callback"]
     assert dag.callbacks["on_failure_callback"] == (_noop, _noop)
     json.dumps(data)  # the callables themselves never reach the serialized DAG
@@ -62,8 +66,8 @@ def test_callback_mistakes_are_definition_errors() -> None:
     with DAG("cb_bad2"):
         with pytest.raises(DagDefinitionError, match="on_failure_callback must be a callable"):
             task(task_id="f", on_failure_callback=[_noop, 3])(_noop)
-        with pytest.raises(DagDefinitionError, match="task callbacks run for @task tasks only"):
-            Bash("b", "true", on_failure_callback=_noop)
+        with pytest.raises(DagDefinitionError, match="callback must be a callable"):
+            Bash("b", "true", on_failure_callback="notify")
 
 
 # --- the worker's runner --------------------------------------------------------------------
@@ -150,6 +154,58 @@ def test_the_dag_callback_child_calls_every_callable_with_dates(tmp_path: Path) 
     finally:
         sys.path[:] = saved
         sys.modules.pop("helper_mod", None)
+
+
+def test_the_child_runs_a_bash_tasks_callbacks_with_a_task_context(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    path = tmp_path / "dag.py"
+    path.write_text(
+        "import json\n"
+        "from miniflow import DAG, Bash, get_current_context\n"
+        "def boom(context):\n"
+        "    raise RuntimeError('first fails')\n"
+        "def write(context):\n"
+        f"    with open({str(out)!r}, 'w') as f:\n"
+        "        ti = get_current_context()['ti']\n"
+        "        json.dump([context['state'], context['exception'], context['ds'],\n"
+        "                   context['params'], context['bucket'], ti.task_id, ti.try_number,\n"
+        "                   context['ti'].map_index], f)\n"
+        "with DAG('d', default_args={'on_retry_callback': [boom, write]}):\n"
+        "    Bash('t', 'exit 1')\n"
+    )
+    request = {
+        "dags_folder": str(tmp_path),
+        "path": str(path),
+        "dag_id": "d",
+        "task_id": "t",
+        "callback": "on_retry_callback",
+        "context": {
+            "dag_id": "d",
+            "run_id": "r1",
+            "task_id": "t",
+            "try_number": 2,
+            "map_index": 3,
+            "logical_date": "2026-01-05T00:00:00+00:00",
+            "data_interval_start": "2026-01-04T00:00:00+00:00",
+            "data_interval_end": "2026-01-05T00:00:00+00:00",
+            "params": {"n": 1},
+            "run_type": "manual",
+            "conf": {},
+            "user_macros": {"bucket": "s3://b"},
+            "state": "up_for_retry",
+            "exception": "task failed: exit code 1",
+        },
+    }
+    saved = list(sys.path)
+    try:
+        assert dag_callback.run(request) == 1  # one callable raised, the other still ran
+        assert json.loads(out.read_text()) == [
+            "up_for_retry", "task failed: exit code 1", "2026-01-05", {"n": 1}, "s3://b",
+            "t", 2, 3,
+        ]  # fmt: skip
+        assert dag_callback.run({**request, "task_id": "gone"}) == 2
+    finally:
+        sys.path[:] = saved
 
 
 # --- LatestOnly -----------------------------------------------------------------------------

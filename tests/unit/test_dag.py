@@ -391,7 +391,7 @@ def test_serialize_matches_the_contract() -> None:
         extract >> transform(limit=5) >> load
     data = dag.serialize("etl/example.py", lineno=7)
     assert json.loads(json.dumps(data)) == data
-    only_when_set = {"callbacks", "user_defined_macros"}
+    only_when_set = {"callbacks", "user_defined_macros", "template_functions"}
     assert set(data) == set(SerializedDag.__annotations__) - only_when_set
     assert data["format_version"] == FORMAT_VERSION
     assert data["fileloc"] == "etl/example.py"
