@@ -26,7 +26,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskInstance
+from miniflow.store.models import TaskAttempt, TaskInstance
 
 POLL = 0.2
 """Seconds between reads of the run's task states."""
@@ -130,15 +130,24 @@ class RunStream:
             return
         self._printed.add(key)
         attempt = AttemptKey(self._dag_id, self._run_id, task_id, try_number, map_index)
+        row = await self._attempt(attempt)
+        if row is not None and row.started_at is not None and row.ended_at is None:
+            # The task's state is final but its process still writes (a worker runs the
+            # task's callbacks after recording the outcome): follow it to its exit.
+            self._followers[key] = asyncio.create_task(self._stream(attempt, row.handle))
+            return
         for line in await self._ended_log(attempt):
             self._out(f"{attempt.task_ref} | {line}")
 
-    async def _ended_log(self, key: AttemptKey) -> list[str]:
+    async def _attempt(self, key: AttemptKey) -> TaskAttempt | None:
         async with store_engine.transaction(self._sessions) as session:
             tries = await store_attempts.for_task(
                 session, key.dag_id, key.run_id, key.task_id, key.map_index
             )
-        attempt = next((a for a in tries if a.try_number == key.try_number), None)
+        return next((a for a in tries if a.try_number == key.try_number), None)
+
+    async def _ended_log(self, key: AttemptKey) -> list[str]:
+        attempt = await self._attempt(key)
         if attempt is None or attempt.started_at is None:
             return []  # never ran: its state line says why
         try:
