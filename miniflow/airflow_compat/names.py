@@ -9,7 +9,7 @@ from typing import Any
 from miniflow.airflow_compat import problems
 from miniflow.authoring import lookups
 from miniflow.authoring.params import Param as Param
-from miniflow.errors import SkipTask
+from miniflow.errors import FailTask, SkipTask
 
 
 class AirflowException(Exception):
@@ -20,9 +20,8 @@ class AirflowSkipException(SkipTask, AirflowException):
     """Ends the task as skipped (miniflow's `SkipTask`)."""
 
 
-class AirflowFailException(AirflowException):
-    """Fails the task. Difference: miniflow retries it like any failure, where Airflow
-    would not (set retries=0 on tasks that raise it)."""
+class AirflowFailException(FailTask, AirflowException):
+    """Fails the task without retries (miniflow's `FailTask`)."""
 
 
 class AirflowSensorTimeout(AirflowException):

@@ -25,7 +25,7 @@ from miniflow.airflow_compat import arguments, problems, runtime
 from miniflow.authoring import dag as dag_mod
 from miniflow.authoring.serialized import ArgRef, PythonMode
 from miniflow.authoring.taskflow import PythonTask, TaskRef
-from miniflow.authoring.tasks import Bash, DependencyMixin, Empty
+from miniflow.authoring.tasks import Bash, DependencyMixin, Empty, Pod
 
 
 def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -93,12 +93,14 @@ class XComArg(AirflowMixin, TaskRef):
 
     def __init__(self, operator: Any, key: str = "return_value") -> None:
         task = operator.task if isinstance(operator, TaskRef) else operator
-        pushed = getattr(task, "push_result", False)  # Bash / Pod results, where miniflow has them
-        if isinstance(task, Bash) and not pushed:
-            raise problems.pending("bash output")
-        if not isinstance(task, PythonTask) and not pushed:
+        pushed = getattr(task, "push_result", False)  # Bash / Pod results (do_xcom_push)
+        if isinstance(task, Bash | Pod) and not pushed:
             raise problems.unsupported(
-                "XComArg", f"{task!r} has no result: only Python tasks return one"
+                "XComArg", f"{task.task_id!r} was created with do_xcom_push=False: it has no result"
+            )
+        if not isinstance(task, PythonTask | Bash | Pod):
+            raise problems.unsupported(
+                "XComArg", f"{task!r} has no result: only Python, Bash and Pod tasks have one"
             )
         # `result["k"]` of a `multiple_outputs` task: item `k` of the task's result (a
         # dict), taken out by the consuming task when it runs.
@@ -106,8 +108,7 @@ class XComArg(AirflowMixin, TaskRef):
         super().__init__(task)
 
     @property
-    def operator(self) -> PythonTask:
-        assert isinstance(self.task, PythonTask)  # checked when made
+    def operator(self) -> Any:
         return self.task
 
     @property
@@ -148,11 +149,44 @@ class OperatorMixin(AirflowMixin):
         return runtime.task_logger(type(self).__name__)
 
     @classmethod
-    def partial(cls, *args: Any, **kwargs: Any) -> Any:
-        raise problems.pending("partial")
+    def partial(cls, task_id: str | None = None, **kwargs: Any) -> Any:
+        """`Op.partial(task_id=..., **fixed).expand(field=[...])`: see `mapping`."""
+        from miniflow.airflow_compat.mapping import OperatorPartial
+
+        return OperatorPartial(cls, {"task_id": task_id, **kwargs})
 
     def expand(self, **kwargs: Any) -> Any:
-        raise problems.pending("expand")
+        raise problems.unsupported(
+            "expand", f"call {type(self).__name__}.partial(task_id=..., ...).expand(...)"
+        )
+
+    # What `mapping.OperatorPartial` asks of each operator class.
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        """Airflow argument -> the miniflow field it maps (None: any argument)."""
+        return {}
+
+    @classmethod
+    def required_fields(cls, fixed: dict[str, Any]) -> list[str]:
+        """Arguments each mapped instance must bring when `partial` does not."""
+        return []
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        """Constructor values standing in for mapped arguments."""
+        return {}
+
+    def clear_placeholders(self, names: list[str]) -> None:
+        """Forget the placeholders: each mapped instance brings its own value."""
+
+    @classmethod
+    def mapped_item(cls, name: str, value: Any, fixed: dict[str, Any]) -> Any:
+        """One literal item of a mapped argument, as the miniflow field takes it."""
+        return value
+
+    @classmethod
+    def check_mapped_ref(cls, name: str, fixed: dict[str, Any]) -> None:
+        """Refuse an argument mapped over a task's result that cannot be converted."""
 
 
 class BashOperator(OperatorMixin, Bash):
@@ -168,9 +202,11 @@ class BashOperator(OperatorMixin, Bash):
         output_encoding: str = "utf-8",
         skip_on_exit_code: int | Sequence[int] | None = 99,
         cwd: str | None = None,
+        do_xcom_push: bool = True,
         **kwargs: Any,
     ) -> None:
         settings = arguments.task_settings(_defaults(kwargs))
+        self.do_xcom_push = do_xcom_push
         command = _template_file(bash_command, self.template_ext_for_bash)
         if env is not None and not append_env:
             problems.warn("env", "miniflow adds env to the worker's environment (append_env=True)")
@@ -183,10 +219,44 @@ class BashOperator(OperatorMixin, Bash):
             command=command,
             env=env,
             skip_on_exit_code=skip_on_exit_code,
+            # Airflow pushes the last line of output as the task's XCom by default.
+            push_result=bool(do_xcom_push),
             **settings,
         )
 
     template_ext_for_bash = (".sh", ".bash")
+
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return {"bash_command": "command", "env": "env"}
+
+    @classmethod
+    def required_fields(cls, fixed: dict[str, Any]) -> list[str]:
+        return [] if "bash_command" in fixed else ["bash_command"]
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        return {"bash_command": "mapped"} if "bash_command" in names else {}
+
+    def clear_placeholders(self, names: list[str]) -> None:
+        if "bash_command" in names:
+            self.command = self.bash_command = ""
+
+    @classmethod
+    def mapped_item(cls, name: str, value: Any, fixed: dict[str, Any]) -> Any:
+        if name != "bash_command" or not isinstance(value, str):
+            return value
+        command = _template_file(value, cls.template_ext_for_bash)
+        cwd = fixed.get("cwd")
+        return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
+
+    @classmethod
+    def check_mapped_ref(cls, name: str, fixed: dict[str, Any]) -> None:
+        if name == "bash_command" and fixed.get("cwd"):
+            raise problems.unsupported(
+                "cwd with bash_command mapped over a task's result",
+                "give the commands as a literal list, or `cd` inside each command",
+            )
 
 
 def _template_file(command: str, extensions: Sequence[str]) -> str:
@@ -300,8 +370,14 @@ class PythonOperator(_PythonOperatorBase):
             ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
         )
 
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return {"op_args": "op_args", "op_kwargs": "op_kwargs"}
+
     def _run(self, **resolved: Any) -> Any:
         """In the worker: upstream results in, templates rendered, the callable called."""
+        if "op_args" in resolved or "op_kwargs" in resolved:  # a mapped instance's own
+            return self._run_mapped(resolved.pop("op_args", None), resolved.pop("op_kwargs", None))
         args = [
             pick(resolved[f"op_args_{i}"], getattr(v, "item", None))
             if isinstance(v, TaskRef)
@@ -314,6 +390,19 @@ class PythonOperator(_PythonOperatorBase):
             else v
             for k, v in self.callable_kwargs.items()
         }
+        return self._call(args, kwargs)
+
+    def _run_mapped(self, args: Any, kwargs: Any) -> Any:
+        if args is not None and not isinstance(args, list):
+            raise TypeError(f"a mapped op_args item must be a list, got {args!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"a mapped op_kwargs item must be a dict, got {kwargs!r}")
+        return self._call(
+            list(self.callable_args if args is None else args),
+            {**self.callable_kwargs, **(kwargs or {})},
+        )
+
+    def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         context = runtime.airflow_context(task=self)
         render = runtime.render_value
         args = render(args, context, task_id=self.task_id, field="op_args")
@@ -369,7 +458,19 @@ class BaseOperator(_PythonOperatorBase):
                 runtime.render_value(value, context, task_id=self.task_id, field=name),
             )
 
-    def _run(self) -> Any:
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return None  # any constructor argument
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        return dict.fromkeys(names)
+
+    def _run(self, **mapped: Any) -> Any:
+        # A mapped instance: its arguments set as the constructor would have stored them
+        # (the constructor itself ran once, with placeholders, when the DAG was defined).
+        for name, value in mapped.items():
+            setattr(self, name, value)
         context = runtime.airflow_context(task=self)
         self.render_template_fields(context)
         self.pre_execute(context)
