@@ -16,6 +16,7 @@ from typing import Any
 
 import miniflow
 from miniflow.airflow_compat import arguments, problems, runtime
+from miniflow.airflow_compat.dags import DagParam
 from miniflow.airflow_compat.operators import AirflowMixin, XComArg, pick
 from miniflow.authoring import taskgroup
 from miniflow.errors import SkipTask
@@ -54,7 +55,9 @@ class AirflowTaskFunction:
         functools.update_wrapper(self, function)
         self._inner = self._build({})
 
-    def _build(self, items: dict[int | str, str]) -> Any:
+    def _build(
+        self, items: dict[int | str, str], params: dict[int | str, str] | None = None
+    ) -> Any:
         options = dict(self.options)
         task_id = options.pop("task_id", None)
         do_xcom_push = options.pop("do_xcom_push", True)
@@ -67,6 +70,8 @@ class AirflowTaskFunction:
             function = _bash(function)
         if items:
             function = _picking(function, items)
+        if params:
+            function = _with_params(function, params)
         decorator = miniflow.task
         if self.mode in _NATIVE:
             native = getattr(decorator, self.mode)
@@ -81,10 +86,16 @@ class AirflowTaskFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
         items: dict[int | str, str] = {}
+        params: dict[int | str, str] = {}
         places: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
         for where, value in places:
             if isinstance(value, XComArg) and value.item is not None:
                 items[where] = value.item
+            if isinstance(value, DagParam):
+                params[where] = value.name
+        if params:
+            # A `@dag` function's parameter: the run's param value when the task runs.
+            return XComArg(self._build(items, params)(*args, **kwargs))
         if not items:
             return XComArg(self._inner(*args, **kwargs))
         # `f(result["k"])`: pass the whole result, and take item "k" out when f runs.
@@ -109,6 +120,17 @@ def _picking(function: Callable[..., Any], items: dict[int | str, str]) -> Calla
     def call(*args: Any, **kwargs: Any) -> Any:
         args = tuple(pick(a, items.get(i)) for i, a in enumerate(args))
         kwargs = {k: pick(v, items.get(k)) for k, v in kwargs.items()}
+        return function(*args, **kwargs)
+
+    return call
+
+
+def _with_params(function: Callable[..., Any], params: dict[int | str, str]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        values = runtime.airflow_context()["params"]
+        args = tuple(values[params[i]] if i in params else a for i, a in enumerate(args))
+        kwargs = {k: values[params[k]] if k in params else v for k, v in kwargs.items()}
         return function(*args, **kwargs)
 
     return call

@@ -155,7 +155,6 @@ class KubernetesPodOperator(OperatorMixin, Pod):
             **settings,
         )
 
-
     @classmethod
     def mapped_fields(cls) -> dict[str, str] | None:
         return {"image": "image", "cmds": "command", "arguments": "args", "env_vars": "env"}

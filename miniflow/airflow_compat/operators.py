@@ -404,6 +404,10 @@ class PythonOperator(_PythonOperatorBase):
 
     def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         context = runtime.airflow_context(task=self)
+        args, kwargs = (
+            runtime.resolve_params(args, context),
+            runtime.resolve_params(kwargs, context),
+        )
         render = runtime.render_value
         args = render(args, context, task_id=self.task_id, field="op_args")
         kwargs = render(kwargs, context, task_id=self.task_id, field="op_kwargs")

@@ -136,3 +136,17 @@ def render_value(value: Any, context: Mapping[str, Any], *, task_id: str, field:
             for k, v in value.items()
         }
     return value
+
+
+def resolve_params(value: Any, context: Mapping[str, Any]) -> Any:
+    """`value` with each `@dag` function parameter (a `DagParam`) replaced by the run's
+    param value (its native type, which rendering the template would lose)."""
+    from miniflow.airflow_compat.dags import DagParam
+
+    if isinstance(value, DagParam):
+        return context["params"][value.name]
+    if isinstance(value, list | tuple):
+        return type(value)(resolve_params(v, context) for v in value)
+    if isinstance(value, dict):
+        return {k: resolve_params(v, context) for k, v in value.items()}
+    return value
