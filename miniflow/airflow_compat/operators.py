@@ -23,9 +23,9 @@ from typing import Any
 
 from miniflow.airflow_compat import arguments, problems, runtime
 from miniflow.authoring import dag as dag_mod
-from miniflow.authoring.serialized import ArgRef, PythonMode
+from miniflow.authoring.serialized import ArgRef, PythonMode, SensorSettings
 from miniflow.authoring.taskflow import PythonTask, TaskRef
-from miniflow.authoring.tasks import Bash, DependencyMixin, Empty, Pod
+from miniflow.authoring.tasks import Bash, DependencyMixin, Empty, Pod, validate_settings
 
 
 def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +143,18 @@ class OperatorMixin(AirflowMixin):
     @property
     def output(self) -> XComArg:
         return XComArg(self)
+
+    @property
+    def trigger_rule(self) -> str:
+        return str(self.effective_settings()["trigger_rule"])  # type: ignore[attr-defined]
+
+    @trigger_rule.setter
+    def trigger_rule(self, value: str) -> None:
+        """`op.trigger_rule = TriggerRule.NONE_FAILED` after creation, as Airflow allows."""
+        task_id = self.task_id  # type: ignore[attr-defined]
+        self.settings.update(  # type: ignore[attr-defined]
+            validate_settings({"trigger_rule": str(value)}, f"task {task_id!r}")
+        )
 
     @property
     def log(self) -> Any:
@@ -310,6 +322,7 @@ class _PythonOperatorBase(OperatorMixin, PythonTask):
         *,
         mode: PythonMode | None = None,
         ignore_downstream_trigger_rules: bool = True,
+        sensor: SensorSettings | None = None,
     ) -> None:
         self.do_xcom_push = bool(kwargs.get("do_xcom_push", True))
         settings = arguments.task_settings(_defaults(kwargs))
@@ -327,6 +340,7 @@ class _PythonOperatorBase(OperatorMixin, PythonTask):
                 settings,
                 mode=mode,
                 ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
+                sensor=sensor,
             )
         finally:
             if token is not None:
