@@ -54,7 +54,7 @@ SUPPORTED = frozenset({
     "airflow.providers.standard.sensors.python", "airflow.providers.standard.sensors.bash",
     "airflow.providers.standard.sensors.filesystem",
     "airflow.providers.standard.sensors.time_delta", "airflow.providers.standard.sensors.time",
-    "airflow.providers.standard.sensors.date_time",
+    "airflow.providers.standard.sensors.date_time", "airflow.providers.common.compat.sdk",
 })  # fmt: skip
 _PACKAGES = frozenset(
     name.rsplit(".", n)[0] for name in SUPPORTED for n in range(1, name.count(".") + 1)

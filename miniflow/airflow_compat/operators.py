@@ -16,6 +16,7 @@ the scheduler, the worker — sees ordinary `Bash`, `Empty` and Python tasks:
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 from collections.abc import Callable, Sequence
@@ -217,6 +218,30 @@ class BashOperator(OperatorMixin, Bash):
         do_xcom_push: bool = True,
         **kwargs: Any,
     ) -> None:
+        output_processor = kwargs.pop("output_processor", None)
+        if output_processor is not None and output_processor is not json.loads:
+            raise problems.unsupported(
+                "output_processor",
+                "a Bash task's result is its last line, parsed as JSON when it is JSON "
+                "(output_processor=json.loads is accepted: it is what happens)",
+            )
+        if kwargs.get("multiple_outputs"):
+            problems.warn(
+                "multiple_outputs",
+                "a Bash task's keys are items of its result (`op.output['key']`), not "
+                "separate XComs for ti.xcom_pull(key=...)",
+            )
+        for text in [bash_command, *(env or {}).values()]:
+            if isinstance(text, str) and "xcom_push(" in text:
+                raise problems.unsupported(
+                    "xcom_push in a template",
+                    "templates can pull XComs but not push them: push from a Python task "
+                    "(ti.xcom_push) or use the Bash task's result (its last output line)",
+                )
+        pulled: list[TaskRef] = []
+        bash_command = _pulled(bash_command, pulled)
+        if env is not None:
+            env = {k: _pulled(v, pulled) for k, v in env.items()}
         settings = arguments.task_settings(_defaults(kwargs))
         self.do_xcom_push = do_xcom_push
         command = _template_file(bash_command, self.template_ext_for_bash)
@@ -235,6 +260,8 @@ class BashOperator(OperatorMixin, Bash):
             push_result=bool(do_xcom_push),
             **settings,
         )
+        for ref in pulled:
+            ref >> self
 
     template_ext_for_bash = (".sh", ".bash")
 
@@ -269,6 +296,17 @@ class BashOperator(OperatorMixin, Bash):
                 "cwd with bash_command mapped over a task's result",
                 "give the commands as a literal list, or `cd` inside each command",
             )
+
+
+def _pulled(value: Any, refs: list[TaskRef]) -> Any:
+    """A task's result in a templated field (`bash_command=t.output`) as the template
+    pulling it when the field is rendered; the task is added to `refs` (upstream)."""
+    if not isinstance(value, TaskRef):
+        return value
+    refs.append(value)
+    item = getattr(value, "item", None)
+    pull = f"ti.xcom_pull(task_ids={value.task_id!r})"
+    return "{{ " + (pull if item is None else f"{pull}[{item!r}]") + " }}"
 
 
 def _template_file(command: str, extensions: Sequence[str]) -> str:
@@ -457,12 +495,24 @@ class BaseOperator(_PythonOperatorBase):
     def post_execute(self, context: Any, result: Any = None) -> None:
         """Called after `execute` (Airflow's hook)."""
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # `self.values = values` where `values` is a task's result (`op.output`): that
+        # task runs first, and the field is its result when rendered (Airflow's rule).
+        if isinstance(value, TaskRef) and name in self.template_fields and "dag" in vars(self):
+            value >> self
+
     def render_template_fields(self, context: Any) -> None:
         """Each of `template_fields` rendered; a string ending in one of `template_ext`
-        is read from that file (next to the DAG file) first, as Airflow does."""
+        is read from that file (next to the DAG file) first, as Airflow does. A field
+        holding a task's result (`op.output`) becomes that result."""
         folder = os.path.dirname(os.path.abspath(self.dag.filename or "."))
         for name in self.template_fields:
             value = getattr(self, name, None)
+            if isinstance(value, TaskRef):
+                pulled = context["ti"].xcom_pull(task_ids=value.task_id)
+                setattr(self, name, pick(pulled, getattr(value, "item", None)))
+                continue
             if (
                 isinstance(value, str)
                 and self.template_ext
