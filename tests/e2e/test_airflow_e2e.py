@@ -452,3 +452,24 @@ def test_forwarded_airflow_names_run_on_miniflows_features(af_cli: Cli) -> None:
         assert found[task_id] == "success", (task_id, found)
     assert result(af_cli, "af_forwarded", "total") == 12  # .expand over numbers(), doubled
     assert result(af_cli, "af_forwarded", "pull") == [1, 2, 3]  # ti.xcom_pull
+
+
+def test_operator_mapping_sensors_results_and_fail_exception(af_cli: Cli) -> None:
+    copy_dags(af_cli, FIXTURES / "forwarded" / "af_operators.py")
+    af_cli("dags", "test", "af_operators", "--logical-date", DATE, "--conf", '{"factor": 5}',
+           expect=1)  # fmt: skip
+    found = states(af_cli, "af_operators")
+    for task_id in ("lines", "sums", "plus", "collect", "day", "bash_ok", "later"):
+        assert found[task_id] == "success", (task_id, found)
+    assert found["never"] == "skipped"  # soft_fail after its timeout
+    assert found["refuses"] == "failed"
+    assert result(af_cli, "af_operators", "collect") == {
+        "lines": ["a", "b"],  # BashOperator do_xcom_push: the last line of each instance
+        "sums": [11, 12],
+        "plus": [2, 3, 4],
+        "factor": 5,  # a @dag function parameter, from the run's conf
+    }
+    assert result(af_cli, "af_operators", "day") == DATE  # PokeReturnValue's value
+    rows = json.loads(af_cli("tasks", "list", "af_operators", "latest", "-o", "json").stdout)
+    refuses = next(r for r in rows if r["task_id"] == "refuses")
+    assert refuses["try_number"] == 1  # AirflowFailException: no retry despite retries=3
