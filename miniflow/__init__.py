@@ -13,7 +13,7 @@ from miniflow.authoring.sensor import SensorResult
 from miniflow.authoring.taskflow import task
 from miniflow.authoring.taskgroup import TaskGroup, task_group
 from miniflow.authoring.tasks import Bash, Empty, Pod
-from miniflow.errors import SkipTask
+from miniflow.errors import FailTask, SkipTask
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "DAG",
     "Bash",
     "Empty",
+    "FailTask",
     "LatestOnly",
     "Param",
     "Pod",

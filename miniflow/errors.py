@@ -50,6 +50,12 @@ class SkipTask(MiniflowError):
     tasks follow their trigger rules (an `all_success` task below is skipped too)."""
 
 
+class FailTask(MiniflowError):
+    """Raise inside a `@task` function to fail its try *without retries*, whatever
+    `retries` says (Airflow's `AirflowFailException`): for errors that retrying cannot
+    fix (bad input, a missing permission). The message is kept as the try's error."""
+
+
 class TemplateError(PermanentError):
     """A template could not be rendered; names the task and the variable."""
 

@@ -42,7 +42,7 @@ from miniflow_worker.clock import stamp
 from miniflow.authoring import context as task_context
 from miniflow.authoring.sensor import poke_outcome
 from miniflow.authoring.serialized import ArgRef, SerializedTask
-from miniflow.errors import SkipTask
+from miniflow.errors import FailTask, SkipTask
 
 T = TypeVar("T")
 
@@ -70,6 +70,11 @@ class Ended:
     value: Any = None
     skipped: bool = False  # the task skipped itself (`SkipTask`); `error` holds why
     not_yet: bool = False  # a sensor's poke found nothing yet (a falsy return)
+    final: bool = False  # a failure retries cannot fix (`FailTask`): no retry
+
+
+def _failed_final(exc: FailTask) -> Ended:
+    return Ended(False, 1, format_exception(exc, skip_frames=1), final=True)
 
 
 def _skipped(exc: SkipTask) -> Ended:
@@ -300,6 +305,8 @@ class PythonExecution:
                     return Ended(True, 0, value=await fn(*args, **kwargs))
                 except SkipTask as exc:
                     return _skipped(exc)
+                except FailTask as exc:
+                    return _failed_final(exc)
                 except Exception as exc:
                     return Ended(False, 1, format_exception(exc, skip_frames=1))
 
@@ -311,6 +318,8 @@ class PythonExecution:
                     return Ended(True, 0, value=fn(*args, **kwargs))
                 except SkipTask as exc:
                     return _skipped(exc)
+                except FailTask as exc:
+                    return _failed_final(exc)
                 except BaseException as exc:  # SystemExit in a task is a task failure
                     return Ended(False, 1, format_exception(exc, skip_frames=1))
 

@@ -300,6 +300,8 @@ class Worker:
                 if skip:
                     log(f"{self.task_id} skips {', '.join(skip)}")
             return await self.recorder.success(extra, skip=skip)
+        if ended.final:  # `FailTask`: no retry, whatever retries remain
+            return await self.recorder.fail_final(ended.error or "task failed")
         return await self.recorder.fail(ended.error or "task failed", exit_code=ended.exit_code)
 
     async def _sense(

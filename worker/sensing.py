@@ -75,6 +75,8 @@ async def sense(
         pokes += 1
         if ended.skipped:
             return await recorder.skip(ended.error or "skipped by the task")
+        if not ended.ok and ended.final:
+            return await recorder.fail_final(ended.error or "poke failed")
         if not ended.ok:
             return await recorder.fail(ended.error or "poke failed", exit_code=ended.exit_code)
         if not ended.not_yet:

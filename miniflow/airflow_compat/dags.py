@@ -10,6 +10,7 @@ from typing import Any
 
 from miniflow.airflow_compat import arguments, problems
 from miniflow.authoring import dag as dag_mod
+from miniflow.authoring.params import Param
 
 # DAG keyword arguments accepted and ignored: UI, documentation, bookkeeping.
 _IGNORED = frozenset({
@@ -140,22 +141,30 @@ def dag(dag_id_or_function: Any = None, /, **dag_kwargs: Any) -> Any:
     function's body runs inside `with DAG(...)`) and returns it."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., DAG]:
-        if inspect.signature(function).parameters:
-            problems.warn(
-                "@dag function parameters",
-                f"{function.__name__}'s parameters take their default values: Airflow also "
-                "makes them params a run's conf can override; declare params= for that",
-            )
-
         @functools.wraps(function)
         def build(*args: Any, **kwargs: Any) -> DAG:
             dag_id = dag_kwargs.get("dag_id") or function.__name__
             options = {k: v for k, v in dag_kwargs.items() if k != "dag_id"}
             if function.__doc__ and "description" not in options:
                 options["description"] = function.__doc__.strip().splitlines()[0]
+            # Airflow's rule: the function's parameters are DAG params (their defaults,
+            # overridden by a run's conf); the body sees references to them.
+            signature = inspect.signature(function)
+            given = signature.bind_partial(*args, **kwargs).arguments
+            named = [
+                p for p in signature.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]  # fmt: skip
+            params = dict(options.get("params") or {})
+            for p in named:
+                if p.name not in params:
+                    value = given.get(p.name, p.default)
+                    params[p.name] = Param() if value is inspect.Parameter.empty else value
+            if params:
+                options["params"] = params
             built = DAG(dag_id, **options)
             with built:
-                function(*args, **kwargs)
+                function(**{p.name: DagParam(p.name) for p in named})
             return built
 
         return build
@@ -165,6 +174,19 @@ def dag(dag_id_or_function: Any = None, /, **dag_kwargs: Any) -> Any:
     if dag_id_or_function is not None:
         dag_kwargs["dag_id"] = dag_id_or_function
     return decorate
+
+
+class DagParam(str):
+    """A `@dag` function's parameter inside its body: `{{ params.<name> }}` where a
+    template renders it (operator fields), and the param's value itself where a task
+    receives it as an argument (see `runtime.resolve_params`)."""
+
+    name: str
+
+    def __new__(cls, name: str) -> DagParam:
+        made = super().__new__(cls, "{{ params.%s }}" % name)  # noqa: UP031 (Jinja braces)
+        made.name = name
+        return made
 
 
 def days_ago(n: int, hour: int = 0, minute: int = 0) -> datetime:

@@ -16,8 +16,10 @@ from typing import Any
 
 import miniflow
 from miniflow.airflow_compat import arguments, problems, runtime
+from miniflow.airflow_compat.dags import DagParam
 from miniflow.airflow_compat.operators import AirflowMixin, XComArg, pick
 from miniflow.authoring import taskgroup
+from miniflow.authoring.taskflow import TaskRef
 from miniflow.errors import SkipTask
 
 # Variants with no miniflow equivalent: `@task.<name>` -> problems' construct name.
@@ -27,6 +29,8 @@ _REFUSED = {
     "docker": "task.docker",
     "kubernetes": "task.kubernetes",
     "pyspark": "task.virtualenv",
+    "branch_virtualenv": "task.virtualenv",
+    "branch_external_python": "task.external_python",
 }
 
 
@@ -54,8 +58,15 @@ class AirflowTaskFunction:
         functools.update_wrapper(self, function)
         self._inner = self._build({})
 
-    def _build(self, items: dict[int | str, str]) -> Any:
+    def _build(
+        self,
+        items: dict[int | str, str],
+        params: dict[int | str, str] | None = None,
+        templated: set[int | str] | None = None,
+    ) -> Any:
         options = dict(self.options)
+        templates_dict = options.pop("templates_dict", None)
+        exts = tuple(options.pop("templates_exts", None) or ())
         task_id = options.pop("task_id", None)
         do_xcom_push = options.pop("do_xcom_push", True)
         ignore = options.pop("ignore_downstream_trigger_rules", True)
@@ -67,6 +78,10 @@ class AirflowTaskFunction:
             function = _bash(function)
         if items:
             function = _picking(function, items)
+        if params:
+            function = _with_params(function, params)
+        if templated or templates_dict is not None:
+            function = _rendering(function, templated or set(), templates_dict, exts)
         decorator = miniflow.task
         if self.mode in _NATIVE:
             native = getattr(decorator, self.mode)
@@ -81,16 +96,26 @@ class AirflowTaskFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
         items: dict[int | str, str] = {}
+        params: dict[int | str, str] = {}
         places: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
         for where, value in places:
             if isinstance(value, XComArg) and value.item is not None:
                 items[where] = value.item
-        if not items:
+            if isinstance(value, DagParam):
+                params[where] = value.name
+        # Airflow renders a TaskFlow call's literal arguments as templates.
+        templated = {
+            where
+            for where, value in places
+            if not isinstance(value, TaskRef | DagParam) and _has_text(value)
+        }
+        if not items and not params and not templated and "templates_dict" not in self.options:
             return XComArg(self._inner(*args, **kwargs))
-        # `f(result["k"])`: pass the whole result, and take item "k" out when f runs.
+        # `f(result["k"])`: pass the whole result, and take item "k" out when f runs; a
+        # `@dag` function's parameter is the run's param value when the task runs.
         args = tuple(XComArg(a.task) if isinstance(a, XComArg) else a for a in args)
         kwargs = {k: XComArg(v.task) if isinstance(v, XComArg) else v for k, v in kwargs.items()}
-        return XComArg(self._build(items)(*args, **kwargs))
+        return XComArg(self._build(items, params, templated)(*args, **kwargs))
 
     def override(self, **options: Any) -> AirflowTaskFunction:
         return AirflowTaskFunction(self.function, {**self.options, **options}, self.mode)
@@ -110,6 +135,68 @@ def _picking(function: Callable[..., Any], items: dict[int | str, str]) -> Calla
         args = tuple(pick(a, items.get(i)) for i, a in enumerate(args))
         kwargs = {k: pick(v, items.get(k)) for k, v in kwargs.items()}
         return function(*args, **kwargs)
+
+    return call
+
+
+def _with_params(function: Callable[..., Any], params: dict[int | str, str]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        values = runtime.airflow_context()["params"]
+        args = tuple(values[params[i]] if i in params else a for i, a in enumerate(args))
+        kwargs = {k: values[params[k]] if k in params else v for k, v in kwargs.items()}
+        return function(*args, **kwargs)
+
+    return call
+
+
+def _has_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_has_text(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_text(v) for v in value.values())
+    return False
+
+
+def _rendering(
+    function: Callable[..., Any],
+    templated: set[int | str],
+    templates_dict: dict[str, Any] | None,
+    exts: tuple[str, ...],
+) -> Callable[..., Any]:
+    """The literal arguments at `templated` rendered when the task runs, and
+    `templates_dict` rendered into the context (a value ending in one of `exts` is read
+    from that file, next to the DAG file, first: Airflow's `templates_exts`)."""
+    filename, _ = problems.location()
+    folder = os.path.dirname(os.path.abspath(filename)) if filename else os.getcwd()
+
+    def render(value: Any, context: dict[str, Any], task_id: str, field: str) -> Any:
+        if isinstance(value, str) and exts and value.endswith(exts):
+            with open(os.path.join(folder, value), encoding="utf-8") as fh:
+                value = fh.read()
+        return runtime.render_value(value, context, task_id=task_id, field=field)
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        context = runtime.airflow_context()
+        task_id = str(context["task_id"])
+        args = tuple(
+            render(a, context, task_id, f"op_args[{i}]") if i in templated else a
+            for i, a in enumerate(args)
+        )
+        kwargs = {
+            k: render(v, context, task_id, k) if k in templated else v for k, v in kwargs.items()
+        }
+        if templates_dict is None:
+            return function(*args, **kwargs)
+        rendered = {
+            k: render(v, context, task_id, f"templates_dict[{k!r}]")
+            for k, v in templates_dict.items()
+        }
+        with runtime.extra_context(templates_dict=rendered):
+            return function(*args, **kwargs)
 
     return call
 
@@ -219,7 +306,29 @@ def task_group(python_callable: Any = None, **kwargs: Any) -> Any:
     prefix = kwargs.pop("prefix_group_id", True)
     settings = arguments.task_settings({**(default_args or {}), **kwargs})
     build = taskgroup.task_group(group_id=group_id, prefix_group_id=prefix, **settings)
-    return build(python_callable) if python_callable is not None else build
+    if python_callable is not None:
+        return _GroupFunction(build(python_callable))
+    return lambda fn: _GroupFunction(build(fn))
+
+
+class _GroupFunction:
+    """A `@task_group` function; mapping a whole group is refused by name."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        functools.update_wrapper(self, inner.function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("expand", "partial", "expand_kwargs"):
+            raise problems.unsupported(
+                "mapped task group",
+                "mapping a whole @task_group is not supported: map the tasks inside it "
+                "(`.expand` on each @task)",
+            )
+        return getattr(self._inner, name)
 
 
 def setup(python_callable: Any = None, **kwargs: Any) -> Any:

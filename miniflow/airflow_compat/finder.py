@@ -48,6 +48,13 @@ SUPPORTED = frozenset({
     "airflow.providers.standard.operators.empty",
     "airflow.providers.standard.operators.latest_only",
     "airflow.providers.standard.utils", "airflow.providers.standard.decorators",
+    "airflow.sensors.base", "airflow.sensors.base_sensor_operator", "airflow.sensors.python",
+    "airflow.sensors.bash", "airflow.sensors.filesystem", "airflow.sensors.time_delta",
+    "airflow.sensors.time_sensor", "airflow.sensors.date_time", "airflow.sdk.bases.sensor",
+    "airflow.providers.standard.sensors.python", "airflow.providers.standard.sensors.bash",
+    "airflow.providers.standard.sensors.filesystem",
+    "airflow.providers.standard.sensors.time_delta", "airflow.providers.standard.sensors.time",
+    "airflow.providers.standard.sensors.date_time", "airflow.providers.common.compat.sdk",
 })  # fmt: skip
 _PACKAGES = frozenset(
     name.rsplit(".", n)[0] for name in SUPPORTED for n in range(1, name.count(".") + 1)
@@ -70,9 +77,8 @@ REFUSED_MODULES: dict[str, str] = {
     "airflow.providers.docker": "DockerOperator",
     "airflow.kubernetes.secret": "Secret",
     "airflow.providers.cncf.kubernetes.secret": "Secret",
-    "airflow.sensors": "BaseSensorOperator",
-    "airflow.providers.standard.sensors": "BaseSensorOperator",
-    "airflow.sdk.bases.sensor": "BaseSensorOperator",
+    "airflow.sensors.weekday": "DayOfWeekSensor",
+    "airflow.providers.standard.sensors.weekday": "DayOfWeekSensor",
 }
 
 

@@ -19,6 +19,9 @@ from miniflow.authoring.tasks import Pod
 
 plain = mapping.plain
 
+XCOM_FILE = "/airflow/xcom/return.json"
+"""Where a KubernetesPodOperator(do_xcom_push=True) container writes its result."""
+
 # KubernetesPodOperator argument -> miniflow pod setting.
 _POD_SETTINGS = {
     "namespace": "namespace",
@@ -84,7 +87,10 @@ class KubernetesPodOperator(OperatorMixin, Pod):
         if do_xcom_push:
             if "push_result" not in inspect.signature(Pod.__init__).parameters:
                 raise problems.pending("do_xcom_push")
-            kwargs["push_result"] = True  # the termination message (no sidecar)
+            # Airflow's container writes its XCom to /airflow/xcom/return.json for a
+            # sidecar to read; here that file is the termination message (no sidecar).
+            kwargs["push_result"] = True
+            kwargs["result_file"] = XCOM_FILE
         if on_finish_action not in ("delete_pod", "delete_succeeded_pod"):
             problems.warn("on_finish_action", "miniflow cleans up task pods itself")
         given = _defaults(kwargs)
@@ -127,9 +133,11 @@ class KubernetesPodOperator(OperatorMixin, Pod):
                         "or executor_config={'pod_override': ...}",
                     )
         push = given.pop("push_result", None)
+        result_file = given.pop("result_file", None)
         settings = mapping.task_settings(given)
         if push:
             settings["push_result"] = True
+            settings["result_file"] = result_file
         if override:
             settings["pod_override"] = mapping.executor_config({"pod_override": override})[
                 "pod_override"
@@ -146,6 +154,28 @@ class KubernetesPodOperator(OperatorMixin, Pod):
             **pod,
             **settings,
         )
+
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return {"image": "image", "cmds": "command", "arguments": "args", "env_vars": "env"}
+
+    @classmethod
+    def required_fields(cls, fixed: dict[str, Any]) -> list[str]:
+        return [] if fixed.get("image") else ["image"]
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        return {"image": "mapped"} if "image" in names else {}
+
+    def clear_placeholders(self, names: list[str]) -> None:
+        if "image" in names:
+            self.image = ""
+
+    @classmethod
+    def mapped_item(cls, name: str, value: Any, fixed: dict[str, Any]) -> Any:
+        if name == "env_vars":
+            return _env(value)
+        return plain(value) if name in ("cmds", "arguments") else value
 
 
 def _override(override: dict[str, Any], name: str, value: Any) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 
 from miniflow.airflow_compat import problems
 from miniflow.authoring import lookups
-from miniflow.authoring.params import Param as Param
-from miniflow.errors import SkipTask
+from miniflow.authoring.params import NOTSET
+from miniflow.authoring.params import Param as _Param
+from miniflow.errors import FailTask, SkipTask
 
 
 class AirflowException(Exception):
@@ -20,9 +21,8 @@ class AirflowSkipException(SkipTask, AirflowException):
     """Ends the task as skipped (miniflow's `SkipTask`)."""
 
 
-class AirflowFailException(AirflowException):
-    """Fails the task. Difference: miniflow retries it like any failure, where Airflow
-    would not (set retries=0 on tasks that raise it)."""
+class AirflowFailException(FailTask, AirflowException):
+    """Fails the task without retries (miniflow's `FailTask`)."""
 
 
 class AirflowSensorTimeout(AirflowException):
@@ -54,6 +54,22 @@ class TriggerRule(StrEnum):
     NONE_SKIPPED = "none_skipped"
     ALWAYS = "always"
     DUMMY = "always"  # Airflow 1's name
+
+
+# Param keywords for Airflow's trigger form only: no meaning for the value.
+_PARAM_UI = ("section", "values_display", "description_md", "custom_html_form")
+
+
+class Param(_Param):
+    """Airflow's `Param(default, description, **schema)`: miniflow's Param; the keywords
+    of Airflow's trigger form (`section`, `values_display`, ...) are dropped."""
+
+    def __init__(
+        self, default: Any = NOTSET, description: str | None = None, **schema: Any
+    ) -> None:
+        for name in _PARAM_UI:
+            schema.pop(name, None)
+        super().__init__(default, description=description, **schema)
 
 
 class ParamsDict(dict[str, Any]):

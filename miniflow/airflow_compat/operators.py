@@ -16,6 +16,7 @@ the scheduler, the worker — sees ordinary `Bash`, `Empty` and Python tasks:
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shlex
 from collections.abc import Callable, Sequence
@@ -23,9 +24,9 @@ from typing import Any
 
 from miniflow.airflow_compat import arguments, problems, runtime
 from miniflow.authoring import dag as dag_mod
-from miniflow.authoring.serialized import ArgRef, PythonMode
+from miniflow.authoring.serialized import ArgRef, PythonMode, SensorSettings
 from miniflow.authoring.taskflow import PythonTask, TaskRef
-from miniflow.authoring.tasks import Bash, DependencyMixin, Empty
+from miniflow.authoring.tasks import Bash, DependencyMixin, Empty, Pod, validate_settings
 
 
 def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -93,12 +94,14 @@ class XComArg(AirflowMixin, TaskRef):
 
     def __init__(self, operator: Any, key: str = "return_value") -> None:
         task = operator.task if isinstance(operator, TaskRef) else operator
-        pushed = getattr(task, "push_result", False)  # Bash / Pod results, where miniflow has them
-        if isinstance(task, Bash) and not pushed:
-            raise problems.pending("bash output")
-        if not isinstance(task, PythonTask) and not pushed:
+        pushed = getattr(task, "push_result", False)  # Bash / Pod results (do_xcom_push)
+        if isinstance(task, Bash | Pod) and not pushed:
             raise problems.unsupported(
-                "XComArg", f"{task!r} has no result: only Python tasks return one"
+                "XComArg", f"{task.task_id!r} was created with do_xcom_push=False: it has no result"
+            )
+        if not isinstance(task, PythonTask | Bash | Pod):
+            raise problems.unsupported(
+                "XComArg", f"{task!r} has no result: only Python, Bash and Pod tasks have one"
             )
         # `result["k"]` of a `multiple_outputs` task: item `k` of the task's result (a
         # dict), taken out by the consuming task when it runs.
@@ -106,8 +109,7 @@ class XComArg(AirflowMixin, TaskRef):
         super().__init__(task)
 
     @property
-    def operator(self) -> PythonTask:
-        assert isinstance(self.task, PythonTask)  # checked when made
+    def operator(self) -> Any:
         return self.task
 
     @property
@@ -144,15 +146,60 @@ class OperatorMixin(AirflowMixin):
         return XComArg(self)
 
     @property
+    def trigger_rule(self) -> str:
+        return str(self.effective_settings()["trigger_rule"])  # type: ignore[attr-defined]
+
+    @trigger_rule.setter
+    def trigger_rule(self, value: str) -> None:
+        """`op.trigger_rule = TriggerRule.NONE_FAILED` after creation, as Airflow allows."""
+        task_id = self.task_id  # type: ignore[attr-defined]
+        self.settings.update(  # type: ignore[attr-defined]
+            validate_settings({"trigger_rule": str(value)}, f"task {task_id!r}")
+        )
+
+    @property
     def log(self) -> Any:
         return runtime.task_logger(type(self).__name__)
 
     @classmethod
-    def partial(cls, *args: Any, **kwargs: Any) -> Any:
-        raise problems.pending("partial")
+    def partial(cls, task_id: str | None = None, **kwargs: Any) -> Any:
+        """`Op.partial(task_id=..., **fixed).expand(field=[...])`: see `mapping`."""
+        from miniflow.airflow_compat.mapping import OperatorPartial
+
+        return OperatorPartial(cls, {"task_id": task_id, **kwargs})
 
     def expand(self, **kwargs: Any) -> Any:
-        raise problems.pending("expand")
+        raise problems.unsupported(
+            "expand", f"call {type(self).__name__}.partial(task_id=..., ...).expand(...)"
+        )
+
+    # What `mapping.OperatorPartial` asks of each operator class.
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        """Airflow argument -> the miniflow field it maps (None: any argument)."""
+        return {}
+
+    @classmethod
+    def required_fields(cls, fixed: dict[str, Any]) -> list[str]:
+        """Arguments each mapped instance must bring when `partial` does not."""
+        return []
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        """Constructor values standing in for mapped arguments."""
+        return {}
+
+    def clear_placeholders(self, names: list[str]) -> None:
+        """Forget the placeholders: each mapped instance brings its own value."""
+
+    @classmethod
+    def mapped_item(cls, name: str, value: Any, fixed: dict[str, Any]) -> Any:
+        """One literal item of a mapped argument, as the miniflow field takes it."""
+        return value
+
+    @classmethod
+    def check_mapped_ref(cls, name: str, fixed: dict[str, Any]) -> None:
+        """Refuse an argument mapped over a task's result that cannot be converted."""
 
 
 class BashOperator(OperatorMixin, Bash):
@@ -168,9 +215,35 @@ class BashOperator(OperatorMixin, Bash):
         output_encoding: str = "utf-8",
         skip_on_exit_code: int | Sequence[int] | None = 99,
         cwd: str | None = None,
+        do_xcom_push: bool = True,
         **kwargs: Any,
     ) -> None:
+        output_processor = kwargs.pop("output_processor", None)
+        if output_processor is not None and output_processor is not json.loads:
+            raise problems.unsupported(
+                "output_processor",
+                "a Bash task's result is its last line, parsed as JSON when it is JSON "
+                "(output_processor=json.loads is accepted: it is what happens)",
+            )
+        if kwargs.get("multiple_outputs"):
+            problems.warn(
+                "multiple_outputs",
+                "a Bash task's keys are items of its result (`op.output['key']`), not "
+                "separate XComs for ti.xcom_pull(key=...)",
+            )
+        for text in [bash_command, *(env or {}).values()]:
+            if isinstance(text, str) and "xcom_push(" in text:
+                raise problems.unsupported(
+                    "xcom_push in a template",
+                    "templates can pull XComs but not push them: push from a Python task "
+                    "(ti.xcom_push) or use the Bash task's result (its last output line)",
+                )
+        pulled: list[TaskRef] = []
+        bash_command = _pulled(bash_command, pulled)
+        if env is not None:
+            env = {k: _pulled(v, pulled) for k, v in env.items()}
         settings = arguments.task_settings(_defaults(kwargs))
+        self.do_xcom_push = do_xcom_push
         command = _template_file(bash_command, self.template_ext_for_bash)
         if env is not None and not append_env:
             problems.warn("env", "miniflow adds env to the worker's environment (append_env=True)")
@@ -183,10 +256,57 @@ class BashOperator(OperatorMixin, Bash):
             command=command,
             env=env,
             skip_on_exit_code=skip_on_exit_code,
+            # Airflow pushes the last line of output as the task's XCom by default.
+            push_result=bool(do_xcom_push),
             **settings,
         )
+        for ref in pulled:
+            ref >> self
 
     template_ext_for_bash = (".sh", ".bash")
+
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return {"bash_command": "command", "env": "env"}
+
+    @classmethod
+    def required_fields(cls, fixed: dict[str, Any]) -> list[str]:
+        return [] if "bash_command" in fixed else ["bash_command"]
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        return {"bash_command": "mapped"} if "bash_command" in names else {}
+
+    def clear_placeholders(self, names: list[str]) -> None:
+        if "bash_command" in names:
+            self.command = self.bash_command = ""
+
+    @classmethod
+    def mapped_item(cls, name: str, value: Any, fixed: dict[str, Any]) -> Any:
+        if name != "bash_command" or not isinstance(value, str):
+            return value
+        command = _template_file(value, cls.template_ext_for_bash)
+        cwd = fixed.get("cwd")
+        return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
+
+    @classmethod
+    def check_mapped_ref(cls, name: str, fixed: dict[str, Any]) -> None:
+        if name == "bash_command" and fixed.get("cwd"):
+            raise problems.unsupported(
+                "cwd with bash_command mapped over a task's result",
+                "give the commands as a literal list, or `cd` inside each command",
+            )
+
+
+def _pulled(value: Any, refs: list[TaskRef]) -> Any:
+    """A task's result in a templated field (`bash_command=t.output`) as the template
+    pulling it when the field is rendered; the task is added to `refs` (upstream)."""
+    if not isinstance(value, TaskRef):
+        return value
+    refs.append(value)
+    item = getattr(value, "item", None)
+    pull = f"ti.xcom_pull(task_ids={value.task_id!r})"
+    return "{{ " + (pull if item is None else f"{pull}[{item!r}]") + " }}"
 
 
 def _template_file(command: str, extensions: Sequence[str]) -> str:
@@ -240,6 +360,7 @@ class _PythonOperatorBase(OperatorMixin, PythonTask):
         *,
         mode: PythonMode | None = None,
         ignore_downstream_trigger_rules: bool = True,
+        sensor: SensorSettings | None = None,
     ) -> None:
         self.do_xcom_push = bool(kwargs.get("do_xcom_push", True))
         settings = arguments.task_settings(_defaults(kwargs))
@@ -257,6 +378,7 @@ class _PythonOperatorBase(OperatorMixin, PythonTask):
                 settings,
                 mode=mode,
                 ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
+                sensor=sensor,
             )
         finally:
             if token is not None:
@@ -300,8 +422,14 @@ class PythonOperator(_PythonOperatorBase):
             ignore_downstream_trigger_rules=ignore_downstream_trigger_rules,
         )
 
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return {"op_args": "op_args", "op_kwargs": "op_kwargs"}
+
     def _run(self, **resolved: Any) -> Any:
         """In the worker: upstream results in, templates rendered, the callable called."""
+        if "op_args" in resolved or "op_kwargs" in resolved:  # a mapped instance's own
+            return self._run_mapped(resolved.pop("op_args", None), resolved.pop("op_kwargs", None))
         args = [
             pick(resolved[f"op_args_{i}"], getattr(v, "item", None))
             if isinstance(v, TaskRef)
@@ -314,7 +442,24 @@ class PythonOperator(_PythonOperatorBase):
             else v
             for k, v in self.callable_kwargs.items()
         }
+        return self._call(args, kwargs)
+
+    def _run_mapped(self, args: Any, kwargs: Any) -> Any:
+        if args is not None and not isinstance(args, list):
+            raise TypeError(f"a mapped op_args item must be a list, got {args!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"a mapped op_kwargs item must be a dict, got {kwargs!r}")
+        return self._call(
+            list(self.callable_args if args is None else args),
+            {**self.callable_kwargs, **(kwargs or {})},
+        )
+
+    def _call(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         context = runtime.airflow_context(task=self)
+        args, kwargs = (
+            runtime.resolve_params(args, context),
+            runtime.resolve_params(kwargs, context),
+        )
         render = runtime.render_value
         args = render(args, context, task_id=self.task_id, field="op_args")
         kwargs = render(kwargs, context, task_id=self.task_id, field="op_kwargs")
@@ -350,12 +495,24 @@ class BaseOperator(_PythonOperatorBase):
     def post_execute(self, context: Any, result: Any = None) -> None:
         """Called after `execute` (Airflow's hook)."""
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # `self.values = values` where `values` is a task's result (`op.output`): that
+        # task runs first, and the field is its result when rendered (Airflow's rule).
+        if isinstance(value, TaskRef) and name in self.template_fields and "dag" in vars(self):
+            value >> self
+
     def render_template_fields(self, context: Any) -> None:
         """Each of `template_fields` rendered; a string ending in one of `template_ext`
-        is read from that file (next to the DAG file) first, as Airflow does."""
+        is read from that file (next to the DAG file) first, as Airflow does. A field
+        holding a task's result (`op.output`) becomes that result."""
         folder = os.path.dirname(os.path.abspath(self.dag.filename or "."))
         for name in self.template_fields:
             value = getattr(self, name, None)
+            if isinstance(value, TaskRef):
+                pulled = context["ti"].xcom_pull(task_ids=value.task_id)
+                setattr(self, name, pick(pulled, getattr(value, "item", None)))
+                continue
             if (
                 isinstance(value, str)
                 and self.template_ext
@@ -369,7 +526,19 @@ class BaseOperator(_PythonOperatorBase):
                 runtime.render_value(value, context, task_id=self.task_id, field=name),
             )
 
-    def _run(self) -> Any:
+    @classmethod
+    def mapped_fields(cls) -> dict[str, str] | None:
+        return None  # any constructor argument
+
+    @classmethod
+    def placeholders(cls, names: list[str], fixed: dict[str, Any]) -> dict[str, Any]:
+        return dict.fromkeys(names)
+
+    def _run(self, **mapped: Any) -> Any:
+        # A mapped instance: its arguments set as the constructor would have stored them
+        # (the constructor itself ran once, with placeholders, when the DAG was defined).
+        for name, value in mapped.items():
+            setattr(self, name, value)
         context = runtime.airflow_context(task=self)
         self.render_template_fields(context)
         self.pre_execute(context)

@@ -63,10 +63,22 @@ UNSUPPORTED: dict[str, str] = {
     "`executor_config={'pod_override': ...}` for its image",
     "PythonVirtualenvOperator": "use a worker image with the packages installed",
     "ExternalPythonOperator": "use a worker image with that Python",
+    "BranchExternalPythonOperator": "use a worker image with that Python and "
+    "BranchPythonOperator",
+    "BranchPythonVirtualenvOperator": "use a worker image with the packages installed and "
+    "BranchPythonOperator",
     "DockerOperator": "use KubernetesPodOperator (miniflow `Pod`)",
     "Secret": "Kubernetes secrets of KubernetesPodOperator are not mapped yet: reference the "
     "secret in `env_from` through `pod_override`, or mount it with `volumes`",
     "SmoothOperator": "not provided: use EmptyOperator",
+    "TimeDeltaSensorAsync": "deferrable sensors are not supported: use TimeDeltaSensor "
+    "(mode='reschedule' gives the slot back between pokes)",
+    "TimeSensorAsync": "deferrable sensors are not supported: use TimeSensor "
+    "(mode='reschedule' gives the slot back between pokes)",
+    "DateTimeSensorAsync": "deferrable sensors are not supported: use DateTimeSensor "
+    "(mode='reschedule' gives the slot back between pokes)",
+    "DayOfWeekSensor": "not mapped: use a PythonSensor (or @task.sensor) checking "
+    "logical_date.weekday(), or a cron schedule for those days",
     "depends_on_past": "cross-run dependencies are not supported",
     "wait_for_downstream": "cross-run dependencies are not supported",
 }
@@ -83,8 +95,6 @@ PENDING: dict[str, str] = {
     "upstream task's result as an argument (`.output` or the @task's return value)",
     "task.sensor": "@task.sensor is not available in this miniflow version",
     "PokeReturnValue": "sensors are not available in this miniflow version",
-    "BaseSensorOperator": "sensors are not available in this miniflow version",
-    "PythonSensor": "sensors are not available in this miniflow version",
     "setup": "setup/teardown tasks are not available in this miniflow version",
     "teardown": "setup/teardown tasks are not available in this miniflow version",
     "LatestOnlyOperator": "latest-only is not available in this miniflow version",

@@ -8,11 +8,13 @@ entries its signature names (`ds`, `ti`, `params`, ...) or all of them with `**k
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from miniflow.airflow_compat import problems
@@ -44,11 +46,27 @@ class TaskInstance:
         return method(*args, **kwargs)
 
 
+_extra: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "miniflow_airflow_extra_context", default=None
+)
+
+
+@contextlib.contextmanager
+def extra_context(**entries: Any) -> Iterator[None]:
+    """Context entries a task's wrapper adds (`templates_dict`) while it runs."""
+    token = _extra.set({**(_extra.get() or {}), **entries})
+    try:
+        yield
+    finally:
+        _extra.reset(token)
+
+
 def airflow_context(**extra: Any) -> dict[str, Any]:
     """The running task's context with Airflow's names (`extra` added over it)."""
     context = get_current_context()
     ti = TaskInstance(context["ti"])
     context.update(ti=ti, task_instance=ti, conf=None, templates_dict=None)
+    context.update(_extra.get() or {})
     context.update(extra)
     return context
 
@@ -72,6 +90,10 @@ def with_context(function: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return call_with_context(function, args, kwargs, airflow_context())
 
+    # The task's arguments are the others: a call need not give `ds`, `ti`, ...
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for name, p in signature.parameters.items() if name not in named]
+    )
     return call
 
 
@@ -135,4 +157,18 @@ def render_value(value: Any, context: Mapping[str, Any], *, task_id: str, field:
             k: render_value(v, context, task_id=task_id, field=f"{field}[{k!r}]")
             for k, v in value.items()
         }
+    return value
+
+
+def resolve_params(value: Any, context: Mapping[str, Any]) -> Any:
+    """`value` with each `@dag` function parameter (a `DagParam`) replaced by the run's
+    param value (its native type, which rendering the template would lose)."""
+    from miniflow.airflow_compat.dags import DagParam
+
+    if isinstance(value, DagParam):
+        return context["params"][value.name]
+    if isinstance(value, list | tuple):
+        return type(value)(resolve_params(v, context) for v in value)
+    if isinstance(value, dict):
+        return {k: resolve_params(v, context) for k, v in value.items()}
     return value

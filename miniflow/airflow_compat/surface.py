@@ -33,6 +33,7 @@ from miniflow.airflow_compat.operators import (
     cross_downstream,
 )
 from miniflow.airflow_compat.runtime import airflow_context
+from miniflow.airflow_compat.sensors import EXPORTS as SENSORS
 from miniflow.authoring.context import get_current_context as _miniflow_context
 
 
@@ -102,6 +103,7 @@ EXPORTS: dict[str, Any] = {
     "AirflowTaskTimeout": names.AirflowTaskTimeout,
     "AirflowNotFoundException": names.AirflowNotFoundException,
     "Context": dict,
+    **SENSORS,
 }
 # Names that forward to miniflow features only some versions have (absent: the module's
 # __getattr__ names the construct as not yet available).

@@ -266,8 +266,10 @@ def _task_label(dag: SerializedDag, task_id: str, parent: str | None) -> str:
     sensor = task.get("sensor")
     if sensor is not None:
         kind += f", {sensor['mode']} every {sensor['poke_interval']:g}s"
-    if task.get("push_result"):
-        kind += ", result from /dev/termination-log"
+    if task.get("push_result") and task["kind"] == "pod":
+        kind += f", result from {task.get('result_file') or '/dev/termination-log'}"
+    elif task.get("push_result"):
+        kind += ", result: its last output line"
     label = f"{task_id} [dim]({kind})[/]"
     expansion = task.get("expand")
     if expansion is not None:

@@ -214,7 +214,9 @@ async def _record_exits(
                 )
         else:
             outcome = _by_exit_code(event, flight, task, now)
-            if task is not None and task.get("push_result"):
+            # A Bash task's pushed result is its last line (`_by_exit_code`); a Pod's is
+            # its termination message.
+            if task is not None and task.get("push_result") and task["kind"] == "pod":
                 outcome = _with_result(
                     outcome, event, flight, task, now, deps.settings.max_result_bytes
                 )

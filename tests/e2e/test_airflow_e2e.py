@@ -114,6 +114,110 @@ APACHE_STATES: dict[str, dict[str, str]] = {
         "final_2": "success",
     },
     "tutorial_taskflow_api": {"extract": "success", "transform": "success", "load": "success"},
+    "tutorial_dag": {"extract": "success", "transform": "success", "load": "success"},
+    "example_simplest_dag": {"my_task": "success"},
+    # this_will_skip exits 99 (skipped), so run_this_last (all_success) is skipped too
+    "example_bash_operator": {
+        **dict.fromkeys(
+            [
+                "run_after_loop",
+                "runme_0",
+                "runme_1",
+                "runme_2",
+                "also_run_this",
+                "describe_dag_folder",
+                "show_dag_folder_stats",
+            ],
+            "success",
+        ),
+        "this_will_skip": "skipped",
+        "run_this_last": "skipped",
+    },
+    "example_dynamic_task_mapping_with_no_taskflow_operators": {
+        "add_one": "success",
+        "sum_it": "success",
+    },
+    "example_nested_branch_dag": {
+        "branch_1": "success",
+        "true_1": "success",
+        "join_1": "success",
+        **dict.fromkeys(
+            ["false_1", "branch_2", "true_2", "false_2", "false_3", "join_2"], "skipped"
+        ),
+    },
+    "example_params_trigger_ui": dict.fromkeys(
+        [
+            "select_languages",
+            "get_names",
+            "generate_english_greeting",
+            "generate_german_greeting",
+            "generate_french_greeting",
+            "print_greetings",
+        ],
+        "success",
+    ),
+    "example_sensor_decorator": {"wait_for_upstream": "success", "dummy_operator": "success"},
+    "example_setup_teardown": dict.fromkeys(
+        [
+            "root_setup",
+            "normal",
+            "root_teardown",
+            "section_1.taskgroup_setup",
+            "section_1.normal",
+            "section_1.taskgroup_teardown",
+        ],
+        "success",
+    ),
+    "example_setup_teardown_taskflow": dict.fromkeys(
+        [
+            "my_first_task",
+            "my_second_task",
+            "my_third_task",
+            "outer_setup",
+            "outer_work",
+            "outer_teardown",
+            "section_1.inner_setup",
+            "section_1.inner_work",
+            "section_1.inner_teardown",
+        ],
+        "success",
+    ),
+    "example_short_circuit_decorator": {
+        **dict.fromkeys(
+            [
+                "condition_is_true",
+                "true_1",
+                "true_2",
+                "condition_is_false",
+                "task_1",
+                "task_2",
+                "short_circuit",
+                "task_3",
+                "task_5",
+                "task_7",
+            ],
+            "success",
+        ),
+        **dict.fromkeys(["false_1", "false_2", "task_4", "task_6"], "skipped"),
+    },
+    "example_task_group_decorator": {
+        "task_start": "success",
+        "task_end": "success",
+        **{
+            f"task_group_function{suffix}.task_{n}": "success"
+            for suffix in ("", "__1", "__2", "__3", "__4")
+            for n in (1, 2, 3)
+        },
+    },
+    "example_xcom_args": {"generate_value": "success", "print_value": "success"},
+    "example_xcom_args_with_operators": {
+        "c": "success",
+        "d": "success",
+        "print_value": "success",
+        "print_value__1": "success",
+    },
+    # a manual run is not skipped by LatestOnly
+    "latest_only": {"latest_only": "success", "task1": "success"},
     "tutorial": {"print_date": "success", "sleep": "success", "templated": "success"},
 }
 
@@ -169,7 +273,7 @@ def test_airflow_check_reports_each_file_and_refused_construct(af_cli: Cli) -> N
     }
 
     apache = af_cli("airflow", "check", str(APACHE)).stdout
-    assert "6 of 6 DAG files load unmodified" in apache
+    assert "19 of 19 DAG files load unmodified" in apache
     # A difference worth knowing is a warning with its line, not a silent change.
     assert "example_skip_dag.py: loads with warnings" in apache
     assert "example_skip_dag.py:64: timedelta schedule" in apache
@@ -218,15 +322,35 @@ def test_airflow3_paths_run_unmodified_under_dags_test(af_cli: Cli) -> None:
     assert f"total is 3 on {DATE}" in shout
 
 
-def test_airflow_example_dags_end_with_airflows_states(af_cli: Cli) -> None:
-    copy_dags(af_cli, *sorted(APACHE.glob("*.py")))
-    for dag_id, expected in APACHE_STATES.items():
-        af_cli("dags", "test", dag_id, "--logical-date", DATE)
-        assert states(af_cli, dag_id) == expected, dag_id
-    load = af_cli("tasks", "logs", "tutorial_taskflow_api", "latest", "load").stdout
-    assert "Total order value is: 1236.70" in load
-    templated = af_cli("tasks", "logs", "tutorial", "latest", "templated").stdout
-    assert templated.count(DATE) == 5 and templated.count("2024-05-08") == 5
+# The file of each example DAG whose id is not its file's name.
+APACHE_FILES = {
+    "example_xcom_args": "example_xcomargs.py",
+    "example_xcom_args_with_operators": "example_xcomargs.py",
+    "latest_only": "example_latest_only.py",
+}
+
+
+@pytest.mark.parametrize("dag_id", sorted(APACHE_STATES))
+def test_airflow_example_dags_end_with_airflows_states(af_cli: Cli, dag_id: str) -> None:
+    copy_dags(af_cli, APACHE / APACHE_FILES.get(dag_id, f"{dag_id}.py"))
+    af_cli("dags", "test", dag_id, "--logical-date", DATE)
+    assert states(af_cli, dag_id) == APACHE_STATES[dag_id]
+    if dag_id == "tutorial_taskflow_api":
+        load = af_cli("tasks", "logs", dag_id, "latest", "load").stdout
+        assert "Total order value is: 1236.70" in load
+    elif dag_id == "tutorial":
+        templated = af_cli("tasks", "logs", dag_id, "latest", "templated").stdout
+        assert templated.count(DATE) == 5 and templated.count("2024-05-08") == 5
+    elif dag_id == "example_dynamic_task_mapping_with_no_taskflow_operators":
+        # an operator mapped with .partial().expand(), reduced by an operator reading .output
+        assert result(af_cli, dag_id, "sum_it") == 9
+    elif dag_id == "example_bash_operator":
+        # BashOperator pushes its last line (do_xcom_push), JSON as output_processor makes it
+        folder = result(af_cli, dag_id, "describe_dag_folder")
+        assert isinstance(folder, dict) and set(folder) == {"dag_folder", "file_count"}
+    elif dag_id == "example_params_trigger_ui":
+        # the params' defaults; tasks mapped over a list from them
+        assert result(af_cli, dag_id, "get_names") == ["Linda", "Martha", "Thomas"]
 
 
 # --- the scheduler -----------------------------------------------------------------------------
@@ -328,3 +452,24 @@ def test_forwarded_airflow_names_run_on_miniflows_features(af_cli: Cli) -> None:
         assert found[task_id] == "success", (task_id, found)
     assert result(af_cli, "af_forwarded", "total") == 12  # .expand over numbers(), doubled
     assert result(af_cli, "af_forwarded", "pull") == [1, 2, 3]  # ti.xcom_pull
+
+
+def test_operator_mapping_sensors_results_and_fail_exception(af_cli: Cli) -> None:
+    copy_dags(af_cli, FIXTURES / "forwarded" / "af_operators.py")
+    af_cli("dags", "test", "af_operators", "--logical-date", DATE, "--conf", '{"factor": 5}',
+           expect=1)  # fmt: skip
+    found = states(af_cli, "af_operators")
+    for task_id in ("lines", "sums", "plus", "collect", "day", "bash_ok", "later"):
+        assert found[task_id] == "success", (task_id, found)
+    assert found["never"] == "skipped"  # soft_fail after its timeout
+    assert found["refuses"] == "failed"
+    assert result(af_cli, "af_operators", "collect") == {
+        "lines": ["a", "b"],  # BashOperator do_xcom_push: the last line of each instance
+        "sums": [11, 12],
+        "plus": [2, 3, 4],
+        "factor": 5,  # a @dag function parameter, from the run's conf
+    }
+    assert result(af_cli, "af_operators", "day") == DATE  # PokeReturnValue's value
+    rows = json.loads(af_cli("tasks", "list", "af_operators", "latest", "-o", "json").stdout)
+    refuses = next(r for r in rows if r["task_id"] == "refuses")
+    assert refuses["try_number"] == 1  # AirflowFailException: no retry despite retries=3

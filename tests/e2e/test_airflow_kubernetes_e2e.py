@@ -53,6 +53,19 @@ with DAG("af_kpo", schedule=None, start_date=datetime(2024, 1, 1), catchup=False
         return "done"
 
     hello >> after()
+
+    # mapped over literal arguments; each pod's /airflow/xcom/return.json is its result
+    sizes = KubernetesPodOperator.partial(
+        task_id="sizes", image="busybox:1.36", cmds=["sh", "-c"], do_xcom_push=True
+    ).expand(
+        arguments=[["echo 1 > /airflow/xcom/return.json"], ["echo 2 > /airflow/xcom/return.json"]]
+    )
+
+    @task
+    def total(values):
+        return sum(values)
+
+    total(sizes.output)
 """
 
 
@@ -80,10 +93,12 @@ async def test_kubernetes_pod_operator_is_one_pod_per_task(
         attempts = {a.task_id: a for a in await kube.attempts("af_kpo", run_id)}
     assert state == "success", {t: (i.state, i.error) for t, i in tis.items()}
     assert tis["after"].result == "done"
+    assert tis["total"].result == 3  # the two mapped pods' do_xcom_push results
 
     manifests = audit.manifests()
     assert set(audit.creates_per_pod().values()) == {1}
-    assert len(manifests) == 2  # one pod per task: no worker pod around the operator's pod
+    # one pod per task (instance): no worker pod around the operator's pods
+    assert len(manifests) == 5
     hello = manifests[attempts["hello"].handle]["spec"]["containers"][0]
     assert hello["image"] == "busybox:1.36"
     assert hello["command"] == ["sh", "-c"]

@@ -107,7 +107,7 @@ def test_dags_test_and_the_cli_show_mapped_instances(tmp_path: Path) -> None:
     shown = run_cli(["dags", "show", "mapped"], env)
     assert shown.returncode == 0, shown.stderr
     assert "scale (python) mapped over size=<result of sizes>" in shown.stdout
-    assert "echo (bash) mapped over command=[2 items]" in shown.stdout
+    assert "echo (bash, result: its last output line) mapped over command=[2 items]" in shown.stdout
     tested = run_cli(["dags", "test", "mapped"], env, timeout=90)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "scale[3]: success (try 1)" in tested.stdout

@@ -321,6 +321,41 @@ async def test_a_task_can_skip_itself(db_url: str, tmp_path: Path) -> None:
     assert attempts["nothing_new"].exit_code == 0
 
 
+SELF_FAIL = """
+from datetime import datetime
+from miniflow import DAG, Bash, FailTask, task
+
+with DAG("selffail", start_date=datetime(2026, 1, 1)):
+
+    @task(retries=3, retry_delay=0)
+    def bad_input() -> None:
+        raise FailTask("the input file is corrupt")
+
+    @task(retries=3, retry_delay=0)
+    async def also_final() -> None:
+        raise FailTask("no permission")
+
+    bad_input() >> Bash("after", "true")
+    also_final()
+"""
+
+
+async def test_a_task_can_fail_without_retries(db_url: str, tmp_path: Path) -> None:
+    write_dag(tmp_path / "dags", "selffail.py", SELF_FAIL)
+    async with local_scheduler(db_url, tmp_path) as local:
+        run_id, state = await local.run("selffail")
+        tis = await local.tis("selffail", run_id)
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "bad_input": "failed",
+        "also_final": "failed",
+        "after": "upstream_failed",
+    }
+    assert state == "failed"
+    assert tis["bad_input"].try_number == 1  # retries=3, but FailTask is final
+    assert tis["also_final"].try_number == 1
+    assert "the input file is corrupt" in (tis["bad_input"].error or "")
+
+
 SKIP_CODES = """
 from datetime import datetime
 from miniflow import DAG, Bash

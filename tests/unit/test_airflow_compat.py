@@ -354,3 +354,144 @@ def test_features_miniflow_may_lack_forward_or_name_the_construct(
     else:
         with pytest.raises(problems.UnsupportedConstruct, match="not available in this miniflow"):
             import_dag_file(path)
+
+
+def test_operators_partial_expand_map_onto_miniflow_mapping(layer: None, tmp_path: Path) -> None:
+    path = tmp_path / "mapped.py"
+    path.write_text(
+        textwrap.dedent("""
+        from datetime import datetime
+        from airflow import DAG
+        from airflow.operators.bash import BashOperator
+        from airflow.operators.python import PythonOperator
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        def show(x, y=0):
+            return x + y
+
+        with DAG("mapped", start_date=datetime(2024, 1, 1), schedule=None):
+            BashOperator.partial(task_id="b", cwd="/srv").expand(bash_command=["echo 1", "echo 2"])
+            PythonOperator.partial(task_id="p", python_callable=show).expand(op_args=[[1], [2]])
+            KubernetesPodOperator.partial(task_id="k", image="busybox").expand(
+                arguments=[["a"], ["b"]], env_vars=[[{"name": "A", "value": "1"}]]
+            )
+            BashOperator.partial(task_id="bk").expand_kwargs(
+                [{"bash_command": "echo x", "env": {"A": "1"}}, {"bash_command": "echo y"}]
+            )
+            KubernetesPodOperator(task_id="pushes", image="busybox", do_xcom_push=True)
+    """)
+    )
+    (dag,) = import_dag_file(path)
+    tasks = dag.serialize("mapped.py")["tasks"]
+    assert tasks["b"]["expand"] == {
+        "mode": "product",
+        "args": {"command": {"value": ["cd /srv && echo 1", "cd /srv && echo 2"]}},
+    }
+    assert tasks["b"]["push_result"] is True  # do_xcom_push defaults to True
+    assert tasks["p"]["expand"]["args"] == {"op_args": {"value": [[1], [2]]}}
+    assert tasks["k"]["expand"]["args"] == {
+        "args": {"value": [["a"], ["b"]]},
+        "env": {"value": [{"A": "1"}]},
+    }
+    assert tasks["bk"]["expand"]["source"]["value"][0] == {"command": "echo x", "env": {"A": "1"}}
+    assert tasks["pushes"]["result_file"] == "/airflow/xcom/return.json"
+
+
+def test_mapping_mistakes_name_the_field(layer: None, tmp_path: Path) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(
+        "from airflow import DAG\nfrom airflow.operators.bash import BashOperator\n"
+        "with DAG('bad'):\n"
+        "    BashOperator.partial(task_id='b').expand(cwd=['/a'])\n"
+    )
+    with pytest.raises(Exception, match="'cwd' cannot be mapped on a BashOperator"):
+        import_dag_file(path)
+
+
+def test_airflow_fail_exception_is_miniflows_fail_task(layer: None) -> None:
+    from airflow.exceptions import AirflowFailException  # type: ignore[import-not-found]
+
+    from miniflow import FailTask
+
+    assert issubclass(AirflowFailException, FailTask)
+
+
+def test_dag_function_parameters_become_params(layer: None, tmp_path: Path) -> None:
+    path = tmp_path / "params.py"
+    path.write_text(
+        textwrap.dedent("""
+        from datetime import datetime
+        from airflow.decorators import dag, task
+        from airflow.operators.bash import BashOperator
+
+        @dag(schedule=None, start_date=datetime(2024, 1, 1), params={"kept": 1})
+        def with_params(n: int = 3, who="world"):
+            @task
+            def double(x):
+                return x * 2
+            BashOperator(task_id="hello", bash_command=f"echo hello {who}")
+            double(n)
+
+        with_params()
+    """)
+    )
+    (dag,) = import_dag_file(path)
+    data = dag.serialize("params.py")
+    assert data["params"] == {"kept": 1, "n": 3, "who": "world"}
+    assert data["tasks"]["hello"]["command"] == "echo hello {{ params.who }}"
+
+
+def test_sensor_operators_are_miniflow_sensors(layer: None, tmp_path: Path) -> None:
+    path = tmp_path / "sensors.py"
+    path.write_text(
+        textwrap.dedent("""
+        from datetime import datetime, timedelta
+        from airflow import DAG
+        from airflow.sensors.base import BaseSensorOperator
+        from airflow.providers.standard.sensors.python import PythonSensor
+        from airflow.providers.standard.sensors.filesystem import FileSensor
+        from airflow.providers.standard.sensors.time_delta import TimeDeltaSensor
+
+        class Ready(BaseSensorOperator):
+            def poke(self, context):
+                return True
+
+        with DAG("sensors", start_date=datetime(2024, 1, 1), schedule=None):
+            Ready(task_id="ready", poke_interval=5, timeout=60, mode="reschedule")
+            PythonSensor(task_id="py", python_callable=lambda: True, soft_fail=True)
+            FileSensor(task_id="file", filepath="/data/*.csv", poke_interval=timedelta(minutes=1))
+            TimeDeltaSensor(task_id="later", delta=timedelta(seconds=1))
+    """)
+    )
+    (dag,) = import_dag_file(path)
+    tasks = dag.serialize("sensors.py")["tasks"]
+    assert tasks["ready"]["python_mode"] == "sensor"
+    assert tasks["ready"]["sensor"] == {
+        "poke_interval": 5.0, "timeout": 60.0, "mode": "reschedule", "soft_fail": False,
+    }  # fmt: skip
+    assert tasks["py"]["sensor"]["soft_fail"] is True
+    assert tasks["file"]["sensor"]["poke_interval"] == 60.0
+    assert {t["kind"] for t in tasks.values()} == {"python"}
+
+
+@pytest.mark.parametrize(
+    ("source", "construct"),
+    [
+        ("from airflow.sensors.time_delta import TimeDeltaSensorAsync", "TimeDeltaSensorAsync"),
+        ("from airflow.providers.standard.sensors.weekday import DayOfWeekSensor",
+         "DayOfWeekSensor"),
+        ("from airflow.operators.bash import BashOperator\n"
+         "BashOperator(task_id='t', bash_command='echo {{ ti.xcom_push(key=1, value=2) }}')",
+         "xcom_push in a template"),
+        ("from airflow.decorators import task_group\n@task_group\ndef g(x):\n    pass\n"
+         "g.expand(x=[1])", "mapped task group"),
+    ],
+)  # fmt: skip
+def test_what_cannot_run_is_named(layer: None, tmp_path: Path, source: str, construct: str) -> None:
+    path = tmp_path / "named.py"
+    path.write_text(
+        "from airflow import DAG\nwith DAG('named'):\n" + textwrap.indent(source, "    ")
+    )
+    with pytest.raises(problems.UnsupportedConstruct) as caught:
+        import_dag_file(path)
+    assert caught.value.construct == construct
