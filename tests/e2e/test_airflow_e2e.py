@@ -380,6 +380,7 @@ def test_scheduler_runs_airflow_dags_with_the_local_launcher(tmp_path: Path) -> 
 # --- variables and connections -----------------------------------------------------------------
 
 
+@pytest.mark.timeout(300)  # a dozen CLI commands, each a process start: slow on a loaded machine
 def test_variables_and_connections_from_the_database(cli: Cli) -> None:
     """Without AIRFLOW_VAR_/AIRFLOW_CONN_ variables, DAG code and templates read the values
     the CLI stored; a password is never printed."""
