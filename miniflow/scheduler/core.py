@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -62,6 +64,9 @@ MAX_DB_BACKOFF = 30.0
 LEFTOVERS_WITHIN = 24 * 3600.0
 """A dead instance's leftover pods are looked for only if it heartbeat this recently."""
 
+
+_DEPS_FIELDS = frozenset({"sessions", "launcher", "settings", "dags", "clock"})
+"""Scheduler attributes that `RoundDeps` carries (kept in step by `__setattr__`)."""
 
 _UNRUN = frozenset({states.SKIPPED, states.UPSTREAM_FAILED})
 
@@ -426,6 +431,14 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The round's modules see the scheduler's collaborators through `deps`: replacing
+        # one (the daemon sets parallelism 0 to stop claiming; tests swap a launcher)
+        # replaces it there too.
+        super().__setattr__(name, value)
+        if name in _DEPS_FIELDS and "deps" in self.__dict__:
+            super().__setattr__("deps", dataclasses.replace(self.deps, **{name: value}))
 
     @property
     def inflight(self) -> dict[AttemptKey, InFlight]:

@@ -183,3 +183,32 @@ async def test_exit_of_a_superseded_try_closes_its_attempt(
     assert attempt.ended_at is not None
     assert (ti.state, ti.try_number) == ("queued", 2)  # the current try is untouched
     await scheduler.close()
+
+
+async def test_replaced_settings_reach_the_claims(engine: AsyncEngine, tmp_path: Path) -> None:
+    """`dags test` stops claiming on Ctrl-C by setting parallelism 0 on the scheduler: the
+    claim (which sees the scheduler's collaborators through `deps`) must see it."""
+    import dataclasses
+
+    (tmp_path / "fan.py").write_text(textwrap.dedent(FANOUT))
+    launcher = InstantLauncher(hold=True)
+    scheduler = Scheduler(
+        engine=engine,
+        launcher=launcher,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, idle_wait=0.05),
+    )
+    await scheduler.start()
+    try:
+        await scheduler.tick()  # parse
+        await _trigger(engine, "fan")
+        scheduler.settings = dataclasses.replace(scheduler.settings, parallelism=0)
+        other = InstantLauncher(hold=True)
+        scheduler.launcher = other
+        for _ in range(3):
+            await scheduler.tick()
+        assert scheduler.deps.settings.parallelism == 0
+        assert scheduler.deps.launcher is other
+        assert not launcher.launched and not other.launched  # nothing claimed
+    finally:
+        await scheduler.close()
