@@ -348,10 +348,15 @@ async def test_ready_only_once_the_kubernetes_watch_listed_and_its_counts(
             async def waiting_for_the_list() -> bool:
                 return await get(base, "/readyz") == (503, "starting: launcher not synced yet\n")
 
+            async def refusal_counted() -> bool:
+                # The counter is the process's: compare with its value before this start.
+                _, text = await get(base, "/metrics")
+                refused = counter(text, "miniflow_kube_api_errors_total", code="403")
+                return refused > counter(before, "miniflow_kube_api_errors_total", code="403")
+
             await until(waiting_for_the_list, 30, "/readyz to wait for the watch's list")
-            _, text = await get(base, "/metrics")
-            refused = counter(text, "miniflow_kube_api_errors_total", code="403")
-            assert refused > counter(before, "miniflow_kube_api_errors_total", code="403")
+            await until(refusal_counted, 30, "the refused list to be counted by its code")
+            assert await get(base, "/readyz") == (503, "starting: launcher not synced yet\n")
             fake_kube.faults.allow("list", "default")
             await asyncio.wait_for(starting, 60)
             assert await get(base, "/readyz") == (200, "ready\n")
