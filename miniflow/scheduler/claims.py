@@ -154,17 +154,14 @@ async def claim_and_launch(
             )
     stats.launched = len(handles)
     metrics.ATTEMPTS_LAUNCHED.labels(deps.launcher.name).inc(len(handles))
-    # Handles wait for the next round's bookkeeping transaction (the round right after a
-    # launch), unless failures need one now. A scheduler dying before then leaves
-    # open tries without a handle, as one dying during the launch does: launchers
-    # find a try's process or pod by its key.
-    deps.flights.unsaved_handles += handles
+    # Handles are written right after the launch: a scheduler that dies later leaves
+    # tries its successor finds by their handles.
     due: list[TaskEnd] = []
-    if failures:
+    if failures or handles:
         async with store_engine.transaction(deps.sessions) as session:
-            await store_attempts.set_handles(session, deps.flights.unsaved_handles)
-            deps.flights.unsaved_handles = []
-            due = await fail_before_start(deps, session, failures, stats)
+            await store_attempts.set_handles(session, handles)
+            if failures:
+                due = await fail_before_start(deps, session, failures, stats)
     if failures:
         stats.changed += len(failures)
     return due

@@ -323,10 +323,6 @@ class Scheduler:
         return adopt, dead
 
     async def close(self) -> None:
-        if self.flights.unsaved_handles:  # a peer adopting these tries finds them by their handles
-            async with store_engine.transaction(self.sessions) as session:
-                await store_attempts.set_handles(session, self.flights.unsaved_handles)
-            self.flights.unsaved_handles = []
         if self.dag_callbacks is not None:
             await self.dag_callbacks.drain(self.settings.callback_timeout)
         await self.launcher.close()
@@ -585,21 +581,18 @@ class Scheduler:
                 self._due.runs = None
         await self._resolve_only_run()
         batch = self._take_events()
-        handles, self.flights.unsaved_handles = self.flights.unsaved_handles, []
         # One transaction for the bookkeeping half of the round, one for the claim:
         # on Postgres every transaction is a few round trips, and a chain of tasks pays
         # them once per link.
         self.liveness.enter(liveness.EVENTS)
         try:
             async with store_engine.transaction(self.sessions) as session:
-                await store_attempts.set_handles(session, handles)
                 await self._record_events(session, batch, stats)
                 now = self.clock.now()
                 await self._create_and_start_runs(session, now, stats)
                 await self._advance_runs(session, now, stats)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
-            self.flights.unsaved_handles[:0] = handles
             self.run_views.clear()  # what they learnt this round is not in the database
             self._ended = []
             self._task_ends = []

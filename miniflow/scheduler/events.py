@@ -251,13 +251,16 @@ async def _record_exits(
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
         if state in states.FINISHED:
             recorded.finished[state] += 1
+        callback_state = state
         if flight.ti_id in changed:
             error = outcomes[flight.ti_id].error
         elif row is not None and row.try_number == event.key.try_number:
             error = row.error  # the worker of a Bash task in a pod recorded it
         else:
-            error, state = None, ""  # judged by its exit only: no callback on a guess
-        ended.append((event.key, flight.run_pk, state, error))
+            # Judged by its exit only: the attempt keeps that state, but no callback runs
+            # on a guess.
+            error, callback_state = None, ""
+        ended.append((event.key, flight.run_pk, callback_state, error))
         ends.append(
             store_attempts.AttemptEnd(
                 flight.ti_id,

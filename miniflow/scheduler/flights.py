@@ -3,11 +3,10 @@ registry and the fixed collaborators of a round, not the `Scheduler` itself.
 
 `Flights` is the one mutable piece they share: the tries this instance launched or
 adopted and has not yet seen end (claims add, event recording removes, the sanity
-loop kills and adopts), the reasons it killed some of them, the handles waiting for the
-next bookkeeping transaction, and the runs' template inputs. `RoundDeps` bundles what
-never changes over a scheduler's life (its database, launcher, settings, DAG cache,
-clock and id) with that registry and the one callback back into the scheduler (mark a
-run for a full read).
+loop kills and adopts), the reasons it killed some of them, and the runs' template
+inputs. `RoundDeps` bundles what never changes over a scheduler's life (its database,
+launcher, settings, DAG cache, clock and id) with that registry and the one callback
+back into the scheduler (mark a run for a full read).
 """
 
 from __future__ import annotations
@@ -31,9 +30,6 @@ class Flights:
     kill_reasons: dict[AttemptKey, str] = field(default_factory=dict)
     """Why the sanity loop killed a try, until its exit is recorded: the attempt row
     keeps that reason over the launcher's ("Killed"), and so does the exit metric."""
-    unsaved_handles: list[tuple[int, int, str]] = field(default_factory=list)
-    """(task instance id, try, handle) of tries launched since the last bookkeeping
-    transaction, which writes them (one transaction fewer per claim)."""
     run_infos: RunInfoCache = field(default_factory=RunInfoCache)
 
     def forget(self, key: AttemptKey) -> InFlight | None:
