@@ -12,9 +12,7 @@ or a timeout fails every try of the batch with the reason. Other DAGs never pay 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import SerializedDag
 from miniflow.authoring.templates import RenderedFields
 from miniflow.authoring.xcom import XComData
+from miniflow.scheduler.child_process import run_module
 from miniflow.scheduler.specs import context_inputs
 from miniflow.store.runs import RunInfo
 
@@ -97,31 +96,13 @@ class ChildRenderer:
             "items": [_item_json(item) for item in items],
         }
         why = f"rendering the templates of DAG {dag_id!r} imports {fileloc} (its macros/filters)"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "miniflow.parsing.render_child",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(json.dumps(request).encode()), self.timeout
-            )
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        done = await run_module("miniflow.parsing.render_child", request, self.timeout)
+        if done is None:
             return [f"{why}: it did not finish within {self.timeout:g}s"] * len(items)
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
-        text = err.decode(errors="replace").strip()[-4000:]
-        if proc.returncode != 0:
-            return [f"{why}, which failed (exit {proc.returncode}):\n{text}"] * len(items)
+        out = done.out
+        text = done.err.decode(errors="replace").strip()[-4000:]
+        if done.returncode != 0:
+            return [f"{why}, which failed (exit {done.returncode}):\n{text}"] * len(items)
         try:
             results = json.loads(out)["results"]
         except (ValueError, KeyError, TypeError):

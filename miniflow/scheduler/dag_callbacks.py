@@ -19,15 +19,13 @@ its file never changes a run's or a task's state, and never holds up a round
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from miniflow.authoring.serialized import SerializedDag
 from miniflow.launchers.base import AttemptKey
+from miniflow.scheduler.child_process import run_module
 from miniflow.store import states
 from miniflow.store.runs import RunInfo
 
@@ -133,35 +131,18 @@ class DagCallbacks:
         task.add_done_callback(self.running.discard)
 
     async def _run(self, request: dict[str, Any], what: str) -> int | None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "miniflow.parsing.dag_callback",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        done = await run_module(
+            "miniflow.parsing.dag_callback", request, self.timeout, merge_stderr=True
         )
-        try:
-            out, _ = await asyncio.wait_for(
-                proc.communicate(json.dumps(request).encode()), self.timeout
-            )
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if done is None:
             log.warning("%s did not finish within %gs: killed", what, self.timeout)
             return None
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
-        text = out.decode(errors="replace").strip()
-        if proc.returncode == 0:
+        text = done.out.decode(errors="replace").strip()
+        if done.returncode == 0:
             log.info("%s ran%s", what, f": {text}" if text else "")
         else:
-            log.warning("%s failed (exit %s): %s", what, proc.returncode, text)
-        return proc.returncode
+            log.warning("%s failed (exit %s): %s", what, done.returncode, text)
+        return done.returncode
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` for the callbacks started so far; kill what is left."""
