@@ -41,6 +41,7 @@ class InstantLauncher:
         self.killed: list[AttemptKey] = []
         self.adopted: list[tuple[AttemptKey, str | None]] = []
         self.acknowledged: list[AttemptKey] = []
+        self.disowned: list[AttemptKey] = []
         self.fresh_looks = 0
         self.owner: str | None = None
         self.taken_over: list[str] = []
@@ -112,6 +113,9 @@ class InstantLauncher:
 
     async def acknowledge(self, keys: Sequence[AttemptKey]) -> None:
         self.acknowledged.extend(keys)
+
+    async def disown(self, keys: Sequence[AttemptKey]) -> None:
+        self.disowned.extend(keys)
 
     async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
         self.fresh_looks += fresh

@@ -185,6 +185,15 @@ class Launcher(Protocol):
         and its commit finds the evidence again after a restart. Keys the launcher
         does not know are ignored."""
 
+    async def disown(self, keys: Sequence[AttemptKey]) -> None:
+        """A peer adopted these tries (this scheduler was taken for dead): stop reporting
+        them, and leave their evidence (pod, exit file) to the new owner.
+
+        Nothing of theirs is deleted. If one comes back to this scheduler (it adopts the
+        tries of the peer that took them, which died in turn), `adopt` follows it again
+        and reports its exit once more: a launcher that still remembered reporting it
+        would stay silent, and the try would never end."""
+
     async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
         """Attempts currently running under this launcher; with `fresh`, after a fresh
         look (a new list from the API server), else as last seen (the watch's view).

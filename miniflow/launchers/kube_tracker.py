@@ -334,6 +334,16 @@ class PodTracker:
             if self._cleanup_due(tracked, wall):
                 self._start_cleanup(tracked)
 
+    def disown(self, keys: Sequence[AttemptKey]) -> None:
+        """Forget these attempts' pods without cleaning them up: another scheduler owns
+        them now (an `adopt` tracks one again, should it come back)."""
+        wanted = set(keys)
+        for place, tracked in list(self.tracked.items()):
+            if tracked.key in wanted:
+                del self.tracked[place]
+        for key in wanted:
+            self._unacknowledged.pop(key, None)
+
     # ------------------------------------------------------------------ cleanup
 
     def _cleanup_due(self, tracked: Tracked, wall: datetime) -> bool:

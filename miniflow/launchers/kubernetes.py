@@ -395,6 +395,10 @@ class KubernetesLauncher:
         """These exits are committed: their pods may go, per the cleanup policy."""
         self._tracker.acknowledge(keys)
 
+    async def disown(self, keys: Sequence[AttemptKey]) -> None:
+        """Stop following these pods (a peer re-labelled them); never deletes one."""
+        self._tracker.disown(keys)
+
     async def alive(self, *, fresh: bool = True) -> list[AliveAttempt]:
         """Tracked attempts not yet exited; with `fresh`, after one new list per watched
         namespace (reconciled like a relist: a pod that vanished is reported Lost first)."""

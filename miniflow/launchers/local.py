@@ -164,6 +164,7 @@ class LocalLauncher:
         self._attempts = self._watcher.attempts  # the attempts being watched, by key
         self._closed = False
         self._owners: set[str] = set()  # its own instance id, and dead ones taken over
+        self._disowned: set[AttemptKey] = set()  # a peer adopted them: not followed here
         self._launching = asyncio.Lock()  # one batch at a time (see the module docstring)
         self._warned_image = False
         self._sh = shutil.which("sh") or "/bin/sh"
@@ -255,7 +256,13 @@ class LocalLauncher:
     async def adopt(self, attempts: Sequence[tuple[AttemptKey, str | None]]) -> None:
         loop = asyncio.get_running_loop()
         for key, _handle in attempts:
+            self._disowned.discard(key)
             self._watcher.adopt(loop, key, announce=True)  # known keys: already reported
+
+    async def disown(self, keys: Sequence[AttemptKey]) -> None:
+        for key in keys:
+            self._watcher.reported.discard(key)
+            self._disowned.add(key)  # its live entry is the new owner's: not re-adopted
 
     def set_owner(self, owner: str) -> None:
         self.owner = owner
@@ -273,6 +280,7 @@ class LocalLauncher:
         done = [key for key in keys if key not in self._attempts]  # else: not even reported
         for key in done:
             self._watcher.reported.discard(key)
+            self._disowned.discard(key)
         if len(done) > INLINE_UNLINKS:
             await asyncio.to_thread(self._remove_live, done)
         else:
@@ -344,11 +352,13 @@ class LocalLauncher:
     async def _adopt_live(self, loop: asyncio.AbstractEventLoop) -> None:
         """Adopt (or report) every live-index entry that is neither watched nor reported,
         of the instances it works for: schedulers sharing a state directory each follow
-        their own (a peer's become this one's only through `adopt` or `take_over`)."""
+        their own (a peer's become this one's only through `adopt` or `take_over`; one a
+        peer adopted from it, only through `adopt`)."""
         for marker in await asyncio.to_thread(procs.list_live, self.state_dir):
             key = marker.key
-            mine = self.owner is None or not marker.owner or marker.owner in self._owners
-            if key is not None and mine and not self._watcher.known(key):
+            if key is None or key in self._disowned or self._watcher.known(key):
+                continue
+            if self.owner is None or not marker.owner or marker.owner in self._owners:
                 self._watcher.adopt(loop, key, announce=True, marker=marker)
 
     # -- launching --------------------------------------------------------------------------

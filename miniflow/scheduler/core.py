@@ -397,6 +397,7 @@ class Scheduler:
             await store_instances.rejoin(session, self.scheduler_id, now)
         for row in gone:
             del self.inflight[by_row[row]]
+        await self.launcher.disown([by_row[row] for row in gone])
         log.error(
             "this scheduler (%s) was taken for dead by a peer, which adopted %d of its tries; "
             "left them to it, rejoining",
@@ -612,7 +613,9 @@ class Scheduler:
         exited = [
             e.key for e in batch if isinstance(e, AttemptExited) and e.key not in self._foreign
         ]
-        self._foreign = set()
+        disowned, self._foreign = list(self._foreign), set()
+        if disowned:
+            await self.launcher.disown(disowned)
         if exited:
             await self.launcher.acknowledge(exited)
         await self._claim_and_launch(now, stats)

@@ -404,6 +404,7 @@ async def _still_owned(scheduler: Scheduler, keys: list[AttemptKey]) -> list[Att
     for row in gone:
         log.warning("%s: adopted by another scheduler; leaving it to that one", by_row[row])
         scheduler.inflight.pop(by_row[row], None)
+    await scheduler.launcher.disown([by_row[row] for row in gone])
     return [k for r, k in by_row.items() if r not in gone]
 
 

@@ -53,13 +53,24 @@ async def open_attempts(
 ) -> None:
     """Insert (ti_id, dag_id, run_id, task_id, try, map_index) attempts in state queued.
 
-    A relaunch of a try keeps the row its first launch opened (same try).
+    A relaunch of a try keeps the row its first launch opened (same try), and the
+    scheduler that claimed it this time becomes its owner: the relaunch may be another
+    scheduler's (one that adopted a try which had never started), and the launcher
+    that reports the new launch's exit is the claimer's.
     """
     if not rows:
         return
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(_table)
     await session.execute(
-        dialect.insert(_table).on_conflict_do_nothing(index_elements=["ti_id", "try_number"]),
+        insert.on_conflict_do_update(
+            index_elements=["ti_id", "try_number"],
+            set_={
+                "scheduler_id": insert.excluded.scheduler_id,
+                "launcher": insert.excluded.launcher,
+            },
+            where=_table.c.ended_at.is_(None),
+        ),
         [
             {
                 "ti_id": ti_id,

@@ -116,6 +116,15 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
         owners = {a_.task_id: a_.scheduler_id for a_ in attempts}
         assert set(owners.values()) <= {b.scheduler_id, c.scheduler_id}
         assert a.scheduler_id not in owners.values()
+        # a comes back and sees its old tries end: their exits are the adopters' to record,
+        # and its launcher is told to let them go (an adoption back must report them again)
+        a.launcher.release()  # type: ignore[attr-defined]
+        await a.tick()
+        assert set(a.launcher.disowned) == held  # type: ignore[attr-defined]
+        assert a.launcher.acknowledged == []  # type: ignore[attr-defined]
+        async with store_engine.transaction(sessions) as session:
+            attempts = await store_attempts.for_run(session, "three", run_id)
+        assert [x.ended_at for x in attempts] == [None] * 3  # a recorded none of them
     finally:
         for s in (a, b, c):
             await s.close()

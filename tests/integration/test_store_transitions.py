@@ -187,6 +187,32 @@ async def test_attempt_rows_are_never_rewritten_after_they_end(engine: AsyncEngi
     )
 
 
+async def test_a_relaunched_try_belongs_to_the_scheduler_that_claimed_it_again(
+    engine: AsyncEngine,
+) -> None:
+    """A try adopted before it ever started is launched again (same try) by whichever
+    scheduler claims it next: that one owns the open row, or its exit would be dropped
+    as another scheduler's and the try would never end."""
+    sessions, pk = await _setup(engine, n=1)
+    ((ti_id, _),) = (await _queue_all(sessions, pk)).items()
+    row = (ti_id, "d", "r1", "t0", 1, -1)
+    async with store_engine.transaction(sessions) as session:
+        await store_attempts.open_attempts(
+            session, [row], launcher="local", scheduler_id="first", now=NOW
+        )
+        await store_attempts.open_attempts(
+            session, [row], launcher="local", scheduler_id="second", now=NOW
+        )
+        assert await store_attempts.owners(session) == {(ti_id, 1): "second"}
+        end = store_attempts.AttemptEnd(ti_id, 1, "success", 0, "Completed", None, None, NOW)
+        await store_attempts.close(session, [end])
+        await store_attempts.open_attempts(  # a late claim never reopens an ended row
+            session, [row], launcher="local", scheduler_id="third", now=NOW
+        )
+        (attempt,) = await store_attempts.for_task(session, "d", "r1", "t0")
+    assert (attempt.scheduler_id, attempt.state, attempt.queued_at) == ("second", "success", NOW)
+
+
 async def test_broken_file_keeps_last_good_version_flagged(engine: AsyncEngine) -> None:
     sessions, _ = await _setup(engine)
     async with store_engine.transaction(sessions) as session:

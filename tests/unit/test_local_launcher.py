@@ -537,6 +537,26 @@ async def test_unacknowledged_exits_are_reported_again_after_a_restart(
     assert log.exists()  # logs are kept for `tasks logs`
 
 
+async def test_a_disowned_exit_is_reported_again_when_adopted_back(
+    make_launcher: Factory,
+) -> None:
+    """A peer adopted the try while this scheduler was paused (its exit event was dropped
+    as the peer's), then the peer died and this scheduler adopts the try back: the exit
+    must be reported again, or the try never ends."""
+    launcher = await make_launcher()
+    [result] = await launcher.launch([bash("exit 3")])
+    assert (await exited(launcher)).exit_code == 3
+    await launcher.disown([key()])  # the peer's now: its evidence stays
+    assert local_procs.AttemptPaths.of(launcher.state_dir, key()).exit.exists()
+    assert await launcher.alive() == []  # not re-adopted from the live index meanwhile
+    assert launcher.events.empty()
+    await launcher.adopt([(key(), result.handle)])
+    event = await exited(launcher)
+    assert (event.key, event.exit_code) == (key(), 3)
+    await launcher.acknowledge([key()])
+    assert list((launcher.state_dir / "live").iterdir()) == []
+
+
 async def test_alive_is_a_fresh_look(make_launcher: Factory) -> None:
     launcher = await make_launcher()
     [result] = await launcher.launch([bash("echo ready; sleep 60")])
