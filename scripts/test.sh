@@ -36,7 +36,7 @@ fi
 .venv/bin/mypy
 .venv/bin/lint-imports
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider -q "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -q --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -410,8 +410,13 @@ class LocalLauncher:
         paths = procs.AttemptPaths.of(self.state_dir, key)
         marker = procs.read_marker(paths.marker)
         if marker is not None:
-            # Launched before (maybe by a previous scheduler): adopt, never run twice.
-            return _Launched(marker)
+            if procs.live_entry(self.state_dir, key).exists():
+                # Launched before (maybe by a previous scheduler): adopt, never run twice.
+                return _Launched(marker)
+            # Its exit was committed (only that retires the live entry), and the scheduler
+            # launches the same try again: it never started (a worker that found nothing
+            # to claim). Adopting the spent launch would report the same exit forever.
+            procs.forget_exit(paths)
         go_read, go_write = procs.go_pipe()
         try:
             try:

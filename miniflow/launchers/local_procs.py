@@ -244,6 +244,14 @@ def list_live(state_dir: Path) -> list[Marker]:
     return markers
 
 
+def forget_exit(paths: AttemptPaths) -> None:
+    """Remove what a spent launch left about its end (a new launch of the try writes its
+    own); its log stays, the new launch appends to it."""
+    for path in (paths.exit, paths.termination):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def read_exit_file(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())

@@ -438,12 +438,13 @@ async def test_launch_is_idempotent(make_launcher: Factory, tmp_path: Path) -> N
     [again] = await launcher.launch([spec])
     assert again.handle == first.handle
     assert launcher.events.empty()
-    # ...after that, reported again from the marker and the exit file.
+    # ...after that (its exit committed), a launch of the same try is a new one: the
+    # scheduler launches a try again only when it never started
     await launcher.acknowledge([key()])
-    [later] = await launcher.launch([spec])
-    assert later.handle == first.handle
-    assert (await exited(launcher)).exit_code == 0
-    assert (go.parent / "state/logs/dag").exists()
+    [later] = await launcher.launch([bash("echo again")])
+    assert later.handle != first.handle
+    event = await exited(launcher)
+    assert (event.exit_code, event.log_tail) == (0, "run\nagain")  # the log goes on
     assert await launcher.alive() == []
 
 
