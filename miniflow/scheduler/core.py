@@ -172,6 +172,7 @@ class Scheduler:
         self.started = False
         """`start()` completed: the launcher has its first view (a watch listed) and what
         dead schedulers left is adopted (`/readyz`)."""
+        self._keeper: asyncio.Task[None] | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -189,12 +190,14 @@ class Scheduler:
         )
         if self.settings.register:
             await self._register()
+            self._keeper = asyncio.create_task(self._keep_heartbeating())
         try:
             self.launcher.set_owner(self.scheduler_id)
             await self.launcher.start()
             adopt, dead = await self._take_over_the_dead() if self.settings.peer else ([], set())
         except BaseException:
             if self.settings.register:  # a scheduler that never started must not look alive
+                await self._stop_keeper()
                 async with store_engine.transaction(self.sessions) as session:
                     await store_instances.end(session, self.scheduler_id, self.clock.now())
             raise
@@ -327,9 +330,35 @@ class Scheduler:
             await self.dag_callbacks.drain(self.settings.callback_timeout)
         await self.launcher.close()
         await self.sanity_lock.release()
+        await self._stop_keeper()
         if self.settings.register:
             async with store_engine.transaction(self.sessions) as session:
                 await store_instances.end(session, self.scheduler_id, self.clock.now())
+
+    async def _keep_heartbeating(self) -> None:
+        """Heartbeat between rounds as well, from registration on: a start-up (the launcher,
+        adoption) or one round (the first parse) can outlast the instance timeout on a
+        loaded machine, and peers then took a working scheduler for dead, adopting its
+        tries and following its processes. Only while rounds progress: a round stuck for
+        longer than the stall timeout stops these heartbeats, and peers adopt its tries.
+        The round's own heartbeat is the one that learns of a fence (and rejoins)."""
+        interval = self.settings.instance_heartbeat
+        while True:
+            await asyncio.sleep(interval)
+            if any(s.name == liveness.ROUND for s in self.liveness.stale()):
+                continue
+            try:
+                async with store_engine.transaction(self.sessions) as session:
+                    await store_instances.heartbeat(session, self.scheduler_id, self.clock.now())
+            except Exception as exc:  # the rounds report the database; try again later
+                log.debug("background heartbeat failed: %s", exc)
+
+    async def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def _register(self) -> None:
         """Register this instance; on SQLite, refuse to start beside a live one."""

@@ -252,3 +252,56 @@ async def test_live_peers_split_the_parallelism_between_them(
     finally:
         for s in (a, b, c):
             await s.close()
+
+
+async def test_a_scheduler_busy_longer_than_the_instance_timeout_is_not_taken_for_dead(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """Its start-up (the launcher, adoption) or a long round (the first parse on a loaded
+    machine) may outlast the instance timeout: heartbeats go on between rounds, so a peer
+    never takes a working scheduler for dead (it did, and then followed its processes)."""
+    from datetime import timedelta
+
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.store import instances as store_instances
+    from tests.instant_launcher import InstantLauncher
+
+    class SlowStart(InstantLauncher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = asyncio.Event()
+
+        async def start(self) -> None:
+            await self.go.wait()
+
+    launcher = SlowStart()
+    busy = Scheduler(
+        engine=engine,
+        launcher=launcher,
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(
+            schedule_runs=False, instance_heartbeat=0.1, instance_timeout=0.5
+        ),
+    )
+    sessions = store_engine.sessionmaker(engine)
+    starting = asyncio.create_task(busy.start())
+    try:
+
+        async def rows() -> list[store_instances.Instance]:
+            async with store_engine.transaction(sessions) as session:
+                return await store_instances.list_all(session)
+
+        deadline = time.monotonic() + 30
+        while not (found := await rows()) or (
+            found[0].heartbeat_at - found[0].started_at < timedelta(seconds=1.5)
+        ):
+            assert time.monotonic() < deadline, f"no heartbeat while starting: {found}"
+            assert not starting.done()
+            await asyncio.sleep(0.05)
+        # heartbeats went on three instance timeouts into its start-up
+        launcher.go.set()
+        await asyncio.wait_for(starting, 10)
+    finally:
+        launcher.go.set()
+        await starting
+        await busy.close()
