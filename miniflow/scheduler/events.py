@@ -234,27 +234,33 @@ async def _record_exits(
         noted = deps.flights.kill_reasons.pop(event.key, None)
         recorded.exits[metrics.exit_reason(noted or event.reason, event.exit_code)] += 1
         row = current.get(flight.ti_id)
+        # Scheduled under this try number: launched again (it never started), or its next
+        # round is due and not yet claimed (a retry after a failure the sanity loop or the
+        # worker decided, a sensor's next poke) — only a relaunch counts launches.
+        pending = row is not None and row.state == states.SCHEDULED
         relaunched = flight.ti_id in decided.relaunched or (
-            row is not None and row.state == states.SCHEDULED
+            pending and row is not None and row.launch_attempts > 0
         )
         if relaunched and row is not None and row.try_number == event.key.try_number:
             continue  # the same try is launched again: its attempt stays open
+        this_try = row is not None and row.try_number == event.key.try_number and not pending
         # The try's final state, derived rather than read back: the outcome if it
         # applied, else the row as fetched above (no update touched it).
         if flight.ti_id in changed:
             state = outcomes[flight.ti_id].state
-        elif row is not None and row.try_number == event.key.try_number:
+        elif this_try and row is not None:
             state = row.state
         else:
-            # A newer try already started (the worker recorded this one's failure and the
-            # retry was claimed before this exit arrived): judge the old try by its exit.
+            # The task instance moved on (the worker or the sanity loop decided this try,
+            # and its next try is due or claimed before this exit arrived): judge the old
+            # try by its exit (a decision noted on its attempt row stays).
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
         if state in states.FINISHED:
             recorded.finished[state] += 1
         callback_state = state
         if flight.ti_id in changed:
             error = outcomes[flight.ti_id].error
-        elif row is not None and row.try_number == event.key.try_number:
+        elif this_try and row is not None:
             error = row.error  # the worker of a Bash task in a pod recorded it
         else:
             # Judged by its exit only: the attempt keeps that state, but no callback runs

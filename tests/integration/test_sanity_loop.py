@@ -147,6 +147,25 @@ async def test_zombie_is_failed_then_killed_and_its_worker_is_fenced_out(rig: Ri
     assert metric("miniflow_attempt_exits_total", reason="heartbeat lost") == exits + 1
 
 
+async def test_a_killed_zombies_exit_closes_its_attempt_while_its_retry_waits(rig: Rig) -> None:
+    """The kill's exit may arrive after the retry was made due (scheduled under the same
+    try number, not yet claimed): that is no relaunch, the old try's attempt must close."""
+    ti_id = await _claim_as_worker(rig, "work")
+    rig.clock.advance(31)
+    await rig.scheduler.tick()  # zombie: failed (retry due at once), killed; exit queued
+    assert (await rig.tis())["work"].state == states.UP_FOR_RETRY
+    async with store_engine.transaction(rig.scheduler.sessions) as session:
+        moved = await store_tis.set_states(
+            session, [(ti_id, states.UP_FOR_RETRY, states.SCHEDULED)], rig.clock.now()
+        )
+    assert moved == 1  # the retry is due before the exit is recorded
+    await rig.scheduler.tick()
+    attempts = await rig.attempts("work")
+    first = next(a for a in attempts if a.try_number == 1)
+    assert first.ended_at is not None, first
+    assert (first.state, first.reason) == (states.UP_FOR_RETRY, "heartbeat lost")
+
+
 async def test_a_worker_that_heartbeats_is_not_a_zombie(rig: Rig) -> None:
     ti_id = await _claim_as_worker(rig, "work")
     for _ in range(4):
