@@ -72,13 +72,27 @@ class Counter:
     by_phase: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     time_by_phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     texts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    text_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    _started: tuple[str, float] | None = None
 
     def on_execute(
         self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
     ) -> None:
         self.total += 1
         self.by_phase[self.phase] += 1
-        self.texts[f"[{self.phase}] " + " ".join(statement.split())[:90]] += 1
+        text = f"[{self.phase}] " + " ".join(statement.split())[:90]
+        self.texts[text] += 1
+        self._started = (text, time.perf_counter())
+
+    def on_executed(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
+        # Wall from the driver call to its return: the database's time plus the round trip
+        # (on a loaded machine, also time spent waiting for the CPU).
+        if self._started is not None:
+            text, t0 = self._started
+            self.text_time[text] += time.perf_counter() - t0
+            self._started = None
 
 
 @dataclass
@@ -136,6 +150,7 @@ async def measure(
             )
             counter = Counter()
             event.listen(engine.sync_engine, "before_cursor_execute", counter.on_execute)
+            event.listen(engine.sync_engine, "after_cursor_execute", counter.on_executed)
             for name in PHASES:
                 _instrument(scheduler, name, counter)
             await scheduler.start()
@@ -157,6 +172,7 @@ async def measure(
             counter.by_phase.clear()
             counter.time_by_phase.clear()
             counter.texts.clear()
+            counter.text_time.clear()
             prof = cProfile.Profile() if profile else None
             cpu0 = _cpu()
             t0 = time.perf_counter()
@@ -263,8 +279,10 @@ async def run(args: argparse.Namespace) -> None:
                 f"{s.counter.by_phase.get(phase, 0):6d} statements"
             )
         if args.statements:
-            for text, count in sorted(s.counter.texts.items(), key=lambda kv: -kv[1])[:25]:
-                print(f"      {count:6d}  {text}")
+            print("      count  total ms  statement (by total time)")
+            by_time = sorted(s.counter.texts.items(), key=lambda kv: -s.counter.text_time[kv[0]])
+            for text, count in by_time[:25]:
+                print(f"      {count:6d} {s.counter.text_time[text] * 1000:9.0f}  {text}")
 
 
 def main() -> None:
@@ -277,7 +295,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shape", choices=["fanout", "wide"], default="fanout")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--statements", action="store_true", help="list the statements by count")
+    parser.add_argument(
+        "--statements", action="store_true", help="list the statements by total time"
+    )
     asyncio.run(run(parser.parse_args()))
 
 
