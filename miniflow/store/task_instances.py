@@ -202,34 +202,31 @@ async def set_states(
 
 async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]:
     """up_for_retry → scheduled once the back-off has passed, and up_for_reschedule →
-    scheduled once a sensor's next poke is due; returns touched run pks."""
-    transitions.check((states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE), states.SCHEDULED)
-    result = await session.execute(
-        update(TI)
-        .execution_options(synchronize_session=False)
-        .where(TI.state == states.UP_FOR_RETRY, TI.next_retry_at <= now)
-        # a retry starts the sensor's timeout afresh
-        .values(state=states.SCHEDULED, launch_attempts=0, first_poke_at=None)
-        .returning(TI.run_pk)
-    )
-    pks = {row[0] for row in result.all()}
-    return sorted(pks | set(await promote_due_pokes(session, now)))
+    scheduled once a sensor's next poke is due; returns touched run pks. One statement:
+    it runs every round.
 
-
-async def promote_due_pokes(session: AsyncSession, now: datetime) -> list[int]:
-    """up_for_reschedule → scheduled for sensors whose next poke is due; run pks.
-
-    Only once the last poke's attempt is closed (its exit recorded). A scheduler that
-    died between the worker's "reschedule at T" and the exit leaves that attempt open;
-    whoever adopts it records the exit first, so the next poke is launched once, after
-    the last one is accounted for.
+    A poke only once the last poke's attempt is closed (its exit recorded). A scheduler
+    that died between the worker's "reschedule at T" and the exit leaves that attempt
+    open; whoever adopts it records the exit first, so the next poke is launched once,
+    after the last one is accounted for.
     """
-    transitions.check((states.UP_FOR_RESCHEDULE,), states.SCHEDULED)
+    transitions.check((states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE), states.SCHEDULED)
+    retry = TI.state == states.UP_FOR_RETRY
+    poke = (TI.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt()
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
-        .where(TI.state == states.UP_FOR_RESCHEDULE, TI.next_retry_at <= now, ~_open_attempt())
-        .values(state=states.SCHEDULED, launch_attempts=0)
+        .where(
+            TI.state.in_([states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE]),
+            TI.next_retry_at <= now,
+            or_(retry, poke),
+        )
+        # a retry starts the sensor's timeout afresh; a poke keeps counting from the first
+        .values(
+            state=states.SCHEDULED,
+            launch_attempts=0,
+            first_poke_at=case((retry, null()), else_=TI.first_poke_at),
+        )
         .returning(TI.run_pk)
     )
     return sorted({row[0] for row in result.all()})
