@@ -23,8 +23,14 @@ statements of `_record_events`, `_create_and_start_runs`, `_advance_runs`,
 `_claim_and_launch`, and the `get_run` poll of `run_until_done`) is printed
 for the largest case.
 
-`--profile` runs one 2000-task Postgres case under cProfile and prints the
-top functions.
+`--statements` lists the statements of that case by total time (count, ms: the driver
+call's wall, so on a loaded machine also time waiting for a CPU). On Postgres, "TI rows
+read/TI" is the task_instance rows the sample read (the table's statistics: sequential
+scans + index fetches) per task instance: a figure the machine's load cannot blur, and
+one that grows with the run's size where a round reads the run instead of what changed.
+
+`--profile` runs one Postgres case (the largest size and parallelism given) under cProfile
+and prints the top functions.
 
 Run: .venv/bin/python benchmarks/scheduler_throughput.py [--backend postgres|sqlite|both]
         [--sizes 200,2000] [--parallelism 2000,32] [--shape fanout|wide] [--repeat 3]
@@ -57,7 +63,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
-from common import PG_BASE_URL, pg_admin  # noqa: E402
+from common import PG_ADMIN_DSN, PG_BASE_URL, pg_admin  # noqa: E402
 
 RUN_TIMEOUT = 300.0
 PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim_and_launch")
@@ -72,13 +78,27 @@ class Counter:
     by_phase: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     time_by_phase: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     texts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    text_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    _started: tuple[str, float] | None = None
 
     def on_execute(
         self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
     ) -> None:
         self.total += 1
         self.by_phase[self.phase] += 1
-        self.texts[f"[{self.phase}] " + " ".join(statement.split())[:90]] += 1
+        text = f"[{self.phase}] " + " ".join(statement.split())[:90]
+        self.texts[text] += 1
+        self._started = (text, time.perf_counter())
+
+    def on_executed(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
+        # Wall from the driver call to its return: the database's time plus the round trip
+        # (on a loaded machine, also time spent waiting for the CPU).
+        if self._started is not None:
+            text, t0 = self._started
+            self.text_time[text] += time.perf_counter() - t0
+            self._started = None
 
 
 @dataclass
@@ -92,6 +112,7 @@ class Sample:
     first_launch: float  # seconds from trigger to the end of the first tick that launched
     counter: Counter
     state: str
+    rows_read: int | None = None  # Postgres: task_instance rows read (sequential + index)
 
 
 async def measure(
@@ -136,6 +157,7 @@ async def measure(
             )
             counter = Counter()
             event.listen(engine.sync_engine, "before_cursor_execute", counter.on_execute)
+            event.listen(engine.sync_engine, "after_cursor_execute", counter.on_executed)
             for name in PHASES:
                 _instrument(scheduler, name, counter)
             await scheduler.start()
@@ -157,6 +179,7 @@ async def measure(
             counter.by_phase.clear()
             counter.time_by_phase.clear()
             counter.texts.clear()
+            counter.text_time.clear()
             prof = cProfile.Profile() if profile else None
             cpu0 = _cpu()
             t0 = time.perf_counter()
@@ -174,6 +197,7 @@ async def measure(
         finally:
             await engine.dispose()
             if backend == "postgres":
+                rows_read = await _rows_read(db_name)
                 await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     if prof:
         out = io.StringIO()
@@ -183,7 +207,41 @@ async def measure(
         stats.print_callers("raw_decode|_do_post_synchronize_evaluate|states_for_runs")
         stats.print_callees("_advance_runs")
         print(out.getvalue())
-    return Sample(backend, tasks, parallelism, wall, cpu, ticks, first_launch[0], counter, state)
+    return Sample(
+        backend,
+        tasks,
+        parallelism,
+        wall,
+        cpu,
+        ticks,
+        first_launch[0],
+        counter,
+        state,
+        rows_read if backend == "postgres" else None,
+    )
+
+
+async def _rows_read(db_name: str) -> int:
+    """task_instance rows the whole sample read (PostgreSQL's table statistics: sequential
+    scans + index fetches), a figure no other process's load can blur. Each closed
+    connection flushes its counts as its backend exits: read until they stop changing."""
+    import asyncpg
+
+    conn = await asyncpg.connect(f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{db_name}")
+    try:
+        last = -1
+        for _ in range(30):
+            found = await conn.fetchval(
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+                " FROM pg_stat_user_tables WHERE relname = 'task_instance'"
+            )
+            if found == last:
+                break
+            last = int(found or 0)
+            await asyncio.sleep(0.2)
+        return last
+    finally:
+        await conn.close()
 
 
 def _cpu() -> float:
@@ -238,11 +296,12 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"{'backend':8s} {'tasks':>5s} {'par':>5s}  {'TI/s':18s} {'wall s':20s} "
         f"{'1st launch s':12s} {'TI/s after':10s} {'CPU ms/TI':9s} {'ticks':>5s} "
-        f"{'stmts/busy tick med':>19s} {'max':>5s} {'stmts/TI':>8s}"
+        f"{'stmts/busy tick med':>19s} {'max':>5s} {'stmts/TI':>8s} {'TI rows read/TI':>15s}"
     )
     for (backend, n, p), ss in samples.items():
         busy = [c for s in ss for c, launched, events in s.ticks if launched or events]
         total_stmts = statistics.median([sum(c for c, _, _ in s.ticks) for s in ss])
+        read = [s.rows_read / n for s in ss if s.rows_read is not None]
         print(
             f"{backend:8s} {n:5d} {p:5d}  {fmt([n / s.wall for s in ss]):18s} "
             f"{fmt([s.wall for s in ss], 2):20s} "
@@ -250,7 +309,8 @@ async def run(args: argparse.Namespace) -> None:
             f"{statistics.median([n / (s.wall - s.first_launch) for s in ss]):<10.0f} "
             f"{statistics.median([s.cpu / n * 1000 for s in ss]):<9.2f} "
             f"{statistics.median([len(s.ticks) for s in ss]):5.0f} "
-            f"{statistics.median(busy):19.0f} {max(busy):5d} {total_stmts / n:8.2f}"
+            f"{statistics.median(busy):19.0f} {max(busy):5d} {total_stmts / n:8.2f} "
+            f"{statistics.median(read) if read else float('nan'):15.1f}"
         )
     print("\nper phase (median sample, largest size):")
     for backend, p in [(b, p) for b in backends for p in pars]:
@@ -263,8 +323,10 @@ async def run(args: argparse.Namespace) -> None:
                 f"{s.counter.by_phase.get(phase, 0):6d} statements"
             )
         if args.statements:
-            for text, count in sorted(s.counter.texts.items(), key=lambda kv: -kv[1])[:25]:
-                print(f"      {count:6d}  {text}")
+            print("      count  total ms  statement (by total time)")
+            by_time = sorted(s.counter.texts.items(), key=lambda kv: -s.counter.text_time[kv[0]])
+            for text, count in by_time[:25]:
+                print(f"      {count:6d} {s.counter.text_time[text] * 1000:9.0f}  {text}")
 
 
 def main() -> None:
@@ -277,7 +339,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shape", choices=["fanout", "wide"], default="fanout")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--statements", action="store_true", help="list the statements by count")
+    parser.add_argument(
+        "--statements", action="store_true", help="list the statements by total time"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

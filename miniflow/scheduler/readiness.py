@@ -156,6 +156,7 @@ def topology(dag: SerializedDag, dag_hash: str) -> tuple[tuple[str, ...], frozen
     return _topology(f"{dag['dag_id']}:{dag_hash}", edges)
 
 
+@lru_cache(maxsize=256)
 def can_decide(rule: str, upstream_state: str) -> bool:
     """True if one upstream in this state decides a waiting task while others still run.
 
@@ -170,7 +171,7 @@ def can_decide(rule: str, upstream_state: str) -> bool:
 class Graph:
     """One DAG version's edges, indexed both ways, and its topological order."""
 
-    order: Mapping[str, int]  # task_id → position in a topological order
+    order: Mapping[str, int]  # task_id → position in a topological order (iterated in it)
     upstream: Mapping[str, tuple[str, ...]]
     downstream: Mapping[str, tuple[str, ...]]
     rules: Mapping[str, str]
@@ -285,11 +286,10 @@ def evaluate_run(
     a row the version does not define), so the run ends `failed` instead of
     silently skipping it.
     """
-    order, _ = topology(dag, dag_hash)
-    built = graph(dag, dag_hash)
+    built = graph(dag, dag_hash)  # cached: `topology` would hash every edge again
     view = dict(current)
     changes: dict[str, str] = {}
-    for task_id in order:
+    for task_id in built.order:  # in topological order (the mapping's insertion order)
         task = dag["tasks"].get(task_id)  # None: an upstream id the version lacks
         if task is None or view.get(task_id) != states.NONE:
             continue

@@ -29,6 +29,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -46,6 +47,19 @@ _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)  # `now` not given: every candida
 MAX_KEYS_PER_STATEMENT = 1000
 """(id, try) pairs per `IN` list: PostgreSQL's parser recurses per element of a row-value
 list and runs out of stack at ~10,000; a batch larger than this is a few statements."""
+
+
+def state_is(*allowed: str) -> ColumnElement[bool]:
+    """The row's state is one of `allowed`: a check on rows found by id, never the way in.
+
+    `state || ''` keeps PostgreSQL's planner off the indexes on `state`. A state can hold
+    thousands of rows (a wide run's `none` or `scheduled` tasks) while the statistics,
+    gathered before that run began, say it holds a few; the planner would then walk every
+    row in that state and filter the ids, instead of looking the ids up: O(run size) for
+    each batch of a few.
+    """
+    checked = TI.state.concat("")
+    return checked == allowed[0] if len(allowed) == 1 else checked.in_(allowed)
 
 
 def chunked(keys: Sequence[T]) -> Iterator[Sequence[T]]:
@@ -129,11 +143,13 @@ async def states_of(
     ]
     if not clauses:
         return []
-    query = (
-        select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries, TI.map_index)
-        .join(DagRun, DagRun.id == TI.run_pk)
-        .where(or_(*clauses), DagRun.state == states.RUN_RUNNING)
-    )
+    # The run's state is read per row found (a correlated subquery), not joined: a join
+    # lets the planner find these rows through the run (every row of a 10,000-task run,
+    # filtered down to the few asked for) when its statistics predate the run.
+    run_state = select(DagRun.state).where(DagRun.id == TI.run_pk).scalar_subquery()
+    query = select(
+        TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries, TI.map_index
+    ).where(or_(*clauses), run_state == states.RUN_RUNNING)
     return [TIState(*row) for row in (await session.execute(query)).all()]
 
 
@@ -177,7 +193,7 @@ async def set_states(
         result = await session.execute(
             update(TI)
             .execution_options(synchronize_session=False)
-            .where(TI.id.in_(ids), TI.state == expected)
+            .where(TI.id.in_(ids), state_is(expected))
             .values(**values)
         )
         applied += store_rowcount(result)
@@ -186,34 +202,31 @@ async def set_states(
 
 async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]:
     """up_for_retry → scheduled once the back-off has passed, and up_for_reschedule →
-    scheduled once a sensor's next poke is due; returns touched run pks."""
-    transitions.check((states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE), states.SCHEDULED)
-    result = await session.execute(
-        update(TI)
-        .execution_options(synchronize_session=False)
-        .where(TI.state == states.UP_FOR_RETRY, TI.next_retry_at <= now)
-        # a retry starts the sensor's timeout afresh
-        .values(state=states.SCHEDULED, launch_attempts=0, first_poke_at=None)
-        .returning(TI.run_pk)
-    )
-    pks = {row[0] for row in result.all()}
-    return sorted(pks | set(await promote_due_pokes(session, now)))
+    scheduled once a sensor's next poke is due; returns touched run pks. One statement:
+    it runs every round.
 
-
-async def promote_due_pokes(session: AsyncSession, now: datetime) -> list[int]:
-    """up_for_reschedule → scheduled for sensors whose next poke is due; run pks.
-
-    Only once the last poke's attempt is closed (its exit recorded). A scheduler that
-    died between the worker's "reschedule at T" and the exit leaves that attempt open;
-    whoever adopts it records the exit first, so the next poke is launched once, after
-    the last one is accounted for.
+    A poke only once the last poke's attempt is closed (its exit recorded). A scheduler
+    that died between the worker's "reschedule at T" and the exit leaves that attempt
+    open; whoever adopts it records the exit first, so the next poke is launched once,
+    after the last one is accounted for.
     """
-    transitions.check((states.UP_FOR_RESCHEDULE,), states.SCHEDULED)
+    transitions.check((states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE), states.SCHEDULED)
+    retry = TI.state == states.UP_FOR_RETRY
+    poke = (TI.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt()
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
-        .where(TI.state == states.UP_FOR_RESCHEDULE, TI.next_retry_at <= now, ~_open_attempt())
-        .values(state=states.SCHEDULED, launch_attempts=0)
+        .where(
+            TI.state.in_([states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE]),
+            TI.next_retry_at <= now,
+            or_(retry, poke),
+        )
+        # a retry starts the sensor's timeout afresh; a poke keeps counting from the first
+        .values(
+            state=states.SCHEDULED,
+            launch_attempts=0,
+            first_poke_at=case((retry, null()), else_=TI.first_poke_at),
+        )
         .returning(TI.run_pk)
     )
     return sorted({row[0] for row in result.all()})
@@ -294,30 +307,64 @@ async def scheduled_candidates(
     A relaunch waiting out its back-off (`next_retry_at` after `now`) is not a candidate yet.
     `skip_dags` / `skip_pools` leave out DAGs and pools already at their limit, so a DAG
     with many waiting tasks and a low limit cannot fill the window and starve the others.
+
+    On PostgreSQL the window is read per running run: each run's first `limit` scheduled
+    tasks (priority, then id) come straight from `ix_task_instance_run_state_priority`,
+    and only those are merged and ordered. The plain query below sorts every scheduled
+    task of every run each round (a 10,000-task run at parallelism 32: thousands of rows
+    a round, O(n²) over the run). Only the rows returned are locked.
     """
     dags, pools, ids = list(skip_dags), list(skip_pools), list(skip_ids)
-    query = (
-        select(
-            TI.id,
-            TI.run_pk,
-            TI.dag_id,
-            TI.run_id,
-            TI.task_id,
-            TI.kind,
-            TI.try_number,
-            TI.priority,
-            TI.pool,
-            TI.map_index,
-            TI.map_args,
+    due = or_(TI.next_retry_at.is_(None), TI.next_retry_at <= (now or _FAR_FUTURE))
+    filters = [
+        due,
+        *([TI.dag_id.not_in(dags)] if dags else []),
+        *([or_(TI.pool.is_(None), TI.pool.not_in(pools))] if pools else []),
+        *([TI.id.not_in(ids)] if ids else []),
+    ]
+    columns = (
+        TI.id,
+        TI.run_pk,
+        TI.dag_id,
+        TI.run_id,
+        TI.task_id,
+        TI.kind,
+        TI.try_number,
+        TI.priority,
+        TI.pool,
+        TI.map_index,
+        TI.map_args,
+    )
+    if session.get_bind().dialect.name != "postgresql":
+        query = (
+            select(*columns)
+            .join(DagRun, DagRun.id == TI.run_pk)
+            .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING, *filters)
+            .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
+            .limit(limit)
         )
-        .join(DagRun, DagRun.id == TI.run_pk)
-        .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING)
-        .where(or_(TI.next_retry_at.is_(None), TI.next_retry_at <= (now or _FAR_FUTURE)))
-        .where(*([TI.dag_id.not_in(dags)] if dags else []))
-        .where(*([or_(TI.pool.is_(None), TI.pool.not_in(pools))] if pools else []))
-        .where(*([TI.id.not_in(ids)] if ids else []))
-        .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
+        return [Candidate(*row) for row in (await session.execute(query)).all()]
+    first = (
+        select(TI.id, TI.priority)
+        .where(TI.run_pk == DagRun.id, TI.state == states.SCHEDULED, *filters)
+        .order_by(TI.priority.desc(), TI.id)
         .limit(limit)
+        .lateral("run_head")
+    )
+    window = (
+        select(first.c.id, first.c.priority, DagRun.logical_date)
+        .select_from(DagRun)
+        .join(first, true())
+        .where(DagRun.state == states.RUN_RUNNING)
+        .order_by(first.c.priority.desc(), DagRun.logical_date, first.c.id)
+        .limit(limit)
+        .subquery("claim_window")
+    )
+    query = (
+        select(*columns)
+        .join(window, window.c.id == TI.id)
+        .where(state_is(states.SCHEDULED))
+        .order_by(window.c.priority.desc(), window.c.logical_date, window.c.id)
         .with_for_update(of=TI, skip_locked=True)
     )
     return [Candidate(*row) for row in (await session.execute(query)).all()]
@@ -335,7 +382,7 @@ async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) 
     result = await session.execute(
         update(TI)
         .execution_options(synchronize_session=False)
-        .where(TI.id.in_(list(ids)), TI.state == states.SCHEDULED)
+        .where(TI.id.in_(list(ids)), state_is(states.SCHEDULED))
         .values(
             state=states.QUEUED,
             try_number=case((TI.launch_attempts > 0, TI.try_number), else_=TI.try_number + 1),
