@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -46,6 +47,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -111,6 +113,48 @@ def rusage_pair() -> tuple[float, float]:
     return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
 
 
+# --- per-link latency of a chain, from the attempt rows --------------------------------------
+
+
+def chain_links(attempts: list[Any]) -> dict[str, list[float]]:
+    """For a chain (one try each, launched one after another): per link, in ms, from the
+    previous try's exit as the launcher saw it (`ended_at`) to the next try's claim
+    (`queued_at`: the claim transaction's time) and to its launch (`started_at`: the
+    launcher let the process go). Empty unless every attempt has all three stamps."""
+    rows = sorted(attempts, key=lambda a: a.queued_at)
+    # (the last try's exit may still be on its way when `dags trigger --wait` returns)
+    if len(rows) < 2 or any(a.started_at is None for a in rows[1:]):
+        return {}
+    if any(a.ended_at is None for a in rows[:-1]):
+        return {}
+    claim, launch = [], []
+    for prev, nxt in itertools.pairwise(rows):
+        claim.append((nxt.queued_at - prev.ended_at).total_seconds() * 1000)
+        launch.append((nxt.started_at - prev.ended_at).total_seconds() * 1000)
+    return {"exit_to_claim_ms": claim, "exit_to_launch_ms": launch}
+
+
+async def links_of(url: str, dag_id: str) -> dict[str, list[float]]:
+    """`chain_links` of the one run of `dag_id` in the database at `url`."""
+    from miniflow.store import attempts as store_attempts
+    from miniflow.store import engine as store_engine
+    from miniflow.store import runs as store_runs
+
+    if not dag_id.startswith("chain"):
+        return {}
+    engine = store_engine.create_engine(url)
+    try:
+        sessions = store_engine.sessionmaker(engine)
+        async with store_engine.transaction(sessions) as session:
+            runs = await store_runs.list_runs(session, dag_id)
+            if len(runs) != 1:
+                return {}
+            attempts = await store_attempts.for_run(session, dag_id, runs[0].run_id)
+    finally:
+        await engine.dispose()
+    return chain_links(attempts)
+
+
 # --- one in-process measurement (runs in its own subprocess) ----------------------------------
 
 
@@ -169,6 +213,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
         finally:
             await scheduler.close()
             await engine.dispose()
+        links = await links_of(url, shape)
     return {
         "backend": backend,
         "shape": shape,
@@ -181,6 +226,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
         "cpu_children": (child1 - child0) + (fs_cpu1 - fs_cpu0),
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "python_mode": getattr(launcher, "python_mode", None),
+        **links,
     }
 
 
@@ -231,6 +277,7 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
                 timeout=RUN_TIMEOUT,
             )
             wall = time.perf_counter() - t0
+            links = asyncio.run(links_of(url, shape)) if done.returncode == 0 else {}
         finally:
             if sched.poll() is None:
                 os.killpg(sched.pid, signal.SIGTERM)
@@ -247,6 +294,7 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
         "wall": wall,
         "state": "success" if done.returncode == 0 else f"exit {done.returncode}",
         "errors": [done.stderr.strip()[-300:]] if done.returncode else [],
+        **links,
     }
 
 
@@ -303,6 +351,14 @@ def fmt(values: list[float], unit: str = "s", digits: int = 2) -> str:
         return "-"
     med = statistics.median(values)
     return f"{med:.{digits}f} {unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def link_summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    return f"{statistics.median(ordered):.1f} (p90 {p90:.1f}, max {ordered[-1]:.1f})"
 
 
 def main() -> None:
@@ -370,6 +426,20 @@ def main() -> None:
         print(
             f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
             f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {len(good)}/{len(results)}"
+        )
+    links = [(k, v) for k, v in samples.items() if any("exit_to_launch_ms" in r for r in v)]
+    if links:
+        print(
+            "\nper link of a chain (ms; median over every link of every sample, p90, max;"
+            " previous exit → next claim / → next launch)"
+        )
+    for (mode, backend, name), results in links:
+        print(
+            f"{mode:6s} {backend:8s} {name:18s} "
+            + "  ".join(
+                f"{label} {link_summary([x for r in results for x in r.get(field, [])])}"
+                for label, field in (("claim", "exit_to_claim_ms"), ("launch", "exit_to_launch_ms"))
+            )
         )
     if args.json:
         args.json.write_text(

@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,13 @@ import miniflow
 from miniflow.authoring import lookups
 from miniflow.authoring.serialized import SerializedDag
 from miniflow.errors import SchedulerAlreadyRunning
-from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
+from miniflow.launchers.base import (
+    AttemptExited,
+    AttemptKey,
+    AttemptStarted,
+    Launcher,
+    LauncherEvent,
+)
 from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.child_render import ChildRenderer
@@ -158,6 +165,7 @@ class Scheduler:
             scheduler_id=self.scheduler_id,
             flights=self.flights,
             mark_dirty=self.mark_dirty,
+            take_started=self._take_started,
             renderer=ChildRenderer(dags_folder, parse_timeout) if dags_folder else None,
         )
         self._due = _Due()
@@ -493,13 +501,19 @@ class Scheduler:
     ) -> str:
         """Tick until the run finishes; returns its final state (`dags test`, tests)."""
         async with asyncio.timeout(timeout):
+            looked = None  # when the run's state was last read
             while True:
                 stats = await self.tick()
-                async with store_engine.transaction(self.sessions) as session:
-                    run = await store_runs.get_run(session, dag_id, run_id)
-                if run.state in states.RUN_FINISHED:
-                    await self._settle(dag_id, run_id)
-                    return run.state
+                # Read the run's state first, when a round ended it, and at least every
+                # idle wait (a run ended by someone else: `runs mark-failed`).
+                stale = looked is None or time.monotonic() - looked >= self.settings.idle_wait
+                if stale or (dag_id, run_id) in stats.runs_ended:
+                    looked = time.monotonic()
+                    async with store_engine.transaction(self.sessions) as session:
+                        run = await store_runs.get_run(session, dag_id, run_id)
+                    if run.state in states.RUN_FINISHED:
+                        await self._settle(dag_id, run_id)
+                        return run.state
                 if not stats.busy:
                     await self._wait(await self._idle_timeout())
 
@@ -581,9 +595,9 @@ class Scheduler:
                 self._due.runs = None
         await self._resolve_only_run()
         batch = self._take_events()
-        # One transaction for the bookkeeping half of the round, one for the claim:
-        # on Postgres every transaction is a few round trips, and a chain of tasks pays
-        # them once per link.
+        # One transaction for the round: the events recorded, readiness downstream of
+        # them and the claims they made possible. On Postgres every transaction is a few
+        # round trips, and a chain of tasks pays them once per link.
         self.liveness.enter(liveness.EVENTS)
         try:
             async with store_engine.transaction(self.sessions) as session:
@@ -591,6 +605,8 @@ class Scheduler:
                 now = self.clock.now()
                 await self._create_and_start_runs(session, now, stats)
                 await self._advance_runs(session, now, stats)
+                self.liveness.enter("claims")
+                claimed = await self._claim(session, now)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
@@ -599,9 +615,9 @@ class Scheduler:
             raise
         _count_committed(stats)
         self.liveness.beat(liveness.EVENTS)
-        self.liveness.enter("claims")
         ended, self._ended = self._ended, []
         task_ends, self._task_ends = self._task_ends, []
+        stats.runs_ended = [(run.dag_id, run.run_id) for _, run, _ in ended]
         if self.dag_callbacks is not None:
             for end in task_ends:
                 self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)
@@ -615,9 +631,14 @@ class Scheduler:
         self._foreign = set()
         if exited:
             await self.launcher.acknowledge(exited)
-        await self._claim_and_launch(now, stats)
+        await self._launch(claimed, stats)
         _count_committed(stats)
         await self._sanity_round(stats)
+        # What this round left for the next one: events taken but not recorded, runs to
+        # read in full, ends of tries decided outside the round's readiness.
+        stats.follow_up = bool(
+            self._pending or self._due.dirty or self._due.exited or self._due.exited_keys
+        )
         return stats
 
     async def _sanity_round(self, stats: TickStats) -> None:
@@ -644,6 +665,24 @@ class Scheduler:
             return
         async with store_engine.transaction(self.sessions) as session:
             self._only_run_pk = (await store_runs.get_run(session, *only)).pk
+
+    def _take_started(self, keys: Collection[AttemptKey]) -> list[AttemptStarted]:
+        """The launcher's start events of `keys` (tries just launched) already queued; the
+        launcher's other events wait for the next round, in their order."""
+        if not keys:
+            return []
+        queue: asyncio.Queue[LauncherEvent] = self.launcher.events
+        while not queue.empty():
+            self._pending.append(queue.get_nowait())
+        taken: list[AttemptStarted] = []
+        rest: list[LauncherEvent] = []
+        for event in self._pending:
+            if isinstance(event, AttemptStarted) and event.key in keys:
+                taken.append(event)
+            else:
+                rest.append(event)
+        self._pending = rest
+        return taken
 
     def _take_events(self) -> list[LauncherEvent]:
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
@@ -846,10 +885,11 @@ class Scheduler:
         self.run_views.keep_only(found)
         return self.run_views.stale(found, now)
 
-    async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
-        due = await claims.claim_and_launch(
-            self.deps, self.claim_share(), self._only_run_pk, now, stats
-        )
+    async def _claim(self, session: AsyncSession, now: datetime) -> claims.Claimed | None:
+        return await claims.claim(self.deps, session, self.claim_share(), self._only_run_pk, now)
+
+    async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:
+        due = await claims.launch(self.deps, claimed, stats)
         # Tries that failed before they started (a template error): committed by now.
         if self.dag_callbacks is not None:
             for end in due:
