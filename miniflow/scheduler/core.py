@@ -88,6 +88,11 @@ class _Due:
     dirty: set[int] = field(default_factory=set)  # runs to read in full
     exited: set[int] = field(default_factory=set)  # task instances whose try ended
     exited_keys: set[tuple[str, str, str, int]] = field(default_factory=set)  # same, untracked
+    ended: dict[int, store_tis.TIState] = field(default_factory=dict)  # same, rows as recorded
+    # The next due retry, poke or relaunch back-off (None: none), while `retry_known`:
+    # until something may have made a new one (see `forget_retries`).
+    retry: datetime | None = None
+    retry_known: bool = False
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -461,6 +466,15 @@ class Scheduler:
     def mark_dirty(self, run_pk: int) -> None:
         """Re-evaluate readiness of this run next round."""
         self._due.dirty.add(run_pk)
+        self.forget_retries()  # a decision outside readiness: a retry, a relaunch...
+
+    def forget_retries(self) -> None:
+        """A retry, a sensor's next poke or a relaunch's back-off may have been written:
+        the next round promotes what is due, and the next wait asks when the next is due.
+
+        Until then neither is asked: a round whose tries all ended for good (a chain
+        of tasks that succeed) spends no statement on retries."""
+        self._due.retry_known = False
 
     async def run_forever(self) -> None:
         """The daemon: tick, then wait for an event or the next periodic duty.
@@ -519,8 +533,11 @@ class Scheduler:
 
     async def _idle_timeout(self) -> float:
         """Sleep no longer than until the next retry is due (retry delays below idle_wait)."""
-        async with store_engine.transaction(self.sessions) as session:
-            due = await store_tis.next_retry_due(session)
+        if not self._due.retry_known:
+            async with store_engine.transaction(self.sessions) as session:
+                self._due.retry = await store_tis.next_retry_due(session)
+            self._due.retry_known = True
+        due = self._due.retry
         if due is None:
             return self.settings.idle_wait
         return min(self.settings.idle_wait, max(0.0, (due - self.clock.now()).total_seconds()))
@@ -562,6 +579,7 @@ class Scheduler:
                 # the next round instead of at the periodic checks.
                 self._due.runs = None
                 self._due.sweep = None
+                self.forget_retries()
             if get.done() and not get.cancelled():
                 self._pending.append(get.result())
             else:
@@ -610,6 +628,7 @@ class Scheduler:
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
+            self._due.ended = {}  # nor are the rows the recorder wrote
             self._ended = []
             self._task_ends = []
             raise
@@ -637,7 +656,11 @@ class Scheduler:
         # What this round left for the next one: events taken but not recorded, runs to
         # read in full, ends of tries decided outside the round's readiness.
         stats.follow_up = bool(
-            self._pending or self._due.dirty or self._due.exited or self._due.exited_keys
+            self._pending
+            or self._due.dirty
+            or self._due.exited
+            or self._due.exited_keys
+            or self._due.ended
         )
         return stats
 
@@ -649,6 +672,7 @@ class Scheduler:
         self.liveness.enter(liveness.SANITY)
         started = time.perf_counter()
         self.last_findings = await self.sanity.round(self, now)
+        self.forget_retries()  # its failures may be retries
         self.findings_record.add(self.last_findings, now)
         metrics.SANITY_LOCK_HELD.set(1 if self.last_findings.holder else 0)
         metrics.ROUND_DURATION.labels("sanity").observe(time.perf_counter() - started)
@@ -710,7 +734,12 @@ class Scheduler:
         # Readiness reads these tasks (by id, or by key for tries this scheduler was not
         # tracking), not their whole runs. The recorder names runs only: if it touched
         # more runs than the exits name, read those runs in full.
-        self._due.exited |= {f.ti_id for f in known.values()}
+        self._due.ended.update(recorded.states)
+        if len(recorded.states) < len(exits) or any(
+            row.state not in states.FINISHED for row in recorded.states.values()
+        ):
+            self.forget_retries()  # a retry, a sensor's reschedule, a relaunch: or unknown
+        self._due.exited |= {f.ti_id for f in known.values() if f.ti_id not in recorded.states}
         self._due.exited_keys |= {k.ti_key for k in exits if k not in known}
         if len(touched) > len({(k.dag_id, k.run_id) for k in exits}):
             self._due.dirty.update(touched)
@@ -741,16 +770,25 @@ class Scheduler:
         whole, self._due.dirty = self._due.dirty, set()
         exited, self._due.exited = self._due.exited, set()
         exited_keys, self._due.exited_keys = self._due.exited_keys, set()
-        # up_for_retry → scheduled changes no decision: only runs without a view need a look.
-        whole.update(
-            pk
-            for pk in await store_tis.promote_due_retries(session, now)
-            if self.run_views.get(pk) is None
-        )
+        # The rows the recorder wrote this round are known; only the others are read.
+        recorded, self._due.ended = self._due.ended, {}
+        exited -= set(recorded)
+        if sweep:
+            self.forget_retries()  # the fallback for a retry written where none looked
+        due = self._due
+        if not due.retry_known or (due.retry is not None and now >= due.retry):
+            self.forget_retries()
+            # up_for_retry → scheduled changes no decision: only runs without a view need
+            # a look.
+            whole.update(
+                pk
+                for pk in await store_tis.promote_due_retries(session, now)
+                if self.run_views.get(pk) is None
+            )
         changed: dict[int, list[str]] = {}
-        rows = (
-            await store_tis.states_of(session, exited, exited_keys) if exited or exited_keys else []
-        )
+        rows = list(recorded.values())
+        if exited or exited_keys:
+            rows += await store_tis.states_of(session, exited, exited_keys)
         # A mapped instance is not a task of the graph: its task's own row changes once all
         # its instances have finished (`store.mapping.settle`), and readiness goes on from it.
         instance_runs = {row.run_pk for row in rows if row.map_index >= 0}
