@@ -93,6 +93,7 @@ class _Due:
     # until something may have made a new one (see `forget_retries`).
     retry: datetime | None = None
     retry_known: bool = False
+    run_ended: bool = False  # a run ended: a queued one may start now
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -621,7 +622,7 @@ class Scheduler:
             async with store_engine.transaction(self.sessions) as session:
                 await self._record_events(session, batch, stats)
                 now = self.clock.now()
-                await self._create_and_start_runs(session, now, stats)
+                await self._create_and_start_runs(session, now, stats, events=bool(batch))
                 await self._advance_runs(session, now, stats)
                 self.liveness.enter("claims")
                 claimed = await self._claim(session, now)
@@ -661,6 +662,7 @@ class Scheduler:
             or self._due.exited
             or self._due.exited_keys
             or self._due.ended
+            or self._due.run_ended
         )
         return stats
 
@@ -745,16 +747,23 @@ class Scheduler:
             self._due.dirty.update(touched)
 
     async def _create_and_start_runs(
-        self, session: AsyncSession, now: datetime, stats: TickStats
+        self, session: AsyncSession, now: datetime, stats: TickStats, *, events: bool
     ) -> None:
-        """Scheduled runs on the run-check interval; queued runs (manual too) every round."""
-        create = self.settings.schedule_runs and (self._due.runs is None or now >= self._due.runs)
-        if create:
+        """Scheduled runs on the run-check interval; queued runs (manual too) in every
+        round but those that only record launcher events (a chain of tasks pays for each
+        statement once per link): there, on the run-check interval, after a wake-up
+        (`woken`: another process created a run) or after this scheduler ended a run."""
+        periodic = self._due.runs is None or now >= self._due.runs
+        if periodic:
             self._due.runs = now + timedelta(seconds=self.settings.run_check_interval)
-        if create:
-            stats.runs_created = await run_creation.create_due_runs(session, now)
-        started = await run_creation.start_queued_runs(session, self.dags, now, self._only_run_pk)
-        self._due.dirty.update(started)
+            if self.settings.schedule_runs:
+                stats.runs_created = await run_creation.create_due_runs(session, now)
+        if periodic or not events or self._due.run_ended:
+            self._due.run_ended = False
+            started = await run_creation.start_queued_runs(
+                session, self.dags, now, self._only_run_pk
+            )
+            self._due.dirty.update(started)
 
     async def _advance_runs(self, session: AsyncSession, now: datetime, stats: TickStats) -> None:
         """Readiness downstream of the tasks that changed (whole runs where only the run
@@ -871,6 +880,7 @@ class Scheduler:
                 )
                 self.flights.run_infos.drop(run.pk)
                 self._ended.append((cached[run.pk].dag, run, final))
+                self._due.run_ended = True
             else:
                 self._due.dirty.add(run.pk)
 
