@@ -15,12 +15,18 @@ peak-RSS figures belong to that measurement alone:
    the clock starts; `run_until_done` ticks until the run succeeds.
 
 Reported per shape: wall time trigger → run success, median of N (min-max),
-per task (wall/tasks), CPU seconds of the scheduler process
+per task (wall/tasks), SQL statements per task (the scheduler's engine, trigger → run
+success: a count no load on the machine blurs), CPU seconds of the scheduler process
 (getrusage(RUSAGE_SELF) delta over the run) and of its children
 (RUSAGE_CHILDREN delta: the bash wrappers, plus the launcher's forkserver and
 the worker processes it forked, read from /proc), and the scheduler process'
 peak RSS (ru_maxrss). The floor (posix_spawn `true` 200x32 and a chain of 50)
 is measured in the same run, as a comparison.
+
+For a chain (`chain_50`), the scheduler's latency per link, from the attempt rows:
+the previous try's exit as the launcher saw it (`task_attempt.ended_at`) to the next
+try's claim (`queued_at`) and to its launch (`started_at`: the process let go),
+median, p90 and max over every link of every sample.
 
 With `--cli`, the same shapes also run as a user would: a `miniflow
 scheduler` subprocess and `miniflow dags trigger --wait` (wall time of the
@@ -159,6 +165,8 @@ async def links_of(url: str, dag_id: str) -> dict[str, list[float]]:
 
 
 async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, object]:
+    from sqlalchemy import event as sa_event
+
     from miniflow.cli import wiring
     from miniflow.config import load_config
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -181,6 +189,12 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
             }
         )
         engine = store_engine.create_engine(config.database_url)
+        statements = [0]
+
+        def count(*_: object) -> None:
+            statements[0] += 1
+
+        sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
         launcher = wiring.make_launcher(config)
         scheduler = Scheduler(
             engine=engine,
@@ -198,10 +212,12 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
             fs_cpu0 = proc_cpu(fs_pid) if fs_pid else 0.0
             self0, child0 = rusage_pair()
             t0 = time.perf_counter()
+            statements[0] = 0
             async with store_engine.transaction(scheduler.sessions) as session:
                 run_id = await trigger(session, shape, conf_json=None, now=datetime.now(UTC))
             state = await scheduler.run_until_done(shape, run_id, timeout=RUN_TIMEOUT)
             wall = time.perf_counter() - t0
+            run_statements = statements[0]
             self1, child1 = rusage_pair()
             fs_cpu1 = proc_cpu(fs_pid) if fs_pid else 0.0
             async with store_engine.transaction(scheduler.sessions) as session:
@@ -225,6 +241,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
         "cpu_self": self1 - self0,
         "cpu_children": (child1 - child0) + (fs_cpu1 - fs_cpu0),
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "statements": run_statements,
         "python_mode": getattr(launcher, "python_mode", None),
         **links,
     }
@@ -411,7 +428,7 @@ def main() -> None:
         print(f"floor (posix_spawn true) {name:14s} {fmt(values, digits=3)}")
     header = (
         f"{'mode':6s} {'backend':8s} {'shape':18s} {'wall':24s} {'per task':10s} "
-        f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} ok"
+        f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} {'SQL/task':9s} ok"
     )
     print(header)
     for (mode, backend, name), results in samples.items():
@@ -423,9 +440,11 @@ def main() -> None:
         cpu_child = fmt([float(r["cpu_children"]) for r in good if "cpu_children" in r])  # type: ignore[arg-type]
         rss = [float(r["maxrss_mb"]) for r in good if "maxrss_mb" in r]  # type: ignore[arg-type]
         rss_s = f"{max(rss):.0f} MB" if rss else "-"
+        stmts = [int(r["statements"]) for r in good if "statements" in r]  # type: ignore[call-overload]
+        stmts_s = f"{statistics.median(stmts) / tasks:.1f}" if stmts else "-"
         print(
             f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
-            f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {len(good)}/{len(results)}"
+            f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {stmts_s:9s} {len(good)}/{len(results)}"
         )
     links = [(k, v) for k, v in samples.items() if any("exit_to_launch_ms" in r for r in v)]
     if links:
