@@ -562,7 +562,10 @@ class Scheduler:
     async def _wait(self, timeout: float) -> None:
         """Sleep until a launcher event arrives (kept for the next tick), another process
         announces work (`woken`: one announced during a round ends the next wait at
-        once) or `timeout`."""
+        once) or `timeout`. Not at all while events taken from the launcher's queue
+        wait for a round (`_take_started` leaves them in `_pending`)."""
+        if self._pending:
+            return
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         stop = asyncio.ensure_future(self._stopping.wait())
         woken = asyncio.ensure_future(self.woken.wait())
