@@ -15,12 +15,18 @@ peak-RSS figures belong to that measurement alone:
    the clock starts; `run_until_done` ticks until the run succeeds.
 
 Reported per shape: wall time trigger → run success, median of N (min-max),
-per task (wall/tasks), CPU seconds of the scheduler process
+per task (wall/tasks), SQL statements per task (the scheduler's engine, trigger → run
+success: a count no load on the machine blurs), CPU seconds of the scheduler process
 (getrusage(RUSAGE_SELF) delta over the run) and of its children
 (RUSAGE_CHILDREN delta: the bash wrappers, plus the launcher's forkserver and
 the worker processes it forked, read from /proc), and the scheduler process'
 peak RSS (ru_maxrss). The floor (posix_spawn `true` 200x32 and a chain of 50)
 is measured in the same run, as a comparison.
+
+For a chain (`chain_50`), the scheduler's latency per link, from the attempt rows:
+the previous try's exit as the launcher saw it (`task_attempt.ended_at`) to the next
+try's claim (`queued_at`) and to its launch (`started_at`: the process let go),
+median, p90 and max over every link of every sample.
 
 With `--cli`, the same shapes also run as a user would: a `miniflow
 scheduler` subprocess and `miniflow dags trigger --wait` (wall time of the
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -46,6 +53,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -111,10 +119,54 @@ def rusage_pair() -> tuple[float, float]:
     return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
 
 
+# --- per-link latency of a chain, from the attempt rows --------------------------------------
+
+
+def chain_links(attempts: list[Any]) -> dict[str, list[float]]:
+    """For a chain (one try each, launched one after another): per link, in ms, from the
+    previous try's exit as the launcher saw it (`ended_at`) to the next try's claim
+    (`queued_at`: the claim transaction's time) and to its launch (`started_at`: the
+    launcher let the process go). Empty unless every attempt has all three stamps."""
+    rows = sorted(attempts, key=lambda a: a.queued_at)
+    # (the last try's exit may still be on its way when `dags trigger --wait` returns)
+    if len(rows) < 2 or any(a.started_at is None for a in rows[1:]):
+        return {}
+    if any(a.ended_at is None for a in rows[:-1]):
+        return {}
+    claim, launch = [], []
+    for prev, nxt in itertools.pairwise(rows):
+        claim.append((nxt.queued_at - prev.ended_at).total_seconds() * 1000)
+        launch.append((nxt.started_at - prev.ended_at).total_seconds() * 1000)
+    return {"exit_to_claim_ms": claim, "exit_to_launch_ms": launch}
+
+
+async def links_of(url: str, dag_id: str) -> dict[str, list[float]]:
+    """`chain_links` of the one run of `dag_id` in the database at `url`."""
+    from miniflow.store import attempts as store_attempts
+    from miniflow.store import engine as store_engine
+    from miniflow.store import runs as store_runs
+
+    if not dag_id.startswith("chain"):
+        return {}
+    engine = store_engine.create_engine(url)
+    try:
+        sessions = store_engine.sessionmaker(engine)
+        async with store_engine.transaction(sessions) as session:
+            runs = await store_runs.list_runs(session, dag_id)
+            if len(runs) != 1:
+                return {}
+            attempts = await store_attempts.for_run(session, dag_id, runs[0].run_id)
+    finally:
+        await engine.dispose()
+    return chain_links(attempts)
+
+
 # --- one in-process measurement (runs in its own subprocess) ----------------------------------
 
 
 async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, object]:
+    from sqlalchemy import event as sa_event
+
     from miniflow.cli import wiring
     from miniflow.config import load_config
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
@@ -137,6 +189,12 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
             }
         )
         engine = store_engine.create_engine(config.database_url)
+        statements = [0]
+
+        def count(*_: object) -> None:
+            statements[0] += 1
+
+        sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
         launcher = wiring.make_launcher(config)
         scheduler = Scheduler(
             engine=engine,
@@ -154,10 +212,12 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
             fs_cpu0 = proc_cpu(fs_pid) if fs_pid else 0.0
             self0, child0 = rusage_pair()
             t0 = time.perf_counter()
+            statements[0] = 0
             async with store_engine.transaction(scheduler.sessions) as session:
                 run_id = await trigger(session, shape, conf_json=None, now=datetime.now(UTC))
             state = await scheduler.run_until_done(shape, run_id, timeout=RUN_TIMEOUT)
             wall = time.perf_counter() - t0
+            run_statements = statements[0]
             self1, child1 = rusage_pair()
             fs_cpu1 = proc_cpu(fs_pid) if fs_pid else 0.0
             async with store_engine.transaction(scheduler.sessions) as session:
@@ -169,6 +229,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
         finally:
             await scheduler.close()
             await engine.dispose()
+        links = await links_of(url, shape)
     return {
         "backend": backend,
         "shape": shape,
@@ -180,7 +241,9 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
         "cpu_self": self1 - self0,
         "cpu_children": (child1 - child0) + (fs_cpu1 - fs_cpu0),
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "statements": run_statements,
         "python_mode": getattr(launcher, "python_mode", None),
+        **links,
     }
 
 
@@ -231,6 +294,7 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
                 timeout=RUN_TIMEOUT,
             )
             wall = time.perf_counter() - t0
+            links = asyncio.run(links_of(url, shape)) if done.returncode == 0 else {}
         finally:
             if sched.poll() is None:
                 os.killpg(sched.pid, signal.SIGTERM)
@@ -247,6 +311,7 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
         "wall": wall,
         "state": "success" if done.returncode == 0 else f"exit {done.returncode}",
         "errors": [done.stderr.strip()[-300:]] if done.returncode else [],
+        **links,
     }
 
 
@@ -305,6 +370,14 @@ def fmt(values: list[float], unit: str = "s", digits: int = 2) -> str:
     return f"{med:.{digits}f} {unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def link_summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    return f"{statistics.median(ordered):.1f} (p90 {p90:.1f}, max {ordered[-1]:.1f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -355,7 +428,7 @@ def main() -> None:
         print(f"floor (posix_spawn true) {name:14s} {fmt(values, digits=3)}")
     header = (
         f"{'mode':6s} {'backend':8s} {'shape':18s} {'wall':24s} {'per task':10s} "
-        f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} ok"
+        f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} {'SQL/task':9s} ok"
     )
     print(header)
     for (mode, backend, name), results in samples.items():
@@ -367,9 +440,25 @@ def main() -> None:
         cpu_child = fmt([float(r["cpu_children"]) for r in good if "cpu_children" in r])  # type: ignore[arg-type]
         rss = [float(r["maxrss_mb"]) for r in good if "maxrss_mb" in r]  # type: ignore[arg-type]
         rss_s = f"{max(rss):.0f} MB" if rss else "-"
+        stmts = [int(r["statements"]) for r in good if "statements" in r]  # type: ignore[call-overload]
+        stmts_s = f"{statistics.median(stmts) / tasks:.1f}" if stmts else "-"
         print(
             f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
-            f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {len(good)}/{len(results)}"
+            f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {stmts_s:9s} {len(good)}/{len(results)}"
+        )
+    links = [(k, v) for k, v in samples.items() if any("exit_to_launch_ms" in r for r in v)]
+    if links:
+        print(
+            "\nper link of a chain (ms; median over every link of every sample, p90, max;"
+            " previous exit → next claim / → next launch)"
+        )
+    for (mode, backend, name), results in links:
+        print(
+            f"{mode:6s} {backend:8s} {name:18s} "
+            + "  ".join(
+                f"{label} {link_summary([x for r in results for x in r.get(field, [])])}"
+                for label, field in (("claim", "exit_to_claim_ms"), ("launch", "exit_to_launch_ms"))
+            )
         )
     if args.json:
         args.json.write_text(

@@ -20,7 +20,7 @@ Statements are counted with a `before_cursor_execute` listener on
 shows the median and max per busy tick, so constant-per-tick means the max
 does not grow from 200 to 2000 tasks. A per-phase breakdown (time and
 statements of `_record_events`, `_create_and_start_runs`, `_advance_runs`,
-`_claim_and_launch`, and the `get_run` poll of `run_until_done`) is printed
+`_claim`, `_launch`, and the `get_run` poll of `run_until_done`) is printed
 for the largest case.
 
 `--statements` lists the statements of that case by total time (count, ms: the driver
@@ -66,7 +66,7 @@ import shapes  # noqa: E402
 from common import PG_ADMIN_DSN, PG_BASE_URL, pg_admin  # noqa: E402
 
 RUN_TIMEOUT = 300.0
-PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim_and_launch")
+PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim", "_launch")
 
 
 @dataclass

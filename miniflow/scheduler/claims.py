@@ -5,8 +5,8 @@ LOCKED` on Postgres so several schedulers never claim the same row; an advisory
 lock around the count and the claim so limits hold across schedulers; DAGs and
 pools at their limit are left out of the next candidate window so they cannot
 starve others), renders each spec, launches the batch, and records what could
-not start. Launching happens
-outside the claim's transaction: a scheduler that dies in between leaves queued
+not start. The claim is part of the round's transaction (`claim`); launching
+happens after it commits (`launch`): a scheduler that dies in between leaves queued
 tries that the next one adopts (reported Lost, relaunched without using a retry).
 """
 
@@ -47,60 +47,84 @@ LAUNCH_FAILED = "LaunchFailed"
 log = logging.getLogger("miniflow.scheduler")
 
 
-async def claim_and_launch(
-    deps: RoundDeps, share: int, only_run_pk: int | None, now: datetime, stats: TickStats
-) -> list[TaskEnd]:
+@dataclass(slots=True)
+class Claimed:
+    """Tries claimed in a round's transaction, to launch once it has committed."""
+
+    chosen: list[store_tis.Candidate]
+    claimed: dict[int, int]
+    """{task instance id: try number}"""
+    cached: dict[int, CachedDag]
+    xcoms: dict[int, XComData]
+
+
+async def claim(
+    deps: RoundDeps, session: AsyncSession, share: int, only_run_pk: int | None, now: datetime
+) -> Claimed | None:
     """Claim at most `share` more tries (this instance's part of the parallelism) of the
-    run `only_run_pk` (`dags test`) or of every run, launch them, record what failed.
+    run `only_run_pk` (`dags test`) or of every run, in the caller's transaction (the
+    round's: one commit records the exits and the claims they made possible).
+
+    Nothing is launched here: `launch` does that after the commit."""
+    if share <= 0:
+        return None  # its share is in flight: no statement, no lock
+    await store_tis.serialize_claims(session)
+    total, by_dag, by_pool = await store_tis.active_counts(session)
+    free = min(deps.settings.parallelism - total, share)
+    if free <= 0:
+        return None
+    limits = _Limits(dict(by_dag), dict(by_pool))
+    chosen: list[store_tis.Candidate] = []
+    cached: dict[int, CachedDag] = {}
+    for _ in range(MAX_CANDIDATE_QUERIES):
+        candidates = await store_tis.scheduled_candidates(
+            session,
+            limit=(free - len(chosen)) * 2 + 16,
+            now=now,
+            skip_dags=limits.full_dags,
+            skip_pools=limits.full_pools,
+            skip_ids=[c.id for c in chosen] + limits.held_ids,
+        )
+        if only_run_pk is not None:
+            candidates = [c for c in candidates if c.run_pk == only_run_pk]
+        if not candidates:
+            break
+        cached.update(await deps.dags.for_run_pks(session, {c.run_pk for c in candidates}))
+        if limits.slots is None and any(c.pool is not None for c in candidates):
+            limits.slots = await store_pools.slots(session)
+        if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
+            limits.mapped_used = await store_mapping.active_mapped(session)
+        newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
+        if len(chosen) >= free or not newly_full:
+            break  # full, or nothing was held back by a limit: no one else is waiting
+    if not chosen:
+        return None
+    claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
+    chosen = [c for c in chosen if c.id in claimed]
+    await store_attempts.open_attempts(
+        session,
+        [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index) for c in chosen],
+        launcher=deps.launcher.name,
+        scheduler_id=deps.scheduler_id,
+        now=now,
+    )
+    missing = deps.flights.run_infos.missing(c.run_pk for c in chosen)
+    if missing:
+        deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
+    xcoms = await _xcom_for_templates(session, chosen, cached, deps.flights.run_infos)
+    return Claimed(chosen, claimed, cached, xcoms)
+
+
+async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> list[TaskEnd]:
+    """Launch what `claim` claimed (its transaction committed), then record in one small
+    transaction the handles, the starts the launcher already reported (a local process
+    is let go in `launch` itself: recording its start here spares the scheduler a round
+    per task) and what could not start.
 
     Returns the tries that failed before they started whose callbacks are due (committed)."""
-    if share <= 0:
-        return []  # its share is in flight: no transaction, no lock
-    async with store_engine.transaction(deps.sessions) as session:
-        await store_tis.serialize_claims(session)
-        total, by_dag, by_pool = await store_tis.active_counts(session)
-        free = min(deps.settings.parallelism - total, share)
-        if free <= 0:
-            return []
-        limits = _Limits(dict(by_dag), dict(by_pool))
-        chosen: list[store_tis.Candidate] = []
-        cached: dict[int, CachedDag] = {}
-        for _ in range(MAX_CANDIDATE_QUERIES):
-            candidates = await store_tis.scheduled_candidates(
-                session,
-                limit=(free - len(chosen)) * 2 + 16,
-                now=now,
-                skip_dags=limits.full_dags,
-                skip_pools=limits.full_pools,
-                skip_ids=[c.id for c in chosen] + limits.held_ids,
-            )
-            if only_run_pk is not None:
-                candidates = [c for c in candidates if c.run_pk == only_run_pk]
-            if not candidates:
-                break
-            cached.update(await deps.dags.for_run_pks(session, {c.run_pk for c in candidates}))
-            if limits.slots is None and any(c.pool is not None for c in candidates):
-                limits.slots = await store_pools.slots(session)
-            if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
-                limits.mapped_used = await store_mapping.active_mapped(session)
-            newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
-            if len(chosen) >= free or not newly_full:
-                break  # full, or nothing was held back by a limit: no one else is waiting
-        if not chosen:
-            return []
-        claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
-        chosen = [c for c in chosen if c.id in claimed]
-        await store_attempts.open_attempts(
-            session,
-            [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index) for c in chosen],
-            launcher=deps.launcher.name,
-            scheduler_id=deps.scheduler_id,
-            now=now,
-        )
-        missing = deps.flights.run_infos.missing(c.run_pk for c in chosen)
-        if missing:
-            deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
-        xcoms = await _xcom_for_templates(session, chosen, cached, deps.flights.run_infos)
+    if claims is None:
+        return []
+    chosen, claimed, cached, xcoms = claims.chosen, claims.claimed, claims.cached, claims.xcoms
     by_child = await _render_in_children(deps, chosen, cached, claimed, xcoms)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
@@ -155,10 +179,21 @@ async def claim_and_launch(
     stats.launched = len(handles)
     metrics.ATTEMPTS_LAUNCHED.labels(deps.launcher.name).inc(len(handles))
     # Handles are written right after the launch: a scheduler that dies later leaves
-    # tries its successor finds by their handles.
+    # tries its successor finds by their handles. Their starts need no fence (events'
+    # `_fence`): this instance claimed them moments ago, and a start is no outcome.
+    flights = deps.flights.tries
+    started = [
+        (flights[e.key].ti_id, e.key.try_number, e.handle, e.at)
+        for e in deps.take_started({r.key for r in results if r.handle is not None})
+        if e.key in flights
+    ]
+    known = {(ti_id, try_number) for ti_id, try_number, _, _ in started}
+    handles = [h for h in handles if (h[0], h[1]) not in known]
     due: list[TaskEnd] = []
-    if failures or handles:
+    if failures or handles or started:
         async with store_engine.transaction(deps.sessions) as session:
+            await store_tis.record_started(session, started)
+            await store_attempts.mark_started(session, started)  # the handle too
             await store_attempts.set_handles(session, handles)
             if failures:
                 due = await fail_before_start(deps, session, failures, stats)

@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,13 @@ import miniflow
 from miniflow.authoring import lookups
 from miniflow.authoring.serialized import SerializedDag
 from miniflow.errors import SchedulerAlreadyRunning
-from miniflow.launchers.base import AttemptExited, AttemptKey, Launcher, LauncherEvent
+from miniflow.launchers.base import (
+    AttemptExited,
+    AttemptKey,
+    AttemptStarted,
+    Launcher,
+    LauncherEvent,
+)
 from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.child_render import ChildRenderer
@@ -81,6 +88,12 @@ class _Due:
     dirty: set[int] = field(default_factory=set)  # runs to read in full
     exited: set[int] = field(default_factory=set)  # task instances whose try ended
     exited_keys: set[tuple[str, str, str, int]] = field(default_factory=set)  # same, untracked
+    ended: dict[int, store_tis.TIState] = field(default_factory=dict)  # same, rows as recorded
+    # The next due retry, poke or relaunch back-off (None: none), while `retry_known`:
+    # until something may have made a new one (see `forget_retries`).
+    retry: datetime | None = None
+    retry_known: bool = False
+    run_ended: bool = False  # a run ended: a queued one may start now
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -158,6 +171,7 @@ class Scheduler:
             scheduler_id=self.scheduler_id,
             flights=self.flights,
             mark_dirty=self.mark_dirty,
+            take_started=self._take_started,
             renderer=ChildRenderer(dags_folder, parse_timeout) if dags_folder else None,
         )
         self._due = _Due()
@@ -483,6 +497,15 @@ class Scheduler:
     def mark_dirty(self, run_pk: int) -> None:
         """Re-evaluate readiness of this run next round."""
         self._due.dirty.add(run_pk)
+        self.forget_retries()  # a decision outside readiness: a retry, a relaunch...
+
+    def forget_retries(self) -> None:
+        """A retry, a sensor's next poke or a relaunch's back-off may have been written:
+        the next round promotes what is due, and the next wait asks when the next is due.
+
+        Until then neither is asked: a round whose tries all ended for good (a chain
+        of tasks that succeed) spends no statement on retries."""
+        self._due.retry_known = False
 
     async def run_forever(self) -> None:
         """The daemon: tick, then wait for an event or the next periodic duty.
@@ -523,20 +546,29 @@ class Scheduler:
     ) -> str:
         """Tick until the run finishes; returns its final state (`dags test`, tests)."""
         async with asyncio.timeout(timeout):
+            looked = None  # when the run's state was last read
             while True:
                 stats = await self.tick()
-                async with store_engine.transaction(self.sessions) as session:
-                    run = await store_runs.get_run(session, dag_id, run_id)
-                if run.state in states.RUN_FINISHED:
-                    await self._settle(dag_id, run_id)
-                    return run.state
+                # Read the run's state first, when a round ended it, and at least every
+                # idle wait (a run ended by someone else: `runs mark-failed`).
+                stale = looked is None or time.monotonic() - looked >= self.settings.idle_wait
+                if stale or (dag_id, run_id) in stats.runs_ended:
+                    looked = time.monotonic()
+                    async with store_engine.transaction(self.sessions) as session:
+                        run = await store_runs.get_run(session, dag_id, run_id)
+                    if run.state in states.RUN_FINISHED:
+                        await self._settle(dag_id, run_id)
+                        return run.state
                 if not stats.busy:
                     await self._wait(await self._idle_timeout())
 
     async def _idle_timeout(self) -> float:
         """Sleep no longer than until the next retry is due (retry delays below idle_wait)."""
-        async with store_engine.transaction(self.sessions) as session:
-            due = await store_tis.next_retry_due(session)
+        if not self._due.retry_known:
+            async with store_engine.transaction(self.sessions) as session:
+                self._due.retry = await store_tis.next_retry_due(session)
+            self._due.retry_known = True
+        due = self._due.retry
         if due is None:
             return self.settings.idle_wait
         return min(self.settings.idle_wait, max(0.0, (due - self.clock.now()).total_seconds()))
@@ -560,7 +592,10 @@ class Scheduler:
     async def _wait(self, timeout: float) -> None:
         """Sleep until a launcher event arrives (kept for the next tick), another process
         announces work (`woken`: one announced during a round ends the next wait at
-        once) or `timeout`."""
+        once) or `timeout`. Not at all while events taken from the launcher's queue
+        wait for a round (`_take_started` leaves them in `_pending`)."""
+        if self._pending:
+            return
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         stop = asyncio.ensure_future(self._stopping.wait())
         woken = asyncio.ensure_future(self.woken.wait())
@@ -578,6 +613,7 @@ class Scheduler:
                 # the next round instead of at the periodic checks.
                 self._due.runs = None
                 self._due.sweep = None
+                self.forget_retries()
             if get.done() and not get.cancelled():
                 self._pending.append(get.result())
             else:
@@ -611,27 +647,30 @@ class Scheduler:
                 self._due.runs = None
         await self._resolve_only_run()
         batch = self._take_events()
-        # One transaction for the bookkeeping half of the round, one for the claim:
-        # on Postgres every transaction is a few round trips, and a chain of tasks pays
-        # them once per link.
+        # One transaction for the round: the events recorded, readiness downstream of
+        # them and the claims they made possible. On Postgres every transaction is a few
+        # round trips, and a chain of tasks pays them once per link.
         self.liveness.enter(liveness.EVENTS)
         try:
             async with store_engine.transaction(self.sessions) as session:
                 await self._record_events(session, batch, stats)
                 now = self.clock.now()
-                await self._create_and_start_runs(session, now, stats)
+                await self._create_and_start_runs(session, now, stats, events=bool(batch))
                 await self._advance_runs(session, now, stats)
+                self.liveness.enter("claims")
+                claimed = await self._claim(session, now)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
+            self._due.ended = {}  # nor are the rows the recorder wrote
             self._ended = []
             self._task_ends = []
             raise
         _count_committed(stats)
         self.liveness.beat(liveness.EVENTS)
-        self.liveness.enter("claims")
         ended, self._ended = self._ended, []
         task_ends, self._task_ends = self._task_ends, []
+        stats.runs_ended = [(run.dag_id, run.run_id) for _, run, _ in ended]
         if self.dag_callbacks is not None:
             for end in task_ends:
                 self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)
@@ -647,9 +686,19 @@ class Scheduler:
             await self.launcher.disown(disowned)
         if exited:
             await self.launcher.acknowledge(exited)
-        await self._claim_and_launch(now, stats)
+        await self._launch(claimed, stats)
         _count_committed(stats)
         await self._sanity_round(stats)
+        # What this round left for the next one: events taken but not recorded, runs to
+        # read in full, ends of tries decided outside the round's readiness.
+        stats.follow_up = bool(
+            self._pending
+            or self._due.dirty
+            or self._due.exited
+            or self._due.exited_keys
+            or self._due.ended
+            or self._due.run_ended
+        )
         return stats
 
     async def _sanity_round(self, stats: TickStats) -> None:
@@ -660,6 +709,7 @@ class Scheduler:
         self.liveness.enter(liveness.SANITY)
         started = time.perf_counter()
         self.last_findings = await self.sanity.round(self, now)
+        self.forget_retries()  # its failures may be retries
         self.findings_record.add(self.last_findings, now)
         metrics.SANITY_LOCK_HELD.set(1 if self.last_findings.holder else 0)
         metrics.ROUND_DURATION.labels("sanity").observe(time.perf_counter() - started)
@@ -676,6 +726,24 @@ class Scheduler:
             return
         async with store_engine.transaction(self.sessions) as session:
             self._only_run_pk = (await store_runs.get_run(session, *only)).pk
+
+    def _take_started(self, keys: Collection[AttemptKey]) -> list[AttemptStarted]:
+        """The launcher's start events of `keys` (tries just launched) already queued; the
+        launcher's other events wait for the next round, in their order."""
+        if not keys:
+            return []
+        queue: asyncio.Queue[LauncherEvent] = self.launcher.events
+        while not queue.empty():
+            self._pending.append(queue.get_nowait())
+        taken: list[AttemptStarted] = []
+        rest: list[LauncherEvent] = []
+        for event in self._pending:
+            if isinstance(event, AttemptStarted) and event.key in keys:
+                taken.append(event)
+            else:
+                rest.append(event)
+        self._pending = rest
+        return taken
 
     def _take_events(self) -> list[LauncherEvent]:
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
@@ -703,22 +771,34 @@ class Scheduler:
         # Readiness reads these tasks (by id, or by key for tries this scheduler was not
         # tracking), not their whole runs. The recorder names runs only: if it touched
         # more runs than the exits name, read those runs in full.
-        self._due.exited |= {f.ti_id for f in known.values()}
+        self._due.ended.update(recorded.states)
+        if len(recorded.states) < len(exits) or any(
+            row.state not in states.FINISHED for row in recorded.states.values()
+        ):
+            self.forget_retries()  # a retry, a sensor's reschedule, a relaunch: or unknown
+        self._due.exited |= {f.ti_id for f in known.values() if f.ti_id not in recorded.states}
         self._due.exited_keys |= {k.ti_key for k in exits if k not in known}
         if len(touched) > len({(k.dag_id, k.run_id) for k in exits}):
             self._due.dirty.update(touched)
 
     async def _create_and_start_runs(
-        self, session: AsyncSession, now: datetime, stats: TickStats
+        self, session: AsyncSession, now: datetime, stats: TickStats, *, events: bool
     ) -> None:
-        """Scheduled runs on the run-check interval; queued runs (manual too) every round."""
-        create = self.settings.schedule_runs and (self._due.runs is None or now >= self._due.runs)
-        if create:
+        """Scheduled runs on the run-check interval; queued runs (manual too) in every
+        round but those that only record launcher events (a chain of tasks pays for each
+        statement once per link): there, on the run-check interval, after a wake-up
+        (`woken`: another process created a run) or after this scheduler ended a run."""
+        periodic = self._due.runs is None or now >= self._due.runs
+        if periodic:
             self._due.runs = now + timedelta(seconds=self.settings.run_check_interval)
-        if create:
-            stats.runs_created = await run_creation.create_due_runs(session, now)
-        started = await run_creation.start_queued_runs(session, self.dags, now, self._only_run_pk)
-        self._due.dirty.update(started)
+            if self.settings.schedule_runs:
+                stats.runs_created = await run_creation.create_due_runs(session, now)
+        if periodic or not events or self._due.run_ended:
+            self._due.run_ended = False
+            started = await run_creation.start_queued_runs(
+                session, self.dags, now, self._only_run_pk
+            )
+            self._due.dirty.update(started)
 
     async def _advance_runs(self, session: AsyncSession, now: datetime, stats: TickStats) -> None:
         """Readiness downstream of the tasks that changed (whole runs where only the run
@@ -734,16 +814,25 @@ class Scheduler:
         whole, self._due.dirty = self._due.dirty, set()
         exited, self._due.exited = self._due.exited, set()
         exited_keys, self._due.exited_keys = self._due.exited_keys, set()
-        # up_for_retry → scheduled changes no decision: only runs without a view need a look.
-        whole.update(
-            pk
-            for pk in await store_tis.promote_due_retries(session, now)
-            if self.run_views.get(pk) is None
-        )
+        # The rows the recorder wrote this round are known; only the others are read.
+        recorded, self._due.ended = self._due.ended, {}
+        exited -= set(recorded)
+        if sweep:
+            self.forget_retries()  # the fallback for a retry written where none looked
+        due = self._due
+        if not due.retry_known or (due.retry is not None and now >= due.retry):
+            self.forget_retries()
+            # up_for_retry → scheduled changes no decision: only runs without a view need
+            # a look.
+            whole.update(
+                pk
+                for pk in await store_tis.promote_due_retries(session, now)
+                if self.run_views.get(pk) is None
+            )
         changed: dict[int, list[str]] = {}
-        rows = (
-            await store_tis.states_of(session, exited, exited_keys) if exited or exited_keys else []
-        )
+        rows = list(recorded.values())
+        if exited or exited_keys:
+            rows += await store_tis.states_of(session, exited, exited_keys)
         # A mapped instance is not a task of the graph: its task's own row changes once all
         # its instances have finished (`store.mapping.settle`), and readiness goes on from it.
         instance_runs = {row.run_pk for row in rows if row.map_index >= 0}
@@ -826,6 +915,7 @@ class Scheduler:
                 )
                 self.flights.run_infos.drop(run.pk)
                 self._ended.append((cached[run.pk].dag, run, final))
+                self._due.run_ended = True
             else:
                 self._due.dirty.add(run.pk)
 
@@ -878,10 +968,11 @@ class Scheduler:
         self.run_views.keep_only(found)
         return self.run_views.stale(found, now)
 
-    async def _claim_and_launch(self, now: datetime, stats: TickStats) -> None:
-        due = await claims.claim_and_launch(
-            self.deps, self.claim_share(), self._only_run_pk, now, stats
-        )
+    async def _claim(self, session: AsyncSession, now: datetime) -> claims.Claimed | None:
+        return await claims.claim(self.deps, session, self.claim_share(), self._only_run_pk, now)
+
+    async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:
+        due = await claims.launch(self.deps, claimed, stats)
         # Tries that failed before they started (a template error): committed by now.
         if self.dag_callbacks is not None:
             for end in due:

@@ -59,6 +59,9 @@ class Recorded:
     callbacks: list[TaskEnd] = field(default_factory=list)
     """Ended tries of Bash / Pod tasks with a callback for their state: the scheduler
     starts them once this round's transaction has committed, never before."""
+    states: dict[int, store_tis.TIState] = field(default_factory=dict)
+    """By task instance id: the row of an ended try as this transaction left it (the
+    outcome written, or the worker's as read), so readiness need not read it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,19 @@ async def _record_exits(
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
         if state in states.FINISHED:
             recorded.finished[state] += 1
+        # Known only if this transaction wrote it, or nobody here meant to (a worker's
+        # recorded end): an outcome that did not apply lost to a concurrent writer.
+        known = flight.ti_id in changed or flight.ti_id not in outcomes
+        if known and row is not None and row.try_number == event.key.try_number:
+            recorded.states[flight.ti_id] = store_tis.TIState(
+                flight.ti_id,
+                flight.run_pk,
+                event.key.task_id,
+                state,
+                row.try_number,
+                row.max_tries,
+                event.key.map_index,
+            )
         callback_state = state
         if flight.ti_id in changed:
             error = outcomes[flight.ti_id].error

@@ -6,17 +6,17 @@ adopted and has not yet seen end (claims add, event recording removes, the sanit
 loop kills and adopts), the reasons it killed some of them, and the runs' template
 inputs. `RoundDeps` bundles what never changes over a scheduler's life (its database,
 launcher, settings, DAG cache, clock and id) with that registry and the one callback
-back into the scheduler (mark a run for a full read).
+back into the scheduler (mark a run for a full read, take a launch's start events).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from miniflow.launchers.base import AttemptKey, Launcher
+from miniflow.launchers.base import AttemptKey, AttemptStarted, Launcher
 from miniflow.scheduler.child_render import ChildRenderer
 from miniflow.scheduler.clock import Clock
 from miniflow.scheduler.dagcache import DagCache
@@ -49,5 +49,8 @@ class RoundDeps:
     flights: Flights
     mark_dirty: Callable[[int], None]
     """Read this run in full in the next round."""
+    take_started: Callable[[Collection[AttemptKey]], list[AttemptStarted]] = lambda _: []
+    """The start events the launcher has already reported for these tries, taken out of
+    the next round's batch (the claim records them with the launch handles)."""
     renderer: ChildRenderer | None = None
     """Renders the templates of DAGs with function macros / filters (None: no DAGs folder)."""

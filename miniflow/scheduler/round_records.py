@@ -20,10 +20,21 @@ class TickStats:
     """Task instances this round moved to a final state, by state (committed with it)."""
     exits: Counter[str] = field(default_factory=Counter)
     """Attempt exits this round recorded, by reason."""
+    runs_ended: list[tuple[str, str]] = field(default_factory=list)
+    """(dag_id, run_id) of the runs this round ended (committed)."""
+    follow_up: bool = False
+    """The round left work for the next one (events taken but not recorded, runs to read
+    in full, tries that ended outside its readiness)."""
 
     @property
     def busy(self) -> bool:
-        return bool(self.events or self.runs_created or self.changed or self.launched)
+        """Whether the next round should start at once rather than wait for an event.
+
+        A round records its events, decides readiness downstream of them and claims and
+        launches what became ready, all before it returns: what it did (events,
+        changes, launches) needs no second round. New launcher events end the wait at
+        once; only work it left behind (`follow_up`) or new runs call for another."""
+        return self.follow_up or bool(self.runs_created)
 
 
 @dataclass(slots=True)

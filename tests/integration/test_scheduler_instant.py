@@ -78,7 +78,9 @@ async def test_try_lost_before_launch_is_relaunched_without_using_a_retry(
         "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
         'with DAG("one", start_date=datetime(2026, 1, 1)):\n    Bash("only", "true")\n'
     )
-    held = InstantLauncher(hold=True)
+    # announce=False: no start event, as if the launch never happened (a launcher that
+    # reports a start at launch has it recorded with the launch's handle).
+    held = InstantLauncher(hold=True, announce=False)
     first = Scheduler(
         engine=engine,
         launcher=held,
@@ -122,7 +124,13 @@ async def test_started_event_arriving_after_the_exit_is_history(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
     (tmp_path / "one.py").write_text(ONE)
-    launcher = InstantLauncher(hold=True)
+    from datetime import UTC, datetime
+
+    from miniflow.launchers.base import AttemptStarted
+
+    # A launcher that reports the start at launch has it recorded with the launch:
+    # this one reports none, and the start is made up below, after the exit.
+    launcher = InstantLauncher(hold=True, announce=False)
     scheduler = Scheduler(
         engine=engine,
         launcher=launcher,
@@ -133,7 +141,8 @@ async def test_started_event_arriving_after_the_exit_is_history(
     await scheduler.tick()
     run_id = await _trigger(engine, "one")
     await scheduler.tick()
-    started = launcher.events.get_nowait()  # hold back the started event...
+    key = launcher.launched[0].key
+    started = AttemptStarted(key, f"instant:{key}", datetime.now(UTC))  # held back...
     launcher.release()
     await scheduler.tick()  # ...so the exit is recorded first
     assert not scheduler.inflight
