@@ -102,6 +102,25 @@ def test_airflow2_dag_maps_onto_miniflow_settings(layer: None, tmp_path: Path) -
     assert task["pod"]["pod_override"]["spec"]["containers"][0]["image"] == "etl:1"
 
 
+def test_user_defined_macros_and_filters_are_miniflows(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from airflow import DAG
+        from airflow.operators.bash import BashOperator
+
+        def double(x):
+            return x * 2
+
+        with DAG("macros", user_defined_macros={"project": "acme", "double": double},
+                 user_defined_filters={"up": str.upper}):
+            BashOperator(task_id="b", bash_command="echo {{ project | up }} {{ double(2) }}")
+        """,
+    )
+    assert dag["user_defined_macros"] == {"project": "acme"}  # JSON: rendered anywhere
+    assert dag["template_functions"] == ["double", "|up"]  # rendered where the file is imported
+
+
 def test_dependency_helpers(layer: None, tmp_path: Path) -> None:
     dag = load(
         tmp_path,

@@ -1,0 +1,45 @@
+"""Airflow DAG files using per-DAG macros and filters, the date/weekday branch operators
+and DayOfWeekSensor, through the real `miniflow` command (`airflow check`, `dags test`)
+with the local launcher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.e2e.conftest import Cli
+
+FIXTURES = Path(__file__).parent / "airflow_dags"
+DATE = "2024-05-01"  # a Wednesday, in the second quarter
+
+
+def copy_dag(cli: Cli, path: Path) -> None:
+    cli.dags.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, cli.dags / path.name)
+
+
+def states(cli: Cli, dag_id: str) -> dict[str, str]:
+    rows = json.loads(cli("tasks", "list", dag_id, "latest", "-o", "json").stdout)
+    return {row["task_id"]: row["state"] for row in rows}
+
+
+def result(cli: Cli, dag_id: str, task_id: str) -> object:
+    return json.loads(cli("tasks", "result", dag_id, "latest", task_id).stdout)
+
+
+def test_user_defined_macros_and_filters_reach_every_kind_of_template(sqlite_cli: Cli) -> None:
+    path = FIXTURES / "templating" / "af_macros.py"
+    assert (
+        "1 of 1 DAG files load unmodified"
+        in sqlite_cli("airflow", "check", str(path.parent)).stdout
+    )
+    copy_dag(sqlite_cli, path)
+    sqlite_cli("dags", "test", "af_macros", "--logical-date", DATE)
+    assert states(sqlite_cli, "af_macros") == dict.fromkeys(
+        ["bash", "python", "custom", "flow"], "success"
+    )
+    assert result(sqlite_cli, "af_macros", "bash") == "acme Q2 ACME!"  # rendered by miniflow
+    assert result(sqlite_cli, "af_macros", "python") == "acme-Q2-HI!"  # op_args, in the worker
+    assert result(sqlite_cli, "af_macros", "custom") == "Q2 ACME!"  # template_fields
+    assert result(sqlite_cli, "af_macros", "flow") == "ACME! Q2"  # a TaskFlow literal argument
