@@ -483,8 +483,10 @@ class BaseOperator(_PythonOperatorBase):
     """Subclass it and write `execute(self, context)`: it runs in the worker as a Python
     task, with the attributes named in `template_fields` rendered first."""
 
+    _mode: PythonMode | None = None  # "branch": `BaseBranchOperator`
+
     def __init__(self, *, task_id: str, **kwargs: Any) -> None:
-        self._register(task_id, self._run, {}, kwargs)
+        self._register(task_id, self._run, {}, kwargs, mode=self._mode)
 
     def execute(self, context: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement execute(self, context)")
@@ -544,7 +546,7 @@ class BaseOperator(_PythonOperatorBase):
         self.pre_execute(context)
         result = self.execute(context)
         self.post_execute(context, result)
-        return result if self.do_xcom_push else None
+        return result if self.do_xcom_push or self._mode is not None else None
 
 
 def chain(*tasks: Any) -> None:

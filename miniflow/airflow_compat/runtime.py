@@ -125,6 +125,10 @@ CONTEXT_NAMES = frozenset({
     "data_interval_start", "data_interval_end", "run_id", "dag_id", "task_id",
     "try_number", "params", "ti", "task_instance", "dag_run", "dag", "task", "macros",
     "var", "conn", "conf", "templates_dict",
+    # Airflow 2's older names (`templates._airflow2_dates`)
+    "next_execution_date", "next_ds", "next_ds_nodash", "prev_execution_date", "prev_ds",
+    "prev_ds_nodash", "yesterday_ds", "yesterday_ds_nodash", "tomorrow_ds",
+    "tomorrow_ds_nodash", "ts_nodash_with_tz", "task_instance_key_str",
 })  # fmt: skip
 
 

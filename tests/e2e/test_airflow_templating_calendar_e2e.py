@@ -43,3 +43,25 @@ def test_user_defined_macros_and_filters_reach_every_kind_of_template(sqlite_cli
     assert result(sqlite_cli, "af_macros", "python") == "acme-Q2-HI!"  # op_args, in the worker
     assert result(sqlite_cli, "af_macros", "custom") == "Q2 ACME!"  # template_fields
     assert result(sqlite_cli, "af_macros", "flow") == "ACME! Q2"  # a TaskFlow literal argument
+
+
+def test_calendar_branches_and_day_of_week_sensor_decide_on_the_logical_date(
+    sqlite_cli: Cli,
+) -> None:
+    path = FIXTURES / "calendar" / "af_calendar.py"
+    checked = sqlite_cli("airflow", "check", str(path.parent)).stdout
+    assert "af_calendar.py: loads\n" in checked and "DAG af_calendar (10 tasks)" in checked
+    copy_dag(sqlite_cli, path)
+    sqlite_cli("dags", "test", "af_calendar", "--logical-date", DATE)
+    assert states(sqlite_cli, "af_calendar") == {
+        "morning": "success",  # midnight is before target_upper (12:00)
+        "before_noon": "success",
+        "after_noon": "skipped",
+        "weekend": "success",  # a Wednesday: not the weekend
+        "rest": "skipped",
+        "work": "success",
+        "join": "success",
+        "midweek": "success",  # done at its first poke
+        "after_midweek": "success",
+        "sunday": "skipped",  # soft_fail once its 2 s timeout passed
+    }

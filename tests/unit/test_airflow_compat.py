@@ -497,8 +497,6 @@ def test_sensor_operators_are_miniflow_sensors(layer: None, tmp_path: Path) -> N
     ("source", "construct"),
     [
         ("from airflow.sensors.time_delta import TimeDeltaSensorAsync", "TimeDeltaSensorAsync"),
-        ("from airflow.providers.standard.sensors.weekday import DayOfWeekSensor",
-         "DayOfWeekSensor"),
         ("from airflow.operators.bash import BashOperator\n"
          "BashOperator(task_id='t', bash_command='echo {{ ti.xcom_push(key=1, value=2) }}')",
          "xcom_push in a template"),
@@ -514,3 +512,37 @@ def test_what_cannot_run_is_named(layer: None, tmp_path: Path, source: str, cons
     with pytest.raises(problems.UnsupportedConstruct) as caught:
         import_dag_file(path)
     assert caught.value.construct == construct
+
+
+def test_airflow2_context_names_and_bash_env_in_taskflow(layer: None, tmp_path: Path) -> None:
+    """A TaskFlow parameter named like one of Airflow 2's older context entries is filled
+    from the context (not a missing argument); `@task.bash(env=..., append_env=True)` is
+    what miniflow does, and without `append_env` a warning says so."""
+    with problems.collect_warnings() as found:
+        dag = load(
+            tmp_path,
+            """
+            from airflow.sdk import dag, task
+
+            @dag(schedule=None)
+            def ctx():
+                @task.bash
+                def key(n: int, task_instance_key_str: str, prev_ds=None) -> str:
+                    return f"echo {task_instance_key_str} {n}"
+
+                @task.bash(env={"A": "{{ ds }}"}, append_env=True)
+                def appended() -> str:
+                    return "echo $A"
+
+                @task.bash(env={"B": "1"})
+                def replaced() -> str:
+                    return "echo $B"
+
+                key(n=1), appended(), replaced()
+
+            ctx()
+            """,
+        )
+    assert set(dag["tasks"]) == {"key", "appended", "replaced"}
+    assert dag["tasks"]["appended"]["env"] == {"A": "{{ ds }}"}
+    assert [(w.construct, w.lineno) for w in found] == [("env", 13)]
