@@ -16,12 +16,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.templates import needs_dag_file
-from miniflow.authoring.xcom import XComData, uses_xcom
+from miniflow.authoring.xcom import XComData, XComError, check_value, uses_xcom
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
@@ -31,7 +32,7 @@ from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.events import TaskEnd, callbacks_due
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
-from miniflow.scheduler.specs import build_spec
+from miniflow.scheduler.specs import build_spec, render_fields
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import mapping as store_mapping
@@ -104,6 +105,7 @@ async def claim_and_launch(
     by_child = await _render_in_children(deps, chosen, cached, claimed, xcoms)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
+    pushes: list[_Pushes] = []
     for c in chosen:
         entry = cached[c.run_pk]
         task = entry.dag["tasks"].get(c.task_id)
@@ -121,8 +123,8 @@ async def claim_and_launch(
             failures.append(_LaunchFailure(c, claimed[c.id], rendered))
             continue
         try:
-            specs.append(
-                build_spec(
+            if rendered is None:
+                rendered = render_fields(
                     entry.dag,
                     run,
                     c.task_id,
@@ -130,11 +132,25 @@ async def claim_and_launch(
                     map_index=c.map_index,
                     map_args=c.map_args,
                     xcom=xcoms.get(c.run_pk),
-                    rendered=rendered,
                 )
+            spec = build_spec(
+                entry.dag,
+                run,
+                c.task_id,
+                claimed[c.id],
+                map_index=c.map_index,
+                map_args=c.map_args,
+                rendered=rendered,
             )
         except TemplateError as exc:
             failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
+            continue
+        if rendered.pushes:
+            pushes.append(_Pushes(c, claimed[c.id], spec, rendered.pushes))
+        else:
+            specs.append(spec)
+    if pushes:
+        specs += await _store_template_pushes(deps, pushes, now, failures)
     results = await deps.launcher.launch(specs) if specs else []
     handles: list[tuple[int, int, str]] = []
     for result in results:
@@ -165,6 +181,44 @@ async def claim_and_launch(
     if failures:
         stats.changed += len(failures)
     return due
+
+
+@dataclass(frozen=True, slots=True)
+class _Pushes:
+    """A try whose Bash templates pushed XCom (`{{ ti.xcom_push(...) }}`)."""
+
+    candidate: store_tis.Candidate
+    try_number: int
+    spec: TaskSpec
+    values: dict[str, Any]
+
+
+async def _store_template_pushes(
+    deps: RoundDeps, tries: Sequence[_Pushes], now: datetime, failures: list[_LaunchFailure]
+) -> list[TaskSpec]:
+    """Store what the tries' templates pushed, before they are launched (their commands
+    may rely on it being there, as Airflow's rendering guarantees); the specs to launch.
+    A value that is not JSON, or too large, fails its try before it starts."""
+    ready: list[TaskSpec] = []
+    async with store_engine.transaction(deps.sessions) as session:
+        for item in tries:
+            task_id = item.candidate.task_id
+            try:
+                values = {
+                    key: check_value(
+                        value,
+                        deps.settings.max_result_bytes,
+                        f"task {task_id!r}: xcom {key!r} pushed by a template",
+                    )
+                    for key, value in item.values.items()
+                }
+            except XComError as exc:
+                failures.append(_LaunchFailure(item.candidate, item.try_number, str(exc)))
+                continue
+            for key, value in values.items():
+                await store_xcom.push(session, item.candidate.id, key, value, now)
+            ready.append(item.spec)
+    return ready
 
 
 async def _render_in_children(

@@ -30,10 +30,8 @@ def result(cli: Cli, dag_id: str, task_id: str) -> object:
 
 def test_user_defined_macros_and_filters_reach_every_kind_of_template(sqlite_cli: Cli) -> None:
     path = FIXTURES / "templating" / "af_macros.py"
-    assert (
-        "1 of 1 DAG files load unmodified"
-        in sqlite_cli("airflow", "check", str(path.parent)).stdout
-    )
+    checked = sqlite_cli("airflow", "check", str(path.parent)).stdout
+    assert "af_macros.py: loads\n" in checked and "DAG af_macros (4 tasks)" in checked
     copy_dag(sqlite_cli, path)
     sqlite_cli("dags", "test", "af_macros", "--logical-date", DATE)
     assert states(sqlite_cli, "af_macros") == dict.fromkeys(
@@ -65,3 +63,22 @@ def test_calendar_branches_and_day_of_week_sensor_decide_on_the_logical_date(
         "after_midweek": "success",
         "sunday": "skipped",  # soft_fail once its 2 s timeout passed
     }
+
+
+def test_xcom_push_in_a_bash_template_is_stored_for_downstream_tasks(sqlite_cli: Cli) -> None:
+    copy_dag(sqlite_cli, FIXTURES / "templating" / "af_template_push.py")
+    sqlite_cli("dags", "test", "af_template_push", "--logical-date", DATE)
+    assert states(sqlite_cli, "af_template_push") == dict.fromkeys(
+        ["bash_push", "bash_pull", "python_pull"], "success"
+    )
+    assert result(sqlite_cli, "af_template_push", "python_pull") == {
+        "manual": "manually_pushed_value",
+        "day": DATE,
+        "returned": "value_by_return",
+    }
+    pushed = sqlite_cli("tasks", "logs", "af_template_push", "latest", "bash_push").stdout
+    assert "Manually set xcom value None" in pushed  # Airflow renders the push as None too
+    pulled = sqlite_cli("tasks", "logs", "af_template_push", "latest", "bash_pull").stdout
+    assert "The xcom pushed manually is manually_pushed_value" in pulled
+    assert "The returned_value xcom is value_by_return" in pulled  # f"{XComArg(op)}"
+    assert f"The day is {DATE}" in pulled

@@ -497,8 +497,9 @@ def test_sensor_operators_are_miniflow_sensors(layer: None, tmp_path: Path) -> N
     ("source", "construct"),
     [
         ("from airflow.sensors.time_delta import TimeDeltaSensorAsync", "TimeDeltaSensorAsync"),
-        ("from airflow.operators.bash import BashOperator\n"
-         "BashOperator(task_id='t', bash_command='echo {{ ti.xcom_push(key=1, value=2) }}')",
+        ("from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator\n"
+         "KubernetesPodOperator(task_id='t', image='i', "
+         "arguments=['{{ ti.xcom_push(key=1, value=2) }}'])",
          "xcom_push in a template"),
         ("from airflow.decorators import task_group\n@task_group\ndef g(x):\n    pass\n"
          "g.expand(x=[1])", "mapped task group"),
