@@ -36,9 +36,9 @@ from miniflow.scheduler.specs import build_spec, render_fields
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import mapping as store_mapping
+from miniflow.store import past_runs, states
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
-from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store import xcom as store_xcom
 
@@ -80,11 +80,14 @@ async def claim_and_launch(
             if not candidates:
                 break
             cached.update(await deps.dags.for_run_pks(session, {c.run_pk for c in candidates}))
+            candidates, held_by_past = await _past_allows(session, candidates, cached)
+            limits.held_ids.extend(held_by_past)
             if limits.slots is None and any(c.pool is not None for c in candidates):
                 limits.slots = await store_pools.slots(session)
             if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
                 limits.mapped_used = await store_mapping.active_mapped(session)
             newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
+            newly_full |= bool(held_by_past)  # a new window may find tasks that can run
             if len(chosen) >= free or not newly_full:
                 break  # full, or nothing was held back by a limit: no one else is waiting
         if not chosen:
@@ -181,6 +184,45 @@ async def claim_and_launch(
     if failures:
         stats.changed += len(failures)
     return due
+
+
+_PAST_OK = frozenset({states.SUCCESS, states.SKIPPED})
+
+
+async def _past_allows(
+    session: AsyncSession,
+    candidates: Sequence[store_tis.Candidate],
+    cached: Mapping[int, CachedDag],
+) -> tuple[list[store_tis.Candidate], list[int]]:
+    """The candidates `depends_on_past` lets run, and the ids of those it holds: the same
+    task (same map index) of the previous run has not succeeded or been skipped, or with
+    `wait_for_downstream` its direct downstream tasks there have not. No previous run, or
+    no instance of the task in it (a task added since), holds nothing (Airflow's rules)."""
+    allowed: list[store_tis.Candidate] = []
+    held: list[int] = []
+    for c in candidates:
+        entry = cached.get(c.run_pk)
+        task = entry.dag["tasks"].get(c.task_id) if entry is not None else None
+        if entry is None or task is None or not task.get("depends_on_past"):
+            allowed.append(c)
+            continue
+        downstream = (
+            [t for t, d in entry.dag["tasks"].items() if c.task_id in d["upstream"]]
+            if task.get("wait_for_downstream")
+            else []
+        )
+        found = await past_runs.previous_states(session, c.run_pk, [c.task_id, *downstream])
+        own = None if found is None else found.get((c.task_id, c.map_index))
+        if found is None or own is None:
+            allowed.append(c)
+            continue
+        after = [s for (t, _), s in found.items() if t in downstream]
+        missing = set(downstream) - {t for (t, _) in found}
+        if own not in _PAST_OK or missing or any(s not in _PAST_OK for s in after):
+            held.append(c.id)
+        else:
+            allowed.append(c)
+    return allowed, held
 
 
 @dataclass(frozen=True, slots=True)

@@ -547,3 +547,26 @@ def test_airflow2_context_names_and_bash_env_in_taskflow(layer: None, tmp_path: 
     assert set(dag["tasks"]) == {"key", "appended", "replaced"}
     assert dag["tasks"]["appended"]["env"] == {"A": "{{ ds }}"}
     assert [(w.construct, w.lineno) for w in found] == [("env", 13)]
+
+
+def test_depends_on_past_and_wait_for_downstream_are_miniflows(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from airflow import DAG
+        from airflow.operators.bash import BashOperator
+
+        with DAG("dop", default_args={"depends_on_past": True}):
+            BashOperator(task_id="a", bash_command="echo a")
+            BashOperator(task_id="b", bash_command="echo b", depends_on_past=False)
+            BashOperator(task_id="c", bash_command="echo c", wait_for_downstream=True,
+                         depends_on_past=False)
+        """,
+    )
+    tasks = dag["tasks"]
+    assert tasks["a"].get("depends_on_past") is True  # from default_args
+    assert "depends_on_past" not in tasks["b"]
+    assert (tasks["c"].get("depends_on_past"), tasks["c"].get("wait_for_downstream")) == (
+        True,
+        True,
+    )  # wait_for_downstream implies it, as in Airflow
