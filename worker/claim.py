@@ -29,7 +29,7 @@ from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import SerializedTask
 from miniflow.authoring.templates import build_context, needs_dag_file
-from miniflow.authoring.xcom import ReadOnlyXCom, uses_xcom
+from miniflow.authoring.xcom import template_xcom, uses_xcom
 from miniflow.errors import NotFound
 from miniflow.store import runs, states, task_instances
 from miniflow.store import xcom as store_xcom
@@ -113,8 +113,10 @@ async def claim_try(
         )
         if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
             data = await store_xcom.load(session, dag_id, run_id)
+            # A Bash task's template pushes were stored by the scheduler, which rendered
+            # the same fields before launching this try: here they are only collected.
             claim.context["ti"] = claim.context["task_instance"] = TaskInstanceInfo(
-                dag_id, run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(data)
+                dag_id, run_id, task_id, try_number, map_index, xcom=template_xcom(task, data)
             )
         if task["kind"] == "python":
             claim.upstream = await task_instances.upstream_results(

@@ -124,9 +124,11 @@ def task_settings(kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 settings[name] = value
             elif value is not None:
                 raise problems.pending("callbacks")
-        elif name in ("sla", "depends_on_past", "wait_for_downstream"):
+        elif name == "sla":
             if value:
                 raise problems.unsupported(name)
+        elif name in ("depends_on_past", "wait_for_downstream"):
+            settings[name] = bool(value)  # miniflow's settings of the same name
         elif name == "deferrable":
             if value:
                 raise problems.unsupported("deferrable")

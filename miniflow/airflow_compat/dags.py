@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,6 +74,16 @@ def _timezone_name(start: Any) -> str | None:
     return name if (isinstance(name, str) and "/" in name) or name == "UTC" else None
 
 
+# The DAGs this process defined, by id: the worker-side rendering of the layer's Python
+# tasks (`runtime.render_value`) finds its DAG's function macros and filters here.
+_LOADED: weakref.WeakValueDictionary[str, DAG] = weakref.WeakValueDictionary()
+
+
+def loaded(dag_id: str) -> DAG | None:
+    """The DAG `dag_id` as this process last defined it (None: not defined here)."""
+    return _LOADED.get(dag_id)
+
+
 class DAG(dag_mod.DAG):
     """Airflow's DAG: its keyword arguments mapped onto miniflow's (see the migration
     guide's table); refuses what would run differently."""
@@ -89,11 +100,6 @@ class DAG(dag_mod.DAG):
                 raise problems.pending("callbacks")
         if given.pop("sla_miss_callback", None) is not None:
             raise problems.unsupported("sla_miss_callback")
-        for name in ("user_defined_macros", "user_defined_filters"):
-            if given.pop(name, None):
-                raise problems.unsupported(
-                    name, "per-DAG macros are not supported: pass values as params"
-                )
         schedule = _schedule(given.pop("schedule", given.pop("schedule_interval", None)))
         default_args = dict(given.pop("default_args", None) or {})
         start_date = given.pop("start_date", None) or default_args.pop("start_date", None)
@@ -126,6 +132,7 @@ class DAG(dag_mod.DAG):
             default_args=arguments.task_settings(default_args),
             **given,
         )
+        _LOADED[self.dag_id] = self
 
     @property
     def task_dict(self) -> dict[str, Any]:

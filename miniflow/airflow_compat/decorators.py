@@ -70,6 +70,8 @@ class AirflowTaskFunction:
         task_id = options.pop("task_id", None)
         do_xcom_push = options.pop("do_xcom_push", True)
         ignore = options.pop("ignore_downstream_trigger_rules", True)
+        if self.mode == "bash" and not options.pop("append_env", False) and options.get("env"):
+            problems.warn("env", "miniflow adds env to the worker's environment (append_env=True)")
         settings = arguments.task_settings(options)
         function = runtime.with_context(self.function)
         if not do_xcom_push and self.mode is None:

@@ -55,6 +55,12 @@ SUPPORTED = frozenset({
     "airflow.providers.standard.sensors.filesystem",
     "airflow.providers.standard.sensors.time_delta", "airflow.providers.standard.sensors.time",
     "airflow.providers.standard.sensors.date_time", "airflow.providers.common.compat.sdk",
+    "airflow.operators.branch", "airflow.operators.datetime", "airflow.operators.weekday",
+    "airflow.sensors.weekday", "airflow.utils.weekday",
+    "airflow.providers.standard.operators.branch",
+    "airflow.providers.standard.operators.datetime",
+    "airflow.providers.standard.operators.weekday",
+    "airflow.providers.standard.sensors.weekday", "airflow.providers.standard.utils.weekday",
 })  # fmt: skip
 _PACKAGES = frozenset(
     name.rsplit(".", n)[0] for name in SUPPORTED for n in range(1, name.count(".") + 1)
@@ -77,8 +83,6 @@ REFUSED_MODULES: dict[str, str] = {
     "airflow.providers.docker": "DockerOperator",
     "airflow.kubernetes.secret": "Secret",
     "airflow.providers.cncf.kubernetes.secret": "Secret",
-    "airflow.sensors.weekday": "DayOfWeekSensor",
-    "airflow.providers.standard.sensors.weekday": "DayOfWeekSensor",
 }
 
 

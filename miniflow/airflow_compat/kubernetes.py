@@ -91,6 +91,14 @@ class KubernetesPodOperator(OperatorMixin, Pod):
             # sidecar to read; here that file is the termination message (no sidecar).
             kwargs["push_result"] = True
             kwargs["result_file"] = XCOM_FILE
+        for text in [*(cmds or []), *(arguments or []), image]:
+            if isinstance(text, str) and "xcom_push(" in text:
+                raise problems.unsupported(
+                    "xcom_push in a template",
+                    "a pod task's templates can pull XComs but not push them (only a Bash "
+                    "task's can): push from a Python task, or use the pod's result "
+                    "(do_xcom_push=True)",
+                )
         if on_finish_action not in ("delete_pod", "delete_succeeded_pod"):
             problems.warn("on_finish_action", "miniflow cleans up task pods itself")
         given = _defaults(kwargs)

@@ -116,6 +116,12 @@ class XComArg(AirflowMixin, TaskRef):
     def key(self) -> str:
         return self.item or "return_value"
 
+    def __str__(self) -> str:
+        """Airflow's rule: in a string (an f-string in a templated field), the template
+        that pulls the value when the field is rendered (no dependency is added)."""
+        key = "" if self.item is None else f", key={self.item!r}"
+        return "{{ ti.xcom_pull(task_ids=%r%s) }}" % (self.task_id, key)  # noqa: UP031
+
     def __getitem__(self, key: str) -> XComArg:
         if self.item is not None:
             raise problems.pending("xcom_pull")
@@ -231,13 +237,6 @@ class BashOperator(OperatorMixin, Bash):
                 "a Bash task's keys are items of its result (`op.output['key']`), not "
                 "separate XComs for ti.xcom_pull(key=...)",
             )
-        for text in [bash_command, *(env or {}).values()]:
-            if isinstance(text, str) and "xcom_push(" in text:
-                raise problems.unsupported(
-                    "xcom_push in a template",
-                    "templates can pull XComs but not push them: push from a Python task "
-                    "(ti.xcom_push) or use the Bash task's result (its last output line)",
-                )
         pulled: list[TaskRef] = []
         bash_command = _pulled(bash_command, pulled)
         if env is not None:
@@ -483,8 +482,10 @@ class BaseOperator(_PythonOperatorBase):
     """Subclass it and write `execute(self, context)`: it runs in the worker as a Python
     task, with the attributes named in `template_fields` rendered first."""
 
+    _mode: PythonMode | None = None  # "branch": `BaseBranchOperator`
+
     def __init__(self, *, task_id: str, **kwargs: Any) -> None:
-        self._register(task_id, self._run, {}, kwargs)
+        self._register(task_id, self._run, {}, kwargs, mode=self._mode)
 
     def execute(self, context: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement execute(self, context)")
@@ -544,7 +545,7 @@ class BaseOperator(_PythonOperatorBase):
         self.pre_execute(context)
         result = self.execute(context)
         self.post_execute(context, result)
-        return result if self.do_xcom_push else None
+        return result if self.do_xcom_push or self._mode is not None else None
 
 
 def chain(*tasks: Any) -> None:

@@ -77,10 +77,6 @@ UNSUPPORTED: dict[str, str] = {
     "(mode='reschedule' gives the slot back between pokes)",
     "DateTimeSensorAsync": "deferrable sensors are not supported: use DateTimeSensor "
     "(mode='reschedule' gives the slot back between pokes)",
-    "DayOfWeekSensor": "not mapped: use a PythonSensor (or @task.sensor) checking "
-    "logical_date.weekday(), or a cron schedule for those days",
-    "depends_on_past": "cross-run dependencies are not supported",
-    "wait_for_downstream": "cross-run dependencies are not supported",
 }
 
 # Constructs that map onto miniflow features still being built: the error says so.

@@ -125,6 +125,10 @@ CONTEXT_NAMES = frozenset({
     "data_interval_start", "data_interval_end", "run_id", "dag_id", "task_id",
     "try_number", "params", "ti", "task_instance", "dag_run", "dag", "task", "macros",
     "var", "conn", "conf", "templates_dict",
+    # Airflow 2's older names (`templates._airflow2_dates`)
+    "next_execution_date", "next_ds", "next_ds_nodash", "prev_execution_date", "prev_ds",
+    "prev_ds_nodash", "yesterday_ds", "yesterday_ds_nodash", "tomorrow_ds",
+    "tomorrow_ds_nodash", "ts_nodash_with_tz", "task_instance_key_str",
 })  # fmt: skip
 
 
@@ -141,20 +145,37 @@ def task_logger(name: str) -> logging.Logger:
 
 
 def render_value(value: Any, context: Mapping[str, Any], *, task_id: str, field: str) -> Any:
-    """A templated field's value rendered: strings as Jinja2, containers item by item."""
+    """A templated field's value rendered: strings as Jinja2, containers item by item.
+
+    The DAG's function macros and `user_defined_filters` take part, as they do in
+    miniflow's own rendering (`templates.render_with_dag`); its JSON macros are in the
+    context already."""
+    from miniflow.airflow_compat.dags import loaded
+    from miniflow.authoring.templates import with_filters
+
+    dag = loaded(str(context.get("dag_id")))
+    scope = dict(context)
+    env = None
+    if dag is not None:
+        scope = {**dag.macro_functions, **scope}
+        env = with_filters(dag.user_defined_filters) if dag.user_defined_filters else None
+    return _render_tree(value, scope, env, task_id=task_id, field=field)
+
+
+def _render_tree(value: Any, context: dict[str, Any], env: Any, *, task_id: str, field: str) -> Any:
     from miniflow.authoring.templates import render
 
     if isinstance(value, str):
-        return render(value, dict(context), task_id=task_id, field=field)
+        return render(value, context, task_id=task_id, field=field, env=env)
     if isinstance(value, list | tuple):
         items = [
-            render_value(v, context, task_id=task_id, field=f"{field}[{i}]")
+            _render_tree(v, context, env, task_id=task_id, field=f"{field}[{i}]")
             for i, v in enumerate(value)
         ]
         return type(value)(items) if isinstance(value, tuple) else items
     if isinstance(value, dict):
         return {
-            k: render_value(v, context, task_id=task_id, field=f"{field}[{k!r}]")
+            k: _render_tree(v, context, env, task_id=task_id, field=f"{field}[{k!r}]")
             for k, v in value.items()
         }
     return value

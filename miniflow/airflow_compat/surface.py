@@ -14,6 +14,7 @@ from typing import Any
 import miniflow
 from miniflow.airflow_compat import names
 from miniflow.airflow_compat.arguments import task_settings
+from miniflow.airflow_compat.calendar_operators import EXPORTS as CALENDAR
 from miniflow.airflow_compat.dags import DAG, dag, days_ago
 from miniflow.airflow_compat.decorators import TaskGroup, setup, task, task_group, teardown
 from miniflow.airflow_compat.kubernetes import KubernetesPodOperator
@@ -104,6 +105,7 @@ EXPORTS: dict[str, Any] = {
     "AirflowNotFoundException": names.AirflowNotFoundException,
     "Context": dict,
     **SENSORS,
+    **CALENDAR,
 }
 # Names that forward to miniflow features only some versions have (absent: the module's
 # __getattr__ names the construct as not yet available).

@@ -228,7 +228,7 @@ def _check_filters(filters: object) -> dict[str, Any]:
 
 
 AIRFLOW_ONLY_DEFAULTS = frozenset(
-    {"owner", "email", "email_on_failure", "email_on_retry", "depends_on_past"}
+    {"owner", "email", "email_on_failure", "email_on_retry"}
 )
 """`default_args` keys from Airflow DAG files that are accepted and ignored."""
 
@@ -331,7 +331,7 @@ class DAG:
         if default_args is not None and not isinstance(default_args, dict):
             raise definition_error(f"default_args must be a dict, got {default_args!r}")
         # Airflow DAG files often carry these in default_args; they mean nothing here
-        # (no e-mail, no cross-run dependencies), so a moved DAG still loads.
+        # (no e-mail is sent), so a moved DAG still loads.
         given = {k: v for k, v in (default_args or {}).items() if k not in AIRFLOW_ONLY_DEFAULTS}
         defaults = {**given, **task_defaults}
         self.task_defaults: dict[str, Any] = tasks.validate_settings(

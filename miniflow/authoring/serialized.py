@@ -139,6 +139,11 @@ class SerializedTask(TypedDict):
     # short_circuit only: True skips every task downstream whatever its trigger rule;
     # False skips the direct downstream tasks and lets trigger rules decide the rest.
     ignore_downstream_trigger_rules: NotRequired[bool]
+    # True: a try is claimed only once the same task of the previous run (by logical date;
+    # `dags test` runs neither hold nor are held) succeeded or was skipped
+    depends_on_past: NotRequired[bool]
+    # depends_on_past, and the previous run's direct downstream tasks of this one too
+    wait_for_downstream: NotRequired[bool]
     # Setup / teardown (absent: neither). A teardown's rule is `all_done_setup_success`:
     # it runs once everything upstream is done if a setup upstream of it succeeded (or it
     # has none). A teardown's own state decides the run only with on_failure_fail_dagrun.

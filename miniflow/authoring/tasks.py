@@ -173,6 +173,12 @@ _TASK_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     # a mapped task: at most this many of its mapped instances queued or running at once
     # (across the DAG's runs, like Airflow's max_active_tis_per_dag)
     "max_active_mapped": (_optional_positive_int, None),
+    # wait until the same task (same map index) of the run before (by logical date)
+    # succeeded or was skipped; a DAG's first run is not held (Airflow's depends_on_past)
+    "depends_on_past": (_bool, False),
+    # depends_on_past, and also the previous run's direct downstream tasks of this one
+    # succeeded or were skipped (Airflow's wait_for_downstream)
+    "wait_for_downstream": (_bool, False),
 }
 # Settings that go into the `pod` dict (keys of `PodSettings`).
 _POD_SETTINGS: dict[str, Callable[[Any], Any]] = {
@@ -506,6 +512,10 @@ class BaseTask(DependencyMixin):
             "pod": PodSettings(**pod),
             **self._serialize_mapping(settings),  # type: ignore[typeddict-item]
         }
+        if settings["depends_on_past"] or settings["wait_for_downstream"]:
+            data["depends_on_past"] = True
+        if settings["wait_for_downstream"]:
+            data["wait_for_downstream"] = True
         if self.is_setup:
             data["setup"] = True
         if self.is_teardown:

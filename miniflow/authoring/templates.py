@@ -18,13 +18,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from miniflow.authoring import lookups
 from miniflow.authoring.serialized import SerializedTask
+from miniflow.authoring.xcom import ReadOnlyXCom
 from miniflow.errors import TemplateError
 
 if TYPE_CHECKING:
@@ -232,12 +233,14 @@ def render(
 
 @dataclass(frozen=True)
 class RenderedFields:
-    """The templated fields of one task, rendered for one attempt."""
+    """The templated fields of one task, rendered for one attempt; `pushes`: what its
+    templates pushed (`{{ ti.xcom_push(key, value) }}`, a Bash task's only), key → value."""
 
     bash_command: str | None
     cmds: list[str] | None
     args: list[str] | None
     env: dict[str, str]
+    pushes: dict[str, Any] = field(default_factory=dict)
 
 
 def render_task_fields(
@@ -255,12 +258,12 @@ def render_task_fields(
         return [one(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
     command = task.get("command")
-    return RenderedFields(
-        bash_command=None if command is None else one(command, "command"),
-        cmds=each(task.get("cmds"), "cmds"),
-        args=each(task.get("args"), "args"),
-        env={key: one(value, f"env {key}") for key, value in task["env"].items()},
-    )
+    bash_command = None if command is None else one(command, "command")
+    cmds, args = each(task.get("cmds"), "cmds"), each(task.get("args"), "args")
+    values = {key: one(value, f"env {key}") for key, value in task["env"].items()}
+    xcom = getattr(context.get("ti"), "xcom", None)
+    pushes = dict(xcom.pushed) if isinstance(xcom, ReadOnlyXCom) else {}
+    return RenderedFields(bash_command, cmds, args, values, pushes)
 
 
 def needs_dag_file(dag: Mapping[str, Any]) -> bool:

@@ -95,21 +95,48 @@ def pushed_line(output: str | None) -> Any:
 
 
 class ReadOnlyXCom:
-    """XCom as templates see it: pulls from values read before rendering; no pushes."""
+    """XCom as templates see it: pulls from values read before rendering.
 
-    def __init__(self, data: XComData | None = None) -> None:
+    With `collect_pushes` (a Bash task's fields), a push (`{{ ti.xcom_push(key, value) }}`,
+    which renders as "None", as in Airflow) is kept in `pushed` for the scheduler to store
+    before it launches the try (`scheduler.claims`); otherwise a push is an error.
+    """
+
+    def __init__(self, data: XComData | None = None, *, collect_pushes: bool = False) -> None:
         self.data = data or XComData()
+        self.collect_pushes = collect_pushes
+        self.pushed: dict[str, Any] = {}
 
     def push(self, key: str, value: Any) -> None:
-        raise XComError("xcom_push is not available in templates")
+        if not self.collect_pushes:
+            raise XComError(
+                "xcom_push is not available here: in templates, only a Bash task's fields may push"
+            )
+        if not isinstance(key, str) or not key or key == RETURN_VALUE:
+            raise XComError(
+                f"xcom_push key must be a non-empty string other than {RETURN_VALUE!r}, got {key!r}"
+            )
+        self.pushed[key] = value
 
     def pull(self, task_ids: Any, key: str, map_indexes: Any, default: Any) -> Any:
         return self.data.pull(task_ids, key, map_indexes, default)
 
 
-def uses_xcom(task: Mapping[str, Any]) -> bool:
-    """True if a templated field of `task` (command, cmds, args, env) pulls XCom: only then
-    are the run's values read before rendering."""
+def _template_fields(task: Mapping[str, Any]) -> list[Any]:
     fields: list[Any] = [task.get("command"), *(task.get("cmds") or []), *(task.get("args") or [])]
-    fields += list(task.get("env", {}).values())
-    return any(isinstance(f, str) and "xcom_pull" in f for f in fields)
+    return fields + list(task.get("env", {}).values())
+
+
+def uses_xcom(task: Mapping[str, Any]) -> bool:
+    """True if a templated field of `task` (command, cmds, args, env) pulls or pushes XCom:
+    only then are the run's values read before rendering."""
+    return any(
+        isinstance(f, str) and ("xcom_pull" in f or "xcom_push" in f)
+        for f in _template_fields(task)
+    )
+
+
+def template_xcom(task: Mapping[str, Any], data: XComData | None) -> ReadOnlyXCom:
+    """The XCom `task`'s templates see: `data` to pull from; pushes collected for a Bash
+    task (whose fields may push), refused for others."""
+    return ReadOnlyXCom(data, collect_pushes=task.get("kind") == "bash")

@@ -43,7 +43,7 @@ def render_one(dag: Any, item: dict[str, Any]) -> dict[str, Any]:
     """One item's rendered fields, or its template error."""
     from miniflow.authoring.context import TaskInstanceInfo
     from miniflow.authoring.templates import build_context, render_with_dag
-    from miniflow.authoring.xcom import ReadOnlyXCom
+    from miniflow.authoring.xcom import template_xcom
     from miniflow.errors import TemplateError
 
     inputs = dict(item["context"])
@@ -56,7 +56,7 @@ def render_one(dag: Any, item: dict[str, Any]) -> dict[str, Any]:
         inputs["task_id"],
         inputs["try_number"],
         inputs["map_index"],
-        xcom=ReadOnlyXCom(decode_xcom(item.get("xcom"))),
+        xcom=template_xcom(item["task"], decode_xcom(item.get("xcom"))),
     )
     try:
         rendered = render_with_dag(dag, item["task"], context)

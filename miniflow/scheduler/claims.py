@@ -16,12 +16,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.templates import needs_dag_file
-from miniflow.authoring.xcom import XComData, uses_xcom
+from miniflow.authoring.xcom import XComData, XComError, check_value, uses_xcom
 from miniflow.errors import TemplateError
 from miniflow.launchers.base import AttemptKey, TaskSpec
 from miniflow.retries import failure_outcome
@@ -31,13 +32,13 @@ from miniflow.scheduler.dagcache import CachedDag
 from miniflow.scheduler.events import TaskEnd, callbacks_due
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
-from miniflow.scheduler.specs import build_spec
+from miniflow.scheduler.specs import build_spec, render_fields
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import mapping as store_mapping
+from miniflow.store import past_runs, states
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
-from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store import xcom as store_xcom
 
@@ -90,11 +91,14 @@ async def claim(
         if not candidates:
             break
         cached.update(await deps.dags.for_run_pks(session, {c.run_pk for c in candidates}))
+        candidates, held_by_past = await _past_allows(session, candidates, cached)
+        limits.held_ids.extend(held_by_past)
         if limits.slots is None and any(c.pool is not None for c in candidates):
             limits.slots = await store_pools.slots(session)
         if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
             limits.mapped_used = await store_mapping.active_mapped(session)
         newly_full = limits.pick(candidates, free - len(chosen), cached, chosen)
+        newly_full |= bool(held_by_past)  # a new window may find tasks that can run
         if len(chosen) >= free or not newly_full:
             break  # full, or nothing was held back by a limit: no one else is waiting
     if not chosen:
@@ -128,6 +132,7 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
     by_child = await _render_in_children(deps, chosen, cached, claimed, xcoms)
     specs: list[TaskSpec] = []
     failures: list[_LaunchFailure] = []
+    pushes: list[_Pushes] = []
     for c in chosen:
         entry = cached[c.run_pk]
         task = entry.dag["tasks"].get(c.task_id)
@@ -145,8 +150,8 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
             failures.append(_LaunchFailure(c, claimed[c.id], rendered))
             continue
         try:
-            specs.append(
-                build_spec(
+            if rendered is None:
+                rendered = render_fields(
                     entry.dag,
                     run,
                     c.task_id,
@@ -154,11 +159,25 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
                     map_index=c.map_index,
                     map_args=c.map_args,
                     xcom=xcoms.get(c.run_pk),
-                    rendered=rendered,
                 )
+            spec = build_spec(
+                entry.dag,
+                run,
+                c.task_id,
+                claimed[c.id],
+                map_index=c.map_index,
+                map_args=c.map_args,
+                rendered=rendered,
             )
         except TemplateError as exc:
             failures.append(_LaunchFailure(c, claimed[c.id], str(exc)))
+            continue
+        if rendered.pushes:
+            pushes.append(_Pushes(c, claimed[c.id], spec, rendered.pushes))
+        else:
+            specs.append(spec)
+    if pushes:
+        specs += await _store_template_pushes(deps, pushes, deps.clock.now(), failures)
     results = await deps.launcher.launch(specs) if specs else []
     handles: list[tuple[int, int, str]] = []
     for result in results:
@@ -200,6 +219,83 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
     if failures:
         stats.changed += len(failures)
     return due
+
+
+_PAST_OK = frozenset({states.SUCCESS, states.SKIPPED})
+
+
+async def _past_allows(
+    session: AsyncSession,
+    candidates: Sequence[store_tis.Candidate],
+    cached: Mapping[int, CachedDag],
+) -> tuple[list[store_tis.Candidate], list[int]]:
+    """The candidates `depends_on_past` lets run, and the ids of those it holds: the same
+    task (same map index) of the previous run has not succeeded or been skipped, or with
+    `wait_for_downstream` its direct downstream tasks there have not. No previous run, or
+    no instance of the task in it (a task added since), holds nothing (Airflow's rules)."""
+    allowed: list[store_tis.Candidate] = []
+    held: list[int] = []
+    for c in candidates:
+        entry = cached.get(c.run_pk)
+        task = entry.dag["tasks"].get(c.task_id) if entry is not None else None
+        if entry is None or task is None or not task.get("depends_on_past"):
+            allowed.append(c)
+            continue
+        downstream = (
+            [t for t, d in entry.dag["tasks"].items() if c.task_id in d["upstream"]]
+            if task.get("wait_for_downstream")
+            else []
+        )
+        found = await past_runs.previous_states(session, c.run_pk, [c.task_id, *downstream])
+        own = None if found is None else found.get((c.task_id, c.map_index))
+        if found is None or own is None:
+            allowed.append(c)
+            continue
+        after = [s for (t, _), s in found.items() if t in downstream]
+        missing = set(downstream) - {t for (t, _) in found}
+        if own not in _PAST_OK or missing or any(s not in _PAST_OK for s in after):
+            held.append(c.id)
+        else:
+            allowed.append(c)
+    return allowed, held
+
+
+@dataclass(frozen=True, slots=True)
+class _Pushes:
+    """A try whose Bash templates pushed XCom (`{{ ti.xcom_push(...) }}`)."""
+
+    candidate: store_tis.Candidate
+    try_number: int
+    spec: TaskSpec
+    values: dict[str, Any]
+
+
+async def _store_template_pushes(
+    deps: RoundDeps, tries: Sequence[_Pushes], now: datetime, failures: list[_LaunchFailure]
+) -> list[TaskSpec]:
+    """Store what the tries' templates pushed, before they are launched (their commands
+    may rely on it being there, as Airflow's rendering guarantees); the specs to launch.
+    A value that is not JSON, or too large, fails its try before it starts."""
+    ready: list[TaskSpec] = []
+    async with store_engine.transaction(deps.sessions) as session:
+        for item in tries:
+            task_id = item.candidate.task_id
+            try:
+                values = {
+                    key: check_value(
+                        value,
+                        deps.settings.max_result_bytes,
+                        f"task {task_id!r}: xcom {key!r} pushed by a template",
+                    )
+                    for key, value in item.values.items()
+                }
+            except XComError as exc:
+                failures.append(_LaunchFailure(item.candidate, item.try_number, str(exc)))
+                continue
+            for key, value in values.items():
+                await store_xcom.push(session, item.candidate.id, key, value, now)
+            ready.append(item.spec)
+    return ready
 
 
 async def _render_in_children(

@@ -16,7 +16,7 @@ from miniflow.authoring import templates
 from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import PodSettings, SerializedDag
-from miniflow.authoring.xcom import ReadOnlyXCom, XComData
+from miniflow.authoring.xcom import XComData, template_xcom
 from miniflow.launchers.base import RESULT_FILE, AttemptKey, TaskSpec
 from miniflow.store.runs import RunInfo
 
@@ -46,6 +46,27 @@ def context_inputs(
     }
 
 
+def render_fields(
+    dag: SerializedDag,
+    run: RunInfo,
+    task_id: str,
+    try_number: int,
+    *,
+    map_index: int = -1,
+    map_args: dict[str, Any] | None = None,
+    xcom: XComData | None = None,
+) -> templates.RenderedFields:
+    """One try's templated fields rendered in this process (with the pushes a Bash task's
+    templates made, for the caller to store). Raises TemplateError."""
+    task = apply_map_args(dag["tasks"][task_id], map_args)
+    context = templates.build_context(**context_inputs(dag, run, task_id, try_number, map_index))
+    # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
+    context["ti"] = context["task_instance"] = TaskInstanceInfo(
+        dag["dag_id"], run.run_id, task_id, try_number, map_index, xcom=template_xcom(task, xcom)
+    )
+    return templates.render_task_fields(task, context)
+
+
 def build_spec(
     dag: SerializedDag,
     run: RunInfo,
@@ -65,14 +86,9 @@ def build_spec(
     """
     task = apply_map_args(dag["tasks"][task_id], map_args)
     if rendered is None:
-        context = templates.build_context(
-            **context_inputs(dag, run, task_id, try_number, map_index)
+        rendered = render_fields(
+            dag, run, task_id, try_number, map_index=map_index, map_args=map_args, xcom=xcom
         )
-        # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
-        context["ti"] = context["task_instance"] = TaskInstanceInfo(
-            dag["dag_id"], run.run_id, task_id, try_number, map_index, xcom=ReadOnlyXCom(xcom)
-        )
-        rendered = templates.render_task_fields(task, context)
     pod: PodSettings = PodSettings(**task["pod"])
     return TaskSpec(
         key=AttemptKey(dag["dag_id"], run.run_id, task_id, try_number, map_index),

@@ -102,6 +102,25 @@ def test_airflow2_dag_maps_onto_miniflow_settings(layer: None, tmp_path: Path) -
     assert task["pod"]["pod_override"]["spec"]["containers"][0]["image"] == "etl:1"
 
 
+def test_user_defined_macros_and_filters_are_miniflows(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from airflow import DAG
+        from airflow.operators.bash import BashOperator
+
+        def double(x):
+            return x * 2
+
+        with DAG("macros", user_defined_macros={"project": "acme", "double": double},
+                 user_defined_filters={"up": str.upper}):
+            BashOperator(task_id="b", bash_command="echo {{ project | up }} {{ double(2) }}")
+        """,
+    )
+    assert dag["user_defined_macros"] == {"project": "acme"}  # JSON: rendered anywhere
+    assert dag["template_functions"] == ["double", "|up"]  # rendered where the file is imported
+
+
 def test_dependency_helpers(layer: None, tmp_path: Path) -> None:
     dag = load(
         tmp_path,
@@ -478,10 +497,9 @@ def test_sensor_operators_are_miniflow_sensors(layer: None, tmp_path: Path) -> N
     ("source", "construct"),
     [
         ("from airflow.sensors.time_delta import TimeDeltaSensorAsync", "TimeDeltaSensorAsync"),
-        ("from airflow.providers.standard.sensors.weekday import DayOfWeekSensor",
-         "DayOfWeekSensor"),
-        ("from airflow.operators.bash import BashOperator\n"
-         "BashOperator(task_id='t', bash_command='echo {{ ti.xcom_push(key=1, value=2) }}')",
+        ("from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator\n"
+         "KubernetesPodOperator(task_id='t', image='i', "
+         "arguments=['{{ ti.xcom_push(key=1, value=2) }}'])",
          "xcom_push in a template"),
         ("from airflow.decorators import task_group\n@task_group\ndef g(x):\n    pass\n"
          "g.expand(x=[1])", "mapped task group"),
@@ -495,3 +513,60 @@ def test_what_cannot_run_is_named(layer: None, tmp_path: Path, source: str, cons
     with pytest.raises(problems.UnsupportedConstruct) as caught:
         import_dag_file(path)
     assert caught.value.construct == construct
+
+
+def test_airflow2_context_names_and_bash_env_in_taskflow(layer: None, tmp_path: Path) -> None:
+    """A TaskFlow parameter named like one of Airflow 2's older context entries is filled
+    from the context (not a missing argument); `@task.bash(env=..., append_env=True)` is
+    what miniflow does, and without `append_env` a warning says so."""
+    with problems.collect_warnings() as found:
+        dag = load(
+            tmp_path,
+            """
+            from airflow.sdk import dag, task
+
+            @dag(schedule=None)
+            def ctx():
+                @task.bash
+                def key(n: int, task_instance_key_str: str, prev_ds=None) -> str:
+                    return f"echo {task_instance_key_str} {n}"
+
+                @task.bash(env={"A": "{{ ds }}"}, append_env=True)
+                def appended() -> str:
+                    return "echo $A"
+
+                @task.bash(env={"B": "1"})
+                def replaced() -> str:
+                    return "echo $B"
+
+                key(n=1), appended(), replaced()
+
+            ctx()
+            """,
+        )
+    assert set(dag["tasks"]) == {"key", "appended", "replaced"}
+    assert dag["tasks"]["appended"]["env"] == {"A": "{{ ds }}"}
+    assert [(w.construct, w.lineno) for w in found] == [("env", 13)]
+
+
+def test_depends_on_past_and_wait_for_downstream_are_miniflows(layer: None, tmp_path: Path) -> None:
+    dag = load(
+        tmp_path,
+        """
+        from airflow import DAG
+        from airflow.operators.bash import BashOperator
+
+        with DAG("dop", default_args={"depends_on_past": True}):
+            BashOperator(task_id="a", bash_command="echo a")
+            BashOperator(task_id="b", bash_command="echo b", depends_on_past=False)
+            BashOperator(task_id="c", bash_command="echo c", wait_for_downstream=True,
+                         depends_on_past=False)
+        """,
+    )
+    tasks = dag["tasks"]
+    assert tasks["a"].get("depends_on_past") is True  # from default_args
+    assert "depends_on_past" not in tasks["b"]
+    assert (tasks["c"].get("depends_on_past"), tasks["c"].get("wait_for_downstream")) == (
+        True,
+        True,
+    )  # wait_for_downstream implies it, as in Airflow

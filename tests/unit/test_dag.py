@@ -408,7 +408,9 @@ def test_serialize_matches_the_contract() -> None:
     # setup/teardown, callbacks and the task group: only when set, too
     optional = {"python_mode", "ignore_downstream_trigger_rules", "skip_on_exit_code"} | {
         "setup", "teardown", "on_failure_fail_dagrun", "callbacks", "task_group"
-    } | {"sensor", "push_result", "result_file", "expand", "max_active_mapped"}  # fmt: skip
+    } | {"sensor", "push_result", "result_file", "expand", "max_active_mapped"} | {
+        "depends_on_past", "wait_for_downstream"
+    }  # fmt: skip
     common = set(SerializedTask.__annotations__) - set().union(*kind_keys.values()) - optional
     for t in data["tasks"].values():
         assert set(t) == common | kind_keys[t["kind"]]
