@@ -6,16 +6,29 @@ one more thing matters: a Python task runs in a daemon thread that cannot be
 killed, so when the worker gives up on it (fenced out, SIGTERM, timeout) the
 process leaves with `os._exit` after flushing, instead of letting interpreter
 shutdown wait for, or tear down under, user code still running.
+
+The cyclic garbage collector is off while the worker's modules are imported:
+SQLAlchemy, the store and the DAG API leave ~95,000 long-lived container
+objects and almost no garbage (the ~130 collections that ran during the
+import freed ~600 objects), and those collections were about a fifth of the
+import's CPU time. The survivors are then frozen (`gc.freeze`), so later
+collections in the run, user code's included, do not walk them again.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
 
 def main() -> None:
-    from miniflow_worker import runner
+    gc.disable()
+    try:
+        from miniflow_worker import runner
+    finally:
+        gc.freeze()
+        gc.enable()
 
     code = runner.main(sys.argv[1:])
     if runner.abandoned_threads():

@@ -37,8 +37,11 @@ Heavy modules (SQLAlchemy, the store) are imported at module level on
 purpose: every real run needs them, and the local launcher's forkserver
 preloads this module so its children start warm. What a run may not need is
 imported lazily: jinja2 (by `miniflow.authoring.templates`, only for templated
-fields), the DAG loader (Python tasks only) and the database driver (by
-SQLAlchemy, only the one the URL names). This module never imports the
+fields), the DAG loader (Python tasks only), the sensor loop (sensors only)
+and the database driver and its SQLAlchemy dialect (only the one the URL
+names; the store imports a dialect's INSERT ... ON CONFLICT the same way). The
+console entry (`miniflow_worker.main`) imports this module with the garbage
+collector off. This module never imports the
 scheduler, the launchers, parsing or kubernetes_asyncio.
 """
 
@@ -69,7 +72,7 @@ from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
-from . import branching, callbacks, sensing
+from . import branching, callbacks
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -311,6 +314,8 @@ class Worker:
         first_poke = await self.recorder.start_poking()
         if first_poke is None:
             return EXIT_NOT_RECORDED
+        from . import sensing  # sensors only
+
         return await sensing.sense(
             execution,
             claim.task["sensor"],
