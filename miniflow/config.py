@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -285,6 +284,8 @@ def load_config(
 
 def _read_toml(path: Path) -> Mapping[str, Any]:
     """The settings table of a config file (top level, or its `[miniflow]` table)."""
+    import tomllib  # here: most processes (every worker pod among them) have no file to read
+
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -37,8 +37,11 @@ Heavy modules (SQLAlchemy, the store) are imported at module level on
 purpose: every real run needs them, and the local launcher's forkserver
 preloads this module so its children start warm. What a run may not need is
 imported lazily: jinja2 (by `miniflow.authoring.templates`, only for templated
-fields), the DAG loader (Python tasks only) and the database driver (by
-SQLAlchemy, only the one the URL names). This module never imports the
+fields), the DAG loader (Python tasks only), the sensor loop (sensors only)
+and the database driver and its SQLAlchemy dialect (only the one the URL
+names; the store imports a dialect's INSERT ... ON CONFLICT the same way). The
+console entry (`miniflow_worker.main`) runs start-up, up to the claim, with the
+garbage collector off (`resume_gc`). This module never imports the
 scheduler, the launchers, parsing or kubernetes_asyncio.
 """
 
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -69,7 +73,7 @@ from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
-from . import branching, callbacks, sensing
+from . import branching, callbacks
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -108,8 +112,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    """Run the try named by `argv`; returns the exit code (see the EXIT_* constants)."""
+def main(argv: list[str], *, resume_gc: bool = False) -> int:
+    """Run the try named by `argv`; returns the exit code (see the EXIT_* constants).
+
+    `resume_gc`: the caller turned the garbage collector off for start-up (the console
+    entry does); it is frozen and turned back on once the try is claimed, before any
+    user code (the DAG file's import included) runs."""
     args = parse_args(argv)
     try:
         config = load_config()
@@ -119,7 +127,7 @@ def main(argv: list[str]) -> int:
     # `Variable.get`, `BaseHook.get_connection`, `{{ var.value.x }}` in this try.
     lookups.register_backend(DatabaseBackend(config.database_url))
     try:
-        return asyncio.run(Worker(args, config).main())
+        return asyncio.run(Worker(args, config, resume_gc=resume_gc).main())
     except DatabaseUnavailable as exc:
         log(str(exc))
         return EXIT_UNAVAILABLE
@@ -129,7 +137,10 @@ def main(argv: list[str]) -> int:
 
 
 class Worker:
-    def __init__(self, args: argparse.Namespace, config: Config) -> None:
+    def __init__(
+        self, args: argparse.Namespace, config: Config, *, resume_gc: bool = False
+    ) -> None:
+        self.resume_gc = resume_gc
         self.dag_id: str = args.dag_id
         self.run_id: str = args.run_id
         self.task_id: str = args.task_id
@@ -203,6 +214,9 @@ class Worker:
 
     async def _run_claimed(self, claim: Claim) -> int:
         log(f"claimed try {claim.try_number} of {self.key}")
+        if self.resume_gc:  # start-up's objects (engine, compiled statements) stay for the run
+            gc.freeze()
+            gc.enable()
         self.claim = claim
         self.execution: execute.Execution | None = None
         self.heartbeat = Heartbeat(
@@ -311,6 +325,8 @@ class Worker:
         first_poke = await self.recorder.start_poking()
         if first_poke is None:
             return EXIT_NOT_RECORDED
+        from . import sensing  # sensors only
+
         return await sensing.sense(
             execution,
             claim.task["sensor"],

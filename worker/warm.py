@@ -14,6 +14,7 @@ import importlib
 
 PRELOAD = (
     "miniflow_worker.runner",
+    "miniflow_worker.sensing",
     "miniflow.authoring.loader",
     "miniflow.authoring.templates",
     "sqlalchemy.dialects.postgresql.asyncpg",

@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import task_instances as store_tis
+from miniflow.store.engine import conflict_insert
 from miniflow.store.models import TaskAttempt
 
 TA = TaskAttempt
@@ -60,8 +60,7 @@ async def open_attempts(
     """
     if not rows:
         return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(_table)
+    insert = conflict_insert(session, _table)
     await session.execute(
         insert.on_conflict_do_update(
             index_elements=["ti_id", "try_number"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -138,6 +137,8 @@ class DatabaseBackend:
 
     @staticmethod
     def _sqlite_read(path: str, query: str, key: str) -> tuple[Any, ...] | None:
+        import sqlite3  # here: a worker on PostgreSQL never needs it (its start-up time)
+
         with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
             row = conn.execute(query, (key,)).fetchone()
         return None if row is None else tuple(row)

@@ -21,12 +21,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound
 from miniflow.store import wakeup
+from miniflow.store.engine import conflict_insert
 from miniflow.store.models import Base, Dag, DagFile, DagVersion, ImportErrorRow
 
 
@@ -60,9 +60,7 @@ def dag_hash(serialized: SerializedDag) -> str:
 
 def _insert(session: AsyncSession, model: type[Base]) -> Any:
     """An INSERT with ON CONFLICT support for the session's database."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(model)
+    return conflict_insert(session, model)
 
 
 async def save_versions(

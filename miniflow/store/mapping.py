@@ -18,11 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from miniflow.store import states, transitions
+from miniflow.store.engine import conflict_insert
 from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import DagRun, TaskInstance
 from miniflow.store.task_instances import TIState, chunked
@@ -87,7 +87,6 @@ async def add_instances(
 ) -> None:
     """One `scheduled` row per item of `map_args` (map_index = its position); an index that
     exists already is left as it is."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     rows = [
         {
             "run_pk": task.run_pk,
@@ -108,7 +107,7 @@ async def add_instances(
     ]
     for chunk in chunked(rows):
         await session.execute(
-            dialect.insert(_table).on_conflict_do_nothing(
+            conflict_insert(session, _table).on_conflict_do_nothing(
                 index_elements=["dag_id", "run_id", "task_id", "map_index"]
             ),
             list(chunk),

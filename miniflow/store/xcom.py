@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.authoring.xcom import XComData
 from miniflow.store import states
+from miniflow.store.engine import conflict_insert
 from miniflow.store.models import TaskInstance, XCom
 
 _table: Table = XCom.__table__  # type: ignore[assignment]
@@ -26,8 +26,7 @@ async def push(session: AsyncSession, ti_id: int, key: str, value: Any, now: dat
             )
         )
     ).one()
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(_table).values(
+    stmt = conflict_insert(session, _table).values(
         run_pk=row.run_pk,
         task_id=row.task_id,
         map_index=row.map_index,

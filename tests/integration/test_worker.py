@@ -435,6 +435,32 @@ async def test_async_task_function_is_awaited(env: Env) -> None:
     assert (await env.ti("coro")).result == [5, 5]
 
 
+GC_DAG = """
+    import gc
+
+    from miniflow.authoring.dag import DAG
+    from miniflow.authoring.taskflow import task
+
+    AT_IMPORT = gc.isenabled()
+
+    @task
+    def probe():
+        return {"at_import": AT_IMPORT, "in_task": gc.isenabled()}
+
+    with DAG("d"):
+        probe()
+"""
+
+
+async def test_cold_worker_collects_garbage_again_before_user_code(env: Env) -> None:
+    # The console entry starts with the garbage collector off (start-up speed); the
+    # DAG file's import and the task must run with it on, as in any Python process.
+    await env.setup(GC_DAG, queue=["probe"])
+    code, _out, err = await env.run("probe")
+    assert code == 0, err
+    assert (await env.ti("probe")).result == {"at_import": True, "in_task": True}
+
+
 async def test_non_json_and_oversized_results_fail_clearly(env: Env) -> None:
     await env.setup(PY_DAG, queue=["not_json", "too_big"])
     code, _out, _err = await env.run("not_json")
