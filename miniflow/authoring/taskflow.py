@@ -174,6 +174,7 @@ class TaskFunction(Generic[P, R]):
         self.sensor = sensor
         self.task_id = check_id(task_id if task_id is not None else function.__name__, "task id")
         self.settings = validate_settings(settings, f"task {self.task_id!r}")
+        self._given = dict(settings)  # as written: `override` validates them again
         self.mode: PythonMode | None = mode
         if not isinstance(ignore_downstream_trigger_rules, bool):
             raise definition_error(
@@ -203,6 +204,20 @@ class TaskFunction(Generic[P, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> TaskRef:
         # Untyped on purpose: arguments may be `TaskRef`s standing for the real values.
         return self._create(args, kwargs, None)
+
+    def override(self, *, task_id: str | None = None, **settings: Any) -> TaskFunction[P, R]:
+        """The same function as another task: `f.override(task_id="load_eu", retries=5)()`
+        (Airflow's name). Settings given here win over the decorator's."""
+        return TaskFunction(
+            self.function,
+            task_id if task_id is not None else self.task_id,
+            {**self._given, **settings},
+            mode=self.mode,
+            ignore_downstream_trigger_rules=self.ignore_downstream_trigger_rules,
+            role=self.role,
+            on_failure_fail_dagrun=self.on_failure_fail_dagrun,
+            sensor=self.sensor,
+        )
 
     def partial(self, **fixed: Any) -> PartialTaskFunction:
         """Arguments every mapped instance shares: `f.partial(y=1).expand(x=[1, 2])`."""

@@ -40,6 +40,21 @@ def test_refs_become_upstreams_and_refs() -> None:
     json.dumps(data)
 
 
+def test_override_makes_another_task_of_the_same_function() -> None:
+    with DAG("d", retries=1) as dag:
+        eu = total.override(task_id="sum-eu", retries=7)([1], offset=1)
+        us = total.override(pool="gpu")([2])
+        plain = extract.override()()
+    assert (eu.task_id, us.task_id, plain.task_id) == ("sum-eu", "sum-it", "extract")
+    tasks = dag.serialize("f.py")["tasks"]
+    assert (tasks["sum-eu"]["retries"], tasks["sum-eu"]["pool"]) == (7, "cpu")
+    assert (tasks["sum-it"]["retries"], tasks["sum-it"]["pool"]) == (4, "gpu")
+    assert tasks["sum-eu"]["python_callable"] == tasks["sum-it"]["python_callable"] == "total"
+    assert total.task_id == "sum-it" and total.settings["retries"] == 4  # unchanged
+    with pytest.raises(DagDefinitionError, match="retries"):
+        total.override(retries=-1)
+
+
 def test_repeated_calls_get_numbered_ids() -> None:
     with DAG("d") as dag:
         ids = [extract().task_id for _ in range(3)]
