@@ -353,9 +353,11 @@ class Scheduler:
         """Heartbeat between rounds as well, from registration on: a start-up (the launcher,
         adoption) or one round (the first parse) can outlast the instance timeout on a
         loaded machine, and peers then took a working scheduler for dead, adopting its
-        tries and following its processes. Only while rounds progress: a round stuck for
-        longer than the stall timeout stops these heartbeats, and peers adopt its tries.
-        The round's own heartbeat is the one that learns of a fence (and rejoins)."""
+        tries and following its processes. Once rounds run, only while they progress: a
+        round stuck for longer than the stall timeout stops these heartbeats, and peers
+        adopt its tries. During `start()` nothing judges progress yet: a start-up that
+        hangs keeps heartbeating. The round's own heartbeat is the one that learns of a
+        fence (and rejoins)."""
         interval = self.settings.instance_heartbeat
         while True:
             await asyncio.sleep(interval)
