@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import atexit
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -57,6 +59,7 @@ async def child(url: str, dags: str, parallelism: int, stats_dir: str) -> None:
     from miniflow.store import engine as store_engine
     from tests.instant_launcher import InstantLauncher
 
+    logging.basicConfig(level=logging.WARNING, format="scheduler %(process)d: %(message)s")
     engine = store_engine.create_engine(url)
     statements = _count_statements(engine)
     scheduler = Scheduler(
@@ -130,6 +133,35 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _explain_failure(sessions: Any) -> None:
+    """Print the tries that did not succeed, with their reasons."""
+    from sqlalchemy import select
+
+    from miniflow.store import engine as store_engine
+    from miniflow.store.models import TaskAttempt, TaskInstance
+
+    async with store_engine.transaction(sessions) as session:
+        bad = await session.execute(
+            select(TaskInstance.task_id, TaskInstance.state, TaskInstance.error).where(
+                TaskInstance.state.not_in(["success"])
+            )
+        )
+        for row in bad.all():
+            print("not success:", *row)
+        tries = await session.execute(
+            select(
+                TaskAttempt.task_id,
+                TaskAttempt.try_number,
+                TaskAttempt.state,
+                TaskAttempt.scheduler_id,
+                TaskAttempt.reason,
+                TaskAttempt.message,
+            ).where(TaskAttempt.state.not_in(["success"]))
+        )
+        for row in tries.all():
+            print("attempt:", *row)
+
+
 async def sample(
     schedulers: int, tasks: int, parallelism: int
 ) -> tuple[float, list[int], float, tuple[float, float]]:
@@ -185,6 +217,9 @@ async def sample(
                     run = await store_runs.get_run(session, dag_id, run_id)
                 if run.state == "success":
                     break
+                if run.state == "failed":
+                    await _explain_failure(sessions)
+                    raise RuntimeError("run failed")
                 if time.monotonic() - began > RUN_TIMEOUT:
                     raise RuntimeError(f"run not finished: {run.state}")
                 await asyncio.sleep(0.02)

@@ -260,7 +260,10 @@ def plain_fields(task: SerializedTask) -> RenderedFields | None:
     if any(is_markup(text) for text in texts):
         return None
     return RenderedFields(
-        command, None if cmds is None else list(cmds), None if args is None else list(args), dict(env)
+        command,
+        None if cmds is None else list(cmds),
+        None if args is None else list(args),
+        dict(env),
     )
 
 

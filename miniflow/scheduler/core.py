@@ -41,7 +41,15 @@ from miniflow.launchers.base import (
     Launcher,
     LauncherEvent,
 )
-from miniflow.scheduler import claims, liveness, mapping, metrics, readiness, run_creation
+from miniflow.scheduler import (
+    claims,
+    host_processes,
+    liveness,
+    mapping,
+    metrics,
+    readiness,
+    run_creation,
+)
 from miniflow.scheduler import events as event_recorder
 from miniflow.scheduler.child_render import ChildRenderer
 from miniflow.scheduler.clock import Clock, SystemClock
@@ -99,13 +107,7 @@ class _Due:
 def _process_may_live(instance: store_instances.Instance) -> bool:
     """False when the instance ran on this host and its process is gone (killed, crashed):
     no need to wait for its heartbeat to go stale."""
-    if instance.hostname != socket.gethostname() or instance.pid == os.getpid():
-        return True
-    try:
-        with open(f"/proc/{instance.pid}/cmdline", "rb") as f:
-            return b"miniflow" in f.read()
-    except OSError:
-        return False
+    return host_processes.may_live(instance.hostname, instance.pid, instance.started_at)
 
 
 def _count_committed(stats: TickStats) -> None:
