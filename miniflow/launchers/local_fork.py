@@ -26,6 +26,11 @@ end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
 socket reaches EOF (the launcher closed it, or died), leaving running attempts
 alone; being no child of the scheduler, they never hold up its exit.
 
+Before each fork the server calls the prefork hook with the attempt's environment:
+what the hook builds once (the workers' database engine, connected once, its
+statements compiled: `miniflow_worker.warm.prefork`) every later child inherits
+instead of building it itself. An exception from the hook is printed and ignored.
+
 An attempt is one forked process: a new session, the log on stdout/stderr, then
 it waits for the go byte (EOF means the launcher died before recording the
 launch: it exits without running anything), then runs `entry(argv)` with
