@@ -211,7 +211,7 @@ def render(
     """Render one template; `TemplateError` naming task, field and variable on failure.
 
     `env`: an environment with a DAG's filters (`with_filters`); None: the shared one."""
-    if not any(marker in template for marker in _MARKUP):
+    if not is_markup(template):
         return template
     import jinja2
 
@@ -241,6 +241,27 @@ class RenderedFields:
     args: list[str] | None
     env: dict[str, str]
     pushes: dict[str, Any] = field(default_factory=dict)
+
+
+def is_markup(value: str) -> bool:
+    """Whether `value` holds Jinja markup (else it renders as itself)."""
+    return any(marker in value for marker in _MARKUP)
+
+
+def plain_fields(task: SerializedTask) -> RenderedFields | None:
+    """A task's fields as they are when none holds markup, else None. Most tasks have no
+    template, and building a try's context (dates, params, macros) costs more than the
+    rest of its spec."""
+    command = task.get("command")
+    cmds, args, env = task.get("cmds"), task.get("args"), task["env"]
+    texts = [*(cmds or ()), *(args or ()), *env.values()]
+    if command is not None:
+        texts.append(command)
+    if any(is_markup(text) for text in texts):
+        return None
+    return RenderedFields(
+        command, None if cmds is None else list(cmds), None if args is None else list(args), dict(env)
+    )
 
 
 def render_task_fields(

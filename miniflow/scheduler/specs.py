@@ -59,6 +59,9 @@ def render_fields(
     """One try's templated fields rendered in this process (with the pushes a Bash task's
     templates made, for the caller to store). Raises TemplateError."""
     task = apply_map_args(dag["tasks"][task_id], map_args)
+    plain = templates.plain_fields(task)
+    if plain is not None:
+        return plain
     context = templates.build_context(**context_inputs(dag, run, task_id, try_number, map_index))
     # `{{ ti.xcom_pull(...) }}`: from the values the claim read for this run (`xcom`)
     context["ti"] = context["task_instance"] = TaskInstanceInfo(

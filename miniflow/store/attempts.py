@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store import task_instances as store_tis
-from miniflow.store.engine import conflict_insert
+from miniflow.store.engine import dialect_insert
 from miniflow.store.models import TaskAttempt
 
 TA = TaskAttempt
@@ -60,16 +61,8 @@ async def open_attempts(
     """
     if not rows:
         return
-    insert = conflict_insert(session, _table)
     await session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["ti_id", "try_number"],
-            set_={
-                "scheduler_id": insert.excluded.scheduler_id,
-                "launcher": insert.excluded.launcher,
-            },
-            where=_table.c.ended_at.is_(None),
-        ),
+        _open_statement(session.get_bind().dialect.name),
         [
             {
                 "ti_id": ti_id,
@@ -88,19 +81,27 @@ async def open_attempts(
     )
 
 
+@cache
+def _open_statement(dialect: str) -> Any:
+    insert = dialect_insert(dialect, _table)
+    return insert.on_conflict_do_update(
+        index_elements=["ti_id", "try_number"],
+        set_={
+            "scheduler_id": insert.excluded.scheduler_id,
+            "launcher": insert.excluded.launcher,
+        },
+        where=_table.c.ended_at.is_(None),
+    )
+
+
 async def mark_started(
     session: AsyncSession, items: Sequence[tuple[int, int, str | None, datetime]]
 ) -> None:
     """(ti_id, try, handle, started_at) for attempts still open."""
     if not items:
         return
-    stmt = (
-        update(_table)
-        .where(*_OPEN_TRY)
-        .values(state="running", handle=bindparam("k_handle"), started_at=bindparam("k_at"))
-    )
     await session.execute(
-        stmt,
+        _MARK_STARTED,
         [{"k_ti": t, "k_try": n, "k_handle": h, "k_at": at} for t, n, h, at in items],
     )
 
@@ -108,36 +109,17 @@ async def mark_started(
 async def set_handles(session: AsyncSession, items: Sequence[tuple[int, int, str]]) -> None:
     if not items:
         return
-    stmt = update(_table).where(*_OPEN_TRY).values(handle=bindparam("k_handle"))
-    await session.execute(stmt, [{"k_ti": t, "k_try": n, "k_handle": h} for t, n, h in items])
+    await session.execute(
+        _SET_HANDLE, [{"k_ti": t, "k_try": n, "k_handle": h} for t, n, h in items]
+    )
 
 
 async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
     """Close open attempts; an attempt that already ended is left as it was."""
     if not ends:
         return
-    stmt = (
-        update(_table)
-        .where(*_OPEN_TRY)
-        .values(
-            # a decision noted earlier (the sanity loop's) already set the final state
-            state=case(
-                (
-                    or_(_table.c.state == "queued", _table.c.state == "running"),
-                    bindparam("k_state"),
-                ),
-                else_=_table.c.state,
-            ),
-            exit_code=bindparam("k_exit"),
-            # a decision noted earlier (e.g. "heartbeat lost") stays the reason
-            reason=func.coalesce(_table.c.reason, bindparam("k_reason")),
-            message=_joined(_table.c.message, bindparam("k_message")),
-            log_tail=bindparam("k_tail"),
-            ended_at=bindparam("k_ended"),
-        )
-    )
     await session.execute(
-        stmt,
+        _CLOSE,
         [
             {
                 "k_ti": e.ti_id,
@@ -157,6 +139,36 @@ async def close(session: AsyncSession, ends: Sequence[AttemptEnd]) -> None:
 def _joined(old: Any, new: Any) -> Any:
     """`old; new`, or whichever of the two is set."""
     return func.coalesce(old + "; " + new, old, new)
+
+
+# Built once: a statement object caches its cache key, and building one costs more than
+# executing it (these run every scheduler round).
+_MARK_STARTED = (
+    update(_table)
+    .where(*_OPEN_TRY)
+    .values(state="running", handle=bindparam("k_handle"), started_at=bindparam("k_at"))
+)
+_SET_HANDLE = update(_table).where(*_OPEN_TRY).values(handle=bindparam("k_handle"))
+_CLOSE = (
+    update(_table)
+    .where(*_OPEN_TRY)
+    .values(
+        # a decision noted earlier (the sanity loop's) already set the final state
+        state=case(
+            (
+                or_(_table.c.state == "queued", _table.c.state == "running"),
+                bindparam("k_state"),
+            ),
+            else_=_table.c.state,
+        ),
+        exit_code=bindparam("k_exit"),
+        # a decision noted earlier (e.g. "heartbeat lost") stays the reason
+        reason=func.coalesce(_table.c.reason, bindparam("k_reason")),
+        message=_joined(_table.c.message, bindparam("k_message")),
+        log_tail=bindparam("k_tail"),
+        ended_at=bindparam("k_ended"),
+    )
+)
 
 
 async def note(
@@ -214,17 +226,19 @@ async def owned_elsewhere(
     """
     out: set[tuple[int, int]] = set()
     for chunk in store_tis.chunked(list(keys)):
-        query = (
-            select(TA.ti_id, TA.try_number, TA.scheduler_id)
-            .where(tuple_(TA.ti_id, TA.try_number).in_(chunk), TA.ended_at.is_(None))
-            .with_for_update()
-        )
-        out.update(
-            (t, n)
-            for t, n, owner in (await session.execute(query)).all()
-            if owner is not None and owner != me
-        )
+        rows = (await session.execute(_OWNERS, {"keys": list(chunk)})).all()
+        out.update((t, n) for t, n, owner in rows if owner is not None and owner != me)
     return out
+
+
+_OWNERS = (
+    select(_table.c.ti_id, _table.c.try_number, _table.c.scheduler_id)
+    .where(
+        tuple_(_table.c.ti_id, _table.c.try_number).in_(bindparam("keys", expanding=True)),
+        _table.c.ended_at.is_(None),
+    )
+    .with_for_update()
+)
 
 
 async def take_over(

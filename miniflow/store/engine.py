@@ -112,6 +112,10 @@ def conflict_insert(session: AsyncSession, target: Any) -> Any:
     Imports only that database's dialect module, which its engine has loaded already:
     a worker on PostgreSQL never pays for SQLite's dialect, nor the embedded default
     for PostgreSQL's (tens of milliseconds of a cold worker start)."""
-    name = session.get_bind().dialect.name
-    module = "postgresql" if name == "postgresql" else "sqlite"
+    return dialect_insert(session.get_bind().dialect.name, target)
+
+
+def dialect_insert(dialect: str, target: Any) -> Any:
+    """`conflict_insert` for the database named `dialect` (a statement built once)."""
+    module = "postgresql" if dialect == "postgresql" else "sqlite"
     return importlib.import_module(f"sqlalchemy.dialects.{module}").insert(target)

@@ -17,10 +17,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Table,
     bindparam,
     case,
@@ -41,6 +43,8 @@ from miniflow.store.models import DagRun, TaskAttempt, TaskInstance, UTCDateTime
 
 TI = TaskInstance
 T = TypeVar("T")
+_ti: Table = TaskInstance.__table__  # type: ignore[assignment]
+_ta: Table = TaskAttempt.__table__  # type: ignore[assignment]
 
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)  # `now` not given: every candidate is due
 
@@ -58,7 +62,7 @@ def state_is(*allowed: str) -> ColumnElement[bool]:
     row in that state and filter the ids, instead of looking the ids up: O(run size) for
     each batch of a few.
     """
-    checked = TI.state.concat("")
+    checked = _ti.c.state.concat("")
     return checked == allowed[0] if len(allowed) == 1 else checked.in_(allowed)
 
 
@@ -117,13 +121,17 @@ async def states_for_runs(
     out: dict[int, list[TIState]] = defaultdict(list)
     if not pks:
         return out
-    # A mapped task's instances are not tasks of the graph: its own row stands for them.
-    query = select(TI.id, TI.run_pk, TI.task_id, TI.state, TI.try_number, TI.max_tries).where(
-        TI.run_pk.in_(pks), TI.map_index == -1
-    )
-    for row in (await session.execute(query)).all():
+    for row in (await session.execute(_STATES_FOR_RUNS, {"pks": pks})).all():
         out[row.run_pk].append(TIState(*row))
     return out
+
+
+# Statements of every round are built once (here and below): a statement caches its cache
+# key, and building one costs more CPU than executing it.
+# A mapped task's instances are not tasks of the graph: its own row stands for them.
+_STATES_FOR_RUNS = select(
+    _ti.c.id, _ti.c.run_pk, _ti.c.task_id, _ti.c.state, _ti.c.try_number, _ti.c.max_tries
+).where(_ti.c.run_pk.in_(bindparam("pks", expanding=True)), _ti.c.map_index == -1)
 
 
 async def states_of(
@@ -185,19 +193,24 @@ async def set_states(
     applied = 0
     for (expected, new), ids in groups.items():
         transitions.check((expected,), new)
-        values: dict[str, Any] = {"state": new}
-        if new in states.FINISHED:
-            values["ended_at"] = now
-        if new == states.SCHEDULED:
-            values["launch_attempts"] = 0  # a new try begins
-        result = await session.execute(
-            update(TI)
-            .execution_options(synchronize_session=False)
-            .where(TI.id.in_(ids), state_is(expected))
-            .values(**values)
-        )
+        statement = _set_state(expected, new)
+        result = await session.execute(statement, {"ids": ids, "now": now})
         applied += store_rowcount(result)
     return applied
+
+
+@cache
+def _set_state(expected: str, new: str) -> Any:
+    values: dict[str, Any] = {"state": new}
+    if new in states.FINISHED:
+        values["ended_at"] = bindparam("now", type_=UTCDateTime())
+    if new == states.SCHEDULED:
+        values["launch_attempts"] = 0  # a new try begins
+    return (
+        update(_ti)
+        .where(_ti.c.id.in_(bindparam("ids", expanding=True)), state_is(expected))
+        .values(**values)
+    )
 
 
 async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]:
@@ -211,54 +224,64 @@ async def promote_due_retries(session: AsyncSession, now: datetime) -> list[int]
     after the last one is accounted for.
     """
     transitions.check((states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE), states.SCHEDULED)
-    retry = TI.state == states.UP_FOR_RETRY
-    poke = (TI.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt()
-    result = await session.execute(
-        update(TI)
-        .execution_options(synchronize_session=False)
+    result = await session.execute(_PROMOTE_DUE, {"now": now})
+    return sorted({row[0] for row in result.all()})
+
+
+def _promote_due() -> Any:
+    retry = _ti.c.state == states.UP_FOR_RETRY
+    poke = (_ti.c.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt()
+    return (
+        update(_ti)
         .where(
-            TI.state.in_([states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE]),
-            TI.next_retry_at <= now,
+            _ti.c.state.in_([states.UP_FOR_RETRY, states.UP_FOR_RESCHEDULE]),
+            _ti.c.next_retry_at <= bindparam("now", type_=UTCDateTime()),
             or_(retry, poke),
         )
         # a retry starts the sensor's timeout afresh; a poke keeps counting from the first
         .values(
             state=states.SCHEDULED,
             launch_attempts=0,
-            first_poke_at=case((retry, null()), else_=TI.first_poke_at),
+            first_poke_at=case((retry, null()), else_=_ti.c.first_poke_at),
         )
-        .returning(TI.run_pk)
+        .returning(_ti.c.run_pk)
     )
-    return sorted({row[0] for row in result.all()})
 
 
 def _open_attempt() -> ColumnElement[bool]:
     """The task instance's current try still has an open attempt (its exit unrecorded)."""
     return (
-        select(TaskAttempt.id)
+        select(_ta.c.id)
         .where(
-            TaskAttempt.ti_id == TI.id,
-            TaskAttempt.try_number == TI.try_number,
-            TaskAttempt.ended_at.is_(None),
+            _ta.c.ti_id == _ti.c.id,
+            _ta.c.try_number == _ti.c.try_number,
+            _ta.c.ended_at.is_(None),
         )
         .exists()
     )
+
+
+_PROMOTE_DUE = _promote_due()
 
 
 async def next_retry_due(session: AsyncSession) -> datetime | None:
     """When the next retry, the next poke of a sensor, or the next relaunch after its
     back-off is due. A poke waiting for its last poke's exit is not counted: that exit
     wakes the scheduler itself, and its past due time would make it spin until then."""
-    query = select(func.min(TI.next_retry_at)).where(
-        or_(
-            TI.state.in_([states.UP_FOR_RETRY, states.SCHEDULED]),
-            (TI.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt(),
-        )
+    due: datetime | None = (await session.execute(_NEXT_DUE)).scalar_one_or_none()
+    return due
+
+
+_NEXT_DUE = select(func.min(_ti.c.next_retry_at)).where(
+    or_(
+        _ti.c.state.in_([states.UP_FOR_RETRY, states.SCHEDULED]),
+        (_ti.c.state == states.UP_FOR_RESCHEDULE) & ~_open_attempt(),
     )
-    return (await session.execute(query)).scalar_one_or_none()
+)
 
 
 CLAIM_LOCK = 0x6D666C77  # "mflw": the advisory lock that serializes claims across schedulers
+_CLAIM_LOCK = select(func.pg_advisory_xact_lock(CLAIM_LOCK))
 
 
 async def serialize_claims(session: AsyncSession) -> None:
@@ -270,27 +293,29 @@ async def serialize_claims(session: AsyncSession) -> None:
     one step for every scheduler.
     """
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
+        await session.execute(_CLAIM_LOCK)
 
 
 async def active_counts(
     session: AsyncSession,
 ) -> tuple[int, dict[str, int], dict[str, int]]:
     """Queued+running task instances: total, per DAG, per pool."""
-    query = (
-        select(TI.dag_id, TI.pool, func.count())
-        .where(TI.state.in_(list(states.ACTIVE)))
-        .group_by(TI.dag_id, TI.pool)
-    )
     total = 0
     by_dag: dict[str, int] = defaultdict(int)
     by_pool: dict[str, int] = defaultdict(int)
-    for dag_id, pool, count in (await session.execute(query)).all():
+    for dag_id, pool, count in (await session.execute(_ACTIVE_COUNTS)).all():
         total += count
         by_dag[dag_id] += count
         if pool is not None:
             by_pool[pool] += count
     return total, dict(by_dag), dict(by_pool)
+
+
+_ACTIVE_COUNTS = (
+    select(_ti.c.dag_id, _ti.c.pool, func.count())
+    .where(_ti.c.state.in_(list(states.ACTIVE)))
+    .group_by(_ti.c.dag_id, _ti.c.pool)
+)
 
 
 async def scheduled_candidates(
@@ -315,59 +340,80 @@ async def scheduled_candidates(
     a round, O(n²) over the run). Only the rows returned are locked.
     """
     dags, pools, ids = list(skip_dags), list(skip_pools), list(skip_ids)
-    due = or_(TI.next_retry_at.is_(None), TI.next_retry_at <= (now or _FAR_FUTURE))
-    filters = [
-        due,
-        *([TI.dag_id.not_in(dags)] if dags else []),
-        *([or_(TI.pool.is_(None), TI.pool.not_in(pools))] if pools else []),
-        *([TI.id.not_in(ids)] if ids else []),
-    ]
-    columns = (
-        TI.id,
-        TI.run_pk,
-        TI.dag_id,
-        TI.run_id,
-        TI.task_id,
-        TI.kind,
-        TI.try_number,
-        TI.priority,
-        TI.pool,
-        TI.map_index,
-        TI.map_args,
+    dialect = session.get_bind().dialect.name
+    statement = _candidates(dialect == "postgresql", bool(dags), bool(pools), bool(ids))
+    params = {"now": now or _FAR_FUTURE, "limit": limit, "dags": dags, "pools": pools, "ids": ids}
+    return [Candidate(*row) for row in (await session.execute(statement, params)).all()]
+
+
+_CANDIDATE_COLUMNS = tuple(
+    _ti.c[name]
+    for name in (
+        "id",
+        "run_pk",
+        "dag_id",
+        "run_id",
+        "task_id",
+        "kind",
+        "try_number",
+        "priority",
+        "pool",
+        "map_index",
+        "map_args",
     )
-    if session.get_bind().dialect.name != "postgresql":
-        query = (
-            select(*columns)
-            .join(DagRun, DagRun.id == TI.run_pk)
-            .where(TI.state == states.SCHEDULED, DagRun.state == states.RUN_RUNNING, *filters)
-            .order_by(TI.priority.desc(), DagRun.logical_date, TI.id)
+)
+
+
+@cache
+def _candidates(per_run: bool, skip_dags: bool, skip_pools: bool, skip_ids: bool) -> Any:
+    """The query of `scheduled_candidates`; parameters `now`, `limit`, and the lists
+    `dags`, `pools`, `ids` of those skipped."""
+    limit = bindparam("limit", type_=Integer())
+    filters = [
+        or_(
+            _ti.c.next_retry_at.is_(None),
+            _ti.c.next_retry_at <= bindparam("now", type_=UTCDateTime()),
+        ),
+        *([_ti.c.dag_id.not_in(bindparam("dags", expanding=True))] if skip_dags else []),
+        *(
+            [or_(_ti.c.pool.is_(None), _ti.c.pool.not_in(bindparam("pools", expanding=True)))]
+            if skip_pools
+            else []
+        ),
+        *([_ti.c.id.not_in(bindparam("ids", expanding=True))] if skip_ids else []),
+    ]
+    run = DagRun.__table__.c
+    if not per_run:
+        return (
+            select(*_CANDIDATE_COLUMNS)
+            .join(DagRun.__table__, run.id == _ti.c.run_pk)
+            .where(_ti.c.state == states.SCHEDULED, run.state == states.RUN_RUNNING, *filters)
+            .order_by(_ti.c.priority.desc(), run.logical_date, _ti.c.id)
             .limit(limit)
         )
-        return [Candidate(*row) for row in (await session.execute(query)).all()]
     first = (
-        select(TI.id, TI.priority)
-        .where(TI.run_pk == DagRun.id, TI.state == states.SCHEDULED, *filters)
-        .order_by(TI.priority.desc(), TI.id)
+        select(_ti.c.id, _ti.c.priority)
+        .where(_ti.c.run_pk == run.id, _ti.c.state == states.SCHEDULED, *filters)
+        .order_by(_ti.c.priority.desc(), _ti.c.id)
         .limit(limit)
         .lateral("run_head")
     )
     window = (
-        select(first.c.id, first.c.priority, DagRun.logical_date)
-        .select_from(DagRun)
+        select(first.c.id, first.c.priority, run.logical_date)
+        .select_from(DagRun.__table__)
         .join(first, true())
-        .where(DagRun.state == states.RUN_RUNNING)
-        .order_by(first.c.priority.desc(), DagRun.logical_date, first.c.id)
+        .where(run.state == states.RUN_RUNNING)
+        .order_by(first.c.priority.desc(), run.logical_date, first.c.id)
         .limit(limit)
         .subquery("claim_window")
     )
-    query = (
-        select(*columns)
-        .join(window, window.c.id == TI.id)
+    return (
+        select(*_CANDIDATE_COLUMNS)
+        .join(window, window.c.id == _ti.c.id)
         .where(state_is(states.SCHEDULED))
         .order_by(window.c.priority.desc(), window.c.logical_date, window.c.id)
-        .with_for_update(of=TI, skip_locked=True)
+        .with_for_update(of=_ti, skip_locked=True)
     )
-    return [Candidate(*row) for row in (await session.execute(query)).all()]
 
 
 async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) -> dict[int, int]:
@@ -379,24 +425,7 @@ async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) 
     if not ids:
         return {}
     transitions.check((states.SCHEDULED,), states.QUEUED)
-    result = await session.execute(
-        update(TI)
-        .execution_options(synchronize_session=False)
-        .where(TI.id.in_(list(ids)), state_is(states.SCHEDULED))
-        .values(
-            state=states.QUEUED,
-            try_number=case((TI.launch_attempts > 0, TI.try_number), else_=TI.try_number + 1),
-            queued_at=now,
-            started_at=None,
-            ended_at=None,
-            heartbeat_at=None,
-            handle=None,
-            exit_code=None,
-            error=None,
-            next_retry_at=None,
-        )
-        .returning(TI.id, TI.try_number)
-    )
+    result = await session.execute(_MARK_QUEUED, {"ids": list(ids), "now": now})
     return {ti_id: try_number for ti_id, try_number in result.all()}
 
 
@@ -410,24 +439,45 @@ async def record_started(
     if not items:
         return
     transitions.check(states.ACTIVE, states.RUNNING)
-    table: Table = TI.__table__  # type: ignore[assignment]
-    stmt = (
-        table.update()
-        .where(
-            table.c.id == bindparam("k_id"),
-            table.c.try_number == bindparam("k_try"),
-            # executemany can't expand IN lists: spell the two active states out
-            or_(table.c.state == states.QUEUED, table.c.state == states.RUNNING),
-        )
-        .values(
-            state=states.RUNNING,
-            handle=bindparam("k_handle"),
-            started_at=func.coalesce(table.c.started_at, bindparam("k_at", type_=UTCDateTime())),
-        )
-    )
     await session.execute(
-        stmt, [{"k_id": i, "k_try": n, "k_handle": h, "k_at": at} for i, n, h, at in items]
+        _RECORD_STARTED,
+        [{"k_id": i, "k_try": n, "k_handle": h, "k_at": at} for i, n, h, at in items],
     )
+
+
+_MARK_QUEUED = (
+    update(_ti)
+    .where(_ti.c.id.in_(bindparam("ids", expanding=True)), state_is(states.SCHEDULED))
+    .values(
+        state=states.QUEUED,
+        try_number=case((_ti.c.launch_attempts > 0, _ti.c.try_number), else_=_ti.c.try_number + 1),
+        queued_at=bindparam("now", type_=UTCDateTime()),
+        started_at=None,
+        ended_at=None,
+        heartbeat_at=None,
+        handle=None,
+        exit_code=None,
+        error=None,
+        next_retry_at=None,
+    )
+    .returning(_ti.c.id, _ti.c.try_number)
+)
+
+
+_RECORD_STARTED = (
+    _ti.update()
+    .where(
+        _ti.c.id == bindparam("k_id"),
+        _ti.c.try_number == bindparam("k_try"),
+        # executemany can't expand IN lists: spell the two active states out
+        or_(_ti.c.state == states.QUEUED, _ti.c.state == states.RUNNING),
+    )
+    .values(
+        state=states.RUNNING,
+        handle=bindparam("k_handle"),
+        started_at=func.coalesce(_ti.c.started_at, bindparam("k_at", type_=UTCDateTime())),
+    )
+)
 
 
 async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: datetime) -> set[int]:
@@ -446,28 +496,37 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
     changed: set[int] = set()
     for (state, expected, exit_code, error, next_retry_at, _), items in groups.items():
         transitions.check(expected, state)
+        extra = items[0].extra
+        statement = _finish_statement(expected, tuple(sorted(extra)))
         values: dict[str, Any] = {
-            "state": state,
-            "exit_code": exit_code,
-            "error": error,
-            "next_retry_at": next_retry_at,
-            "ended_at": now,
-            **items[0].extra,
+            "v_state": state,
+            "v_exit_code": exit_code,
+            "v_error": error,
+            "v_next_retry_at": next_retry_at,
+            "v_ended_at": now,
+            **{f"v_{name}": value for name, value in extra.items()},
         }
         keys = [(i.ti_id, i.try_number) for i in items]
         for chunk in chunked(keys):
-            result = await session.execute(
-                update(TI)
-                .execution_options(synchronize_session=False)
-                .where(
-                    tuple_(TI.id, TI.try_number).in_(chunk),
-                    TI.state.in_(list(expected)),
-                )
-                .values(**values)
-                .returning(TI.id)
-            )
+            result = await session.execute(statement, {**values, "keys": list(chunk)})
             changed.update(row[0] for row in result.all())
     return changed
+
+
+@cache
+def _finish_statement(expected: tuple[str, ...], extra: tuple[str, ...]) -> Any:
+    """The UPDATE of `finish` for tries in states `expected` setting the columns `extra`
+    too; every value a parameter `v_<column>`."""
+    columns = ("state", "exit_code", "error", "next_retry_at", "ended_at", *extra)
+    return (
+        update(_ti)
+        .where(
+            tuple_(_ti.c.id, _ti.c.try_number).in_(bindparam("keys", expanding=True)),
+            _ti.c.state.in_(list(expected)),
+        )
+        .values({name: bindparam(f"v_{name}", type_=_ti.c[name].type) for name in columns})
+        .returning(_ti.c.id)
+    )
 
 
 async def skip_waiting(
