@@ -19,7 +19,8 @@ per task (wall/tasks), SQL statements per task (the scheduler's engine, trigger 
 success: a count no load on the machine blurs), CPU seconds of the scheduler process
 (getrusage(RUSAGE_SELF) delta over the run) and of its children
 (RUSAGE_CHILDREN delta: the bash wrappers, plus the launcher's forkserver and
-the worker processes it forked, read from /proc), and the scheduler process'
+the worker processes it forked, read from /proc once the launcher saw every exit;
+"CPU/task" = both, per task), and the scheduler process'
 peak RSS (ru_maxrss). The floor (posix_spawn `true` 200x32 and a chain of 50)
 is measured in the same run, as a comparison.
 
@@ -104,13 +105,20 @@ def proc_cpu(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
-def forkserver_pid() -> int | None:
-    try:
-        from multiprocessing import forkserver
+def forkserver_pid(launcher: object) -> int | None:
+    """The local launcher's forkserver (a child of this process until the launcher closes,
+    so RUSAGE_CHILDREN misses it and the attempts it reaps: read from /proc instead)."""
+    server = getattr(launcher, "_forkserver", None)
+    return getattr(server, "pid", None)
 
-        return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
-    except Exception:
-        return None
+
+async def attempts_ended(launcher: object, timeout: float = 10.0) -> None:
+    """Wait until the launcher saw every attempt exit: a worker records its success before
+    it disposes of its engine and exits, so the run can end while its CPU is still running."""
+    watched = getattr(getattr(launcher, "_watcher", None), "attempts", {})
+    deadline = time.monotonic() + timeout
+    while watched and time.monotonic() < deadline:  # noqa: ASYNC110 (a benchmark's poll)
+        await asyncio.sleep(0.01)
 
 
 def rusage_pair() -> tuple[float, float]:
@@ -208,7 +216,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
         try:
             await scheduler.start()
             await scheduler.tick()  # parses the folder
-            fs_pid = forkserver_pid()
+            fs_pid = forkserver_pid(launcher)
             fs_cpu0 = proc_cpu(fs_pid) if fs_pid else 0.0
             self0, child0 = rusage_pair()
             t0 = time.perf_counter()
@@ -218,6 +226,7 @@ async def measure_one(backend: str, shape: str, db_name: str) -> dict[str, objec
             state = await scheduler.run_until_done(shape, run_id, timeout=RUN_TIMEOUT)
             wall = time.perf_counter() - t0
             run_statements = statements[0]
+            await attempts_ended(launcher)
             self1, child1 = rusage_pair()
             fs_cpu1 = proc_cpu(fs_pid) if fs_pid else 0.0
             async with store_engine.transaction(scheduler.sessions) as session:
@@ -428,7 +437,8 @@ def main() -> None:
         print(f"floor (posix_spawn true) {name:14s} {fmt(values, digits=3)}")
     header = (
         f"{'mode':6s} {'backend':8s} {'shape':18s} {'wall':24s} {'per task':10s} "
-        f"{'sched CPU':22s} {'children CPU':22s} {'sched peak RSS':14s} {'SQL/task':9s} ok"
+        f"{'sched CPU':22s} {'children CPU':22s} {'CPU/task':9s} {'sched peak RSS':14s} "
+        f"{'SQL/task':9s} ok"
     )
     print(header)
     for (mode, backend, name), results in samples.items():
@@ -438,13 +448,20 @@ def main() -> None:
         per_task = f"{statistics.median(walls) / tasks * 1000:.1f} ms" if walls else "-"
         cpu_self = fmt([float(r["cpu_self"]) for r in good if "cpu_self" in r])  # type: ignore[arg-type]
         cpu_child = fmt([float(r["cpu_children"]) for r in good if "cpu_children" in r])  # type: ignore[arg-type]
+        totals = [
+            float(r["cpu_self"]) + float(r["cpu_children"])  # type: ignore[arg-type]
+            for r in good
+            if "cpu_children" in r
+        ]
+        cpu_task = f"{statistics.median(totals) / tasks * 1000:.1f} ms" if totals else "-"
         rss = [float(r["maxrss_mb"]) for r in good if "maxrss_mb" in r]  # type: ignore[arg-type]
         rss_s = f"{max(rss):.0f} MB" if rss else "-"
         stmts = [int(r["statements"]) for r in good if "statements" in r]  # type: ignore[call-overload]
         stmts_s = f"{statistics.median(stmts) / tasks:.1f}" if stmts else "-"
         print(
             f"{mode:6s} {backend:8s} {name:18s} {fmt(walls):24s} {per_task:10s} "
-            f"{cpu_self:22s} {cpu_child:22s} {rss_s:14s} {stmts_s:9s} {len(good)}/{len(results)}"
+            f"{cpu_self:22s} {cpu_child:22s} {cpu_task:9s} {rss_s:14s} {stmts_s:9s} "
+            f"{len(good)}/{len(results)}"
         )
     links = [(k, v) for k, v in samples.items() if any("exit_to_launch_ms" in r for r in v)]
     if links:

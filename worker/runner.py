@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import signal
@@ -60,6 +61,7 @@ from typing import Any, Literal, TypeVar
 from miniflow_worker import execute
 from miniflow_worker.heartbeat import Heartbeat
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.authoring import lookups
 from miniflow.authoring.dag import DAG
@@ -92,6 +94,21 @@ CLAIM_PATIENCE = 15.0
 
 abandoned_threads = execute.abandoned_threads
 
+PREPARED_ENGINES: dict[str, AsyncEngine] = {}
+"""Engines a forking parent made ready for its children, by database URL
+(`miniflow_worker.warm.prefork`): dialect initialised and the worker's statements compiled
+into the engine's cache (which is per engine), no connection open. Empty in a cold worker."""
+
+
+def new_engine(url: str) -> AsyncEngine:
+    """The engine of one worker: a claim, the heartbeat beside it, the outcome."""
+    return create_engine(url, pool_size=2)
+
+
+def worker_engine(url: str) -> AsyncEngine:
+    """The engine prepared before the fork for `url`, or a new one."""
+    return PREPARED_ENGINES.get(url) or new_engine(url)
+
 
 def log(message: str) -> None:
     """A line from the worker itself (not the task) on stderr."""
@@ -99,6 +116,12 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """Built once (a few milliseconds): a forking parent's children inherit it."""
     parser = argparse.ArgumentParser(
         prog="miniflow-worker", description="Run one try of a miniflow task (inside its pod)."
     )
@@ -109,7 +132,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--task-id", required=True)
     run.add_argument("--try", dest="try_number", type=int, required=True, metavar="N")
     run.add_argument("--map-index", dest="map_index", type=int, default=-1, metavar="I")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str], *, resume_gc: bool = False) -> int:
@@ -152,7 +175,7 @@ class Worker:
 
     async def main(self) -> int:
         self.signalled = self._install_signal_handlers()
-        engine = create_engine(self.config.database_url, pool_size=2)
+        engine = worker_engine(self.config.database_url)
         try:
             self.factory = sessionmaker(engine)
             claim = await self._claim_patiently(engine)

@@ -6,11 +6,25 @@ covers SQLAlchemy and the store; preloading this module as well also covers
 what `runner` imports lazily to keep a cold start small: both database
 drivers and their SQLAlchemy dialects, jinja2 (templated fields) and the DAG
 loader (Python tasks). A cold `miniflow-worker` never imports this module.
+
+`prefork(env)`, which the forkserver calls before each fork, goes further for the
+database the children will use: SQLAlchemy caches compiled statements per engine
+and initialises a dialect on an engine's first connection, so a child that made its
+own engine spent about half its CPU compiling the claim / run / finish statements
+and asking the server its version. The forkserver makes that engine once, runs the
+worker's statements through it in a transaction it rolls back (keys no row has),
+closes its connections, and leaves it in `runner.PREPARED_ENGINES`; each child
+opens its own connection on it. The claim stays the child's (`heartbeat_at IS NULL`).
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
 
 PRELOAD = (
     "miniflow_worker.runner",
@@ -109,9 +123,124 @@ try:
 except Exception:  # warming is an optimisation: never break the forkserver over it
     pass
 
+# argparse compiles its regular expressions at the first parse; the `re` cache is shared.
+importlib.import_module("miniflow_worker.runner").parse_args(
+    ["run", "--dag-id", "d", "--run-id", "r", "--task-id", "t", "--try", "1"]
+)
+
+PREPARE_TIMEOUT = 3.0
+"""Seconds `prefork` may spend on a database (the launch it holds up waits that long)."""
+
+PREPARE_AGAIN_AFTER = 30.0
+"""Seconds before a database that could not be prepared for is tried again."""
+
+REHEARSAL_KEY = ("miniflow-warm-rehearsal", "-", "-")
+"""dag_id, run_id, task_id of the rehearsal's statements: no task instance has them."""
+
+_tried: dict[str | None, float] = {}
+"""`MINIFLOW_DATABASE_URL` as given -> when it was last prepared for (or tried)."""
+
+
+def prefork(env: Mapping[str, str]) -> None:
+    """Before a fork: have the children's engine ready (see the module docstring).
+
+    Never raises, never waits much more than `PREPARE_TIMEOUT`: a database that cannot
+    be reached now only means the children make their own engine (and report why)."""
+    from miniflow_worker import runner
+
+    given = env.get("MINIFLOW_DATABASE_URL")
+    tried = _tried.get(given)
+    if tried is not None and (
+        given in _prepared_for or time.monotonic() - tried < PREPARE_AGAIN_AFTER
+    ):
+        return
+    _tried[given] = time.monotonic()
+    prepared = _prepared_engine(env)
+    if prepared is not None:
+        runner.PREPARED_ENGINES.clear()  # one database at a time: the launcher's
+        runner.PREPARED_ENGINES[prepared[0]] = prepared[1]
+        _prepared_for.clear()
+        _prepared_for.add(given)
+        gc.collect()
+        gc.freeze()
+
+
+_prepared_for: set[str | None] = set()
+
+
+def _prepared_engine(env: Mapping[str, str]) -> tuple[str, Any] | None:
+    """(URL, the worker's engine for it, prepared) for `env`'s database; None if it
+    could not be prepared."""
+    import asyncio
+
+    from miniflow_worker import runner
+
+    from miniflow.config import load_config
+
+    try:
+        url = load_config(environ=env).database_url
+    except Exception:  # the child reports a bad configuration itself
+        return None
+    engine = runner.new_engine(url)
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and not (database and os.path.isfile(database)):
+        return None  # connecting would create the file (or a private in-memory database)
+    try:
+        asyncio.run(_prepare(engine))
+    except Exception:
+        return None
+    return url, engine
+
+
+async def _prepare(engine: Any) -> None:
+    """Compile the worker's statements into `engine`'s cache; leave no connection open."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from miniflow.errors import NotFound
+    from miniflow.store import runs, task_instances
+
+    dag_id, run_id, task_id = REHEARSAL_KEY
+    now = datetime.now(UTC)
+    try:
+        async with asyncio.timeout(PREPARE_TIMEOUT):
+            async with engine.connect() as conn:
+                if engine.dialect.name == "sqlite":
+                    # Its transactions take the write lock: wait for it briefly, not a
+                    # worker's busy timeout (a thread blocked in SQLite cannot be cancelled).
+                    await conn.run_sync(_short_busy_timeout)
+                async with AsyncSession(bind=conn) as session:
+                    await session.begin()
+                    await task_instances.worker_claim(session, dag_id, run_id, task_id, 1, now)
+                    try:
+                        await runs.get_run_with_dag(session, dag_id, run_id)
+                    except NotFound:
+                        pass
+                    await task_instances.upstream_results(session, dag_id, run_id, [task_id])
+                    await task_instances.heartbeat(session, 0, 0, now)
+                    await task_instances.finish(
+                        session,
+                        [
+                            task_instances.Outcome(
+                                0, 0, "success", ("running",), exit_code=0, extra={"result": None}
+                            )
+                        ],
+                        now,
+                    )
+                    await session.rollback()
+    finally:
+        await engine.dispose()
+
+
+def _short_busy_timeout(conn: Any) -> None:
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(PREPARE_TIMEOUT * 1000)}")
+    cursor.close()
+
+
 # Objects that exist now are shared by every forked child; keep the collector from
 # touching (and so copying) their pages in each child.
-import gc  # noqa: E402
-
 gc.collect()
 gc.freeze()

@@ -94,6 +94,9 @@ log = logging.getLogger("miniflow.launchers.local")
 NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the Pod task a command"
 
 
+PREFORK_HOOK = "miniflow_worker.warm:prefork"
+"""Called by the forkserver before each fork: the workers' database engine, made ready once."""
+
 INLINE_LAUNCHES = 2
 """Batches up to this size are started on the loop (a few milliseconds each): a thread hop
 costs more than that on a busy machine, and a chain of tasks pays it on every link."""
@@ -170,6 +173,7 @@ class LocalLauncher:
         self._sh = shutil.which("sh") or "/bin/sh"
         self._forkserver: local_fork.ForkServer | None = None
         self._preload: list[str] = []
+        self._prefork: str | None = None
         self.python_mode: Literal["fork", "exec"] = python_mode
         if python_mode == "fork":
             module = python_entry.partition(":")[0]
@@ -178,6 +182,8 @@ class LocalLauncher:
                 # so a forked worker starts in tens of milliseconds.
                 wanted = dict.fromkeys((module, "miniflow_worker.warm"))
                 self._preload = [m for m in wanted if _importable(m)]
+                if "miniflow_worker.warm" in self._preload:
+                    self._prefork = PREFORK_HOOK
             else:
                 log.warning("%s is not importable: Python tasks run in exec mode", module)
                 self.python_mode = "exec"
@@ -193,7 +199,9 @@ class LocalLauncher:
         procs.check_state_dir(self.state_dir)
         if self.python_mode == "fork":
             # Boot it (and its preloads) now, not on the first Python task.
-            server = local_fork.ForkServer(self._preload, env=host_env(), sys_path=sys.path)
+            server = local_fork.ForkServer(
+                self._preload, env=host_env(), sys_path=sys.path, prefork=self._prefork
+            )
             try:
                 await asyncio.to_thread(server.start)
             except local_fork.ForkServerGone as exc:

@@ -17,13 +17,19 @@ left the forkserver behind); and preloading and skipping the re-run of
 socket with `socket.send_fds`/`recv_fds`, `os.fork`.
 
 Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
-sends the preload list and its `sys.path`, the server answers `{"ready": true}`
+sends the preload list, its `sys.path` and an optional *prefork hook*
+("module:function", from a preloaded module), the server answers `{"ready": true}`
 once the preloads are imported; then each request carries the attempt (entry,
 argv, log and exit paths, the whole environment) and, as SCM_RIGHTS, the read
 end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
 *done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
 socket reaches EOF (the launcher closed it, or died), leaving running attempts
 alone; being no child of the scheduler, they never hold up its exit.
+
+Before each fork the server calls the prefork hook with the attempt's environment:
+what the hook builds once (the workers' database engine, connected once, its
+statements compiled: `miniflow_worker.warm.prefork`) every later child inherits
+instead of building it itself. An exception from the hook is printed and ignored.
 
 An attempt is one forked process: a new session, the log on stdout/stderr, then
 it waits for the go byte (EOF means the launcher died before recording the
@@ -152,9 +158,15 @@ class ForkServer:
     """A forkserver process and the launcher's end of its socket (blocking calls)."""
 
     def __init__(
-        self, preload: Sequence[str], *, env: Mapping[str, str], sys_path: Sequence[str]
+        self,
+        preload: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        sys_path: Sequence[str],
+        prefork: str | None = None,
     ) -> None:
         self.preload = list(preload)
+        self.prefork = prefork
         self.env = dict(env)
         self.sys_path = list(sys_path)
         self.pid: int | None = None
@@ -187,7 +199,10 @@ class ForkServer:
         self._sock = ours
         ours.settimeout(timeout)
         try:
-            _send(ours, {"preload": self.preload, "sys_path": self.sys_path})
+            _send(
+                ours,
+                {"preload": self.preload, "sys_path": self.sys_path, "prefork": self.prefork},
+            )
             _recv(ours)
         except (OSError, EOFError, ValueError) as exc:
             self.close()
@@ -276,6 +291,7 @@ def serve() -> NoReturn:
                 importlib.import_module(name)
             except Exception:  # the attempt reports it again, in its own log
                 traceback.print_exc()
+        prefork = _prefork_hook(config.get("prefork"))
         # SIGCHLD wakes the loop through a pipe; the handler itself does nothing.
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -289,6 +305,7 @@ def serve() -> NoReturn:
             for ready, _ in selector.select():
                 if ready.fileobj is sock:
                     request, fds = _recv(sock, with_fd=True)
+                    _call_prefork(prefork, request)
                     reply, done_r = _fork_one(request, fds, children, (sock, selector))
                     _send(sock, reply, [done_r] if done_r is not None else [])
                     if done_r is not None:
@@ -300,6 +317,27 @@ def serve() -> NoReturn:
         # The launcher closed the socket, or died. Leave without the interpreter's
         # teardown of everything preloaded: nothing here needs flushing.
         os._exit(0)
+
+
+def _prefork_hook(name: str | None) -> Callable[[Mapping[str, str]], None] | None:
+    if not name:
+        return None
+    try:
+        return cast(Callable[[Mapping[str, str]], None], load_entry(name))
+    except Exception:  # forking works without it
+        traceback.print_exc()
+        return None
+
+
+def _call_prefork(
+    hook: Callable[[Mapping[str, str]], None] | None, request: dict[str, Any]
+) -> None:
+    if hook is None or not isinstance(request.get("env"), dict):
+        return
+    try:
+        hook(request["env"])
+    except Exception:  # an optimisation: the fork goes ahead without it
+        traceback.print_exc()
 
 
 def _fork_one(

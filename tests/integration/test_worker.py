@@ -38,6 +38,30 @@ RUNNER_ENTRY = [
     "-c",
     "import sys; from miniflow_worker import runner; sys.exit(runner.main(sys.argv[1:]))",
 ]
+# The forkserver's way (`miniflow_worker.warm.prefork`, then a fork per try): the engine
+# is prepared in the parent, whose event loop is gone by the time the child uses it.
+PREPARED_ENTRY = [
+    sys.executable,
+    "-c",
+    textwrap.dedent(
+        """
+        import os, sys
+        from miniflow_worker import runner, warm
+        warm.prefork(dict(os.environ))
+        [engine] = runner.PREPARED_ENGINES.values()
+        pool = engine.sync_engine.pool
+        print(
+            f"prepared: open {pool.checkedin() + pool.checkedout()}, "
+            f"compiled {len(engine.sync_engine._compiled_cache)}",
+            file=sys.stderr, flush=True,
+        )
+        pid = os.fork()
+        if pid == 0:
+            os._exit(runner.main(sys.argv[1:]))
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """
+    ),
+]
 TS_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (.*)$")
 LOGICAL = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -126,7 +150,7 @@ class Env:
     async def start(
         self, task_id: str, try_number: int = 1, *, entry: str = "cli", **env: str
     ) -> asyncio.subprocess.Process:
-        argv = [WORKER] if entry == "cli" else list(RUNNER_ENTRY)
+        argv = {"cli": [WORKER], "prepared": PREPARED_ENTRY}.get(entry, RUNNER_ENTRY)[:]
         argv += [
             "run",
             "--dag-id",
@@ -426,6 +450,19 @@ async def test_python_results_are_stored_and_passed_downstream(env: Env) -> None
     assert code == 0, err
     ti = await env.ti("consume")
     assert (ti.state, ti.result) == ("success", {"total": 42, "items": [1, 2], "label": "lbl"})
+
+
+async def test_a_worker_forked_from_a_prepared_parent_claims_and_records(env: Env) -> None:
+    # The parent runs the worker's statements to compile them (rolled back, keys no row
+    # has) and leaves no connection open; the forked child claims and records on it.
+    await env.setup(PY_DAG, queue=["produce"])
+    code, _out, err = await env.run("produce", entry="prepared")
+    assert code == 0, err
+    opened, compiled = map(int, re.findall(r"prepared: open (\d+), compiled (\d+)", err)[0])
+    assert opened == 0 and compiled >= 5, err
+    ti = await env.ti("produce")
+    assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21, "items": [1, 2]})
+    assert "claimed try 1 of d/r1/produce" in err
 
 
 async def test_async_task_function_is_awaited(env: Env) -> None:

@@ -6,13 +6,21 @@ import os
 import sys
 import time
 
+PREFORKED: list[str] = []
+
+
+def prefork(env: dict[str, str]) -> None:
+    """A forkserver's prefork hook: what it records, the forked child inherits."""
+    PREFORKED.append(env.get("ENTRY_MARK", ""))
+
 
 def main(argv: list[str]) -> int:
     """Print the argv and a marker variable, optionally wait, return ENTRY_CODE.
 
     ENTRY_PROOF: a file to append one line to (one line per execution);
     ENTRY_SHOW_ENV: print the names of the MINIFLOW_* variables it was given;
-    ENTRY_WAIT_FOR: wait until that file exists.
+    ENTRY_WAIT_FOR: wait until that file exists;
+    ENTRY_SHOW_PREFORK: print the marks `prefork` saw in the forkserver before this fork.
     """
     print("entry argv:", " ".join(argv))
     print("entry mark:", os.environ.get("ENTRY_MARK", ""), file=sys.stderr)
@@ -23,6 +31,8 @@ def main(argv: list[str]) -> int:
     if os.environ.get("ENTRY_SHOW_ENV"):
         names = sorted(k for k in os.environ if k.startswith("MINIFLOW_"))
         print("entry env:", " ".join(names))
+    if os.environ.get("ENTRY_SHOW_PREFORK"):
+        print("entry preforked:", " ".join(PREFORKED))
     wait_for = os.environ.get("ENTRY_WAIT_FOR")
     if wait_for:
         print("entry waiting", flush=True)

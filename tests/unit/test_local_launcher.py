@@ -21,7 +21,7 @@ import local_launcher_entry
 import pytest
 
 from miniflow.errors import NotFound, StateDirError
-from miniflow.launchers import local_procs
+from miniflow.launchers import local_fork, local_procs
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, TaskSpec
 from miniflow.launchers.local import NO_ENTRYPOINT_MESSAGE, LocalLauncher
 
@@ -319,6 +319,36 @@ async def test_python_task(make_launcher: Factory, mode: str) -> None:
         event.log_tail
     )
     assert f"entry mark: {mode}" in event.log_tail
+
+
+def test_forkserver_calls_its_prefork_hook_before_each_fork(tmp_path: Path) -> None:
+    # What the hook builds in the server (the worker's engine, in production) is there,
+    # already built, in every child forked after it.
+    name = local_launcher_entry.__name__
+    server = local_fork.ForkServer(
+        [name], env=dict(os.environ), sys_path=sys.path, prefork=f"{name}:prefork"
+    )
+    server.start()
+    try:
+        for mark, expected in (("a", "a"), ("b", "a b")):
+            go_r, go_w = os.pipe()
+            log_path = tmp_path / f"{mark}.log"
+            _pid, done = server.fork(
+                ENTRY,
+                [],
+                log_path=str(log_path),
+                exit_path=str(tmp_path / f"{mark}.exit"),
+                env={"ENTRY_MARK": mark, "ENTRY_SHOW_PREFORK": "1"},
+                go_fd=go_r,
+            )
+            os.close(go_r)
+            os.write(go_w, b"\n")
+            os.close(go_w)
+            assert os.read(done, 1) == b""  # EOF: the exit code is on disk
+            os.close(done)
+            assert f"entry preforked: {expected}\n" in log_path.read_text()
+    finally:
+        server.close()
 
 
 async def test_python_fork_kill(make_launcher: Factory, tmp_path: Path) -> None:
