@@ -26,12 +26,16 @@ measured).
     scheduler, `start()`s it (the launcher lists + watches and tracks every
     pod) and reads VmRSS before and after, plus ru_maxrss.
 
+The pods of (c) carry this scheduler's owner label (what a scheduler watches while its
+pods run); with `--unowned` they have none and the scheduler takes each over at start
+(re-labels it: one PATCH per pod), as after an upgrade from a miniflow without owners.
+
 `--rss-only` runs (c) alone; `--tracemalloc` adds to (c) the 15 allocation sites (file:line)
 that grew most from before `start()` to watching (tracing slows the list and adds its own
 overhead to the RSS figures: read those from a run without it).
 
 Run: .venv/bin/python benchmarks/kube_bench.py [--tasks 1000] [--watched 5000] [--repeat 3]
-        [--rss-only] [--tracemalloc]
+        [--rss-only] [--tracemalloc] [--unowned]
 """
 
 from __future__ import annotations
@@ -267,13 +271,21 @@ def print_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> N
 
 
 async def serve_fake(count: int) -> None:
-    """Child process: a fake API server (kubelet off) holding `count` managed pods."""
+    """Child process: a fake API server (kubelet off) holding `count` managed pods.
+
+    Prints the kubeconfig, reads one line: the scheduler id the pods' owner label names
+    (empty: no owner label, pods an older miniflow left, which the scheduler takes over
+    with one PATCH each at start), creates the pods and prints "ready"; serves until its
+    stdin closes."""
     defaults = pods.PodDefaults(
         namespace="default", worker_image="miniflow:bench", database_secret_name="miniflow-database"
     )
     async with FakeKube(kubelet=False, history_size=count + 1000) as fake:
         # The launcher's start-up check wants the Secret worker pods read the URL from.
         fake.secrets[("default", "miniflow-database")] = {"url": "postgresql://unused"}
+        print(json.dumps({"kubeconfig": str(fake.kubeconfig_path)}), flush=True)
+        loop = asyncio.get_running_loop()
+        owner = (await loop.run_in_executor(None, sys.stdin.readline)).strip() or None
         for i in range(count):
             key = AttemptKey("watched_dag", "manual__2026-01-01T00:00:00+00:00", f"task_{i}", 1)
             spec = TaskSpec(
@@ -283,7 +295,7 @@ async def serve_fake(count: int) -> None:
                 image="busybox:1.36",
                 cmds=["sh", "-c", "sleep 3600"],
             )
-            manifest = pods.build_manifest(spec, defaults)
+            manifest = pods.build_manifest(spec, defaults, owner=owner)
             pod = fake.state.create(manifest, "default")
             pod["status"] = {
                 "phase": "Running",
@@ -300,11 +312,11 @@ async def serve_fake(count: int) -> None:
                 ],
             }
             fake.state.write(pod)
-        print(json.dumps({"kubeconfig": str(fake.kubeconfig_path)}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
 
 
-async def bench_rss(count: int, *, trace: bool = False) -> dict[str, Any]:
+async def bench_rss(count: int, *, trace: bool = False, owned: bool = True) -> dict[str, Any]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -314,7 +326,7 @@ async def bench_rss(count: int, *, trace: bool = False) -> dict[str, Any]:
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        assert child.stdout is not None
+        assert child.stdout is not None and child.stdin is not None
         line = await child.stdout.readline()
         kubeconfig = json.loads(line)["kubeconfig"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -322,6 +334,11 @@ async def bench_rss(count: int, *, trace: bool = False) -> dict[str, Any]:
             dags.mkdir()
             async with fresh_database() as db_url:
                 scheduler = make_scheduler(kubeconfig, db_url, dags, 32)
+                # Owned: the pods this scheduler launched, as a running scheduler watches
+                # them. Not owned: leftovers it takes over first (one PATCH each).
+                child.stdin.write(f"{scheduler.scheduler_id if owned else ''}\n".encode())
+                await child.stdin.drain()
+                assert (await child.stdout.readline()).strip() == b"ready"
                 before = vm_rss_mib()
                 if trace:
                     tracemalloc.start(1)
@@ -364,8 +381,11 @@ async def bench_rss(count: int, *, trace: bool = False) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> None:
     # (c) first, while this process has not yet run anything else.
-    print(f"(c) scheduler RSS while watching {args.watched} pods (fake server in a child process)")
-    c = await bench_rss(args.watched, trace=args.tracemalloc)
+    print(
+        f"(c) scheduler RSS while watching {args.watched} "
+        f"{'unowned (taken over)' if args.unowned else 'own'} pods (fake server in a child process)"
+    )
+    c = await bench_rss(args.watched, trace=args.tracemalloc, owned=not args.unowned)
     print(
         f"    tracked {c['tracked']} pods; initial list+sync {c['list_s']:.2f}s; VmRSS "
         f"{c['rss_before_mib']:.1f} MiB before start -> {c['rss_after_mib']:.1f} MiB watching "
@@ -408,6 +428,11 @@ if __name__ == "__main__":
         "--tracemalloc",
         action="store_true",
         help="(c): print the top 15 allocation sites (file:line) grown while watching",
+    )
+    parser.add_argument(
+        "--unowned",
+        action="store_true",
+        help="(c): pods without an owner label, taken over (re-labelled) at start",
     )
     parser.add_argument("--serve-fake", type=int, default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args()
