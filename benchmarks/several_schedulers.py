@@ -175,7 +175,6 @@ async def sample(
     from miniflow.store import runs as store_runs
     from miniflow.store import schema
     from miniflow.store.models import TaskAttempt
-
     db_name = f"bench_several_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     dag_id = f"fan_{tasks}"
     await pg_admin(f'CREATE DATABASE "{db_name}"')

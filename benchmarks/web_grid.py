@@ -62,12 +62,8 @@ async def prepare(url: str, dags: Path) -> None:
         async with store_engine.transaction(sessions) as session:
             for i in range(RUNS):
                 await manual_runs.trigger(
-                    session,
-                    "big",
-                    conf_json=None,
-                    now=now,
-                    logical_date=now - timedelta(hours=RUNS - i),
-                    run_id=f"run_{i:02d}",
+                    session, "big", conf_json=None, now=now,
+                    logical_date=now - timedelta(hours=RUNS - i), run_id=f"run_{i:02d}",
                 )
         async with engine.begin() as conn:
             # a realistic grid: mostly success, some failed with a reason, the last run running

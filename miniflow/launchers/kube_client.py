@@ -40,7 +40,7 @@ import random
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp
 import yaml
@@ -377,26 +377,41 @@ class KubeClient:
         )
         return result
 
+    @overload
+    async def list_pods(
+        self, namespace: str, label_selector: str, *, page_size: int | None = ...
+    ) -> tuple[list[Pod], str]: ...
+
+    @overload
     async def list_pods(
         self,
         namespace: str,
         label_selector: str,
         *,
-        page_size: int = LIST_PAGE_SIZE,
-        keep: Callable[[Pod], Pod] | None = None,
-    ) -> tuple[list[Pod], str]:
+        page_size: int | None = ...,
+        keep: Callable[[Pod], T],
+    ) -> tuple[list[T], str]: ...
+
+    async def list_pods(
+        self,
+        namespace: str,
+        label_selector: str,
+        *,
+        page_size: int | None = None,
+        keep: Callable[[Pod], Any] | None = None,
+    ) -> tuple[list[Any], str]:
         """All matching pods and the list's resourceVersion (to watch from).
 
-        Asked for `page_size` pods at a time, and each pod goes through `keep` as its
-        page arrives: a namespace of 10,000 pods is never one answer held whole, as
-        bytes, text and full pods at once. Every page is served from the first one's
-        snapshot, whose version is the one returned (an expired continuation, 410,
-        raises `WatchExpired`: the caller lists again from the start)."""
-        items: list[Pod] = []
+        Asked for `page_size` (default `LIST_PAGE_SIZE`) pods at a time, each pod
+        mapped by `keep` as its page arrives: a namespace of 10,000 pods is never one
+        answer held whole, as bytes, text and full pods at once. Every page is served
+        from the first one's snapshot, whose version is the one returned (an expired
+        continuation, 410, raises `WatchExpired`: the caller lists again from the start)."""
+        items: list[Any] = []
         version: str | None = None
         token: str | None = None
         while True:
-            paging: dict[str, Any] = {"limit": page_size}
+            paging: dict[str, Any] = {"limit": page_size or LIST_PAGE_SIZE}
             if token:
                 paging["_continue"] = token
             body = await self._json(

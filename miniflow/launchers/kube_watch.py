@@ -130,38 +130,25 @@ def _pending_why(status: dict[str, Any], main: dict[str, Any]) -> tuple[str | No
     return None, None
 
 
-# What `observe`, a relist and the owner (`pods.owner_of`) read of a pod. Its spec, and
-# on a real API server its managedFields, are most of a pod's size.
-_LISTED_METADATA = (
-    "name",
-    "namespace",
-    "uid",
-    "annotations",
-    "labels",
-    "deletionTimestamp",
-    "resourceVersion",
-)
-_LISTED_STATUS = (
-    "phase",
-    "reason",
-    "message",
-    "conditions",
-    "containerStatuses",
-    "initContainerStatuses",
-)
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One pod of a list, as a relist hands it to the owner: read (`observe`) as its
+    page arrives, so a relist of 10,000 pods never holds them all as dicts."""
+
+    name: str
+    view: PodView | None  # None: its status could not be read (skipped, not lost)
 
 
-def slim(pod: Pod) -> Pod:
-    """The parts of a pod `observe` reads (so `observe(slim(pod)) == observe(pod)`): a
-    relist holds every listed pod at once, 10,000 of them in a big namespace."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    return {
-        "kind": pod.get("kind", "Pod"),
-        "apiVersion": pod.get("apiVersion", "v1"),
-        "metadata": {k: meta[k] for k in _LISTED_METADATA if k in meta},
-        "status": {k: status[k] for k in _LISTED_STATUS if k in status},
-    }
+def read_listed(pod: Pod) -> Listed:
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    try:
+        return Listed(name, observe(pod))
+    except Exception:
+        # One unreadable pod must not stop every other pod's status: skip it (it is
+        # not lost either), and say why with the traceback.
+        namespace = (pod.get("metadata") or {}).get("namespace", "")
+        log.exception("cannot read the status of pod %s/%s; skipping it", namespace, name)
+        return Listed(name, None)
 
 
 def observe(pod: Pod) -> PodView:
@@ -239,7 +226,7 @@ class NamespaceWatch:
     Callbacks are called on the event loop, in order, never concurrently:
     ``on_event(type, pod)`` for ADDED/MODIFIED/DELETED; ``before_list()``
     just before every (re)list request, returning a marker that is passed to
-    ``on_relist(namespace, pods, marker)`` with the complete current set (so
+    ``on_relist(namespace, listed, marker)`` with the complete current set (so
     the owner can tell pods it learnt about during the list from lost ones).
     """
 
@@ -249,7 +236,7 @@ class NamespaceWatch:
         namespace: str,
         *,
         on_event: Callable[[str, Pod], None],
-        on_relist: Callable[[str, list[Pod], int], None],
+        on_relist: Callable[[str, list[Listed], int], None],
         before_list: Callable[[], int],
         retry: RetryPolicy,
         watch_timeout: int = 300,
@@ -344,7 +331,7 @@ class NamespaceWatch:
         try:
             marker = self._before_list()
             items, resource_version = await with_retries(
-                lambda: self._client.list_pods(self.namespace, self.selector, keep=slim),
+                lambda: self._client.list_pods(self.namespace, self.selector, keep=read_listed),
                 what=f"list pods in {self.namespace}",
                 policy=self._retry,
                 sleep=self._sleep,
