@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Pod = dict[str, Any]
 
-# Pods per list request (`limit`): the API server's own advice for big lists is 500.
+# Pods per list request (`limit`), as client-go's pager asks: a big list comes in pages.
 LIST_PAGE_SIZE = 500
 
 
