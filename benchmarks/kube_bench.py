@@ -26,7 +26,16 @@ measured).
     scheduler, `start()`s it (the launcher lists + watches and tracks every
     pod) and reads VmRSS before and after, plus ru_maxrss.
 
+The pods of (c) carry this scheduler's owner label (what a scheduler watches while its
+pods run); with `--unowned` they have none and the scheduler takes each over at start
+(re-labels it: one PATCH per pod), as after an upgrade from a miniflow without owners.
+
+`--rss-only` runs (c) alone; `--tracemalloc` adds to (c) the 15 allocation sites (file:line)
+that grew most from before `start()` to watching (tracing slows the list and adds its own
+overhead to the RSS figures: read those from a run without it).
+
 Run: .venv/bin/python benchmarks/kube_bench.py [--tasks 1000] [--watched 5000] [--repeat 3]
+        [--rss-only] [--tracemalloc] [--unowned]
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -246,12 +256,36 @@ def vm_rss_mib() -> float:
     return float("nan")
 
 
+def print_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> None:
+    """The 15 allocation sites (file:line) that grew most between the snapshots."""
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    diff = after.filter_traces(keep).compare_to(before.filter_traces(keep), "lineno")
+    total = sum(d.size_diff for d in diff)
+    print(f"    tracemalloc: +{total / 2**20:.1f} MiB traced; top 15 by growth:")
+    for stat in diff[:15]:
+        frame = stat.traceback[0]
+        print(
+            f"      {stat.size_diff / 2**20:7.2f} MiB {stat.count_diff:+8d} blocks  "
+            f"{frame.filename.removeprefix(str(REPO) + '/')}:{frame.lineno}"
+        )
+
+
 async def serve_fake(count: int) -> None:
-    """Child process: a fake API server (kubelet off) holding `count` managed pods."""
+    """Child process: a fake API server (kubelet off) holding `count` managed pods.
+
+    Prints the kubeconfig, reads one line: the scheduler id the pods' owner label names
+    (empty: no owner label, pods an older miniflow left, which the scheduler takes over
+    with one PATCH each at start), creates the pods and prints "ready"; serves until its
+    stdin closes."""
     defaults = pods.PodDefaults(
         namespace="default", worker_image="miniflow:bench", database_secret_name="miniflow-database"
     )
     async with FakeKube(kubelet=False, history_size=count + 1000) as fake:
+        # The launcher's start-up check wants the Secret worker pods read the URL from.
+        fake.secrets[("default", "miniflow-database")] = {"url": "postgresql://unused"}
+        print(json.dumps({"kubeconfig": str(fake.kubeconfig_path)}), flush=True)
+        loop = asyncio.get_running_loop()
+        owner = (await loop.run_in_executor(None, sys.stdin.readline)).strip() or None
         for i in range(count):
             key = AttemptKey("watched_dag", "manual__2026-01-01T00:00:00+00:00", f"task_{i}", 1)
             spec = TaskSpec(
@@ -261,7 +295,7 @@ async def serve_fake(count: int) -> None:
                 image="busybox:1.36",
                 cmds=["sh", "-c", "sleep 3600"],
             )
-            manifest = pods.build_manifest(spec, defaults)
+            manifest = pods.build_manifest(spec, defaults, owner=owner)
             pod = fake.state.create(manifest, "default")
             pod["status"] = {
                 "phase": "Running",
@@ -278,11 +312,11 @@ async def serve_fake(count: int) -> None:
                 ],
             }
             fake.state.write(pod)
-        print(json.dumps({"kubeconfig": str(fake.kubeconfig_path)}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
 
 
-async def bench_rss(count: int) -> dict[str, Any]:
+async def bench_rss(count: int, *, trace: bool = False, owned: bool = True) -> dict[str, Any]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -292,7 +326,7 @@ async def bench_rss(count: int) -> dict[str, Any]:
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        assert child.stdout is not None
+        assert child.stdout is not None and child.stdin is not None
         line = await child.stdout.readline()
         kubeconfig = json.loads(line)["kubeconfig"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -300,7 +334,15 @@ async def bench_rss(count: int) -> dict[str, Any]:
             dags.mkdir()
             async with fresh_database() as db_url:
                 scheduler = make_scheduler(kubeconfig, db_url, dags, 32)
+                # Owned: the pods this scheduler launched, as a running scheduler watches
+                # them. Not owned: leftovers it takes over first (one PATCH each).
+                child.stdin.write(f"{scheduler.scheduler_id if owned else ''}\n".encode())
+                await child.stdin.drain()
+                assert (await child.stdout.readline()).strip() == b"ready"
                 before = vm_rss_mib()
+                if trace:
+                    tracemalloc.start(1)
+                    snapshot = tracemalloc.take_snapshot()
                 try:
                     t0 = time.perf_counter()
                     await scheduler.start()  # lists and starts the watch; waits for the list
@@ -310,6 +352,9 @@ async def bench_rss(count: int) -> dict[str, Any]:
                     tracked = len(await launcher.alive())
                     await asyncio.sleep(1.0)  # watch stream open, bookmarks flowing
                     after = vm_rss_mib()
+                    if trace:
+                        print_growth(snapshot, tracemalloc.take_snapshot())
+                        tracemalloc.stop()
                 finally:
                     await scheduler.close()
                     await scheduler.engine.dispose()
@@ -336,14 +381,19 @@ async def bench_rss(count: int) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> None:
     # (c) first, while this process has not yet run anything else.
-    print(f"(c) scheduler RSS while watching {args.watched} pods (fake server in a child process)")
-    c = await bench_rss(args.watched)
+    print(
+        f"(c) scheduler RSS while watching {args.watched} "
+        f"{'unowned (taken over)' if args.unowned else 'own'} pods (fake server in a child process)"
+    )
+    c = await bench_rss(args.watched, trace=args.tracemalloc, owned=not args.unowned)
     print(
         f"    tracked {c['tracked']} pods; initial list+sync {c['list_s']:.2f}s; VmRSS "
         f"{c['rss_before_mib']:.1f} MiB before start -> {c['rss_after_mib']:.1f} MiB watching "
         f"(+{c['rss_delta_mib']:.1f} MiB); ru_maxrss {c['maxrss_mib']:.1f} MiB"
     )
 
+    if args.rss_only:
+        return
     print(f"(a) requests per task: {args.tasks}-task fan-out of Pod tasks, kubelet enabled")
     a = await bench_requests(args.tasks)
     print(f"    run {a['state']} in {a['wall_s']:.1f}s; requests by verb: {a['counts']}")
@@ -373,6 +423,17 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--watched", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rss-only", action="store_true", help="only (c), the RSS figure")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="(c): print the top 15 allocation sites (file:line) grown while watching",
+    )
+    parser.add_argument(
+        "--unowned",
+        action="store_true",
+        help="(c): pods without an owner label, taken over (re-labelled) at start",
+    )
     parser.add_argument("--serve-fake", type=int, default=None, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.serve_fake is not None:

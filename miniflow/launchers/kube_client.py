@@ -32,6 +32,7 @@ cleanup policy. It must stay importable without a cluster.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import random
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp
 import yaml
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Pod = dict[str, Any]
+
+# Pods per list request (`limit`), as client-go's pager asks: a big list comes in pages.
+LIST_PAGE_SIZE = 500
 
 
 class KubeApiError(MiniflowError):
@@ -373,19 +377,63 @@ class KubeClient:
         )
         return result
 
-    async def list_pods(self, namespace: str, label_selector: str) -> tuple[list[Pod], str]:
-        """All matching pods and the list's resourceVersion (to watch from)."""
-        body = await self._json(
-            lambda: self._core.list_namespaced_pod(
-                namespace, label_selector=label_selector, _preload_content=False
-            ),
-            f"list pods in {namespace}",
-        )
-        items: list[Pod] = body.get("items") or []
-        for item in items:  # list items carry no kind/apiVersion; watch objects do
-            item.setdefault("kind", "Pod")
-            item.setdefault("apiVersion", "v1")
-        return items, str(body["metadata"]["resourceVersion"])
+    @overload
+    async def list_pods(
+        self, namespace: str, label_selector: str, *, page_size: int | None = ...
+    ) -> tuple[list[Pod], str]: ...
+
+    @overload
+    async def list_pods(
+        self,
+        namespace: str,
+        label_selector: str,
+        *,
+        page_size: int | None = ...,
+        keep: Callable[[Pod], T],
+    ) -> tuple[list[T], str]: ...
+
+    async def list_pods(
+        self,
+        namespace: str,
+        label_selector: str,
+        *,
+        page_size: int | None = None,
+        keep: Callable[[Pod], Any] | None = None,
+    ) -> tuple[list[Any], str]:
+        """All matching pods and the list's resourceVersion (to watch from).
+
+        Asked for `page_size` (default `LIST_PAGE_SIZE`) pods at a time, each pod
+        mapped by `keep` as its page arrives: a namespace of 10,000 pods is never one
+        answer held whole, as bytes, text and full pods at once. Every page is served
+        from the first one's snapshot, whose version is the one returned (an expired
+        continuation, 410, raises `WatchExpired`: the caller lists again from the start)."""
+        items: list[Any] = []
+        version: str | None = None
+        token: str | None = None
+        while True:
+            paging: dict[str, Any] = {"limit": page_size or LIST_PAGE_SIZE}
+            if token:
+                paging["_continue"] = token
+            body = await self._json(
+                functools.partial(
+                    self._core.list_namespaced_pod,
+                    namespace,
+                    label_selector=label_selector,
+                    _preload_content=False,
+                    **paging,
+                ),
+                f"list pods in {namespace}",
+            )
+            meta = body.get("metadata") or {}
+            version = version or str(meta["resourceVersion"])
+            for item in body.get("items") or []:
+                item.setdefault("kind", "Pod")  # list items carry no kind/apiVersion
+                item.setdefault("apiVersion", "v1")
+                items.append(keep(item) if keep is not None else item)
+            del body  # this page's full pods go before the next page comes
+            token = meta.get("continue")
+            if not token:
+                return items, version
 
     async def watch_pods(
         self, namespace: str, label_selector: str, resource_version: str, timeout_seconds: int

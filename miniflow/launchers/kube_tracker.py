@@ -38,7 +38,7 @@ from miniflow.errors import MiniflowError
 from miniflow.launchers import pods
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, LauncherEvent
 from miniflow.launchers.kube_client import KubeClient, PodNotFound, RetryPolicy, with_retries
-from miniflow.launchers.kube_watch import Pod, PodView, observe
+from miniflow.launchers.kube_watch import Listed, Pod, PodView, observe
 
 # The launcher's logger: these messages are the launcher's, wherever the code lives.
 log = logging.getLogger("miniflow.launchers.kubernetes")
@@ -160,22 +160,14 @@ class PodTracker:
                         ),
                     )
             return
-        self.apply(pod, view)
+        self.apply_view(view)
 
-    def on_relist(self, namespace: str, items: list[Pod], marker: int) -> None:
+    def on_relist(self, namespace: str, listed: list[Listed], marker: int) -> None:
         present = set()
-        for pod in items:
-            name = str((pod.get("metadata") or {}).get("name", ""))
-            present.add(name)
-            try:
-                view = observe(pod)
-            except Exception:
-                # One unreadable pod must not stop every other pod's status: skip it
-                # (it is not lost either), and say why with the traceback.
-                log.exception("cannot read the status of pod %s/%s; skipping it", namespace, name)
-                continue
-            if view.key is not None:
-                self.apply(pod, view)
+        for pod in listed:
+            present.add(pod.name)
+            if pod.view is not None and pod.view.key is not None:
+                self.apply_view(pod.view)
         for (ns, name), tracked in list(self.tracked.items()):
             if ns == namespace and name not in present and tracked.seq < marker:
                 self.forget(ns, name)
@@ -191,9 +183,11 @@ class PodTracker:
                         ),
                     )
 
-    def apply(self, pod: Pod, view: PodView | None = None) -> None:
+    def apply(self, pod: Pod) -> None:
         """Fold one observed pod state into its tracking entry; emit what is new."""
-        view = view or observe(pod)
+        self.apply_view(observe(pod))
+
+    def apply_view(self, view: PodView) -> None:
         if view.key is None:
             return
         tracked = self.tracked.get((view.namespace, view.name))

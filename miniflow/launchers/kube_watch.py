@@ -130,6 +130,27 @@ def _pending_why(status: dict[str, Any], main: dict[str, Any]) -> tuple[str | No
     return None, None
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One pod of a list, as a relist hands it to the owner: read (`observe`) as its
+    page arrives, so a relist of 10,000 pods never holds them all as dicts."""
+
+    name: str
+    view: PodView | None  # None: its status could not be read (skipped, not lost)
+
+
+def read_listed(pod: Pod) -> Listed:
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    try:
+        return Listed(name, observe(pod))
+    except Exception:
+        # One unreadable pod must not stop every other pod's status: skip it (it is
+        # not lost either), and say why with the traceback.
+        namespace = (pod.get("metadata") or {}).get("namespace", "")
+        log.exception("cannot read the status of pod %s/%s; skipping it", namespace, name)
+        return Listed(name, None)
+
+
 def observe(pod: Pod) -> PodView:
     """Translate a pod (as the API serves it) into a `PodView`."""
     meta = pod.get("metadata") or {}
@@ -205,7 +226,7 @@ class NamespaceWatch:
     Callbacks are called on the event loop, in order, never concurrently:
     ``on_event(type, pod)`` for ADDED/MODIFIED/DELETED; ``before_list()``
     just before every (re)list request, returning a marker that is passed to
-    ``on_relist(namespace, pods, marker)`` with the complete current set (so
+    ``on_relist(namespace, listed, marker)`` with the complete current set (so
     the owner can tell pods it learnt about during the list from lost ones).
     """
 
@@ -215,7 +236,7 @@ class NamespaceWatch:
         namespace: str,
         *,
         on_event: Callable[[str, Pod], None],
-        on_relist: Callable[[str, list[Pod], int], None],
+        on_relist: Callable[[str, list[Listed], int], None],
         before_list: Callable[[], int],
         retry: RetryPolicy,
         watch_timeout: int = 300,
@@ -310,7 +331,7 @@ class NamespaceWatch:
         try:
             marker = self._before_list()
             items, resource_version = await with_retries(
-                lambda: self._client.list_pods(self.namespace, self.selector),
+                lambda: self._client.list_pods(self.namespace, self.selector, keep=read_listed),
                 what=f"list pods in {self.namespace}",
                 policy=self._retry,
                 sleep=self._sleep,

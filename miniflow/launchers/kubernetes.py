@@ -132,6 +132,21 @@ from miniflow.launchers.supervise import Backoff, supervise
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class _Leftover:
+    """What taking a listed pod over needs of it (not the whole pod: there may be
+    thousands)."""
+
+    name: str
+    uid: str | None
+    owner: str | None
+
+    @classmethod
+    def of(cls, pod: Pod) -> _Leftover:
+        meta = pod.get("metadata") or {}
+        return cls(str(meta.get("name", "")), meta.get("uid"), pods.owner_of(pod))
+
+
 @dataclass
 class _Watching:
     watch: NamespaceWatch
@@ -338,11 +353,11 @@ class KubernetesLauncher:
         if "" in owners:
             selectors.append(pods.unowned_selector())
         client = self._client_or_fail()
-        found: list[tuple[str, Pod]] = []
+        found: list[tuple[str, _Leftover]] = []
         for namespace in list(self._watches):
             for selector in selectors:
-                items, _ = await with_retries(
-                    functools.partial(client.list_pods, namespace, selector),
+                items = await with_retries(
+                    functools.partial(self._leftovers, client, namespace, selector),
                     what=f"list pods of gone schedulers in {namespace}",
                     policy=self.retry,
                 )
@@ -352,12 +367,16 @@ class KubernetesLauncher:
             log.info("took over %d of %d pods of gone schedulers", sum(taken), len(found))
         return sum(taken)
 
-    async def _take(self, namespace: str, pod: Pod) -> bool:
-        meta = pod.get("metadata") or {}
-        name = str(meta.get("name", ""))
+    @staticmethod
+    async def _leftovers(client: KubeClient, namespace: str, selector: str) -> list[_Leftover]:
+        items, _ = await client.list_pods(namespace, selector, keep=_Leftover.of)
+        return items
+
+    async def _take(self, namespace: str, pod: _Leftover) -> bool:
+        name = pod.name
         try:
             return await self._claim(
-                namespace, name, uid=meta.get("uid"), previous=pods.owner_of(pod), what="take over"
+                namespace, name, uid=pod.uid, previous=pod.owner, what="take over"
             )
         except KubeApiError as exc:
             # 404: gone meanwhile; 422: re-labelled meanwhile (adopted): not ours to take.

@@ -149,24 +149,22 @@ class ApiServer:
         match = selector_matcher(q.get("labelSelector"), q.get("fieldSelector"))
         if q.get("watch") in streams.TRUE:
             return await streams.watch(self, request, ns, match)
-        rv, items = self.store.list(ns, match)
-        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        meta: dict[str, Any] = {}
+        after = None
         if q.get("continue"):
             try:
-                start = tuple(json.loads(base64.urlsafe_b64decode(q["continue"])))
+                after = tuple(json.loads(base64.urlsafe_b64decode(q["continue"])))
             except ValueError:
                 raise errors.bad_request("invalid continue token") from None
-            items = [
-                i for i in items if (i["metadata"]["namespace"], i["metadata"]["name"]) > start
-            ]
         limit = int(q.get("limit") or 0)
-        if limit and len(items) > limit:
-            last = items[limit - 1]["metadata"]
+        rv, items, rest = self.store.list(ns, match, after=after, limit=limit)
+        meta["resourceVersion"] = str(rv)
+        if rest:
+            last = items[-1]["metadata"]
             meta["continue"] = base64.urlsafe_b64encode(
                 json.dumps([last["namespace"], last["name"]]).encode()
             ).decode()
-            meta["remainingItemCount"] = len(items) - limit
-            items = items[:limit]
+            meta["remainingItemCount"] = rest
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
@@ -346,7 +344,7 @@ class ApiServer:
         ns = request.match_info["namespace"]
         q = request.query
         grace, _ = await self._delete_options(request)
-        _, items = self.store.list(
+        _, items, _ = self.store.list(
             ns, selector_matcher(q.get("labelSelector"), q.get("fieldSelector"))
         )
         deleted = [self._delete_one(pod, grace) for pod in items]

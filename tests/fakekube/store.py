@@ -105,9 +105,21 @@ class Store:
     def pods(self, namespace: str | None = None) -> list[Obj]:
         return [copy.deepcopy(o) for _, o in self._sorted(namespace)]
 
-    def list(self, namespace: str | None, match: Callable[[Obj], bool]) -> tuple[int, list[Obj]]:
-        items = [copy.deepcopy(o) for _, o in self._sorted(namespace) if match(o)]
-        return self.resource_version, items
+    def list(
+        self,
+        namespace: str | None,
+        match: Callable[[Obj], bool],
+        *,
+        after: Key | None = None,
+        limit: int = 0,
+    ) -> tuple[int, list[Obj], int]:
+        """(resourceVersion, copies of the matching objects in key order after `after`,
+        at most `limit` of them if given, how many more match). Only the page returned is
+        copied: a paged list of 10,000 pods would copy all of them for every page."""
+        found = [o for k, o in self._sorted(namespace) if (after is None or k > after) and match(o)]
+        rest = len(found) - limit if limit and len(found) > limit else 0
+        page = found[:limit] if rest else found
+        return self.resource_version, [copy.deepcopy(o) for o in page], rest
 
     def _sorted(self, namespace: str | None) -> list[tuple[Key, Obj]]:
         return sorted(

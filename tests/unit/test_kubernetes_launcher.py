@@ -658,6 +658,39 @@ async def test_pod_vanishing_while_unwatched_is_lost_after_relist(
     assert fake_kube.requests.counts("list") > lists
 
 
+async def test_relist_pages_through_the_pods(
+    launcher: KubernetesLauncher, fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miniflow.launchers import kube_client
+
+    keys = [key(f"t{i}") for i in range(5)]
+    await launcher.launch([sh(k, "sleep 30") for k in keys])
+    monkeypatch.setattr(kube_client, "LIST_PAGE_SIZE", 2)
+    lists = fake_kube.requests.counts("list")
+    alive = await launcher.alive()  # a fresh list, 2 pods a page: a page lost = pods Lost
+    assert sorted(a.key.task_id for a in alive) == [k.task_id for k in keys]
+    assert fake_kube.requests.counts("list") == lists + 3
+    await launcher.launch([sh(key("after"), "exit 3")])  # the watch resumed from the list
+    exited = (await events_until_exit(launcher, key("after")))[-1]
+    assert isinstance(exited, AttemptExited) and exited.exit_code == 3
+
+
+def test_an_unreadable_listed_pod_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    from miniflow.launchers.kube_watch import Listed, read_listed
+
+    broken = {
+        "metadata": {"name": "p", "namespace": "default"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": pods.MAIN_CONTAINER, "state": {"terminated": {"exitCode": "x"}}}
+            ],
+        },
+    }
+    assert read_listed(broken) == Listed("p", None)
+    assert "cannot read the status of pod default/p" in caplog.text
+
+
 async def test_410_relists_and_resumes(launcher: KubernetesLauncher, fake_kube: FakeKube) -> None:
     k1, k2 = key("a"), key("b")
     await launcher.launch([sh(k1, "sleep 0.5")])
