@@ -206,8 +206,10 @@ async def note(
 
 async def open_keys(session: AsyncSession) -> list[AttemptRecord]:
     """Attempts not yet closed (their exit has not been recorded)."""
-    query = select(*columns(AttemptRecord)).where(TA.ended_at.is_(None))
-    return build(AttemptRecord, await session.execute(query))
+    return build(AttemptRecord, await session.execute(_OPEN_KEYS))
+
+
+_OPEN_KEYS = select(*columns(AttemptRecord)).where(_table.c.ended_at.is_(None))
 
 
 async def owners(session: AsyncSession) -> dict[tuple[int, int], str | None]:
@@ -284,12 +286,12 @@ async def for_task(
     query = (
         select(*columns(AttemptRecord))
         .where(
-            TA.dag_id == dag_id,
-            TA.run_id == run_id,
-            TA.task_id == task_id,
-            TA.map_index == map_index,
+            _table.c.dag_id == dag_id,
+            _table.c.run_id == run_id,
+            _table.c.task_id == task_id,
+            _table.c.map_index == map_index,
         )
-        .order_by(TA.try_number)
+        .order_by(_table.c.try_number)
     )
     return build(AttemptRecord, await session.execute(query))
 
@@ -297,8 +299,8 @@ async def for_task(
 async def for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[AttemptRecord]:
     query = (
         select(*columns(AttemptRecord))
-        .where(TA.dag_id == dag_id, TA.run_id == run_id)
-        .order_by(TA.id)
+        .where(_table.c.dag_id == dag_id, _table.c.run_id == run_id)
+        .order_by(_table.c.id)
     )
     return build(AttemptRecord, await session.execute(query))
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.store.engine import create_engine, sessionmaker, transaction
 from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Connection, Variable
-from miniflow.store.records import ConnectionRecord, VariableRecord, build, columns
+from miniflow.store.records import ConnectionRecord, VariableRecord, build, columns, table
 
 T = TypeVar("T")
 
@@ -35,12 +35,12 @@ CONNECTION_FIELDS = (
 
 
 async def list_variables(session: AsyncSession) -> list[VariableRecord]:
-    query = sa.select(*columns(VariableRecord)).order_by(Variable.key)
+    query = sa.select(*columns(VariableRecord)).order_by(table(VariableRecord).c.key)
     return build(VariableRecord, await session.execute(query))
 
 
 async def get_variable(session: AsyncSession, key: str) -> VariableRecord | None:
-    query = sa.select(*columns(VariableRecord)).where(Variable.key == key)
+    query = sa.select(*columns(VariableRecord)).where(table(VariableRecord).c.key == key)
     row = (await session.execute(query)).one_or_none()
     return None if row is None else VariableRecord(*row)
 
@@ -64,12 +64,13 @@ async def delete_variable(session: AsyncSession, key: str) -> bool:
 
 
 async def list_connections(session: AsyncSession) -> list[ConnectionRecord]:
-    query = sa.select(*columns(ConnectionRecord)).order_by(Connection.conn_id)
+    query = sa.select(*columns(ConnectionRecord)).order_by(table(ConnectionRecord).c.conn_id)
     return build(ConnectionRecord, await session.execute(query))
 
 
 async def get_connection(session: AsyncSession, conn_id: str) -> ConnectionRecord | None:
-    query = sa.select(*columns(ConnectionRecord)).where(Connection.conn_id == conn_id)
+    c = table(ConnectionRecord).c
+    query = sa.select(*columns(ConnectionRecord)).where(c.conn_id == conn_id)
     row = (await session.execute(query)).one_or_none()
     return None if row is None else ConnectionRecord(*row)
 

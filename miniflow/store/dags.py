@@ -29,7 +29,7 @@ from miniflow.store import wakeup
 from miniflow.store.engine import conflict_insert
 from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Base, Dag, DagFile, DagVersion, ImportErrorRow
-from miniflow.store.records import DagRecord, ImportErrorRecord, build, columns
+from miniflow.store.records import DagRecord, ImportErrorRecord, build, columns, table
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +226,10 @@ async def _set_error(session: AsyncSession, fileloc: str, error: str | None, now
 
 
 async def list_dags(session: AsyncSession, *, include_inactive: bool = False) -> list[DagRecord]:
-    query = select(*columns(DagRecord)).order_by(Dag.dag_id)
+    c = table(DagRecord).c
+    query = select(*columns(DagRecord)).order_by(c.dag_id)
     if not include_inactive:
-        query = query.where(Dag.is_active)
+        query = query.where(c.is_active)
     return build(DagRecord, await session.execute(query))
 
 
@@ -237,7 +238,8 @@ def _not_found(dag_id: str) -> NotFound:
 
 
 async def get_dag(session: AsyncSession, dag_id: str) -> DagRecord:
-    query = select(*columns(DagRecord)).where(Dag.dag_id == dag_id, Dag.is_active)
+    c = table(DagRecord).c
+    query = select(*columns(DagRecord)).where(c.dag_id == dag_id, c.is_active)
     row = (await session.execute(query)).one_or_none()
     if row is None:
         raise _not_found(dag_id)
@@ -245,7 +247,7 @@ async def get_dag(session: AsyncSession, dag_id: str) -> DagRecord:
 
 
 async def import_errors(session: AsyncSession) -> list[ImportErrorRecord]:
-    query = select(*columns(ImportErrorRecord)).order_by(ImportErrorRow.fileloc)
+    query = select(*columns(ImportErrorRecord)).order_by(table(ImportErrorRecord).c.fileloc)
     return build(ImportErrorRecord, await session.execute(query))
 
 
@@ -264,10 +266,11 @@ async def set_paused(session: AsyncSession, dag_id: str, paused: bool) -> None:
 
 async def schedulable_dags(session: AsyncSession) -> list[DagRecord]:
     """Active, unpaused DAGs that have a schedule, by dag_id (the order rows are written in)."""
+    c = table(DagRecord).c
     query = (
         select(*columns(DagRecord))
-        .where(Dag.is_active, ~Dag.is_paused, Dag.schedule.is_not(None))
-        .order_by(Dag.dag_id)
+        .where(c.is_active, ~c.is_paused, c.schedule.is_not(None))
+        .order_by(c.dag_id)
     )
     return build(DagRecord, await session.execute(query))
 

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store.models import Pool
-from miniflow.store.records import PoolRecord, build, columns
+from miniflow.store.records import PoolRecord, build, columns, table
 
 
 async def slots(session: AsyncSession) -> dict[str, int]:
@@ -24,5 +24,5 @@ async def set_pool(session: AsyncSession, name: str, slots: int, description: st
 
 
 async def list_pools(session: AsyncSession) -> list[PoolRecord]:
-    query = select(*columns(PoolRecord)).order_by(Pool.name)
+    query = select(*columns(PoolRecord)).order_by(table(PoolRecord).c.name)
     return build(PoolRecord, await session.execute(query))

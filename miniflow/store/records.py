@@ -7,7 +7,10 @@ same session updates the row. Each is built straight from the selected columns (
 tuple per row, no identity map), which is also cheaper than loading ORM instances.
 
 The fields are the model's columns, in the model's order: `columns(Record)` is the
-SELECT list and `Record(*row)` the record; a unit test keeps the two in step.
+SELECT list and `Record(*row)` the record; a unit test keeps the two in step. The
+queries that build records name the table's columns (`table(Record).c`), not the
+model's attributes, in their WHERE clauses too: one ORM attribute anywhere makes the
+statement an ORM one, whose result handling costs ~20% more for a run's 2,000 rows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import Column, Table
 
 from miniflow.store.models import (
     Base,
@@ -166,11 +169,17 @@ MODELS: dict[type[Any], type[Base]] = {
 """Each record type and the model whose columns it copies."""
 
 
+def table(record: type[Any]) -> Table:
+    """The table whose rows `record` copies."""
+    found: Table = MODELS[record].__table__  # type: ignore[assignment]
+    return found
+
+
 @cache
-def columns(record: type[Any]) -> tuple[InstrumentedAttribute[Any], ...]:
-    """The SELECT list of `record`: its model's columns, in the record's field order."""
-    model = MODELS[record]
-    return tuple(getattr(model, f.name) for f in fields(record))
+def columns(record: type[Any]) -> tuple[Column[Any], ...]:
+    """The SELECT list of `record`: its table's columns, in the record's field order."""
+    c = table(record).c
+    return tuple(c[f.name] for f in fields(record))
 
 
 def build(record: type[R], rows: Iterable[Any]) -> list[R]:

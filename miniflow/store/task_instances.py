@@ -558,8 +558,14 @@ async def skip_waiting(
 async def fetch(session: AsyncSession, ids: Sequence[int]) -> dict[int, TaskInstanceRecord]:
     if not ids:
         return {}
-    query = select(*columns(TaskInstanceRecord)).where(TI.id.in_(list(ids)))
-    return {r.id: r for r in build(TaskInstanceRecord, await session.execute(query))}
+    rows = await session.execute(_FETCH, {"ids": list(ids)})
+    return {r.id: r for r in build(TaskInstanceRecord, rows)}
+
+
+# Records are read with the table's columns in every clause: one ORM attribute makes the
+# statement an ORM one, whose rows cost ~20% more to read (a run's 2,000 task instances).
+_RECORD = select(*columns(TaskInstanceRecord))
+_FETCH = _RECORD.where(_ti.c.id.in_(bindparam("ids", expanding=True)))
 
 
 async def find_keys(
@@ -570,28 +576,35 @@ async def find_keys(
     if not keys:
         return {}
     full = {(k if len(k) == 4 else (*k, -1)): k for k in keys}
-    query = select(*columns(TaskInstanceRecord)).where(
-        tuple_(TI.dag_id, TI.run_id, TI.task_id, TI.map_index).in_(list(full))
-    )
     out: dict[tuple[str, str, str, int] | tuple[str, str, str], TaskInstanceRecord] = {}
-    for r in build(TaskInstanceRecord, await session.execute(query)):
+    for r in build(TaskInstanceRecord, await session.execute(_FIND_KEYS, {"keys": list(full)})):
         out[full[(r.dag_id, r.run_id, r.task_id, r.map_index)]] = r
     return out
 
 
+_FIND_KEYS = _RECORD.where(
+    tuple_(_ti.c.dag_id, _ti.c.run_id, _ti.c.task_id, _ti.c.map_index).in_(
+        bindparam("keys", expanding=True)
+    )
+)
+
+
 async def in_flight(session: AsyncSession) -> list[TaskInstanceRecord]:
     """Queued and running task instances (to adopt after a restart)."""
-    query = select(*columns(TaskInstanceRecord)).where(TI.state.in_(list(states.ACTIVE)))
-    return build(TaskInstanceRecord, await session.execute(query))
+    return build(TaskInstanceRecord, await session.execute(_IN_FLIGHT))
+
+
+_IN_FLIGHT = _RECORD.where(_ti.c.state.in_(list(states.ACTIVE)))
 
 
 async def list_for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[TaskInstanceRecord]:
-    query = (
-        select(*columns(TaskInstanceRecord))
-        .where(TI.dag_id == dag_id, TI.run_id == run_id)
-        .order_by(TI.id)
-    )
-    return build(TaskInstanceRecord, await session.execute(query))
+    rows = await session.execute(_FOR_RUN, {"dag_id": dag_id, "run_id": run_id})
+    return build(TaskInstanceRecord, rows)
+
+
+_FOR_RUN = _RECORD.where(
+    _ti.c.dag_id == bindparam("dag_id"), _ti.c.run_id == bindparam("run_id")
+).order_by(_ti.c.id)
 
 
 async def clear(
