@@ -63,8 +63,7 @@ UNSUPPORTED: dict[str, str] = {
     "`executor_config={'pod_override': ...}` for its image",
     "PythonVirtualenvOperator": "use a worker image with the packages installed",
     "ExternalPythonOperator": "use a worker image with that Python",
-    "BranchExternalPythonOperator": "use a worker image with that Python and "
-    "BranchPythonOperator",
+    "BranchExternalPythonOperator": "use a worker image with that Python and BranchPythonOperator",
     "BranchPythonVirtualenvOperator": "use a worker image with the packages installed and "
     "BranchPythonOperator",
     "DockerOperator": "use KubernetesPodOperator (miniflow `Pod`)",

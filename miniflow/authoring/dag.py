@@ -183,6 +183,7 @@ _TEMPLATE_NAMES = frozenset(
 )  # fmt: skip
 """The template context's own names (`templates.build_context`): a macro may not hide one."""
 
+
 def _check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
         raise definition_error(f"{what}: {name!r} is not a template name")
@@ -227,9 +228,7 @@ def _check_filters(filters: object) -> dict[str, Any]:
     return dict(filters)
 
 
-AIRFLOW_ONLY_DEFAULTS = frozenset(
-    {"owner", "email", "email_on_failure", "email_on_retry"}
-)
+AIRFLOW_ONLY_DEFAULTS = frozenset({"owner", "email", "email_on_failure", "email_on_retry"})
 """`default_args` keys from Airflow DAG files that are accepted and ignored."""
 
 

@@ -33,7 +33,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt
+from miniflow.store.records import AttemptRecord
 
 FOLLOW_POLL = 0.5
 """Seconds between checks of the database (has the followed try ended?)."""
@@ -42,7 +42,7 @@ FOLLOW_POLL = 0.5
 @dataclass(frozen=True, slots=True)
 class _Try:
     key: AttemptKey
-    attempt: TaskAttempt
+    attempt: AttemptRecord
 
     @property
     def never_started(self) -> bool:
@@ -138,9 +138,7 @@ async def _recorded_end(sessions: async_sessionmaker[AsyncSession], log: LocalTr
         if any(a.try_number == key.try_number and a.ended_at is not None for a in attempts):
             return True
         tis = await store_tis.list_for_run(session, key.dag_id, key.run_id)
-    ti = next(
-        (t for t in tis if t.task_id == key.task_id and t.map_index == key.map_index), None
-    )
+    ti = next((t for t in tis if t.task_id == key.task_id and t.map_index == key.map_index), None)
     if ti is not None and ti.try_number == key.try_number and ti.state in states.ACTIVE:
         return False
     # The try is over for the database (a worker recorded its own result): wait for the

@@ -32,7 +32,14 @@ from miniflow.store import instances as store_instances
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import Dag, DagRun, ImportErrorRow, Pool, TaskAttempt, TaskInstance
+from miniflow.store.models import Dag, DagRun
+from miniflow.store.records import (
+    AttemptRecord,
+    ImportErrorRecord,
+    PoolRecord,
+    RunRecord,
+    TaskInstanceRecord,
+)
 
 LATEST = "latest"
 """The run id that means a DAG's newest run (the top row of `miniflow runs list DAG`)."""
@@ -180,7 +187,7 @@ async def reparse(config: Config, file: str | None = None) -> list[store_dags.Pa
     return report.files
 
 
-async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErrorRow]:
+async def import_errors(config: Config, *, parse: bool = True) -> list[ImportErrorRecord]:
     async with _session(config, parse=parse) as session:
         return await store_dags.import_errors(session)
 
@@ -224,7 +231,7 @@ async def trigger(
         )
 
 
-async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[DagRun]:
+async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[RunRecord]:
     async with _session(config, read_only=True) as session:
         found = await store_runs.list_runs(session, dag_id, limit)
         if not found and dag_id is not None:
@@ -234,7 +241,7 @@ async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[DagR
 
 async def list_tasks(
     config: Config, dag_id: str, run_ref: str | None
-) -> tuple[str, list[TaskInstance]]:
+) -> tuple[str, list[TaskInstanceRecord]]:
     async with _session(config, read_only=True) as session:
         run_id = await resolve_run(session, dag_id, run_ref)
         return run_id, await store_tis.list_for_run(session, dag_id, run_id)
@@ -242,7 +249,7 @@ async def list_tasks(
 
 async def list_attempts(
     config: Config, dag_id: str, run_ref: str | None
-) -> tuple[str, list[TaskAttempt]]:
+) -> tuple[str, list[AttemptRecord]]:
     """Every try of every task of a run, in the order they were queued."""
     async with _session(config, read_only=True) as session:
         run_id = await resolve_run(session, dag_id, run_ref)
@@ -251,7 +258,7 @@ async def list_attempts(
 
 async def _task_instance(
     session: AsyncSession, dag_id: str, run_id: str, task_id: str, map_index: int = -1
-) -> TaskInstance:
+) -> TaskInstanceRecord:
     tis = await store_tis.list_for_run(session, dag_id, run_id)
     for ti in tis:
         if ti.task_id == task_id and ti.map_index == map_index:
@@ -268,7 +275,7 @@ async def _task_instance(
 
 async def task_attempts(
     config: Config, dag_id: str, run_ref: str | None, task_id: str, map_index: int = -1
-) -> tuple[TaskInstance, list[TaskAttempt]]:
+) -> tuple[TaskInstanceRecord, list[AttemptRecord]]:
     """The task instance (resolved run) and its tries; NotFound if it has none yet."""
     async with _session(config, read_only=True) as session:
         run_id = await resolve_run(session, dag_id, run_ref)
@@ -291,7 +298,7 @@ async def task_attempts(
         return ti, found
 
 
-async def _is_mapped(session: AsyncSession, ti: TaskInstance) -> bool:
+async def _is_mapped(session: AsyncSession, ti: TaskInstanceRecord) -> bool:
     tis = await store_tis.list_for_run(session, ti.dag_id, ti.run_id)
     return any(t.task_id == ti.task_id and t.map_index >= 0 for t in tis)
 
@@ -367,6 +374,6 @@ async def set_pool(config: Config, name: str, slots: int, description: str | Non
         await store_pools.set_pool(session, name, slots, description)
 
 
-async def list_pools(config: Config) -> list[Pool]:
+async def list_pools(config: Config) -> list[PoolRecord]:
     async with _session(config, read_only=True) as session:
         return await store_pools.list_pools(session)

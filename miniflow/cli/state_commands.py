@@ -45,9 +45,7 @@ def runs_list(ctx: click.Context, dag_id: str | None, limit: int, output: str) -
     run()
 
 
-@runs.command(
-    "mark-failed", epilog="RUN is a run id, `latest`, or a unique prefix of a run id."
-)
+@runs.command("mark-failed", epilog="RUN is a run id, `latest`, or a unique prefix of a run id.")
 @click.argument("dag_id")
 @click.argument("run_id")
 @click.pass_context

@@ -25,7 +25,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskInstance
+from miniflow.store.records import TaskInstanceRecord
 
 log = logging.getLogger("miniflow.cli.stopping")
 
@@ -106,7 +106,7 @@ async def _fail_runs(
 
 async def _kill_attempts(
     scheduler: Scheduler,
-    keys: dict[AttemptKey, TaskInstance],
+    keys: dict[AttemptKey, TaskInstanceRecord],
     message: str,
     run: tuple[str, str] | None,
 ) -> dict[AttemptKey, AttemptExited]:

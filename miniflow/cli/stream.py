@@ -26,7 +26,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt, TaskInstance
+from miniflow.store.records import AttemptRecord, TaskInstanceRecord
 
 POLL = 0.2
 """Seconds between reads of the run's task states."""
@@ -95,7 +95,7 @@ class RunStream:
             ):
                 await self._print_ended(ti.task_id, ti.try_number, ti.map_index)
 
-    def _state_line(self, ti: TaskInstance) -> str:
+    def _state_line(self, ti: TaskInstanceRecord) -> str:
         ref = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
         line = f"{self._clock():%H:%M:%S} {ref}: {ti.state}"
         if ti.try_number and ti.state != states.SCHEDULED:  # scheduled: the next try waits
@@ -106,7 +106,7 @@ class RunStream:
             line += f", next poke at {ti.next_retry_at:%H:%M:%S}"
         return line
 
-    def _follow(self, ti: TaskInstance) -> None:
+    def _follow(self, ti: TaskInstanceRecord) -> None:
         key = (ti.task_id, ti.try_number, ti.map_index)
         if key in self._printed:
             return
@@ -139,7 +139,7 @@ class RunStream:
         for line in await self._ended_log(attempt):
             self._out(f"{attempt.task_ref} | {line}")
 
-    async def _attempt(self, key: AttemptKey) -> TaskAttempt | None:
+    async def _attempt(self, key: AttemptKey) -> AttemptRecord | None:
         async with store_engine.transaction(self._sessions) as session:
             tries = await store_attempts.for_task(
                 session, key.dag_id, key.run_id, key.task_id, key.map_index

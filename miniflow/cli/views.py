@@ -27,7 +27,7 @@ from miniflow.store import runs as store_runs
 from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.instances import Instance
-from miniflow.store.models import DagRun, ImportErrorRow, TaskAttempt, TaskInstance
+from miniflow.store.records import AttemptRecord, ImportErrorRecord, RunRecord, TaskInstanceRecord
 
 STATE_STYLE = {
     "success": "green",
@@ -122,7 +122,9 @@ def print_dags(rows: Sequence[DagRowView], console: Console | None = None) -> No
     _print_table(table, console)
 
 
-def print_import_errors(errors: Sequence[ImportErrorRow], console: Console | None = None) -> None:
+def print_import_errors(
+    errors: Sequence[ImportErrorRecord], console: Console | None = None
+) -> None:
     out = _console(console)
     if not errors:
         out.print("no import errors")
@@ -299,7 +301,7 @@ def _expansion_text(expansion: Mapping[str, Any]) -> str:
     return "mapped over " + ", ".join(f"{k}={source(v)}" for k, v in args.items())
 
 
-def print_runs(runs: Sequence[DagRun], console: Console | None = None) -> None:
+def print_runs(runs: Sequence[RunRecord], console: Console | None = None) -> None:
     table = Table(_id("dag_id"), _id("run_id"), "logical date", "type", "state", "started", "ended")
     for r in runs:
         table.add_row(
@@ -352,13 +354,13 @@ def print_schedulers(
     _print_table(table, console)
 
 
-def _duration(ti: TaskInstance) -> str:
+def _duration(ti: TaskInstanceRecord) -> str:
     if ti.started_at and ti.ended_at:
         return f"{(ti.ended_at - ti.started_at).total_seconds():.2f}s"
     return "-"
 
 
-def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = None) -> None:
+def print_task_instances(tis: Sequence[TaskInstanceRecord], console: Console | None = None) -> None:
     table = Table(_id("task_id"), "state", "try", "duration", "exit code", "reason / error")
     for ti in tis:
         reason = (ti.error or "").strip().splitlines()[-1] if ti.error else ""
@@ -375,7 +377,7 @@ def print_task_instances(tis: Sequence[TaskInstance], console: Console | None = 
     _print_table(table, console)
 
 
-def print_attempts(attempts: Sequence[TaskAttempt], console: Console | None = None) -> None:
+def print_attempts(attempts: Sequence[AttemptRecord], console: Console | None = None) -> None:
     """`tasks list --all-tries`: every try of every task, with how and why it ended."""
     table = Table(
         _id("task_id"), "try", "state", "started", "duration", "exit code", "reason / message"

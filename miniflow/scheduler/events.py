@@ -157,9 +157,7 @@ async def _resolve_unknown(
 
 
 def _worker_reports(deps: RoundDeps, kind: str) -> bool:
-    worker_kinds: frozenset[str] = getattr(
-        deps.launcher, "worker_kinds", frozenset({"python"})
-    )
+    worker_kinds: frozenset[str] = getattr(deps.launcher, "worker_kinds", frozenset({"python"}))
     return kind in worker_kinds
 
 

@@ -45,8 +45,7 @@ class Stale:
     def describe(self) -> str:
         where = f", in {self.doing}" if self.doing else ""
         return (
-            f"{self.name}: no progress for {self.silent:.0f}s "
-            f"(due every {self.period:g}s{where})"
+            f"{self.name}: no progress for {self.silent:.0f}s (due every {self.period:g}s{where})"
         )
 
 

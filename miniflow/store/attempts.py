@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.store import task_instances as store_tis
 from miniflow.store.engine import dialect_insert
 from miniflow.store.models import TaskAttempt
+from miniflow.store.records import AttemptRecord, build, columns
 
 TA = TaskAttempt
 _table: Table = TaskAttempt.__table__  # type: ignore[assignment]
@@ -203,10 +204,12 @@ async def note(
     )
 
 
-async def open_keys(session: AsyncSession) -> list[TaskAttempt]:
+async def open_keys(session: AsyncSession) -> list[AttemptRecord]:
     """Attempts not yet closed (their exit has not been recorded)."""
-    query = select(TA).where(TA.ended_at.is_(None))
-    return list((await session.execute(query)).scalars())
+    return build(AttemptRecord, await session.execute(_OPEN_KEYS))
+
+
+_OPEN_KEYS = select(*columns(AttemptRecord)).where(_table.c.ended_at.is_(None))
 
 
 async def owners(session: AsyncSession) -> dict[tuple[int, int], str | None]:
@@ -279,23 +282,27 @@ async def open_by_scheduler(session: AsyncSession) -> dict[str | None, int]:
 
 async def for_task(
     session: AsyncSession, dag_id: str, run_id: str, task_id: str, map_index: int = -1
-) -> list[TaskAttempt]:
+) -> list[AttemptRecord]:
     query = (
-        select(TA)
+        select(*columns(AttemptRecord))
         .where(
-            TA.dag_id == dag_id,
-            TA.run_id == run_id,
-            TA.task_id == task_id,
-            TA.map_index == map_index,
+            _table.c.dag_id == dag_id,
+            _table.c.run_id == run_id,
+            _table.c.task_id == task_id,
+            _table.c.map_index == map_index,
         )
-        .order_by(TA.try_number)
+        .order_by(_table.c.try_number)
     )
-    return list((await session.execute(query)).scalars())
+    return build(AttemptRecord, await session.execute(query))
 
 
-async def for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[TaskAttempt]:
-    query = select(TA).where(TA.dag_id == dag_id, TA.run_id == run_id).order_by(TA.id)
-    return list((await session.execute(query)).scalars())
+async def for_run(session: AsyncSession, dag_id: str, run_id: str) -> list[AttemptRecord]:
+    query = (
+        select(*columns(AttemptRecord))
+        .where(_table.c.dag_id == dag_id, _table.c.run_id == run_id)
+        .order_by(_table.c.id)
+    )
+    return build(AttemptRecord, await session.execute(query))
 
 
 async def open_owners(session: AsyncSession, dag_id: str, run_id: str) -> set[str | None]:

@@ -24,6 +24,7 @@ from miniflow.store import dags as store_dags
 from miniflow.store import instances as store_instances
 from miniflow.store import sanity_lock, states
 from miniflow.store.models import Dag, DagRun, DagVersion, Pool, TaskAttempt, TaskInstance
+from miniflow.store.records import AttemptRecord, DagRecord, RunRecord, TaskInstanceRecord
 
 RECENT_RUNS = 10
 """Runs shown as dots per DAG in the DAG list."""
@@ -248,7 +249,7 @@ async def _recent_runs(
     return {k: sorted(v, key=lambda r: r.logical_date) for k, v in found.items()}
 
 
-def _summary(row: Dag, recent: list[RunBrief]) -> DagSummary:
+def _summary(row: Dag | DagRecord, recent: list[RunBrief]) -> DagSummary:
     dag = readable(row.serialized)
     return DagSummary(
         dag_id=row.dag_id,
@@ -317,7 +318,7 @@ async def import_errors(session: AsyncSession) -> list[ImportErrorView]:
 # --- runs ----------------------------------------------------------------------------------
 
 
-def run_view(row: DagRun) -> RunView:
+def run_view(row: DagRun | RunRecord) -> RunView:
     return RunView(
         dag_id=row.dag_id,
         run_id=row.run_id,
@@ -393,7 +394,7 @@ async def run_dag(session: AsyncSession, dag_id: str, run_id: str) -> Serialized
 # --- task instances and attempts ------------------------------------------------------------
 
 
-def task_instance_view(row: TaskInstance) -> TaskInstanceView:
+def task_instance_view(row: TaskInstance | TaskInstanceRecord) -> TaskInstanceView:
     return TaskInstanceView(
         dag_id=row.dag_id,
         run_id=row.run_id,
@@ -457,7 +458,7 @@ async def list_attempts(
     return [attempt_view(a, bool(saved)) for a, saved in (await session.execute(query)).all()]
 
 
-def attempt_view(a: TaskAttempt, has_saved_log: bool) -> AttemptView:
+def attempt_view(a: TaskAttempt | AttemptRecord, has_saved_log: bool) -> AttemptView:
     return AttemptView(
         task_id=a.task_id,
         try_number=a.try_number,

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from miniflow.store.engine import create_engine, sessionmaker, transaction
 from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Connection, Variable
+from miniflow.store.records import ConnectionRecord, VariableRecord, build, columns, table
 
 T = TypeVar("T")
 
@@ -33,12 +34,15 @@ CONNECTION_FIELDS = (
 )  # fmt: skip
 
 
-async def list_variables(session: AsyncSession) -> list[Variable]:
-    return list((await session.scalars(sa.select(Variable).order_by(Variable.key))).all())
+async def list_variables(session: AsyncSession) -> list[VariableRecord]:
+    query = sa.select(*columns(VariableRecord)).order_by(table(VariableRecord).c.key)
+    return build(VariableRecord, await session.execute(query))
 
 
-async def get_variable(session: AsyncSession, key: str) -> Variable | None:
-    return await session.get(Variable, key)
+async def get_variable(session: AsyncSession, key: str) -> VariableRecord | None:
+    query = sa.select(*columns(VariableRecord)).where(table(VariableRecord).c.key == key)
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else VariableRecord(*row)
 
 
 async def set_variable(
@@ -59,13 +63,16 @@ async def delete_variable(session: AsyncSession, key: str) -> bool:
     return bool(store_rowcount(result))
 
 
-async def list_connections(session: AsyncSession) -> list[Connection]:
-    query = sa.select(Connection).order_by(Connection.conn_id)
-    return list((await session.scalars(query)).all())
+async def list_connections(session: AsyncSession) -> list[ConnectionRecord]:
+    query = sa.select(*columns(ConnectionRecord)).order_by(table(ConnectionRecord).c.conn_id)
+    return build(ConnectionRecord, await session.execute(query))
 
 
-async def get_connection(session: AsyncSession, conn_id: str) -> Connection | None:
-    return await session.get(Connection, conn_id)
+async def get_connection(session: AsyncSession, conn_id: str) -> ConnectionRecord | None:
+    c = table(ConnectionRecord).c
+    query = sa.select(*columns(ConnectionRecord)).where(c.conn_id == conn_id)
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else ConnectionRecord(*row)
 
 
 async def set_connection(session: AsyncSession, conn_id: str, fields: dict[str, Any]) -> None:
@@ -86,7 +93,7 @@ async def delete_connection(session: AsyncSession, conn_id: str) -> bool:
     return bool(store_rowcount(result))
 
 
-def connection_record(row: Connection) -> dict[str, Any]:
+def connection_record(row: ConnectionRecord) -> dict[str, Any]:
     return {name: getattr(row, name) for name in CONNECTION_FIELDS}
 
 

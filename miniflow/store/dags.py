@@ -27,7 +27,9 @@ from miniflow.authoring.serialized import SerializedDag, readable
 from miniflow.errors import NotFound
 from miniflow.store import wakeup
 from miniflow.store.engine import conflict_insert
+from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Base, Dag, DagFile, DagVersion, ImportErrorRow
+from miniflow.store.records import DagRecord, ImportErrorRecord, build, columns, table
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,41 +225,54 @@ async def _set_error(session: AsyncSession, fileloc: str, error: str | None, now
     )
 
 
-async def list_dags(session: AsyncSession, *, include_inactive: bool = False) -> list[Dag]:
-    query = select(Dag).order_by(Dag.dag_id)
+async def list_dags(session: AsyncSession, *, include_inactive: bool = False) -> list[DagRecord]:
+    c = table(DagRecord).c
+    query = select(*columns(DagRecord)).order_by(c.dag_id)
     if not include_inactive:
-        query = query.where(Dag.is_active)
-    return list((await session.execute(query)).scalars())
+        query = query.where(c.is_active)
+    return build(DagRecord, await session.execute(query))
 
 
-async def get_dag(session: AsyncSession, dag_id: str) -> Dag:
-    row = await session.get(Dag, dag_id)
-    if row is None or not row.is_active:
-        raise NotFound(f"no DAG {dag_id!r} (see `miniflow dags list` and `miniflow dags errors`)")
-    return row
+def _not_found(dag_id: str) -> NotFound:
+    return NotFound(f"no DAG {dag_id!r} (see `miniflow dags list` and `miniflow dags errors`)")
 
 
-async def import_errors(session: AsyncSession) -> list[ImportErrorRow]:
-    return list(
-        (await session.execute(select(ImportErrorRow).order_by(ImportErrorRow.fileloc))).scalars()
-    )
+async def get_dag(session: AsyncSession, dag_id: str) -> DagRecord:
+    c = table(DagRecord).c
+    query = select(*columns(DagRecord)).where(c.dag_id == dag_id, c.is_active)
+    row = (await session.execute(query)).one_or_none()
+    if row is None:
+        raise _not_found(dag_id)
+    return DagRecord(*row)
+
+
+async def import_errors(session: AsyncSession) -> list[ImportErrorRecord]:
+    query = select(*columns(ImportErrorRecord)).order_by(table(ImportErrorRecord).c.fileloc)
+    return build(ImportErrorRecord, await session.execute(query))
 
 
 async def set_paused(session: AsyncSession, dag_id: str, paused: bool) -> None:
-    row = await get_dag(session, dag_id)
-    row.is_paused = paused
+    result = await session.execute(
+        update(Dag)
+        .execution_options(synchronize_session=False)
+        .where(Dag.dag_id == dag_id, Dag.is_active)
+        .values(is_paused=paused)
+    )
+    if not store_rowcount(result):
+        raise _not_found(dag_id)
     if not paused:
         await wakeup.announce(session, "dag")
 
 
-async def schedulable_dags(session: AsyncSession) -> list[Dag]:
+async def schedulable_dags(session: AsyncSession) -> list[DagRecord]:
     """Active, unpaused DAGs that have a schedule, by dag_id (the order rows are written in)."""
+    c = table(DagRecord).c
     query = (
-        select(Dag)
-        .where(Dag.is_active, ~Dag.is_paused, Dag.schedule.is_not(None))
-        .order_by(Dag.dag_id)
+        select(*columns(DagRecord))
+        .where(c.is_active, ~c.is_paused, c.schedule.is_not(None))
+        .order_by(c.dag_id)
     )
-    return list((await session.execute(query)).scalars())
+    return build(DagRecord, await session.execute(query))
 
 
 async def paused(session: AsyncSession, dag_ids: Sequence[str]) -> set[str]:

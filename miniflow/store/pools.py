@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from miniflow.store.models import Pool
+from miniflow.store.records import PoolRecord, build, columns, table
 
 
 async def slots(session: AsyncSession) -> dict[str, int]:
@@ -22,5 +23,6 @@ async def set_pool(session: AsyncSession, name: str, slots: int, description: st
             row.description = description
 
 
-async def list_pools(session: AsyncSession) -> list[Pool]:
-    return list((await session.execute(select(Pool).order_by(Pool.name))).scalars())
+async def list_pools(session: AsyncSession) -> list[PoolRecord]:
+    query = select(*columns(PoolRecord)).order_by(table(PoolRecord).c.name)
+    return build(PoolRecord, await session.execute(query))

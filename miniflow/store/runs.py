@@ -25,6 +25,7 @@ from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
+from miniflow.store.records import RunRecord, build, columns, table
 
 
 class RunExists(PermanentError):
@@ -312,11 +313,12 @@ async def get_run_with_dag(session: AsyncSession, dag_id: str, run_id: str) -> R
 
 async def list_runs(
     session: AsyncSession, dag_id: str | None = None, limit: int = 50
-) -> list[DagRun]:
-    query = select(DagRun).order_by(DagRun.logical_date.desc(), DagRun.id.desc()).limit(limit)
+) -> list[RunRecord]:
+    c = table(RunRecord).c
+    query = select(*columns(RunRecord)).order_by(c.logical_date.desc(), c.id.desc()).limit(limit)
     if dag_id is not None:
-        query = query.where(DagRun.dag_id == dag_id)
-    return list((await session.execute(query)).scalars())
+        query = query.where(c.dag_id == dag_id)
+    return build(RunRecord, await session.execute(query))
 
 
 MARKED_FAILED = "marked failed"

@@ -64,9 +64,7 @@ def label(task_id: str) -> str:
     return task_id[: LABEL_CHARS - 1 - tail] + "…" + task_id[-tail:]
 
 
-def _order(
-    columns: dict[int, list[str]], upstream: dict[str, list[str]]
-) -> dict[str, float]:
+def _order(columns: dict[int, list[str]], upstream: dict[str, list[str]]) -> dict[str, float]:
     """Each task's row in its column, after barycentre sweeps both ways."""
     downstream: dict[str, list[str]] = defaultdict(list)
     for tid, ups in upstream.items():

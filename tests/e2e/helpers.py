@@ -19,7 +19,7 @@ from miniflow.scheduler.core import Scheduler
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt, TaskInstance
+from miniflow.store.records import AttemptRecord, TaskInstanceRecord
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
@@ -166,10 +166,10 @@ class SchedulerHandle:
         run_id = await self.trigger(dag_id)
         return run_id, await self.scheduler.run_until_done(dag_id, run_id, timeout=timeout)
 
-    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
+    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstanceRecord]:
         async with store_engine.transaction(self.scheduler.sessions) as session:
             return {t.task_id: t for t in await store_tis.list_for_run(session, dag_id, run_id)}
 
-    async def attempts(self, dag_id: str, run_id: str) -> list[TaskAttempt]:
+    async def attempts(self, dag_id: str, run_id: str) -> list[AttemptRecord]:
         async with store_engine.transaction(self.scheduler.sessions) as session:
             return await store_attempts.for_run(session, dag_id, run_id)

@@ -17,7 +17,7 @@ from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
-from miniflow.store.models import TaskAttempt
+from miniflow.store.records import AttemptRecord
 from tests.e2e.helpers import (
     SchedulerHandle,
     cli_env,
@@ -252,10 +252,10 @@ async def test_scheduler_sigkill_and_restart_runs_nothing_twice(
     config = load_config(environ=env)
     run_id = await operations.trigger(config, "restart", conf_json=None)
 
-    async def attempts() -> list[TaskAttempt]:
+    async def attempts() -> list[AttemptRecord]:
         return await query(db_url, store_attempts.for_run, "restart", run_id)
 
-    async def running() -> list[TaskAttempt]:
+    async def running() -> list[AttemptRecord]:
         return [a for a in await attempts() if a.state == "running"]
 
     async def finished() -> bool:

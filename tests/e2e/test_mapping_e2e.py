@@ -17,7 +17,7 @@ from miniflow.config import load_config
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
 from miniflow.store import xcom as store_xcom
-from miniflow.store.models import TaskInstance
+from miniflow.store.records import TaskInstanceRecord
 from tests.e2e.helpers import (
     cli_env,
     kill_group,
@@ -80,7 +80,9 @@ async def test_mapping_and_xcom_with_real_processes(db_url: str, tmp_path: Path)
     write_dag(tmp_path / "dags", "mapped.py", MAPPED)
     async with local_scheduler(db_url, tmp_path) as local:
         run_id, state = await local.run("mapped")
-        rows: list[TaskInstance] = await query(db_url, store_tis.list_for_run, "mapped", run_id)
+        rows: list[TaskInstanceRecord] = await query(
+            db_url, store_tis.list_for_run, "mapped", run_id
+        )
         attempts = await local.attempts("mapped", run_id)
     by_key = {(r.task_id, r.map_index): r for r in rows}
     errors = {k: r.error for k, r in by_key.items() if r.error}
@@ -193,7 +195,7 @@ async def test_scheduler_killed_around_the_expansion_creates_each_instance_once(
     config = load_config(environ=env)
     run_id = await operations.trigger(config, "crash", conf_json=None)
 
-    async def rows() -> list[TaskInstance]:
+    async def rows() -> list[TaskInstanceRecord]:
         return await query(db_url, store_tis.list_for_run, "crash", run_id)
 
     async def upstream_done() -> bool:

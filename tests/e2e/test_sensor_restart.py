@@ -13,7 +13,7 @@ from miniflow.config import load_config
 from miniflow.store import attempts as store_attempts
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt
+from miniflow.store.records import AttemptRecord
 from tests.e2e.helpers import cli_env, kill_group, query, spawn_cli, stop, until, write_dag
 
 RUN_TIMEOUT = 60
@@ -45,7 +45,7 @@ async def test_scheduler_killed_while_a_sensor_waits_loses_nothing_and_pokes_onc
     env = cli_env(db_url, dags, state_dir)
     run_id = await operations.trigger(load_config(environ=env), "restart_sensor", conf_json=None)
 
-    async def attempts() -> list[TaskAttempt]:
+    async def attempts() -> list[AttemptRecord]:
         return await query(db_url, store_attempts.for_run, "restart_sensor", run_id)
 
     async def waiting() -> bool:

@@ -41,7 +41,8 @@ from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt, TaskInstance
+from miniflow.store.models import TaskAttempt
+from miniflow.store.records import AttemptRecord, TaskInstanceRecord
 from tests.e2e.helpers import cli_env, kill_group, run_cli, spawn_cli, until
 from tests.faults.dags.layered import LayeredDag, read_lines
 
@@ -287,15 +288,17 @@ class Harness:
         run = await self.read(store_runs.get_run, self.dag_id, self.run_id)
         return str(run.state)
 
-    async def tis(self) -> dict[str, TaskInstance]:
+    async def tis(self) -> dict[str, TaskInstanceRecord]:
         rows = await self.read(store_tis.list_for_run, self.dag_id, self.run_id)
         return {ti.task_id: ti for ti in rows}
 
-    async def ti(self, task_id: str) -> TaskInstance:
+    async def ti(self, task_id: str) -> TaskInstanceRecord:
         return (await self.tis())[task_id]
 
-    async def attempts(self, task_id: str | None = None) -> list[TaskAttempt]:
-        rows: list[TaskAttempt] = await self.read(store_attempts.for_run, self.dag_id, self.run_id)
+    async def attempts(self, task_id: str | None = None) -> list[AttemptRecord]:
+        rows: list[AttemptRecord] = await self.read(
+            store_attempts.for_run, self.dag_id, self.run_id
+        )
         return [a for a in rows if task_id is None or a.task_id == task_id]
 
     async def successes(self) -> int:

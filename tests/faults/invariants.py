@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from miniflow.store import states
-from miniflow.store.models import TaskAttempt, TaskInstance
+from miniflow.store.records import AttemptRecord, TaskInstanceRecord
 from tests.faults.dags.layered import read_lines
 from tests.faults.harness import RUN_TIMEOUT, Harness, describe
 
@@ -178,7 +178,7 @@ async def _settle(h: Harness, result: FaultResult, run_timeout: float) -> None:
 
 
 def _check_proof(
-    result: FaultResult, tis: Mapping[str, TaskInstance], proof: list[tuple[str, int, int]]
+    result: FaultResult, tis: Mapping[str, TaskInstanceRecord], proof: list[tuple[str, int, int]]
 ) -> None:
     lines: dict[str, list[tuple[int, int]]] = {}
     for task_id, try_number, pid in proof:
@@ -206,14 +206,14 @@ def _check_proof(
 
 
 def _check_attempts(
-    result: FaultResult, tis: Mapping[str, TaskInstance], attempts: list[TaskAttempt]
+    result: FaultResult, tis: Mapping[str, TaskInstanceRecord], attempts: list[AttemptRecord]
 ) -> None:
     counts = Counter((a.task_id, a.try_number) for a in attempts)
     for (task_id, try_number), n in sorted(counts.items()):
         if n > 1:
             result.launched_twice.append(f"{task_id}#{try_number}")
             result.problems.append(f"{task_id} try {try_number}: {n} attempt rows")
-    by_task: dict[str, list[TaskAttempt]] = {}
+    by_task: dict[str, list[AttemptRecord]] = {}
     for a in attempts:
         by_task.setdefault(a.task_id, []).append(a)
         if a.ended_at is None:
@@ -243,13 +243,13 @@ def _check_began(result: FaultResult, began: list[tuple[str, int, int]]) -> None
             result.problems.append(f"{task_id} try {try_number}: began in processes {mine}")
 
 
-def _describe(a: TaskAttempt) -> str:
+def _describe(a: AttemptRecord) -> str:
     why = "; ".join(x for x in (a.reason, (a.message or "").strip()[:200]) if x)
     return f"try {a.try_number} {a.state} exit={a.exit_code} ({why})"
 
 
 def _recovery(
-    h: Harness, attempts: list[TaskAttempt], recovered_by: Collection[str]
+    h: Harness, attempts: list[AttemptRecord], recovered_by: Collection[str]
 ) -> float | None:
     if not h.faults:
         return None
@@ -267,5 +267,5 @@ def _recovery(
     return round((until - fault_at).total_seconds(), 2) if until else None
 
 
-def _after(attempt: TaskAttempt, at: datetime) -> bool:
+def _after(attempt: AttemptRecord, at: datetime) -> bool:
     return attempt.started_at is not None and attempt.started_at > at

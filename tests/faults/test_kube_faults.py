@@ -40,7 +40,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskAttempt, TaskInstance
+from miniflow.store.records import AttemptRecord, TaskInstanceRecord
 from tests.dbs import PostgresDatabases
 from tests.e2e.helpers import MINIFLOW, cli_env, write_dag
 from tests.e2e.kube_helpers import (
@@ -112,13 +112,13 @@ def fan_dag(folder: Path, dag_id: str, script: str, *, extra: str = "", **task: 
 
 @dataclass
 class Outcome:
-    tis: dict[str, TaskInstance]
-    attempts: list[TaskAttempt]
+    tis: dict[str, TaskInstanceRecord]
+    attempts: list[AttemptRecord]
 
     def states(self) -> dict[str, str]:
         return {t: ti.state for t, ti in self.tis.items()}
 
-    def of(self, task_id: str) -> list[TaskAttempt]:
+    def of(self, task_id: str) -> list[AttemptRecord]:
         return sorted(
             (a for a in self.attempts if a.task_id == task_id), key=lambda a: a.try_number
         )
@@ -466,6 +466,7 @@ async def test_500_and_429_bursts_on_create(
 ) -> None:
     dags = tmp_path / "dags"
     fan_dag(dags, "fifty", "sleep 0.5")
+
     def bursts() -> None:
         # Before the first create: refused, throttled, and carried out with the answer lost.
         fake_kube.faults.fail_next(10, code=500, verb="create")

@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from miniflow.store.models import TaskAttempt
+from miniflow.store.records import AttemptRecord
 from tests.faults.dags.layered import Extra, read_lines
 from tests.faults.harness import Harness
 from tests.faults.invariants import check
@@ -104,7 +104,7 @@ async def test_frozen_worker_is_declared_lost_and_never_completes(harness: Harne
 
     errors: list[str] = []  # the task instance's error while it is between tries
 
-    async def first_try_ended() -> TaskAttempt | None:
+    async def first_try_ended() -> AttemptRecord | None:
         ti = await h.ti("frozen")
         if ti.try_number == 1 and ti.state not in ("queued", "running") and ti.error:
             errors.append(ti.error)

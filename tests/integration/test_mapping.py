@@ -20,6 +20,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import mapping as store_mapping
 from miniflow.store import task_instances as store_tis
 from miniflow.store.models import TaskInstance
+from miniflow.store.records import TaskInstanceRecord
 from tests.instant_launcher import InstantLauncher
 from tests.integration.test_scheduler_instant import _trigger
 
@@ -66,7 +67,7 @@ def _scheduler(
     )
 
 
-async def _rows(engine: AsyncEngine, dag_id: str, run_id: str) -> list[TaskInstance]:
+async def _rows(engine: AsyncEngine, dag_id: str, run_id: str) -> list[TaskInstanceRecord]:
     async with store_engine.transaction(store_engine.sessionmaker(engine)) as session:
         return await store_tis.list_for_run(session, dag_id, run_id)
 
@@ -121,7 +122,7 @@ async def test_a_failed_instance_fails_the_mapped_task(engine: AsyncEngine, tmp_
 
 async def _run_with_items(
     engine: AsyncEngine, tmp_path: Path, items: Any, *, cap: int = 2, **settings: Any
-) -> tuple[str, list[TaskInstance], InstantLauncher, int]:
+) -> tuple[str, list[TaskInstanceRecord], InstantLauncher, int]:
     """Run the FROM_UPSTREAM DAG with `items()` returning `items`; also returns the most
     `work` instances the launcher ever held at once."""
     (tmp_path / "up.py").write_text(textwrap.dedent(FROM_UPSTREAM.format(cap=cap)))

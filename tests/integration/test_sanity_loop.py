@@ -23,6 +23,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states, transitions
 from miniflow.store import task_instances as store_tis
+from miniflow.store.records import AttemptRecord, TaskInstanceRecord
 from tests.instant_launcher import InstantLauncher
 from tests.integration.test_scheduler_instant import _trigger
 
@@ -54,12 +55,12 @@ class Rig:
     sessions: object
     run_id: str
 
-    async def tis(self) -> dict[str, store_tis.TaskInstance]:
+    async def tis(self) -> dict[str, TaskInstanceRecord]:
         async with store_engine.transaction(self.scheduler.sessions) as session:
             rows = await store_tis.list_for_run(session, "s", self.run_id)
         return {r.task_id: r for r in rows}
 
-    async def attempts(self, task_id: str) -> list[store_attempts.TaskAttempt]:
+    async def attempts(self, task_id: str) -> list[AttemptRecord]:
         async with store_engine.transaction(self.scheduler.sessions) as session:
             return await store_attempts.for_task(session, "s", self.run_id, task_id)
 

@@ -29,7 +29,7 @@ from miniflow.store import engine as store_engine
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
-from miniflow.store.models import TaskInstance
+from miniflow.store.records import TaskInstanceRecord
 from tests.instant_launcher import InstantLauncher
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -100,7 +100,7 @@ class Harness:
         run_id = await self.trigger(dag_id, conf_json)
         return run_id, await self.scheduler.run_until_done(dag_id, run_id, timeout=30)
 
-    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
+    async def tis(self, dag_id: str, run_id: str) -> dict[str, TaskInstanceRecord]:
         async with store_engine.transaction(self.sessions) as session:
             return {t.task_id: t for t in await store_tis.list_for_run(session, dag_id, run_id)}
 

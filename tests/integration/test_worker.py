@@ -31,6 +31,7 @@ from miniflow.authoring.loader import import_dag_file
 from miniflow.store import dags, runs, task_instances
 from miniflow.store.engine import create_engine, sessionmaker, transaction
 from miniflow.store.models import TaskInstance
+from miniflow.store.records import TaskInstanceRecord
 
 WORKER = str(Path(sys.executable).parent / "miniflow-worker")
 RUNNER_ENTRY = [
@@ -133,7 +134,7 @@ class Env:
         finally:
             await engine.dispose()
 
-    async def ti(self, task_id: str) -> TaskInstance:
+    async def ti(self, task_id: str) -> TaskInstanceRecord:
         key = (self.dag_id, self.run_id, task_id)
         async with self.session() as s:
             return (await task_instances.find_keys(s, [key]))[key]

@@ -12,6 +12,7 @@ import httpx
 from miniflow.store import attempts as store_attempts
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
+from miniflow.store.records import AttemptRecord
 from tests.e2e.helpers import kill_group, query, run_cli, spawn_cli, stop, until, write_dag
 from tests.web.server import Site, webserver
 
@@ -72,7 +73,7 @@ async def _mark_failed_while_running(
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"marked long/{by_cli} failed"
 
-        async def stopped(run_id: str) -> list[store_attempts.TaskAttempt] | None:
+        async def stopped(run_id: str) -> list[AttemptRecord] | None:
             tries = await query(db_url, store_attempts.for_run, "long", run_id)
             return tries if tries and all(t.ended_at for t in tries) else None
 
