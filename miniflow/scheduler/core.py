@@ -61,6 +61,7 @@ from miniflow.scheduler.round_records import InFlight, TickStats
 from miniflow.scheduler.run_views import RunView, RunViews
 from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop
 from miniflow.scheduler.settings import SchedulerSettings as SchedulerSettings
+from miniflow.scheduler.turns import TurnRule
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
@@ -161,6 +162,8 @@ class Scheduler:
         """Live peer schedulers, this one included, as of the last instance heartbeat."""
         self.woken = asyncio.Event()
         """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
+        self.turn_given = asyncio.Event()
+        """Set by a wake-up listener: a peer handed this instance the claim turn."""
         self.run_views = RunViews()
         self._pending: list[LauncherEvent] = []
         self.flights = Flights()
@@ -463,11 +466,11 @@ class Scheduler:
         return await self.sanity_lock.hold([*live, self.scheduler_id])
 
     def claim_share(self) -> int:
-        """How many more tries this scheduler may claim now: its even share of the global
-        parallelism, less what it owns. Without a share the scheduler that records exits
-        re-claims the freed slots in the same round, and one instance ends up running
-        everything while its peers idle; with it a live peer's unused share waits at most
-        one of that peer's rounds (or the instance timeout, if the peer is frozen)."""
+        """How many more tries this scheduler may claim when it hands its claim turn on
+        (`scheduler.turns`): its even share of the global parallelism, less what it owns.
+        Without a share (and without turns) the scheduler that records exits re-claims
+        the freed slots in the same round, and one instance ends up running everything
+        while its peers idle."""
         parallelism = self.settings.parallelism
         if not self.settings.peer or self.live_peers <= 1:
             return parallelism
@@ -603,14 +606,17 @@ class Scheduler:
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         stop = asyncio.ensure_future(self._stopping.wait())
         woken = asyncio.ensure_future(self.woken.wait())
+        turn = asyncio.ensure_future(self.turn_given.wait())
         get = asyncio.ensure_future(queue.get())
         try:
             await asyncio.wait(
-                {stop, woken, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {stop, woken, turn, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             stop.cancel()
             woken.cancel()
+            turn.cancel()
+            self.turn_given.clear()  # only a claim is due: no run check, no sweep
             if self.woken.is_set():
                 self.woken.clear()
                 # Another process made work (a run, a clear, an unpause): look for it in
@@ -973,7 +979,12 @@ class Scheduler:
         return self.run_views.stale(found, now)
 
     async def _claim(self, session: AsyncSession, now: datetime) -> claims.Claimed | None:
-        return await claims.claim(self.deps, session, self.claim_share(), self._only_run_pk, now)
+        if not self.settings.peer or self.live_peers <= 1:
+            share, turns = self.claim_share(), None
+        else:  # every free slot in its turn (`scheduler.turns`), its even share after
+            share = self.settings.parallelism - len(self.inflight)
+            turns = TurnRule(self.scheduler_id, self.settings.claim_turn, self.claim_share())
+        return await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
 
     async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:
         due = await claims.launch(self.deps, claimed, stats)
