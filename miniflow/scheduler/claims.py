@@ -243,10 +243,10 @@ async def _turn_share(
     turn = rule.decide(found, now)
     if turn is Turn.WAIT:
         return 0
-    if turn is Turn.HAND_ON:
-        if rule.fair < room:  # slots left for the next holder, idle perhaps: wake it
-            await wakeup.announce(session, wakeup.turn_topic(rule.following(found)))
-        return rule.fair
+    if turn is Turn.HAND_ON:  # the next holder may be idle: wake it
+        await wakeup.announce(session, wakeup.turn_topic(rule.following(found)))
+        rule.handed_on = True
+        return 0
     if turn is Turn.TAKE:
         await store_instances.take_turn(session, deps.scheduler_id, now)
     return share

@@ -103,6 +103,7 @@ class _Due:
     retry: datetime | None = None
     retry_known: bool = False
     run_ended: bool = False  # a run ended: a queued one may start now
+    turn_back: datetime | None = None  # handed the claim turn on: claim again if not taken
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -465,17 +466,6 @@ class Scheduler:
         live = [i.id for i in instances if i.alive(now, self.settings.instance_timeout)]
         return await self.sanity_lock.hold([*live, self.scheduler_id])
 
-    def claim_share(self) -> int:
-        """How many more tries this scheduler may claim when it hands its claim turn on
-        (`scheduler.turns`): its even share of the global parallelism, less what it owns.
-        Without a share (and without turns) the scheduler that records exits re-claims
-        the freed slots in the same round, and one instance ends up running everything
-        while its peers idle."""
-        parallelism = self.settings.parallelism
-        if not self.settings.peer or self.live_peers <= 1:
-            return parallelism
-        return -(-parallelism // self.live_peers) - len(self.inflight)
-
     def stop(self) -> None:
         self._stopping.set()
 
@@ -576,6 +566,8 @@ class Scheduler:
                 self._due.retry = await store_tis.next_retry_due(session)
             self._due.retry_known = True
         due = self._due.retry
+        if self._due.turn_back is not None:
+            due = self._due.turn_back if due is None else min(due, self._due.turn_back)
         if due is None:
             return self.settings.idle_wait
         return min(self.settings.idle_wait, max(0.0, (due - self.clock.now()).total_seconds()))
@@ -979,12 +971,18 @@ class Scheduler:
         return self.run_views.stale(found, now)
 
     async def _claim(self, session: AsyncSession, now: datetime) -> claims.Claimed | None:
-        if not self.settings.peer or self.live_peers <= 1:
-            share, turns = self.claim_share(), None
-        else:  # every free slot in its turn (`scheduler.turns`), its even share after
-            share = self.settings.parallelism - len(self.inflight)
-            turns = TurnRule(self.scheduler_id, self.settings.claim_turn, self.claim_share())
-        return await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
+        # Among live peers, every free slot in its turn (`scheduler.turns`), none in a
+        # peer's: an even split of the parallelism made every round peers times smaller.
+        turns, share = None, self.settings.parallelism
+        if self.settings.peer and self.live_peers > 1:
+            turns = TurnRule(self.scheduler_id, self.settings.claim_turn)
+            share -= len(self.inflight)  # all of it in flight: no lock, no statement
+        claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
+        handed_on = turns is not None and turns.handed_on
+        self._due.turn_back = (
+            now + timedelta(seconds=self.settings.claim_turn) if handed_on else None
+        )
+        return claimed
 
     async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:
         due = await claims.launch(self.deps, claimed, stats)

@@ -30,19 +30,19 @@ class Turn(Enum):
     TAKE = "take"
     """This instance's turn begins now (record it): claim every free slot."""
     HAND_ON = "hand_on"
-    """Its turn is over: claim its even share only and wake the next holder."""
+    """Its turn is over: claim nothing and wake the next holder."""
     WAIT = "wait"
     """A peer's turn: claim nothing."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TurnRule:
     me: str
     length: float
     """Seconds of a turn (`claim_turn`)."""
-    fair: int
-    """What this instance may claim when it hands its turn on: its even share, less what
-    it owns (`Scheduler.claim_share`)."""
+    handed_on: bool = False
+    """Set by the claim that handed the turn on: look again within half a turn, in case
+    the next holder does not take it (frozen)."""
 
     def decide(self, turns: Mapping[str, datetime], now: datetime) -> Turn:
         """What this instance may claim, from the live peers' last turns (with its own)."""

@@ -216,8 +216,8 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
 ) -> None:
     """In its turn a scheduler claims every free slot (large rounds: a round's fixed cost
     is paid once for the whole parallelism, not once per even share); once the turn is
-    over it claims its even share only and the peer that waited longest takes the rest,
-    so over three turns each of three schedulers held one."""
+    over the peer that waited longest takes the next one, so over three turns each of
+    three schedulers held one."""
     from datetime import UTC, datetime
 
     from miniflow.scheduler.clock import ManualClock

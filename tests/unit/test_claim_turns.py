@@ -14,7 +14,7 @@ def _at(seconds: float) -> datetime:
 
 
 def _rule(me: str) -> TurnRule:
-    return TurnRule(me, length=1.0, fair=4)
+    return TurnRule(me, length=1.0)
 
 
 def test_the_holder_keeps_its_turn_and_the_others_wait() -> None:
