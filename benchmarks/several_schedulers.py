@@ -57,6 +57,7 @@ async def child(url: str, dags: str, parallelism: int, stats_dir: str) -> None:
 
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.store import engine as store_engine
+    from miniflow.store import wakeup
     from tests.instant_launcher import InstantLauncher
 
     logging.basicConfig(level=logging.WARNING, format="scheduler %(process)d: %(message)s")
@@ -78,7 +79,10 @@ async def child(url: str, dags: str, parallelism: int, stats_dir: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, scheduler.stop)
     await scheduler.start()
     try:
-        await scheduler.run_forever()
+        # As `miniflow scheduler` does: a peer handing its claim turn on wakes the others.
+        turn = (scheduler.scheduler_id, scheduler.turn_given)
+        async with wakeup.Listener(engine, woken=scheduler.woken, turn=turn):
+            await scheduler.run_forever()
     finally:
         await scheduler.close()
         await engine.dispose()
@@ -175,6 +179,7 @@ async def sample(
     from miniflow.store import runs as store_runs
     from miniflow.store import schema
     from miniflow.store.models import TaskAttempt
+
     db_name = f"bench_several_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     dag_id = f"fan_{tasks}"
     await pg_admin(f'CREATE DATABASE "{db_name}"')

@@ -119,7 +119,9 @@ async def _scheduler(
             if server is not None:
                 await server.close()
             raise
-        listener = wakeup.Listener(engine, woken=scheduler.woken)
+        listener = wakeup.Listener(
+            engine, woken=scheduler.woken, turn=(scheduler.scheduler_id, scheduler.turn_given)
+        )
         # What start-up built (modules, the engine, the launcher) lives as long as the
         # process: keep full collections from walking it on every run (one held the
         # event loop ~80 ms in the middle of a fan-out, benchmarks/loop_lag.py).

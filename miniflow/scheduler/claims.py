@@ -33,10 +33,12 @@ from miniflow.scheduler.events import TaskEnd, callbacks_due
 from miniflow.scheduler.flights import RoundDeps
 from miniflow.scheduler.round_records import InFlight, RunInfoCache, TickStats
 from miniflow.scheduler.specs import build_spec, render_fields
+from miniflow.scheduler.turns import Turn, TurnRule
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
+from miniflow.store import instances as store_instances
 from miniflow.store import mapping as store_mapping
-from miniflow.store import past_runs, states
+from miniflow.store import past_runs, states, wakeup
 from miniflow.store import pools as store_pools
 from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
@@ -60,18 +62,30 @@ class Claimed:
 
 
 async def claim(
-    deps: RoundDeps, session: AsyncSession, share: int, only_run_pk: int | None, now: datetime
+    deps: RoundDeps,
+    session: AsyncSession,
+    share: int,
+    only_run_pk: int | None,
+    now: datetime,
+    *,
+    turns: TurnRule | None = None,
 ) -> Claimed | None:
     """Claim at most `share` more tries (this instance's part of the parallelism) of the
     run `only_run_pk` (`dags test`) or of every run, in the caller's transaction (the
-    round's: one commit records the exits and the claims they made possible).
+    round's: one commit records the exits and the claims they made possible). Among
+    live peers (`turns`), less or nothing unless it is this instance's turn.
 
     Nothing is launched here: `launch` does that after the commit."""
     if share <= 0:
         return None  # its share is in flight: no statement, no lock
     await store_tis.serialize_claims(session)
     total, by_dag, by_pool = await store_tis.active_counts(session)
-    free = min(deps.settings.parallelism - total, share)
+    room = deps.settings.parallelism - total
+    if room <= 0:
+        return None
+    if turns is not None:
+        share = await _turn_share(deps, session, turns, share, room, now)
+    free = min(room, share)
     if free <= 0:
         return None
     limits = _Limits(dict(by_dag), dict(by_pool))
@@ -219,6 +233,23 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
     if failures:
         stats.changed += len(failures)
     return due
+
+
+async def _turn_share(
+    deps: RoundDeps, session: AsyncSession, rule: TurnRule, share: int, room: int, now: datetime
+) -> int:
+    """What this instance may claim now among live peers (`scheduler.turns`)."""
+    found = await store_instances.claim_turns(session, now, deps.settings.instance_timeout)
+    turn = rule.decide(found, now)
+    if turn is Turn.WAIT:
+        return 0
+    if turn is Turn.HAND_ON:  # the next holder may be idle: wake it
+        await wakeup.announce(session, wakeup.turn_topic(rule.following(found)))
+        rule.handed_on = True
+        return 0
+    if turn is Turn.TAKE:
+        await store_instances.take_turn(session, deps.scheduler_id, now)
+    return share
 
 
 _PAST_OK = frozenset({states.SUCCESS, states.SKIPPED})

@@ -61,6 +61,7 @@ from miniflow.scheduler.round_records import InFlight, TickStats
 from miniflow.scheduler.run_views import RunView, RunViews
 from miniflow.scheduler.sanity import Findings, FindingsRecord, SanityLoop
 from miniflow.scheduler.settings import SchedulerSettings as SchedulerSettings
+from miniflow.scheduler.turns import TurnRule
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import instances as store_instances
@@ -102,6 +103,7 @@ class _Due:
     retry: datetime | None = None
     retry_known: bool = False
     run_ended: bool = False  # a run ended: a queued one may start now
+    turn_back: datetime | None = None  # handed the claim turn on: claim again if not taken
 
 
 def _process_may_live(instance: store_instances.Instance) -> bool:
@@ -161,6 +163,8 @@ class Scheduler:
         """Live peer schedulers, this one included, as of the last instance heartbeat."""
         self.woken = asyncio.Event()
         """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
+        self.turn_given = asyncio.Event()
+        """Set by a wake-up listener: a peer handed this instance the claim turn."""
         self.run_views = RunViews()
         self._pending: list[LauncherEvent] = []
         self.flights = Flights()
@@ -462,17 +466,6 @@ class Scheduler:
         live = [i.id for i in instances if i.alive(now, self.settings.instance_timeout)]
         return await self.sanity_lock.hold([*live, self.scheduler_id])
 
-    def claim_share(self) -> int:
-        """How many more tries this scheduler may claim now: its even share of the global
-        parallelism, less what it owns. Without a share the scheduler that records exits
-        re-claims the freed slots in the same round, and one instance ends up running
-        everything while its peers idle; with it a live peer's unused share waits at most
-        one of that peer's rounds (or the instance timeout, if the peer is frozen)."""
-        parallelism = self.settings.parallelism
-        if not self.settings.peer or self.live_peers <= 1:
-            return parallelism
-        return -(-parallelism // self.live_peers) - len(self.inflight)
-
     def stop(self) -> None:
         self._stopping.set()
 
@@ -573,6 +566,8 @@ class Scheduler:
                 self._due.retry = await store_tis.next_retry_due(session)
             self._due.retry_known = True
         due = self._due.retry
+        if self._due.turn_back is not None:
+            due = self._due.turn_back if due is None else min(due, self._due.turn_back)
         if due is None:
             return self.settings.idle_wait
         return min(self.settings.idle_wait, max(0.0, (due - self.clock.now()).total_seconds()))
@@ -603,14 +598,17 @@ class Scheduler:
         queue: asyncio.Queue[LauncherEvent] = self.launcher.events
         stop = asyncio.ensure_future(self._stopping.wait())
         woken = asyncio.ensure_future(self.woken.wait())
+        turn = asyncio.ensure_future(self.turn_given.wait())
         get = asyncio.ensure_future(queue.get())
         try:
             await asyncio.wait(
-                {stop, woken, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {stop, woken, turn, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             stop.cancel()
             woken.cancel()
+            turn.cancel()
+            self.turn_given.clear()  # only a claim is due: no run check, no sweep
             if self.woken.is_set():
                 self.woken.clear()
                 # Another process made work (a run, a clear, an unpause): look for it in
@@ -973,7 +971,18 @@ class Scheduler:
         return self.run_views.stale(found, now)
 
     async def _claim(self, session: AsyncSession, now: datetime) -> claims.Claimed | None:
-        return await claims.claim(self.deps, session, self.claim_share(), self._only_run_pk, now)
+        # Among live peers, every free slot in its turn (`scheduler.turns`), none in a
+        # peer's: an even split of the parallelism made every round peers times smaller.
+        turns, share = None, self.settings.parallelism
+        if self.settings.peer and self.live_peers > 1:
+            turns = TurnRule(self.scheduler_id, self.settings.claim_turn)
+            share -= len(self.inflight)  # all of it in flight: no lock, no statement
+        claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
+        handed_on = turns is not None and turns.handed_on
+        self._due.turn_back = (
+            now + timedelta(seconds=self.settings.claim_turn) if handed_on else None
+        )
+        return claimed
 
     async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:
         due = await claims.launch(self.deps, claimed, stats)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -21,6 +21,9 @@ from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import SchedulerInstance
 
 SI = SchedulerInstance
+
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+"""The last claim turn of an instance that never had one."""
 
 NON_PEER_PREFIX = "dags-test-"
 """Instance ids of `dags test` commands: registered, but not peers of the schedulers."""
@@ -138,3 +141,21 @@ async def count_live_peers(session: AsyncSession, now: datetime, threshold: floa
         SI.id.not_like(NON_PEER_PREFIX + "%"),
     )
     return int((await session.execute(query)).scalar_one())
+
+
+async def claim_turns(
+    session: AsyncSession, now: datetime, threshold: float
+) -> dict[str, datetime]:
+    """Live peers' last turns at the claim lock, by id (`NEVER` for one never taken: a
+    peer that just started is the next in line)."""
+    query = select(SI.id, SI.claimed_at).where(
+        SI.ended_at.is_(None),
+        SI.heartbeat_at >= now - timedelta(seconds=threshold),
+        SI.id.not_like(NON_PEER_PREFIX + "%"),
+    )
+    return {id: at or NEVER for id, at in (await session.execute(query)).all()}
+
+
+async def take_turn(session: AsyncSession, id: str, now: datetime) -> None:
+    """This instance begins its turn at claiming (under the claim lock)."""
+    await session.execute(update(SI).where(SI.id == id).values(claimed_at=now))

@@ -208,6 +208,8 @@ class SchedulerInstance(Base):
     ended_at: Mapped[datetime | None]  # said goodbye: its tries may be adopted at once
     # its sanity loop's findings: {"counts": {kind: n}, "recent": [{at, kind, what, why}]}
     sanity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # when it last took its turn at the claim lock (claimed, or found nothing to claim)
+    claimed_at: Mapped[datetime | None]
 
 
 class Pool(Base):

@@ -38,6 +38,12 @@ CHANNEL = "miniflow_wakeup"
 SQLITE_POLL = 0.02  # seconds between two looks at the wake file
 RECONNECT_MAX = 10.0  # seconds: the longest back-off before listening again
 WAKE_FILE_MAX = 4096  # bytes: the wake file starts again from empty here
+TURN_PREFIX = "turn:"
+"""Topics for one scheduler (its claim turn, `scheduler.turns`): no one else wakes."""
+
+
+def turn_topic(instance_id: str) -> str:
+    return TURN_PREFIX + instance_id
 
 
 def wake_file(url: URL) -> Path | None:
@@ -91,9 +97,16 @@ def _poke(path: Path) -> None:
 class Listener:
     """Sets `woken` whenever some process announces; `async with` keeps it listening."""
 
-    def __init__(self, engine: AsyncEngine, woken: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        woken: asyncio.Event | None = None,
+        turn: tuple[str, asyncio.Event] | None = None,
+    ) -> None:
         self.engine = engine
         self.woken = woken if woken is not None else asyncio.Event()
+        self.turn = turn
+        """(instance id, event): set when that scheduler is handed the claim turn."""
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         """Set once announcements are being received (the LISTEN is in place)."""
@@ -140,8 +153,11 @@ class Listener:
     async def _postgres_connection(self) -> AsyncIterator[asyncio.Event]:
         lost = asyncio.Event()
 
-        def on_notify(*_args: Any) -> None:
-            self.woken.set()
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            if not payload.startswith(TURN_PREFIX):
+                self.woken.set()
+            elif self.turn is not None and payload == turn_topic(self.turn[0]):
+                self.turn[1].set()
 
         def on_terminate(*_args: Any) -> None:
             lost.set()

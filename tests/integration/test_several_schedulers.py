@@ -211,11 +211,16 @@ async def test_a_frozen_schedulers_claim_lock_is_freed_by_the_server(db_url: str
         await peer_engine.dispose()
 
 
-async def test_live_peers_split_the_parallelism_between_them(
+async def test_live_peers_take_turns_at_claiming_every_free_slot(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    """Each scheduler claims at most its even share of the global parallelism: otherwise
-    the one recording exits re-claims every freed slot at once and its peers stay idle."""
+    """In its turn a scheduler claims every free slot (large rounds: a round's fixed cost
+    is paid once for the whole parallelism, not once per even share); once the turn is
+    over the peer that waited longest takes the next one, so over three turns each of
+    three schedulers held one."""
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
@@ -223,34 +228,48 @@ async def test_live_peers_split_the_parallelism_between_them(
     (tmp_path / "wide.py").write_text(
         "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
         'with DAG("wide", start_date=datetime(2026, 1, 1), max_active_tasks=50):\n'
-        '    [Bash(f"t{i}", "true") for i in range(30)]\n'
+        '    [Bash(f"t{i}", "true") for i in range(60)]\n'
     )
+    clock = ManualClock(datetime.now(UTC))
 
     def scheduler() -> Scheduler:
         return Scheduler(
             engine=engine,
             launcher=InstantLauncher(hold=True),
             dags_folder=tmp_path,
+            clock=clock,
             # Heartbeat every round: each one counts the live peers again.
             settings=SchedulerSettings(
-                schedule_runs=False, parallelism=10, instance_heartbeat=0.0
+                schedule_runs=False, parallelism=10, instance_heartbeat=0.0, claim_turn=1.0
             ),
         )
 
-    a, b, c = scheduler(), scheduler(), scheduler()
+    def held(s: Scheduler) -> int:
+        return len(s.launcher.held)  # type: ignore[attr-defined]
+
+    peers = [scheduler(), scheduler(), scheduler()]
     try:
-        for s in (a, b, c):
+        for s in peers:
             await s.start()
-        await a.tick()  # parses
+        await peers[0].tick()  # parses
         await _trigger(engine, "wide", {})
-        for _ in range(3):
-            for s in (a, b, c):
-                await s.tick()
-        owned = [len(s.launcher.held) for s in (a, b, c)]  # type: ignore[attr-defined]
-        assert sum(owned) == 10, owned
-        assert max(owned) == 4, owned  # ceil(10 / 3): no one took the whole parallelism
+        holders = []
+        for turn in range(3):
+            for _ in range(2):  # whatever the order: the holder ticks after the exits
+                for s in peers:
+                    await s.tick()
+            owned = [held(s) for s in peers]
+            assert sum(owned) == 10, (turn, owned)
+            holder = max(range(3), key=lambda i: owned[i])
+            # more than ceil(10 / 3) in one round: the holder claimed every free slot
+            assert owned[holder] > 4, (turn, owned)
+            holders.append(holder)
+            clock.advance(1.1)  # the turn is over
+            for s in peers:
+                s.launcher.release()  # type: ignore[attr-defined]
+        assert sorted(holders) == [0, 1, 2], holders
     finally:
-        for s in (a, b, c):
+        for s in peers:
             await s.close()
 
 

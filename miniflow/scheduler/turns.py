@@ -1,0 +1,67 @@
+"""Claim turns: several schedulers take turns at claiming every free slot.
+
+An even split of the parallelism between live peers (each claims at most
+⌈parallelism / peers⌉) keeps work spread, but makes each scheduler's rounds that
+many times smaller, and a round's fixed cost (a transaction, a dozen statements,
+the claim lock) is then paid that many times per task. With turns, one scheduler at
+a time (the one whose turn began last) claims every free slot for `claim_turn`
+seconds; the others claim nothing meanwhile. Then the peer whose last turn is the
+oldest takes the next one: the holder, finding its turn over, claims only its even
+share and wakes that peer (`wakeup.turn_topic`). A peer that does not take its turn
+within half a turn (frozen, or slow to wake) lets any other take it, so a frozen
+peer costs at most that, until the instance timeout declares it dead.
+
+The record is `scheduler_instance.claimed_at`, read and written under the claim lock
+(an instance that never had a turn is the next in line). Timestamps written by one
+host are compared with another's clock: clocks must agree well within half a turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+
+class Turn(Enum):
+    HOLD = "hold"
+    """This instance's turn: claim every free slot."""
+    TAKE = "take"
+    """This instance's turn begins now (record it): claim every free slot."""
+    HAND_ON = "hand_on"
+    """Its turn is over: claim nothing and wake the next holder."""
+    WAIT = "wait"
+    """A peer's turn: claim nothing."""
+
+
+@dataclass(slots=True)
+class TurnRule:
+    me: str
+    length: float
+    """Seconds of a turn (`claim_turn`)."""
+    handed_on: bool = False
+    """Set by the claim that handed the turn on: look again within half a turn, in case
+    the next holder does not take it (frozen)."""
+
+    def decide(self, turns: Mapping[str, datetime], now: datetime) -> Turn:
+        """What this instance may claim, from the live peers' last turns (with its own)."""
+        if not turns or set(turns) == {self.me}:
+            return Turn.TAKE
+        if self.me not in turns:
+            return Turn.WAIT  # its heartbeat is late: a peer may be adopting its tries
+        holder = max(turns, key=lambda i: (turns[i], i))
+        age = now - turns[holder]
+        turn = timedelta(seconds=self.length)
+        if age < turn:
+            return Turn.HOLD if holder == self.me else Turn.WAIT
+        following = self.following(turns)
+        if following == self.me or age >= turn * 1.5:
+            return Turn.TAKE
+        return Turn.HAND_ON if holder == self.me else Turn.WAIT
+
+    def following(self, turns: Mapping[str, datetime]) -> str:
+        """The next holder: the peer whose last turn is the oldest (the holder aside)."""
+        holder = max(turns, key=lambda i: (turns[i], i))
+        waiting = {i: at for i, at in turns.items() if i != holder}
+        return min(waiting, key=lambda i: (waiting[i], i))

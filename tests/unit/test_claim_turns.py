@@ -1,0 +1,49 @@
+"""Claim turns between live peers (`scheduler.turns`): who claims every free slot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from miniflow.scheduler.turns import Turn, TurnRule
+
+T0 = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _rule(me: str) -> TurnRule:
+    return TurnRule(me, length=1.0)
+
+
+def test_the_holder_keeps_its_turn_and_the_others_wait() -> None:
+    turns = {"a": _at(0), "b": _at(5), "c": _at(3)}
+    assert _rule("b").decide(turns, _at(5.5)) is Turn.HOLD
+    assert _rule("a").decide(turns, _at(5.5)) is Turn.WAIT
+    assert _rule("c").decide(turns, _at(5.5)) is Turn.WAIT
+
+
+def test_an_ended_turn_goes_to_the_peer_that_waited_longest() -> None:
+    turns = {"a": _at(0), "b": _at(5), "c": _at(3)}
+    assert _rule("b").decide(turns, _at(6.2)) is Turn.HAND_ON
+    assert _rule("a").decide(turns, _at(6.2)) is Turn.TAKE
+    assert _rule("c").decide(turns, _at(6.2)) is Turn.WAIT
+    assert _rule("b").following(turns) == "a"
+
+
+def test_a_turn_not_taken_within_half_a_turn_goes_to_whoever_claims() -> None:
+    """The next in line may be frozen (not yet declared dead): no claim waits on it."""
+    turns = {"a": _at(0), "b": _at(5), "c": _at(3)}
+    assert _rule("c").decide(turns, _at(6.6)) is Turn.TAKE
+    assert _rule("b").decide(turns, _at(6.6)) is Turn.TAKE
+
+
+def test_alone_it_always_claims() -> None:
+    assert _rule("a").decide({"a": _at(0)}, _at(9)) is Turn.TAKE
+    assert _rule("a").decide({}, _at(9)) is Turn.TAKE
+
+
+def test_a_scheduler_whose_heartbeat_is_late_claims_nothing() -> None:
+    """Its peers may be adopting its tries: claiming more would only add to them."""
+    assert _rule("a").decide({"b": _at(0), "c": _at(1)}, _at(1.5)) is Turn.WAIT
