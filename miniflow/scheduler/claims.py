@@ -13,6 +13,7 @@ tries that the next one adopts (reported Lost, relaunched without using a retry)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +60,8 @@ class Claimed:
     """{task instance id: try number}"""
     cached: dict[int, CachedDag]
     xcoms: dict[int, XComData]
+    made_at: float = field(default_factory=time.monotonic)
+    """When they were claimed (monotonic): see `_still_ours`."""
 
 
 async def claim(
@@ -192,6 +195,8 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
             specs.append(spec)
     if pushes:
         specs += await _store_template_pushes(deps, pushes, deps.clock.now(), failures)
+    if specs and time.monotonic() - claims.made_at > deps.settings.instance_timeout / 4:
+        specs = await _still_ours(deps, specs)
     results = await deps.launcher.launch(specs) if specs else []
     handles: list[tuple[int, int, str]] = []
     for result in results:
@@ -250,6 +255,31 @@ async def _turn_share(
     if turn is Turn.TAKE:
         await store_instances.take_turn(session, deps.scheduler_id, now)
     return share
+
+
+async def _still_ours(deps: RoundDeps, specs: list[TaskSpec]) -> list[TaskSpec]:
+    """The specs whose attempts this instance still owns, open. A scheduler paused (or
+    starved of CPU) between its claim's commit and the launch may have been taken for
+    dead meanwhile: a peer then adopted these tries and may have relaunched them under
+    the same try number; launching them here too would run a Bash or Pod task twice (a
+    worker's own claim guards only Python tasks). Asked only after such a gap, so a
+    round pays no statement for it."""
+    flights = deps.flights.tries
+    keys = [(flights[s.key].ti_id, s.key.try_number) for s in specs if s.key in flights]
+    async with store_engine.transaction(deps.sessions) as session:
+        mine = await store_attempts.open_and_owned(session, keys, deps.scheduler_id)
+    kept: list[TaskSpec] = []
+    for spec in specs:
+        flight = flights.get(spec.key)
+        if flight is not None and (flight.ti_id, spec.key.try_number) in mine:
+            kept.append(spec)
+            continue
+        flights.pop(spec.key, None)
+        log.warning(
+            "%s: claimed before a pause, adopted by another scheduler meanwhile: not launched",
+            spec.key,
+        )
+    return kept
 
 
 _PAST_OK = frozenset({states.SUCCESS, states.SKIPPED})

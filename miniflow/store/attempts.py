@@ -234,6 +234,24 @@ async def owned_elsewhere(
     return out
 
 
+async def open_and_owned(
+    session: AsyncSession, keys: Sequence[tuple[int, int]], me: str
+) -> set[tuple[int, int]]:
+    """The (ti_id, try) among `keys` whose attempt is open and owned by `me`."""
+    out: set[tuple[int, int]] = set()
+    for chunk in store_tis.chunked(list(keys)):
+        rows = (await session.execute(_OWNED_BY, {"keys": list(chunk), "me": me})).all()
+        out.update((t, n) for t, n in rows)
+    return out
+
+
+_OWNED_BY = select(_table.c.ti_id, _table.c.try_number).where(
+    tuple_(_table.c.ti_id, _table.c.try_number).in_(bindparam("keys", expanding=True)),
+    _table.c.ended_at.is_(None),
+    _table.c.scheduler_id == bindparam("me"),
+)
+
+
 _OWNERS = (
     select(_table.c.ti_id, _table.c.try_number, _table.c.scheduler_id)
     .where(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -324,3 +325,54 @@ async def test_a_scheduler_busy_longer_than_the_instance_timeout_is_not_taken_fo
         launcher.go.set()
         await starting
         await busy.close()
+
+
+async def test_tries_adopted_while_their_claimer_paused_before_the_launch_are_not_launched(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A scheduler frozen between its claim's commit and the launch may be taken for dead;
+    the peer that adopts those tries relaunches them. When it thaws, the launch it was
+    about to make must not run them a second time (a Bash task has no claim of its own)."""
+    from sqlalchemy import update
+
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.store.models import TaskAttempt
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "two.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("two", start_date=datetime(2026, 1, 1)):\n'
+        '    [Bash(f"t{i}", "true") for i in range(2)]\n'
+    )
+    a = Scheduler(
+        engine=engine,
+        launcher=InstantLauncher(hold=True),
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
+    )
+    launch = a._launch
+    paused: list[int] = []
+
+    async def pause_then_launch(claimed: Any, stats: Any) -> None:
+        if claimed is not None:
+            claimed.made_at -= 30.0  # frozen for the instance timeout...
+            async with store_engine.transaction(a.sessions) as session:
+                await session.execute(  # ...while a peer adopted these tries
+                    update(TaskAttempt).values(scheduler_id="a-peer-that-adopted")
+                )
+            paused.append(len(claimed.chosen))
+        await launch(claimed, stats)
+
+    a._launch = pause_then_launch  # type: ignore[method-assign]
+    await a.start()
+    try:
+        await a.tick()  # parse
+        await _trigger(engine, "two", {})
+        for _ in range(3):
+            await a.tick()
+        assert paused and paused[0] == 2
+        assert a.launcher.launched == []  # type: ignore[attr-defined]
+        assert not a.inflight
+    finally:
+        await a.close()
