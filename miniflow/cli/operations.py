@@ -37,7 +37,7 @@ from miniflow.store.records import (
     AttemptRecord,
     ImportErrorRecord,
     PoolRecord,
-    RunRecord,
+    RunInfo,
     TaskInstanceRecord,
 )
 
@@ -231,7 +231,7 @@ async def trigger(
         )
 
 
-async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[RunRecord]:
+async def list_runs(config: Config, dag_id: str | None, limit: int) -> list[RunInfo]:
     async with _session(config, read_only=True) as session:
         found = await store_runs.list_runs(session, dag_id, limit)
         if not found and dag_id is not None:

@@ -45,7 +45,7 @@ async def stop_everything(
         run_pks: list[int] | None = None
         if run is not None:
             try:
-                run_pks = [(await store_runs.get_run(session, *run)).pk]
+                run_pks = [(await store_runs.get_run(session, *run)).id]
             except NotFound:
                 run_pks = []  # stopped before the run was created
         rows = [
@@ -94,11 +94,11 @@ async def _fail_runs(
     """Fail the running runs (of `run_pks`, else all); with `queued_too`, queued ones too."""
     runs = await store_runs.running_runs(session, run_pks)
     if queued_too:
-        runs += [r for r in await store_runs.queued_runs(session) if r.pk in (run_pks or [])]
+        runs += [r for r in await store_runs.queued_runs(session) if r.id in (run_pks or [])]
     failed = []
     for info in runs:
         if await store_runs.set_state(
-            session, info.pk, expected=info.state, state=states.RUN_FAILED, now=now
+            session, info.id, expected=info.state, state=states.RUN_FAILED, now=now
         ):
             failed.append(f"{info.dag_id}/{info.run_id}")
     return failed

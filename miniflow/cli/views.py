@@ -27,7 +27,7 @@ from miniflow.store import runs as store_runs
 from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.instances import Instance
-from miniflow.store.records import AttemptRecord, ImportErrorRecord, RunRecord, TaskInstanceRecord
+from miniflow.store.records import AttemptRecord, ImportErrorRecord, RunInfo, TaskInstanceRecord
 
 STATE_STYLE = {
     "success": "green",
@@ -301,7 +301,7 @@ def _expansion_text(expansion: Mapping[str, Any]) -> str:
     return "mapped over " + ", ".join(f"{k}={source(v)}" for k, v in args.items())
 
 
-def print_runs(runs: Sequence[RunRecord], console: Console | None = None) -> None:
+def print_runs(runs: Sequence[RunInfo], console: Console | None = None) -> None:
     table = Table(_id("dag_id"), _id("run_id"), "logical date", "type", "state", "started", "ended")
     for r in runs:
         table.add_row(

@@ -24,7 +24,7 @@ from miniflow.authoring.templates import RenderedFields
 from miniflow.authoring.xcom import XComData
 from miniflow.scheduler.child_process import run_module
 from miniflow.scheduler.specs import context_inputs
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
 from miniflow.store.config_values import DatabaseBackend
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 from miniflow.store.sanity_lock import SanityLock
 
 log = logging.getLogger("miniflow.scheduler")
@@ -727,7 +727,7 @@ class Scheduler:
         if only is None or self._only_run_pk is not None:
             return
         async with store_engine.transaction(self.sessions) as session:
-            self._only_run_pk = (await store_runs.get_run(session, *only)).pk
+            self._only_run_pk = (await store_runs.get_run(session, *only)).id
 
     def _take_started(self, keys: Collection[AttemptKey]) -> list[AttemptStarted]:
         """The launcher's start events of `keys` (tries just launched) already queued; the
@@ -879,7 +879,7 @@ class Scheduler:
         if whole:
             full = await store_runs.running_runs(session, sorted(whole))
             cached = await self.dags.for_runs(session, full)  # each run's own DAG version
-            full = [run for run in full if run.pk in cached]
+            full = [run for run in full if run.id in cached]
         finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
         applied = await store_tis.set_states(session, changes, now)
         stats.changed = applied
@@ -895,14 +895,14 @@ class Scheduler:
         else:
             # The database disagreed with a view (a row was not `none` any more): read
             # these runs in full next round rather than trust the views.
-            self._due.dirty |= set(decided) | {run.pk for run in full}
+            self._due.dirty |= set(decided) | {run.id for run in full}
         # After the task changes, and only if the run's tasks are still as seen: a clear
         # that committed meanwhile keeps the run going (its task is scheduled next round).
         for run, final, unfinished in finals:
-            self.run_views.drop(run.pk)
+            self.run_views.drop(run.id)
             if await store_runs.set_state(
                 session,
-                run.pk,
+                run.id,
                 expected=states.RUN_RUNNING,
                 state=final,
                 now=now,
@@ -915,11 +915,11 @@ class Scheduler:
                     final,
                     extra={"dag_id": run.dag_id, "run_id": run.run_id},
                 )
-                self.flights.run_infos.drop(run.pk)
-                self._ended.append((cached[run.pk].dag, run, final))
+                self.flights.run_infos.drop(run.id)
+                self._ended.append((cached[run.id].dag, run, final))
                 self._due.run_ended = True
             else:
-                self._due.dirty.add(run.pk)
+                self._due.dirty.add(run.id)
 
     async def _evaluate_whole_runs(
         self,
@@ -934,12 +934,12 @@ class Scheduler:
         runs that are over."""
         if not runs:
             return []
-        await store_mapping.settle(session, [r.pk for r in runs], now)
-        tis = await store_tis.states_for_runs(session, [r.pk for r in runs])
+        await store_mapping.settle(session, [r.id for r in runs], now)
+        tis = await store_tis.states_for_runs(session, [r.id for r in runs])
         finals: list[tuple[RunInfo, str, list[int]]] = []
         for run in runs:
-            entry = cached[run.pk]
-            rows = tis.get(run.pk, [])
+            entry = cached[run.id]
+            rows = tis.get(run.id, [])
             by_task = {ti.task_id: ti for ti in rows}
             new, final = readiness.evaluate_run(
                 entry.dag, entry.dag_hash, {ti.task_id: ti.state for ti in rows}
@@ -951,7 +951,7 @@ class Scheduler:
                 finals.append((run, final, unfinished))
             else:
                 self.run_views.put(
-                    run.pk,
+                    run.id,
                     RunView(
                         readiness.graph(entry.dag, entry.dag_hash),
                         entry.dag_hash,

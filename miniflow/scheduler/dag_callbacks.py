@@ -27,7 +27,7 @@ from miniflow.authoring.serialized import SerializedDag
 from miniflow.launchers.base import AttemptKey
 from miniflow.scheduler.child_process import run_module
 from miniflow.store import states
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 log = logging.getLogger("miniflow.scheduler.callbacks")
 

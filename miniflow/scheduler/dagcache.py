@@ -44,10 +44,11 @@ class CachedDag:
 
 
 class RunRef(Protocol):
-    """What the cache needs of a run (`store.runs.RunInfo` and `RunVersion` are ones)."""
+    """What the cache needs of a run (`store.records.RunInfo` and `store.runs.RunVersion`
+    are ones)."""
 
     @property
-    def pk(self) -> int: ...
+    def id(self) -> int: ...
     @property
     def dag_id(self) -> str: ...
     @property
@@ -110,10 +111,10 @@ class DagCache:
         hashes: dict[int, str] = {}
         for run in runs:
             if run.dag_hash is not None:
-                hashes[run.pk] = run.dag_hash
-                self._remember_run(run.pk, run.dag_hash)
+                hashes[run.id] = run.dag_hash
+                self._remember_run(run.id, run.dag_hash)
             elif run.dag_id in current:
-                hashes[run.pk] = current[run.dag_id]
+                hashes[run.id] = current[run.dag_id]
         versions = await self.load(session, hashes.values())
         return {pk: versions[h] for pk, h in hashes.items() if h in versions}
 

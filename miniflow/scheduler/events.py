@@ -40,7 +40,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 log = logging.getLogger("miniflow.scheduler.events")
 

@@ -167,7 +167,7 @@ async def trigger_test(
         for ti in await store_tis.list_for_run(session, dag_id, run_id):
             # a mapped task: its instances' tries too (their keys must not come back)
             tries[ti.task_id] = max(tries.get(ti.task_id, 0), ti.try_number)
-        await store_runs.delete_run(session, earlier.pk)
+        await store_runs.delete_run(session, earlier.id)
     interval = Timetable.from_serialized(dag).manual_interval(logical_date)
     await store_runs.create_run(
         session,

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 
 @dataclass(slots=True)
@@ -60,7 +60,7 @@ class RunInfoCache:
     def add(self, infos: Iterable[RunInfo]) -> None:
         if len(self._infos) > self.LIMIT:
             self._infos.clear()
-        self._infos.update((info.pk, info) for info in infos)
+        self._infos.update((info.id, info) for info in infos)
 
     def get(self, pk: int) -> RunInfo | None:
         return self._infos.get(pk)

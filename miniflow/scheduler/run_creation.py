@@ -79,7 +79,7 @@ async def start_queued_runs(
     """queued → running while each DAG is under max_active_runs; returns started pks."""
     queued = await store_runs.queued_runs(session)
     if only_run_pk is not None:
-        queued = [r for r in queued if r.pk == only_run_pk]
+        queued = [r for r in queued if r.id == only_run_pk]
     if not queued:
         return set()
     # `max_active_runs` is global: two schedulers counting running runs at once would
@@ -91,7 +91,7 @@ async def start_queued_runs(
     paused = await store_dags.paused(session, [r.dag_id for r in queued])
     started: set[int] = set()
     for run in queued:
-        entry = versions.get(run.pk)
+        entry = versions.get(run.id)
         if entry is None:
             continue
         if run.dag_id in paused and run.run_type == states.RUN_TYPE_SCHEDULED:
@@ -99,10 +99,10 @@ async def start_queued_runs(
         if running.get(run.dag_id, 0) >= entry.dag["max_active_runs"]:
             continue
         if await store_runs.set_state(
-            session, run.pk, expected=states.RUN_QUEUED, state=states.RUN_RUNNING, now=now
+            session, run.id, expected=states.RUN_QUEUED, state=states.RUN_RUNNING, now=now
         ):
             running[run.dag_id] = running.get(run.dag_id, 0) + 1
-            started.add(run.pk)
+            started.add(run.id)
     return started
 
 

@@ -18,7 +18,7 @@ from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.serialized import PodSettings, SerializedDag
 from miniflow.authoring.xcom import XComData, template_xcom
 from miniflow.launchers.base import RESULT_FILE, AttemptKey, TaskSpec
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 
 def run_params(dag: SerializedDag, conf: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from miniflow.store import dags as store_dags
 from miniflow.store import instances as store_instances
 from miniflow.store import sanity_lock, states
 from miniflow.store.models import Dag, DagRun, DagVersion, Pool, TaskAttempt, TaskInstance
-from miniflow.store.records import AttemptRecord, DagRecord, RunRecord, TaskInstanceRecord
+from miniflow.store.records import AttemptRecord, DagRecord, RunInfo, TaskInstanceRecord
 
 RECENT_RUNS = 10
 """Runs shown as dots per DAG in the DAG list."""
@@ -318,7 +318,7 @@ async def import_errors(session: AsyncSession) -> list[ImportErrorView]:
 # --- runs ----------------------------------------------------------------------------------
 
 
-def run_view(row: DagRun | RunRecord) -> RunView:
+def run_view(row: DagRun | RunInfo) -> RunView:
     return RunView(
         dag_id=row.dag_id,
         run_id=row.run_id,

@@ -61,7 +61,10 @@ class ImportErrorRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class RunRecord:
+class RunInfo:
+    """A DAG run: what the scheduler needs to render templates and decide its end, and
+    what `runs list` shows."""
+
     id: int
     dag_id: str
     run_id: str
@@ -72,6 +75,7 @@ class RunRecord:
     run_type: str
     conf: dict[str, Any]
     dag_hash: str | None
+    """The DAG version the run was created with (None only for runs older than versions)."""
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
@@ -159,7 +163,7 @@ class ConnectionRecord:
 MODELS: dict[type[Any], type[Base]] = {
     DagRecord: Dag,
     ImportErrorRecord: ImportErrorRow,
-    RunRecord: DagRun,
+    RunInfo: DagRun,
     TaskInstanceRecord: TaskInstance,
     AttemptRecord: TaskAttempt,
     PoolRecord: Pool,

@@ -25,7 +25,7 @@ from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import Dag, DagRun, DagVersion, TaskInstance
-from miniflow.store.records import RunRecord, build, columns, table
+from miniflow.store.records import RunInfo, build, columns, table
 
 
 class RunExists(PermanentError):
@@ -33,34 +33,17 @@ class RunExists(PermanentError):
 
 
 @dataclass(frozen=True, slots=True)
-class RunInfo:
-    """What the scheduler needs of a run to render templates and decide its end."""
-
-    pk: int
-    dag_id: str
-    run_id: str
-    logical_date: datetime
-    data_interval_start: datetime
-    data_interval_end: datetime
-    state: str
-    run_type: str
-    conf: dict[str, Any]
-    dag_hash: str | None = None
-    """The DAG version the run was created with (None only for runs older than versions)."""
-
-
-@dataclass(frozen=True, slots=True)
 class RunVersion:
     """Which DAG version a run uses."""
 
-    pk: int
+    id: int
     dag_id: str
     dag_hash: str | None
 
 
 def _info(row: DagRun) -> RunInfo:
     return RunInfo(
-        pk=row.id,
+        id=row.id,
         dag_id=row.dag_id,
         run_id=row.run_id,
         logical_date=row.logical_date,
@@ -70,6 +53,9 @@ def _info(row: DagRun) -> RunInfo:
         run_type=row.run_type,
         conf=dict(row.conf or {}),
         dag_hash=row.dag_hash,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
     )
 
 
@@ -313,12 +299,12 @@ async def get_run_with_dag(session: AsyncSession, dag_id: str, run_id: str) -> R
 
 async def list_runs(
     session: AsyncSession, dag_id: str | None = None, limit: int = 50
-) -> list[RunRecord]:
-    c = table(RunRecord).c
-    query = select(*columns(RunRecord)).order_by(c.logical_date.desc(), c.id.desc()).limit(limit)
+) -> list[RunInfo]:
+    c = table(RunInfo).c
+    query = select(*columns(RunInfo)).order_by(c.logical_date.desc(), c.id.desc()).limit(limit)
     if dag_id is not None:
         query = query.where(c.dag_id == dag_id)
-    return build(RunRecord, await session.execute(query))
+    return build(RunInfo, await session.execute(query))
 
 
 MARKED_FAILED = "marked failed"
@@ -336,12 +322,12 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
     run = await get_run(session, dag_id, run_id)
     if run.state in states.RUN_FINISHED:
         return False
-    if not await set_state(session, run.pk, expected=run.state, state=states.RUN_FAILED, now=now):
+    if not await set_state(session, run.id, expected=run.state, state=states.RUN_FAILED, now=now):
         return False
     rows = (
         await session.execute(
             select(TaskInstance.id, TaskInstance.state, TaskInstance.try_number).where(
-                TaskInstance.run_pk == run.pk,
+                TaskInstance.run_pk == run.id,
                 TaskInstance.state.in_(
                     [
                         states.SCHEDULED,
@@ -373,7 +359,7 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
     none = (
         await session.execute(
             select(TaskInstance.id).where(
-                TaskInstance.run_pk == run.pk, TaskInstance.state == states.NONE
+                TaskInstance.run_pk == run.id, TaskInstance.state == states.NONE
             )
         )
     ).scalars()
@@ -382,7 +368,7 @@ async def mark_failed(session: AsyncSession, dag_id: str, run_id: str, now: date
     mapped = (
         await session.execute(
             select(TaskInstance.id).where(
-                TaskInstance.run_pk == run.pk, TaskInstance.state == states.MAPPED
+                TaskInstance.run_pk == run.id, TaskInstance.state == states.MAPPED
             )
         )
     ).scalars()

@@ -595,7 +595,7 @@ async def test_run_with_a_row_its_version_lacks_never_ends_success(engine: Async
             run = await store_runs.get_run(session, "ghostly", run_id)
             session.add(
                 TaskInstance(
-                    run_pk=run.pk,
+                    run_pk=run.id,
                     dag_id="ghostly",
                     run_id=run_id,
                     task_id="ghost",

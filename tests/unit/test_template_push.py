@@ -16,10 +16,10 @@ from miniflow.errors import TemplateError
 from miniflow.parsing import render_child
 from miniflow.scheduler.child_render import RenderItem, _item_json
 from miniflow.scheduler.specs import build_spec, render_fields
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 WHEN = datetime(2024, 5, 1, tzinfo=UTC)
-RUN = RunInfo(1, "push", "r1", WHEN, WHEN, WHEN, "running", "manual", {})
+RUN = RunInfo(1, "push", "r1", WHEN, WHEN, WHEN, "running", "manual", {}, None, WHEN, None, None)
 
 
 def _dag() -> SerializedDag:

@@ -16,7 +16,7 @@ from miniflow.authoring.xcom import XComData
 from miniflow.errors import DagDefinitionError
 from miniflow.parsing import render_child
 from miniflow.scheduler.child_render import ChildRenderer, RenderItem, _item_json, encode_xcom
-from miniflow.store.runs import RunInfo
+from miniflow.store.records import RunInfo
 
 
 def test_macros_are_serialized_and_rendered() -> None:
@@ -88,7 +88,7 @@ def test_function_macros_and_filters_serialize_by_name_only() -> None:
 
 def _run() -> RunInfo:
     when = datetime(2026, 1, 2, tzinfo=UTC)
-    return RunInfo(1, "fn", "r1", when, when, when, "running", "manual", {})
+    return RunInfo(1, "fn", "r1", when, when, when, "running", "manual", {}, None, when, None, None)
 
 
 def _items(tmp_path: Path, task_ids: list[str]) -> tuple[list[RenderItem], DAG]:
