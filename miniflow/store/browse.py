@@ -24,7 +24,13 @@ from miniflow.store import dags as store_dags
 from miniflow.store import instances as store_instances
 from miniflow.store import sanity_lock, states
 from miniflow.store.models import Dag, DagRun, DagVersion, Pool, TaskAttempt, TaskInstance
-from miniflow.store.records import AttemptRecord, DagRecord, RunInfo, TaskInstanceRecord
+from miniflow.store.records import (
+    AttemptRecord,
+    DagRecord,
+    ImportErrorRecord,
+    RunInfo,
+    TaskInstanceRecord,
+)
 
 RECENT_RUNS = 10
 """Runs shown as dots per DAG in the DAG list."""
@@ -91,13 +97,6 @@ class DagDetail:
     catchup: bool
     timezone: str
     task_specs: list[TaskSpec]
-
-
-@dataclass(frozen=True, slots=True)
-class ImportErrorView:
-    fileloc: str
-    error: str
-    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,10 +308,8 @@ async def serialized_dag(session: AsyncSession, dag_id: str) -> SerializedDag:
     return readable((await _dag_row(session, dag_id)).serialized)
 
 
-async def import_errors(session: AsyncSession) -> list[ImportErrorView]:
-    return [
-        ImportErrorView(e.fileloc, e.error, e.at) for e in await store_dags.import_errors(session)
-    ]
+async def import_errors(session: AsyncSession) -> list[ImportErrorRecord]:
+    return await store_dags.import_errors(session)
 
 
 # --- runs ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse
 from miniflow.store import engine as store_engine
+from miniflow.store.records import ImportErrorRecord
 from miniflow.web import actions, logview, source
 from miniflow.web import grid as grid_view
 
@@ -50,7 +51,7 @@ class DagList:
 
 @dataclass(frozen=True, slots=True)
 class ImportErrorList:
-    import_errors: list[browse.ImportErrorView]
+    import_errors: list[ImportErrorRecord]
 
 
 @dataclass(frozen=True, slots=True)
