@@ -6,6 +6,14 @@ import asyncio
 import os
 import shutil
 import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 PG_ADMIN_DSN = os.environ.get(
     "MINIFLOW_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -24,6 +32,39 @@ async def pg_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def sample_database(
+    backend: str,
+    prefix: str,
+    folder: Path,
+    *,
+    before_drop: Callable[[str], Awaitable[None]] | None = None,
+) -> AsyncIterator[AsyncEngine]:
+    """The engine of a fresh, migrated database for one sample. Postgres: a database
+    `{prefix}_{pid}_{random}`, dropped WITH (FORCE) once the engine is disposed, after
+    `before_drop(its name)` (the engine's connections are closed by then: a backend
+    flushes its table statistics as it exits); SQLite: `bench.db` in `folder`."""
+    from miniflow.store import engine as store_engine
+    from miniflow.store import schema
+
+    db_name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    if backend == "postgres":
+        await pg_admin(f'CREATE DATABASE "{db_name}"')
+        url = f"{PG_BASE_URL}/{db_name}"
+    else:
+        url = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
+    engine = store_engine.create_engine(url)
+    try:
+        await schema.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+        if backend == "postgres":
+            if before_drop is not None:
+                await before_drop(db_name)
+            await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 async def floor(total: int, width: int) -> float:

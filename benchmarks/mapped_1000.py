@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
 import textwrap
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import PG_BASE_URL, pg_admin  # noqa: E402
+from common import sample_database  # noqa: E402
 
 SHAPES = {
     "static": """
@@ -72,24 +70,15 @@ async def measure(backend: str, shape: str, width: int, par: int) -> tuple[float
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import engine as store_engine
-    from miniflow.store import schema
     from tests.instant_launcher import InstantLauncher
 
-    db_name = f"bench_map_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="mf-map-") as tmp_name:
         tmp = Path(tmp_name)
         dags = tmp / "dags"
         dags.mkdir()
         source = textwrap.dedent(SHAPES[shape]).format(width=width, par=par)
         (dags / f"{shape}.py").write_text(source)
-        if backend == "postgres":
-            await pg_admin(f'CREATE DATABASE "{db_name}"')
-            url = f"{PG_BASE_URL}/{db_name}"
-        else:
-            url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-        engine = store_engine.create_engine(url)
-        try:
-            await schema.upgrade(engine)
+        async with sample_database(backend, "bench_map", tmp) as engine:
             launcher = InstantLauncher()
             scheduler = Scheduler(
                 engine=engine,
@@ -126,10 +115,6 @@ async def measure(backend: str, shape: str, width: int, par: int) -> tuple[float
             assert state == "success", state
             launched = [s for s in launcher.launched if s.key.task_id.startswith("work")]
             assert len(launched) == width, len(launched)
-        finally:
-            await engine.dispose()
-            if backend == "postgres":
-                await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     return wall, statements[0], max(per_tick, default=0)
 
 

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
-from common import PG_BASE_URL, pg_admin  # noqa: E402
+from common import sample_database  # noqa: E402
 
 RUN_TIMEOUT = 1800.0
 
@@ -74,11 +73,9 @@ async def measure(
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import engine as store_engine
-    from miniflow.store import schema
     from miniflow.store.models import Dag, DagRun
     from tests.instant_launcher import InstantLauncher
 
-    db_name = f"bench_scale_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     dag_ids = [f"scale_{d:03d}" for d in range(dags)]
     with tempfile.TemporaryDirectory(prefix="mf-scale-") as tmp_name:
         tmp = Path(tmp_name)
@@ -88,14 +85,7 @@ async def measure(
             (folder / f"{dag_id}.py").write_text(
                 shapes.fanout(dag_id, tasks - 2, max_active_tasks=tasks)
             )
-        if backend == "postgres":
-            await pg_admin(f'CREATE DATABASE "{db_name}"')
-            url = f"{PG_BASE_URL}/{db_name}"
-        else:
-            url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-        engine = store_engine.create_engine(url)
-        try:
-            await schema.upgrade(engine)
+        async with sample_database(backend, "bench_scale", tmp) as engine:
             launcher = InstantLauncher()
             scheduler = Scheduler(
                 engine=engine,
@@ -147,10 +137,6 @@ async def measure(
                 )
             await scheduler.close()
             assert len(launcher.launched) == dags * runs * tasks, len(launcher.launched)
-        finally:
-            await engine.dispose()
-            if backend == "postgres":
-                await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     tis = dags * runs * tasks
     return {
         "dags": dags,

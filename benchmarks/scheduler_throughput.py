@@ -43,14 +43,12 @@ import argparse
 import asyncio
 import cProfile
 import io
-import os
 import pstats
 import resource
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,7 +61,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
-from common import PG_ADMIN_DSN, PG_BASE_URL, pg_admin  # noqa: E402
+from common import PG_ADMIN_DSN, sample_database  # noqa: E402
 
 RUN_TIMEOUT = 300.0
 PHASES = ("_record_events", "_create_and_start_runs", "_advance_runs", "_claim", "_launch")
@@ -123,11 +121,14 @@ async def measure(
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.scheduler.manual_runs import trigger
     from miniflow.store import engine as store_engine
-    from miniflow.store import schema
     from tests.instant_launcher import InstantLauncher
 
-    db_name = f"bench_tp_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     dag_id = f"{shape}_{tasks}"
+    rows_read: list[int] = []  # Postgres: filled as the database is dropped
+
+    async def read_rows(db_name: str) -> None:
+        rows_read.append(await _rows_read(db_name))
+
     with tempfile.TemporaryDirectory(prefix="mf-tp-") as tmp_name:
         tmp = Path(tmp_name)
         dags = tmp / "dags"
@@ -140,14 +141,7 @@ async def measure(
                 join=shape == "fanout",
             )
         )
-        if backend == "postgres":
-            await pg_admin(f'CREATE DATABASE "{db_name}"')
-            url = f"{PG_BASE_URL}/{db_name}"
-        else:
-            url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-        engine = store_engine.create_engine(url)
-        try:
-            await schema.upgrade(engine)
+        async with sample_database(backend, "bench_tp", tmp, before_drop=read_rows) as engine:
             launcher = InstantLauncher()
             scheduler = Scheduler(
                 engine=engine,
@@ -194,11 +188,6 @@ async def measure(
             cpu = _cpu() - cpu0
             await scheduler.close()
             assert len(launcher.launched) == tasks, (len(launcher.launched), tasks)
-        finally:
-            await engine.dispose()
-            if backend == "postgres":
-                rows_read = await _rows_read(db_name)
-                await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     if prof:
         out = io.StringIO()
         stats = pstats.Stats(prof, stream=out)
@@ -217,7 +206,7 @@ async def measure(
         first_launch[0],
         counter,
         state,
-        rows_read if backend == "postgres" else None,
+        rows_read[0] if rows_read else None,
     )
 
 
