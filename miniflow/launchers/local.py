@@ -463,15 +463,28 @@ class LocalLauncher:
         )
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
         try:
-            procs.write_marker(paths.marker, marker, live=procs.live_entry(self.state_dir, key))
-        except OSError as exc:
+            other = procs.write_marker(
+                paths.marker, marker, live=procs.live_entry(self.state_dir, key)
+            )
+        except OSError as exc:  # write_marker left no file of this launch behind
             if done_pipe is not None:
                 os.close(done_pipe)
-            self._abandon(attempt, go_write)
+            self._let_down(attempt, go_write)
             retryable = not procs.is_permanent(exc)
             return LaunchResult(
                 key=key, handle=None, error=f"cannot record the launch: {exc}", retryable=retryable
             )
+        if other is not None:
+            if done_pipe is not None:
+                os.close(done_pipe)
+            self._let_down(attempt, go_write)
+            log.warning(
+                "%s: launched meanwhile by %s (pid %d): not starting it again",
+                key,
+                other.owner or "another launcher",
+                other.pid,
+            )
+            return _Launched(other)
         return _Ready(attempt, go_write, done_pipe, spec.timeout)
 
     def _finish_launch(
@@ -502,10 +515,14 @@ class LocalLauncher:
 
     def _abandon(self, attempt: Attempt, go_write: int) -> None:
         """Undo a launch that could not be recorded: the process never ran."""
-        os.close(go_write)  # EOF: the process exits without running anything
         procs.remove_live(self.state_dir, attempt.key)
         with contextlib.suppress(OSError):
             attempt.paths.marker.unlink()
+        self._let_down(attempt, go_write)
+
+    def _let_down(self, attempt: Attempt, go_write: int) -> None:
+        """End a started process that must never run, leaving the try's files alone."""
+        os.close(go_write)  # EOF: the process exits without running anything
         if attempt.own_child:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(attempt.pid, 0)  # exits at once, on EOF

@@ -7,7 +7,9 @@ attempts pay for booting a forkserver.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
+import json
 import logging
 import os
 import signal
@@ -23,7 +25,7 @@ import pytest
 from miniflow.errors import NotFound, StateDirError
 from miniflow.launchers import local_fork, local_procs
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, TaskSpec
-from miniflow.launchers.local import NO_ENTRYPOINT_MESSAGE, LocalLauncher
+from miniflow.launchers.local import INLINE_LAUNCHES, NO_ENTRYPOINT_MESSAGE, LocalLauncher
 
 ENTRY = f"{local_launcher_entry.__name__}:main"
 WAIT = 15.0
@@ -708,6 +710,67 @@ def test_safe_component() -> None:
     assert local_procs.safe_component("") == "%00"
 
 
+# --- two launchers of one try ------------------------------------------------------------------
+
+
+async def test_a_try_launched_by_a_peer_while_this_launch_was_paused_runs_once(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A scheduler paused after starting a try's process and before recording it: a peer
+    sharing the state directory takes the try over, finds no marker and launches it. When
+    the first one resumes, its process must not run: it watches the peer's instead."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    # More than are launched inline: the paused launcher works in a thread, as for a round.
+    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    loop = asyncio.get_running_loop()
+    write_marker = local_procs.write_marker
+    peer_results: list[Any] = []
+
+    def peer_launches_first(
+        path: Path, marker: local_procs.Marker, **kw: Any
+    ) -> local_procs.Marker | None:
+        if marker.owner == "paused" and marker.task_id == "t0":  # its process is started
+            launched = asyncio.run_coroutine_threadsafe(peer.launch(specs[:1]), loop)
+            peer_results.extend(launched.result(WAIT))
+        return write_marker(path, marker, **kw)
+
+    monkeypatch.setattr(local_procs, "write_marker", peer_launches_first)
+    results = await asyncio.wait_for(paused.launch(specs), WAIT * 2)
+    [first] = peer_results
+    assert first.handle and not first.error, first
+    assert results[0].handle == first.handle, "the paused launcher must watch the peer's process"
+    assert (await exited(peer, specs[0].key)).exit_code == 0
+    for spec in specs:
+        assert (await exited(paused, spec.key)).exit_code == 0
+    for i in range(len(specs)):
+        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+
+
+def test_a_live_entry_left_by_a_launcher_that_died_mid_record_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """Killed between its live entry and its marker, a launcher leaves a live entry of a
+    process that never got its go byte: the next launch of that try takes the entry."""
+    folder = tmp_path / "t"
+    folder.mkdir()
+    live = tmp_path / "live"
+    dead = local_procs.Marker(
+        pid=2**22 + 1, start_time=1, boot_id=local_procs.boot_id(), kind="bash",
+        handle="pid:1", launched_at=0.0, timeout=None, dag_id="d", run_id="r",
+        task_id="t", try_number=1,
+    )
+    live.write_text(json.dumps(dataclasses.asdict(dead)))
+    mine = dataclasses.replace(dead, pid=os.getpid(), handle="pid:2")
+    assert local_procs.write_marker(folder / "1.launch", mine, live=live) is None
+    assert local_procs.read_marker(live) == mine
+    assert local_procs.read_marker(folder / "1.launch") == mine
+    assert [p.name for p in folder.iterdir()] == ["1.launch"], "a temporary file was left"
+
+
 # --- launching off the event loop -------------------------------------------------------------
 
 
@@ -724,12 +787,14 @@ async def test_launch_leaves_the_event_loop_free_and_keeps_the_order(
     markers_seen: list[str] = []
     write_marker = local_procs.write_marker
 
-    def write_marker_once_the_loop_ran(path: Path, marker: local_procs.Marker, **kw: Any) -> None:
+    def write_marker_once_the_loop_ran(
+        path: Path, marker: local_procs.Marker, **kw: Any
+    ) -> local_procs.Marker | None:
         loop_ran = threading.Event()
         loop.call_soon_threadsafe(loop_ran.set)
         assert loop_ran.wait(WAIT), "the event loop was blocked while launching"
         markers_seen.append(marker.task_id)
-        write_marker(path, marker, **kw)
+        return write_marker(path, marker, **kw)
 
     monkeypatch.setattr(local_procs, "write_marker", write_marker_once_the_loop_ran)
     specs = [bash("true", task=f"t{i}") for i in range(5)]
