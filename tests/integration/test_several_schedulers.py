@@ -376,3 +376,66 @@ async def test_tries_adopted_while_their_claimer_paused_before_the_launch_are_no
         assert not a.inflight
     finally:
         await a.close()
+
+
+async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_adopted(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """A scheduler frozen in the middle of a statement keeps its transaction's row locks,
+    and the server's idle-in-transaction timeout does not end a session that is inside
+    an extended-protocol exchange. The peer that takes it for dead ends its sessions
+    (named for its instance), so the adoption does not wait for it to thaw."""
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
+    from miniflow.store import fencing
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "three.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("three", start_date=datetime(2026, 1, 1)):\n'
+        '    [Bash(f"t{i}", "true") for i in range(3)]\n'
+    )
+    start = datetime.now(UTC)
+    frozen_id = new_scheduler_id(peer=True)
+    frozen_engine = store_engine.create_engine(
+        db_url, application_name=fencing.session_name(frozen_id)
+    )
+
+    def scheduler(on: AsyncEngine, scheduler_id: str | None = None) -> Scheduler:
+        return Scheduler(
+            engine=on,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
+            clock=ManualClock(start),
+            scheduler_id=scheduler_id,
+        )
+
+    frozen, peer = scheduler(frozen_engine, frozen_id), scheduler(engine)
+    await frozen.start()
+    try:
+        await frozen.tick()  # parse
+        await _trigger(engine, "three", {})
+        for _ in range(5):
+            await frozen.tick()
+        held = set(frozen.launcher.held)  # type: ignore[attr-defined]
+        assert len(held) == 3
+        # Frozen inside a transaction that holds its tries' rows.
+        stuck = await frozen_engine.connect()
+        await stuck.begin()
+        await stuck.execute(text("SELECT * FROM task_attempt FOR UPDATE"))
+        await peer.start()
+        peer.clock.advance(31)  # type: ignore[attr-defined]
+        await peer._heartbeat_instance()
+        await asyncio.wait_for(peer.sanity.round(peer, peer.clock.now()), 20)
+        assert {k for k, _ in peer.launcher.adopted} == held  # type: ignore[attr-defined]
+        with pytest.raises(DBAPIError):
+            await stuck.execute(text("SELECT 1"))  # its session was ended
+        await stuck.invalidate()
+    finally:
+        await peer.close()
+        await frozen.close()
+        await frozen_engine.dispose()
