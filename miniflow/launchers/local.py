@@ -416,10 +416,14 @@ class LocalLauncher:
         if self._closed:
             return LaunchResult(key=key, handle=None, error="launcher is closed", retryable=True)
         paths = procs.AttemptPaths.of(self.state_dir, key)
-        marker = procs.read_marker(paths.marker)
+        marker = seen = procs.read_marker(paths.marker)
         if marker is not None:
             if procs.live_entry(self.state_dir, key).exists():
                 # Launched before (maybe by a previous scheduler): adopt, never run twice.
+                return _Launched(marker)
+            if marker.launched_at > spec.decided_at:
+                # A peer launched it (and it ended) after this launch was decided: this
+                # scheduler was paused meanwhile and the try is the peer's now.
                 return _Launched(marker)
             # Its exit was committed (only that retires the live entry), and the scheduler
             # launches the same try again: it never started (a worker that found nothing
@@ -464,7 +468,10 @@ class LocalLauncher:
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
         try:
             other = procs.write_marker(
-                paths.marker, marker, live=procs.live_entry(self.state_dir, key)
+                paths.marker,
+                marker,
+                live=procs.live_entry(self.state_dir, key),
+                replace=seen is not None,
             )
         except OSError as exc:  # write_marker left no file of this launch behind
             if done_pipe is not None:

@@ -199,17 +199,21 @@ def live_entry(state_dir: Path, key: AttemptKey) -> Path:
     return live_dir(state_dir) / hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
-def write_marker(path: Path, marker: Marker, *, live: Path | None = None) -> Marker | None:
+def write_marker(
+    path: Path, marker: Marker, *, live: Path | None = None, replace: bool = True
+) -> Marker | None:
     """Write the marker atomically; with `live`, link it into the live index first.
 
     The live entry is a hard link to the same file, made before the marker gets
     its final name: a crash in between leaves a live entry (enough to adopt the
     attempt), never a marker that the live index does not know.
 
-    The live entry is also the launch's claim on the try: made only where none
-    exists, so of two launchers that start the same try at once (a peer adopted it
-    while this scheduler was paused mid-launch) one wins. Returns None when this
-    launch won; else the winner's marker, and this launch's process must never run.
+    Both names are also the launch's claim on the try: the live entry is made only
+    where none exists, and without `replace` (the launcher found no marker) so is the
+    marker. Of two launchers that start the same try at once (a peer adopted it while
+    this scheduler was paused mid-launch, and launched it again) one wins. Returns None
+    when this launch won; else the winner's marker, and this launch's process must
+    never run.
     """
     # Named per process and thread: two launchers of one try must not share it.
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
@@ -220,15 +224,20 @@ def write_marker(path: Path, marker: Marker, *, live: Path | None = None) -> Mar
             if other is not None:
                 return other
         try:
-            os.replace(tmp, path)
-        except OSError:
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)
+        except OSError as exc:
             if live is not None:  # ours: a live entry without a marker must not stay
                 with contextlib.suppress(FileNotFoundError):
                     live.unlink()
+            if isinstance(exc, FileExistsError) and (other := read_marker(path)) is not None:
+                return other  # launched, and maybe ended, by a peer since the launcher looked
             raise
     finally:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # left only when the claim was lost or a step failed
+            tmp.unlink()  # left unless it became the marker
     return None
 
 

@@ -750,6 +750,68 @@ async def test_a_try_launched_by_a_peer_while_this_launch_was_paused_runs_once(
         assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
 
 
+async def test_a_try_a_peer_launched_and_finished_while_this_launch_was_paused_is_not_rerun(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Paused after starting the process: meanwhile a peer launched the try, it ended and
+    its exit was recorded (the live entry is gone, the peer's marker stays). Resumed, the
+    paused launch must not run its process: the try was the peer's."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    loop = asyncio.get_running_loop()
+    write_marker = local_procs.write_marker
+
+    async def peer_runs_it_to_the_end() -> None:
+        [launched] = await peer.launch(specs[:1])
+        assert launched.handle, launched
+        assert (await exited(peer, specs[0].key)).exit_code == 0
+        await peer.acknowledge([specs[0].key])  # its exit is committed
+
+    def peer_first(path: Path, marker: local_procs.Marker, **kw: Any) -> local_procs.Marker | None:
+        if marker.owner == "paused" and marker.task_id == "t0":
+            asyncio.run_coroutine_threadsafe(peer_runs_it_to_the_end(), loop).result(WAIT)
+        return write_marker(path, marker, **kw)
+
+    monkeypatch.setattr(local_procs, "write_marker", peer_first)
+    results = await asyncio.wait_for(paused.launch(specs), WAIT * 2)
+    assert all(r.handle for r in results), results
+    for spec in specs:
+        assert (await exited(paused, spec.key)).exit_code == 0
+    for i in range(len(specs)):
+        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+
+
+async def test_a_launch_decided_before_a_peer_launched_the_try_is_not_run(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    """Paused between deciding a launch and starting it: a peer launched the try and it
+    ended meanwhile. The launch that was decided earlier must not run the try again (a
+    try launched again on purpose, after a launch that did not start, is decided after it)."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    decided = bash(f"echo $$ >> {ran}")  # decided now, launched after the peer's
+    [launched] = await peer.launch([bash(f"echo $$ >> {ran}")])
+    assert (await exited(peer, decided.key)).exit_code == 0
+    await peer.acknowledge([decided.key])
+    [result] = await paused.launch([decided])
+    assert result.handle == launched.handle
+    assert (await exited(paused, decided.key)).exit_code == 0
+    assert len(ran.read_text().split()) == 1, "the try ran twice"
+    # Launched again after that (a relaunch decided now): it runs.
+    await paused.acknowledge([decided.key])
+    [again] = await paused.launch([bash(f"echo $$ >> {ran}")])
+    assert again.handle != launched.handle
+    assert (await exited(paused, decided.key)).exit_code == 0
+    assert len(ran.read_text().split()) == 2
+
+
 def test_a_live_entry_left_by_a_launcher_that_died_mid_record_is_replaced(
     tmp_path: Path,
 ) -> None:
