@@ -98,4 +98,5 @@ def make_launcher(config: Config) -> Launcher:
         dags_folder=config.dags_folder.resolve(),
         worker_env=worker_env,
         grace_period=config.kill_grace_period,
+        pause_limit=config.scheduler_timeout / 4,
     )

@@ -79,6 +79,10 @@ class LaunchResult:
     handle: str | None  # pid, pod name...; None when the launch failed
     error: str | None = None
     retryable: bool = False  # with error: True if the scheduler may try launching again
+    # Not started because the launch came long after it was decided: the scheduler was
+    # paused in between (SIGSTOP, a starved CPU), and a peer may have taken the try over
+    # and launched it meanwhile. The scheduler checks it still owns the try first.
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

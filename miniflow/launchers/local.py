@@ -154,8 +154,12 @@ class LocalLauncher:
         grace_period: float = 5.0,
         python_mode: Literal["fork", "exec"] = "fork",
         python_entry: str = "miniflow_worker.runner:main",
+        pause_limit: float = 7.5,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.pause_limit = pause_limit
+        """Seconds from a launch's decision to its record past which it is not made (see
+        `LaunchResult.paused`); the daemon uses a quarter of the instance timeout."""
         self.dags_folder = Path(dags_folder)
         self.worker_env = {"MINIFLOW_DAGS_FOLDER": str(self.dags_folder), **worker_env}
         self.grace_period = grace_period
@@ -466,6 +470,17 @@ class LocalLauncher:
             map_index=key.map_index,
         )
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
+        if (paused := marker.launched_at - spec.decided_at) > self.pause_limit:
+            if done_pipe is not None:
+                os.close(done_pipe)
+            self._let_down(attempt, go_write)
+            return LaunchResult(
+                key=key,
+                handle=None,
+                error=f"not started: {paused:.1f}s passed since the launch was decided",
+                retryable=True,
+                paused=True,
+            )
         try:
             other = procs.write_marker(
                 paths.marker,

@@ -812,6 +812,25 @@ async def test_a_launch_decided_before_a_peer_launched_the_try_is_not_run(
     assert len(ran.read_text().split()) == 2
 
 
+async def test_a_launch_made_long_after_it_was_decided_is_not_started(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    """A scheduler paused between deciding a launch and recording it may have had the try
+    taken over meanwhile: the launcher does not start it, and says so (`paused`)."""
+    launcher = await make_launcher(pause_limit=1.0)
+    ran = tmp_path / "ran"
+    spec = dataclasses.replace(bash(f"touch {ran}"), decided_at=time.time() - 5)
+    [result] = await launcher.launch([spec])
+    assert result.paused and result.retryable and result.handle is None, result
+    paths = local_procs.AttemptPaths.of(tmp_path / "state", spec.key)
+    assert local_procs.read_marker(paths.marker) is None
+    assert not local_procs.live_entry(tmp_path / "state", spec.key).exists()
+    [again] = await launcher.launch([dataclasses.replace(spec, decided_at=time.time())])
+    assert again.handle and not again.paused
+    assert (await exited(launcher, spec.key)).exit_code == 0
+    assert ran.exists()
+
+
 def test_a_live_entry_left_by_a_launcher_that_died_mid_record_is_replaced(
     tmp_path: Path,
 ) -> None:
