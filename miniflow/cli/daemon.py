@@ -39,13 +39,13 @@ from rich.live import Live
 from miniflow.cli import stopping, views, wiring
 from miniflow.config import Config
 from miniflow.errors import ConfigError, ConfValidationError, NotFound
-from miniflow.scheduler.core import Scheduler, SchedulerSettings
+from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
 from miniflow.scheduler.ops_server import OpsServer
 from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
+from miniflow.store import fencing, schema, states, wakeup
 from miniflow.store import runs as store_runs
-from miniflow.store import schema, states, wakeup
 from miniflow.store import task_instances as store_tis
 
 log = logging.getLogger("miniflow.cli.daemon")
@@ -89,10 +89,16 @@ async def _scheduler(
     (up before the start-up, so liveness holds through a long adoption while readiness
     says "not registered yet")."""
     is_sqlite = config.database_url.startswith("sqlite")
+    scheduler_settings = _settings(config, **settings)
+    scheduler_id = new_scheduler_id(peer=scheduler_settings.peer)
     # A transaction left idle for the instance timeout belongs to a scheduler its peers
-    # take for dead: the server ends it, so its locks cannot stall them.
+    # take for dead: the server ends it, so its locks cannot stall them; and its
+    # sessions are named for the peers to end any other kind (store.fencing).
     async with wiring.open_engine(
-        config, check_schema=not is_sqlite, idle_transaction_timeout=config.scheduler_timeout
+        config,
+        check_schema=not is_sqlite,
+        idle_transaction_timeout=config.scheduler_timeout,
+        application_name=fencing.session_name(scheduler_id),
     ) as engine:
         if is_sqlite:
             await schema.upgrade(engine)
@@ -100,8 +106,9 @@ async def _scheduler(
             engine=engine,
             launcher=wiring.make_launcher(config),
             dags_folder=config.dags_folder,
-            settings=_settings(config, **settings),
+            settings=scheduler_settings,
             parse_timeout=config.parse_timeout,
+            scheduler_id=scheduler_id,
         )
         server = None
         if serve and config.http_port:

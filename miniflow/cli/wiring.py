@@ -20,7 +20,11 @@ from miniflow.store import schema
 
 @asynccontextmanager
 async def open_engine(
-    config: Config, *, check_schema: bool = True, idle_transaction_timeout: float | None = None
+    config: Config,
+    *,
+    check_schema: bool = True,
+    idle_transaction_timeout: float | None = None,
+    application_name: str = "miniflow",
 ) -> AsyncIterator[AsyncEngine]:
     """A connected engine; raises DatabaseUnavailable / SchemaError / StateDirError (the
     SQLite default lives in the state dir) with one clear line."""
@@ -32,7 +36,9 @@ async def open_engine(
                 f"state directory {config.state_dir} cannot be created: {exc.strerror or exc}"
             ) from exc
     engine = store_engine.create_engine(
-        config.database_url, idle_transaction_timeout=idle_transaction_timeout
+        config.database_url,
+        idle_transaction_timeout=idle_transaction_timeout,
+        application_name=application_name,
     )
     try:
         await store_engine.check_connection(engine)
@@ -92,4 +98,5 @@ def make_launcher(config: Config) -> Launcher:
         dags_folder=config.dags_folder.resolve(),
         worker_env=worker_env,
         grace_period=config.kill_grace_period,
+        pause_limit=config.scheduler_timeout / 4,
     )

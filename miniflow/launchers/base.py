@@ -9,6 +9,7 @@ must adopt the first launch, never start a second process or pod.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +65,10 @@ class TaskSpec:
     annotations: dict[str, str] = field(default_factory=dict)  # extra, e.g. run ids
     push_result: bool = False  # kind == "pod": its result is its termination message
     result_file: str = RESULT_FILE  # push_result: the termination message file
+    # When the scheduler decided on this launch (time.time()). A launcher sharing its
+    # records with peers (local, one host) takes a launch of the same try recorded after
+    # this moment for a peer's, made while this scheduler was paused: never its own.
+    decided_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,10 @@ class LaunchResult:
     handle: str | None  # pid, pod name...; None when the launch failed
     error: str | None = None
     retryable: bool = False  # with error: True if the scheduler may try launching again
+    # Not started because the launch came long after it was decided: the scheduler was
+    # paused in between (SIGSTOP, a starved CPU), and a peer may have taken the try over
+    # and launched it meanwhile. The scheduler checks it still owns the try first.
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,8 +154,12 @@ class LocalLauncher:
         grace_period: float = 5.0,
         python_mode: Literal["fork", "exec"] = "fork",
         python_entry: str = "miniflow_worker.runner:main",
+        pause_limit: float = 7.5,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.pause_limit = pause_limit
+        """Seconds from a launch's decision to its record past which it is not made (see
+        `LaunchResult.paused`); the daemon uses a quarter of the instance timeout."""
         self.dags_folder = Path(dags_folder)
         self.worker_env = {"MINIFLOW_DAGS_FOLDER": str(self.dags_folder), **worker_env}
         self.grace_period = grace_period
@@ -416,10 +420,14 @@ class LocalLauncher:
         if self._closed:
             return LaunchResult(key=key, handle=None, error="launcher is closed", retryable=True)
         paths = procs.AttemptPaths.of(self.state_dir, key)
-        marker = procs.read_marker(paths.marker)
+        marker = seen = procs.read_marker(paths.marker)
         if marker is not None:
             if procs.live_entry(self.state_dir, key).exists():
                 # Launched before (maybe by a previous scheduler): adopt, never run twice.
+                return _Launched(marker)
+            if marker.launched_at > spec.decided_at:
+                # A peer launched it (and it ended) after this launch was decided: this
+                # scheduler was paused meanwhile and the try is the peer's now.
                 return _Launched(marker)
             # Its exit was committed (only that retires the live entry), and the scheduler
             # launches the same try again: it never started (a worker that found nothing
@@ -462,16 +470,43 @@ class LocalLauncher:
             map_index=key.map_index,
         )
         attempt = Attempt(key=key, marker=marker, paths=paths, own_child=own_child)
-        try:
-            procs.write_marker(paths.marker, marker, live=procs.live_entry(self.state_dir, key))
-        except OSError as exc:
+        if (paused := marker.launched_at - spec.decided_at) > self.pause_limit:
             if done_pipe is not None:
                 os.close(done_pipe)
-            self._abandon(attempt, go_write)
+            self._let_down(attempt, go_write)
+            return LaunchResult(
+                key=key,
+                handle=None,
+                error=f"not started: {paused:.1f}s passed since the launch was decided",
+                retryable=True,
+                paused=True,
+            )
+        try:
+            other = procs.write_marker(
+                paths.marker,
+                marker,
+                live=procs.live_entry(self.state_dir, key),
+                replace=seen is not None,
+            )
+        except OSError as exc:  # write_marker left no file of this launch behind
+            if done_pipe is not None:
+                os.close(done_pipe)
+            self._let_down(attempt, go_write)
             retryable = not procs.is_permanent(exc)
             return LaunchResult(
                 key=key, handle=None, error=f"cannot record the launch: {exc}", retryable=retryable
             )
+        if other is not None:
+            if done_pipe is not None:
+                os.close(done_pipe)
+            self._let_down(attempt, go_write)
+            log.warning(
+                "%s: launched meanwhile by %s (pid %d): not starting it again",
+                key,
+                other.owner or "another launcher",
+                other.pid,
+            )
+            return _Launched(other)
         return _Ready(attempt, go_write, done_pipe, spec.timeout)
 
     def _finish_launch(
@@ -502,10 +537,14 @@ class LocalLauncher:
 
     def _abandon(self, attempt: Attempt, go_write: int) -> None:
         """Undo a launch that could not be recorded: the process never ran."""
-        os.close(go_write)  # EOF: the process exits without running anything
         procs.remove_live(self.state_dir, attempt.key)
         with contextlib.suppress(OSError):
             attempt.paths.marker.unlink()
+        self._let_down(attempt, go_write)
+
+    def _let_down(self, attempt: Attempt, go_write: int) -> None:
+        """End a started process that must never run, leaving the try's files alone."""
+        os.close(go_write)  # EOF: the process exits without running anything
         if attempt.own_child:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(attempt.pid, 0)  # exits at once, on EOF

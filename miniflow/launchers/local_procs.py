@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,20 +199,67 @@ def live_entry(state_dir: Path, key: AttemptKey) -> Path:
     return live_dir(state_dir) / hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
-def write_marker(path: Path, marker: Marker, *, live: Path | None = None) -> None:
+def write_marker(
+    path: Path, marker: Marker, *, live: Path | None = None, replace: bool = True
+) -> Marker | None:
     """Write the marker atomically; with `live`, link it into the live index first.
 
     The live entry is a hard link to the same file, made before the marker gets
     its final name: a crash in between leaves a live entry (enough to adopt the
     attempt), never a marker that the live index does not know.
+
+    Both names are also the launch's claim on the try: the live entry is made only
+    where none exists, and without `replace` (the launcher found no marker) so is the
+    marker. Of two launchers that start the same try at once (a peer adopted it while
+    this scheduler was paused mid-launch, and launched it again) one wins. Returns None
+    when this launch won; else the winner's marker, and this launch's process must
+    never run.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(marker)))
-    if live is not None:
+    # Named per process and thread: two launchers of one try must not share it.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(asdict(marker)))
+        if live is not None:
+            other = _claim_live(tmp, live, path)
+            if other is not None:
+                return other
+        try:
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)
+        except OSError as exc:
+            if live is not None:  # ours: a live entry without a marker must not stay
+                with contextlib.suppress(FileNotFoundError):
+                    live.unlink()
+            if isinstance(exc, FileExistsError) and (other := read_marker(path)) is not None:
+                return other  # launched, and maybe ended, by a peer since the launcher looked
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # left unless it became the marker
+    return None
+
+
+def _claim_live(tmp: Path, live: Path, marker_path: Path) -> Marker | None:
+    """Link `tmp` as the live entry; if another launch holds it, that launch's marker."""
+    for _ in range(3):
+        try:
+            os.link(tmp, live)
+            return None
+        except FileExistsError:
+            pass
+        other = read_marker(live)
+        if other is not None and (marker_process_alive(other) or marker_path.exists()):
+            return other
+        # Left by a launcher that died between its two links: that process never got
+        # its go byte, so it never ran (or the entry went away meanwhile).
         with contextlib.suppress(FileNotFoundError):
             live.unlink()
-        os.link(tmp, live)
-    os.replace(tmp, path)
+    other = read_marker(live)
+    if other is None:
+        raise FileExistsError(errno.EEXIST, "live entry keeps coming back", str(live))
+    return other
 
 
 def read_marker(path: Path) -> Marker | None:

@@ -12,6 +12,7 @@ tries that the next one adopts (reported Lost, relaunched without using a retry)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from miniflow.authoring.mapping import apply_map_args
 from miniflow.authoring.templates import needs_dag_file
 from miniflow.authoring.xcom import XComData, XComError, check_value, uses_xcom
 from miniflow.errors import TemplateError
-from miniflow.launchers.base import AttemptKey, TaskSpec
+from miniflow.launchers.base import AttemptKey, LaunchResult, TaskSpec
 from miniflow.retries import failure_outcome
 from miniflow.scheduler import metrics, relaunch
 from miniflow.scheduler.child_render import Rendered, RenderItem
@@ -198,6 +199,8 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
     if specs and time.monotonic() - claims.made_at > deps.settings.instance_timeout / 4:
         specs = await _still_ours(deps, specs)
     results = await deps.launcher.launch(specs) if specs else []
+    if any(r.paused for r in results):
+        results = await _after_a_pause(deps, specs, results)
     handles: list[tuple[int, int, str]] = []
     for result in results:
         flight = deps.flights.tries.get(result.key)
@@ -280,6 +283,19 @@ async def _still_ours(deps: RoundDeps, specs: list[TaskSpec]) -> list[TaskSpec]:
             spec.key,
         )
     return kept
+
+
+async def _after_a_pause(
+    deps: RoundDeps, specs: list[TaskSpec], results: list[LaunchResult]
+) -> list[LaunchResult]:
+    """The launcher found itself paused between deciding some launches and making them:
+    launch those still this instance's again (a fresh decision), drop the others."""
+    paused = {r.key for r in results if r.paused}
+    again = await _still_ours(
+        deps, [dataclasses.replace(s, decided_at=time.time()) for s in specs if s.key in paused]
+    )
+    relaunched = await deps.launcher.launch(again) if again else []
+    return [r for r in results if not r.paused] + relaunched
 
 
 _PAST_OK = frozenset({states.SUCCESS, states.SKIPPED})

@@ -64,6 +64,7 @@ from miniflow.scheduler.settings import SchedulerSettings as SchedulerSettings
 from miniflow.scheduler.turns import TurnRule
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
+from miniflow.store import fencing as store_fencing
 from miniflow.store import instances as store_instances
 from miniflow.store import mapping as store_mapping
 from miniflow.store import runs as store_runs
@@ -106,6 +107,12 @@ class _Due:
     turn_back: datetime | None = None  # handed the claim turn on: claim again if not taken
 
 
+def new_scheduler_id(*, peer: bool) -> str:
+    """A fresh instance id: host, pid and a random suffix (a pid is reused after a restart)."""
+    prefix = "" if peer else store_instances.NON_PEER_PREFIX
+    return f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 def _process_may_live(instance: store_instances.Instance) -> bool:
     """False when the instance ran on this host and its process is gone (killed, crashed):
     no need to wait for its heartbeat to go stale."""
@@ -132,6 +139,7 @@ class Scheduler:
         settings: SchedulerSettings | None = None,
         clock: Clock | None = None,
         parse_timeout: float = 30.0,
+        scheduler_id: str | None = None,
     ) -> None:
         self.engine = engine
         metrics.instrument(engine)  # statement latency, by kind
@@ -154,8 +162,7 @@ class Scheduler:
         """Runs this round ended, for their DAG callbacks once the round has committed."""
         self._task_ends: list[event_recorder.TaskEnd] = []
         """Bash / Pod tries this round ended with a callback to run once it has committed."""
-        prefix = "" if self.settings.peer else store_instances.NON_PEER_PREFIX
-        self.scheduler_id = f"{prefix}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.scheduler_id = scheduler_id or new_scheduler_id(peer=self.settings.peer)
         self.sanity_lock = SanityLock(engine, self.scheduler_id)
         self._taken_over: set[str] = set()
         """Dead instances whose leftover pods this one took over (once each)."""
@@ -292,6 +299,11 @@ class Scheduler:
                 for i in instances
                 if i.id not in live and i.id != self.scheduler_id and i.heartbeat_at > recent
             }
+            # Newly dead: a frozen one may hold locks this transaction would wait on.
+            await store_fencing.cut_off(
+                self.engine,
+                [i.id for i in instances if i.id in dead and i.ended_at is None],
+            )
             # Declared dead: a frozen instance that comes back learns it from its next
             # heartbeat (and finds its tries owned by others).
             await store_instances.end_stale(

@@ -31,21 +31,26 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
 def create_engine(
-    url: str, *, pool_size: int = 5, idle_transaction_timeout: float | None = None
+    url: str,
+    *,
+    pool_size: int = 5,
+    idle_transaction_timeout: float | None = None,
+    application_name: str = "miniflow",
 ) -> AsyncEngine:
     """An AsyncEngine configured for miniflow's access pattern on either backend.
 
     `idle_transaction_timeout` (PostgreSQL, seconds): the server ends a session left idle
     inside a transaction that long. A scheduler frozen mid-transaction (SIGSTOP, a
     partitioned host) would otherwise keep its row and advisory locks (the claim lock
-    among them) and stall every peer until it thaws."""
+    among them) and stall every peer until it thaws. `application_name` (PostgreSQL): a
+    scheduler's names its sessions for its peers to end them (`miniflow.store.fencing`)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
     # No pre-ping: it costs a round trip per checkout (several per scheduler round); a
     # connection dropped by the server fails that round, which the daemon retries.
-    settings = {"application_name": "miniflow"}
+    settings = {"application_name": application_name}
     if idle_transaction_timeout is not None:
         ms = max(1, round(idle_transaction_timeout * 1000))
         settings["idle_in_transaction_session_timeout"] = str(ms)

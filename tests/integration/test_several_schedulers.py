@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -376,3 +377,125 @@ async def test_tries_adopted_while_their_claimer_paused_before_the_launch_are_no
         assert not a.inflight
     finally:
         await a.close()
+
+
+async def test_launches_the_launcher_found_paused_are_made_again_only_if_still_ours(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Paused inside the launch itself (past the check before it), a scheduler's launcher
+    refuses launches decided too long ago. The scheduler launches again those tries it
+    still owns, and leaves the one a peer adopted meanwhile."""
+    from sqlalchemy import update
+
+    from miniflow.launchers.base import LaunchResult, TaskSpec
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.store.models import TaskAttempt, TaskInstance
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "two.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("two", start_date=datetime(2026, 1, 1)):\n'
+        '    [Bash(f"t{i}", "true") for i in range(2)]\n'
+    )
+    sessions = store_engine.sessionmaker(engine)
+
+    class PausedOnce(InstantLauncher):
+        paused: list[str] = []
+
+        async def launch(self, specs: Sequence[TaskSpec]) -> list[LaunchResult]:
+            if self.paused:
+                return await super().launch(specs)
+            self.paused.extend(s.key.task_id for s in specs)
+            async with store_engine.transaction(sessions) as session:
+                t0 = select(TaskInstance.id).where(TaskInstance.task_id == "t0")
+                await session.execute(  # a peer took t0 over while this one was paused
+                    update(TaskAttempt)
+                    .where(TaskAttempt.ti_id.in_(t0.scalar_subquery()))
+                    .values(scheduler_id="a-peer-that-adopted")
+                )
+            return [
+                LaunchResult(s.key, None, error="paused", retryable=True, paused=True)
+                for s in specs
+            ]
+
+    a = Scheduler(
+        engine=engine,
+        launcher=PausedOnce(hold=True),
+        dags_folder=tmp_path,
+        settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
+    )
+    await a.start()
+    try:
+        await a.tick()  # parse
+        await _trigger(engine, "two", {})
+        for _ in range(3):
+            await a.tick()
+        assert sorted(PausedOnce.paused) == ["t0", "t1"]
+        assert [s.key.task_id for s in a.launcher.launched] == ["t1"]  # type: ignore[attr-defined]
+        assert [k.task_id for k in a.inflight] == ["t1"]
+    finally:
+        await a.close()
+
+
+async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_adopted(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """A scheduler frozen in the middle of a statement keeps its transaction's row locks,
+    and the server's idle-in-transaction timeout does not end a session that is inside
+    an extended-protocol exchange. The peer that takes it for dead ends its sessions
+    (named for its instance), so the adoption does not wait for it to thaw."""
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
+    from miniflow.store import fencing
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "three.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("three", start_date=datetime(2026, 1, 1)):\n'
+        '    [Bash(f"t{i}", "true") for i in range(3)]\n'
+    )
+    start = datetime.now(UTC)
+    frozen_id = new_scheduler_id(peer=True)
+    frozen_engine = store_engine.create_engine(
+        db_url, application_name=fencing.session_name(frozen_id)
+    )
+
+    def scheduler(on: AsyncEngine, scheduler_id: str | None = None) -> Scheduler:
+        return Scheduler(
+            engine=on,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
+            clock=ManualClock(start),
+            scheduler_id=scheduler_id,
+        )
+
+    frozen, peer = scheduler(frozen_engine, frozen_id), scheduler(engine)
+    await frozen.start()
+    try:
+        await frozen.tick()  # parse
+        await _trigger(engine, "three", {})
+        for _ in range(5):
+            await frozen.tick()
+        held = set(frozen.launcher.held)  # type: ignore[attr-defined]
+        assert len(held) == 3
+        # Frozen inside a transaction that holds its tries' rows.
+        stuck = await frozen_engine.connect()
+        await stuck.begin()
+        await stuck.execute(text("SELECT * FROM task_attempt FOR UPDATE"))
+        await peer.start()
+        peer.clock.advance(31)  # type: ignore[attr-defined]
+        await peer._heartbeat_instance()
+        await asyncio.wait_for(peer.sanity.round(peer, peer.clock.now()), 20)
+        assert {k for k, _ in peer.launcher.adopted} == held  # type: ignore[attr-defined]
+        with pytest.raises(DBAPIError):
+            await stuck.execute(text("SELECT 1"))  # its session was ended
+        await stuck.invalidate()
+    finally:
+        await peer.close()
+        await frozen.close()
+        await frozen_engine.dispose()

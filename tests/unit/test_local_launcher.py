@@ -7,7 +7,9 @@ attempts pay for booting a forkserver.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
+import json
 import logging
 import os
 import signal
@@ -23,7 +25,7 @@ import pytest
 from miniflow.errors import NotFound, StateDirError
 from miniflow.launchers import local_fork, local_procs
 from miniflow.launchers.base import AttemptExited, AttemptKey, AttemptStarted, TaskSpec
-from miniflow.launchers.local import NO_ENTRYPOINT_MESSAGE, LocalLauncher
+from miniflow.launchers.local import INLINE_LAUNCHES, NO_ENTRYPOINT_MESSAGE, LocalLauncher
 
 ENTRY = f"{local_launcher_entry.__name__}:main"
 WAIT = 15.0
@@ -708,6 +710,148 @@ def test_safe_component() -> None:
     assert local_procs.safe_component("") == "%00"
 
 
+# --- two launchers of one try ------------------------------------------------------------------
+
+
+async def test_a_try_launched_by_a_peer_while_this_launch_was_paused_runs_once(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A scheduler paused after starting a try's process and before recording it: a peer
+    sharing the state directory takes the try over, finds no marker and launches it. When
+    the first one resumes, its process must not run: it watches the peer's instead."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    # More than are launched inline: the paused launcher works in a thread, as for a round.
+    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    loop = asyncio.get_running_loop()
+    write_marker = local_procs.write_marker
+    peer_results: list[Any] = []
+
+    def peer_launches_first(
+        path: Path, marker: local_procs.Marker, **kw: Any
+    ) -> local_procs.Marker | None:
+        if marker.owner == "paused" and marker.task_id == "t0":  # its process is started
+            launched = asyncio.run_coroutine_threadsafe(peer.launch(specs[:1]), loop)
+            peer_results.extend(launched.result(WAIT))
+        return write_marker(path, marker, **kw)
+
+    monkeypatch.setattr(local_procs, "write_marker", peer_launches_first)
+    results = await asyncio.wait_for(paused.launch(specs), WAIT * 2)
+    [first] = peer_results
+    assert first.handle and not first.error, first
+    assert results[0].handle == first.handle, "the paused launcher must watch the peer's process"
+    assert (await exited(peer, specs[0].key)).exit_code == 0
+    for spec in specs:
+        assert (await exited(paused, spec.key)).exit_code == 0
+    for i in range(len(specs)):
+        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+
+
+async def test_a_try_a_peer_launched_and_finished_while_this_launch_was_paused_is_not_rerun(
+    make_launcher: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Paused after starting the process: meanwhile a peer launched the try, it ended and
+    its exit was recorded (the live entry is gone, the peer's marker stays). Resumed, the
+    paused launch must not run its process: the try was the peer's."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    loop = asyncio.get_running_loop()
+    write_marker = local_procs.write_marker
+
+    async def peer_runs_it_to_the_end() -> None:
+        [launched] = await peer.launch(specs[:1])
+        assert launched.handle, launched
+        assert (await exited(peer, specs[0].key)).exit_code == 0
+        await peer.acknowledge([specs[0].key])  # its exit is committed
+
+    def peer_first(path: Path, marker: local_procs.Marker, **kw: Any) -> local_procs.Marker | None:
+        if marker.owner == "paused" and marker.task_id == "t0":
+            asyncio.run_coroutine_threadsafe(peer_runs_it_to_the_end(), loop).result(WAIT)
+        return write_marker(path, marker, **kw)
+
+    monkeypatch.setattr(local_procs, "write_marker", peer_first)
+    results = await asyncio.wait_for(paused.launch(specs), WAIT * 2)
+    assert all(r.handle for r in results), results
+    for spec in specs:
+        assert (await exited(paused, spec.key)).exit_code == 0
+    for i in range(len(specs)):
+        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+
+
+async def test_a_launch_decided_before_a_peer_launched_the_try_is_not_run(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    """Paused between deciding a launch and starting it: a peer launched the try and it
+    ended meanwhile. The launch that was decided earlier must not run the try again (a
+    try launched again on purpose, after a launch that did not start, is decided after it)."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    decided = bash(f"echo $$ >> {ran}")  # decided now, launched after the peer's
+    [launched] = await peer.launch([bash(f"echo $$ >> {ran}")])
+    assert (await exited(peer, decided.key)).exit_code == 0
+    await peer.acknowledge([decided.key])
+    [result] = await paused.launch([decided])
+    assert result.handle == launched.handle
+    assert (await exited(paused, decided.key)).exit_code == 0
+    assert len(ran.read_text().split()) == 1, "the try ran twice"
+    # Launched again after that (a relaunch decided now): it runs.
+    await paused.acknowledge([decided.key])
+    [again] = await paused.launch([bash(f"echo $$ >> {ran}")])
+    assert again.handle != launched.handle
+    assert (await exited(paused, decided.key)).exit_code == 0
+    assert len(ran.read_text().split()) == 2
+
+
+async def test_a_launch_made_long_after_it_was_decided_is_not_started(
+    make_launcher: Factory, tmp_path: Path
+) -> None:
+    """A scheduler paused between deciding a launch and recording it may have had the try
+    taken over meanwhile: the launcher does not start it, and says so (`paused`)."""
+    launcher = await make_launcher(pause_limit=1.0)
+    ran = tmp_path / "ran"
+    spec = dataclasses.replace(bash(f"touch {ran}"), decided_at=time.time() - 5)
+    [result] = await launcher.launch([spec])
+    assert result.paused and result.retryable and result.handle is None, result
+    paths = local_procs.AttemptPaths.of(tmp_path / "state", spec.key)
+    assert local_procs.read_marker(paths.marker) is None
+    assert not local_procs.live_entry(tmp_path / "state", spec.key).exists()
+    [again] = await launcher.launch([dataclasses.replace(spec, decided_at=time.time())])
+    assert again.handle and not again.paused
+    assert (await exited(launcher, spec.key)).exit_code == 0
+    assert ran.exists()
+
+
+def test_a_live_entry_left_by_a_launcher_that_died_mid_record_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """Killed between its live entry and its marker, a launcher leaves a live entry of a
+    process that never got its go byte: the next launch of that try takes the entry."""
+    folder = tmp_path / "t"
+    folder.mkdir()
+    live = tmp_path / "live"
+    dead = local_procs.Marker(
+        pid=2**22 + 1, start_time=1, boot_id=local_procs.boot_id(), kind="bash",
+        handle="pid:1", launched_at=0.0, timeout=None, dag_id="d", run_id="r",
+        task_id="t", try_number=1,
+    )
+    live.write_text(json.dumps(dataclasses.asdict(dead)))
+    mine = dataclasses.replace(dead, pid=os.getpid(), handle="pid:2")
+    assert local_procs.write_marker(folder / "1.launch", mine, live=live) is None
+    assert local_procs.read_marker(live) == mine
+    assert local_procs.read_marker(folder / "1.launch") == mine
+    assert [p.name for p in folder.iterdir()] == ["1.launch"], "a temporary file was left"
+
+
 # --- launching off the event loop -------------------------------------------------------------
 
 
@@ -724,12 +868,14 @@ async def test_launch_leaves_the_event_loop_free_and_keeps_the_order(
     markers_seen: list[str] = []
     write_marker = local_procs.write_marker
 
-    def write_marker_once_the_loop_ran(path: Path, marker: local_procs.Marker, **kw: Any) -> None:
+    def write_marker_once_the_loop_ran(
+        path: Path, marker: local_procs.Marker, **kw: Any
+    ) -> local_procs.Marker | None:
         loop_ran = threading.Event()
         loop.call_soon_threadsafe(loop_ran.set)
         assert loop_ran.wait(WAIT), "the event loop was blocked while launching"
         markers_seen.append(marker.task_id)
-        write_marker(path, marker, **kw)
+        return write_marker(path, marker, **kw)
 
     monkeypatch.setattr(local_procs, "write_marker", write_marker_once_the_loop_ran)
     specs = [bash("true", task=f"t{i}") for i in range(5)]
