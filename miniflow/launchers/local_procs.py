@@ -216,7 +216,7 @@ def write_marker(
     never run.
     """
     # Named per process and thread: two launchers of one try must not share it.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = path.with_name(f"{os.getpid()}-{threading.get_ident()}.{path.name}.tmp")
     try:
         tmp.write_text(json.dumps(asdict(marker)))
         if live is not None:

@@ -3,7 +3,7 @@
 Python imports `sitecustomize` at start-up from its path, so a process started
 with this folder on PYTHONPATH and FAULT_STALL_AT_MARKER=<file> installs an
 audit hook (`sys.addaudithook`, no miniflow code patched). When the process
-opens a local launcher's launch marker for writing (`<try>.launch.tmp`) — after
+opens a local launcher's launch marker for writing (`<pid>-<thread>.<try>.launch.tmp`) — after
 it started the attempt's process, before the marker exists — the hook writes
 the pids of the process's descendants to <file> and blocks forever, so that a
 test can SIGKILL it exactly in that window.
