@@ -19,6 +19,15 @@ from miniflow.store import task_instances as store_tis
 from tests.dbs import PostgresDatabases
 
 
+def _bash_dag(folder: Path, dag_id: str, tasks: int) -> None:
+    """A DAG file of `tasks` independent Bash tasks t0, t1..."""
+    (folder / f"{dag_id}.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        f'with DAG("{dag_id}", start_date=datetime(2026, 1, 1)):\n'
+        f'    [Bash(f"t{{i}}", "true") for i in range({tasks})]\n'
+    )
+
+
 @pytest.fixture
 async def db_url(postgres_dbs: PostgresDatabases) -> str:
     """PostgreSQL only: SQLite runs one scheduler."""
@@ -71,11 +80,7 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
     from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
 
-    (tmp_path / "three.py").write_text(
-        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
-        'with DAG("three", start_date=datetime(2026, 1, 1)):\n'
-        '    [Bash(f"t{i}", "true") for i in range(3)]\n'
-    )
+    _bash_dag(tmp_path, "three", 3)
     start = datetime.now(UTC)
 
     def scheduler() -> Scheduler:
@@ -341,11 +346,7 @@ async def test_tries_adopted_while_their_claimer_paused_before_the_launch_are_no
     from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
 
-    (tmp_path / "two.py").write_text(
-        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
-        'with DAG("two", start_date=datetime(2026, 1, 1)):\n'
-        '    [Bash(f"t{i}", "true") for i in range(2)]\n'
-    )
+    _bash_dag(tmp_path, "two", 2)
     a = Scheduler(
         engine=engine,
         launcher=InstantLauncher(hold=True),
@@ -393,11 +394,7 @@ async def test_launches_the_launcher_found_paused_are_made_again_only_if_still_o
     from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
 
-    (tmp_path / "two.py").write_text(
-        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
-        'with DAG("two", start_date=datetime(2026, 1, 1)):\n'
-        '    [Bash(f"t{i}", "true") for i in range(2)]\n'
-    )
+    _bash_dag(tmp_path, "two", 2)
     sessions = store_engine.sessionmaker(engine)
 
     class PausedOnce(InstantLauncher):
@@ -453,11 +450,7 @@ async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_
     from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
 
-    (tmp_path / "three.py").write_text(
-        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
-        'with DAG("three", start_date=datetime(2026, 1, 1)):\n'
-        '    [Bash(f"t{i}", "true") for i in range(3)]\n'
-    )
+    _bash_dag(tmp_path, "three", 3)
     start = datetime.now(UTC)
     frozen_id = new_scheduler_id(peer=True)
     frozen_engine = store_engine.create_engine(

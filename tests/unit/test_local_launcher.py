@@ -713,19 +713,44 @@ def test_safe_component() -> None:
 # --- two launchers of one try ------------------------------------------------------------------
 
 
+async def _paused_and_peer(
+    make_launcher: Factory, tmp_path: Path
+) -> tuple[LocalLauncher, LocalLauncher, list[TaskSpec]]:
+    """Two launchers on one state directory, and Bash specs each appending its pid to
+    `ran-<i>`: more than are launched inline, so the first works in a thread as a round's."""
+    paused = await make_launcher()
+    paused.set_owner("paused")
+    peer = await make_launcher()
+    peer.set_owner("peer")
+    ran = tmp_path / "ran"
+    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    return paused, peer, specs
+
+
+async def _exit_codes(
+    launcher: LocalLauncher, specs: list[TaskSpec]
+) -> dict[AttemptKey, int | None]:
+    """The exit code of each spec's attempt, in whatever order they end."""
+    codes: dict[AttemptKey, int | None] = {}
+    while len(codes) < len(specs):
+        event = await next_event(launcher)
+        if isinstance(event, AttemptExited):
+            codes[event.key] = event.exit_code
+    return codes
+
+
+def _each_ran_once(tmp_path: Path, specs: list[TaskSpec]) -> None:
+    for i in range(len(specs)):
+        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+
+
 async def test_a_try_launched_by_a_peer_while_this_launch_was_paused_runs_once(
     make_launcher: Factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A scheduler paused after starting a try's process and before recording it: a peer
     sharing the state directory takes the try over, finds no marker and launches it. When
     the first one resumes, its process must not run: it watches the peer's instead."""
-    paused = await make_launcher()
-    paused.set_owner("paused")
-    peer = await make_launcher()
-    peer.set_owner("peer")
-    ran = tmp_path / "ran"
-    # More than are launched inline: the paused launcher works in a thread, as for a round.
-    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    paused, peer, specs = await _paused_and_peer(make_launcher, tmp_path)
     loop = asyncio.get_running_loop()
     write_marker = local_procs.write_marker
     peer_results: list[Any] = []
@@ -744,10 +769,8 @@ async def test_a_try_launched_by_a_peer_while_this_launch_was_paused_runs_once(
     assert first.handle and not first.error, first
     assert results[0].handle == first.handle, "the paused launcher must watch the peer's process"
     assert (await exited(peer, specs[0].key)).exit_code == 0
-    for spec in specs:
-        assert (await exited(paused, spec.key)).exit_code == 0
-    for i in range(len(specs)):
-        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+    assert await _exit_codes(paused, specs) == {s.key: 0 for s in specs}
+    _each_ran_once(tmp_path, specs)
 
 
 async def test_a_try_a_peer_launched_and_finished_while_this_launch_was_paused_is_not_rerun(
@@ -756,12 +779,7 @@ async def test_a_try_a_peer_launched_and_finished_while_this_launch_was_paused_i
     """Paused after starting the process: meanwhile a peer launched the try, it ended and
     its exit was recorded (the live entry is gone, the peer's marker stays). Resumed, the
     paused launch must not run its process: the try was the peer's."""
-    paused = await make_launcher()
-    paused.set_owner("paused")
-    peer = await make_launcher()
-    peer.set_owner("peer")
-    ran = tmp_path / "ran"
-    specs = [bash(f"echo $$ >> {ran}-{i}", task=f"t{i}") for i in range(INLINE_LAUNCHES + 1)]
+    paused, peer, specs = await _paused_and_peer(make_launcher, tmp_path)
     loop = asyncio.get_running_loop()
     write_marker = local_procs.write_marker
 
@@ -779,10 +797,8 @@ async def test_a_try_a_peer_launched_and_finished_while_this_launch_was_paused_i
     monkeypatch.setattr(local_procs, "write_marker", peer_first)
     results = await asyncio.wait_for(paused.launch(specs), WAIT * 2)
     assert all(r.handle for r in results), results
-    for spec in specs:
-        assert (await exited(paused, spec.key)).exit_code == 0
-    for i in range(len(specs)):
-        assert len((tmp_path / f"ran-{i}").read_text().split()) == 1, f"t{i} ran twice"
+    assert await _exit_codes(paused, specs) == {s.key: 0 for s in specs}
+    _each_ran_once(tmp_path, specs)
 
 
 async def test_a_launch_decided_before_a_peer_launched_the_try_is_not_run(
