@@ -28,6 +28,16 @@ def _bash_dag(folder: Path, dag_id: str, tasks: int) -> None:
     )
 
 
+async def _trigger_and_tick(scheduler: Any, engine: AsyncEngine, dag_id: str, rounds: int) -> None:
+    """Parse the DAGs folder, trigger a run of `dag_id`, and run that many rounds."""
+    from tests.integration.test_scheduler_instant import _trigger
+
+    await scheduler.tick()  # parse
+    await _trigger(engine, dag_id, {})
+    for _ in range(rounds):
+        await scheduler.tick()
+
+
 @pytest.fixture
 async def db_url(postgres_dbs: PostgresDatabases) -> str:
     """PostgreSQL only: SQLite runs one scheduler."""
@@ -344,7 +354,6 @@ async def test_tries_adopted_while_their_claimer_paused_before_the_launch_are_no
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.store.models import TaskAttempt
     from tests.instant_launcher import InstantLauncher
-    from tests.integration.test_scheduler_instant import _trigger
 
     _bash_dag(tmp_path, "two", 2)
     a = Scheduler(
@@ -369,10 +378,7 @@ async def test_tries_adopted_while_their_claimer_paused_before_the_launch_are_no
     a._launch = pause_then_launch  # type: ignore[method-assign]
     await a.start()
     try:
-        await a.tick()  # parse
-        await _trigger(engine, "two", {})
-        for _ in range(3):
-            await a.tick()
+        await _trigger_and_tick(a, engine, "two", rounds=3)
         assert paused and paused[0] == 2
         assert a.launcher.launched == []  # type: ignore[attr-defined]
         assert not a.inflight
@@ -392,7 +398,6 @@ async def test_launches_the_launcher_found_paused_are_made_again_only_if_still_o
     from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.store.models import TaskAttempt, TaskInstance
     from tests.instant_launcher import InstantLauncher
-    from tests.integration.test_scheduler_instant import _trigger
 
     _bash_dag(tmp_path, "two", 2)
     sessions = store_engine.sessionmaker(engine)
@@ -424,10 +429,7 @@ async def test_launches_the_launcher_found_paused_are_made_again_only_if_still_o
     )
     await a.start()
     try:
-        await a.tick()  # parse
-        await _trigger(engine, "two", {})
-        for _ in range(3):
-            await a.tick()
+        await _trigger_and_tick(a, engine, "two", rounds=3)
         assert sorted(PausedOnce.paused) == ["t0", "t1"]
         assert [s.key.task_id for s in a.launcher.launched] == ["t1"]  # type: ignore[attr-defined]
         assert [k.task_id for k in a.inflight] == ["t1"]
@@ -448,7 +450,6 @@ async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_
     from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
     from miniflow.store import fencing
     from tests.instant_launcher import InstantLauncher
-    from tests.integration.test_scheduler_instant import _trigger
 
     _bash_dag(tmp_path, "three", 3)
     start = datetime.now(UTC)
@@ -470,10 +471,7 @@ async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_
     frozen, peer = scheduler(frozen_engine, frozen_id), scheduler(engine)
     await frozen.start()
     try:
-        await frozen.tick()  # parse
-        await _trigger(engine, "three", {})
-        for _ in range(5):
-            await frozen.tick()
+        await _trigger_and_tick(frozen, engine, "three", rounds=5)
         held = set(frozen.launcher.held)  # type: ignore[attr-defined]
         assert len(held) == 3
         # Frozen inside a transaction that holds its tries' rows.
