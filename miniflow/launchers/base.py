@@ -66,7 +66,8 @@ class TaskSpec:
     push_result: bool = False  # kind == "pod": its result is its termination message
     result_file: str = RESULT_FILE  # push_result: the termination message file
     # When the scheduler decided on this launch (time.time()). A launcher sharing its
-    # records with peers (local, one host) takes a launch of the same try recorded after
+    # records with peers (local, one host) refuses a launch it would record long after
+    # this (`LaunchResult.paused`), and takes a launch of the same try recorded after
     # this moment for a peer's, made while this scheduler was paused: never its own.
     decided_at: float = field(default_factory=time.time)
 

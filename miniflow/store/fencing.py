@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 PREFIX = "miniflow:"
 _NAME_MAX = 63  # PostgreSQL truncates application_name (NAMEDATALEN - 1)
 
+# Without a timeout: the caller's own transaction is open meanwhile (and subject to the
+# idle-in-transaction timeout); its next statement waits the few milliseconds a
+# terminated backend takes to release its locks.
 _CUT_OFF = text(
-    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 2000)) FROM pg_stat_activity"
+    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
     " WHERE datname = current_database() AND pid <> pg_backend_pid()"
     " AND application_name IN :names"
 ).bindparams(bindparam("names", expanding=True))

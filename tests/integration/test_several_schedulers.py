@@ -38,6 +38,24 @@ async def _trigger_and_tick(scheduler: Any, engine: AsyncEngine, dag_id: str, ro
         await scheduler.tick()
 
 
+def _holding_scheduler(
+    engine: AsyncEngine, folder: Path, start: Any, scheduler_id: str | None = None
+) -> Any:
+    """A scheduler on a manual clock whose instant launcher holds every try running."""
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from tests.instant_launcher import InstantLauncher
+
+    return Scheduler(
+        engine=engine,
+        launcher=InstantLauncher(hold=True),
+        dags_folder=folder,
+        settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
+        clock=ManualClock(start),
+        scheduler_id=scheduler_id,
+    )
+
+
 @pytest.fixture
 async def db_url(postgres_dbs: PostgresDatabases) -> str:
     """PostgreSQL only: SQLite runs one scheduler."""
@@ -84,23 +102,15 @@ async def test_a_live_peers_tries_are_left_alone_and_a_dead_ones_adopted_once(
     from datetime import UTC, datetime
 
     from miniflow.scheduler import metrics
-    from miniflow.scheduler.clock import ManualClock
-    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.scheduler.core import Scheduler
     from miniflow.store import attempts as store_attempts
-    from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
 
     _bash_dag(tmp_path, "three", 3)
     start = datetime.now(UTC)
 
     def scheduler() -> Scheduler:
-        return Scheduler(
-            engine=engine,
-            launcher=InstantLauncher(hold=True),
-            dags_folder=tmp_path,
-            settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
-            clock=ManualClock(start),
-        )
+        return _holding_scheduler(engine, tmp_path, start)
 
     a, b, c = scheduler(), scheduler(), scheduler()
     await a.start()
@@ -446,10 +456,8 @@ async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_
     (named for its instance), so the adoption does not wait for it to thaw."""
     from datetime import UTC, datetime
 
-    from miniflow.scheduler.clock import ManualClock
-    from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
+    from miniflow.scheduler.core import Scheduler, new_scheduler_id
     from miniflow.store import fencing
-    from tests.instant_launcher import InstantLauncher
 
     _bash_dag(tmp_path, "three", 3)
     start = datetime.now(UTC)
@@ -459,14 +467,7 @@ async def test_a_dead_peer_frozen_inside_a_transaction_is_cut_off_and_its_tries_
     )
 
     def scheduler(on: AsyncEngine, scheduler_id: str | None = None) -> Scheduler:
-        return Scheduler(
-            engine=on,
-            launcher=InstantLauncher(hold=True),
-            dags_folder=tmp_path,
-            settings=SchedulerSettings(schedule_runs=False, instance_timeout=30.0),
-            clock=ManualClock(start),
-            scheduler_id=scheduler_id,
-        )
+        return _holding_scheduler(on, tmp_path, start, scheduler_id)
 
     frozen, peer = scheduler(frozen_engine, frozen_id), scheduler(engine)
     await frozen.start()
