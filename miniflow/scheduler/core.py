@@ -68,7 +68,7 @@ from miniflow.store import fencing as store_fencing
 from miniflow.store import instances as store_instances
 from miniflow.store import mapping as store_mapping
 from miniflow.store import runs as store_runs
-from miniflow.store import states
+from miniflow.store import states, wakeup
 from miniflow.store import task_instances as store_tis
 from miniflow.store.config_values import DatabaseBackend
 from miniflow.store.records import RunInfo
@@ -105,6 +105,9 @@ class _Due:
     retry_known: bool = False
     run_ended: bool = False  # a run ended: a queued one may start now
     turn_back: datetime | None = None  # handed the claim turn on: claim again if not taken
+    # This round's: runs whose views took exits, and whether it made tasks ready.
+    exit_runs: set[int] = field(default_factory=set)
+    made_ready: bool = False
 
 
 def new_scheduler_id(*, peer: bool) -> str:
@@ -859,6 +862,7 @@ class Scheduler:
                 whole.add(row.run_pk)
             elif view.set(row.task_id, row.state):
                 changed.setdefault(row.run_pk, []).append(row.task_id)
+        self._due.exit_runs = set(changed)
         if sweep:  # after this round's exits are in the views, so that they compare equal
             whole |= await self._stale_views(session, now)
         if self._only_run_pk is not None:
@@ -895,6 +899,7 @@ class Scheduler:
         finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
         applied = await store_tis.set_states(session, changes, now)
         stats.changed = applied
+        self._due.made_ready = applied > 0 and any(new == states.SCHEDULED for *_, new in changes)
         if sweep or any(new == states.MAPPED for _, _, new in changes):
             created, ended = await mapping.expand(self.deps, session, None, now)
             stats.changed += created + len(ended)
@@ -990,11 +995,35 @@ class Scheduler:
             turns = TurnRule(self.scheduler_id, self.settings.claim_turn)
             share -= len(self.inflight)  # all of it in flight: no lock, no statement
         claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
+        if turns is not None:
+            self._look_past_peers(claimed)
+            if turns.waiting_on is not None and self._due.made_ready:
+                # Tasks this round made ready are the turn holder's to claim: it may be
+                # idle (its own tries done), waiting for nothing but this.
+                await wakeup.announce(session, wakeup.turn_topic(turns.waiting_on))
         handed_on = turns is not None and turns.handed_on
         self._due.turn_back = (
             now + timedelta(seconds=self.settings.claim_turn) if handed_on else None
         )
         return claimed
+
+    def _look_past_peers(self, claimed: claims.Claimed | None) -> None:
+        """Read in full, next round, the runs whose exits this round recorded where this
+        instance now has no try in flight while its view still counts open tasks.
+
+        A view learns only of the exits of this instance's own tries: among peers, a
+        task downstream of tries that several instances ran (a fan-in) never looks ready
+        to any one view, and would wait for the sweep. Once this instance has nothing
+        left running in a run, what its view holds open is a peer's (or a task held by a
+        limit): the run's rows say which is done. Mid-run, the holder of the claim turn
+        always has tries in flight, so this costs a read per run and turn, not per round."""
+        busy = {flight.run_pk for flight in self.inflight.values()}
+        if claimed is not None:
+            busy |= {c.run_pk for c in claimed.chosen}
+        for pk in self._due.exit_runs - busy:
+            view = self.run_views.get(pk)
+            if view is not None and view.counts().get("open"):
+                self._due.dirty.add(pk)
 
     async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:
         due = await claims.launch(self.deps, claimed, stats)

@@ -43,22 +43,28 @@ class TurnRule:
     handed_on: bool = False
     """Set by the claim that handed the turn on: look again within half a turn, in case
     the next holder does not take it (frozen)."""
+    waiting_on: str | None = None
+    """Set by a decision to wait: the peer holding the turn."""
 
     def decide(self, turns: Mapping[str, datetime], now: datetime) -> Turn:
         """What this instance may claim, from the live peers' last turns (with its own)."""
         if not turns or set(turns) == {self.me}:
             return Turn.TAKE
-        if self.me not in turns:
-            return Turn.WAIT  # its heartbeat is late: a peer may be adopting its tries
         holder = max(turns, key=lambda i: (turns[i], i))
+        if self.me not in turns:
+            return self._wait(holder)  # its heartbeat is late: a peer may be adopting its tries
         age = now - turns[holder]
         turn = timedelta(seconds=self.length)
         if age < turn:
-            return Turn.HOLD if holder == self.me else Turn.WAIT
+            return Turn.HOLD if holder == self.me else self._wait(holder)
         following = self.following(turns)
         if following == self.me or age >= turn * 1.5:
             return Turn.TAKE
-        return Turn.HAND_ON if holder == self.me else Turn.WAIT
+        return Turn.HAND_ON if holder == self.me else self._wait(following)
+
+    def _wait(self, holder: str) -> Turn:
+        self.waiting_on = holder
+        return Turn.WAIT
 
     def following(self, turns: Mapping[str, datetime]) -> str:
         """The next holder: the peer whose last turn is the oldest (the holder aside)."""

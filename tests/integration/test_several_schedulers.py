@@ -300,6 +300,73 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
             await s.close()
 
 
+async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A scheduler's view of a run learns only of its own tries' exits: `j`, downstream
+    of `a` and `b` that two peers ran, looked blocked to each and waited for the sweep
+    (a second or two, at the end of every fan-in). Once a scheduler has nothing left
+    running in the run it reads the run's rows, and `j` is claimed in the next round."""
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "fanin.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("fanin", start_date=datetime(2026, 1, 1)):\n'
+        '    j = Bash("j", "true")\n'
+        '    Bash("a", "true") >> j\n'
+        '    Bash("b", "true") >> j\n'
+    )
+    clock = ManualClock(datetime.now(UTC))
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            engine=engine,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            clock=clock,
+            # One slot: each peer runs one of `a`, `b`. No sweep while the test runs.
+            settings=SchedulerSettings(
+                schedule_runs=False,
+                parallelism=1,
+                instance_heartbeat=0.0,
+                claim_turn=1.0,
+                full_sweep_interval=3600.0,
+            ),
+        )
+
+    def held(s: Scheduler) -> list[str]:
+        return [key.task_id for key in s.launcher.held]  # type: ignore[attr-defined]
+
+    peers = [scheduler(), scheduler()]
+    try:
+        for s in peers:
+            await s.start()
+        await peers[0].tick()  # parses
+        await _trigger(engine, "fanin", {})
+        for _ in range(2):  # both read the running run (views with `a` and `b` open)
+            for s in peers:
+                await s.tick()
+        first, second = peers if held(peers[0]) else peers[::-1]
+        assert len(held(first)) == 1 and held(second) == [], (held(first), held(second))
+        clock.advance(1.1)  # the first one's turn is over
+        first.launcher.release()  # type: ignore[attr-defined]
+        await first.tick()  # records its exit, hands the turn on
+        await second.tick()  # takes the turn: claims the other of `a`, `b`
+        assert len(held(second)) == 1
+        second.launcher.release()  # type: ignore[attr-defined]
+        await second.tick()  # records the last exit upstream of `j`
+        await second.tick()
+        assert held(second) == ["j"]
+    finally:
+        for s in peers:
+            await s.close()
+
+
 async def test_a_scheduler_busy_longer_than_the_instance_timeout_is_not_taken_for_dead(
     engine: AsyncEngine, db_url: str, tmp_path: Path
 ) -> None:

@@ -47,3 +47,13 @@ def test_alone_it_always_claims() -> None:
 def test_a_scheduler_whose_heartbeat_is_late_claims_nothing() -> None:
     """Its peers may be adopting its tries: claiming more would only add to them."""
     assert _rule("a").decide({"b": _at(0), "c": _at(1)}, _at(1.5)) is Turn.WAIT
+
+
+def test_a_waiting_scheduler_knows_whom_to_wake_for_work_it_made_ready() -> None:
+    """The holder, or once its turn is over the peer next in line: the one to claim."""
+    turns = {"a": _at(0), "b": _at(5), "c": _at(3)}
+    waiting = _rule("c")
+    assert waiting.decide(turns, _at(5.5)) is Turn.WAIT
+    assert waiting.waiting_on == "b"
+    assert waiting.decide(turns, _at(6.2)) is Turn.WAIT
+    assert waiting.waiting_on == "a"
