@@ -127,7 +127,10 @@ async def _scheduler(
                 await server.close()
             raise
         listener = wakeup.Listener(
-            engine, woken=scheduler.woken, turn=(scheduler.scheduler_id, scheduler.turn_given)
+            engine,
+            woken=scheduler.woken,
+            turn=(scheduler.scheduler_id, scheduler.turn_given),
+            left=scheduler.peer_left,
         )
         # What start-up built (modules, the engine, the launcher) lives as long as the
         # process: keep full collections from walking it on every run (one held the

@@ -175,6 +175,8 @@ class Scheduler:
         """Set by a wake-up listener (`miniflow.store.wakeup`): another process wrote work."""
         self.turn_given = asyncio.Event()
         """Set by a wake-up listener: a peer handed this instance the claim turn."""
+        self.peer_left = asyncio.Event()
+        """Set by a wake-up listener: a peer stopped, its tries are to adopt."""
         self.run_views = RunViews()
         self._pending: list[LauncherEvent] = []
         self.flights = Flights()
@@ -369,6 +371,9 @@ class Scheduler:
         if self.settings.register:
             async with store_engine.transaction(self.sessions) as session:
                 await store_instances.end(session, self.scheduler_id, self.clock.now())
+                # Its tries run on, unfollowed, until a peer adopts them: now, not at
+                # that peer's next sanity round.
+                await wakeup.announce(session, wakeup.LEFT_TOPIC)
 
     async def _keep_heartbeating(self) -> None:
         """Heartbeat between rounds as well, from registration on: a start-up (the launcher,
@@ -614,16 +619,23 @@ class Scheduler:
         stop = asyncio.ensure_future(self._stopping.wait())
         woken = asyncio.ensure_future(self.woken.wait())
         turn = asyncio.ensure_future(self.turn_given.wait())
+        left = asyncio.ensure_future(self.peer_left.wait())
         get = asyncio.ensure_future(queue.get())
         try:
             await asyncio.wait(
-                {stop, woken, turn, get}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {stop, woken, turn, left, get},
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stop.cancel()
             woken.cancel()
             turn.cancel()
+            left.cancel()
             self.turn_given.clear()  # only a claim is due: no run check, no sweep
+            if self.peer_left.is_set():
+                self.peer_left.clear()
+                self._due.sanity = None  # the sanity round adopts a stopped peer's tries
             if self.woken.is_set():
                 self.woken.clear()
                 # Another process made work (a run, a clear, an unpause): look for it in

@@ -46,6 +46,11 @@ def turn_topic(instance_id: str) -> str:
     return TURN_PREFIX + instance_id
 
 
+LEFT_TOPIC = "left"
+"""A scheduler stopped (said goodbye): its peers adopt its tries now, not at their next
+sanity round."""
+
+
 def wake_file(url: URL) -> Path | None:
     """The SQLite database's wake file; None for an in-memory database or Postgres."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
@@ -102,11 +107,14 @@ class Listener:
         engine: AsyncEngine,
         woken: asyncio.Event | None = None,
         turn: tuple[str, asyncio.Event] | None = None,
+        left: asyncio.Event | None = None,
     ) -> None:
         self.engine = engine
         self.woken = woken if woken is not None else asyncio.Event()
         self.turn = turn
         """(instance id, event): set when that scheduler is handed the claim turn."""
+        self.left = left
+        """Set when a scheduler says goodbye (`LEFT_TOPIC`)."""
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         """Set once announcements are being received (the LISTEN is in place)."""
@@ -154,7 +162,10 @@ class Listener:
         lost = asyncio.Event()
 
         def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            if not payload.startswith(TURN_PREFIX):
+            if payload == LEFT_TOPIC:
+                if self.left is not None:
+                    self.left.set()
+            elif not payload.startswith(TURN_PREFIX):
                 self.woken.set()
             elif self.turn is not None and payload == turn_topic(self.turn[0]):
                 self.turn[1].set()

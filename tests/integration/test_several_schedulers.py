@@ -367,6 +367,58 @@ async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in
             await s.close()
 
 
+async def test_a_stopped_peers_tries_are_adopted_at_once_not_at_the_next_sanity_round(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A scheduler that stops says goodbye: a peer waiting between rounds wakes and its
+    next round adopts the tries (with a sanity interval of an hour: without the wake-up
+    they would run unfollowed, their slots taken, until then)."""
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.scheduler.sanity import SanitySettings
+    from miniflow.store import wakeup
+    from tests.instant_launcher import InstantLauncher
+
+    _bash_dag(tmp_path, "handed", 3)
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            engine=engine,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            settings=SchedulerSettings(
+                schedule_runs=False, idle_wait=60.0, sanity=SanitySettings(interval=3600.0)
+            ),
+        )
+
+    leaving, staying = scheduler(), scheduler()
+    left = False
+    try:
+        await leaving.start()
+        await _trigger_and_tick(leaving, engine, "handed", rounds=2)  # also takes the lock
+        held = set(leaving.launcher.held)  # type: ignore[attr-defined]
+        assert len(held) == 3
+        await staying.start()
+        await staying.tick()  # its sanity round: the lock is held, nothing to adopt
+        assert staying.launcher.adopted == []  # type: ignore[attr-defined]
+        async with wakeup.Listener(
+            engine, woken=staying.woken, left=staying.peer_left
+        ) as listener:
+            await asyncio.wait_for(listener.listening.wait(), 10)
+            staying.woken.clear()  # set on listening: what was announced before
+            idle = asyncio.create_task(staying._wait(staying.settings.idle_wait))
+            await asyncio.sleep(0)  # the wait has begun
+            left = True
+            await leaving.close()
+            await asyncio.wait_for(idle, 10)
+        await staying.tick()
+        adopted = {key for key, _ in staying.launcher.adopted}  # type: ignore[attr-defined]
+        assert adopted == held
+    finally:
+        if not left:
+            await leaving.close()
+        await staying.close()
+
+
 async def test_a_scheduler_busy_longer_than_the_instance_timeout_is_not_taken_for_dead(
     engine: AsyncEngine, db_url: str, tmp_path: Path
 ) -> None:
