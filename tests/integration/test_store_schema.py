@@ -73,7 +73,6 @@ async def test_sqlite_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
         await eng.dispose()
 
 
-
 async def test_concurrent_upgrades_of_a_fresh_postgres_database_do_not_race(
     postgres_dbs: PostgresDatabases, tmp_path: Path
 ) -> None:
@@ -103,3 +102,29 @@ async def test_concurrent_upgrades_of_a_fresh_postgres_database_do_not_race(
         await schema.check(eng)
     finally:
         await eng.dispose()
+
+
+def test_the_head_check_s_revision_is_alembic_s_head() -> None:
+    """A new migration must move `schema.HEAD` along, or `check` would refuse its schema."""
+    assert schema.HEAD == schema.head_revision()
+
+
+async def test_checking_a_current_schema_does_not_import_alembic(db_url: str) -> None:
+    """Every command and scheduler start checks the schema: on a current database that is
+    one row read, not Alembic's import and its reading of every migration script."""
+    code = (
+        "import asyncio, sys\n"
+        "from miniflow.store import engine, schema\n"
+        "async def main():\n"
+        f"    eng = engine.create_engine({db_url!r})\n"
+        "    await schema.check(eng)\n"
+        "    await eng.dispose()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "[]", out.decode()
