@@ -40,7 +40,6 @@ from miniflow.cli import stopping, views, wiring
 from miniflow.config import Config
 from miniflow.errors import ConfigError, ConfValidationError, NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
-from miniflow.scheduler.ops_server import OpsServer
 from miniflow.scheduler.sanity import SanitySettings
 from miniflow.store import dags as store_dags
 from miniflow.store import engine as store_engine
@@ -112,6 +111,9 @@ async def _scheduler(
         )
         server = None
         if serve and config.http_port:
+            # Imported only when asked for: aiohttp is a tenth of a second of every start.
+            from miniflow.scheduler.ops_server import OpsServer
+
             server = OpsServer(scheduler, host=config.http_host, port=config.http_port)
             try:
                 await server.start()
