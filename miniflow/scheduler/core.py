@@ -1008,7 +1008,7 @@ class Scheduler:
             share -= len(self.inflight)  # all of it in flight: no lock, no statement
         claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
         if turns is not None:
-            self._look_past_peers(claimed)
+            await self._look_past_peers(session, claimed)
             if turns.waiting_on is not None and self._due.made_ready:
                 # Tasks this round made ready are the turn holder's to claim: it may be
                 # idle (its own tries done), waiting for nothing but this.
@@ -1019,22 +1019,34 @@ class Scheduler:
         )
         return claimed
 
-    def _look_past_peers(self, claimed: claims.Claimed | None) -> None:
-        """Read in full, next round, the runs whose exits this round recorded where this
-        instance now has no try in flight while its view still counts open tasks.
+    async def _look_past_peers(
+        self, session: AsyncSession, claimed: claims.Claimed | None
+    ) -> None:
+        """Read in full, next round, a run whose exits this round recorded where this
+        instance now has no try in flight, when the run's rows may make a task ready that
+        its view holds blocked.
 
         A view learns only of the exits of this instance's own tries: among peers, a
         task downstream of tries that several instances ran (a fan-in) never looks ready
-        to any one view, and would wait for the sweep. Once this instance has nothing
-        left running in a run, what its view holds open is a peer's (or a task held by a
-        limit): the run's rows say which is done. Mid-run, the holder of the claim turn
-        always has tries in flight, so this costs a read per run and turn, not per round."""
+        to any one view, and would wait for the sweep. One grouped count says how many
+        tasks the view holds open that are not open any more (a peer's finished tries);
+        the run is read only if that many could release the least-blocked waiting task
+        (`RunView.worth_reading`). Mid-run the turn holder always has tries in flight, and
+        a fan-out's join waits on more tasks than have finished unseen, so this is rarely
+        more than the count."""
         busy = {flight.run_pk for flight in self.inflight.values()}
         if claimed is not None:
             busy |= {c.run_pk for c in claimed.chosen}
+        suspects: dict[int, RunView] = {}
         for pk in self._due.exit_runs - busy:
             view = self.run_views.get(pk)
-            if view is not None and view.counts().get("open"):
+            if view is not None and view.counts()["open"]:
+                suspects[pk] = view
+        if not suspects:
+            return
+        found = await store_tis.state_counts_of_running_runs(session, sorted(suspects))
+        for pk, view in suspects.items():
+            if pk in found and view.worth_reading(found[pk]):
                 self._due.dirty.add(pk)
 
     async def _launch(self, claimed: claims.Claimed | None, stats: TickStats) -> None:

@@ -43,6 +43,8 @@ MAX_VIEW_AGE = timedelta(seconds=30)
 counts say (two unseen changes could cancel out in the counts)."""
 
 _DONE = states.FINISHED
+_DECIDED_BY_ONE_SUCCESS = frozenset({"one_success", "one_done", "all_failed", "all_skipped"})
+"""Trigger rules that one upstream success decides before the others finish."""
 
 
 class RunView:
@@ -87,6 +89,49 @@ class RunView:
         for state, n in found.items():
             theirs[bucket(state)] += n
         return +theirs == (+self._counts if counts is None else +counts)
+
+    def worth_reading(self, found: Mapping[str, int]) -> bool:
+        """Whether the run's rows (whose per-state counts are `found`) may tell this view
+        something it needs: any change but tasks it holds open having finished; or such
+        finishes, when they are enough to release a task waiting on that many unfinished
+        upstream tasks, or nothing is left open (the run may be over). Fewer finishes
+        than that (a peer's tries, mid-run) are left for its next exits or the view's
+        age: among peers, a fan-out's view would otherwise be rebuilt at every sweep."""
+        theirs: Counter[str] = Counter()
+        for state, n in found.items():
+            theirs[bucket(state)] += n
+        mine = self._counts
+        if +theirs == +mine:
+            return False
+        unseen = mine["open"] - theirs["open"]
+        others = (set(theirs) | set(mine)) - {"open"}
+        if (
+            unseen <= 0
+            or theirs.total() != mine.total()
+            or theirs[states.NONE] != mine[states.NONE]
+            or any(theirs[s] < mine[s] for s in others)
+            or any(theirs[s] > mine[s] for s in others - {states.SUCCESS})
+            or theirs["open"] == 0
+        ):
+            return True  # not only successes (a failure decides some tasks early)
+        fewest = self.fewest_open_upstream()
+        return fewest is not None and unseen >= fewest
+
+    def fewest_open_upstream(self) -> int | None:
+        """Of the tasks waiting (`none`) on upstream tasks that are all open (scheduled, in
+        flight: a peer's finishes may be among them), the fewest upstream successes that
+        may decide one (all of them, or one for a rule one success decides). None when no
+        task waits on open tasks alone."""
+        fewest = None
+        for task_id, n in self.remaining.items():
+            if not n or self.states[task_id] != states.NONE or (fewest is not None and n >= fewest):
+                continue
+            if any(
+                self.states.get(up) == states.NONE for up in self.graph.upstream.get(task_id, ())
+            ):
+                continue  # waits on a task not even started: no finish can release it yet
+            fewest = 1 if self.graph.rules.get(task_id) in _DECIDED_BY_ONE_SUCCESS else n
+        return fewest
 
     def set(self, task_id: str, state: str) -> bool:
         """Record a task's state (read or decided); True if it changed."""
@@ -179,11 +224,12 @@ class RunViews:
 
     def stale(self, counts: Mapping[int, Mapping[str, int]], now: datetime) -> set[int]:
         """Runs (among `counts`: per-state counts read from the database) whose view is
-        missing, differs from the database, or is older than `MAX_VIEW_AGE`."""
+        missing, is older than `MAX_VIEW_AGE`, or differs from the database in a way
+        worth reading the run for (`RunView.worth_reading`)."""
         out = set()
         for pk, found in counts.items():
             view = self._views.get(pk)
-            if view is None or now - view.built_at > MAX_VIEW_AGE or not view.agrees(found):
+            if view is None or now - view.built_at > MAX_VIEW_AGE or view.worth_reading(found):
                 out.add(pk)
         return out
 

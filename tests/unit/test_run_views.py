@@ -107,3 +107,46 @@ def test_incremental_decisions_equal_a_full_look_on_random_runs() -> None:
             assert view.advance([task_id]) == expected, (case, task_id)
             truth.update(expected)
         assert view.needs_full_look()
+
+
+def _fan_in() -> SerializedDag:
+    with DAG("view_fan_in", start_date=datetime(2026, 1, 1)) as dag:
+        [Bash("a", "true"), Bash("b", "true")] >> Bash("c", "true")
+        Bash("x", "true")
+    return dag.serialize("view_fan_in.py")
+
+
+def test_a_view_is_read_again_only_for_finishes_that_may_release_a_task() -> None:
+    """Among peers a view misses the finishes of the peers' tries: the sweep reads the run
+    again when they may release a waiting task (or end the run), not after every one."""
+    view = _view(_fan_in(), "fan-in-1", {"a": N, "b": N, "c": N, "x": N})
+    assert view.fewest_open_upstream() == 2  # c waits on a and b
+    assert not view.worth_reading({SCH: 3, N: 1})  # as the view holds it
+    assert not view.worth_reading({S: 1, SCH: 2, N: 1})  # a or x: c still waits
+    assert view.worth_reading({S: 2, SCH: 1, N: 1})  # a and b may be the two
+    assert view.worth_reading({S: 3, N: 1})  # nothing open: c is ready, or the run over
+    assert view.worth_reading({SCH: 2, N: 2})  # not a finish (a task cleared, say)
+    assert view.worth_reading({F: 1, SCH: 2, N: 1})  # a failure decides c at once
+    view.set("a", S)
+    assert view.worth_reading({SCH: 3, N: 1})  # a finish the database does not have
+
+
+def test_a_task_waiting_on_a_task_not_started_is_not_released_by_finishes() -> None:
+    dag = _diamond()
+    view = _view(dag, "diamond-3", {"a": N, "b": N, "c": N, "d": N})
+    assert view.fewest_open_upstream() == 2  # c on a and b; d on c, which is not started
+    view.set("a", S)
+    view.set("b", S)
+    view.advance(["a", "b"])  # c scheduled: d waits on it alone
+    assert view.fewest_open_upstream() == 1
+    view.set("c", S)
+    view.advance(["c"])  # d scheduled: nothing waits
+    assert view.fewest_open_upstream() is None
+
+
+def test_a_rule_one_success_decides_waits_on_one_finish() -> None:
+    with DAG("view_one_success", start_date=datetime(2026, 1, 1)) as built:
+        [Bash("a", "true"), Bash("b", "true")] >> Bash("c", "true", trigger_rule="one_success")
+    view = _view(built.serialize("view_one_success.py"), "one-1", {"a": N, "b": N, "c": N})
+    assert view.fewest_open_upstream() == 1
+    assert view.worth_reading({S: 1, SCH: 1, N: 1})
