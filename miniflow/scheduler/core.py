@@ -105,9 +105,11 @@ class _Due:
     retry_known: bool = False
     run_ended: bool = False  # a run ended: a queued one may start now
     turn_back: datetime | None = None  # handed the claim turn on: claim again if not taken
-    # This round's: runs whose views took exits, and whether it made tasks ready.
+    # This round's: runs whose views took exits, whether it made tasks ready, and whether
+    # it recorded exits (freed slots).
     exit_runs: set[int] = field(default_factory=set)
     made_ready: bool = False
+    freed: bool = False
 
 
 def new_scheduler_id(*, peer: bool) -> str:
@@ -792,6 +794,7 @@ class Scheduler:
         recorded = await event_recorder.record(self.deps, session, batch, self.clock.now())
         stats.finished += recorded.finished
         stats.exits += recorded.exits
+        self._due.freed = bool(recorded.exits)
         self._task_ends += recorded.callbacks
         self._foreign = recorded.foreign
         touched = recorded.touched
@@ -1009,10 +1012,12 @@ class Scheduler:
         claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
         if turns is not None:
             await self._look_past_peers(session, claimed)
-            if turns.waiting_on is not None and self._due.made_ready:
-                # Tasks this round made ready are the turn holder's to claim: it may be
-                # idle (its own tries done), waiting for nothing but this.
+            if turns.waiting_on is not None and (self._due.made_ready or self._due.freed):
+                # Tasks this round made ready, and slots its exits freed, are the turn
+                # holder's to claim: it may be idle (its own tries running or done),
+                # waiting for nothing but this.
                 await wakeup.announce(session, wakeup.turn_topic(turns.waiting_on))
+        self._due.freed = False
         handed_on = turns is not None and turns.handed_on
         self._due.turn_back = (
             now + timedelta(seconds=self.settings.claim_turn) if handed_on else None

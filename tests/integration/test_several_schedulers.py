@@ -367,6 +367,66 @@ async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in
             await s.close()
 
 
+async def test_a_waiting_peer_whose_exits_free_slots_wakes_the_turn_holder(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Slots that a waiting peer's exits free are the turn holder's to fill, and the holder
+    may be idle (its own tries still running): the peer wakes it (`turn:<id>`), or the
+    slots would stay empty until the holder's next event."""
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from miniflow.store import wakeup
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    _bash_dag(tmp_path, "freed", 4)
+    clock = ManualClock(datetime.now(UTC))
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            engine=engine,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            clock=clock,
+            settings=SchedulerSettings(
+                schedule_runs=False, parallelism=2, instance_heartbeat=0.0, claim_turn=1.0
+            ),
+        )
+
+    def held(s: Scheduler) -> list[Any]:
+        return list(s.launcher.held)  # type: ignore[attr-defined]
+
+    peers = [scheduler(), scheduler()]
+    try:
+        for s in peers:
+            await s.start()
+        await peers[0].tick()  # parses
+        await _trigger(engine, "freed", {})
+        for _ in range(2):
+            for s in peers:
+                await s.tick()
+        first, second = peers if held(peers[0]) else peers[::-1]
+        assert len(held(first)) == 2 and held(second) == []  # both slots in its turn
+        clock.advance(1.1)  # its turn is over
+        first.launcher.release(held(first)[0])  # type: ignore[attr-defined]
+        await first.tick()  # one slot free: hands the turn on
+        await second.tick()  # takes it: claims the free slot
+        assert len(held(second)) == 1
+        given = asyncio.Event()
+        async with wakeup.Listener(engine, turn=(second.scheduler_id, given)) as listener:
+            await asyncio.wait_for(listener.listening.wait(), 10)
+            first.launcher.release()  # type: ignore[attr-defined]
+            await first.tick()  # records its last exit: a slot free in the peer's turn
+            await asyncio.wait_for(given.wait(), 10)
+        await second.tick()
+        assert len(held(second)) == 2
+    finally:
+        for s in peers:
+            await s.close()
+
+
 async def test_a_stopped_peers_tries_are_adopted_at_once_not_at_the_next_sanity_round(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
