@@ -247,6 +247,8 @@ async def _turn_share(
     deps: RoundDeps, session: AsyncSession, rule: TurnRule, share: int, room: int, now: datetime
 ) -> int:
     """What this instance may claim now among live peers (`scheduler.turns`)."""
+    if rule.held_until is not None and now < rule.held_until:
+        return share  # its own turn, which no peer may take before it is over: no query
     found = await store_instances.claim_turns(session, now, deps.settings.instance_timeout)
     turn = rule.decide(found, now)
     if turn is Turn.WAIT:
@@ -257,6 +259,7 @@ async def _turn_share(
         return 0
     if turn is Turn.TAKE:
         await store_instances.take_turn(session, deps.scheduler_id, now)
+        rule.took = True
     return share
 
 

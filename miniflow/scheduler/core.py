@@ -196,6 +196,8 @@ class Scheduler:
         )
         self._due = _Due()
         self._only_run_pk: int | None = None
+        self._turn_until: datetime | None = None
+        """The end of the claim turn this instance holds (`TurnRule.held_until`)."""
         self._foreign: set[AttemptKey] = set()
         self._stopping = asyncio.Event()
         self.sanity = SanityLoop()
@@ -694,6 +696,7 @@ class Scheduler:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
             self._due.ended = {}  # nor are the rows the recorder wrote
+            self._turn_until = None  # nor a turn it took
             self._ended = []
             self._task_ends = []
             raise
@@ -1007,7 +1010,9 @@ class Scheduler:
         # peer's: an even split of the parallelism made every round peers times smaller.
         turns, share = None, self.settings.parallelism
         if self.settings.peer and self.live_peers > 1:
-            turns = TurnRule(self.scheduler_id, self.settings.claim_turn)
+            turns = TurnRule(
+                self.scheduler_id, self.settings.claim_turn, held_until=self._turn_until
+            )
             share -= len(self.inflight)  # all of it in flight: no lock, no statement
         claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
         if turns is not None:
@@ -1018,6 +1023,10 @@ class Scheduler:
                 # waiting for nothing but this.
                 await wakeup.announce(session, wakeup.turn_topic(turns.waiting_on))
         self._due.freed = False
+        if turns is not None and turns.took:
+            self._turn_until = now + timedelta(seconds=self.settings.claim_turn)
+        elif turns is None or now >= (self._turn_until or now):
+            self._turn_until = None
         handed_on = turns is not None and turns.handed_on
         self._due.turn_back = (
             now + timedelta(seconds=self.settings.claim_turn) if handed_on else None

@@ -45,6 +45,11 @@ class TurnRule:
     the next holder does not take it (frozen)."""
     waiting_on: str | None = None
     """Set by a decision to wait: the peer holding the turn."""
+    held_until: datetime | None = None
+    """The end of the turn this instance took (its own clock): until then it holds the
+    turn without reading the peers' turns, since none may take it before it is over."""
+    took: bool = False
+    """Set by the claim that took the turn."""
 
     def decide(self, turns: Mapping[str, datetime], now: datetime) -> Turn:
         """What this instance may claim, from the live peers' last turns (with its own)."""

@@ -367,6 +367,70 @@ async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in
             await s.close()
 
 
+async def test_the_turn_holder_reads_the_peers_turns_only_once_its_turn_is_over(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """No peer may take a turn before it is over: within it, the holder's claims skip the
+    read of the peers' turns (a statement per round that one scheduler does not pay)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event
+
+    from miniflow.scheduler.clock import ManualClock
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from tests.instant_launcher import InstantLauncher
+    from tests.integration.test_scheduler_instant import _trigger
+
+    _bash_dag(tmp_path, "held", 8)
+    clock = ManualClock(datetime.now(UTC))
+    reads = [0]
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("SELECT") and "scheduler_instance.claimed_at" in statement:
+            reads[0] += 1
+
+    def scheduler() -> Scheduler:
+        return Scheduler(
+            engine=engine,
+            launcher=InstantLauncher(hold=True),
+            dags_folder=tmp_path,
+            clock=clock,
+            settings=SchedulerSettings(
+                schedule_runs=False, parallelism=2, instance_heartbeat=0.0, claim_turn=1.0
+            ),
+        )
+
+    def held(s: Scheduler) -> list[Any]:
+        return list(s.launcher.held)  # type: ignore[attr-defined]
+
+    peers = [scheduler(), scheduler()]
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for s in peers:
+            await s.start()
+        await peers[0].tick()  # parses
+        await _trigger(engine, "held", {})
+        for _ in range(2):
+            for s in peers:
+                await s.tick()
+        holder = peers[0] if held(peers[0]) else peers[1]
+        assert len(held(holder)) == 2
+        reads[0] = 0
+        for _ in range(2):  # within its turn: claims without reading the turns
+            holder.launcher.release()  # type: ignore[attr-defined]
+            await holder.tick()
+            assert len(held(holder)) == 2
+        assert reads[0] == 0
+        clock.advance(1.1)  # over: the next claim reads them and hands the turn on
+        holder.launcher.release()  # type: ignore[attr-defined]
+        await holder.tick()
+        assert reads[0] == 1 and held(holder) == []
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+        for s in peers:
+            await s.close()
+
+
 async def test_a_waiting_peer_whose_exits_free_slots_wakes_the_turn_holder(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
