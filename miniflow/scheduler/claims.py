@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -259,7 +259,7 @@ async def _turn_share(
         return 0
     if turn is Turn.TAKE:
         await store_instances.take_turn(session, deps.scheduler_id, now)
-        rule.took = True
+        rule.held_until = now + timedelta(seconds=rule.length)
     return share
 
 

@@ -105,11 +105,6 @@ class _Due:
     retry_known: bool = False
     run_ended: bool = False  # a run ended: a queued one may start now
     turn_back: datetime | None = None  # handed the claim turn on: claim again if not taken
-    # This round's: runs whose views took exits, whether it made tasks ready, and whether
-    # it recorded exits (freed slots).
-    exit_runs: set[int] = field(default_factory=set)
-    made_ready: bool = False
-    freed: bool = False
 
 
 def new_scheduler_id(*, peer: bool) -> str:
@@ -691,7 +686,7 @@ class Scheduler:
                 await self._create_and_start_runs(session, now, stats, events=bool(batch))
                 await self._advance_runs(session, now, stats)
                 self.liveness.enter("claims")
-                claimed = await self._claim(session, now)
+                claimed = await self._claim(session, now, stats)
         except BaseException:
             self._pending[:0] = batch  # rolled back: record these events next round
             self.run_views.clear()  # what they learnt this round is not in the database
@@ -797,7 +792,6 @@ class Scheduler:
         recorded = await event_recorder.record(self.deps, session, batch, self.clock.now())
         stats.finished += recorded.finished
         stats.exits += recorded.exits
-        self._due.freed = bool(recorded.exits)
         self._task_ends += recorded.callbacks
         self._foreign = recorded.foreign
         touched = recorded.touched
@@ -880,7 +874,7 @@ class Scheduler:
                 whole.add(row.run_pk)
             elif view.set(row.task_id, row.state):
                 changed.setdefault(row.run_pk, []).append(row.task_id)
-        self._due.exit_runs = set(changed)
+        stats.exit_runs = set(changed)
         if sweep:  # after this round's exits are in the views, so that they compare equal
             whole |= await self._stale_views(session, now)
         if self._only_run_pk is not None:
@@ -917,7 +911,7 @@ class Scheduler:
         finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
         applied = await store_tis.set_states(session, changes, now)
         stats.changed = applied
-        self._due.made_ready = applied > 0 and any(new == states.SCHEDULED for *_, new in changes)
+        stats.made_ready = applied > 0 and any(new == states.SCHEDULED for *_, new in changes)
         if sweep or any(new == states.MAPPED for _, _, new in changes):
             created, ended = await mapping.expand(self.deps, session, None, now)
             stats.changed += created + len(ended)
@@ -1005,7 +999,9 @@ class Scheduler:
         self.run_views.keep_only(found)
         return self.run_views.stale(found, now)
 
-    async def _claim(self, session: AsyncSession, now: datetime) -> claims.Claimed | None:
+    async def _claim(
+        self, session: AsyncSession, now: datetime, stats: TickStats
+    ) -> claims.Claimed | None:
         # Among live peers, every free slot in its turn (`scheduler.turns`), none in a
         # peer's: an even split of the parallelism made every round peers times smaller.
         turns, share = None, self.settings.parallelism
@@ -1015,18 +1011,14 @@ class Scheduler:
             )
             share -= len(self.inflight)  # all of it in flight: no lock, no statement
         claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
+        self._turn_until = None if turns is None else turns.held_until
         if turns is not None:
-            await self._look_past_peers(session, claimed)
-            if turns.waiting_on is not None and (self._due.made_ready or self._due.freed):
+            await self._look_past_peers(session, claimed, stats.exit_runs)
+            if turns.waiting_on is not None and (stats.made_ready or stats.exits):
                 # Tasks this round made ready, and slots its exits freed, are the turn
                 # holder's to claim: it may be idle (its own tries running or done),
                 # waiting for nothing but this.
                 await wakeup.announce(session, wakeup.turn_topic(turns.waiting_on))
-        self._due.freed = False
-        if turns is not None and turns.took:
-            self._turn_until = now + timedelta(seconds=self.settings.claim_turn)
-        elif turns is None or now >= (self._turn_until or now):
-            self._turn_until = None
         handed_on = turns is not None and turns.handed_on
         self._due.turn_back = (
             now + timedelta(seconds=self.settings.claim_turn) if handed_on else None
@@ -1034,7 +1026,7 @@ class Scheduler:
         return claimed
 
     async def _look_past_peers(
-        self, session: AsyncSession, claimed: claims.Claimed | None
+        self, session: AsyncSession, claimed: claims.Claimed | None, exit_runs: set[int]
     ) -> None:
         """Read in full, next round, a run whose exits this round recorded where this
         instance now has no try in flight, when the run's rows may make a task ready that
@@ -1052,7 +1044,7 @@ class Scheduler:
         if claimed is not None:
             busy |= {c.run_pk for c in claimed.chosen}
         suspects: dict[int, RunView] = {}
-        for pk in self._due.exit_runs - busy:
+        for pk in exit_runs - busy:
             view = self.run_views.get(pk)
             if view is not None and view.counts()["open"]:
                 suspects[pk] = view

@@ -22,6 +22,10 @@ class TickStats:
     """Attempt exits this round recorded, by reason."""
     runs_ended: list[tuple[str, str]] = field(default_factory=list)
     """(dag_id, run_id) of the runs this round ended (committed)."""
+    exit_runs: set[int] = field(default_factory=set)
+    """Runs whose views took this round's exits."""
+    made_ready: bool = False
+    """The round made tasks ready (scheduled)."""
     follow_up: bool = False
     """The round left work for the next one (events taken but not recorded, runs to read
     in full, tries that ended outside its readiness)."""

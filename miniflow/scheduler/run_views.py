@@ -22,7 +22,9 @@ What a view must never do is decide from a guess:
 - Every decision is a conditional update (`none` → ...): if the database
   disagrees (fewer rows changed than decided), the runs are read in full next round.
 - The periodic sweep compares every running run's counts with its view (one
-  grouped count) and rebuilds views that differ or are older than
+  grouped count) and rebuilds views that differ in a way that may matter
+  (`RunView.worth_reading`: anything but open tasks having succeeded, or enough
+  successes to release a waiting task, or nothing left open) or are older than
   `MAX_VIEW_AGE`, so an unseen change cannot hold a run up for longer than that.
 
 This module never touches the database: the scheduler feeds it rows.
@@ -85,10 +87,7 @@ class RunView:
     def agrees(self, found: Mapping[str, int], counts: Counter[str] | None = None) -> bool:
         """True if the database's per-state counts (`found`) are the view's (`counts`: as
         the view was at some point, by default now)."""
-        theirs: Counter[str] = Counter()
-        for state, n in found.items():
-            theirs[bucket(state)] += n
-        return +theirs == (+self._counts if counts is None else +counts)
+        return +_buckets(found) == (+self._counts if counts is None else +counts)
 
     def worth_reading(self, found: Mapping[str, int]) -> bool:
         """Whether the run's rows (whose per-state counts are `found`) may tell this view
@@ -97,9 +96,7 @@ class RunView:
         upstream tasks, or nothing is left open (the run may be over). Fewer finishes
         than that (a peer's tries, mid-run) are left for its next exits or the view's
         age: among peers, a fan-out's view would otherwise be rebuilt at every sweep."""
-        theirs: Counter[str] = Counter()
-        for state, n in found.items():
-            theirs[bucket(state)] += n
+        theirs = _buckets(found)
         mine = self._counts
         if +theirs == +mine:
             return False
@@ -191,6 +188,14 @@ class RunView:
             if decision in _DONE:
                 consider(task_id, decision)
         return decisions
+
+
+def _buckets(found: Mapping[str, int]) -> Counter[str]:
+    """Per-state counts read from the database, as views count them (`bucket`)."""
+    out: Counter[str] = Counter()
+    for state, n in found.items():
+        out[bucket(state)] += n
+    return out
 
 
 def bucket(state: str) -> str:

@@ -46,10 +46,9 @@ class TurnRule:
     waiting_on: str | None = None
     """Set by a decision to wait: the peer holding the turn."""
     held_until: datetime | None = None
-    """The end of the turn this instance took (its own clock): until then it holds the
-    turn without reading the peers' turns, since none may take it before it is over."""
-    took: bool = False
-    """Set by the claim that took the turn."""
+    """The end of the turn this instance took (its own clock; set by the claim that takes
+    it): until then it holds the turn without reading the peers' turns, since none may
+    take it before it is over."""
 
     def decide(self, turns: Mapping[str, datetime], now: datetime) -> Turn:
         """What this instance may claim, from the live peers' last turns (with its own)."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.errors import SchemaError
@@ -21,6 +20,9 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6D66_4D49_4752  # "mfMIGR": an advisory key of its own (see sanity_lock)
+
+VERSION_TABLE = "alembic_version"
+_READ_VERSION = text(f"SELECT version_num FROM {VERSION_TABLE}")
 
 HEAD = "0005_turns"
 """The newest revision, as Alembic finds it (a test holds the two equal): `check` on a
@@ -77,8 +79,15 @@ def _revision_of(sync_conn: Any) -> str | None:
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision recorded in Alembic's own table (None: no such table), read without
+    importing Alembic."""
     async with engine.connect() as conn:
-        return await conn.run_sync(_revision_of)
+        if not await conn.run_sync(lambda sync: inspect(sync).has_table(VERSION_TABLE)):
+            return None
+        rows = (await conn.execute(_READ_VERSION)).scalars().all()
+    if len(rows) > 1:
+        raise SchemaError(f"the database records several schema revisions ({', '.join(rows)})")
+    return str(rows[0]) if rows else None
 
 
 def _refuse_unknown(revision: str | None) -> None:
@@ -97,25 +106,14 @@ def _refuse_unknown(revision: str | None) -> None:
 
 async def check(engine: AsyncEngine) -> None:
     """Raise SchemaError unless the schema is exactly at this code's head revision."""
-    if await _recorded_revision(engine) == HEAD:
-        return
     revision = await current_revision(engine)
+    if revision == HEAD:
+        return  # the usual case: no Alembic import, no reading of its scripts
     if revision is None:
         raise SchemaError("the database has no miniflow schema: run `miniflow db upgrade`")
     _refuse_unknown(revision)
-    if revision != head_revision():
-        raise SchemaError(
-            f"the database schema is at revision {revision}, older than this miniflow "
-            f"({head_revision()}): run `miniflow db upgrade`"
-        )
+    raise SchemaError(
+        f"the database schema is at revision {revision}, older than this miniflow "
+        f"({HEAD}): run `miniflow db upgrade`"
+    )
 
-
-async def _recorded_revision(engine: AsyncEngine) -> str | None:
-    """The revision in Alembic's own table, read without Alembic (None: no such table, or
-    not one row; `check` then asks Alembic)."""
-    try:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-    except (ProgrammingError, OperationalError):  # no table: an empty or foreign database
-        return None
-    return str(rows[0][0]) if len(rows) == 1 else None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,51 @@ def _holding_scheduler(
         clock=ManualClock(start),
         scheduler_id=scheduler_id,
     )
+
+
+def _peer(engine: AsyncEngine, folder: Path, clock: Any, **settings: Any) -> Any:
+    """A peer on a shared manual clock whose instant launcher holds every try running,
+    counting its live peers every round, with claim turns of a second."""
+    from miniflow.scheduler.core import Scheduler, SchedulerSettings
+    from tests.instant_launcher import InstantLauncher
+
+    return Scheduler(
+        engine=engine,
+        launcher=InstantLauncher(hold=True),
+        dags_folder=folder,
+        clock=clock,
+        settings=SchedulerSettings(
+            schedule_runs=False, instance_heartbeat=0.0, claim_turn=1.0, **settings
+        ),
+    )
+
+
+def _held(scheduler: Any) -> list[Any]:
+    """The keys of the tries its launcher holds running."""
+    return list(scheduler.launcher.held)
+
+
+@contextlib.asynccontextmanager
+async def _two_peers(
+    engine: AsyncEngine, folder: Path, dag_id: str, clock: Any, **settings: Any
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Two `_peer`s that started a run of `dag_id` and ticked until the first turn's tries
+    are claimed: (the one holding them, the other)."""
+    from tests.integration.test_scheduler_instant import _trigger
+
+    peers = [_peer(engine, folder, clock, **settings) for _ in range(2)]
+    try:
+        for s in peers:
+            await s.start()
+        await peers[0].tick()  # parses
+        await _trigger(engine, dag_id, {})
+        for _ in range(2):  # both read the running run
+            for s in peers:
+                await s.tick()
+        yield (peers[0], peers[1]) if _held(peers[0]) else (peers[1], peers[0])
+    finally:
+        for s in peers:
+            await s.close()
 
 
 @pytest.fixture
@@ -248,8 +294,6 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
     from datetime import UTC, datetime
 
     from miniflow.scheduler.clock import ManualClock
-    from miniflow.scheduler.core import Scheduler, SchedulerSettings
-    from tests.instant_launcher import InstantLauncher
     from tests.integration.test_scheduler_instant import _trigger
 
     (tmp_path / "wide.py").write_text(
@@ -258,23 +302,7 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
         '    [Bash(f"t{i}", "true") for i in range(60)]\n'
     )
     clock = ManualClock(datetime.now(UTC))
-
-    def scheduler() -> Scheduler:
-        return Scheduler(
-            engine=engine,
-            launcher=InstantLauncher(hold=True),
-            dags_folder=tmp_path,
-            clock=clock,
-            # Heartbeat every round: each one counts the live peers again.
-            settings=SchedulerSettings(
-                schedule_runs=False, parallelism=10, instance_heartbeat=0.0, claim_turn=1.0
-            ),
-        )
-
-    def held(s: Scheduler) -> int:
-        return len(s.launcher.held)  # type: ignore[attr-defined]
-
-    peers = [scheduler(), scheduler(), scheduler()]
+    peers = [_peer(engine, tmp_path, clock, parallelism=10) for _ in range(3)]
     try:
         for s in peers:
             await s.start()
@@ -285,7 +313,7 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
             for _ in range(2):  # whatever the order: the holder ticks after the exits
                 for s in peers:
                     await s.tick()
-            owned = [held(s) for s in peers]
+            owned = [len(_held(s)) for s in peers]
             assert sum(owned) == 10, (turn, owned)
             holder = max(range(3), key=lambda i: owned[i])
             # more than ceil(10 / 3) in one round: the holder claimed every free slot
@@ -293,7 +321,7 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
             holders.append(holder)
             clock.advance(1.1)  # the turn is over
             for s in peers:
-                s.launcher.release()  # type: ignore[attr-defined]
+                s.launcher.release()
         assert sorted(holders) == [0, 1, 2], holders
     finally:
         for s in peers:
@@ -310,9 +338,6 @@ async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in
     from datetime import UTC, datetime
 
     from miniflow.scheduler.clock import ManualClock
-    from miniflow.scheduler.core import Scheduler, SchedulerSettings
-    from tests.instant_launcher import InstantLauncher
-    from tests.integration.test_scheduler_instant import _trigger
 
     (tmp_path / "fanin.py").write_text(
         "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
@@ -322,49 +347,20 @@ async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in
         '    Bash("b", "true") >> j\n'
     )
     clock = ManualClock(datetime.now(UTC))
-
-    def scheduler() -> Scheduler:
-        return Scheduler(
-            engine=engine,
-            launcher=InstantLauncher(hold=True),
-            dags_folder=tmp_path,
-            clock=clock,
-            # One slot: each peer runs one of `a`, `b`. No sweep while the test runs.
-            settings=SchedulerSettings(
-                schedule_runs=False,
-                parallelism=1,
-                instance_heartbeat=0.0,
-                claim_turn=1.0,
-                full_sweep_interval=3600.0,
-            ),
-        )
-
-    def held(s: Scheduler) -> list[str]:
-        return [key.task_id for key in s.launcher.held]  # type: ignore[attr-defined]
-
-    peers = [scheduler(), scheduler()]
-    try:
-        for s in peers:
-            await s.start()
-        await peers[0].tick()  # parses
-        await _trigger(engine, "fanin", {})
-        for _ in range(2):  # both read the running run (views with `a` and `b` open)
-            for s in peers:
-                await s.tick()
-        first, second = peers if held(peers[0]) else peers[::-1]
-        assert len(held(first)) == 1 and held(second) == [], (held(first), held(second))
+    # One slot: each peer runs one of `a`, `b`. No sweep while the test runs.
+    async with _two_peers(
+        engine, tmp_path, "fanin", clock, parallelism=1, full_sweep_interval=3600.0
+    ) as (first, second):
+        assert len(_held(first)) == 1 and _held(second) == []
         clock.advance(1.1)  # the first one's turn is over
-        first.launcher.release()  # type: ignore[attr-defined]
+        first.launcher.release()
         await first.tick()  # records its exit, hands the turn on
         await second.tick()  # takes the turn: claims the other of `a`, `b`
-        assert len(held(second)) == 1
-        second.launcher.release()  # type: ignore[attr-defined]
+        assert len(_held(second)) == 1
+        second.launcher.release()
         await second.tick()  # records the last exit upstream of `j`
         await second.tick()
-        assert held(second) == ["j"]
-    finally:
-        for s in peers:
-            await s.close()
+        assert [key.task_id for key in _held(second)] == ["j"]
 
 
 async def test_the_turn_holder_reads_the_peers_turns_only_once_its_turn_is_over(
@@ -377,9 +373,6 @@ async def test_the_turn_holder_reads_the_peers_turns_only_once_its_turn_is_over(
     from sqlalchemy import event
 
     from miniflow.scheduler.clock import ManualClock
-    from miniflow.scheduler.core import Scheduler, SchedulerSettings
-    from tests.instant_launcher import InstantLauncher
-    from tests.integration.test_scheduler_instant import _trigger
 
     _bash_dag(tmp_path, "held", 8)
     clock = ManualClock(datetime.now(UTC))
@@ -389,46 +382,22 @@ async def test_the_turn_holder_reads_the_peers_turns_only_once_its_turn_is_over(
         if statement.startswith("SELECT") and "scheduler_instance.claimed_at" in statement:
             reads[0] += 1
 
-    def scheduler() -> Scheduler:
-        return Scheduler(
-            engine=engine,
-            launcher=InstantLauncher(hold=True),
-            dags_folder=tmp_path,
-            clock=clock,
-            settings=SchedulerSettings(
-                schedule_runs=False, parallelism=2, instance_heartbeat=0.0, claim_turn=1.0
-            ),
-        )
-
-    def held(s: Scheduler) -> list[Any]:
-        return list(s.launcher.held)  # type: ignore[attr-defined]
-
-    peers = [scheduler(), scheduler()]
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     try:
-        for s in peers:
-            await s.start()
-        await peers[0].tick()  # parses
-        await _trigger(engine, "held", {})
-        for _ in range(2):
-            for s in peers:
-                await s.tick()
-        holder = peers[0] if held(peers[0]) else peers[1]
-        assert len(held(holder)) == 2
-        reads[0] = 0
-        for _ in range(2):  # within its turn: claims without reading the turns
-            holder.launcher.release()  # type: ignore[attr-defined]
+        async with _two_peers(engine, tmp_path, "held", clock, parallelism=2) as (holder, _):
+            assert len(_held(holder)) == 2
+            reads[0] = 0
+            for _ in range(2):  # within its turn: claims without reading the turns
+                holder.launcher.release()
+                await holder.tick()
+                assert len(_held(holder)) == 2
+            assert reads[0] == 0
+            clock.advance(1.1)  # over: the next claim reads them and hands the turn on
+            holder.launcher.release()
             await holder.tick()
-            assert len(held(holder)) == 2
-        assert reads[0] == 0
-        clock.advance(1.1)  # over: the next claim reads them and hands the turn on
-        holder.launcher.release()  # type: ignore[attr-defined]
-        await holder.tick()
-        assert reads[0] == 1 and held(holder) == []
+            assert reads[0] == 1 and _held(holder) == []
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
-        for s in peers:
-            await s.close()
 
 
 async def test_a_waiting_peer_whose_exits_free_slots_wakes_the_turn_holder(
@@ -440,55 +409,25 @@ async def test_a_waiting_peer_whose_exits_free_slots_wakes_the_turn_holder(
     from datetime import UTC, datetime
 
     from miniflow.scheduler.clock import ManualClock
-    from miniflow.scheduler.core import Scheduler, SchedulerSettings
     from miniflow.store import wakeup
-    from tests.instant_launcher import InstantLauncher
-    from tests.integration.test_scheduler_instant import _trigger
 
     _bash_dag(tmp_path, "freed", 4)
     clock = ManualClock(datetime.now(UTC))
-
-    def scheduler() -> Scheduler:
-        return Scheduler(
-            engine=engine,
-            launcher=InstantLauncher(hold=True),
-            dags_folder=tmp_path,
-            clock=clock,
-            settings=SchedulerSettings(
-                schedule_runs=False, parallelism=2, instance_heartbeat=0.0, claim_turn=1.0
-            ),
-        )
-
-    def held(s: Scheduler) -> list[Any]:
-        return list(s.launcher.held)  # type: ignore[attr-defined]
-
-    peers = [scheduler(), scheduler()]
-    try:
-        for s in peers:
-            await s.start()
-        await peers[0].tick()  # parses
-        await _trigger(engine, "freed", {})
-        for _ in range(2):
-            for s in peers:
-                await s.tick()
-        first, second = peers if held(peers[0]) else peers[::-1]
-        assert len(held(first)) == 2 and held(second) == []  # both slots in its turn
+    async with _two_peers(engine, tmp_path, "freed", clock, parallelism=2) as (first, second):
+        assert len(_held(first)) == 2 and _held(second) == []  # both slots in its turn
         clock.advance(1.1)  # its turn is over
-        first.launcher.release(held(first)[0])  # type: ignore[attr-defined]
+        first.launcher.release(_held(first)[0])
         await first.tick()  # one slot free: hands the turn on
         await second.tick()  # takes it: claims the free slot
-        assert len(held(second)) == 1
+        assert len(_held(second)) == 1
         given = asyncio.Event()
         async with wakeup.Listener(engine, turn=(second.scheduler_id, given)) as listener:
             await asyncio.wait_for(listener.listening.wait(), 10)
-            first.launcher.release()  # type: ignore[attr-defined]
+            first.launcher.release()
             await first.tick()  # records its last exit: a slot free in the peer's turn
             await asyncio.wait_for(given.wait(), 10)
         await second.tick()
-        assert len(held(second)) == 2
-    finally:
-        for s in peers:
-            await s.close()
+        assert len(_held(second)) == 2
 
 
 async def test_a_stopped_peers_tries_are_adopted_at_once_not_at_the_next_sanity_round(
