@@ -127,11 +127,25 @@ class ForkServerCPU:
     def __init__(self, launcher: Any) -> None:
         self.pid = launcher._forkserver.pid
 
-    def read(self) -> tuple[float, float]:
-        """(the forkserver's own CPU, its reaped children's), seconds."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]
-        return (fields[0] + fields[1]) / CLK_TCK, (fields[2] + fields[3]) / CLK_TCK
+    def read(self) -> tuple[float, float, float]:
+        """(the forkserver's own CPU, its reaped children's, its live children's), seconds.
+
+        Read between tries, the only live child is the relay process (see `local_fork`)."""
+        fields = _stat(self.pid)
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+            live = [int(pid) for pid in f.read().split()]
+        relay = sum(_stat(pid)[0] + _stat(pid)[1] for pid in live)
+        return (
+            (fields[0] + fields[1]) / CLK_TCK,
+            (fields[2] + fields[3]) / CLK_TCK,
+            relay / CLK_TCK,
+        )
+
+
+def _stat(pid: int) -> list[int]:
+    """utime, stime, cutime, cstime of `pid`, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        return [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]
 
 
 async def measure(backend: str, count: int, profile: bool) -> None:
@@ -195,6 +209,7 @@ async def measure(backend: str, count: int, profile: bool) -> None:
         print(f"{backend}: {count} forked tries, medians per try")
         print(f"  forkserver's own CPU          {per_try(before[0], after[0])}")
         print(f"  children's CPU (whole try)    {per_try(before[1], after[1])}")
+        print(f"  relay process' CPU            {per_try(before[2], after[2])}")
         print(f"  floor: forkserver's own CPU   {per_try(floor_before[0], floor_after[0])}")
         print(f"  floor: children's CPU         {per_try(floor_before[1], floor_after[1])}")
         for label in reports[0]:

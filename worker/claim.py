@@ -67,64 +67,84 @@ async def claim_try(
 ) -> Claim | str:
     """Claim the try and read what running it needs; or why it was not claimed."""
     async with transaction(factory) as session:
-        ti = await task_instances.worker_claim(
-            session, dag_id, run_id, task_id, try_number, now(), map_index
-        )
-        if ti is None:
-            return await _why_not_claimed(session, dag_id, run_id, task_id, try_number, map_index)
-        claim = Claim(ti.id, ti.try_number, ti.max_tries, map_args=ti.map_args)
-        try:
-            found = await runs.get_run_with_dag(session, dag_id, run_id)
-        except NotFound as exc:
-            claim.problem = str(exc)
-            return claim
-        run, serialized = found.run, found.dag
-        if serialized is None:
-            claim.problem = (
-                f"the DAG version {run.dag_hash} of run {dag_id}/{run_id} is not in the database"
-            )
-            return claim
-        task = serialized["tasks"].get(task_id)
-        if task is None:
-            claim.problem = (
-                f"DAG {dag_id!r} has no task {task_id!r} in the version run {run_id!r} was "
-                f"created with (file {serialized['fileloc']})"
-            )
-            return claim
-        # The task comes from the run's version; a Python task's function can only come
-        # from the file that defines the DAG now (the worker imports it).
-        # A mapped Bash instance runs its own command / env (`@task`: see the runner).
-        task = apply_map_args(task, ti.map_args)
-        claim.task, claim.fileloc = task, found.current_fileloc or serialized["fileloc"]
-        claim.needs_dag_file = needs_dag_file(serialized)
-        claim.context = build_context(
+        return await claim_in(
+            session,
             dag_id=dag_id,
             run_id=run_id,
             task_id=task_id,
             try_number=try_number,
-            logical_date=run.logical_date,
-            data_interval_start=run.data_interval_start,
-            data_interval_end=run.data_interval_end,
-            params={**serialized["params"], **run.conf},
-            run_type=run.run_type,
             map_index=map_index,
-            conf=run.conf,
-            user_macros=serialized.get("user_defined_macros"),
         )
-        if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
-            data = await store_xcom.load(session, dag_id, run_id)
-            # A Bash task's template pushes were stored by the scheduler, which rendered
-            # the same fields before launching this try: here they are only collected.
-            claim.context["ti"] = claim.context["task_instance"] = TaskInstanceInfo(
-                dag_id, run_id, task_id, try_number, map_index, xcom=template_xcom(task, data)
-            )
-        if task["kind"] == "python":
-            claim.upstream = await task_instances.upstream_results(
-                session, dag_id, run_id, execute.upstream_refs(task)
-            )
-        if task.get("python_mode"):
-            claim.downstream = downstream_map(serialized["tasks"])
+
+
+async def claim_in(
+    session: AsyncSession,
+    *,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int,
+    map_index: int = -1,
+) -> Claim | str:
+    """`claim_try`'s statements, in the caller's transaction (also the forkserver's relay)."""
+    ti = await task_instances.worker_claim(
+        session, dag_id, run_id, task_id, try_number, now(), map_index
+    )
+    if ti is None:
+        return await _why_not_claimed(session, dag_id, run_id, task_id, try_number, map_index)
+    claim = Claim(ti.id, ti.try_number, ti.max_tries, map_args=ti.map_args)
+    try:
+        found = await runs.get_run_with_dag(session, dag_id, run_id)
+    except NotFound as exc:
+        claim.problem = str(exc)
         return claim
+    run, serialized = found.run, found.dag
+    if serialized is None:
+        claim.problem = (
+            f"the DAG version {run.dag_hash} of run {dag_id}/{run_id} is not in the database"
+        )
+        return claim
+    task = serialized["tasks"].get(task_id)
+    if task is None:
+        claim.problem = (
+            f"DAG {dag_id!r} has no task {task_id!r} in the version run {run_id!r} was "
+            f"created with (file {serialized['fileloc']})"
+        )
+        return claim
+    # The task comes from the run's version; a Python task's function can only come
+    # from the file that defines the DAG now (the worker imports it).
+    # A mapped Bash instance runs its own command / env (`@task`: see the runner).
+    task = apply_map_args(task, ti.map_args)
+    claim.task, claim.fileloc = task, found.current_fileloc or serialized["fileloc"]
+    claim.needs_dag_file = needs_dag_file(serialized)
+    claim.context = build_context(
+        dag_id=dag_id,
+        run_id=run_id,
+        task_id=task_id,
+        try_number=try_number,
+        logical_date=run.logical_date,
+        data_interval_start=run.data_interval_start,
+        data_interval_end=run.data_interval_end,
+        params={**serialized["params"], **run.conf},
+        run_type=run.run_type,
+        map_index=map_index,
+        conf=run.conf,
+        user_macros=serialized.get("user_defined_macros"),
+    )
+    if uses_xcom(task):  # `{{ ti.xcom_pull(...) }}` in a field the worker renders
+        data = await store_xcom.load(session, dag_id, run_id)
+        # A Bash task's template pushes were stored by the scheduler, which rendered
+        # the same fields before launching this try: here they are only collected.
+        claim.context["ti"] = claim.context["task_instance"] = TaskInstanceInfo(
+            dag_id, run_id, task_id, try_number, map_index, xcom=template_xcom(task, data)
+        )
+    if task["kind"] == "python":
+        claim.upstream = await task_instances.upstream_results(
+            session, dag_id, run_id, execute.upstream_refs(task)
+        )
+    if task.get("python_mode"):
+        claim.downstream = downstream_map(serialized["tasks"])
+    return claim
 
 
 async def _why_not_claimed(

@@ -38,6 +38,7 @@ from miniflow.store.engine import transaction
 from miniflow.store.task_instances import Outcome
 
 from .claim import Claim  # relative, so mypy sees its type (see `runner`)
+from .relay import Relay, RelayUnavailable
 
 EXIT_SUCCESS = 0
 """The task succeeded, or there was nothing to run (stale try, already claimed)."""
@@ -74,8 +75,10 @@ class Recorder:
         *,
         key: str,
         log: Callable[[str], None],
+        relay: Relay | None = None,
     ) -> None:
         self.factory = factory
+        self.relay = relay  # the forkserver records the outcome, if it can (see `relay`)
         self.claim = claim
         self.heartbeat = heartbeat
         self.key = key
@@ -222,6 +225,17 @@ class Recorder:
         timeout = self.claim.task["timeout"] if self.claim.task else None
         return await self.fail(f"timed out after {timeout:g}s (the task's timeout)", exit_code=None)
 
+    async def _record_relayed(self, outcome: Outcome, skip: Sequence[str]) -> set[int] | None:
+        """The ids `finish` changed, written by the forkserver; None: write it yourself."""
+        if self.relay is None:
+            return None
+        try:
+            return await self.relay.record(outcome, skip)
+        except RelayUnavailable as exc:
+            self.log(f"the forkserver could not record the outcome ({exc}); recording it directly")
+            self.relay = None
+            return None
+
     async def record(self, outcome: Outcome, code: int, *, skip: Sequence[str] = ()) -> int:
         """Write the outcome (fenced by try and state); `code` if it was applied.
 
@@ -229,12 +243,18 @@ class Recorder:
         decides nothing for its downstream tasks.
         """
         await self.heartbeat.stop()
+        relayed = self.relay is not None
+        changed = await self._record_relayed(outcome, skip)
         for delay in (*RECORD_RETRY_DELAYS, None):
+            if changed is not None:
+                break
             try:
                 async with transaction(self.factory) as session:
                     changed = await task_instances.finish(session, [outcome], now())
                     if skip and outcome.ti_id in changed:
                         await task_instances.skip_waiting(session, outcome.ti_id, skip, now())
+                    elif relayed and outcome.ti_id not in changed:
+                        changed = await _applied_by_relay(session, outcome)
                 break
             except (SQLAlchemyError, OSError) as exc:
                 if delay is None:
@@ -242,6 +262,7 @@ class Recorder:
                     return EXIT_NOT_RECORDED
                 self.log(f"recording the outcome failed ({db_reason(exc)}); retrying in {delay:g}s")
                 await asyncio.sleep(delay)
+        assert changed is not None
         if outcome.ti_id not in changed:
             self.log(
                 f"outcome {outcome.state} not recorded: try {outcome.try_number} of {self.key} "
@@ -253,3 +274,12 @@ class Recorder:
         when = f" (next try after {retry_at.isoformat()})" if retry_at else ""
         self.log(f"try {outcome.try_number} of {self.key}: {outcome.state}{when}")
         return code
+
+
+async def _applied_by_relay(session: AsyncSession, outcome: Outcome) -> set[int]:
+    """{the try's id} if the row already holds this outcome: the relay wrote it and died
+    before answering (a newer try or another writer would have changed try or state)."""
+    row = (await task_instances.fetch(session, [outcome.ti_id])).get(outcome.ti_id)
+    if row is not None and (row.try_number, row.state) == (outcome.try_number, outcome.state):
+        return {outcome.ti_id}
+    return set()

@@ -85,6 +85,7 @@ from .outcome import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from .outcome import EXPECT_RUNNING as EXPECT_RUNNING
 from .outcome import RECORD_RETRY_DELAYS as RECORD_RETRY_DELAYS
 from .outcome import Recorder, db_reason
+from .relay import Relay, RelayUnavailable
 from .xcom import WorkerXCom
 
 T = TypeVar("T")
@@ -176,15 +177,38 @@ class Worker:
     async def main(self) -> int:
         self.signalled = self._install_signal_handlers()
         engine = worker_engine(self.config.database_url)
+        self.relay = Relay.from_environ(self.config.database_url)
         try:
             self.factory = sessionmaker(engine)
-            claim = await self._claim_patiently(engine)
+            claim = await self._claim_relayed()
+            if claim is None:
+                claim = await self._claim_patiently(engine)
             if isinstance(claim, str):
                 log(claim)
                 return EXIT_SUCCESS
             return await self._run_claimed(claim)
         finally:
-            await engine.dispose()
+            if self.relay is not None:
+                self.relay.close_quietly()
+            if _ever_connected(engine):  # a relayed short try never opened a connection
+                await engine.dispose()
+
+    async def _claim_relayed(self) -> Claim | str | None:
+        """The claim, made by the forkserver (see `relay`); None: claim it yourself."""
+        if self.relay is None:
+            return None
+        try:
+            return await self.relay.claim(
+                dag_id=self.dag_id,
+                run_id=self.run_id,
+                task_id=self.task_id,
+                try_number=self.try_number,
+                map_index=self.map_index,
+            )
+        except RelayUnavailable as exc:
+            log(f"the forkserver could not claim the try ({exc}); claiming it directly")
+            self.relay = None
+            return None
 
     async def _claim_patiently(self, engine: Any) -> Claim | str:
         """Connect and claim, riding out a database blip of up to `CLAIM_PATIENCE` seconds
@@ -236,7 +260,8 @@ class Worker:
         return received
 
     async def _run_claimed(self, claim: Claim) -> int:
-        log(f"claimed try {claim.try_number} of {self.key}")
+        via = " through the forkserver" if self.relay is not None else ""
+        log(f"claimed try {claim.try_number} of {self.key}{via}")
         if self.resume_gc:  # start-up's objects (engine, compiled statements) stay for the run
             gc.freeze()
             gc.enable()
@@ -251,7 +276,9 @@ class Worker:
             lost_after=self.config.zombie_threshold,
         )
         self.fenced = self.heartbeat.start()
-        self.recorder = Recorder(self.factory, claim, self.heartbeat, key=self.key, log=log)
+        self.recorder = Recorder(
+            self.factory, claim, self.heartbeat, key=self.key, log=log, relay=self.relay
+        )
         self.loaded: PythonTask | None = None
         try:
             code = await self._execute(claim)
@@ -456,6 +483,16 @@ class Worker:
                 timer.cancel()
             if not main.done():
                 main.cancel()
+
+
+def _ever_connected(engine: AsyncEngine) -> bool:
+    """Whether the engine's pool holds (or lent) a connection: disposing of an engine
+    that never connected only rebuilds its pool."""
+    pool: Any = engine.sync_engine.pool
+    try:
+        return bool(pool.checkedin() or pool.checkedout())
+    except AttributeError:  # a pool that does not count: dispose to be safe
+        return True
 
 
 def _load_dag_or_task(path: Path, dag_id: str, task_id: str, kind: str) -> DAG | PythonTask | str:

@@ -28,6 +28,7 @@ from typing import Any
 
 PRELOAD = (
     "miniflow_worker.runner",
+    "miniflow_worker.relay",
     "miniflow_worker.sensing",
     "miniflow.authoring.loader",
     "miniflow.authoring.templates",
@@ -166,6 +167,15 @@ def prefork(env: Mapping[str, str]) -> None:
 
 
 _prepared_for: set[str | None] = set()
+
+
+def relay(message: bytes) -> bytes:
+    """The forkserver's relay hook: one claim or outcome for a child (`miniflow_worker.relay`)."""
+    from miniflow_worker import relay as relay_steps
+    from miniflow_worker import runner
+
+    answer: bytes = relay_steps.answer(message, runner.new_engine)
+    return answer
 
 
 def _prepared_engine(env: Mapping[str, str]) -> tuple[str, Any] | None:

@@ -96,6 +96,8 @@ NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the P
 
 PREFORK_HOOK = "miniflow_worker.warm:prefork"
 """Called by the forkserver before each fork: the workers' database engine, made ready once."""
+RELAY_HOOK = "miniflow_worker.warm:relay"
+"""Answers a forked worker's relayed claim or outcome, on the forkserver's connection."""
 
 INLINE_LAUNCHES = 2
 """Batches up to this size are started on the loop (a few milliseconds each): a thread hop
@@ -178,6 +180,7 @@ class LocalLauncher:
         self._forkserver: local_fork.ForkServer | None = None
         self._preload: list[str] = []
         self._prefork: str | None = None
+        self._relay: str | None = None
         self.python_mode: Literal["fork", "exec"] = python_mode
         if python_mode == "fork":
             module = python_entry.partition(":")[0]
@@ -187,7 +190,7 @@ class LocalLauncher:
                 wanted = dict.fromkeys((module, "miniflow_worker.warm"))
                 self._preload = [m for m in wanted if _importable(m)]
                 if "miniflow_worker.warm" in self._preload:
-                    self._prefork = PREFORK_HOOK
+                    self._prefork, self._relay = PREFORK_HOOK, RELAY_HOOK
             else:
                 log.warning("%s is not importable: Python tasks run in exec mode", module)
                 self.python_mode = "exec"
@@ -204,7 +207,11 @@ class LocalLauncher:
         if self.python_mode == "fork":
             # Boot it (and its preloads) now, not on the first Python task.
             server = local_fork.ForkServer(
-                self._preload, env=host_env(), sys_path=sys.path, prefork=self._prefork
+                self._preload,
+                env=host_env(),
+                sys_path=sys.path,
+                prefork=self._prefork,
+                relay=self._relay,
             )
             try:
                 await asyncio.to_thread(server.start)

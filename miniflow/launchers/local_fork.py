@@ -26,6 +26,18 @@ end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
 socket reaches EOF (the launcher closed it, or died), leaving running attempts
 alone; being no child of the scheduler, they never hold up its exit.
 
+With a *relay hook* ("module:function", bytes -> bytes), each attempt also gets a
+socket, its fd number in `RELAY_FD_ENV`, to a *relay process* the server forked
+once at start: a message from the attempt (length + bytes) is passed to the hook
+there, and its answer sent back. The worker uses it to have its claim and its
+outcome written on one warm database connection instead of opening its own
+(`miniflow_worker.relay`). Not the server itself: while an attempt runs, every
+page the server writes is copied first (copy-on-write goes both ways), which made
+a relayed claim cost more than the child's own; the relay process' pages become
+its own once and stay so. The server hands the relay process its end of each
+attempt's socket (SCM_RIGHTS) and keeps nothing; an attempt that finds no relay
+(EOF) does the work itself.
+
 Before each fork the server calls the prefork hook with the attempt's environment:
 what the hook builds once (the workers' database engine, connected once, its
 statements compiled: `miniflow_worker.warm.prefork`) every later child inherits
@@ -77,6 +89,9 @@ READY_TIMEOUT = 120.0
 
 REPLY_TIMEOUT = 30.0
 """Seconds to wait for the pid of a forked attempt (a fork takes milliseconds)."""
+
+RELAY_FD_ENV = "MINIFLOW_WORKER_RELAY_FD"
+"""Set in a forked attempt's environment when it has a relay: its socket's fd."""
 
 _HEADER = struct.Struct("!I")
 
@@ -164,9 +179,11 @@ class ForkServer:
         env: Mapping[str, str],
         sys_path: Sequence[str],
         prefork: str | None = None,
+        relay: str | None = None,
     ) -> None:
         self.preload = list(preload)
         self.prefork = prefork
+        self.relay = relay
         self.env = dict(env)
         self.sys_path = list(sys_path)
         self.pid: int | None = None
@@ -201,7 +218,12 @@ class ForkServer:
         try:
             _send(
                 ours,
-                {"preload": self.preload, "sys_path": self.sys_path, "prefork": self.prefork},
+                {
+                    "preload": self.preload,
+                    "sys_path": self.sys_path,
+                    "prefork": self.prefork,
+                    "relay": self.relay,
+                },
             )
             _recv(ours)
         except (OSError, EOFError, ValueError) as exc:
@@ -291,7 +313,8 @@ def serve() -> NoReturn:
                 importlib.import_module(name)
             except Exception:  # the attempt reports it again, in its own log
                 traceback.print_exc()
-        prefork = _prefork_hook(config.get("prefork"))
+        prefork = _hook(config.get("prefork"))
+        relay = _Relay.start(_hook(config.get("relay")), sock)
         # SIGCHLD wakes the loop through a pipe; the handler itself does nothing.
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -306,7 +329,7 @@ def serve() -> NoReturn:
                 if ready.fileobj is sock:
                     request, fds = _recv(sock, with_fd=True)
                     _call_prefork(prefork, request)
-                    reply, done_r = _fork_one(request, fds, children, (sock, selector))
+                    reply, done_r = _fork_one(request, fds, children, (sock, selector), relay)
                     _send(sock, reply, [done_r] if done_r is not None else [])
                     if done_r is not None:
                         os.close(done_r)
@@ -319,19 +342,103 @@ def serve() -> NoReturn:
         os._exit(0)
 
 
-def _prefork_hook(name: str | None) -> Callable[[Mapping[str, str]], None] | None:
+def _hook(name: str | None) -> Callable[[Any], Any] | None:
     if not name:
         return None
     try:
-        return cast(Callable[[Mapping[str, str]], None], load_entry(name))
+        return cast(Callable[[Any], Any], load_entry(name))
     except Exception:  # forking works without it
         traceback.print_exc()
         return None
 
 
-def _call_prefork(
-    hook: Callable[[Mapping[str, str]], None] | None, request: dict[str, Any]
-) -> None:
+class _Relay:
+    """The server's side of the relay process: hands it one socket end per attempt."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control: socket.socket | None = control
+
+    @classmethod
+    def start(cls, hook: Callable[[Any], Any] | None, server: socket.socket) -> _Relay | None:
+        """Fork the relay process (before any attempt: it holds none of their fds)."""
+        if hook is None:
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            ours.close()
+            server.close()
+            _relay_main(theirs, hook)
+        theirs.close()
+        return cls(ours)
+
+    def pair(self) -> tuple[socket.socket, socket.socket] | None:
+        """(the relay's end, the attempt's end) of a new relay socket; None without one."""
+        if self.control is None:
+            return None
+        try:
+            return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of fds: this attempt does its own work
+            return None
+
+    def hand_over(self, end: socket.socket) -> None:
+        """Give the relay process its end (and close ours); a relay gone is not retried."""
+        try:
+            if self.control is not None:
+                socket.send_fds(self.control, [b"s"], [end.fileno()])
+        except OSError:
+            if self.control is not None:
+                self.control.close()
+            self.control = None
+        finally:
+            end.close()
+
+
+def _relay_main(control: socket.socket, hook: Callable[[Any], Any]) -> NoReturn:
+    """Main of the relay process: answer attempts' messages until the server is gone."""
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    try:
+        while True:
+            for ready, _ in selector.select():
+                conn = cast(socket.socket, ready.fileobj)
+                if conn is control:
+                    data, fds, _flags, _addr = socket.recv_fds(control, 1, 1)
+                    if not data:
+                        os._exit(0)  # the server is gone; attempts left see EOF
+                    for fd in fds:
+                        selector.register(socket.socket(fileno=fd), selectors.EVENT_READ)
+                elif not _relay_one(conn, hook):
+                    selector.unregister(conn)
+                    conn.close()
+    except BaseException:
+        traceback.print_exc()
+    os._exit(0)
+
+
+def _relay_one(conn: socket.socket, hook: Callable[[Any], Any]) -> bool:
+    """Answer one message on `conn`; False at its end or on any error (the attempt then
+    sees EOF and does the work itself)."""
+    try:
+        (size,) = _HEADER.unpack(_recv_exactly(conn, _HEADER.size))
+        answer = hook(_recv_exactly(conn, size))
+        if not isinstance(answer, bytes):
+            raise TypeError(f"the relay hook answered {type(answer).__name__}, not bytes")
+        conn.sendall(_HEADER.pack(len(answer)) + answer)
+    except (OSError, EOFError):
+        return False
+    except Exception:
+        traceback.print_exc()
+        return False
+    return True
+
+
+def _call_prefork(hook: Callable[[Any], Any] | None, request: dict[str, Any]) -> None:
     if hook is None or not isinstance(request.get("env"), dict):
         return
     try:
@@ -345,6 +452,7 @@ def _fork_one(
     fds: list[int],
     children: dict[int, _Child],
     server: tuple[socket.socket, selectors.BaseSelector],
+    relay: _Relay | None = None,
 ) -> tuple[dict[str, Any], int | None]:
     """Fork the attempt (in the server); the reply and the done pipe's read end."""
     if len(fds) != 1:
@@ -353,11 +461,14 @@ def _fork_one(
         return {"errno": 0, "error": "a fork request needs one go pipe"}, None
     go_fd = fds[0]
     done_r, done_w = os.pipe()
+    pair = relay.pair() if relay is not None else None
     try:
         pid = os.fork()
     except OSError as exc:
         for fd in (go_fd, done_r, done_w):
             os.close(fd)
+        for end in pair or ():
+            end.close()
         return {"errno": exc.errno, "error": str(exc)}, None
     if pid == 0:
         # The attempt: keep nothing of the server's but stdio and the go pipe.
@@ -373,8 +484,16 @@ def _fork_one(
             os.close(child.done_w)
         os.close(done_r)
         os.close(done_w)
+        if relay is not None and relay.control is not None:
+            relay.control.close()
+        if pair is not None:
+            pair[0].close()
+            request["env"] = {**request["env"], RELAY_FD_ENV: str(pair[1].detach())}
         _attempt(request, go_fd)
     os.close(go_fd)
+    if relay is not None and pair is not None:
+        pair[1].close()
+        relay.hand_over(pair[0])
     children[pid] = _Child(request["exit"], done_w)
     return {"pid": pid}, done_r
 

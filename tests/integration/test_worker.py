@@ -63,6 +63,9 @@ PREPARED_ENTRY = [
         """
     ),
 ]
+# A real forkserver with the local launcher's hooks, its relay included (`forked_worker`).
+FORKED_ENTRY = [sys.executable, "-m", "tests.integration.forked_worker"]
+REPO = Path(__file__).resolve().parents[2]
 TS_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 (.*)$")
 LOGICAL = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -151,7 +154,9 @@ class Env:
     async def start(
         self, task_id: str, try_number: int = 1, *, entry: str = "cli", **env: str
     ) -> asyncio.subprocess.Process:
-        argv = {"cli": [WORKER], "prepared": PREPARED_ENTRY}.get(entry, RUNNER_ENTRY)[:]
+        argv = {"cli": [WORKER], "prepared": PREPARED_ENTRY, "forked": FORKED_ENTRY}.get(
+            entry, RUNNER_ENTRY
+        )[:]
         argv += [
             "run",
             "--dag-id",
@@ -178,6 +183,7 @@ class Env:
             stderr=asyncio.subprocess.PIPE,
             env=full_env,
             start_new_session=True,
+            cwd=REPO,
         )
         self.procs.append(proc)
         return proc
@@ -464,6 +470,81 @@ async def test_a_worker_forked_from_a_prepared_parent_claims_and_records(env: En
     ti = await env.ti("produce")
     assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21, "items": [1, 2]})
     assert "claimed try 1 of d/r1/produce" in err
+
+
+RELAYED_DAG = """
+    import os
+    from miniflow.authoring.dag import DAG
+    from miniflow.authoring.taskflow import task
+
+    @task
+    def produce():
+        with open(os.path.join(os.environ["TEST_DIR"], "ran"), "a") as f:
+            f.write("ran\\n")
+        return {"n": 21}
+
+    with DAG("d"):
+        produce()
+"""
+CONNECTED = "miniflow-test: the worker connected"
+
+
+async def test_a_forked_worker_claims_and_records_through_its_relay(env: Env, db_url: str) -> None:
+    # On PostgreSQL the forkserver's relay process writes the claim and the outcome on
+    # its own warm connection: a short try never opens one. SQLite is not relayed.
+    await env.setup(RELAYED_DAG, queue=["produce"])
+    code, _out, err = await env.run("produce", entry="forked")
+    assert code == 0, err
+    ti = await env.ti("produce")
+    assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
+    assert (env.folder.parent / "ran").read_text() == "ran\n"
+    if db_url.startswith("postgresql"):
+        assert "claimed try 1 of d/r1/produce through the forkserver" in err, err
+        assert CONNECTED not in err, err
+    else:
+        assert "claimed try 1 of d/r1/produce\n" in err, err
+        assert CONNECTED in err, err
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_relay_that_dies_before_the_claim_leaves_it_to_the_worker(env: Env) -> None:
+    await env.setup(RELAYED_DAG, queue=["produce"])
+    code, _out, err = await env.run("produce", entry="forked", FORKED_RELAY_DIES="claim:before")
+    assert code == 0, err
+    assert "the forkserver could not claim the try" in err and "claiming it directly" in err
+    assert CONNECTED in err
+    ti = await env.ti("produce")
+    assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
+    assert (env.folder.parent / "ran").read_text() == "ran\n"
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_relay_that_dies_after_committing_the_claim_runs_nothing_twice(
+    env: Env,
+) -> None:
+    # The claim is in the database but its answer never came: the worker's own claim
+    # finds the try taken and runs nothing (the scheduler ends the try as a lost worker).
+    await env.setup(RELAYED_DAG, queue=["produce"])
+    code, _out, err = await env.run("produce", entry="forked", FORKED_RELAY_DIES="claim:after")
+    assert code == 0, err
+    assert "already claimed" in err and "nothing to run" in err, err
+    assert not (env.folder.parent / "ran").exists()
+    ti = await env.ti("produce")
+    assert (ti.state, ti.try_number) == ("running", 1)
+    assert ti.heartbeat_at is not None
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_relay_that_dies_after_recording_leaves_the_outcome_recorded_once(
+    env: Env,
+) -> None:
+    await env.setup(RELAYED_DAG, queue=["produce"])
+    code, _out, err = await env.run("produce", entry="forked", FORKED_RELAY_DIES="record:after")
+    assert "the forkserver could not record the outcome" in err, err
+    assert code == 0, err
+    ti = await env.ti("produce")
+    assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
+    assert (env.folder.parent / "ran").read_text() == "ran\n"
 
 
 async def test_async_task_function_is_awaited(env: Env) -> None:

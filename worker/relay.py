@@ -1,0 +1,210 @@
+"""A forked worker's claim and outcome, written by its forkserver on a warm connection.
+
+Under the local launcher's fork mode a worker's own database connection cost more
+CPU than anything else it did (connecting, then each ORM statement touching pages
+shared with the forkserver and copying them). So the forkserver keeps one
+connection per database open and, when asked by a child over the socket it gave it
+(`miniflow.launchers.local_fork.RELAY_FD_ENV`), runs the child's claim transaction
+(`claim.claim_in`) or records its outcome (`task_instances.finish` + the branch's
+skips) there, with the same statements and the same fencing as the child would.
+A task that runs long enough to heartbeat, pushes XComs or reads Variables still
+connects itself (lazily, on the engine prepared before the fork); the Kubernetes
+worker never relays.
+
+Any failure of the relay (no socket, the server gone, a database error or a
+timeout on its side) is `RelayUnavailable`: the worker then does the same step
+itself, as if there were no relay. A claim the server committed but could not
+answer makes the child's own claim fail ("already claimed"), so nothing runs
+twice; the try is then ended by the scheduler as if the worker had died.
+
+Messages are pickles between processes of one install (the server is the child's
+parent): (op, database URL, arguments) one way, ("ok", value) or ("error", text)
+the other. The claim's answer is pickled inside its transaction, so a claim that
+cannot be sent is rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import pickle
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from miniflow_worker.clock import now as clock_now
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from miniflow.authoring.templates import MACROS
+from miniflow.store import task_instances
+from miniflow.store.engine import sessionmaker, transaction
+from miniflow.store.task_instances import Outcome
+
+from .claim import Claim, claim_in  # relative, so mypy sees its types (see `runner`)
+
+RELAY_FD_ENV = "MINIFLOW_WORKER_RELAY_FD"
+"""The fd of the socket to the forkserver (same name as `local_fork.RELAY_FD_ENV`)."""
+
+SERVER_TIMEOUT = 5.0
+"""Seconds the forkserver gives one relayed step: it forks nothing meanwhile."""
+CHILD_TIMEOUT = SERVER_TIMEOUT + 5.0
+"""Seconds a child waits for its answer before doing the step itself."""
+
+_HEADER = struct.Struct("!I")
+_SHARED = {"macros": MACROS}
+"""Objects of the template context that are module-level singletons (not picklable)."""
+_SHARED_IDS = {id(value): name for name, value in _SHARED.items()}
+
+
+class RelayUnavailable(Exception):
+    """The relay could not do the step: the worker does it itself."""
+
+
+def dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.persistent_id = lambda obj: _SHARED_IDS.get(id(obj))  # type: ignore[method-assign]
+    pickler.dump(value)
+    return buffer.getvalue()
+
+
+def loads(data: bytes) -> Any:
+    unpickler = pickle.Unpickler(io.BytesIO(data))
+    unpickler.persistent_load = _SHARED.__getitem__  # type: ignore[method-assign]
+    return unpickler.load()
+
+
+# -- the child's side -------------------------------------------------------------------------
+
+
+class Relay:
+    """The child's end of its relay socket."""
+
+    def __init__(self, sock: socket.socket, url: str) -> None:
+        self.sock = sock
+        self.url = url
+
+    @classmethod
+    def from_environ(cls, url: str) -> Relay | None:
+        """The relay this process was forked with, if any (the variable is removed: a
+        process the task starts must not think it has one)."""
+        value = os.environ.pop(RELAY_FD_ENV, None)
+        if not value:
+            return None
+        try:
+            sock = socket.socket(fileno=int(value))
+        except (ValueError, OSError):
+            return None
+        if url.startswith("sqlite"):
+            # SQLite's driver runs a thread per connection: the forkserver keeps none
+            # open across its forks. (Connecting to SQLite costs a worker little.)
+            sock.close()
+            return None
+        sock.setblocking(False)
+        return cls(sock, url)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def claim(self, **key: Any) -> Claim | str:
+        result = await self._call("claim", key)
+        if not isinstance(result, Claim | str):
+            raise RelayUnavailable(f"unexpected answer {type(result).__name__}")
+        return result
+
+    async def record(self, outcome: Outcome, skip: Sequence[str]) -> set[int]:
+        return set(await self._call("record", (outcome, list(skip))))
+
+    async def _call(self, op: str, args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CHILD_TIMEOUT):
+                message = dumps((op, self.url, args))
+                await loop.sock_sendall(self.sock, _HEADER.pack(len(message)) + message)
+                (size,) = _HEADER.unpack(await self._read(loop, _HEADER.size))
+                status, value = loads(await self._read(loop, size))
+        except (OSError, EOFError, TimeoutError, pickle.PickleError, ValueError) as exc:
+            self.close_quietly()
+            raise RelayUnavailable(f"no answer from the forkserver ({exc!r})") from exc
+        if status != "ok":
+            raise RelayUnavailable(str(value))
+        return value
+
+    async def _read(self, loop: asyncio.AbstractEventLoop, size: int) -> bytes:
+        chunks, left = [], size
+        while left:
+            chunk = await loop.sock_recv(self.sock, left)
+            if not chunk:
+                raise EOFError("the forkserver closed the relay")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def close_quietly(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# -- the forkserver's side --------------------------------------------------------------------
+
+_loop: asyncio.AbstractEventLoop | None = None
+_engines: dict[str, AsyncEngine] = {}
+"""The forkserver's own engines, by URL: one connection each, kept open between steps."""
+
+
+def answer(message: bytes, new_engine: Callable[[str], AsyncEngine]) -> bytes:
+    """Do one relayed step (in the forkserver); never raises."""
+    global _loop
+    url = "?"
+    try:
+        op, url, args = loads(message)
+        step = _STEPS[op]
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = new_engine(url)
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+        return _loop.run_until_complete(_timed(step(engine, args)))
+    except Exception as exc:
+        _forget(url)  # the connection's state is unknown: the next step opens a new one
+        return dumps(("error", f"{type(exc).__name__}: {exc}"))
+
+
+async def _timed(step: Awaitable[bytes]) -> bytes:
+    async with asyncio.timeout(SERVER_TIMEOUT):
+        return await step
+
+
+def _forget(url: str) -> None:
+    engine = _engines.pop(url, None)
+    if engine is not None and _loop is not None:
+        try:
+            _loop.run_until_complete(asyncio.wait_for(engine.dispose(), SERVER_TIMEOUT))
+        except Exception:  # a dead connection: dropping it is all that is left
+            pass
+
+
+async def _claim(engine: AsyncEngine, key: dict[str, Any]) -> bytes:
+    async with transaction(sessionmaker(engine)) as session:
+        claimed = await claim_in(session, **key)
+        return dumps(("ok", claimed))  # inside the transaction: unsendable means not claimed
+
+
+async def _record(engine: AsyncEngine, args: tuple[Outcome, list[str]]) -> bytes:
+    outcome, skip = args
+    now = clock_now()
+    async with transaction(sessionmaker(engine)) as session:
+        changed = await task_instances.finish(session, [outcome], now)
+        if skip and outcome.ti_id in changed:
+            await task_instances.skip_waiting(session, outcome.ti_id, skip, now)
+    return dumps(("ok", changed))
+
+
+_STEPS: dict[str, Callable[[AsyncEngine, Any], Awaitable[bytes]]] = {
+    "claim": _claim,
+    "record": _record,
+}
