@@ -85,6 +85,7 @@ def measured_entry(argv: list[str]) -> int:
         (runner, "create_engine", "engine"),
         (runner, "check_connection", "connect + SELECT 1"),
         (runner, "claim_try", "claim transaction"),
+        (runner.Worker, "_claim_relayed", "claim through the relay"),
         (runner.Worker, "_prepare", "import DAG file, render"),
         (outcome.Recorder, "success", "record success"),
         (AsyncEngine, "dispose", "dispose engine"),
@@ -221,7 +222,9 @@ async def measure(backend: str, count: int, profile: bool) -> None:
             import pstats
 
             out = io.StringIO()
-            files = [str(bench.tmp / f"p{bench.next_task - i}.stamp.prof") for i in range(count)]
+            files = [
+                str(bench.tmp / f"p{bench.next_task - i}.stamp.prof") for i in range(1, count + 1)
+            ]
             stats = pstats.Stats(files[0], stream=out)
             for name in files[1:]:
                 stats.add(name)

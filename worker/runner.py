@@ -75,7 +75,7 @@ from miniflow.store.engine import check_connection, create_engine, sessionmaker
 
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
-from . import branching, callbacks
+from . import branching, callbacks, preimport
 from .claim import Claim, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
@@ -508,10 +508,11 @@ def _load_dag(path: Path, dag_id: str) -> DAG | str:
 
     if not path.is_file():
         return f"DAG file {path} does not exist (DAG {dag_id!r})"
-    if airflow_compat.mentions_airflow(path):
+    found = preimport.cached(path)  # imported by the forkserver, this very version
+    if found is None and airflow_compat.mentions_airflow(path):
         airflow_compat.activate()  # the worker's process only: `import airflow` gets the layer
     try:
-        found = import_dag_file(path)
+        found = found if found is not None else import_dag_file(path)
     except BaseException as exc:  # user code: report anything it raises
         return f"importing DAG file {path} failed:\n{execute.format_exception(exc, skip_frames=1)}"
     dag = next((d for d in found if d.dag_id == dag_id), None)

@@ -28,6 +28,7 @@ from typing import Any
 
 PRELOAD = (
     "miniflow_worker.runner",
+    "miniflow_worker.preimport",
     "miniflow_worker.relay",
     "miniflow_worker.sensing",
     "miniflow.authoring.loader",
@@ -142,12 +143,17 @@ _tried: dict[str | None, float] = {}
 """`MINIFLOW_DATABASE_URL` as given -> when it was last prepared for (or tried)."""
 
 
-def prefork(env: Mapping[str, str]) -> None:
-    """Before a fork: have the children's engine ready (see the module docstring).
+def prefork(env: Mapping[str, str], dag_file: str | None = None) -> None:
+    """Before a fork: have the children's engine ready (see the module docstring), and
+    the try's DAG file imported (`miniflow_worker.preimport`).
 
-    Never raises, never waits much more than `PREPARE_TIMEOUT`: a database that cannot
-    be reached now only means the children make their own engine (and report why)."""
-    from miniflow_worker import runner
+    Never raises, never waits much more than `PREPARE_TIMEOUT` (plus a DAG file's first
+    import): a database that cannot be reached now only means the children make their
+    own engine (and report why)."""
+    from miniflow_worker import preimport, runner
+
+    if dag_file is not None:
+        preimport.preimport(dag_file, env)
 
     given = env.get("MINIFLOW_DATABASE_URL")
     tried = _tried.get(given)

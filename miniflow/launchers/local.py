@@ -601,6 +601,7 @@ class LocalLauncher:
                         exit_path=str(paths.exit),
                         env=env,
                         go_fd=go_fd,
+                        dag_file=str(self.dags_folder / spec.fileloc),
                     )
                     return pid, False, done_pipe
                 except local_fork.ForkServerGone as exc:

@@ -38,10 +38,11 @@ its own once and stay so. The server hands the relay process its end of each
 attempt's socket (SCM_RIGHTS) and keeps nothing; an attempt that finds no relay
 (EOF) does the work itself.
 
-Before each fork the server calls the prefork hook with the attempt's environment:
-what the hook builds once (the workers' database engine, connected once, its
-statements compiled: `miniflow_worker.warm.prefork`) every later child inherits
-instead of building it itself. An exception from the hook is printed and ignored.
+Before each fork the server calls the prefork hook with the attempt's environment
+and DAG file (if the launcher named one): what the hook builds once (the workers'
+database engine, its statements compiled; the DAG file's module:
+`miniflow_worker.warm.prefork`) every later child inherits instead of building it
+itself. An exception from the hook is printed and ignored.
 
 An attempt is one forked process: a new session, the log on stdout/stderr, then
 it waits for the go byte (EOF means the launcher died before recording the
@@ -240,6 +241,7 @@ class ForkServer:
         exit_path: str,
         env: Mapping[str, str],
         go_fd: int,
+        dag_file: str | None = None,
     ) -> tuple[int, int]:
         """Fork an attempt blocked on `go_fd`; (its pid, the read end of its done pipe).
 
@@ -254,6 +256,7 @@ class ForkServer:
             "log": log_path,
             "exit": exit_path,
             "env": dict(env),
+            "dag_file": dag_file,
         }
         try:
             _send(self._sock, request, [go_fd])
@@ -342,11 +345,11 @@ def serve() -> NoReturn:
         os._exit(0)
 
 
-def _hook(name: str | None) -> Callable[[Any], Any] | None:
+def _hook(name: str | None) -> Callable[..., Any] | None:
     if not name:
         return None
     try:
-        return cast(Callable[[Any], Any], load_entry(name))
+        return cast(Callable[..., Any], load_entry(name))
     except Exception:  # forking works without it
         traceback.print_exc()
         return None
@@ -438,11 +441,11 @@ def _relay_one(conn: socket.socket, hook: Callable[[Any], Any]) -> bool:
     return True
 
 
-def _call_prefork(hook: Callable[[Any], Any] | None, request: dict[str, Any]) -> None:
+def _call_prefork(hook: Callable[..., Any] | None, request: dict[str, Any]) -> None:
     if hook is None or not isinstance(request.get("env"), dict):
         return
     try:
-        hook(request["env"])
+        hook(request["env"], request.get("dag_file"))
     except Exception:  # an optimisation: the fork goes ahead without it
         traceback.print_exc()
 

@@ -6,6 +6,12 @@ the local launcher's preloads, prefork and relay hooks, forks one attempt of
 `entry` (the real `runner.main`), lets it go, waits for its exit code and exits
 with it. The attempt's log goes to stderr.
 
+`FORKED_DAG_FILE`: the DAG file the fork request names (the forkserver imports it
+before forking, as for the local launcher's Python tries); `FORKED_ALSO`: task ids
+of the same run forked afterwards from the same forkserver, one after another
+(the exit code is the first non-zero one); `FORKED_TOUCH_BETWEEN`: a file whose
+content is changed (a comment appended) between two forks.
+
 `entry` says "miniflow-test: the worker connected" whenever the forked worker
 opens a database connection of its own. `FORKED_RELAY_DIES` = "<step>:before" or
 "<step>:after" (step: claim / record) makes the relay process die at that step,
@@ -63,27 +69,41 @@ def main() -> int:
         relay=f"{HOOKS}:relay" if dies else local.RELAY_HOOK,
     )
     server.start()
+    tasks = [argv[argv.index("--task-id") + 1], *os.environ.get("FORKED_ALSO", "").split()]
+    codes = []
     try:
-        with tempfile.TemporaryDirectory(prefix="mf-forked-") as tmp:
-            log_path, exit_path = Path(tmp) / "log", Path(tmp) / "exit"
-            go_r, go_w = os.pipe()
-            _pid, done = server.fork(
-                f"{HOOKS}:entry",
-                argv,
-                log_path=str(log_path),
-                exit_path=str(exit_path),
-                env=dict(os.environ),
-                go_fd=go_r,
-            )
-            os.close(go_r)
-            os.write(go_w, b"\n")
-            os.close(go_w)
-            os.read(done, 1)  # EOF: the attempt's exit code is on disk
-            os.close(done)
-            sys.stderr.write(log_path.read_text())
-            return int(exit_path.read_text())
+        for i, task_id in enumerate(tasks):
+            if i and os.environ.get("FORKED_TOUCH_BETWEEN"):
+                with open(os.environ["FORKED_TOUCH_BETWEEN"], "a") as f:
+                    f.write(f"# changed before try {i}\n")
+            task_argv = list(argv)
+            task_argv[argv.index("--task-id") + 1] = task_id
+            codes.append(_fork_one(server, task_argv))
     finally:
         server.close()
+    return next((code for code in codes if code), 0)
+
+
+def _fork_one(server: local_fork.ForkServer, argv: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="mf-forked-") as tmp:
+        log_path, exit_path = Path(tmp) / "log", Path(tmp) / "exit"
+        go_r, go_w = os.pipe()
+        _pid, done = server.fork(
+            f"{HOOKS}:entry",
+            argv,
+            log_path=str(log_path),
+            exit_path=str(exit_path),
+            env=dict(os.environ),
+            go_fd=go_r,
+            dag_file=os.environ.get("FORKED_DAG_FILE"),
+        )
+        os.close(go_r)
+        os.write(go_w, b"\n")
+        os.close(go_w)
+        os.read(done, 1)  # EOF: the attempt's exit code is on disk
+        os.close(done)
+        sys.stderr.write(log_path.read_text())
+        return int(exit_path.read_text())
 
 
 if __name__ == "__main__":

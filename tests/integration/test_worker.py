@@ -547,6 +547,71 @@ async def test_a_relay_that_dies_after_recording_leaves_the_outcome_recorded_onc
     assert (env.folder.parent / "ran").read_text() == "ran\n"
 
 
+IMPORT_COUNTING_DAG = """
+    import os
+    from miniflow.authoring.dag import DAG
+    from miniflow.authoring.taskflow import task
+
+    if "TEST_DIR" in os.environ:  # not the test's own import (`setup`)
+        with open(os.path.join(os.environ["TEST_DIR"], "imports"), "a") as f:
+            f.write(f"{os.getpid()}\\n")
+
+    @task
+    def a():
+        return "a"
+
+    @task
+    def b():
+        return "b"
+
+    @task
+    def c():
+        return "c"
+
+    with DAG("d"):
+        a()
+        b()
+        c()
+"""
+
+
+async def test_forked_tries_use_the_dag_file_their_forkserver_imported(env: Env) -> None:
+    # Three tries, one forkserver: the file is imported once, by the forkserver (whose
+    # pid is no try's), and every try ran the function from that import.
+    await env.setup(IMPORT_COUNTING_DAG, queue=["a", "b", "c"])
+    imports = env.folder.parent / "imports"
+    dag_file = str(env.folder / "dag_file.py")
+    code, _out, err = await env.run(
+        "a", entry="forked", FORKED_DAG_FILE=dag_file, FORKED_ALSO="b c"
+    )
+    assert code == 0, err
+    assert len(imports.read_text().splitlines()) == 1, err
+    for task_id in "abc":
+        ti = await env.ti(task_id)
+        assert (ti.state, ti.result) == ("success", task_id)
+
+
+async def test_a_forked_try_imports_a_dag_file_changed_since_its_forkserver_did(
+    env: Env,
+) -> None:
+    # The function comes from the file as it is now: a change after the forkserver's
+    # import (here between two tries) makes the next try import the file itself, and
+    # the forkserver imports the new version for the tries after it.
+    await env.setup(IMPORT_COUNTING_DAG, queue=["a", "b"])
+    imports = env.folder.parent / "imports"
+    dag_file = str(env.folder / "dag_file.py")
+    code, _out, err = await env.run(
+        "a",
+        entry="forked",
+        FORKED_DAG_FILE=dag_file,
+        FORKED_ALSO="b",
+        FORKED_TOUCH_BETWEEN=dag_file,
+    )
+    assert code == 0, err
+    assert len(imports.read_text().splitlines()) == 2, err  # first and changed version
+    assert [(await env.ti(t)).state for t in "ab"] == ["success", "success"]
+
+
 async def test_async_task_function_is_awaited(env: Env) -> None:
     await env.setup(PY_DAG, queue=["coro"])
     code, _out, err = await env.run("coro")

@@ -9,7 +9,7 @@ import time
 PREFORKED: list[str] = []
 
 
-def prefork(env: dict[str, str]) -> None:
+def prefork(env: dict[str, str], dag_file: str | None = None) -> None:
     """A forkserver's prefork hook: what it records, the forked child inherits."""
     PREFORKED.append(env.get("ENTRY_MARK", ""))
 
