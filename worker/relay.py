@@ -2,9 +2,10 @@
 
 Under the local launcher's fork mode a worker's own database connection cost more
 CPU than anything else it did (connecting, then each ORM statement touching pages
-shared with the forkserver and copying them). So the forkserver keeps one
-connection per database open and, when asked by a child over the socket it gave it
-(`miniflow.launchers.local_fork.RELAY_FD_ENV`), runs the child's claim transaction
+shared with the forkserver and copying them). So the forkserver's relay process
+(forked once by the forkserver, see `miniflow.launchers.local_fork`) keeps one
+connection per database open and, when asked by a child over the socket it was
+given (`RELAY_FD_ENV`), runs the child's claim transaction
 (`claim.claim_in`) or records its outcome (`task_instances.finish` + the branch's
 skips) there, with the same statements and the same fencing as the child would.
 A task that runs long enough to heartbeat, pushes XComs or reads Variables still
@@ -17,10 +18,13 @@ itself, as if there were no relay. A claim the server committed but could not
 answer makes the child's own claim fail ("already claimed"), so nothing runs
 twice; the try is then ended by the scheduler as if the worker had died.
 
-Messages are pickles between processes of one install (the server is the child's
-parent): (op, database URL, arguments) one way, ("ok", value) or ("error", text)
-the other. The claim's answer is pickled inside its transaction, so a claim that
-cannot be sent is rolled back.
+Messages are pickles between processes of one install (forked from one forkserver):
+(op, database URL, arguments, the child's deadline) one way, ("ok", value) or
+("error", text) the other. The relay answers one message at a time; it does not
+start a step that could still be running when its child stops waiting (a database
+that hangs makes the queue of waiting children long), so a child never does a step
+itself while the relay may be doing it. The claim's answer is pickled inside its
+transaction, so a claim that cannot be sent is rolled back.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -121,7 +126,8 @@ class Relay:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(CHILD_TIMEOUT):
-                message = dumps((op, self.url, args))
+                # CLOCK_MONOTONIC is one clock for every process of the host.
+                message = dumps((op, self.url, args, time.monotonic() + CHILD_TIMEOUT))
                 await loop.sock_sendall(self.sock, _HEADER.pack(len(message)) + message)
                 (size,) = _HEADER.unpack(await self._read(loop, _HEADER.size))
                 status, value = loads(await self._read(loop, size))
@@ -161,7 +167,12 @@ def answer(message: bytes, new_engine: Callable[[str], AsyncEngine]) -> bytes:
     global _loop
     url = "?"
     try:
-        op, url, args = loads(message)
+        op, url, args, deadline = loads(message)
+        left = deadline - time.monotonic() - 1.0
+        if left < SERVER_TIMEOUT:
+            # The child gives up on its answer before a step could time out here: it may
+            # do the step itself by then (a relayed claim must not race its own).
+            return dumps(("error", "asked too late"))
         step = _STEPS[op]
         engine = _engines.get(url)
         if engine is None:

@@ -535,6 +535,17 @@ async def test_a_relay_that_dies_after_committing_the_claim_runs_nothing_twice(
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_relay_that_dies_before_recording_leaves_it_to_the_worker(env: Env) -> None:
+    await env.setup(RELAYED_DAG, queue=["produce"])
+    code, _out, err = await env.run("produce", entry="forked", FORKED_RELAY_DIES="record:before")
+    assert code == 0, err
+    assert "through the forkserver" in err  # claimed by the relay
+    assert "the forkserver could not record the outcome" in err and CONNECTED in err, err
+    ti = await env.ti("produce")
+    assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_a_relay_that_dies_after_recording_leaves_the_outcome_recorded_once(
     env: Env,
 ) -> None:
