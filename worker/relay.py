@@ -30,6 +30,7 @@ transaction, so a claim that cannot be sent is rolled back.
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import io
 import os
 import pickle
@@ -37,6 +38,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from miniflow_worker.clock import now as clock_now
@@ -58,9 +60,20 @@ CHILD_TIMEOUT = SERVER_TIMEOUT + 5.0
 """Seconds a child waits for its answer before doing the step itself."""
 
 _HEADER = struct.Struct("!I")
-_SHARED = {"macros": MACROS}
-"""Objects of the template context that are module-level singletons (not picklable)."""
-_SHARED_IDS = {id(value): name for name, value in _SHARED.items()}
+_DISPATCH = copyreg.dispatch_table.copy()
+
+
+def _macros() -> SimpleNamespace:
+    return MACROS
+
+
+def _reduce_namespace(value: SimpleNamespace) -> Any:
+    """The template context's `macros` (functions and modules: not picklable) travel as a
+    reference to the receiver's own; other namespaces as usual."""
+    return (_macros, ()) if value is MACROS else value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+_DISPATCH[SimpleNamespace] = _reduce_namespace
 
 
 class RelayUnavailable(Exception):
@@ -70,15 +83,13 @@ class RelayUnavailable(Exception):
 def dumps(value: Any) -> bytes:
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.persistent_id = lambda obj: _SHARED_IDS.get(id(obj))  # type: ignore[method-assign]
+    pickler.dispatch_table = _DISPATCH
     pickler.dump(value)
     return buffer.getvalue()
 
 
 def loads(data: bytes) -> Any:
-    unpickler = pickle.Unpickler(io.BytesIO(data))
-    unpickler.persistent_load = _SHARED.__getitem__  # type: ignore[method-assign]
-    return unpickler.load()
+    return pickle.loads(data)
 
 
 # -- the child's side -------------------------------------------------------------------------

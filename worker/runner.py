@@ -425,7 +425,11 @@ class Worker:
             )
         if kind != "python":
             return f"task {self.task_id!r} has unknown kind {kind!r}"
-        loaded = self.loaded or await execute.in_daemon_thread(
+        quick: PythonTask | str | None = None
+        if self.loaded is None and preimport.cached(path) is not None:
+            # Imported by the forkserver: nothing slow left to keep off the loop.
+            quick = _load_task(path, self.dag_id, self.task_id)
+        loaded = self.loaded or quick or await execute.in_daemon_thread(
             lambda: _load_task(path, self.dag_id, self.task_id), "miniflow dag import"
         )
         if isinstance(loaded, str):

@@ -8,11 +8,11 @@ and the worker later read about its tasks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -283,18 +283,33 @@ class RunWithDag:
 
 async def get_run_with_dag(session: AsyncSession, dag_id: str, run_id: str) -> RunWithDag:
     """One query: what a worker needs to know about the run of the try it claimed."""
-    version = func.coalesce(DagRun.dag_hash, Dag.dag_hash)
-    query = (
-        select(DagRun, DagVersion.serialized, Dag.fileloc)
-        .outerjoin(Dag, Dag.dag_id == DagRun.dag_id)
-        .outerjoin(DagVersion, DagVersion.dag_hash == version)
-        .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
-    )
-    found = (await session.execute(query)).one_or_none()
+    found = (
+        await session.execute(_RUN_WITH_DAG, {"dag_id": dag_id, "run_id": run_id})
+    ).one_or_none()
     if found is None:
         raise NotFound(f"DAG {dag_id!r} has no run {run_id!r} (see `miniflow runs list {dag_id}`)")
-    row, serialized, fileloc = found
-    return RunWithDag(_info(row), None if serialized is None else readable(serialized), fileloc)
+    *fields, serialized, fileloc = found
+    run = RunInfo(*fields)
+    if run.conf is None:
+        run = replace(run, conf={})
+    return RunWithDag(run, None if serialized is None else readable(serialized), fileloc)
+
+
+def _run_with_dag() -> Any:
+    """Built once, on the tables (a worker runs it at each claim)."""
+    run, dag, version = table(RunInfo), Dag.__table__, DagVersion.__table__
+    return (
+        select(*columns(RunInfo), version.c.serialized, dag.c.fileloc)
+        .select_from(
+            run.outerjoin(dag, dag.c.dag_id == run.c.dag_id).outerjoin(
+                version, version.c.dag_hash == func.coalesce(run.c.dag_hash, dag.c.dag_hash)
+            )
+        )
+        .where(run.c.dag_id == bindparam("dag_id"), run.c.run_id == bindparam("run_id"))
+    )
+
+
+_RUN_WITH_DAG = _run_with_dag()
 
 
 async def list_runs(
