@@ -42,6 +42,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from miniflow_worker.clock import now as clock_now
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from miniflow.authoring.templates import MACROS
@@ -113,11 +114,6 @@ class Relay:
             sock = socket.socket(fileno=int(value))
         except (ValueError, OSError):
             return None
-        if url.startswith("sqlite"):
-            # SQLite's driver runs a thread per connection: the forkserver keeps none
-            # open across its forks. (Connecting to SQLite costs a worker little.)
-            sock.close()
-            return None
         sock.setblocking(False)
         return cls(sock, url)
 
@@ -188,12 +184,22 @@ def answer(message: bytes, new_engine: Callable[[str], AsyncEngine]) -> bytes:
         engine = _engines.get(url)
         if engine is None:
             engine = _engines[url] = new_engine(url)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine.sync_engine, "connect", _short_busy_timeout)
         if _loop is None:
             _loop = asyncio.new_event_loop()
         return _loop.run_until_complete(_timed(step(engine, args)))
     except Exception as exc:
         _forget(url)  # the connection's state is unknown: the next step opens a new one
         return dumps(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _short_busy_timeout(dbapi_conn: Any, _record: Any) -> None:
+    """A step waits for SQLite's write lock less than its own time limit: a thread blocked
+    in SQLite cannot be cancelled, and the next children would queue behind it."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int((SERVER_TIMEOUT - 1) * 1000)}")
+    cursor.close()
 
 
 async def _timed(step: Awaitable[bytes]) -> bytes:

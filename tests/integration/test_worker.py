@@ -489,24 +489,19 @@ RELAYED_DAG = """
 CONNECTED = "miniflow-test: the worker connected"
 
 
-async def test_a_forked_worker_claims_and_records_through_its_relay(env: Env, db_url: str) -> None:
-    # On PostgreSQL the forkserver's relay process writes the claim and the outcome on
-    # its own warm connection: a short try never opens one. SQLite is not relayed.
+async def test_a_forked_worker_claims_and_records_through_its_relay(env: Env) -> None:
+    # The forkserver's relay process writes the claim and the outcome on its own warm
+    # connection: a short try never opens one.
     await env.setup(RELAYED_DAG, queue=["produce"])
     code, _out, err = await env.run("produce", entry="forked")
     assert code == 0, err
     ti = await env.ti("produce")
     assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
     assert (env.folder.parent / "ran").read_text() == "ran\n"
-    if db_url.startswith("postgresql"):
-        assert "claimed try 1 of d/r1/produce through the forkserver" in err, err
-        assert CONNECTED not in err, err
-    else:
-        assert "claimed try 1 of d/r1/produce\n" in err, err
-        assert CONNECTED in err, err
+    assert "claimed try 1 of d/r1/produce through the forkserver" in err, err
+    assert CONNECTED not in err, err
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_a_relay_that_dies_before_the_claim_leaves_it_to_the_worker(env: Env) -> None:
     await env.setup(RELAYED_DAG, queue=["produce"])
     code, _out, err = await env.run("produce", entry="forked", FORKED_RELAY_DIES="claim:before")
@@ -518,7 +513,6 @@ async def test_a_relay_that_dies_before_the_claim_leaves_it_to_the_worker(env: E
     assert (env.folder.parent / "ran").read_text() == "ran\n"
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_a_relay_that_dies_after_committing_the_claim_runs_nothing_twice(
     env: Env,
 ) -> None:
@@ -534,7 +528,6 @@ async def test_a_relay_that_dies_after_committing_the_claim_runs_nothing_twice(
     assert ti.heartbeat_at is not None
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_a_relay_that_dies_before_recording_leaves_it_to_the_worker(env: Env) -> None:
     await env.setup(RELAYED_DAG, queue=["produce"])
     code, _out, err = await env.run("produce", entry="forked", FORKED_RELAY_DIES="record:before")
@@ -545,7 +538,6 @@ async def test_a_relay_that_dies_before_recording_leaves_it_to_the_worker(env: E
     assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_a_relay_that_dies_after_recording_leaves_the_outcome_recorded_once(
     env: Env,
 ) -> None:
