@@ -97,6 +97,10 @@ class Config:
     max_launch_attempts: int = 8
     """Launches of one try that never reached a container (refused, lost before it started)
     before the try fails; these do not use up the task's retries."""
+    dag_import_per_try: bool = False
+    """Local launcher: each `@task` try imports its DAG file itself, as a worker pod does,
+    instead of using the forkserver's import of that version of the file (module-level
+    code then runs at every try, not once per version of the file)."""
     reparse_interval: float = 120.0
     """Seconds after which every DAG file is parsed again even if unchanged (the modules it
     imports may have changed)."""
@@ -215,6 +219,7 @@ _CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "pod_pending_timeout": _as_float,
     "web_port": _as_port,
     "web_read_only": _as_bool,
+    "dag_import_per_try": _as_bool,
     "dags_folder": lambda n, raw: _as_path(n, raw),
     "state_dir": lambda n, raw: _as_path(n, raw),
     "home": lambda n, raw: _as_path(n, raw),

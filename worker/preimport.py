@@ -14,6 +14,7 @@ layer is switched on per process), one whose import fails, raises or takes
 longer than `IMPORT_TIMEOUT` (the child imports it and reports the error in its
 own log), and every file after one that started a thread at import (a process
 with threads should not fork; the forkserver stops importing and says so once).
+`MINIFLOW_DAG_IMPORT_PER_TRY=true` turns this off (the launcher then names no file).
 Output of the import goes nowhere: a child that imports the file itself shows it. The
 environment, working directory and signal handlers the import changed are put back.
 """

@@ -99,4 +99,5 @@ def make_launcher(config: Config) -> Launcher:
         worker_env=worker_env,
         grace_period=config.kill_grace_period,
         pause_limit=config.scheduler_timeout / 4,
+        preimport=not config.dag_import_per_try,
     )

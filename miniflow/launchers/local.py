@@ -157,8 +157,12 @@ class LocalLauncher:
         python_mode: Literal["fork", "exec"] = "fork",
         python_entry: str = "miniflow_worker.runner:main",
         pause_limit: float = 7.5,
+        preimport: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.preimport = preimport
+        """Name each Python try's DAG file to the forkserver, which imports it once per
+        version of the file for the tries forked after it (`miniflow_worker.preimport`)."""
         self.pause_limit = pause_limit
         """Seconds from a launch's decision to its record past which it is not made (see
         `LaunchResult.paused`); the daemon uses a quarter of the instance timeout."""
@@ -601,7 +605,7 @@ class LocalLauncher:
                         exit_path=str(paths.exit),
                         env=env,
                         go_fd=go_fd,
-                        dag_file=str(self.dags_folder / spec.fileloc),
+                        dag_file=str(self.dags_folder / spec.fileloc) if self.preimport else None,
                     )
                     return pid, False, done_pipe
                 except local_fork.ForkServerGone as exc:

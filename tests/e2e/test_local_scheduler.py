@@ -10,6 +10,9 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from miniflow.cli import operations, wiring
 from miniflow.config import load_config
@@ -43,7 +46,7 @@ class Local(SchedulerHandle):
 
 @contextlib.asynccontextmanager
 async def local_scheduler(
-    db_url: str, tmp_path: Path, *, parallelism: int = 32
+    db_url: str, tmp_path: Path, *, parallelism: int = 32, **settings: Any
 ) -> AsyncIterator[Local]:
     config = load_config(
         environ={},
@@ -52,6 +55,7 @@ async def local_scheduler(
         state_dir=tmp_path / "state",
         kill_grace_period=1.0,
         parallelism=parallelism,
+        **settings,
     )
     engine = store_engine.create_engine(db_url)
     launcher = wiring.make_launcher(config)
@@ -104,6 +108,43 @@ async def test_fan_out_fan_in(db_url: str, tmp_path: Path) -> None:
     assert all(attempts["start"].ended_at <= p.started_at for p in parts)  # type: ignore[operator]
     assert all(p.ended_at <= attempts["join"].started_at for p in parts)  # type: ignore[operator]
     assert f"start {run_id}" in (attempts["start"].log_tail or "")
+
+
+@pytest.mark.parametrize("per_try", [False, True])
+async def test_python_tries_use_the_forkserver_s_import_unless_told_otherwise(
+    db_url: str, tmp_path: Path, per_try: bool
+) -> None:
+    # By default the forkserver imports the DAG file once for the tries forked after it:
+    # module-level code runs in the forkserver. MINIFLOW_DAG_IMPORT_PER_TRY: in each try.
+    write_dag(
+        tmp_path / "dags",
+        "imports.py",
+        """
+        import os
+        from datetime import datetime
+        from miniflow import DAG, task
+
+        IMPORTED_IN = os.getpid()
+
+        @task
+        def where():
+            return [IMPORTED_IN, os.getpid()]
+
+        with DAG("imports", start_date=datetime(2026, 1, 1)):
+            for i in range(3):
+                where.override(task_id=f"t{i}")()
+    """,
+    )
+    async with local_scheduler(db_url, tmp_path, dag_import_per_try=per_try) as local:
+        run_id, state = await local.run("imports")
+        tis = await local.tis("imports", run_id)
+    assert state == "success"
+    pairs = [tis[f"t{i}"].result for i in range(3)]
+    if per_try:
+        assert all(imported == ran for imported, ran in pairs), pairs
+    else:
+        assert len({imported for imported, _ in pairs}) == 1, pairs
+        assert all(imported != ran for imported, ran in pairs), pairs
 
 
 async def test_bash_retries_until_success(db_url: str, tmp_path: Path) -> None:

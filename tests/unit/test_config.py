@@ -132,6 +132,7 @@ def test_a_config_file_whose_miniflow_entry_is_not_a_table(content: str, tmp_pat
         ("MAX_LAUNCH_ATTEMPTS", "0", "must be positive"),
         ("MAX_LAUNCH_ATTEMPTS", "2.5", "must be an integer"),
         ("POD_KEEP_FAILED_FOR", "-5", "must not be negative"),
+        ("DAG_IMPORT_PER_TRY", "sometimes", "must be true or false"),
     ],
 )
 def test_bad_sanity_settings_name_the_variable(name: str, raw: str, message: str) -> None:
@@ -164,3 +165,12 @@ def test_ops_server_is_off_and_the_log_format_follows_the_terminal_unless_asked(
     )
     assert (asked.http_port, asked.http_host, asked.log_format) == (8080, "0.0.0.0", "json")
     assert asked.worker_service_account == "miniflow-worker"
+
+
+def test_dag_import_per_try_is_off_unless_asked_and_reaches_the_local_launcher() -> None:
+    from miniflow.cli import wiring
+
+    assert load_config({}).dag_import_per_try is False
+    config = load_config({"MINIFLOW_DAG_IMPORT_PER_TRY": "yes", "MINIFLOW_LAUNCHER": "local"})
+    assert config.dag_import_per_try is True
+    assert wiring.make_launcher(config).preimport is False  # type: ignore[attr-defined]
