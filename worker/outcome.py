@@ -78,7 +78,7 @@ class Recorder:
         relay: Relay | None = None,
     ) -> None:
         self.factory = factory
-        self.relay = relay  # the forkserver records the outcome, if it can (see `relay`)
+        self.relay = relay  # the forkserver's relay records the outcome, if it can
         self.claim = claim
         self.heartbeat = heartbeat
         self.key = key
@@ -226,7 +226,8 @@ class Recorder:
         return await self.fail(f"timed out after {timeout:g}s (the task's timeout)", exit_code=None)
 
     async def _record_relayed(self, outcome: Outcome, skip: Sequence[str]) -> set[int] | None:
-        """The ids `finish` changed, written by the forkserver; None: write it yourself."""
+        """The ids `finish` changed, written by the forkserver's relay process; None: write
+        it yourself."""
         if self.relay is None:
             return None
         try:

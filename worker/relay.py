@@ -1,4 +1,4 @@
-"""A forked worker's claim and outcome, written by its forkserver on a warm connection.
+"""A forked worker's claim and outcome, written by its forkserver's relay process.
 
 Under the local launcher's fork mode a worker's own database connection cost more
 CPU than anything else it did (connecting, then each ORM statement touching pages
@@ -53,10 +53,10 @@ from miniflow.store.task_instances import Outcome
 from .claim import Claim, claim_in  # relative, so mypy sees its types (see `runner`)
 
 RELAY_FD_ENV = "MINIFLOW_WORKER_RELAY_FD"
-"""The fd of the socket to the forkserver (same name as `local_fork.RELAY_FD_ENV`)."""
+"""The fd of the socket to the relay process (same name as `local_fork.RELAY_FD_ENV`)."""
 
 SERVER_TIMEOUT = 5.0
-"""Seconds the forkserver gives one relayed step: it forks nothing meanwhile."""
+"""Seconds the relay process gives one step: it answers no other child meanwhile."""
 CHILD_TIMEOUT = SERVER_TIMEOUT + 5.0
 """Seconds a child waits for its answer before doing the step itself."""
 
@@ -117,9 +117,6 @@ class Relay:
         sock.setblocking(False)
         return cls(sock, url)
 
-    def close(self) -> None:
-        self.sock.close()
-
     async def claim(self, **key: Any) -> Claim | str:
         result = await self._call("claim", key)
         if not isinstance(result, Claim | str):
@@ -140,7 +137,7 @@ class Relay:
                 status, value = loads(await self._read(loop, size))
         except (OSError, EOFError, TimeoutError, pickle.PickleError, ValueError) as exc:
             self.close_quietly()
-            raise RelayUnavailable(f"no answer from the forkserver ({exc!r})") from exc
+            raise RelayUnavailable(f"no answer from the relay process ({exc!r})") from exc
         if status != "ok":
             raise RelayUnavailable(str(value))
         return value
@@ -150,7 +147,7 @@ class Relay:
         while left:
             chunk = await loop.sock_recv(self.sock, left)
             if not chunk:
-                raise EOFError("the forkserver closed the relay")
+                raise EOFError("the relay process closed the socket")
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
@@ -162,15 +159,15 @@ class Relay:
             pass
 
 
-# -- the forkserver's side --------------------------------------------------------------------
+# -- the relay process' side -------------------------------------------------------------------
 
 _loop: asyncio.AbstractEventLoop | None = None
 _engines: dict[str, AsyncEngine] = {}
-"""The forkserver's own engines, by URL: one connection each, kept open between steps."""
+"""The relay process' engines, by URL: one connection each, kept open between steps."""
 
 
 def answer(message: bytes, new_engine: Callable[[str], AsyncEngine]) -> bytes:
-    """Do one relayed step (in the forkserver); never raises."""
+    """Do one relayed step (in the relay process); never raises."""
     global _loop
     url = "?"
     try:

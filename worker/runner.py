@@ -194,7 +194,8 @@ class Worker:
                 await engine.dispose()
 
     async def _claim_relayed(self) -> Claim | str | None:
-        """The claim, made by the forkserver (see `relay`); None: claim it yourself."""
+        """The claim, made by the forkserver's relay process (see `relay`); None: claim it
+        yourself."""
         if self.relay is None:
             return None
         try:
@@ -429,8 +430,12 @@ class Worker:
         if self.loaded is None and preimport.cached(path) is not None:
             # Imported by the forkserver: nothing slow left to keep off the loop.
             quick = _load_task(path, self.dag_id, self.task_id)
-        loaded = self.loaded or quick or await execute.in_daemon_thread(
-            lambda: _load_task(path, self.dag_id, self.task_id), "miniflow dag import"
+        loaded = (
+            self.loaded
+            or quick
+            or await execute.in_daemon_thread(
+                lambda: _load_task(path, self.dag_id, self.task_id), "miniflow dag import"
+            )
         )
         if isinstance(loaded, str):
             return loaded
