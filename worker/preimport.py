@@ -80,7 +80,9 @@ def preimport(path_name: str, env: Mapping[str, str]) -> None:
     current = version(path)
     if _stopped or current is None or _tried.get(path) == current:
         return
+    replacing = path in _tried
     _tried[path] = current
+    _cache.pop(path, None)
     from miniflow import airflow_compat
 
     if airflow_compat.mentions_airflow(path):
@@ -97,6 +99,11 @@ def preimport(path_name: str, env: Mapping[str, str]) -> None:
         )
     if dags is not None and version(path) == current:
         _cache[path] = (current, dags)
+    if replacing:
+        # The earlier version's module was frozen with everything else: only an unfrozen
+        # collection frees it (a module is all cycles), else every edit of the file would
+        # leave one more copy in the forkserver for good.
+        gc.unfreeze()
     gc.collect()
     gc.freeze()  # the children share the module: keep the collector off its pages
 

@@ -118,3 +118,28 @@ def test_a_file_that_starts_a_thread_stops_the_preimports(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout == "None\n"
     assert "started a thread when imported" in done.stderr
+
+
+def test_an_earlier_version_of_a_file_is_freed_when_the_next_is_imported(tmp_path: Path) -> None:
+    # The forkserver freezes what it holds (its children share it); the module of a
+    # version replaced by an edit must not stay frozen, or a long-lived scheduler whose DAG
+    # files change keeps every version.
+    (tmp_path / "d.py").write_text("class Marker:\n    pass\n" + DAG)
+    done = run(
+        """
+        import gc, sys, weakref
+        path = Path("d.py").resolve()
+        preimport.preimport(str(path), {})
+        module = sys.modules[preimport.cached(path)[0].tasks["t"].function.__module__]
+        first = weakref.ref(module.Marker)
+        del module
+        with open(path, "a") as f:
+            f.write("# changed\\n")
+        preimport.preimport(str(path), {})
+        print("new version cached", preimport.cached(path) is not None)
+        print("first version freed", first() is None)
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["new version cached True", "first version freed True"]
