@@ -19,7 +19,7 @@ kubernetes_asyncio.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from miniflow_worker import execute
 from miniflow_worker.clock import now
@@ -56,37 +56,26 @@ class Claim:
     """The DAG has function macros / filters: rendering its templates imports its file."""
 
 
-async def claim_try(
-    factory: async_sessionmaker[AsyncSession],
-    *,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    try_number: int,
-    map_index: int = -1,
-) -> Claim | str:
+class TryRef(TypedDict):
+    """The try a worker was started for (its command line)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    try_number: int
+    map_index: int
+
+
+async def claim_try(factory: async_sessionmaker[AsyncSession], ref: TryRef) -> Claim | str:
     """Claim the try and read what running it needs; or why it was not claimed."""
     async with transaction(factory) as session:
-        return await claim_in(
-            session,
-            dag_id=dag_id,
-            run_id=run_id,
-            task_id=task_id,
-            try_number=try_number,
-            map_index=map_index,
-        )
+        return await claim_in(session, ref)
 
 
-async def claim_in(
-    session: AsyncSession,
-    *,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    try_number: int,
-    map_index: int = -1,
-) -> Claim | str:
-    """`claim_try`'s statements, in the caller's transaction (also the forkserver's relay)."""
+async def claim_in(session: AsyncSession, ref: TryRef) -> Claim | str:
+    """`claim_try`'s statements, in the caller's transaction (also the relay process')."""
+    dag_id, run_id, task_id = ref["dag_id"], ref["run_id"], ref["task_id"]
+    try_number, map_index = ref["try_number"], ref["map_index"]
     ti = await task_instances.worker_claim(
         session, dag_id, run_id, task_id, try_number, now(), map_index
     )

@@ -50,7 +50,7 @@ from miniflow.store import task_instances
 from miniflow.store.engine import sessionmaker, transaction
 from miniflow.store.task_instances import Outcome
 
-from .claim import Claim, claim_in  # relative, so mypy sees its types (see `runner`)
+from .claim import Claim, TryRef, claim_in  # relative, so mypy sees its types (see `runner`)
 
 RELAY_FD_ENV = "MINIFLOW_WORKER_RELAY_FD"
 """The fd of the socket to the relay process (same name as `local_fork.RELAY_FD_ENV`)."""
@@ -117,8 +117,8 @@ class Relay:
         sock.setblocking(False)
         return cls(sock, url)
 
-    async def claim(self, **key: Any) -> Claim | str:
-        result = await self._call("claim", key)
+    async def claim(self, ref: TryRef) -> Claim | str:
+        result = await self._call("claim", ref)
         if not isinstance(result, Claim | str):
             raise RelayUnavailable(f"unexpected answer {type(result).__name__}")
         return result
@@ -213,9 +213,9 @@ def _forget(url: str) -> None:
             pass
 
 
-async def _claim(engine: AsyncEngine, key: dict[str, Any]) -> bytes:
+async def _claim(engine: AsyncEngine, ref: TryRef) -> bytes:
     async with transaction(sessionmaker(engine)) as session:
-        claimed = await claim_in(session, **key)
+        claimed = await claim_in(session, ref)
         return dumps(("ok", claimed))  # inside the transaction: unsendable means not claimed
 
 

@@ -76,7 +76,7 @@ from miniflow.store.engine import check_connection, create_engine, sessionmaker
 # Relative: mypy checks this package as `worker` (pyproject `files`), so to it the
 # `miniflow_worker.*` imports are untyped; these keep the split-off parts of the run checked.
 from . import branching, callbacks, preimport
-from .claim import Claim, claim_try
+from .claim import Claim, TryRef, claim_try
 from .outcome import EXIT_FENCED as EXIT_FENCED
 from .outcome import EXIT_NOT_RECORDED as EXIT_NOT_RECORDED
 from .outcome import EXIT_SUCCESS as EXIT_SUCCESS
@@ -171,6 +171,13 @@ class Worker:
         self.try_number: int = args.try_number
         self.map_index: int = args.map_index
         self.config = config
+        self.ref = TryRef(
+            dag_id=self.dag_id,
+            run_id=self.run_id,
+            task_id=self.task_id,
+            try_number=self.try_number,
+            map_index=self.map_index,
+        )
         mapped = f"[{self.map_index}]" if self.map_index >= 0 else ""
         self.key = f"{self.dag_id}/{self.run_id}/{self.task_id}{mapped}"
 
@@ -199,13 +206,7 @@ class Worker:
         if self.relay is None:
             return None
         try:
-            return await self.relay.claim(
-                dag_id=self.dag_id,
-                run_id=self.run_id,
-                task_id=self.task_id,
-                try_number=self.try_number,
-                map_index=self.map_index,
-            )
+            return await self.relay.claim(self.ref)
         except RelayUnavailable as exc:
             log(f"the forkserver could not claim the try ({exc}); claiming it directly")
             self.relay = None
@@ -225,14 +226,7 @@ class Worker:
             try:
                 await check_connection(engine)
                 try:
-                    return await claim_try(
-                        self.factory,
-                        dag_id=self.dag_id,
-                        run_id=self.run_id,
-                        task_id=self.task_id,
-                        try_number=self.try_number,
-                        map_index=self.map_index,
-                    )
+                    return await claim_try(self.factory, self.ref)
                 except SQLAlchemyError as exc:
                     raise DatabaseUnavailable(
                         f"database {self.config.safe_database_url()} failed while claiming "
@@ -427,9 +421,10 @@ class Worker:
         if kind != "python":
             return f"task {self.task_id!r} has unknown kind {kind!r}"
         quick: PythonTask | str | None = None
-        if self.loaded is None and preimport.cached(path) is not None:
+        found = preimport.cached(path) if self.loaded is None else None
+        if found is not None:
             # Imported by the forkserver: nothing slow left to keep off the loop.
-            quick = _load_task(path, self.dag_id, self.task_id)
+            quick = _load_task(path, self.dag_id, self.task_id, found)
         loaded = (
             self.loaded
             or quick
@@ -510,14 +505,16 @@ def _load_dag_or_task(path: Path, dag_id: str, task_id: str, kind: str) -> DAG |
     return _load_task(path, dag_id, task_id) if kind == "python" else _load_dag(path, dag_id)
 
 
-def _load_dag(path: Path, dag_id: str) -> DAG | str:
-    """The DAG, from its file as it is now; or the error text."""
+def _load_dag(path: Path, dag_id: str, found: list[DAG] | None = None) -> DAG | str:
+    """The DAG, from its file as it is now (`found`: the forkserver's import of that
+    version, already looked up); or the error text."""
     from miniflow import airflow_compat
     from miniflow.authoring.loader import import_dag_file
 
     if not path.is_file():
         return f"DAG file {path} does not exist (DAG {dag_id!r})"
-    found = preimport.cached(path)  # imported by the forkserver, this very version
+    if found is None:
+        found = preimport.cached(path)  # imported by the forkserver, this very version
     if found is None and airflow_compat.mentions_airflow(path):
         airflow_compat.activate()  # the worker's process only: `import airflow` gets the layer
     try:
@@ -530,9 +527,11 @@ def _load_dag(path: Path, dag_id: str) -> DAG | str:
     return dag
 
 
-def _load_task(path: Path, dag_id: str, task_id: str) -> PythonTask | str:
+def _load_task(
+    path: Path, dag_id: str, task_id: str, found: list[DAG] | None = None
+) -> PythonTask | str:
     """The Python task (its function, its callbacks), from its DAG file; or the error text."""
-    dag = _load_dag(path, dag_id)
+    dag = _load_dag(path, dag_id, found)
     if isinstance(dag, str):
         return dag
     task = dag.tasks.get(task_id)

@@ -176,7 +176,8 @@ _prepared_for: set[str | None] = set()
 
 
 def relay(message: bytes) -> bytes:
-    """The forkserver's relay hook: one claim or outcome for a child (`miniflow_worker.relay`)."""
+    """The relay hook (run in the forkserver's relay process): one claim or outcome for a
+    child (`miniflow_worker.relay`)."""
     from miniflow_worker import relay as relay_steps
     from miniflow_worker import runner
 

@@ -97,7 +97,8 @@ NO_ENTRYPOINT_MESSAGE = "local mode cannot run an image's entrypoint; give the P
 PREFORK_HOOK = "miniflow_worker.warm:prefork"
 """Called by the forkserver before each fork: the workers' database engine, made ready once."""
 RELAY_HOOK = "miniflow_worker.warm:relay"
-"""Answers a forked worker's relayed claim or outcome, on the forkserver's connection."""
+"""Answers a forked worker's claim or outcome in the forkserver's relay process, on its
+connection."""
 
 INLINE_LAUNCHES = 2
 """Batches up to this size are started on the loop (a few milliseconds each): a thread hop
