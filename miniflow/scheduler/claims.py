@@ -121,15 +121,14 @@ async def claim(
             break  # full, or nothing was held back by a limit: no one else is waiting
     if not chosen:
         return None
-    claimed = await store_tis.mark_queued(session, [c.id for c in chosen], now)
-    chosen = [c for c in chosen if c.id in claimed]
-    await store_attempts.open_attempts(
+    claimed = await store_attempts.claim(
         session,
-        [(c.id, c.dag_id, c.run_id, c.task_id, claimed[c.id], c.map_index) for c in chosen],
+        [(c.id, c.dag_id, c.run_id, c.task_id, c.map_index) for c in chosen],
         launcher=deps.launcher.name,
         scheduler_id=deps.scheduler_id,
         now=now,
     )
+    chosen = [c for c in chosen if c.id in claimed]
     missing = deps.flights.run_infos.missing(c.run_pk for c in chosen)
     if missing:
         deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
@@ -231,10 +230,12 @@ async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> l
     known = {(ti_id, try_number) for ti_id, try_number, _, _ in started}
     handles = [h for h in handles if (h[0], h[1]) not in known]
     due: list[TaskEnd] = []
-    if failures or handles or started:
+    if started and not (failures or handles):
+        async with store_engine.one_statement(deps.sessions) as session:
+            await store_attempts.record_started(session, started)  # the handle too
+    elif failures or handles or started:
         async with store_engine.transaction(deps.sessions) as session:
-            await store_tis.record_started(session, started)
-            await store_attempts.mark_started(session, started)  # the handle too
+            await store_attempts.record_started(session, started)
             await store_attempts.set_handles(session, handles)
             if failures:
                 due = await fail_before_start(deps, session, failures, stats)

@@ -705,18 +705,12 @@ class Scheduler:
                 self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)
             for dag, run, final in ended:
                 self.dag_callbacks.fire(dag, run, final)
-        # Committed: only now may the launcher drop the evidence of these exits (not of
-        # tries a peer adopted: that evidence is the new owner's).
-        exited = [
-            e.key for e in batch if isinstance(e, AttemptExited) and e.key not in self._foreign
-        ]
-        disowned, self._foreign = list(self._foreign), set()
-        if disowned:
-            await self.launcher.disown(disowned)
-        if exited:
-            await self.launcher.acknowledge(exited)
-        await self._launch(claimed, stats)
-        _count_committed(stats)
+        try:
+            # The launch first: it is what a chain's next task waits for.
+            await self._launch(claimed, stats)
+            _count_committed(stats)
+        finally:
+            await self._retire_evidence(batch)
         await self._sanity_round(stats)
         # What this round left for the next one: events taken but not recorded, runs to
         # read in full, ends of tries decided outside the round's readiness.
@@ -729,6 +723,18 @@ class Scheduler:
             or self._due.run_ended
         )
         return stats
+
+    async def _retire_evidence(self, batch: list[LauncherEvent]) -> None:
+        """The round's exits are committed: only now may the launcher drop their evidence
+        (not of tries a peer adopted: that evidence is the new owner's)."""
+        exited = [
+            e.key for e in batch if isinstance(e, AttemptExited) and e.key not in self._foreign
+        ]
+        disowned, self._foreign = list(self._foreign), set()
+        if disowned:
+            await self.launcher.disown(disowned)
+        if exited:
+            await self.launcher.acknowledge(exited)
 
     async def _sanity_round(self, stats: TickStats) -> None:
         now = self.clock.now()
@@ -868,7 +874,9 @@ class Scheduler:
         rows = [row for row in rows if row.map_index < 0]
         if instance_runs:
             rows += await store_mapping.settle(session, instance_runs, now)
+        fresh: dict[int, set[str]] = {}  # the tasks whose rows this transaction holds
         for row in rows:
+            fresh.setdefault(row.run_pk, set()).add(row.task_id)
             view = self.run_views.get(row.run_pk)
             if view is None:
                 whole.add(row.run_pk)
@@ -882,6 +890,7 @@ class Scheduler:
             changed = {pk: t for pk, t in changed.items() if pk == self._only_run_pk}
         changes: list[tuple[int, str, str]] = []
         decided: dict[int, tuple[Counter[str], dict[str, str]]] = {}
+        decided_fresh: set[int] = set()
         for pk, task_ids in changed.items():
             view = self.run_views.get(pk)
             if view is None or pk in whole:
@@ -890,6 +899,9 @@ class Scheduler:
             new = view.advance(task_ids)
             if view.needs_full_look():
                 whole.add(pk)  # may be over: decided below on all its rows
+            elif new and view.rests_on(new, fresh.get(pk, ())):
+                changes += [(view.ids[t], states.NONE, s) for t, s in new.items()]
+                decided_fresh.add(pk)
             elif new:
                 decided[pk] = (seen, new)
         if decided:
@@ -909,7 +921,7 @@ class Scheduler:
             cached = await self.dags.for_runs(session, full)  # each run's own DAG version
             full = [run for run in full if run.id in cached]
         finals = await self._evaluate_whole_runs(session, full, cached, now, changes)
-        applied = await store_tis.set_states(session, changes, now)
+        applied = await store_tis.set_states(session, changes, now, running_runs_only=True)
         stats.changed = applied
         stats.made_ready = applied > 0 and any(new == states.SCHEDULED for *_, new in changes)
         if sweep or any(new == states.MAPPED for _, _, new in changes):
@@ -924,7 +936,7 @@ class Scheduler:
         else:
             # The database disagreed with a view (a row was not `none` any more): read
             # these runs in full next round rather than trust the views.
-            self._due.dirty |= set(decided) | {run.id for run in full}
+            self._due.dirty |= set(decided) | decided_fresh | {run.id for run in full}
         # After the task changes, and only if the run's tasks are still as seen: a clear
         # that committed meanwhile keeps the run going (its task is scheduled next round).
         for run, final, unfinished in finals:

@@ -88,8 +88,7 @@ async def record(
         items = [
             (deps.flights.tries[e.key].ti_id, e.key.try_number, e.handle, e.at) for e in started
         ]
-        await store_tis.record_started(session, items)
-        await store_attempts.mark_started(session, items)
+        await store_attempts.record_started(session, items)
     if not exited:
         return Recorded(foreign=foreign)
     recorded = Recorded(foreign=foreign)

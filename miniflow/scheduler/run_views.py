@@ -18,7 +18,10 @@ What a view must never do is decide from a guess:
   same transaction, are the view's (`agrees`): a change the view did not see (a
   `tasks clear` from the CLI, the sanity loop, another scheduler, a worker that
   recorded its result before its exit arrived) shows there, and the run is then
-  read and decided in full, as before.
+  read and decided in full, as before. Decisions that rest only on rows the same
+  transaction read or wrote (`rests_on`: a chain's next task, right after its
+  upstream's exit was recorded) need no count: no state they depend on is the view's
+  memory. Readiness updates apply only while the run is running either way.
 - Every decision is a conditional update (`none` → ...): if the database
   disagrees (fewer rows changed than decided), the runs are read in full next round.
 - The periodic sweep compares every running run's counts with its view (one
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 
 from miniflow.scheduler import readiness
@@ -88,6 +91,17 @@ class RunView:
         """True if the database's per-state counts (`found`) are the view's (`counts`: as
         the view was at some point, by default now)."""
         return +_buckets(found) == (+self._counts if counts is None else +counts)
+
+    def rests_on(self, decisions: Mapping[str, str], fresh: Collection[str]) -> bool:
+        """True if every task the view holds upstream of (or as a setup of) a decided task
+        is in `fresh` (rows read or written in the deciding transaction) or among the
+        decisions: then nothing the view could have missed went into them."""
+        graph = self.graph
+        return all(
+            up in fresh or up in decisions or up not in self.states
+            for task_id in decisions
+            for up in (*graph.upstream.get(task_id, ()), *graph.setups.get(task_id, ()))
+        )
 
     def worth_reading(self, found: Mapping[str, int]) -> bool:
         """Whether the run's rows (whose per-state counts are `found`) may tell this view

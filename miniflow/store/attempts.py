@@ -13,12 +13,13 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import String, Table, bindparam, case, func, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from miniflow.store import states, transitions
 from miniflow.store import task_instances as store_tis
 from miniflow.store.engine import dialect_insert
-from miniflow.store.models import TaskAttempt
+from miniflow.store.models import TaskAttempt, UTCDateTime
 from miniflow.store.records import AttemptRecord, build, columns
 
 TA = TaskAttempt
@@ -85,6 +86,10 @@ async def open_attempts(
 @cache
 def _open_statement(dialect: str) -> Any:
     insert = dialect_insert(dialect, _table)
+    return _on_conflict(insert)
+
+
+def _on_conflict(insert: Any) -> Any:
     return insert.on_conflict_do_update(
         index_elements=["ti_id", "try_number"],
         set_={
@@ -93,6 +98,98 @@ def _open_statement(dialect: str) -> Any:
         },
         where=_table.c.ended_at.is_(None),
     )
+
+
+async def claim(
+    session: AsyncSession,
+    chosen: Sequence[tuple[int, str, str, str, int]],
+    *,
+    launcher: str,
+    scheduler_id: str,
+    now: datetime,
+) -> dict[int, int]:
+    """Claim the (ti_id, dag_id, run_id, task_id, map_index) task instances: scheduled →
+    queued (`store_tis.mark_queued`) and their attempts opened (`open_attempts`);
+    returns {ti_id: try_number} of those claimed. On PostgreSQL one statement (the
+    attempts inserted from the updated rows): a claim is on every chain link's path."""
+    if not chosen:
+        return {}
+    if session.get_bind().dialect.name != "postgresql":
+        claimed = await store_tis.mark_queued(session, [c[0] for c in chosen], now)
+        await open_attempts(
+            session,
+            [(t, d, r, k, claimed[t], m) for t, d, r, k, m in chosen if t in claimed],
+            launcher=launcher,
+            scheduler_id=scheduler_id,
+            now=now,
+        )
+        return claimed
+    transitions.check((states.SCHEDULED,), states.QUEUED)
+    params = {
+        "ids": [c[0] for c in chosen],
+        "now": now,
+        "launcher": launcher,
+        "scheduler_id": scheduler_id,
+    }
+    return dict((await session.execute(_claim_statement(), params)).all())
+
+
+@cache
+def _claim_statement() -> Any:
+    ti = store_tis.QUEUE.table.c
+    queued = store_tis.QUEUE.returning(
+        ti.id, ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number
+    ).cte("queued")
+    rows = select(
+        queued.c.id,
+        queued.c.dag_id,
+        queued.c.run_id,
+        queued.c.task_id,
+        queued.c.map_index,
+        queued.c.try_number,
+        literal(states.QUEUED),
+        bindparam("launcher", type_=String()),
+        bindparam("scheduler_id", type_=String()),
+        bindparam("now", type_=UTCDateTime()),
+    )
+    names = [
+        "ti_id",
+        "dag_id",
+        "run_id",
+        "task_id",
+        "map_index",
+        "try_number",
+        "state",
+        "launcher",
+        "scheduler_id",
+        "queued_at",
+    ]
+    opened = _on_conflict(dialect_insert("postgresql", _table).from_select(names, rows))
+    return select(queued.c.id, queued.c.try_number).add_cte(opened.cte("opened"))
+
+
+async def record_started(
+    session: AsyncSession, items: Sequence[tuple[int, int, str | None, datetime]]
+) -> None:
+    """(ti_id, try, handle, started_at): the task instance queued → running
+    (`store_tis.record_started`) and its open attempt too (`mark_started`). On PostgreSQL
+    one statement per try: a start is recorded on every chain link's path."""
+    if not items:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        await store_tis.record_started(session, items)
+        await mark_started(session, items)
+        return
+    transitions.check(states.ACTIVE, states.RUNNING)
+    await session.execute(
+        _record_started_statement(),
+        [{"k_id": t, "k_ti": t, "k_try": n, "k_handle": h, "k_at": at} for t, n, h, at in items],
+    )
+
+
+@cache
+def _record_started_statement() -> Any:
+    return _MARK_STARTED.add_cte(store_tis.RECORD_STARTED.cte("ti_started"))
 
 
 async def mark_started(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -103,6 +104,27 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """A session inside one transaction: committed on success, rolled back on error."""
     async with factory() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def one_statement(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for work that is one statement on PostgreSQL (atomic by itself): there it
+    runs without a transaction around it (autocommit), one round trip instead of three
+    (BEGIN, the statement, COMMIT), on the path of every task a chain launches. On
+    SQLite, `transaction`."""
+    bind = factory.kw["bind"]
+    if bind.dialect.name != "postgresql":
+        async with transaction(factory) as session:
+            yield session
+        return
+    autocommit = _AUTOCOMMIT.get(bind)
+    if autocommit is None:
+        autocommit = _AUTOCOMMIT[bind] = bind.execution_options(isolation_level="AUTOCOMMIT")
+    async with AsyncSession(autocommit, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 def rowcount(result: Result[Any]) -> int:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     null,
     or_,
@@ -185,31 +186,43 @@ async def state_counts_of_running_runs(
 
 
 async def set_states(
-    session: AsyncSession, changes: Sequence[tuple[int, str, str]], now: datetime
+    session: AsyncSession,
+    changes: Sequence[tuple[int, str, str]],
+    now: datetime,
+    *,
+    running_runs_only: bool = False,
 ) -> int:
-    """Apply (ti_id, expected_state, new_state) changes; one UPDATE per state pair."""
+    """Apply (ti_id, expected_state, new_state) changes; one UPDATE per state pair. With
+    `running_runs_only` (readiness decisions), rows of runs no longer running stay as
+    they are (and are not counted as applied)."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for ti_id, expected, new in changes:
         groups[(expected, new)].append(ti_id)
     applied = 0
     for (expected, new), ids in groups.items():
         transitions.check((expected,), new)
-        statement = _set_state(expected, new)
+        statement = _set_state(expected, new, running_runs_only)
         result = await session.execute(statement, {"ids": ids, "now": now})
         applied += store_rowcount(result)
     return applied
 
 
 @cache
-def _set_state(expected: str, new: str) -> Any:
+def _set_state(expected: str, new: str, running_runs_only: bool) -> Any:
     values: dict[str, Any] = {"state": new}
     if new in states.FINISHED:
         values["ended_at"] = bindparam("now", type_=UTCDateTime())
     if new == states.SCHEDULED:
         values["launch_attempts"] = 0  # a new try begins
+    run = DagRun.__table__.c
+    running = [exists().where(run.id == _ti.c.run_pk, run.state == states.RUN_RUNNING)]
     return (
         update(_ti)
-        .where(_ti.c.id.in_(bindparam("ids", expanding=True)), state_is(expected))
+        .where(
+            _ti.c.id.in_(bindparam("ids", expanding=True)),
+            state_is(expected),
+            *(running if running_runs_only else []),
+        )
         .values(**values)
     )
 
@@ -441,12 +454,12 @@ async def record_started(
         return
     transitions.check(states.ACTIVE, states.RUNNING)
     await session.execute(
-        _RECORD_STARTED,
+        RECORD_STARTED,
         [{"k_id": i, "k_try": n, "k_handle": h, "k_at": at} for i, n, h, at in items],
     )
 
 
-_MARK_QUEUED = (
+QUEUE = (
     update(_ti)
     .where(_ti.c.id.in_(bindparam("ids", expanding=True)), state_is(states.SCHEDULED))
     .values(
@@ -461,11 +474,12 @@ _MARK_QUEUED = (
         error=None,
         next_retry_at=None,
     )
-    .returning(_ti.c.id, _ti.c.try_number)
 )
+"""scheduled → queued for the ids given as `ids`, as of `now` (no RETURNING)."""
+_MARK_QUEUED = QUEUE.returning(_ti.c.id, _ti.c.try_number)
 
 
-_RECORD_STARTED = (
+RECORD_STARTED = (
     _ti.update()
     .where(
         _ti.c.id == bindparam("k_id"),

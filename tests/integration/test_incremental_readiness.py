@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from miniflow import DAG, Bash
 from miniflow.scheduler.clock import ManualClock
 from miniflow.store import engine as store_engine
+from miniflow.store import runs as store_runs
 from miniflow.store import task_instances as store_tis
 from tests.integration.test_scheduler_rules import Harness
 
@@ -83,6 +84,75 @@ async def test_an_upstream_cleared_behind_the_views_back_holds_its_downstream(
     assert _launched(h) == ["a", "b", "a", "c", "d"]
 
 
+def _chain(dag_id: str) -> DAG:
+    with DAG(dag_id, start_date=START) as dag:
+        Bash("a", "true") >> Bash("b", "true") >> Bash("c", "true")
+    return dag
+
+
+def _count_state_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How often the run's per-state counts are read (`agrees`' input)."""
+    calls = [0]
+    original = store_tis.state_counts_of_running_runs
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store_tis, "state_counts_of_running_runs", counted)
+    return calls
+
+
+async def test_a_decision_on_rows_just_read_needs_no_count_and_others_do(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain's next task rests on the row of the exit the round recorded: no count of the
+    run. A join whose other upstream the view remembers from an earlier round: counted."""
+    calls = _count_state_counts(monkeypatch)
+    clock = ManualClock(datetime.now(UTC))  # no sweep after the first round
+    async with Harness(engine, hold=True, clock=clock) as h:
+        await h.register(_chain("fresh_chain"), _diamond("remembered"))
+        await h.trigger("fresh_chain")
+        await h.trigger("remembered")
+        await h.scheduler.tick()
+        first = {(s.key.dag_id, s.key.task_id): s.key for s in h.launcher.launched}
+        before = calls[0]
+        h.launcher.release(first[("fresh_chain", "a")])
+        await h.scheduler.tick()
+        assert _launched(h)[-1] == "b"
+        assert calls[0] == before  # decided on a's row as this round wrote it
+        h.launcher.release(first[("remembered", "a")])
+        await h.scheduler.tick()
+        h.launcher.release(first[("remembered", "b")])
+        await h.scheduler.tick()  # c waits on a (remembered) and b (read now)
+        assert _launched(h)[-1] == "c"
+        assert calls[0] == before + 1
+
+
+async def test_readiness_changes_nothing_in_a_run_that_stopped_running(
+    engine: AsyncEngine,
+) -> None:
+    """A run ended behind the view's back (its `b` still `none`): a's exit is recorded, and
+    nothing downstream of it is decided, not even from rows the round read itself."""
+    clock = ManualClock(datetime.now(UTC))
+    async with Harness(engine, hold=True, clock=clock) as h:
+        await h.register(_chain("ended"))
+        run_id = await h.trigger("ended")
+        await h.scheduler.tick()
+        assert _launched(h) == ["a"]
+        async with store_engine.transaction(h.sessions) as session:
+            run = await store_runs.get_run(session, "ended", run_id)
+            assert await store_runs.set_state(
+                session, run.id, expected="running", state="failed", now=clock.now()
+            )
+        h.launcher.release()
+        await h.scheduler.tick()
+        tis = await h.tis("ended", run_id)
+        assert tis["a"].state == "success"
+        assert (tis["b"].state, tis["c"].state) == ("none", "none")
+        assert _launched(h) == ["a"]
+
+
 @contextmanager
 def _count_statements(engine: AsyncEngine) -> Iterator[list[int]]:
     seen = [0]
@@ -142,3 +212,22 @@ async def test_a_rounds_cost_does_not_grow_with_the_run(
     # The first round also does the once-only duties (the sanity round's first look,
     # registration checks), whose cost depends on what is in flight at that moment.
     assert max(large[1:]) == max(small[1:]), (small, large)
+
+
+async def test_a_chain_link_costs_the_statements_it_needs_and_no_more(engine: AsyncEngine) -> None:
+    """From one task's exit to the next one's recorded start, on PostgreSQL: the fence, the
+    row, its outcome and attempt, the next task scheduled, the claim (lock, counts,
+    window, one statement queuing it and opening its attempt) and one statement for the
+    start (no transaction around it). SQLite: the claim and the start are two statements
+    each and BEGIN is one too. Before: 14 and 15 (a grouped count of the run's states,
+    and separate statements for the claim and the start)."""
+    clock = ManualClock(datetime.now(UTC))
+    async with Harness(engine, hold=True, clock=clock) as h:
+        await h.register(_chain("link_cost"))
+        await h.trigger("link_cost")
+        await h.scheduler.tick()
+        h.launcher.release()
+        with _count_statements(engine) as seen:
+            await h.scheduler.tick()
+        assert _launched(h) == ["a", "b"]
+    assert seen[0] <= (11 if engine.dialect.name == "postgresql" else 14), seen[0]

@@ -63,6 +63,35 @@ def test_counts_follow_the_states_and_compare_with_the_database() -> None:
     assert not view.agrees({"running": 1, N: 3})  # a was cleared behind the view's back
 
 
+def test_decisions_rest_on_fresh_rows_only_when_every_upstream_is_fresh() -> None:
+    """The per-state count may be skipped only for decisions whose inputs the deciding
+    transaction read: here c waits on a (read a round earlier) and b (read now)."""
+    dag = _diamond()
+    view = _view(dag, "diamond-4", {"a": N, "b": N, "c": N, "d": N})
+    view.set("a", S)
+    view.advance(["a"])
+    view.set("b", S)
+    decisions = view.advance(["b"])
+    assert decisions == {"c": SCH}
+    assert not view.rests_on(decisions, {"b"})  # a's success is the view's memory
+    assert view.rests_on(decisions, {"a", "b"})
+    view.set("c", F)
+    further = view.advance(["c"])
+    assert further == {"d": "upstream_failed"}
+    assert view.rests_on(further, {"c"})
+
+
+def test_a_teardown_s_decision_rests_on_its_setup_too() -> None:
+    with DAG("view_setup", start_date=datetime(2026, 1, 1)) as dag:
+        setup, work = Bash("setup", "true"), Bash("work", "true")
+        teardown = Bash("teardown", "true").as_teardown(setups=setup)
+        setup >> work >> teardown
+    view = _view(dag.serialize("view_setup.py"), "setup-1", {t: N for t in dag.tasks})
+    decisions = {"teardown": SCH}
+    assert view.rests_on(decisions, {"work", "setup"})
+    assert not view.rests_on(decisions, {"work"})
+
+
 RULES = sorted(set(TRIGGER_RULES) - {"all_done_setup_success"})
 
 
