@@ -94,11 +94,16 @@ class RunView:
 
     def rests_on(self, decisions: Mapping[str, str], fresh: Collection[str]) -> bool:
         """True if every task the view holds upstream of (or as a setup of) a decided task
-        is in `fresh` (rows read or written in the deciding transaction) or among the
-        decisions: then nothing the view could have missed went into them."""
+        is in `fresh` (rows read or written in the deciding transaction): then nothing the
+        view could have missed went into them.
+
+        Not when a decision rests on another one: a decided task may have changed behind
+        the view's back (a branch's worker skips the tasks it did not choose, in the
+        transaction that records its success), its own update then does not apply, and
+        what was decided downstream of it must not either."""
         graph = self.graph
         return all(
-            up in fresh or up in decisions or up not in self.states
+            up in fresh or up not in self.states
             for task_id in decisions
             for up in (*graph.upstream.get(task_id, ()), *graph.setups.get(task_id, ()))
         )

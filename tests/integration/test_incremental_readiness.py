@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from miniflow import DAG, Bash
+from miniflow import DAG, Bash, Empty
 from miniflow.scheduler.clock import ManualClock
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
@@ -127,6 +127,31 @@ async def test_a_decision_on_rows_just_read_needs_no_count_and_others_do(
         await h.scheduler.tick()  # c waits on a (remembered) and b (read now)
         assert _launched(h)[-1] == "c"
         assert calls[0] == before + 1
+
+
+async def test_a_task_skipped_behind_the_views_back_skips_what_depends_on_it(
+    engine: AsyncEngine,
+) -> None:
+    """As a branch's worker does: b skipped in the transaction that records a's success
+    (here just before a's exit is recorded). The view decides b, an Empty task, `success`
+    and c from that; b's update does not apply, and c must not be decided from it: c is
+    skipped, as Airflow skips it."""
+    clock = ManualClock(datetime.now(UTC))
+    with DAG("skipped_behind", start_date=START) as dag:
+        Bash("a", "true") >> Empty("b") >> Bash("c", "true")
+    async with Harness(engine, hold=True, clock=clock) as h:
+        await h.register(dag)
+        run_id = await h.trigger("skipped_behind")
+        await h.scheduler.tick()
+        a = (await h.tis("skipped_behind", run_id))["a"]
+        async with store_engine.transaction(h.sessions) as session:
+            assert await store_tis.skip_waiting(session, a.id, ["b"], clock.now()) == 1
+        for _ in range(4):
+            h.launcher.release()
+            await h.scheduler.tick()
+        tis = await h.tis("skipped_behind", run_id)
+        assert {t: tis[t].state for t in "abc"} == {"a": "success", "b": "skipped", "c": "skipped"}
+        assert _launched(h) == ["a"]
 
 
 async def test_readiness_changes_nothing_in_a_run_that_stopped_running(

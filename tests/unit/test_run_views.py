@@ -81,6 +81,20 @@ def test_decisions_rest_on_fresh_rows_only_when_every_upstream_is_fresh() -> Non
     assert view.rests_on(further, {"c"})
 
 
+def test_a_decision_resting_on_another_decision_does_not_rest_on_fresh_rows() -> None:
+    """a failed: c and d are decided in one pass, d from c's decision, which a worker may
+    have made moot (a branch skips tasks in the transaction that records its success)."""
+    dag = _diamond()
+    view = _view(dag, "diamond-5", {"a": N, "b": N, "c": N, "d": N})
+    view.set("b", S)
+    view.advance(["b"])
+    view.set("a", F)
+    decisions = view.advance(["a"])
+    assert decisions == {"c": "upstream_failed", "d": "upstream_failed"}
+    assert not view.rests_on(decisions, {"a", "b"})
+    assert view.rests_on({"c": "upstream_failed"}, {"a", "b"})
+
+
 def test_a_teardown_s_decision_rests_on_its_setup_too() -> None:
     with DAG("view_setup", start_date=datetime(2026, 1, 1)) as dag:
         setup, work = Bash("setup", "true"), Bash("work", "true")
