@@ -705,12 +705,11 @@ class Scheduler:
                 self.dag_callbacks.fire_task(end.dag, end.run, end.key, end.state, end.error)
             for dag, run, final in ended:
                 self.dag_callbacks.fire(dag, run, final)
-        try:
-            # The launch first: it is what a chain's next task waits for.
-            await self._launch(claimed, stats)
-            _count_committed(stats)
-        finally:
-            await self._retire_evidence(batch)
+        # Before the launch: a try launched again under the same key (it never started)
+        # must not find its spent launch's evidence.
+        await self._retire_evidence(batch)
+        await self._launch(claimed, stats)
+        _count_committed(stats)
         await self._sanity_round(stats)
         # What this round left for the next one: events taken but not recorded, runs to
         # read in full, ends of tries decided outside the round's readiness.
