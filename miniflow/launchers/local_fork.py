@@ -28,8 +28,9 @@ alone; being no child of the scheduler, they never hold up its exit.
 
 With a *relay hook* ("module:function", bytes -> bytes), each attempt also gets a
 socket, its fd number in `RELAY_FD_ENV`, to a *relay process* the server forked
-once at start: a message from the attempt (length + bytes) is passed to the hook
-there, and its answer sent back. The worker uses it to have its claim and its
+at start (and again, at most every `RELAY_RESTART_INTERVAL` seconds, if it ended): a
+message from the attempt (length + bytes) is passed to the hook there, and its answer
+sent back. The worker uses it to have its claim and its
 outcome written on one warm database connection instead of opening its own
 (`miniflow_worker.relay`). Not the server itself: while an attempt runs, every
 page the server writes is copied first (copy-on-write goes both ways), which made
@@ -92,6 +93,10 @@ REPLY_TIMEOUT = 30.0
 """Seconds to wait for the pid of a forked attempt (a fork takes milliseconds)."""
 
 RELAY_FD_ENV = "MINIFLOW_WORKER_RELAY_FD"
+
+RELAY_RESTART_INTERVAL = 5.0
+"""Seconds between two starts of the relay process: one that keeps dying costs a fork
+now and then, not one per attempt."""
 """Set in a forked attempt's environment when it has a relay: its socket's fd."""
 
 _HEADER = struct.Struct("!I")
@@ -181,10 +186,12 @@ class ForkServer:
         sys_path: Sequence[str],
         prefork: str | None = None,
         relay: str | None = None,
+        relay_restart_interval: float = RELAY_RESTART_INTERVAL,
     ) -> None:
         self.preload = list(preload)
         self.prefork = prefork
         self.relay = relay
+        self.relay_restart_interval = relay_restart_interval
         self.env = dict(env)
         self.sys_path = list(sys_path)
         self.pid: int | None = None
@@ -224,6 +231,7 @@ class ForkServer:
                     "sys_path": self.sys_path,
                     "prefork": self.prefork,
                     "relay": self.relay,
+                    "relay_restart_interval": self.relay_restart_interval,
                 },
             )
             _recv(ours)
@@ -317,7 +325,11 @@ def serve() -> NoReturn:
             except Exception:  # the attempt reports it again, in its own log
                 traceback.print_exc()
         prefork = _hook(config.get("prefork"))
-        relay = _Relay.start(_hook(config.get("relay")), sock)
+        relay = _Relay.start(
+            _hook(config.get("relay")),
+            lambda: sock.close(),
+            config.get("relay_restart_interval", RELAY_RESTART_INTERVAL),
+        )
         # SIGCHLD wakes the loop through a pipe; the handler itself does nothing.
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
@@ -330,6 +342,8 @@ def serve() -> NoReturn:
         while True:
             for ready, _ in selector.select():
                 if ready.fileobj is sock:
+                    if relay is not None:  # before the request: it holds none of its fds
+                        relay.restart_if_ended(lambda: _leave_server(sock, selector, children))
                     request, fds = _recv(sock, with_fd=True)
                     _call_prefork(prefork, request)
                     reply, done_r = _fork_one(request, fds, children, (sock, selector), relay)
@@ -338,7 +352,7 @@ def serve() -> NoReturn:
                         os.close(done_r)
                 else:
                     os.read(wake_r, 4096)
-                    _reap(children)
+                    _reap(children, relay)
     except (OSError, EOFError, ValueError):
         # The launcher closed the socket, or died. Leave without the interpreter's
         # teardown of everything preloaded: nothing here needs flushing.
@@ -355,30 +369,84 @@ def _hook(name: str | None) -> Callable[..., Any] | None:
         return None
 
 
+def _leave_server(
+    sock: socket.socket, selector: selectors.BaseSelector, children: Mapping[int, _Child]
+) -> None:
+    """In a process forked from the server: close what is the server's (the launcher's
+    socket, the wake-up pipe, the attempts' done pipes, whose EOF must come from the
+    server alone) and put its signal handling back."""
+    os.close(signal.set_wakeup_fd(-1))
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for key in list(selector.get_map().values()):
+        if key.fileobj is not sock:
+            os.close(key.fd)  # the wake-up pipe's read end
+    selector.close()
+    sock.close()
+    for child in children.values():
+        os.close(child.done_w)
+
+
 class _Relay:
     """The server's side of the relay process: hands it one socket end per attempt."""
 
-    def __init__(self, control: socket.socket) -> None:
-        self.control: socket.socket | None = control
+    def __init__(self, hook: Callable[[Any], Any], restart_interval: float) -> None:
+        self.hook = hook
+        self.restart_interval = restart_interval
+        self.control: socket.socket | None = None
+        self.pid = 0
+        self.started = time.monotonic()
 
     @classmethod
-    def start(cls, hook: Callable[[Any], Any] | None, server: socket.socket) -> _Relay | None:
-        """Fork the relay process (before any attempt: it holds none of their fds)."""
+    def start(
+        cls,
+        hook: Callable[[Any], Any] | None,
+        leave_server: Callable[[], None],
+        restart_interval: float = RELAY_RESTART_INTERVAL,
+    ) -> _Relay | None:
+        """Fork the relay process; `leave_server` closes, in it, what is the server's."""
         if hook is None:
             return None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        relay = cls(hook, restart_interval)
+        relay._fork(leave_server)
+        return relay
+
+    def _fork(self, leave_server: Callable[[], None]) -> None:
+        self.started = time.monotonic()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            return
         try:
             pid = os.fork()
         except OSError:
             ours.close()
             theirs.close()
-            return None
+            return
         if pid == 0:
             ours.close()
-            server.close()
-            _relay_main(theirs, hook)
+            leave_server()
+            _relay_main(theirs, self.hook)
         theirs.close()
-        return cls(ours)
+        self.control, self.pid = ours, pid
+
+    def ended(self, pid: int) -> bool:
+        """Whether `pid`, reaped, was the relay process (which then needs a successor)."""
+        if not self.pid or pid != self.pid:
+            return False
+        self.pid = 0
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        return True
+
+    def restart_if_ended(self, leave_server: Callable[[], None]) -> None:
+        """Start a new relay process if the last one ended (reaped), once per interval: a
+        relay that died (killed, out of memory) would otherwise leave every later attempt
+        to open its own connection."""
+        if self.pid or time.monotonic() - self.started < self.restart_interval:
+            return
+        print("miniflow forkserver: the relay process ended; starting another", file=sys.stderr)
+        self._fork(leave_server)
 
     def pair(self) -> tuple[socket.socket, socket.socket] | None:
         """(the relay's end, the attempt's end) of a new relay socket; None without one."""
@@ -475,16 +543,7 @@ def _fork_one(
         return {"errno": exc.errno, "error": str(exc)}, None
     if pid == 0:
         # The attempt: keep nothing of the server's but stdio and the go pipe.
-        os.close(signal.set_wakeup_fd(-1))
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sock, selector = server
-        for key in list(selector.get_map().values()):
-            if key.fileobj is not sock:
-                os.close(key.fd)  # the wake-up pipe's read end
-        selector.close()
-        sock.close()
-        for child in children.values():
-            os.close(child.done_w)
+        _leave_server(*server, children)
         os.close(done_r)
         os.close(done_w)
         if relay is not None and relay.control is not None:
@@ -501,8 +560,9 @@ def _fork_one(
     return {"pid": pid}, done_r
 
 
-def _reap(children: dict[int, _Child]) -> None:
-    """Reap ended attempts: record the code of those that could not, close their done pipe."""
+def _reap(children: dict[int, _Child], relay: _Relay | None = None) -> None:
+    """Reap ended attempts: record the code of those that could not, close their done pipe.
+    Also reaps the relay process if it ended."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -512,6 +572,8 @@ def _reap(children: dict[int, _Child]) -> None:
             return
         child = children.pop(pid, None)
         if child is None:
+            if relay is not None:
+                relay.ended(pid)
             continue
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code

@@ -15,7 +15,9 @@ content is changed (a comment appended) between two forks.
 `entry` says "miniflow-test: the worker connected" whenever the forked worker
 opens a database connection of its own. `FORKED_RELAY_DIES` = "<step>:before" or
 "<step>:after" (step: claim / record) makes the relay process die at that step,
-before doing it or after committing it without answering.
+before doing it or after committing it without answering; with
+`FORKED_RELAY_DIES_ONCE` (a file's path) only the first time (the file says it
+happened), and the forkserver starts another relay process without waiting.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def relay(message: bytes) -> bytes:
 
     step, _, when = os.environ.get("FORKED_RELAY_DIES", "").partition(":")
     op = relay_steps.loads(message)[0]
+    once = os.environ.get("FORKED_RELAY_DIES_ONCE")
+    if once and op == step:
+        if os.path.exists(once):
+            step = ""  # died once already: a relay like any other
+        else:
+            Path(once).touch()
     if op == step and when == "before":
         os._exit(9)
     answer = warm.relay(message)
@@ -67,6 +75,7 @@ def main() -> int:
         sys_path=sys.path,
         prefork=local.PREFORK_HOOK,
         relay=f"{HOOKS}:relay" if dies else local.RELAY_HOOK,
+        relay_restart_interval=0.0 if os.environ.get("FORKED_RELAY_DIES_ONCE") else 5.0,
     )
     server.start()
     tasks = [argv[argv.index("--task-id") + 1], *os.environ.get("FORKED_ALSO", "").split()]

@@ -538,6 +538,46 @@ async def test_a_relay_that_dies_before_recording_leaves_it_to_the_worker(env: E
     assert (ti.state, ti.try_number, ti.result) == ("success", 1, {"n": 21})
 
 
+RELAYED_TWO_DAG = """
+    import os
+    from miniflow.authoring.dag import DAG
+    from miniflow.authoring.taskflow import task
+
+    @task
+    def produce():
+        return {"n": 21}
+
+    @task
+    def other():
+        return {"n": 22}
+
+    with DAG("d"):
+        produce()
+        other()
+"""
+
+
+async def test_a_relay_process_that_died_is_replaced_for_later_tries(env: Env) -> None:
+    """The relay dies at the first try's claim: that try claims itself; the forkserver
+    starts another relay process, through which the next try claims and records."""
+    await env.setup(RELAYED_TWO_DAG, queue=["produce", "other"])
+    code, _out, err = await env.run(
+        "produce",
+        entry="forked",
+        FORKED_RELAY_DIES="claim:before",
+        FORKED_RELAY_DIES_ONCE=str(env.folder.parent / "relay-died"),
+        FORKED_ALSO="other",
+    )
+    assert code == 0, err
+    first, _, second = err.partition("the relay process ended; starting another")
+    assert second, err
+    assert "the forkserver could not claim the try" in first and CONNECTED in first, err
+    assert "claimed try 1 of d/r1/other through the forkserver" in second, err
+    assert CONNECTED not in second, err
+    for task_id in ("produce", "other"):
+        assert (await env.ti(task_id)).state == "success"
+
+
 async def test_a_relay_that_dies_after_recording_leaves_the_outcome_recorded_once(
     env: Env,
 ) -> None:

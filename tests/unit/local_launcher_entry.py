@@ -14,6 +14,11 @@ def prefork(env: dict[str, str], dag_file: str | None = None) -> None:
     PREFORKED.append(env.get("ENTRY_MARK", ""))
 
 
+def echo(message: bytes) -> bytes:
+    """A relay hook: answers what it is sent."""
+    return message
+
+
 def main(argv: list[str]) -> int:
     """Print the argv and a marker variable, optionally wait, return ENTRY_CODE.
 

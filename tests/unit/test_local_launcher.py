@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -349,6 +350,70 @@ def test_forkserver_calls_its_prefork_hook_before_each_fork(tmp_path: Path) -> N
             assert os.read(done, 1) == b""  # EOF: the exit code is on disk
             os.close(done)
             assert f"entry preforked: {expected}\n" in log_path.read_text()
+    finally:
+        server.close()
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _fork_waiting(
+    server: local_fork.ForkServer, tmp_path: Path, mark: str, env: dict[str, str]
+) -> tuple[int, int, int]:
+    """(pid, done pipe, go pipe's write end) of an attempt forked and not let go yet."""
+    go_r, go_w = os.pipe()
+    pid, done = server.fork(
+        ENTRY,
+        [],
+        log_path=str(tmp_path / f"{mark}.log"),
+        exit_path=str(tmp_path / f"{mark}.exit"),
+        env=env,
+        go_fd=go_r,
+    )
+    os.close(go_r)
+    return pid, done, go_w
+
+
+def test_a_relay_process_that_ended_is_replaced_holding_no_attempts_pipe(
+    tmp_path: Path,
+) -> None:
+    """The relay is killed while attempt a runs; the next fork (b) starts another relay.
+    That one, forked from the server while a runs, must not hold a's done pipe: a's exit
+    is seen (EOF) as soon as the server reaps it."""
+    name = local_launcher_entry.__name__
+    server = local_fork.ForkServer(
+        [name],
+        env=dict(os.environ),
+        sys_path=sys.path,
+        relay=f"{name}:echo",
+        relay_restart_interval=0.0,
+    )
+    server.start()
+    assert server.pid is not None
+    try:
+        (relay,) = _children(server.pid)
+        release = tmp_path / "release"
+        a, a_done, a_go = _fork_waiting(server, tmp_path, "a", {"ENTRY_WAIT_FOR": str(release)})
+        os.write(a_go, b"\n")
+        os.close(a_go)
+        os.kill(relay, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while relay in _children(server.pid):  # reaped by the server on its SIGCHLD
+            assert time.monotonic() < deadline, "the killed relay was not reaped"
+            time.sleep(0.01)
+        b, b_done, b_go = _fork_waiting(server, tmp_path, "b", {})
+        os.close(b_go)  # EOF: b exits without running anything
+        assert os.read(b_done, 1) == b""
+        os.close(b_done)
+        (successor,) = _children(server.pid) - {a, b}
+        assert successor != relay
+        release.touch()
+        ready, _, _ = select.select([a_done], [], [], 10)
+        assert ready, "a's done pipe never reached EOF"
+        assert os.read(a_done, 1) == b""
+        os.close(a_done)
+        assert (tmp_path / "a.exit").read_text() == "0"
     finally:
         server.close()
 
@@ -856,9 +921,17 @@ def test_a_live_entry_left_by_a_launcher_that_died_mid_record_is_replaced(
     folder.mkdir()
     live = tmp_path / "live"
     dead = local_procs.Marker(
-        pid=2**22 + 1, start_time=1, boot_id=local_procs.boot_id(), kind="bash",
-        handle="pid:1", launched_at=0.0, timeout=None, dag_id="d", run_id="r",
-        task_id="t", try_number=1,
+        pid=2**22 + 1,
+        start_time=1,
+        boot_id=local_procs.boot_id(),
+        kind="bash",
+        handle="pid:1",
+        launched_at=0.0,
+        timeout=None,
+        dag_id="d",
+        run_id="r",
+        task_id="t",
+        try_number=1,
     )
     live.write_text(json.dumps(dataclasses.asdict(dead)))
     mine = dataclasses.replace(dead, pid=os.getpid(), handle="pid:2")
