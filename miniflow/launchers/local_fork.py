@@ -93,11 +93,11 @@ REPLY_TIMEOUT = 30.0
 """Seconds to wait for the pid of a forked attempt (a fork takes milliseconds)."""
 
 RELAY_FD_ENV = "MINIFLOW_WORKER_RELAY_FD"
+"""Set in a forked attempt's environment when it has a relay: its socket's fd."""
 
 RELAY_RESTART_INTERVAL = 5.0
 """Seconds between two starts of the relay process: one that keeps dying costs a fork
 now and then, not one per attempt."""
-"""Set in a forked attempt's environment when it has a relay: its socket's fd."""
 
 _HEADER = struct.Struct("!I")
 
@@ -429,15 +429,14 @@ class _Relay:
         theirs.close()
         self.control, self.pid = ours, pid
 
-    def ended(self, pid: int) -> bool:
-        """Whether `pid`, reaped, was the relay process (which then needs a successor)."""
+    def ended(self, pid: int) -> None:
+        """`pid` was reaped: if it was the relay process, it needs a successor."""
         if not self.pid or pid != self.pid:
-            return False
+            return
         self.pid = 0
         if self.control is not None:
             self.control.close()
             self.control = None
-        return True
 
     def restart_if_ended(self, leave_server: Callable[[], None]) -> None:
         """Start a new relay process if the last one ended (reaped), once per interval: a

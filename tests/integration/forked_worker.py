@@ -75,7 +75,9 @@ def main() -> int:
         sys_path=sys.path,
         prefork=local.PREFORK_HOOK,
         relay=f"{HOOKS}:relay" if dies else local.RELAY_HOOK,
-        relay_restart_interval=0.0 if os.environ.get("FORKED_RELAY_DIES_ONCE") else 5.0,
+        relay_restart_interval=(
+            0.0 if os.environ.get("FORKED_RELAY_DIES_ONCE") else local_fork.RELAY_RESTART_INTERVAL
+        ),
     )
     server.start()
     tasks = [argv[argv.index("--task-id") + 1], *os.environ.get("FORKED_ALSO", "").split()]

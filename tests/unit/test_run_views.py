@@ -63,14 +63,21 @@ def test_counts_follow_the_states_and_compare_with_the_database() -> None:
     assert not view.agrees({"running": 1, N: 3})  # a was cleared behind the view's back
 
 
+def _diamond_after(dag_hash: str, *ends: tuple[str, str]) -> RunView:
+    """A diamond's view after its tasks ended as `ends` say, in that order, each decided
+    downstream of (the last one's decisions left to the test)."""
+    view = _view(_diamond(), dag_hash, {"a": N, "b": N, "c": N, "d": N})
+    for i, (task_id, state) in enumerate(ends):
+        view.set(task_id, state)
+        if i < len(ends) - 1:
+            view.advance([task_id])
+    return view
+
+
 def test_decisions_rest_on_fresh_rows_only_when_every_upstream_is_fresh() -> None:
     """The per-state count may be skipped only for decisions whose inputs the deciding
     transaction read: here c waits on a (read a round earlier) and b (read now)."""
-    dag = _diamond()
-    view = _view(dag, "diamond-4", {"a": N, "b": N, "c": N, "d": N})
-    view.set("a", S)
-    view.advance(["a"])
-    view.set("b", S)
+    view = _diamond_after("diamond-4", ("a", S), ("b", S))
     decisions = view.advance(["b"])
     assert decisions == {"c": SCH}
     assert not view.rests_on(decisions, {"b"})  # a's success is the view's memory
@@ -84,11 +91,7 @@ def test_decisions_rest_on_fresh_rows_only_when_every_upstream_is_fresh() -> Non
 def test_a_decision_resting_on_another_decision_does_not_rest_on_fresh_rows() -> None:
     """a failed: c and d are decided in one pass, d from c's decision, which a worker may
     have made moot (a branch skips tasks in the transaction that records its success)."""
-    dag = _diamond()
-    view = _view(dag, "diamond-5", {"a": N, "b": N, "c": N, "d": N})
-    view.set("b", S)
-    view.advance(["b"])
-    view.set("a", F)
+    view = _diamond_after("diamond-5", ("b", S), ("a", F))
     decisions = view.advance(["a"])
     assert decisions == {"c": "upstream_failed", "d": "upstream_failed"}
     assert not view.rests_on(decisions, {"a", "b"})
