@@ -250,12 +250,14 @@ async def _turn_share(
     """What this instance may claim now among live peers (`scheduler.turns`)."""
     if rule.held_until is not None and now < rule.held_until:
         return share  # its own turn, which no peer may take before it is over: no query
-    found = await store_instances.claim_turns(session, now, deps.settings.instance_timeout)
-    turn = rule.decide(found, now)
+    found, newcomers = await store_instances.claim_turns(
+        session, now, deps.settings.instance_timeout
+    )
+    turn = rule.decide(found, now, newcomers)
     if turn is Turn.WAIT:
         return 0
     if turn is Turn.HAND_ON:  # the next holder may be idle: wake it
-        await wakeup.announce(session, wakeup.turn_topic(rule.following(found)))
+        await wakeup.announce(session, wakeup.turn_topic(rule.following(found, newcomers)))
         rule.handed_on = True
         return 0
     if turn is Turn.TAKE:

@@ -48,9 +48,11 @@ class SchedulerSettings:
     """Seconds between heartbeats of this scheduler's `scheduler_instance` row."""
     instance_timeout: float = 30.0
     """A scheduler whose row has not heartbeat for this long is taken for dead."""
-    claim_turn: float = 0.25
+    claim_turn: float = 1.0
     """Seconds a scheduler among live peers claims every free slot before it hands the
-    turn on (`scheduler.turns`): long turns make large claims, short ones spread work."""
+    turn on (`scheduler.turns`): each hand-on costs about one round in which no one claims
+    (the old holder records its last exits, then the new one claims the slots they freed),
+    so short turns spread work finer and lose more throughput."""
     stall_timeout: float = 120.0
     """Seconds a loop may go without progress past its period before `/healthz` fails."""
     callback_timeout: float = 60.0

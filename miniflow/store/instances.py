@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -21,9 +21,6 @@ from miniflow.store.engine import rowcount as store_rowcount
 from miniflow.store.models import SchedulerInstance
 
 SI = SchedulerInstance
-
-NEVER = datetime(1970, 1, 1, tzinfo=UTC)
-"""The last claim turn of an instance that never had one."""
 
 NON_PEER_PREFIX = "dags-test-"
 """Instance ids of `dags test` commands: registered, but not peers of the schedulers."""
@@ -145,15 +142,18 @@ async def count_live_peers(session: AsyncSession, now: datetime, threshold: floa
 
 async def claim_turns(
     session: AsyncSession, now: datetime, threshold: float
-) -> dict[str, datetime]:
-    """Live peers' last turns at the claim lock, by id (`NEVER` for one never taken: a
-    peer that just started is the next in line)."""
-    query = select(SI.id, SI.claimed_at).where(
+) -> tuple[dict[str, datetime], frozenset[str]]:
+    """Live peers' places in line at the claim lock, by id: when each one's last turn
+    began or, for one that never had a turn, when it registered; and the ids of those
+    (`scheduler.turns`: they queue behind the peers that were there before them)."""
+    query = select(SI.id, SI.claimed_at, SI.started_at).where(
         SI.ended_at.is_(None),
         SI.heartbeat_at >= now - timedelta(seconds=threshold),
         SI.id.not_like(NON_PEER_PREFIX + "%"),
     )
-    return {id: at or NEVER for id, at in (await session.execute(query)).all()}
+    rows = (await session.execute(query)).all()
+    places = {id: claimed or started for id, claimed, started in rows}
+    return places, frozenset(id for id, claimed, _ in rows if claimed is None)
 
 
 async def take_turn(session: AsyncSession, id: str, now: datetime) -> None:

@@ -328,6 +328,52 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
             await s.close()
 
 
+async def test_a_scheduler_that_joins_takes_its_turn_after_the_peers_already_there(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A scheduler that just registered (a rolling restart's replacement) may still be
+    starting: handed the next turn at once, it left every slot unclaimed for half a turn,
+    then claimed in slow rounds. It queues behind the peers whose last turn began before
+    it came."""
+    from datetime import UTC, datetime
+
+    from miniflow.scheduler.clock import ManualClock
+    from tests.integration.test_scheduler_instant import _trigger
+
+    (tmp_path / "wide.py").write_text(
+        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+        'with DAG("wide", start_date=datetime(2026, 1, 1), max_active_tasks=50):\n'
+        '    [Bash(f"t{i}", "true") for i in range(60)]\n'
+    )
+    clock = ManualClock(datetime.now(UTC))
+    everyone = [_peer(engine, tmp_path, clock, parallelism=10) for _ in range(2)]
+    try:
+        for s in everyone:
+            await s.start()
+        await everyone[0].tick()  # parses
+        await _trigger(engine, "wide", {})
+        holders = []
+        for turn in range(5):
+            if turn == 2:  # both had a turn: one more registers
+                everyone.append(_peer(engine, tmp_path, clock, parallelism=10))
+                await everyone[-1].start()
+                clock.advance(0.01)  # the next turn begins after it registered
+            for _ in range(2):  # whatever the order: the holder ticks after the exits
+                for s in everyone:
+                    await s.tick()
+            owned = [len(_held(s)) for s in everyone]
+            assert sum(owned) == 10, (turn, owned)
+            holders.append(max(range(len(owned)), key=lambda i: owned[i]))
+            clock.advance(1.1)  # the turn is over
+            for s in everyone:
+                s.launcher.release()
+        assert sorted(holders[:2]) == [0, 1], holders
+        assert holders[2:] == [holders[0], holders[1], 2], holders
+    finally:
+        for s in everyone:
+            await s.close()
+
+
 async def test_a_fan_in_of_tries_two_peers_ran_is_ready_once_the_last_exit_is_in(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -463,9 +509,7 @@ async def test_a_stopped_peers_tries_are_adopted_at_once_not_at_the_next_sanity_
         await staying.start()
         await staying.tick()  # its sanity round: the lock is held, nothing to adopt
         assert staying.launcher.adopted == []  # type: ignore[attr-defined]
-        async with wakeup.Listener(
-            engine, woken=staying.woken, left=staying.peer_left
-        ) as listener:
+        async with wakeup.Listener(engine, woken=staying.woken, left=staying.peer_left) as listener:
             await asyncio.wait_for(listener.listening.wait(), 10)
             staying.woken.clear()  # set on listening: what was announced before
             idle = asyncio.create_task(staying._wait(staying.settings.idle_wait))

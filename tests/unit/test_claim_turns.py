@@ -57,3 +57,28 @@ def test_a_waiting_scheduler_knows_whom_to_wake_for_work_it_made_ready() -> None
     assert waiting.waiting_on == "b"
     assert waiting.decide(turns, _at(6.2)) is Turn.WAIT
     assert waiting.waiting_on == "a"
+
+
+def test_a_scheduler_that_just_started_queues_behind_the_peers_that_were_there() -> None:
+    """A rolling restart's replacement is still starting (imports, a parse, its first
+    statements): handed the next turn at once, it left every slot unclaimed for half a
+    turn. It waits behind the peers whose last turn began before it registered."""
+    turns = {"a": _at(3), "b": _at(5), "new": _at(4)}  # `new` registered at 4
+    assert _rule("b").following(turns, {"new"}) == "a"
+    assert _rule("a").decide(turns, _at(6.2), {"new"}) is Turn.TAKE
+    assert _rule("new").decide(turns, _at(6.2), {"new"}) is Turn.WAIT
+    assert _rule("b").decide(turns, _at(6.2), {"new"}) is Turn.HAND_ON
+    # Its place is no turn: the holder is still `b` while `new` waits.
+    assert _rule("new").decide(turns, _at(5.5), {"new"}) is Turn.WAIT
+    assert _rule("b").decide(turns, _at(5.5), {"new"}) is Turn.HOLD
+    # Once the peers that were there had their turns, it is next.
+    later = {"a": _at(6.2), "b": _at(5), "new": _at(4)}
+    assert _rule("a").following(later, {"new"}) == "new"
+    assert _rule("new").decide(later, _at(7.3), {"new"}) is Turn.TAKE
+
+
+def test_before_any_turn_was_taken_whoever_claims_first_takes_one() -> None:
+    turns = {"a": _at(1), "b": _at(2)}
+    assert _rule("a").decide(turns, _at(2.5), {"a", "b"}) is Turn.TAKE
+    assert _rule("b").decide(turns, _at(2.5), {"a", "b"}) is Turn.TAKE
+    assert _rule("a").following(turns, {"a", "b"}) == "a"
