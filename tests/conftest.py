@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.dbs import PostgresDatabases, sqlite_url
+
+# A suite started in the background by a non-interactive shell (as a CI runner may) has
+# SIGINT ignored, and every process it spawns inherits that: a `miniflow` command under
+# test then ignored the Ctrl-C a test sends it (it was SIGKILLed 15 s later instead).
+# Children of a handler-installed process start with the default, as under a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = (
     ["tests.fakekube.fixtures"]

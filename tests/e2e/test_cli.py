@@ -309,6 +309,7 @@ def test_trigger_wait_without_a_scheduler_says_so_and_keeps_waiting(
             "start one with `miniflow scheduler`"
         )
         assert waiting.poll() is None  # still waiting for the run
+        assert stop(waiting, signal.SIGINT) == 130  # Ctrl-C ends the wait (no SIGKILL)
     finally:
         stop(waiting, signal.SIGINT)
 
