@@ -5,9 +5,9 @@ An even split of the parallelism between live peers (each claims at most
 many times smaller, and a round's fixed cost (a transaction, a dozen statements,
 the claim lock) is then paid that many times per task. With turns, one scheduler at
 a time (the one whose turn began last) claims every free slot for `claim_turn`
-seconds; the others claim nothing meanwhile. Then the peer whose last turn is the
-oldest takes the next one: the holder, finding its turn over, claims only its even
-share and wakes that peer (`wakeup.turn_topic`). A peer that does not take its turn
+seconds; the others claim nothing meanwhile. Then the peer longest in line takes the
+next one: the holder, finding its turn over, claims nothing more and wakes that peer
+(`wakeup.turn_topic`). A peer that does not take its turn
 within half a turn (frozen, or slow to wake) lets any other take it, so a frozen
 peer costs at most that, until the instance timeout declares it dead.
 
