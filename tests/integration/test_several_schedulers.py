@@ -74,6 +74,27 @@ def _peer(engine: AsyncEngine, folder: Path, clock: Any, **settings: Any) -> Any
     )
 
 
+WIDE = (
+    "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
+    'with DAG("wide", start_date=datetime(2026, 1, 1), max_active_tasks=50):\n'
+    '    [Bash(f"t{i}", "true") for i in range(60)]\n'
+)
+"""60 independent Bash tasks: more than a few turns' worth of slots."""
+
+
+async def _one_turn(peers: list[Any], clock: Any) -> list[int]:
+    """Tick every peer twice (whatever the order, the holder ticks after the exits), note
+    how many tries each holds, then end the turn and let those tries exit."""
+    for _ in range(2):
+        for s in peers:
+            await s.tick()
+    owned = [len(_held(s)) for s in peers]
+    clock.advance(1.1)  # the turn is over
+    for s in peers:
+        s.launcher.release()
+    return owned
+
+
 def _held(scheduler: Any) -> list[Any]:
     """The keys of the tries its launcher holds running."""
     return list(scheduler.launcher.held)
@@ -296,11 +317,7 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
     from miniflow.scheduler.clock import ManualClock
     from tests.integration.test_scheduler_instant import _trigger
 
-    (tmp_path / "wide.py").write_text(
-        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
-        'with DAG("wide", start_date=datetime(2026, 1, 1), max_active_tasks=50):\n'
-        '    [Bash(f"t{i}", "true") for i in range(60)]\n'
-    )
+    (tmp_path / "wide.py").write_text(WIDE)
     clock = ManualClock(datetime.now(UTC))
     peers = [_peer(engine, tmp_path, clock, parallelism=10) for _ in range(3)]
     try:
@@ -310,18 +327,12 @@ async def test_live_peers_take_turns_at_claiming_every_free_slot(
         await _trigger(engine, "wide", {})
         holders = []
         for turn in range(3):
-            for _ in range(2):  # whatever the order: the holder ticks after the exits
-                for s in peers:
-                    await s.tick()
-            owned = [len(_held(s)) for s in peers]
+            owned = await _one_turn(peers, clock)
             assert sum(owned) == 10, (turn, owned)
             holder = max(range(3), key=lambda i: owned[i])
             # more than ceil(10 / 3) in one round: the holder claimed every free slot
             assert owned[holder] > 4, (turn, owned)
             holders.append(holder)
-            clock.advance(1.1)  # the turn is over
-            for s in peers:
-                s.launcher.release()
         assert sorted(holders) == [0, 1, 2], holders
     finally:
         for s in peers:
@@ -340,11 +351,7 @@ async def test_a_scheduler_that_joins_takes_its_turn_after_the_peers_already_the
     from miniflow.scheduler.clock import ManualClock
     from tests.integration.test_scheduler_instant import _trigger
 
-    (tmp_path / "wide.py").write_text(
-        "from datetime import datetime\nfrom miniflow import DAG, Bash\n"
-        'with DAG("wide", start_date=datetime(2026, 1, 1), max_active_tasks=50):\n'
-        '    [Bash(f"t{i}", "true") for i in range(60)]\n'
-    )
+    (tmp_path / "wide.py").write_text(WIDE)
     clock = ManualClock(datetime.now(UTC))
     everyone = [_peer(engine, tmp_path, clock, parallelism=10) for _ in range(2)]
     try:
@@ -358,15 +365,9 @@ async def test_a_scheduler_that_joins_takes_its_turn_after_the_peers_already_the
                 everyone.append(_peer(engine, tmp_path, clock, parallelism=10))
                 await everyone[-1].start()
                 clock.advance(0.01)  # the next turn begins after it registered
-            for _ in range(2):  # whatever the order: the holder ticks after the exits
-                for s in everyone:
-                    await s.tick()
-            owned = [len(_held(s)) for s in everyone]
+            owned = await _one_turn(everyone, clock)
             assert sum(owned) == 10, (turn, owned)
             holders.append(max(range(len(owned)), key=lambda i: owned[i]))
-            clock.advance(1.1)  # the turn is over
-            for s in everyone:
-                s.launcher.release()
         assert sorted(holders[:2]) == [0, 1], holders
         assert holders[2:] == [holders[0], holders[1], 2], holders
     finally:
