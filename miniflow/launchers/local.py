@@ -216,6 +216,7 @@ class LocalLauncher:
                 env=host_env(),
                 sys_path=sys.path,
                 prefork=self._prefork,
+                boot_env={**host_env(), **self.worker_env},
                 relay=self._relay,
             )
             try:

@@ -17,9 +17,10 @@ left the forkserver behind); and preloading and skipping the re-run of
 socket with `socket.send_fds`/`recv_fds`, `os.fork`.
 
 Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
-sends the preload list, its `sys.path` and an optional *prefork hook*
-("module:function", from a preloaded module), the server answers `{"ready": true}`
-once the preloads are imported; then each request carries the attempt (entry,
+sends the preload list, its `sys.path`, an optional *prefork hook*
+("module:function", from a preloaded module) and optionally the workers' environment
+to call it with once at boot (`boot_env`); the server answers `{"ready": true}`
+once the preloads are imported and that call returned; then each request carries the attempt (entry,
 argv, log and exit paths, the whole environment) and, as SCM_RIGHTS, the read
 end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
 *done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
@@ -43,7 +44,8 @@ Before each fork the server calls the prefork hook with the attempt's environmen
 and DAG file (if the launcher named one): what the hook builds once (the workers'
 database engine, its statements compiled; the DAG file's module:
 `miniflow_worker.warm.prefork`) every later child inherits instead of building it
-itself. An exception from the hook is printed and ignored.
+itself. An exception from the hook is printed and ignored. The boot call comes before
+the relay process is forked, so the relay inherits what it built too.
 
 An attempt is one forked process: a new session, the log on stdout/stderr, then
 it waits for the go byte (EOF means the launcher died before recording the
@@ -87,7 +89,7 @@ NOT_STARTED_CODE = 125
 """Exit code of a wrapper whose go pipe reached EOF (same as the `sh` wrapper's)."""
 
 READY_TIMEOUT = 120.0
-"""Seconds the forkserver may take to import its preloads."""
+"""Seconds the forkserver may take to import its preloads (and run its boot call)."""
 
 REPLY_TIMEOUT = 30.0
 """Seconds to wait for the pid of a forked attempt (a fork takes milliseconds)."""
@@ -185,11 +187,13 @@ class ForkServer:
         env: Mapping[str, str],
         sys_path: Sequence[str],
         prefork: str | None = None,
+        boot_env: Mapping[str, str] | None = None,
         relay: str | None = None,
         relay_restart_interval: float = RELAY_RESTART_INTERVAL,
     ) -> None:
         self.preload = list(preload)
         self.prefork = prefork
+        self.boot_env = dict(boot_env) if boot_env is not None else None
         self.relay = relay
         self.relay_restart_interval = relay_restart_interval
         self.env = dict(env)
@@ -230,6 +234,7 @@ class ForkServer:
                     "preload": self.preload,
                     "sys_path": self.sys_path,
                     "prefork": self.prefork,
+                    "boot_env": self.boot_env,
                     "relay": self.relay,
                     "relay_restart_interval": self.relay_restart_interval,
                 },
@@ -325,6 +330,8 @@ def serve() -> NoReturn:
             except Exception:  # the attempt reports it again, in its own log
                 traceback.print_exc()
         prefork = _hook(config.get("prefork"))
+        if config.get("boot_env") is not None:
+            _call_prefork(prefork, {"env": config["boot_env"]})
         relay = _Relay.start(
             _hook(config.get("relay")),
             lambda: sock.close(),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import sys
 import time
 
@@ -15,8 +17,19 @@ def prefork(env: dict[str, str], dag_file: str | None = None) -> None:
 
 
 def echo(message: bytes) -> bytes:
-    """A relay hook: answers what it is sent."""
+    """A relay hook: answers what it is sent (to b"preforked?": the marks `prefork` saw
+    in the forkserver before the relay process was forked)."""
+    if message == b"preforked?":
+        return " ".join(PREFORKED).encode()
     return message
+
+
+def _ask_relay(message: bytes) -> bytes:
+    header = struct.Struct("!I")
+    with socket.socket(fileno=int(os.environ["MINIFLOW_WORKER_RELAY_FD"])) as sock:
+        sock.sendall(header.pack(len(message)) + message)
+        (size,) = header.unpack(sock.recv(header.size, socket.MSG_WAITALL))
+        return sock.recv(size, socket.MSG_WAITALL)
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +38,8 @@ def main(argv: list[str]) -> int:
     ENTRY_PROOF: a file to append one line to (one line per execution);
     ENTRY_SHOW_ENV: print the names of the MINIFLOW_* variables it was given;
     ENTRY_WAIT_FOR: wait until that file exists;
-    ENTRY_SHOW_PREFORK: print the marks `prefork` saw in the forkserver before this fork.
+    ENTRY_SHOW_PREFORK: print the marks `prefork` saw in the forkserver before this fork;
+    ENTRY_ASK_RELAY: print the marks its relay process inherited.
     """
     print("entry argv:", " ".join(argv))
     print("entry mark:", os.environ.get("ENTRY_MARK", ""), file=sys.stderr)
@@ -38,6 +52,8 @@ def main(argv: list[str]) -> int:
         print("entry env:", " ".join(names))
     if os.environ.get("ENTRY_SHOW_PREFORK"):
         print("entry preforked:", " ".join(PREFORKED))
+    if os.environ.get("ENTRY_ASK_RELAY"):
+        print("entry relay preforked:", _ask_relay(b"preforked?").decode())
     wait_for = os.environ.get("ENTRY_WAIT_FOR")
     if wait_for:
         print("entry waiting", flush=True)

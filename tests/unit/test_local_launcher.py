@@ -354,6 +354,39 @@ def test_forkserver_calls_its_prefork_hook_before_each_fork(tmp_path: Path) -> N
         server.close()
 
 
+def test_forkserver_calls_its_prefork_hook_at_boot_before_forking_its_relay(
+    tmp_path: Path,
+) -> None:
+    # The launcher passes the workers' environment at boot: the workers' engine is
+    # prepared before the first launch, and the relay process inherits it as well.
+    name = local_launcher_entry.__name__
+    server = local_fork.ForkServer(
+        [name],
+        env=dict(os.environ),
+        sys_path=sys.path,
+        prefork=f"{name}:prefork",
+        boot_env={"ENTRY_MARK": "boot"},
+        relay=f"{name}:echo",
+    )
+    server.start()
+    try:
+        _pid, done, go = _fork_waiting(
+            server,
+            tmp_path,
+            "a",
+            {"ENTRY_MARK": "a", "ENTRY_SHOW_PREFORK": "1", "ENTRY_ASK_RELAY": "1"},
+        )
+        os.write(go, b"\n")
+        os.close(go)
+        assert os.read(done, 1) == b""  # EOF: the exit code is on disk
+        os.close(done)
+        log = (tmp_path / "a.log").read_text()
+        assert "entry preforked: boot a\n" in log
+        assert "entry relay preforked: boot\n" in log
+    finally:
+        server.close()
+
+
 def _children(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
