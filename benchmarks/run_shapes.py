@@ -32,7 +32,7 @@ median, p90 and max over every link of every sample.
 
 With `--cli`, the same shapes also run as a user would: a `miniflow
 scheduler` subprocess and `miniflow dags trigger --wait` (wall time of the
-trigger command, which includes its own interpreter start).
+trigger command, which includes its own interpreter start; and its CPU).
 
 Run: .venv/bin/python benchmarks/run_shapes.py [--backend sqlite|postgres|both]
         [--shape fanout_200 ...] [--repeat 3] [--cli]
@@ -306,6 +306,7 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
                 if sched.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"scheduler did not parse {shape}: {out.stdout}{out.stderr}")
                 time.sleep(0.2)
+            reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             done = subprocess.run(
                 [miniflow, "dags", "trigger", shape, "--wait"],
@@ -315,6 +316,9 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
                 timeout=RUN_TIMEOUT,
             )
             wall = time.perf_counter() - t0
+            # Reaped since: the trigger command alone (the scheduler still runs).
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            trigger_cpu = (after.ru_utime + after.ru_stime) - (reaped.ru_utime + reaped.ru_stime)
             links = asyncio.run(links_of(url, shape)) if done.returncode == 0 else {}
         finally:
             if sched.poll() is None:
@@ -330,6 +334,7 @@ def measure_cli(backend: str, shape: str, db_name: str) -> dict[str, object]:
         "shape": shape,
         "tasks": tasks,
         "wall": wall,
+        "trigger_cpu": trigger_cpu,
         "state": "success" if done.returncode == 0 else f"exit {done.returncode}",
         "errors": [done.stderr.strip()[-300:]] if done.returncode else [],
         **links,
@@ -475,6 +480,10 @@ def main() -> None:
             f"{cpu_self:22s} {cpu_child:22s} {cpu_task:9s} {rss_s:14s} {stmts_s:9s} "
             f"{len(good)}/{len(results)}"
         )
+    for (mode, backend, name), results in samples.items():
+        triggers = [float(r["trigger_cpu"]) for r in results if "trigger_cpu" in r]  # type: ignore[arg-type]
+        if triggers:
+            print(f"{mode:6s} {backend:8s} {name:18s} `dags trigger --wait` CPU {fmt(triggers)}")
     links = [(k, v) for k, v in samples.items() if any("exit_to_launch_ms" in r for r in v)]
     if links:
         print(

@@ -422,10 +422,14 @@ PROGRESS_INTERVAL = 0.25  # seconds between two looks at a followed run's progre
 
 
 async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
-    """`dags trigger --wait`: a live progress view until the run ends; returns its state.
+    """`dags trigger --wait`: a live progress view until the run ends, then the run's
+    task instances; returns its state.
 
     After `NO_SCHEDULER_AFTER` seconds it says once (on stderr) if no scheduler
-    heartbeats against the database, and keeps waiting: one may be started yet.
+    heartbeats against the database, and keeps waiting: one may be started yet. Each
+    look at the progress counts the run's task instances by state in the database: a
+    follower of a large run does not read (and build) every row several times a second
+    on the cores its tasks run on.
     """
     from rich.live import Live
 
@@ -441,7 +445,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
             while True:
                 async with store_engine.transaction(sessions) as session:
                     run = await store_runs.get_run(session, dag_id, run_id)
-                    tis = await store_tis.list_for_run(session, dag_id, run_id)
+                    counts = Counter(await store_tis.state_counts_for_run(session, dag_id, run_id))
                     if check_at is not None and asyncio.get_running_loop().time() >= check_at:
                         check_at = None
                         now = datetime.now(UTC)
@@ -452,15 +456,17 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
                                 "`miniflow scheduler`",
                                 file=sys.stderr,
                             )
-                counts = Counter(ti.state for ti in tis)
                 done = sum(counts[s] for s in states.FINISHED)
+                total = sum(counts.values())
                 line = "  ".join(f"{_styled(s)} {n}" for s, n in sorted(counts.items()))
                 live.update(
-                    Group(f"{dag_id} {run_id}: {_styled(run.state)}  {done}/{len(tis)} done", line)
+                    Group(f"{dag_id} {run_id}: {_styled(run.state)}  {done}/{total} done", line)
                 )
                 if run.state in states.RUN_FINISHED:
                     break
                 await listener.wait(PROGRESS_INTERVAL)  # a run's end is announced: no poll lag
+        async with store_engine.transaction(sessions) as session:
+            tis = await store_tis.list_for_run(session, dag_id, run_id)
         if not console.is_terminal:
             console.line()  # piped: Live leaves its last line open
         print_task_instances(tis, console=console)

@@ -621,6 +621,20 @@ _FOR_RUN = _RECORD.where(
 ).order_by(_ti.c.id)
 
 
+async def state_counts_for_run(session: AsyncSession, dag_id: str, run_id: str) -> dict[str, int]:
+    """{state: task instances} of one run, mapped instances included (the rows
+    `list_for_run` reads, counted by the database instead)."""
+    rows = await session.execute(_COUNTS_FOR_RUN, {"dag_id": dag_id, "run_id": run_id})
+    return {state: count for state, count in rows.all()}
+
+
+_COUNTS_FOR_RUN = (
+    select(_ti.c.state, func.count())
+    .where(_ti.c.dag_id == bindparam("dag_id"), _ti.c.run_id == bindparam("run_id"))
+    .group_by(_ti.c.state)
+)
+
+
 async def clear(
     session: AsyncSession,
     dag_id: str,
