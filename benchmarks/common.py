@@ -47,24 +47,42 @@ async def sample_database(
     `before_drop(its name)` (the engine's connections are closed by then: a backend
     flushes its table statistics as it exits); SQLite: `bench.db` in `folder`."""
     from miniflow.store import engine as store_engine
-    from miniflow.store import schema
 
     db_name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    engine: AsyncEngine | None = None
+    try:
+        engine = store_engine.create_engine(await fresh_database(backend, folder, db_name))
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+    finally:
+        if backend == "postgres":
+            if before_drop is not None and engine is not None:
+                await before_drop(db_name)
+            await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+async def fresh_database(backend: str, tmp: Path, name: str) -> str:
+    """A migrated, empty database; returns its URL (Postgres: create `name`)."""
+    from miniflow.store import engine as store_engine
+    from miniflow.store import schema
+
     if backend == "postgres":
-        await pg_admin(f'CREATE DATABASE "{db_name}"')
-        url = f"{PG_BASE_URL}/{db_name}"
+        await pg_admin(f'CREATE DATABASE "{name}"')
+        url = f"{PG_BASE_URL}/{name}"
     else:
-        url = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
+        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
     engine = store_engine.create_engine(url)
     try:
         await schema.upgrade(engine)
-        yield engine
     finally:
         await engine.dispose()
-        if backend == "postgres":
-            if before_drop is not None:
-                await before_drop(db_name)
-            await pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    return url
+
+
+def drop_database(name: str) -> None:
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def floor(total: int, width: int) -> float:

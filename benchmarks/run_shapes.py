@@ -62,35 +62,10 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import shapes  # noqa: E402
-from common import PG_BASE_URL, floor, pg_admin  # noqa: E402
+from common import drop_database, floor, fresh_database  # noqa: E402
 
 RUN_TIMEOUT = 180.0  # one measurement; the subprocess is killed after this + margin
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- databases --------------------------------------------------------------------------------
-
-
-async def fresh_database(backend: str, tmp: Path, name: str) -> str:
-    """A migrated, empty database; returns its URL (Postgres: create `name`)."""
-    from miniflow.store import engine as store_engine
-    from miniflow.store import schema
-
-    if backend == "postgres":
-        await pg_admin(f'CREATE DATABASE "{name}"')
-        url = f"{PG_BASE_URL}/{name}"
-    else:
-        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-    engine = store_engine.create_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
-
-
-def drop_database(name: str) -> None:
-    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # --- CPU of process trees ---------------------------------------------------------------------

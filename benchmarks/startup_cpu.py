@@ -36,7 +36,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import PG_BASE_URL, pg_admin  # noqa: E402
+from common import drop_database, fresh_database  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -105,25 +105,6 @@ def _by_kind(root: int) -> dict[str, float]:
     return dict(totals)
 
 
-async def _database(backend: str, tmp: Path) -> tuple[str, str | None]:
-    from miniflow.store import engine as store_engine
-    from miniflow.store import schema
-
-    db_name = None
-    if backend == "postgres":
-        db_name = f"bench_startup_{uuid.uuid4().hex[:8]}"
-        await pg_admin(f'CREATE DATABASE "{db_name}"')
-        url = f"{PG_BASE_URL}/{db_name}"
-    else:
-        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-    engine = store_engine.create_engine(url)
-    try:
-        await schema.upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url, db_name
-
-
 def _dag_source(dag: str, tmp: Path) -> str:
     if dag == "idle":
         return IDLE_DAG
@@ -139,16 +120,17 @@ def sample(backend: str, dag: str, settle: float) -> dict[str, float]:
         tmp = Path(tmp_name)
         (tmp / "dags").mkdir()
         (tmp / "dags" / f"{dag}.py").write_text(_dag_source(dag, tmp))
-        url, db_name = asyncio.run(_database(backend, tmp))
-        env = {
-            **os.environ,
-            "MINIFLOW_HOME": str(tmp / "home"),
-            "MINIFLOW_DATABASE_URL": url,
-            "MINIFLOW_DAGS_FOLDER": str(tmp / "dags"),
-            "MINIFLOW_STATE_DIR": str(tmp / "state"),
-            "MINIFLOW_LAUNCHER": "local",
-        }
+        db_name = f"bench_startup_{uuid.uuid4().hex[:8]}" if backend == "postgres" else None
         try:
+            url = asyncio.run(fresh_database(backend, tmp, db_name or ""))
+            env = {
+                **os.environ,
+                "MINIFLOW_HOME": str(tmp / "home"),
+                "MINIFLOW_DATABASE_URL": url,
+                "MINIFLOW_DAGS_FOLDER": str(tmp / "dags"),
+                "MINIFLOW_STATE_DIR": str(tmp / "state"),
+                "MINIFLOW_LAUNCHER": "local",
+            }
             with open(tmp / "scheduler.log", "w") as log:
                 proc = subprocess.Popen(
                     [miniflow, "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -168,7 +150,7 @@ def sample(backend: str, dag: str, settle: float) -> dict[str, float]:
             return totals
         finally:
             if db_name is not None:
-                asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+                drop_database(db_name)
 
 
 def main() -> None:

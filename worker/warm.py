@@ -69,7 +69,8 @@ def _rehearse() -> None:
     forking parent, means every forked worker inherits it instead of paying
     for it again: a measured ~40% of a forked worker's CPU. Preparing the workers'
     own database (`_prepare`) does the same and more; this is the fallback when
-    that fails (~0.1 s of CPU that a prepared forkserver saves at each start).
+    that fails (0.05 to 0.09 s of CPU that a prepared forkserver saves at each start,
+    measured).
     """
     global _rehearsed
     if _rehearsed:

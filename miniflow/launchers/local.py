@@ -211,12 +211,13 @@ class LocalLauncher:
         procs.check_state_dir(self.state_dir)
         if self.python_mode == "fork":
             # Boot it (and its preloads) now, not on the first Python task.
+            host = host_env()
             server = local_fork.ForkServer(
                 self._preload,
-                env=host_env(),
+                env=host,
                 sys_path=sys.path,
                 prefork=self._prefork,
-                boot_env={**host_env(), **self.worker_env},
+                boot_env={**host, **self.worker_env},
                 relay=self._relay,
             )
             try:

@@ -20,9 +20,9 @@ Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
 sends the preload list, its `sys.path`, an optional *prefork hook*
 ("module:function", from a preloaded module) and optionally the workers' environment
 to call it with once at boot (`boot_env`); the server answers `{"ready": true}`
-once the preloads are imported and that call returned; then each request carries the attempt (entry,
-argv, log and exit paths, the whole environment) and, as SCM_RIGHTS, the read
-end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
+once the preloads are imported and that call returned; then each request carries the
+attempt (entry, argv, log and exit paths, the whole environment) and, as SCM_RIGHTS,
+the read end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
 *done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
 socket reaches EOF (the launcher closed it, or died), leaving running attempts
 alone; being no child of the scheduler, they never hold up its exit.

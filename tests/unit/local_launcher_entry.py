@@ -8,6 +8,8 @@ import struct
 import sys
 import time
 
+from miniflow.launchers.local_fork import RELAY_FD_ENV
+
 PREFORKED: list[str] = []
 
 
@@ -26,7 +28,7 @@ def echo(message: bytes) -> bytes:
 
 def _ask_relay(message: bytes) -> bytes:
     header = struct.Struct("!I")
-    with socket.socket(fileno=int(os.environ["MINIFLOW_WORKER_RELAY_FD"])) as sock:
+    with socket.socket(fileno=int(os.environ[RELAY_FD_ENV])) as sock:
         sock.sendall(header.pack(len(message)) + message)
         (size,) = header.unpack(sock.recv(header.size, socket.MSG_WAITALL))
         return sock.recv(size, socket.MSG_WAITALL)
