@@ -34,9 +34,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.live import Live
-
-from miniflow.cli import stopping, views, wiring
+from miniflow.cli import stopping, wiring
 from miniflow.config import Config
 from miniflow.errors import ConfigError, ConfValidationError, NotFound
 from miniflow.scheduler.core import Scheduler, SchedulerSettings, new_scheduler_id
@@ -261,6 +259,8 @@ async def run_standalone(
 ) -> int:
     """The embedded default with a live view (and the web UI unless `webserver` is
     False); returns the exit code."""
+    from miniflow.cli import views
+
     console = views.make_console()
     console.print(
         f"[bold]miniflow standalone[/] — DAGs: {config.dags_folder}  state: {config.state_dir}"
@@ -331,6 +331,10 @@ async def _live_view(
     exit_when_done: bool,
 ) -> None:
     """Show the runs until the loop ends (a stop, or every watched run finished)."""
+    from rich.live import Live
+
+    from miniflow.cli import views
+
     try:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while not runner.done():
@@ -378,6 +382,7 @@ async def test_dag(
     config: Config, dag_id: str, *, logical_date: datetime | None, conf_json: str | None
 ) -> str:
     """`miniflow dags test`: one run in the foreground, nothing else scheduled."""
+    from miniflow.cli import views
     from miniflow.scheduler import manual_runs
 
     console = views.make_console()

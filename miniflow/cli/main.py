@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from miniflow import log_format
-from miniflow.cli import views
 from miniflow.cli.common import (
     EXAMPLES,
     MiniflowGroup,
@@ -190,7 +189,7 @@ def dags_list(ctx: click.Context, no_parse: bool, output: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         config = _config(ctx)
         rows = await operations.list_dags(config, parse=not no_parse)
@@ -217,7 +216,7 @@ def dags_errors(ctx: click.Context, output: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         errors = await operations.import_errors(_config(ctx))
         if output == "json":
@@ -240,7 +239,7 @@ def dags_reparse(ctx: click.Context, file: str | None) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         for item in await operations.reparse(_config(ctx), file):
             click.echo(views.parse_line(item.fileloc, [d["dag_id"] for d in item.dags], item.error))
@@ -256,7 +255,7 @@ def dags_show(ctx: click.Context, dag_id: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         dag = await operations.get_serialized(_config(ctx), dag_id)
         views.print_dag_tree(dag)
@@ -329,7 +328,7 @@ def dags_trigger(
 
     @command_runner
     async def run() -> int:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         config = _config(ctx)
         created = await operations.trigger(

@@ -11,7 +11,6 @@ import sys
 
 import click
 
-from miniflow.cli import views
 from miniflow.cli.common import _config, command_runner, output_option, split_task_ref
 
 MAX_SLOTS = 2**31 - 1  # the database column is a 32-bit integer
@@ -33,7 +32,7 @@ def runs_list(ctx: click.Context, dag_id: str | None, limit: int, output: str) -
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
         from miniflow.store import browse
 
         found = await operations.list_runs(_config(ctx), dag_id, limit)
@@ -84,7 +83,7 @@ def tasks_list(
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         config = _config(ctx)
         if all_tries:
@@ -195,7 +194,7 @@ def schedulers_list(ctx: click.Context) -> None:
     async def run() -> None:
         from datetime import UTC, datetime
 
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         config = _config(ctx)
         rows, holder = await operations.list_schedulers(config)
@@ -242,7 +241,7 @@ def pools_list(ctx: click.Context, output: str) -> None:
 
     @command_runner
     async def run() -> None:
-        from miniflow.cli import operations
+        from miniflow.cli import operations, views
 
         found = await operations.list_pools(_config(ctx))
         if output == "json":

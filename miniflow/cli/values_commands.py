@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from miniflow.cli.common import _config, command_runner, output_option
 from miniflow.errors import NotFound
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 MASK = "***"
 SENSITIVE = (
@@ -67,6 +69,8 @@ def variables_list(ctx: click.Context, output: str) -> None:
         if output == "json":
             sys.stdout.write(json.dumps(items, indent=2) + "\n")
             return
+        from rich.table import Table
+
         table = Table("key", "value", "description")
         for item in items:
             table.add_row(item["key"], item["value"], item["description"] or "")
@@ -175,6 +179,8 @@ def connections_list(ctx: click.Context, output: str) -> None:
         if output == "json":
             sys.stdout.write(json.dumps(items, indent=2) + "\n")
             return
+        from rich.table import Table
+
         table = Table("conn_id", "type", "host", "port", "login", "password", "schema")
         for i in items:
             table.add_row(

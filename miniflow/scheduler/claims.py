@@ -111,6 +111,7 @@ async def claim(
         cached.update(await deps.dags.for_run_pks(session, {c.run_pk for c in candidates}))
         candidates, held_by_past = await _past_allows(session, candidates, cached)
         limits.held_ids.extend(held_by_past)
+        candidates = await _complete_empty(deps, session, candidates, now)
         if limits.slots is None and any(c.pool is not None for c in candidates):
             limits.slots = await store_pools.slots(session)
         if limits.mapped_used is None and any(c.map_index >= 0 for c in candidates):
@@ -341,6 +342,29 @@ async def _past_allows(
         else:
             allowed.append(c)
     return allowed, held
+
+
+async def _complete_empty(
+    deps: RoundDeps,
+    session: AsyncSession,
+    candidates: Sequence[store_tis.Candidate],
+    now: datetime,
+) -> list[store_tis.Candidate]:
+    """Complete the `empty` candidates the past let run (`readiness.completes_when_ready`
+    left them scheduled for this check) without a try, as readiness completes the others;
+    the rest, to launch. Their runs are read in full next round: their downstream."""
+    empty = [c for c in candidates if c.kind == "empty"]
+    if not empty:
+        return list(candidates)
+    await store_tis.set_states(
+        session,
+        [(c.id, states.SCHEDULED, states.SUCCESS) for c in empty],
+        now,
+        running_runs_only=True,
+    )
+    for run_pk in {c.run_pk for c in empty}:
+        deps.mark_dirty(run_pk)
+    return [c for c in candidates if c.kind != "empty"]
 
 
 @dataclass(frozen=True, slots=True)

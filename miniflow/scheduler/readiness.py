@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from miniflow.authoring.serialized import SerializedDag
+from miniflow.authoring.serialized import SerializedDag, SerializedTask
 from miniflow.store import states
 
 _DONE = states.FINISHED
@@ -113,18 +113,26 @@ def decide(
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
-def settle(decision: str | None, kind: str, mapped: bool = False) -> str | None:
-    """`decide`'s decision for a task of `kind`: an `empty` task that may run has run; a
-    mapped task that may run is `mapped` (the scheduler expands it in the same round).
+def settle(decision: str | None, instant: bool, mapped: bool = False) -> str | None:
+    """`decide`'s decision for a task: an `instant` one (`completes_when_ready`) that may
+    run has run; a mapped task that may run is `mapped` (the scheduler expands it in the
+    same round).
 
     Completing an empty task here (not through a launch) is what makes it free, and its
     success propagates further down in the same pass like any finished decision.
     """
-    if decision == states.SCHEDULED and kind == "empty":
+    if decision == states.SCHEDULED and instant:
         return states.SUCCESS
     if decision == states.SCHEDULED and mapped:
         return states.MAPPED
     return decision
+
+
+def completes_when_ready(task: SerializedTask) -> bool:
+    """An `empty` task completes as soon as its upstream lets it run, without a try;
+    unless `depends_on_past` ties it to the previous run, which only the claim reads:
+    such a task is scheduled and the claim completes it when the past allows."""
+    return task["kind"] == "empty" and not task.get("depends_on_past")
 
 
 @lru_cache(maxsize=512)
@@ -176,7 +184,7 @@ class Graph:
     downstream: Mapping[str, tuple[str, ...]]
     rules: Mapping[str, str]
     leaves: frozenset[str]
-    kinds: Mapping[str, str]
+    instant: frozenset[str]  # tasks that complete when they may run (`completes_when_ready`)
     setups: Mapping[str, tuple[str, ...]]  # teardown → the setup tasks upstream of it
     outcome: frozenset[str]  # the tasks whose states decide the run (`outcome_tasks`)
     teardowns: Mapping[str, tuple[str, ...]]  # setup → the teardowns it is a setup of
@@ -259,7 +267,7 @@ def graph(dag: SerializedDag, dag_hash: str) -> Graph:
         downstream={task_id: tuple(down) for task_id, down in downstream.items()},
         rules={task_id: task["trigger_rule"] for task_id, task in tasks.items()},
         leaves=leaves,
-        kinds={task_id: task["kind"] for task_id, task in tasks.items()},
+        instant=frozenset(t for t, task in tasks.items() if completes_when_ready(task)),
         setups=setups,
         outcome=outcome_tasks(dag, leaves),
         teardowns={s: tuple(sorted(t for t, ss in setups.items() if s in ss)) for s in ups},
@@ -299,7 +307,7 @@ def evaluate_run(
                 [view[u] for u in task["upstream"] if u in view],
                 [view[u] for u in built.setups.get(task_id, ()) if u in view],
             ),
-            task["kind"],
+            completes_when_ready(task),
             "expand" in task,
         )
         if decision is not None:

@@ -197,7 +197,7 @@ class RunView:
             setups = [self.states[u] for u in graph.setups.get(task_id, ()) if u in self.states]
             decision = readiness.settle(
                 readiness.decide(graph.rules[task_id], upstream, setups),
-                graph.kinds[task_id],
+                task_id in graph.instant,
                 task_id in graph.mapped,
             )
             if decision is None:

@@ -51,7 +51,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # `none → mapped`: a mapped task that may run (readiness), expanded in the same round
     NONE: frozenset({SCHEDULED, SKIPPED, UPSTREAM_FAILED, NONE, SUCCESS, MAPPED}),
     # claimed by a scheduler; or cleared before it was claimed
-    SCHEDULED: frozenset({QUEUED, NONE}),
+    # `scheduled → success`: an `Empty` task with `depends_on_past`, completed by the
+    # claim once the previous run allows it (still without a try)
+    SCHEDULED: frozenset({QUEUED, NONE, SUCCESS}),
     # started; ended before it was seen running; relaunched (same try); or decided
     # by the sanity loop (queued too long, lost)
     # `queued → skipped`: a command exited with one of its `skip_on_exit_code`s

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from miniflow import DAG, Bash
+from miniflow import DAG, Bash, Empty
 from miniflow.launchers.base import TaskSpec
 from miniflow.scheduler import manual_runs
 from miniflow.store import engine as store_engine
@@ -65,6 +65,32 @@ async def test_depends_on_past_holds_a_task_until_the_previous_run_succeeded(
         assert await h.scheduler.run_until_done("past", first, timeout=30) == "success"
         assert await h.scheduler.run_until_done("past", second, timeout=30) == "success"
         assert _launched(h, second) == {"free", "gate", "after"}
+
+
+async def test_depends_on_past_holds_an_empty_task_too(engine: AsyncEngine) -> None:
+    """An `Empty` task completes without a try, but not before its previous run's
+    instance succeeded or was skipped (Airflow holds an EmptyOperator the same way)."""
+    outcomes = Outcomes(("first", "up"))
+    with DAG("past", start_date=START) as dag:
+        Bash("up", "echo up") >> Empty("join", depends_on_past=True) >> Bash("after", "echo")
+    async with Harness(engine, exit_code=outcomes) as h:
+        await h.register(dag)
+        first = await _trigger(h, "first", 1)  # up fails: join is upstream_failed
+        assert await h.scheduler.run_until_done("past", first, timeout=30) == "failed"
+        assert (await _states(h, first))["join"] == "upstream_failed"
+        second = await _trigger(h, "second", 2)
+        for _ in range(6):
+            await h.scheduler.tick()
+        assert await _states(h, second) == {"up": "success", "join": "scheduled", "after": "none"}
+        # The previous run's join succeeds once up does: the held join completes (no
+        # launch: an Empty task never has a try) and its downstream runs.
+        outcomes.failing.clear()
+        async with store_engine.transaction(h.sessions) as session:
+            await store_tis.clear(session, "past", first, ["up", "join", "after"], {})
+        assert await h.scheduler.run_until_done("past", first, timeout=30) == "success"
+        assert await h.scheduler.run_until_done("past", second, timeout=30) == "success"
+        assert _launched(h, second) == {"up", "after"}
+        assert (await h.tis("past", second))["join"].try_number == 0
 
 
 async def test_wait_for_downstream_also_waits_for_the_previous_runs_downstream(

@@ -228,8 +228,8 @@ def test_expand_values_checks_bash_items_and_kwargs() -> None:
 
 
 def test_a_mapped_task_that_may_run_is_mapped_and_combines_its_instances() -> None:
-    assert readiness.settle("scheduled", "python", mapped=True) == "mapped"
-    assert readiness.settle("skipped", "python", mapped=True) == "skipped"
+    assert readiness.settle("scheduled", instant=False, mapped=True) == "mapped"
+    assert readiness.settle("skipped", instant=False, mapped=True) == "skipped"
     assert store_mapping.combined({"success": 3}) == "success"
     assert store_mapping.combined({"success": 1, "skipped": 2}) == "success"
     assert store_mapping.combined({"skipped": 2}) == "skipped"
