@@ -41,7 +41,7 @@ from miniflow_worker.clock import stamp
 
 from miniflow.authoring import context as task_context
 from miniflow.authoring.sensor import poke_outcome
-from miniflow.authoring.serialized import ArgRef, SerializedTask
+from miniflow.authoring.serialized import ArgRef, SerializedTask, arg_refs
 from miniflow.errors import FailTask, SkipTask
 
 T = TypeVar("T")
@@ -220,7 +220,8 @@ class BashExecution:
 def resolve_arguments(
     task: SerializedTask, upstream: Mapping[str, Any]
 ) -> tuple[list[Any], dict[str, Any]]:
-    """op_args / op_kwargs with `{"ref": id}` replaced by that upstream's stored result."""
+    """op_args / op_kwargs with `{"ref": id}` replaced by that upstream's stored result,
+    inside lists and dicts too."""
 
     def one(arg: ArgRef, what: str) -> Any:
         if "ref" in arg:
@@ -230,6 +231,10 @@ def resolve_arguments(
                     f"{what} is the result of task {ref!r}, which does not exist in this run"
                 )
             return upstream[ref]
+        if "items" in arg:
+            return [one(a, f"{what}[{i}]") for i, a in enumerate(arg["items"])]
+        if "fields" in arg:
+            return {k: one(a, f"{what}[{k!r}]") for k, a in arg["fields"].items()}
         return arg.get("value")
 
     args = [one(a, f"argument {i}") for i, a in enumerate(task.get("op_args", []))]
@@ -238,9 +243,7 @@ def resolve_arguments(
 
 
 def upstream_refs(task: SerializedTask) -> list[str]:
-    refs = [a["ref"] for a in task.get("op_args", []) if "ref" in a]
-    refs += [a["ref"] for a in task.get("op_kwargs", {}).values() if "ref" in a]
-    return sorted(set(refs))
+    return arg_refs([*task.get("op_args", []), *task.get("op_kwargs", {}).values()])
 
 
 def check_result(task_id: str, value: Any, max_bytes: int) -> Any:

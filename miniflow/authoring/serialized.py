@@ -80,10 +80,26 @@ class SensorSettings(TypedDict):
 
 
 class ArgRef(TypedDict):
-    """A Python task argument: either a literal JSON value or an upstream's result."""
+    """A Python task argument: a literal JSON value, an upstream's result, or a list or
+    dict holding upstream results (`summarize([a(), b()])`), one key each."""
 
     ref: NotRequired[str]  # task_id whose result is passed
     value: NotRequired[Any]  # literal JSON value
+    items: NotRequired[list[ArgRef]]  # a list (or tuple) with a task result inside
+    fields: NotRequired[dict[str, ArgRef]]  # a dict with a task result inside
+
+
+def arg_refs(args: list[ArgRef]) -> list[str]:
+    """The task ids whose results these arguments pass, at any depth, sorted."""
+    found: set[str] = set()
+    todo = list(args)
+    while todo:
+        arg = todo.pop()
+        if "ref" in arg:
+            found.add(arg["ref"])
+        todo += arg.get("items", [])
+        todo += arg.get("fields", {}).values()
+    return sorted(found)
 
 
 class Expansion(TypedDict):

@@ -4,8 +4,10 @@ Calling a decorated function inside a DAG does not run it: it creates a task
 and returns a `TaskRef` to its future result. Passing a `TaskRef` to another
 task function makes that task an upstream and serializes the argument as
 `{"ref": task_id}`; other arguments must be JSON and are serialized as
-`{"value": v}`. The worker later re-imports the DAG file, finds the task and
-calls `PythonTask.function` with the upstream results substituted.
+`{"value": v}`, except lists and dicts with a `TaskRef` inside (`{"items": [...]}`,
+`{"fields": {...}}`, each element an argument of its own). The worker later re-imports
+the DAG file, finds the task and calls `PythonTask.function` with the upstream results
+substituted.
 
 Nothing here runs user functions: that is the worker's job.
 """
@@ -31,6 +33,7 @@ from miniflow.authoring.serialized import (
     SensorSettings,
     SerializedTask,
     TaskKind,
+    arg_refs,
 )
 from miniflow.authoring.tasks import (
     BaseTask,
@@ -127,17 +130,29 @@ class PythonTask(BaseTask):
         return data
 
 
-def _reject_nested_ref(value: object) -> Any:
+def _holds_ref(value: object) -> bool:
     if isinstance(value, TaskRef):
-        raise TypeError(
-            f"{value!r} is nested inside a list or dict; pass each task result as its own argument"
-        )
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_ref(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_ref(v) for v in value.values())
+    return False
 
 
 def _arg(value: object, what: str, task_id: str) -> ArgRef:
     if isinstance(value, TaskRef):
         return {"ref": value.task_id}
+    if isinstance(value, list | tuple) and _holds_ref(value):
+        return {"items": [_arg(v, f"{what}[{i}]", task_id) for i, v in enumerate(value)]}
+    if isinstance(value, dict) and _holds_ref(value):
+        keys = [k for k in value if not isinstance(k, str)]
+        if keys:
+            raise definition_error(
+                f"task {task_id!r}: {what} is a dict with a task result inside, whose keys "
+                f"must be strings (as in JSON), got {keys[0]!r}"
+            )
+        return {"fields": {k: _arg(v, f"{what}[{k!r}]", task_id) for k, v in value.items()}}
     if isinstance(value, BaseTask):
         raise definition_error(
             f"task {task_id!r}: {what} is the task {value.task_id!r}; only results of @task "
@@ -145,7 +160,7 @@ def _arg(value: object, what: str, task_id: str) -> ArgRef:
             "arguments (use `>>` for ordering)"
         )
     try:
-        json.dumps(value, allow_nan=False, default=_reject_nested_ref)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise definition_error(
             f"task {task_id!r}: {what} must be JSON-serializable or a task result: {exc}"
@@ -272,9 +287,8 @@ class TaskFunction(Generic[P, R]):
             sensor=self.sensor,
         )
         task.expansion = expansion
-        refs = [v for v in (*args, *kwargs.values()) if isinstance(v, TaskRef)]
-        for ref in refs:
-            ref >> task
+        for ref_id in arg_refs([*op_args, *op_kwargs.values()]):
+            dag.get_task(ref_id) >> task
         if self.role == "setup":
             task.as_setup()
         elif self.role == "teardown":

@@ -115,9 +115,44 @@ def test_non_json_argument_is_rejected() -> None:
         total({1, 2})
 
 
-def test_nested_ref_is_rejected_with_a_hint() -> None:
-    with DAG("d"), pytest.raises(DagDefinitionError, match="pass each task result as its own"):
-        total([extract()])
+def test_results_inside_lists_and_dicts_are_refs_and_upstreams() -> None:
+    """Airflow resolves XComArgs nested in a list or dict argument (`summarize([a(), b()])`);
+    a list or dict without one stays a literal value."""
+    with DAG("d") as dag:
+        a, b = extract(), extract()
+        total([a, 1, (b, 2)], offset={"x": {"y": [a]}, "z": 3})
+        total([1, 2], offset={"plain": [3]})
+    tasks = dag.serialize("f.py")["tasks"]
+    t = tasks["sum-it"]
+    assert t["upstream"] == ["extract", "extract__1"]
+    assert t["op_args"] == [
+        {
+            "items": [
+                {"ref": "extract"},
+                {"value": 1},
+                {"items": [{"ref": "extract__1"}, {"value": 2}]},
+            ]
+        }
+    ]
+    assert t["op_kwargs"] == {
+        "offset": {
+            "fields": {"x": {"fields": {"y": {"items": [{"ref": "extract"}]}}}, "z": {"value": 3}}
+        }
+    }
+    plain = tasks["sum-it__1"]
+    assert plain["upstream"] == []
+    assert plain["op_args"] == [{"value": [1, 2]}]
+    assert plain["op_kwargs"] == {"offset": {"value": {"plain": [3]}}}
+
+
+def test_a_result_inside_a_dict_needs_string_keys() -> None:
+    with DAG("d"), pytest.raises(DagDefinitionError, match=r"keys must be strings.*got 1"):
+        total({1: extract()})
+
+
+def test_a_plain_task_inside_a_list_is_rejected_with_its_place() -> None:
+    with DAG("d"), pytest.raises(DagDefinitionError, match=r"argument 0\[1\] is the task 'b'"):
+        total([extract(), Bash("b", "true")])
 
 
 def test_plain_task_as_argument_is_rejected() -> None:
