@@ -93,7 +93,7 @@ def print_json(items: Sequence[object]) -> None:
 
     def default(value: object) -> str:
         if isinstance(value, datetime):
-            from miniflow.store.browse import rfc3339
+            from miniflow.store.times import rfc3339
 
             return rfc3339(value)
         raise TypeError(f"{type(value).__name__} is not JSON")

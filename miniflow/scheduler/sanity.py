@@ -64,7 +64,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.browse import rfc3339
+from miniflow.store.times import rfc3339
 
 if TYPE_CHECKING:
     from miniflow.scheduler.core import Scheduler

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -34,15 +34,6 @@ from miniflow.store.records import (
 
 RECENT_RUNS = 10
 """Runs shown as dots per DAG in the DAG list."""
-
-
-def rfc3339(value: datetime, timespec: str = "auto") -> str:
-    """A time as the API, the pages and `--output json` write it: RFC 3339 in UTC with
-    `Z` (what pydantic emits for the API's own models), e.g. 2026-01-01T06:00:00Z.
-    `timespec="seconds"` for pages. A naive value is UTC (as the store writes it)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

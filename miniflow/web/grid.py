@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from miniflow.store.browse import Grid, RunView, rfc3339
+from miniflow.store.browse import Grid, RunView
+from miniflow.store.times import rfc3339
 
 
 def dur(seconds: float | None) -> str:

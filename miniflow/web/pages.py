@@ -27,6 +27,7 @@ from miniflow.config import Config
 from miniflow.errors import MiniflowError, NotFound
 from miniflow.store import browse, states
 from miniflow.store import engine as store_engine
+from miniflow.store.times import rfc3339
 from miniflow.web import actions, api, auth, logview, schedule_text, source
 from miniflow.web import graph as graph_view
 from miniflow.web import grid as grid_view
@@ -42,7 +43,7 @@ GRID_RUNS = 25
 
 
 def _dt(value: datetime | None) -> str:
-    return browse.rfc3339(value, "seconds") if value else "-"
+    return rfc3339(value, "seconds") if value else "-"
 
 
 def _q(value: str) -> str:
