@@ -41,6 +41,16 @@ def _ref_id(value: object) -> str | None:
     return value.task_id if isinstance(value, TaskRef) else None
 
 
+def _nested_ref(value: object) -> str | None:
+    """The id of a task whose result sits in `value` or anywhere inside it (lists, dicts)."""
+    if (ref := _ref_id(value)) is not None:
+        return ref
+    if isinstance(value, list | tuple | dict):
+        inside = value.values() if isinstance(value, dict) else value
+        return next((r for v in inside if (r := _nested_ref(v)) is not None), None)
+    return None
+
+
 def _json(value: Any, what: str) -> None:
     try:
         json.dumps(value, allow_nan=False)
@@ -59,6 +69,11 @@ def mapped_arg(value: object, name: str, task_id: str, kind: str) -> ArgRef:
             f"returning a list, got {value!r}"
         )
     items = list(value)
+    if (inner := _nested_ref(items)) is not None:
+        raise definition_error(
+            f"task {task_id!r}: expand({name}=...) holds the result of {inner!r}: a task's "
+            f"result is mapped over as a whole (expand({name}=that_task())), not from inside a list"
+        )
     _json(items, f"task {task_id!r}: expand({name}=...)")
     for i, item in enumerate(items):
         problem = check_value(kind, name, item)
@@ -92,6 +107,13 @@ def kwargs_expansion(source: object, task_id: str, kind: str) -> Expansion:
             f"returning one, got {source!r}"
         )
     items = list(source)
+    for i, item in enumerate(items):
+        for name, value in item.items() if isinstance(item, dict) else ():
+            if _nested_ref(value) is not None:
+                raise definition_error(
+                    f"task {task_id!r}: expand_kwargs item {i}: {name} holds a task result; "
+                    "pass the whole list as one task's result instead"
+                )
     _json(items, f"task {task_id!r}: expand_kwargs")
     limit = _limit()
     if len(items) > limit:
@@ -103,11 +125,6 @@ def kwargs_expansion(source: object, task_id: str, kind: str) -> Expansion:
                 f"got {item!r}"
             )
         for name, value in item.items():
-            if _ref_id(value) is not None:
-                raise definition_error(
-                    f"task {task_id!r}: expand_kwargs item {i}: {name} is a task result; "
-                    "pass the whole list as one task's result instead"
-                )
             problem = check_value(kind, name, value)
             if problem is not None:
                 raise definition_error(f"task {task_id!r}: expand_kwargs item {i}: {problem}")

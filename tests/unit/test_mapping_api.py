@@ -129,6 +129,26 @@ def test_expand_partial_and_expand_kwargs_serialize() -> None:
             with DAG("d", schedule=None):
                 @task
                 def f(x): ...
+                f.expand(x=[1, [f.override(task_id="up")(2)]])
+            """,
+            5,
+            "expand(x=...) holds the result of 'up': a task's result is mapped over as a whole",
+        ),
+        (
+            """
+            with DAG("d", schedule=None):
+                @task
+                def f(x): ...
+                f.expand_kwargs([{"x": 1}, {"x": {"deep": f.override(task_id="up")(2)}}])
+            """,
+            5,
+            "expand_kwargs item 1: x holds a task result",
+        ),
+        (
+            """
+            with DAG("d", schedule=None):
+                @task
+                def f(x): ...
                 f.expand()
             """,
             5,
