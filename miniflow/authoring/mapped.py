@@ -41,13 +41,13 @@ def _ref_id(value: object) -> str | None:
     return value.task_id if isinstance(value, TaskRef) else None
 
 
-def _nested_ref(value: object) -> str | None:
+def nested_ref(value: object) -> str | None:
     """The id of a task whose result sits in `value` or anywhere inside it (lists, dicts)."""
     if (ref := _ref_id(value)) is not None:
         return ref
     if isinstance(value, list | tuple | dict):
         inside = value.values() if isinstance(value, dict) else value
-        return next((r for v in inside if (r := _nested_ref(v)) is not None), None)
+        return next((r for v in inside if (r := nested_ref(v)) is not None), None)
     return None
 
 
@@ -69,7 +69,7 @@ def mapped_arg(value: object, name: str, task_id: str, kind: str) -> ArgRef:
             f"returning a list, got {value!r}"
         )
     items = list(value)
-    if (inner := _nested_ref(items)) is not None:
+    if (inner := nested_ref(items)) is not None:
         raise definition_error(
             f"task {task_id!r}: expand({name}=...) holds the result of {inner!r}: a task's "
             f"result is mapped over as a whole (expand({name}=that_task())), not from inside a list"
@@ -109,7 +109,7 @@ def kwargs_expansion(source: object, task_id: str, kind: str) -> Expansion:
     items = list(source)
     for i, item in enumerate(items):
         for name, value in item.items() if isinstance(item, dict) else ():
-            if _nested_ref(value) is not None:
+            if nested_ref(value) is not None:
                 raise definition_error(
                     f"task {task_id!r}: expand_kwargs item {i}: {name} holds a task result; "
                     "pass the whole list as one task's result instead"

@@ -23,7 +23,7 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from miniflow.authoring import dag as dag_mod
 from miniflow.authoring.dag import check_id, definition_error
-from miniflow.authoring.mapped import kwargs_expansion, product_expansion, refs_of
+from miniflow.authoring.mapped import kwargs_expansion, nested_ref, product_expansion, refs_of
 from miniflow.authoring.sensor import DEFAULT_POKE_INTERVAL, DEFAULT_TIMEOUT, sensor_settings
 from miniflow.authoring.serialized import (
     ArgRef,
@@ -130,22 +130,12 @@ class PythonTask(BaseTask):
         return data
 
 
-def _holds_ref(value: object) -> bool:
-    if isinstance(value, TaskRef):
-        return True
-    if isinstance(value, list | tuple):
-        return any(_holds_ref(v) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_ref(v) for v in value.values())
-    return False
-
-
 def _arg(value: object, what: str, task_id: str) -> ArgRef:
     if isinstance(value, TaskRef):
         return {"ref": value.task_id}
-    if isinstance(value, list | tuple) and _holds_ref(value):
+    if isinstance(value, list | tuple) and nested_ref(value) is not None:
         return {"items": [_arg(v, f"{what}[{i}]", task_id) for i, v in enumerate(value)]}
-    if isinstance(value, dict) and _holds_ref(value):
+    if isinstance(value, dict) and nested_ref(value) is not None:
         keys = [k for k in value if not isinstance(k, str)]
         if keys:
             raise definition_error(
