@@ -228,7 +228,7 @@ async def measure(backend: str, count: int, profile: bool) -> None:
             stats = pstats.Stats(files[0], stream=out)
             for name in files[1:]:
                 stats.add(name)
-            stats.sort_stats("cumulative").print_stats(50)
+            stats.sort_stats(os.environ.get("MF_PROF_SORT", "cumulative")).print_stats(50)
             print(out.getvalue())
 
 

@@ -9,13 +9,15 @@ a non-zero exit: click's usage errors are reformatted by `MiniflowGroup`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
@@ -141,6 +143,34 @@ def command_runner(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:
             sys.exit(130)
 
     return wrapper
+
+
+_quick_exit = False
+"""Set by the console script (`allow_quick_exit`): `leave` may skip the teardown."""
+
+
+def allow_quick_exit() -> None:
+    global _quick_exit
+    _quick_exit = True
+
+
+def leave(code: int) -> NoReturn:
+    """`sys.exit(code)` for a command whose work is done and whose output is written.
+
+    Under the console script it ends the process without the interpreter's teardown
+    (`atexit` handlers, then every object of every module freed one by one: ~0.07 s
+    once SQLAlchemy and rich are loaded, on the path of every script that waits for a
+    run); stdout, stderr and logging are flushed first. Only commands that run no user
+    code in this process call it (the teardown is where a file left open gets
+    flushed); in tests (click's runner) it is `sys.exit`.
+    """
+    if not _quick_exit:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:

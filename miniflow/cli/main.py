@@ -22,7 +22,9 @@ from miniflow.cli.common import (
     MiniflowGroup,
     _config,
     add_global_options,
+    allow_quick_exit,
     command_runner,
+    leave,
     output_option,
 )
 
@@ -340,7 +342,7 @@ def dags_trigger(
         state = await views.follow_run(config, dag_id, created)
         return 0 if state == "success" else 1
 
-    sys.exit(run())
+    leave(run())
 
 
 @dags.command("test")
@@ -377,3 +379,10 @@ main.add_command(tasks)
 main.add_command(pools)
 main.add_command(schedulers)
 add_global_options(main)
+
+
+def console_script() -> None:
+    """The `miniflow` command (`[project.scripts]`): `main`, whose commands may end
+    without the interpreter's teardown (`leave`)."""
+    allow_quick_exit()
+    main()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.table import Column, Table
 from rich.tree import Tree
@@ -69,6 +70,9 @@ def _print_table(table: Table, console: Console | None) -> None:
     """Print a table at least as wide as its ids need (wider than a narrow terminal if
     it must: the terminal wraps the line, the id stays whole when copied)."""
     out = _console(console)
+    if _surely_fits(table, out.width):  # measuring is a third of printing 100 rows
+        out.print(table)
+        return
     needed = out.measure(table, options=out.options.update_width(100_000)).minimum
     if needed > out.width:
         out = Console(
@@ -79,6 +83,20 @@ def _print_table(table: Table, console: Console | None) -> None:
             color_system=out.color_system,  # type: ignore[arg-type]
         )
     out.print(table)
+
+
+def _surely_fits(table: Table, width: int) -> bool:
+    """Whether `table` fits in `width` columns, judged from its cells' lengths without
+    measuring it: markup counts as text (an overestimate), wide characters as two cells,
+    and each column adds its padding and one border."""
+    total = 1
+    for column in table.columns:
+        cells = [column.header, *column.cells]
+        texts = [cell for cell in cells if isinstance(cell, str)]
+        if len(texts) != len(cells):
+            return False
+        total += max(cell_len(line) for text in texts for line in text.split("\n")) + 3
+    return total <= width
 
 
 def print_json(items: Sequence[object]) -> None:
@@ -434,7 +452,7 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
     from rich.live import Live
 
     from miniflow.cli import wiring
-    from miniflow.scheduler.core import SchedulerSettings
+    from miniflow.scheduler.settings import SchedulerSettings
 
     console = make_console()
     threshold = SchedulerSettings().instance_timeout
