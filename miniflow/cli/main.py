@@ -96,6 +96,9 @@ def scheduler(ctx: click.Context) -> None:
     logging.getLogger().setLevel(logging.INFO)
     log_format.configure(config.log_format)
     command_runner(daemon.run_scheduler)(config)
+    # Stopped in order: said goodbye, its children reaped or handed over, its engine
+    # closed. A replaced scheduler's teardown is CPU its peers' tasks could use.
+    leave(0)
 
 
 @main.command()
