@@ -24,7 +24,6 @@ from miniflow.cli.common import (
     add_global_options,
     allow_quick_exit,
     command_runner,
-    leave,
     output_option,
 )
 
@@ -96,9 +95,6 @@ def scheduler(ctx: click.Context) -> None:
     logging.getLogger().setLevel(logging.INFO)
     log_format.configure(config.log_format)
     command_runner(daemon.run_scheduler)(config)
-    # Stopped in order: said goodbye, its children reaped or handed over, its engine
-    # closed. A replaced scheduler's teardown is CPU its peers' tasks could use.
-    leave(0)
 
 
 @main.command()
@@ -326,7 +322,7 @@ def dags_trigger(
     run_id: str | None,
     logical_date: str | None,
     wait: bool,
-) -> None:
+) -> int:
     """Create a manual run (the scheduler runs it)."""
     when = _parse_date(logical_date)
     _check_run_id(run_id)
@@ -345,7 +341,7 @@ def dags_trigger(
         state = await views.follow_run(config, dag_id, created)
         return 0 if state == "success" else 1
 
-    leave(run())
+    return run()
 
 
 @dags.command("test")
