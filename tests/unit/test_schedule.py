@@ -4,6 +4,8 @@ properties."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -386,3 +388,18 @@ def test_intervals_contiguous_across_dst(schedule: str, zone: str, start: dateti
     for prev, cur in itertools.pairwise(got):
         assert prev.start < prev.end == cur.start
         assert tt.manual_interval(cur.start) == prev
+
+
+def test_croniter_is_imported_only_to_evaluate_a_cron_string() -> None:
+    """Its import runs `platform.architecture()`, a `file` subprocess: a command that
+    triggers a DAG without a cron string, or a scheduler with none, never starts it."""
+    code = (
+        "import sys\n"
+        "import miniflow.cli.operations, miniflow.scheduler.run_creation\n"
+        "from miniflow.authoring.schedule import validate_schedule\n"
+        "validate_schedule('@daily')\n"
+        "assert 'croniter' not in sys.modules\n"
+        "validate_schedule('*/5 * * * *')\n"
+        "assert 'croniter' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
