@@ -48,7 +48,7 @@ PRELOAD = (
 for _name in PRELOAD:
     try:
         importlib.import_module(_name)
-    except ImportError:  # a slim install may lack one (jinja2): the child reports it if needed
+    except ImportError:  # a broken install: the child that needs the module reports it
         pass
 
 # Build (and cache) the jinja2 environment: the first templated field then costs nothing.

@@ -39,8 +39,9 @@ def _croniter() -> Any:  # the croniter class (the package has no type hints)
     """croniter, imported when a cron expression is first evaluated: its import runs
     `platform.architecture()`, which starts the `file` command on the interpreter (a
     fork of this process, ~6 ms), in every process that imports it. A process that
-    evaluates no cron string (a command triggering a DAG without one, a scheduler whose
-    DAGs have none, the parse of a DAG with a preset) never pays for it."""
+    evaluates no cron expression never pays for it: a command triggering a DAG without
+    a schedule, the parse of a DAG whose schedule is a preset, a scheduler whose DAGs
+    have no schedule or `@once` (the other presets are cron expressions to it)."""
     from croniter import croniter
 
     return croniter
@@ -115,8 +116,7 @@ class _Cron:
     def __init__(self, expression: str, tz: ZoneInfo) -> None:
         self.expression = expression
         self.tz = tz
-        self.croniter = _croniter()
-        hours = self.croniter(expression).expanded[1]
+        hours = _croniter()(expression).expanded[1]
         every_hour = "*" in hours or len(set(hours)) >= 24
         self.folds: tuple[int, ...] = (0, 1) if every_hour else (0,)
 
@@ -136,13 +136,13 @@ class _Cron:
         """The first fire instant > t (>= t when inclusive)."""
         start = self._wall(t) - (timedelta(seconds=1) if inclusive else timedelta(0))
         if self._steady(t):
-            wall: datetime = self.croniter(self.expression, start).get_next(datetime)
+            wall: datetime = _croniter()(self.expression, start).get_next(datetime)
             fire: datetime = wall.replace(tzinfo=self.tz).astimezone(UTC)
             if (fire > t or (inclusive and fire == t)) and self._steady(fire):
                 return fire
         # Near a DST change wall order and instant order disagree: scan every
         # wall time around t and take the smallest instant that qualifies.
-        it = self.croniter(self.expression, self._wall(t - _WINDOW) - timedelta(minutes=1))
+        it = _croniter()(self.expression, self._wall(t - _WINDOW) - timedelta(minutes=1))
         best: tuple[datetime, datetime] | None = None
         for _ in range(_MAX_SCAN):
             wall = it.get_next(datetime)
@@ -158,11 +158,11 @@ class _Cron:
         wall_t = self._wall(t)
         start = wall_t + (timedelta(seconds=1) if inclusive else timedelta(0))
         if self._steady(t):
-            wall: datetime = self.croniter(self.expression, start).get_prev(datetime)
+            wall: datetime = _croniter()(self.expression, start).get_prev(datetime)
             fire: datetime = wall.replace(tzinfo=self.tz).astimezone(UTC)
             if (fire < t or (inclusive and fire == t)) and self._steady(fire):
                 return fire
-        it = self.croniter(self.expression, self._wall(t + _WINDOW) + timedelta(minutes=1))
+        it = _croniter()(self.expression, self._wall(t + _WINDOW) + timedelta(minutes=1))
         best: tuple[datetime, datetime] | None = None
         for _ in range(_MAX_SCAN):
             wall = it.get_prev(datetime)

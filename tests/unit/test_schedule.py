@@ -391,8 +391,8 @@ def test_intervals_contiguous_across_dst(schedule: str, zone: str, start: dateti
 
 
 def test_croniter_is_imported_only_to_evaluate_a_cron_string() -> None:
-    """Its import runs `platform.architecture()`, a `file` subprocess: a command that
-    triggers a DAG without a cron string, or a scheduler with none, never starts it."""
+    """Its import runs `platform.architecture()`, a `file` subprocess: importing what
+    `dags trigger` and run creation run, or checking a preset, never starts it."""
     code = (
         "import sys\n"
         "import miniflow.cli.operations, miniflow.scheduler.run_creation\n"
