@@ -83,7 +83,16 @@ async def claim(
     if share <= 0:
         return None  # its share is in flight: no statement, no lock
     await store_tis.serialize_claims(session)
-    total, by_dag, by_pool = await store_tis.active_counts(session)
+    first: list[store_tis.Candidate] | None = None
+    if turns is None:
+        # Alone: the counts come with the first window, whose size cannot wait for them
+        # (`share` bounds the room; a window larger than the room only reads more rows).
+        found = await store_tis.counts_and_candidates(session, _window(share), now)
+        if found is None:
+            return None
+        (total, by_dag, by_pool), first = found
+    else:
+        total, by_dag, by_pool = await store_tis.active_counts(session)
     room = deps.settings.parallelism - total
     if room <= 0:
         return None
@@ -96,14 +105,17 @@ async def claim(
     chosen: list[store_tis.Candidate] = []
     cached: dict[int, CachedDag] = {}
     for _ in range(MAX_CANDIDATE_QUERIES):
-        candidates = await store_tis.scheduled_candidates(
-            session,
-            limit=(free - len(chosen)) * 2 + 16,
-            now=now,
-            skip_dags=limits.full_dags,
-            skip_pools=limits.full_pools,
-            skip_ids=[c.id for c in chosen] + limits.held_ids,
-        )
+        if first is not None:
+            candidates, first = first, None
+        else:
+            candidates = await store_tis.scheduled_candidates(
+                session,
+                limit=_window(free - len(chosen)),
+                now=now,
+                skip_dags=limits.full_dags,
+                skip_pools=limits.full_pools,
+                skip_ids=[c.id for c in chosen] + limits.held_ids,
+            )
         if only_run_pk is not None:
             candidates = [c for c in candidates if c.run_pk == only_run_pk]
         if not candidates:
@@ -135,6 +147,11 @@ async def claim(
         deps.flights.run_infos.add(await store_runs.running_runs(session, missing))
     xcoms = await _xcom_for_templates(session, chosen, cached, deps.flights.run_infos)
     return Claimed(chosen, claimed, cached, xcoms)
+
+
+def _window(wanted: int) -> int:
+    """Candidates to read for `wanted` free slots: more, for those a limit holds back."""
+    return wanted * 2 + 16
 
 
 async def launch(deps: RoundDeps, claims: Claimed | None, stats: TickStats) -> list[TaskEnd]:

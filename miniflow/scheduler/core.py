@@ -1015,12 +1015,14 @@ class Scheduler:
     ) -> claims.Claimed | None:
         # Among live peers, every free slot in its turn (`scheduler.turns`), none in a
         # peer's: an even split of the parallelism made every round peers times smaller.
-        turns, share = None, self.settings.parallelism
+        # Its own tries in flight hold slots whatever the database says (a worker may have
+        # recorded its end before the process exits): all of it in flight, no lock, no
+        # statement.
+        turns, share = None, self.settings.parallelism - len(self.inflight)
         if self.settings.peer and self.live_peers > 1:
             turns = TurnRule(
                 self.scheduler_id, self.settings.claim_turn, held_until=self._turn_until
             )
-            share -= len(self.inflight)  # all of it in flight: no lock, no statement
         claimed = await claims.claim(self.deps, session, share, self._only_run_pk, now, turns=turns)
         self._turn_until = None if turns is None else turns.held_until
         if turns is not None:

@@ -40,7 +40,7 @@ from miniflow.store import attempts as store_attempts
 from miniflow.store import runs as store_runs
 from miniflow.store import states
 from miniflow.store import task_instances as store_tis
-from miniflow.store.records import RunInfo
+from miniflow.store.records import RunInfo, TaskInstanceRecord
 
 log = logging.getLogger("miniflow.scheduler.events")
 
@@ -227,7 +227,13 @@ async def _record_exits(
     )
     outcomes.update({o.ti_id: o for o in decided.failed})
     await store_attempts.note(session, notes)
-    changed = await store_tis.finish(session, list(outcomes.values()), now)
+    closing = _closed_with_outcome(flights, outcomes, current, decided.relaunched)
+    if closing is not None:
+        changed = await store_attempts.finish_and_close(session, *closing, now)
+        closed = changed  # its attempt too, if the outcome applied
+    else:
+        changed = await store_tis.finish(session, list(outcomes.values()), now)
+        closed = set()
     ends = []
     ended: list[tuple[AttemptKey, int, str, str | None]] = []
     for event, flight in flights:
@@ -280,24 +286,47 @@ async def _record_exits(
             # on a guess.
             error, callback_state = None, ""
         ended.append((event.key, flight.run_pk, callback_state, error))
-        ends.append(
-            store_attempts.AttemptEnd(
-                flight.ti_id,
-                event.key.try_number,
-                state,
-                event.exit_code,
-                event.reason,
-                event.message,
-                event.log_tail,
-                event.at,
-            )
-        )
+        if flight.ti_id not in closed:
+            ends.append(_attempt_end(event, flight, state))
         log.info(
             "%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state
         )
     await store_attempts.close(session, ends)
     recorded.callbacks = await callbacks_due(deps, session, versions, ended)
     return {flight.run_pk for _, flight in flights}
+
+
+def _attempt_end(event: AttemptExited, flight: InFlight, state: str) -> store_attempts.AttemptEnd:
+    return store_attempts.AttemptEnd(
+        flight.ti_id,
+        event.key.try_number,
+        state,
+        event.exit_code,
+        event.reason,
+        event.message,
+        event.log_tail,
+        event.at,
+    )
+
+
+def _closed_with_outcome(
+    flights: Sequence[tuple[AttemptExited, InFlight]],
+    outcomes: dict[int, store_tis.Outcome],
+    current: Mapping[int, TaskInstanceRecord],
+    relaunched: set[int],
+) -> tuple[store_tis.Outcome, store_attempts.AttemptEnd] | None:
+    """A round that records one exit with an outcome to write: the outcome and the end of
+    its attempt if it applies (the try's state is then the outcome's), which one statement
+    writes. Not a try launched again (its attempt stays open)."""
+    if len(flights) != 1 or len(outcomes) != 1:
+        return None
+    event, flight = flights[0]
+    outcome, row = outcomes.get(flight.ti_id), current.get(flight.ti_id)
+    if outcome is None or row is None or flight.ti_id in relaunched:
+        return None
+    if row.state == states.SCHEDULED:
+        return None
+    return outcome, _attempt_end(event, flight, outcome.state)
 
 
 async def callbacks_due(

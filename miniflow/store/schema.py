@@ -116,4 +116,3 @@ async def check(engine: AsyncEngine) -> None:
         f"the database schema is at revision {revision}, older than this miniflow "
         f"({HEAD}): run `miniflow db upgrade`"
     )
-

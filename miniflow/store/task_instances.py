@@ -21,6 +21,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Integer,
     Table,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    type_coerce,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -310,14 +312,21 @@ async def serialize_claims(session: AsyncSession) -> None:
         await session.execute(_CLAIM_LOCK)
 
 
-async def active_counts(
-    session: AsyncSession,
-) -> tuple[int, dict[str, int], dict[str, int]]:
+ActiveCounts = tuple[int, dict[str, int], dict[str, int]]
+"""Queued+running task instances: total, per DAG, per pool."""
+
+
+async def active_counts(session: AsyncSession) -> ActiveCounts:
     """Queued+running task instances: total, per DAG, per pool."""
+    return _tally((await session.execute(_ACTIVE_COUNTS)).all())
+
+
+def _tally(groups: Iterable[Sequence[Any]]) -> ActiveCounts:
+    """`ActiveCounts` of (dag_id, pool, count) groups."""
     total = 0
     by_dag: dict[str, int] = defaultdict(int)
     by_pool: dict[str, int] = defaultdict(int)
-    for dag_id, pool, count in (await session.execute(_ACTIVE_COUNTS)).all():
+    for dag_id, pool, count in groups:
         total += count
         by_dag[dag_id] += count
         if pool is not None:
@@ -326,10 +335,39 @@ async def active_counts(
 
 
 _ACTIVE_COUNTS = (
-    select(_ti.c.dag_id, _ti.c.pool, func.count())
+    select(_ti.c.dag_id, _ti.c.pool, func.count().label("n"))
     .where(_ti.c.state.in_(list(states.ACTIVE)))
     .group_by(_ti.c.dag_id, _ti.c.pool)
 )
+
+
+async def counts_and_candidates(
+    session: AsyncSession, limit: int, now: datetime
+) -> tuple[ActiveCounts, list[Candidate]] | None:
+    """PostgreSQL: `active_counts` and the first window of `scheduled_candidates` (nothing
+    skipped) in one statement, both read in the snapshot it takes once the claim lock is
+    held; None when there is no candidate (then the counts are not needed). Every claiming
+    round starts with these two reads, and a chain of tasks pays each statement per link.
+    SQLite: the two statements."""
+    if session.get_bind().dialect.name != "postgresql":
+        candidates = await scheduled_candidates(session, limit, now)
+        return (await active_counts(session), candidates) if candidates else None
+    rows = (await session.execute(_COUNTS_AND_CANDIDATES, {"now": now, "limit": limit})).all()
+    if not rows:
+        return None
+    return _tally(rows[0][-1] or ()), [Candidate(*row[:-1]) for row in rows]
+
+
+def _counts_and_candidates() -> Any:
+    counts = _ACTIVE_COUNTS.subquery("active")
+    groups = (
+        select(func.json_agg(func.json_build_array(counts.c.dag_id, counts.c.pool, counts.c.n)))
+        .select_from(counts)
+        .scalar_subquery()
+    )
+    return _candidates(True, False, False, False).add_columns(
+        type_coerce(groups, JSON()).label("active")
+    )
 
 
 async def scheduled_candidates(
@@ -430,6 +468,9 @@ def _candidates(per_run: bool, skip_dags: bool, skip_pools: bool, skip_ids: bool
     )
 
 
+_COUNTS_AND_CANDIDATES = _counts_and_candidates()
+
+
 async def mark_queued(session: AsyncSession, ids: Sequence[int], now: datetime) -> dict[int, int]:
     """scheduled → queued; returns {ti_id: try_number} of those claimed.
 
@@ -509,23 +550,29 @@ async def finish(session: AsyncSession, outcomes: Sequence[Outcome], now: dateti
         key = (item.state, item.expected, item.exit_code, item.error, item.next_retry_at, extra_key)
         groups[key].append(item)
     changed: set[int] = set()
-    for (state, expected, exit_code, error, next_retry_at, _), items in groups.items():
-        transitions.check(expected, state)
-        extra = items[0].extra
-        statement = _finish_statement(expected, tuple(sorted(extra)))
-        values: dict[str, Any] = {
-            "v_state": state,
-            "v_exit_code": exit_code,
-            "v_error": error,
-            "v_next_retry_at": next_retry_at,
-            "v_ended_at": now,
-            **{f"v_{name}": value for name, value in extra.items()},
-        }
+    for items in groups.values():
+        statement, values = finish_step(items[0], now)
         keys = [(i.ti_id, i.try_number) for i in items]
         for chunk in chunked(keys):
             result = await session.execute(statement, {**values, "keys": list(chunk)})
             changed.update(row[0] for row in result.all())
     return changed
+
+
+def finish_step(outcome: Outcome, now: datetime) -> tuple[Any, dict[str, Any]]:
+    """The UPDATE that applies `outcome` (and every outcome with its values) and its
+    parameters but `keys`, the (id, try) pairs; it returns the ids it changed."""
+    transitions.check(outcome.expected, outcome.state)
+    statement = _finish_statement(outcome.expected, tuple(sorted(outcome.extra)))
+    values: dict[str, Any] = {
+        "v_state": outcome.state,
+        "v_exit_code": outcome.exit_code,
+        "v_error": outcome.error,
+        "v_next_retry_at": outcome.next_retry_at,
+        "v_ended_at": now,
+        **{f"v_{name}": value for name, value in outcome.extra.items()},
+    }
+    return statement, values
 
 
 @cache

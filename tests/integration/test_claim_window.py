@@ -154,3 +154,31 @@ async def test_a_claim_round_reads_what_it_claims_not_the_whole_run(
         assert decided == 32
         read = await _rows_read(session) - before
     assert read < BOUND, f"one claim round read {read} task instance rows"
+
+
+async def test_counts_come_with_the_first_window(engine: AsyncEngine) -> None:
+    """`counts_and_candidates` (one statement on PostgreSQL) answers what `active_counts`
+    and an unfiltered `scheduled_candidates` answer apart; nothing when nothing waits."""
+    sessions = store_engine.sessionmaker(engine)
+    dag = _dag("counted", {"a": 1, "b": 5, "c": 1, "d": 1}, pools={"c": "p", "d": "p"})
+    async with store_engine.transaction(sessions) as session:
+        await store_dags.apply_parse(
+            session, [store_dags.ParsedFile("d.py", 1, 1, "h", [dag], None)], [], NOW
+        )
+        assert await store_tis.counts_and_candidates(session, 10, NOW) is None
+        ids = await _running_run(session, dag, "r", days_old=1)
+        # Two active: one running in the pool, one queued outside it.
+        await store_tis.set_states(
+            session, [(ids[t], states.SCHEDULED, states.QUEUED) for t in "ac"], NOW
+        )
+        await store_tis.set_states(session, [(ids["c"], states.QUEUED, states.RUNNING)], NOW)
+    async with store_engine.transaction(sessions) as session:
+        found = await store_tis.counts_and_candidates(session, 10, NOW)
+        assert found is not None
+        counts, candidates = found
+        assert counts == await store_tis.active_counts(session) == (2, {"counted": 2}, {"p": 1})
+        apart = await store_tis.scheduled_candidates(session, limit=10, now=NOW)
+        assert [c.id for c in candidates] == [c.id for c in apart] == [ids["b"], ids["d"]]
+        assert candidates == apart
+        found = await store_tis.counts_and_candidates(session, 1, NOW)
+        assert found is not None and [c.id for c in found[1]] == [ids["b"]]

@@ -241,11 +241,12 @@ async def test_a_rounds_cost_does_not_grow_with_the_run(
 
 async def test_a_chain_link_costs_the_statements_it_needs_and_no_more(engine: AsyncEngine) -> None:
     """From one task's exit to the next one's recorded start, on PostgreSQL: the fence, the
-    row, its outcome and attempt, the next task scheduled, the claim (lock, counts,
-    window, one statement queuing it and opening its attempt) and one statement for the
-    start (no transaction around it). SQLite: the claim and the start are two statements
-    each and BEGIN is one too. Before: 14 and 15 (a grouped count of the run's states,
-    and separate statements for the claim and the start)."""
+    row, its outcome with its attempt's end (one statement), the next task scheduled, the claim (lock, the counts
+    with the candidate window, one statement queuing it and opening its attempt) and one
+    statement for the start (no transaction around it). SQLite: the counts, the claim and
+    the start are two statements each and BEGIN is one too. Before: 14 and 15 (a grouped
+    count of the run's states, and separate statements for the claim and the start),
+    then 11 (the counts apart from the window, the attempt apart from the outcome)."""
     clock = ManualClock(datetime.now(UTC))
     async with Harness(engine, hold=True, clock=clock) as h:
         await h.register(_chain("link_cost"))
@@ -255,4 +256,43 @@ async def test_a_chain_link_costs_the_statements_it_needs_and_no_more(engine: As
         with _count_statements(engine) as seen:
             await h.scheduler.tick()
         assert _launched(h) == ["a", "b"]
-    assert seen[0] <= (11 if engine.dialect.name == "postgresql" else 14), seen[0]
+    assert seen[0] <= (9 if engine.dialect.name == "postgresql" else 14), seen[0]
+
+
+async def test_a_lone_schedulers_own_tries_in_flight_hold_their_slots(engine: AsyncEngine) -> None:
+    """Parallelism counts processes: tries whose workers recorded their end while their
+    processes still run keep their slots until the exits arrive, and a scheduler whose
+    whole parallelism is in flight claims nothing (no lock, no count)."""
+    clock = ManualClock(datetime.now(UTC))
+    with DAG("held_slots", start_date=START) as dag:
+        for name in "abcd":
+            Bash(name, "true")
+    async with Harness(engine, hold=True, clock=clock, parallelism=2) as h:
+        await h.register(dag)
+        run_id = await h.trigger("held_slots")
+        await h.scheduler.tick()
+        first = _launched(h)
+        assert len(first) == 2
+        tis = await h.tis("held_slots", run_id)
+        async with store_engine.transaction(h.sessions) as session:
+            changed = await store_tis.finish(
+                session,
+                [store_tis.Outcome(tis[t].id, tis[t].try_number, "success") for t in first],
+                clock.now(),
+            )
+        assert len(changed) == 2  # to the database, nothing is active any more
+        texts: list[str] = []
+
+        def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            texts.append(statement)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+        try:
+            await h.scheduler.tick()
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+        assert _launched(h) == first
+        assert not [t for t in texts if "advisory" in t or "count(" in t], texts
+        h.launcher.release()
+        await h.scheduler.tick()
+        assert len(_launched(h)) == 4

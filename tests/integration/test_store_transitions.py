@@ -187,6 +187,56 @@ async def test_attempt_rows_are_never_rewritten_after_they_end(engine: AsyncEngi
     )
 
 
+async def test_an_outcome_and_its_attempts_end_are_written_together(engine: AsyncEngine) -> None:
+    """`finish_and_close` (one statement on PostgreSQL): the attempt ends only where the
+    outcome applied, a noted decision's state and reason stay, and an attempt that had
+    already ended is never rewritten (the outcome still applies to its task instance)."""
+    sessions, pk = await _setup(engine, n=3)
+    claimed = await _queue_all(sessions, pk)
+    applies, refused, ended = sorted(claimed)
+    async with store_engine.transaction(sessions) as session:
+        await store_attempts.open_attempts(
+            session,
+            [(i, "d", "r1", f"t{n}", 1, -1) for n, i in enumerate((applies, refused, ended))],
+            launcher="x",
+            scheduler_id="s",
+            now=NOW,
+        )
+        await store_attempts.note(session, [(applies, 1, "Lost", "noted first")])
+        done = store_attempts.AttemptEnd(ended, 1, "success", 0, "Completed", None, None, NOW)
+        await store_attempts.close(session, [done])
+
+        def end(ti_id: int) -> store_attempts.AttemptEnd:
+            return store_attempts.AttemptEnd(ti_id, 1, "failed", 2, "Error", "exit 2", "tail", NOW)
+
+        failed = store_tis.Outcome(applies, 1, states.FAILED, exit_code=2, error="exit 2")
+        assert await store_attempts.finish_and_close(session, failed, end(applies), NOW) == {
+            applies
+        }
+        late = store_tis.Outcome(refused, 1, states.FAILED, expected=(states.RUNNING,))
+        assert await store_attempts.finish_and_close(session, late, end(refused), NOW) == set()
+        again = store_tis.Outcome(ended, 1, states.FAILED)
+        assert await store_attempts.finish_and_close(session, again, end(ended), NOW) == {ended}
+        rows = await store_tis.fetch(session, [applies, refused, ended])
+        attempts = {
+            a.ti_id: a
+            for n in range(3)
+            for a in await store_attempts.for_task(session, "d", "r1", f"t{n}")
+        }
+    assert (rows[applies].state, rows[refused].state) == (states.FAILED, states.QUEUED)
+    first = attempts[applies]
+    assert (first.state, first.exit_code, first.reason, first.log_tail, first.ended_at) == (
+        "failed",
+        2,
+        "Lost",
+        "tail",
+        NOW,
+    )
+    assert first.message == "noted first; exit 2"
+    assert attempts[refused].ended_at is None and attempts[refused].state == "queued"
+    assert (attempts[ended].state, attempts[ended].exit_code) == ("success", 0)
+
+
 async def test_a_relaunched_try_belongs_to_the_scheduler_that_claimed_it_again(
     engine: AsyncEngine,
 ) -> None:
