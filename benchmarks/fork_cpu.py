@@ -81,6 +81,7 @@ def measured_entry(argv: list[str]) -> int:
     for owner, name, label in (
         (runner, "parse_args", "parse arguments"),
         (runner, "load_config", "load config"),
+        (runner, "try_config", "config (prepared, or loaded)"),
         (runner, "worker_engine", "engine"),
         (runner, "create_engine", "engine"),
         (runner, "check_connection", "connect + SELECT 1"),

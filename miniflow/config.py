@@ -244,6 +244,29 @@ def default_home(env: Mapping[str, str]) -> Path:
     return user_home / "miniflow"
 
 
+def config_inputs(env: Mapping[str, str]) -> dict[str, str]:
+    """The entries of `env` that `load_config` reads (with its config file, the whole input
+    of the configuration)."""
+    return {name: env[name] for name in _INPUT_NAMES if name in env}
+
+
+_INPUT_NAMES = (
+    "HOME",
+    "MINIFLOW_HOME",
+    "MINIFLOW_CONFIG",
+    *(f"MINIFLOW_{f.name.upper()}" for f in fields(Config) if f.name != "extra"),
+)
+
+
+def config_file(env: Mapping[str, str], home: Path | None = None) -> Path | None:
+    """The config file `load_config` reads for `env`: `MINIFLOW_CONFIG`, else
+    `<home>/miniflow.toml` if it exists."""
+    if env.get("MINIFLOW_CONFIG"):
+        return Path(env["MINIFLOW_CONFIG"])
+    path = (home or default_home(env)) / CONFIG_FILE_NAME
+    return path if path.is_file() else None
+
+
 def _convert(name: str, raw: object) -> Any:
     text = str(raw)
     conv = _CONVERTERS.get(name)
@@ -265,9 +288,7 @@ def load_config(
     values: dict[str, Any] = {}
     extra: dict[str, str] = {}
     home = Path(overrides["home"]) if overrides.get("home") else default_home(env)
-    path = toml_path or (Path(env["MINIFLOW_CONFIG"]) if env.get("MINIFLOW_CONFIG") else None)
-    if path is None and (home / CONFIG_FILE_NAME).is_file():
-        path = home / CONFIG_FILE_NAME
+    path = toml_path or config_file(env, home)
     if path is not None:
         table = _read_toml(path)
         for key, raw in table.items():

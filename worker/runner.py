@@ -68,7 +68,7 @@ from miniflow.authoring.dag import DAG
 from miniflow.authoring.taskflow import PythonTask
 from miniflow.authoring.templates import render_task_fields, render_with_dag
 from miniflow.authoring.xcom import XComError, check_value, pushed_line
-from miniflow.config import Config, load_config
+from miniflow.config import Config, config_inputs, load_config
 from miniflow.errors import ConfigError, DatabaseUnavailable, TemplateError
 from miniflow.store.config_values import DatabaseBackend
 from miniflow.store.engine import check_connection, create_engine, sessionmaker
@@ -99,6 +99,21 @@ PREPARED_ENGINES: dict[str, AsyncEngine] = {}
 """Engines a forking parent made ready for its children, by database URL
 (`miniflow_worker.warm.prefork`): dialect initialised and the worker's statements compiled
 into the engine's cache (which is per engine), no connection open. Empty in a cold worker."""
+
+
+PREPARED_CONFIG: list[tuple[dict[str, str], Config]] = []
+"""The configuration a forking parent read for its next child (`miniflow_worker.warm.prefork`)
+and what it read it from (`config.config_inputs`), as one item; empty in a cold worker."""
+
+
+def try_config() -> Config:
+    """The configuration of this try: the forking parent's, read just before the fork from
+    this very environment, else read now (raises `ConfigError`)."""
+    if PREPARED_CONFIG:
+        inputs, config = PREPARED_CONFIG[0]
+        if config_inputs(os.environ) == inputs:
+            return config
+    return load_config()
 
 
 def new_engine(url: str) -> AsyncEngine:
@@ -144,7 +159,7 @@ def main(argv: list[str], *, resume_gc: bool = False) -> int:
     user code (the DAG file's import included) runs."""
     args = parse_args(argv)
     try:
-        config = load_config()
+        config = try_config()
     except ConfigError as exc:
         log(f"configuration error: {exc}")
         return EXIT_UNAVAILABLE

@@ -241,12 +241,13 @@ async def test_a_rounds_cost_does_not_grow_with_the_run(
 
 async def test_a_chain_link_costs_the_statements_it_needs_and_no_more(engine: AsyncEngine) -> None:
     """From one task's exit to the next one's recorded start, on PostgreSQL: the fence, the
-    row, its outcome with its attempt's end (one statement), the next task scheduled, the claim (lock, the counts
-    with the candidate window, one statement queuing it and opening its attempt) and one
-    statement for the start (no transaction around it). SQLite: the counts, the claim and
-    the start are two statements each and BEGIN is one too. Before: 14 and 15 (a grouped
-    count of the run's states, and separate statements for the claim and the start),
-    then 11 (the counts apart from the window, the attempt apart from the outcome)."""
+    row, its outcome with its attempt's end (one statement), the next task scheduled, the
+    claim (lock, the counts with the candidate window, one statement queuing it and
+    opening its attempt) and one statement for the start (no transaction around it).
+    SQLite: the counts, the claim and the start are two statements each and BEGIN is one
+    too. Before: 14 and 15 (a grouped count of the run's states, and separate statements
+    for the claim and the start), then 11 (the counts apart from the window, the attempt
+    apart from the outcome)."""
     clock = ManualClock(datetime.now(UTC))
     async with Harness(engine, hold=True, clock=clock) as h:
         await h.register(_chain("link_cost"))
