@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -329,16 +330,19 @@ def dags_trigger(
 
     @command_runner
     async def run() -> int:
-        from miniflow.cli import operations, views
+        from miniflow.cli import operations, views, wiring
 
         config = _config(ctx)
-        created = await operations.trigger(
-            config, dag_id, conf_json=conf_json, run_id=run_id, logical_date=when
-        )
-        click.echo(f"created run {created} of {dag_id}")
-        if not wait:
-            return 0
-        state = await views.follow_run(config, dag_id, created)
+        # `--wait`: one engine for the trigger and the follower (a second one connected,
+        # checked the schema and initialised its dialect again).
+        async with wiring.open_engine(config) if wait else nullcontext() as engine:
+            created = await operations.trigger(
+                config, dag_id, conf_json=conf_json, run_id=run_id, logical_date=when, engine=engine
+            )
+            click.echo(f"created run {created} of {dag_id}")
+            if not wait:
+                return 0
+            state = await views.follow_run(config, dag_id, created, engine)
         return 0 if state == "success" else 1
 
     return run()

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from miniflow.authoring.schedule import DataInterval, Timetable
 from miniflow.authoring.serialized import SerializedDag, readable
@@ -65,7 +65,12 @@ def _now() -> datetime:
 
 @asynccontextmanager
 async def _session(
-    config: Config, *, parse: bool = False, read_only: bool = False, parse_for: str | None = None
+    config: Config,
+    *,
+    parse: bool = False,
+    read_only: bool = False,
+    parse_for: str | None = None,
+    engine: AsyncEngine | None = None,
 ) -> AsyncIterator[AsyncSession]:
     """One engine for the whole command: parse first if asked (the folder, or only what one
     DAG needs: `parse_for`), then one transaction.
@@ -76,7 +81,7 @@ async def _session(
     """
     if read_only:
         _require_sqlite_file(config)
-    async with wiring.open_engine(config) as engine:
+    async with wiring.using_engine(config, engine) as engine:
         sessions = store_engine.sessionmaker(engine)
         if parse or parse_for is not None:
             parser = DagParser(config.dags_folder, timeout=config.parse_timeout)
@@ -219,8 +224,9 @@ async def trigger(
     run_id: str | None = None,
     logical_date: datetime | None = None,
     parse: bool = True,
+    engine: AsyncEngine | None = None,
 ) -> str:
-    async with _session(config, parse_for=dag_id if parse else None) as session:
+    async with _session(config, parse_for=dag_id if parse else None, engine=engine) as session:
         return await manual_runs.trigger(
             session,
             dag_id,

@@ -439,7 +439,9 @@ PROGRESS_INTERVAL = 0.25  # seconds between two looks at a followed run's progre
 """Seconds `dags trigger --wait` waits before it checks that a scheduler is running."""
 
 
-async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
+async def follow_run(
+    config: Config, dag_id: str, run_id: str, engine: AsyncEngine | None = None
+) -> str:
     """`dags trigger --wait`: a live progress view until the run ends, then the run's
     task instances; returns its state.
 
@@ -457,7 +459,10 @@ async def follow_run(config: Config, dag_id: str, run_id: str) -> str:
     console = make_console()
     threshold = SchedulerSettings().instance_timeout
     check_at: float | None = asyncio.get_running_loop().time() + NO_SCHEDULER_AFTER
-    async with wiring.open_engine(config) as engine, wakeup.Listener(engine) as listener:
+    async with (
+        wiring.using_engine(config, engine) as engine,
+        wakeup.Listener(engine) as listener,
+    ):
         sessions = store_engine.sessionmaker(engine)
         with Live(console=console, refresh_per_second=4) as live:
             while True:

@@ -55,6 +55,17 @@ async def open_engine(
         await engine.dispose()
 
 
+@asynccontextmanager
+async def using_engine(config: Config, engine: AsyncEngine | None) -> AsyncIterator[AsyncEngine]:
+    """`engine` if a caller opened one for several steps (`dags trigger --wait`: the trigger
+    and the follower), else one opened (and disposed of) for the block."""
+    if engine is not None:
+        yield engine
+        return
+    async with open_engine(config) as opened:
+        yield opened
+
+
 def make_launcher(config: Config) -> Launcher:
     """The launcher named by `MINIFLOW_LAUNCHER`."""
     if config.launcher == "kubernetes":
