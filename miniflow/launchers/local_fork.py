@@ -590,6 +590,17 @@ def _reap(children: dict[int, _Child], relay: _Relay | None = None) -> None:
         os.close(child.done_w)
 
 
+def replace_environ(env: Mapping[str, str]) -> None:
+    """Make `os.environ` exactly `env`, changing only what differs: an attempt's environment
+    is mostly the forkserver's, and clearing and refilling it (every variable unset and
+    set again, in pages copied for the child) cost a forked attempt ~0.75 ms of CPU."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def _attempt(request: dict[str, Any], go_fd: int) -> NoReturn:
     """The forked attempt: wait for go, run `entry(argv)`, record its exit code."""
     code = 1
@@ -604,8 +615,7 @@ def _attempt(request: dict[str, Any], go_fd: int) -> NoReturn:
         os.close(go_fd)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.environ.clear()
-        os.environ.update(request["env"])
+        replace_environ(request["env"])
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, io.TextIOWrapper):
                 stream.reconfigure(line_buffering=True)

@@ -1011,3 +1011,24 @@ async def test_launch_leaves_the_event_loop_free_and_keeps_the_order(
         if isinstance(event, AttemptStarted):
             started.append(event.key.task_id)
     assert started == [f"t{i}" for i in range(5)]
+
+
+def test_a_forked_attempts_environment_is_exactly_the_one_it_was_given() -> None:
+    """`local_fork.replace_environ` changes only what differs, and leaves exactly the
+    attempt's environment: for Python (`os.environ`) and for the processes it starts."""
+    import subprocess
+
+    saved = dict(os.environ)
+    wanted = {**saved, "MF_KEEP": "same", "MF_CHANGED": "new", "MF_ADDED": "x y"}
+    wanted.pop("MF_DROPPED", None)
+    try:
+        os.environ.update({"MF_KEEP": "same", "MF_CHANGED": "old", "MF_DROPPED": "gone"})
+        local_fork.replace_environ(wanted)
+        assert dict(os.environ) == wanted
+        seen = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+        lines = set(seen.splitlines())
+        assert {"MF_KEEP=same", "MF_CHANGED=new", "MF_ADDED=x y"} <= lines
+        assert not [line for line in lines if line.startswith("MF_DROPPED=")]
+    finally:
+        local_fork.replace_environ(saved)
+    assert dict(os.environ) == saved
