@@ -114,7 +114,6 @@ class Relay:
             sock = socket.socket(fileno=int(value))
         except (ValueError, OSError):
             return None
-        sock.settimeout(CHILD_TIMEOUT)
         return cls(sock, url)
 
     async def claim(self, ref: TryRef) -> Claim | str:
@@ -135,7 +134,7 @@ class Relay:
             # CLOCK_MONOTONIC is one clock for every process of the host.
             deadline = time.monotonic() + CHILD_TIMEOUT
             message = dumps((op, self.url, args, deadline))
-            self.sock.settimeout(CHILD_TIMEOUT)  # sendall's
+            self._wait_until(deadline)
             self.sock.sendall(_HEADER.pack(len(message)) + message)
             (size,) = _HEADER.unpack(self._read(_HEADER.size, deadline))
             status, value = loads(self._read(size, deadline))
@@ -149,13 +148,17 @@ class Relay:
     def _read(self, size: int, deadline: float) -> bytes:
         chunks, left = [], size
         while left:
-            self.sock.settimeout(max(0.0, deadline - time.monotonic()) or 1e-6)
+            self._wait_until(deadline)
             chunk = self.sock.recv(left)
             if not chunk:
                 raise EOFError("the relay process closed the socket")
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
+
+    def _wait_until(self, deadline: float) -> None:
+        """The socket's next operation times out at `deadline` (one already past: at once)."""
+        self.sock.settimeout(max(deadline - time.monotonic(), 1e-6))
 
     def close_quietly(self) -> None:
         try:

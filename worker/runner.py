@@ -101,18 +101,16 @@ PREPARED_ENGINES: dict[str, AsyncEngine] = {}
 into the engine's cache (which is per engine), no connection open. Empty in a cold worker."""
 
 
-PREPARED_CONFIG: list[tuple[dict[str, str], Config]] = []
-"""The configuration a forking parent read for its next child (`miniflow_worker.warm.prefork`)
-and what it read it from (`config.config_inputs`), as one item; empty in a cold worker."""
+PREPARED_CONFIG: tuple[dict[str, str], Config] | None = None
+"""What a forking parent read its next child's configuration from (`config.config_inputs`)
+and that configuration (`miniflow_worker.warm.prefork`); None in a cold worker."""
 
 
 def try_config() -> Config:
     """The configuration of this try: the forking parent's, read just before the fork from
     this very environment, else read now (raises `ConfigError`)."""
-    if PREPARED_CONFIG:
-        inputs, config = PREPARED_CONFIG[0]
-        if config_inputs(os.environ) == inputs:
-            return config
+    if PREPARED_CONFIG is not None and config_inputs(os.environ) == PREPARED_CONFIG[0]:
+        return PREPARED_CONFIG[1]
     return load_config()
 
 

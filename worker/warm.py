@@ -34,7 +34,10 @@ import importlib
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from miniflow.config import Config
 
 PRELOAD = (
     "miniflow_worker.runner",
@@ -191,7 +194,7 @@ def prefork(env: Mapping[str, str], dag_file: str | None = None) -> None:
 
 _prepared_for: set[str | None] = set()
 
-_configs: dict[tuple[tuple[tuple[str, str], ...], tuple[int, int, int] | None], Any] = {}
+_configs: dict[tuple[tuple[tuple[str, str], ...], tuple[int, int, int] | None], Config] = {}
 """Configurations read, by their environment entries and their config file's (mtime, size,
 inode); a handful at most (one per launcher's environment)."""
 
@@ -205,7 +208,7 @@ def _prepare_config(env: Mapping[str, str]) -> None:
 
     from miniflow.config import config_file, config_inputs, load_config
 
-    runner.PREPARED_CONFIG.clear()
+    runner.PREPARED_CONFIG = None
     inputs = config_inputs(env)
     if "MINIFLOW_HOME" not in inputs and "HOME" not in inputs:
         return  # the home folder would come from this process' own HOME or passwd entry
@@ -223,7 +226,7 @@ def _prepare_config(env: Mapping[str, str]) -> None:
             config = _configs[key] = load_config(environ=inputs)
     except Exception:  # a bad setting, a config file gone: the child reports it
         return
-    runner.PREPARED_CONFIG.append((inputs, config))
+    runner.PREPARED_CONFIG = (inputs, config)
 
 
 def relay(message: bytes) -> bytes:

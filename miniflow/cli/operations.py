@@ -72,8 +72,9 @@ async def _session(
     parse_for: str | None = None,
     engine: AsyncEngine | None = None,
 ) -> AsyncIterator[AsyncSession]:
-    """One engine for the whole command: parse first if asked (the folder, or only what one
-    DAG needs: `parse_for`), then one transaction.
+    """One engine for the whole command (`engine`, if the caller opened one for more than
+    this): parse first if asked (the folder, or only what one DAG needs: `parse_for`), then
+    one transaction.
 
     `read_only` commands never create the embedded SQLite database: a missing
     file means nothing ever ran with this MINIFLOW_HOME / state dir, which is

@@ -140,18 +140,7 @@ async def _resolve_unknown(
         elif not current and key in exits:
             event = exits[key]
             state = states.SUCCESS if event.exit_code == 0 else states.FAILED
-            stale.append(
-                store_attempts.AttemptEnd(
-                    row.id,
-                    key.try_number,
-                    state,
-                    event.exit_code,
-                    event.reason,
-                    event.message,
-                    event.log_tail,
-                    event.at,
-                )
-            )
+            stale.append(_attempt_end(event, row.id, state))
     await store_attempts.close(session, stale)
 
 
@@ -287,7 +276,7 @@ async def _record_exits(
             error, callback_state = None, ""
         ended.append((event.key, flight.run_pk, callback_state, error))
         if flight.ti_id not in closed:
-            ends.append(_attempt_end(event, flight, state))
+            ends.append(_attempt_end(event, flight.ti_id, state))
         log.info(
             "%s exited: code=%s reason=%s → %s", event.key, event.exit_code, event.reason, state
         )
@@ -296,9 +285,10 @@ async def _record_exits(
     return {flight.run_pk for _, flight in flights}
 
 
-def _attempt_end(event: AttemptExited, flight: InFlight, state: str) -> store_attempts.AttemptEnd:
+def _attempt_end(event: AttemptExited, ti_id: int, state: str) -> store_attempts.AttemptEnd:
+    """The end of the attempt of `event`'s try, judged `state`."""
     return store_attempts.AttemptEnd(
-        flight.ti_id,
+        ti_id,
         event.key.try_number,
         state,
         event.exit_code,
@@ -326,7 +316,7 @@ def _closed_with_outcome(
         return None
     if row.state == states.SCHEDULED:
         return None
-    return outcome, _attempt_end(event, flight, outcome.state)
+    return outcome, _attempt_end(event, flight.ti_id, outcome.state)
 
 
 async def callbacks_due(

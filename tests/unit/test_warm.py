@@ -75,7 +75,7 @@ CONFIG_PROBE = textwrap.dedent(
         return runner.try_config()
 
     warm.prefork({**env, "MINIFLOW_PARALLELISM": "7"})
-    prepared = runner.PREPARED_CONFIG[0][1]
+    prepared = runner.PREPARED_CONFIG[1]
     loaded = runner.load_config
     runner.load_config = None  # a child that reads its configuration itself fails here
     config = child(env, MINIFLOW_PARALLELISM="7")
@@ -89,7 +89,7 @@ CONFIG_PROBE = textwrap.dedent(
     warm.prefork(env)
     seen["file changed"] = child(env).parallelism
     warm.prefork({**env, "MINIFLOW_PARALLELISM": "many"})
-    seen["bad value prepared"] = bool(runner.PREPARED_CONFIG)
+    seen["bad value prepared"] = runner.PREPARED_CONFIG is not None
     try:
         child(env, MINIFLOW_PARALLELISM="many")
     except ConfigError as exc:
