@@ -240,10 +240,25 @@ def main() -> None:
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--forked-ahead",
+        action="store_true",
+        help="fork the measured forkserver from this process once it has imported what "
+        "`miniflow scheduler` imports (as the scheduler does), instead of spawning it",
+    )
     args = parser.parse_args()
     assert args.count + 1 <= worker_startup.TASKS
     backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
     for backend in backends:
+        if args.forked_ahead:
+            import miniflow.cli.daemon  # noqa: F401  (the scheduler's imports)
+            from miniflow.launchers import local_fork
+            from miniflow.store import engine as store_engine
+
+            store_engine.load_driver(
+                "postgresql+asyncpg://-/-" if backend == "postgres" else "sqlite+aiosqlite://"
+            )
+            assert local_fork.fork_ahead(), "this process runs threads: cannot fork ahead"
         asyncio.run(measure(backend, args.count, args.profile))
 
 

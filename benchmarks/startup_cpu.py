@@ -57,6 +57,7 @@ IDLE_DAG = textwrap.dedent(
 )
 
 KINDS = (
+    ("miniflow forkserver", "forkserver (+ relay)"),  # its title (`proc_title`)
     ("local_fork", "forkserver (+ relay)"),
     ("multiprocessing.forkserver", "parse forkserver"),
     ("multiprocessing.resource_tracker", "resource tracker"),
@@ -167,7 +168,7 @@ def main() -> None:
         f"`miniflow scheduler` start-up CPU, {args.backend}, DAG {args.dag}, "
         f"{args.repeat} samples (s)"
     )
-    kinds = [name for _, name in KINDS] + ["other"]
+    kinds = [*dict.fromkeys(name for _, name in KINDS), "other"]
     for kind in [*kinds, "total"]:
         values = [sum(s.values()) if kind == "total" else s.get(kind, 0.0) for s in samples]
         if not any(values):

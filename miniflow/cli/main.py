@@ -27,6 +27,7 @@ from miniflow.cli.common import (
     command_runner,
     output_option,
 )
+from miniflow.config import Config
 
 
 @click.group(cls=MiniflowGroup)
@@ -95,7 +96,19 @@ def scheduler(ctx: click.Context) -> None:
     config = _config(ctx)
     logging.getLogger().setLevel(logging.INFO)
     log_format.configure(config.log_format)
+    _fork_ahead(config)
     command_runner(daemon.run_scheduler)(config)
+
+
+def _fork_ahead(config: Config) -> None:
+    """Fork the local launcher's forkserver now, while this process has imported what
+    it shares with the workers and has started no thread (`local_fork.fork_ahead`)."""
+    if config.launcher == "local":
+        from miniflow.launchers import local_fork
+        from miniflow.store import engine as store_engine
+
+        store_engine.load_driver(config.database_url)  # the forkserver's workers use it too
+        local_fork.fork_ahead()
 
 
 @main.command()
@@ -151,6 +164,7 @@ def standalone(
         )
         sys.exit(2)
     click.echo(f"miniflow home: {config.home}  database: {config.safe_database_url()}")
+    _fork_ahead(config)
     code = command_runner(daemon.run_standalone)(
         config, trigger_all=trigger_all, exit_when_done=exit_when_done, webserver=not no_webserver
     )

@@ -209,7 +209,9 @@ class LocalLauncher:
     async def start(self) -> None:
         """Check the state dir, boot the forkserver, adopt or report the live index."""
         procs.check_state_dir(self.state_dir)
-        if self.python_mode == "fork":
+        if self.python_mode != "fork":
+            local_fork.discard_ahead()
+        else:
             # Boot it (and its preloads) now, not on the first Python task.
             host = host_env()
             server = local_fork.ForkServer(
@@ -227,6 +229,11 @@ class LocalLauncher:
                 self.python_mode = "exec"
             else:
                 self._forkserver = server
+                log.info(
+                    "Python tasks fork from forkserver pid %s (%s)",
+                    server.pid,
+                    "forked from this process" if server.forked_ahead else "a new interpreter",
+                )
         await self._adopt_live(asyncio.get_running_loop())
 
     async def close(self) -> None:

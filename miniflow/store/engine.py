@@ -31,6 +31,18 @@ from miniflow.errors import DatabaseUnavailable
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
+def load_driver(url: str) -> None:
+    """Import the URL's SQLAlchemy dialect and its driver now (what `create_engine` and
+    the first connection import otherwise); quietly nothing for a URL they reject."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError):
+        pass  # create_engine reports it, where it is used
+
+
 def create_engine(
     url: str,
     *,

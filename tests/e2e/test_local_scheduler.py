@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -20,6 +21,7 @@ from miniflow.scheduler.core import Scheduler, SchedulerSettings
 from miniflow.store import attempts as store_attempts
 from miniflow.store import engine as store_engine
 from miniflow.store import runs as store_runs
+from miniflow.store import task_instances as store_tis
 from miniflow.store.records import AttemptRecord
 from tests.e2e.helpers import (
     SchedulerHandle,
@@ -327,3 +329,68 @@ async def test_scheduler_sigkill_and_restart_runs_nothing_twice(
     tries = {(a.task_id, a.try_number) for a in await attempts()}
     assert len(tries) == len(await attempts())
     assert "adopting" in (tmp_path / "scheduler2.log").read_text()
+
+
+TITLES_DAG = """
+import os
+from datetime import datetime
+from pathlib import Path
+from miniflow import DAG, task
+
+
+def _stat_ppid(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@task
+def titles():
+    server = os.getppid()
+    return {
+        "mine": Path("/proc/self/cmdline").read_bytes().rstrip(b"\\0").decode(),
+        "server": Path(f"/proc/{server}/cmdline").read_bytes().rstrip(b"\\0").decode(),
+        "servers_parent": _stat_ppid(server),
+        "server_pid": server,
+    }
+
+
+with DAG("titles", start_date=datetime(2026, 1, 1)):
+    titles()
+"""
+
+
+async def test_the_scheduler_forks_its_forkserver_and_ps_tells_them_apart(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`miniflow scheduler` forks the forkserver from itself (no new interpreter that
+    imports SQLAlchemy again); the forkserver and the Python try show names of their own
+    in `ps`, so `pkill -f "miniflow scheduler"` finds the scheduler alone."""
+    dags, state_dir = tmp_path / "dags", tmp_path / "state"
+    write_dag(dags, "titles.py", TITLES_DAG)
+    env = cli_env(db_url, dags, state_dir)
+    run_id = await operations.trigger(load_config(environ=env), "titles", conf_json=None)
+
+    async def finished() -> bool:
+        run = await query(db_url, store_runs.get_run, "titles", run_id)
+        return run.state in ("success", "failed")
+
+    log = tmp_path / "scheduler.log"
+    proc = spawn_cli(["scheduler"], env, log)
+    try:
+        await until(finished, RUN_TIMEOUT, "the run to finish")
+        pgrep = await asyncio.create_subprocess_exec(
+            "pgrep", "-f", "miniflow scheduler", stdout=asyncio.subprocess.PIPE
+        )
+        found = (await pgrep.communicate())[0].decode().split()
+        assert stop(proc, signal.SIGTERM) == 0
+    finally:
+        kill_group(proc)
+        proc.wait(5)
+    (ti,) = await query(db_url, store_tis.list_for_run, "titles", run_id)
+    assert ti.state == "success", log.read_text()
+    seen = ti.result
+    assert "forked from this process" in log.read_text()
+    assert seen["server"] == "miniflow forkserver"
+    assert seen["servers_parent"] == proc.pid
+    assert seen["mine"].startswith("miniflow-worker run --dag-id titles")
+    assert str(proc.pid) in found
+    assert str(seen["server_pid"]) not in found

@@ -1032,3 +1032,84 @@ def test_a_forked_attempts_environment_is_exactly_the_one_it_was_given() -> None
     finally:
         local_fork.replace_environ(saved)
     assert dict(os.environ) == saved
+
+
+FORKED_AHEAD_CHECK = """
+import json, os, sys, time
+from pathlib import Path
+from miniflow.launchers import local_fork
+
+tmp, entry_module = Path(sys.argv[1]), sys.argv[2]
+assert local_fork.fork_ahead()
+server = local_fork.ForkServer(
+    [entry_module], env={**os.environ, "SERVER_MARK": "s"}, sys_path=sys.path
+)
+server.start()
+try:
+    go_r, go_w = os.pipe()
+    pid, done = server.fork(
+        entry_module + ":main", ["run", "--dag-id", "d"], log_path=str(tmp / "a.log"),
+        exit_path=str(tmp / "a.exit"), env={"ENTRY_MARK": "a", "ENTRY_WAIT_FOR": str(tmp / "go")},
+        go_fd=go_r,
+    )
+    os.close(go_r)
+    os.write(go_w, b"\\n")
+    os.close(go_w)
+    deadline = time.monotonic() + 30
+    log = tmp / "a.log"
+    while not log.exists() or "entry argv" not in log.read_text():  # waiting for "go"
+        assert time.monotonic() < deadline, "the attempt did not start"
+        time.sleep(0.005)
+    attempt_title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    (tmp / "go").touch()
+    assert os.read(done, 1) == b""
+    print(json.dumps({
+        "forked_ahead": server.forked_ahead,
+        "parent": int(Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]),
+        "me": os.getpid(),
+        "title": Path(f"/proc/{server.pid}/cmdline").read_bytes().rstrip(b"\\0").decode(),
+        "comm": Path(f"/proc/{server.pid}/comm").read_text().strip(),
+        "attempt_title": attempt_title.rstrip(b"\\0").decode(),
+        "environ": Path(f"/proc/{server.pid}/environ").read_bytes().decode(errors="replace"),
+        "log": (tmp / "a.log").read_text(),
+        "exit": (tmp / "a.exit").read_text(),
+    }))
+finally:
+    server.close()
+assert local_fork.fork_ahead()
+ahead_pid = local_fork._ahead[1]
+local_fork.discard_ahead()
+assert not Path(f"/proc/{ahead_pid}").exists(), "a server forked ahead and not taken exits"
+"""
+
+
+def test_a_forkserver_forked_ahead_is_taken_by_the_next_start_and_names_itself(
+    tmp_path: Path,
+) -> None:
+    """`fork_ahead` forks the server from the calling process (a fresh interpreter here:
+    it must be single-threaded); the next `ForkServer.start` takes it instead of spawning
+    one. The attempt runs as from a spawned server; the server and the attempt show names
+    of their own in `ps` (not the forking process' command line, which `pkill -f` would
+    match), and the server's original environment stays readable in /proc."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", FORKED_AHEAD_CHECK, str(tmp_path), local_launcher_entry.__name__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AHEAD_TOKEN": "t0k", "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["forked_ahead"] is True
+    assert seen["parent"] == seen["me"]
+    assert seen["title"] == "miniflow forkserver"
+    assert seen["comm"] == "mf-forkserver"
+    assert seen["attempt_title"].startswith("miniflow-worker run --dag-id d")
+    assert "AHEAD_TOKEN=t0k" in seen["environ"].split("\0")
+    assert "entry argv: run --dag-id d" in seen["log"]
+    assert "entry mark: a" in seen["log"]
+    assert seen["exit"] == "0"
