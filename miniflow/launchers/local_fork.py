@@ -427,6 +427,7 @@ def serve() -> NoReturn:
         proc_title.set_title("miniflow forkserver", "mf-forkserver")
         if isinstance(config.get("env"), dict):
             replace_environ(config["env"])
+            proc_title.set_startup_environ(config["env"])  # not its forker's, if forked
         sys.path[:] = config["sys_path"]
         for name in config["preload"]:
             try:

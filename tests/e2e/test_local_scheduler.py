@@ -350,6 +350,11 @@ def titles():
         "server": Path(f"/proc/{server}/cmdline").read_bytes().rstrip(b"\\0").decode(),
         "servers_parent": _stat_ppid(server),
         "server_pid": server,
+        "settings_seen": sorted(
+            entry.split(b"=")[0].decode()
+            for entry in Path("/proc/self/environ").read_bytes().split(b"\\0")
+            if entry.startswith(b"MINIFLOW_")
+        ),
     }
 
 
@@ -363,7 +368,8 @@ async def test_the_scheduler_forks_its_forkserver_and_ps_tells_them_apart(
 ) -> None:
     """`miniflow scheduler` forks the forkserver from itself (no new interpreter that
     imports SQLAlchemy again); the forkserver and the Python try show names of their own
-    in `ps`, so `pkill -f "miniflow scheduler"` finds the scheduler alone."""
+    in `ps`, so `pkill -f "miniflow scheduler"` finds the scheduler alone, and a try's
+    /proc/<pid>/environ does not show the scheduler's MINIFLOW_* settings."""
     dags, state_dir = tmp_path / "dags", tmp_path / "state"
     write_dag(dags, "titles.py", TITLES_DAG)
     env = cli_env(db_url, dags, state_dir)
@@ -394,3 +400,4 @@ async def test_the_scheduler_forks_its_forkserver_and_ps_tells_them_apart(
     assert seen["mine"].startswith("miniflow-worker run --dag-id titles")
     assert str(proc.pid) in found
     assert str(seen["server_pid"]) not in found
+    assert seen["settings_seen"] == []  # the scheduler's settings: not in the try's /proc

@@ -1041,9 +1041,8 @@ from miniflow.launchers import local_fork
 
 tmp, entry_module = Path(sys.argv[1]), sys.argv[2]
 assert local_fork.fork_ahead()
-server = local_fork.ForkServer(
-    [entry_module], env={**os.environ, "SERVER_MARK": "s"}, sys_path=sys.path
-)
+host = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
+server = local_fork.ForkServer([entry_module], env=host, sys_path=sys.path)
 server.start()
 try:
     go_r, go_w = os.pipe()
@@ -1061,6 +1060,7 @@ try:
         assert time.monotonic() < deadline, "the attempt did not start"
         time.sleep(0.005)
     attempt_title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    attempt_environ = Path(f"/proc/{pid}/environ").read_bytes()
     (tmp / "go").touch()
     assert os.read(done, 1) == b""
     print(json.dumps({
@@ -1071,6 +1071,7 @@ try:
         "comm": Path(f"/proc/{server.pid}/comm").read_text().strip(),
         "attempt_title": attempt_title.rstrip(b"\\0").decode(),
         "environ": Path(f"/proc/{server.pid}/environ").read_bytes().decode(errors="replace"),
+        "attempt_environ": attempt_environ.decode(errors="replace"),
         "log": (tmp / "a.log").read_text(),
         "exit": (tmp / "a.exit").read_text(),
     }))
@@ -1090,7 +1091,8 @@ def test_a_forkserver_forked_ahead_is_taken_by_the_next_start_and_names_itself(
     it must be single-threaded); the next `ForkServer.start` takes it instead of spawning
     one. The attempt runs as from a spawned server; the server and the attempt show names
     of their own in `ps` (not the forking process' command line, which `pkill -f` would
-    match), and the server's original environment stays readable in /proc."""
+    match), and /proc shows the server's environment as the one it was given (not the
+    forking process' settings), still readable (tools find processes by it)."""
     import json
     import subprocess
 
@@ -1099,7 +1101,12 @@ def test_a_forkserver_forked_ahead_is_taken_by_the_next_start_and_names_itself(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "AHEAD_TOKEN": "t0k", "PYTHONPATH": os.pathsep.join(sys.path)},
+        env={
+            **os.environ,
+            "AHEAD_TOKEN": "t0k",
+            "MINIFLOW_TEST_SECRET": "hush",  # the forking process' own setting
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        },
         check=False,
     )
     assert out.returncode == 0, out.stderr
@@ -1109,7 +1116,9 @@ def test_a_forkserver_forked_ahead_is_taken_by_the_next_start_and_names_itself(
     assert seen["title"] == "miniflow forkserver"
     assert seen["comm"] == "mf-forkserver"
     assert seen["attempt_title"].startswith("miniflow-worker run --dag-id d")
-    assert "AHEAD_TOKEN=t0k" in seen["environ"].split("\0")
+    for environ in (seen["environ"], seen["attempt_environ"]):  # as /proc shows them
+        assert "AHEAD_TOKEN=t0k" in environ.split("\0")
+        assert "MINIFLOW_TEST_SECRET" not in environ
     assert "entry argv: run --dag-id d" in seen["log"]
     assert "entry mark: a" in seen["log"]
     assert seen["exit"] == "0"
