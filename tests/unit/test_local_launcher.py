@@ -1044,7 +1044,7 @@ assert local_fork.fork_ahead()
 host = {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
 server = local_fork.ForkServer([entry_module], env=host, sys_path=sys.path)
 server.start()
-try:
+try:  # whatever fails, the attempt is let go and its wait ended: nothing is left running
     go_r, go_w = os.pipe()
     pid, done = server.fork(
         entry_module + ":main", ["run", "--dag-id", "d"], log_path=str(tmp / "a.log"),
@@ -1076,6 +1076,7 @@ try:
         "exit": (tmp / "a.exit").read_text(),
     }))
 finally:
+    (tmp / "go").touch()
     server.close()
 assert local_fork.fork_ahead()
 ahead_pid = local_fork._ahead[1]
