@@ -76,7 +76,12 @@ class KubeRun(SchedulerHandle):
 
 @contextlib.asynccontextmanager
 async def kube_scheduler(
-    fake: FakeKube, db_url: str, dags_folder: Path, **extra: str
+    fake: FakeKube,
+    db_url: str,
+    dags_folder: Path,
+    *,
+    claim_turn: float = SchedulerSettings.claim_turn,
+    **extra: str,
 ) -> AsyncIterator[KubeRun]:
     """Scheduler + launcher built from config; closed (watch stopped) on exit."""
     fake.secrets[(NAMESPACE, SECRET)] = {"url": db_url}
@@ -95,6 +100,7 @@ async def kube_scheduler(
             idle_wait=0.05,
             run_check_interval=0.05,
             full_sweep_interval=0.2,
+            claim_turn=claim_turn,
         ),
     )
     try:
