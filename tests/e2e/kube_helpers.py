@@ -80,7 +80,7 @@ async def kube_scheduler(
     db_url: str,
     dags_folder: Path,
     *,
-    claim_turn: float = SchedulerSettings.claim_turn,
+    claim_turn: float | None = None,
     **extra: str,
 ) -> AsyncIterator[KubeRun]:
     """Scheduler + launcher built from config; closed (watch stopped) on exit."""
@@ -100,7 +100,7 @@ async def kube_scheduler(
             idle_wait=0.05,
             run_check_interval=0.05,
             full_sweep_interval=0.2,
-            claim_turn=claim_turn,
+            **({} if claim_turn is None else {"claim_turn": claim_turn}),
         ),
     )
     try:
