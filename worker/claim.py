@@ -18,6 +18,7 @@ kubernetes_asyncio.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from miniflow.authoring.context import TaskInstanceInfo
 from miniflow.authoring.mapping import apply_map_args
-from miniflow.authoring.serialized import SerializedTask
+from miniflow.authoring.serialized import SerializedDag, SerializedTask
 from miniflow.authoring.templates import build_context, needs_dag_file
 from miniflow.authoring.xcom import template_xcom, uses_xcom
 from miniflow.errors import NotFound
@@ -72,8 +73,13 @@ async def claim_try(factory: async_sessionmaker[AsyncSession], ref: TryRef) -> C
         return await claim_in(session, ref)
 
 
-async def claim_in(session: AsyncSession, ref: TryRef) -> Claim | str:
-    """`claim_try`'s statements, in the caller's transaction (also the relay process')."""
+async def claim_in(
+    session: AsyncSession,
+    ref: TryRef,
+    versions: MutableMapping[str, SerializedDag] | None = None,
+) -> Claim | str:
+    """`claim_try`'s statements, in the caller's transaction (also the relay process',
+    which passes the DAG versions it keeps: `runs.get_run_with_dag`)."""
     dag_id, run_id, task_id = ref["dag_id"], ref["run_id"], ref["task_id"]
     try_number, map_index = ref["try_number"], ref["map_index"]
     ti = await task_instances.worker_claim(
@@ -83,7 +89,7 @@ async def claim_in(session: AsyncSession, ref: TryRef) -> Claim | str:
         return await _why_not_claimed(session, dag_id, run_id, task_id, try_number, map_index)
     claim = Claim(ti.id, ti.try_number, ti.max_tries, map_args=ti.map_args)
     try:
-        found = await runs.get_run_with_dag(session, dag_id, run_id)
+        found = await runs.get_run_with_dag(session, dag_id, run_id, versions)
     except NotFound as exc:
         claim.problem = str(exc)
         return claim

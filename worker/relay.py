@@ -45,6 +45,7 @@ from miniflow_worker.clock import now as clock_now
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from miniflow.authoring.serialized import SerializedDag
 from miniflow.authoring.templates import MACROS
 from miniflow.store import task_instances
 from miniflow.store.engine import sessionmaker, transaction
@@ -173,6 +174,11 @@ _loop: asyncio.AbstractEventLoop | None = None
 _engines: dict[str, AsyncEngine] = {}
 """The relay process' engines, by URL: one connection each, kept open between steps."""
 
+KEPT_VERSIONS = 8
+"""DAG versions the relay process keeps (by hash; see `runs.get_run_with_dag`)."""
+
+_versions: dict[str, SerializedDag] = {}
+
 
 def answer(message: bytes, new_engine: Callable[[str], AsyncEngine]) -> bytes:
     """Do one relayed step (in the relay process); never raises."""
@@ -222,8 +228,10 @@ def _forget(url: str) -> None:
 
 
 async def _claim(engine: AsyncEngine, ref: TryRef) -> bytes:
+    while len(_versions) >= KEPT_VERSIONS:  # the oldest read first
+        del _versions[next(iter(_versions))]
     async with transaction(sessionmaker(engine)) as session:
-        claimed = await claim_in(session, ref)
+        claimed = await claim_in(session, ref, _versions)
         return dumps(("ok", claimed))  # inside the transaction: unsendable means not claimed
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -123,6 +124,47 @@ async def test_each_version_is_stored_once_and_runs_record_theirs(engine: AsyncE
     assert runs == {first: h1, second: h2} and current == h2
     assert stored[h1]["tasks"]["t"]["command"] == "echo one"
     assert stored[h2]["tasks"]["t"]["command"] == "echo two"
+
+
+async def test_a_claims_run_read_with_known_versions_reads_each_version_once(
+    engine: AsyncEngine,
+) -> None:
+    """The relay process keeps the DAG versions it has read (by hash: a version never
+    changes): the claim of a second try of a run reads the run alone, a run of another
+    version reads that version once, and what comes back is what the one query reads."""
+    with DAG("kv", start_date=START) as v1:
+        Bash("t", "echo one")
+    with DAG("kv", start_date=START) as v2:
+        Bash("t", "echo two")
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    async with Harness(engine) as h:
+        await h.register(v1)
+        first = await h.trigger("kv", run_id="first")
+        await h.register(v2)
+        second = await h.trigger("kv", run_id="second")
+        versions: dict[str, Any] = {}
+        reads: list[tuple[store_runs.RunWithDag, int]] = []
+        sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            async with store_engine.transaction(h.sessions) as session:
+                expected = [
+                    await store_runs.get_run_with_dag(session, "kv", r) for r in (first, second)
+                ]
+                for run_id in (first, first, second, second):
+                    statements.clear()
+                    found = await store_runs.get_run_with_dag(session, "kv", run_id, versions)
+                    reads.append((found, len(statements)))
+        finally:
+            sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert [n for _, n in reads] == [2, 1, 2, 1]
+    assert [found for found, _ in reads] == [expected[0], expected[0], expected[1], expected[1]]
+    assert reads[3][0].dag is not None and reads[3][0].dag["tasks"]["t"]["command"] == "echo two"
+    h1, h2 = store_dags.dag_hash(v1.serialize("kv.py")), store_dags.dag_hash(v2.serialize("kv.py"))
+    assert set(versions) == {h1, h2}
 
 
 async def test_same_hash_reports_no_change_and_keeps_the_row(engine: AsyncEngine) -> None:
