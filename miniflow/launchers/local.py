@@ -139,6 +139,13 @@ def host_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MINIFLOW_")}
 
 
+def _try_title(key: AttemptKey) -> str:
+    """A forked try's name in `ps`: the task first (the title is cut at the length of the
+    scheduler's own command line)."""
+    mapped = f"[{key.map_index}]" if key.map_index >= 0 else ""
+    return f"miniflow-worker {key.dag_id}.{key.task_id}{mapped} try {key.try_number} {key.run_id}"
+
+
 class LocalLauncher:
     """Runs attempts as local processes; see the module docstring."""
 
@@ -616,6 +623,7 @@ class LocalLauncher:
                         env=env,
                         go_fd=go_fd,
                         dag_file=str(self.dags_folder / spec.fileloc) if self.preimport else None,
+                        title=_try_title(k),
                     )
                     return pid, False, done_pipe
                 except local_fork.ForkServerGone as exc:

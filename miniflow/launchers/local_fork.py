@@ -21,9 +21,9 @@ sends the preload list, its `sys.path`, an optional *prefork hook*
 ("module:function", from a preloaded module) and optionally the workers' environment
 to call it with once at boot (`boot_env`); the server answers `{"ready": true}`
 once the preloads are imported and that call returned; then each request carries the
-attempt (entry, argv, log and exit paths, the whole environment) and, as SCM_RIGHTS,
-the read end of the attempt's go pipe; the reply is `{"pid": N}` with the read end of a
-*done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
+attempt (entry, argv, log and exit paths, the whole environment, its title in `ps`) and,
+as SCM_RIGHTS, the read end of the attempt's go pipe; the reply is `{"pid": N}` with the
+read end of a *done pipe*, or `{"errno": E, "error": "..."}`. The server exits when the
 socket reaches EOF (the launcher closed it, or died), leaving running attempts
 alone; being no child of the scheduler, they never hold up its exit.
 
@@ -274,8 +274,10 @@ class ForkServer:
         env: Mapping[str, str],
         go_fd: int,
         dag_file: str | None = None,
+        title: str | None = None,
     ) -> tuple[int, int]:
         """Fork an attempt blocked on `go_fd`; (its pid, the read end of its done pipe).
+        `title`: its command line in `ps` (default: `miniflow-worker` and `argv`).
 
         Raises OSError with the server's errno if the fork failed (EAGAIN,
         ENOMEM...), ForkServerGone if the server does not answer.
@@ -289,6 +291,7 @@ class ForkServer:
             "exit": exit_path,
             "env": dict(env),
             "dag_file": dag_file,
+            "title": title,
         }
         try:
             _send(self._sock, request, [go_fd])
@@ -712,7 +715,8 @@ def _attempt(request: dict[str, Any], go_fd: int) -> NoReturn:
     code = 1
     try:
         os.setsid()
-        proc_title.set_title(" ".join(["miniflow-worker", *request["argv"]]), "miniflow-worker")
+        title = request.get("title") or " ".join(["miniflow-worker", *request["argv"]])
+        proc_title.set_title(title, "miniflow-worker")
         fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)

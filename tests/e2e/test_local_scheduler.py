@@ -397,7 +397,7 @@ async def test_the_scheduler_forks_its_forkserver_and_ps_tells_them_apart(
     assert "forked from this process" in log.read_text()
     assert seen["server"] == "miniflow forkserver"
     assert seen["servers_parent"] == proc.pid
-    assert seen["mine"].startswith("miniflow-worker run --dag-id titles")
+    assert seen["mine"].startswith("miniflow-worker titles.titles try 1 manual__")
     assert str(proc.pid) in found
     assert str(seen["server_pid"]) not in found
     assert seen["settings_seen"] == []  # the scheduler's settings: not in the try's /proc
