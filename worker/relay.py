@@ -178,6 +178,7 @@ KEPT_VERSIONS = 8
 """DAG versions the relay process keeps (by hash; see `runs.get_run_with_dag`)."""
 
 _versions: dict[str, SerializedDag] = {}
+"""The DAG versions the relay process has read, by hash, in the order read."""
 
 
 def answer(message: bytes, new_engine: Callable[[str], AsyncEngine]) -> bytes:

@@ -6,7 +6,10 @@ each launcher starts one forkserver: `python -c "...local_fork.serve()"`,
 spawned in a session of its own, which imports the preload modules once (the
 worker and `miniflow_worker.warm`) and then forks a child per attempt:
 milliseconds, and copy-on-write memory. It is a clean process (no event loop,
-no scheduler state, no threads), unlike a fork of the scheduler itself.
+no scheduler state, no threads), unlike a fork of the running scheduler. `miniflow
+scheduler` forks it instead from itself before it starts any thread or event loop
+(`fork_ahead`), so that it inherits the imports the two share; the child then
+resets what a spawned server would not have.
 
 Why not `multiprocessing`'s forkserver: its children are `multiprocessing`
 children of the scheduler, which interpreter exit joins (a `miniflow scheduler`
@@ -17,7 +20,7 @@ left the forkserver behind); and preloading and skipping the re-run of
 socket with `socket.send_fds`/`recv_fds`, `os.fork`.
 
 Protocol (one stream socketpair, messages = 4-byte length + JSON): the launcher
-sends the preload list, its `sys.path`, an optional *prefork hook*
+sends the server's environment, the preload list, its `sys.path`, an optional *prefork hook*
 ("module:function", from a preloaded module) and optionally the workers' environment
 to call it with once at boot (`boot_env`); the server answers `{"ready": true}`
 once the preloads are imported and that call returned; then each request carries the

@@ -287,13 +287,13 @@ async def get_run_with_dag(
     run_id: str,
     versions: MutableMapping[str, SerializedDag] | None = None,
 ) -> RunWithDag:
-    """One query: what a worker needs to know about the run of the try it claimed.
+    """What a worker needs to know about the run of the try it claimed, in one query.
 
     `versions`: DAG versions by hash that a long-lived caller keeps (the forkserver's
-    relay process claims every forked try): the run is read without its version, which
-    is read (and added) only when it is not there. A version never changes under its
-    hash, and a large DAG's is most of what a claim reads (501 tasks: 213 kB of JSON,
-    2.5 ms of the claim's CPU to fetch and decode)."""
+    relay process claims every forked try): the run is read with its version's hash
+    only, and the version (a second query) only when it is not there yet; it is added.
+    A version never changes under its hash, and a large DAG's is most of what a claim
+    reads (501 tasks: 213 kB of JSON, 2.5 ms of the claim's CPU to fetch and decode)."""
     params = {"dag_id": dag_id, "run_id": run_id}
     if versions is None:
         found = (await session.execute(_RUN_WITH_DAG, params)).one_or_none()
@@ -307,11 +307,9 @@ async def get_run_with_dag(
     if found is None:
         raise _no_run(dag_id, run_id)
     *fields, dag_hash, fileloc = found
+    if dag_hash is not None and dag_hash not in versions:
+        versions.update(await store_dags.get_versions(session, [dag_hash]))
     known = versions.get(dag_hash) if dag_hash is not None else None
-    if known is None and dag_hash is not None:
-        stored = (await session.execute(_VERSION, {"dag_hash": dag_hash})).scalar_one_or_none()
-        if stored is not None:
-            known = versions[dag_hash] = readable(stored)
     return RunWithDag(_run_info(fields), known, fileloc)
 
 
@@ -324,41 +322,25 @@ def _run_info(fields: Sequence[Any]) -> RunInfo:
     return replace(run, conf={}) if run.conf is None else run
 
 
-def _run_with_dag() -> Any:
-    """Built once, on the tables (a worker runs it at each claim)."""
+def _run_read(*, with_version: bool) -> Any:
+    """Built once, on the tables (a worker runs it at each claim): the run, its version
+    (or, without `with_version`, the version's hash: the DAG's current one if the run
+    predates versions) and the file that defines the DAG now."""
     run, dag, version = table(RunInfo), Dag.__table__, DagVersion.__table__
+    version_hash = func.coalesce(run.c.dag_hash, dag.c.dag_hash)
+    joined = run.outerjoin(dag, dag.c.dag_id == run.c.dag_id)
+    if with_version:
+        joined = joined.outerjoin(version, version.c.dag_hash == version_hash)
+    read = version.c.serialized if with_version else version_hash.label("version_hash")
     return (
-        select(*columns(RunInfo), version.c.serialized, dag.c.fileloc)
-        .select_from(
-            run.outerjoin(dag, dag.c.dag_id == run.c.dag_id).outerjoin(
-                version, version.c.dag_hash == func.coalesce(run.c.dag_hash, dag.c.dag_hash)
-            )
-        )
+        select(*columns(RunInfo), read, dag.c.fileloc)
+        .select_from(joined)
         .where(run.c.dag_id == bindparam("dag_id"), run.c.run_id == bindparam("run_id"))
     )
 
 
-_RUN_WITH_DAG = _run_with_dag()
-
-
-def _run_with_hash() -> Any:
-    """`_run_with_dag` with the version's hash instead of the version."""
-    run, dag = table(RunInfo), Dag.__table__
-    return (
-        select(
-            *columns(RunInfo),
-            func.coalesce(run.c.dag_hash, dag.c.dag_hash).label("version_hash"),
-            dag.c.fileloc,
-        )
-        .select_from(run.outerjoin(dag, dag.c.dag_id == run.c.dag_id))
-        .where(run.c.dag_id == bindparam("dag_id"), run.c.run_id == bindparam("run_id"))
-    )
-
-
-_RUN_WITH_HASH = _run_with_hash()
-_VERSION = select(DagVersion.__table__.c.serialized).where(
-    DagVersion.__table__.c.dag_hash == bindparam("dag_hash")
-)
+_RUN_WITH_DAG = _run_read(with_version=True)
+_RUN_WITH_HASH = _run_read(with_version=False)
 
 
 async def list_runs(
